@@ -1,0 +1,55 @@
+# iot-fleet developer commands. `make demo` runs the fleet locally (no AWS
+# account needed); `make test` runs every test. Both install what they need.
+
+GO       ?= go
+TOOLS    := $(CURDIR)/.tools
+DYNALITE := $(TOOLS)/node_modules/.bin/dynalite
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+AGENT_LDFLAGS := -s -w -buildid= -X main.version=$(VERSION)
+
+.PHONY: all tools test test-short vet bench demo agent lambdas fmt clean
+
+all: vet test
+
+## tools: install the local servers the tests talk to (dynalite; mosquitto via apt when root)
+tools: $(DYNALITE)
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	  else echo "mosquitto is missing: sudo apt-get install mosquitto" >&2; exit 1; fi; }
+
+$(DYNALITE):
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  else echo "npm is missing: sudo apt-get install nodejs npm" >&2; exit 1; fi; }
+	mkdir -p $(TOOLS)
+	cd $(TOOLS) && npm install --no-audit --no-fund --silent dynalite@4.0.0
+
+## vet: gofmt and go vet
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting" >&2; exit 1; }
+	$(GO) vet ./...
+
+## test: every unit, integration and end-to-end test
+test: tools vet
+	$(GO) test -count=1 -timeout 45m ./...
+
+## bench: the benchmarks whose figures are in docs/benchmarks.md
+bench: tools
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+## demo: start the local IoT Core and a small fleet of real agents
+demo:
+	$(GO) run ./sim/cmd/fleet-sim demo
+
+## agent: fleet-agent for the Raspberry Pi (arm64, armv7) and amd64
+agent:
+	mkdir -p dist
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags '$(AGENT_LDFLAGS)' -o dist/fleet-agent-linux-arm64 ./device/cmd/fleet-agent
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 $(GO) build -trimpath -ldflags '$(AGENT_LDFLAGS)' -o dist/fleet-agent-linux-armv7 ./device/cmd/fleet-agent
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags '$(AGENT_LDFLAGS)' -o dist/fleet-agent-linux-amd64 ./device/cmd/fleet-agent
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf dist infra/.build
