@@ -1,0 +1,88 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/iot-fleet/iot-fleet/device/jobs"
+	"github.com/iot-fleet/iot-fleet/device/jobs/runner"
+	"github.com/iot-fleet/iot-fleet/device/store"
+)
+
+// JobsFeature builds the AWS IoT Jobs engine as an agent feature. ops holds
+// the operations other features register (OTA's mender_install); the same
+// registry must be given to `fleet-agent check-job` so both accept the
+// same documents. ops may be nil.
+func JobsFeature(ops *jobs.Registry) FeatureFactory {
+	return func(rt *Runtime) (Feature, error) {
+		cfg := rt.Config
+		handlerDir := cfg.HandlerDir()
+		if err := os.MkdirAll(handlerDir, 0o700); err != nil {
+			return nil, fmt.Errorf("jobs: handler dir: %w", err)
+		}
+		r, err := runner.New(runner.Config{
+			HandlerDir:   handlerDir,
+			AllowedPaths: append([]string(nil), cfg.Jobs.AllowedPaths...),
+			SudoPath:     cfg.Jobs.SudoPath,
+			Logger:       rt.Logger,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("jobs: %w", err)
+		}
+		dir, err := rt.Store.SubDir(store.JobsDir)
+		if err != nil {
+			return nil, err
+		}
+		e, err := jobs.New(jobs.Config{
+			ThingName:              rt.Identity.ThingName,
+			StateDir:               dir,
+			Publisher:              rt.Outbox,
+			Runner:                 r,
+			Operations:             ops,
+			HandlerDir:             handlerDir,
+			StepTimeout:            cfg.Jobs.StepTimeout.D(),
+			ProgressTimeoutMinutes: cfg.Jobs.ProgressTimeoutMinutes,
+			Logger:                 rt.Logger,
+		})
+		if err != nil {
+			return nil, err
+		}
+		return &jobsFeature{engine: e}, nil
+	}
+}
+
+type jobsFeature struct {
+	engine *jobs.Engine
+	wg     sync.WaitGroup
+}
+
+func (f *jobsFeature) Name() string { return "jobs" }
+
+// Start subscribes to the engine's topics (made again on every reconnect),
+// runs the engine and tells it about every (re)connect so that it sends
+// start-next or resends its pending request.
+func (f *jobsFeature) Start(ctx context.Context, rt *Runtime) error {
+	for _, filter := range f.engine.Subscriptions() {
+		if err := rt.Conn.Subscribe(ctx, filter, 1, f.engine.HandleMessage); err != nil {
+			return fmt.Errorf("jobs: subscribe %s: %w", filter, err)
+		}
+	}
+	rt.Conn.OnConnect(func(ctx context.Context) {
+		if err := f.engine.OnConnect(ctx); err != nil && ctx.Err() == nil {
+			rt.Logger.Warn("jobs engine on-connect failed", "err", err)
+		}
+	})
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		if err := f.engine.Run(ctx); err != nil {
+			rt.Logger.Error("jobs engine stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// Stop waits for the engine to finish (its context is already canceled).
+func (f *jobsFeature) Stop() { f.wg.Wait() }

@@ -1,0 +1,115 @@
+// Command fleet-agent is the iot-fleet device agent.
+//
+//	fleet-agent [run] [--config FILE] [overrides]   provision if needed, connect, run jobs
+//	fleet-agent --version                            print the version
+//	fleet-agent check-job [--handler-dir DIR] FILE... validate job documents offline
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/iot-fleet/iot-fleet/device/agent"
+	"github.com/iot-fleet/iot-fleet/device/config"
+	"github.com/iot-fleet/iot-fleet/device/jobs"
+)
+
+// version is set at build time: -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+// DefaultConfigFile is read when --config is not given.
+const DefaultConfigFile = "/etc/fleet-agent/config.json"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// operations is the registry shared by the jobs engine and check-job so
+// both accept the same documents; features that implement job operations
+// (OTA) register here.
+func operations() *jobs.Registry { return jobs.NewRegistry() }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "check-job":
+			return jobs.CheckJobMain(args[1:], stdout, stderr, operations())
+		case "run":
+			args = args[1:]
+		case "version":
+			fmt.Fprintln(stdout, version)
+			return 0
+		}
+	}
+	fs := flag.NewFlagSet("fleet-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configFile := fs.String("config", DefaultConfigFile, "configuration file (JSON)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	overrides := config.RegisterFlags(fs)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: fleet-agent [run] [flags]\n       fleet-agent check-job [--handler-dir DIR] FILE...\n       fleet-agent --version")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, version)
+		return 0
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "fleet-agent: unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return 2
+	}
+	cfg, err := config.Load(*configFile)
+	if err != nil {
+		fmt.Fprintf(stderr, "fleet-agent: %s: %v\n", *configFile, err)
+		return 1
+	}
+	overrides.Apply(&cfg)
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "fleet-agent: %s: %v\n", *configFile, err)
+		return 1
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level(cfg.LogLevel)}))
+
+	features := []agent.FeatureFactory{}
+	if cfg.Jobs.Enabled {
+		features = append(features, agent.JobsFeature(operations()))
+	}
+	a, err := agent.New(agent.Options{Config: cfg, Version: version, Logger: logger, Features: features})
+	if err != nil {
+		fmt.Fprintf(stderr, "fleet-agent: %v\n", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := a.Run(ctx); err != nil {
+		logger.Error("fleet-agent failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func level(s string) slog.Level {
+	switch s {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}

@@ -1,0 +1,197 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+)
+
+const serial = "10000000feed0001"
+
+// buildAgent compiles the real binary once per test run, with the version
+// set through -ldflags like the release build.
+func buildAgent(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "fleet-agent")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=v9.8.7-test", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	return bin
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestBinary(t *testing.T) {
+	bin := buildAgent(t)
+
+	t.Run("version", func(t *testing.T) {
+		for _, args := range [][]string{{"--version"}, {"-version"}, {"version"}} {
+			out, err := exec.Command(bin, args...).CombinedOutput()
+			require.NoError(t, err)
+			assert.Equal(t, "v9.8.7-test\n", string(out))
+		}
+	})
+
+	t.Run("check-job", func(t *testing.T) {
+		dir := t.TempDir()
+		good := filepath.Join(dir, "good.json")
+		require.NoError(t, os.WriteFile(good, []byte(`{"version":"1.0","steps":[{"action":{"name":"hello","type":"runCommand","input":{"command":"echo,hello"}}}]}`), 0o644))
+		bad := filepath.Join(dir, "bad.json")
+		require.NoError(t, os.WriteFile(bad, []byte(`{"version":"1.0","steps":[{"action":{"name":"x","type":"runCommand","input":{}}}]}`), 0o644))
+		cmd := exec.Command(bin, "check-job", good)
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		assert.Contains(t, string(out), "hello")
+		cmd = exec.Command(bin, "check-job", bad)
+		out, err = cmd.CombinedOutput()
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee)
+		assert.Equal(t, 1, ee.ExitCode())
+		assert.Contains(t, string(out), "INVALID")
+		assert.Contains(t, string(out), "command")
+	})
+
+	t.Run("invalid config names the field", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "c.json")
+		require.NoError(t, os.WriteFile(path, []byte(`{"endpoint":"x.example.com","port":443,"provisioning":{"templateName":"t"}}`), 0o644))
+		out, err := exec.Command(bin, "--config", path).CombinedOutput()
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee)
+		assert.Equal(t, 1, ee.ExitCode())
+		assert.Contains(t, string(out), `field "alpn"`)
+		out, err = exec.Command(bin, "--config", path, "--alpn", "--state-dir", "relative").CombinedOutput()
+		require.Error(t, err)
+		assert.Contains(t, string(out), `field "stateDir"`, "flag overrides are validated too")
+	})
+
+	t.Run("run provisions, connects, starts jobs and stops on SIGTERM", func(t *testing.T) {
+		b := testbroker.Start(t, testbroker.Options{})
+		startNext := b.Watch(t, "$aws/things/+/jobs/start-next")
+		dir := t.TempDir()
+		serialFile := filepath.Join(dir, "cpuinfo")
+		require.NoError(t, os.WriteFile(serialFile, []byte("Hardware\t: BCM2835\nSerial\t\t: "+serial+"\n"), 0o444))
+		host, port, err := net.SplitHostPort(b.Addr)
+		require.NoError(t, err)
+		stateDir := filepath.Join(dir, "state")
+		cfg := `{"endpoint":"` + host + `","port":` + port + `,"rootCAFile":"` + b.CAFile + `",
+			"stateDir":"` + stateDir + `","logLevel":"debug",
+			"provisioning":{"claimCertFile":"` + b.Claim.CertFile + `","claimKeyFile":"` + b.Claim.KeyFile + `",
+				"templateName":"` + b.TemplateName() + `","serialFiles":["` + serialFile + `"],"retryMin":"10ms","retryMax":"100ms","deniedBackoff":"1s"},
+			"mqtt":{"reconnectMin":"10ms","reconnectMax":"200ms"}}`
+		cfgFile := filepath.Join(dir, "config.json")
+		require.NoError(t, os.WriteFile(cfgFile, []byte(cfg), 0o600))
+
+		sock := filepath.Join(dir, "notify.sock")
+		notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+		require.NoError(t, err)
+		defer notify.Close()
+		states := make(chan string, 100)
+		go func() {
+			buf := make([]byte, 512)
+			for {
+				n, _, err := notify.ReadFromUnix(buf)
+				if err != nil {
+					close(states)
+					return
+				}
+				states <- string(buf[:n])
+			}
+		}()
+
+		logs := &lockedBuffer{}
+		cmd := exec.Command(bin, "run", "--config", cfgFile)
+		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=2000000")
+		cmd.Stdout, cmd.Stderr = logs, logs
+		require.NoError(t, cmd.Start())
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			t.Logf("agent log:\n%s", logs.String())
+		})
+
+		waitState := func(prefix string) {
+			t.Helper()
+			deadline := time.After(30 * time.Second)
+			for {
+				select {
+				case s := <-states:
+					if strings.HasPrefix(s, prefix) {
+						return
+					}
+				case err := <-exited:
+					t.Fatalf("agent exited: %v", err)
+				case <-deadline:
+					t.Fatalf("no %s notification", prefix)
+				}
+			}
+		}
+		waitState("READY=1")
+		thing := "dev-" + serial
+		select {
+		case m := <-startNext:
+			assert.Equal(t, protocol.JobsStartNextTopic(thing), m.Topic)
+			assert.Equal(t, thing, m.From)
+		case <-time.After(30 * time.Second):
+			t.Fatal("the jobs engine did not send start-next after connecting")
+		}
+		waitState("WATCHDOG=1")
+
+		// Idle RSS of the provisioned, connected agent (a figure for
+		// docs/benchmarks.md, not an assertion).
+		if runtime.GOOS == "linux" {
+			time.Sleep(2 * time.Second)
+			status, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/status")
+			require.NoError(t, err)
+			for _, line := range strings.Split(string(status), "\n") {
+				if strings.HasPrefix(line, "VmRSS:") {
+					t.Logf("idle %s (GOARCH=%s)", line, runtime.GOARCH)
+				}
+			}
+		}
+
+		require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+		waitState("STOPPING=1")
+		select {
+		case err := <-exited:
+			require.NoError(t, err, "clean exit on SIGTERM")
+		case <-time.After(30 * time.Second):
+			t.Fatal("agent did not exit after SIGTERM")
+		}
+		keyPEM, err := os.ReadFile(filepath.Join(stateDir, "certs", "device.key"))
+		require.NoError(t, err)
+		assert.NotContains(t, logs.String(), "PRIVATE KEY")
+		assert.NotContains(t, logs.String(), strings.Split(string(keyPEM), "\n")[1])
+	})
+}

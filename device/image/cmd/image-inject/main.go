@@ -1,0 +1,211 @@
+// Command image-inject turns a Raspberry Pi OS Lite image file into an
+// iot-fleet image, in place, without mounting it: it writes the fleet-agent
+// binary, its systemd unit (enabled), its configuration rendered from the
+// stack outputs, the Amazon root CA, the claim certificate and key (0600),
+// the first-boot unit and script (enabled), and the SSH hardening, then reads
+// everything back to verify it. See docs/delivery.md.
+//
+//	image-inject -image raspios.img -env dev -stack-outputs outputs.json \
+//	    -agent dist/fleet-agent-linux-arm64 -claim-secret claim.json
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"syscall"
+
+	"github.com/iot-fleet/iot-fleet/device/image"
+	"github.com/iot-fleet/iot-fleet/device/image/inject"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if err := run(ctx, log, os.Args[1:], os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		log.Error("image-inject failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+// defaultSerialPattern is the stack's default SERIAL_PATTERN (a Raspberry Pi
+// serial: 16 lower-case hex digits).
+const defaultSerialPattern = "^[0-9a-f]{16}$"
+
+type options struct {
+	image, env, stackOutputs, agent, agentArch, agentUnit string
+	claimSecret, claimCert, claimKey, authorizedKeys      string
+	serialPattern, adminUser                              string
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("image-inject", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.image, "image", "", "Raspberry Pi OS image file (uncompressed .img), modified in place (required)")
+	fs.StringVar(&o.env, "env", "", "environment / stack name: dev or prod (required)")
+	fs.StringVar(&o.stackOutputs, "stack-outputs", "", "output of `pulumi stack output --json` (required)")
+	fs.StringVar(&o.agent, "agent", "", "fleet-agent binary for the device (required)")
+	fs.StringVar(&o.agentArch, "agent-arch", "arm64", "architecture the agent binary must be built for: arm64, arm or amd64")
+	fs.StringVar(&o.agentUnit, "agent-unit", "device/systemd/fleet-agent.service", "fleet-agent systemd unit")
+	fs.StringVar(&o.claimSecret, "claim-secret", "", "claim secret JSON {certificatePem, privateKey} from Secrets Manager, mode 0600 (or -claim-cert and -claim-key)")
+	fs.StringVar(&o.claimCert, "claim-cert", "", "claim certificate PEM (with -claim-key)")
+	fs.StringVar(&o.claimKey, "claim-key", "", "claim private key PEM, mode 0600 (with -claim-cert)")
+	fs.StringVar(&o.authorizedKeys, "ssh-authorized-keys", "", "optional SSH public keys for user pi; SSH stays off without them")
+	fs.StringVar(&o.serialPattern, "serial-pattern", defaultSerialPattern, "serial pattern for the agent (Go regexp) and the first-boot script (ERE): keep it to the common subset")
+	fs.StringVar(&o.adminUser, "admin-user", "pi", "the image's default user, whose password is locked")
+	if err := fs.Parse(args); err != nil {
+		return options{}, err
+	}
+	if fs.NArg() > 0 {
+		return options{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	for _, f := range []struct{ name, value string }{
+		{"-image", o.image}, {"-env", o.env}, {"-stack-outputs", o.stackOutputs}, {"-agent", o.agent}, {"-agent-unit", o.agentUnit},
+	} {
+		if f.value == "" {
+			return options{}, fmt.Errorf("%s is required", f.name)
+		}
+	}
+	switch {
+	case o.claimSecret != "" && (o.claimCert != "" || o.claimKey != ""):
+		return options{}, errors.New("give either -claim-secret or -claim-cert with -claim-key, not both")
+	case o.claimSecret == "" && (o.claimCert == "" || o.claimKey == ""):
+		return options{}, errors.New("the claim certificate is required: -claim-secret, or -claim-cert with -claim-key")
+	}
+	return o, nil
+}
+
+func run(ctx context.Context, log *slog.Logger, args []string, stderr io.Writer) error {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	tools, err := inject.FindTools()
+	if err != nil {
+		return err
+	}
+	manifest, err := image.LoadManifest()
+	if err != nil {
+		return err
+	}
+	stage, err := os.MkdirTemp("", "image-inject-inputs-")
+	if err != nil {
+		return fmt.Errorf("staging directory: %w", err)
+	}
+	defer os.RemoveAll(stage)
+
+	inputs, err := prepareInputs(o, manifest, stage)
+	if err != nil {
+		return err
+	}
+	plan, err := manifest.Plan(inputs, stage)
+	if err != nil {
+		return err
+	}
+	if err := inject.Inject(ctx, log, o.image, plan, tools); err != nil {
+		return err
+	}
+	log.Info("image ready", "image", o.image, "env", o.env, "ssh", o.authorizedKeys != "")
+	return nil
+}
+
+// prepareInputs checks every input and writes the derived ones (config,
+// image.env, claim certificate and key) into stage.
+func prepareInputs(o options, m image.Manifest, stage string) (map[string]string, error) {
+	if err := image.CheckAgentBinary(o.agent, o.agentArch); err != nil {
+		return nil, err
+	}
+	unit, err := os.ReadFile(o.agentUnit)
+	if err != nil {
+		return nil, fmt.Errorf("agent unit: %w", err)
+	}
+	if err := image.CheckAgentUnit(unit, m); err != nil {
+		return nil, fmt.Errorf("%s: %w", o.agentUnit, err)
+	}
+
+	raw, err := os.ReadFile(o.stackOutputs)
+	if err != nil {
+		return nil, fmt.Errorf("stack outputs: %w", err)
+	}
+	outputs, err := image.ParseStackOutputs(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", o.stackOutputs, err)
+	}
+	if _, err := regexp.Compile(o.serialPattern); err != nil {
+		return nil, fmt.Errorf("-serial-pattern: %w", err)
+	}
+	values := map[string]string{"environment": o.env, "serialPattern": o.serialPattern}
+	for k, v := range outputs {
+		values[k] = v
+	}
+	config, err := image.RenderConfig(values)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", o.stackOutputs, err)
+	}
+	env, err := image.ImageEnv(o.env, o.serialPattern, o.adminUser)
+	if err != nil {
+		return nil, err
+	}
+
+	var cert, key []byte
+	if o.claimSecret != "" {
+		if err := image.CheckPrivateFile(o.claimSecret); err != nil {
+			return nil, fmt.Errorf("-claim-secret: %w", err)
+		}
+		b, err := os.ReadFile(o.claimSecret)
+		if err != nil {
+			return nil, fmt.Errorf("-claim-secret: %w", err)
+		}
+		bundle, err := image.ParseClaimBundle(b)
+		if err != nil {
+			return nil, fmt.Errorf("-claim-secret %s: %w", o.claimSecret, err)
+		}
+		cert, key = []byte(bundle.CertificatePEM), []byte(bundle.PrivateKey)
+	} else {
+		if err := image.CheckPrivateFile(o.claimKey); err != nil {
+			return nil, fmt.Errorf("-claim-key: %w", err)
+		}
+		if cert, err = os.ReadFile(o.claimCert); err != nil {
+			return nil, fmt.Errorf("-claim-cert: %w", err)
+		}
+		if key, err = os.ReadFile(o.claimKey); err != nil {
+			return nil, fmt.Errorf("-claim-key: %w", err)
+		}
+		if err := image.CheckClaimPair(cert, key); err != nil {
+			return nil, err
+		}
+	}
+
+	inputs := map[string]string{image.InputAgent: o.agent, image.InputAgentUnit: o.agentUnit}
+	for name, content := range map[string][]byte{
+		image.InputConfig:    config,
+		image.InputImageEnv:  env,
+		image.InputClaimCert: cert,
+		image.InputClaimKey:  key,
+	} {
+		p := filepath.Join(stage, name)
+		if err := os.WriteFile(p, content, 0o600); err != nil {
+			return nil, fmt.Errorf("stage %s: %w", name, err)
+		}
+		inputs[name] = p
+	}
+	if o.authorizedKeys != "" {
+		if _, err := os.Stat(o.authorizedKeys); err != nil {
+			return nil, fmt.Errorf("-ssh-authorized-keys: %w", err)
+		}
+		inputs[image.InputAuthorizedKeys] = o.authorizedKeys
+	}
+	return inputs, nil
+}

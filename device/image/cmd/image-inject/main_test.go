@@ -1,0 +1,221 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"math/big"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/device/config"
+	"github.com/iot-fleet/iot-fleet/device/image/inject"
+	"github.com/iot-fleet/iot-fleet/device/image/inject/injecttest"
+)
+
+type fixture struct {
+	dir, img, agent, unit, outputs, secret string
+	key                                    []byte
+}
+
+func newFixture(t *testing.T) fixture {
+	t.Helper()
+	injecttest.Require(t)
+	f := fixture{dir: t.TempDir()}
+	f.img = injecttest.NewImage(t, injecttest.Options{})
+	f.agent = filepath.Join(f.dir, "fleet-agent-linux-arm64")
+	require.NoError(t, os.WriteFile(f.agent, injecttest.ELFHeader(183), 0o755))
+	f.unit = filepath.Join("..", "..", "..", "systemd", "fleet-agent.service")
+	if _, err := os.Stat(f.unit); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is missing", f.unit)
+		}
+		t.Skipf("%s does not exist yet", f.unit)
+	}
+	f.outputs = filepath.Join(f.dir, "outputs.json")
+	require.NoError(t, os.WriteFile(f.outputs, []byte(`{
+  "iotDataEndpoint": "abc123-ats.iot.eu-west-1.amazonaws.com",
+  "iotCredentialsEndpoint": "abc123.credentials.iot.eu-west-1.amazonaws.com",
+  "provisioningTemplate": "iot-fleet-dev",
+  "roleAlias": "iot-fleet-dev-token-exchange",
+  "claimPrivateKey": "[secret]",
+  "claimCertificateSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:iot-fleet/dev/claim-certificate-AbCdEf"
+}`), 0o644))
+
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "claim"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	kder, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	f.key = pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+	secret, err := json.Marshal(map[string]string{"certificateId": "c0ffee", "certificatePem": string(certPEM), "privateKey": string(f.key)})
+	require.NoError(t, err)
+	f.secret = filepath.Join(f.dir, "claim.json")
+	require.NoError(t, os.WriteFile(f.secret, secret, 0o600))
+	return f
+}
+
+func (f fixture) args(extra ...string) []string {
+	return append([]string{"-image", f.img, "-env", "dev", "-stack-outputs", f.outputs,
+		"-agent", f.agent, "-agent-unit", f.unit, "-claim-secret", f.secret}, extra...)
+}
+
+func runTool(t *testing.T, args []string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), args, io.Discard)
+}
+
+func open(t *testing.T, img string) (*inject.Root, *inject.Boot) {
+	t.Helper()
+	tools, err := inject.FindTools()
+	require.NoError(t, err)
+	l, err := inject.ReadLayout(img)
+	require.NoError(t, err)
+	r, err := inject.NewRoot(img, l.Root, tools)
+	require.NoError(t, err)
+	b, err := inject.NewBoot(img, l.Boot, tools)
+	require.NoError(t, err)
+	return r, b
+}
+
+// The pipeline's injection step, end to end, on a real disk image; then the
+// image is read back as the Pi would see it.
+func TestImageInjectBuildsABootableLayout(t *testing.T) {
+	f := newFixture(t)
+	keys := filepath.Join(f.dir, "authorized_keys")
+	require.NoError(t, os.WriteFile(keys, []byte("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHn9 admin@example\n"), 0o644))
+	require.NoError(t, runTool(t, f.args("-ssh-authorized-keys", keys)))
+
+	ctx := context.Background()
+	root, boot := open(t, f.img)
+	stat := func(p string) inject.Inode {
+		ino, err := root.Stat(ctx, p)
+		require.NoError(t, err, p)
+		assert.Equal(t, [2]uint32{0, 0}, [2]uint32{ino.UID, ino.GID}, "%s root-owned", p)
+		return ino
+	}
+	for p, want := range map[string]struct {
+		kind inject.Kind
+		mode os.FileMode
+	}{
+		"/usr/bin/fleet-agent":                    {inject.KindFile, 0o755},
+		"/etc/fleet-agent/claim":                  {inject.KindDir, 0o700},
+		"/etc/fleet-agent/claim/claim.key":        {inject.KindFile, 0o600},
+		"/etc/fleet-agent/claim/claim.crt":        {inject.KindFile, 0o644},
+		"/var/lib/fleet-agent":                    {inject.KindDir, 0o700},
+		"/etc/fleet-agent/config.json":            {inject.KindFile, 0o644},
+		"/usr/local/lib/fleet-agent/firstboot.sh": {inject.KindFile, 0o755},
+		"/etc/ssh/authorized_keys/pi":             {inject.KindFile, 0o644},
+	} {
+		ino := stat(p)
+		assert.Equal(t, want.kind, ino.Kind, p)
+		assert.Equal(t, want.mode, ino.Mode, p)
+	}
+	for _, unit := range []string{"fleet-agent.service", "fleet-firstboot.service"} {
+		link := stat("/etc/systemd/system/multi-user.target.wants/" + unit)
+		assert.Equal(t, inject.KindSymlink, link.Kind)
+		assert.Equal(t, "/etc/systemd/system/"+unit, link.Target)
+		assert.Equal(t, inject.KindFile, stat(link.Target).Kind)
+	}
+
+	key, err := root.ReadFile(ctx, "/etc/fleet-agent/claim/claim.key")
+	require.NoError(t, err)
+	assert.Equal(t, f.key, key)
+	unit, err := os.ReadFile(f.unit)
+	require.NoError(t, err)
+	got, err := root.ReadFile(ctx, "/etc/systemd/system/fleet-agent.service")
+	require.NoError(t, err)
+	assert.Equal(t, unit, got, "the agent unit is copied from device/systemd")
+
+	raw, err := root.ReadFile(ctx, "/etc/fleet-agent/config.json")
+	require.NoError(t, err)
+	cfg, err := config.Parse(raw)
+	require.NoError(t, err)
+	require.NoError(t, cfg.Validate())
+	assert.Equal(t, "abc123-ats.iot.eu-west-1.amazonaws.com", cfg.Endpoint)
+	assert.Equal(t, "iot-fleet-dev", cfg.Provisioning.TemplateName)
+	assert.Equal(t, "/etc/fleet-agent/claim/claim.key", cfg.Provisioning.ClaimKeyFile)
+
+	env, err := root.ReadFile(ctx, "/etc/fleet-agent/image.env")
+	require.NoError(t, err)
+	assert.Contains(t, string(env), "\nFLEET_ENV=dev\n")
+
+	userconf, err := boot.ReadFile(ctx, "userconf.txt")
+	require.NoError(t, err)
+	assert.Equal(t, "pi:*\n", string(userconf))
+	ssh, err := boot.ReadFile(ctx, "ssh")
+	require.NoError(t, err)
+	assert.Empty(t, ssh)
+	require.NoError(t, root.Check(ctx))
+}
+
+func TestImageInjectWithoutSSHKeysLeavesSSHOff(t *testing.T) {
+	f := newFixture(t)
+	require.NoError(t, runTool(t, f.args()))
+	root, boot := open(t, f.img)
+	_, err := boot.ReadFile(context.Background(), "ssh")
+	assert.Error(t, err, "no ssh file on the boot partition")
+	_, err = root.Stat(context.Background(), "/etc/ssh/authorized_keys/pi")
+	assert.ErrorIs(t, err, inject.ErrNotExist)
+	_, err = root.Stat(context.Background(), "/etc/ssh/sshd_config.d/10-fleet-hardening.conf")
+	assert.NoError(t, err)
+}
+
+func TestImageInjectRefusesBadInputsAndLeavesTheImageAlone(t *testing.T) {
+	f := newFixture(t)
+	before, err := os.ReadFile(f.img)
+	require.NoError(t, err)
+
+	loose := filepath.Join(f.dir, "loose.json")
+	b, err := os.ReadFile(f.secret)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(loose, b, 0o644))
+
+	noEndpoint := filepath.Join(f.dir, "partial.json")
+	require.NoError(t, os.WriteFile(noEndpoint, []byte(`{"provisioningTemplate":"iot-fleet-dev"}`), 0o644))
+
+	amd64 := filepath.Join(f.dir, "fleet-agent-amd64")
+	require.NoError(t, os.WriteFile(amd64, injecttest.ELFHeader(62), 0o755))
+
+	cases := map[string]struct {
+		args []string
+		want string
+	}{
+		"world-readable secret": {f.args("-claim-secret", loose), "must be 0600"},
+		"missing output":        {f.args("-stack-outputs", noEndpoint), "no value for iotDataEndpoint"},
+		"wrong architecture":    {f.args("-agent", amd64), "want an executable for arm64"},
+		"bad environment":       {f.args("-env", "Prod"), "want [a-z0-9-]+"},
+		"bad serial pattern":    {f.args("-serial-pattern", "^[0-9"), "-serial-pattern"},
+		"two claim sources":     {f.args("-claim-key", f.secret), "not both"},
+		"no image":              {[]string{"-env", "dev"}, "-image is required"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			err := runTool(t, c.args)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), c.want)
+		})
+	}
+	after, err := os.ReadFile(f.img)
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(before, after), "a refused build does not touch the image")
+}

@@ -1,0 +1,568 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
+	"github.com/iot-fleet/iot-fleet/device/jobs/runner"
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+)
+
+const thing = "dev-0123456789abcdef"
+
+type harness struct {
+	t          *testing.T
+	svc        *fakeJobs
+	tr         *transport
+	stateDir   string
+	handlerDir string
+	work       string // scratch dir for handler side effects
+	ops        *Registry
+	cfg        func(*Config)
+	engine     *Engine
+	stop       func()
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	svc := newFakeJobs(thing)
+	h := &harness{t: t, svc: svc, tr: newTransport(svc), stateDir: t.TempDir(), work: t.TempDir(), ops: NewRegistry()}
+	h.handlerDir = filepath.Join(t.TempDir(), "handlers")
+	require.NoError(t, os.Mkdir(h.handlerDir, 0o700))
+	t.Cleanup(func() {
+		if h.stop != nil {
+			h.stop()
+		}
+	})
+	return h
+}
+
+func (h *harness) handler(name, body string, mode os.FileMode) {
+	h.t.Helper()
+	p := filepath.Join(h.handlerDir, name)
+	require.NoError(h.t, os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o600))
+	require.NoError(h.t, os.Chmod(p, mode))
+}
+
+// start constructs an engine on the harness's state dir, runs it and
+// connects it.
+func (h *harness) start() *Engine {
+	h.t.Helper()
+	logger := slog.New(slog.NewTextHandler(testWriter{h.t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r, err := runner.New(runner.Config{HandlerDir: h.handlerDir, KillGrace: 200 * time.Millisecond,
+		Env: []string{"WORK=" + h.work, "PATH=" + os.Getenv("PATH")}, Logger: logger})
+	require.NoError(h.t, err)
+	cfg := Config{ThingName: thing, StateDir: h.stateDir, Publisher: h.tr, Runner: r, Operations: h.ops,
+		HandlerDir: h.handlerDir, ProgressTimeoutMinutes: 3, HeartbeatInterval: time.Hour, ResponseTimeout: 2 * time.Second,
+		Logger: logger}
+	if h.cfg != nil {
+		h.cfg(&cfg)
+	}
+	e, err := New(cfg)
+	require.NoError(h.t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = e.Run(ctx)
+	}()
+	h.tr.setEngine(e)
+	h.engine = e
+	h.stop = func() {
+		cancel()
+		<-done
+		h.tr.setEngine(nil)
+		h.stop = nil
+	}
+	h.connect()
+	return e
+}
+
+func (h *harness) connect() {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(h.t, h.engine.OnConnect(ctx))
+}
+
+// kill stops the engine as a crash would: the Run loop ends, the running
+// step's process group is killed and nothing more is recorded.
+func (h *harness) kill() {
+	h.stop()
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (h *harness) waitStatus(jobID string, status protocol.JobStatus) fakeExec {
+	h.t.Helper()
+	waitFor(h.t, jobID+" "+string(status), func() bool { return h.svc.get(jobID).Status == status })
+	return h.svc.get(jobID)
+}
+
+// waitIdle waits until the engine has no job and has asked for the next.
+func (h *harness) waitIdle() {
+	h.t.Helper()
+	waitFor(h.t, "engine idle", func() bool {
+		st, err := loadState(h.stateDir)
+		return err == nil && st.Job == nil
+	})
+}
+
+func (h *harness) waitFile(name string) {
+	h.t.Helper()
+	waitFor(h.t, "file "+name, func() bool {
+		_, err := os.Stat(filepath.Join(h.work, name))
+		return err == nil
+	})
+}
+
+func (h *harness) touchWork(name string) {
+	require.NoError(h.t, os.WriteFile(filepath.Join(h.work, name), nil, 0o600))
+}
+
+func (h *harness) readWork(name string) string {
+	data, _ := os.ReadFile(filepath.Join(h.work, name))
+	return string(data)
+}
+
+func TestSubscriptionsCoverResponses(t *testing.T) {
+	e, err := New(Config{ThingName: thing, StateDir: t.TempDir(), Publisher: newTransport(newFakeJobs(thing)), Runner: &runner.Runner{}})
+	require.NoError(t, err)
+	subs := e.Subscriptions()
+	for _, topic := range []string{
+		protocol.JobsNotifyNextTopic(thing),
+		protocol.Accepted(protocol.JobsStartNextTopic(thing)),
+		protocol.Rejected(protocol.JobsStartNextTopic(thing)),
+		protocol.Accepted(protocol.JobsUpdateTopic(thing, "job-1")),
+		protocol.Rejected(protocol.JobsUpdateTopic(thing, "job-1")),
+		protocol.Accepted(protocol.JobsDescribeTopic(thing, "job-1")),
+		protocol.Rejected(protocol.JobsDescribeTopic(thing, "job-1")),
+	} {
+		matched := false
+		for _, f := range subs {
+			matched = matched || topicMatches(f, topic)
+		}
+		assert.True(t, matched, topic)
+	}
+	// GetPendingJobExecutions' responses are not ours.
+	for _, f := range subs {
+		assert.False(t, topicMatches(f, protocol.Accepted(protocol.JobsGetPendingTopic(thing))), f)
+	}
+}
+
+func TestNewValidatesConfig(t *testing.T) {
+	_, err := New(Config{})
+	assert.ErrorContains(t, err, "ThingName")
+	_, err = New(Config{ThingName: "x"})
+	assert.ErrorContains(t, err, "StateDir")
+	_, err = New(Config{ThingName: "x", StateDir: t.TempDir()})
+	assert.ErrorContains(t, err, "Publisher")
+}
+
+func TestMultiStepJobWithIgnoredFailureAndFinalStep(t *testing.T) {
+	h := newHarness(t)
+	h.handler("first.sh", `echo "first user=[$1] args=$2" >> "$WORK/log"; echo "first done"`, 0o700)
+	h.handler("final.sh", `echo "final" >> "$WORK/log"`, 0o700)
+	h.start()
+	h.svc.addJob(t, "job-1", `{"version":"1.0","includeStdOut":true,"steps":[
+		{"action":{"name":"first","type":"runHandler","input":{"handler":"first.sh","args":["a1"]}}},
+		{"action":{"name":"breaks","type":"runCommand","ignoreStepFailure":"true","input":{"command":"sh,-c,echo boom >&2; exit 4"}}}],
+		"finalStep":{"action":{"name":"cleanup","type":"runHandler","input":{"handler":"final.sh"}}}}`)
+
+	ex := h.waitStatus("job-1", protocol.JobSucceeded)
+	assert.Equal(t, "first user=[] args=a1\nfinal\n", h.readWork("log"))
+	assert.Equal(t, 1, ex.Terminal)
+	assert.Equal(t, "succeeded; 1 step failure(s) ignored: breaks (exited with status 4)", ex.Details[DetailReason])
+	assert.Equal(t, "cleanup", ex.Details[DetailStepName])
+	assert.Equal(t, "3", ex.Details[DetailStepIndex])
+
+	// Every step was reported IN_PROGRESS with stepTimeoutInMinutes and
+	// an expectedVersion the service accepted.
+	var sawBreaks, sawFirst bool
+	for _, u := range ex.History {
+		if u.Status == protocol.JobInProgress {
+			assert.Equal(t, int64(3), u.StepTimeoutInMinutes)
+			assert.NotZero(t, u.ExpectedVersion)
+		}
+		if u.StatusDetails[DetailStepName] == "breaks" && u.StatusDetails[DetailStepState] == "failed-ignored" {
+			sawBreaks = true
+			assert.Equal(t, "boom\n", u.StatusDetails[DetailStderr])
+			assert.Equal(t, "4", u.StatusDetails[DetailExitCode])
+			assert.Equal(t, "exited with status 4", u.StatusDetails[DetailReason])
+		}
+		if u.StatusDetails[DetailStepName] == "first" && u.StatusDetails[DetailStepState] == "succeeded" {
+			sawFirst = true
+			assert.Equal(t, "first done\n", u.StatusDetails[DetailStdout])
+		}
+	}
+	assert.True(t, sawBreaks, "no update for the ignored failure: %+v", ex.History)
+	assert.True(t, sawFirst, "no update for the first step: %+v", ex.History)
+	assert.Equal(t, protocol.JobSucceeded, ex.History[len(ex.History)-1].Status)
+
+	// After the job the engine asks for the next one.
+	h.waitIdle()
+	waitFor(t, "start-next after the job", func() bool { return h.svc.startNextCount() >= 2 })
+}
+
+func TestFailedStepSkipsFinalStep(t *testing.T) {
+	h := newHarness(t)
+	h.handler("final.sh", `touch "$WORK/final-ran"`, 0o700)
+	h.start()
+	h.svc.addJob(t, "job-f", `{"version":"1.0","steps":[
+		{"action":{"name":"fails","type":"runCommand","input":{"command":"sh,-c,echo 'E: Unable to locate package nope' >&2; exit 100"}}},
+		{"action":{"name":"never","type":"runCommand","input":{"command":"touch,`+filepath.Join(h.work, "never-ran")+`"}}}],
+		"finalStep":{"action":{"name":"cleanup","type":"runHandler","input":{"handler":"final.sh"}}}}`)
+	ex := h.waitStatus("job-f", protocol.JobFailed)
+	assert.Equal(t, `step 1/3 "fails" failed: exited with status 100`, ex.Details[DetailReason])
+	assert.Equal(t, "E: Unable to locate package nope\n", ex.Details[DetailStderr])
+	assert.Equal(t, "100", ex.Details[DetailExitCode])
+	assert.Equal(t, 1, ex.Terminal)
+	h.waitIdle()
+	assert.NoFileExists(t, filepath.Join(h.work, "final-ran"))
+	assert.NoFileExists(t, filepath.Join(h.work, "never-ran"))
+}
+
+func TestHandlerWithWrongPermissionsFails(t *testing.T) {
+	h := newHarness(t)
+	h.handler("open.sh", `touch "$WORK/ran"`, 0o755)
+	h.start()
+	h.svc.addJob(t, "job-p", `{"operation":"open.sh"}`)
+	ex := h.waitStatus("job-p", protocol.JobFailed)
+	assert.Contains(t, ex.Details[DetailReason], `step 1/1 "open.sh" failed: handler refused:`)
+	assert.Contains(t, ex.Details[DetailReason], "has mode 0755, must be 0700")
+	assert.NoFileExists(t, filepath.Join(h.work, "ran"))
+}
+
+func TestMalformedDocumentRejectedAndAgentContinues(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	h.svc.addJob(t, "bad", `{"version":"1.0","steps":[{"action":{"name":"x","type":"runCommand","ignoreStepFailure":true,"input":{"command":"true"}}}]}`)
+	h.svc.addJob(t, "bad-schema", `{"version":"2.0","steps":[]}`)
+	h.svc.addJob(t, "good", `{"version":"1.0","steps":[{"action":{"name":"ok","type":"runCommand","input":{"command":"touch,`+filepath.Join(h.work, "good")+`"}}}]}`)
+	ex := h.waitStatus("bad", protocol.JobRejected)
+	assert.Equal(t, `invalid job document: steps[0].action.ignoreStepFailure: must be the string "true" or "false", got a boolean (the schema passes it as a string)`, ex.Details[DetailReason])
+	ex = h.waitStatus("bad-schema", protocol.JobRejected)
+	assert.Equal(t, `invalid job document: version: unsupported schema version "2.0" (only "1.0" is supported)`, ex.Details[DetailReason])
+	h.waitStatus("good", protocol.JobSucceeded)
+	assert.FileExists(t, filepath.Join(h.work, "good"))
+}
+
+func TestVersionMismatchIsReconciled(t *testing.T) {
+	for _, omit := range []bool{false, true} {
+		t.Run("omitExecutionState="+strconv.FormatBool(omit), func(t *testing.T) {
+			h := newHarness(t)
+			h.svc.omitExecutionState = omit
+			h.handler("wait.sh", `touch "$WORK/started"; while [ ! -e "$WORK/go" ]; do sleep 0.02; done`, 0o700)
+			h.start()
+			h.svc.addJob(t, "job-v", `{"version":"1.0","steps":[
+				{"action":{"name":"wait","type":"runHandler","input":{"handler":"wait.sh"}}},
+				{"action":{"name":"after","type":"runCommand","input":{"command":"true"}}}]}`)
+			h.waitFile("started")
+			// Wait until the "running" update is accepted, then change
+			// the execution behind the device's back.
+			waitFor(t, "running update", func() bool {
+				ex := h.svc.get("job-v")
+				return ex.Details[DetailStepState] == "running"
+			})
+			time.Sleep(50 * time.Millisecond)
+			h.svc.touch("job-v")
+			h.touchWork("go")
+			ex := h.waitStatus("job-v", protocol.JobSucceeded)
+			assert.Equal(t, 1, ex.Terminal)
+			assert.Equal(t, "all 2 step(s) succeeded", ex.Details[DetailReason])
+		})
+	}
+}
+
+func TestCanceledJobIsDropped(t *testing.T) {
+	h := newHarness(t)
+	h.handler("hang.sh", `echo $$ > "$WORK/pid"; exec sleep 300`, 0o700)
+	h.start()
+	h.svc.addJob(t, "job-c", `{"version":"1.0","steps":[{"action":{"name":"hang","type":"runHandler","input":{"handler":"hang.sh"}}}]}`)
+	h.svc.addJob(t, "job-next", `{"version":"1.0","steps":[{"action":{"name":"ok","type":"runCommand","input":{"command":"true"}}}]}`)
+	h.waitFile("pid")
+	h.svc.cancel("job-c")
+	h.waitStatus("job-next", protocol.JobSucceeded)
+	ex := h.svc.get("job-c")
+	assert.Equal(t, protocol.JobCanceled, ex.Status)
+	assert.Equal(t, 1, ex.Terminal, "the device must not overwrite the cancellation")
+	pid, err := strconv.Atoi(strings.TrimSpace(h.readWork("pid")))
+	require.NoError(t, err)
+	waitFor(t, "hanging step killed", func() bool { return processGone(pid) })
+}
+
+func TestKillMidStepFailsTheStep(t *testing.T) {
+	h := newHarness(t)
+	h.handler("hang.sh", `echo $$ > "$WORK/pid"; exec sleep 300`, 0o700)
+	h.start()
+	h.svc.addJob(t, "job-k", `{"version":"1.0","steps":[
+		{"action":{"name":"hang","type":"runHandler","input":{"handler":"hang.sh"}}},
+		{"action":{"name":"second","type":"runCommand","input":{"command":"touch,`+filepath.Join(h.work, "second")+`"}}}]}`)
+	h.waitFile("pid")
+	h.kill()
+	st, err := loadState(h.stateDir)
+	require.NoError(t, err)
+	require.NotNil(t, st.Job)
+	assert.True(t, st.Job.StepStarted)
+	assert.Equal(t, 0, st.Job.Step)
+
+	h.start()
+	ex := h.waitStatus("job-k", protocol.JobFailed)
+	assert.Equal(t, `step 1/2 "hang" failed: agent restarted during step`, ex.Details[DetailReason])
+	assert.Equal(t, 1, ex.Terminal)
+	h.waitIdle()
+	assert.NoFileExists(t, filepath.Join(h.work, "second"))
+	pid, _ := strconv.Atoi(strings.TrimSpace(h.readWork("pid")))
+	waitFor(t, "killed step's process gone", func() bool { return processGone(pid) })
+}
+
+func TestKillMidIgnoredStepContinues(t *testing.T) {
+	h := newHarness(t)
+	h.handler("hang.sh", `touch "$WORK/started"; exec sleep 300`, 0o700)
+	h.start()
+	h.svc.addJob(t, "job-i", `{"version":"1.0","steps":[
+		{"action":{"name":"hang","type":"runHandler","ignoreStepFailure":"true","input":{"handler":"hang.sh"}}},
+		{"action":{"name":"second","type":"runCommand","input":{"command":"touch,`+filepath.Join(h.work, "second")+`"}}}]}`)
+	h.waitFile("started")
+	h.kill()
+	h.start()
+	ex := h.waitStatus("job-i", protocol.JobSucceeded)
+	assert.Equal(t, "succeeded; 1 step failure(s) ignored: hang (agent restarted during step)", ex.Details[DetailReason])
+	assert.FileExists(t, filepath.Join(h.work, "second"))
+	assert.Equal(t, 1, ex.Terminal)
+}
+
+// The terminal update is decided while offline; the agent is killed; the
+// outbox delivers the update while no engine listens; the new engine
+// resends it, and the service's answer (terminal already) ends the job
+// without a second terminal transition.
+func TestTerminalStatusNeitherLostNorRepeated(t *testing.T) {
+	for _, mode := range []string{"delivered-while-dead", "never-delivered", "responses-lost"} {
+		t.Run(mode, func(t *testing.T) {
+			h := newHarness(t)
+			h.handler("wait.sh", `touch "$WORK/started"; while [ ! -e "$WORK/go" ]; do sleep 0.02; done`, 0o700)
+			h.start()
+			h.svc.addJob(t, "job-t", `{"version":"1.0","steps":[{"action":{"name":"wait","type":"runHandler","input":{"handler":"wait.sh"}}}]}`)
+			h.waitFile("started")
+			waitFor(t, "running update confirmed", func() bool {
+				st, err := loadState(h.stateDir)
+				return err == nil && st.Job != nil && st.Job.Details[DetailStepState] == "running" && st.InFlight == nil && len(st.Job.Pending) == 0
+			})
+			switch mode {
+			case "responses-lost":
+				h.tr.setDropResponses(true)
+			default:
+				h.tr.setOnline(false)
+			}
+			h.touchWork("go")
+			waitFor(t, "terminal status persisted", func() bool {
+				st, err := loadState(h.stateDir)
+				return err == nil && st.Job != nil && st.InFlight != nil && st.InFlight.Status == protocol.JobSucceeded
+			})
+			if mode == "responses-lost" {
+				waitFor(t, "terminal update reached the service", func() bool { return h.svc.get("job-t").Status == protocol.JobSucceeded })
+			}
+			h.kill()
+			switch mode {
+			case "delivered-while-dead":
+				h.tr.setOnline(true)
+				assert.Equal(t, protocol.JobSucceeded, h.svc.get("job-t").Status)
+			case "responses-lost":
+				h.tr.setDropResponses(false)
+			}
+			h.start()
+			if mode == "never-delivered" {
+				// Reconnect: the outbox delivers, then OnConnect resends.
+				h.tr.setOnline(true)
+				h.connect()
+			}
+			ex := h.waitStatus("job-t", protocol.JobSucceeded)
+			h.waitIdle()
+			ex = h.svc.get("job-t")
+			assert.Equal(t, 1, ex.Terminal)
+			terminal := 0
+			for _, u := range ex.History {
+				if u.Status.Terminal() {
+					terminal++
+				}
+			}
+			assert.Equal(t, 1, terminal)
+			assert.Zero(t, h.tr.pendingCount())
+		})
+	}
+}
+
+func TestHeartbeatRenewsStepTimeout(t *testing.T) {
+	h := newHarness(t)
+	h.cfg = func(c *Config) { c.HeartbeatInterval = 30 * time.Millisecond }
+	h.handler("wait.sh", `while [ ! -e "$WORK/go" ]; do sleep 0.02; done`, 0o700)
+	h.start()
+	h.svc.addJob(t, "job-h", `{"version":"1.0","steps":[{"action":{"name":"wait","type":"runHandler","input":{"handler":"wait.sh"}}}]}`)
+	waitFor(t, "three heartbeats during the step", func() bool {
+		n := 0
+		for _, u := range h.svc.get("job-h").History {
+			if u.Status == protocol.JobInProgress && u.StatusDetails[DetailStepState] == "running" && u.StepTimeoutInMinutes == 3 {
+				n++
+			}
+		}
+		return n >= 4
+	})
+	h.touchWork("go")
+	ex := h.waitStatus("job-h", protocol.JobSucceeded)
+	assert.Equal(t, int64(3), ex.StepTimeout)
+	assert.Zero(t, ex.History[len(ex.History)-1].StepTimeoutInMinutes, "terminal updates carry no step timeout")
+}
+
+// rebootOp is an operation like OTA's: it reports "rebooting", waits for
+// the report to be accepted, then "reboots" (blocks until the agent is
+// killed); resumed, it commits.
+type rebootOp struct {
+	runs chan *OperationStep
+}
+
+func (o *rebootOp) Validate(input map[string]json.RawMessage) error {
+	if _, ok := input["url"]; !ok {
+		return &jobdoc.Error{Field: "url", Problem: "required field is missing"}
+	}
+	return nil
+}
+
+func (o *rebootOp) Run(ctx context.Context, s *OperationStep) OperationResult {
+	o.runs <- s
+	if s.Resumed {
+		var st struct{ Phase string }
+		if err := json.Unmarshal(s.State, &st); err != nil || st.Phase != "rebooting" {
+			return OperationResult{Reason: "lost the phase"}
+		}
+		return OperationResult{OK: true, Reason: "committed", Details: map[string]string{"step": "committed"}}
+	}
+	if err := s.Progress(ctx, map[string]string{"step": "rebooting", "attempt": "1"}, json.RawMessage(`{"Phase":"rebooting"}`)); err != nil {
+		return OperationResult{Reason: err.Error()}
+	}
+	if err := s.Flush(ctx); err != nil {
+		return OperationResult{Reason: err.Error()}
+	}
+	<-ctx.Done()
+	return OperationResult{Reason: "interrupted"}
+}
+
+func TestOperationResumesAfterRestart(t *testing.T) {
+	h := newHarness(t)
+	op := &rebootOp{runs: make(chan *OperationStep, 4)}
+	require.NoError(t, h.ops.Register("mender_install", op))
+	h.start()
+	h.svc.addJob(t, "ota-1", `{"operation":"mender_install","url":"https://bucket/a.mender"}`)
+	first := <-op.runs
+	assert.False(t, first.Resumed)
+	assert.JSONEq(t, `"https://bucket/a.mender"`, string(first.Input["url"]))
+	// Flush returned only after the service accepted "rebooting".
+	waitFor(t, "rebooting reported", func() bool { return h.svc.get("ota-1").Details["step"] == "rebooting" })
+	h.kill()
+
+	h.start()
+	second := <-op.runs
+	assert.True(t, second.Resumed)
+	ex := h.waitStatus("ota-1", protocol.JobSucceeded)
+	assert.Equal(t, "committed", ex.Details["step"])
+	assert.Equal(t, "all 1 step(s) succeeded", ex.Details[DetailReason])
+	assert.Equal(t, 1, ex.Terminal)
+
+	// Without url the document is rejected with the operation's reason.
+	h.svc.addJob(t, "ota-2", `{"operation":"mender_install"}`)
+	ex = h.waitStatus("ota-2", protocol.JobRejected)
+	assert.Equal(t, "invalid job document: url: required field is missing", ex.Details[DetailReason])
+}
+
+func TestLostLocalStateFailsProcessJob(t *testing.T) {
+	h := newHarness(t)
+	h.handler("hang.sh", `touch "$WORK/started"; exec sleep 300`, 0o700)
+	h.start()
+	h.svc.addJob(t, "job-l", `{"version":"1.0","steps":[{"action":{"name":"hang","type":"runHandler","input":{"handler":"hang.sh"}}}]}`)
+	h.waitFile("started")
+	waitFor(t, "running update", func() bool { return h.svc.get("job-l").Details[DetailStepState] == "running" })
+	h.kill()
+	require.NoError(t, os.Remove(statePath(h.stateDir)))
+	h.start()
+	ex := h.waitStatus("job-l", protocol.JobFailed)
+	assert.Contains(t, ex.Details[DetailReason], "agent lost its local job state while step 1 was in progress")
+}
+
+func TestCorruptStateIsMovedAside(t *testing.T) {
+	h := newHarness(t)
+	require.NoError(t, os.WriteFile(statePath(h.stateDir), []byte("{not json"), 0o600))
+	h.start()
+	h.svc.addJob(t, "job-ok", `{"version":"1.0","steps":[{"action":{"name":"ok","type":"runCommand","input":{"command":"true"}}}]}`)
+	h.waitStatus("job-ok", protocol.JobSucceeded)
+	matches, err := filepath.Glob(statePath(h.stateDir) + ".corrupt-*")
+	require.NoError(t, err)
+	assert.Len(t, matches, 1)
+}
+
+func TestStatusDetailsClamped(t *testing.T) {
+	in := map[string]string{DetailReason: strings.Repeat("r", 3000) + "END", DetailStderr: "e"}
+	for i := 0; i < 20; i++ {
+		in["op"+strconv.Itoa(i)] = "v"
+	}
+	out := clampDetails(in)
+	assert.Len(t, out, protocol.MaxStatusDetailsEntries)
+	assert.Len(t, out[DetailReason], protocol.MaxStatusDetailsValueBytes)
+	assert.True(t, strings.HasSuffix(out[DetailReason], "END"))
+	assert.Equal(t, "e", out[DetailStderr])
+}
+
+func TestRegistry(t *testing.T) {
+	r := NewRegistry()
+	op := &rebootOp{}
+	require.NoError(t, r.Register("mender_install", op))
+	assert.ErrorContains(t, r.Register("mender_install", op), "already registered")
+	assert.ErrorContains(t, r.Register("runCommand", op), "reserved")
+	assert.ErrorContains(t, r.Register("bad name", op), "invalid name")
+	assert.Equal(t, []string{"mender_install"}, r.OperationNames())
+	assert.True(t, r.HasOperation("mender_install"))
+	assert.False(t, r.HasOperation("x"))
+	var nilReg *Registry
+	assert.False(t, nilReg.HasOperation("x"))
+	err := r.ValidateOperation("mender_install", map[string]json.RawMessage{})
+	var de *jobdoc.Error
+	require.True(t, errors.As(err, &de))
+	assert.Equal(t, "url", de.Field)
+}
+
+// processGone reports whether pid has exited (absent or a zombie).
+func processGone(pid int) bool {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && (s[i+2] == 'Z' || s[i+2] == 'X')
+}

@@ -1,0 +1,309 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
+	"github.com/iot-fleet/iot-fleet/device/jobs/runner"
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+)
+
+// statusDetails keys written by the engine. Operations may add their own
+// keys (OTA adds "step", "attempt"); a job execution holds at most 10.
+const (
+	DetailReason    = "reason"
+	DetailStepName  = "stepName"
+	DetailStepIndex = "stepIndex" // 1-based, counting the final step
+	DetailStepCount = "stepCount"
+	DetailStepState = "stepState" // running | succeeded | failed | failed-ignored
+	DetailExitCode  = "exitCode"
+	DetailStderr    = "stderr"
+	DetailStdout    = "stdout"
+)
+
+// ReasonRestartedDuringStep is the reason of a process step that was
+// running when the agent stopped; it is reported as the step's failure.
+const ReasonRestartedDuringStep = "agent restarted during step"
+
+// engineKeys are kept first when details exceed the service's limit.
+var engineKeys = []string{DetailReason, DetailStepName, DetailStepIndex, DetailStepCount, DetailStepState, DetailExitCode, DetailStderr, DetailStdout}
+
+// clampDetails enforces the AWS limits: at most 10 entries, values at most
+// 1024 bytes (the end of the value is kept: the end of stderr is what
+// matters). Engine keys win over operation keys.
+func clampDetails(in map[string]string) map[string]string {
+	out := make(map[string]string, len(in))
+	add := func(k string) {
+		if len(out) >= protocol.MaxStatusDetailsEntries {
+			return
+		}
+		if v, ok := in[k]; ok {
+			out[k] = runner.Tail(v, protocol.MaxStatusDetailsValueBytes)
+		}
+	}
+	for _, k := range engineKeys {
+		add(k)
+	}
+	for _, k := range sortedKeys(in) {
+		if _, done := out[k]; !done && k != "" {
+			add(k)
+		}
+	}
+	return out
+}
+
+// recover turns the persisted state into a consistent one at start-up: a
+// process step that was started but has no recorded outcome was running
+// when the agent stopped and is failed with ReasonRestartedDuringStep.
+func (e *Engine) recover() {
+	job := e.st.Job
+	if job == nil || job.Phase != phaseRunning {
+		return
+	}
+	if e.doc == nil {
+		job.Phase = phaseFinishing
+		_, perr := jobdoc.Parse(job.Document, jobdoc.Options{Operations: e.cfg.Operations})
+		e.change(protocol.JobFailed, map[string]string{DetailReason: fmt.Sprintf("job document no longer valid for this agent after restart: %v", perr)}, false)
+		e.save()
+		return
+	}
+	if !job.StepStarted {
+		return
+	}
+	a, ok := e.doc.Step(job.Step)
+	if !ok || a.Type == jobdoc.TypeOperation {
+		return
+	}
+	e.log.Warn("step was running when the agent stopped", "job_id", job.JobID, "step", a.Name)
+	e.applyOutcome(stepOutcome{jobID: job.JobID, step: job.Step, reason: ReasonRestartedDuringStep,
+		details: map[string]string{DetailReason: ReasonRestartedDuringStep}})
+}
+
+// advance starts the current step if nothing runs.
+func (e *Engine) advance(stepCtx context.Context) {
+	job := e.st.Job
+	if job == nil || job.Phase != phaseRunning || e.active != nil || e.doc == nil || stepCtx.Err() != nil {
+		return
+	}
+	a, ok := e.doc.Step(job.Step)
+	if !ok {
+		e.finish(protocol.JobSucceeded, e.successDetails(nil))
+		e.save()
+		e.pump(stepCtx)
+		return
+	}
+	resumed := job.StepStarted
+	if !resumed {
+		// Persist "started" before the step can have any effect.
+		job.StepStarted = true
+		e.change(protocol.JobInProgress, e.stepBase(job.Step, "running"), true)
+		e.save()
+		e.pump(stepCtx)
+	}
+	ctx, cancel := context.WithCancel(stepCtx)
+	e.active = &activeStep{jobID: job.JobID, step: job.Step, cancel: cancel}
+	jobID, idx, includeStdOut := job.JobID, job.Step, e.doc.IncludeStdOut
+	var op *OperationStep
+	if a.Type == jobdoc.TypeOperation {
+		op = &OperationStep{
+			JobID: jobID, StepName: a.Name, StepIndex: idx, RunAsUser: a.RunAsUser, Input: a.Input,
+			Resumed: resumed, State: job.OpState, ServiceDetails: job.ServiceDetails,
+		}
+		op.progress = func(pctx context.Context, details map[string]string, state json.RawMessage) error {
+			done := make(chan error, 1)
+			e.enqueue(event{opProg: &opProgress{jobID: jobID, step: idx, details: details, state: state, done: done}})
+			return waitErr(pctx, ctx, done)
+		}
+		op.flush = func(fctx context.Context) error {
+			done := make(chan error, 1)
+			e.enqueue(event{opFlush: &flushWaiter{jobID: jobID, done: done}})
+			return waitErr(fctx, ctx, done)
+		}
+	}
+	e.log.Info("starting step", "job_id", jobID, "step", a.Name, "index", idx+1, "resumed", resumed)
+	go func() {
+		var out stepOutcome
+		if op != nil {
+			out = e.runOperation(ctx, a, op)
+		} else {
+			out = e.runProcess(ctx, a, includeStdOut)
+		}
+		out.jobID, out.step = jobID, idx
+		if ctx.Err() != nil {
+			out.aborted = true
+		}
+		e.stepDone <- out
+	}()
+}
+
+func waitErr(callerCtx, stepCtx context.Context, done <-chan error) error {
+	select {
+	case err := <-done:
+		return err
+	case <-callerCtx.Done():
+		return callerCtx.Err()
+	case <-stepCtx.Done():
+		return ErrJobEnded
+	}
+}
+
+func (e *Engine) runProcess(ctx context.Context, a jobdoc.Action, includeStdOut bool) stepOutcome {
+	res := e.cfg.Runner.Run(ctx, runner.Step{Action: a, IncludeStdOut: includeStdOut, Timeout: e.cfg.StepTimeout})
+	d := map[string]string{DetailReason: res.Reason, DetailExitCode: strconv.Itoa(res.ExitCode)}
+	if res.Stderr != "" {
+		d[DetailStderr] = res.Stderr
+	}
+	if includeStdOut && res.Stdout != "" {
+		d[DetailStdout] = res.Stdout
+	}
+	return stepOutcome{ok: res.OK, reason: res.Reason, details: d}
+}
+
+func (e *Engine) runOperation(ctx context.Context, a jobdoc.Action, step *OperationStep) (out stepOutcome) {
+	op, ok := e.cfg.Operations.Lookup(a.Operation)
+	if !ok {
+		return stepOutcome{reason: fmt.Sprintf("operation %q is not registered", a.Operation)}
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			e.log.Error("operation panicked", "operation", a.Operation, "panic", r)
+			out = stepOutcome{reason: fmt.Sprintf("operation %s failed: internal error: %v", a.Operation, r)}
+		}
+	}()
+	res := op.Run(ctx, step)
+	d := make(map[string]string, len(res.Details)+1)
+	for k, v := range res.Details {
+		d[k] = v
+	}
+	reason := res.Reason
+	if reason == "" {
+		reason = "operation " + a.Operation + " finished"
+		if !res.OK {
+			reason = "operation " + a.Operation + " failed"
+		}
+	}
+	d[DetailReason] = reason
+	return stepOutcome{ok: res.OK, reason: reason, details: d}
+}
+
+// stepFinished records the outcome of the step that just ended.
+func (e *Engine) stepFinished(ctx context.Context, out stepOutcome) {
+	job := e.st.Job
+	if out.aborted || job == nil || job.JobID != out.jobID || job.Step != out.step || job.Phase != phaseRunning {
+		return
+	}
+	e.applyOutcome(out)
+	e.pump(ctx)
+}
+
+func (e *Engine) applyOutcome(out stepOutcome) {
+	job := e.st.Job
+	a, _ := e.doc.Step(job.Step)
+	state := "succeeded"
+	if !out.ok {
+		state = "failed"
+		if a.IgnoreStepFailure {
+			state = "failed-ignored"
+		}
+	}
+	details := e.stepBase(job.Step, state)
+	for k, v := range out.details {
+		details[k] = v
+	}
+	log := e.log.With("job_id", job.JobID, "step", a.Name, "index", job.Step+1)
+	job.StepStarted = false
+	job.OpState = nil
+	switch {
+	case !out.ok && !a.IgnoreStepFailure:
+		log.Warn("step failed", "reason", out.reason)
+		details[DetailReason] = fmt.Sprintf("step %d/%d %q failed: %s", job.Step+1, e.doc.StepCount(), a.Name, out.reason)
+		e.finish(protocol.JobFailed, details)
+	default:
+		if !out.ok {
+			log.Warn("step failed, failure ignored", "reason", out.reason)
+			job.IgnoredFailures = append(job.IgnoredFailures, fmt.Sprintf("%s (%s)", a.Name, out.reason))
+		} else {
+			log.Info("step succeeded")
+		}
+		job.Step++
+		if job.Step >= e.doc.StepCount() {
+			e.finish(protocol.JobSucceeded, e.successDetails(details))
+		} else {
+			e.change(protocol.JobInProgress, details, false)
+		}
+	}
+	e.save()
+}
+
+func (e *Engine) stepBase(idx int, state string) map[string]string {
+	a, _ := e.doc.Step(idx)
+	return map[string]string{
+		DetailStepName:  a.Name,
+		DetailStepIndex: strconv.Itoa(idx + 1),
+		DetailStepCount: strconv.Itoa(e.doc.StepCount()),
+		DetailStepState: state,
+	}
+}
+
+func (e *Engine) successDetails(last map[string]string) map[string]string {
+	d := map[string]string{}
+	for k, v := range last {
+		d[k] = v
+	}
+	reason := fmt.Sprintf("all %d step(s) succeeded", e.doc.StepCount())
+	if n := len(e.st.Job.IgnoredFailures); n > 0 {
+		reason = fmt.Sprintf("succeeded; %d step failure(s) ignored: %s", n, strings.Join(e.st.Job.IgnoredFailures, ", "))
+	}
+	d[DetailReason] = reason
+	return d
+}
+
+// finish decides the terminal status; it is persisted by the caller before
+// anything is sent.
+func (e *Engine) finish(status protocol.JobStatus, details map[string]string) {
+	job := e.st.Job
+	job.Phase = phaseFinishing
+	job.StepStarted = false
+	e.change(status, details, false)
+	e.log.Info("job outcome decided", "job_id", job.JobID, "status", status, "reason", details[DetailReason])
+}
+
+func (e *Engine) onOpProgress(ctx context.Context, p *opProgress) {
+	job := e.st.Job
+	if job == nil || job.JobID != p.jobID || job.Step != p.step || job.Phase != phaseRunning {
+		p.done <- ErrJobEnded
+		return
+	}
+	details := e.stepBase(job.Step, "running")
+	for k, v := range p.details {
+		details[k] = v
+	}
+	if p.state != nil {
+		job.OpState = append(json.RawMessage(nil), p.state...)
+	}
+	e.change(protocol.JobInProgress, details, true)
+	if !e.save() {
+		p.done <- fmt.Errorf("jobs state could not be saved")
+		return
+	}
+	p.done <- nil
+	e.pump(ctx)
+}
+
+func (e *Engine) onOpFlush(f flushWaiter) {
+	job := e.st.Job
+	if job == nil || job.JobID != f.jobID {
+		f.done <- ErrJobEnded
+		return
+	}
+	f.seq = job.ChangeSeq
+	if job.ConfirmedSeq >= f.seq {
+		f.done <- nil
+		return
+	}
+	e.flushers = append(e.flushers, f)
+}

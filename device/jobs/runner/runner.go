@@ -1,0 +1,356 @@
+// Package runner executes the steps of a job document as real processes:
+// runHandler steps run a handler from the handler directory (or an allowed
+// path) after checking its ownership and mode, runCommand steps run their
+// argv directly (no shell), optionally through `sudo -n -u USER --`. Each
+// step runs in its own process group, so a timeout or cancellation kills the
+// handler and everything it started. The tail of stderr (and of stdout when
+// the document asks for it) is kept for the job's statusDetails.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
+)
+
+// OutputTailBytes is how much of the end of stdout/stderr is kept: the
+// largest statusDetails value AWS IoT Jobs accepts.
+const OutputTailBytes = 1024
+
+// DefaultKillGrace is the time between SIGTERM and SIGKILL to a step's
+// process group on timeout or cancellation.
+const DefaultKillGrace = 5 * time.Second
+
+// Config configures a Runner.
+type Config struct {
+	// HandlerDir holds the handlers of runHandler steps whose path is
+	// omitted or "default". It must be mode 0700 and owned by the agent.
+	HandlerDir string
+	// AllowedPaths are the other directories a job document may name in
+	// "path" (exact match after cleaning; subdirectories are not
+	// included). The same ownership and mode rules apply to them.
+	AllowedPaths []string
+	// SudoPath is the sudo binary used for runCommand steps with
+	// runAsUser. Empty: "sudo" looked up in PATH when a step needs it.
+	SudoPath string
+	// KillGrace is the delay between SIGTERM and SIGKILL (default 5s).
+	KillGrace time.Duration
+	// Env is the environment of steps; nil means the agent's environment.
+	Env []string
+	// Logger receives step logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Runner runs steps. It holds no mutable state; Run may be called
+// concurrently.
+type Runner struct {
+	cfg Config
+	uid int
+	log *slog.Logger
+}
+
+// New validates cfg and returns a Runner.
+func New(cfg Config) (*Runner, error) {
+	if cfg.HandlerDir == "" {
+		return nil, errors.New("runner config: HandlerDir is required")
+	}
+	if !filepath.IsAbs(cfg.HandlerDir) {
+		return nil, fmt.Errorf("runner config: HandlerDir %q must be an absolute path", cfg.HandlerDir)
+	}
+	for i, p := range cfg.AllowedPaths {
+		if !filepath.IsAbs(p) {
+			return nil, fmt.Errorf("runner config: AllowedPaths[%d] %q must be an absolute path", i, p)
+		}
+		cfg.AllowedPaths[i] = filepath.Clean(p)
+	}
+	if cfg.KillGrace <= 0 {
+		cfg.KillGrace = DefaultKillGrace
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Runner{cfg: cfg, uid: os.Geteuid(), log: log}, nil
+}
+
+// Step is one action to run.
+type Step struct {
+	Action jobdoc.Action
+	// IncludeStdOut keeps the tail of stdout in the result.
+	IncludeStdOut bool
+	// Timeout kills the step's process group when it elapses; 0 means none.
+	Timeout time.Duration
+}
+
+// Result is the outcome of a step.
+type Result struct {
+	// OK: the step succeeded (exit status 0 and stderr within allowStdErr).
+	OK bool
+	// Refused: the step was not started (handler checks, path, user).
+	Refused bool
+	// TimedOut: the step's timeout elapsed and its process group was killed.
+	TimedOut bool
+	// Canceled: the context was canceled and the process group was killed.
+	Canceled bool
+	// ExitCode is the exit status, or -1 if the process did not exit
+	// normally (signal, not started).
+	ExitCode int
+	// Reason explains the outcome in one line.
+	Reason string
+	// Stdout (only with IncludeStdOut) and Stderr are the last
+	// OutputTailBytes bytes of the outputs, valid UTF-8.
+	Stdout, Stderr string
+	// StderrLines counts the lines written to stderr.
+	StderrLines int
+	// Argv is what was executed (for logs; the handler path included).
+	Argv []string
+}
+
+func refused(format string, args ...any) Result {
+	return Result{Refused: true, ExitCode: -1, Reason: fmt.Sprintf(format, args...)}
+}
+
+// Run runs s and returns its result. It never panics on bad input: anything
+// that prevents the step from starting is a Refused result with a reason.
+func (r *Runner) Run(ctx context.Context, s Step) Result {
+	var argv []string
+	switch s.Action.Type {
+	case jobdoc.TypeRunHandler:
+		path, err := r.ResolveHandler(s.Action)
+		if err != nil {
+			return refused("%v", err)
+		}
+		// Like the AWS IoT Device Client: the handler runs as the agent's
+		// user and receives runAsUser (possibly empty) as its first
+		// argument, then the job's args.
+		argv = append([]string{path, s.Action.RunAsUser}, s.Action.Args...)
+	case jobdoc.TypeRunCommand:
+		var err error
+		argv, err = r.commandArgv(s.Action)
+		if err != nil {
+			return refused("%v", err)
+		}
+	default:
+		return refused("step type %q cannot be run as a process", s.Action.Type)
+	}
+	return r.exec(ctx, s, argv)
+}
+
+// ResolveHandler returns the path of a runHandler step's handler after
+// checking the rules: the name is a plain file name, the directory is the
+// handler directory or an allowed path, and the directory and the handler
+// are owned by the agent's uid with mode 0700 (the handler a regular file,
+// not a symlink).
+func (r *Runner) ResolveHandler(a jobdoc.Action) (string, error) {
+	name := a.Handler
+	if name == "" || strings.ContainsAny(name, `/\`) || strings.Contains(name, "..") || name == "." {
+		return "", fmt.Errorf("handler name %q refused: it must be a plain file name", name)
+	}
+	dir := r.cfg.HandlerDir
+	if a.Path != "" && a.Path != jobdoc.DefaultPath {
+		clean := filepath.Clean(a.Path)
+		allowed := false
+		for _, p := range r.cfg.AllowedPaths {
+			if p == clean {
+				allowed = true
+				break
+			}
+		}
+		if !allowed {
+			return "", fmt.Errorf("path %q is not an allowed handler directory in the agent's configuration", a.Path)
+		}
+		dir = clean
+	}
+	if err := r.checkOwnerOnly(dir, true); err != nil {
+		return "", fmt.Errorf("handler directory refused: %w", err)
+	}
+	full := filepath.Join(dir, name)
+	if err := r.checkOwnerOnly(full, false); err != nil {
+		return "", fmt.Errorf("handler refused: %w", err)
+	}
+	return full, nil
+}
+
+func (r *Runner) checkOwnerOnly(p string, dir bool) error {
+	var fi os.FileInfo
+	var err error
+	if dir {
+		fi, err = os.Stat(p)
+	} else {
+		fi, err = os.Lstat(p)
+	}
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s does not exist", p)
+		}
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	switch {
+	case dir && !fi.IsDir():
+		return fmt.Errorf("%s is not a directory", p)
+	case !dir && fi.Mode()&os.ModeSymlink != 0:
+		return fmt.Errorf("%s is a symbolic link; handlers must be regular files", p)
+	case !dir && !fi.Mode().IsRegular():
+		return fmt.Errorf("%s is not a regular file", p)
+	}
+	if perm := fi.Mode() & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky); perm != 0o700 {
+		return fmt.Errorf("%s has mode %04o, must be 0700 (owner only)", p, unixMode(fi.Mode()))
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%s: cannot read the owner", p)
+	}
+	if int(st.Uid) != r.uid {
+		return fmt.Errorf("%s is owned by uid %d, must be owned by the agent's uid %d", p, st.Uid, r.uid)
+	}
+	return nil
+}
+
+func unixMode(m os.FileMode) uint32 {
+	v := uint32(m.Perm())
+	if m&os.ModeSetuid != 0 {
+		v |= 0o4000
+	}
+	if m&os.ModeSetgid != 0 {
+		v |= 0o2000
+	}
+	if m&os.ModeSticky != 0 {
+		v |= 0o1000
+	}
+	return v
+}
+
+// commandArgv builds the argv of a runCommand step. With runAsUser naming
+// another user than the agent's, the command runs through
+// `sudo -n -u USER -- argv...`; if sudo is not installed or the user does
+// not exist the step is refused (the Device Client would silently run it as
+// the agent's user instead).
+func (r *Runner) commandArgv(a jobdoc.Action) ([]string, error) {
+	if len(a.Argv) == 0 || a.Argv[0] == "" {
+		return nil, errors.New("runCommand step without a program")
+	}
+	if a.RunAsUser == "" {
+		return a.Argv, nil
+	}
+	target, err := user.Lookup(a.RunAsUser)
+	if err != nil {
+		return nil, fmt.Errorf("runAsUser %q: no such user on this device", a.RunAsUser)
+	}
+	if target.Uid == fmt.Sprint(r.uid) {
+		return a.Argv, nil
+	}
+	sudo := r.cfg.SudoPath
+	if sudo == "" {
+		sudo, err = exec.LookPath("sudo")
+		if err != nil {
+			return nil, fmt.Errorf("runAsUser %q requires sudo, which is not installed", a.RunAsUser)
+		}
+	} else if _, err := os.Stat(sudo); err != nil {
+		return nil, fmt.Errorf("runAsUser %q requires sudo, which is not installed at %s", a.RunAsUser, sudo)
+	}
+	return append([]string{sudo, "-n", "-u", a.RunAsUser, "--"}, a.Argv...), nil
+}
+
+func (r *Runner) exec(ctx context.Context, s Step, argv []string) Result {
+	stdout := &tailBuffer{}
+	stderr := &tailBuffer{}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout = stdout
+	cmd.Stderr = stderr
+	cmd.Env = r.cfg.Env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Stray background processes keeping the output pipes open do not
+	// hold the step forever once the handler itself has exited.
+	cmd.WaitDelay = r.cfg.KillGrace
+	res := Result{ExitCode: -1, Argv: argv}
+	if err := cmd.Start(); err != nil {
+		res.Reason = fmt.Sprintf("failed to start %s: %v", argv[0], err)
+		return res
+	}
+	pgid := cmd.Process.Pid
+	r.log.Info("job step started", "step", s.Action.Name, "pid", pgid, "argv0", argv[0])
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+
+	var timeout <-chan time.Time
+	if s.Timeout > 0 {
+		t := time.NewTimer(s.Timeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	var waitErr error
+	killed := false
+	select {
+	case waitErr = <-done:
+	case <-timeout:
+		res.TimedOut, killed = true, true
+	case <-ctx.Done():
+		res.Canceled, killed = true, true
+	}
+	if killed {
+		waitErr = r.killGroup(pgid, done)
+	}
+	res.Stderr = stderr.String()
+	res.StderrLines = stderr.Lines()
+	if s.IncludeStdOut {
+		res.Stdout = stdout.String()
+	}
+	state := cmd.ProcessState
+	if state != nil {
+		res.ExitCode = state.ExitCode()
+	}
+	switch {
+	case res.TimedOut:
+		res.Reason = fmt.Sprintf("timed out after %s; process group killed", s.Timeout)
+	case res.Canceled:
+		res.Reason = "canceled; process group killed"
+	case state == nil:
+		res.Reason = fmt.Sprintf("wait failed: %v", waitErr)
+	case res.ExitCode == -1:
+		if ws, ok := state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			res.Reason = fmt.Sprintf("killed by signal %d (%s)", int(ws.Signal()), ws.Signal())
+		} else {
+			res.Reason = "did not exit normally: " + state.String()
+		}
+	case res.ExitCode != 0:
+		res.Reason = fmt.Sprintf("exited with status %d", res.ExitCode)
+	case s.Action.AllowStdErr != nil && res.StderrLines > *s.Action.AllowStdErr:
+		res.Reason = fmt.Sprintf("exited with status 0 but wrote %d line(s) to stderr, more than allowStdErr %d", res.StderrLines, *s.Action.AllowStdErr)
+	default:
+		res.OK = true
+		res.Reason = "exited with status 0"
+		if errors.Is(waitErr, exec.ErrWaitDelay) {
+			r.log.Warn("job step left processes holding its output open", "step", s.Action.Name)
+		}
+	}
+	r.log.Info("job step finished", "step", s.Action.Name, "ok", res.OK, "reason", res.Reason)
+	return res
+}
+
+// killGroup sends SIGTERM to the process group, SIGKILL after the grace
+// period if the leader has not exited, and SIGKILL again after it exited to
+// catch members that ignored SIGTERM.
+func (r *Runner) killGroup(pgid int, done <-chan error) error {
+	_ = syscall.Kill(-pgid, syscall.SIGTERM)
+	grace := time.NewTimer(r.cfg.KillGrace)
+	defer grace.Stop()
+	var err error
+	select {
+	case err = <-done:
+	case <-grace.C:
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		err = <-done
+	}
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	return err
+}

@@ -1,0 +1,392 @@
+package runner
+
+import (
+	"context"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
+)
+
+func intp(n int) *int { return &n }
+
+// handlerDir makes an owner-only handler directory.
+func handlerDir(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "handlers")
+	require.NoError(t, os.Mkdir(dir, 0o700))
+	return dir
+}
+
+func writeScript(t *testing.T, dir, name, body string, mode os.FileMode) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	require.NoError(t, os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o600))
+	require.NoError(t, os.Chmod(p, mode))
+	return p
+}
+
+func newRunner(t *testing.T, cfg Config) *Runner {
+	t.Helper()
+	if cfg.KillGrace == 0 {
+		cfg.KillGrace = 200 * time.Millisecond
+	}
+	r, err := New(cfg)
+	require.NoError(t, err)
+	return r
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func handlerStep(handler string, args ...string) Step {
+	return Step{Action: jobdoc.Action{Name: handler, Type: jobdoc.TypeRunHandler, Handler: handler, Args: args}}
+}
+
+func TestHandlerReceivesUserThenArgs(t *testing.T) {
+	dir := handlerDir(t)
+	writeScript(t, dir, "show.sh", `echo "user=[$1] n=$# rest=$2,$3"; echo "to stderr" >&2`, 0o700)
+	r := newRunner(t, Config{HandlerDir: dir})
+
+	s := handlerStep("show.sh", "a b", "c")
+	s.Action.RunAsUser = "pi"
+	s.IncludeStdOut = true
+	res := r.Run(ctxT(t), s)
+	require.True(t, res.OK, res.Reason)
+	assert.Equal(t, 0, res.ExitCode)
+	assert.Equal(t, "user=[pi] n=3 rest=a b,c\n", res.Stdout)
+	assert.Equal(t, "to stderr\n", res.Stderr)
+	assert.Equal(t, 1, res.StderrLines)
+	assert.Equal(t, []string{filepath.Join(dir, "show.sh"), "pi", "a b", "c"}, res.Argv)
+
+	// Without runAsUser the first argument is the empty string, and
+	// without includeStdOut stdout is not kept.
+	s = handlerStep("show.sh", "x")
+	res = r.Run(ctxT(t), s)
+	require.True(t, res.OK, res.Reason)
+	assert.Empty(t, res.Stdout)
+	assert.Equal(t, []string{filepath.Join(dir, "show.sh"), "", "x"}, res.Argv)
+}
+
+func TestHandlerExitStatusAndStderr(t *testing.T) {
+	dir := handlerDir(t)
+	writeScript(t, dir, "fail.sh", `echo "mv: cannot stat '/sbin/reboot-invalid'" >&2; exit 3`, 0o700)
+	r := newRunner(t, Config{HandlerDir: dir})
+	res := r.Run(ctxT(t), handlerStep("fail.sh"))
+	assert.False(t, res.OK)
+	assert.False(t, res.Refused)
+	assert.Equal(t, 3, res.ExitCode)
+	assert.Equal(t, "exited with status 3", res.Reason)
+	assert.Equal(t, "mv: cannot stat '/sbin/reboot-invalid'\n", res.Stderr)
+}
+
+func TestAllowStdErr(t *testing.T) {
+	dir := handlerDir(t)
+	writeScript(t, dir, "warn.sh", `echo one >&2; printf 'two' >&2; exit 0`, 0o700)
+	r := newRunner(t, Config{HandlerDir: dir})
+	for _, tc := range []struct {
+		allow *int
+		ok    bool
+	}{{nil, true}, {intp(0), false}, {intp(1), false}, {intp(2), true}} {
+		s := handlerStep("warn.sh")
+		s.Action.AllowStdErr = tc.allow
+		res := r.Run(ctxT(t), s)
+		assert.Equal(t, 2, res.StderrLines)
+		assert.Equal(t, tc.ok, res.OK, "allowStdErr %v: %s", tc.allow, res.Reason)
+		if !tc.ok {
+			assert.Contains(t, res.Reason, "wrote 2 line(s) to stderr")
+		}
+	}
+}
+
+func TestHandlerPermissionRules(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Log("not root: the wrong-owner cases are skipped")
+	}
+	tests := []struct {
+		name   string
+		setup  func(t *testing.T, dir string)
+		reason string
+	}{
+		{"group readable handler", func(t *testing.T, dir string) { writeScript(t, dir, "h.sh", "exit 0", 0o750) }, "has mode 0750, must be 0700"},
+		{"world executable handler", func(t *testing.T, dir string) { writeScript(t, dir, "h.sh", "exit 0", 0o755) }, "has mode 0755"},
+		{"setuid handler", func(t *testing.T, dir string) {
+			p := writeScript(t, dir, "h.sh", "exit 0", 0o700)
+			require.NoError(t, os.Chmod(p, 0o700|os.ModeSetuid))
+		}, "has mode 4700"},
+		{"not executable handler", func(t *testing.T, dir string) { writeScript(t, dir, "h.sh", "exit 0", 0o600) }, "has mode 0600"},
+		{"directory too open", func(t *testing.T, dir string) {
+			writeScript(t, dir, "h.sh", "exit 0", 0o700)
+			require.NoError(t, os.Chmod(dir, 0o755))
+		}, "handler directory refused"},
+		{"missing handler", func(t *testing.T, dir string) {}, "does not exist"},
+		{"symlink handler", func(t *testing.T, dir string) {
+			target := writeScript(t, dir, "real.sh", "exit 0", 0o700)
+			require.NoError(t, os.Symlink(target, filepath.Join(dir, "h.sh")))
+		}, "symbolic link"},
+		{"directory as handler", func(t *testing.T, dir string) {
+			require.NoError(t, os.Mkdir(filepath.Join(dir, "h.sh"), 0o700))
+		}, "not a regular file"},
+		{"handler owned by another uid", func(t *testing.T, dir string) {
+			if os.Geteuid() != 0 {
+				t.Skip("needs root to chown")
+			}
+			p := writeScript(t, dir, "h.sh", "exit 0", 0o700)
+			require.NoError(t, os.Chown(p, 65534, 65534))
+		}, "owned by uid 65534"},
+		{"directory owned by another uid", func(t *testing.T, dir string) {
+			if os.Geteuid() != 0 {
+				t.Skip("needs root to chown")
+			}
+			writeScript(t, dir, "h.sh", "exit 0", 0o700)
+			require.NoError(t, os.Chown(dir, 65534, 65534))
+		}, "handler directory refused"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := handlerDir(t)
+			marker := filepath.Join(t.TempDir(), "ran")
+			tc.setup(t, dir)
+			r := newRunner(t, Config{HandlerDir: dir, Env: []string{"MARKER=" + marker}})
+			res := r.Run(ctxT(t), handlerStep("h.sh"))
+			assert.False(t, res.OK)
+			assert.True(t, res.Refused)
+			assert.Contains(t, res.Reason, tc.reason)
+			assert.NoFileExists(t, marker)
+		})
+	}
+}
+
+func TestHandlerNameAndPathRules(t *testing.T) {
+	dir := handlerDir(t)
+	other := handlerDir(t)
+	writeScript(t, other, "o.sh", "echo other", 0o700)
+	r := newRunner(t, Config{HandlerDir: dir, AllowedPaths: []string{other + "/"}})
+
+	for _, name := range []string{"../o.sh", "/bin/sh", "..", ""} {
+		res := r.Run(ctxT(t), handlerStep(name))
+		assert.True(t, res.Refused, name)
+		assert.Contains(t, res.Reason, "must be a plain file name", name)
+	}
+
+	s := handlerStep("o.sh")
+	s.Action.Path = "/usr/bin"
+	res := r.Run(ctxT(t), s)
+	assert.True(t, res.Refused)
+	assert.Contains(t, res.Reason, `path "/usr/bin" is not an allowed handler directory`)
+
+	s.Action.Path = other
+	s.IncludeStdOut = true
+	res = r.Run(ctxT(t), s)
+	require.True(t, res.OK, res.Reason)
+	assert.Equal(t, "other\n", res.Stdout)
+
+	// "default" is the handler directory, where o.sh does not exist.
+	s.Action.Path = "default"
+	res = r.Run(ctxT(t), s)
+	assert.True(t, res.Refused)
+	assert.Contains(t, res.Reason, "does not exist")
+}
+
+func TestOutputTruncation(t *testing.T) {
+	dir := handlerDir(t)
+	// 3000 'x', then 100 'é' (2 bytes each), then END, on stderr and stdout.
+	writeScript(t, dir, "loud.sh", `i=0; while [ $i -lt 300 ]; do printf 'xxxxxxxxxx'; i=$((i+1)); done >&2
+i=0; while [ $i -lt 100 ]; do printf 'é'; i=$((i+1)); done >&2
+printf 'END' >&2
+i=0; while [ $i -lt 500 ]; do echo "line $i"; i=$((i+1)); done`, 0o700)
+	r := newRunner(t, Config{HandlerDir: dir})
+	s := handlerStep("loud.sh")
+	s.IncludeStdOut = true
+	res := r.Run(ctxT(t), s)
+	require.True(t, res.OK, res.Reason)
+	assert.LessOrEqual(t, len(res.Stderr), OutputTailBytes)
+	assert.GreaterOrEqual(t, len(res.Stderr), OutputTailBytes-1)
+	assert.True(t, strings.HasSuffix(res.Stderr, strings.Repeat("é", 100)+"END"))
+	assert.True(t, strings.HasPrefix(res.Stderr, "xxx"))
+	assert.LessOrEqual(t, len(res.Stdout), OutputTailBytes)
+	assert.True(t, strings.HasSuffix(res.Stdout, "line 499\n"))
+	assert.NotContains(t, res.Stdout, "line 1\n")
+	assert.Equal(t, 1, res.StderrLines)
+}
+
+// processGone reports whether pid has exited (absent or a zombie).
+func processGone(pid int) bool {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && (s[i+2] == 'Z' || s[i+2] == 'X')
+}
+
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !processGone(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d still running", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestTimeoutKillsProcessGroup(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		trap string
+	}{
+		{"handler exits on SIGTERM", ""},
+		{"handler ignores SIGTERM", "trap '' TERM"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := handlerDir(t)
+			pidFile := filepath.Join(t.TempDir(), "child.pid")
+			ready := pidFile + ".ready"
+			writeScript(t, dir, "hang.sh", tc.trap+`
+sleep 300 &
+echo $! > "$PIDFILE"
+touch "$READY"
+wait
+echo "not reached"`, 0o700)
+			r := newRunner(t, Config{HandlerDir: dir, Env: []string{"PIDFILE=" + pidFile, "READY=" + ready, "PATH=" + os.Getenv("PATH")}})
+			s := handlerStep("hang.sh")
+			s.Timeout = 500 * time.Millisecond
+			s.IncludeStdOut = true
+			res := r.Run(ctxT(t), s)
+			assert.False(t, res.OK)
+			assert.True(t, res.TimedOut)
+			assert.Contains(t, res.Reason, "timed out after 500ms; process group killed")
+			assert.NotContains(t, res.Stdout, "not reached")
+			require.FileExists(t, ready, "the handler did not start its child before the timeout")
+			data, err := os.ReadFile(pidFile)
+			require.NoError(t, err)
+			pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+			require.NoError(t, err)
+			waitGone(t, pid)
+		})
+	}
+}
+
+func TestCancelKillsStep(t *testing.T) {
+	dir := handlerDir(t)
+	ready := filepath.Join(t.TempDir(), "ready")
+	writeScript(t, dir, "hang.sh", `touch "$READY"; exec sleep 300`, 0o700)
+	r := newRunner(t, Config{HandlerDir: dir, Env: []string{"READY=" + ready, "PATH=" + os.Getenv("PATH")}})
+	ctx, cancel := context.WithCancel(ctxT(t))
+	go func() {
+		for {
+			if _, err := os.Stat(ready); err == nil {
+				cancel()
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	res := r.Run(ctx, handlerStep("hang.sh"))
+	assert.True(t, res.Canceled)
+	assert.False(t, res.OK)
+	assert.Equal(t, "canceled; process group killed", res.Reason)
+}
+
+func commandStep(command, runAs string) Step {
+	argv, err := jobdoc.SplitCommand(command)
+	if err != nil {
+		panic(err)
+	}
+	return Step{IncludeStdOut: true, Action: jobdoc.Action{Name: "cmd", Type: jobdoc.TypeRunCommand, Command: command, Argv: argv, RunAsUser: runAs}}
+}
+
+func TestRunCommandWithoutShell(t *testing.T) {
+	r := newRunner(t, Config{HandlerDir: handlerDir(t)})
+	res := r.Run(ctxT(t), commandStep(`echo,Hello\, I am Device Client.,$HOME,;,*`, ""))
+	require.True(t, res.OK, res.Reason)
+	assert.Equal(t, "Hello, I am Device Client. $HOME ; *\n", res.Stdout)
+
+	res = r.Run(ctxT(t), commandStep("sh,-c,echo oops >&2; exit 7", ""))
+	assert.Equal(t, 7, res.ExitCode)
+	assert.Equal(t, "oops\n", res.Stderr)
+
+	res = r.Run(ctxT(t), commandStep("no-such-program-xyz", ""))
+	assert.False(t, res.OK)
+	assert.Contains(t, res.Reason, "failed to start no-such-program-xyz")
+}
+
+func TestRunCommandAsUser(t *testing.T) {
+	me, err := user.Current()
+	require.NoError(t, err)
+	tmp := t.TempDir()
+	record := filepath.Join(tmp, "sudo-args")
+	// A fake sudo that records its arguments and runs the command after
+	// "-n -u USER --".
+	sudo := writeScript(t, tmp, "sudo", `printf '%s\n' "$@" > "`+record+`"
+shift 4
+exec "$@"`, 0o755)
+	r := newRunner(t, Config{HandlerDir: handlerDir(t), SudoPath: sudo})
+
+	res := r.Run(ctxT(t), commandStep("echo,hi", "nobody"))
+	require.True(t, res.OK, res.Reason)
+	assert.Equal(t, "hi\n", res.Stdout)
+	data, err := os.ReadFile(record)
+	require.NoError(t, err)
+	assert.Equal(t, "-n\n-u\nnobody\n--\necho\nhi\n", string(data))
+	assert.Equal(t, []string{sudo, "-n", "-u", "nobody", "--", "echo", "hi"}, res.Argv)
+
+	// The agent's own user needs no sudo.
+	require.NoError(t, os.Remove(record))
+	res = r.Run(ctxT(t), commandStep("echo,me", me.Username))
+	require.True(t, res.OK, res.Reason)
+	assert.Equal(t, []string{"echo", "me"}, res.Argv)
+	assert.NoFileExists(t, record)
+
+	res = r.Run(ctxT(t), commandStep("echo,hi", "no-such-user-xyz"))
+	assert.True(t, res.Refused)
+	assert.Contains(t, res.Reason, `runAsUser "no-such-user-xyz": no such user`)
+
+	r = newRunner(t, Config{HandlerDir: handlerDir(t), SudoPath: filepath.Join(tmp, "missing-sudo")})
+	res = r.Run(ctxT(t), commandStep("echo,hi", "nobody"))
+	assert.True(t, res.Refused)
+	assert.Contains(t, res.Reason, "requires sudo, which is not installed")
+}
+
+func TestNewValidatesConfig(t *testing.T) {
+	_, err := New(Config{})
+	assert.ErrorContains(t, err, "HandlerDir is required")
+	_, err = New(Config{HandlerDir: "rel"})
+	assert.ErrorContains(t, err, "absolute")
+	_, err = New(Config{HandlerDir: "/x", AllowedPaths: []string{"y"}})
+	assert.ErrorContains(t, err, "AllowedPaths[0]")
+}
+
+func TestTail(t *testing.T) {
+	assert.Equal(t, "abc", Tail("abc", 10))
+	assert.Equal(t, "cd", Tail("abcd", 2))
+	// A multi-byte character cut in half is dropped, not split.
+	assert.Equal(t, "b", Tail("éb", 2))
+	assert.Equal(t, "\uFFFD", Tail("\xff", 10))
+
+	var tb tailBuffer
+	for i := 0; i < 1000; i++ {
+		_, _ = tb.Write([]byte("0123456789\n"))
+	}
+	assert.Equal(t, 1000, tb.Lines())
+	assert.Len(t, tb.String(), OutputTailBytes)
+	assert.True(t, strings.HasSuffix(tb.String(), "0123456789\n"))
+	big := strings.Repeat("y", 5000) + "Z"
+	n, err := tb.Write([]byte(big))
+	require.NoError(t, err)
+	assert.Equal(t, len(big), n)
+	assert.True(t, strings.HasSuffix(tb.String(), "yZ"))
+}

@@ -1,0 +1,228 @@
+package ota
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+)
+
+// The helper process is this test binary re-executed with helperEnv set: a
+// minimal agent that runs one OTA job and appends each accepted report to a
+// file. When a report's step equals blockAtEnv it writes a marker and hangs
+// before accepting it, so the test can kill -9 it exactly there.
+const (
+	helperEnv  = "OTA_TEST_HELPER_DIR"
+	blockAtEnv = "OTA_TEST_HELPER_BLOCK_AT"
+)
+
+func init() {
+	// Runs before TestMain in the helper process only.
+	if dir := os.Getenv(helperEnv); dir != "" {
+		os.Exit(helperMain(dir, os.Getenv(blockAtEnv)))
+	}
+}
+
+type helperReporter struct {
+	path    string
+	blockAt string
+	marker  string
+}
+
+func (h *helperReporter) Report(_ context.Context, status protocol.JobStatus, details map[string]string) error {
+	if h.blockAt != "" && details[DetailStep] == h.blockAt {
+		if err := os.WriteFile(h.marker, []byte(h.blockAt), 0o600); err != nil {
+			return err
+		}
+		select {} // wait for kill -9
+	}
+	b, err := json.Marshal(report{Status: status, Details: details})
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(h.path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func helperMain(dir, blockAt string) int {
+	events := filepath.Join(dir, "events.log")
+	u, err := New(Config{
+		StateDir:         filepath.Join(dir, "state"),
+		Mender:           MenderConfig{UpdatePath: filepath.Join(dir, "mender", "mender-update"), Path: filepath.Join(dir, "mender", "mender")},
+		RetryDelay:       time.Millisecond,
+		PreRebootCommand: []string{"/bin/sh", "-c", `echo hook >> "$0"`, events},
+		RebootCommand:    []string{"/bin/sh", "-c", `echo reboot >> "$0"`, events},
+		RebootWait:       -1,
+		BootID: func() (string, error) {
+			b, err := os.ReadFile(filepath.Join(dir, "boot_id"))
+			return strings.TrimSpace(string(b)), err
+		},
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 10
+	}
+	rep := &helperReporter{path: filepath.Join(dir, "reports.jsonl"), blockAt: blockAt, marker: filepath.Join(dir, "blocked")}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err = u.Run(ctx, testJob("ota-kill9"), rep)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, ErrRebootPending):
+		return 3
+	default:
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+}
+
+type helperAgent struct {
+	t   *testing.T
+	dir string
+}
+
+func newHelperAgent(t *testing.T) *helperAgent {
+	dir := t.TempDir()
+	require.NoError(t, os.Mkdir(filepath.Join(dir, "mender"), 0o700))
+	require.NoError(t, os.Link(bins.fakeMender, filepath.Join(dir, "mender", "mender-update")))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "boot_id"), []byte("boot-1"), 0o600))
+	return &helperAgent{t: t, dir: dir}
+}
+
+func (h *helperAgent) reboot() {
+	require.NoError(h.t, os.WriteFile(filepath.Join(h.dir, "boot_id"), []byte(fmt.Sprint("boot-", time.Now().UnixNano())), 0o600))
+}
+
+// start runs the helper; with blockAt it waits until the helper blocks
+// there and kills it with SIGKILL.
+func (h *helperAgent) start(blockAt string) (exitCode int, killed bool) {
+	t := h.t
+	_ = os.Remove(filepath.Join(h.dir, "blocked"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+h.dir, blockAtEnv+"="+blockAt)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- cmd.Wait() }()
+	if blockAt != "" {
+		deadline := time.After(30 * time.Second)
+	poll:
+		for {
+			select {
+			case err := <-waitErr:
+				// Finished without reaching blockAt (the point is not on
+				// this run's path).
+				t.Logf("helper output:\n%s", stderr.String())
+				return exitOf(t, err), false
+			case <-deadline:
+				t.Fatalf("helper did not reach %s:\n%s", blockAt, stderr.String())
+			case <-time.After(5 * time.Millisecond):
+				if _, err := os.Stat(filepath.Join(h.dir, "blocked")); err == nil {
+					break poll
+				}
+			}
+		}
+		require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+		<-waitErr
+		return -1, true
+	}
+	err := <-waitErr
+	t.Logf("helper output:\n%s", stderr.String())
+	return exitOf(t, err), false
+}
+
+func exitOf(t *testing.T, err error) int {
+	if err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee)
+	return ee.ExitCode()
+}
+
+func (h *helperAgent) reports() []report {
+	f, err := os.Open(filepath.Join(h.dir, "reports.jsonl"))
+	if os.IsNotExist(err) {
+		return nil
+	}
+	require.NoError(h.t, err)
+	defer f.Close()
+	var out []report
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r report
+		require.NoError(h.t, json.Unmarshal(sc.Bytes(), &r))
+		out = append(out, r)
+	}
+	return out
+}
+
+// TestKill9AtEveryPersistedState kills a real agent process with SIGKILL
+// at every persisted state and restarts it until the job is done.
+func TestKill9AtEveryPersistedState(t *testing.T) {
+	for _, killAt := range []string{"downloading", "installing", "rebooting", "verifying", "committed"} {
+		t.Run(killAt, func(t *testing.T) {
+			h := newHelperAgent(t)
+			code, killed := h.start(killAt)
+			if !killed {
+				// The kill point comes after the reboot.
+				require.Equal(t, 3, code)
+				h.reboot()
+				code, killed = h.start(killAt)
+			}
+			require.True(t, killed, "killed at %s", killAt)
+			_ = code
+
+			// Restart until the job is finished, rebooting when asked.
+			for i := 0; i < 4; i++ {
+				code, _ = h.start("")
+				if code != 3 {
+					break
+				}
+				h.reboot()
+			}
+			require.Equal(t, 0, code)
+			reps := h.reports()
+			require.NotEmpty(t, reps)
+			assert.Equal(t, protocol.JobSucceeded, reps[len(reps)-1].Status)
+			assert.Equal(t, "committed", reps[len(reps)-1].Details[DetailStep])
+			m := &fakeMender{t: t, dir: filepath.Join(h.dir, "mender")}
+			parts := m.partitions()
+			assert.Equal(t, "B", parts.Active)
+			assert.Equal(t, 1, parts.Commits)
+			ev := &eventLog{path: filepath.Join(h.dir, "events.log")}
+			assert.Equal(t, 1, ev.count(t, "reboot"))
+			assert.Equal(t, 1, ev.count(t, "hook"))
+		})
+	}
+}

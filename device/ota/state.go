@@ -1,0 +1,192 @@
+package ota
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/iot-fleet/iot-fleet/internal/atomicfile"
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+)
+
+// Step is an OTA step, persisted locally and reported as statusDetails.step.
+type Step string
+
+// Steps, in order. committed and rolled_back are terminal, and so is
+// failed (an install that never succeeded: nothing to roll back).
+const (
+	StepDownloading Step = "downloading"
+	StepInstalling  Step = "installing"
+	StepRebooting   Step = "rebooting"
+	StepVerifying   Step = "verifying"
+	StepCommitted   Step = "committed"
+	StepRolledBack  Step = "rolled_back"
+	StepFailed      Step = "failed"
+)
+
+// Terminal reports whether s ends the job.
+func (s Step) Terminal() bool {
+	return s == StepCommitted || s == StepRolledBack || s == StepFailed
+}
+
+func (s Step) valid() bool {
+	switch s {
+	case StepDownloading, StepInstalling, StepRebooting, StepVerifying, StepCommitted, StepRolledBack, StepFailed:
+		return true
+	}
+	return false
+}
+
+// statusDetails keys.
+const (
+	DetailStep    = "step"
+	DetailAttempt = "attempt"
+	DetailReason  = "reason"
+	DetailMender  = "mender"
+)
+
+// stateVersion is the state file format version.
+const stateVersion = 1
+
+// StateFileName is the state file inside the state directory.
+const StateFileName = "ota-state.json"
+
+// State is the persisted OTA state. It is written (atomically, fsynced)
+// before the step it names is acted on or reported.
+type State struct {
+	Version int    `json:"version"`
+	JobID   string `json:"jobId"`
+	// URL is the artifact URL, kept to retry an interrupted install. It is
+	// a presigned URL (a short-lived credential): the file is 0600.
+	URL     string             `json:"url"`
+	Step    Step               `json:"step"`
+	Status  protocol.JobStatus `json:"status"`
+	Attempt int                `json:"attempt"`
+	Reason  string             `json:"reason,omitempty"`
+	// Reported is true once the Reporter accepted this step's status.
+	Reported bool `json:"reported"`
+	// BootID is the kernel boot id when a reboot was requested; a
+	// different boot id on resume proves the reboot happened.
+	BootID string `json:"bootId,omitempty"`
+	// Reboots counts reboot requests in this step (a reboot command that
+	// did not reboot is retried a bounded number of times).
+	Reboots int `json:"reboots,omitempty"`
+	// RollbackReboot is set when a rollback on the new partition needs a
+	// reboot into the old one after the terminal status is reported.
+	RollbackReboot bool `json:"rollbackReboot,omitempty"`
+	// RollbackDone is set once mender rollback ran for a rolled_back step.
+	RollbackDone bool      `json:"rollbackDone,omitempty"`
+	UpdatedAt    time.Time `json:"updatedAt"`
+}
+
+// Details returns the statusDetails of s.
+func (s State) Details(flavor Flavor) map[string]string {
+	d := map[string]string{
+		DetailStep:    string(s.Step),
+		DetailAttempt: strconv.Itoa(s.Attempt),
+	}
+	if s.Reason != "" {
+		d[DetailReason] = truncate(s.Reason, protocol.MaxStatusDetailsValueBytes)
+	}
+	if flavor != "" {
+		d[DetailMender] = string(flavor)
+	}
+	return d
+}
+
+// truncate keeps the first n bytes of s, cut at a rune boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && s[i]&0xC0 == 0x80 {
+		i--
+	}
+	return s[:i]
+}
+
+func (s State) validate() error {
+	if s.Version != stateVersion {
+		return fmt.Errorf("field version: %d is not %d", s.Version, stateVersion)
+	}
+	if s.JobID == "" {
+		return errors.New("field jobId: empty")
+	}
+	if !s.Step.valid() {
+		return fmt.Errorf("field step: unknown step %q", s.Step)
+	}
+	if s.Attempt < 0 {
+		return fmt.Errorf("field attempt: negative (%d)", s.Attempt)
+	}
+	switch s.Status {
+	case protocol.JobInProgress, protocol.JobSucceeded, protocol.JobFailed:
+	default:
+		return fmt.Errorf("field status: %q is not IN_PROGRESS, SUCCEEDED or FAILED", s.Status)
+	}
+	return nil
+}
+
+// stateStore reads and writes the state file.
+type stateStore struct {
+	path string
+}
+
+func newStateStore(dir string) (*stateStore, error) {
+	if dir == "" {
+		return nil, errors.New("state dir: empty")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir %s: %w", dir, err)
+	}
+	return &stateStore{path: filepath.Join(dir, StateFileName)}, nil
+}
+
+// load returns the persisted state, or nil if there is none.
+func (st *stateStore) load() (*State, error) {
+	b, err := os.ReadFile(st.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read ota state %s: %w", st.path, err)
+	}
+	var s State
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("parse ota state %s: %w", st.path, err)
+	}
+	if err := s.validate(); err != nil {
+		return nil, fmt.Errorf("ota state %s: %w", st.path, err)
+	}
+	return &s, nil
+}
+
+func (st *stateStore) save(s *State) error {
+	s.Version = stateVersion
+	if err := s.validate(); err != nil {
+		return fmt.Errorf("save ota state: %w", err)
+	}
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode ota state: %w", err)
+	}
+	if err := atomicfile.WriteFile(st.path, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("save ota state: %w", err)
+	}
+	return nil
+}
+
+// quarantine moves an unreadable state file aside (kept for diagnosis) so
+// the job can continue from its statusDetails.
+func (st *stateStore) quarantine() error {
+	dst := st.path + ".corrupt-" + strconv.FormatInt(time.Now().UnixNano(), 10)
+	if err := os.Rename(st.path, dst); err != nil {
+		return fmt.Errorf("quarantine ota state: %w", err)
+	}
+	return atomicfile.SyncDir(filepath.Dir(st.path))
+}

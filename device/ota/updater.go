@@ -1,0 +1,743 @@
+package ota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+)
+
+// Reporter delivers job execution status updates for one job. The agent's
+// implementation must be durable and ordered (persisted in its outbox
+// before Report returns) so a status reported before a reboot is never
+// lost. Report returning nil is the confirmation the updater waits for
+// before it reboots.
+type Reporter interface {
+	Report(ctx context.Context, status protocol.JobStatus, details map[string]string) error
+}
+
+// ReporterFunc adapts a function to Reporter.
+type ReporterFunc func(ctx context.Context, status protocol.JobStatus, details map[string]string) error
+
+// Report calls f.
+func (f ReporterFunc) Report(ctx context.Context, status protocol.JobStatus, details map[string]string) error {
+	return f(ctx, status, details)
+}
+
+// Job is one job execution handed to the updater.
+type Job struct {
+	ID string
+	// Document is the execution's jobDocument.
+	Document map[string]any
+	// StatusDetails are the execution's current statusDetails as the Jobs
+	// service returned them (start-next, notify-next or describe); used
+	// only when the local state was lost.
+	StatusDetails map[string]string
+}
+
+// ErrRebootPending is returned by Run and Resume after the reboot command
+// was issued: the job stays IN_PROGRESS (step rebooting) and continues on
+// the next start of the agent.
+var ErrRebootPending = errors.New("ota: reboot pending")
+
+// HealthCheck is a command that must exit 0 within Timeout before an
+// update is committed.
+type HealthCheck struct {
+	Name    string
+	Command []string
+	Timeout time.Duration
+}
+
+// Config configures an Updater. Zero values take the defaults noted.
+type Config struct {
+	// StateDir holds the state file (required).
+	StateDir string
+	// ThingName is used in progress topics (required when Publisher is set).
+	ThingName string
+	// Mender locates the mender client.
+	Mender MenderConfig
+	// MaxAttempts bounds install attempts (default 3).
+	MaxAttempts int
+	// RetryDelay is the pause between install attempts (default 30s).
+	RetryDelay time.Duration
+	// InstallTimeout bounds one mender install (default 2h).
+	InstallTimeout time.Duration
+	// CommandTimeout bounds commit, rollback and the pre-reboot hook
+	// (default 10m).
+	CommandTimeout time.Duration
+	// AllowHTTP accepts http:// artifact URLs (local demos only).
+	AllowHTTP bool
+
+	// Publisher receives progress messages; nil disables progress.
+	Publisher Publisher
+	// ProgressInterval is the minimum time between two progress messages
+	// that do not cross a 10% boundary (default 10s).
+	ProgressInterval time.Duration
+	// ReferenceProgress also publishes {"progress": line, "ts": ...} on
+	// mender/<thing>/job/<jobId>/progress (the reference agent's topic).
+	ReferenceProgress bool
+
+	// PreRebootCommand runs before every reboot (e.g. stop services);
+	// empty for none. A failure is logged and the reboot goes ahead.
+	PreRebootCommand []string
+	// RebootCommand reboots the device (default systemctl reboot).
+	RebootCommand []string
+	// RebootWait is how long Run waits, after the reboot command, to be
+	// stopped by the shutdown before returning ErrRebootPending
+	// (default 5m; negative returns at once).
+	RebootWait time.Duration
+	// MaxReboots bounds reboot requests that did not reboot (default 3).
+	MaxReboots int
+	// NoRollbackReboot skips the reboot into the old partition after a
+	// rollback made on the new one (health check failure).
+	NoRollbackReboot bool
+
+	// Connectivity is the agent's own check that it is connected to AWS
+	// IoT Core; it must return nil once connected or an error when ctx
+	// ends. nil skips it.
+	Connectivity func(ctx context.Context) error
+	// ConnectivityTimeout bounds Connectivity (default 2m).
+	ConnectivityTimeout time.Duration
+	// HealthChecks run after Connectivity; each must exit 0.
+	HealthChecks []HealthCheck
+
+	// BootID returns the kernel's boot id (default: read
+	// /proc/sys/kernel/random/boot_id). Tests replace it to simulate a
+	// reboot.
+	BootID func() (string, error)
+	// Now returns the time (default time.Now).
+	Now func() time.Time
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Defaults.
+const (
+	DefaultMaxAttempts         = 3
+	DefaultRetryDelay          = 30 * time.Second
+	DefaultInstallTimeout      = 2 * time.Hour
+	DefaultCommandTimeout      = 10 * time.Minute
+	DefaultProgressInterval    = 10 * time.Second
+	DefaultRebootWait          = 5 * time.Minute
+	DefaultMaxReboots          = 3
+	DefaultConnectivityTimeout = 2 * time.Minute
+	DefaultHealthCheckTimeout  = time.Minute
+	bootIDPath                 = "/proc/sys/kernel/random/boot_id"
+)
+
+// DefaultRebootCommand reboots through systemd, which stops services
+// (and the agent, with SIGTERM) in order.
+func DefaultRebootCommand() []string { return []string{"systemctl", "reboot"} }
+
+// ReadBootID reads the kernel's boot id.
+func ReadBootID() (string, error) {
+	b, err := os.ReadFile(bootIDPath)
+	if err != nil {
+		return "", fmt.Errorf("read boot id: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// Updater runs mender_install jobs. One job at a time; safe for concurrent
+// use.
+type Updater struct {
+	cfg   Config
+	log   *slog.Logger
+	store *stateStore
+
+	mu     sync.Mutex
+	mender *Mender
+}
+
+// New returns an Updater. It checks the configuration and that the boot id
+// is readable, but does not look for mender until a job runs.
+func New(cfg Config) (*Updater, error) {
+	if cfg.MaxAttempts == 0 {
+		cfg.MaxAttempts = DefaultMaxAttempts
+	}
+	if cfg.RetryDelay == 0 {
+		cfg.RetryDelay = DefaultRetryDelay
+	}
+	if cfg.InstallTimeout == 0 {
+		cfg.InstallTimeout = DefaultInstallTimeout
+	}
+	if cfg.CommandTimeout == 0 {
+		cfg.CommandTimeout = DefaultCommandTimeout
+	}
+	if cfg.ProgressInterval == 0 {
+		cfg.ProgressInterval = DefaultProgressInterval
+	}
+	if len(cfg.RebootCommand) == 0 {
+		cfg.RebootCommand = DefaultRebootCommand()
+	}
+	if cfg.RebootWait == 0 {
+		cfg.RebootWait = DefaultRebootWait
+	}
+	if cfg.MaxReboots == 0 {
+		cfg.MaxReboots = DefaultMaxReboots
+	}
+	if cfg.ConnectivityTimeout == 0 {
+		cfg.ConnectivityTimeout = DefaultConnectivityTimeout
+	}
+	if cfg.BootID == nil {
+		cfg.BootID = ReadBootID
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	switch {
+	case cfg.MaxAttempts < 0:
+		return nil, fmt.Errorf("ota config: maxAttempts: %d is negative", cfg.MaxAttempts)
+	case cfg.MaxReboots < 0:
+		return nil, fmt.Errorf("ota config: maxReboots: %d is negative", cfg.MaxReboots)
+	case cfg.RetryDelay < 0, cfg.InstallTimeout < 0, cfg.CommandTimeout < 0, cfg.ProgressInterval < 0, cfg.ConnectivityTimeout < 0:
+		return nil, errors.New("ota config: durations must not be negative (except rebootWait)")
+	case cfg.Publisher != nil && cfg.ThingName == "":
+		return nil, errors.New("ota config: thingName: required to publish progress")
+	case cfg.RebootCommand[0] == "":
+		return nil, errors.New("ota config: rebootCommand: empty program")
+	}
+	for i, hc := range cfg.HealthChecks {
+		if len(hc.Command) == 0 || hc.Command[0] == "" {
+			return nil, fmt.Errorf("ota config: healthChecks[%d]: empty command", i)
+		}
+		if hc.Timeout < 0 {
+			return nil, fmt.Errorf("ota config: healthChecks[%d].timeout: negative", i)
+		}
+	}
+	if _, err := cfg.BootID(); err != nil {
+		return nil, fmt.Errorf("ota config: boot id: %w", err)
+	}
+	st, err := newStateStore(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("ota config: stateDir: %w", err)
+	}
+	return &Updater{cfg: cfg, log: cfg.Logger, store: st}, nil
+}
+
+// Pending returns the persisted state if an OTA job still has work to do
+// on this device (including reporting or a reboot after a rollback), or
+// nil.
+func (u *Updater) Pending() (*State, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	st, err := u.store.load()
+	if err != nil || st == nil {
+		return nil, err
+	}
+	if st.Step.Terminal() && st.Reported && !st.RollbackReboot && (st.Step != StepRolledBack || st.RollbackDone) {
+		return nil, nil
+	}
+	return st, nil
+}
+
+// Resume continues the persisted OTA job, if any, reporting through the
+// Reporter that newReporter returns for its job id. Call it on agent start
+// (after connecting) for jobs the engine does not hand over by itself.
+func (u *Updater) Resume(ctx context.Context, newReporter func(jobID string) Reporter) error {
+	st, err := u.Pending()
+	if err != nil {
+		return err
+	}
+	if st == nil {
+		return nil
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.drive(ctx, st, newReporter(st.JobID))
+}
+
+// Run starts or continues job. It returns nil once a terminal status
+// (SUCCEEDED, FAILED or REJECTED) has been reported, ErrRebootPending after
+// it asked for a reboot, and any other error when it was interrupted (the
+// job stays IN_PROGRESS; call Run or Resume again).
+func (u *Updater) Run(ctx context.Context, job Job, r Reporter) error {
+	if job.ID == "" {
+		return errors.New("ota: job id is empty")
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	st, err := u.store.load()
+	if err != nil {
+		u.log.Error("ota: state file unreadable; continuing from the job's statusDetails", "err", err)
+		if qerr := u.store.quarantine(); qerr != nil {
+			return fmt.Errorf("ota: %w (and %w)", err, qerr)
+		}
+		st = nil
+	}
+	if st != nil && st.JobID != job.ID {
+		if !st.Step.Terminal() {
+			u.log.Warn("ota: abandoning unfinished OTA state of another job", "job", st.JobID, "step", st.Step)
+		}
+		st = nil
+	}
+	if st == nil {
+		doc, err := DocumentFromMap(job.Document)
+		if err == nil {
+			err = doc.Validate(u.cfg.AllowHTTP)
+		}
+		if err != nil {
+			re, _ := IsReject(err)
+			reason := err.Error()
+			if re != nil {
+				reason = re.Error()
+			}
+			u.log.Warn("ota: rejecting job", "job", job.ID, "reason", reason)
+			if rerr := r.Report(ctx, protocol.JobRejected, map[string]string{DetailReason: truncate(reason, protocol.MaxStatusDetailsValueBytes)}); rerr != nil {
+				return fmt.Errorf("ota: report REJECTED for job %s: %w", job.ID, rerr)
+			}
+			return nil
+		}
+		st = u.reconstruct(job, doc)
+		if err := u.store.save(st); err != nil {
+			return err
+		}
+	}
+	return u.drive(ctx, st, r)
+}
+
+// reconstruct builds the starting state of a job without local state: a
+// fresh job, or one whose local state was lost (its statusDetails say how
+// far it got).
+func (u *Updater) reconstruct(job Job, doc Document) *State {
+	st := &State{JobID: job.ID, URL: doc.URL, Step: StepDownloading, Status: protocol.JobInProgress, UpdatedAt: u.cfg.Now()}
+	step := Step(job.StatusDetails[DetailStep])
+	attempt, _ := strconv.Atoi(job.StatusDetails[DetailAttempt])
+	if attempt < 0 {
+		attempt = 0
+	}
+	reason := job.StatusDetails[DetailReason]
+	switch step {
+	case "":
+		return st
+	case StepDownloading, StepInstalling:
+		// Interrupted mid-install: that attempt counts; retry after a
+		// rollback of whatever mender left behind.
+		st.Step, st.Attempt, st.Reason = step, max(attempt, 1), reason
+	case StepRebooting, StepVerifying:
+		// The reboot happened (or the job would not have been handed over
+		// again by a fresh agent): verify and commit.
+		st.Step, st.Attempt = StepVerifying, attempt
+	case StepCommitted:
+		st.Step, st.Status, st.Attempt = StepCommitted, protocol.JobSucceeded, attempt
+	case StepRolledBack, StepFailed:
+		st.Step, st.Status, st.Attempt, st.Reason = step, protocol.JobFailed, attempt, reason
+		if reason == "" {
+			st.Reason = "update failed (local OTA state lost)"
+		}
+	default:
+		u.log.Warn("ota: unknown step in statusDetails; starting over", "job", job.ID, "step", step)
+	}
+	u.log.Info("ota: no local state; continuing from statusDetails", "job", job.ID, "step", st.Step, "attempt", st.Attempt)
+	return st
+}
+
+// drive runs the state machine from st until a terminal status is
+// reported, a reboot is pending, or it is interrupted.
+func (u *Updater) drive(ctx context.Context, st *State, r Reporter) error {
+	for {
+		var err error
+		switch st.Step {
+		case StepDownloading, StepInstalling:
+			err = u.install(ctx, st, r)
+		case StepRebooting:
+			err = u.rebooting(ctx, st, r)
+		case StepVerifying:
+			err = u.verify(ctx, st, r)
+		case StepCommitted, StepRolledBack, StepFailed:
+			return u.finish(ctx, st, r)
+		default:
+			return fmt.Errorf("ota: job %s: unknown step %q", st.JobID, st.Step)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// enter persists st at step with status and reason, then reports it.
+func (u *Updater) enter(ctx context.Context, st *State, r Reporter, step Step, status protocol.JobStatus, reason string) error {
+	st.Step, st.Status, st.Reason = step, status, u.redact(st, reason)
+	st.Reported = false
+	if step != StepRebooting {
+		st.Reboots = 0
+	}
+	if err := u.save(st); err != nil {
+		return err
+	}
+	u.log.Info("ota: step", "job", st.JobID, "step", step, "status", status, "attempt", st.Attempt, "reason", st.Reason)
+	return u.report(ctx, st, r)
+}
+
+// report sends st's status (again) and records that it was accepted.
+func (u *Updater) report(ctx context.Context, st *State, r Reporter) error {
+	if err := r.Report(ctx, st.Status, st.Details(u.flavor())); err != nil {
+		return fmt.Errorf("ota: job %s: report %s step %s: %w", st.JobID, st.Status, st.Step, err)
+	}
+	st.Reported = true
+	return u.save(st)
+}
+
+func (u *Updater) save(st *State) error {
+	st.UpdatedAt = u.cfg.Now()
+	return u.store.save(st)
+}
+
+func (u *Updater) flavor() Flavor {
+	if u.mender == nil {
+		return ""
+	}
+	return u.mender.Flavor
+}
+
+// redact removes the presigned URL (a credential) from text that goes
+// into logs and statusDetails.
+func (u *Updater) redact(st *State, s string) string {
+	if st.URL == "" || s == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, st.URL, RedactURL(st.URL))
+}
+
+func (u *Updater) client(ctx context.Context) (*Mender, error) {
+	if u.mender != nil {
+		return u.mender, nil
+	}
+	m, err := DetectMender(ctx, u.cfg.Mender)
+	if err != nil {
+		if ctx.Err() != nil {
+			// Stopping, not a missing client: never fail the job for it.
+			return nil, fmt.Errorf("ota: detect mender: %w", ctx.Err())
+		}
+		return nil, err
+	}
+	u.log.Info("ota: mender client", "flavor", m.Flavor, "path", m.Path, "version", m.Version)
+	u.mender = m
+	return m, nil
+}
+
+// install runs install attempts until one succeeds (→ rebooting) or
+// MaxAttempts are used (→ failed). st.Attempt is the last attempt started.
+func (u *Updater) install(ctx context.Context, st *State, r Reporter) error {
+	m, err := u.client(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return u.enter(ctx, st, r, StepFailed, protocol.JobFailed, "mender client: "+err.Error())
+	}
+	// An attempt already started (recorded in st) was interrupted: mender
+	// may hold a half-done installation that blocks a new one.
+	cleanup := st.Attempt > 0
+	for {
+		if st.Attempt >= u.cfg.MaxAttempts {
+			reason := st.Reason
+			if reason == "" || !strings.Contains(reason, "failed") {
+				reason = fmt.Sprintf("install attempt %d/%d was interrupted", st.Attempt, u.cfg.MaxAttempts)
+			}
+			return u.enter(ctx, st, r, StepFailed, protocol.JobFailed, fmt.Sprintf("giving up after %d install attempts: %s", st.Attempt, reason))
+		}
+		st.Attempt++
+		if err := u.enter(ctx, st, r, StepDownloading, protocol.JobInProgress, st.Reason); err != nil {
+			return err
+		}
+		if cleanup {
+			u.rollbackQuietly(ctx, m, st)
+		}
+		err := u.installOnce(ctx, m, st, r)
+		if err == nil {
+			st.Reason = ""
+			return u.enter(ctx, st, r, StepRebooting, protocol.JobInProgress, "")
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("ota: job %s: install attempt %d interrupted: %w", st.JobID, st.Attempt, ctx.Err())
+		}
+		cleanup = true
+		st.Reason = u.redact(st, fmt.Sprintf("install attempt %d/%d failed: %v", st.Attempt, u.cfg.MaxAttempts, err))
+		u.log.Warn("ota: install failed", "job", st.JobID, "attempt", st.Attempt, "err", st.Reason)
+		if err := u.save(st); err != nil {
+			return err
+		}
+		if st.Attempt < u.cfg.MaxAttempts {
+			if err := sleepCtx(ctx, u.cfg.RetryDelay); err != nil {
+				return fmt.Errorf("ota: job %s: waiting to retry: %w", st.JobID, err)
+			}
+		}
+	}
+}
+
+func (u *Updater) installOnce(ctx context.Context, m *Mender, st *State, r Reporter) error {
+	ctx, cancel := context.WithTimeout(ctx, u.cfg.InstallTimeout)
+	defer cancel()
+	var reportErr error
+	sink := &progressSink{
+		ctx:       ctx,
+		pub:       u.cfg.Publisher,
+		thing:     u.cfg.ThingName,
+		jobID:     st.JobID,
+		reference: u.cfg.ReferenceProgress,
+		log:       u.log,
+		throttle:  Throttle{Interval: u.cfg.ProgressInterval},
+		now:       u.cfg.Now,
+	}
+	sink.onDone = func() {
+		// The artifact is fully streamed; mender now finishes the
+		// installation (ArtifactInstall).
+		reportErr = u.enter(ctx, st, r, StepInstalling, protocol.JobInProgress, st.Reason)
+	}
+	u.log.Info("ota: mender install", "job", st.JobID, "attempt", st.Attempt, "url", RedactURL(st.URL))
+	err := m.Install(ctx, st.URL, sink.line)
+	if reportErr != nil {
+		// The installing step is persisted; only its report is missing,
+		// and the next step's report supersedes it.
+		u.log.Warn("ota: report installing step", "job", st.JobID, "err", reportErr)
+	}
+	return err
+}
+
+// rollbackQuietly clears a half-done installation before a new attempt.
+func (u *Updater) rollbackQuietly(ctx context.Context, m *Mender, st *State) {
+	ctx, cancel := context.WithTimeout(ctx, u.cfg.CommandTimeout)
+	defer cancel()
+	err := m.Rollback(ctx)
+	switch {
+	case err == nil:
+		u.log.Info("ota: rolled back an interrupted installation before retrying", "job", st.JobID)
+	case errors.Is(err, ErrNoUpdateInProgress):
+	default:
+		u.log.Warn("ota: rollback before retry failed", "job", st.JobID, "err", u.redact(st, err.Error()))
+	}
+}
+
+// rebooting reboots once the rebooting status is confirmed, or moves on to
+// verifying when the boot id shows the reboot happened.
+func (u *Updater) rebooting(ctx context.Context, st *State, r Reporter) error {
+	if !st.Reported {
+		if err := u.report(ctx, st, r); err != nil {
+			return err
+		}
+	}
+	cur, err := u.cfg.BootID()
+	if err != nil {
+		return fmt.Errorf("ota: %w", err)
+	}
+	if st.BootID != "" && cur != st.BootID {
+		st.BootID = ""
+		return u.enter(ctx, st, r, StepVerifying, protocol.JobInProgress, "")
+	}
+	if st.Reboots >= u.cfg.MaxReboots {
+		m, err := u.client(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			return u.enter(ctx, st, r, StepFailed, protocol.JobFailed, "mender client: "+err.Error())
+		}
+		return u.rollback(ctx, m, st, r, fmt.Sprintf("the device did not reboot after %d reboot requests", st.Reboots), false)
+	}
+	return u.reboot(ctx, st, cur)
+}
+
+// reboot records the boot id, runs the pre-reboot hook and the reboot
+// command, then waits to be stopped.
+func (u *Updater) reboot(ctx context.Context, st *State, bootID string) error {
+	st.BootID = bootID
+	st.Reboots++
+	if err := u.save(st); err != nil {
+		return err
+	}
+	if len(u.cfg.PreRebootCommand) > 0 {
+		hctx, cancel := context.WithTimeout(ctx, u.cfg.CommandTimeout)
+		err := RunCommand(hctx, u.cfg.PreRebootCommand, nil, nil)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("ota: job %s: pre-reboot hook: %w", st.JobID, ctx.Err())
+			}
+			u.log.Warn("ota: pre-reboot hook failed; rebooting anyway", "job", st.JobID, "err", err)
+		}
+	}
+	u.log.Info("ota: rebooting", "job", st.JobID, "step", st.Step, "command", u.cfg.RebootCommand)
+	rctx, cancel := context.WithTimeout(ctx, u.cfg.CommandTimeout)
+	err := RunCommand(rctx, u.cfg.RebootCommand, nil, nil)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("ota: job %s: reboot command: %w", st.JobID, err)
+	}
+	if u.cfg.RebootWait > 0 {
+		// The shutdown stops the agent (SIGTERM → ctx) while we wait.
+		_ = sleepCtx(ctx, u.cfg.RebootWait)
+	}
+	return ErrRebootPending
+}
+
+// verify runs the health checks and commits, or rolls back.
+func (u *Updater) verify(ctx context.Context, st *State, r Reporter) error {
+	if !st.Reported {
+		if err := u.report(ctx, st, r); err != nil {
+			return err
+		}
+	}
+	m, err := u.client(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return u.enter(ctx, st, r, StepFailed, protocol.JobFailed, "mender client: "+err.Error())
+	}
+	if reason := u.healthCheck(ctx); reason != "" {
+		if ctx.Err() != nil {
+			return fmt.Errorf("ota: job %s: health check interrupted: %w", st.JobID, ctx.Err())
+		}
+		// Running the new, unhealthy partition: roll back and reboot into
+		// the old one.
+		return u.rollback(ctx, m, st, r, "health check failed: "+reason, !u.cfg.NoRollbackReboot)
+	}
+	cctx, cancel := context.WithTimeout(ctx, u.cfg.CommandTimeout)
+	err = m.Commit(cctx)
+	cancel()
+	if err == nil {
+		return u.enter(ctx, st, r, StepCommitted, protocol.JobSucceeded, "")
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("ota: job %s: commit interrupted: %w", st.JobID, ctx.Err())
+	}
+	reason := "commit failed (the device did not boot the new update): " + err.Error()
+	if errors.Is(err, ErrNoUpdateInProgress) {
+		reason = "commit failed: mender has no update in progress (the device came back on the old partition)"
+	}
+	return u.rollback(ctx, m, st, r, reason, false)
+}
+
+// healthCheck returns "" when every check passes, else the first failure.
+func (u *Updater) healthCheck(ctx context.Context) string {
+	if u.cfg.Connectivity != nil {
+		cctx, cancel := context.WithTimeout(ctx, u.cfg.ConnectivityTimeout)
+		err := u.cfg.Connectivity(cctx)
+		cancel()
+		if err != nil {
+			return fmt.Sprintf("connectivity to AWS IoT Core: %v", err)
+		}
+	}
+	for i, hc := range u.cfg.HealthChecks {
+		name := hc.Name
+		if name == "" {
+			name = "healthChecks[" + strconv.Itoa(i) + "]"
+		}
+		timeout := hc.Timeout
+		if timeout == 0 {
+			timeout = DefaultHealthCheckTimeout
+		}
+		hctx, cancel := context.WithTimeout(ctx, timeout)
+		err := RunCommand(hctx, hc.Command, nil, nil)
+		cancel()
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+				return fmt.Sprintf("%s: did not finish within %s", name, timeout)
+			}
+			return fmt.Sprintf("%s: %v", name, err)
+		}
+	}
+	return ""
+}
+
+// rollback persists rolled_back (FAILED) before rolling back, so a kill
+// during the rollback repeats it (mender's rollback is idempotent).
+func (u *Updater) rollback(ctx context.Context, m *Mender, st *State, r Reporter, reason string, rebootAfter bool) error {
+	st.Reason = u.redact(st, reason)
+	st.Step, st.Status = StepRolledBack, protocol.JobFailed
+	st.RollbackDone, st.Reported = false, false
+	st.RollbackReboot = rebootAfter
+	st.BootID, st.Reboots = "", 0
+	if err := u.save(st); err != nil {
+		return err
+	}
+	u.log.Warn("ota: rolling back", "job", st.JobID, "reason", st.Reason)
+	return u.finish(ctx, st, r)
+}
+
+// finish completes a terminal step: the rollback if not yet done, the
+// terminal report, and the reboot into the old partition if requested.
+func (u *Updater) finish(ctx context.Context, st *State, r Reporter) error {
+	if st.Step == StepRolledBack && !st.RollbackDone {
+		m, err := u.client(ctx)
+		if err != nil {
+			return err
+		}
+		rctx, cancel := context.WithTimeout(ctx, u.cfg.CommandTimeout)
+		err = m.Rollback(rctx)
+		cancel()
+		switch {
+		case err == nil, errors.Is(err, ErrNoUpdateInProgress):
+		case ctx.Err() != nil:
+			return fmt.Errorf("ota: job %s: rollback interrupted: %w", st.JobID, ctx.Err())
+		default:
+			st.Reason = truncate(st.Reason+"; rollback failed: "+u.redact(st, err.Error()), protocol.MaxStatusDetailsValueBytes)
+		}
+		st.RollbackDone = true
+		if err := u.save(st); err != nil {
+			return err
+		}
+	}
+	if !st.Reported {
+		if err := u.report(ctx, st, r); err != nil {
+			return err
+		}
+		u.log.Info("ota: job finished", "job", st.JobID, "status", st.Status, "step", st.Step, "reason", st.Reason)
+	}
+	if !st.RollbackReboot {
+		return nil
+	}
+	cur, err := u.cfg.BootID()
+	if err != nil {
+		return fmt.Errorf("ota: %w", err)
+	}
+	if (st.BootID != "" && cur != st.BootID) || st.Reboots >= u.cfg.MaxReboots {
+		st.RollbackReboot, st.BootID = false, ""
+		return u.save(st)
+	}
+	return u.reboot(ctx, st, cur)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// JobState returns the persisted state of jobID, or nil if the state file
+// belongs to another job or does not exist.
+func (u *Updater) JobState(jobID string) (*State, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	st, err := u.store.load()
+	if err != nil || st == nil || st.JobID != jobID {
+		return nil, err
+	}
+	return st, nil
+}
+
+// Flavor returns the detected mender flavor, or "" before the first job.
+func (u *Updater) Flavor() Flavor {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.flavor()
+}

@@ -1,0 +1,528 @@
+// Package provision turns a device that only holds the shared claim
+// certificate into a registered thing with its own key and certificate,
+// using AWS IoT fleet provisioning by claim over MQTT
+// (CreateCertificateFromCsr, then RegisterThing).
+//
+// It is an explicit state machine persisted in provision.json before each
+// step is acted on:
+//
+//	(none) ──key generated on the device, written 0600──▶ key
+//	key ──CreateCertificateFromCsr accepted, certificate written──▶ certificate
+//	certificate ──RegisterThing accepted──▶ registered ──identity.json──▶ done
+//
+// Killed at any point it resumes from the persisted step: with a key but no
+// certificate it sends a new CSR for the same key; with a certificate and an
+// ownership token it calls RegisterThing again, falling back to a new CSR
+// when the token is too old or refused. It never touches an existing
+// identity, and never logs key material or the ownership token.
+package provision
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/iot-fleet/iot-fleet/device/backoff"
+	"github.com/iot-fleet/iot-fleet/device/devkey"
+	"github.com/iot-fleet/iot-fleet/device/mqttconn"
+	"github.com/iot-fleet/iot-fleet/device/store"
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+)
+
+// Step is a persisted provisioning step.
+type Step string
+
+// Steps of the state machine.
+const (
+	StepKey         Step = "key"
+	StepCertificate Step = "certificate"
+	StepRegistered  Step = "registered"
+)
+
+// Files the provisioner writes, relative to the state directory.
+const (
+	KeyFile  = store.CertsDir + "/device.key"
+	CertFile = store.CertsDir + "/device.crt"
+)
+
+// State is the content of provision.json.
+type State struct {
+	Step          Step      `json:"step"`
+	Serial        string    `json:"serial"`
+	KeyFile       string    `json:"keyFile"`
+	CertFile      string    `json:"certFile,omitempty"`
+	CertificateID string    `json:"certificateId,omitempty"`
+	Token         string    `json:"certificateOwnershipToken,omitempty"`
+	TokenIssuedAt time.Time `json:"tokenIssuedAt,omitzero"`
+	ThingName     string    `json:"thingName,omitempty"`
+	UpdatedAt     time.Time `json:"updatedAt"`
+}
+
+// Options configure a Provisioner.
+type Options struct {
+	Store *store.Store
+	// Address is the IoT endpoint host:port; ServerName its TLS name.
+	Address    string
+	ServerName string
+	ALPN       bool
+	RootCAPEM  []byte
+	// ClaimCertFile and ClaimKeyFile are the shared claim certificate.
+	ClaimCertFile string
+	ClaimKeyFile  string
+	TemplateName  string
+	Serial        string
+	KeyAlgorithm  devkey.Algorithm
+	// ResponseTimeout bounds the wait for each answer (default 30s).
+	ResponseTimeout time.Duration
+	ConnectTimeout  time.Duration
+	// Retry is the backoff after throttling and transient failures.
+	Retry backoff.Policy
+	// DeniedBackoff is the wait after a denial or a malformed request
+	// (default 1h).
+	DeniedBackoff time.Duration
+	// TokenTTL: a persisted ownership token older than this is not used
+	// (default 4m).
+	TokenTTL time.Duration
+	Logger   *slog.Logger
+	// Sleep waits between attempts (default backoff.Sleep); tests record
+	// the delays through it.
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+// Provisioner runs provisioning by claim.
+type Provisioner struct {
+	o   Options
+	log *slog.Logger
+}
+
+// New checks opts.
+func New(o Options) (*Provisioner, error) {
+	switch {
+	case o.Store == nil:
+		return nil, errors.New("provision: Store is required")
+	case o.Address == "":
+		return nil, errors.New("provision: Address is required")
+	case o.TemplateName == "":
+		return nil, errors.New("provision: TemplateName is required")
+	case o.Serial == "":
+		return nil, errors.New("provision: Serial is required")
+	case o.ClaimCertFile == "" || o.ClaimKeyFile == "":
+		return nil, errors.New("provision: claim certificate and key files are required")
+	case !o.KeyAlgorithm.Valid():
+		return nil, fmt.Errorf("provision: unsupported key algorithm %q", o.KeyAlgorithm)
+	}
+	if o.ResponseTimeout <= 0 {
+		o.ResponseTimeout = 30 * time.Second
+	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = 30 * time.Second
+	}
+	if o.DeniedBackoff <= 0 {
+		o.DeniedBackoff = time.Hour
+	}
+	if o.TokenTTL <= 0 {
+		o.TokenTTL = 4 * time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Sleep == nil {
+		o.Sleep = backoff.Sleep
+	}
+	return &Provisioner{o: o, log: o.Logger.With("component", "provision", "serial", o.Serial)}, nil
+}
+
+// Rejection is a rejected provisioning request.
+type Rejection struct {
+	API  string
+	Resp protocol.ErrorResponse
+}
+
+func (r *Rejection) Error() string {
+	return fmt.Sprintf("%s rejected: %s (status %d): %s", r.API, r.Resp.ErrorCode, r.Resp.StatusCode, r.Resp.ErrorMessage)
+}
+
+// failure classes decide the wait before the next attempt.
+type class int
+
+const (
+	transient class = iota // throttling, timeouts, lost connections
+	denied                 // hook denial, malformed request: long backoff
+	newCSR                 // the certificate/token cannot be used: CSR again
+)
+
+func classify(r *Rejection) class {
+	code := r.Resp.ErrorCode
+	switch {
+	case code == protocol.ErrCodeThrottling || code == protocol.ErrCodeRequestThrottled ||
+		code == protocol.ErrCodeInternalError || code == protocol.ErrCodeServiceUnavailable ||
+		r.Resp.StatusCode == 429 || r.Resp.StatusCode >= 500:
+		return transient
+	case code == protocol.ErrCodeAccessDenied || r.Resp.StatusCode == 403:
+		return denied
+	case r.API == apiRegister && (code == protocol.ErrCodeResourceNotFound ||
+		(code == protocol.ErrCodeInvalidRequest && strings.Contains(strings.ToLower(r.Resp.ErrorMessage), "token"))):
+		return newCSR
+	}
+	return denied
+}
+
+const (
+	apiCSR      = "CreateCertificateFromCsr"
+	apiRegister = "RegisterThing"
+)
+
+// Run provisions the device and returns its identity. If the device already
+// has one, Run returns it without connecting. Failures are retried (with
+// backoff) until ctx is done.
+func (p *Provisioner) Run(ctx context.Context) (store.Identity, error) {
+	if id, found, err := p.o.Store.Identity(); err != nil {
+		return store.Identity{}, fmt.Errorf("provision: %w", err)
+	} else if found {
+		return id, nil
+	}
+	attempt := 0
+	for {
+		id, err := p.attempt(ctx)
+		if err == nil {
+			return id, nil
+		}
+		if ctx.Err() != nil {
+			return store.Identity{}, ctx.Err()
+		}
+		var d time.Duration
+		var rej *Rejection
+		cls := transient
+		if errors.As(err, &rej) {
+			cls = classify(rej)
+		} else if errors.Is(err, errMalformed) {
+			cls = denied
+		}
+		switch cls {
+		case denied:
+			d = p.o.DeniedBackoff
+			p.log.Error("provisioning refused; backing off", "err", err, "retryIn", d)
+		default:
+			d = p.o.Retry.Delay(attempt)
+			attempt++
+			p.log.Warn("provisioning attempt failed; retrying", "err", err, "retryIn", d.Round(time.Millisecond))
+		}
+		if cls == newCSR {
+			if err := p.restartFromKey(); err != nil {
+				return store.Identity{}, err
+			}
+		}
+		if err := p.o.Sleep(ctx, d); err != nil {
+			return store.Identity{}, err
+		}
+	}
+}
+
+var errMalformed = errors.New("malformed answer")
+
+func (p *Provisioner) loadState() (State, error) {
+	var st State
+	found, err := p.o.Store.ReadJSON(store.ProvisionFile, &st)
+	if err != nil {
+		return State{}, fmt.Errorf("provision: %w", err)
+	}
+	if !found {
+		return State{}, nil
+	}
+	return st, nil
+}
+
+func (p *Provisioner) saveState(st State) error {
+	st.UpdatedAt = time.Now().UTC()
+	if err := p.o.Store.WriteJSON(store.ProvisionFile, st); err != nil {
+		return fmt.Errorf("provision: persist step %s: %w", st.Step, err)
+	}
+	p.log.Info("provisioning step persisted", "step", st.Step)
+	return nil
+}
+
+// restartFromKey keeps the key and forgets the unusable certificate.
+func (p *Provisioner) restartFromKey() error {
+	st, err := p.loadState()
+	if err != nil {
+		return err
+	}
+	if st.Step != StepCertificate {
+		return nil
+	}
+	p.log.Warn("certificate ownership token unusable; requesting a new certificate for the same key", "certificateId", st.CertificateID)
+	return p.saveState(State{Step: StepKey, Serial: st.Serial, KeyFile: st.KeyFile})
+}
+
+// attempt advances the state machine as far as it can on one claim
+// connection.
+func (p *Provisioner) attempt(ctx context.Context) (store.Identity, error) {
+	st, err := p.loadState()
+	if err != nil {
+		return store.Identity{}, err
+	}
+	if st.Step != "" && st.Serial != p.o.Serial {
+		return store.Identity{}, fmt.Errorf("provision: %s was started for serial %q, this device reports %q", store.ProvisionFile, st.Serial, p.o.Serial)
+	}
+	if st.Step == "" || !p.keyUsable(st) {
+		if st, err = p.makeKey(); err != nil {
+			return store.Identity{}, err
+		}
+	}
+	if st.Step == StepCertificate && time.Since(st.TokenIssuedAt) > p.o.TokenTTL {
+		p.log.Warn("persisted ownership token is too old; requesting a new certificate for the same key", "age", time.Since(st.TokenIssuedAt).Round(time.Second))
+		st = State{Step: StepKey, Serial: st.Serial, KeyFile: st.KeyFile}
+		if err := p.saveState(st); err != nil {
+			return store.Identity{}, err
+		}
+	}
+	if st.Step == StepRegistered {
+		return p.finish(st)
+	}
+
+	cl, stop, err := p.connectClaim(ctx)
+	if err != nil {
+		return store.Identity{}, err
+	}
+	defer stop()
+
+	if st.Step == StepKey {
+		if st, err = p.createCertificate(ctx, cl, st); err != nil {
+			return store.Identity{}, err
+		}
+	}
+	if st, err = p.registerThing(ctx, cl, st); err != nil {
+		return store.Identity{}, err
+	}
+	stop() // disconnect the claim identity before the device identity connects
+	return p.finish(st)
+}
+
+func (p *Provisioner) keyUsable(st State) bool {
+	if _, err := devkey.Load(p.o.Store.Path(st.KeyFile)); err != nil {
+		p.log.Warn("persisted provisioning key unusable; starting over with a new key", "err", err)
+		return false
+	}
+	return true
+}
+
+func (p *Provisioner) makeKey() (State, error) {
+	key, err := devkey.Generate(p.o.KeyAlgorithm)
+	if err != nil {
+		return State{}, fmt.Errorf("provision: %w", err)
+	}
+	// The key is on disk (0600, fsynced) before any CSR leaves the device.
+	if err := devkey.Write(p.o.Store.Path(KeyFile), key); err != nil {
+		return State{}, fmt.Errorf("provision: %w", err)
+	}
+	st := State{Step: StepKey, Serial: p.o.Serial, KeyFile: KeyFile}
+	if err := p.saveState(st); err != nil {
+		return State{}, err
+	}
+	p.log.Info("device key generated", "algorithm", p.o.KeyAlgorithm)
+	return st, nil
+}
+
+// claimConn is the claim connection and its answer channel.
+type claimConn struct {
+	c       *mqttconn.Client
+	answers chan answer
+}
+
+type answer struct {
+	topic   string
+	payload []byte
+}
+
+func (p *Provisioner) connectClaim(ctx context.Context) (*claimConn, func(), error) {
+	claim, err := tls.LoadX509KeyPair(p.o.ClaimCertFile, p.o.ClaimKeyFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("provision: load claim certificate: %w", err)
+	}
+	host := p.o.ServerName
+	c, err := mqttconn.New(mqttconn.Options{
+		Address:        p.o.Address,
+		ClientID:       protocol.ClaimClientID(p.o.Serial),
+		CleanSession:   true,
+		ConnectTimeout: p.o.ConnectTimeout,
+		TLSConfig: func() (*tls.Config, error) {
+			return mqttconn.NewTLSConfig(p.o.RootCAPEM, claim, host, p.o.ALPN)
+		},
+		Backoff: p.o.Retry,
+		Logger:  p.o.Logger,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("provision: %w", err)
+	}
+	cc := &claimConn{c: c, answers: make(chan answer, 16)}
+	h := func(topic string, payload []byte) {
+		select {
+		case cc.answers <- answer{topic: topic, payload: payload}:
+		default: // a flood of unexpected answers must not block delivery
+		}
+	}
+	tmpl := p.o.TemplateName
+	// Subscribe to the answers before any request is sent: Run makes these
+	// subscriptions (and waits for the SUBACK) before reporting connected.
+	for _, topic := range []string{
+		protocol.CreateCertFromCSRAcceptedTopic, protocol.CreateCertFromCSRRejectedTopic,
+		protocol.RegisterThingAcceptedTopic(tmpl), protocol.RegisterThingRejectedTopic(tmpl),
+	} {
+		if err := c.Subscribe(ctx, topic, 1, h); err != nil {
+			return nil, nil, fmt.Errorf("provision: %w", err)
+		}
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(runCtx) }()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-done
+		}
+	}
+	wctx, wcancel := context.WithTimeout(ctx, p.o.ConnectTimeout+p.o.ResponseTimeout)
+	defer wcancel()
+	if err := c.WaitConnected(wctx); err != nil {
+		stop()
+		return nil, nil, fmt.Errorf("provision: connect with the claim certificate to %s: %w", p.o.Address, err)
+	}
+	p.log.Info("connected with the claim certificate", "clientId", c.ClientID())
+	return cc, stop, nil
+}
+
+// request publishes payload on topic and waits for the answer on accepted
+// or rejected, decoding an accepted answer into out.
+func (p *Provisioner) request(ctx context.Context, cc *claimConn, api, topic string, payload []byte, out any) error {
+	for { // drop answers to earlier, abandoned requests
+		select {
+		case <-cc.answers:
+			continue
+		default:
+		}
+		break
+	}
+	if err := cc.c.Publish(ctx, topic, 1, payload); err != nil {
+		return fmt.Errorf("%s: publish: %w", api, err)
+	}
+	timer := time.NewTimer(p.o.ResponseTimeout)
+	defer timer.Stop()
+	for {
+		select {
+		case a := <-cc.answers:
+			switch a.topic {
+			case protocol.Accepted(topic):
+				if err := json.Unmarshal(a.payload, out); err != nil {
+					return fmt.Errorf("%s: %w: accepted payload: %v", api, errMalformed, err)
+				}
+				return nil
+			case protocol.Rejected(topic):
+				var er protocol.ErrorResponse
+				if err := json.Unmarshal(a.payload, &er); err != nil {
+					return fmt.Errorf("%s: %w: rejected payload: %v", api, errMalformed, err)
+				}
+				return &Rejection{API: api, Resp: er}
+			}
+		case <-timer.C:
+			return fmt.Errorf("%s: no answer within %v", api, p.o.ResponseTimeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (p *Provisioner) createCertificate(ctx context.Context, cc *claimConn, st State) (State, error) {
+	key, err := devkey.Load(p.o.Store.Path(st.KeyFile))
+	if err != nil {
+		return st, fmt.Errorf("provision: %w", err)
+	}
+	csr, err := devkey.CSR(key, p.o.Serial)
+	if err != nil {
+		return st, fmt.Errorf("provision: %w", err)
+	}
+	req, err := json.Marshal(protocol.CreateCertFromCSRRequest{CertificateSigningRequest: string(csr)})
+	if err != nil {
+		return st, fmt.Errorf("provision: %w", err)
+	}
+	var resp protocol.CreateCertResponse
+	if err := p.request(ctx, cc, apiCSR, protocol.CreateCertFromCSRTopic, req, &resp); err != nil {
+		return st, err
+	}
+	cert, err := devkey.ParseCertificatePEM([]byte(resp.CertificatePEM))
+	if err != nil {
+		return st, fmt.Errorf("%s: %w: %v", apiCSR, errMalformed, err)
+	}
+	if !devkey.Matches(cert, key) {
+		return st, fmt.Errorf("%s: %w: certificate does not certify the device key", apiCSR, errMalformed)
+	}
+	if resp.CertificateOwnershipToken == "" || resp.CertificateID == "" {
+		return st, fmt.Errorf("%s: %w: missing certificateId or certificateOwnershipToken", apiCSR, errMalformed)
+	}
+	if err := p.o.Store.WriteFile(CertFile, []byte(resp.CertificatePEM), 0o644); err != nil {
+		return st, fmt.Errorf("provision: %w", err)
+	}
+	st = State{
+		Step: StepCertificate, Serial: st.Serial, KeyFile: st.KeyFile, CertFile: CertFile,
+		CertificateID: resp.CertificateID, Token: resp.CertificateOwnershipToken, TokenIssuedAt: time.Now().UTC(),
+	}
+	if err := p.saveState(st); err != nil {
+		return st, err
+	}
+	p.log.Info("certificate issued", "certificateId", resp.CertificateID)
+	return st, nil
+}
+
+func (p *Provisioner) registerThing(ctx context.Context, cc *claimConn, st State) (State, error) {
+	req, err := json.Marshal(protocol.RegisterThingRequest{
+		CertificateOwnershipToken: st.Token,
+		Parameters:                map[string]string{protocol.ParamSerialNumber: p.o.Serial},
+	})
+	if err != nil {
+		return st, fmt.Errorf("provision: %w", err)
+	}
+	var resp protocol.RegisterThingResponse
+	if err := p.request(ctx, cc, apiRegister, protocol.RegisterThingTopic(p.o.TemplateName), req, &resp); err != nil {
+		return st, err
+	}
+	if resp.ThingName == "" {
+		return st, fmt.Errorf("%s: %w: empty thingName", apiRegister, errMalformed)
+	}
+	st.Step, st.ThingName, st.Token = StepRegistered, resp.ThingName, ""
+	if err := p.saveState(st); err != nil {
+		return st, err
+	}
+	p.log.Info("thing registered", "thingName", resp.ThingName, "certificateId", st.CertificateID)
+	return st, nil
+}
+
+func (p *Provisioner) finish(st State) (store.Identity, error) {
+	id := store.Identity{
+		ThingName: st.ThingName, Serial: st.Serial, CertificateID: st.CertificateID,
+		CertFile: st.CertFile, KeyFile: st.KeyFile, ProvisionedAt: time.Now().UTC(),
+	}
+	if err := p.o.Store.SaveIdentity(id); err != nil {
+		return store.Identity{}, fmt.Errorf("provision: %w", err)
+	}
+	if err := p.o.Store.Remove(store.ProvisionFile); err != nil {
+		return store.Identity{}, fmt.Errorf("provision: %w", err)
+	}
+	p.log.Info("device provisioned", "thingName", id.ThingName)
+	return id, nil
+}
+
+// RootCA reads a root CA file for Options.RootCAPEM.
+func RootCA(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read root CA: %w", err)
+	}
+	return b, nil
+}

@@ -1,0 +1,96 @@
+package components
+
+import (
+	"fmt"
+
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/iam"
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/iot"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+)
+
+// FleetArgs configure Fleet.
+type FleetArgs struct {
+	// Prefix is "iot-fleet-<env>".
+	Prefix         string
+	ThingGroupName string
+	RoleAliasName  string
+	// ArtifactsBucketArn is the OTA artifacts bucket devices may read.
+	ArtifactsBucketArn pulumi.StringInput
+	// CredentialDurationSeconds is the lifetime of the credentials the
+	// role alias hands out (900-43200).
+	CredentialDurationSeconds int
+	Tags                      pulumi.StringMap
+}
+
+// Fleet is what devices belong to and act as: the environment's thing
+// group, and the role alias with its token-exchange role, which lets a
+// device trade its certificate for short-lived AWS credentials that can
+// only read OTA artifacts.
+type Fleet struct {
+	pulumi.ResourceState
+
+	ThingGroup          *iot.ThingGroup
+	TokenExchangeRole   *iam.Role
+	RoleAlias           *iot.RoleAlias
+	ThingGroupName      pulumi.StringOutput
+	ThingGroupArn       pulumi.StringOutput
+	RoleAliasName       pulumi.StringOutput
+	TokenExchangePolicy pulumi.StringOutput
+}
+
+// NewFleet declares Fleet.
+func NewFleet(ctx *pulumi.Context, name string, args FleetArgs, opts ...pulumi.ResourceOption) (*Fleet, error) {
+	c := &Fleet{}
+	if err := ctx.RegisterComponentResource("iot-fleet:fleet:Fleet", name, c, opts...); err != nil {
+		return nil, err
+	}
+	parent := pulumi.Parent(c)
+	var err error
+	if c.ThingGroup, err = iot.NewThingGroup(ctx, name+"-group", &iot.ThingGroupArgs{
+		Name: pulumi.String(args.ThingGroupName),
+		Properties: &iot.ThingGroupPropertiesArgs{
+			Description: pulumi.String("Devices provisioned into " + args.Prefix),
+		},
+		Tags: args.Tags,
+	}, parent); err != nil {
+		return nil, fmt.Errorf("thing group: %w", err)
+	}
+	if c.TokenExchangeRole, err = iam.NewRole(ctx, name+"-token-exchange", &iam.RoleArgs{
+		Name:             pulumi.String(args.Prefix + "-token-exchange"),
+		Description:      pulumi.String("Assumed by devices through the IoT credentials provider (role alias " + args.RoleAliasName + ")"),
+		AssumeRolePolicy: pulumi.String(AssumeRolePolicy("credentials.iot.amazonaws.com", "")),
+		Tags:             args.Tags,
+	}, parent); err != nil {
+		return nil, fmt.Errorf("token-exchange role: %w", err)
+	}
+	artifacts := pulumi.StringInput(args.ArtifactsBucketArn).ToStringOutput().ApplyT(func(arn string) string { return arn + "/*" }).(pulumi.StringOutput)
+	c.TokenExchangePolicy = PolicyDocument(Statement{
+		Sid:       "ReadOTAArtifacts",
+		Actions:   []string{"s3:GetObject"},
+		Resources: pulumi.StringArray{artifacts},
+	})
+	pol, err := iam.NewRolePolicy(ctx, name+"-token-exchange", &iam.RolePolicyArgs{
+		Role:   c.TokenExchangeRole.ID(),
+		Policy: c.TokenExchangePolicy,
+	}, parent)
+	if err != nil {
+		return nil, fmt.Errorf("token-exchange role policy: %w", err)
+	}
+	duration := args.CredentialDurationSeconds
+	if duration == 0 {
+		duration = 3600
+	}
+	if c.RoleAlias, err = iot.NewRoleAlias(ctx, name+"-role-alias", &iot.RoleAliasArgs{
+		Alias:              pulumi.String(args.RoleAliasName),
+		RoleArn:            c.TokenExchangeRole.Arn,
+		CredentialDuration: pulumi.Int(duration),
+		Tags:               args.Tags,
+	}, parent, pulumi.DependsOn([]pulumi.Resource{pol})); err != nil {
+		return nil, fmt.Errorf("role alias: %w", err)
+	}
+	c.ThingGroupName, c.ThingGroupArn, c.RoleAliasName = c.ThingGroup.Name, c.ThingGroup.Arn, c.RoleAlias.Alias
+	if err := ctx.RegisterResourceOutputs(c, pulumi.Map{"thingGroup": c.ThingGroupName, "roleAlias": c.RoleAliasName}); err != nil {
+		return nil, err
+	}
+	return c, nil
+}

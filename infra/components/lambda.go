@@ -1,0 +1,124 @@
+package components
+
+import (
+	"fmt"
+
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/cloudwatch"
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/iam"
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/lambda"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+
+	"github.com/iot-fleet/iot-fleet/infra/lambdabuild"
+)
+
+// Lambda runtime settings shared by every function of the stack.
+const (
+	LambdaRuntime      = "provided.al2023"
+	LambdaArchitecture = "arm64"
+	LambdaHandler      = lambdabuild.BootstrapName
+)
+
+// FunctionArgs configure a Function.
+type FunctionArgs struct {
+	// FunctionName is the full Lambda name, e.g. "iot-fleet-dev-preprovision".
+	FunctionName string
+	Description  string
+	// Artifact is the built bootstrap zip.
+	Artifact lambdabuild.Artifact
+	// Environment variables of the function.
+	Environment pulumi.StringMap
+	// Statements are the function's permissions beyond writing its own
+	// logs. Name specific resources; never "*".
+	Statements       []Statement
+	TimeoutSeconds   int
+	MemoryMB         int
+	LogRetentionDays int
+	Tags             pulumi.StringMap
+}
+
+// Function is a Go Lambda (provided.al2023, arm64) with its own IAM role,
+// a least-privilege inline policy, and a log group with retention.
+type Function struct {
+	pulumi.ResourceState
+
+	Function *lambda.Function
+	Role     *iam.Role
+	LogGroup *cloudwatch.LogGroup
+	// Policy is the role's inline policy document.
+	Policy pulumi.StringOutput
+	Name   pulumi.StringOutput
+	Arn    pulumi.StringOutput
+}
+
+// NewFunction declares a Function.
+func NewFunction(ctx *pulumi.Context, name string, args FunctionArgs, opts ...pulumi.ResourceOption) (*Function, error) {
+	if args.FunctionName == "" || args.Artifact.ZipPath == "" || args.Artifact.SHA256 == "" {
+		return nil, fmt.Errorf("function %s: FunctionName and a built Artifact are required", name)
+	}
+	c := &Function{}
+	if err := ctx.RegisterComponentResource("iot-fleet:lambda:Function", name, c, opts...); err != nil {
+		return nil, err
+	}
+	parent := pulumi.Parent(c)
+	var err error
+	if c.LogGroup, err = cloudwatch.NewLogGroup(ctx, name, &cloudwatch.LogGroupArgs{
+		Name:            pulumi.String("/aws/lambda/" + args.FunctionName),
+		RetentionInDays: pulumi.Int(args.LogRetentionDays),
+		Tags:            args.Tags,
+	}, parent); err != nil {
+		return nil, fmt.Errorf("function %s log group: %w", name, err)
+	}
+	if c.Role, err = iam.NewRole(ctx, name, &iam.RoleArgs{
+		Name:             pulumi.String(args.FunctionName),
+		AssumeRolePolicy: pulumi.String(AssumeRolePolicy("lambda.amazonaws.com", "")),
+		Tags:             args.Tags,
+	}, parent); err != nil {
+		return nil, fmt.Errorf("function %s role: %w", name, err)
+	}
+	streams := c.LogGroup.Arn.ApplyT(func(arn string) string { return arn + ":*" }).(pulumi.StringOutput)
+	statements := append([]Statement{{
+		Sid:       "WriteOwnLogs",
+		Actions:   []string{"logs:CreateLogStream", "logs:PutLogEvents"},
+		Resources: pulumi.StringArray{streams},
+	}}, args.Statements...)
+	c.Policy = PolicyDocument(statements...)
+	pol, err := iam.NewRolePolicy(ctx, name, &iam.RolePolicyArgs{
+		Role:   c.Role.ID(),
+		Policy: c.Policy,
+	}, parent)
+	if err != nil {
+		return nil, fmt.Errorf("function %s role policy: %w", name, err)
+	}
+	timeout, memory := args.TimeoutSeconds, args.MemoryMB
+	if timeout == 0 {
+		timeout = 30
+	}
+	if memory == 0 {
+		memory = 128
+	}
+	if c.Function, err = lambda.NewFunction(ctx, name, &lambda.FunctionArgs{
+		Name:           pulumi.String(args.FunctionName),
+		Description:    pulumi.String(args.Description),
+		Runtime:        pulumi.String(LambdaRuntime),
+		Architectures:  pulumi.StringArray{pulumi.String(LambdaArchitecture)},
+		Handler:        pulumi.String(LambdaHandler),
+		Code:           pulumi.NewFileArchive(args.Artifact.ZipPath),
+		SourceCodeHash: pulumi.String(args.Artifact.SHA256),
+		Role:           c.Role.Arn,
+		Timeout:        pulumi.Int(timeout),
+		MemorySize:     pulumi.Int(memory),
+		Environment:    &lambda.FunctionEnvironmentArgs{Variables: args.Environment},
+		LoggingConfig: &lambda.FunctionLoggingConfigArgs{
+			LogFormat: pulumi.String("JSON"),
+			LogGroup:  c.LogGroup.Name,
+		},
+		Tags: args.Tags,
+	}, parent, pulumi.DependsOn([]pulumi.Resource{pol, c.LogGroup})); err != nil {
+		return nil, fmt.Errorf("function %s: %w", name, err)
+	}
+	c.Name, c.Arn = c.Function.Name, c.Function.Arn
+	if err := ctx.RegisterResourceOutputs(c, pulumi.Map{"name": c.Name, "arn": c.Arn}); err != nil {
+		return nil, err
+	}
+	return c, nil
+}

@@ -1,0 +1,219 @@
+package components
+
+import (
+	"fmt"
+
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+
+	"github.com/iot-fleet/iot-fleet/infra/lambdabuild"
+	"github.com/iot-fleet/iot-fleet/infra/stackconfig"
+	"github.com/iot-fleet/iot-fleet/internal/policy"
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/provtemplate"
+)
+
+// Lambda names: the directory under lambdas/cmd/ and the suffix of the
+// function name (iot-fleet-<env>-<name>).
+const (
+	LambdaPreprovision  = "preprovision"
+	LambdaAllowlistSync = "allowlistsync"
+)
+
+// LambdaNames are the Lambdas the stack deploys.
+func LambdaNames() []string { return []string{LambdaPreprovision, LambdaAllowlistSync} }
+
+// Environment variables of the Lambdas (the contract between infra and
+// lambdas/cmd/*).
+const (
+	EnvRegistryTable   = "REGISTRY_TABLE"
+	EnvSerialPattern   = "SERIAL_PATTERN"
+	EnvThingGroup      = "THING_GROUP"
+	EnvDevicePolicy    = "DEVICE_POLICY"
+	EnvThingNamePrefix = "THING_NAME_PREFIX"
+)
+
+// Hook timeout: AWS IoT waits 5 seconds for a pre-provisioning hook.
+const hookTimeoutSeconds = 5
+
+// StackArgs configure Stack.
+type StackArgs struct {
+	Config stackconfig.Config
+	// Partition, Region and AccountID of the deployment (from the AWS
+	// provider: getPartition, getRegion, getCallerIdentity).
+	Partition string
+	Region    string
+	AccountID string
+	// Lambdas are the built Lambda packages by name (LambdaNames).
+	Lambdas map[string]lambdabuild.Artifact
+	// AllowlistPath is the (validated) allowlist file to upload.
+	AllowlistPath string
+}
+
+// Stack is the whole iot-fleet environment. Features add their components
+// here and their outputs in Outputs.
+type Stack struct {
+	pulumi.ResourceState
+
+	Storage      *Storage
+	Policies     *IoTPolicies
+	Fleet        *Fleet
+	Hook         *Function
+	Sync         *Function
+	Provisioning *Provisioning
+	Allowlist    *Allowlist
+	Rules        *TopicRules
+}
+
+// NewStack declares the environment.
+func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.ResourceOption) (*Stack, error) {
+	cfg := args.Config
+	for _, n := range LambdaNames() {
+		if _, ok := args.Lambdas[n]; !ok {
+			return nil, fmt.Errorf("stack: Lambda %q was not built", n)
+		}
+	}
+	params := policy.Params{Partition: args.Partition, Region: args.Region, AccountID: args.AccountID, TemplateName: cfg.TemplateName()}
+	body, err := provtemplate.Body(provtemplate.Params{
+		ThingNamePrefix: cfg.ThingNamePrefix(),
+		ThingGroup:      cfg.ThingGroup,
+		DevicePolicy:    cfg.DevicePolicyName(),
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	s := &Stack{}
+	if err := ctx.RegisterComponentResource("iot-fleet:index:Stack", name, s, opts...); err != nil {
+		return nil, err
+	}
+	parent := pulumi.Parent(s)
+	tags := Tags(cfg.Environment)
+	prefix := cfg.Prefix()
+
+	if s.Storage, err = NewStorage(ctx, "storage", StorageArgs{Prefix: prefix, DeletionProtection: cfg.DeletionProtection, Tags: tags}, parent); err != nil {
+		return nil, err
+	}
+	if s.Policies, err = NewIoTPolicies(ctx, "policies", IoTPoliciesArgs{
+		Params: params, ClaimPolicyName: cfg.ClaimPolicyName(), DevicePolicyName: cfg.DevicePolicyName(),
+		RoleAliasName: cfg.RoleAliasName(), Tags: tags,
+	}, parent); err != nil {
+		return nil, err
+	}
+	if s.Fleet, err = NewFleet(ctx, "fleet", FleetArgs{
+		Prefix: prefix, ThingGroupName: cfg.ThingGroup, RoleAliasName: cfg.RoleAliasName(),
+		ArtifactsBucketArn: s.Storage.Artifacts.Arn, Tags: tags,
+	}, parent); err != nil {
+		return nil, err
+	}
+
+	table := pulumi.StringArray{s.Storage.RegistryArn}
+	if s.Hook, err = NewFunction(ctx, LambdaPreprovision, FunctionArgs{
+		FunctionName: prefix + "-" + LambdaPreprovision,
+		Description:  "Fleet provisioning pre-provisioning hook: admits only allowlisted serials",
+		Artifact:     args.Lambdas[LambdaPreprovision],
+		Environment: pulumi.StringMap{
+			EnvRegistryTable:   s.Storage.RegistryName,
+			EnvSerialPattern:   pulumi.String(cfg.SerialPattern),
+			EnvThingNamePrefix: pulumi.String(cfg.ThingNamePrefix()),
+		},
+		Statements: []Statement{{
+			Sid:       "ReadAndRecordDevice",
+			Actions:   []string{"dynamodb:GetItem", "dynamodb:UpdateItem"},
+			Resources: table,
+		}},
+		TimeoutSeconds:   hookTimeoutSeconds,
+		MemoryMB:         256,
+		LogRetentionDays: cfg.LogRetentionDays,
+		Tags:             tags,
+	}, parent); err != nil {
+		return nil, err
+	}
+
+	allowlistObject := s.Storage.Config.Arn.ApplyT(func(arn string) string { return arn + "/" + AllowlistKey }).(pulumi.StringOutput)
+	things := params.ARN("thing", cfg.ThingNamePrefix()+"*")
+	if s.Sync, err = NewFunction(ctx, LambdaAllowlistSync, FunctionArgs{
+		FunctionName: prefix + "-" + LambdaAllowlistSync,
+		Description:  "Syncs allowlist.txt into the registry; revokes devices removed from it",
+		Artifact:     args.Lambdas[LambdaAllowlistSync],
+		Environment: pulumi.StringMap{
+			EnvRegistryTable:   s.Storage.RegistryName,
+			EnvSerialPattern:   pulumi.String(cfg.SerialPattern),
+			EnvThingGroup:      pulumi.String(cfg.ThingGroup),
+			EnvDevicePolicy:    pulumi.String(cfg.DevicePolicyName()),
+			EnvThingNamePrefix: pulumi.String(cfg.ThingNamePrefix()),
+		},
+		Statements: []Statement{
+			{Sid: "ReadAllowlist", Actions: []string{"s3:GetObject", "s3:GetObjectVersion"}, Resources: pulumi.StringArray{allowlistObject}},
+			{Sid: "SyncRegistry", Actions: []string{"dynamodb:GetItem", "dynamodb:Scan", "dynamodb:UpdateItem"}, Resources: table},
+			{Sid: "RevokeCertificates", Actions: []string{"iot:DescribeCertificate", "iot:UpdateCertificate", "iot:DetachPolicy"}, Resources: ARNs(params.ARN("cert", "*"))},
+			{
+				Sid:       "RemoveThings",
+				Actions:   []string{"iot:ListThingPrincipals", "iot:DetachThingPrincipal", "iot:RemoveThingFromThingGroup", "iot:DeleteThing"},
+				Resources: pulumi.StringArray{pulumi.String(things), s.Fleet.ThingGroupArn},
+			},
+		},
+		TimeoutSeconds:   300,
+		MemoryMB:         256,
+		LogRetentionDays: cfg.LogRetentionDays,
+		Tags:             tags,
+	}, parent); err != nil {
+		return nil, err
+	}
+
+	if s.Provisioning, err = NewProvisioning(ctx, "provisioning", ProvisioningArgs{
+		Prefix: prefix, TemplateName: cfg.TemplateName(), TemplateBody: body,
+		Partition: args.Partition, Region: args.Region, AccountID: args.AccountID,
+		ClaimPolicy: s.Policies.Claim, Hook: s.Hook,
+		TemplateDependsOn:   []pulumi.Resource{s.Fleet.ThingGroup, s.Policies.Device},
+		SecretName:          cfg.ClaimSecretName(),
+		AdoptCertificateArn: cfg.ClaimCertificateArn,
+		Tags:                tags,
+	}, parent); err != nil {
+		return nil, err
+	}
+
+	if s.Allowlist, err = NewAllowlist(ctx, "allowlist", AllowlistArgs{
+		Path:   args.AllowlistPath,
+		Bucket: s.Storage.Config, Sync: s.Sync, AccountID: args.AccountID,
+	}, parent); err != nil {
+		return nil, err
+	}
+
+	if s.Rules, err = NewTopicRules(ctx, "rules", TopicRulesArgs{
+		Prefix: prefix, AccountID: args.AccountID, LogRetentionDays: cfg.LogRetentionDays, Tags: tags,
+		Rules: []LogRule{{
+			Name:        "device-status",
+			Description: "Agent status messages (version, uptime) published on connect, with the sending thing and receive time",
+			SQL:         fmt.Sprintf("SELECT *, topic(3) AS thingName, timestamp() AS receivedAt FROM '%s'", protocol.DataTopic("+", protocol.KindStatus)),
+		}},
+	}, parent); err != nil {
+		return nil, err
+	}
+
+	if err := ctx.RegisterResourceOutputs(s, s.Outputs()); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Outputs are the stack outputs that come from resources (the program adds
+// the IoT endpoints).
+func (s *Stack) Outputs() pulumi.Map {
+	return pulumi.Map{
+		"provisioningTemplate":      s.Provisioning.TemplateName,
+		"claimCertificateArn":       s.Provisioning.ClaimCertificateArn,
+		"claimCertificateSecretArn": s.Provisioning.ClaimSecretArn,
+		"claimPrivateKey":           s.Provisioning.ClaimPrivateKey,
+		"claimPolicy":               s.Policies.Claim.Name,
+		"devicePolicy":              s.Policies.Device.Name,
+		"thingGroup":                s.Fleet.ThingGroupName,
+		"roleAlias":                 s.Fleet.RoleAliasName,
+		"artifactsBucket":           s.Storage.Artifacts.Name,
+		"configBucket":              s.Storage.Config.Name,
+		"allowlistKey":              pulumi.String(s.Allowlist.Key),
+		"registryTable":             s.Storage.RegistryName,
+		"preprovisionLambda":        s.Hook.Name,
+		"allowlistSyncLambda":       s.Sync.Name,
+		"ruleErrorLogGroup":         s.Rules.ErrorLogGroup.Name,
+	}
+}

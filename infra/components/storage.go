@@ -1,0 +1,163 @@
+package components
+
+import (
+	"fmt"
+
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/dynamodb"
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/s3"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+)
+
+// PrivateBucketArgs configure a PrivateBucket.
+type PrivateBucketArgs struct {
+	// NamePrefix is the bucket name prefix; AWS adds a unique suffix.
+	NamePrefix string
+	Tags       pulumi.StringMap
+}
+
+// PrivateBucket is an S3 bucket that is private (public access blocked,
+// ACLs disabled), versioned, encrypted at rest (SSE-S3) and reachable over
+// TLS only.
+type PrivateBucket struct {
+	pulumi.ResourceState
+
+	Bucket *s3.BucketV2
+	// Name and Arn of the bucket.
+	Name pulumi.StringOutput
+	Arn  pulumi.StringOutput
+}
+
+// NewPrivateBucket declares a PrivateBucket.
+func NewPrivateBucket(ctx *pulumi.Context, name string, args PrivateBucketArgs, opts ...pulumi.ResourceOption) (*PrivateBucket, error) {
+	c := &PrivateBucket{}
+	if err := ctx.RegisterComponentResource("iot-fleet:storage:PrivateBucket", name, c, opts...); err != nil {
+		return nil, err
+	}
+	parent := pulumi.Parent(c)
+	bucket, err := s3.NewBucketV2(ctx, name, &s3.BucketV2Args{
+		BucketPrefix: pulumi.String(args.NamePrefix),
+		ForceDestroy: pulumi.Bool(false),
+		Tags:         args.Tags,
+	}, parent)
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", name, err)
+	}
+	pab, err := s3.NewBucketPublicAccessBlock(ctx, name, &s3.BucketPublicAccessBlockArgs{
+		Bucket:                bucket.ID(),
+		BlockPublicAcls:       pulumi.Bool(true),
+		BlockPublicPolicy:     pulumi.Bool(true),
+		IgnorePublicAcls:      pulumi.Bool(true),
+		RestrictPublicBuckets: pulumi.Bool(true),
+	}, parent)
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s public access block: %w", name, err)
+	}
+	if _, err := s3.NewBucketOwnershipControls(ctx, name, &s3.BucketOwnershipControlsArgs{
+		Bucket: bucket.ID(),
+		Rule:   &s3.BucketOwnershipControlsRuleArgs{ObjectOwnership: pulumi.String("BucketOwnerEnforced")},
+	}, parent); err != nil {
+		return nil, fmt.Errorf("bucket %s ownership: %w", name, err)
+	}
+	if _, err := s3.NewBucketVersioningV2(ctx, name, &s3.BucketVersioningV2Args{
+		Bucket:                  bucket.ID(),
+		VersioningConfiguration: &s3.BucketVersioningV2VersioningConfigurationArgs{Status: pulumi.String("Enabled")},
+	}, parent); err != nil {
+		return nil, fmt.Errorf("bucket %s versioning: %w", name, err)
+	}
+	if _, err := s3.NewBucketServerSideEncryptionConfigurationV2(ctx, name, &s3.BucketServerSideEncryptionConfigurationV2Args{
+		Bucket: bucket.ID(),
+		Rules: s3.BucketServerSideEncryptionConfigurationV2RuleArray{
+			&s3.BucketServerSideEncryptionConfigurationV2RuleArgs{
+				ApplyServerSideEncryptionByDefault: &s3.BucketServerSideEncryptionConfigurationV2RuleApplyServerSideEncryptionByDefaultArgs{
+					SseAlgorithm: pulumi.String("AES256"),
+				},
+			},
+		},
+	}, parent); err != nil {
+		return nil, fmt.Errorf("bucket %s encryption: %w", name, err)
+	}
+	objects := bucket.Arn.ApplyT(func(arn string) string { return arn + "/*" }).(pulumi.StringOutput)
+	if _, err := s3.NewBucketPolicy(ctx, name, &s3.BucketPolicyArgs{
+		Bucket: bucket.ID(),
+		Policy: PolicyDocument(Statement{
+			Sid:       "DenyInsecureTransport",
+			Effect:    "Deny",
+			Principal: "*",
+			Actions:   []string{"s3:*"},
+			Resources: pulumi.StringArray{bucket.Arn, objects},
+			Condition: map[string]map[string]any{"Bool": {"aws:SecureTransport": "false"}},
+		}),
+	}, parent, pulumi.DependsOn([]pulumi.Resource{pab})); err != nil {
+		return nil, fmt.Errorf("bucket %s policy: %w", name, err)
+	}
+	c.Bucket, c.Name, c.Arn = bucket, bucket.Bucket, bucket.Arn
+	if err := ctx.RegisterResourceOutputs(c, pulumi.Map{"name": c.Name, "arn": c.Arn}); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// StorageArgs configure Storage.
+type StorageArgs struct {
+	// Prefix is "iot-fleet-<env>".
+	Prefix string
+	// DeletionProtection protects the registry table from deletion.
+	DeletionProtection bool
+	Tags               pulumi.StringMap
+}
+
+// Storage is the stack's state: the OTA artifacts bucket, the config
+// bucket (allowlist.txt) and the device registry table.
+type Storage struct {
+	pulumi.ResourceState
+
+	Artifacts *PrivateBucket
+	Config    *PrivateBucket
+	Registry  *dynamodb.Table
+	// RegistryName and RegistryArn of the device registry table.
+	RegistryName pulumi.StringOutput
+	RegistryArn  pulumi.StringOutput
+}
+
+// RegistryHashKey is the registry table's partition key.
+const RegistryHashKey = "serial"
+
+// NewStorage declares Storage.
+func NewStorage(ctx *pulumi.Context, name string, args StorageArgs, opts ...pulumi.ResourceOption) (*Storage, error) {
+	c := &Storage{}
+	if err := ctx.RegisterComponentResource("iot-fleet:storage:Storage", name, c, opts...); err != nil {
+		return nil, err
+	}
+	parent := pulumi.Parent(c)
+	var err error
+	if c.Artifacts, err = NewPrivateBucket(ctx, name+"-artifacts", PrivateBucketArgs{NamePrefix: args.Prefix + "-artifacts-", Tags: args.Tags}, parent); err != nil {
+		return nil, err
+	}
+	if c.Config, err = NewPrivateBucket(ctx, name+"-config", PrivateBucketArgs{NamePrefix: args.Prefix + "-config-", Tags: args.Tags}, parent); err != nil {
+		return nil, err
+	}
+	c.Registry, err = dynamodb.NewTable(ctx, name+"-registry", &dynamodb.TableArgs{
+		Name:        pulumi.String(args.Prefix + "-registry"),
+		BillingMode: pulumi.String("PAY_PER_REQUEST"),
+		HashKey:     pulumi.String(RegistryHashKey),
+		Attributes: dynamodb.TableAttributeArray{
+			&dynamodb.TableAttributeArgs{Name: pulumi.String(RegistryHashKey), Type: pulumi.String("S")},
+		},
+		PointInTimeRecovery:       &dynamodb.TablePointInTimeRecoveryArgs{Enabled: pulumi.Bool(true)},
+		ServerSideEncryption:      &dynamodb.TableServerSideEncryptionArgs{Enabled: pulumi.Bool(true)},
+		DeletionProtectionEnabled: pulumi.Bool(args.DeletionProtection),
+		Tags:                      args.Tags,
+	}, parent)
+	if err != nil {
+		return nil, fmt.Errorf("registry table: %w", err)
+	}
+	c.RegistryName, c.RegistryArn = c.Registry.Name, c.Registry.Arn
+	if err := ctx.RegisterResourceOutputs(c, pulumi.Map{
+		"artifactsBucket": c.Artifacts.Name,
+		"configBucket":    c.Config.Name,
+		"registryTable":   c.RegistryName,
+	}); err != nil {
+		return nil, err
+	}
+	return c, nil
+}

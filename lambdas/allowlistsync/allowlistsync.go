@@ -1,0 +1,515 @@
+// Package allowlistsync makes the device registry and AWS IoT follow
+// allowlist.txt. It runs on the S3 ObjectCreated notification of the config
+// bucket: it reads the object, parses it (a bad line fails the whole sync
+// before anything changes), diffs it against the registry, admits new
+// serials (state allowed) and revokes removed ones.
+//
+// Revoking a device: every certificate attached to its thing, plus the one
+// the registry recorded, is set REVOKED and has the device policy and the
+// thing detached; the thing leaves the thing group and is deleted; only then
+// does the registry record become revoked. Each step treats "not found" as
+// already done, so a re-run after a partial failure picks up where the last
+// run stopped, and the work is proportional to the number of changes. One
+// device failing does not stop the others; the sync then returns a
+// *SyncError naming every failed serial (the Lambda's asynchronous retries
+// re-run it).
+package allowlistsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iot"
+	iottypes "github.com/aws/aws-sdk-go-v2/service/iot/types"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/iot-fleet/iot-fleet/internal/allowlist"
+	"github.com/iot-fleet/iot-fleet/internal/registry"
+)
+
+// S3API is the part of the S3 client the sync uses; *s3.Client implements it.
+type S3API interface {
+	GetObject(ctx context.Context, in *s3.GetObjectInput, optFns ...func(*s3.Options)) (*s3.GetObjectOutput, error)
+}
+
+// IoTAPI is the part of the AWS IoT control plane the sync uses to revoke a
+// device. *iot.Client implements it. Another implementation (the local IoT
+// Core) must behave like AWS IoT where the sync depends on it:
+//
+//   - an unknown thing, certificate, policy or thing group is a
+//     *types.ResourceNotFoundException (from
+//     github.com/aws/aws-sdk-go-v2/service/iot/types);
+//   - DeleteThing of a thing that does not exist succeeds, and fails with
+//     *types.InvalidRequestException while principals are still attached;
+//   - detaching something that is not attached succeeds;
+//   - DescribeCertificate fills CertificateDescription.CertificateArn and
+//     Status; ListThingPrincipals returns certificate ARNs
+//     (".../cert/<certificate id>") and may page with NextToken.
+type IoTAPI interface {
+	ListThingPrincipals(ctx context.Context, in *iot.ListThingPrincipalsInput, optFns ...func(*iot.Options)) (*iot.ListThingPrincipalsOutput, error)
+	DescribeCertificate(ctx context.Context, in *iot.DescribeCertificateInput, optFns ...func(*iot.Options)) (*iot.DescribeCertificateOutput, error)
+	UpdateCertificate(ctx context.Context, in *iot.UpdateCertificateInput, optFns ...func(*iot.Options)) (*iot.UpdateCertificateOutput, error)
+	DetachPolicy(ctx context.Context, in *iot.DetachPolicyInput, optFns ...func(*iot.Options)) (*iot.DetachPolicyOutput, error)
+	DetachThingPrincipal(ctx context.Context, in *iot.DetachThingPrincipalInput, optFns ...func(*iot.Options)) (*iot.DetachThingPrincipalOutput, error)
+	RemoveThingFromThingGroup(ctx context.Context, in *iot.RemoveThingFromThingGroupInput, optFns ...func(*iot.Options)) (*iot.RemoveThingFromThingGroupOutput, error)
+	DeleteThing(ctx context.Context, in *iot.DeleteThingInput, optFns ...func(*iot.Options)) (*iot.DeleteThingOutput, error)
+}
+
+// Registry is the part of the device registry the sync uses.
+type Registry interface {
+	registry.Scanner
+	PutAllowed(ctx context.Context, serial string) error
+	MarkRevoked(ctx context.Context, serial, expectedCertificateID string) error
+}
+
+// Defaults of Config.
+const (
+	DefaultObjectKey      = "allowlist.txt"
+	DefaultMaxObjectBytes = 16 << 20
+	DefaultConcurrency    = 8
+	DefaultCallTimeout    = 10 * time.Second
+	DefaultRetryDelay     = 500 * time.Millisecond
+	// deleteAttempts bounds DeleteThing retries while AWS IoT still sees
+	// the just-detached principals (detaching propagates asynchronously).
+	deleteAttempts = 4
+)
+
+// Config configures a Handler.
+type Config struct {
+	S3       S3API    // required
+	IoT      IoTAPI   // required
+	Registry Registry // required
+	// SerialPattern must match a serial in full (allowlist.CompilePattern).
+	SerialPattern *regexp.Regexp // required
+	ThingGroup    string         // required: the group devices are removed from
+	DevicePolicy  string         // required: the policy detached from certificates
+	// ThingNamePrefix makes the thing name of a serial whose record has
+	// none (thing name = prefix + serial).
+	ThingNamePrefix string
+	// ObjectKey is the only object key the handler acts on.
+	ObjectKey string
+	// MaxObjectBytes bounds the allowlist object.
+	MaxObjectBytes int64
+	// Concurrency is how many devices are changed at once.
+	Concurrency int
+	// CallTimeout bounds each AWS call.
+	CallTimeout time.Duration
+	// RetryDelay is the first pause before DeleteThing is retried.
+	RetryDelay time.Duration
+	Logger     *slog.Logger
+}
+
+// Handler is the allowlist sync. It is immutable after New.
+type Handler struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// New returns the sync handler for cfg.
+func New(cfg Config) (*Handler, error) {
+	var missing []string
+	if cfg.S3 == nil {
+		missing = append(missing, "S3")
+	}
+	if cfg.IoT == nil {
+		missing = append(missing, "IoT")
+	}
+	if cfg.Registry == nil {
+		missing = append(missing, "Registry")
+	}
+	if cfg.SerialPattern == nil {
+		missing = append(missing, "SerialPattern")
+	}
+	if cfg.ThingGroup == "" {
+		missing = append(missing, "ThingGroup")
+	}
+	if cfg.DevicePolicy == "" {
+		missing = append(missing, "DevicePolicy")
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("allowlistsync: missing %s", strings.Join(missing, ", "))
+	}
+	if cfg.ObjectKey == "" {
+		cfg.ObjectKey = DefaultObjectKey
+	}
+	if cfg.MaxObjectBytes <= 0 {
+		cfg.MaxObjectBytes = DefaultMaxObjectBytes
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = DefaultConcurrency
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = DefaultCallTimeout
+	}
+	if cfg.RetryDelay <= 0 {
+		cfg.RetryDelay = DefaultRetryDelay
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Handler{cfg: cfg, log: log}, nil
+}
+
+// Result summarises one sync.
+type Result struct {
+	Listed  int      `json:"listed"`  // serials in the allowlist
+	Added   int      `json:"added"`   // serials admitted (new or re-admitted)
+	Revoked int      `json:"revoked"` // devices revoked
+	Failed  []string `json:"failed,omitempty"`
+}
+
+// SyncError reports the serials whose change failed; the others were
+// applied. Re-running the sync retries exactly the failed ones.
+type SyncError struct {
+	Failed map[string]error // serial → cause
+}
+
+func (e *SyncError) Error() string {
+	serials := e.Serials()
+	const show = 20
+	parts := make([]string, 0, min(len(serials), show))
+	for _, s := range serials[:min(len(serials), show)] {
+		parts = append(parts, fmt.Sprintf("%s: %v", s, e.Failed[s]))
+	}
+	more := ""
+	if len(serials) > show {
+		more = fmt.Sprintf("; and %d more", len(serials)-show)
+	}
+	return fmt.Sprintf("allowlist sync: %d device(s) failed: %s%s", len(serials), strings.Join(parts, "; "), more)
+}
+
+// Unwrap returns the causes, so errors.Is and errors.As see them.
+func (e *SyncError) Unwrap() []error {
+	errs := make([]error, 0, len(e.Failed))
+	for _, s := range e.Serials() {
+		errs = append(errs, e.Failed[s])
+	}
+	return errs
+}
+
+// Serials returns the failed serials in order.
+func (e *SyncError) Serials() []string {
+	s := make([]string, 0, len(e.Failed))
+	for k := range e.Failed {
+		s = append(s, k)
+	}
+	slices.Sort(s)
+	return s
+}
+
+// Handle processes an S3 notification: it syncs from the latest version of
+// the allowlist object once, whatever number of records name it.
+func (h *Handler) Handle(ctx context.Context, ev events.S3Event) (Result, error) {
+	var bucket string
+	for _, r := range ev.Records {
+		key := r.S3.Object.URLDecodedKey
+		if key == "" {
+			key = r.S3.Object.Key
+		}
+		if key != h.cfg.ObjectKey || r.S3.Bucket.Name == "" {
+			h.log.WarnContext(ctx, "ignoring S3 record", "bucket", r.S3.Bucket.Name, "key", key, "event", r.EventName)
+			continue
+		}
+		if bucket != "" && bucket != r.S3.Bucket.Name {
+			return Result{}, fmt.Errorf("allowlist sync: event names %s in two buckets (%s, %s)", h.cfg.ObjectKey, bucket, r.S3.Bucket.Name)
+		}
+		bucket = r.S3.Bucket.Name
+	}
+	if bucket == "" {
+		return Result{}, fmt.Errorf("allowlist sync: event has no record for object %q (%d records)", h.cfg.ObjectKey, len(ev.Records))
+	}
+	body, err := h.fetch(ctx, bucket)
+	if err != nil {
+		return Result{}, err
+	}
+	res, err := h.Sync(ctx, strings.NewReader(body))
+	if err != nil {
+		return res, fmt.Errorf("s3://%s/%s: %w", bucket, h.cfg.ObjectKey, err)
+	}
+	return res, nil
+}
+
+// fetch reads the newest version of the allowlist object. It does not use
+// the version in the event: an older event handled late must not undo a
+// newer list.
+func (h *Handler) fetch(ctx context.Context, bucket string) (string, error) {
+	cctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
+	defer cancel()
+	out, err := h.cfg.S3.GetObject(cctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(h.cfg.ObjectKey)})
+	if err != nil {
+		return "", fmt.Errorf("allowlist sync: get s3://%s/%s: %w", bucket, h.cfg.ObjectKey, err)
+	}
+	defer out.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(out.Body, h.cfg.MaxObjectBytes+1))
+	if err != nil {
+		return "", fmt.Errorf("allowlist sync: read s3://%s/%s: %w", bucket, h.cfg.ObjectKey, err)
+	}
+	if int64(len(b)) > h.cfg.MaxObjectBytes {
+		return "", fmt.Errorf("allowlist sync: s3://%s/%s is larger than %d bytes", bucket, h.cfg.ObjectKey, h.cfg.MaxObjectBytes)
+	}
+	return string(b), nil
+}
+
+// Sync makes the registry and AWS IoT follow the allowlist read from r.
+func (h *Handler) Sync(ctx context.Context, r io.Reader) (Result, error) {
+	start := time.Now()
+	desired, err := allowlist.Parse(r, h.cfg.SerialPattern)
+	if err != nil {
+		// Nothing has changed yet.
+		h.log.ErrorContext(ctx, "allowlist rejected, nothing changed", "error", err.Error())
+		return Result{}, err
+	}
+	var current []registry.Device
+	if err := registry.ScanAll(ctx, h.cfg.Registry, func(d registry.Device) error {
+		current = append(current, d)
+		return nil
+	}); err != nil {
+		return Result{}, fmt.Errorf("allowlist sync: %w", err)
+	}
+	ch := allowlist.Diff(current, desired)
+	res := Result{Listed: len(desired)}
+
+	var mu sync.Mutex
+	failed := map[string]error{}
+	fail := func(serial string, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		failed[serial] = err
+	}
+	added := h.parallel(ctx, len(ch.Add), func(ctx context.Context, i int) error {
+		serial := ch.Add[i]
+		cctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
+		defer cancel()
+		if err := h.cfg.Registry.PutAllowed(cctx, serial); err != nil {
+			fail(serial, fmt.Errorf("admit: %w", err))
+			return err
+		}
+		return nil
+	})
+	revoked := h.parallel(ctx, len(ch.Remove), func(ctx context.Context, i int) error {
+		d := ch.Remove[i]
+		if err := h.revoke(ctx, d); err != nil {
+			fail(d.Serial, fmt.Errorf("revoke: %w", err))
+			h.log.ErrorContext(ctx, "revocation failed", "serial", d.Serial, "error", err.Error())
+			return err
+		}
+		h.log.InfoContext(ctx, "device revoked", "serial", d.Serial, "thingName", h.thingName(d))
+		return nil
+	})
+	res.Added, res.Revoked = added, revoked
+	h.log.InfoContext(ctx, "allowlist synced", "listed", res.Listed, "registry", len(current),
+		"toAdd", len(ch.Add), "added", added, "toRevoke", len(ch.Remove), "revoked", revoked,
+		"failed", len(failed), "took", time.Since(start))
+	if len(failed) > 0 {
+		se := &SyncError{Failed: failed}
+		res.Failed = se.Serials()
+		return res, se
+	}
+	return res, nil
+}
+
+// parallel runs fn for 0..n-1 on at most Concurrency goroutines and
+// returns how many succeeded. Once ctx ends, the remaining items fail with
+// the context's error.
+func (h *Handler) parallel(ctx context.Context, n int, fn func(context.Context, int) error) int {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		ok   int
+		next = make(chan int)
+	)
+	for range min(h.cfg.Concurrency, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if fn(ctx, i) == nil {
+					mu.Lock()
+					ok++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return ok
+}
+
+func (h *Handler) thingName(d registry.Device) string {
+	if d.ThingName != "" {
+		return d.ThingName
+	}
+	return h.cfg.ThingNamePrefix + d.Serial
+}
+
+// revoke takes one device out of AWS IoT, then marks it revoked.
+func (h *Handler) revoke(ctx context.Context, d registry.Device) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	thing := h.thingName(d)
+	certs, err := h.certificates(ctx, thing, d.CertificateID)
+	if err != nil {
+		return err
+	}
+	for _, c := range certs {
+		if err := h.revokeCertificate(ctx, thing, c); err != nil {
+			return err
+		}
+	}
+	if err := h.call(ctx, "RemoveThingFromThingGroup", func(ctx context.Context) error {
+		_, err := h.cfg.IoT.RemoveThingFromThingGroup(ctx, &iot.RemoveThingFromThingGroupInput{
+			ThingName: aws.String(thing), ThingGroupName: aws.String(h.cfg.ThingGroup),
+		})
+		return err
+	}); err != nil {
+		return err
+	}
+	if err := h.deleteThing(ctx, thing); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
+	defer cancel()
+	if err := h.cfg.Registry.MarkRevoked(cctx, d.Serial, d.CertificateID); err != nil {
+		return fmt.Errorf("mark revoked: %w", err)
+	}
+	return nil
+}
+
+// certificates returns the ids of the certificates to revoke: those
+// attached to thing and the one the registry recorded (provisioning may
+// have stopped before attaching it).
+func (h *Handler) certificates(ctx context.Context, thing, recorded string) ([]string, error) {
+	var ids []string
+	seen := map[string]bool{}
+	add := func(id string) {
+		if id != "" && !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	add(recorded)
+	var token *string
+	for {
+		var out *iot.ListThingPrincipalsOutput
+		err := h.call(ctx, "ListThingPrincipals", func(ctx context.Context) error {
+			var err error
+			out, err = h.cfg.IoT.ListThingPrincipals(ctx, &iot.ListThingPrincipalsInput{ThingName: aws.String(thing), NextToken: token})
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		if out == nil { // the thing is gone
+			return ids, nil
+		}
+		for _, p := range out.Principals {
+			if id, ok := certificateIDFromARN(p); ok {
+				add(id)
+			}
+		}
+		if aws.ToString(out.NextToken) == "" {
+			return ids, nil
+		}
+		token = out.NextToken
+	}
+}
+
+// certificateIDFromARN returns the id of a certificate ARN
+// (arn:aws:iot:<region>:<account>:cert/<id>).
+func certificateIDFromARN(arn string) (string, bool) {
+	i := strings.LastIndex(arn, ":cert/")
+	if i < 0 || !strings.HasPrefix(arn, "arn:") {
+		return "", false
+	}
+	id := arn[i+len(":cert/"):]
+	return id, id != "" && !strings.Contains(id, "/")
+}
+
+func (h *Handler) revokeCertificate(ctx context.Context, thing, id string) error {
+	var desc *iot.DescribeCertificateOutput
+	if err := h.call(ctx, "DescribeCertificate", func(ctx context.Context) error {
+		var err error
+		desc, err = h.cfg.IoT.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(id)})
+		return err
+	}); err != nil {
+		return err
+	}
+	if desc == nil || desc.CertificateDescription == nil {
+		return nil // the certificate is gone: nothing to revoke or detach
+	}
+	cd := desc.CertificateDescription
+	arn := aws.ToString(cd.CertificateArn)
+	if arn == "" {
+		return fmt.Errorf("DescribeCertificate %s: no certificate ARN", id)
+	}
+	if cd.Status != iottypes.CertificateStatusRevoked {
+		if err := h.call(ctx, "UpdateCertificate", func(ctx context.Context) error {
+			_, err := h.cfg.IoT.UpdateCertificate(ctx, &iot.UpdateCertificateInput{
+				CertificateId: aws.String(id), NewStatus: iottypes.CertificateStatusRevoked,
+			})
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+	if err := h.call(ctx, "DetachPolicy", func(ctx context.Context) error {
+		_, err := h.cfg.IoT.DetachPolicy(ctx, &iot.DetachPolicyInput{PolicyName: aws.String(h.cfg.DevicePolicy), Target: aws.String(arn)})
+		return err
+	}); err != nil {
+		return err
+	}
+	return h.call(ctx, "DetachThingPrincipal", func(ctx context.Context) error {
+		_, err := h.cfg.IoT.DetachThingPrincipal(ctx, &iot.DetachThingPrincipalInput{ThingName: aws.String(thing), Principal: aws.String(arn)})
+		return err
+	})
+}
+
+// deleteThing deletes thing, retrying a few times while AWS IoT still
+// reports the principals detached a moment ago.
+func (h *Handler) deleteThing(ctx context.Context, thing string) error {
+	delay := h.cfg.RetryDelay
+	for attempt := 1; ; attempt++ {
+		err := h.call(ctx, "DeleteThing", func(ctx context.Context) error {
+			_, err := h.cfg.IoT.DeleteThing(ctx, &iot.DeleteThingInput{ThingName: aws.String(thing)})
+			return err
+		})
+		var invalid *iottypes.InvalidRequestException
+		if err == nil || !errors.As(err, &invalid) || attempt == deleteAttempts {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("DeleteThing %s: %w (last error: %v)", thing, ctx.Err(), err)
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
+}
+
+// call runs one IoT call with the call timeout; not-found counts as done.
+func (h *Handler) call(ctx context.Context, op string, fn func(context.Context) error) error {
+	cctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
+	defer cancel()
+	err := fn(cctx)
+	var nf *iottypes.ResourceNotFoundException
+	if err == nil || errors.As(err, &nf) {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	"github.com/iot-fleet/iot-fleet/lambdas/allowlistsync"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
+)
+
+const bucket = "iot-fleet-dev-config"
+
+// s3Server is a tiny S3 endpoint that answers path-style GetObject.
+type s3Server struct {
+	mu      sync.Mutex
+	objects map[string]string // "/bucket/key" → body
+	gets    []string
+}
+
+func (s *s3Server) put(key, body string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.objects["/"+bucket+"/"+key] = body
+}
+
+func (s *s3Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gets = append(s.gets, r.Method+" "+r.URL.Path)
+	if r.Method != http.MethodGet {
+		http.Error(w, "only GetObject", http.StatusMethodNotAllowed)
+		return
+	}
+	body, ok := s.objects[r.URL.Path]
+	if !ok {
+		w.Header().Set("Content-Type", "application/xml")
+		w.WriteHeader(http.StatusNotFound)
+		fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message><Key>%s</Key></Error>`, r.URL.Path)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	w.Header().Set("ETag", `"0123456789abcdef"`)
+	w.Header().Set("Last-Modified", time.Now().UTC().Format(http.TimeFormat))
+	w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+	_, _ = w.Write([]byte(body))
+}
+
+func closedPort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	return "http://" + addr
+}
+
+func s3Event(key string) events.S3Event {
+	var r events.S3EventRecord
+	r.EventSource = "aws:s3"
+	r.EventName = "ObjectCreated:Put"
+	r.S3.Bucket.Name = bucket
+	r.S3.Object.Key = key
+	return events.S3Event{Records: []events.S3EventRecord{r}}
+}
+
+// The packaged bootstrap reads the allowlist from S3, admits its serials in
+// DynamoDB (dynalite), reports a bad line by number, and reports a failed
+// revocation by serial when AWS IoT cannot be reached.
+func TestBootstrapSyncsAllowlist(t *testing.T) {
+	endpoint := testenv.StartDynalite(t)
+	client := testenv.DynamoDBClient(endpoint)
+	testenv.CreateRegistryTable(t, client, "registry")
+	store, err := registry.NewDynamoDB(client, "registry")
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	s3 := &s3Server{objects: map[string]string{}}
+	s3srv := httptest.NewServer(s3)
+	t.Cleanup(s3srv.Close)
+
+	bin := lambdatest.BuildBootstrap(t, "./lambdas/cmd/allowlistsync")
+	api := lambdatest.StartRuntimeAPI(t)
+	lambdatest.Start(t, bin, api, map[string]string{
+		"REGISTRY_TABLE":            "registry",
+		"THING_GROUP":               "iot-fleet-dev",
+		"DEVICE_POLICY":             "iot-fleet-dev-device",
+		"THING_NAME_PREFIX":         "dev-",
+		"SERIAL_PATTERN":            "^[0-9a-f]{16}$",
+		"AWS_REGION":                testenv.DynaliteRegion,
+		"AWS_ACCESS_KEY_ID":         "AKIDTEST",
+		"AWS_SECRET_ACCESS_KEY":     "test-secret",
+		"AWS_MAX_ATTEMPTS":          "1",
+		"AWS_ENDPOINT_URL_DYNAMODB": endpoint,
+		"AWS_ENDPOINT_URL_S3":       s3srv.URL,
+		"AWS_ENDPOINT_URL_IOT":      closedPort(t),
+	})
+
+	// 1. Two new serials are admitted.
+	s3.put("allowlist.txt", "# devices\n10000000a1b2c3d4\n\n10000000a1b2c3d5 # bench\n")
+	out, err := api.Invoke(ctx, s3Event("allowlist.txt"))
+	require.NoError(t, err)
+	require.Nil(t, out.Error, "invocation failed: %+v", out.Error)
+	var res allowlistsync.Result
+	require.NoError(t, json.Unmarshal(out.Response, &res), string(out.Response))
+	assert.Equal(t, allowlistsync.Result{Listed: 2, Added: 2}, res)
+	for _, s := range []string{"10000000a1b2c3d4", "10000000a1b2c3d5"} {
+		d, err := store.Get(ctx, s)
+		require.NoError(t, err)
+		assert.Equal(t, registry.StateAllowed, d.State)
+	}
+	assert.Contains(t, s3.gets, "GET /"+bucket+"/allowlist.txt")
+
+	// 2. A bad line fails the sync with its number and changes nothing.
+	s3.put("allowlist.txt", "10000000a1b2c3d4\n10000000a1b2c3d5\nZZZ\n10000000a1b2c3d6\n")
+	out, err = api.Invoke(ctx, s3Event("allowlist.txt"))
+	require.NoError(t, err)
+	require.NotNil(t, out.Error)
+	assert.Contains(t, out.Error.ErrorMessage, "allowlist line 3")
+	_, err = store.Get(ctx, "10000000a1b2c3d6")
+	require.ErrorIs(t, err, registry.ErrNotFound)
+
+	// 3. A removed, provisioned device cannot be revoked while AWS IoT is
+	// unreachable: the error names it and its record stays provisioned.
+	_, err = store.MarkProvisioned(ctx, "10000000a1b2c3d5", fmt.Sprintf("%064x", 7), "")
+	require.NoError(t, err)
+	s3.put("allowlist.txt", "10000000a1b2c3d4\n")
+	out, err = api.Invoke(ctx, s3Event("allowlist.txt"))
+	require.NoError(t, err)
+	require.NotNil(t, out.Error)
+	assert.Contains(t, out.Error.ErrorMessage, "1 device(s) failed: 10000000a1b2c3d5")
+	d, err := store.Get(ctx, "10000000a1b2c3d5")
+	require.NoError(t, err)
+	assert.Equal(t, registry.StateProvisioned, d.State)
+
+	// 4. An event for a missing object names the object.
+	out, err = api.Invoke(ctx, s3Event("allowlist.txt"+"x"))
+	require.NoError(t, err)
+	require.NotNil(t, out.Error)
+	assert.Contains(t, out.Error.ErrorMessage, `no record for object "allowlist.txt"`)
+	s3.mu.Lock()
+	delete(s3.objects, "/"+bucket+"/allowlist.txt")
+	s3.mu.Unlock()
+	out, err = api.Invoke(ctx, s3Event("allowlist.txt"))
+	require.NoError(t, err)
+	require.NotNil(t, out.Error)
+	assert.True(t, strings.Contains(out.Error.ErrorMessage, "NoSuchKey"), out.Error.ErrorMessage)
+}
+
+func TestBootstrapReportsMissingConfiguration(t *testing.T) {
+	bin := lambdatest.BuildBootstrap(t, "./lambdas/cmd/allowlistsync")
+	api := lambdatest.StartRuntimeAPI(t)
+	p := lambdatest.Start(t, bin, api, map[string]string{"AWS_REGION": "us-east-1", "REGISTRY_TABLE": "r"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	initErr, err := api.InitError(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, "missing environment variable(s): THING_GROUP, DEVICE_POLICY, THING_NAME_PREFIX", initErr.ErrorMessage)
+	require.Error(t, p.Wait(ctx))
+}

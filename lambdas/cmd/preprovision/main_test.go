@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
+)
+
+func hookEvent(serial string, cert int) protocol.PreProvisioningHookRequest {
+	return protocol.PreProvisioningHookRequest{
+		ClaimCertificateID: fmt.Sprintf("%064x", 999),
+		CertificateID:      fmt.Sprintf("%064x", cert),
+		CertificatePEM:     "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+		TemplateARN:        "arn:aws:iot:us-east-1:123456789012:provisioningtemplate/iot-fleet-dev",
+		ClientID:           protocol.ClaimClientID(serial),
+		Parameters:         map[string]string{protocol.ParamSerialNumber: serial},
+	}
+}
+
+// The packaged bootstrap starts under a Lambda Runtime API, reads the
+// registry from DynamoDB (dynalite) and answers hook events; a warm process
+// keeps denying after it admitted.
+func TestBootstrapAnswersHookEvents(t *testing.T) {
+	const allowed, unknown = "10000000a1b2c3d4", "10000000ffffffff"
+	endpoint := testenv.StartDynalite(t)
+	client := testenv.DynamoDBClient(endpoint)
+	testenv.CreateRegistryTable(t, client, "registry")
+	store, err := registry.NewDynamoDB(client, "registry")
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	require.NoError(t, store.PutAllowed(ctx, allowed))
+
+	bin := lambdatest.BuildBootstrap(t, "./lambdas/cmd/preprovision")
+	api := lambdatest.StartRuntimeAPI(t)
+	lambdatest.Start(t, bin, api, map[string]string{
+		"REGISTRY_TABLE":            "registry",
+		"SERIAL_PATTERN":            "^[0-9a-f]{16}$",
+		"THING_NAME_PREFIX":         "dev-",
+		"AWS_REGION":                testenv.DynaliteRegion,
+		"AWS_ACCESS_KEY_ID":         "AKIDTEST",
+		"AWS_SECRET_ACCESS_KEY":     "test-secret",
+		"AWS_ENDPOINT_URL_DYNAMODB": endpoint,
+	})
+
+	invoke := func(ev protocol.PreProvisioningHookRequest) protocol.PreProvisioningHookResponse {
+		t.Helper()
+		out, err := api.Invoke(ctx, ev)
+		require.NoError(t, err)
+		require.Nil(t, out.Error, "invocation failed: %+v", out.Error)
+		var resp protocol.PreProvisioningHookResponse
+		require.NoError(t, json.Unmarshal(out.Response, &resp), string(out.Response))
+		return resp
+	}
+	assert.True(t, invoke(hookEvent(allowed, 1)).AllowProvisioning)
+	assert.False(t, invoke(hookEvent(unknown, 2)).AllowProvisioning)
+	assert.False(t, invoke(hookEvent("not-a-serial", 3)).AllowProvisioning)
+	assert.True(t, invoke(hookEvent(allowed, 1)).AllowProvisioning, "a retried hook is admitted again")
+
+	d, err := store.Get(ctx, allowed)
+	require.NoError(t, err)
+	assert.Equal(t, registry.StateProvisioned, d.State)
+	assert.Equal(t, fmt.Sprintf("%064x", 1), d.CertificateID)
+	assert.Equal(t, "dev-"+allowed, d.ThingName)
+	_, err = store.Get(ctx, unknown)
+	require.ErrorIs(t, err, registry.ErrNotFound)
+}
+
+func TestBootstrapReportsMissingConfiguration(t *testing.T) {
+	bin := lambdatest.BuildBootstrap(t, "./lambdas/cmd/preprovision")
+	api := lambdatest.StartRuntimeAPI(t)
+	p := lambdatest.Start(t, bin, api, map[string]string{"AWS_REGION": "us-east-1"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	initErr, err := api.InitError(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, "missing environment variable(s): REGISTRY_TABLE", initErr.ErrorMessage)
+	assert.Equal(t, "Runtime.InitError", initErr.ErrorType)
+	require.Error(t, p.Wait(ctx), "the process exits non-zero")
+}

@@ -1,0 +1,685 @@
+// Package broker embeds a mochi-mqtt broker as the MQTT front of the
+// simulated AWS IoT Core: TLS 1.2+ with client certificates verified
+// against the local CA, the certificate identifying the principal (its id
+// is looked up in the registry and must be ACTIVE), and every connect,
+// publish, subscribe and delivery authorized by the IoT policies attached
+// to that certificate. Requests on the AWS reserved API topics are handed
+// to routes (provisioning, jobs) instead of being routed to subscribers,
+// and their answers go straight to the requesting connection, as AWS
+// does. Fault rules can drop or delay messages in either direction.
+package broker
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/iot-fleet/iot-fleet/sim/ca"
+	"github.com/iot-fleet/iot-fleet/sim/faults"
+	"github.com/iot-fleet/iot-fleet/sim/iotpolicy"
+	"github.com/iot-fleet/iot-fleet/sim/registry"
+)
+
+// ALPNProtocol is the ALPN protocol AWS IoT uses for MQTT on port 443.
+const ALPNProtocol = "x-amzn-mqtt-ca"
+
+// maxPacketSize is AWS IoT's MQTT message size limit (128 KiB).
+const maxPacketSize = 128 * 1024
+
+// Request is a message published on an API topic handled by a route.
+type Request struct {
+	ClientID      string
+	CertificateID string
+	// ThingName is the connection's thing ("" unless the client id is a
+	// thing attached to the certificate).
+	ThingName string
+	Topic     string
+	Payload   []byte
+}
+
+// Route takes over the messages of some topics.
+type Route struct {
+	Name   string
+	Match  func(topic string) bool
+	Handle func(ctx context.Context, req Request)
+}
+
+// Options configure a Broker.
+type Options struct {
+	// Addr is the TCP listen address, e.g. "127.0.0.1:0".
+	Addr       string
+	ServerCert tls.Certificate
+	ClientCAs  *x509.CertPool
+	Registry   *registry.Registry
+	// ARN builds the policy resource ARN of kind (client, topic,
+	// topicfilter) and name.
+	ARN    func(kind, name string) string
+	Faults *faults.Set
+	Routes []Route
+	Logger *slog.Logger
+}
+
+// ClientInfo describes a connected client.
+type ClientInfo struct {
+	ClientID      string `json:"clientId"`
+	CertificateID string `json:"certificateId"`
+	ThingName     string `json:"thingName,omitempty"`
+	Remote        string `json:"remote"`
+}
+
+// Errors returned by Reply.
+var (
+	ErrClientNotConnected = errors.New("client not connected")
+	ErrNotSubscribed      = errors.New("client not subscribed to the topic")
+	ErrNotAuthorized      = errors.New("not authorized to receive the topic")
+)
+
+// Broker is the MQTT broker. Create it with New, then Start.
+type Broker struct {
+	opts   Options
+	log    *slog.Logger
+	ctx    context.Context
+	cancel context.CancelFunc
+	tlsCfg *tls.Config
+
+	mu      sync.RWMutex
+	srv     *mqtt.Server
+	lst     *listener
+	addr    string
+	closed  bool
+	running bool
+
+	sessions sync.Map // *mqtt.Client -> *session
+	delayed  sync.WaitGroup
+}
+
+type session struct {
+	clientID  string
+	certID    string
+	thingName string
+	attrs     map[string]string
+	remote    string
+
+	mu          sync.Mutex
+	pendingSubs map[string]bool
+	subDenied   bool
+}
+
+// New validates opts and prepares a broker.
+func New(opts Options) (*Broker, error) {
+	if opts.Registry == nil || opts.ARN == nil || opts.ClientCAs == nil || len(opts.ServerCert.Certificate) == 0 {
+		return nil, fmt.Errorf("broker: Registry, ARN, ClientCAs and ServerCert are required")
+	}
+	if opts.Addr == "" {
+		opts.Addr = "127.0.0.1:0"
+	}
+	if opts.Faults == nil {
+		opts.Faults = faults.New()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &Broker{
+		opts:   opts,
+		log:    opts.Logger.With("component", "broker"),
+		ctx:    ctx,
+		cancel: cancel,
+		tlsCfg: &tls.Config{
+			MinVersion:   tls.VersionTLS12,
+			Certificates: []tls.Certificate{opts.ServerCert},
+			ClientAuth:   tls.RequireAndVerifyClientCert,
+			ClientCAs:    opts.ClientCAs,
+			NextProtos:   []string{ALPNProtocol, "mqtt"},
+		},
+	}
+	return b, nil
+}
+
+// Start listens and serves. The first start resolves Addr (port 0) and
+// later restarts reuse the same address.
+func (b *Broker) Start() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return fmt.Errorf("broker: closed")
+	}
+	if b.running {
+		return nil
+	}
+	addr := b.addr
+	if addr == "" {
+		addr = b.opts.Addr
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("broker: listen %s: %w", addr, err)
+	}
+	b.addr = ln.Addr().String()
+	srv := mqtt.New(&mqtt.Options{
+		Logger:                 b.opts.Logger.With("component", "mochi"),
+		SysTopicResendInterval: 3600,
+		Capabilities: &mqtt.Capabilities{
+			MaximumClients:               1 << 40,
+			MaximumMessageExpiryInterval: 60 * 60 * 24,
+			MaximumClientWritesPending:   256,
+			MaximumSessionExpiryInterval: 60 * 60,
+			MaximumPacketSize:            maxPacketSize,
+			ReceiveMaximum:               100,
+			MaximumInflight:              1024,
+			TopicAliasMaximum:            8,
+			MinimumProtocolVersion:       3,
+			MaximumQos:                   1, // AWS IoT supports QoS 0 and 1
+			RetainAvailable:              1,
+			WildcardSubAvailable:         1,
+			SubIDAvailable:               0,
+			SharedSubAvailable:           1,
+		},
+	})
+	if err := srv.AddHook(&hook{b: b}, nil); err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("broker: add hook: %w", err)
+	}
+	lst := &listener{id: "tls", ln: ln, tlsCfg: b.tlsCfg, pipes: make(chan net.Conn), done: make(chan struct{})}
+	if err := srv.AddListener(lst); err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("broker: add listener: %w", err)
+	}
+	if err := srv.Serve(); err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("broker: serve: %w", err)
+	}
+	b.srv, b.lst, b.running = srv, lst, true
+	b.log.Info("broker listening", "addr", b.addr)
+	return nil
+}
+
+// Addr returns host:port of the TLS listener.
+func (b *Broker) Addr() string {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.addr
+}
+
+// Stop closes the listener and every connection; Start serves again on
+// the same address. Registries are untouched; MQTT sessions are lost.
+func (b *Broker) Stop() {
+	b.mu.Lock()
+	srv, lst := b.srv, b.lst
+	b.srv, b.lst, b.running = nil, nil, false
+	b.mu.Unlock()
+	if srv == nil {
+		return
+	}
+	_ = srv.Close()
+	done := make(chan struct{})
+	go func() { srv.Listeners.ClientsWg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		b.log.Warn("broker stop: clients still closing")
+	}
+	_ = lst
+}
+
+// Restart stops and starts the broker on the same address.
+func (b *Broker) Restart() error {
+	b.Stop()
+	return b.Start()
+}
+
+// Close stops the broker for good.
+func (b *Broker) Close() error {
+	b.Stop()
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.cancel()
+	b.delayed.Wait()
+	return nil
+}
+
+// DialPipe returns an in-memory connection to the broker's listener, for
+// running more simulated devices than file descriptors allow. The caller
+// does the TLS handshake over it as with TCP.
+func (b *Broker) DialPipe(ctx context.Context) (net.Conn, error) {
+	b.mu.RLock()
+	lst := b.lst
+	b.mu.RUnlock()
+	if lst == nil {
+		return nil, fmt.Errorf("broker: not running")
+	}
+	client, server := net.Pipe()
+	select {
+	case lst.pipes <- server:
+		return client, nil
+	case <-lst.done:
+		return nil, fmt.Errorf("broker: not running")
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (b *Broker) server() *mqtt.Server {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.srv
+}
+
+// Clients lists the authenticated connections.
+func (b *Broker) Clients() []ClientInfo {
+	var out []ClientInfo
+	b.sessions.Range(func(k, v any) bool {
+		cl := k.(*mqtt.Client)
+		s := v.(*session)
+		if !cl.Closed() {
+			out = append(out, ClientInfo{ClientID: s.clientID, CertificateID: s.certID, ThingName: s.thingName, Remote: s.remote})
+		}
+		return true
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].ClientID < out[j].ClientID })
+	return out
+}
+
+// DisconnectClient closes the connection of clientID; it reports whether
+// one was connected.
+func (b *Broker) DisconnectClient(clientID string) bool {
+	found := false
+	b.sessions.Range(func(k, v any) bool {
+		cl := k.(*mqtt.Client)
+		if v.(*session).clientID == clientID && !cl.Closed() {
+			cl.Stop(packets.ErrAdministrativeAction)
+			found = true
+		}
+		return true
+	})
+	return found
+}
+
+// DisconnectCertificate closes every connection authenticated with certID
+// and returns how many there were.
+func (b *Broker) DisconnectCertificate(certID string) int {
+	n := 0
+	b.sessions.Range(func(k, v any) bool {
+		cl := k.(*mqtt.Client)
+		if v.(*session).certID == certID && !cl.Closed() {
+			cl.Stop(packets.ErrNotAuthorized)
+			n++
+		}
+		return true
+	})
+	return n
+}
+
+// Publish delivers a server-originated message (QoS 1 where the
+// subscription allows) to every client subscribed to topic, subject to
+// each client's iot:Receive permission and the outbound fault rules.
+func (b *Broker) Publish(topic string, payload []byte) {
+	srv := b.server()
+	if srv == nil {
+		return
+	}
+	subs := srv.Topics.Subscribers(topic)
+	for id, sub := range subs.Subscriptions {
+		cl, ok := srv.Clients.Get(id)
+		if !ok {
+			continue
+		}
+		if err := b.deliver(cl, topic, payload, sub.Qos); err != nil {
+			b.log.Debug("publish not delivered", "client", id, "topic", topic, "error", err)
+		}
+	}
+}
+
+// Reply sends an API answer to the client that made the request only. With
+// needSubscription the client must hold a subscription matching topic
+// (fleet provisioning); without, the answer is sent regardless (Jobs).
+func (b *Broker) Reply(clientID, topic string, payload []byte, needSubscription bool) error {
+	srv := b.server()
+	if srv == nil {
+		return ErrClientNotConnected
+	}
+	cl, ok := srv.Clients.Get(clientID)
+	if !ok || cl.Closed() {
+		return ErrClientNotConnected
+	}
+	qos, subscribed := byte(0), false
+	for filter, sub := range cl.State.Subscriptions.GetAll() {
+		if faults.MatchFilter(filter, topic) {
+			subscribed = true
+			qos = max(qos, sub.Qos)
+		}
+	}
+	if needSubscription && !subscribed {
+		return ErrNotSubscribed
+	}
+	return b.deliver(cl, topic, payload, qos)
+}
+
+func (b *Broker) deliver(cl *mqtt.Client, topic string, payload []byte, qos byte) error {
+	if !b.authorize(cl, iotpolicy.ActionReceive, "topic", topic) {
+		return ErrNotAuthorized
+	}
+	if act, ok := b.opts.Faults.Match(faults.Outbound, cl.ID, topic); ok {
+		if act.Drop {
+			b.log.Info("fault: dropped outbound message", "rule", act.RuleID, "client", cl.ID, "topic", topic)
+			return nil
+		}
+		b.log.Info("fault: delaying outbound message", "rule", act.RuleID, "client", cl.ID, "topic", topic, "delay", act.Delay)
+		b.delayed.Add(1)
+		go func() {
+			defer b.delayed.Done()
+			t := time.NewTimer(act.Delay)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				if err := writePublish(cl, topic, payload, qos); err != nil {
+					b.log.Debug("delayed delivery failed", "client", cl.ID, "topic", topic, "error", err)
+				}
+			case <-b.ctx.Done():
+			}
+		}()
+		return nil
+	}
+	return writePublish(cl, topic, payload, qos)
+}
+
+// writePublish writes a PUBLISH to one client. QoS 1 messages are tracked
+// in the client's inflight store so the broker resends them on a
+// persistent session's reconnect, as it does for routed messages.
+func writePublish(cl *mqtt.Client, topic string, payload []byte, qos byte) error {
+	qos = min(qos, 1)
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos},
+		TopicName:   topic,
+		Payload:     append([]byte(nil), payload...),
+		Created:     time.Now().Unix(),
+		Origin:      "$aws",
+	}
+	if qos > 0 {
+		id, err := cl.NextPacketID()
+		if err != nil {
+			return fmt.Errorf("packet id: %w", err)
+		}
+		pk.PacketID = uint16(id)
+		cl.State.Inflight.Set(pk)
+	}
+	if cl.Closed() {
+		if qos > 0 {
+			return nil // kept inflight for the session's next connection
+		}
+		return ErrClientNotConnected
+	}
+	return cl.WritePacket(pk)
+}
+
+func (b *Broker) sessionOf(cl *mqtt.Client) *session {
+	v, ok := b.sessions.Load(cl)
+	if !ok {
+		return nil
+	}
+	return v.(*session)
+}
+
+// authorize evaluates action on kind/name for cl with fresh registry data.
+// A certificate that is no longer ACTIVE fails every check and the
+// connection is closed.
+func (b *Broker) authorize(cl *mqtt.Client, action, kind, name string) bool {
+	if cl.Net.Inline {
+		return true
+	}
+	s := b.sessionOf(cl)
+	if s == nil {
+		return false
+	}
+	info, err := b.opts.Registry.Auth(s.certID, s.clientID)
+	if err != nil || info.Status != registry.CertActive {
+		b.log.Info("certificate no longer active, closing connection", "client", s.clientID, "certificate", s.certID)
+		cl.Stop(packets.ErrNotAuthorized)
+		return false
+	}
+	ctx := iotpolicy.Context{ClientID: s.clientID, ThingName: s.thingName, ThingAttributes: info.ThingAttributes}
+	if s.thingName == "" {
+		ctx.ThingAttributes = nil
+	}
+	d := iotpolicy.Evaluate(info.Policies, action, b.opts.ARN(kind, name), ctx)
+	if d != iotpolicy.Allowed {
+		b.log.Info("authorization denied", "client", s.clientID, "action", action, "resource", kind+"/"+name, "decision", d.String())
+		return false
+	}
+	return true
+}
+
+// hook plugs the broker into mochi.
+type hook struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+func (h *hook) ID() string { return "iot-core" }
+
+func (h *hook) Provides(x byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe, mqtt.OnSubscribed,
+		mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketSent,
+	}, []byte{x})
+}
+
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	b := h.b
+	tc, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		return false
+	}
+	st := tc.ConnectionState()
+	if len(st.PeerCertificates) == 0 {
+		return false
+	}
+	certID := ca.CertificateID(st.PeerCertificates[0].Raw)
+	info, err := b.opts.Registry.Auth(certID, cl.ID)
+	if err != nil {
+		b.log.Info("connect refused: unknown certificate", "client", cl.ID, "certificate", certID)
+		return false
+	}
+	if info.Status != registry.CertActive {
+		b.log.Info("connect refused: certificate not active", "client", cl.ID, "certificate", certID, "status", info.Status)
+		return false
+	}
+	ctx := iotpolicy.Context{ClientID: cl.ID, ThingName: info.ThingName, ThingAttributes: info.ThingAttributes}
+	if d := iotpolicy.Evaluate(info.Policies, iotpolicy.ActionConnect, b.opts.ARN("client", cl.ID), ctx); d != iotpolicy.Allowed {
+		b.log.Info("connect refused by policy", "client", cl.ID, "certificate", certID, "decision", d.String())
+		return false
+	}
+	b.sessions.Store(cl, &session{
+		clientID: cl.ID, certID: certID, thingName: info.ThingName, attrs: info.ThingAttributes,
+		remote: cl.Net.Remote, pendingSubs: map[string]bool{},
+	})
+	b.log.Debug("client connected", "client", cl.ID, "certificate", certID, "thing", info.ThingName)
+	return true
+}
+
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	h.b.sessions.Delete(cl)
+}
+
+func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	s := h.b.sessionOf(cl)
+	if s == nil {
+		return pk
+	}
+	decisions := make(map[string]bool, len(pk.Filters))
+	denied := false
+	for _, f := range pk.Filters {
+		ok := h.b.authorize(cl, iotpolicy.ActionSubscribe, "topicfilter", f.Filter)
+		decisions[f.Filter] = ok
+		denied = denied || !ok
+	}
+	s.mu.Lock()
+	s.pendingSubs = decisions
+	s.subDenied = s.subDenied || denied
+	s.mu.Unlock()
+	return pk
+}
+
+func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	if s := h.b.sessionOf(cl); s != nil {
+		s.mu.Lock()
+		s.pendingSubs = map[string]bool{}
+		s.mu.Unlock()
+	}
+}
+
+// OnPacketSent closes a connection after the SUBACK that refused a
+// subscription: AWS IoT disconnects clients on authorization failures.
+func (h *hook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type != packets.Suback {
+		return
+	}
+	s := h.b.sessionOf(cl)
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	denied := s.subDenied
+	s.subDenied = false
+	s.mu.Unlock()
+	if denied {
+		cl.Stop(packets.ErrNotAuthorized)
+	}
+}
+
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	b := h.b
+	if cl.Net.Inline {
+		return true
+	}
+	if write {
+		if b.authorize(cl, iotpolicy.ActionPublish, "topic", topic) {
+			return true
+		}
+		cl.Stop(packets.ErrNotAuthorized) // AWS IoT disconnects on an unauthorized publish
+		return false
+	}
+	s := b.sessionOf(cl)
+	if s == nil {
+		return false
+	}
+	// mochi asks for both subscriptions (a filter) and deliveries (a
+	// topic) with write=false; filters being subscribed right now were
+	// decided in OnSubscribe.
+	s.mu.Lock()
+	subOK, subscribing := s.pendingSubs[topic]
+	s.mu.Unlock()
+	if subscribing {
+		return subOK
+	}
+	if !b.authorize(cl, iotpolicy.ActionReceive, "topic", topic) {
+		return false
+	}
+	if act, ok := b.opts.Faults.Match(faults.Outbound, cl.ID, topic); ok && act.Drop {
+		b.log.Info("fault: dropped outbound message", "rule", act.RuleID, "client", cl.ID, "topic", topic)
+		return false
+	}
+	return true
+}
+
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	b := h.b
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	if act, ok := b.opts.Faults.Match(faults.Inbound, cl.ID, pk.TopicName); ok {
+		if act.Drop {
+			b.log.Info("fault: dropped inbound message", "rule", act.RuleID, "client", cl.ID, "topic", pk.TopicName)
+			return pk, packets.ErrRejectPacket
+		}
+		b.log.Info("fault: delaying inbound message", "rule", act.RuleID, "client", cl.ID, "topic", pk.TopicName, "delay", act.Delay)
+		t := time.NewTimer(act.Delay)
+		select {
+		case <-t.C:
+		case <-b.ctx.Done():
+			t.Stop()
+			return pk, packets.ErrRejectPacket
+		}
+	}
+	for _, r := range b.opts.Routes {
+		if !r.Match(pk.TopicName) {
+			continue
+		}
+		s := b.sessionOf(cl)
+		if s == nil {
+			return pk, packets.ErrRejectPacket
+		}
+		r.Handle(b.ctx, Request{
+			ClientID: s.clientID, CertificateID: s.certID, ThingName: s.thingName,
+			Topic: pk.TopicName, Payload: append([]byte(nil), pk.Payload...),
+		})
+		return pk, packets.CodeSuccessIgnore
+	}
+	return pk, nil
+}
+
+// listener serves TLS over TCP and over in-memory pipes.
+type listener struct {
+	id     string
+	ln     net.Listener
+	tlsCfg *tls.Config
+	pipes  chan net.Conn
+	done   chan struct{}
+	once   sync.Once
+	log    *slog.Logger
+}
+
+func (l *listener) ID() string                  { return l.id }
+func (l *listener) Address() string             { return l.ln.Addr().String() }
+func (l *listener) Protocol() string            { return "tls" }
+func (l *listener) Init(log *slog.Logger) error { l.log = log; return nil }
+
+func (l *listener) Serve(establish listeners.EstablishFn) {
+	handle := func(raw net.Conn) {
+		// Bound the TLS handshake and CONNECT; mochi replaces the
+		// deadline with the keepalive once connected.
+		_ = raw.SetDeadline(time.Now().Add(20 * time.Second))
+		conn := tls.Server(raw, l.tlsCfg)
+		if err := establish(l.id, conn); err != nil {
+			l.log.Debug("connection ended", "remote", raw.RemoteAddr().String(), "error", err)
+		}
+	}
+	go func() {
+		for {
+			select {
+			case c := <-l.pipes:
+				go handle(c)
+			case <-l.done:
+				return
+			}
+		}
+	}()
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			return
+		}
+		go handle(c)
+	}
+}
+
+func (l *listener) Close(closeClients listeners.CloseFn) {
+	l.once.Do(func() {
+		close(l.done)
+		closeClients(l.id)
+		_ = l.ln.Close()
+	})
+}

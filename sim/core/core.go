@@ -1,0 +1,393 @@
+// Package core assembles the local IoT Core: the CA, the registry, the
+// policies and provisioning template the stack declares, the MQTT broker
+// with policy enforcement, fleet provisioning, Jobs and fault injection.
+// Tests embed it with Start; the fleet-sim command serves it.
+package core
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/iot-fleet/iot-fleet/internal/policy"
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/provtemplate"
+	"github.com/iot-fleet/iot-fleet/sim/broker"
+	"github.com/iot-fleet/iot-fleet/sim/ca"
+	"github.com/iot-fleet/iot-fleet/sim/faults"
+	"github.com/iot-fleet/iot-fleet/sim/jobs"
+	"github.com/iot-fleet/iot-fleet/sim/provisioning"
+	"github.com/iot-fleet/iot-fleet/sim/registry"
+)
+
+// Simulated account coordinates.
+const (
+	Partition = "aws"
+	Region    = "local-1"
+	AccountID = "000000000000"
+)
+
+// Options configure the local IoT Core. The zero value serves env "dev" on
+// 127.0.0.1 with a free port.
+type Options struct {
+	// Env is the stack environment ("dev" or "prod"); names follow it.
+	Env string
+	// Addr is the MQTT/TLS listen address; default 127.0.0.1:0.
+	Addr   string
+	Logger *slog.Logger
+	// PreProvisioningHook is called by RegisterThing. If nil and
+	// AllowedSerials is set, AllowlistHook(AllowedSerials) is used; if
+	// both are empty, there is no hook (every device is admitted).
+	PreProvisioningHook provisioning.Hook
+	AllowedSerials      []string
+	// JobMinute is how long a Jobs "minute" lasts (step and in-progress
+	// timeouts); default time.Minute. Tests shorten it.
+	JobMinute time.Duration
+	// TokenTTL is the certificateOwnershipToken lifetime; default 1h.
+	TokenTTL time.Duration
+	// DeviceCertValidity limits issued certificates' lifetime; default
+	// until 2049 like AWS.
+	DeviceCertValidity time.Duration
+	// Now is the clock for registry timestamps and token expiry.
+	Now func() time.Time
+}
+
+// Names are the resource names the stack declares for Env.
+type Names struct {
+	Env             string
+	ThingGroup      string
+	TemplateName    string
+	ClaimPolicy     string
+	DevicePolicy    string
+	ThingNamePrefix string
+	PolicyParams    policy.Params
+}
+
+// NamesFor returns the names of environment env.
+func NamesFor(env string) Names {
+	base := "iot-fleet-" + env
+	return Names{
+		Env: env, ThingGroup: base, TemplateName: base, ClaimPolicy: base + "-claim", DevicePolicy: base + "-device",
+		ThingNamePrefix: env + "-",
+		PolicyParams:    policy.Params{Partition: Partition, Region: Region, AccountID: AccountID, TemplateName: base},
+	}
+}
+
+// Credentials are a certificate and its private key.
+type Credentials struct {
+	CertificateID string
+	CertPEM       []byte
+	KeyPEM        []byte
+}
+
+// Core is a running local IoT Core.
+type Core struct {
+	opts   Options
+	names  Names
+	log    *slog.Logger
+	ca     *ca.CA
+	reg    *registry.Registry
+	faults *faults.Set
+	prov   *provisioning.Service
+	jobs   *jobs.Service
+	broker *broker.Broker
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+}
+
+// Start builds and starts the local IoT Core. ctx bounds the background
+// housekeeping; Close stops everything.
+func Start(ctx context.Context, opts Options) (*Core, error) {
+	if opts.Env == "" {
+		opts.Env = "dev"
+	}
+	if opts.Addr == "" {
+		opts.Addr = "127.0.0.1:0"
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.TokenTTL <= 0 {
+		opts.TokenTTL = time.Hour
+	}
+	names := NamesFor(opts.Env)
+	c := &Core{opts: opts, names: names, log: opts.Logger.With("component", "iot-core"), faults: faults.New()}
+
+	var err error
+	if c.ca, err = ca.New(ca.Options{Now: opts.Now, DeviceCertValidity: opts.DeviceCertValidity}); err != nil {
+		return nil, err
+	}
+	c.reg = registry.New(opts.Now)
+	claimDoc, err := policy.Claim(names.PolicyParams)
+	if err != nil {
+		return nil, fmt.Errorf("core: claim policy: %w", err)
+	}
+	deviceDoc, err := policy.Device(names.PolicyParams)
+	if err != nil {
+		return nil, fmt.Errorf("core: device policy: %w", err)
+	}
+	if err := c.reg.CreatePolicy(names.ClaimPolicy, claimDoc); err != nil {
+		return nil, fmt.Errorf("core: %w", err)
+	}
+	if err := c.reg.CreatePolicy(names.DevicePolicy, deviceDoc); err != nil {
+		return nil, fmt.Errorf("core: %w", err)
+	}
+	if err := c.reg.CreateThingGroup(names.ThingGroup); err != nil {
+		return nil, fmt.Errorf("core: %w", err)
+	}
+	body, err := provtemplate.Body(provtemplate.Params{ThingNamePrefix: names.ThingNamePrefix, ThingGroup: names.ThingGroup, DevicePolicy: names.DevicePolicy})
+	if err != nil {
+		return nil, fmt.Errorf("core: template: %w", err)
+	}
+	hook := opts.PreProvisioningHook
+	if hook == nil && len(opts.AllowedSerials) > 0 {
+		hook = AllowlistHook(opts.AllowedSerials)
+	}
+	c.prov, err = provisioning.New(provisioning.Options{
+		CA: c.ca, Registry: c.reg, TemplateName: names.TemplateName,
+		TemplateARN:  fmt.Sprintf("arn:%s:iot:%s:%s:provisioningtemplate/%s", Partition, Region, AccountID, names.TemplateName),
+		TemplateBody: body, Hook: hook, Faults: c.faults, Now: opts.Now, TokenTTL: opts.TokenTTL, Logger: opts.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.jobs = jobs.New(jobs.Options{
+		Registry: c.reg, Minute: opts.JobMinute, Now: opts.Now, Logger: opts.Logger,
+		Publish: func(topic string, payload []byte) { c.broker.Publish(topic, payload) },
+	})
+	serverCert, err := c.ca.ServerCertificate("127.0.0.1", "::1", "localhost")
+	if err != nil {
+		return nil, err
+	}
+	c.broker, err = broker.New(broker.Options{
+		Addr: opts.Addr, ServerCert: serverCert, ClientCAs: c.ca.Pool(), Registry: c.reg,
+		ARN: names.PolicyParams.ARN, Faults: c.faults, Logger: opts.Logger,
+		Routes: []broker.Route{
+			{Name: "provisioning", Match: c.prov.Match, Handle: func(ctx context.Context, r broker.Request) {
+				c.prov.Handle(ctx, r.ClientID, r.CertificateID, r.Topic, r.Payload, func(topic string, payload []byte) {
+					if err := c.broker.Reply(r.ClientID, topic, payload, true); err != nil {
+						c.log.Info("provisioning answer not delivered", "client", r.ClientID, "topic", topic, "error", err)
+					}
+				})
+			}},
+			{Name: "jobs", Match: c.jobs.Match, Handle: func(ctx context.Context, r broker.Request) {
+				c.jobs.Handle(ctx, r.Topic, r.Payload, func(topic string, payload []byte) {
+					if err := c.broker.Reply(r.ClientID, topic, payload, false); err != nil {
+						c.log.Info("jobs answer not delivered", "client", r.ClientID, "topic", topic, "error", err)
+					}
+				})
+			}},
+		},
+	})
+	if err != nil {
+		c.jobs.Close()
+		return nil, err
+	}
+	c.reg.Observe(func(ev registry.Event) {
+		if (ev.Kind == registry.CertificateStatusChanged && ev.Status != registry.CertActive) || ev.Kind == registry.CertificateDeleted {
+			if n := c.broker.DisconnectCertificate(ev.Certificate); n > 0 {
+				c.log.Info("disconnected clients of deactivated certificate", "certificate", ev.Certificate, "clients", n)
+			}
+		}
+	})
+	if err := c.broker.Start(); err != nil {
+		c.jobs.Close()
+		return nil, err
+	}
+	hctx, cancel := context.WithCancel(ctx)
+	c.cancel = cancel
+	c.wg.Add(1)
+	go c.housekeeping(hctx)
+	c.log.Info("local IoT Core started", "endpoint", c.Endpoint(), "env", opts.Env)
+	return c, nil
+}
+
+func (c *Core) housekeeping(ctx context.Context) {
+	defer c.wg.Done()
+	every := max(c.opts.TokenTTL/4, time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if ids := c.prov.CleanupExpired(); len(ids) > 0 {
+				c.log.Info("deleted unclaimed certificates", "count", len(ids))
+			}
+		}
+	}
+}
+
+// Close stops the broker and services.
+func (c *Core) Close() error {
+	c.once.Do(func() {
+		c.cancel()
+		c.wg.Wait()
+		_ = c.broker.Close()
+		c.jobs.Close()
+	})
+	return nil
+}
+
+// Endpoint is the MQTT/TLS host:port.
+func (c *Core) Endpoint() string { return c.broker.Addr() }
+
+// RootCAPEM is the CA certificate clients must trust (it also signs
+// device certificates).
+func (c *Core) RootCAPEM() []byte { return c.ca.CertPEM() }
+
+// Names returns the resource names in force.
+func (c *Core) Names() Names { return c.names }
+
+// Registry is the IoT registry.
+func (c *Core) Registry() *registry.Registry { return c.reg }
+
+// Jobs is the Jobs service.
+func (c *Core) Jobs() *jobs.Service { return c.jobs }
+
+// Provisioning is the fleet provisioning service.
+func (c *Core) Provisioning() *provisioning.Service { return c.prov }
+
+// Faults is the live fault configuration.
+func (c *Core) Faults() *faults.Set { return c.faults }
+
+// SetPreProvisioningHook replaces the pre-provisioning hook.
+func (c *Core) SetPreProvisioningHook(h provisioning.Hook) { c.prov.SetHook(h) }
+
+// IssueClaimCertificate mints a provisioning claim certificate with the
+// claim policy attached.
+func (c *Core) IssueClaimCertificate() (Credentials, error) {
+	iss, key, err := c.ca.NewKeyAndCertificate()
+	if err != nil {
+		return Credentials{}, err
+	}
+	if err := c.reg.RegisterCertificate(iss.ID, iss.PEM, registry.CertActive, iss.Cert.NotAfter); err != nil {
+		return Credentials{}, fmt.Errorf("core: claim certificate: %w", err)
+	}
+	if err := c.reg.AttachPolicy(c.names.ClaimPolicy, iss.ID); err != nil {
+		return Credentials{}, fmt.Errorf("core: claim certificate: %w", err)
+	}
+	return Credentials{CertificateID: iss.ID, CertPEM: []byte(iss.PEM), KeyPEM: key}, nil
+}
+
+// RegisterDevice creates, without MQTT, what provisioning serial would:
+// the thing in the fleet group, an ACTIVE certificate with the device
+// policy attached to it. Tests use it to set up device identities.
+func (c *Core) RegisterDevice(serial string) (thingName string, creds Credentials, err error) {
+	thingName = c.names.ThingNamePrefix + serial
+	iss, key, err := c.ca.NewKeyAndCertificate()
+	if err != nil {
+		return "", Credentials{}, err
+	}
+	steps := []func() error{
+		func() error {
+			return c.reg.RegisterCertificate(iss.ID, iss.PEM, registry.CertActive, iss.Cert.NotAfter)
+		},
+		func() error {
+			_, err := c.reg.CreateThing(thingName, map[string]string{"serial": serial})
+			return err
+		},
+		func() error { return c.reg.AttachPolicy(c.names.DevicePolicy, iss.ID) },
+		func() error { return c.reg.AttachThingPrincipal(thingName, iss.ID) },
+		func() error { return c.reg.AddThingToGroup(thingName, c.names.ThingGroup) },
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return "", Credentials{}, fmt.Errorf("core: register device %s: %w", serial, err)
+		}
+	}
+	return thingName, Credentials{CertificateID: iss.ID, CertPEM: []byte(iss.PEM), KeyPEM: key}, nil
+}
+
+// CreateJob creates a job (see jobs.CreateJobInput).
+func (c *Core) CreateJob(ctx context.Context, in jobs.CreateJobInput) (jobs.Job, error) {
+	return c.jobs.CreateJob(ctx, in)
+}
+
+// WaitForExecutions waits until every execution of jobID is terminal.
+func (c *Core) WaitForExecutions(ctx context.Context, jobID string) ([]jobs.Execution, error) {
+	return c.jobs.WaitForExecutions(ctx, jobID)
+}
+
+// Revoke marks a certificate REVOKED; its connections are closed and it
+// can no longer connect.
+func (c *Core) Revoke(certificateID string) error {
+	return c.reg.SetCertificateStatus(certificateID, registry.CertRevoked)
+}
+
+// RevokeThing revokes every certificate attached to thing and returns
+// their ids.
+func (c *Core) RevokeThing(thing string) ([]string, error) {
+	th, err := c.reg.Thing(thing)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, id := range th.Principals {
+		errs = append(errs, c.Revoke(id))
+	}
+	return th.Principals, errors.Join(errs...)
+}
+
+// SetCertificateStatus sets ACTIVE, INACTIVE or REVOKED.
+func (c *Core) SetCertificateStatus(certificateID string, status registry.CertStatus) error {
+	return c.reg.SetCertificateStatus(certificateID, status)
+}
+
+// Clients lists connected clients.
+func (c *Core) Clients() []broker.ClientInfo { return c.broker.Clients() }
+
+// DisconnectClient drops a client's connection (fault injection).
+func (c *Core) DisconnectClient(clientID string) bool { return c.broker.DisconnectClient(clientID) }
+
+// RestartBroker stops the broker and starts it again on the same port;
+// registries, jobs and certificates survive, MQTT sessions do not.
+func (c *Core) RestartBroker() error { return c.broker.Restart() }
+
+// StopBroker stops the broker until StartBroker (an outage).
+func (c *Core) StopBroker() { c.broker.Stop() }
+
+// StartBroker starts a stopped broker on the same port.
+func (c *Core) StartBroker() error { return c.broker.Start() }
+
+// Publish sends a cloud-originated message (e.g. a cmd/ topic) to its
+// subscribers, subject to their iot:Receive permission.
+func (c *Core) Publish(topic string, payload []byte) { c.broker.Publish(topic, payload) }
+
+// DialPipe opens an in-memory connection to the broker (TLS still
+// applies), for simulating more devices than file descriptors allow.
+func (c *Core) DialPipe(ctx context.Context) (net.Conn, error) { return c.broker.DialPipe(ctx) }
+
+// AllowlistHook is a stand-in pre-provisioning hook that admits exactly
+// the given serials (parameter SerialNumber). The stack's real hook lives
+// in lambdas/preprovision; callers can pass it as Options.PreProvisioningHook.
+func AllowlistHook(serials []string) provisioning.Hook {
+	allowed := make(map[string]bool, len(serials))
+	for _, s := range serials {
+		allowed[s] = true
+	}
+	return func(_ context.Context, req protocol.PreProvisioningHookRequest) (protocol.PreProvisioningHookResponse, error) {
+		return protocol.PreProvisioningHookResponse{AllowProvisioning: allowed[req.Parameters[protocol.ParamSerialNumber]]}, nil
+	}
+}
+
+// marshal is used by the HTTP surface; exported helpers keep payloads
+// consistent with the Go API.
+func marshal(v any) []byte {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return []byte(fmt.Sprintf(`{"error":%q}`, err.Error()))
+	}
+	return b
+}

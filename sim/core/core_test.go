@@ -1,0 +1,405 @@
+package core
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/sim/faults"
+	"github.com/iot-fleet/iot-fleet/sim/jobs"
+	"github.com/iot-fleet/iot-fleet/sim/registry"
+)
+
+const (
+	allowedSerial = "10000000a1b2c3d4"
+	deniedSerial  = "ffffffffffffffff"
+)
+
+func startCore(t testing.TB, opts Options) *Core {
+	t.Helper()
+	if opts.AllowedSerials == nil && opts.PreProvisioningHook == nil {
+		opts.AllowedSerials = []string{allowedSerial, "10000000a1b2c3d5", "10000000a1b2c3d6"}
+	}
+	c, err := Start(context.Background(), opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func TestProvisioningByClaimEndToEnd(t *testing.T) {
+	c := startCore(t, Options{})
+	claim, err := c.IssueClaimCertificate()
+	require.NoError(t, err)
+
+	creds, answer := provisionOverMQTT(t, c, claim, allowedSerial)
+	require.Equal(t, protocol.RegisterThingAcceptedTopic("iot-fleet-dev"), answer.Topic, string(answer.Payload))
+	resp := decode[protocol.RegisterThingResponse](t, answer)
+	assert.Equal(t, "dev-"+allowedSerial, resp.ThingName)
+	assert.Equal(t, "iot-fleet-dev", resp.DeviceConfiguration["thingGroup"])
+
+	members, err := c.Registry().ThingsInGroup("iot-fleet-dev")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"dev-" + allowedSerial}, members)
+	cert, err := c.Registry().Certificate(creds.CertificateID)
+	require.NoError(t, err)
+	assert.Equal(t, registry.CertActive, cert.Status)
+	assert.Equal(t, []string{"iot-fleet-dev-device"}, cert.Policies)
+
+	// The new identity connects as its thing and uses its own topics.
+	dev := mustConnect(t, c, creds, resp.ThingName)
+	dev.mustSubscribe(protocol.JobsNotifyNextTopic(resp.ThingName), "cmd/fleet/"+resp.ThingName+"/#")
+	dev.mustPublish(protocol.DataTopic(resp.ThingName, protocol.KindStatus), `{"version":"test"}`)
+	c.Publish(protocol.CommandTopic(resp.ThingName, protocol.KindSSM), []byte(`{"on":true}`))
+	m := dev.await(protocol.CommandTopic(resp.ThingName, protocol.KindSSM))
+	assert.JSONEq(t, `{"on":true}`, string(m.Payload))
+
+	// ... but only with its thing name as client id.
+	_, err = connect(t, c, creds, "dev-10000000a1b2c3d5")
+	require.Error(t, err)
+	_, err = connect(t, c, creds, "provision-"+allowedSerial)
+	require.Error(t, err, "device certificate has no claim policy")
+}
+
+func TestCertificateIsUnusableUntilRegisterThing(t *testing.T) {
+	c := startCore(t, Options{})
+	claim, err := c.IssueClaimCertificate()
+	require.NoError(t, err)
+	cl := mustConnect(t, c, claim, protocol.ClaimClientID(allowedSerial))
+	cl.mustSubscribe(protocol.CreateCertFromCSRTopic + "/+")
+	csr, key := newCSR(t)
+	cl.mustPublish(protocol.CreateCertFromCSRTopic, protocol.CreateCertFromCSRRequest{CertificateSigningRequest: csr})
+	cert := decode[protocol.CreateCertResponse](t, cl.await(protocol.CreateCertFromCSRAcceptedTopic))
+	creds := Credentials{CertificateID: cert.CertificateID, CertPEM: []byte(cert.CertificatePEM), KeyPEM: keyPEM(t, key)}
+	_, err = connect(t, c, creds, "dev-"+allowedSerial)
+	require.Error(t, err, "PENDING_ACTIVATION certificate must not connect")
+}
+
+func TestDeniedSerialIsRejectedWithAWSErrorShape(t *testing.T) {
+	c := startCore(t, Options{})
+	claim, err := c.IssueClaimCertificate()
+	require.NoError(t, err)
+	_, answer := provisionOverMQTT(t, c, claim, deniedSerial)
+	require.Equal(t, protocol.RegisterThingRejectedTopic("iot-fleet-dev"), answer.Topic)
+	var raw map[string]any
+	require.NoError(t, json.Unmarshal(answer.Payload, &raw))
+	assert.EqualValues(t, 403, raw["statusCode"])
+	assert.Equal(t, protocol.ErrCodeAccessDenied, raw["errorCode"])
+	assert.NotEmpty(t, raw["errorMessage"])
+	_, err = c.Registry().Thing("dev-" + deniedSerial)
+	require.ErrorIs(t, err, registry.ErrNotFound)
+}
+
+func TestThrottledProvisioningOverMQTT(t *testing.T) {
+	c := startCore(t, Options{})
+	claim, err := c.IssueClaimCertificate()
+	require.NoError(t, err)
+	c.Faults().ThrottleProvisioning(1)
+	cl := mustConnect(t, c, claim, protocol.ClaimClientID(allowedSerial))
+	cl.mustSubscribe(protocol.CreateCertFromCSRTopic + "/+")
+	csr, _ := newCSR(t)
+	cl.mustPublish(protocol.CreateCertFromCSRTopic, protocol.CreateCertFromCSRRequest{CertificateSigningRequest: csr})
+	m := cl.next()
+	require.Equal(t, protocol.CreateCertFromCSRRejectedTopic, m.Topic)
+	e := decode[protocol.ErrorResponse](t, m)
+	assert.Equal(t, protocol.ErrCodeThrottling, e.ErrorCode)
+	assert.Equal(t, 429, e.StatusCode)
+	cl.mustPublish(protocol.CreateCertFromCSRTopic, protocol.CreateCertFromCSRRequest{CertificateSigningRequest: csr})
+	assert.Equal(t, protocol.CreateCertFromCSRAcceptedTopic, cl.next().Topic, "retry succeeds")
+}
+
+func TestProvisioningAnswersGoOnlyToTheRequester(t *testing.T) {
+	c := startCore(t, Options{})
+	claim, err := c.IssueClaimCertificate()
+	require.NoError(t, err)
+	a := mustConnect(t, c, claim, protocol.ClaimClientID("a"))
+	b := mustConnect(t, c, claim, protocol.ClaimClientID("b"))
+	a.mustSubscribe(protocol.CreateCertFromCSRTopic + "/+")
+	b.mustSubscribe(protocol.CreateCertFromCSRTopic + "/+")
+	csrA, _ := newCSR(t)
+	a.mustPublish(protocol.CreateCertFromCSRTopic, protocol.CreateCertFromCSRRequest{CertificateSigningRequest: csrA})
+	certA := decode[protocol.CreateCertResponse](t, a.await(protocol.CreateCertFromCSRAcceptedTopic))
+	// b asks after a got its answer: if a's answer had reached b, it
+	// would come first on b's connection.
+	csrB, _ := newCSR(t)
+	b.mustPublish(protocol.CreateCertFromCSRTopic, protocol.CreateCertFromCSRRequest{CertificateSigningRequest: csrB})
+	certB := decode[protocol.CreateCertResponse](t, b.await(protocol.CreateCertFromCSRAcceptedTopic))
+	assert.NotEqual(t, certA.CertificateID, certB.CertificateID)
+}
+
+func TestClaimCertificateIsLimitedToProvisioning(t *testing.T) {
+	c := startCore(t, Options{})
+	claim, err := c.IssueClaimCertificate()
+	require.NoError(t, err)
+	thing, _, err := c.RegisterDevice(allowedSerial)
+	require.NoError(t, err)
+
+	_, err = connect(t, c, claim, thing)
+	require.Error(t, err, "claim policy only allows provision-* client ids")
+
+	cl := mustConnect(t, c, claim, protocol.ClaimClientID("x"))
+	require.Error(t, cl.subscribe(protocol.JobsNotifyNextTopic(thing)))
+	cl.waitLost()
+
+	cl = mustConnect(t, c, claim, protocol.ClaimClientID("y"))
+	_ = cl.publish(protocol.DataTopic(thing, protocol.KindStatus), `{}`)
+	require.Error(t, cl.waitLost(), "unauthorized publish closes the connection")
+
+	cl = mustConnect(t, c, claim, protocol.ClaimClientID("z"))
+	_ = cl.publish(protocol.CreateKeysAndCertTopic, ``)
+	cl.waitLost()
+}
+
+func TestCrossDeviceAccessIsDenied(t *testing.T) {
+	c := startCore(t, Options{})
+	thingA, credsA, err := c.RegisterDevice("aaaaaaaaaaaaaaaa")
+	require.NoError(t, err)
+	thingB, credsB, err := c.RegisterDevice("bbbbbbbbbbbbbbbb")
+	require.NoError(t, err)
+	_, err = c.CreateJob(context.Background(), jobs.CreateJobInput{JobID: "j1", Document: json.RawMessage(`{"operation":"x"}`), Things: []string{thingB}})
+	require.NoError(t, err)
+
+	_, err = connect(t, c, credsA, thingB)
+	require.Error(t, err, "A's certificate cannot connect as B")
+
+	a := mustConnect(t, c, credsA, thingA)
+	require.Error(t, a.subscribe(protocol.JobsNotifyNextTopic(thingB)))
+	a.waitLost()
+
+	a = mustConnect(t, c, credsA, thingA)
+	require.Error(t, a.subscribe("cmd/fleet/+/ssm"))
+	a.waitLost()
+
+	a = mustConnect(t, c, credsA, thingA)
+	_ = a.publish(protocol.JobsUpdateTopic(thingB, "j1"), protocol.UpdateJobRequest{Status: protocol.JobSucceeded})
+	a.waitLost()
+	e, err := c.Jobs().Execution("j1", thingB)
+	require.NoError(t, err)
+	assert.Equal(t, protocol.JobQueued, e.Status, "A's forged update had no effect")
+
+	// B itself is fine, and A still works on its own topics.
+	b := mustConnect(t, c, credsB, thingB)
+	b.mustSubscribe(protocol.JobsNotifyNextTopic(thingB))
+	a = mustConnect(t, c, credsA, thingA)
+	a.mustSubscribe(protocol.JobsNotifyNextTopic(thingA), "cmd/fleet/"+thingA+"/#")
+	a.mustPublish(protocol.DataTopic(thingA, protocol.KindStatus), `{}`)
+}
+
+func TestRevokedCertificateIsDisconnectedAndRefused(t *testing.T) {
+	c := startCore(t, Options{})
+	thing, creds, err := c.RegisterDevice(allowedSerial)
+	require.NoError(t, err)
+	dev := mustConnect(t, c, creds, thing)
+	dev.mustSubscribe(protocol.JobsNotifyNextTopic(thing))
+
+	revoked, err := c.RevokeThing(thing)
+	require.NoError(t, err)
+	assert.Equal(t, []string{creds.CertificateID}, revoked)
+	dev.waitLost()
+	_, err = connect(t, c, creds, thing)
+	require.Error(t, err, "revoked certificate refused at connect")
+	require.Error(t, c.SetCertificateStatus(creds.CertificateID, registry.CertActive), "revocation is final")
+
+	thing2, creds2, err := c.RegisterDevice("10000000a1b2c3d5")
+	require.NoError(t, err)
+	require.NoError(t, c.SetCertificateStatus(creds2.CertificateID, registry.CertInactive))
+	_, err = connect(t, c, creds2, thing2)
+	require.Error(t, err, "inactive certificate refused")
+	require.NoError(t, c.SetCertificateStatus(creds2.CertificateID, registry.CertActive))
+	mustConnect(t, c, creds2, thing2)
+}
+
+func TestUnknownCertificateIsRefused(t *testing.T) {
+	c := startCore(t, Options{})
+	other := startCore(t, Options{})
+	_, creds, err := other.RegisterDevice(allowedSerial)
+	require.NoError(t, err)
+	// Signed by another CA: the TLS handshake fails.
+	_, err = connect(t, c, creds, "dev-"+allowedSerial)
+	require.Error(t, err)
+	// Signed by this CA but never registered: refused at CONNECT.
+	iss, key, err := c.ca.NewKeyAndCertificate()
+	require.NoError(t, err)
+	_, err = connect(t, c, Credentials{CertPEM: []byte(iss.PEM), KeyPEM: key}, "dev-"+allowedSerial)
+	require.Error(t, err)
+	// TLS below 1.2 is refused.
+	cfg, err := tlsConfig(c.RootCAPEM(), Credentials{CertPEM: []byte(iss.PEM), KeyPEM: key})
+	require.NoError(t, err)
+	cfg.MaxVersion = tls.VersionTLS11
+	conn, err := tls.Dial("tcp", c.Endpoint(), cfg)
+	if err == nil {
+		conn.Close()
+	}
+	require.Error(t, err)
+}
+
+// jobDevice is a scripted device speaking the Jobs MQTT API.
+type jobDevice struct {
+	*testClient
+	thing string
+}
+
+func newJobDevice(t *testing.T, c *Core, serial string) *jobDevice {
+	thing, creds, err := c.RegisterDevice(serial)
+	require.NoError(t, err)
+	d := &jobDevice{testClient: mustConnect(t, c, creds, thing), thing: thing}
+	d.mustSubscribe("$aws/things/" + thing + "/jobs/#")
+	return d
+}
+
+func TestJobExecutedByScriptedClientWithVersionConflicts(t *testing.T) {
+	c := startCore(t, Options{})
+	d1 := newJobDevice(t, c, "1111111111111111")
+	d2 := newJobDevice(t, c, "2222222222222222")
+	doc := json.RawMessage(`{"version":"1.0","steps":[{"action":{"name":"hi","type":"runHandler","input":{"handler":"hi.sh"}}}]}`)
+	_, err := c.CreateJob(context.Background(), jobs.CreateJobInput{JobID: "upgrade-1", Document: doc, Groups: []string{"iot-fleet-dev"}})
+	require.NoError(t, err)
+
+	for _, d := range []*jobDevice{d1, d2} {
+		next := decode[protocol.NextJobMessage](t, d.await(protocol.JobsNotifyNextTopic(d.thing)))
+		require.NotNil(t, next.Execution)
+		assert.Equal(t, "upgrade-1", next.Execution.JobID)
+
+		d.mustPublish(protocol.JobsStartNextTopic(d.thing), protocol.StartNextRequest{ClientToken: "s1", StepTimeoutInMinutes: 5})
+		started := decode[protocol.NextJobMessage](t, d.await(protocol.Accepted(protocol.JobsStartNextTopic(d.thing))))
+		require.NotNil(t, started.Execution)
+		assert.Equal(t, "s1", started.ClientToken)
+		assert.Equal(t, protocol.JobInProgress, started.Execution.Status)
+		assert.Equal(t, "1.0", started.Execution.JobDocument["version"])
+		v := started.Execution.VersionNumber
+
+		upd := protocol.JobsUpdateTopic(d.thing, "upgrade-1")
+		d.mustPublish(upd, protocol.UpdateJobRequest{Status: protocol.JobInProgress, ExpectedVersion: v + 5, ClientToken: "u1"})
+		rej := d.await(protocol.Rejected(upd))
+		var e map[string]any
+		require.NoError(t, json.Unmarshal(rej.Payload, &e))
+		assert.Equal(t, protocol.ErrCodeVersionMismatch, e["code"])
+		assert.Equal(t, "u1", e["clientToken"])
+		state := e["executionState"].(map[string]any)
+		assert.EqualValues(t, v, state["versionNumber"])
+
+		d.mustPublish(upd, protocol.UpdateJobRequest{Status: protocol.JobInProgress, ExpectedVersion: v, StatusDetails: map[string]string{"step": "1/1"}})
+		d.await(protocol.Accepted(upd))
+		final := protocol.JobSucceeded
+		if d == d2 {
+			final = protocol.JobFailed
+		}
+		d.mustPublish(upd, protocol.UpdateJobRequest{Status: final, ExpectedVersion: v + 1, IncludeJobExecutionState: true, StatusDetails: map[string]string{"exitCode": "0"}})
+		acc := decode[protocol.UpdateJobAccepted](t, d.await(protocol.Accepted(upd)))
+		require.NotNil(t, acc.ExecutionState)
+		assert.Equal(t, final, acc.ExecutionState.Status)
+
+		empty := decode[protocol.NextJobMessage](t, d.await(protocol.JobsNotifyNextTopic(d.thing)))
+		assert.Nil(t, empty.Execution, "no more jobs")
+
+		d.mustPublish(upd, protocol.UpdateJobRequest{Status: protocol.JobSucceeded})
+		e = nil
+		require.NoError(t, json.Unmarshal(d.await(protocol.Rejected(upd)).Payload, &e))
+		assert.Equal(t, protocol.ErrCodeInvalidStateTransition, e["code"])
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	execs, err := c.WaitForExecutions(ctx, "upgrade-1")
+	require.NoError(t, err)
+	require.Len(t, execs, 2)
+	assert.Equal(t, protocol.JobSucceeded, execs[0].Status)
+	assert.Equal(t, protocol.JobFailed, execs[1].Status)
+}
+
+func TestJobsAnswersReachRequesterWithoutSubscription(t *testing.T) {
+	c := startCore(t, Options{})
+	thing, creds, err := c.RegisterDevice(allowedSerial)
+	require.NoError(t, err)
+	dev := mustConnect(t, c, creds, thing)
+	dev.mustPublish(protocol.JobsGetPendingTopic(thing), `{"clientToken":"x"}`)
+	m := dev.await(protocol.Accepted(protocol.JobsGetPendingTopic(thing)))
+	resp := decode[jobs.PendingResponse](t, m)
+	assert.Equal(t, "x", resp.ClientToken)
+	assert.Empty(t, resp.QueuedJobs)
+}
+
+func TestBrokerRestartKeepsRegistryAndJobs(t *testing.T) {
+	c := startCore(t, Options{})
+	thing, creds, err := c.RegisterDevice(allowedSerial)
+	require.NoError(t, err)
+	dev := mustConnect(t, c, creds, thing)
+	dev.mustSubscribe("$aws/things/" + thing + "/jobs/#")
+	_, err = c.CreateJob(context.Background(), jobs.CreateJobInput{JobID: "r1", Document: json.RawMessage(`{"operation":"reboot"}`), Things: []string{thing}})
+	require.NoError(t, err)
+	dev.mustPublish(protocol.JobsStartNextTopic(thing), `{}`)
+	started := decode[protocol.NextJobMessage](t, dev.await(protocol.Accepted(protocol.JobsStartNextTopic(thing))))
+	require.NotNil(t, started.Execution)
+
+	endpoint := c.Endpoint()
+	require.NoError(t, c.RestartBroker())
+	dev.waitLost()
+	assert.Equal(t, endpoint, c.Endpoint(), "same port after restart")
+
+	dev = mustConnect(t, c, creds, thing)
+	dev.mustSubscribe("$aws/things/" + thing + "/jobs/#")
+	dev.mustPublish(protocol.JobsDescribeTopic(thing, "$next"), `{}`)
+	next := decode[protocol.NextJobMessage](t, dev.await(protocol.Accepted(protocol.JobsDescribeTopic(thing, "$next"))))
+	require.NotNil(t, next.Execution)
+	assert.Equal(t, protocol.JobInProgress, next.Execution.Status, "execution state survived the restart")
+	upd := protocol.JobsUpdateTopic(thing, "r1")
+	dev.mustPublish(upd, protocol.UpdateJobRequest{Status: protocol.JobSucceeded, ExpectedVersion: next.Execution.VersionNumber})
+	dev.await(protocol.Accepted(upd))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	execs, err := c.WaitForExecutions(ctx, "r1")
+	require.NoError(t, err)
+	assert.Equal(t, protocol.JobSucceeded, execs[0].Status)
+}
+
+func TestFaultsDropOutboundAndDisconnect(t *testing.T) {
+	c := startCore(t, Options{})
+	thing, creds, err := c.RegisterDevice(allowedSerial)
+	require.NoError(t, err)
+	dev := mustConnect(t, c, creds, thing)
+	dev.mustSubscribe("$aws/things/" + thing + "/jobs/#")
+	_, err = c.CreateJob(context.Background(), jobs.CreateJobInput{JobID: "f1", Document: json.RawMessage(`{"operation":"x"}`), Things: []string{thing}})
+	require.NoError(t, err)
+	dev.await(protocol.JobsNotifyNextTopic(thing))
+
+	start := protocol.JobsStartNextTopic(thing)
+	_, err = c.Faults().Add(faults.Rule{Topic: protocol.Accepted(start), Direction: faults.Outbound, Drop: true, Count: 1})
+	require.NoError(t, err)
+	dev.mustPublish(start, `{"clientToken":"lost"}`)
+	get := protocol.JobsGetPendingTopic(thing)
+	dev.mustPublish(get, `{}`)
+	// The answers are written in request order, so the dropped one would
+	// have arrived before this one.
+	for {
+		m := dev.next()
+		require.NotEqual(t, protocol.Accepted(start), m.Topic, "dropped answer was delivered")
+		if m.Topic == protocol.Accepted(get) {
+			pending := decode[jobs.PendingResponse](t, m)
+			require.Len(t, pending.InProgressJobs, 1, "the request itself was processed")
+			break
+		}
+	}
+	dev.mustPublish(start, `{"clientToken":"retry"}`)
+	again := decode[protocol.NextJobMessage](t, dev.await(protocol.Accepted(start)))
+	assert.Equal(t, "retry", again.ClientToken)
+	require.NotNil(t, again.Execution)
+	assert.Equal(t, protocol.JobInProgress, again.Execution.Status)
+
+	// Inbound drop: the update never reaches the service.
+	upd := protocol.JobsUpdateTopic(thing, "f1")
+	_, err = c.Faults().Add(faults.Rule{Topic: upd, Direction: faults.Inbound, Drop: true, Count: 1, ClientID: thing})
+	require.NoError(t, err)
+	tok := dev.c.Publish(upd, 0, false, `{"status":"SUCCEEDED"}`)
+	tok.Wait()
+	dev.mustPublish(get, `{}`)
+	pending := decode[jobs.PendingResponse](t, dev.await(protocol.Accepted(get)))
+	assert.Len(t, pending.InProgressJobs, 1, "dropped update had no effect")
+
+	assert.True(t, c.DisconnectClient(thing))
+	dev.waitLost()
+	assert.False(t, c.DisconnectClient("nobody"))
+}

@@ -1,0 +1,87 @@
+package faults
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestMatchFilter(t *testing.T) {
+	cases := []struct {
+		filter, topic string
+		want          bool
+	}{
+		{"a/b", "a/b", true},
+		{"a/+", "a/b", true},
+		{"a/+", "a/b/c", false},
+		{"a/#", "a", true},
+		{"a/#", "a/b/c", true},
+		{"#", "a/b", true},
+		{"#", "$aws/things/x", false},
+		{"+/things/x", "$aws/things/x", false},
+		{"$aws/things/+/jobs/#", "$aws/things/dev-a/jobs/j1/update", true},
+		{"$aws/things/+/jobs/+/update", "$aws/things/dev-a/jobs/j1/update/accepted", false},
+		{"a/b", "a/c", false},
+	}
+	for _, tc := range cases {
+		assert.Equal(t, tc.want, MatchFilter(tc.filter, tc.topic), "%s ~ %s", tc.filter, tc.topic)
+	}
+	require.Error(t, ValidateFilter("a/#/b"))
+	require.Error(t, ValidateFilter("a/b+"))
+	require.Error(t, ValidateFilter(""))
+	require.NoError(t, ValidateFilter("a/+/#"))
+}
+
+func TestRulesCountAndClientScope(t *testing.T) {
+	s := New()
+	_, err := s.Add(Rule{Topic: "a/#", Direction: "sideways", Drop: true})
+	require.ErrorContains(t, err, "direction")
+	_, err = s.Add(Rule{Topic: "a/#", Direction: Inbound})
+	require.ErrorContains(t, err, "drop or a positive delay")
+	_, err = s.Add(Rule{Topic: "a/#/x", Direction: Inbound, Drop: true})
+	require.ErrorContains(t, err, "topic")
+
+	id, err := s.Add(Rule{Topic: "a/#", Direction: Outbound, Drop: true, Count: 2, ClientID: "c1"})
+	require.NoError(t, err)
+	_, ok := s.Match(Outbound, "c2", "a/b")
+	assert.False(t, ok, "other client")
+	_, ok = s.Match(Inbound, "c1", "a/b")
+	assert.False(t, ok, "other direction")
+	a, ok := s.Match(Outbound, "c1", "a/b")
+	require.True(t, ok)
+	assert.Equal(t, Action{Drop: true, RuleID: id}, a)
+	_, ok = s.Match(Outbound, "c1", "a/c")
+	require.True(t, ok)
+	_, ok = s.Match(Outbound, "c1", "a/d")
+	assert.False(t, ok, "rule used up after Count matches")
+	assert.Empty(t, s.Rules())
+
+	id2, err := s.Add(Rule{Topic: "x", Direction: Inbound, Delay: time.Second})
+	require.NoError(t, err)
+	for range 3 {
+		a, ok = s.Match(Inbound, "any", "x")
+		require.True(t, ok)
+		assert.Equal(t, time.Second, a.Delay)
+	}
+	assert.True(t, s.Remove(id2))
+	assert.False(t, s.Remove(id2))
+}
+
+func TestProvisioningCounters(t *testing.T) {
+	s := New()
+	s.ThrottleProvisioning(2)
+	s.RefuseCSRs(1)
+	th, rc := s.Pending()
+	assert.Equal(t, 2, th)
+	assert.Equal(t, 1, rc)
+	assert.True(t, s.TakeThrottle())
+	assert.True(t, s.TakeThrottle())
+	assert.False(t, s.TakeThrottle())
+	assert.True(t, s.TakeRefuseCSR())
+	assert.False(t, s.TakeRefuseCSR())
+	s.ThrottleProvisioning(5)
+	s.Clear()
+	assert.False(t, s.TakeThrottle())
+}

@@ -1,0 +1,976 @@
+// Package jobs implements the AWS IoT Jobs service of the simulated IoT
+// Core: the device side MQTT API (notify, notify-next, get, start-next,
+// <jobId>/get, <jobId>/update with optimistic versions, step and
+// in-progress timeouts) and an operator side (create a job for things
+// and thing groups, snapshot or continuous, cancel, list and wait for
+// executions).
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/sim/registry"
+)
+
+// Limits enforced as AWS IoT Jobs does.
+const (
+	MaxDocumentBytes      = 32 * 1024
+	MaxStepTimeoutMinutes = 10080
+	maxDetailsKeyLen      = 128
+)
+
+var (
+	jobIDRE      = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
+	detailsKeyRE = regexp.MustCompile(`^[a-zA-Z0-9:_-]{1,128}$`)
+)
+
+// ErrorResponse is the rejected payload of the Jobs MQTT API. Note that
+// AWS IoT Jobs names its fields code and message (fleet provisioning uses
+// errorCode and errorMessage).
+type ErrorResponse struct {
+	Code           string                      `json:"code"`
+	Message        string                      `json:"message"`
+	ClientToken    string                      `json:"clientToken,omitempty"`
+	Timestamp      int64                       `json:"timestamp"`
+	ExecutionState *protocol.JobExecutionState `json:"executionState,omitempty"`
+}
+
+// ExecutionSummary is a JobExecutionSummary of the Jobs MQTT API.
+type ExecutionSummary struct {
+	JobID           string `json:"jobId"`
+	QueuedAt        int64  `json:"queuedAt"`
+	StartedAt       int64  `json:"startedAt,omitempty"`
+	LastUpdatedAt   int64  `json:"lastUpdatedAt"`
+	VersionNumber   int64  `json:"versionNumber"`
+	ExecutionNumber int64  `json:"executionNumber"`
+}
+
+// PendingResponse answers GetPendingJobExecutions.
+type PendingResponse struct {
+	InProgressJobs []ExecutionSummary `json:"inProgressJobs"`
+	QueuedJobs     []ExecutionSummary `json:"queuedJobs"`
+	Timestamp      int64              `json:"timestamp"`
+	ClientToken    string             `json:"clientToken,omitempty"`
+}
+
+// DescribeRequest is DescribeJobExecution's request.
+type DescribeRequest struct {
+	ExecutionNumber    int64  `json:"executionNumber,omitempty"`
+	IncludeJobDocument *bool  `json:"includeJobDocument,omitempty"`
+	ClientToken        string `json:"clientToken,omitempty"`
+}
+
+// NotifyMessage is published on $aws/things/<thing>/jobs/notify.
+type NotifyMessage struct {
+	Jobs      map[protocol.JobStatus][]ExecutionSummary `json:"jobs"`
+	Timestamp int64                                     `json:"timestamp"`
+}
+
+// Job statuses.
+const (
+	JobInProgress = "IN_PROGRESS"
+	JobCompleted  = "COMPLETED"
+	JobCanceled   = "CANCELED"
+)
+
+// Errors of the operator API.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrAlreadyExists = errors.New("already exists")
+	ErrInvalid       = errors.New("invalid request")
+)
+
+// CreateJobInput describes a job to create.
+type CreateJobInput struct {
+	JobID    string          `json:"jobId"`
+	Document json.RawMessage `json:"document"`
+	Things   []string        `json:"things,omitempty"`
+	Groups   []string        `json:"groups,omitempty"`
+	// Continuous also targets things added to Groups later.
+	Continuous bool `json:"continuous,omitempty"`
+	// InProgressTimeoutMinutes times out executions that stay
+	// IN_PROGRESS that long (timeoutConfig); 0 disables.
+	InProgressTimeoutMinutes int64  `json:"inProgressTimeoutMinutes,omitempty"`
+	Description              string `json:"description,omitempty"`
+}
+
+// Job is the operator view of a job.
+type Job struct {
+	JobID           string                     `json:"jobId"`
+	Status          string                     `json:"status"`
+	TargetSelection string                     `json:"targetSelection"`
+	Things          []string                   `json:"things,omitempty"`
+	Groups          []string                   `json:"groups,omitempty"`
+	Description     string                     `json:"description,omitempty"`
+	Document        map[string]any             `json:"document"`
+	CreatedAt       time.Time                  `json:"createdAt"`
+	CompletedAt     time.Time                  `json:"completedAt,omitzero"`
+	Counts          map[protocol.JobStatus]int `json:"counts"`
+}
+
+// Execution is the operator view of a job execution.
+type Execution struct {
+	JobID           string             `json:"jobId"`
+	ThingName       string             `json:"thingName"`
+	Status          protocol.JobStatus `json:"status"`
+	StatusDetails   map[string]string  `json:"statusDetails,omitempty"`
+	VersionNumber   int64              `json:"versionNumber"`
+	ExecutionNumber int64              `json:"executionNumber"`
+	QueuedAt        time.Time          `json:"queuedAt"`
+	StartedAt       time.Time          `json:"startedAt,omitzero"`
+	LastUpdatedAt   time.Time          `json:"lastUpdatedAt"`
+}
+
+// Options configure the service.
+type Options struct {
+	Registry *registry.Registry
+	// Publish sends a message to the subscribers of topic (notify and
+	// notify-next).
+	Publish func(topic string, payload []byte)
+	// Minute is how long a "minute" of stepTimeoutInMinutes and
+	// inProgressTimeoutInMinutes lasts; tests shorten it. Default
+	// time.Minute.
+	Minute time.Duration
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// Reply sends an answer to the requesting connection.
+type Reply func(topic string, payload []byte)
+
+type job struct {
+	id          string
+	doc         map[string]any
+	things      []string
+	groups      []string
+	continuous  bool
+	timeoutMin  int64
+	description string
+	status      string
+	createdAt   time.Time
+	completedAt time.Time
+	execs       map[string]*execution
+}
+
+type execution struct {
+	job         *job
+	thing       string
+	seq         int64 // creation order across the service
+	status      protocol.JobStatus
+	details     map[string]string
+	version     int64
+	number      int64
+	queuedAt    time.Time
+	startedAt   time.Time
+	lastUpdated time.Time
+	stepTimer   *time.Timer
+	jobTimer    *time.Timer
+}
+
+type outMsg struct {
+	topic   string
+	payload []byte
+}
+
+// Service is the Jobs service.
+type Service struct {
+	opts Options
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	jobs    map[string]*job
+	byThing map[string][]*execution
+	seq     int64
+	changed chan struct{}
+	closed  bool
+
+	pubMu sync.Mutex // keeps notifications in the order they were decided
+}
+
+// New creates the service and subscribes it to registry group changes
+// (continuous jobs).
+func New(opts Options) *Service {
+	if opts.Minute <= 0 {
+		opts.Minute = time.Minute
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Publish == nil {
+		opts.Publish = func(string, []byte) {}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{
+		opts:    opts,
+		log:     opts.Logger.With("component", "jobs"),
+		jobs:    map[string]*job{},
+		byThing: map[string][]*execution{},
+		changed: make(chan struct{}),
+	}
+	if opts.Registry != nil {
+		opts.Registry.Observe(func(ev registry.Event) {
+			if ev.Kind == registry.ThingAddedToGroup {
+				s.thingJoinedGroup(ev.Thing, ev.Group)
+			}
+		})
+	}
+	return s
+}
+
+// Close stops the timers.
+func (s *Service) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for _, execs := range s.byThing {
+		for _, e := range execs {
+			e.stopTimers()
+		}
+	}
+}
+
+// ---- helpers (callers hold s.mu) ----
+
+func (s *Service) ts() int64 { return s.opts.Now().Unix() }
+
+func (s *Service) signal() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+func (e *execution) stopTimers() {
+	if e.stepTimer != nil {
+		e.stepTimer.Stop()
+		e.stepTimer = nil
+	}
+	if e.jobTimer != nil {
+		e.jobTimer.Stop()
+		e.jobTimer = nil
+	}
+}
+
+func (e *execution) state() *protocol.JobExecutionState {
+	return &protocol.JobExecutionState{Status: e.status, StatusDetails: cloneMap(e.details), VersionNumber: e.version}
+}
+
+func unix(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+func (e *execution) wire(withDoc bool) *protocol.JobExecution {
+	x := &protocol.JobExecution{
+		JobID: e.job.id, ThingName: e.thing, Status: e.status, StatusDetails: cloneMap(e.details),
+		QueuedAt: unix(e.queuedAt), StartedAt: unix(e.startedAt), LastUpdatedAt: unix(e.lastUpdated),
+		VersionNumber: e.version, ExecutionNumber: e.number,
+	}
+	if withDoc {
+		x.JobDocument = e.job.doc
+	}
+	return x
+}
+
+func (e *execution) summary() ExecutionSummary {
+	return ExecutionSummary{JobID: e.job.id, QueuedAt: unix(e.queuedAt), StartedAt: unix(e.startedAt), LastUpdatedAt: unix(e.lastUpdated), VersionNumber: e.version, ExecutionNumber: e.number}
+}
+
+func (e *execution) view() Execution {
+	return Execution{
+		JobID: e.job.id, ThingName: e.thing, Status: e.status, StatusDetails: cloneMap(e.details),
+		VersionNumber: e.version, ExecutionNumber: e.number, QueuedAt: e.queuedAt, StartedAt: e.startedAt, LastUpdatedAt: e.lastUpdated,
+	}
+}
+
+// next returns the thing's next pending execution: IN_PROGRESS first,
+// then QUEUED, each in creation order.
+func (s *Service) next(thing string) *execution {
+	var queued *execution
+	for _, e := range s.byThing[thing] {
+		if e.status == protocol.JobInProgress {
+			return e
+		}
+		if e.status == protocol.JobQueued && queued == nil {
+			queued = e
+		}
+	}
+	return queued
+}
+
+func (s *Service) pendingSet(thing string) string {
+	var ids []string
+	for _, e := range s.byThing[thing] {
+		if !e.status.Terminal() {
+			ids = append(ids, e.job.id)
+		}
+	}
+	return strings.Join(ids, "\x00")
+}
+
+type thingSnap struct {
+	next    *execution
+	pending string
+}
+
+func (s *Service) snap(thing string) thingSnap {
+	return thingSnap{next: s.next(thing), pending: s.pendingSet(thing)}
+}
+
+// notifications compares a thing's state with before and returns the
+// notify and notify-next messages AWS would publish.
+func (s *Service) notifications(thing string, before thingSnap) []outMsg {
+	var out []outMsg
+	now := s.ts()
+	after := s.snap(thing)
+	if after.pending != before.pending {
+		msg := NotifyMessage{Jobs: map[protocol.JobStatus][]ExecutionSummary{}, Timestamp: now}
+		for _, e := range s.byThing[thing] {
+			if !e.status.Terminal() {
+				msg.Jobs[e.status] = append(msg.Jobs[e.status], e.summary())
+			}
+		}
+		out = append(out, outMsg{protocol.JobsNotifyTopic(thing), mustJSON(msg)})
+	}
+	if after.next != before.next {
+		msg := protocol.NextJobMessage{Timestamp: now}
+		if after.next != nil {
+			msg.Execution = after.next.wire(true)
+		}
+		out = append(out, outMsg{protocol.JobsNotifyNextTopic(thing), mustJSON(msg)})
+	}
+	return out
+}
+
+// unlockAndPublish releases s.mu and sends msgs in decision order.
+func (s *Service) unlockAndPublish(msgs []outMsg) { s.unlockReplyAndPublish(nil, msgs) }
+
+// unlockReplyAndPublish releases s.mu, then sends the answer to the
+// requester and the notifications, keeping the order in which changes
+// were decided.
+func (s *Service) unlockReplyAndPublish(answer func(), msgs []outMsg) {
+	s.pubMu.Lock()
+	s.mu.Unlock()
+	defer s.pubMu.Unlock()
+	if answer != nil {
+		answer()
+	}
+	for _, m := range msgs {
+		s.opts.Publish(m.topic, m.payload)
+	}
+}
+
+func (s *Service) updateJobStatus(j *job) {
+	if j.status != JobInProgress || j.continuous {
+		return
+	}
+	for _, e := range j.execs {
+		if !e.status.Terminal() {
+			return
+		}
+	}
+	j.status = JobCompleted
+	j.completedAt = s.opts.Now()
+}
+
+// ---- operator API ----
+
+// CreateJob creates a job and its executions (targets are resolved now;
+// a continuous job also targets things that join its groups later).
+func (s *Service) CreateJob(_ context.Context, in CreateJobInput) (Job, error) {
+	if !jobIDRE.MatchString(in.JobID) {
+		return Job{}, fmt.Errorf("create job: %w: jobId %q must match [a-zA-Z0-9_-]{1,64}", ErrInvalid, in.JobID)
+	}
+	if len(in.Document) > MaxDocumentBytes {
+		return Job{}, fmt.Errorf("create job %s: %w: document is %d bytes, limit %d", in.JobID, ErrInvalid, len(in.Document), MaxDocumentBytes)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(in.Document, &doc); err != nil || doc == nil {
+		return Job{}, fmt.Errorf("create job %s: %w: document must be a JSON object", in.JobID, ErrInvalid)
+	}
+	if len(in.Things) == 0 && len(in.Groups) == 0 {
+		return Job{}, fmt.Errorf("create job %s: %w: no targets (things or groups)", in.JobID, ErrInvalid)
+	}
+	if in.Continuous && len(in.Groups) == 0 {
+		return Job{}, fmt.Errorf("create job %s: %w: a continuous job needs a thing group target", in.JobID, ErrInvalid)
+	}
+	if in.InProgressTimeoutMinutes < 0 || in.InProgressTimeoutMinutes > MaxStepTimeoutMinutes {
+		return Job{}, fmt.Errorf("create job %s: %w: inProgressTimeoutMinutes %d out of range 1..%d", in.JobID, ErrInvalid, in.InProgressTimeoutMinutes, MaxStepTimeoutMinutes)
+	}
+	targets := map[string]bool{}
+	var order []string
+	add := func(t string) {
+		if !targets[t] {
+			targets[t] = true
+			order = append(order, t)
+		}
+	}
+	for _, t := range in.Things {
+		if s.opts.Registry != nil {
+			if _, err := s.opts.Registry.Thing(t); err != nil {
+				return Job{}, fmt.Errorf("create job %s: target thing %s: %w", in.JobID, t, ErrNotFound)
+			}
+		}
+		add(t)
+	}
+	for _, g := range in.Groups {
+		if s.opts.Registry == nil {
+			return Job{}, fmt.Errorf("create job %s: %w: no registry to resolve groups", in.JobID, ErrInvalid)
+		}
+		members, err := s.opts.Registry.ThingsInGroup(g)
+		if err != nil {
+			return Job{}, fmt.Errorf("create job %s: target group %s: %w", in.JobID, g, ErrNotFound)
+		}
+		for _, m := range members {
+			add(m)
+		}
+	}
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return Job{}, fmt.Errorf("create job %s: service closed", in.JobID)
+	}
+	if _, ok := s.jobs[in.JobID]; ok {
+		s.mu.Unlock()
+		return Job{}, fmt.Errorf("create job %s: %w", in.JobID, ErrAlreadyExists)
+	}
+	j := &job{
+		id: in.JobID, doc: doc, things: append([]string(nil), in.Things...), groups: append([]string(nil), in.Groups...),
+		continuous: in.Continuous, timeoutMin: in.InProgressTimeoutMinutes, description: in.Description,
+		status: JobInProgress, createdAt: s.opts.Now(), execs: map[string]*execution{},
+	}
+	s.jobs[j.id] = j
+	var msgs []outMsg
+	for _, thing := range order {
+		msgs = append(msgs, s.addExecution(j, thing)...)
+	}
+	s.updateJobStatus(j)
+	view := s.jobView(j)
+	s.signal()
+	s.log.Info("job created", "job", j.id, "targets", len(order), "continuous", j.continuous)
+	s.unlockAndPublish(msgs)
+	return view, nil
+}
+
+func (s *Service) addExecution(j *job, thing string) []outMsg {
+	before := s.snap(thing)
+	s.seq++
+	now := s.opts.Now()
+	e := &execution{job: j, thing: thing, seq: s.seq, status: protocol.JobQueued, version: 1, number: 1, queuedAt: now, lastUpdated: now}
+	j.execs[thing] = e
+	s.byThing[thing] = append(s.byThing[thing], e)
+	return s.notifications(thing, before)
+}
+
+func (s *Service) thingJoinedGroup(thing, group string) {
+	s.mu.Lock()
+	var msgs []outMsg
+	for _, j := range s.sortedJobs() {
+		if !j.continuous || j.status != JobInProgress || j.execs[thing] != nil {
+			continue
+		}
+		for _, g := range j.groups {
+			if g == group {
+				msgs = append(msgs, s.addExecution(j, thing)...)
+				s.log.Info("continuous job targets new group member", "job", j.id, "thing", thing)
+				break
+			}
+		}
+	}
+	if len(msgs) > 0 {
+		s.signal()
+	}
+	s.unlockAndPublish(msgs)
+}
+
+func (s *Service) sortedJobs() []*job {
+	out := make([]*job, 0, len(s.jobs))
+	for _, j := range s.jobs {
+		out = append(out, j)
+	}
+	sort.Slice(out, func(a, b int) bool {
+		return out[a].createdAt.Before(out[b].createdAt) || (out[a].createdAt.Equal(out[b].createdAt) && out[a].id < out[b].id)
+	})
+	return out
+}
+
+func (s *Service) jobView(j *job) Job {
+	v := Job{
+		JobID: j.id, Status: j.status, TargetSelection: "SNAPSHOT", Things: j.things, Groups: j.groups,
+		Description: j.description, Document: j.doc, CreatedAt: j.createdAt, CompletedAt: j.completedAt,
+		Counts: map[protocol.JobStatus]int{},
+	}
+	if j.continuous {
+		v.TargetSelection = "CONTINUOUS"
+	}
+	for _, e := range j.execs {
+		v.Counts[e.status]++
+	}
+	return v
+}
+
+// Job describes a job.
+func (s *Service) Job(jobID string) (Job, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, ok := s.jobs[jobID]
+	if !ok {
+		return Job{}, fmt.Errorf("job %s: %w", jobID, ErrNotFound)
+	}
+	return s.jobView(j), nil
+}
+
+// Jobs lists jobs in creation order.
+func (s *Service) Jobs() []Job {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Job
+	for _, j := range s.sortedJobs() {
+		out = append(out, s.jobView(j))
+	}
+	return out
+}
+
+// Executions lists a job's executions sorted by thing name.
+func (s *Service) Executions(jobID string) ([]Execution, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, ok := s.jobs[jobID]
+	if !ok {
+		return nil, fmt.Errorf("job %s: %w", jobID, ErrNotFound)
+	}
+	return s.executionViews(j), nil
+}
+
+func (s *Service) executionViews(j *job) []Execution {
+	out := make([]Execution, 0, len(j.execs))
+	for _, e := range j.execs {
+		out = append(out, e.view())
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ThingName < out[b].ThingName })
+	return out
+}
+
+// Execution describes one execution.
+func (s *Service) Execution(jobID, thing string) (Execution, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, ok := s.jobs[jobID]
+	if !ok {
+		return Execution{}, fmt.Errorf("job %s: %w", jobID, ErrNotFound)
+	}
+	e, ok := j.execs[thing]
+	if !ok {
+		return Execution{}, fmt.Errorf("job %s execution on %s: %w", jobID, thing, ErrNotFound)
+	}
+	return e.view(), nil
+}
+
+// WaitForExecutions blocks until every execution of the job is in a
+// terminal state (or ctx ends) and returns them.
+func (s *Service) WaitForExecutions(ctx context.Context, jobID string) ([]Execution, error) {
+	for {
+		s.mu.Lock()
+		j, ok := s.jobs[jobID]
+		if !ok {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("job %s: %w", jobID, ErrNotFound)
+		}
+		done := true
+		for _, e := range j.execs {
+			if !e.status.Terminal() {
+				done = false
+				break
+			}
+		}
+		views := s.executionViews(j)
+		ch := s.changed
+		s.mu.Unlock()
+		if done {
+			return views, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return views, fmt.Errorf("wait for job %s: %w", jobID, ctx.Err())
+		}
+	}
+}
+
+// CancelJob cancels a job: QUEUED executions become CANCELED, and with
+// force IN_PROGRESS ones too.
+func (s *Service) CancelJob(jobID string, force bool) (Job, error) {
+	s.mu.Lock()
+	j, ok := s.jobs[jobID]
+	if !ok {
+		s.mu.Unlock()
+		return Job{}, fmt.Errorf("cancel job %s: %w", jobID, ErrNotFound)
+	}
+	var msgs []outMsg
+	if j.status != JobCanceled {
+		j.status = JobCanceled
+		j.completedAt = s.opts.Now()
+		for _, e := range j.execs {
+			if e.status == protocol.JobQueued || (force && e.status == protocol.JobInProgress) {
+				before := s.snap(e.thing)
+				e.status = protocol.JobCanceled
+				e.version++
+				e.lastUpdated = s.opts.Now()
+				e.stopTimers()
+				msgs = append(msgs, s.notifications(e.thing, before)...)
+			}
+		}
+		s.signal()
+	}
+	view := s.jobView(j)
+	s.unlockAndPublish(msgs)
+	return view, nil
+}
+
+// ---- timeouts ----
+
+func (s *Service) armStepTimer(e *execution, minutes int64) {
+	if e.stepTimer != nil {
+		e.stepTimer.Stop()
+		e.stepTimer = nil
+	}
+	if minutes <= 0 {
+		return
+	}
+	e.stepTimer = time.AfterFunc(time.Duration(minutes)*s.opts.Minute, func() { s.timeout(e, "step timeout") })
+}
+
+func (s *Service) armJobTimer(e *execution) {
+	if e.job.timeoutMin <= 0 || e.jobTimer != nil {
+		return
+	}
+	e.jobTimer = time.AfterFunc(time.Duration(e.job.timeoutMin)*s.opts.Minute, func() { s.timeout(e, "in-progress timeout") })
+}
+
+func (s *Service) timeout(e *execution, why string) {
+	s.mu.Lock()
+	if s.closed || e.status.Terminal() {
+		s.mu.Unlock()
+		return
+	}
+	before := s.snap(e.thing)
+	e.status = protocol.JobTimedOut
+	e.version++
+	e.lastUpdated = s.opts.Now()
+	e.stopTimers()
+	s.updateJobStatus(e.job)
+	msgs := s.notifications(e.thing, before)
+	s.signal()
+	s.log.Info("job execution timed out", "job", e.job.id, "thing", e.thing, "reason", why)
+	s.unlockAndPublish(msgs)
+}
+
+// ---- device API ----
+
+// Match reports whether topic is a Jobs API request topic (as opposed to
+// the response and notification topics the service publishes).
+func (s *Service) Match(topic string) bool {
+	thing, rest, ok := splitJobsTopic(topic)
+	if !ok || thing == "" {
+		return false
+	}
+	if rest == "notify" || rest == "notify-next" || strings.HasSuffix(rest, "/accepted") || strings.HasSuffix(rest, "/rejected") {
+		return false
+	}
+	return true
+}
+
+func splitJobsTopic(topic string) (thing, rest string, ok bool) {
+	const prefix = "$aws/things/"
+	if !strings.HasPrefix(topic, prefix) {
+		return "", "", false
+	}
+	thing, rest, ok = strings.Cut(topic[len(prefix):], "/jobs/")
+	if !ok || strings.Contains(thing, "/") {
+		return "", "", false
+	}
+	return thing, rest, true
+}
+
+// Handle answers one request. Answers go to the requesting client only.
+func (s *Service) Handle(_ context.Context, topic string, payload []byte, reply Reply) {
+	thing, rest, ok := splitJobsTopic(topic)
+	if !ok {
+		return
+	}
+	rejectTo := func(code, msg, token string, st *protocol.JobExecutionState) {
+		s.log.Info("jobs request rejected", "thing", thing, "topic", topic, "code", code, "message", msg)
+		reply(protocol.Rejected(topic), mustJSON(ErrorResponse{Code: code, Message: msg, ClientToken: token, Timestamp: s.ts(), ExecutionState: st}))
+	}
+	if len(payload) == 0 {
+		payload = []byte("{}")
+	}
+	if !json.Valid(payload) || !utf8.Valid(payload) {
+		rejectTo(protocol.ErrCodeInvalidJSON, "request payload is not valid JSON", "", nil)
+		return
+	}
+	switch {
+	case rest == "get":
+		var req struct {
+			ClientToken string `json:"clientToken"`
+		}
+		if err := json.Unmarshal(payload, &req); err != nil {
+			rejectTo(protocol.ErrCodeInvalidRequest, err.Error(), "", nil)
+			return
+		}
+		reply(protocol.Accepted(topic), mustJSON(s.pending(thing, req.ClientToken)))
+	case rest == "start-next":
+		var req protocol.StartNextRequest
+		if err := json.Unmarshal(payload, &req); err != nil {
+			rejectTo(protocol.ErrCodeInvalidRequest, err.Error(), "", nil)
+			return
+		}
+		s.startNext(thing, topic, req, reply, rejectTo)
+	default:
+		jobID, op, ok := strings.Cut(rest, "/")
+		if !ok || (op != "get" && op != "update") {
+			rejectTo(protocol.ErrCodeInvalidTopic, "topic does not map to a Jobs API operation", "", nil)
+			return
+		}
+		if op == "get" {
+			var req DescribeRequest
+			if err := json.Unmarshal(payload, &req); err != nil {
+				rejectTo(protocol.ErrCodeInvalidRequest, err.Error(), "", nil)
+				return
+			}
+			if jobID != "$next" && !jobIDRE.MatchString(jobID) {
+				rejectTo(protocol.ErrCodeInvalidTopic, "invalid job id in topic", req.ClientToken, nil)
+				return
+			}
+			s.describe(thing, jobID, topic, req, reply, rejectTo)
+			return
+		}
+		var req protocol.UpdateJobRequest
+		if err := json.Unmarshal(payload, &req); err != nil {
+			rejectTo(protocol.ErrCodeInvalidRequest, err.Error(), "", nil)
+			return
+		}
+		if !jobIDRE.MatchString(jobID) {
+			rejectTo(protocol.ErrCodeInvalidTopic, "invalid job id in topic", req.ClientToken, nil)
+			return
+		}
+		s.update(thing, jobID, topic, req, reply, rejectTo)
+	}
+}
+
+func (s *Service) pending(thing, token string) PendingResponse {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	resp := PendingResponse{InProgressJobs: []ExecutionSummary{}, QueuedJobs: []ExecutionSummary{}, Timestamp: s.ts(), ClientToken: token}
+	for _, e := range s.byThing[thing] {
+		switch e.status {
+		case protocol.JobInProgress:
+			resp.InProgressJobs = append(resp.InProgressJobs, e.summary())
+		case protocol.JobQueued:
+			resp.QueuedJobs = append(resp.QueuedJobs, e.summary())
+		}
+	}
+	return resp
+}
+
+// ValidateStatusDetails checks AWS's limits: at most 10 entries, keys of
+// 1-128 characters from [a-zA-Z0-9:_-], values of 1-1024 characters
+// without control characters.
+func ValidateStatusDetails(d map[string]string) error {
+	if len(d) > protocol.MaxStatusDetailsEntries {
+		return fmt.Errorf("statusDetails has %d entries, at most %d allowed", len(d), protocol.MaxStatusDetailsEntries)
+	}
+	keys := make([]string, 0, len(d))
+	for k := range d {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := d[k]
+		if !detailsKeyRE.MatchString(k) {
+			return fmt.Errorf("statusDetails key %q must be 1-%d characters of [a-zA-Z0-9:_-]", k, maxDetailsKeyLen)
+		}
+		n := utf8.RuneCountInString(v)
+		if n < 1 || n > protocol.MaxStatusDetailsValueBytes {
+			return fmt.Errorf("statusDetails[%s] is %d characters, must be 1-%d", k, n, protocol.MaxStatusDetailsValueBytes)
+		}
+		for i, r := range v {
+			if unicode.Is(unicode.C, r) {
+				return fmt.Errorf("statusDetails[%s] has a control or invalid character at byte %d (pattern [^\\p{C}]+)", k, i)
+			}
+		}
+	}
+	return nil
+}
+
+func validStepTimeout(m int64) bool {
+	return m == 0 || m == -1 || (m >= 1 && m <= MaxStepTimeoutMinutes)
+}
+
+func (s *Service) startNext(thing, topic string, req protocol.StartNextRequest, reply Reply, rejectTo func(string, string, string, *protocol.JobExecutionState)) {
+	if err := ValidateStatusDetails(req.StatusDetails); err != nil {
+		rejectTo(protocol.ErrCodeInvalidRequest, err.Error(), req.ClientToken, nil)
+		return
+	}
+	if !validStepTimeout(req.StepTimeoutInMinutes) {
+		rejectTo(protocol.ErrCodeInvalidRequest, fmt.Sprintf("stepTimeoutInMinutes %d must be -1 or 1..%d", req.StepTimeoutInMinutes, MaxStepTimeoutMinutes), req.ClientToken, nil)
+		return
+	}
+	s.mu.Lock()
+	e := s.next(thing)
+	resp := protocol.NextJobMessage{Timestamp: s.ts(), ClientToken: req.ClientToken}
+	var msgs []outMsg
+	if e != nil {
+		before := s.snap(thing)
+		if e.status == protocol.JobQueued {
+			now := s.opts.Now()
+			e.status = protocol.JobInProgress
+			e.startedAt = now
+			e.lastUpdated = now
+			e.version++
+			if req.StatusDetails != nil {
+				e.details = cloneMap(req.StatusDetails)
+			}
+			s.armJobTimer(e)
+		}
+		if req.StepTimeoutInMinutes != 0 {
+			s.armStepTimer(e, req.StepTimeoutInMinutes)
+		}
+		resp.Execution = e.wire(true)
+		msgs = s.notifications(thing, before)
+		s.signal()
+	}
+	s.unlockReplyAndPublish(func() { reply(protocol.Accepted(topic), mustJSON(resp)) }, msgs)
+}
+
+func (s *Service) describe(thing, jobID, topic string, req DescribeRequest, reply Reply, rejectTo func(string, string, string, *protocol.JobExecutionState)) {
+	withDoc := req.IncludeJobDocument == nil || *req.IncludeJobDocument
+	s.mu.Lock()
+	var e *execution
+	if jobID == "$next" {
+		e = s.next(thing)
+	} else {
+		j, ok := s.jobs[jobID]
+		if ok {
+			e = j.execs[thing]
+		}
+		if e == nil || (req.ExecutionNumber != 0 && req.ExecutionNumber != e.number) {
+			s.mu.Unlock()
+			rejectTo(protocol.ErrCodeResourceNotFound, fmt.Sprintf("job execution %s on %s not found", jobID, thing), req.ClientToken, nil)
+			return
+		}
+	}
+	resp := protocol.NextJobMessage{Timestamp: s.ts(), ClientToken: req.ClientToken}
+	if e != nil {
+		resp.Execution = e.wire(withDoc)
+	}
+	s.mu.Unlock()
+	reply(protocol.Accepted(topic), mustJSON(resp))
+}
+
+func (s *Service) update(thing, jobID, topic string, req protocol.UpdateJobRequest, reply Reply, rejectTo func(string, string, string, *protocol.JobExecutionState)) {
+	switch req.Status {
+	case protocol.JobInProgress, protocol.JobSucceeded, protocol.JobFailed, protocol.JobRejected:
+	case "":
+		rejectTo(protocol.ErrCodeInvalidRequest, "status is required", req.ClientToken, nil)
+		return
+	default:
+		rejectTo(protocol.ErrCodeInvalidRequest, fmt.Sprintf("status %q cannot be set by a device (IN_PROGRESS, SUCCEEDED, FAILED or REJECTED)", req.Status), req.ClientToken, nil)
+		return
+	}
+	if err := ValidateStatusDetails(req.StatusDetails); err != nil {
+		rejectTo(protocol.ErrCodeInvalidRequest, err.Error(), req.ClientToken, nil)
+		return
+	}
+	if !validStepTimeout(req.StepTimeoutInMinutes) {
+		rejectTo(protocol.ErrCodeInvalidRequest, fmt.Sprintf("stepTimeoutInMinutes %d must be -1 or 1..%d", req.StepTimeoutInMinutes, MaxStepTimeoutMinutes), req.ClientToken, nil)
+		return
+	}
+	s.mu.Lock()
+	j, ok := s.jobs[jobID]
+	var e *execution
+	if ok {
+		e = j.execs[thing]
+	}
+	if e == nil || (req.ExecutionNumber != 0 && req.ExecutionNumber != e.number) {
+		s.mu.Unlock()
+		rejectTo(protocol.ErrCodeResourceNotFound, fmt.Sprintf("job execution %s on %s not found", jobID, thing), req.ClientToken, nil)
+		return
+	}
+	if req.ExpectedVersion != 0 && req.ExpectedVersion != e.version {
+		st := e.state()
+		s.mu.Unlock()
+		rejectTo(protocol.ErrCodeVersionMismatch, fmt.Sprintf("expected version %d, current version %d", req.ExpectedVersion, st.VersionNumber), req.ClientToken, st)
+		return
+	}
+	if e.status.Terminal() {
+		st := e.state()
+		s.mu.Unlock()
+		rejectTo(protocol.ErrCodeInvalidStateTransition, fmt.Sprintf("job execution is in terminal state %s", st.Status), req.ClientToken, st)
+		return
+	}
+	before := s.snap(thing)
+	now := s.opts.Now()
+	if e.status == protocol.JobQueued && req.Status == protocol.JobInProgress {
+		e.startedAt = now
+	}
+	e.status = req.Status
+	if req.StatusDetails != nil {
+		e.details = cloneMap(req.StatusDetails)
+	}
+	e.version++
+	e.lastUpdated = now
+	if e.status.Terminal() {
+		e.stopTimers()
+		s.updateJobStatus(j)
+	} else {
+		s.armJobTimer(e)
+		if req.StepTimeoutInMinutes != 0 {
+			s.armStepTimer(e, req.StepTimeoutInMinutes)
+		}
+	}
+	resp := protocol.UpdateJobAccepted{Timestamp: s.ts(), ClientToken: req.ClientToken}
+	if req.IncludeJobExecutionState {
+		resp.ExecutionState = e.state()
+	}
+	if req.IncludeJobDocument {
+		resp.JobDocument = j.doc
+	}
+	msgs := s.notifications(thing, before)
+	s.signal()
+	s.unlockReplyAndPublish(func() { reply(protocol.Accepted(topic), mustJSON(resp)) }, msgs)
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("jobs: marshal %T: %v", v, err))
+	}
+	return b
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
