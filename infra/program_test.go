@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 	"github.com/pulumi/pulumi/sdk/v3/go/common/resource/config"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/workspace"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi/internals"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -137,25 +137,20 @@ func runProgram(t *testing.T, stack string, cfg map[string]string, opts programO
 		opts.Prebuilt = lambdaPackages
 	}
 	r := result{aws: newFakeAWS(cfg[stackconfig.KeyRegion]), outputs: map[string]any{}, secret: map[string]bool{}}
-	var mu sync.Mutex
 	var outs pulumi.Map
 	r.err = pulumi.RunErr(func(ctx *pulumi.Context) error {
 		var err error
-		if outs, err = declare(ctx, opts); err != nil {
-			return err
-		}
-		for name, value := range outs {
-			pulumi.ToOutput(value).ApplyT(func(v any) any {
-				mu.Lock()
-				r.outputs[name] = v
-				mu.Unlock()
-				return v
-			})
-		}
-		return nil
+		outs, err = declare(ctx, opts)
+		return err
 	}, pulumi.WithMocks(stackconfig.Namespace, stack, r.aws), func(info *pulumi.RunInfo) { info.Config = cfg })
+	// Resolve every output as the engine would when exporting it.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	for name, value := range outs {
-		r.secret[name] = pulumi.IsSecret(pulumi.ToOutput(value))
+		res, err := internals.UnsafeAwaitOutput(ctx, pulumi.ToOutput(value))
+		require.NoError(t, err, "output %s", name)
+		require.True(t, res.Known, "output %s is known after the update", name)
+		r.outputs[name], r.secret[name] = res.Value, res.Secret
 	}
 	return r
 }

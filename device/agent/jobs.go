@@ -11,13 +11,24 @@ import (
 	"github.com/iot-fleet/iot-fleet/device/store"
 )
 
-// JobsFeature builds the AWS IoT Jobs engine as an agent feature. ops holds
-// the operations other features register (OTA's mender_install); the same
-// registry must be given to `fleet-agent check-job` so both accept the
-// same documents. ops may be nil.
-func JobsFeature(ops *jobs.Registry) FeatureFactory {
+// OperationsFunc builds the registry of job operations (OTA registers
+// mender_install) once the runtime (thing name, outbox, connection) is
+// known. `fleet-agent check-job` must validate with operations of the same
+// names so both accept the same documents.
+type OperationsFunc func(rt *Runtime) (*jobs.Registry, error)
+
+// JobsFeature builds the AWS IoT Jobs engine as an agent feature. opsFn
+// may be nil (no operations, only runHandler/runCommand steps).
+func JobsFeature(opsFn OperationsFunc) FeatureFactory {
 	return func(rt *Runtime) (Feature, error) {
 		cfg := rt.Config
+		ops := jobs.NewRegistry()
+		if opsFn != nil {
+			var err error
+			if ops, err = opsFn(rt); err != nil {
+				return nil, fmt.Errorf("jobs: operations: %w", err)
+			}
+		}
 		handlerDir := cfg.HandlerDir()
 		if err := os.MkdirAll(handlerDir, 0o700); err != nil {
 			return nil, fmt.Errorf("jobs: handler dir: %w", err)

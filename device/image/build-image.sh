@@ -14,6 +14,8 @@
 #                        fetched from Secrets Manager (stack output
 #                        claimCertificateSecretArn) with the aws CLI
 #   SSH_AUTHORIZED_KEYS  optional public keys for user pi (SSH stays off without)
+#   SERIAL_PATTERN       optional; must equal the stack's serialPattern config
+#                        (default ^[0-9a-f]{16}$, the stack default)
 #   AGENT_BIN            prebuilt fleet-agent for linux/arm64; default: built
 #   OUT_DIR              default dist/image
 #   CACHE_DIR            downloaded base images, default .cache/raspios
@@ -96,13 +98,16 @@ case "$base" in
 *.xz) xz --decompress --stdout "$base" >"$img" ;;
 *) cp "$base" "$img" ;;
 esac
-ssh_args=()
+extra=()
 if [[ -n "${SSH_AUTHORIZED_KEYS:-}" ]]; then
-	ssh_args=(-ssh-authorized-keys "$SSH_AUTHORIZED_KEYS")
+	extra+=(-ssh-authorized-keys "$SSH_AUTHORIZED_KEYS")
+fi
+if [[ -n "${SERIAL_PATTERN:-}" ]]; then
+	extra+=(-serial-pattern "$SERIAL_PATTERN")
 fi
 "$work/image-inject" -image "$img" -env "$IMAGE_ENV" -stack-outputs "$outputs" \
 	-agent "$agent" -agent-unit device/systemd/fleet-agent.service \
-	-claim-secret "$claim" "${ssh_args[@]}"
+	-claim-secret "$claim" "${extra[@]}"
 xz --compress --stdout --threads=0 "$img" >"$OUT_DIR/$name.img.xz.part"
 mv "$OUT_DIR/$name.img.xz.part" "$OUT_DIR/$name.img.xz"
 (cd "$OUT_DIR" && sha256sum "$name.img.xz" >"$name.img.xz.sha256")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
 	"github.com/iot-fleet/iot-fleet/device/jobs/runner"
@@ -98,8 +99,14 @@ func (e *Engine) advance(stepCtx context.Context) {
 	}
 	resumed := job.StepStarted
 	if !resumed {
-		// Persist "started" before the step can have any effect.
+		// Persist "started" before the step can have any effect; if that
+		// is impossible the step does not start (retried shortly).
 		job.StepStarted = true
+		if !e.save() {
+			job.StepStarted = false
+			time.AfterFunc(5*time.Second, func() { e.enqueue(event{}) })
+			return
+		}
 		e.change(protocol.JobInProgress, e.stepBase(job.Step, "running"), true)
 		e.save()
 		e.pump(stepCtx)

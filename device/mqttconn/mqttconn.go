@@ -110,11 +110,12 @@ type subscription struct {
 
 // session is one established connection.
 type session struct {
-	pc       mqtt.Client
-	lost     chan struct{}
-	lostOnce sync.Once
-	ctx      context.Context
-	cancel   context.CancelFunc
+	pc         mqtt.Client
+	subscribed map[string]bool
+	lost       chan struct{}
+	lostOnce   sync.Once
+	ctx        context.Context
+	cancel     context.CancelFunc
 }
 
 func (s *session) markLost() { s.lostOnce.Do(func() { close(s.lost) }) }
@@ -309,7 +310,10 @@ func (c *Client) Run(ctx context.Context) error {
 			continue
 		}
 		start := time.Now()
-		c.setSession(sess)
+		if missed := c.setSession(sess); len(missed) > 0 {
+			// Registered while this connection was being set up.
+			_ = c.subscribe(ctx, sess, missed)
+		}
 		c.runHooks(sess)
 
 		stopped := false
@@ -339,12 +343,21 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 }
 
-func (c *Client) setSession(s *session) {
+// setSession publishes s as the current connection and returns the
+// subscriptions registered after s made its own.
+func (c *Client) setSession(s *session) map[string]byte {
 	c.mu.Lock()
 	c.sess = s
 	close(c.up)
+	missed := map[string]byte{}
+	for _, sub := range c.subs {
+		if !s.subscribed[sub.filter] {
+			missed[sub.filter] = sub.qos
+		}
+	}
 	c.mu.Unlock()
 	c.connected.Add(1)
+	return missed
 }
 
 func (c *Client) clearSession(s *session) {
@@ -400,8 +413,10 @@ func (c *Client) connectOnce(ctx context.Context) (*session, error) {
 
 	c.mu.Lock()
 	filters := make(map[string]byte, len(c.subs))
+	sess.subscribed = make(map[string]bool, len(c.subs))
 	for _, s := range c.subs {
 		filters[s.filter] = s.qos
+		sess.subscribed[s.filter] = true
 	}
 	c.mu.Unlock()
 	if len(filters) > 0 {

@@ -25,6 +25,11 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func connFor(t *testing.T, b *testbroker.Broker, thing string) *mqttconn.Client {
 	t.Helper()
+	return connForB(t, b, thing)
+}
+
+func connForB(t testing.TB, b *testbroker.Broker, thing string) *mqttconn.Client {
+	t.Helper()
 	kp := b.RegisterDevice(t, thing)
 	ca, err := os.ReadFile(b.CAFile)
 	require.NoError(t, err)

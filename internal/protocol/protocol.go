@@ -289,3 +289,89 @@ type PreProvisioningHookResponse struct {
 	AllowProvisioning  bool              `json:"allowProvisioning"`
 	ParameterOverrides map[string]string `json:"parameterOverrides,omitempty"`
 }
+
+// Certificate rotation (docs/protocol.md, "Certificate rotation"). The cloud
+// takes the thing name from the topic, never from these payloads.
+
+// RotateRequest (cmd/fleet/<thing>/rotate/request) asks the device to rotate.
+type RotateRequest struct {
+	RotationID string `json:"rotationId"`
+	// KeyAlgorithm is "ecdsa-p256" or "rsa-2048"; empty keeps the device's
+	// configured algorithm.
+	KeyAlgorithm string `json:"keyAlgorithm,omitempty"`
+	Timestamp    int64  `json:"ts"`
+}
+
+// RotateCSR (dt/fleet/<thing>/rotate/csr) carries the CSR of a key the device
+// generated for rotation RotationID.
+type RotateCSR struct {
+	RotationID string `json:"rotationId"`
+	CSR        string `json:"csr"`
+	Timestamp  int64  `json:"ts"`
+}
+
+// RotateCert (cmd/fleet/<thing>/rotate/cert) returns the new certificate, or
+// an error code and message when the cloud refused the CSR.
+type RotateCert struct {
+	RotationID     string `json:"rotationId"`
+	CertificateID  string `json:"certificateId,omitempty"`
+	CertificatePEM string `json:"certificatePem,omitempty"`
+	ErrorCode      string `json:"errorCode,omitempty"`
+	ErrorMessage   string `json:"errorMessage,omitempty"`
+	Timestamp      int64  `json:"ts"`
+}
+
+// Rotation confirmation statuses.
+const (
+	RotateConfirmed = "connected"
+	RotateFailed    = "failed"
+)
+
+// RotateConfirm (dt/fleet/<thing>/rotate/confirm) tells the cloud the device
+// connected with the new certificate (Status "connected", published over the
+// new connection) or gave up and fell back to the old one (Status "failed").
+type RotateConfirm struct {
+	RotationID    string `json:"rotationId"`
+	CertificateID string `json:"certificateId"`
+	Status        string `json:"status"`
+	Reason        string `json:"reason,omitempty"`
+	Timestamp     int64  `json:"ts"`
+}
+
+// SSM on demand (docs/protocol.md, "AWS Systems Manager on demand").
+
+// SSM command actions.
+const (
+	SSMActivate   = "activate"
+	SSMDeactivate = "deactivate"
+)
+
+// SSMCommand (cmd/fleet/<thing>/ssm) activates or deactivates the SSM agent.
+// The activation code is a secret: the device uses it once to register and
+// never logs it or writes it to disk in clear.
+type SSMCommand struct {
+	RequestID      string `json:"requestId"`
+	Action         string `json:"action"`
+	ActivationID   string `json:"activationId,omitempty"`
+	ActivationCode string `json:"activationCode,omitempty"`
+	Region         string `json:"region,omitempty"`
+	ExpiresAt      int64  `json:"expiresAt,omitempty"`
+	Timestamp      int64  `json:"ts"`
+}
+
+// SSM agent states reported by the device.
+const (
+	SSMStateInstalling  = "installing"
+	SSMStateRegistered  = "registered"
+	SSMStateDeactivated = "deactivated"
+	SSMStateFailed      = "failed"
+)
+
+// SSMStatus (dt/fleet/<thing>/ssm/status) reports the SSM agent's state.
+type SSMStatus struct {
+	RequestID         string `json:"requestId"`
+	State             string `json:"state"`
+	ManagedInstanceID string `json:"managedInstanceId,omitempty"`
+	Reason            string `json:"reason,omitempty"`
+	Timestamp         int64  `json:"ts"`
+}

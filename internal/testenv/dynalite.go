@@ -94,32 +94,32 @@ func StartDynalite(t testing.TB) string {
 	return ""
 }
 
-// lockedBuffer collects a child's output for error messages.
-type lockedBuffer struct {
+// dynaliteOutput collects a child's output for error messages.
+type dynaliteOutput struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
+func (b *dynaliteOutput) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *lockedBuffer) String() string {
+func (b *dynaliteOutput) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
 
 func startDynalite(bin string) (endpoint string, stop func(), err error) {
-	port, err := freePort()
+	port, err := dynaliteFreePort()
 	if err != nil {
 		return "", nil, err
 	}
 	cmd := exec.Command(bin, "--host", "127.0.0.1", "--port", strconv.Itoa(port),
 		"--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0")
-	out := &lockedBuffer{}
+	out := &dynaliteOutput{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		return "", nil, fmt.Errorf("start %s: %w", bin, err)
@@ -156,7 +156,7 @@ func startDynalite(bin string) (endpoint string, stop func(), err error) {
 	}
 }
 
-func freePort() (int, error) {
+func dynaliteFreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("free port: %w", err)

@@ -2,6 +2,8 @@ package testenv
 
 import (
 	"context"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -63,4 +65,17 @@ func TestDynaliteMissingBinarySkipsOrFails(t *testing.T) {
 		t.Error("StartDynalite returned without a binary")
 	})
 	require.True(t, skipped, "missing binary must skip outside CI")
+}
+
+func TestDynaliteMissingBinaryFailsInCI(t *testing.T) {
+	if os.Getenv("TESTENV_DYNALITE_CHILD") == "1" {
+		StartDynalite(t)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDynaliteMissingBinaryFailsInCI$", "-test.v")
+	cmd.Env = append(os.Environ(), "TESTENV_DYNALITE_CHILD=1", "CI=true", DynaliteBinEnv+"="+t.TempDir()+"/none")
+	out, err := cmd.CombinedOutput()
+	require.Error(t, err, "%s", out)
+	require.Contains(t, string(out), "--- FAIL: TestDynaliteMissingBinaryFailsInCI")
+	require.Contains(t, string(out), "make tools")
 }

@@ -22,7 +22,7 @@ func mosqClient(t *testing.T, m *Mosquitto, cn, clientID string) (mqtt.Client, e
 	require.NoError(t, err)
 	pool := x509.NewCertPool()
 	require.True(t, pool.AppendCertsFromPEM(ca))
-	opts := mqtt.NewClientOptions().AddBroker("tls://"+m.Addr).SetClientID(clientID).
+	opts := mqtt.NewClientOptions().AddBroker("tls://" + m.Addr).SetClientID(clientID).
 		SetTLSConfig(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}).
 		SetAutoReconnect(false).SetConnectTimeout(5 * time.Second)
 	c := mqtt.NewClient(opts)

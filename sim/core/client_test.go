@@ -61,7 +61,7 @@ func connectWith(t testing.TB, c *Core, creds Credentials, clientID string, dial
 	}
 	tc := &testClient{t: t, msgs: make(chan paho.Message, 256), lost: make(chan error, 1)}
 	opts := paho.NewClientOptions().
-		AddBroker("tls://"+c.Endpoint()).
+		AddBroker("tls://" + c.Endpoint()).
 		SetClientID(clientID).
 		SetTLSConfig(cfg).
 		SetCleanSession(true).

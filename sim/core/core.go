@@ -6,7 +6,6 @@ package core
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -380,14 +379,4 @@ func AllowlistHook(serials []string) provisioning.Hook {
 	return func(_ context.Context, req protocol.PreProvisioningHookRequest) (protocol.PreProvisioningHookResponse, error) {
 		return protocol.PreProvisioningHookResponse{AllowProvisioning: allowed[req.Parameters[protocol.ParamSerialNumber]]}, nil
 	}
-}
-
-// marshal is used by the HTTP surface; exported helpers keep payloads
-// consistent with the Go API.
-func marshal(v any) []byte {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return []byte(fmt.Sprintf(`{"error":%q}`, err.Error()))
-	}
-	return b
 }

@@ -415,7 +415,7 @@ func (s *Service) plan(params map[string]string, certID string) (*thingPlan, *pr
 		}
 	}
 	for _, g := range p.groups {
-		if _, err := s.opts.Registry.ThingsInGroup(g); err != nil {
+		if !s.opts.Registry.GroupExists(g) {
 			return nil, reject(http.StatusNotFound, protocol.ErrCodeResourceNotFound, "thing group %s does not exist", g)
 		}
 	}

@@ -528,6 +528,14 @@ func (r *Registry) RemoveThingFromGroup(thing, group string) error {
 	return nil
 }
 
+// GroupExists reports whether a thing group exists.
+func (r *Registry) GroupExists(group string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	_, ok := r.groups[group]
+	return ok
+}
+
 // ThingsInGroup lists the members of group, sorted.
 func (r *Registry) ThingsInGroup(group string) ([]string, error) {
 	r.mu.RLock()

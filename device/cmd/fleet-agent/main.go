@@ -31,16 +31,24 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// operations is the registry shared by the jobs engine and check-job so
-// both accept the same documents; features that implement job operations
-// (OTA) register here.
-func operations() *jobs.Registry { return jobs.NewRegistry() }
+// operations builds the registry of job operations. The engine gets it
+// with the runtime; check-job gets it with rt == nil (validation only), so
+// both accept the same documents. Operations (OTA's mender_install) are
+// registered here.
+func operations(*agent.Runtime) (*jobs.Registry, error) {
+	return jobs.NewRegistry(), nil
+}
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		switch args[0] {
 		case "check-job":
-			return jobs.CheckJobMain(args[1:], stdout, stderr, operations())
+			ops, err := operations(nil)
+			if err != nil {
+				fmt.Fprintf(stderr, "fleet-agent: %v\n", err)
+				return 1
+			}
+			return jobs.CheckJobMain(args[1:], stdout, stderr, ops)
 		case "run":
 			args = args[1:]
 		case "version":
@@ -86,7 +94,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	features := []agent.FeatureFactory{}
 	if cfg.Jobs.Enabled {
-		features = append(features, agent.JobsFeature(operations()))
+		features = append(features, agent.JobsFeature(operations))
 	}
 	a, err := agent.New(agent.Options{Config: cfg, Version: version, Logger: logger, Features: features})
 	if err != nil {

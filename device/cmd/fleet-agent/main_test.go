@@ -168,14 +168,27 @@ func TestBinary(t *testing.T) {
 		}
 		waitState("WATCHDOG=1")
 
-		// Idle RSS of the provisioned, connected agent (a figure for
-		// docs/benchmarks.md, not an assertion).
+		// Idle RSS and CPU of the provisioned, connected agent (figures for
+		// docs/benchmarks.md, logged, not asserted).
 		if runtime.GOOS == "linux" {
-			time.Sleep(2 * time.Second)
-			status, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/status")
+			pid := strconv.Itoa(cmd.Process.Pid)
+			cpuTicks := func() int64 {
+				stat, err := os.ReadFile("/proc/" + pid + "/stat")
+				require.NoError(t, err)
+				f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
+				ut, _ := strconv.ParseInt(f[11], 10, 64)
+				st, _ := strconv.ParseInt(f[12], 10, 64)
+				return ut + st
+			}
+			time.Sleep(time.Second)
+			t0, c0 := time.Now(), cpuTicks()
+			time.Sleep(3 * time.Second)
+			used := time.Duration(cpuTicks()-c0) * 10 * time.Millisecond // USER_HZ = 100
+			t.Logf("idle CPU: %v over %v", used, time.Since(t0).Round(time.Millisecond))
+			status, err := os.ReadFile("/proc/" + pid + "/status")
 			require.NoError(t, err)
 			for _, line := range strings.Split(string(status), "\n") {
-				if strings.HasPrefix(line, "VmRSS:") {
+				if strings.HasPrefix(line, "VmRSS:") || strings.HasPrefix(line, "VmHWM:") {
 					t.Logf("idle %s (GOARCH=%s)", line, runtime.GOARCH)
 				}
 			}

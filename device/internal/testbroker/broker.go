@@ -241,6 +241,30 @@ func (b *Broker) Watch(t testing.TB, filter string) <-chan Received {
 	return ch
 }
 
+// Serve runs fn for every message published on filter by a client (an
+// in-test cloud service such as a minimal Jobs API); fn may answer with
+// Reply.
+func (b *Broker) Serve(t testing.TB, filter string, fn func(from, topic string, payload []byte)) {
+	t.Helper()
+	ch := b.Watch(t, filter)
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
+	go func() {
+		for {
+			select {
+			case m := <-ch:
+				fn(m.From, m.Topic, m.Payload)
+			case <-done:
+				return
+			}
+		}
+	}()
+}
+
+// Reply sends v as JSON on topic to clientID only (if it is subscribed to
+// it), the way AWS answers reserved-topic API requests.
+func (b *Broker) Reply(clientID, topic string, v any) { b.reply(clientID, topic, v) }
+
 // Publish sends a message from the cloud side (QoS 1).
 func (b *Broker) Publish(topic string, payload []byte) error {
 	b.mu.Lock()

@@ -19,6 +19,7 @@ import (
 	"math"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -57,7 +58,7 @@ const (
 // Action is one step of a job.
 type Action struct {
 	// Name is the step name (the operation or handler name in the old schema).
-	Name string `json:"name"`
+	Name string     `json:"name"`
 	Type ActionType `json:"type"`
 	// RunAsUser is the local user for the step; empty means the agent's user.
 	RunAsUser string `json:"runAsUser,omitempty"`
@@ -202,16 +203,31 @@ func checkJSON(data []byte) *Error {
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
-	if err := walkDuplicates(dec, ""); err != nil {
+	var path []string
+	if err := walkDuplicates(dec, &path); err != nil {
 		return err
 	}
 	return nil
 }
 
-func walkDuplicates(dec *json.Decoder, at string) *Error {
+// fieldPath renders a path stack ("steps", "[0]", "action") as a field.
+func fieldPath(path []string) string {
+	var b strings.Builder
+	for _, p := range path {
+		if b.Len() > 0 && !strings.HasPrefix(p, "[") {
+			b.WriteByte('.')
+		}
+		b.WriteString(p)
+	}
+	return b.String()
+}
+
+// walkDuplicates walks one JSON value; path is a stack of segments that is
+// only rendered for an error (deep documents stay linear).
+func walkDuplicates(dec *json.Decoder, path *[]string) *Error {
 	tok, err := dec.Token()
 	if err != nil {
-		return fieldErr(at, "invalid JSON: %v", err)
+		return fieldErr(fieldPath(*path), "invalid JSON: %v", err)
 	}
 	delim, ok := tok.(json.Delim)
 	if !ok {
@@ -223,27 +239,30 @@ func walkDuplicates(dec *json.Decoder, at string) *Error {
 		for dec.More() {
 			kt, err := dec.Token()
 			if err != nil {
-				return fieldErr(at, "invalid JSON: %v", err)
+				return fieldErr(fieldPath(*path), "invalid JSON: %v", err)
 			}
 			key, _ := kt.(string)
-			child := joinField(at, key)
+			*path = append(*path, key)
 			if seen[key] {
-				return fieldErr(child, "field appears more than once")
+				return fieldErr(fieldPath(*path), "field appears more than once")
 			}
 			seen[key] = true
-			if err := walkDuplicates(dec, child); err != nil {
+			if err := walkDuplicates(dec, path); err != nil {
 				return err
 			}
+			*path = (*path)[:len(*path)-1]
 		}
 	case '[':
 		for i := 0; dec.More(); i++ {
-			if err := walkDuplicates(dec, fmt.Sprintf("%s[%d]", at, i)); err != nil {
+			*path = append(*path, "["+strconv.Itoa(i)+"]")
+			if err := walkDuplicates(dec, path); err != nil {
 				return err
 			}
+			*path = (*path)[:len(*path)-1]
 		}
 	}
 	if _, err := dec.Token(); err != nil && !errors.Is(err, io.EOF) {
-		return fieldErr(at, "invalid JSON: %v", err)
+		return fieldErr(fieldPath(*path), "invalid JSON: %v", err)
 	}
 	return nil
 }

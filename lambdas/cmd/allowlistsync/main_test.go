@@ -76,10 +76,18 @@ func s3Event(key string) events.S3Event {
 	return events.S3Event{Records: []events.S3EventRecord{r}}
 }
 
+// TestBootstrap builds the Lambda's bootstrap as the stack packages it and
+// runs it as a real process under an in-test Lambda Runtime API.
+func TestBootstrap(t *testing.T) {
+	bin := lambdatest.BuildBootstrap(t, "./lambdas/cmd/allowlistsync")
+	t.Run("SyncsAllowlist", func(t *testing.T) { testSyncsAllowlist(t, bin) })
+	t.Run("ReportsMissingConfiguration", func(t *testing.T) { testReportsMissingConfiguration(t, bin) })
+}
+
 // The packaged bootstrap reads the allowlist from S3, admits its serials in
 // DynamoDB (dynalite), reports a bad line by number, and reports a failed
 // revocation by serial when AWS IoT cannot be reached.
-func TestBootstrapSyncsAllowlist(t *testing.T) {
+func testSyncsAllowlist(t *testing.T, bin string) {
 	endpoint := testenv.StartDynalite(t)
 	client := testenv.DynamoDBClient(endpoint)
 	testenv.CreateRegistryTable(t, client, "registry")
@@ -92,7 +100,6 @@ func TestBootstrapSyncsAllowlist(t *testing.T) {
 	s3srv := httptest.NewServer(s3)
 	t.Cleanup(s3srv.Close)
 
-	bin := lambdatest.BuildBootstrap(t, "./lambdas/cmd/allowlistsync")
 	api := lambdatest.StartRuntimeAPI(t)
 	lambdatest.Start(t, bin, api, map[string]string{
 		"REGISTRY_TABLE":            "registry",
@@ -160,8 +167,7 @@ func TestBootstrapSyncsAllowlist(t *testing.T) {
 	assert.True(t, strings.Contains(out.Error.ErrorMessage, "NoSuchKey"), out.Error.ErrorMessage)
 }
 
-func TestBootstrapReportsMissingConfiguration(t *testing.T) {
-	bin := lambdatest.BuildBootstrap(t, "./lambdas/cmd/allowlistsync")
+func testReportsMissingConfiguration(t *testing.T, bin string) {
 	api := lambdatest.StartRuntimeAPI(t)
 	p := lambdatest.Start(t, bin, api, map[string]string{"AWS_REGION": "us-east-1", "REGISTRY_TABLE": "r"})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -27,10 +27,18 @@ func hookEvent(serial string, cert int) protocol.PreProvisioningHookRequest {
 	}
 }
 
+// TestBootstrap builds the Lambda's bootstrap as the stack packages it and
+// runs it as a real process under an in-test Lambda Runtime API.
+func TestBootstrap(t *testing.T) {
+	bin := lambdatest.BuildBootstrap(t, "./lambdas/cmd/preprovision")
+	t.Run("AnswersHookEvents", func(t *testing.T) { testAnswersHookEvents(t, bin) })
+	t.Run("ReportsMissingConfiguration", func(t *testing.T) { testReportsMissingConfiguration(t, bin) })
+}
+
 // The packaged bootstrap starts under a Lambda Runtime API, reads the
 // registry from DynamoDB (dynalite) and answers hook events; a warm process
 // keeps denying after it admitted.
-func TestBootstrapAnswersHookEvents(t *testing.T) {
+func testAnswersHookEvents(t *testing.T, bin string) {
 	const allowed, unknown = "10000000a1b2c3d4", "10000000ffffffff"
 	endpoint := testenv.StartDynalite(t)
 	client := testenv.DynamoDBClient(endpoint)
@@ -41,7 +49,6 @@ func TestBootstrapAnswersHookEvents(t *testing.T) {
 	defer cancel()
 	require.NoError(t, store.PutAllowed(ctx, allowed))
 
-	bin := lambdatest.BuildBootstrap(t, "./lambdas/cmd/preprovision")
 	api := lambdatest.StartRuntimeAPI(t)
 	lambdatest.Start(t, bin, api, map[string]string{
 		"REGISTRY_TABLE":            "registry",
@@ -76,8 +83,7 @@ func TestBootstrapAnswersHookEvents(t *testing.T) {
 	require.ErrorIs(t, err, registry.ErrNotFound)
 }
 
-func TestBootstrapReportsMissingConfiguration(t *testing.T) {
-	bin := lambdatest.BuildBootstrap(t, "./lambdas/cmd/preprovision")
+func testReportsMissingConfiguration(t *testing.T, bin string) {
 	api := lambdatest.StartRuntimeAPI(t)
 	p := lambdatest.Start(t, bin, api, map[string]string{"AWS_REGION": "us-east-1"})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -1,0 +1,140 @@
+// Command fleet-sim serves the local IoT Core (a stand-in for AWS IoT Core)
+// so real agent processes and the demo can run on one machine.
+//
+//	fleet-sim serve --dir DIR --allowlist FILE [--env dev] [--listen 127.0.0.1:0]
+//	                [--http 127.0.0.1:0] [--serial-pattern RE] [--job-minute 1m]
+//	                [--log-level info]
+//
+// serve writes, atomically, DIR/root-ca.pem, DIR/claim.pem, DIR/claim.key
+// (0600), DIR/api (operator HTTP API host:port) and, last, DIR/endpoint
+// (MQTT/TLS host:port): wait for DIR/endpoint to know the simulator is
+// ready. It runs until SIGINT or SIGTERM.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/iot-fleet/iot-fleet/internal/allowlist"
+	"github.com/iot-fleet/iot-fleet/internal/atomicfile"
+	"github.com/iot-fleet/iot-fleet/sim/core"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "fleet-sim:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = "usage: fleet-sim serve --dir DIR --allowlist FILE [flags]"
+
+func run(args []string, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "serve" {
+		return errors.New(usage)
+	}
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "", "directory for root-ca.pem, claim.pem, claim.key, api and endpoint (required)")
+	allow := fs.String("allowlist", "", "allowlist.txt of serials the pre-provisioning hook admits (required)")
+	env := fs.String("env", "dev", "stack environment (names: iot-fleet-<env>, thing prefix <env>-)")
+	listen := fs.String("listen", "127.0.0.1:0", "MQTT/TLS listen address")
+	httpAddr := fs.String("http", "127.0.0.1:0", "operator HTTP API listen address")
+	pattern := fs.String("serial-pattern", allowlist.DefaultSerialPattern, "serial pattern (Go regexp, anchored)")
+	jobMinute := fs.Duration("job-minute", time.Minute, "length of a Jobs timeout minute (shorten for demos)")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if *dir == "" || *allow == "" {
+		return errors.New("--dir and --allowlist are required; " + usage)
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("--log-level %q: %w", *level, err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+
+	re, err := allowlist.CompilePattern(*pattern)
+	if err != nil {
+		return fmt.Errorf("--serial-pattern: %w", err)
+	}
+	f, err := os.Open(*allow)
+	if err != nil {
+		return fmt.Errorf("--allowlist: %w", err)
+	}
+	serials, err := allowlist.Parse(f, re)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("--allowlist %s: %w", *allow, err)
+	}
+	if err := os.MkdirAll(*dir, 0o755); err != nil {
+		return fmt.Errorf("--dir: %w", err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	c, err := core.Start(ctx, core.Options{
+		Env: *env, Addr: *listen, Logger: log, JobMinute: *jobMinute,
+		// Stand-in for lambdas/preprovision: admit exactly the allowlist.
+		PreProvisioningHook: core.AllowlistHook(serials),
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	ln, err := net.Listen("tcp", *httpAddr)
+	if err != nil {
+		return fmt.Errorf("--http: %w", err)
+	}
+	srv := &http.Server{Handler: c.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("operator API stopped", "error", err)
+		}
+	}()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+
+	claim, err := c.IssueClaimCertificate()
+	if err != nil {
+		return err
+	}
+	files := []struct {
+		name string
+		data []byte
+		perm os.FileMode
+	}{
+		{"root-ca.pem", c.RootCAPEM(), 0o644},
+		{"claim.pem", claim.CertPEM, 0o644},
+		{"claim.key", claim.KeyPEM, 0o600},
+		{"api", []byte(ln.Addr().String() + "\n"), 0o644},
+		{"endpoint", []byte(c.Endpoint() + "\n"), 0o644},
+	}
+	for _, f := range files {
+		if err := atomicfile.WriteFile(filepath.Join(*dir, f.name), f.data, f.perm); err != nil {
+			return err
+		}
+	}
+	log.Info("fleet-sim ready", "endpoint", c.Endpoint(), "api", "http://"+ln.Addr().String(), "dir", *dir,
+		"allowed_serials", len(serials), "claim_certificate", claim.CertificateID)
+	<-ctx.Done()
+	log.Info("fleet-sim stopping")
+	_ = os.Remove(filepath.Join(*dir, "endpoint"))
+	return nil
+}

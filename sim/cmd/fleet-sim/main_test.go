@@ -1,0 +1,123 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestServeWritesFilesAndServesMQTTAndAPI(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	tmp := t.TempDir()
+	bin := filepath.Join(tmp, "fleet-sim")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, string(out))
+
+	dir := filepath.Join(tmp, "sim")
+	allow := filepath.Join(tmp, "allowlist.txt")
+	require.NoError(t, os.WriteFile(allow, []byte("# test\n10000000a1b2c3d4\n"), 0o644))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, bin, "serve", "--dir", dir, "--allowlist", allow)
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+	})
+
+	var endpoint string
+	require.Eventually(t, func() bool {
+		b, err := os.ReadFile(filepath.Join(dir, "endpoint"))
+		endpoint = strings.TrimSpace(string(b))
+		return err == nil && endpoint != ""
+	}, 30*time.Second, 20*time.Millisecond, "endpoint file; stderr: %s", &stderr)
+
+	st, err := os.Stat(filepath.Join(dir, "claim.key"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	rootPEM, err := os.ReadFile(filepath.Join(dir, "root-ca.pem"))
+	require.NoError(t, err)
+	apiAddr, err := os.ReadFile(filepath.Join(dir, "api"))
+	require.NoError(t, err)
+	api := "http://" + strings.TrimSpace(string(apiAddr))
+
+	// The claim certificate connects with a provisioning client id.
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(rootPEM))
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "claim.pem"), filepath.Join(dir, "claim.key"))
+	require.NoError(t, err)
+	cl := paho.NewClient(paho.NewClientOptions().AddBroker("tls://" + endpoint).SetClientID("provision-10000000a1b2c3d4").
+		SetTLSConfig(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: "127.0.0.1"}).SetAutoReconnect(false))
+	tok := cl.Connect()
+	require.True(t, tok.WaitTimeout(10*time.Second))
+	require.NoError(t, tok.Error())
+	cl.Disconnect(0)
+
+	resp, err := http.Get(api + "/status")
+	require.NoError(t, err)
+	var status map[string]any
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&status))
+	resp.Body.Close()
+	assert.Equal(t, endpoint, status["endpoint"])
+	assert.Equal(t, "iot-fleet-dev", status["thingGroup"])
+
+	post := func(path, body string) int {
+		resp, err := http.Post(api+path, "application/json", strings.NewReader(body))
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	assert.Equal(t, http.StatusNotFound, post("/jobs", `{"jobId":"j1","document":{"operation":"x"},"things":["dev-nope"]}`))
+	assert.Equal(t, http.StatusBadRequest, post("/jobs", `{"jobId":"j1","document":{},"bogus":1}`))
+	assert.Equal(t, http.StatusCreated, post("/faults", `{"topic":"$aws/things/+/jobs/#","direction":"outbound","delay":"10ms","count":1}`))
+	assert.Equal(t, http.StatusBadRequest, post("/faults", `{"topic":"a/#/b","direction":"outbound","drop":true}`))
+	assert.Equal(t, http.StatusOK, post("/faults/provisioning", `{"throttle":2}`))
+	assert.Equal(t, http.StatusOK, post("/broker/restart", ``))
+	assert.Equal(t, http.StatusNotFound, post("/clients/nobody/disconnect", ``))
+	assert.Equal(t, http.StatusNotFound, post(fmt.Sprintf("/certificates/%s/revoke", strings.Repeat("0", 64)), ``))
+
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-done:
+		require.NoError(t, err, "clean exit; stderr: %s", &stderr)
+	case <-ctx.Done():
+		t.Fatal("fleet-sim did not exit on SIGTERM")
+	}
+	_, err = os.Stat(filepath.Join(dir, "endpoint"))
+	assert.True(t, os.IsNotExist(err), "endpoint removed on exit")
+}
+
+func TestServeRejectsBadFlagsAndAllowlist(t *testing.T) {
+	var buf bytes.Buffer
+	assert.ErrorContains(t, run(nil, &buf), "usage")
+	assert.ErrorContains(t, run([]string{"serve"}, &buf), "--dir and --allowlist are required")
+	tmp := t.TempDir()
+	bad := filepath.Join(tmp, "allow.txt")
+	require.NoError(t, os.WriteFile(bad, []byte("10000000a1b2c3d4\nNOT-A-SERIAL\n"), 0o644))
+	err := run([]string{"serve", "--dir", tmp, "--allowlist", bad}, &buf)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "line 2")
+	err = run([]string{"serve", "--dir", tmp, "--allowlist", filepath.Join(tmp, "missing")}, &buf)
+	assert.ErrorContains(t, err, "--allowlist")
+}
