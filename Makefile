@@ -7,7 +7,7 @@ DYNALITE := $(TOOLS)/node_modules/.bin/dynalite
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 AGENT_LDFLAGS := -s -w -buildid= -X main.version=$(VERSION)
 
-.PHONY: all tools test test-short vet bench demo agent lambdas fmt clean
+.PHONY: all tools test vet bench demo agent fmt clean image lint-delivery
 
 all: vet test
 
@@ -47,6 +47,17 @@ agent:
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags '$(AGENT_LDFLAGS)' -o dist/fleet-agent-linux-arm64 ./device/cmd/fleet-agent
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 $(GO) build -trimpath -ldflags '$(AGENT_LDFLAGS)' -o dist/fleet-agent-linux-armv7 ./device/cmd/fleet-agent
 	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags '$(AGENT_LDFLAGS)' -o dist/fleet-agent-linux-amd64 ./device/cmd/fleet-agent
+
+IMAGE_ENV ?= dev
+
+## image: Raspberry Pi OS image for IMAGE_ENV (needs RASPIOS_URL, RASPIOS_SHA256; see docs/delivery.md)
+image:
+	IMAGE_ENV='$(IMAGE_ENV)' VERSION='$(VERSION)' GO='$(GO)' RASPIOS_URL='$(RASPIOS_URL)' RASPIOS_SHA256='$(RASPIOS_SHA256)' \
+	  bash device/image/build-image.sh
+
+## lint-delivery: actionlint (pinned v1.7.7) and shellcheck on workflows and delivery scripts
+lint-delivery:
+	bash .ci/delivery-checks.sh
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

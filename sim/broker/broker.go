@@ -143,6 +143,8 @@ func New(opts Options) (*Broker, error) {
 			ClientAuth:   tls.RequireAndVerifyClientCert,
 			ClientCAs:    opts.ClientCAs,
 			NextProtos:   []string{ALPNProtocol, "mqtt"},
+			// Classic ECDHE only, as AWS IoT endpoints offer.
+			CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256},
 		},
 	}
 	return b, nil
