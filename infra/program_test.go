@@ -30,6 +30,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/infra/stackconfig"
 	"github.com/iot-fleet/iot-fleet/internal/policy"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/registry"
 )
 
 // Resource type tokens the tests look at.
@@ -430,9 +431,18 @@ func TestRegistryTable(t *testing.T) {
 	sse, _ := prop(table.Inputs, "serverSideEncryption", "enabled")
 	assert.True(t, sse.BoolValue())
 	attrs, _ := prop(table.Inputs, "attributes")
-	require.Len(t, attrs.ArrayValue(), 1)
+	require.Len(t, attrs.ArrayValue(), 3, "the key and the expiry index's keys")
 	assert.Equal(t, "serial", propString(attrs.ArrayValue()[0].ObjectValue(), "name"))
 	assert.Equal(t, "S", propString(attrs.ArrayValue()[0].ObjectValue(), "type"))
+	// The certificate-expiry index the rotation scan queries, as
+	// testenv.CreateRegistryTable declares it for the registry's tests.
+	gsis, _ := prop(table.Inputs, "globalSecondaryIndexes")
+	require.Len(t, gsis.ArrayValue(), 1)
+	gsi := gsis.ArrayValue()[0].ObjectValue()
+	assert.Equal(t, registry.ExpiryIndex, propString(gsi, "name"))
+	assert.Equal(t, registry.AttrExpiryPartition, propString(gsi, "hashKey"))
+	assert.Equal(t, registry.AttrCertNotAfter, propString(gsi, "rangeKey"))
+	assert.Equal(t, "ALL", propString(gsi, "projectionType"))
 	assert.Equal(t, propString(table.Inputs, "name"), r.outputs["registryTable"])
 }
 
@@ -543,7 +553,7 @@ func TestIAMPoliciesNameSpecificResources(t *testing.T) {
 	t.Parallel()
 	r := mustRun(t)
 	policies := r.aws.resources(tRolePolicy)
-	require.Len(t, policies, 4, "two Lambdas, the token-exchange role and the topic-rule role")
+	require.Len(t, policies, 5, "two Lambdas, the token-exchange role, the topic-rule role and the OTA presign role")
 	for _, p := range policies {
 		doc := policyJSON(t, propString(p.Inputs, "policy"))
 		for _, st := range doc.Statement {

@@ -64,6 +64,8 @@ type Config struct {
 	MQTT         MQTT         `json:"mqtt"`
 	Outbox       Outbox       `json:"outbox"`
 	Jobs         Jobs         `json:"jobs"`
+	OTA          OTA          `json:"ota"`
+	SSM          SSM          `json:"ssm"`
 }
 
 // Provisioning configures provisioning by claim.
@@ -163,6 +165,8 @@ func Default() Config {
 		},
 		Outbox: Outbox{MaxMessages: 10000, MaxAttempts: 5},
 		Jobs:   Jobs{Enabled: true, AllowedPaths: []string{}, StepTimeout: Duration(time.Hour), ProgressTimeoutMinutes: 10},
+		OTA:    DefaultOTA(),
+		SSM:    DefaultSSM(),
 	}
 }
 
@@ -209,6 +213,9 @@ func Parse(data []byte) (Config, error) {
 		}
 		// Errors from Duration.UnmarshalJSON lose the field name in
 		// encoding/json; find it by decoding each duration on its own.
+		if f := findBadHealthCheckTimeout(data); f != "" {
+			return Config{}, &FieldError{Field: f, Problem: err.Error()}
+		}
 		if f := findBadDuration(data); f != "" {
 			return Config{}, &FieldError{Field: f, Problem: err.Error()}
 		}
@@ -240,6 +247,15 @@ func unknownPath(data []byte, t reflect.Type, prefix string) string {
 		if f.Type.Kind() == reflect.Struct {
 			if p := unknownPath(raw[k], f.Type, prefix+k+"."); p != "" {
 				return p
+			}
+		}
+		if f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct {
+			var items []json.RawMessage
+			_ = json.Unmarshal(raw[k], &items)
+			for i, item := range items {
+				if p := unknownPath(item, f.Type.Elem(), prefix+k+"["+strconv.Itoa(i)+"]."); p != "" {
+					return p
+				}
 			}
 		}
 	}
@@ -274,7 +290,7 @@ func findBadDuration(data []byte) string {
 	if json.Unmarshal(data, &raw) != nil {
 		return ""
 	}
-	for _, field := range durationFields {
+	for _, field := range append(durationFields, otaDurationFields...) {
 		section, key, _ := strings.Cut(field, ".")
 		var sec map[string]json.RawMessage
 		if json.Unmarshal(raw[section], &sec) != nil {
@@ -295,6 +311,7 @@ var durationFields = []string{
 	"provisioning.deniedBackoff", "provisioning.tokenTTL",
 	"mqtt.keepAlive", "mqtt.connectTimeout", "mqtt.reconnectMin", "mqtt.reconnectMax",
 	"jobs.stepTimeout",
+	"ssm.commandTimeout",
 }
 
 // Validate checks every field and returns the first problem found.
@@ -410,6 +427,12 @@ func (c Config) Validate() error {
 	}
 	if c.Jobs.ProgressTimeoutMinutes == 0 || c.Jobs.ProgressTimeoutMinutes > 10080 {
 		return fe("jobs.progressTimeoutMinutes", "must be between 1 and 10080 (or negative to disable), got %d", c.Jobs.ProgressTimeoutMinutes)
+	}
+	if err := c.OTA.validate(); err != nil {
+		return err
+	}
+	if err := c.SSM.validate(); err != nil {
+		return err
 	}
 	return nil
 }

@@ -764,7 +764,7 @@ func (e *Engine) reconcile(ctx context.Context, svc *protocol.JobExecutionState,
 }
 
 func (e *Engine) onRejected(ctx context.Context, kind, jobID string, payload []byte) {
-	var msg protocol.ErrorResponse
+	var msg protocol.JobsErrorResponse
 	if err := json.Unmarshal(payload, &msg); err != nil {
 		e.log.Warn("malformed rejection", "err", err)
 		return
@@ -772,8 +772,8 @@ func (e *Engine) onRejected(ctx context.Context, kind, jobID string, payload []b
 	if !e.inFlightMatches(kind, jobID, msg.ClientToken) {
 		return
 	}
-	log := e.log.With("kind", kind, "job_id", jobID, "error_code", msg.ErrorCode, "error_message", msg.ErrorMessage)
-	switch msg.ErrorCode {
+	log := e.log.With("kind", kind, "job_id", jobID, "error_code", msg.Code, "error_message", msg.Message)
+	switch msg.Code {
 	case protocol.ErrCodeThrottling, protocol.ErrCodeRequestThrottled, protocol.ErrCodeInternalError, protocol.ErrCodeServiceUnavailable:
 		log.Warn("request rejected, retrying")
 		e.retryLater()
@@ -784,7 +784,7 @@ func (e *Engine) onRejected(ctx context.Context, kind, jobID string, payload []b
 		e.retryLater()
 		return
 	}
-	switch msg.ErrorCode {
+	switch msg.Code {
 	case protocol.ErrCodeVersionMismatch, protocol.ErrCodeInvalidStateTransition:
 		log.Info("update conflicts with the service's state; reconciling")
 		conflicted := e.st.InFlight

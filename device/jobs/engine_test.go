@@ -214,13 +214,13 @@ func TestMultiStepJobWithIgnoredFailureAndFinalStep(t *testing.T) {
 		}
 		if u.StatusDetails[DetailStepName] == "breaks" && u.StatusDetails[DetailStepState] == "failed-ignored" {
 			sawBreaks = true
-			assert.Equal(t, "boom\n", u.StatusDetails[DetailStderr])
+			assert.Equal(t, "boom", u.StatusDetails[DetailStderr])
 			assert.Equal(t, "4", u.StatusDetails[DetailExitCode])
 			assert.Equal(t, "exited with status 4", u.StatusDetails[DetailReason])
 		}
 		if u.StatusDetails[DetailStepName] == "first" && u.StatusDetails[DetailStepState] == "succeeded" {
 			sawFirst = true
-			assert.Equal(t, "first done\n", u.StatusDetails[DetailStdout])
+			assert.Equal(t, "first done", u.StatusDetails[DetailStdout])
 		}
 	}
 	assert.True(t, sawBreaks, "no update for the ignored failure: %+v", ex.History)
@@ -242,7 +242,7 @@ func TestFailedStepSkipsFinalStep(t *testing.T) {
 		"finalStep":{"action":{"name":"cleanup","type":"runHandler","input":{"handler":"final.sh"}}}}`)
 	ex := h.waitStatus("job-f", protocol.JobFailed)
 	assert.Equal(t, `step 1/3 "fails" failed: exited with status 100`, ex.Details[DetailReason])
-	assert.Equal(t, "E: Unable to locate package nope\n", ex.Details[DetailStderr])
+	assert.Equal(t, "E: Unable to locate package nope", ex.Details[DetailStderr])
 	assert.Equal(t, "100", ex.Details[DetailExitCode])
 	assert.Equal(t, 1, ex.Terminal)
 	h.waitIdle()

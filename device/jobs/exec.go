@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
 	"github.com/iot-fleet/iot-fleet/device/jobs/runner"
@@ -43,7 +44,9 @@ func clampDetails(in map[string]string) map[string]string {
 			return
 		}
 		if v, ok := in[k]; ok {
-			out[k] = runner.Tail(v, protocol.MaxStatusDetailsValueBytes)
+			if v = detailValue(v); v != "" {
+				out[k] = v
+			}
 		}
 	}
 	for _, k := range engineKeys {
@@ -55,6 +58,23 @@ func clampDetails(in map[string]string) map[string]string {
 		}
 	}
 	return out
+}
+
+// detailValue makes v a valid statusDetails value: AWS IoT Jobs accepts
+// 1 to 1024 characters with no control characters ([^\p{C}]+), so line
+// breaks become " | ", other control characters a space, surrounding
+// space is trimmed and the last 1024 bytes are kept. An empty result means
+// the entry is left out.
+func detailValue(v string) string {
+	v = strings.TrimSpace(strings.ToValidUTF8(v, "\uFFFD"))
+	v = strings.NewReplacer("\r\n", " | ", "\n", " | ", "\r", " | ").Replace(v)
+	v = strings.Map(func(r rune) rune {
+		if unicode.Is(unicode.C, r) {
+			return ' '
+		}
+		return r
+	}, v)
+	return strings.TrimSpace(runner.Tail(v, protocol.MaxStatusDetailsValueBytes))
 }
 
 // recover turns the persisted state into a consistent one at start-up: a

@@ -162,7 +162,7 @@ func mustJSON(v any) []byte {
 }
 
 func (f *fakeJobs) reject(topic, code, token string, st *protocol.JobExecutionState) outMsg {
-	return outMsg{protocol.Rejected(topic), mustJSON(protocol.ErrorResponse{ErrorCode: code, ErrorMessage: code, ClientToken: token,
+	return outMsg{protocol.Rejected(topic), mustJSON(protocol.JobsErrorResponse{Code: code, Message: code, ClientToken: token,
 		Timestamp: time.Now().Unix(), ExecutionState: st})}
 }
 

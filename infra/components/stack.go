@@ -62,6 +62,7 @@ type Stack struct {
 	Provisioning *Provisioning
 	Allowlist    *Allowlist
 	Rules        *TopicRules
+	OTA          *OTA
 }
 
 // NewStack declares the environment.
@@ -190,6 +191,12 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 		return nil, err
 	}
 
+	if s.OTA, err = NewOTA(ctx, "ota", OTAArgs{
+		Prefix: prefix, AccountID: args.AccountID, ArtifactsBucketArn: s.Storage.Artifacts.Arn, Tags: tags,
+	}, parent); err != nil {
+		return nil, err
+	}
+
 	if err := ctx.RegisterResourceOutputs(s, s.Outputs()); err != nil {
 		return nil, err
 	}
@@ -215,5 +222,6 @@ func (s *Stack) Outputs() pulumi.Map {
 		"preprovisionLambda":        s.Hook.Name,
 		"allowlistSyncLambda":       s.Sync.Name,
 		"ruleErrorLogGroup":         s.Rules.ErrorLogGroup.Name,
+		"otaPresignRoleArn":         s.OTA.PresignRoleArn,
 	}
 }

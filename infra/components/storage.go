@@ -6,6 +6,8 @@ import (
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/dynamodb"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/s3"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+
+	"github.com/iot-fleet/iot-fleet/internal/registry"
 )
 
 // PrivateBucketArgs configure a PrivateBucket.
@@ -142,7 +144,16 @@ func NewStorage(ctx *pulumi.Context, name string, args StorageArgs, opts ...pulu
 		HashKey:     pulumi.String(RegistryHashKey),
 		Attributes: dynamodb.TableAttributeArray{
 			&dynamodb.TableAttributeArgs{Name: pulumi.String(RegistryHashKey), Type: pulumi.String("S")},
+			// Keys of the certificate-expiry index (certificate rotation).
+			&dynamodb.TableAttributeArgs{Name: pulumi.String(registry.AttrExpiryPartition), Type: pulumi.String("S")},
+			&dynamodb.TableAttributeArgs{Name: pulumi.String(registry.AttrCertNotAfter), Type: pulumi.String("S")},
 		},
+		GlobalSecondaryIndexes: dynamodb.TableGlobalSecondaryIndexArray{&dynamodb.TableGlobalSecondaryIndexArgs{
+			Name:           pulumi.String(registry.ExpiryIndex),
+			HashKey:        pulumi.String(registry.AttrExpiryPartition),
+			RangeKey:       pulumi.String(registry.AttrCertNotAfter),
+			ProjectionType: pulumi.String("ALL"),
+		}},
 		PointInTimeRecovery:       &dynamodb.TablePointInTimeRecoveryArgs{Enabled: pulumi.Bool(true)},
 		ServerSideEncryption:      &dynamodb.TableServerSideEncryptionArgs{Enabled: pulumi.Bool(true)},
 		DeletionProtectionEnabled: pulumi.Bool(args.DeletionProtection),

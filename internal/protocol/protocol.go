@@ -83,20 +83,25 @@ type RegisterThingResponse struct {
 	ThingName           string            `json:"thingName"`
 }
 
-// ErrorResponse is the rejected payload of every AWS reserved MQTT API
-// (provisioning and jobs).
+// ErrorResponse is the rejected payload of the fleet provisioning MQTT API.
 type ErrorResponse struct {
 	StatusCode   int    `json:"statusCode,omitempty"`
 	ErrorCode    string `json:"errorCode"`
 	ErrorMessage string `json:"errorMessage"`
-	ClientToken  string `json:"clientToken,omitempty"`
-	Timestamp    int64  `json:"timestamp,omitempty"`
-	// ExecutionState is set by the Jobs API on VersionMismatch and
-	// InvalidStateTransition errors.
+}
+
+// JobsErrorResponse is the rejected payload of the Jobs MQTT API, which
+// names its fields differently from fleet provisioning.
+type JobsErrorResponse struct {
+	Code        string `json:"code"`
+	Message     string `json:"message"`
+	ClientToken string `json:"clientToken,omitempty"`
+	Timestamp   int64  `json:"timestamp,omitempty"`
+	// ExecutionState is set on VersionMismatch and InvalidStateTransition.
 	ExecutionState *JobExecutionState `json:"executionState,omitempty"`
 }
 
-// Error codes AWS uses in ErrorResponse.
+// Error codes AWS uses in ErrorResponse and JobsErrorResponse.
 const (
 	ErrCodeThrottling             = "Throttling"
 	ErrCodeInvalidRequest         = "InvalidRequest"

@@ -18,6 +18,7 @@ type DynamoDBAPI interface {
 	GetItem(ctx context.Context, in *dynamodb.GetItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.GetItemOutput, error)
 	UpdateItem(ctx context.Context, in *dynamodb.UpdateItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.UpdateItemOutput, error)
 	Scan(ctx context.Context, in *dynamodb.ScanInput, optFns ...func(*dynamodb.Options)) (*dynamodb.ScanOutput, error)
+	Query(ctx context.Context, in *dynamodb.QueryInput, optFns ...func(*dynamodb.Options)) (*dynamodb.QueryOutput, error)
 }
 
 // DynamoDB is the Store backed by the registry table (partition key
@@ -60,6 +61,26 @@ func names(placeholders ...string) map[string]string {
 			m[p] = AttrCreatedAt
 		case "#updatedAt":
 			m[p] = AttrUpdatedAt
+		case "#notAfter":
+			m[p] = AttrCertNotAfter
+		case "#expiry":
+			m[p] = AttrExpiryPartition
+		case "#rotId":
+			m[p] = AttrRotationID
+		case "#rotState":
+			m[p] = AttrRotationState
+		case "#rotAt":
+			m[p] = AttrRotationRequestedAt
+		case "#rotCert":
+			m[p] = AttrRotationCertID
+		case "#rotNotAfter":
+			m[p] = AttrRotationCertNotAfter
+		case "#lastRot":
+			m[p] = AttrLastRotationID
+		case "#lastStatus":
+			m[p] = AttrLastRotationStatus
+		case "#retired":
+			m[p] = AttrRetiredCertificateID
 		default:
 			panic("registry: unknown placeholder " + p)
 		}
@@ -104,9 +125,9 @@ func (s *DynamoDB) PutAllowed(ctx context.Context, serial string) error {
 	_, err := s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
 		TableName:                s.tableName(),
 		Key:                      s.key(serial),
-		UpdateExpression:         aws.String("SET #state = :allowed, #updatedAt = :now, #createdAt = if_not_exists(#createdAt, :now) REMOVE #cert, #thing"),
+		UpdateExpression:         aws.String("SET #state = :allowed, #updatedAt = :now, #createdAt = if_not_exists(#createdAt, :now) REMOVE #cert, #thing, #notAfter, #expiry, " + removeRotation),
 		ConditionExpression:      aws.String("attribute_not_exists(#serial) OR #state = :revoked"),
-		ExpressionAttributeNames: names("#serial", "#state", "#updatedAt", "#createdAt", "#cert", "#thing"),
+		ExpressionAttributeNames: names("#serial", "#state", "#updatedAt", "#createdAt", "#cert", "#thing", "#notAfter", "#expiry", "#rotId", "#rotState", "#rotAt", "#rotCert", "#rotNotAfter"),
 		ExpressionAttributeValues: map[string]types.AttributeValue{
 			":allowed": str(string(StateAllowed)),
 			":revoked": str(string(StateRevoked)),
@@ -123,21 +144,35 @@ func (s *DynamoDB) PutAllowed(ctx context.Context, serial string) error {
 	return nil
 }
 
-// MarkProvisioned implements Store.
+// MarkProvisioned implements Store: RecordProvisioned with an unknown
+// expiry.
 func (s *DynamoDB) MarkProvisioned(ctx context.Context, serial, certificateID, thingName string) (Device, error) {
+	return s.RecordProvisioned(ctx, serial, thingName, Certificate{ID: certificateID})
+}
+
+// RecordProvisioned implements Store.
+func (s *DynamoDB) RecordProvisioned(ctx context.Context, serial, thingName string, cert Certificate) (Device, error) {
 	if err := check(ctx, serial); err != nil {
 		return Device{}, err
 	}
-	if certificateID == "" {
+	if cert.ID == "" {
 		return Device{}, fmt.Errorf("registry: mark %s provisioned: empty certificate id", serial)
 	}
 	update := "SET #state = :provisioned, #cert = :cert, #updatedAt = :now"
-	nameKeys := []string{"#serial", "#state", "#cert", "#updatedAt"}
+	remove := ""
+	nameKeys := []string{"#serial", "#state", "#cert", "#updatedAt", "#notAfter", "#expiry"}
 	values := map[string]types.AttributeValue{
 		":provisioned": str(string(StateProvisioned)),
 		":allowed":     str(string(StateAllowed)),
-		":cert":        str(certificateID),
+		":cert":        str(cert.ID),
 		":now":         s.now(),
+	}
+	if cert.NotAfter.IsZero() {
+		remove = " REMOVE #notAfter, #expiry"
+	} else {
+		update += ", #notAfter = :notAfter, #expiry = :expiry"
+		values[":notAfter"] = str(FormatTime(cert.NotAfter))
+		values[":expiry"] = str(ExpiryPartitionValue)
 	}
 	if thingName != "" {
 		update += ", #thing = :thing"
@@ -147,7 +182,7 @@ func (s *DynamoDB) MarkProvisioned(ctx context.Context, serial, certificateID, t
 	out, err := s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
 		TableName:                 s.tableName(),
 		Key:                       s.key(serial),
-		UpdateExpression:          aws.String(update),
+		UpdateExpression:          aws.String(update + remove),
 		ConditionExpression:       aws.String("attribute_exists(#serial) AND (#state = :allowed OR #state = :provisioned)"),
 		ExpressionAttributeNames:  names(nameKeys...),
 		ExpressionAttributeValues: values,
@@ -185,9 +220,9 @@ func (s *DynamoDB) MarkRevoked(ctx context.Context, serial, expectedCertificateI
 	_, err := s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
 		TableName:                 s.tableName(),
 		Key:                       s.key(serial),
-		UpdateExpression:          aws.String("SET #state = :revoked, #updatedAt = :now"),
+		UpdateExpression:          aws.String("SET #state = :revoked, #updatedAt = :now REMOVE #expiry"),
 		ConditionExpression:       aws.String(cond),
-		ExpressionAttributeNames:  names("#serial", "#state", "#cert", "#updatedAt"),
+		ExpressionAttributeNames:  names("#serial", "#state", "#cert", "#updatedAt", "#expiry"),
 		ExpressionAttributeValues: values,
 	})
 	if isConditionFailed(err) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 )
 
 // Memory is an in-memory Store with the same semantics as the DynamoDB
@@ -67,38 +68,18 @@ func (m *Memory) PutAllowed(ctx context.Context, serial string) error {
 		d.State = StateAllowed
 		d.CertificateID = ""
 		d.ThingName = ""
+		d.CertNotAfter = time.Time{}
+		clearRotation(&d)
 		d.UpdatedAt = now
 		m.devices[serial] = d
 	}
 	return nil
 }
 
-// MarkProvisioned implements Store.
+// MarkProvisioned implements Store: RecordProvisioned with an unknown
+// expiry.
 func (m *Memory) MarkProvisioned(ctx context.Context, serial, certificateID, thingName string) (Device, error) {
-	if err := check(ctx, serial); err != nil {
-		return Device{}, err
-	}
-	if certificateID == "" {
-		return Device{}, fmt.Errorf("registry: mark %s provisioned: empty certificate id", serial)
-	}
-	now := m.opts.stamp()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	d, ok := m.devices[serial]
-	if !ok {
-		return Device{}, fmt.Errorf("%w: %s", ErrNotFound, serial)
-	}
-	if !d.State.Admitted() {
-		return Device{}, fmt.Errorf("%w: %s is %s", ErrConflict, serial, d.State)
-	}
-	d.State = StateProvisioned
-	d.CertificateID = certificateID
-	if thingName != "" {
-		d.ThingName = thingName
-	}
-	d.UpdatedAt = now
-	m.devices[serial] = d
-	return d, nil
+	return m.RecordProvisioned(ctx, serial, thingName, Certificate{ID: certificateID})
 }
 
 // MarkRevoked implements Store.

@@ -39,7 +39,58 @@ type Device struct {
 	CertificateID string    `dynamodbav:"certificateId,omitempty"`
 	CreatedAt     time.Time `dynamodbav:"createdAt"`
 	UpdatedAt     time.Time `dynamodbav:"updatedAt"`
+	// CertNotAfter is the expiry of CertificateID (zero: unknown). A
+	// provisioned device with a known expiry is in the expiry index.
+	CertNotAfter time.Time `dynamodbav:"certNotAfter,omitempty"`
+
+	// The certificate rotation in progress, if RotationID is set.
+	RotationID          string        `dynamodbav:"rotationId,omitempty"`
+	RotationState       RotationState `dynamodbav:"rotationState,omitempty"`
+	RotationRequestedAt time.Time     `dynamodbav:"rotationRequestedAt,omitempty"`
+	// RotationCertID and RotationCertNotAfter describe the certificate
+	// issued for the rotation (state issued).
+	RotationCertID       string    `dynamodbav:"rotationCertId,omitempty"`
+	RotationCertNotAfter time.Time `dynamodbav:"rotationCertNotAfter,omitempty"`
+
+	// The last finished rotation: its id, its outcome and the certificate
+	// it retired (the old one when completed, the refused new one when
+	// failed), which the rotation Lambda deactivates and deletes.
+	LastRotationID       string          `dynamodbav:"lastRotationId,omitempty"`
+	LastRotationStatus   RotationOutcome `dynamodbav:"lastRotationStatus,omitempty"`
+	RetiredCertificateID string          `dynamodbav:"retiredCertificateId,omitempty"`
 }
+
+// RotationState is the step of a rotation in progress.
+type RotationState string
+
+const (
+	// RotationRequested: the cloud asked the device to rotate.
+	RotationRequested RotationState = "requested"
+	// RotationIssued: a certificate was issued for the device's CSR; the
+	// device has not confirmed it yet.
+	RotationIssued RotationState = "issued"
+)
+
+// RotationOutcome is how a finished rotation ended.
+type RotationOutcome string
+
+const (
+	// RotationCompleted: the device connected with the new certificate.
+	RotationCompleted RotationOutcome = "completed"
+	// RotationFailed: the device kept its old certificate.
+	RotationFailed RotationOutcome = "failed"
+)
+
+// Certificate is a device certificate as the registry records it.
+type Certificate struct {
+	ID       string
+	NotAfter time.Time // zero: unknown
+}
+
+// ErrRotationPending is returned by RequestRotation when the device has a
+// rotation in progress that was requested too recently to ask again. It
+// wraps ErrConflict.
+var ErrRotationPending = fmt.Errorf("%w: rotation pending", ErrConflict)
 
 // Attribute names of a registry record in the DynamoDB table. PartitionKey
 // is the table's only key (type S); the Pulumi program declares the same.
@@ -50,7 +101,34 @@ const (
 	AttrCertificateID = "certificateId"
 	AttrCreatedAt     = "createdAt"
 	AttrUpdatedAt     = "updatedAt"
+	AttrCertNotAfter  = "certNotAfter"
+
+	AttrRotationID           = "rotationId"
+	AttrRotationState        = "rotationState"
+	AttrRotationRequestedAt  = "rotationRequestedAt"
+	AttrRotationCertID       = "rotationCertId"
+	AttrRotationCertNotAfter = "rotationCertNotAfter"
+	AttrLastRotationID       = "lastRotationId"
+	AttrLastRotationStatus   = "lastRotationStatus"
+	AttrRetiredCertificateID = "retiredCertificateId"
+
+	// AttrExpiryPartition is the partition key of the expiry index. It is
+	// present (value ExpiryPartitionValue) only on provisioned records with
+	// a known certNotAfter, so the index is sparse: revoked and allowed
+	// devices are not in it.
+	AttrExpiryPartition  = "expiryPartition"
+	ExpiryPartitionValue = "provisioned"
+	// ExpiryIndex is the global secondary index (partition key
+	// AttrExpiryPartition, sort key AttrCertNotAfter, both S, projection
+	// ALL) that ExpiringBefore queries. The Pulumi program and
+	// testenv.CreateRegistryTable declare it.
+	ExpiryIndex = "certExpiry"
 )
+
+// FormatTime is how the registry stores a time: RFC 3339, UTC, whole
+// seconds, so that string order is time order (the expiry index sorts on
+// it).
+func FormatTime(t time.Time) string { return t.UTC().Truncate(time.Second).Format(time.RFC3339) }
 
 // Admitted reports whether a device in state s may provision: its serial is
 // on the allowlist (allowed, or provisioned already).
@@ -96,6 +174,12 @@ type Store interface {
 	// is revoked.
 	MarkProvisioned(ctx context.Context, serial, certificateID, thingName string) (Device, error)
 
+	// RecordProvisioned is MarkProvisioned that also records the
+	// certificate's expiry (cert.NotAfter; zero removes a recorded one).
+	// A provisioned record with a known expiry is in the expiry index.
+	// A rotation in progress is left as it is.
+	RecordProvisioned(ctx context.Context, serial, thingName string, cert Certificate) (Device, error)
+
 	// MarkRevoked sets serial's state to revoked, provided its certificate
 	// id still equals expectedCertificateID (empty: the record has none).
 	// The guard makes a revocation fail with ErrConflict, rather than
@@ -109,6 +193,54 @@ type Store interface {
 	// Page.Next to continue. Records written during a scan may or may not
 	// appear.
 	Scan(ctx context.Context, cursor string, limit int) (Page, error)
+
+	// ExpiringBefore returns up to limit (DefaultPageSize when <= 0)
+	// provisioned devices whose certificate expires before t, soonest
+	// first, after cursor (empty: from the start); pass Page.Next to
+	// continue. It reads the expiry index, so its work is proportional to
+	// the devices it returns, not to the fleet. The index is eventually
+	// consistent: a write may take a moment to show.
+	ExpiringBefore(ctx context.Context, t time.Time, cursor string, limit int) (Page, error)
+
+	RotationStore
+}
+
+// RotationStore is the registry's record of certificate rotations. Every
+// method is a conditional write on the device record; the rotation Lambda
+// relies on them to ignore duplicates and replays.
+type RotationStore interface {
+	// RequestRotation starts a rotation with id rotationID for the
+	// provisioned device serial and returns the record. If a rotation is
+	// already in progress it is not replaced: when it was requested at
+	// least resendAfter ago its request time is refreshed and the record
+	// (with the existing RotationID, which the caller asks for again) is
+	// returned; otherwise RequestRotation fails with ErrRotationPending.
+	// A device that is not provisioned is ErrConflict; a missing one
+	// ErrNotFound.
+	RequestRotation(ctx context.Context, serial, rotationID string, resendAfter time.Duration) (Device, error)
+
+	// IssueRotation records cert as the certificate issued for rotation
+	// rotationID (state requested → issued). Recording the same
+	// certificate again returns the record unchanged; another rotation id,
+	// another certificate, a finished rotation or a device that is not
+	// provisioned is ErrConflict. cert.NotAfter is required.
+	IssueRotation(ctx context.Context, serial, rotationID string, cert Certificate) (Device, error)
+
+	// CompleteRotation makes the issued certificate certID of rotation
+	// rotationID the device's certificate: certificateId and certNotAfter
+	// take the new values, retiredCertificateId the old certificate id,
+	// lastRotationId/lastRotationStatus record the outcome and the
+	// rotation fields are removed. Repeating it after it succeeded returns
+	// the record unchanged (so the caller can finish retiring the old
+	// certificate); anything else that does not match is ErrConflict.
+	CompleteRotation(ctx context.Context, serial, rotationID, certID string) (Device, error)
+
+	// FailRotation ends rotation rotationID without changing the device's
+	// certificate: the certificate issued for it (if any) becomes
+	// retiredCertificateId, lastRotationStatus is failed and the rotation
+	// fields are removed. Repeating it returns the record unchanged; a
+	// rotation that is not in progress is ErrConflict.
+	FailRotation(ctx context.Context, serial, rotationID string) (Device, error)
 }
 
 // Scanner is the part of Store that ScanAll needs.

@@ -126,3 +126,33 @@ func TestScanAllStopsOnCallbackError(t *testing.T) {
 	require.ErrorIs(t, err, stop)
 	require.Equal(t, 1, calls)
 }
+
+// A provisioned record with a known expiry carries the expiry index's keys;
+// a revoked one loses the index partition (the index is sparse).
+func TestDynamoDBExpiryLayout(t *testing.T) {
+	client := testenv.DynamoDBClient(testenv.StartDynalite(t))
+	testenv.CreateRegistryTable(t, client, "registry")
+	s, err := registry.NewDynamoDB(client, "registry")
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, s.PutAllowed(ctx, "a1"))
+	notAfter := time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC)
+	_, err = s.RecordProvisioned(ctx, "a1", "dev-a1", registry.Certificate{ID: "c1", NotAfter: notAfter})
+	require.NoError(t, err)
+	get := func() map[string]types.AttributeValue {
+		out, err := client.GetItem(ctx, &dynamodb.GetItemInput{
+			TableName: aws.String("registry"),
+			Key:       map[string]types.AttributeValue{"serial": &types.AttributeValueMemberS{Value: "a1"}},
+		})
+		require.NoError(t, err)
+		return out.Item
+	}
+	item := get()
+	require.Equal(t, &types.AttributeValueMemberS{Value: "2026-05-06T07:08:09Z"}, item["certNotAfter"])
+	require.Equal(t, &types.AttributeValueMemberS{Value: "provisioned"}, item["expiryPartition"])
+	require.NoError(t, s.MarkRevoked(ctx, "a1", "c1"))
+	item = get()
+	require.NotContains(t, item, "expiryPartition")
+	require.Contains(t, item, "certNotAfter")
+}

@@ -178,8 +178,11 @@ func DynamoDBClient(endpoint string) *dynamodb.Client {
 }
 
 // CreateRegistryTable creates table with the device registry's key schema
-// (partition key registry.PartitionKey, type S; on-demand billing), as the
-// Pulumi program declares it, and waits until it is active.
+// (partition key registry.PartitionKey, type S; on-demand billing) and its
+// expiry index (registry.ExpiryIndex: partition key
+// registry.AttrExpiryPartition, sort key registry.AttrCertNotAfter, both S,
+// projection ALL), as the Pulumi program declares them, and waits until it
+// is active.
 func CreateRegistryTable(t testing.TB, client *dynamodb.Client, table string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -188,10 +191,20 @@ func CreateRegistryTable(t testing.TB, client *dynamodb.Client, table string) {
 		TableName: aws.String(table),
 		AttributeDefinitions: []types.AttributeDefinition{
 			{AttributeName: aws.String(registry.PartitionKey), AttributeType: types.ScalarAttributeTypeS},
+			{AttributeName: aws.String(registry.AttrExpiryPartition), AttributeType: types.ScalarAttributeTypeS},
+			{AttributeName: aws.String(registry.AttrCertNotAfter), AttributeType: types.ScalarAttributeTypeS},
 		},
 		KeySchema: []types.KeySchemaElement{
 			{AttributeName: aws.String(registry.PartitionKey), KeyType: types.KeyTypeHash},
 		},
+		GlobalSecondaryIndexes: []types.GlobalSecondaryIndex{{
+			IndexName: aws.String(registry.ExpiryIndex),
+			KeySchema: []types.KeySchemaElement{
+				{AttributeName: aws.String(registry.AttrExpiryPartition), KeyType: types.KeyTypeHash},
+				{AttributeName: aws.String(registry.AttrCertNotAfter), KeyType: types.KeyTypeRange},
+			},
+			Projection: &types.Projection{ProjectionType: types.ProjectionTypeAll},
+		}},
 		BillingMode: types.BillingModePayPerRequest,
 	})
 	if err != nil {

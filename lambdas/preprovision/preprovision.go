@@ -12,6 +12,8 @@ package preprovision
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,7 +27,7 @@ import (
 
 // Registry is the part of the device registry the hook uses.
 type Registry interface {
-	MarkProvisioned(ctx context.Context, serial, certificateID, thingName string) (registry.Device, error)
+	RecordProvisioned(ctx context.Context, serial, thingName string, cert registry.Certificate) (registry.Device, error)
 }
 
 // Limits on the request. AWS certificate ids are 64 hex digits.
@@ -108,7 +110,15 @@ const (
 // the log says why.
 func (h *Handler) Handle(ctx context.Context, req protocol.PreProvisioningHookRequest) (protocol.PreProvisioningHookResponse, error) {
 	start := time.Now()
-	serial, reason, err := h.decide(ctx, req)
+	// The certificate's expiry goes into the registry's expiry index (the
+	// rotation scan's query). A PEM that does not parse does not deny the
+	// device: its expiry is recorded as unknown and the log line says so.
+	var notAfter time.Time
+	leaf, perr := parseCertificatePEM(req.CertificatePEM)
+	if perr == nil {
+		notAfter = leaf.NotAfter
+	}
+	serial, reason, err := h.decide(ctx, req, notAfter)
 	allowed := reason == ReasonAdmitted
 	attrs := []slog.Attr{
 		slog.Bool("allowProvisioning", allowed),
@@ -118,6 +128,11 @@ func (h *Handler) Handle(ctx context.Context, req protocol.PreProvisioningHookRe
 		slog.String("clientId", safe(req.ClientID)),
 		slog.String("templateArn", safe(req.TemplateARN)),
 		slog.Duration("took", time.Since(start)),
+	}
+	if perr != nil {
+		attrs = append(attrs, slog.String("certNotAfter", "unknown: "+perr.Error()))
+	} else {
+		attrs = append(attrs, slog.String("certNotAfter", registry.FormatTime(notAfter)))
 	}
 	level := slog.LevelInfo
 	if err != nil {
@@ -136,7 +151,7 @@ func (h *Handler) Handle(ctx context.Context, req protocol.PreProvisioningHookRe
 
 // decide returns the serial (as far as it could be read), the reason of the
 // decision (ReasonAdmitted to allow) and the underlying error if any.
-func (h *Handler) decide(ctx context.Context, req protocol.PreProvisioningHookRequest) (string, string, error) {
+func (h *Handler) decide(ctx context.Context, req protocol.PreProvisioningHookRequest, notAfter time.Time) (string, string, error) {
 	if len(req.Parameters) > MaxParameters {
 		return "", ReasonTooManyParameters, fmt.Errorf("%d parameters, at most %d", len(req.Parameters), MaxParameters)
 	}
@@ -165,9 +180,10 @@ func (h *Handler) decide(ctx context.Context, req protocol.PreProvisioningHookRe
 	if h.thingPrefix != "" {
 		thing = h.thingPrefix + serial
 	}
+	cert := registry.Certificate{ID: req.CertificateID, NotAfter: notAfter}
 	cctx, cancel := context.WithTimeout(ctx, h.timeout)
 	defer cancel()
-	_, err := h.registry.MarkProvisioned(cctx, serial, req.CertificateID, thing)
+	_, err := h.registry.RecordProvisioned(cctx, serial, thing, cert)
 	switch {
 	case err == nil:
 		return serial, ReasonAdmitted, nil
@@ -191,6 +207,19 @@ func safe(s string) string {
 		s = fmt.Sprintf("%q", s)
 	}
 	return s
+}
+
+// parseCertificatePEM decodes the first certificate of a PEM bundle.
+func parseCertificatePEM(s string) (*x509.Certificate, error) {
+	block, _ := pem.Decode([]byte(s))
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("certificatePem: no CERTIFICATE PEM block")
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("certificatePem: %w", err)
+	}
+	return c, nil
 }
 
 // isCertificateID reports whether s looks like an AWS IoT certificate id:

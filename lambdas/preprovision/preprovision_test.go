@@ -289,7 +289,7 @@ func TestNeverLogsCertificatePEM(t *testing.T) {
 // endpoint that stopped responding.
 type blockingRegistry struct{ deadline chan time.Time }
 
-func (b blockingRegistry) MarkProvisioned(ctx context.Context, _, _, _ string) (registry.Device, error) {
+func (b blockingRegistry) RecordProvisioned(ctx context.Context, _, _ string, _ registry.Certificate) (registry.Device, error) {
 	d, _ := ctx.Deadline()
 	b.deadline <- d
 	<-ctx.Done()

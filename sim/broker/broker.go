@@ -219,7 +219,7 @@ func (b *Broker) Addr() string {
 // the same address. Registries are untouched; MQTT sessions are lost.
 func (b *Broker) Stop() {
 	b.mu.Lock()
-	srv, lst := b.srv, b.lst
+	srv := b.srv
 	b.srv, b.lst, b.running = nil, nil, false
 	b.mu.Unlock()
 	if srv == nil {
@@ -233,7 +233,6 @@ func (b *Broker) Stop() {
 	case <-time.After(5 * time.Second):
 		b.log.Warn("broker stop: clients still closing")
 	}
-	_ = lst
 }
 
 // Restart stops and starts the broker on the same address.

@@ -13,9 +13,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/iot-fleet/iot-fleet/internal/allowlist"
 	"github.com/iot-fleet/iot-fleet/internal/policy"
-	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/provtemplate"
+	devreg "github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/lambdas/preprovision"
 	"github.com/iot-fleet/iot-fleet/sim/broker"
 	"github.com/iot-fleet/iot-fleet/sim/ca"
 	"github.com/iot-fleet/iot-fleet/sim/faults"
@@ -39,11 +41,17 @@ type Options struct {
 	// Addr is the MQTT/TLS listen address; default 127.0.0.1:0.
 	Addr   string
 	Logger *slog.Logger
-	// PreProvisioningHook is called by RegisterThing. If nil and
-	// AllowedSerials is set, AllowlistHook(AllowedSerials) is used; if
-	// both are empty, there is no hook (every device is admitted).
+	// PreProvisioningHook overrides the pre-provisioning hook. By default
+	// RegisterThing calls the stack's real hook (lambdas/preprovision)
+	// backed by an in-memory device registry (internal/registry) holding
+	// AllowedSerials in state "allowed"; see DeviceRegistry.
 	PreProvisioningHook provisioning.Hook
-	AllowedSerials      []string
+	// AllowedSerials are the serials on the allowlist (none: every
+	// device is denied by the default hook).
+	AllowedSerials []string
+	// SerialPattern is the hook's serial pattern; default
+	// allowlist.DefaultSerialPattern.
+	SerialPattern string
 	// JobMinute is how long a Jobs "minute" lasts (step and in-progress
 	// timeouts); default time.Minute. Tests shorten it.
 	JobMinute time.Duration
@@ -86,15 +94,16 @@ type Credentials struct {
 
 // Core is a running local IoT Core.
 type Core struct {
-	opts   Options
-	names  Names
-	log    *slog.Logger
-	ca     *ca.CA
-	reg    *registry.Registry
-	faults *faults.Set
-	prov   *provisioning.Service
-	jobs   *jobs.Service
-	broker *broker.Broker
+	opts    Options
+	names   Names
+	log     *slog.Logger
+	ca      *ca.CA
+	reg     *registry.Registry
+	devices *devreg.Memory
+	faults  *faults.Set
+	prov    *provisioning.Service
+	jobs    *jobs.Service
+	broker  *broker.Broker
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -148,9 +157,28 @@ func Start(ctx context.Context, opts Options) (*Core, error) {
 	if err != nil {
 		return nil, fmt.Errorf("core: template: %w", err)
 	}
+	if opts.SerialPattern == "" {
+		opts.SerialPattern = allowlist.DefaultSerialPattern
+	}
+	pattern, err := allowlist.CompilePattern(opts.SerialPattern)
+	if err != nil {
+		return nil, fmt.Errorf("core: serial pattern: %w", err)
+	}
+	c.devices = devreg.NewMemory(devreg.WithClock(opts.Now))
+	for _, serial := range opts.AllowedSerials {
+		if err := c.devices.PutAllowed(ctx, serial); err != nil {
+			return nil, fmt.Errorf("core: allow serial %q: %w", serial, err)
+		}
+	}
+	realHook, err := preprovision.New(preprovision.Config{
+		Registry: c.devices, SerialPattern: pattern, ThingNamePrefix: names.ThingNamePrefix, Logger: opts.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("core: pre-provisioning hook: %w", err)
+	}
 	hook := opts.PreProvisioningHook
-	if hook == nil && len(opts.AllowedSerials) > 0 {
-		hook = AllowlistHook(opts.AllowedSerials)
+	if hook == nil {
+		hook = realHook.Handle
 	}
 	c.prov, err = provisioning.New(provisioning.Options{
 		CA: c.ca, Registry: c.reg, TemplateName: names.TemplateName,
@@ -257,6 +285,11 @@ func (c *Core) Jobs() *jobs.Service { return c.jobs }
 
 // Provisioning is the fleet provisioning service.
 func (c *Core) Provisioning() *provisioning.Service { return c.prov }
+
+// DeviceRegistry is the device registry (serial → state) the default
+// pre-provisioning hook reads and updates; tests add or revoke serials
+// on it as the allowlist sync Lambda would.
+func (c *Core) DeviceRegistry() *devreg.Memory { return c.devices }
 
 // Faults is the live fault configuration.
 func (c *Core) Faults() *faults.Set { return c.faults }
@@ -367,16 +400,3 @@ func (c *Core) Publish(topic string, payload []byte) { c.broker.Publish(topic, p
 // DialPipe opens an in-memory connection to the broker (TLS still
 // applies), for simulating more devices than file descriptors allow.
 func (c *Core) DialPipe(ctx context.Context) (net.Conn, error) { return c.broker.DialPipe(ctx) }
-
-// AllowlistHook is a stand-in pre-provisioning hook that admits exactly
-// the given serials (parameter SerialNumber). The stack's real hook lives
-// in lambdas/preprovision; callers can pass it as Options.PreProvisioningHook.
-func AllowlistHook(serials []string) provisioning.Hook {
-	allowed := make(map[string]bool, len(serials))
-	for _, s := range serials {
-		allowed[s] = true
-	}
-	return func(_ context.Context, req protocol.PreProvisioningHookRequest) (protocol.PreProvisioningHookResponse, error) {
-		return protocol.PreProvisioningHookResponse{AllowProvisioning: allowed[req.Parameters[protocol.ParamSerialNumber]]}, nil
-	}
-}

@@ -50,6 +50,11 @@ func TestProvisioningByClaimEndToEnd(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, registry.CertActive, cert.Status)
 	assert.Equal(t, []string{"iot-fleet-dev-device"}, cert.Policies)
+	// The real pre-provisioning hook recorded the admission.
+	rec, err := c.DeviceRegistry().Get(context.Background(), allowedSerial)
+	require.NoError(t, err)
+	assert.Equal(t, creds.CertificateID, rec.CertificateID)
+	assert.EqualValues(t, "provisioned", rec.State)
 
 	// The new identity connects as its thing and uses its own topics.
 	dev := mustConnect(t, c, creds, resp.ThingName)

@@ -36,16 +36,8 @@ var (
 	detailsKeyRE = regexp.MustCompile(`^[a-zA-Z0-9:_-]{1,128}$`)
 )
 
-// ErrorResponse is the rejected payload of the Jobs MQTT API. Note that
-// AWS IoT Jobs names its fields code and message (fleet provisioning uses
-// errorCode and errorMessage).
-type ErrorResponse struct {
-	Code           string                      `json:"code"`
-	Message        string                      `json:"message"`
-	ClientToken    string                      `json:"clientToken,omitempty"`
-	Timestamp      int64                       `json:"timestamp"`
-	ExecutionState *protocol.JobExecutionState `json:"executionState,omitempty"`
-}
+// ErrorResponse is the rejected payload of the Jobs MQTT API.
+type ErrorResponse = protocol.JobsErrorResponse
 
 // ExecutionSummary is a JobExecutionSummary of the Jobs MQTT API.
 type ExecutionSummary struct {

@@ -19,6 +19,8 @@ import (
 	"github.com/iot-fleet/iot-fleet/device/agent"
 	"github.com/iot-fleet/iot-fleet/device/config"
 	"github.com/iot-fleet/iot-fleet/device/jobs"
+	"github.com/iot-fleet/iot-fleet/device/rotation"
+	"github.com/iot-fleet/iot-fleet/device/ssm"
 )
 
 // version is set at build time: -ldflags "-X main.version=v1.2.3".
@@ -35,8 +37,12 @@ func main() {
 // with the runtime; check-job gets it with rt == nil (validation only), so
 // both accept the same documents. Operations (OTA's mender_install) are
 // registered here.
-func operations(*agent.Runtime) (*jobs.Registry, error) {
-	return jobs.NewRegistry(), nil
+func operations(rt *agent.Runtime) (*jobs.Registry, error) {
+	reg := jobs.NewRegistry()
+	if err := registerOTA(reg, rt); err != nil {
+		return nil, err
+	}
+	return reg, nil
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -96,6 +102,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if cfg.Jobs.Enabled {
 		features = append(features, agent.JobsFeature(operations))
 	}
+	if cfg.SSM.Enabled {
+		features = append(features, ssm.Feature())
+	}
+	// Certificate rotation (docs/rotation.md) is always on: a device must
+	// be able to replace its certificate before it expires.
+	features = append(features, rotation.Feature(rotation.Config{}))
 	a, err := agent.New(agent.Options{Config: cfg, Version: version, Logger: logger, Features: features})
 	if err != nil {
 		fmt.Fprintf(stderr, "fleet-agent: %v\n", err)

@@ -599,3 +599,41 @@ func topicMatch(filter, topic string) bool {
 
 // Pool returns the CA pool (for test clients).
 func (b *Broker) Pool() *x509.CertPool { return b.PKI.Pool() }
+
+// SetCert records certificate id with status and thing, as a cloud control
+// plane would after CreateCertificateFromCsr, UpdateCertificate or
+// (Attach|Detach)ThingPrincipal (used by the rotation tests).
+func (b *Broker) SetCert(id, status, thing string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.certs[id] = &Cert{ID: id, Status: status, Thing: thing}
+	if thing != "" {
+		if _, ok := b.things[thing]; !ok {
+			b.things[thing] = ""
+		}
+	}
+}
+
+// DeleteCert forgets certificate id (DeleteCertificate).
+func (b *Broker) DeleteCert(id string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.certs, id)
+}
+
+// PrincipalOf returns the certificate id of clientID's current connection
+// ("" if it is not connected), like AWS IoT's principal() rule function.
+func (b *Broker) PrincipalOf(clientID string) string {
+	b.mu.Lock()
+	srv := b.srv
+	b.mu.Unlock()
+	if srv == nil {
+		return ""
+	}
+	cl, ok := srv.Clients.Get(clientID)
+	if !ok {
+		return ""
+	}
+	_, id := b.principal(cl)
+	return id
+}

@@ -289,6 +289,9 @@ func Run(t *testing.T, newStore NewStore) {
 		require.Equal(t, 1, n)
 	})
 
+	runExpiry(t, setup)
+	runRotation(t, setup)
+
 	t.Run("CanceledContext", func(t *testing.T) {
 		s, _, ctx := setup(t)
 		require.NoError(t, s.PutAllowed(ctx, "a1"))
@@ -310,4 +313,5 @@ func assertDevice(t *testing.T, want, got registry.Device) {
 	assert.Equal(t, want.CertificateID, got.CertificateID, "certificate id")
 	assert.True(t, want.CreatedAt.Equal(got.CreatedAt), "createdAt: want %v, got %v", want.CreatedAt, got.CreatedAt)
 	assert.True(t, want.UpdatedAt.Equal(got.UpdatedAt), "updatedAt: want %v, got %v", want.UpdatedAt, got.UpdatedAt)
+	assert.True(t, want.CertNotAfter.Equal(got.CertNotAfter), "certNotAfter: want %v, got %v", want.CertNotAfter, got.CertNotAfter)
 }

@@ -87,8 +87,9 @@ func run(args []string, stderr io.Writer) error {
 	defer stop()
 	c, err := core.Start(ctx, core.Options{
 		Env: *env, Addr: *listen, Logger: log, JobMinute: *jobMinute,
-		// Stand-in for lambdas/preprovision: admit exactly the allowlist.
-		PreProvisioningHook: core.AllowlistHook(serials),
+		// The stack's pre-provisioning hook (lambdas/preprovision) over an
+		// in-memory device registry seeded from the allowlist.
+		AllowedSerials: serials, SerialPattern: *pattern,
 	})
 	if err != nil {
 		return err

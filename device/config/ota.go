@@ -1,0 +1,195 @@
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/iot-fleet/iot-fleet/device/ota"
+)
+
+// OTA configures full-system updates with the mender client, run as the
+// jobs engine's mender_install operation (docs/ota.md). It needs
+// jobs.enabled.
+type OTA struct {
+	// Enabled registers the mender_install job operation; without it such
+	// jobs are rejected as an unknown operation.
+	Enabled bool `json:"enabled"`
+	// MenderFlavor forces the mender client dialect (mender4, mender3,
+	// legacy); empty detects it when a job runs.
+	MenderFlavor string `json:"menderFlavor"`
+	// MenderUpdatePath is mender client 4's mender-update.
+	MenderUpdatePath string `json:"menderUpdatePath"`
+	// MenderPath is mender client 1.x-3.x's mender.
+	MenderPath string `json:"menderPath"`
+	// MaxAttempts bounds install attempts (download failures, reboots
+	// mid-install).
+	MaxAttempts int `json:"maxAttempts"`
+	// RetryDelay is the pause between install attempts.
+	RetryDelay Duration `json:"retryDelay"`
+	// InstallTimeout bounds one mender install.
+	InstallTimeout Duration `json:"installTimeout"`
+	// CommandTimeout bounds commit, rollback, the pre-reboot hook and the
+	// reboot command.
+	CommandTimeout Duration `json:"commandTimeout"`
+	// AllowHTTP accepts http:// artifact URLs (local demos only).
+	AllowHTTP bool `json:"allowHTTP"`
+	// ProgressInterval is the minimum gap between two progress messages
+	// inside one 10% band.
+	ProgressInterval Duration `json:"progressInterval"`
+	// ReferenceProgress also publishes on mender/<thing>/job/<jobId>/progress.
+	ReferenceProgress bool `json:"referenceProgress"`
+	// PreRebootCommand runs before every reboot (empty: none).
+	PreRebootCommand []string `json:"preRebootCommand"`
+	// RebootCommand reboots the device.
+	RebootCommand []string `json:"rebootCommand"`
+	// RebootWait is how long the agent waits to be stopped by the shutdown
+	// after the reboot command before it asks again.
+	RebootWait Duration `json:"rebootWait"`
+	// MaxReboots bounds reboot requests that did not reboot.
+	MaxReboots int `json:"maxReboots"`
+	// NoRollbackReboot skips the reboot into the old partition after a
+	// health-check rollback.
+	NoRollbackReboot bool `json:"noRollbackReboot"`
+	// ConnectivityTimeout bounds the wait for the connection to AWS IoT
+	// Core, the first health check after a reboot.
+	ConnectivityTimeout Duration `json:"connectivityTimeout"`
+	// HealthChecks are commands that must exit 0 before a commit.
+	HealthChecks []HealthCheck `json:"healthChecks"`
+	// BootIDFile is where the kernel boot id is read (a test and
+	// diagnostic knob: tests point it at a file they change to simulate a
+	// reboot).
+	BootIDFile string `json:"bootIdFile"`
+}
+
+// HealthCheck is a command that must exit 0 within Timeout before an
+// update is committed.
+type HealthCheck struct {
+	Name    string   `json:"name"`
+	Command []string `json:"command"`
+	// Timeout is the time limit (0: 1m).
+	Timeout Duration `json:"timeout"`
+}
+
+// DefaultBootIDFile is the kernel's boot id.
+const DefaultBootIDFile = "/proc/sys/kernel/random/boot_id"
+
+// DefaultOTA is the default "ota" section.
+func DefaultOTA() OTA {
+	return OTA{
+		Enabled:             true,
+		MenderUpdatePath:    ota.DefaultMenderUpdatePath,
+		MenderPath:          ota.DefaultMenderPath,
+		MaxAttempts:         ota.DefaultMaxAttempts,
+		RetryDelay:          Duration(ota.DefaultRetryDelay),
+		InstallTimeout:      Duration(ota.DefaultInstallTimeout),
+		CommandTimeout:      Duration(ota.DefaultCommandTimeout),
+		ProgressInterval:    Duration(ota.DefaultProgressInterval),
+		PreRebootCommand:    []string{},
+		RebootCommand:       ota.DefaultRebootCommand(),
+		RebootWait:          Duration(ota.DefaultRebootWait),
+		MaxReboots:          ota.DefaultMaxReboots,
+		ConnectivityTimeout: Duration(ota.DefaultConnectivityTimeout),
+		HealthChecks:        []HealthCheck{},
+		BootIDFile:          DefaultBootIDFile,
+	}
+}
+
+// otaDurationFields are the "ota" durations findBadDuration checks.
+var otaDurationFields = []string{
+	"ota.retryDelay", "ota.installTimeout", "ota.commandTimeout", "ota.progressInterval",
+	"ota.rebootWait", "ota.connectivityTimeout",
+}
+
+// findBadHealthCheckTimeout names the ota.healthChecks[i].timeout that is
+// not a valid duration, or returns "".
+func findBadHealthCheckTimeout(data []byte) string {
+	var top, section map[string]json.RawMessage
+	var checks []map[string]json.RawMessage
+	if json.Unmarshal(data, &top) != nil || json.Unmarshal(top["ota"], &section) != nil ||
+		json.Unmarshal(section["healthChecks"], &checks) != nil {
+		return ""
+	}
+	for i, hc := range checks {
+		if v, ok := hc["timeout"]; ok {
+			var d Duration
+			if d.UnmarshalJSON(v) != nil {
+				return "ota.healthChecks[" + strconv.Itoa(i) + "].timeout"
+			}
+		}
+	}
+	return ""
+}
+
+// validate checks the "ota" section.
+func (o OTA) validate() error {
+	fe := func(field, format string, args ...any) error {
+		return &FieldError{Field: "ota." + field, Problem: fmt.Sprintf(format, args...)}
+	}
+	switch ota.Flavor(o.MenderFlavor) {
+	case ota.FlavorAuto, ota.FlavorMender4, ota.FlavorMender3, ota.FlavorLegacy:
+	default:
+		return fe("menderFlavor", "must be empty (detect), %q, %q or %q, got %q", ota.FlavorMender4, ota.FlavorMender3, ota.FlavorLegacy, o.MenderFlavor)
+	}
+	for _, p := range []struct{ name, v string }{
+		{"menderUpdatePath", o.MenderUpdatePath}, {"menderPath", o.MenderPath}, {"bootIdFile", o.BootIDFile},
+	} {
+		if p.v == "" {
+			return fe(p.name, "is required")
+		}
+		if !filepath.IsAbs(p.v) {
+			return fe(p.name, "must be an absolute path, got %q", p.v)
+		}
+	}
+	if o.MaxAttempts < 1 || o.MaxAttempts > 100 {
+		return fe("maxAttempts", "must be between 1 and 100, got %d", o.MaxAttempts)
+	}
+	if o.MaxReboots < 1 || o.MaxReboots > 100 {
+		return fe("maxReboots", "must be between 1 and 100, got %d", o.MaxReboots)
+	}
+	for _, d := range []struct {
+		name string
+		v    Duration
+		min  time.Duration
+	}{
+		{"retryDelay", o.RetryDelay, time.Millisecond},
+		{"installTimeout", o.InstallTimeout, time.Second},
+		{"commandTimeout", o.CommandTimeout, 100 * time.Millisecond},
+		{"progressInterval", o.ProgressInterval, time.Millisecond},
+		{"rebootWait", o.RebootWait, time.Millisecond},
+		{"connectivityTimeout", o.ConnectivityTimeout, 10 * time.Millisecond},
+	} {
+		if d.v.D() < d.min {
+			return fe(d.name, "must be at least %v, got %v", d.min, d.v.D())
+		}
+	}
+	if len(o.PreRebootCommand) > 0 && o.PreRebootCommand[0] == "" {
+		return fe("preRebootCommand[0]", "is empty (the program to run; use [] for no hook)")
+	}
+	if len(o.RebootCommand) == 0 {
+		return fe("rebootCommand", "is required (e.g. [\"systemctl\", \"reboot\"])")
+	}
+	if o.RebootCommand[0] == "" {
+		return fe("rebootCommand[0]", "is empty (the program to run)")
+	}
+	names := map[string]int{}
+	for i, hc := range o.HealthChecks {
+		field := "healthChecks[" + strconv.Itoa(i) + "]"
+		if hc.Name == "" {
+			return fe(field+".name", "is required (it names the check in the job's failure reason)")
+		}
+		if j, dup := names[hc.Name]; dup {
+			return fe(field+".name", "%q is already the name of healthChecks[%d]", hc.Name, j)
+		}
+		names[hc.Name] = i
+		if len(hc.Command) == 0 || hc.Command[0] == "" {
+			return fe(field+".command", "must name a program to run, e.g. [\"systemctl\", \"is-active\", \"app.service\"]")
+		}
+		if hc.Timeout != 0 && hc.Timeout.D() < 10*time.Millisecond {
+			return fe(field+".timeout", "must be at least 10ms (or omitted for 1m), got %v", hc.Timeout.D())
+		}
+	}
+	return nil
+}

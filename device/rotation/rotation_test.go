@@ -1,0 +1,244 @@
+package rotation_test
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	iottypes "github.com/aws/aws-sdk-go-v2/service/iot/types"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/device/rotation"
+	"github.com/iot-fleet/iot-fleet/device/store"
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/lambdas/certrotate"
+)
+
+// provisioned starts a device, lets it provision and registers it in the
+// cloud. It returns the device's provisioned identity.
+func provisioned(t *testing.T, c *cloud, rc rotation.Config) (*device, *running, store.Identity) {
+	t.Helper()
+	d := newDevice(t, c)
+	r := d.start(rc, true)
+	id := d.identity()
+	c.register(id, d.store())
+	c.connectedWith(id.CertificateID)
+	return d, r, id
+}
+
+func fileMode(t *testing.T, path string) os.FileMode {
+	t.Helper()
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	return fi.Mode().Perm()
+}
+
+func TestRotationCompletes(t *testing.T) {
+	c := newCloud(t)
+	d, _, old := provisioned(t, c, rotation.Config{})
+	st := d.store()
+
+	id := c.request()
+	rec := c.waitFinished(id)
+	require.Equal(t, registry.RotationCompleted, rec.LastRotationStatus)
+	dst := d.waitIdle(id)
+	require.Equal(t, protocol.RotateConfirmed, dst.LastStatus)
+
+	// The device uses the new pair, generated on the device and kept 0600.
+	now := d.identity()
+	require.NotEqual(t, old.CertificateID, now.CertificateID)
+	require.Equal(t, rec.CertificateID, now.CertificateID)
+	require.Equal(t, os.FileMode(0o600), fileMode(t, st.Path(now.KeyFile)))
+	_, err := st.TLSCertificate(now)
+	require.NoError(t, err)
+	c.connectedWith(now.CertificateID)
+
+	// The old pair is gone from the device and from the cloud.
+	_, err = os.Stat(st.Path(old.KeyFile))
+	require.ErrorIs(t, err, os.ErrNotExist)
+	_, ok := c.iot.Cert(old.CertificateID)
+	require.False(t, ok)
+	require.Equal(t, []string{now.CertificateID}, c.iot.Principals(thing))
+	require.Contains(t, c.iot.Calls(), "UpdateCertificate "+old.CertificateID+" INACTIVE")
+
+	// The confirmation came over the new certificate.
+	require.Contains(t, c.outcomes(), "confirm:completed")
+
+	// A replayed CSR (same message again) creates nothing.
+	var csr certrotateEvent
+	for i, ev := range c.events {
+		if ev.Kind == "csr" {
+			csr = certrotateEvent{ev: c.events[i]}
+		}
+	}
+	res, err := c.rot.Handle(c.ctx, csr.ev)
+	require.NoError(t, err)
+	require.Equal(t, "ignored", res.Outcome)
+	require.Len(t, c.iot.Certs(), 1)
+	require.Equal(t, 1, c.iot.CallCount("CreateCertificateFromCsr"))
+
+	// A second rotation works from the rotated identity.
+	id2 := c.request()
+	require.NotEqual(t, id, id2)
+	require.Equal(t, registry.RotationCompleted, c.waitFinished(id2).LastRotationStatus)
+	d.waitIdle(id2)
+	require.NotEqual(t, now.CertificateID, d.identity().CertificateID)
+	require.Len(t, c.iot.Certs(), 1)
+}
+
+// The new certificate is refused at connect: the device falls back to the
+// old pair, reports the failure, and the cloud keeps the old certificate
+// and deletes the new one.
+func TestRefusedCertificateFallsBack(t *testing.T) {
+	c := newCloud(t)
+	d, _, old := provisioned(t, c, rotation.Config{SwitchTimeout: 2 * time.Second})
+	c.refuseNew.Store(true)
+
+	id := c.request()
+	rec := c.waitFinished(id)
+	require.Equal(t, registry.RotationFailed, rec.LastRotationStatus)
+	require.Equal(t, old.CertificateID, rec.CertificateID)
+	dst := d.waitIdle(id)
+	require.Equal(t, protocol.RotateFailed, dst.LastStatus)
+	require.Contains(t, dst.LastReason, "no connection with the new certificate")
+
+	require.Equal(t, old, d.identity())
+	c.connectedWith(old.CertificateID)
+	oc, ok := c.iot.Cert(old.CertificateID)
+	require.True(t, ok)
+	require.Equal(t, iottypes.CertificateStatusActive, oc.Status)
+	require.Equal(t, []string{old.CertificateID}, c.iot.Principals(thing))
+	require.Len(t, c.iot.Certs(), 1, "the refused certificate is deleted")
+	// The device did try the new certificate and was refused.
+	refused := false
+	for _, rec := range c.b.Connects() {
+		if rec.ClientID == thing && !rec.Accepted && rec.CertID != old.CertificateID {
+			refused = true
+		}
+	}
+	require.True(t, refused)
+	// The rotation's key and certificate files are removed.
+	_, err := os.Stat(d.store().Path("certs/rotation-" + id + ".key"))
+	require.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// No certificate arrives: the device gives up after CertTimeout without
+// ever switching, and the cloud deletes the certificate it had issued.
+func TestNoCertificateFallsBack(t *testing.T) {
+	c := newCloud(t)
+	d, _, old := provisioned(t, c, rotation.Config{CertTimeout: 2 * time.Second})
+	c.dropCerts.Store(true)
+	id := c.request()
+	require.Equal(t, registry.RotationFailed, c.waitFinished(id).LastRotationStatus)
+	require.Contains(t, d.waitIdle(id).LastReason, "no certificate within")
+	require.Equal(t, old, d.identity())
+	require.Len(t, c.iot.Certs(), 1)
+	for _, rec := range c.b.Connects() {
+		if rec.ClientID == thing {
+			require.Equal(t, old.CertificateID, rec.CertID, "never tried another certificate")
+		}
+	}
+}
+
+// A repeated request for a finished rotation makes the device report the
+// outcome again (the cloud may have missed it); nothing else changes.
+func TestRepeatedRequestReportsOutcome(t *testing.T) {
+	c := newCloud(t)
+	d, _, _ := provisioned(t, c, rotation.Config{})
+	id := c.request()
+	c.waitFinished(id)
+	d.waitIdle(id)
+	now := d.identity()
+	n := len(c.outcomes())
+	msg := []byte(`{"rotationId":"` + id + `","ts":1}`)
+	require.NoError(t, c.b.Publish(protocol.CommandTopic(thing, protocol.KindRotateRequest), msg))
+	require.Eventually(t, func() bool { return len(c.outcomes()) > n }, 30*time.Second, 20*time.Millisecond)
+	require.Equal(t, "confirm:replay", c.outcomes()[n])
+	require.Equal(t, now, d.identity())
+	require.Len(t, c.iot.Certs(), 1)
+}
+
+// certrotateEvent wraps a recorded rule event.
+type certrotateEvent struct{ ev certrotate.Event }
+
+// kill point: a step and whether the new certificate has connected.
+type killPoint struct {
+	step         rotation.Step
+	newConnected bool
+	refuse       bool // the new certificate is refused (fallback path)
+}
+
+// Crash at every persisted step: the agent is stopped right after the
+// step's state write (nothing of the following steps runs) and a new
+// agent starts on the same state directory. The rotation then completes
+// (or falls back) and the device always ends with a working certificate
+// that the cloud accepts.
+func TestCrashAtEveryStep(t *testing.T) {
+	points := []killPoint{
+		{step: rotation.StepCSR},
+		{step: rotation.StepCert},
+		{step: rotation.StepSwitched},
+		{step: rotation.StepSwitched, newConnected: true},
+		{step: rotation.StepIdle},
+		{step: rotation.StepCSR, refuse: true},
+		{step: rotation.StepSwitched, refuse: true},
+		{step: rotation.StepFallback, refuse: true},
+		{step: rotation.StepIdle, refuse: true},
+	}
+	for _, kp := range points {
+		name := string(kp.step)
+		if name == "" {
+			name = "idle"
+		}
+		if kp.newConnected {
+			name += "-connected"
+		}
+		if kp.refuse {
+			name += "-refused"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			c := newCloud(t)
+			killed := make(chan struct{})
+			fired := false
+			rc := rotation.Config{SwitchTimeout: 3 * time.Second, CertTimeout: 20 * time.Second,
+				AfterPersist: func(ctx context.Context, st rotation.State) {
+					if fired || st.Step != kp.step || st.NewConnected != kp.newConnected || (kp.step == rotation.StepIdle && st.LastID == "") {
+						return
+					}
+					fired = true
+					close(killed)
+					<-ctx.Done() // frozen until the "process" dies
+				}}
+			d, r, old := provisioned(t, c, rc)
+			c.refuseNew.Store(kp.refuse)
+			id := c.request()
+			select {
+			case <-killed:
+			case <-time.After(60 * time.Second):
+				t.Fatalf("never reached step %q", kp.step)
+			}
+			r.stop()
+			d.start(rotation.Config{SwitchTimeout: 3 * time.Second, CertTimeout: 20 * time.Second}, false)
+
+			rec := c.waitFinished(id)
+			dst := d.waitIdle(id)
+			now := d.identity()
+			if kp.refuse {
+				require.Equal(t, registry.RotationFailed, rec.LastRotationStatus)
+				require.Equal(t, protocol.RotateFailed, dst.LastStatus)
+				require.Equal(t, old, now)
+			} else {
+				require.Equal(t, registry.RotationCompleted, rec.LastRotationStatus)
+				require.Equal(t, protocol.RotateConfirmed, dst.LastStatus)
+				require.NotEqual(t, old.CertificateID, now.CertificateID)
+			}
+			require.Equal(t, rec.CertificateID, now.CertificateID)
+			c.connectedWith(now.CertificateID)
+			require.Equal(t, []string{now.CertificateID}, c.iot.Principals(thing))
+			require.Len(t, c.iot.Certs(), 1)
+		})
+	}
+}

@@ -1,0 +1,124 @@
+package ssm_test
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/device/agent"
+	"github.com/iot-fleet/iot-fleet/device/config"
+	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
+	"github.com/iot-fleet/iot-fleet/device/ssm"
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+)
+
+// TestAgentFeatureOverMQTT runs the whole agent (provisioning by claim,
+// mutual TLS, outbox) with the SSM feature against the test broker: the
+// cloud's commands arrive on cmd/fleet/<thing>/ssm, the fake agent
+// processes run, and the status comes back on dt/fleet/<thing>/ssm/status.
+func TestAgentFeatureOverMQTT(t *testing.T) {
+	const serial = "00000000000000d1" // the thing is dev-<serial>
+	b := testbroker.Start(t, testbroker.Options{})
+	host := newFakeHost(t, false)
+	dir := t.TempDir()
+	serialFile := filepath.Join(dir, "serial-number")
+	require.NoError(t, os.WriteFile(serialFile, []byte(serial), 0o444))
+	h, port, err := net.SplitHostPort(b.Addr)
+	require.NoError(t, err)
+	cfg, err := config.Parse([]byte(`{
+		"endpoint": "` + h + `", "port": ` + port + `, "rootCAFile": "` + b.CAFile + `",
+		"stateDir": "` + filepath.Join(dir, "state") + `", "logLevel": "debug",
+		"provisioning": {"claimCertFile": "` + b.Claim.CertFile + `", "claimKeyFile": "` + b.Claim.KeyFile + `",
+			"templateName": "` + b.TemplateName() + `", "serialFiles": ["` + serialFile + `"],
+			"responseTimeout": "5s", "retryMin": "5ms", "retryMax": "50ms", "deniedBackoff": "1s"},
+		"mqtt": {"reconnectMin": "10ms", "reconnectMax": "100ms", "connectTimeout": "5s"},
+		"jobs": {"enabled": false}
+	}`))
+	require.NoError(t, err)
+	cfg.SSM = host.cfg
+	require.NoError(t, cfg.Validate())
+
+	logs := &syncBuffer{}
+	a, err := agent.New(agent.Options{
+		Config: cfg, Version: "test", Features: []agent.FeatureFactory{ssm.Feature()},
+		Logger:           slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Notify:           func(string) error { return nil },
+		WatchdogInterval: func() (time.Duration, error) { return 0, nil },
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Error("agent did not stop")
+		}
+	})
+	select {
+	case <-a.Ready():
+	case err := <-done:
+		t.Fatalf("agent stopped: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent not ready")
+	}
+	require.Equal(t, thing, a.Runtime().Identity.ThingName)
+
+	status := b.Watch(t, protocol.DataTopic(thing, protocol.KindSSMStatus))
+	var published []string
+	nextStatus := func() protocol.SSMStatus {
+		t.Helper()
+		select {
+		case m := <-status:
+			published = append(published, string(m.Payload))
+			var s protocol.SSMStatus
+			require.NoError(t, json.Unmarshal(m.Payload, &s))
+			return s
+		case <-time.After(20 * time.Second):
+			t.Fatal("no ssm status")
+			return protocol.SSMStatus{}
+		}
+	}
+	send := func(c protocol.SSMCommand) {
+		t.Helper()
+		payload, err := json.Marshal(c)
+		require.NoError(t, err)
+		require.NoError(t, b.Publish(protocol.CommandTopic(thing, protocol.KindSSM), payload))
+	}
+
+	send(activate("req-1"))
+	assert.Equal(t, protocol.SSMStateInstalling, nextStatus().State)
+	s := nextStatus()
+	assert.Equal(t, protocol.SSMStateRegistered, s.State, s.Reason)
+	assert.Equal(t, instanceID, s.ManagedInstanceID)
+	assert.Equal(t, "req-1", s.RequestID)
+
+	send(activate("req-1")) // QoS 1 redelivery
+	s = nextStatus()
+	assert.Equal(t, protocol.SSMStateRegistered, s.State)
+	send(deactivate("req-2"))
+	s = nextStatus()
+	assert.Equal(t, protocol.SSMStateDeactivated, s.State, s.Reason)
+	assert.Equal(t, "req-2", s.RequestID)
+
+	assert.Equal(t, []string{
+		"install amazon-ssm-agent",
+		"systemctl disable --now amazon-ssm-agent",
+		"amazon-ssm-agent -register -code " + code + " -id " + activationID + " -region eu-central-1 -y",
+		"systemctl enable --now amazon-ssm-agent",
+		"systemctl disable --now amazon-ssm-agent",
+		"amazon-ssm-agent -register -clear",
+		"uninstall amazon-ssm-agent",
+	}, host.argv(t))
+	assertCodeNowhere(t, logs.String(), published, cfg.StateDir)
+}

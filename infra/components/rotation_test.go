@@ -1,0 +1,185 @@
+package components
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"testing"
+
+	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/infra/lambdabuild"
+	"github.com/iot-fleet/iot-fleet/lambdas/certrotate"
+)
+
+// recorder is a mock provider that keeps every resource's inputs and gives
+// ARNs of the resource's name.
+type recorder struct {
+	mu  sync.Mutex
+	res []pulumi.MockResourceArgs
+}
+
+func (r *recorder) NewResource(args pulumi.MockResourceArgs) (string, resource.PropertyMap, error) {
+	r.mu.Lock()
+	r.res = append(r.res, args)
+	r.mu.Unlock()
+	out := args.Inputs.Copy()
+	out["arn"] = resource.NewStringProperty("arn:aws:mock:::" + args.Name)
+	if _, ok := out["name"]; !ok {
+		out["name"] = resource.NewStringProperty(args.Name)
+	}
+	return args.Name + "-id", out, nil
+}
+
+func (r *recorder) Call(pulumi.MockCallArgs) (resource.PropertyMap, error) {
+	return resource.PropertyMap{}, nil
+}
+
+func (r *recorder) find(t *testing.T, typ, name string) resource.PropertyMap {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, a := range r.res {
+		if a.TypeToken == typ && a.Name == name {
+			return a.Inputs
+		}
+	}
+	t.Fatalf("no %s %s", typ, name)
+	return nil
+}
+
+func str(m resource.PropertyMap, path ...string) string {
+	v := resource.NewObjectProperty(m)
+	for _, k := range path {
+		if !v.IsObject() {
+			return ""
+		}
+		v = v.ObjectValue()[resource.PropertyKey(k)]
+	}
+	if v.IsString() {
+		return v.StringValue()
+	}
+	return ""
+}
+
+type grant struct {
+	Sid      string   `json:"Sid"`
+	Action   []string `json:"Action"`
+	Resource []string `json:"Resource"`
+}
+
+func grants(t *testing.T, doc string) map[string][]string {
+	t.Helper()
+	var d struct{ Statement []grant }
+	require.NoError(t, json.Unmarshal([]byte(doc), &d))
+	out := map[string][]string{}
+	for _, s := range d.Statement {
+		for _, a := range s.Action {
+			out[a] = append(out[a], s.Resource...)
+		}
+	}
+	for _, v := range out {
+		sort.Strings(v)
+	}
+	return out
+}
+
+func TestRotation(t *testing.T) {
+	t.Parallel()
+	zip := filepath.Join(t.TempDir(), "x.zip")
+	require.NoError(t, os.WriteFile(zip, []byte("zip"), 0o644))
+	art := lambdabuild.Artifact{ZipPath: zip, SHA256: "c2hh"}
+	rec := &recorder{}
+	err := pulumi.RunErr(func(ctx *pulumi.Context) error {
+		_, err := NewRotation(ctx, "rotation", RotationArgs{
+			Prefix: "iot-fleet-dev", ThingNamePrefix: "dev-", Partition: "aws", Region: "eu-central-1", AccountID: "123456789012",
+			DataEndpoint: "abc-ats.iot.eu-central-1.amazonaws.com", CertRotate: art, CertScan: art,
+			RegistryName:     pulumi.String("iot-fleet-dev-registry"),
+			RegistryArn:      pulumi.String("arn:aws:dynamodb:eu-central-1:123456789012:table/iot-fleet-dev-registry").ToStringOutput(),
+			DevicePolicyName: "iot-fleet-dev-device", DevicePolicyArn: pulumi.String("arn:aws:iot:eu-central-1:123456789012:policy/iot-fleet-dev-device"),
+			ThingGroupArn:    pulumi.String("arn:aws:iot:eu-central-1:123456789012:thinggroup/iot-fleet-dev"),
+			ExpiryWindowDays: 30, RuleRoleArn: pulumi.String("arn:aws:iam::123456789012:role/rules"),
+			ErrorLogGroupName: pulumi.String("/aws/iot/iot-fleet-dev/rule-errors"), LogRetentionDays: 30,
+		})
+		return err
+	}, pulumi.WithMocks("iot-fleet", "dev", rec))
+	require.NoError(t, err)
+
+	rot := rec.find(t, "aws:lambda/function:Function", LambdaCertRotate)
+	assert.Equal(t, "iot-fleet-dev-certrotate", str(rot, "name"))
+	assert.Equal(t, "iot-fleet-dev-device", str(rot, "environment", "variables", "DEVICE_POLICY"))
+	assert.Equal(t, "dev-", str(rot, "environment", "variables", "THING_NAME_PREFIX"))
+	assert.Equal(t, "iot-fleet-dev-registry", str(rot, "environment", "variables", "REGISTRY_TABLE"))
+	assert.Equal(t, "abc-ats.iot.eu-central-1.amazonaws.com", str(rot, "environment", "variables", "IOT_DATA_ENDPOINT"))
+	scan := rec.find(t, "aws:lambda/function:Function", LambdaCertScan)
+	assert.Equal(t, "30", str(scan, "environment", "variables", "EXPIRY_WINDOW_DAYS"))
+
+	// Exactly the calls the handlers make.
+	certs := "arn:aws:iot:eu-central-1:123456789012:cert/*"
+	assert.Equal(t, map[string][]string{
+		"logs:CreateLogStream":         {"arn:aws:mock:::" + LambdaCertRotate + ":*"},
+		"logs:PutLogEvents":            {"arn:aws:mock:::" + LambdaCertRotate + ":*"},
+		"dynamodb:GetItem":             {"arn:aws:dynamodb:eu-central-1:123456789012:table/iot-fleet-dev-registry"},
+		"dynamodb:UpdateItem":          {"arn:aws:dynamodb:eu-central-1:123456789012:table/iot-fleet-dev-registry"},
+		"iot:CreateCertificateFromCsr": {"*"},
+		"iot:DescribeCertificate":      {certs},
+		"iot:UpdateCertificate":        {certs},
+		"iot:DeleteCertificate":        {certs},
+		"iot:AttachPolicy":             {certs, "arn:aws:iot:eu-central-1:123456789012:policy/iot-fleet-dev-device"},
+		"iot:DetachPolicy":             {certs, "arn:aws:iot:eu-central-1:123456789012:policy/iot-fleet-dev-device"},
+		"iot:AttachThingPrincipal":     {certs, "arn:aws:iot:eu-central-1:123456789012:thing/dev-*"},
+		"iot:DetachThingPrincipal":     {certs, "arn:aws:iot:eu-central-1:123456789012:thing/dev-*"},
+		"iot:Publish":                  {"arn:aws:iot:eu-central-1:123456789012:topic/cmd/fleet/*/rotate/cert"},
+	}, grants(t, str(rec.find(t, "aws:iam/rolePolicy:RolePolicy", LambdaCertRotate), "policy")))
+	assert.Equal(t, map[string][]string{
+		"logs:CreateLogStream":       {"arn:aws:mock:::" + LambdaCertScan + ":*"},
+		"logs:PutLogEvents":          {"arn:aws:mock:::" + LambdaCertScan + ":*"},
+		"dynamodb:Query":             {"arn:aws:dynamodb:eu-central-1:123456789012:table/iot-fleet-dev-registry/index/certExpiry"},
+		"dynamodb:GetItem":           {"arn:aws:dynamodb:eu-central-1:123456789012:table/iot-fleet-dev-registry"},
+		"dynamodb:UpdateItem":        {"arn:aws:dynamodb:eu-central-1:123456789012:table/iot-fleet-dev-registry"},
+		"iot:ListThingsInThingGroup": {"arn:aws:iot:eu-central-1:123456789012:thinggroup/iot-fleet-dev"},
+		"iot:Publish":                {"arn:aws:iot:eu-central-1:123456789012:topic/cmd/fleet/*/rotate/request"},
+	}, grants(t, str(rec.find(t, "aws:iam/rolePolicy:RolePolicy", LambdaCertScan), "policy")))
+
+	// The rule sends rotation messages to the rotation Lambda, with an
+	// error action, and IoT may invoke the Lambda only for this rule.
+	rule := rec.find(t, "aws:iot/topicRule:TopicRule", "rotation-rule")
+	assert.Equal(t, "iot_fleet_dev_rotation", str(rule, "name"))
+	assert.Equal(t, certrotate.RuleSQL, str(rule, "sql"))
+	lambdas := rule["lambdas"].ArrayValue()
+	require.Len(t, lambdas, 1)
+	assert.Equal(t, "arn:aws:mock:::"+LambdaCertRotate, lambdas[0].ObjectValue()["functionArn"].StringValue())
+	assert.Equal(t, "/aws/iot/iot-fleet-dev/rule-errors", str(rule, "errorAction", "cloudwatchLogs", "logGroupName"))
+	perm := rec.find(t, "aws:lambda/permission:Permission", "rotation-rule-invoke")
+	assert.Equal(t, "iot.amazonaws.com", str(perm, "principal"))
+	assert.Equal(t, "lambda:InvokeFunction", str(perm, "action"))
+	assert.Equal(t, "arn:aws:iot:eu-central-1:123456789012:rule/iot_fleet_dev_rotation", str(perm, "sourceArn"))
+	assert.Equal(t, "123456789012", str(perm, "sourceAccount"))
+
+	// Daily schedule invoking the scan with {}; its role may do only that.
+	sched := rec.find(t, "aws:scheduler/schedule:Schedule", "rotation-scan")
+	assert.Equal(t, "rate(1 day)", str(sched, "scheduleExpression"))
+	assert.Equal(t, "OFF", str(sched, "flexibleTimeWindow", "mode"))
+	assert.Equal(t, "arn:aws:mock:::"+LambdaCertScan, str(sched, "target", "arn"))
+	assert.Equal(t, "{}", str(sched, "target", "input"))
+	assert.Equal(t, "arn:aws:mock:::rotation-schedule", str(sched, "target", "roleArn"))
+	role := rec.find(t, "aws:iam/role:Role", "rotation-schedule")
+	assert.Contains(t, str(role, "assumeRolePolicy"), "scheduler.amazonaws.com")
+	assert.Equal(t, map[string][]string{"lambda:InvokeFunction": {"arn:aws:mock:::" + LambdaCertScan}},
+		grants(t, str(rec.find(t, "aws:iam/rolePolicy:RolePolicy", "rotation-schedule"), "policy")))
+}
+
+func TestRotationRequiresArgs(t *testing.T) {
+	t.Parallel()
+	e, err := runMocked(t, func(ctx *pulumi.Context) error {
+		_, err := NewRotation(ctx, "rotation", RotationArgs{Prefix: "iot-fleet-dev"})
+		return err
+	})
+	require.Error(t, err)
+	assert.Empty(t, e.types)
+}

@@ -1,0 +1,205 @@
+// Package awsiot is the AWS IoT control plane of the local IoT Core: the
+// methods of the aws-sdk-go-v2 *iot.Client that the Lambdas use, served
+// from the simulator's registry with AWS's observable behaviour (error
+// types, ARNs, idempotent detaches). A Lambda handler takes its narrow
+// interface; in AWS the real client satisfies it, here a *Client does, so
+// the same handler code runs against both.
+package awsiot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iot"
+	"github.com/aws/aws-sdk-go-v2/service/iot/types"
+
+	"github.com/iot-fleet/iot-fleet/sim/registry"
+)
+
+// Client serves IoT control-plane calls from a simulator registry.
+type Client struct {
+	reg       *registry.Registry
+	arnPrefix string // arn:<partition>:iot:<region>:<account>:
+}
+
+// New returns a Client over reg; partition, region and account form ARNs.
+func New(reg *registry.Registry, partition, region, account string) *Client {
+	return &Client{reg: reg, arnPrefix: fmt.Sprintf("arn:%s:iot:%s:%s:", partition, region, account)}
+}
+
+// CertificateARN is the ARN of certificate id.
+func (c *Client) CertificateARN(id string) string { return c.arnPrefix + "cert/" + id }
+
+// certID extracts the certificate id of a certificate ARN (or accepts a
+// bare id, as some IoT APIs do).
+func certID(arnOrID string) string {
+	if i := strings.LastIndex(arnOrID, ":cert/"); i >= 0 {
+		return arnOrID[i+len(":cert/"):]
+	}
+	return arnOrID
+}
+
+// translate maps simulator registry errors onto the AWS IoT error types.
+func translate(op string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, registry.ErrNotFound):
+		return fmt.Errorf("%s: %w", op, &types.ResourceNotFoundException{Message: aws.String(err.Error())})
+	case errors.Is(err, registry.ErrConflict), errors.Is(err, registry.ErrInvalid):
+		return fmt.Errorf("%s: %w", op, &types.InvalidRequestException{Message: aws.String(err.Error())})
+	case errors.Is(err, registry.ErrAlreadyExists):
+		return fmt.Errorf("%s: %w", op, &types.ResourceAlreadyExistsException{Message: aws.String(err.Error())})
+	}
+	return fmt.Errorf("%s: %w", op, &types.InternalFailureException{Message: aws.String(err.Error())})
+}
+
+// ListThingPrincipals lists the certificate ARNs attached to a thing.
+func (c *Client) ListThingPrincipals(ctx context.Context, in *iot.ListThingPrincipalsInput, _ ...func(*iot.Options)) (*iot.ListThingPrincipalsOutput, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	th, err := c.reg.Thing(aws.ToString(in.ThingName))
+	if err != nil {
+		return nil, translate("ListThingPrincipals", err)
+	}
+	out := &iot.ListThingPrincipalsOutput{}
+	for _, id := range th.Principals {
+		out.Principals = append(out.Principals, c.CertificateARN(id))
+	}
+	return out, nil
+}
+
+// DescribeCertificate describes a certificate.
+func (c *Client) DescribeCertificate(ctx context.Context, in *iot.DescribeCertificateInput, _ ...func(*iot.Options)) (*iot.DescribeCertificateOutput, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	id := aws.ToString(in.CertificateId)
+	cert, err := c.reg.Certificate(id)
+	if err != nil {
+		return nil, translate("DescribeCertificate", err)
+	}
+	return &iot.DescribeCertificateOutput{CertificateDescription: &types.CertificateDescription{
+		CertificateId:  aws.String(cert.ID),
+		CertificateArn: aws.String(c.CertificateARN(cert.ID)),
+		CertificatePem: aws.String(cert.PEM),
+		Status:         types.CertificateStatus(cert.Status),
+		CreationDate:   aws.Time(cert.CreatedAt),
+		Validity:       &types.CertificateValidity{NotAfter: aws.Time(cert.NotAfter)},
+	}}, nil
+}
+
+// UpdateCertificate sets a certificate's status. As in AWS, a REVOKED
+// certificate cannot change status again.
+func (c *Client) UpdateCertificate(ctx context.Context, in *iot.UpdateCertificateInput, _ ...func(*iot.Options)) (*iot.UpdateCertificateOutput, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	err := c.reg.SetCertificateStatus(aws.ToString(in.CertificateId), registry.CertStatus(in.NewStatus))
+	if err != nil {
+		return nil, translate("UpdateCertificate", err)
+	}
+	return &iot.UpdateCertificateOutput{}, nil
+}
+
+// DetachPolicy detaches a policy from a certificate target (ARN). Detaching
+// a policy that is not attached succeeds.
+func (c *Client) DetachPolicy(ctx context.Context, in *iot.DetachPolicyInput, _ ...func(*iot.Options)) (*iot.DetachPolicyOutput, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := c.reg.DetachPolicy(aws.ToString(in.PolicyName), certID(aws.ToString(in.Target))); err != nil {
+		return nil, translate("DetachPolicy", err)
+	}
+	return &iot.DetachPolicyOutput{}, nil
+}
+
+// AttachPolicy attaches a policy to a certificate target (ARN).
+func (c *Client) AttachPolicy(ctx context.Context, in *iot.AttachPolicyInput, _ ...func(*iot.Options)) (*iot.AttachPolicyOutput, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := c.reg.AttachPolicy(aws.ToString(in.PolicyName), certID(aws.ToString(in.Target))); err != nil {
+		return nil, translate("AttachPolicy", err)
+	}
+	return &iot.AttachPolicyOutput{}, nil
+}
+
+// AttachThingPrincipal attaches a certificate (ARN) to a thing.
+func (c *Client) AttachThingPrincipal(ctx context.Context, in *iot.AttachThingPrincipalInput, _ ...func(*iot.Options)) (*iot.AttachThingPrincipalOutput, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := c.reg.AttachThingPrincipal(aws.ToString(in.ThingName), certID(aws.ToString(in.Principal))); err != nil {
+		return nil, translate("AttachThingPrincipal", err)
+	}
+	return &iot.AttachThingPrincipalOutput{}, nil
+}
+
+// DetachThingPrincipal detaches a certificate (ARN) from a thing.
+func (c *Client) DetachThingPrincipal(ctx context.Context, in *iot.DetachThingPrincipalInput, _ ...func(*iot.Options)) (*iot.DetachThingPrincipalOutput, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := c.reg.DetachThingPrincipal(aws.ToString(in.ThingName), certID(aws.ToString(in.Principal))); err != nil {
+		return nil, translate("DetachThingPrincipal", err)
+	}
+	return &iot.DetachThingPrincipalOutput{}, nil
+}
+
+// RemoveThingFromThingGroup removes a thing from a group.
+func (c *Client) RemoveThingFromThingGroup(ctx context.Context, in *iot.RemoveThingFromThingGroupInput, _ ...func(*iot.Options)) (*iot.RemoveThingFromThingGroupOutput, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := c.reg.RemoveThingFromGroup(aws.ToString(in.ThingName), aws.ToString(in.ThingGroupName)); err != nil {
+		return nil, translate("RemoveThingFromThingGroup", err)
+	}
+	return &iot.RemoveThingFromThingGroupOutput{}, nil
+}
+
+// DeleteThing deletes a thing. As in AWS, deleting a thing that does not
+// exist succeeds, and a thing with attached principals cannot be deleted.
+func (c *Client) DeleteThing(ctx context.Context, in *iot.DeleteThingInput, _ ...func(*iot.Options)) (*iot.DeleteThingOutput, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	err := c.reg.DeleteThing(aws.ToString(in.ThingName))
+	if errors.Is(err, registry.ErrNotFound) {
+		err = nil
+	}
+	if err != nil {
+		return nil, translate("DeleteThing", err)
+	}
+	return &iot.DeleteThingOutput{}, nil
+}
+
+// DeleteCertificate deletes a certificate that is not ACTIVE and has no
+// attachments (ForceDelete lifts the attachment rule, as in AWS).
+func (c *Client) DeleteCertificate(ctx context.Context, in *iot.DeleteCertificateInput, _ ...func(*iot.Options)) (*iot.DeleteCertificateOutput, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := c.reg.DeleteCertificate(aws.ToString(in.CertificateId), in.ForceDelete); err != nil {
+		return nil, translate("DeleteCertificate", err)
+	}
+	return &iot.DeleteCertificateOutput{}, nil
+}
+
+// ListThingsInThingGroup lists a group's things in name order, one page.
+func (c *Client) ListThingsInThingGroup(ctx context.Context, in *iot.ListThingsInThingGroupInput, _ ...func(*iot.Options)) (*iot.ListThingsInThingGroupOutput, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	things, err := c.reg.ThingsInGroup(aws.ToString(in.ThingGroupName))
+	if err != nil {
+		return nil, translate("ListThingsInThingGroup", err)
+	}
+	sort.Strings(things)
+	return &iot.ListThingsInThingGroupOutput{Things: things}, nil
+}

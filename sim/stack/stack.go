@@ -1,0 +1,143 @@
+// Package stack runs the cloud side of iot-fleet locally: the local IoT Core
+// plus the real Lambda handlers, wired the way the Pulumi program wires them
+// in AWS. The pre-provisioning hook is lambdas/preprovision over the device
+// registry; uploading allowlist.txt stores it in a local config bucket and
+// invokes lambdas/allowlistsync with the S3 notification AWS would send, and
+// the sync revokes devices through the simulator's IoT control plane.
+package stack
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
+
+	"github.com/iot-fleet/iot-fleet/internal/allowlist"
+	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/lambdas/allowlistsync"
+	"github.com/iot-fleet/iot-fleet/sim/awsiot"
+	"github.com/iot-fleet/iot-fleet/sim/core"
+)
+
+// ConfigBucket is the name of the local config bucket.
+const ConfigBucket = "iot-fleet-config-local"
+
+// Options configure the local stack.
+type Options struct {
+	// Core configures the local IoT Core. Its PreProvisioningHook and
+	// AllowedSerials are ignored: the core runs the real hook, and
+	// admission comes from DeployAllowlist.
+	Core core.Options
+	// SerialPattern is the stack's serial pattern; default
+	// allowlist.DefaultSerialPattern.
+	SerialPattern string
+	// Logger receives the Lambdas' decision lines.
+	Logger *slog.Logger
+}
+
+// Stack is a running local cloud side.
+type Stack struct {
+	Core     *core.Core
+	Registry *registry.Memory
+	IoT      *awsiot.Client
+
+	bucket *bucket
+	sync   *allowlistsync.Handler
+	log    *slog.Logger
+}
+
+// Start starts the local IoT Core with the real hook and allowlist sync.
+func Start(ctx context.Context, opts Options) (*Stack, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	expr := opts.SerialPattern
+	if expr == "" {
+		expr = allowlist.DefaultSerialPattern
+	}
+	pattern, err := allowlist.CompilePattern(expr)
+	if err != nil {
+		return nil, fmt.Errorf("stack: serial pattern: %w", err)
+	}
+	coreOpts := opts.Core
+	coreOpts.SerialPattern = expr
+	// The core runs the real pre-provisioning hook over its device registry.
+	coreOpts.PreProvisioningHook = nil
+	coreOpts.AllowedSerials = nil
+	c, err := core.Start(ctx, coreOpts)
+	if err != nil {
+		return nil, fmt.Errorf("stack: %w", err)
+	}
+	reg := c.DeviceRegistry()
+	names := c.Names()
+	iotc := awsiot.New(c.Registry(), core.Partition, core.Region, core.AccountID)
+	b := &bucket{name: ConfigBucket, objects: map[string][]byte{}}
+	syncer, err := allowlistsync.New(allowlistsync.Config{
+		S3: b, IoT: iotc, Registry: reg, SerialPattern: pattern,
+		ThingGroup: names.ThingGroup, DevicePolicy: names.DevicePolicy, ThingNamePrefix: names.ThingNamePrefix,
+		Logger: log.With("lambda", "allowlistsync"),
+	})
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("stack: %w", err)
+	}
+	return &Stack{Core: c, Registry: reg, IoT: iotc, bucket: b, sync: syncer, log: log}, nil
+}
+
+// DeployAllowlist does locally what `pulumi up` does with a changed
+// allowlist.txt: it uploads the object to the config bucket and invokes the
+// sync Lambda with the S3 ObjectCreated notification.
+func (s *Stack) DeployAllowlist(ctx context.Context, content []byte) (allowlistsync.Result, error) {
+	s.bucket.put(allowlistsync.DefaultObjectKey, content)
+	ev := events.S3Event{Records: []events.S3EventRecord{{
+		EventSource: "aws:s3",
+		EventName:   "ObjectCreated:Put",
+		AWSRegion:   core.Region,
+		S3: events.S3Entity{
+			Bucket: events.S3Bucket{Name: s.bucket.name},
+			Object: events.S3Object{Key: allowlistsync.DefaultObjectKey, URLDecodedKey: allowlistsync.DefaultObjectKey, Size: int64(len(content))},
+		},
+	}}}
+	return s.sync.Handle(ctx, ev)
+}
+
+// Close stops the local IoT Core.
+func (s *Stack) Close() error { return s.Core.Close() }
+
+// bucket is the local config bucket: the S3 GetObject the sync uses.
+type bucket struct {
+	name    string
+	mu      sync.Mutex
+	objects map[string][]byte
+}
+
+func (b *bucket) put(key string, content []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.objects[key] = bytes.Clone(content)
+}
+
+// GetObject implements allowlistsync.S3API with S3's not-found errors.
+func (b *bucket) GetObject(ctx context.Context, in *s3.GetObjectInput, _ ...func(*s3.Options)) (*s3.GetObjectOutput, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if aws.ToString(in.Bucket) != b.name {
+		return nil, &s3types.NoSuchBucket{Message: aws.String("bucket " + aws.ToString(in.Bucket) + " does not exist")}
+	}
+	b.mu.Lock()
+	content, ok := b.objects[aws.ToString(in.Key)]
+	b.mu.Unlock()
+	if !ok {
+		return nil, &s3types.NoSuchKey{Message: aws.String("key " + aws.ToString(in.Key) + " does not exist")}
+	}
+	return &s3.GetObjectOutput{Body: io.NopCloser(bytes.NewReader(content)), ContentLength: aws.Int64(int64(len(content)))}, nil
+}
