@@ -39,7 +39,7 @@ bench: tools
 
 ## demo: start the local IoT Core and a small fleet of real agents
 demo:
-	$(GO) run ./sim/cmd/fleet-sim demo
+	$(GO) run ./cmd/fleet-demo
 
 ## agent: fleet-agent for the Raspberry Pi (arm64, armv7) and amd64
 agent:

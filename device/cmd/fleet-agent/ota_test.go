@@ -108,7 +108,7 @@ func (s *otaJobs) startNext(from, topic string, payload []byte) {
 	if problem := checkDetails(req.StatusDetails); problem != "" {
 		s.invalid = append(s.invalid, "start-next: "+problem)
 		s.mu.Unlock()
-		s.b.Reply(from, protocol.Rejected(topic), protocol.ErrorResponse{ErrorCode: protocol.ErrCodeInvalidRequest, ErrorMessage: problem, ClientToken: req.ClientToken})
+		s.b.Reply(from, protocol.Rejected(topic), protocol.JobsErrorResponse{Code: protocol.ErrCodeInvalidRequest, Message: problem, ClientToken: req.ClientToken, Timestamp: time.Now().Unix()})
 		return
 	}
 	if s.ex.Status == protocol.JobQueued {
@@ -134,7 +134,7 @@ func (s *otaJobs) update(from, topic string, payload []byte) {
 	state := protocol.JobExecutionState{Status: s.ex.Status, StatusDetails: s.ex.StatusDetails, VersionNumber: s.ex.VersionNumber}
 	reject := func(code, message string) {
 		s.mu.Unlock()
-		s.b.Reply(from, protocol.Rejected(topic), protocol.ErrorResponse{ErrorCode: code, ErrorMessage: message, ClientToken: req.ClientToken, ExecutionState: &state})
+		s.b.Reply(from, protocol.Rejected(topic), protocol.JobsErrorResponse{Code: code, Message: message, ClientToken: req.ClientToken, Timestamp: time.Now().Unix(), ExecutionState: &state})
 	}
 	switch {
 	case strings.Split(topic, "/")[4] != s.ex.JobID:
@@ -178,7 +178,7 @@ func (s *otaJobs) describe(from, topic string, payload []byte) {
 	cp := s.ex
 	s.mu.Unlock()
 	if id := strings.Split(topic, "/")[4]; id != cp.JobID && id != "$next" {
-		s.b.Reply(from, protocol.Rejected(topic), protocol.ErrorResponse{ErrorCode: protocol.ErrCodeResourceNotFound, ClientToken: req.ClientToken})
+		s.b.Reply(from, protocol.Rejected(topic), protocol.JobsErrorResponse{Code: protocol.ErrCodeResourceNotFound, Message: "no such job execution", ClientToken: req.ClientToken, Timestamp: time.Now().Unix()})
 		return
 	}
 	s.b.Reply(from, protocol.Accepted(topic), map[string]any{"execution": cp, "timestamp": time.Now().Unix(), "clientToken": req.ClientToken})

@@ -1,0 +1,29 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// The README promises that the demo shows a fleet provisioning, a denied
+// serial, a group job and a revocation, and exits 0 only if all of it
+// happened. Run it as a user would (smaller fleet).
+func TestDemoRunsEndToEnd(t *testing.T) {
+	var out bytes.Buffer
+	code := run([]string{"--devices", "2", "--timeout", "2m"}, &out, &out)
+	require.Equal(t, 0, code, out.String())
+	text := out.String()
+	for _, want := range []string{"provisioned  dev-10000000de700001", "provisioned  dev-10000000de700002", "denied       serial 10000000deadbeef", "SUCCEEDED", "revoked      dev-10000000de700001", "DEMO PASSED"} {
+		require.Contains(t, text, want)
+	}
+	require.Equal(t, 2, strings.Count(text, "job result"))
+}
+
+func TestDemoRejectsBadFlags(t *testing.T) {
+	var out bytes.Buffer
+	require.Equal(t, 2, run([]string{"--devices", "0"}, &out, &out))
+	require.Contains(t, out.String(), "--devices must be between 1 and 20")
+}
