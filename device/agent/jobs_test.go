@@ -66,7 +66,7 @@ func (s *jobsService) update(from, topic string, payload []byte) {
 			st = protocol.JobExecutionState{Status: s.exec.Status, VersionNumber: s.exec.VersionNumber}
 		}
 		s.mu.Unlock()
-		s.b.Reply(from, protocol.Rejected(topic), protocol.ErrorResponse{ErrorCode: protocol.ErrCodeTerminalStateReached, ClientToken: req.ClientToken, ExecutionState: &st})
+		s.b.Reply(from, protocol.Rejected(topic), protocol.JobsErrorResponse{Code: protocol.ErrCodeTerminalStateReached, ClientToken: req.ClientToken, ExecutionState: &st})
 		return
 	}
 	s.exec.Status = req.Status
@@ -93,7 +93,7 @@ func (s *jobsService) describe(from, topic string, payload []byte) {
 	}
 	s.mu.Unlock()
 	if exec == nil {
-		s.b.Reply(from, protocol.Rejected(topic), protocol.ErrorResponse{ErrorCode: protocol.ErrCodeResourceNotFound, ClientToken: req.ClientToken})
+		s.b.Reply(from, protocol.Rejected(topic), protocol.JobsErrorResponse{Code: protocol.ErrCodeResourceNotFound, ClientToken: req.ClientToken})
 		return
 	}
 	s.b.Reply(from, protocol.Accepted(topic), map[string]any{"execution": exec, "timestamp": time.Now().Unix(), "clientToken": req.ClientToken})
