@@ -40,6 +40,8 @@ type Options struct {
 	SerialPattern string
 	// Logger receives the Lambdas' decision lines.
 	Logger *slog.Logger
+	// SSM configures SSM on demand (ssm.go).
+	SSM SSMOptions
 }
 
 // Stack is a running local cloud side.
@@ -47,6 +49,9 @@ type Stack struct {
 	Core     *core.Core
 	Registry *registry.Memory
 	IoT      *awsiot.Client
+	// SSM is SSM on demand: the toggle, registered and expiry Lambdas
+	// over a fake Systems Manager (ssm.go).
+	SSM *SSM
 
 	bucket *bucket
 	sync   *allowlistsync.Handler
@@ -89,7 +94,12 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		c.Close()
 		return nil, fmt.Errorf("stack: %w", err)
 	}
-	return &Stack{Core: c, Registry: reg, IoT: iotc, bucket: b, sync: syncer, log: log}, nil
+	s := &Stack{Core: c, Registry: reg, IoT: iotc, bucket: b, sync: syncer, log: log}
+	if s.SSM, err = newSSM(s, opts.SSM, pattern, log); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return s, nil
 }
 
 // DeployAllowlist does locally what `pulumi up` does with a changed

@@ -180,10 +180,10 @@ func (b *Broker) startServer(t testing.TB) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	require.NoError(t, err, "listen %s", b.Addr)
-	require.NoError(t, srv.Serve())
-
+	// The in-test services and observers subscribe before the listener
+	// serves, so no client message published right after a (re)start is
+	// missed by them.
 	b.mu.Lock()
-	b.srv = srv
 	watches := append([]watch(nil), b.watches...)
 	b.mu.Unlock()
 	require.NoError(t, b.subscribeInline(srv, protocol.CreateCertFromCSRTopic, b.handleCSR))
@@ -191,6 +191,11 @@ func (b *Broker) startServer(t testing.TB) {
 	for _, w := range watches {
 		require.NoError(t, b.subscribeInline(srv, w.filter, watchFn(w.ch)))
 	}
+	require.NoError(t, srv.Serve())
+
+	b.mu.Lock()
+	b.srv = srv
+	b.mu.Unlock()
 }
 
 func watchFn(ch chan Received) mqtt.InlineSubFn {
