@@ -4,10 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -33,120 +29,56 @@ const otaArtifactURL = "https://iot-fleet-dev-artifacts.s3.amazonaws.com/rpi-202
 
 func buildFakeMender(t *testing.T) string {
 	t.Helper()
-	root, err := harness.RepoRoot()
+	bin, err := harness.BuildFakeMender(waitCtx(t, 5*time.Minute), t.TempDir())
 	require.NoError(t, err)
-	bin := filepath.Join(t.TempDir(), "fakemender")
-	cmd := exec.Command("go", "build", "-o", bin, "./device/ota/internal/fakemender")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "%s", out)
 	return bin
 }
 
-// otaDevice is an agent with its fake mender, boot id and reboot log.
+// otaDevice is a started harness.OTADevice with test-failing accessors.
 type otaDevice struct {
-	*harness.Agent
-	t         *testing.T
-	menderDir string
-	bootID    string
-	rebootLog string
-	boots     int
+	*harness.OTADevice
+	t *testing.T
 }
 
 func newOTADevice(t *testing.T, f *harness.Fleet, fakeMender, name, serial string, scenario map[string]any, checks []config.HealthCheck) *otaDevice {
 	t.Helper()
-	dir := t.TempDir()
-	d := &otaDevice{t: t, menderDir: filepath.Join(dir, "mender"), bootID: filepath.Join(dir, "boot_id"), rebootLog: filepath.Join(dir, "reboot.log")}
-	require.NoError(t, os.Mkdir(d.menderDir, 0o755))
-	data, err := os.ReadFile(fakeMender)
+	d, err := f.NewOTADevice(name, serial, fakeMender, scenario, checks)
 	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(d.menderDir, "mender-update"), data, 0o755))
-	d.setScenario(scenario)
-	d.newBoot()
-	a, err := f.NewAgent(name, harness.AgentOptions{Serial: serial, Configure: func(c *config.Config) {
-		c.OTA.MenderUpdatePath = filepath.Join(d.menderDir, "mender-update")
-		c.OTA.MenderPath = filepath.Join(d.menderDir, "mender")
-		c.OTA.RetryDelay = config.Duration(100 * time.Millisecond)
-		c.OTA.ProgressInterval = config.Duration(time.Hour)
-		c.OTA.PreRebootCommand = []string{"/bin/sh", "-c", "echo pre-reboot >> " + d.rebootLog}
-		c.OTA.RebootCommand = []string{"/bin/sh", "-c", "echo reboot >> " + d.rebootLog}
-		c.OTA.RebootWait = config.Duration(10 * time.Minute)
-		c.OTA.BootIDFile = d.bootID
-		c.OTA.HealthChecks = checks
-		// The device is silent while it reboots; the sim's minute is 1 s.
-		c.Jobs.ProgressTimeoutMinutes = 60
-	}})
-	require.NoError(t, err)
-	d.Agent = a
-	require.NoError(t, a.Start())
+	require.NoError(t, d.Start())
 	t.Cleanup(func() {
-		_ = a.Stop(10 * time.Second)
+		_ = d.Stop(10 * time.Second)
 		if t.Failed() {
-			t.Logf("agent %s log tail:\n%s", name, a.LogTail(60))
+			t.Logf("agent %s log tail:\n%s", name, d.LogTail(60))
 		}
 	})
-	return d
+	return &otaDevice{OTADevice: d, t: t}
 }
 
-func (d *otaDevice) setScenario(sc map[string]any) {
-	b, err := json.Marshal(sc)
-	require.NoError(d.t, err)
-	require.NoError(d.t, os.WriteFile(filepath.Join(d.menderDir, "scenario.json"), b, 0o600))
-}
+func (d *otaDevice) setScenario(sc map[string]any) { require.NoError(d.t, d.SetScenario(sc)) }
 
-func (d *otaDevice) newBoot() {
-	d.boots++
-	require.NoError(d.t, os.WriteFile(d.bootID, []byte(fmt.Sprintf("e2e00000-0000-4000-8000-%012d\n", d.boots)), 0o600))
-}
-
-// reboot plays the reboot the agent asked for.
 func (d *otaDevice) reboot() {
 	d.t.Helper()
-	require.NoError(d.t, d.Kill())
-	d.newBoot()
-	require.NoError(d.t, d.Start())
+	require.NoError(d.t, d.Reboot())
 }
 
-func (d *otaDevice) rebootRequests() int {
-	b, _ := os.ReadFile(d.rebootLog)
-	return strings.Count(string(b), "pre-reboot\nreboot\n")
-}
+func (d *otaDevice) rebootRequests() int { return d.RebootRequests() }
 
 func (d *otaDevice) waitRebootRequests(ctx context.Context, n int) {
 	d.t.Helper()
-	require.NoError(d.t, harness.Poll(ctx, fmt.Sprintf("reboot request %d", n), func() bool { return d.rebootRequests() >= n }), d.LogTail(40))
-	require.Equal(d.t, n, d.rebootRequests())
+	require.NoError(d.t, d.WaitRebootRequests(ctx, n), d.LogTail(40))
+	require.Equal(d.t, n, d.RebootRequests())
 }
 
 func (d *otaDevice) menderOps() []string {
-	b, err := os.ReadFile(filepath.Join(d.menderDir, "calls.log"))
-	if os.IsNotExist(err) {
-		return nil
-	}
+	ops, err := d.MenderOps()
 	require.NoError(d.t, err)
-	var ops []string
-	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		var c struct {
-			Args []string `json:"args"`
-		}
-		require.NoError(d.t, json.Unmarshal([]byte(line), &c))
-		if len(c.Args) > 0 && !strings.HasPrefix(c.Args[0], "-") {
-			ops = append(ops, c.Args[0])
-		}
-	}
 	return ops
 }
 
 func (d *otaDevice) activePartition() string {
-	var p struct {
-		Active  string `json:"active"`
-		Pending string `json:"pending"`
-	}
-	b, err := os.ReadFile(filepath.Join(d.menderDir, "partitions.json"))
+	p, err := d.ActivePartition()
 	require.NoError(d.t, err)
-	require.NoError(d.t, json.Unmarshal(b, &p))
-	return p.Active + p.Pending
+	return p
 }
 
 func TestOTAUpdateAndRollback(t *testing.T) {

@@ -75,7 +75,9 @@ type demo struct {
 	start  time.Time
 	dir    string
 	fleet  *harness.Fleet
-	agents []*harness.Agent
+	agents []*harness.Agent // the allowlisted devices, then the stranger
+	ota    []*harness.OTADevice
+	stops  []*harness.Agent // every started agent, stopped at the end
 }
 
 func (d *demo) say(format string, args ...any) {
@@ -83,7 +85,7 @@ func (d *demo) say(format string, args ...any) {
 }
 
 func (d *demo) shutdown() {
-	for _, a := range d.agents {
+	for _, a := range d.stops {
 		_ = a.Stop(10 * time.Second)
 	}
 	if d.fleet != nil {
@@ -105,15 +107,16 @@ func (d *demo) run(ctx context.Context, n int) error {
 		allowed[i] = serial(i + 1)
 	}
 	stranger := "10000000deadbeef"
+	otaSerials := []string{"10000000de70a001", "10000000de70a002"}
 	d.say("starting the local IoT Core (mutual TLS, the stack's claim and device policies, real pre-provisioning hook)")
 	d.fleet, err = harness.Start(ctx, harness.Options{
 		Dir: d.dir, AgentBin: bin, JobMinute: 10 * time.Second,
-		Allowlist: "# demo allowlist\n" + strings.Join(allowed, "\n") + "\n",
+		Allowlist: "# demo allowlist\n" + strings.Join(append(append([]string{}, allowed...), otaSerials...), "\n") + "\n",
 	})
 	if err != nil {
 		return err
 	}
-	d.say("allowlist.txt deployed: %d serials (%s)", n, strings.Join(allowed, ", "))
+	d.say("allowlist.txt deployed: %d serials (%s, and %s for the OTA demo)", n+len(otaSerials), strings.Join(allowed, ", "), strings.Join(otaSerials, ", "))
 
 	for i, sn := range append(append([]string{}, allowed...), stranger) {
 		a, err := d.fleet.NewAgent(fmt.Sprintf("device-%d", i+1), harness.AgentOptions{Serial: sn})
@@ -124,6 +127,7 @@ func (d *demo) run(ctx context.Context, n int) error {
 			return err
 		}
 		d.agents = append(d.agents, a)
+		d.stops = append(d.stops, a)
 	}
 	d.say("started %d fleet-agent processes with the shared claim certificate (serial %s is NOT on the allowlist)", len(d.agents), stranger)
 
@@ -131,6 +135,9 @@ func (d *demo) run(ctx context.Context, n int) error {
 		return err
 	}
 	if err := d.groupJob(ctx, n); err != nil {
+		return err
+	}
+	if err := d.otaUpdate(ctx, otaSerials); err != nil {
 		return err
 	}
 	return d.revocation(ctx)
@@ -206,6 +213,9 @@ func (d *demo) revocation(ctx context.Context) error {
 	for _, a := range d.agents[1 : len(d.agents)-1] {
 		keep = append(keep, a.Serial)
 	}
+	for _, o := range d.ota {
+		keep = append(keep, o.Serial)
+	}
 	id, _, err := victim.Identity()
 	if err != nil {
 		return err
@@ -231,6 +241,76 @@ func (d *demo) revocation(ctx context.Context) error {
 		return err
 	}
 	d.say("revoked      %-20s removed from allowlist.txt: certificate %s, thing deleted, connection closed", victim.ThingName(), cert.Status)
+	return nil
+}
+
+// otaUpdate runs a full-system update (mender install → reboot → commit or
+// rollback) on two more devices. Their mender client is the fake one
+// (A/B partitions) and the test plays the reboots; on the second device the
+// new partition does not boot, so the commit fails and the agent rolls back.
+func (d *demo) otaUpdate(ctx context.Context, serials []string) error {
+	fake, err := harness.BuildFakeMender(ctx, d.dir)
+	if err != nil {
+		return err
+	}
+	for i, sn := range serials {
+		o, err := d.fleet.NewOTADevice(fmt.Sprintf("ota-%d", i+1), sn, fake, map[string]any{"artifactSizeMiB": 16}, nil)
+		if err != nil {
+			return err
+		}
+		if err := o.Start(); err != nil {
+			return err
+		}
+		d.ota = append(d.ota, o)
+		d.stops = append(d.stops, o.Agent)
+	}
+	var things []string
+	for _, o := range d.ota {
+		if err := o.WaitConnected(ctx); err != nil {
+			return err
+		}
+		things = append(things, o.ThingName())
+	}
+	d.say("provisioned  %s for the OTA demo (mender client with A/B partitions)", strings.Join(things, ", "))
+	const url = "https://iot-fleet-dev-artifacts.s3.amazonaws.com/rpi-os-2026.11.mender?X-Amz-Signature=demo"
+	doc := fmt.Sprintf(`{"operation":"mender_install","url":%q}`, url)
+	if _, err := d.fleet.Stack.Core.CreateJob(ctx, jobs.CreateJobInput{JobID: "demo-ota", Things: things, Document: json.RawMessage(doc)}); err != nil {
+		return err
+	}
+	d.say("job demo-ota created: mender_install of rpi-os-2026.11.mender")
+	for _, o := range d.ota {
+		if err := o.WaitRebootRequests(ctx, 1); err != nil {
+			return err
+		}
+		e, err := d.fleet.Stack.Core.Jobs().Execution("demo-ota", o.ThingName())
+		if err != nil {
+			return err
+		}
+		d.say("ota          %-20s installed to the inactive partition; job step %q; asks for a reboot", o.ThingName(), e.StatusDetails["step"])
+	}
+	broken := d.ota[1]
+	if err := broken.SetScenario(map[string]any{"artifactSizeMiB": 16, "bootedOld": true}); err != nil {
+		return err
+	}
+	for _, o := range d.ota {
+		if err := o.Reboot(); err != nil {
+			return err
+		}
+	}
+	d.say("ota          rebooted both devices (kill -9 + restart); %s's new partition fails to boot, so it comes back on the old one", broken.ThingName())
+	execs, err := d.fleet.Stack.Core.WaitForExecutions(ctx, "demo-ota")
+	if err != nil {
+		return err
+	}
+	want := map[string]protocol.JobStatus{d.ota[0].ThingName(): protocol.JobSucceeded, broken.ThingName(): protocol.JobFailed}
+	wantStep := map[string]string{d.ota[0].ThingName(): "committed", broken.ThingName(): "rolled_back"}
+	sort.Slice(execs, func(i, j int) bool { return execs[i].ThingName < execs[j].ThingName })
+	for _, e := range execs {
+		d.say("ota result   %-20s %-9s step=%s %s", e.ThingName, e.Status, e.StatusDetails["step"], e.StatusDetails["reason"])
+		if e.Status != want[e.ThingName] || e.StatusDetails["step"] != wantStep[e.ThingName] {
+			return fmt.Errorf("OTA on %s ended %s step %q, want %s step %q", e.ThingName, e.Status, e.StatusDetails["step"], want[e.ThingName], wantStep[e.ThingName])
+		}
+	}
 	return nil
 }
 

@@ -16,7 +16,9 @@ func TestDemoRunsEndToEnd(t *testing.T) {
 	code := run([]string{"--devices", "2", "--timeout", "2m"}, &out, &out)
 	require.Equal(t, 0, code, out.String())
 	text := out.String()
-	for _, want := range []string{"provisioned  dev-10000000de700001", "provisioned  dev-10000000de700002", "denied       serial 10000000deadbeef", "SUCCEEDED", "revoked      dev-10000000de700001", "DEMO PASSED"} {
+	for _, want := range []string{"provisioned  dev-10000000de700001", "provisioned  dev-10000000de700002", "denied       serial 10000000deadbeef", "SUCCEEDED",
+		"ota result   dev-10000000de70a001 SUCCEEDED step=committed", "ota result   dev-10000000de70a002 FAILED    step=rolled_back",
+		"revoked      dev-10000000de700001", "DEMO PASSED"} {
 		require.Contains(t, text, want)
 	}
 	require.Equal(t, 2, strings.Count(text, "job result"))

@@ -66,6 +66,7 @@ type Config struct {
 	Jobs         Jobs         `json:"jobs"`
 	OTA          OTA          `json:"ota"`
 	SSM          SSM          `json:"ssm"`
+	Rotation     Rotation     `json:"rotation"`
 }
 
 // Provisioning configures provisioning by claim.
@@ -167,6 +168,8 @@ func Default() Config {
 		Jobs:   Jobs{Enabled: true, AllowedPaths: []string{}, StepTimeout: Duration(time.Hour), ProgressTimeoutMinutes: 10},
 		OTA:    DefaultOTA(),
 		SSM:    DefaultSSM(),
+		// Certificate rotation (rotation.go).
+		Rotation: DefaultRotation(),
 	}
 }
 
@@ -312,6 +315,7 @@ var durationFields = []string{
 	"mqtt.keepAlive", "mqtt.connectTimeout", "mqtt.reconnectMin", "mqtt.reconnectMax",
 	"jobs.stepTimeout",
 	"ssm.commandTimeout",
+	"rotation.certTimeout", "rotation.switchTimeout",
 }
 
 // Validate checks every field and returns the first problem found.
@@ -432,6 +436,9 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := c.SSM.validate(); err != nil {
+		return err
+	}
+	if err := c.Rotation.validate(c.MQTT); err != nil {
 		return err
 	}
 	return nil

@@ -24,6 +24,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/sim/jobs"
 	"github.com/iot-fleet/iot-fleet/sim/provisioning"
 	"github.com/iot-fleet/iot-fleet/sim/registry"
+	"github.com/iot-fleet/iot-fleet/sim/rules"
 )
 
 // Simulated account coordinates.
@@ -104,6 +105,7 @@ type Core struct {
 	prov    *provisioning.Service
 	jobs    *jobs.Service
 	broker  *broker.Broker
+	rules   *rules.Engine
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -192,6 +194,7 @@ func Start(ctx context.Context, opts Options) (*Core, error) {
 		Registry: c.reg, Minute: opts.JobMinute, Now: opts.Now, Logger: opts.Logger,
 		Publish: func(topic string, payload []byte) { c.broker.Publish(topic, payload) },
 	})
+	c.rules = rules.New(rules.Options{Now: opts.Now, Logger: opts.Logger})
 	serverCert, err := c.ca.ServerCertificate("127.0.0.1", "::1", "localhost")
 	if err != nil {
 		return nil, err
@@ -213,6 +216,12 @@ func Start(ctx context.Context, opts Options) (*Core, error) {
 						c.log.Info("jobs answer not delivered", "client", r.ClientID, "topic", topic, "error", err)
 					}
 				})
+			}},
+			// Topic rules see the message, which still goes to its
+			// subscribers (see Rules).
+			{Name: "rules", Match: c.rules.Match, Handle: func(_ context.Context, r broker.Request) {
+				c.rules.Dispatch(rules.Message{Topic: r.Topic, ClientID: r.ClientID, Principal: r.CertificateID, Payload: r.Payload})
+				c.broker.Publish(r.Topic, r.Payload)
 			}},
 		},
 	})
@@ -262,6 +271,7 @@ func (c *Core) Close() error {
 		c.cancel()
 		c.wg.Wait()
 		_ = c.broker.Close()
+		c.rules.Close()
 		c.jobs.Close()
 	})
 	return nil
@@ -290,6 +300,16 @@ func (c *Core) Provisioning() *provisioning.Service { return c.prov }
 // pre-provisioning hook reads and updates; tests add or revoke serials
 // on it as the allowlist sync Lambda would.
 func (c *Core) DeviceRegistry() *devreg.Memory { return c.devices }
+
+// Rules is the rules engine: topic rules added to it see every message a
+// client publishes on a topic their statement selects (with clientid() and
+// principal() from the connection) and run their action in the
+// background; the message is delivered to its subscribers as well.
+func (c *Core) Rules() *rules.Engine { return c.rules }
+
+// CA is the certificate authority that signs device certificates (and
+// the broker's), for services that issue certificates.
+func (c *Core) CA() *ca.CA { return c.ca }
 
 // Faults is the live fault configuration.
 func (c *Core) Faults() *faults.Set { return c.faults }

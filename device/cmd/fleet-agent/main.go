@@ -107,7 +107,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	// Certificate rotation (docs/rotation.md) is always on: a device must
 	// be able to replace its certificate before it expires.
-	features = append(features, rotation.Feature(rotation.Config{}))
+	features = append(features, rotation.Feature(rotation.Config{
+		CertTimeout: cfg.Rotation.CertTimeout.D(), SwitchTimeout: cfg.Rotation.SwitchTimeout.D(),
+	}))
 	a, err := agent.New(agent.Options{Config: cfg, Version: version, Logger: logger, Features: features})
 	if err != nil {
 		fmt.Fprintf(stderr, "fleet-agent: %v\n", err)
