@@ -15,7 +15,7 @@ func TestRotationSettings(t *testing.T) {
 	require.Equal(t, Rotation{CertTimeout: Duration(4 * time.Second), SwitchTimeout: Duration(3 * time.Second)}, cfg.Rotation)
 
 	for body, field := range map[string]string{
-		`"rotation":{"certTimeout":"500ms"}}`:   "rotation.certTimeout",
+		`"rotation":{"certTimeout":"500ms"}}`:    "rotation.certTimeout",
 		`"rotation":{"switchTimeout":"1500ms"}}`: "rotation.switchTimeout",
 		`"rotation":{"switchTimeout":"0s"}}`:     "rotation.switchTimeout",
 	} {

@@ -42,6 +42,8 @@ type Options struct {
 	Logger *slog.Logger
 	// SSM configures SSM on demand (ssm.go).
 	SSM SSMOptions
+	// Rotation configures certificate rotation (rotation.go).
+	Rotation RotationOptions
 }
 
 // Stack is a running local cloud side.
@@ -52,6 +54,9 @@ type Stack struct {
 	// SSM is SSM on demand: the toggle, registered and expiry Lambdas
 	// over a fake Systems Manager (ssm.go).
 	SSM *SSM
+	// Rotation is certificate rotation: the topic rule, the rotation and
+	// scan Lambdas (rotation.go).
+	Rotation *Rotation
 
 	bucket *bucket
 	sync   *allowlistsync.Handler
@@ -96,6 +101,10 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	}
 	s := &Stack{Core: c, Registry: reg, IoT: iotc, bucket: b, sync: syncer, log: log}
 	if s.SSM, err = newSSM(s, opts.SSM, pattern, log); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if s.Rotation, err = newRotation(s, opts.Rotation, log); err != nil {
 		c.Close()
 		return nil, err
 	}
