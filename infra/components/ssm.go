@@ -1,0 +1,328 @@
+package components
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/cloudwatch"
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/iam"
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/lambda"
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/scheduler"
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ssm"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+
+	"github.com/iot-fleet/iot-fleet/infra/lambdabuild"
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/lambdas/ssmregistered"
+	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
+)
+
+// Lambda names of SSM on demand (directories under lambdas/cmd/).
+const (
+	LambdaSSMToggle     = "ssmtoggle"
+	LambdaSSMRegistered = "ssmregistered"
+	LambdaSSMExpire     = "ssmexpire"
+)
+
+// Environment variables of the SSM Lambdas (lambdas/cmd/ssm*; the data
+// endpoint is EnvIoTDataEndpoint).
+const (
+	EnvManagedInstanceRole   = "MANAGED_INSTANCE_ROLE"
+	EnvEnvironment           = "ENVIRONMENT"
+	EnvActivationExpiryHours = "ACTIVATION_EXPIRY_HOURS"
+)
+
+// SSM schedule and policies.
+const (
+	// SSMExpireScheduleExpression runs the activation sweep every hour.
+	SSMExpireScheduleExpression = "rate(1 hour)"
+	// SSMInventoryScheduleExpression re-runs the inventory association
+	// (the fallback registration event) on the stack's managed nodes.
+	SSMInventoryScheduleExpression = "rate(30 minutes)"
+	// managedInstanceCorePolicy is the AWS managed policy every SSM
+	// managed node needs.
+	managedInstanceCorePolicy = "AmazonSSMManagedInstanceCore"
+)
+
+// SSMManagedInstanceRoleName is the IAM role the managed nodes of
+// "iot-fleet-<env>" get (sim/stack uses the same name).
+func SSMManagedInstanceRoleName(prefix string) string { return prefix + "-ssm-managed-instance" }
+
+// SSMRegistrationEventPattern is the EventBridge pattern of the
+// registration events the registered Lambda handles (docs/ssm.md).
+func SSMRegistrationEventPattern() string {
+	b, _ := json.Marshal(map[string][]string{ // strings only: cannot fail
+		"source":      {ssmregistered.Source},
+		"detail-type": {ssmregistered.DetailTypeRegistration, ssmregistered.DetailTypeAssociationOK},
+	})
+	return string(b)
+}
+
+// SSMArgs configure SSM.
+type SSMArgs struct {
+	// Prefix is "iot-fleet-<env>"; Environment "dev"/"prod";
+	// ThingNamePrefix "<env>-"; SerialPattern the stack's serial pattern.
+	Prefix          string
+	Environment     string
+	ThingNamePrefix string
+	SerialPattern   string
+	Partition       string
+	Region          string
+	AccountID       string
+	// DataEndpoint is the account's IoT data endpoint host (iot:Data-ATS).
+	DataEndpoint string
+	// Toggle, Registered and Expire are the built Lambda packages.
+	Toggle     lambdabuild.Artifact
+	Registered lambdabuild.Artifact
+	Expire     lambdabuild.Artifact
+	// Registry table name and ARN (the SSM state lives in its items).
+	RegistryName pulumi.StringInput
+	RegistryArn  pulumi.StringOutput
+	// ThingGroupArn: the group an operator may toggle at once.
+	ThingGroupArn pulumi.StringInput
+	// ActivationExpiryHours is the activations' lifetime
+	// (ssmActivationExpiryHours).
+	ActivationExpiryHours int
+	LogRetentionDays      int
+	Tags                  pulumi.StringMap
+}
+
+// SSM is AWS Systems Manager on demand in the cloud (docs/ssm.md): the
+// managed-instance role, the toggle Lambda, the registered Lambda behind an
+// EventBridge rule on the SSM registration events (and the inventory
+// association that produces the fallback event on the stack's nodes), and
+// the expiry sweep Lambda with its hourly EventBridge Scheduler schedule.
+type SSM struct {
+	pulumi.ResourceState
+
+	ManagedInstanceRole *iam.Role
+	// ManagedInstanceRoleName is the stack output ssmManagedInstanceRole.
+	ManagedInstanceRoleName pulumi.StringOutput
+	Toggle                  *Function
+	Registered              *Function
+	Expire                  *Function
+	Rule                    *cloudwatch.EventRule
+	Target                  *cloudwatch.EventTarget
+	Permission              *lambda.Permission
+	Inventory               *ssm.Association
+	Schedule                *scheduler.Schedule
+	SchedulerRole           *iam.Role
+	// SchedulerPolicy is the schedule role's inline policy document.
+	SchedulerPolicy pulumi.StringOutput
+}
+
+// NewSSM declares SSM.
+func NewSSM(ctx *pulumi.Context, name string, args SSMArgs, opts ...pulumi.ResourceOption) (*SSM, error) {
+	if args.Prefix == "" || args.Environment == "" || args.ThingNamePrefix == "" || args.DataEndpoint == "" ||
+		args.ThingGroupArn == nil || args.ActivationExpiryHours < 1 || args.ActivationExpiryHours > 720 {
+		return nil, fmt.Errorf("ssm %s: Prefix, Environment, ThingNamePrefix, DataEndpoint, ThingGroupArn and ActivationExpiryHours (1-720) are required", name)
+	}
+	c := &SSM{}
+	if err := ctx.RegisterComponentResource("iot-fleet:ssm:SSM", name, c, opts...); err != nil {
+		return nil, err
+	}
+	parent := pulumi.Parent(c)
+	roleName := SSMManagedInstanceRoleName(args.Prefix)
+	roleArn := fmt.Sprintf("arn:%s:iam::%s:role/%s", args.Partition, args.AccountID, roleName)
+	// DeregisterManagedInstance and ListTagsForResource name managed
+	// nodes; the activation actions and the Describe* reads have no
+	// resource type in the SSM authorization reference, so they need
+	// "*" (CreateActivation is pinned by its request tags instead).
+	nodes := fmt.Sprintf("arn:%s:ssm:%s:%s:managed-instance/*", args.Partition, args.Region, args.AccountID)
+	ours := map[string]map[string]any{"StringEquals": {
+		"ssm:resourceTag/" + ssmtoggle.TagProject:     ssmtoggle.ProjectName,
+		"ssm:resourceTag/" + ssmtoggle.TagEnvironment: args.Environment,
+	}}
+	anyResource := pulumi.StringArray{pulumi.String("*")}
+	table := pulumi.StringArray{args.RegistryArn}
+
+	var err error
+	if c.ManagedInstanceRole, err = iam.NewRole(ctx, name+"-managed-instance", &iam.RoleArgs{
+		Name:             pulumi.String(roleName),
+		Description:      pulumi.String("Assumed by Systems Manager for the devices registered with an SSM-on-demand activation"),
+		AssumeRolePolicy: pulumi.String(AssumeRolePolicy("ssm.amazonaws.com", args.AccountID)),
+		Tags:             args.Tags,
+	}, parent); err != nil {
+		return nil, fmt.Errorf("ssm managed-instance role: %w", err)
+	}
+	if _, err := iam.NewRolePolicyAttachment(ctx, name+"-managed-instance", &iam.RolePolicyAttachmentArgs{
+		Role:      c.ManagedInstanceRole.Name,
+		PolicyArn: pulumi.String(fmt.Sprintf("arn:%s:iam::aws:policy/%s", args.Partition, managedInstanceCorePolicy)),
+	}, parent); err != nil {
+		return nil, fmt.Errorf("ssm managed-instance role policy: %w", err)
+	}
+	c.ManagedInstanceRoleName = c.ManagedInstanceRole.Name
+
+	if c.Toggle, err = NewFunction(ctx, LambdaSSMToggle, FunctionArgs{
+		FunctionName: args.Prefix + "-" + LambdaSSMToggle,
+		Description:  "SSM on demand: activates or deactivates Systems Manager on a device or a thing group",
+		Artifact:     args.Toggle,
+		Environment: pulumi.StringMap{
+			EnvRegistryTable:         args.RegistryName,
+			EnvManagedInstanceRole:   pulumi.String(roleName),
+			EnvEnvironment:           pulumi.String(args.Environment),
+			EnvThingNamePrefix:       pulumi.String(args.ThingNamePrefix),
+			EnvIoTDataEndpoint:       pulumi.String(args.DataEndpoint),
+			EnvSerialPattern:         pulumi.String(args.SerialPattern),
+			EnvActivationExpiryHours: pulumi.String(fmt.Sprint(args.ActivationExpiryHours)),
+		},
+		Statements: []Statement{
+			{Sid: "SSMState", Actions: []string{"dynamodb:GetItem", "dynamodb:UpdateItem"}, Resources: table},
+			{
+				Sid: "CreateTaggedActivation", Actions: []string{"ssm:CreateActivation", "ssm:AddTagsToResource"}, Resources: anyResource,
+				Condition: map[string]map[string]any{
+					"StringEquals": {
+						"aws:RequestTag/" + ssmtoggle.TagProject:     ssmtoggle.ProjectName,
+						"aws:RequestTag/" + ssmtoggle.TagEnvironment: args.Environment,
+					},
+					"ForAllValues:StringEquals": {"aws:TagKeys": []string{
+						ssmtoggle.TagProject, ssmtoggle.TagEnvironment, ssmtoggle.TagThingName, ssmtoggle.TagSerial,
+					}},
+				},
+			},
+			{
+				Sid: "PassManagedInstanceRole", Actions: []string{"iam:PassRole"}, Resources: ARNs(roleArn),
+				Condition: map[string]map[string]any{"StringEquals": {"iam:PassedToService": "ssm.amazonaws.com"}},
+			},
+			{Sid: "DeleteActivationsFindNodes", Actions: []string{"ssm:DeleteActivation", "ssm:DescribeInstanceInformation"}, Resources: anyResource},
+			{Sid: "DeregisterOwnNodes", Actions: []string{"ssm:DeregisterManagedInstance"}, Resources: ARNs(nodes), Condition: ours},
+			{Sid: "SendCommand", Actions: []string{"iot:Publish"}, Resources: ARNs(ssmIoTARN(args, "topic", protocol.CommandTopic("*", protocol.KindSSM)))},
+			{Sid: "ListGroup", Actions: []string{"iot:ListThingsInThingGroup"}, Resources: pulumi.StringArray{args.ThingGroupArn}},
+		},
+		TimeoutSeconds:   300,
+		MemoryMB:         256,
+		LogRetentionDays: args.LogRetentionDays,
+		Tags:             args.Tags,
+	}, parent); err != nil {
+		return nil, err
+	}
+
+	if c.Registered, err = NewFunction(ctx, LambdaSSMRegistered, FunctionArgs{
+		FunctionName: args.Prefix + "-" + LambdaSSMRegistered,
+		Description:  "SSM on demand: records a device's managed node when it registered; deregisters stray nodes of this stack",
+		Artifact:     args.Registered,
+		Environment: pulumi.StringMap{
+			EnvRegistryTable:   args.RegistryName,
+			EnvEnvironment:     pulumi.String(args.Environment),
+			EnvThingNamePrefix: pulumi.String(args.ThingNamePrefix),
+		},
+		Statements: []Statement{
+			{Sid: "SSMState", Actions: []string{"dynamodb:GetItem", "dynamodb:UpdateItem"}, Resources: table},
+			{Sid: "ReadNodeTags", Actions: []string{"ssm:ListTagsForResource"}, Resources: ARNs(nodes)},
+			{Sid: "DeleteActivationsFindNodes", Actions: []string{"ssm:DeleteActivation", "ssm:DescribeInstanceInformation"}, Resources: anyResource},
+			{Sid: "DeregisterOwnNodes", Actions: []string{"ssm:DeregisterManagedInstance"}, Resources: ARNs(nodes), Condition: ours},
+		},
+		TimeoutSeconds:   60,
+		MemoryMB:         256,
+		LogRetentionDays: args.LogRetentionDays,
+		Tags:             args.Tags,
+	}, parent); err != nil {
+		return nil, err
+	}
+
+	if c.Expire, err = NewFunction(ctx, LambdaSSMExpire, FunctionArgs{
+		FunctionName: args.Prefix + "-" + LambdaSSMExpire,
+		Description:  "SSM on demand: deletes expired or used activations and resets stale activating records (hourly)",
+		Artifact:     args.Expire,
+		Environment: pulumi.StringMap{
+			EnvRegistryTable:       args.RegistryName,
+			EnvManagedInstanceRole: pulumi.String(roleName),
+			EnvEnvironment:         pulumi.String(args.Environment),
+			EnvThingNamePrefix:     pulumi.String(args.ThingNamePrefix),
+		},
+		Statements: []Statement{
+			{Sid: "SSMState", Actions: []string{"dynamodb:GetItem", "dynamodb:Scan", "dynamodb:UpdateItem"}, Resources: table},
+			{Sid: "SweepActivations", Actions: []string{"ssm:DescribeActivations", "ssm:DeleteActivation"}, Resources: anyResource},
+		},
+		TimeoutSeconds:   300,
+		MemoryMB:         256,
+		LogRetentionDays: args.LogRetentionDays,
+		Tags:             args.Tags,
+	}, parent); err != nil {
+		return nil, err
+	}
+
+	// Registration events → the registered Lambda.
+	if c.Rule, err = cloudwatch.NewEventRule(ctx, name+"-registered", &cloudwatch.EventRuleArgs{
+		Name:         pulumi.String(args.Prefix + "-ssm-registered"),
+		Description:  pulumi.String("SSM managed node registrations (and the inventory association's first run) for the registered Lambda"),
+		EventPattern: pulumi.String(SSMRegistrationEventPattern()),
+		Tags:         args.Tags,
+	}, parent); err != nil {
+		return nil, fmt.Errorf("ssm registration rule: %w", err)
+	}
+	if c.Permission, err = lambda.NewPermission(ctx, name+"-registered-invoke", &lambda.PermissionArgs{
+		Action:        pulumi.String("lambda:InvokeFunction"),
+		Function:      c.Registered.Name,
+		Principal:     pulumi.String("events.amazonaws.com"),
+		SourceArn:     c.Rule.Arn,
+		SourceAccount: pulumi.String(args.AccountID),
+	}, parent); err != nil {
+		return nil, fmt.Errorf("ssm registration rule permission: %w", err)
+	}
+	if c.Target, err = cloudwatch.NewEventTarget(ctx, name+"-registered", &cloudwatch.EventTargetArgs{
+		Rule:        c.Rule.Name,
+		TargetId:    pulumi.String(LambdaSSMRegistered),
+		Arn:         c.Registered.Arn,
+		RetryPolicy: &cloudwatch.EventTargetRetryPolicyArgs{MaximumRetryAttempts: pulumi.Int(8), MaximumEventAgeInSeconds: pulumi.Int(3600)},
+	}, parent, pulumi.DependsOn([]pulumi.Resource{c.Permission})); err != nil {
+		return nil, fmt.Errorf("ssm registration rule target: %w", err)
+	}
+	// The reference design's event source: inventory on the stack's
+	// nodes only (their tags come from the activation).
+	if c.Inventory, err = ssm.NewAssociation(ctx, name+"-inventory", &ssm.AssociationArgs{
+		AssociationName:    pulumi.String(args.Prefix + "-ssm-inventory"),
+		Name:               pulumi.String("AWS-GatherSoftwareInventory"),
+		ScheduleExpression: pulumi.String(SSMInventoryScheduleExpression),
+		Targets: ssm.AssociationTargetArray{
+			&ssm.AssociationTargetArgs{Key: pulumi.String("tag:" + ssmtoggle.TagProject), Values: pulumi.StringArray{pulumi.String(ssmtoggle.ProjectName)}},
+			&ssm.AssociationTargetArgs{Key: pulumi.String("tag:" + ssmtoggle.TagEnvironment), Values: pulumi.StringArray{pulumi.String(args.Environment)}},
+		},
+		Tags: args.Tags,
+	}, parent); err != nil {
+		return nil, fmt.Errorf("ssm inventory association: %w", err)
+	}
+
+	// Hourly sweep (EventBridge Scheduler, as the rotation scan).
+	if c.SchedulerRole, err = iam.NewRole(ctx, name+"-schedule", &iam.RoleArgs{
+		Name:             pulumi.String(args.Prefix + "-ssmexpire-schedule"),
+		Description:      pulumi.String("Assumed by EventBridge Scheduler to run the hourly SSM activation sweep"),
+		AssumeRolePolicy: pulumi.String(AssumeRolePolicy("scheduler.amazonaws.com", args.AccountID)),
+		Tags:             args.Tags,
+	}, parent); err != nil {
+		return nil, fmt.Errorf("ssm schedule role: %w", err)
+	}
+	c.SchedulerPolicy = PolicyDocument(Statement{
+		Sid: "InvokeSweep", Actions: []string{"lambda:InvokeFunction"}, Resources: pulumi.StringArray{c.Expire.Arn},
+	})
+	pol, err := iam.NewRolePolicy(ctx, name+"-schedule", &iam.RolePolicyArgs{Role: c.SchedulerRole.ID(), Policy: c.SchedulerPolicy}, parent)
+	if err != nil {
+		return nil, fmt.Errorf("ssm schedule role policy: %w", err)
+	}
+	if c.Schedule, err = scheduler.NewSchedule(ctx, name+"-expire", &scheduler.ScheduleArgs{
+		Name:               pulumi.String(args.Prefix + "-ssmexpire"),
+		Description:        pulumi.String("Hourly sweep of unused or expired SSM activations"),
+		ScheduleExpression: pulumi.String(SSMExpireScheduleExpression),
+		FlexibleTimeWindow: &scheduler.ScheduleFlexibleTimeWindowArgs{Mode: pulumi.String("OFF")},
+		Target: &scheduler.ScheduleTargetArgs{
+			Arn:         c.Expire.Arn,
+			RoleArn:     c.SchedulerRole.Arn,
+			Input:       pulumi.String("{}"),
+			RetryPolicy: &scheduler.ScheduleTargetRetryPolicyArgs{MaximumRetryAttempts: pulumi.Int(2)},
+		},
+	}, parent, pulumi.DependsOn([]pulumi.Resource{pol})); err != nil {
+		return nil, fmt.Errorf("ssm schedule: %w", err)
+	}
+
+	if err := ctx.RegisterResourceOutputs(c, pulumi.Map{
+		"ssmToggleLambda": c.Toggle.Name, "ssmManagedInstanceRole": c.ManagedInstanceRoleName, "ssmRegistrationRule": c.Rule.Name,
+	}); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ssmIoTARN is an IoT resource ARN of the deployment.
+func ssmIoTARN(args SSMArgs, kind, res string) string {
+	return fmt.Sprintf("arn:%s:iot:%s:%s:%s/%s", args.Partition, args.Region, args.AccountID, kind, res)
+}
