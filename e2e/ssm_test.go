@@ -5,7 +5,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -36,99 +35,11 @@ import (
 // the managed instance id back, which the script stores in its
 // registration file as amazon-ssm-agent does.
 
-// fakeSSMHost is the device's fake SSM tooling.
-type fakeSSMHost struct {
-	dir        string
-	argvLog    string // every command's argv, one line each
-	agent      string // the amazon-ssm-agent binary (exists once installed)
-	regFile    string // amazon-ssm-agent's registration file
-	serviceDir string // <activation id> files: Systems Manager's answers
-	cfg        config.SSM
-}
-
-func writeScript(t *testing.T, path, body string) {
+func newFakeSSMHost(t *testing.T) *harness.FakeSSMHost {
 	t.Helper()
-	require.NoError(t, os.WriteFile(path, []byte("#!/bin/sh\n"+body), 0o755))
-}
-
-func newFakeSSMHost(t *testing.T) *fakeSSMHost {
-	t.Helper()
-	dir := t.TempDir()
-	h := &fakeSSMHost{
-		dir: dir, argvLog: filepath.Join(dir, "argv.log"), agent: filepath.Join(dir, "bin", "amazon-ssm-agent"),
-		regFile: filepath.Join(dir, "var", "registration"), serviceDir: filepath.Join(dir, "service"),
-	}
-	for _, d := range []string{"bin", "var", "service"} {
-		require.NoError(t, os.MkdirAll(filepath.Join(dir, d), 0o755))
-	}
-	// amazon-ssm-agent -register -code C -id I -region R -y | -register -clear
-	agentBody := `echo "amazon-ssm-agent $*" >> '` + h.argvLog + `'
-if [ "$1" = "-register" ] && [ "$2" = "-clear" ]; then rm -f '` + h.regFile + `'; exit 0; fi
-if [ "$1" = "-register" ] && [ "$4" = "-id" ]; then
-  answer='` + h.serviceDir + `'/"$5"
-  i=0
-  while [ ! -s "$answer" ]; do
-    i=$((i+1))
-    if [ $i -gt 600 ]; then echo "Registration failed: no answer from Systems Manager" >&2; exit 1; fi
-    sleep 0.05
-  done
-  read -r instance < "$answer"
-  case "$instance" in mi-*) ;; *) echo "Registration failed: $instance" >&2; exit 1 ;; esac
-  printf '{"ManagedInstanceID":"%s","Region":"%s"}' "$instance" "$7" > '` + h.regFile + `'
-  exit 0
-fi
-echo "unexpected arguments" >&2
-exit 2
-`
-	template := filepath.Join(dir, "amazon-ssm-agent.pkg")
-	writeScript(t, template, agentBody)
-	install := filepath.Join(dir, "bin", "apt-get")
-	writeScript(t, install, `echo "apt-get $*" >> '`+h.argvLog+`'
-cp '`+template+`' '`+h.agent+`' && chmod 755 '`+h.agent+`'
-`)
-	systemctl := filepath.Join(dir, "bin", "systemctl")
-	writeScript(t, systemctl, `echo "systemctl $*" >> '`+h.argvLog+`'`+"\n")
-	uninstall := filepath.Join(dir, "bin", "apt-get-remove")
-	writeScript(t, uninstall, `echo "apt-get-remove $*" >> '`+h.argvLog+`'
-rm -f '`+h.agent+`'
-`)
-	h.cfg = config.SSM{
-		Enabled: true, AgentPath: h.agent,
-		InstallCommand:   []string{install, "install", "-y", "amazon-ssm-agent"},
-		StartCommand:     []string{systemctl, "enable", "--now", "amazon-ssm-agent"},
-		StopCommand:      []string{systemctl, "disable", "--now", "amazon-ssm-agent"},
-		ClearCommand:     []string{h.agent, "-register", "-clear"},
-		UninstallCommand: []string{uninstall, "amazon-ssm-agent"},
-		RegistrationFile: h.regFile, CommandTimeout: config.Duration(time.Minute),
-	}
+	h, err := harness.NewFakeSSMHost(t.TempDir())
+	require.NoError(t, err)
 	return h
-}
-
-func (h *fakeSSMHost) argv() []string {
-	data, err := os.ReadFile(h.argvLog)
-	if err != nil {
-		return nil
-	}
-	return strings.Split(strings.TrimSpace(string(data)), "\n")
-}
-
-var registerArgv = regexp.MustCompile(`^amazon-ssm-agent -register -code (\S+) -id (\S+) -region (\S+) -y$`)
-
-// registerCalls returns the argv of each -register call with a code.
-func (h *fakeSSMHost) registerCalls() [][]string {
-	var out [][]string
-	for _, l := range h.argv() {
-		if m := registerArgv.FindStringSubmatch(l); m != nil {
-			out = append(out, m[1:])
-		}
-	}
-	return out
-}
-
-// answer is Systems Manager's answer to the register call of activationID.
-func (h *fakeSSMHost) answer(t *testing.T, activationID, instanceID string) {
-	t.Helper()
-	require.NoError(t, os.WriteFile(filepath.Join(h.serviceDir, activationID), []byte(instanceID+"\n"), 0o644))
 }
 
 // assertNotInFiles checks that secret is in no file under dir.
@@ -159,13 +70,13 @@ func toggle(t *testing.T, ctx context.Context, f *harness.Fleet, action, deviceI
 func TestSSMActivateRegisterDeactivate(t *testing.T) {
 	f := startFleet(t, serialA)
 	host := newFakeSSMHost(t)
-	a, err := f.NewAgent("a", harness.AgentOptions{Serial: serialA, Configure: func(c *config.Config) { c.SSM = host.cfg }})
+	a, err := f.NewAgent("a", harness.AgentOptions{Serial: serialA, Configure: func(c *config.Config) { c.SSM = host.Config }})
 	require.NoError(t, err)
 	require.NoError(t, a.Start())
 	t.Cleanup(func() {
 		_ = a.Stop(10 * time.Second)
 		if t.Failed() {
-			t.Logf("agent log tail:\n%s\nfake ssm argv:\n%s", a.LogTail(40), strings.Join(host.argv(), "\n"))
+			t.Logf("agent log tail:\n%s\nfake ssm argv:\n%s", a.LogTail(40), strings.Join(host.Argv(), "\n"))
 		}
 	})
 	ctx := waitCtx(t, 90*time.Second)
@@ -190,9 +101,10 @@ func TestSSMActivateRegisterDeactivate(t *testing.T) {
 
 	// The agent installs the SSM agent, stops it and registers with the
 	// code it was sent, then waits for Systems Manager.
-	require.NoError(t, harness.Poll(ctx, "the register call", func() bool { return len(host.registerCalls()) == 1 }))
-	call := host.registerCalls()[0]
-	assert.Equal(t, []string{code, act.ActivationID, "local-1"}, call, "register got the activation's code, id and region")
+	require.NoError(t, harness.Poll(ctx, "the register call", func() bool { return len(host.RegisterCalls()) == 1 }))
+	call := host.RegisterCalls()[0]
+	assert.Equal(t, harness.RegisterCall{Code: code, ActivationID: act.ActivationID, Region: "local-1"}, call,
+		"register got the activation's code, id and region")
 	_, err = watcher.Wait(ctx, thing, func(s protocol.SSMStatus) bool {
 		return s.State == protocol.SSMStateInstalling && s.RequestID == act.RequestID
 	})
@@ -200,11 +112,11 @@ func TestSSMActivateRegisterDeactivate(t *testing.T) {
 
 	// Systems Manager registers the instance; the registration event runs
 	// the registered Lambda, which records it against the device.
-	reg, err := f.Stack.SSM.Register(ctx, call[1], call[0])
+	reg, err := f.Stack.SSM.Register(ctx, call.ActivationID, call.Code)
 	require.NoError(t, err)
 	assert.Equal(t, ssmregistered.Recorded, reg.Outcome.Result, "%+v", reg.Outcome)
 	assert.Equal(t, serialA, reg.Outcome.Serial)
-	host.answer(t, call[1], reg.InstanceID)
+	require.NoError(t, host.Answer(call.ActivationID, reg.InstanceID))
 
 	// The agent starts the service and reports "registered" with the
 	// instance id, seen by the operator's MQTT client through the local
@@ -218,7 +130,7 @@ func TestSSMActivateRegisterDeactivate(t *testing.T) {
 		"systemctl disable --now amazon-ssm-agent",
 		"amazon-ssm-agent -register -code " + code + " -id " + act.ActivationID + " -region local-1 -y",
 		"systemctl enable --now amazon-ssm-agent",
-	}, host.argv())
+	}, host.Argv())
 
 	// Registry state: active with the managed instance; the used
 	// activation is deleted, so the code is no longer valid.
@@ -250,7 +162,7 @@ func TestSSMActivateRegisterDeactivate(t *testing.T) {
 		}
 		return n >= 2
 	}))
-	assert.Len(t, host.registerCalls(), 1, "no second registration")
+	assert.Len(t, host.RegisterCalls(), 1, "no second registration")
 
 	// The operator deactivates: the agent stops the service, clears the
 	// registration and uninstalls; the cloud deregisters the instance.
@@ -273,9 +185,9 @@ func TestSSMActivateRegisterDeactivate(t *testing.T) {
 		"systemctl disable --now amazon-ssm-agent",
 		"amazon-ssm-agent -register -clear",
 		"apt-get-remove amazon-ssm-agent",
-	}, host.argv()[4:])
-	assert.NoFileExists(t, host.agent, "uninstalled")
-	assert.NoFileExists(t, host.regFile, "registration cleared")
+	}, host.Argv()[4:])
+	assert.NoFileExists(t, host.AgentPath, "uninstalled")
+	assert.NoFileExists(t, host.RegistrationFile, "registration cleared")
 
 	// A duplicate deactivate is harmless too: the device reports
 	// "deactivated" again without running anything.
@@ -285,7 +197,7 @@ func TestSSMActivateRegisterDeactivate(t *testing.T) {
 		return s.State == protocol.SSMStateDeactivated && s.RequestID == dupDeact.RequestID
 	})
 	require.NoError(t, err)
-	assert.Len(t, host.argv(), 7, "nothing run for the duplicate")
+	assert.Len(t, host.Argv(), 7, "nothing run for the duplicate")
 
 	// The code was only in the register process's argv: never in the
 	// agent's output, its state directory or a published status.
@@ -303,13 +215,13 @@ func TestSSMActivateRegisterDeactivate(t *testing.T) {
 func TestSSMDeactivateBeforeRegistrationInvalidatesTheCode(t *testing.T) {
 	f := startFleet(t, serialA)
 	host := newFakeSSMHost(t)
-	a, err := f.NewAgent("a", harness.AgentOptions{Serial: serialA, Configure: func(c *config.Config) { c.SSM = host.cfg }})
+	a, err := f.NewAgent("a", harness.AgentOptions{Serial: serialA, Configure: func(c *config.Config) { c.SSM = host.Config }})
 	require.NoError(t, err)
 	require.NoError(t, a.Start())
 	t.Cleanup(func() {
 		_ = a.Stop(10 * time.Second)
 		if t.Failed() {
-			t.Logf("agent log tail:\n%s\nfake ssm argv:\n%s", a.LogTail(40), strings.Join(host.argv(), "\n"))
+			t.Logf("agent log tail:\n%s\nfake ssm argv:\n%s", a.LogTail(40), strings.Join(host.Argv(), "\n"))
 		}
 	})
 	ctx := waitCtx(t, 90*time.Second)
@@ -319,8 +231,8 @@ func TestSSMDeactivateBeforeRegistrationInvalidatesTheCode(t *testing.T) {
 	t.Cleanup(watcher.Close)
 
 	act := toggle(t, ctx, f, ssmtoggle.ActionActivate, serialA)
-	require.NoError(t, harness.Poll(ctx, "the register call", func() bool { return len(host.registerCalls()) == 1 }))
-	call := host.registerCalls()[0]
+	require.NoError(t, harness.Poll(ctx, "the register call", func() bool { return len(host.RegisterCalls()) == 1 }))
+	call := host.RegisterCalls()[0]
 
 	// The operator changes their mind before Systems Manager answered.
 	deact := toggle(t, ctx, f, ssmtoggle.ActionDeactivate, serialA)
@@ -328,23 +240,23 @@ func TestSSMDeactivateBeforeRegistrationInvalidatesTheCode(t *testing.T) {
 	assert.Empty(t, f.Stack.SSM.Service.Activations(), "activation deleted")
 
 	// The code no longer registers anything.
-	_, err = f.Stack.SSM.Register(ctx, call[1], call[0])
+	_, err = f.Stack.SSM.Register(ctx, call.ActivationID, call.Code)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "InvalidActivation")
-	host.answer(t, call[1], "InvalidActivation: activation "+act.ActivationID+" not found (code "+call[0]+")")
+	require.NoError(t, host.Answer(call.ActivationID, "InvalidActivation: activation "+act.ActivationID+" not found (code "+call.Code+")"))
 
 	st, err := watcher.Wait(ctx, a.ThingName(), func(s protocol.SSMStatus) bool {
 		return s.State == protocol.SSMStateFailed && s.RequestID == act.RequestID
 	})
 	require.NoError(t, err)
 	assert.Contains(t, st.Reason, "register")
-	assert.NotContains(t, st.Reason, call[0], "the failure is reported redacted")
+	assert.NotContains(t, st.Reason, call.Code, "the failure is reported redacted")
 	// The queued deactivate then runs: the device ends deactivated.
 	_, err = watcher.Wait(ctx, a.ThingName(), func(s protocol.SSMStatus) bool {
 		return s.State == protocol.SSMStateDeactivated && s.RequestID == deact.RequestID
 	})
 	require.NoError(t, err)
 	assert.Empty(t, f.Stack.SSM.Service.Instances())
-	assert.NotContains(t, a.Log(), call[0])
-	assertNotInFiles(t, a.StateDir, call[0])
+	assert.NotContains(t, a.Log(), call.Code)
+	assertNotInFiles(t, a.StateDir, call.Code)
 }

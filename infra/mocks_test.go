@@ -144,6 +144,9 @@ func (f *fakeAWS) NewResource(args pulumi.MockResourceArgs) (string, resource.Pr
 		id = str("name")
 		set("arn", f.arn("lambda", "function:"+id))
 		set("invokeArn", "arn:aws:apigateway:"+f.region+":lambda:path/2015-03-31/functions/"+f.arn("lambda", "function:"+id)+"/invocations")
+	case "aws:cloudwatch/eventRule:EventRule":
+		id = str("name")
+		set("arn", f.arn("events", "rule/"+id))
 	case "aws:iot/policy:Policy":
 		id = str("name")
 		set("arn", f.arn("iot", "policy/"+id))

@@ -104,6 +104,7 @@ func declare(ctx *pulumi.Context, opts programOptions) (pulumi.Map, error) {
 		AccountID:     identity.AccountId,
 		Lambdas:       artifacts,
 		AllowlistPath: allowlistPath,
+		DataEndpoint:  dataEndpoint.EndpointAddress,
 	})
 	if err != nil {
 		return nil, err

@@ -356,7 +356,8 @@ func TestProvisioningTemplateUsesHookAndGroup(t *testing.T) {
 	// IoT may invoke the hook, for this template only.
 	var perm registration
 	for _, p := range r.aws.resources(tPermission) {
-		if propString(p.Inputs, "principal") == "iot.amazonaws.com" {
+		// (The rotation rule has its own permission for its Lambda.)
+		if propString(p.Inputs, "principal") == "iot.amazonaws.com" && propString(p.Inputs, "function") == propString(hook.Outputs, "name") {
 			perm = p
 		}
 	}
@@ -553,7 +554,7 @@ func TestIAMPoliciesNameSpecificResources(t *testing.T) {
 	t.Parallel()
 	r := mustRun(t)
 	policies := r.aws.resources(tRolePolicy)
-	require.Len(t, policies, 5, "two Lambdas, the token-exchange role, the topic-rule role and the OTA presign role")
+	require.Len(t, policies, 12, "two Lambdas, the token-exchange role, the topic-rule role, the OTA presign role, the three SSM Lambdas and the SSM schedule role, the two rotation Lambdas and the rotation schedule role")
 	for _, p := range policies {
 		doc := policyJSON(t, propString(p.Inputs, "policy"))
 		for _, st := range doc.Statement {
@@ -563,11 +564,23 @@ func TestIAMPoliciesNameSpecificResources(t *testing.T) {
 			}
 			require.NotEmpty(t, st.Resource, "%s: statement %s has no resources", p.Name, st.Sid)
 			for _, res := range st.Resource {
-				assert.NotEqual(t, "*", res, p.Name)
+				if res == "*" {
+					// Only actions IAM cannot scope to a resource.
+					for _, a := range st.Action {
+						// iot:CreateCertificateFromCsr (rotation) has no
+						// resource type either.
+						assert.True(t, actionWithoutResourceType(a) || a == "iot:CreateCertificateFromCsr", "%s: %s on * but it has a resource type", p.Name, a)
+					}
+					continue
+				}
 				assert.True(t, strings.HasPrefix(res, "arn:aws:"), "%s: %s is not an ARN", p.Name, res)
 				// A wildcard may only narrow within a named resource
 				// (objects of one bucket, streams of one log group,
-				// certificates or things of this account).
+				// certificates or things of this account), or stand for
+				// the thing name of a command topic.
+				if thingCommandTopic(res) {
+					continue
+				}
 				if i := strings.Index(res, "*"); i >= 0 {
 					assert.Equal(t, len(res)-1, i, "%s: %s: wildcard only at the end", p.Name, res)
 				}
@@ -627,6 +640,23 @@ func TestLambdas(t *testing.T) {
 		components.LambdaAllowlistSync: {
 			"REGISTRY_TABLE": table, "THING_GROUP": group, "SERIAL_PATTERN": cfg[stackconfig.KeySerialPattern],
 			"DEVICE_POLICY": "iot-fleet-dev-device", "THING_NAME_PREFIX": "dev-",
+		},
+		components.LambdaSSMToggle: {
+			"REGISTRY_TABLE": table, "MANAGED_INSTANCE_ROLE": "iot-fleet-dev-ssm-managed-instance", "ENVIRONMENT": "dev",
+			"THING_NAME_PREFIX": "dev-", "IOT_DATA_ENDPOINT": "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com",
+			"SERIAL_PATTERN": cfg[stackconfig.KeySerialPattern], "ACTIVATION_EXPIRY_HOURS": cfg[stackconfig.KeySSMActivationExpiryHours],
+		},
+		components.LambdaSSMRegistered: {"REGISTRY_TABLE": table, "ENVIRONMENT": "dev", "THING_NAME_PREFIX": "dev-"},
+		components.LambdaSSMExpire: {
+			"REGISTRY_TABLE": table, "MANAGED_INSTANCE_ROLE": "iot-fleet-dev-ssm-managed-instance", "ENVIRONMENT": "dev", "THING_NAME_PREFIX": "dev-",
+		},
+		components.LambdaCertRotate: {
+			"REGISTRY_TABLE": table, "DEVICE_POLICY": "iot-fleet-dev-device", "THING_NAME_PREFIX": "dev-",
+			"IOT_DATA_ENDPOINT": "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com",
+		},
+		components.LambdaCertScan: {
+			"REGISTRY_TABLE": table, "THING_NAME_PREFIX": "dev-", "EXPIRY_WINDOW_DAYS": cfg[stackconfig.KeyCertExpiryWindowDays],
+			"IOT_DATA_ENDPOINT": "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com",
 		},
 	}
 	require.Len(t, r.aws.resources(tFunction), len(wantEnv))
@@ -776,7 +806,7 @@ func TestTopicRulesHaveErrorActions(t *testing.T) {
 	assert.Equal(t, map[string]any{"Service": "iot.amazonaws.com"}, trust.Statement[0].Principal)
 	assert.Equal(t, map[string]any{"StringEquals": map[string]any{"aws:SourceAccount": mockAccount}}, trust.Statement[0].Condition)
 
-	var sawStatus bool
+	var sawStatus, sawRotation bool
 	for _, rule := range rules {
 		sql := propString(rule.Inputs, "sql")
 		if strings.Contains(sql, "FROM 'dt/fleet/+/status'") {
@@ -787,6 +817,13 @@ func TestTopicRulesHaveErrorActions(t *testing.T) {
 		assert.Regexp(t, `^[a-zA-Z0-9_]+$`, propString(rule.Inputs, "name"))
 		assert.Equal(t, propString(errGroup.Inputs, "name"), propString(rule.Inputs, "errorAction", "cloudwatchLogs", "logGroupName"), "%s has an error action", rule.Name)
 		assert.Equal(t, propString(role.Outputs, "arn"), propString(rule.Inputs, "errorAction", "cloudwatchLogs", "roleArn"))
+		if lambdas, ok := prop(rule.Inputs, "lambdas"); ok && lambdas.IsArray() {
+			// The rotation rule invokes its Lambda (infra/components
+			// TestRotation checks it); the others log.
+			sawRotation = true
+			assert.Contains(t, sql, "FROM 'dt/fleet/+/rotate/+'")
+			continue
+		}
 		actions, _ := prop(rule.Inputs, "cloudwatchLogs")
 		require.Len(t, actions.ArrayValue(), 1)
 		target := propString(actions.ArrayValue()[0].ObjectValue(), "logGroupName")
@@ -796,6 +833,7 @@ func TestTopicRulesHaveErrorActions(t *testing.T) {
 	}
 	assert.Contains(t, writable, propString(errGroup.Outputs, "arn")+":*")
 	assert.True(t, sawStatus, "device status messages are logged")
+	assert.True(t, sawRotation, "rotation messages reach the rotation Lambda")
 }
 
 func TestOutputs(t *testing.T) {
@@ -813,6 +851,7 @@ func TestOutputs(t *testing.T) {
 		"iotDataEndpoint", "iotCredentialsEndpoint", "provisioningTemplate", "claimCertificateArn",
 		"claimCertificateSecretArn", "claimPrivateKey", "artifactsBucket", "configBucket", "allowlistKey",
 		"roleAlias", "registryTable", "preprovisionLambda", "allowlistSyncLambda", "thingGroup",
+		"certRotateLambda", "certScanLambda",
 	} {
 		v, ok := r.outputs[k].(string)
 		assert.True(t, ok && v != "", "output %s", k)
@@ -912,7 +951,7 @@ func TestProgramBuildsLambdas(t *testing.T) {
 		return h
 	}
 	first, second := hashes(), hashes()
-	require.Len(t, first, 2)
+	require.Len(t, first, len(components.LambdaNames()))
 	assert.Equal(t, first, second, "an unchanged Lambda has the same hash, so it is not redeployed")
 	for name, art := range lambdaPackages {
 		assert.Equal(t, art.SHA256, first[name], "%s: same bytes as the separately built package", name)

@@ -24,6 +24,8 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/e2e/harness"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/lambdas/certscan"
 	"github.com/iot-fleet/iot-fleet/sim/jobs"
 )
 
@@ -138,6 +140,9 @@ func (d *demo) run(ctx context.Context, n int) error {
 		return err
 	}
 	if err := d.otaUpdate(ctx, otaSerials); err != nil {
+		return err
+	}
+	if err := d.rotation(ctx); err != nil {
 		return err
 	}
 	return d.revocation(ctx)
@@ -311,6 +316,45 @@ func (d *demo) otaUpdate(ctx context.Context, serials []string) error {
 			return fmt.Errorf("OTA on %s ended %s step %q, want %s step %q", e.ThingName, e.Status, e.StatusDetails["step"], want[e.ThingName], wantStep[e.ThingName])
 		}
 	}
+	return nil
+}
+
+// rotation rotates one device's certificate on demand (docs/rotation.md):
+// a new key made on the device, the old certificate retired only after the
+// device connected with the new one.
+func (d *demo) rotation(ctx context.Context) error {
+	a := d.agents[1]
+	old, _, err := a.Identity()
+	if err != nil {
+		return err
+	}
+	rep, err := d.fleet.Stack.RequestRotation(ctx, certscan.Request{ThingName: a.ThingName()})
+	if err != nil {
+		return err
+	}
+	id, ok := rep.Requested[a.ThingName()]
+	if !ok {
+		return fmt.Errorf("rotation of %s not requested: %+v", a.ThingName(), rep)
+	}
+	d.say("rotation     %-20s requested on cmd/fleet/%s/rotate/request", a.ThingName(), a.ThingName())
+	rec, err := d.fleet.Stack.WaitRotation(ctx, a.Serial, id)
+	if err != nil {
+		return err
+	}
+	if rec.LastRotationStatus != registry.RotationCompleted {
+		return fmt.Errorf("rotation of %s ended %s", a.ThingName(), rec.LastRotationStatus)
+	}
+	if _, err := d.fleet.Stack.Core.Registry().Certificate(old.CertificateID); err == nil {
+		return fmt.Errorf("old certificate of %s still exists after the rotation", a.ThingName())
+	}
+	if err := harness.Poll(ctx, a.ThingName()+" connected with its new certificate", func() bool {
+		id, _, _ := a.Identity()
+		return id.CertificateID == rec.CertificateID && d.fleet.Connected(a.ThingName())
+	}); err != nil {
+		return err
+	}
+	d.say("rotated      %-20s certificate %s… -> %s… (new key made on the device, valid until %s); the old one was deleted only after the device connected with the new one",
+		a.ThingName(), short(old.CertificateID), short(rec.CertificateID), rec.CertNotAfter.Format("2006-01-02"))
 	return nil
 }
 

@@ -186,7 +186,7 @@ func NewSSM(ctx *pulumi.Context, name string, args SSMArgs, opts ...pulumi.Resou
 			},
 			{Sid: "DeleteActivationsFindNodes", Actions: []string{"ssm:DeleteActivation", "ssm:DescribeInstanceInformation"}, Resources: anyResource},
 			{Sid: "DeregisterOwnNodes", Actions: []string{"ssm:DeregisterManagedInstance"}, Resources: ARNs(nodes), Condition: ours},
-			{Sid: "SendCommand", Actions: []string{"iot:Publish"}, Resources: ARNs(ssmIoTARN(args, "topic", protocol.CommandTopic("*", protocol.KindSSM)))},
+			{Sid: "SendCommand", Actions: []string{"iot:Publish"}, Resources: ARNs(ssmIoTARN(args, "topic", protocol.CommandTopic(args.ThingNamePrefix+"*", protocol.KindSSM)))},
 			{Sid: "ListGroup", Actions: []string{"iot:ListThingsInThingGroup"}, Resources: pulumi.StringArray{args.ThingGroupArn}},
 		},
 		TimeoutSeconds:   300,

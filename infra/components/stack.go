@@ -20,7 +20,10 @@ const (
 )
 
 // LambdaNames are the Lambdas the stack deploys.
-func LambdaNames() []string { return []string{LambdaPreprovision, LambdaAllowlistSync} }
+func LambdaNames() []string {
+	return []string{LambdaPreprovision, LambdaAllowlistSync, LambdaSSMToggle, LambdaSSMRegistered, LambdaSSMExpire,
+		LambdaCertRotate, LambdaCertScan}
+}
 
 // Environment variables of the Lambdas (the contract between infra and
 // lambdas/cmd/*).
@@ -47,6 +50,8 @@ type StackArgs struct {
 	Lambdas map[string]lambdabuild.Artifact
 	// AllowlistPath is the (validated) allowlist file to upload.
 	AllowlistPath string
+	// DataEndpoint is the account's IoT data endpoint host (iot:Data-ATS).
+	DataEndpoint string
 }
 
 // Stack is the whole iot-fleet environment. Features add their components
@@ -63,6 +68,9 @@ type Stack struct {
 	Allowlist    *Allowlist
 	Rules        *TopicRules
 	OTA          *OTA
+	SSM          *SSM
+	// Rotation is certificate rotation (rotation.go).
+	Rotation *Rotation
 }
 
 // NewStack declares the environment.
@@ -197,6 +205,29 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 		return nil, err
 	}
 
+	if s.SSM, err = NewSSM(ctx, "ssm", SSMArgs{
+		Prefix: prefix, Environment: cfg.Environment, ThingNamePrefix: cfg.ThingNamePrefix(), SerialPattern: cfg.SerialPattern,
+		Partition: args.Partition, Region: args.Region, AccountID: args.AccountID, DataEndpoint: args.DataEndpoint,
+		Toggle: args.Lambdas[LambdaSSMToggle], Registered: args.Lambdas[LambdaSSMRegistered], Expire: args.Lambdas[LambdaSSMExpire],
+		RegistryName: s.Storage.RegistryName, RegistryArn: s.Storage.RegistryArn, ThingGroupArn: s.Fleet.ThingGroupArn,
+		ActivationExpiryHours: cfg.SSMActivationExpiryHours, LogRetentionDays: cfg.LogRetentionDays, Tags: tags,
+	}, parent); err != nil {
+		return nil, err
+	}
+
+	if s.Rotation, err = NewRotation(ctx, "rotation", RotationArgs{
+		Prefix: prefix, ThingNamePrefix: cfg.ThingNamePrefix(),
+		Partition: args.Partition, Region: args.Region, AccountID: args.AccountID, DataEndpoint: args.DataEndpoint,
+		CertRotate: args.Lambdas[LambdaCertRotate], CertScan: args.Lambdas[LambdaCertScan],
+		RegistryName: s.Storage.RegistryName, RegistryArn: s.Storage.RegistryArn,
+		DevicePolicyName: cfg.DevicePolicyName(), DevicePolicyArn: s.Policies.Device.Arn,
+		ThingGroupArn: s.Fleet.ThingGroupArn, ExpiryWindowDays: cfg.CertExpiryWindowDays,
+		RuleRoleArn: s.Rules.Role.Arn, ErrorLogGroupName: s.Rules.ErrorLogGroup.Name,
+		LogRetentionDays: cfg.LogRetentionDays, Tags: tags,
+	}, parent); err != nil {
+		return nil, err
+	}
+
 	if err := ctx.RegisterResourceOutputs(s, s.Outputs()); err != nil {
 		return nil, err
 	}
@@ -223,5 +254,9 @@ func (s *Stack) Outputs() pulumi.Map {
 		"allowlistSyncLambda":       s.Sync.Name,
 		"ruleErrorLogGroup":         s.Rules.ErrorLogGroup.Name,
 		"otaPresignRoleArn":         s.OTA.PresignRoleArn,
+		"ssmToggleLambda":           s.SSM.Toggle.Name,
+		"ssmManagedInstanceRole":    s.SSM.ManagedInstanceRoleName,
+		"certRotateLambda":          s.Rotation.Rotate.Name,
+		"certScanLambda":            s.Rotation.Scan.Name,
 	}
 }
