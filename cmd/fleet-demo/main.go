@@ -17,15 +17,18 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/iot-fleet/iot-fleet/device/config"
 	"github.com/iot-fleet/iot-fleet/e2e/harness"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/lambdas/certscan"
+	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
 	"github.com/iot-fleet/iot-fleet/sim/jobs"
 )
 
@@ -79,6 +82,7 @@ type demo struct {
 	fleet  *harness.Fleet
 	agents []*harness.Agent // the allowlisted devices, then the stranger
 	ota    []*harness.OTADevice
+	ssm    *harness.Agent
 	stops  []*harness.Agent // every started agent, stopped at the end
 }
 
@@ -110,15 +114,16 @@ func (d *demo) run(ctx context.Context, n int) error {
 	}
 	stranger := "10000000deadbeef"
 	otaSerials := []string{"10000000de70a001", "10000000de70a002"}
+	const ssmSerial = "10000000de705501"
 	d.say("starting the local IoT Core (mutual TLS, the stack's claim and device policies, real pre-provisioning hook)")
 	d.fleet, err = harness.Start(ctx, harness.Options{
 		Dir: d.dir, AgentBin: bin, JobMinute: 10 * time.Second,
-		Allowlist: "# demo allowlist\n" + strings.Join(append(append([]string{}, allowed...), otaSerials...), "\n") + "\n",
+		Allowlist: "# demo allowlist\n" + strings.Join(append(append(append([]string{}, allowed...), otaSerials...), ssmSerial), "\n") + "\n",
 	})
 	if err != nil {
 		return err
 	}
-	d.say("allowlist.txt deployed: %d serials (%s, and %s for the OTA demo)", n+len(otaSerials), strings.Join(allowed, ", "), strings.Join(otaSerials, ", "))
+	d.say("allowlist.txt deployed: %d serials (%s; %s for the OTA demo; %s for SSM)", n+len(otaSerials)+1, strings.Join(allowed, ", "), strings.Join(otaSerials, ", "), ssmSerial)
 
 	for i, sn := range append(append([]string{}, allowed...), stranger) {
 		a, err := d.fleet.NewAgent(fmt.Sprintf("device-%d", i+1), harness.AgentOptions{Serial: sn})
@@ -143,6 +148,9 @@ func (d *demo) run(ctx context.Context, n int) error {
 		return err
 	}
 	if err := d.rotation(ctx); err != nil {
+		return err
+	}
+	if err := d.ssmToggle(ctx, ssmSerial); err != nil {
 		return err
 	}
 	return d.revocation(ctx)
@@ -220,6 +228,9 @@ func (d *demo) revocation(ctx context.Context) error {
 	}
 	for _, o := range d.ota {
 		keep = append(keep, o.Serial)
+	}
+	if d.ssm != nil {
+		keep = append(keep, d.ssm.Serial)
 	}
 	id, _, err := victim.Identity()
 	if err != nil {
@@ -356,6 +367,83 @@ func (d *demo) rotation(ctx context.Context) error {
 	d.say("rotated      %-20s certificate %s… -> %s… (new key made on the device, valid until %s); the old one was deleted only after the device connected with the new one",
 		a.ThingName(), short(old.CertificateID), short(rec.CertificateID), rec.CertNotAfter.Format("2006-01-02"))
 	return nil
+}
+
+// ssmToggle turns AWS Systems Manager on for one device and off again, as
+// an operator would with the toggle Lambda. The device's SSM tooling is a
+// fake (scripts recording their arguments); the activation, the
+// registration event and the registry are the real handlers' work.
+func (d *demo) ssmToggle(ctx context.Context, serial string) error {
+	host, err := harness.NewFakeSSMHost(filepath.Join(d.dir, "ssm"))
+	if err != nil {
+		return err
+	}
+	a, err := d.fleet.NewAgent("ssm-device", harness.AgentOptions{Serial: serial, Configure: func(c *config.Config) { c.SSM = host.Config }})
+	if err != nil {
+		return err
+	}
+	if err := a.Start(); err != nil {
+		return err
+	}
+	d.ssm = a
+	d.stops = append(d.stops, a)
+	if err := a.WaitConnected(ctx); err != nil {
+		return err
+	}
+	w, err := d.fleet.Stack.WatchSSMStatus(ctx)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+
+	act, err := d.toggle(ctx, serial, ssmtoggle.ActionActivate)
+	if err != nil {
+		return err
+	}
+	for _, x := range d.fleet.Stack.SSM.Service.Activations() {
+		if x.ID == act.ActivationID && x.Limit != 1 {
+			return fmt.Errorf("activation %s allows %d registrations, want 1", x.ID, x.Limit)
+		}
+	}
+	d.say("ssm          %-20s activation %s created (limit 1, expires %s); code sent on cmd/fleet/%s/ssm, never stored",
+		a.ThingName(), act.ActivationID, act.ActivationExpiresAt.Format(time.RFC3339), a.ThingName())
+	if err := harness.Poll(ctx, "the device to register its SSM agent", func() bool { return len(host.RegisterCalls()) > 0 }); err != nil {
+		return err
+	}
+	call := host.RegisterCalls()[0]
+	reg, err := d.fleet.Stack.SSM.Register(ctx, call.ActivationID, call.Code)
+	if err != nil {
+		return err
+	}
+	if err := host.Answer(call.ActivationID, reg.InstanceID); err != nil {
+		return err
+	}
+	st, err := w.Wait(ctx, a.ThingName(), func(s protocol.SSMStatus) bool { return s.State == protocol.SSMStateRegistered })
+	if err != nil {
+		return err
+	}
+	d.say("ssm          %-20s SSM agent installed and registered as managed node %s (registry: %s)", a.ThingName(), st.ManagedInstanceID, reg.Outcome.Result)
+
+	off, err := d.toggle(ctx, serial, ssmtoggle.ActionDeactivate)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Wait(ctx, a.ThingName(), func(s protocol.SSMStatus) bool { return s.State == protocol.SSMStateDeactivated }); err != nil {
+		return err
+	}
+	d.say("ssm          %-20s deactivated: %s; the device stopped, cleared and removed its SSM agent", a.ThingName(), off.Message)
+	return nil
+}
+
+func (d *demo) toggle(ctx context.Context, serial, action string) (ssmtoggle.Result, error) {
+	resp, err := d.fleet.Stack.SSMToggle(ctx, ssmtoggle.Request{DeviceID: serial, Action: action})
+	if err != nil {
+		return ssmtoggle.Result{}, err
+	}
+	if len(resp.Results) != 1 || !resp.Results[0].OK {
+		return ssmtoggle.Result{}, fmt.Errorf("ssm %s: %+v", action, resp.Results)
+	}
+	return resp.Results[0], nil
 }
 
 func (d *demo) tails(agents map[*harness.Agent]bool) string {

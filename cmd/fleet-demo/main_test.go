@@ -18,7 +18,7 @@ func TestDemoRunsEndToEnd(t *testing.T) {
 	text := out.String()
 	for _, want := range []string{"provisioned  dev-10000000de700001", "provisioned  dev-10000000de700002", "denied       serial 10000000deadbeef", "SUCCEEDED",
 		"ota result   dev-10000000de70a001 SUCCEEDED step=committed", "ota result   dev-10000000de70a002 FAILED    step=rolled_back",
-		"rotated      dev-10000000de700002", "revoked      dev-10000000de700001", "DEMO PASSED"} {
+		"rotated      dev-10000000de700002", "registered as managed node mi-", "dev-10000000de705501 deactivated", "revoked      dev-10000000de700001", "DEMO PASSED"} {
 		require.Contains(t, text, want)
 	}
 	require.Equal(t, 2, strings.Count(text, "job result"))
