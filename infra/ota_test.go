@@ -1,7 +1,6 @@
 package main
 
 import (
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -24,12 +23,7 @@ func TestOTAPresignRoleReadsOnlyArtifacts(t *testing.T) {
 	assert.Equal(t, map[string]any{"StringEquals": map[string]any{"aws:SourceAccount": mockAccount}}, trust.Statement[0].Condition,
 		"confused-deputy guard: only jobs of this account")
 
-	var artifactsARN string
-	for _, b := range r.aws.resources(tBucket) {
-		if strings.Contains(propString(b.Outputs, "bucket"), "-artifacts-") {
-			artifactsARN = propString(b.Outputs, "arn")
-		}
-	}
+	artifactsARN := propString(r.bucket(t, "artifacts").Outputs, "arn")
 	require.NotEmpty(t, artifactsARN)
 	pol := r.one(t, tRolePolicy, "ota-presign")
 	assert.Equal(t, propString(role.Inputs, "name"), propString(pol.Inputs, "role"))
@@ -42,6 +36,7 @@ func TestOTAPresignRoleReadsOnlyArtifacts(t *testing.T) {
 	for _, res := range st.Resource.list() {
 		assert.NotEqual(t, "*", res)
 		assert.NotContains(t, res, "config", "never the config bucket")
+		assert.NotContains(t, res, "-images-", "never the images bucket (images hold the claim key)")
 	}
 	assert.Empty(t, st.Condition)
 

@@ -172,6 +172,20 @@ func (r result) one(t *testing.T, typ, suffix string) registration {
 	return mustOne(t, r.aws, typ, suffix)
 }
 
+// bucket is the stack's bucket of kind ("artifacts", "config", "images"):
+// the only one whose generated name has the kind's prefix.
+func (r result) bucket(t *testing.T, kind string) registration {
+	t.Helper()
+	var found []registration
+	for _, b := range r.aws.resources(tBucket) {
+		if strings.HasPrefix(propString(b.Outputs, "bucket"), components.BucketPrefix("iot-fleet-dev", kind)) {
+			found = append(found, b)
+		}
+	}
+	require.Len(t, found, 1, "%s bucket", kind)
+	return found[0]
+}
+
 func mustOne(t *testing.T, aws *fakeAWS, typ, suffix string) registration {
 	t.Helper()
 	reg, err := aws.one(typ, suffix)
@@ -380,7 +394,7 @@ func TestBucketsArePrivate(t *testing.T) {
 	t.Parallel()
 	r := mustRun(t)
 	buckets := r.aws.resources(tBucket)
-	require.Len(t, buckets, 2, "artifacts and config buckets")
+	require.Len(t, buckets, 3, "artifacts, config and images buckets")
 	byBucket := func(typ, bucketID string) registration {
 		t.Helper()
 		var found []registration
@@ -607,18 +621,17 @@ func TestTokenExchangeRoleReadsOnlyArtifacts(t *testing.T) {
 	assert.Equal(t, map[string]any{"Service": "credentials.iot.amazonaws.com"}, trust.Statement[0].Principal)
 	assert.Equal(t, []string{"sts:AssumeRole"}, trust.Statement[0].Action.list())
 
-	var artifactsARN string
-	for _, b := range r.aws.resources(tBucket) {
-		if strings.Contains(propString(b.Outputs, "bucket"), "-artifacts-") {
-			artifactsARN = propString(b.Outputs, "arn")
-		}
-	}
+	artifactsARN := propString(r.bucket(t, "artifacts").Outputs, "arn")
 	require.NotEmpty(t, artifactsARN)
 	pol := r.one(t, tRolePolicy, "token-exchange")
 	doc := policyJSON(t, propString(pol.Inputs, "policy"))
 	require.Len(t, doc.Statement, 1)
 	assert.Equal(t, []string{"s3:GetObject"}, doc.Statement[0].Action.list())
 	assert.Equal(t, []string{artifactsARN + "/*"}, doc.Statement[0].Resource.list())
+	images := propString(r.bucket(t, "images").Outputs, "arn")
+	for _, res := range doc.Statement[0].Resource.list() {
+		assert.False(t, strings.HasPrefix(res, images), "devices must not read the images bucket (%s): images hold the claim key", res)
+	}
 
 	alias := r.one(t, tRoleAlias, "role-alias")
 	assert.Equal(t, propString(role.Outputs, "arn"), propString(alias.Inputs, "roleArn"))
@@ -710,12 +723,7 @@ func TestLambdaPermissionsMatchTheirJobs(t *testing.T) {
 	t.Parallel()
 	r := mustRun(t)
 	tableARN := propString(r.one(t, tTable, "registry").Outputs, "arn")
-	var configARN string
-	for _, b := range r.aws.resources(tBucket) {
-		if strings.Contains(propString(b.Outputs, "bucket"), "-config-") {
-			configARN = propString(b.Outputs, "arn")
-		}
-	}
+	configARN := propString(r.bucket(t, "config").Outputs, "arn")
 	grants := func(name string) map[string][]string {
 		doc := policyJSON(t, propString(r.one(t, tRolePolicy, name).Inputs, "policy"))
 		g := map[string][]string{}
@@ -747,12 +755,7 @@ func TestAllowlistUploadTriggersSync(t *testing.T) {
 	t.Parallel()
 	r := mustRun(t)
 	sync := r.one(t, tFunction, components.LambdaAllowlistSync)
-	var config registration
-	for _, b := range r.aws.resources(tBucket) {
-		if strings.Contains(propString(b.Outputs, "bucket"), "-config-") {
-			config = b
-		}
-	}
+	config := r.bucket(t, "config")
 	bucketID := propString(config.Outputs, "bucket")
 	require.NotEmpty(t, bucketID)
 
@@ -849,7 +852,7 @@ func TestOutputs(t *testing.T) {
 	assert.Equal(t, "c1d2e3f4g5h6i7.credentials.iot.eu-west-1.amazonaws.com", r.outputs["iotCredentialsEndpoint"])
 	for _, k := range []string{
 		"iotDataEndpoint", "iotCredentialsEndpoint", "provisioningTemplate", "claimCertificateArn",
-		"claimCertificateSecretArn", "claimPrivateKey", "artifactsBucket", "configBucket", "allowlistKey",
+		"claimCertificateSecretArn", "claimPrivateKey", "artifactsBucket", "configBucket", "imagesBucket", "allowlistKey",
 		"roleAlias", "registryTable", "preprovisionLambda", "allowlistSyncLambda", "thingGroup",
 		"certRotateLambda", "certScanLambda",
 	} {

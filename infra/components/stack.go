@@ -248,6 +248,7 @@ func (s *Stack) Outputs() pulumi.Map {
 		"roleAlias":                 s.Fleet.RoleAliasName,
 		"artifactsBucket":           s.Storage.Artifacts.Name,
 		"configBucket":              s.Storage.Config.Name,
+		"imagesBucket":              s.Storage.Images.Name,
 		"allowlistKey":              pulumi.String(s.Allowlist.Key),
 		"registryTable":             s.Storage.RegistryName,
 		"preprovisionLambda":        s.Hook.Name,

@@ -109,17 +109,28 @@ type StorageArgs struct {
 }
 
 // Storage is the stack's state: the OTA artifacts bucket, the config
-// bucket (allowlist.txt) and the device registry table.
+// bucket (allowlist.txt), the images bucket and the device registry table.
 type Storage struct {
 	pulumi.ResourceState
 
 	Artifacts *PrivateBucket
 	Config    *PrivateBucket
-	Registry  *dynamodb.Table
+	// Images holds the built OS images (.github/workflows/build-image.yml
+	// uploads them under images/<env>/). An image contains the claim
+	// private key, so no role of the stack may read this bucket: devices
+	// read the artifacts bucket through the token-exchange role.
+	Images   *PrivateBucket
+	Registry *dynamodb.Table
 	// RegistryName and RegistryArn of the device registry table.
 	RegistryName pulumi.StringOutput
 	RegistryArn  pulumi.StringOutput
 }
+
+// BucketPrefix is the name prefix of the stack's bucket kind
+// ("artifacts", "config", "images"): "iot-fleet-<env>-<kind>-", to which AWS
+// adds a unique suffix. IAM documents outside the stack
+// (deploy/aws/image-build-role-policy.json) match these names.
+func BucketPrefix(prefix, kind string) string { return prefix + "-" + kind + "-" }
 
 // RegistryHashKey is the registry table's partition key.
 const RegistryHashKey = "serial"
@@ -132,10 +143,16 @@ func NewStorage(ctx *pulumi.Context, name string, args StorageArgs, opts ...pulu
 	}
 	parent := pulumi.Parent(c)
 	var err error
-	if c.Artifacts, err = NewPrivateBucket(ctx, name+"-artifacts", PrivateBucketArgs{NamePrefix: args.Prefix + "-artifacts-", Tags: args.Tags}, parent); err != nil {
+	bucket := func(kind string) (*PrivateBucket, error) {
+		return NewPrivateBucket(ctx, name+"-"+kind, PrivateBucketArgs{NamePrefix: BucketPrefix(args.Prefix, kind), Tags: args.Tags}, parent)
+	}
+	if c.Artifacts, err = bucket("artifacts"); err != nil {
 		return nil, err
 	}
-	if c.Config, err = NewPrivateBucket(ctx, name+"-config", PrivateBucketArgs{NamePrefix: args.Prefix + "-config-", Tags: args.Tags}, parent); err != nil {
+	if c.Config, err = bucket("config"); err != nil {
+		return nil, err
+	}
+	if c.Images, err = bucket("images"); err != nil {
 		return nil, err
 	}
 	c.Registry, err = dynamodb.NewTable(ctx, name+"-registry", &dynamodb.TableArgs{
@@ -166,6 +183,7 @@ func NewStorage(ctx *pulumi.Context, name string, args StorageArgs, opts ...pulu
 	if err := ctx.RegisterResourceOutputs(c, pulumi.Map{
 		"artifactsBucket": c.Artifacts.Name,
 		"configBucket":    c.Config.Name,
+		"imagesBucket":    c.Images.Name,
 		"registryTable":   c.RegistryName,
 	}); err != nil {
 		return nil, err
