@@ -1,6 +1,9 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -57,4 +60,27 @@ func TestImageBuildPolicyMatchesTheImagesBucket(t *testing.T) {
 		assert.False(t, allowed("s3:PutObject", other+key), "never the %s bucket", kind)
 		assert.False(t, allowed("s3:ListBucket", other), "never the %s bucket", kind)
 	}
+}
+
+// The image build (.github/workflows/build-image.yml) reads stack outputs
+// with jq: every output it reads exists, and it uploads to imagesBucket,
+// never to the config or artifacts bucket.
+func TestBuildImageWorkflowUploadsToTheImagesBucket(t *testing.T) {
+	t.Parallel()
+	r := mustRun(t)
+	raw, err := os.ReadFile(filepath.Join(repoRoot(t), ".github", "workflows", "build-image.yml"))
+	require.NoError(t, err)
+	workflow := string(raw)
+	reads := regexp.MustCompile(`jq -r '\.([A-Za-z]+) // empty'`).FindAllStringSubmatch(workflow, -1)
+	require.NotEmpty(t, reads)
+	var outputs []string
+	for _, m := range reads {
+		outputs = append(outputs, m[1])
+		assert.Contains(t, r.outputs, m[1], "the workflow reads stack output %s", m[1])
+	}
+	assert.Contains(t, outputs, "imagesBucket")
+	for _, other := range []string{"configBucket", "artifactsBucket"} {
+		assert.NotContains(t, workflow, other, "images never go to the %s", other)
+	}
+	assert.Contains(t, workflow, `key="images/$IMAGE_ENV/`, "the key the image-build role may write")
 }

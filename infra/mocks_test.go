@@ -105,6 +105,24 @@ func (f *fakeAWS) arn(service, resource string) string {
 	return fmt.Sprintf("arn:%s:%s:%s:%s:%s", mockPartition, service, f.region, mockAccount, resource)
 }
 
+// namedResource is how AWS names a resource type: its id is the input
+// idKey and its ARN arn:aws:<service>:<region>:<account>:<prefix><id>.
+type namedResource struct{ idKey, service, prefix string }
+
+func namedARN(typ string) (namedResource, bool) {
+	n, ok := map[string]namedResource{
+		"aws:dynamodb/table:Table":                          {"name", "dynamodb", "table/"},
+		"aws:cloudwatch/logGroup:LogGroup":                  {"name", "logs", "log-group:"},
+		"aws:lambda/function:Function":                      {"name", "lambda", "function:"},
+		"aws:cloudwatch/eventRule:EventRule":                {"name", "events", "rule/"},
+		"aws:iot/policy:Policy":                             {"name", "iot", "policy/"},
+		"aws:iot/thingGroup:ThingGroup":                     {"name", "iot", "thinggroup/"},
+		"aws:iot/roleAlias:RoleAlias":                       {"alias", "iot", "rolealias/"},
+		"aws:iot/provisioningTemplate:ProvisioningTemplate": {"name", "iot", "provisioningtemplate/"},
+	}[typ]
+	return n, ok
+}
+
 func (f *fakeAWS) NewResource(args pulumi.MockResourceArgs) (string, resource.PropertyMap, error) {
 	in := args.Inputs
 	out := in.Copy()
@@ -131,34 +149,6 @@ func (f *fakeAWS) NewResource(args pulumi.MockResourceArgs) (string, resource.Pr
 		id = bucket
 		set("bucket", bucket)
 		set("arn", "arn:aws:s3:::"+bucket)
-	case "aws:dynamodb/table:Table":
-		id = str("name")
-		set("arn", f.arn("dynamodb", "table/"+id))
-	case "aws:iam/role:Role":
-		id = str("name")
-		set("arn", fmt.Sprintf("arn:%s:iam::%s:role/%s", mockPartition, mockAccount, id))
-	case "aws:cloudwatch/logGroup:LogGroup":
-		id = str("name")
-		set("arn", f.arn("logs", "log-group:"+id))
-	case "aws:lambda/function:Function":
-		id = str("name")
-		set("arn", f.arn("lambda", "function:"+id))
-		set("invokeArn", "arn:aws:apigateway:"+f.region+":lambda:path/2015-03-31/functions/"+f.arn("lambda", "function:"+id)+"/invocations")
-	case "aws:cloudwatch/eventRule:EventRule":
-		id = str("name")
-		set("arn", f.arn("events", "rule/"+id))
-	case "aws:iot/policy:Policy":
-		id = str("name")
-		set("arn", f.arn("iot", "policy/"+id))
-	case "aws:iot/thingGroup:ThingGroup":
-		id = str("name")
-		set("arn", f.arn("iot", "thinggroup/"+id))
-	case "aws:iot/roleAlias:RoleAlias":
-		id = str("alias")
-		set("arn", f.arn("iot", "rolealias/"+id))
-	case "aws:iot/provisioningTemplate:ProvisioningTemplate":
-		id = str("name")
-		set("arn", f.arn("iot", "provisioningtemplate/"+id))
 	case "aws:iot/certificate:Certificate":
 		sum := sha256.Sum256([]byte("claim:" + args.Name))
 		id = hex.EncodeToString(sum[:])
@@ -169,6 +159,18 @@ func (f *fakeAWS) NewResource(args pulumi.MockResourceArgs) (string, resource.Pr
 	case "aws:secretsmanager/secret:Secret":
 		id = f.arn("secretsmanager", "secret:"+str("name")+"-AbCdEf")
 		set("arn", id)
+	case "aws:iam/role:Role":
+		id = str("name")
+		set("arn", fmt.Sprintf("arn:%s:iam::%s:role/%s", mockPartition, mockAccount, id))
+	default:
+		// Resources named by an input, with a regional ARN of that name.
+		if named, ok := namedARN(args.TypeToken); ok {
+			id = str(named.idKey)
+			set("arn", f.arn(named.service, named.prefix+id))
+		}
+		if args.TypeToken == "aws:lambda/function:Function" {
+			set("invokeArn", "arn:aws:apigateway:"+f.region+":lambda:path/2015-03-31/functions/"+f.arn("lambda", "function:"+id)+"/invocations")
+		}
 	}
 
 	reg := registration{Type: args.TypeToken, Name: args.Name, Custom: args.Custom, Inputs: in, Outputs: out}

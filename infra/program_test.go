@@ -682,6 +682,9 @@ func TestLambdas(t *testing.T) {
 		arch, _ := prop(fn.Inputs, "architectures")
 		require.Len(t, arch.ArrayValue(), 1)
 		assert.Equal(t, "arm64", arch.ArrayValue()[0].StringValue())
+		memory, _ := prop(fn.Inputs, "memorySize")
+		assert.Equal(t, float64(256), memory.NumberValue(), "%s memory", name)
+		assert.Equal(t, "dev", propString(fn.Inputs, "tags", "environment"), "%s carries the stack's tags", name)
 
 		vars, ok := prop(fn.Inputs, "environment", "variables")
 		require.True(t, ok, name)

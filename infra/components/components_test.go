@@ -2,11 +2,9 @@ package components
 
 import (
 	"encoding/json"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -14,33 +12,6 @@ import (
 	"github.com/iot-fleet/iot-fleet/infra/lambdabuild"
 	"github.com/iot-fleet/iot-fleet/internal/policy"
 )
-
-// echo is a mock provider that echoes inputs as outputs and counts
-// registrations.
-type echo struct {
-	mu    sync.Mutex
-	types []string
-}
-
-func (e *echo) NewResource(args pulumi.MockResourceArgs) (string, resource.PropertyMap, error) {
-	e.mu.Lock()
-	e.types = append(e.types, args.TypeToken)
-	e.mu.Unlock()
-	out := args.Inputs.Copy()
-	out["arn"] = resource.NewStringProperty("arn:aws:mock:::" + args.Name)
-	return args.Name + "-id", out, nil
-}
-
-func (e *echo) Call(args pulumi.MockCallArgs) (resource.PropertyMap, error) {
-	return resource.PropertyMap{}, nil
-}
-
-func runMocked(t *testing.T, body pulumi.RunFunc) (*echo, error) {
-	t.Helper()
-	e := &echo{}
-	err := pulumi.RunErr(body, pulumi.WithMocks("iot-fleet", "test", e))
-	return e, err
-}
 
 func TestPolicyDocumentRendersOutputs(t *testing.T) {
 	t.Parallel()
@@ -133,7 +104,7 @@ func TestTopicRulesRejectBadRules(t *testing.T) {
 			return err
 		})
 		assert.Error(t, err, name)
-		assert.Empty(t, e.types, "%s: nothing declared", name)
+		assert.Empty(t, e.types(), "%s: nothing declared", name)
 	}
 	assert.Equal(t, "iot_fleet_dev_device_status", TopicRuleName("iot-fleet-dev", LogRule{Name: "device-status"}))
 }
@@ -145,5 +116,39 @@ func TestFunctionRequiresABuiltArtifact(t *testing.T) {
 		return err
 	})
 	require.Error(t, err)
-	assert.Empty(t, e.types)
+	assert.Empty(t, e.types())
+}
+
+func TestServiceRole(t *testing.T) {
+	t.Parallel()
+	rec, err := runMocked(t, func(ctx *pulumi.Context) error {
+		_, err := newServiceRole(ctx, "plain", "plain", serviceRoleArgs{
+			Name: "iot-fleet-dev-plain", Service: "lambda.amazonaws.com",
+			Statements: []Statement{{Sid: "Read", Actions: []string{"s3:GetObject"}, Resources: ARNs("arn:aws:s3:::b/k")}},
+		})
+		if err != nil {
+			return err
+		}
+		_, err = newServiceRole(ctx, "guarded", "guarded", serviceRoleArgs{
+			Name: "iot-fleet-dev-guarded", Description: "for IoT", Service: "iot.amazonaws.com", SourceAccount: "123456789012",
+			Statements: []Statement{{Sid: "Log", Actions: []string{"logs:PutLogEvents"}, Resources: ARNs("arn:aws:logs:eu-west-1:123456789012:log-group:g:*")}},
+		})
+		return err
+	})
+	require.NoError(t, err)
+
+	plain := rec.find(t, "aws:iam/role:Role", "plain")
+	assert.Equal(t, "iot-fleet-dev-plain", str(plain, "name"))
+	_, hasDescription := plain["description"]
+	assert.False(t, hasDescription, "no description is sent when none is given")
+	assert.Equal(t, AssumeRolePolicy("lambda.amazonaws.com", ""), str(plain, "assumeRolePolicy"))
+	pol := rec.find(t, "aws:iam/rolePolicy:RolePolicy", "plain")
+	assert.Equal(t, "plain-id", str(pol, "role"), "the policy is the role's")
+	assert.Equal(t, map[string][]string{"s3:GetObject": {"arn:aws:s3:::b/k"}}, grants(t, str(pol, "policy")))
+
+	guarded := rec.find(t, "aws:iam/role:Role", "guarded")
+	assert.Equal(t, "for IoT", str(guarded, "description"))
+	assert.Equal(t, AssumeRolePolicy("iot.amazonaws.com", "123456789012"), str(guarded, "assumeRolePolicy"))
+	assert.Equal(t, map[string][]string{"logs:PutLogEvents": {"arn:aws:logs:eu-west-1:123456789012:log-group:g:*"}},
+		grants(t, str(rec.find(t, "aws:iam/rolePolicy:RolePolicy", "guarded"), "policy")))
 }

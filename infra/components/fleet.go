@@ -55,27 +55,22 @@ func NewFleet(ctx *pulumi.Context, name string, args FleetArgs, opts ...pulumi.R
 	}, parent); err != nil {
 		return nil, fmt.Errorf("thing group: %w", err)
 	}
-	if c.TokenExchangeRole, err = iam.NewRole(ctx, name+"-token-exchange", &iam.RoleArgs{
-		Name:             pulumi.String(args.Prefix + "-token-exchange"),
-		Description:      pulumi.String("Assumed by devices through the IoT credentials provider (role alias " + args.RoleAliasName + ")"),
-		AssumeRolePolicy: pulumi.String(AssumeRolePolicy("credentials.iot.amazonaws.com", "")),
-		Tags:             args.Tags,
-	}, parent); err != nil {
-		return nil, fmt.Errorf("token-exchange role: %w", err)
-	}
 	artifacts := pulumi.StringInput(args.ArtifactsBucketArn).ToStringOutput().ApplyT(func(arn string) string { return arn + "/*" }).(pulumi.StringOutput)
-	c.TokenExchangePolicy = PolicyDocument(Statement{
-		Sid:       "ReadOTAArtifacts",
-		Actions:   []string{"s3:GetObject"},
-		Resources: pulumi.StringArray{artifacts},
-	})
-	pol, err := iam.NewRolePolicy(ctx, name+"-token-exchange", &iam.RolePolicyArgs{
-		Role:   c.TokenExchangeRole.ID(),
-		Policy: c.TokenExchangePolicy,
+	role, err := newServiceRole(ctx, name+"-token-exchange", "token-exchange", serviceRoleArgs{
+		Name:        args.Prefix + "-token-exchange",
+		Description: "Assumed by devices through the IoT credentials provider (role alias " + args.RoleAliasName + ")",
+		Service:     "credentials.iot.amazonaws.com",
+		Statements: []Statement{{
+			Sid:       "ReadOTAArtifacts",
+			Actions:   []string{"s3:GetObject"},
+			Resources: pulumi.StringArray{artifacts},
+		}},
+		Tags: args.Tags,
 	}, parent)
 	if err != nil {
-		return nil, fmt.Errorf("token-exchange role policy: %w", err)
+		return nil, err
 	}
+	c.TokenExchangeRole, c.TokenExchangePolicy = role.Role, role.Document
 	duration := args.CredentialDurationSeconds
 	if duration == 0 {
 		duration = 3600
@@ -85,7 +80,7 @@ func NewFleet(ctx *pulumi.Context, name string, args FleetArgs, opts ...pulumi.R
 		RoleArn:            c.TokenExchangeRole.Arn,
 		CredentialDuration: pulumi.Int(duration),
 		Tags:               args.Tags,
-	}, parent, pulumi.DependsOn([]pulumi.Resource{pol})); err != nil {
+	}, parent, pulumi.DependsOn([]pulumi.Resource{role.Policy})); err != nil {
 		return nil, fmt.Errorf("role alias: %w", err)
 	}
 	c.ThingGroupName, c.ThingGroupArn, c.RoleAliasName = c.ThingGroup.Name, c.ThingGroup.Arn, c.RoleAlias.Alias

@@ -10,7 +10,10 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/iam"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+
+	"github.com/iot-fleet/iot-fleet/internal/policy"
 )
 
 // Statement is one IAM policy statement whose resources may be outputs of
@@ -110,4 +113,59 @@ func Tags(environment string) pulumi.StringMap {
 		"environment": pulumi.String(environment),
 		"managed-by":  pulumi.String("pulumi"),
 	}
+}
+
+// serviceRoleArgs configure newServiceRole.
+type serviceRoleArgs struct {
+	// Name is the IAM role name.
+	Name        string
+	Description string
+	// Service assumes the role (e.g. "lambda.amazonaws.com"), only on
+	// behalf of SourceAccount when that is set (the confused-deputy guard).
+	Service       string
+	SourceAccount string
+	// Statements are the role's inline policy.
+	Statements []Statement
+	Tags       pulumi.StringMap
+}
+
+// serviceRole is an IAM role a service assumes, with one inline policy.
+type serviceRole struct {
+	Role *iam.Role
+	// Document is the inline policy document; Policy the resource that
+	// sets it (depend on it before the role is used).
+	Document pulumi.StringOutput
+	Policy   *iam.RolePolicy
+}
+
+// newServiceRole declares a serviceRole: the role and its inline policy
+// are both resources named resName, parented by opts. It is a helper, not
+// a component, so that the resources keep the URNs they have as children
+// of the component declaring them. label prefixes errors ("<label> role:
+// ...", "<label> role policy: ...").
+func newServiceRole(ctx *pulumi.Context, resName, label string, args serviceRoleArgs, opts ...pulumi.ResourceOption) (serviceRole, error) {
+	roleArgs := &iam.RoleArgs{
+		Name:             pulumi.String(args.Name),
+		AssumeRolePolicy: pulumi.String(AssumeRolePolicy(args.Service, args.SourceAccount)),
+		Tags:             args.Tags,
+	}
+	if args.Description != "" {
+		roleArgs.Description = pulumi.String(args.Description)
+	}
+	var r serviceRole
+	var err error
+	if r.Role, err = iam.NewRole(ctx, resName, roleArgs, opts...); err != nil {
+		return serviceRole{}, fmt.Errorf("%s role: %w", label, err)
+	}
+	r.Document = PolicyDocument(args.Statements...)
+	if r.Policy, err = iam.NewRolePolicy(ctx, resName, &iam.RolePolicyArgs{Role: r.Role.ID(), Policy: r.Document}, opts...); err != nil {
+		return serviceRole{}, fmt.Errorf("%s role policy: %w", label, err)
+	}
+	return r, nil
+}
+
+// iotARN is the ARN of an AWS IoT resource of the deployment, e.g.
+// iotARN("aws", "eu-west-1", "123456789012", "thing", "dev-*").
+func iotARN(partition, region, account, kind, name string) string {
+	return policy.Params{Partition: partition, Region: region, AccountID: account}.ARN(kind, name)
 }

@@ -68,27 +68,21 @@ func NewFunction(ctx *pulumi.Context, name string, args FunctionArgs, opts ...pu
 	}, parent); err != nil {
 		return nil, fmt.Errorf("function %s log group: %w", name, err)
 	}
-	if c.Role, err = iam.NewRole(ctx, name, &iam.RoleArgs{
-		Name:             pulumi.String(args.FunctionName),
-		AssumeRolePolicy: pulumi.String(AssumeRolePolicy("lambda.amazonaws.com", "")),
-		Tags:             args.Tags,
-	}, parent); err != nil {
-		return nil, fmt.Errorf("function %s role: %w", name, err)
-	}
 	streams := c.LogGroup.Arn.ApplyT(func(arn string) string { return arn + ":*" }).(pulumi.StringOutput)
-	statements := append([]Statement{{
-		Sid:       "WriteOwnLogs",
-		Actions:   []string{"logs:CreateLogStream", "logs:PutLogEvents"},
-		Resources: pulumi.StringArray{streams},
-	}}, args.Statements...)
-	c.Policy = PolicyDocument(statements...)
-	pol, err := iam.NewRolePolicy(ctx, name, &iam.RolePolicyArgs{
-		Role:   c.Role.ID(),
-		Policy: c.Policy,
+	role, err := newServiceRole(ctx, name, "function "+name, serviceRoleArgs{
+		Name:    args.FunctionName,
+		Service: "lambda.amazonaws.com",
+		Statements: append([]Statement{{
+			Sid:       "WriteOwnLogs",
+			Actions:   []string{"logs:CreateLogStream", "logs:PutLogEvents"},
+			Resources: pulumi.StringArray{streams},
+		}}, args.Statements...),
+		Tags: args.Tags,
 	}, parent)
 	if err != nil {
-		return nil, fmt.Errorf("function %s role policy: %w", name, err)
+		return nil, err
 	}
+	c.Role, c.Policy = role.Role, role.Document
 	timeout, memory := args.TimeoutSeconds, args.MemoryMB
 	if timeout == 0 {
 		timeout = 30
@@ -113,7 +107,7 @@ func NewFunction(ctx *pulumi.Context, name string, args FunctionArgs, opts ...pu
 			LogGroup:  c.LogGroup.Name,
 		},
 		Tags: args.Tags,
-	}, parent, pulumi.DependsOn([]pulumi.Resource{pol, c.LogGroup})); err != nil {
+	}, parent, pulumi.DependsOn([]pulumi.Resource{role.Policy, c.LogGroup})); err != nil {
 		return nil, fmt.Errorf("function %s: %w", name, err)
 	}
 	c.Name, c.Arn = c.Function.Name, c.Function.Arn
@@ -121,4 +115,23 @@ func NewFunction(ctx *pulumi.Context, name string, args FunctionArgs, opts ...pu
 		return nil, err
 	}
 	return c, nil
+}
+
+// lambdaDefaults are what every Lambda of the stack shares: it is named
+// "<prefix>-<name>" (name: its directory under lambdas/cmd/, also its
+// resource name), has 256 MB, the stack's log retention and tags.
+type lambdaDefaults struct {
+	// Prefix is "iot-fleet-<env>".
+	Prefix           string
+	LogRetentionDays int
+	Tags             pulumi.StringMap
+}
+
+// function declares the stack's Lambda name: args completed with d.
+func (d lambdaDefaults) function(ctx *pulumi.Context, name string, args FunctionArgs, opts ...pulumi.ResourceOption) (*Function, error) {
+	args.FunctionName = d.Prefix + "-" + name
+	args.MemoryMB = 256
+	args.LogRetentionDays = d.LogRetentionDays
+	args.Tags = d.Tags
+	return NewFunction(ctx, name, args, opts...)
 }

@@ -44,27 +44,23 @@ func NewOTA(ctx *pulumi.Context, name string, args OTAArgs, opts ...pulumi.Resou
 		return nil, err
 	}
 	parent := pulumi.Parent(c)
-	var err error
-	if c.PresignRole, err = iam.NewRole(ctx, name+"-presign", &iam.RoleArgs{
-		Name:             pulumi.String(args.Prefix + "-presign"),
-		Description:      pulumi.String("Assumed by AWS IoT Jobs to presign OTA artifact URLs in job documents"),
-		AssumeRolePolicy: pulumi.String(AssumeRolePolicy("iot.amazonaws.com", args.AccountID)),
-		Tags:             args.Tags,
-	}, parent); err != nil {
-		return nil, fmt.Errorf("ota presign role: %w", err)
-	}
 	objects := args.ArtifactsBucketArn.ToStringOutput().ApplyT(func(arn string) string { return arn + "/*" }).(pulumi.StringOutput)
-	c.PresignPolicy = PolicyDocument(Statement{
-		Sid:       "PresignOTAArtifacts",
-		Actions:   []string{"s3:GetObject"},
-		Resources: pulumi.StringArray{objects},
-	})
-	if _, err := iam.NewRolePolicy(ctx, name+"-presign", &iam.RolePolicyArgs{
-		Role:   c.PresignRole.ID(),
-		Policy: c.PresignPolicy,
-	}, parent); err != nil {
-		return nil, fmt.Errorf("ota presign role policy: %w", err)
+	role, err := newServiceRole(ctx, name+"-presign", "ota presign", serviceRoleArgs{
+		Name:          args.Prefix + "-presign",
+		Description:   "Assumed by AWS IoT Jobs to presign OTA artifact URLs in job documents",
+		Service:       "iot.amazonaws.com",
+		SourceAccount: args.AccountID,
+		Statements: []Statement{{
+			Sid:       "PresignOTAArtifacts",
+			Actions:   []string{"s3:GetObject"},
+			Resources: pulumi.StringArray{objects},
+		}},
+		Tags: args.Tags,
+	}, parent)
+	if err != nil {
+		return nil, err
 	}
+	c.PresignRole, c.PresignPolicy = role.Role, role.Document
 	c.PresignRoleArn = c.PresignRole.Arn
 	if err := ctx.RegisterResourceOutputs(c, pulumi.Map{"presignRoleArn": c.PresignRoleArn}); err != nil {
 		return nil, err

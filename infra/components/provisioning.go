@@ -72,7 +72,7 @@ func ClaimCertificateOptions() []pulumi.ResourceOption {
 
 // templateARN is the ARN a provisioning template named name gets.
 func templateARN(partition, region, account, name string) string {
-	return fmt.Sprintf("arn:%s:iot:%s:%s:provisioningtemplate/%s", partition, region, account, name)
+	return iotARN(partition, region, account, "provisioningtemplate", name)
 }
 
 // NewProvisioning declares Provisioning.

@@ -3,10 +3,8 @@ package components
 import (
 	"fmt"
 
-	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/iam"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/iot"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/lambda"
-	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/scheduler"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 
 	"github.com/iot-fleet/iot-fleet/infra/lambdabuild"
@@ -69,14 +67,12 @@ type RotationArgs struct {
 type Rotation struct {
 	pulumi.ResourceState
 
-	Rotate        *Function
-	Scan          *Function
-	Rule          *iot.TopicRule
-	Permission    *lambda.Permission
-	Schedule      *scheduler.Schedule
-	SchedulerRole *iam.Role
-	// SchedulerPolicy is the schedule role's inline policy document.
-	SchedulerPolicy pulumi.StringOutput
+	Rotate     *Function
+	Scan       *Function
+	Rule       *iot.TopicRule
+	Permission *lambda.Permission
+	// InvokeSchedule runs the scan daily.
+	InvokeSchedule
 }
 
 // RotationRuleName is the topic rule's name.
@@ -92,19 +88,17 @@ func NewRotation(ctx *pulumi.Context, name string, args RotationArgs, opts ...pu
 		return nil, err
 	}
 	parent := pulumi.Parent(c)
-	arn := func(kind, res string) string {
-		return fmt.Sprintf("arn:%s:iot:%s:%s:%s/%s", args.Partition, args.Region, args.AccountID, kind, res)
-	}
+	arn := func(kind, res string) string { return iotARN(args.Partition, args.Region, args.AccountID, kind, res) }
 	certs := arn("cert", "*")
 	things := arn("thing", args.ThingNamePrefix+"*")
 	table := pulumi.StringArray{args.RegistryArn}
 	index := args.RegistryArn.ApplyT(func(a string) string { return a + "/index/" + registry.ExpiryIndex }).(pulumi.StringOutput)
 
+	lambdas := lambdaDefaults{Prefix: args.Prefix, LogRetentionDays: args.LogRetentionDays, Tags: args.Tags}
 	var err error
-	if c.Rotate, err = NewFunction(ctx, LambdaCertRotate, FunctionArgs{
-		FunctionName: args.Prefix + "-" + LambdaCertRotate,
-		Description:  "Certificate rotation: issues the certificate for a device's CSR, retires the old one once the device confirmed",
-		Artifact:     args.CertRotate,
+	if c.Rotate, err = lambdas.function(ctx, LambdaCertRotate, FunctionArgs{
+		Description: "Certificate rotation: issues the certificate for a device's CSR, retires the old one once the device confirmed",
+		Artifact:    args.CertRotate,
 		Environment: pulumi.StringMap{
 			EnvRegistryTable:   args.RegistryName,
 			EnvDevicePolicy:    pulumi.String(args.DevicePolicyName),
@@ -120,17 +114,13 @@ func NewRotation(ctx *pulumi.Context, name string, args RotationArgs, opts ...pu
 			{Sid: "ThingPrincipal", Actions: []string{"iot:AttachThingPrincipal", "iot:DetachThingPrincipal"}, Resources: ARNs(things, certs)},
 			{Sid: "SendCertificate", Actions: []string{"iot:Publish"}, Resources: ARNs(arn("topic", protocol.CommandTopic("*", protocol.KindRotateCert)))},
 		},
-		TimeoutSeconds:   60,
-		MemoryMB:         256,
-		LogRetentionDays: args.LogRetentionDays,
-		Tags:             args.Tags,
+		TimeoutSeconds: 60,
 	}, parent); err != nil {
 		return nil, err
 	}
-	if c.Scan, err = NewFunction(ctx, LambdaCertScan, FunctionArgs{
-		FunctionName: args.Prefix + "-" + LambdaCertScan,
-		Description:  "Finds certificates expiring within the window (daily) or the devices an operator names, and asks them to rotate",
-		Artifact:     args.CertScan,
+	if c.Scan, err = lambdas.function(ctx, LambdaCertScan, FunctionArgs{
+		Description: "Finds certificates expiring within the window (daily) or the devices an operator names, and asks them to rotate",
+		Artifact:    args.CertScan,
 		Environment: pulumi.StringMap{
 			EnvRegistryTable:    args.RegistryName,
 			EnvThingNamePrefix:  pulumi.String(args.ThingNamePrefix),
@@ -143,10 +133,7 @@ func NewRotation(ctx *pulumi.Context, name string, args RotationArgs, opts ...pu
 			{Sid: "ListGroup", Actions: []string{"iot:ListThingsInThingGroup"}, Resources: pulumi.StringArray{args.ThingGroupArn}},
 			{Sid: "AskToRotate", Actions: []string{"iot:Publish"}, Resources: ARNs(arn("topic", protocol.CommandTopic("*", protocol.KindRotateRequest)))},
 		},
-		TimeoutSeconds:   900,
-		MemoryMB:         256,
-		LogRetentionDays: args.LogRetentionDays,
-		Tags:             args.Tags,
+		TimeoutSeconds: 900,
 	}, parent); err != nil {
 		return nil, err
 	}
@@ -177,34 +164,14 @@ func NewRotation(ctx *pulumi.Context, name string, args RotationArgs, opts ...pu
 		return nil, fmt.Errorf("rotation rule: %w", err)
 	}
 
-	if c.SchedulerRole, err = iam.NewRole(ctx, name+"-schedule", &iam.RoleArgs{
-		Name:             pulumi.String(args.Prefix + "-certscan-schedule"),
-		Description:      pulumi.String("Assumed by EventBridge Scheduler to run the daily certificate-expiry scan"),
-		AssumeRolePolicy: pulumi.String(AssumeRolePolicy("scheduler.amazonaws.com", args.AccountID)),
-		Tags:             args.Tags,
+	if c.InvokeSchedule, err = newInvokeSchedule(ctx, name+"-schedule", name+"-scan", "rotation schedule", invokeScheduleArgs{
+		Prefix: args.Prefix, Name: LambdaCertScan, AccountID: args.AccountID,
+		Description:     "Daily scan for device certificates expiring within the window",
+		RoleDescription: "Assumed by EventBridge Scheduler to run the daily certificate-expiry scan",
+		Expression:      RotationScheduleExpression,
+		Target:          c.Scan, Sid: "InvokeScan", Tags: args.Tags,
 	}, parent); err != nil {
-		return nil, fmt.Errorf("rotation schedule role: %w", err)
-	}
-	c.SchedulerPolicy = PolicyDocument(Statement{
-		Sid: "InvokeScan", Actions: []string{"lambda:InvokeFunction"}, Resources: pulumi.StringArray{c.Scan.Arn},
-	})
-	pol, err := iam.NewRolePolicy(ctx, name+"-schedule", &iam.RolePolicyArgs{Role: c.SchedulerRole.ID(), Policy: c.SchedulerPolicy}, parent)
-	if err != nil {
-		return nil, fmt.Errorf("rotation schedule role policy: %w", err)
-	}
-	if c.Schedule, err = scheduler.NewSchedule(ctx, name+"-scan", &scheduler.ScheduleArgs{
-		Name:               pulumi.String(args.Prefix + "-certscan"),
-		Description:        pulumi.String("Daily scan for device certificates expiring within the window"),
-		ScheduleExpression: pulumi.String(RotationScheduleExpression),
-		FlexibleTimeWindow: &scheduler.ScheduleFlexibleTimeWindowArgs{Mode: pulumi.String("OFF")},
-		Target: &scheduler.ScheduleTargetArgs{
-			Arn:         c.Scan.Arn,
-			RoleArn:     c.SchedulerRole.Arn,
-			Input:       pulumi.String("{}"),
-			RetryPolicy: &scheduler.ScheduleTargetRetryPolicyArgs{MaximumRetryAttempts: pulumi.Int(2)},
-		},
-	}, parent, pulumi.DependsOn([]pulumi.Resource{pol})); err != nil {
-		return nil, fmt.Errorf("rotation schedule: %w", err)
+		return nil, err
 	}
 	if err := ctx.RegisterResourceOutputs(c, pulumi.Map{
 		"certRotateLambda": c.Rotate.Name, "certScanLambda": c.Scan.Name, "rotationRule": c.Rule.Name,

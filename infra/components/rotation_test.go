@@ -1,14 +1,10 @@
 package components
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
-	"sort"
-	"sync"
 	"testing"
 
-	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -16,78 +12,6 @@ import (
 	"github.com/iot-fleet/iot-fleet/infra/lambdabuild"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate"
 )
-
-// recorder is a mock provider that keeps every resource's inputs and gives
-// ARNs of the resource's name.
-type recorder struct {
-	mu  sync.Mutex
-	res []pulumi.MockResourceArgs
-}
-
-func (r *recorder) NewResource(args pulumi.MockResourceArgs) (string, resource.PropertyMap, error) {
-	r.mu.Lock()
-	r.res = append(r.res, args)
-	r.mu.Unlock()
-	out := args.Inputs.Copy()
-	out["arn"] = resource.NewStringProperty("arn:aws:mock:::" + args.Name)
-	if _, ok := out["name"]; !ok {
-		out["name"] = resource.NewStringProperty(args.Name)
-	}
-	return args.Name + "-id", out, nil
-}
-
-func (r *recorder) Call(pulumi.MockCallArgs) (resource.PropertyMap, error) {
-	return resource.PropertyMap{}, nil
-}
-
-func (r *recorder) find(t *testing.T, typ, name string) resource.PropertyMap {
-	t.Helper()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, a := range r.res {
-		if a.TypeToken == typ && a.Name == name {
-			return a.Inputs
-		}
-	}
-	t.Fatalf("no %s %s", typ, name)
-	return nil
-}
-
-func str(m resource.PropertyMap, path ...string) string {
-	v := resource.NewObjectProperty(m)
-	for _, k := range path {
-		if !v.IsObject() {
-			return ""
-		}
-		v = v.ObjectValue()[resource.PropertyKey(k)]
-	}
-	if v.IsString() {
-		return v.StringValue()
-	}
-	return ""
-}
-
-type grant struct {
-	Sid      string   `json:"Sid"`
-	Action   []string `json:"Action"`
-	Resource []string `json:"Resource"`
-}
-
-func grants(t *testing.T, doc string) map[string][]string {
-	t.Helper()
-	var d struct{ Statement []grant }
-	require.NoError(t, json.Unmarshal([]byte(doc), &d))
-	out := map[string][]string{}
-	for _, s := range d.Statement {
-		for _, a := range s.Action {
-			out[a] = append(out[a], s.Resource...)
-		}
-	}
-	for _, v := range out {
-		sort.Strings(v)
-	}
-	return out
-}
 
 func TestRotation(t *testing.T) {
 	t.Parallel()
@@ -162,16 +86,7 @@ func TestRotation(t *testing.T) {
 	assert.Equal(t, "123456789012", str(perm, "sourceAccount"))
 
 	// Daily schedule invoking the scan with {}; its role may do only that.
-	sched := rec.find(t, "aws:scheduler/schedule:Schedule", "rotation-scan")
-	assert.Equal(t, "rate(1 day)", str(sched, "scheduleExpression"))
-	assert.Equal(t, "OFF", str(sched, "flexibleTimeWindow", "mode"))
-	assert.Equal(t, "arn:aws:mock:::"+LambdaCertScan, str(sched, "target", "arn"))
-	assert.Equal(t, "{}", str(sched, "target", "input"))
-	assert.Equal(t, "arn:aws:mock:::rotation-schedule", str(sched, "target", "roleArn"))
-	role := rec.find(t, "aws:iam/role:Role", "rotation-schedule")
-	assert.Contains(t, str(role, "assumeRolePolicy"), "scheduler.amazonaws.com")
-	assert.Equal(t, map[string][]string{"lambda:InvokeFunction": {"arn:aws:mock:::" + LambdaCertScan}},
-		grants(t, str(rec.find(t, "aws:iam/rolePolicy:RolePolicy", "rotation-schedule"), "policy")))
+	assertInvokeSchedule(t, rec, "rotation-scan", "rotation-schedule", "rate(1 day)", LambdaCertScan)
 }
 
 func TestRotationRequiresArgs(t *testing.T) {
@@ -181,5 +96,5 @@ func TestRotationRequiresArgs(t *testing.T) {
 		return err
 	})
 	require.Error(t, err)
-	assert.Empty(t, e.types)
+	assert.Empty(t, e.types())
 }

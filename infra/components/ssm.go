@@ -3,11 +3,11 @@ package components
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/cloudwatch"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/iam"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/lambda"
-	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/scheduler"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ssm"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 
@@ -105,10 +105,8 @@ type SSM struct {
 	Target                  *cloudwatch.EventTarget
 	Permission              *lambda.Permission
 	Inventory               *ssm.Association
-	Schedule                *scheduler.Schedule
-	SchedulerRole           *iam.Role
-	// SchedulerPolicy is the schedule role's inline policy document.
-	SchedulerPolicy pulumi.StringOutput
+	// InvokeSchedule runs the expiry sweep hourly.
+	InvokeSchedule
 }
 
 // NewSSM declares SSM.
@@ -135,6 +133,15 @@ func NewSSM(ctx *pulumi.Context, name string, args SSMArgs, opts ...pulumi.Resou
 	}}
 	anyResource := pulumi.StringArray{pulumi.String("*")}
 	table := pulumi.StringArray{args.RegistryArn}
+	// The toggle and the registered Lambda both record SSM state, delete
+	// activations and deregister this stack's stray nodes.
+	ssmState := Statement{Sid: "SSMState", Actions: []string{"dynamodb:GetItem", "dynamodb:UpdateItem"}, Resources: table}
+	cleanUp := []Statement{
+		{Sid: "DeleteActivationsFindNodes", Actions: []string{"ssm:DeleteActivation", "ssm:DescribeInstanceInformation"}, Resources: anyResource},
+		{Sid: "DeregisterOwnNodes", Actions: []string{"ssm:DeregisterManagedInstance"}, Resources: ARNs(nodes), Condition: ours},
+	}
+
+	lambdas := lambdaDefaults{Prefix: args.Prefix, LogRetentionDays: args.LogRetentionDays, Tags: args.Tags}
 
 	var err error
 	if c.ManagedInstanceRole, err = iam.NewRole(ctx, name+"-managed-instance", &iam.RoleArgs{
@@ -153,10 +160,9 @@ func NewSSM(ctx *pulumi.Context, name string, args SSMArgs, opts ...pulumi.Resou
 	}
 	c.ManagedInstanceRoleName = c.ManagedInstanceRole.Name
 
-	if c.Toggle, err = NewFunction(ctx, LambdaSSMToggle, FunctionArgs{
-		FunctionName: args.Prefix + "-" + LambdaSSMToggle,
-		Description:  "SSM on demand: activates or deactivates Systems Manager on a device or a thing group",
-		Artifact:     args.Toggle,
+	if c.Toggle, err = lambdas.function(ctx, LambdaSSMToggle, FunctionArgs{
+		Description: "SSM on demand: activates or deactivates Systems Manager on a device or a thing group",
+		Artifact:    args.Toggle,
 		Environment: pulumi.StringMap{
 			EnvRegistryTable:         args.RegistryName,
 			EnvManagedInstanceRole:   pulumi.String(roleName),
@@ -166,8 +172,8 @@ func NewSSM(ctx *pulumi.Context, name string, args SSMArgs, opts ...pulumi.Resou
 			EnvSerialPattern:         pulumi.String(args.SerialPattern),
 			EnvActivationExpiryHours: pulumi.String(fmt.Sprint(args.ActivationExpiryHours)),
 		},
-		Statements: []Statement{
-			{Sid: "SSMState", Actions: []string{"dynamodb:GetItem", "dynamodb:UpdateItem"}, Resources: table},
+		Statements: slices.Concat([]Statement{
+			ssmState,
 			{
 				Sid: "CreateTaggedActivation", Actions: []string{"ssm:CreateActivation", "ssm:AddTagsToResource"}, Resources: anyResource,
 				Condition: map[string]map[string]any{
@@ -184,46 +190,35 @@ func NewSSM(ctx *pulumi.Context, name string, args SSMArgs, opts ...pulumi.Resou
 				Sid: "PassManagedInstanceRole", Actions: []string{"iam:PassRole"}, Resources: ARNs(roleArn),
 				Condition: map[string]map[string]any{"StringEquals": {"iam:PassedToService": "ssm.amazonaws.com"}},
 			},
-			{Sid: "DeleteActivationsFindNodes", Actions: []string{"ssm:DeleteActivation", "ssm:DescribeInstanceInformation"}, Resources: anyResource},
-			{Sid: "DeregisterOwnNodes", Actions: []string{"ssm:DeregisterManagedInstance"}, Resources: ARNs(nodes), Condition: ours},
-			{Sid: "SendCommand", Actions: []string{"iot:Publish"}, Resources: ARNs(ssmIoTARN(args, "topic", protocol.CommandTopic(args.ThingNamePrefix+"*", protocol.KindSSM)))},
+		}, cleanUp, []Statement{
+			{Sid: "SendCommand", Actions: []string{"iot:Publish"}, Resources: ARNs(iotARN(args.Partition, args.Region, args.AccountID, "topic", protocol.CommandTopic(args.ThingNamePrefix+"*", protocol.KindSSM)))},
 			{Sid: "ListGroup", Actions: []string{"iot:ListThingsInThingGroup"}, Resources: pulumi.StringArray{args.ThingGroupArn}},
-		},
-		TimeoutSeconds:   300,
-		MemoryMB:         256,
-		LogRetentionDays: args.LogRetentionDays,
-		Tags:             args.Tags,
+		}),
+		TimeoutSeconds: 300,
 	}, parent); err != nil {
 		return nil, err
 	}
 
-	if c.Registered, err = NewFunction(ctx, LambdaSSMRegistered, FunctionArgs{
-		FunctionName: args.Prefix + "-" + LambdaSSMRegistered,
-		Description:  "SSM on demand: records a device's managed node when it registered; deregisters stray nodes of this stack",
-		Artifact:     args.Registered,
+	if c.Registered, err = lambdas.function(ctx, LambdaSSMRegistered, FunctionArgs{
+		Description: "SSM on demand: records a device's managed node when it registered; deregisters stray nodes of this stack",
+		Artifact:    args.Registered,
 		Environment: pulumi.StringMap{
 			EnvRegistryTable:   args.RegistryName,
 			EnvEnvironment:     pulumi.String(args.Environment),
 			EnvThingNamePrefix: pulumi.String(args.ThingNamePrefix),
 		},
-		Statements: []Statement{
-			{Sid: "SSMState", Actions: []string{"dynamodb:GetItem", "dynamodb:UpdateItem"}, Resources: table},
+		Statements: append([]Statement{
+			ssmState,
 			{Sid: "ReadNodeTags", Actions: []string{"ssm:ListTagsForResource"}, Resources: ARNs(nodes)},
-			{Sid: "DeleteActivationsFindNodes", Actions: []string{"ssm:DeleteActivation", "ssm:DescribeInstanceInformation"}, Resources: anyResource},
-			{Sid: "DeregisterOwnNodes", Actions: []string{"ssm:DeregisterManagedInstance"}, Resources: ARNs(nodes), Condition: ours},
-		},
-		TimeoutSeconds:   60,
-		MemoryMB:         256,
-		LogRetentionDays: args.LogRetentionDays,
-		Tags:             args.Tags,
+		}, cleanUp...),
+		TimeoutSeconds: 60,
 	}, parent); err != nil {
 		return nil, err
 	}
 
-	if c.Expire, err = NewFunction(ctx, LambdaSSMExpire, FunctionArgs{
-		FunctionName: args.Prefix + "-" + LambdaSSMExpire,
-		Description:  "SSM on demand: deletes expired or used activations and resets stale activating records (hourly)",
-		Artifact:     args.Expire,
+	if c.Expire, err = lambdas.function(ctx, LambdaSSMExpire, FunctionArgs{
+		Description: "SSM on demand: deletes expired or used activations and resets stale activating records (hourly)",
+		Artifact:    args.Expire,
 		Environment: pulumi.StringMap{
 			EnvRegistryTable:       args.RegistryName,
 			EnvManagedInstanceRole: pulumi.String(roleName),
@@ -234,10 +229,7 @@ func NewSSM(ctx *pulumi.Context, name string, args SSMArgs, opts ...pulumi.Resou
 			{Sid: "SSMState", Actions: []string{"dynamodb:GetItem", "dynamodb:Scan", "dynamodb:UpdateItem"}, Resources: table},
 			{Sid: "SweepActivations", Actions: []string{"ssm:DescribeActivations", "ssm:DeleteActivation"}, Resources: anyResource},
 		},
-		TimeoutSeconds:   300,
-		MemoryMB:         256,
-		LogRetentionDays: args.LogRetentionDays,
-		Tags:             args.Tags,
+		TimeoutSeconds: 300,
 	}, parent); err != nil {
 		return nil, err
 	}
@@ -284,34 +276,14 @@ func NewSSM(ctx *pulumi.Context, name string, args SSMArgs, opts ...pulumi.Resou
 	}
 
 	// Hourly sweep (EventBridge Scheduler, as the rotation scan).
-	if c.SchedulerRole, err = iam.NewRole(ctx, name+"-schedule", &iam.RoleArgs{
-		Name:             pulumi.String(args.Prefix + "-ssmexpire-schedule"),
-		Description:      pulumi.String("Assumed by EventBridge Scheduler to run the hourly SSM activation sweep"),
-		AssumeRolePolicy: pulumi.String(AssumeRolePolicy("scheduler.amazonaws.com", args.AccountID)),
-		Tags:             args.Tags,
+	if c.InvokeSchedule, err = newInvokeSchedule(ctx, name+"-schedule", name+"-expire", "ssm schedule", invokeScheduleArgs{
+		Prefix: args.Prefix, Name: LambdaSSMExpire, AccountID: args.AccountID,
+		Description:     "Hourly sweep of unused or expired SSM activations",
+		RoleDescription: "Assumed by EventBridge Scheduler to run the hourly SSM activation sweep",
+		Expression:      SSMExpireScheduleExpression,
+		Target:          c.Expire, Sid: "InvokeSweep", Tags: args.Tags,
 	}, parent); err != nil {
-		return nil, fmt.Errorf("ssm schedule role: %w", err)
-	}
-	c.SchedulerPolicy = PolicyDocument(Statement{
-		Sid: "InvokeSweep", Actions: []string{"lambda:InvokeFunction"}, Resources: pulumi.StringArray{c.Expire.Arn},
-	})
-	pol, err := iam.NewRolePolicy(ctx, name+"-schedule", &iam.RolePolicyArgs{Role: c.SchedulerRole.ID(), Policy: c.SchedulerPolicy}, parent)
-	if err != nil {
-		return nil, fmt.Errorf("ssm schedule role policy: %w", err)
-	}
-	if c.Schedule, err = scheduler.NewSchedule(ctx, name+"-expire", &scheduler.ScheduleArgs{
-		Name:               pulumi.String(args.Prefix + "-ssmexpire"),
-		Description:        pulumi.String("Hourly sweep of unused or expired SSM activations"),
-		ScheduleExpression: pulumi.String(SSMExpireScheduleExpression),
-		FlexibleTimeWindow: &scheduler.ScheduleFlexibleTimeWindowArgs{Mode: pulumi.String("OFF")},
-		Target: &scheduler.ScheduleTargetArgs{
-			Arn:         c.Expire.Arn,
-			RoleArn:     c.SchedulerRole.Arn,
-			Input:       pulumi.String("{}"),
-			RetryPolicy: &scheduler.ScheduleTargetRetryPolicyArgs{MaximumRetryAttempts: pulumi.Int(2)},
-		},
-	}, parent, pulumi.DependsOn([]pulumi.Resource{pol})); err != nil {
-		return nil, fmt.Errorf("ssm schedule: %w", err)
+		return nil, err
 	}
 
 	if err := ctx.RegisterResourceOutputs(c, pulumi.Map{
@@ -320,9 +292,4 @@ func NewSSM(ctx *pulumi.Context, name string, args SSMArgs, opts ...pulumi.Resou
 		return nil, err
 	}
 	return c, nil
-}
-
-// ssmIoTARN is an IoT resource ARN of the deployment.
-func ssmIoTARN(args SSMArgs, kind, res string) string {
-	return fmt.Sprintf("arn:%s:iot:%s:%s:%s/%s", args.Partition, args.Region, args.AccountID, kind, res)
 }

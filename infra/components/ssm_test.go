@@ -4,110 +4,16 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
-	"sync"
 	"testing"
 
-	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/infra/lambdabuild"
 )
-
-// ssmMock is a mock provider that keeps every resource's inputs and gives
-// each resource the ARN "arn:aws:mock:::<name>" (and its name as name when
-// it has none).
-type ssmMock struct {
-	mu  sync.Mutex
-	res []pulumi.MockResourceArgs
-}
-
-func (m *ssmMock) NewResource(args pulumi.MockResourceArgs) (string, resource.PropertyMap, error) {
-	m.mu.Lock()
-	m.res = append(m.res, args)
-	m.mu.Unlock()
-	out := args.Inputs.Copy()
-	out["arn"] = resource.NewStringProperty("arn:aws:mock:::" + args.Name)
-	if _, ok := out["name"]; !ok {
-		out["name"] = resource.NewStringProperty(args.Name)
-	}
-	return args.Name + "-id", out, nil
-}
-
-func (m *ssmMock) Call(pulumi.MockCallArgs) (resource.PropertyMap, error) {
-	return resource.PropertyMap{}, nil
-}
-
-func (m *ssmMock) get(t *testing.T, typ, name string) resource.PropertyMap {
-	t.Helper()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, a := range m.res {
-		if a.TypeToken == typ && a.Name == name {
-			return a.Inputs
-		}
-	}
-	t.Fatalf("no %s %s", typ, name)
-	return nil
-}
-
-func (m *ssmMock) count(typ string) int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	n := 0
-	for _, a := range m.res {
-		if typ == "" || a.TypeToken == typ {
-			n++
-		}
-	}
-	return n
-}
-
-func ssmProp(m resource.PropertyMap, path ...string) string {
-	v := resource.NewObjectProperty(m)
-	for _, k := range path {
-		if !v.IsObject() {
-			return ""
-		}
-		v = v.ObjectValue()[resource.PropertyKey(k)]
-	}
-	if v.IsString() {
-		return v.StringValue()
-	}
-	return ""
-}
-
-type ssmStatement struct {
-	Sid       string
-	Effect    string
-	Action    []string
-	Resource  []string
-	Condition map[string]map[string]any
-}
-
-func ssmPolicy(t *testing.T, doc string) []ssmStatement {
-	t.Helper()
-	var d struct{ Statement []ssmStatement }
-	require.NoError(t, json.Unmarshal([]byte(doc), &d), doc)
-	return d.Statement
-}
-
-// actionResources maps each granted action to its sorted resources.
-func actionResources(sts []ssmStatement) map[string][]string {
-	out := map[string][]string{}
-	for _, s := range sts {
-		for _, a := range s.Action {
-			out[a] = append(out[a], s.Resource...)
-		}
-	}
-	for _, v := range out {
-		sort.Strings(v)
-	}
-	return out
-}
 
 const (
 	ssmAccount = "123456789012"
@@ -132,7 +38,7 @@ func ssmArgs(t *testing.T) SSMArgs {
 
 func TestSSM(t *testing.T) {
 	t.Parallel()
-	m := &ssmMock{}
+	m := &recorder{}
 	args := ssmArgs(t)
 	require.NoError(t, pulumi.RunErr(func(ctx *pulumi.Context) error {
 		_, err := NewSSM(ctx, "ssm", args)
@@ -141,20 +47,20 @@ func TestSSM(t *testing.T) {
 
 	// Managed-instance role: only Systems Manager of this account assumes
 	// it; it has the AWS managed core policy.
-	role := m.get(t, "aws:iam/role:Role", "ssm-managed-instance")
-	assert.Equal(t, "iot-fleet-dev-ssm-managed-instance", ssmProp(role, "name"))
-	trust := ssmPolicy(t, ssmProp(role, "assumeRolePolicy"))
+	role := m.find(t, "aws:iam/role:Role", "ssm-managed-instance")
+	assert.Equal(t, "iot-fleet-dev-ssm-managed-instance", str(role, "name"))
+	trust := statements(t, str(role, "assumeRolePolicy"))
 	require.Len(t, trust, 1)
 	assert.Equal(t, []string{"sts:AssumeRole"}, trust[0].Action)
 	assert.Equal(t, map[string]map[string]any{"StringEquals": {"aws:SourceAccount": ssmAccount}}, trust[0].Condition)
-	assert.Contains(t, ssmProp(role, "assumeRolePolicy"), `"Service":"ssm.amazonaws.com"`)
-	att := m.get(t, "aws:iam/rolePolicyAttachment:RolePolicyAttachment", "ssm-managed-instance")
-	assert.Equal(t, "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore", ssmProp(att, "policyArn"))
-	assert.Equal(t, "iot-fleet-dev-ssm-managed-instance", ssmProp(att, "role"))
+	assert.Contains(t, str(role, "assumeRolePolicy"), `"Service":"ssm.amazonaws.com"`)
+	att := m.find(t, "aws:iam/rolePolicyAttachment:RolePolicyAttachment", "ssm-managed-instance")
+	assert.Equal(t, "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore", str(att, "policyArn"))
+	assert.Equal(t, "iot-fleet-dev-ssm-managed-instance", str(att, "role"))
 
 	// Environments exactly as the mains read them.
 	env := func(fn string) map[string]string {
-		vars := m.get(t, "aws:lambda/function:Function", fn)["environment"].ObjectValue()["variables"].ObjectValue()
+		vars := m.find(t, "aws:lambda/function:Function", fn)["environment"].ObjectValue()["variables"].ObjectValue()
 		out := map[string]string{}
 		for k, v := range vars {
 			out[string(k)] = v.StringValue()
@@ -175,7 +81,7 @@ func TestSSM(t *testing.T) {
 	// Exactly the calls the handlers make, on the narrowest resources.
 	logs := func(fn string) []string { return []string{"arn:aws:mock:::" + fn + ":*"} }
 	roleARN := "arn:aws:iam::123456789012:role/iot-fleet-dev-ssm-managed-instance"
-	toggle := ssmPolicy(t, ssmProp(m.get(t, "aws:iam/rolePolicy:RolePolicy", LambdaSSMToggle), "policy"))
+	toggle := statements(t, str(m.find(t, "aws:iam/rolePolicy:RolePolicy", LambdaSSMToggle), "policy"))
 	assert.Equal(t, map[string][]string{
 		"logs:CreateLogStream": logs(LambdaSSMToggle), "logs:PutLogEvents": logs(LambdaSSMToggle),
 		"dynamodb:GetItem": {ssmTable}, "dynamodb:UpdateItem": {ssmTable},
@@ -186,7 +92,7 @@ func TestSSM(t *testing.T) {
 		"iot:Publish":                   {"arn:aws:iot:eu-central-1:123456789012:topic/cmd/fleet/dev-*/ssm"},
 		"iot:ListThingsInThingGroup":    {ssmGroup},
 	}, actionResources(toggle))
-	registered := ssmPolicy(t, ssmProp(m.get(t, "aws:iam/rolePolicy:RolePolicy", LambdaSSMRegistered), "policy"))
+	registered := statements(t, str(m.find(t, "aws:iam/rolePolicy:RolePolicy", LambdaSSMRegistered), "policy"))
 	assert.Equal(t, map[string][]string{
 		"logs:CreateLogStream": logs(LambdaSSMRegistered), "logs:PutLogEvents": logs(LambdaSSMRegistered),
 		"dynamodb:GetItem": {ssmTable}, "dynamodb:UpdateItem": {ssmTable},
@@ -194,7 +100,7 @@ func TestSSM(t *testing.T) {
 		"ssm:DeleteActivation":    {"*"}, "ssm:DescribeInstanceInformation": {"*"},
 		"ssm:DeregisterManagedInstance": {ssmNodes},
 	}, actionResources(registered))
-	expire := ssmPolicy(t, ssmProp(m.get(t, "aws:iam/rolePolicy:RolePolicy", LambdaSSMExpire), "policy"))
+	expire := statements(t, str(m.find(t, "aws:iam/rolePolicy:RolePolicy", LambdaSSMExpire), "policy"))
 	assert.Equal(t, map[string][]string{
 		"logs:CreateLogStream": logs(LambdaSSMExpire), "logs:PutLogEvents": logs(LambdaSSMExpire),
 		"dynamodb:GetItem": {ssmTable}, "dynamodb:Scan": {ssmTable}, "dynamodb:UpdateItem": {ssmTable},
@@ -208,23 +114,23 @@ func TestSSM(t *testing.T) {
 		"ssm:CreateActivation": true, "ssm:AddTagsToResource": true, "ssm:DeleteActivation": true,
 		"ssm:DescribeInstanceInformation": true, "ssm:DescribeActivations": true,
 	}
-	for _, sts := range [][]ssmStatement{toggle, registered, expire} {
+	for _, sts := range [][]policyStatement{toggle, registered, expire} {
 		for _, st := range sts {
 			assert.Equal(t, "Allow", st.Effect)
 			for _, a := range st.Action {
 				assert.NotContains(t, a, "*", "wildcard action %s", a)
-				if ssmContains(st.Resource, "*") {
+				if slices.Contains(st.Resource, "*") {
 					assert.True(t, noResourceType[a], "%s is granted on * but has a resource type", a)
 				}
 			}
 			switch {
-			case ssmContains(st.Action, "ssm:CreateActivation"):
+			case slices.Contains(st.Action, "ssm:CreateActivation"):
 				assert.Equal(t, map[string]any{"aws:RequestTag/project": "iot-fleet", "aws:RequestTag/environment": "dev"}, st.Condition["StringEquals"])
 				assert.ElementsMatch(t, []any{"project", "environment", "thingName", "serial"}, st.Condition["ForAllValues:StringEquals"]["aws:TagKeys"])
-			case ssmContains(st.Action, "iam:PassRole"):
+			case slices.Contains(st.Action, "iam:PassRole"):
 				assert.Equal(t, []string{"iam:PassRole"}, st.Action)
 				assert.Equal(t, map[string]map[string]any{"StringEquals": {"iam:PassedToService": "ssm.amazonaws.com"}}, st.Condition)
-			case ssmContains(st.Action, "ssm:DeregisterManagedInstance"):
+			case slices.Contains(st.Action, "ssm:DeregisterManagedInstance"):
 				assert.Equal(t, map[string]map[string]any{"StringEquals": {"ssm:resourceTag/project": "iot-fleet", "ssm:resourceTag/environment": "dev"}}, st.Condition,
 					"only this stack's nodes can be deregistered")
 			}
@@ -233,58 +139,40 @@ func TestSSM(t *testing.T) {
 
 	// EventBridge: the registration events go to the registered Lambda,
 	// which only that rule may invoke.
-	rule := m.get(t, "aws:cloudwatch/eventRule:EventRule", "ssm-registered")
-	assert.Equal(t, "iot-fleet-dev-ssm-registered", ssmProp(rule, "name"))
+	rule := m.find(t, "aws:cloudwatch/eventRule:EventRule", "ssm-registered")
+	assert.Equal(t, "iot-fleet-dev-ssm-registered", str(rule, "name"))
 	var pattern map[string][]string
-	require.NoError(t, json.Unmarshal([]byte(ssmProp(rule, "eventPattern")), &pattern))
+	require.NoError(t, json.Unmarshal([]byte(str(rule, "eventPattern")), &pattern))
 	assert.Equal(t, map[string][]string{
 		"source":      {"aws.ssm"},
 		"detail-type": {"SSM Managed Instance Registration", "EC2 State Manager Instance Association State Change"},
 	}, pattern)
-	target := m.get(t, "aws:cloudwatch/eventTarget:EventTarget", "ssm-registered")
-	assert.Equal(t, "iot-fleet-dev-ssm-registered", ssmProp(target, "rule"))
-	assert.Equal(t, "arn:aws:mock:::"+LambdaSSMRegistered, ssmProp(target, "arn"))
-	perm := m.get(t, "aws:lambda/permission:Permission", "ssm-registered-invoke")
-	assert.Equal(t, "events.amazonaws.com", ssmProp(perm, "principal"))
-	assert.Equal(t, "lambda:InvokeFunction", ssmProp(perm, "action"))
-	assert.Equal(t, "iot-fleet-dev-"+LambdaSSMRegistered, ssmProp(perm, "function"))
-	assert.Equal(t, "arn:aws:mock:::ssm-registered", ssmProp(perm, "sourceArn"), "only the registration rule")
-	assert.Equal(t, ssmAccount, ssmProp(perm, "sourceAccount"))
+	target := m.find(t, "aws:cloudwatch/eventTarget:EventTarget", "ssm-registered")
+	assert.Equal(t, "iot-fleet-dev-ssm-registered", str(target, "rule"))
+	assert.Equal(t, "arn:aws:mock:::"+LambdaSSMRegistered, str(target, "arn"))
+	perm := m.find(t, "aws:lambda/permission:Permission", "ssm-registered-invoke")
+	assert.Equal(t, "events.amazonaws.com", str(perm, "principal"))
+	assert.Equal(t, "lambda:InvokeFunction", str(perm, "action"))
+	assert.Equal(t, "iot-fleet-dev-"+LambdaSSMRegistered, str(perm, "function"))
+	assert.Equal(t, "arn:aws:mock:::ssm-registered", str(perm, "sourceArn"), "only the registration rule")
+	assert.Equal(t, ssmAccount, str(perm, "sourceAccount"))
 
 	// The fallback event source runs only on this stack's nodes.
-	inv := m.get(t, "aws:ssm/association:Association", "ssm-inventory")
-	assert.Equal(t, "AWS-GatherSoftwareInventory", ssmProp(inv, "name"))
+	inv := m.find(t, "aws:ssm/association:Association", "ssm-inventory")
+	assert.Equal(t, "AWS-GatherSoftwareInventory", str(inv, "name"))
 	targets := inv["targets"].ArrayValue()
 	require.Len(t, targets, 2)
 	var keys []string
 	for _, tg := range targets {
 		vals := tg.ObjectValue()["values"].ArrayValue()
 		require.Len(t, vals, 1)
-		keys = append(keys, ssmProp(tg.ObjectValue(), "key")+"="+vals[0].StringValue())
+		keys = append(keys, str(tg.ObjectValue(), "key")+"="+vals[0].StringValue())
 	}
 	assert.ElementsMatch(t, []string{"tag:project=iot-fleet", "tag:environment=dev"}, keys)
 
 	// Hourly sweep; its role may only invoke the sweep.
-	sched := m.get(t, "aws:scheduler/schedule:Schedule", "ssm-expire")
-	assert.Equal(t, "rate(1 hour)", ssmProp(sched, "scheduleExpression"))
-	assert.Equal(t, "OFF", ssmProp(sched, "flexibleTimeWindow", "mode"))
-	assert.Equal(t, "arn:aws:mock:::"+LambdaSSMExpire, ssmProp(sched, "target", "arn"))
-	assert.Equal(t, "arn:aws:mock:::ssm-schedule", ssmProp(sched, "target", "roleArn"))
-	assert.Equal(t, "{}", ssmProp(sched, "target", "input"))
-	srole := m.get(t, "aws:iam/role:Role", "ssm-schedule")
-	assert.Contains(t, ssmProp(srole, "assumeRolePolicy"), "scheduler.amazonaws.com")
-	assert.Equal(t, map[string][]string{"lambda:InvokeFunction": {"arn:aws:mock:::" + LambdaSSMExpire}},
-		actionResources(ssmPolicy(t, ssmProp(m.get(t, "aws:iam/rolePolicy:RolePolicy", "ssm-schedule"), "policy"))))
+	assertInvokeSchedule(t, m, "ssm-expire", "ssm-schedule", "rate(1 hour)", LambdaSSMExpire)
 	assert.Equal(t, 3, m.count("aws:lambda/function:Function"))
-}
-
-func ssmContains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func TestSSMRequiresArgs(t *testing.T) {
@@ -299,7 +187,7 @@ func TestSSMRequiresArgs(t *testing.T) {
 		"no thing prefix":  func(a *SSMArgs) { a.ThingNamePrefix = "" },
 	} {
 		t.Run(name, func(t *testing.T) {
-			m := &ssmMock{}
+			m := &recorder{}
 			args := ssmArgs(t)
 			mod(&args)
 			err := pulumi.RunErr(func(ctx *pulumi.Context) error {

@@ -115,11 +115,11 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 		return nil, err
 	}
 
+	lambdas := lambdaDefaults{Prefix: prefix, LogRetentionDays: cfg.LogRetentionDays, Tags: tags}
 	table := pulumi.StringArray{s.Storage.RegistryArn}
-	if s.Hook, err = NewFunction(ctx, LambdaPreprovision, FunctionArgs{
-		FunctionName: prefix + "-" + LambdaPreprovision,
-		Description:  "Fleet provisioning pre-provisioning hook: admits only allowlisted serials",
-		Artifact:     args.Lambdas[LambdaPreprovision],
+	if s.Hook, err = lambdas.function(ctx, LambdaPreprovision, FunctionArgs{
+		Description: "Fleet provisioning pre-provisioning hook: admits only allowlisted serials",
+		Artifact:    args.Lambdas[LambdaPreprovision],
 		Environment: pulumi.StringMap{
 			EnvRegistryTable:   s.Storage.RegistryName,
 			EnvSerialPattern:   pulumi.String(cfg.SerialPattern),
@@ -130,20 +130,16 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 			Actions:   []string{"dynamodb:GetItem", "dynamodb:UpdateItem"},
 			Resources: table,
 		}},
-		TimeoutSeconds:   hookTimeoutSeconds,
-		MemoryMB:         256,
-		LogRetentionDays: cfg.LogRetentionDays,
-		Tags:             tags,
+		TimeoutSeconds: hookTimeoutSeconds,
 	}, parent); err != nil {
 		return nil, err
 	}
 
 	allowlistObject := s.Storage.Config.Arn.ApplyT(func(arn string) string { return arn + "/" + AllowlistKey }).(pulumi.StringOutput)
 	things := params.ARN("thing", cfg.ThingNamePrefix()+"*")
-	if s.Sync, err = NewFunction(ctx, LambdaAllowlistSync, FunctionArgs{
-		FunctionName: prefix + "-" + LambdaAllowlistSync,
-		Description:  "Syncs allowlist.txt into the registry; revokes devices removed from it",
-		Artifact:     args.Lambdas[LambdaAllowlistSync],
+	if s.Sync, err = lambdas.function(ctx, LambdaAllowlistSync, FunctionArgs{
+		Description: "Syncs allowlist.txt into the registry; revokes devices removed from it",
+		Artifact:    args.Lambdas[LambdaAllowlistSync],
 		Environment: pulumi.StringMap{
 			EnvRegistryTable:   s.Storage.RegistryName,
 			EnvSerialPattern:   pulumi.String(cfg.SerialPattern),
@@ -161,10 +157,7 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 				Resources: pulumi.StringArray{pulumi.String(things), s.Fleet.ThingGroupArn},
 			},
 		},
-		TimeoutSeconds:   300,
-		MemoryMB:         256,
-		LogRetentionDays: cfg.LogRetentionDays,
-		Tags:             tags,
+		TimeoutSeconds: 300,
 	}, parent); err != nil {
 		return nil, err
 	}

@@ -93,23 +93,23 @@ func NewTopicRules(ctx *pulumi.Context, name string, args TopicRulesArgs, opts .
 		c.LogGroups[r.Name] = lg
 		streams = append(streams, logStreamsARN(lg))
 	}
-	if c.Role, err = iam.NewRole(ctx, name, &iam.RoleArgs{
-		Name:             pulumi.String(args.Prefix + "-topic-rules"),
-		Description:      pulumi.String("Assumed by AWS IoT rules of " + args.Prefix + " to write device messages and rule errors to CloudWatch Logs"),
-		AssumeRolePolicy: pulumi.String(AssumeRolePolicy("iot.amazonaws.com", args.AccountID)),
-		Tags:             args.Tags,
-	}, parent); err != nil {
-		return nil, fmt.Errorf("topic rules role: %w", err)
-	}
-	c.RolePolicy = PolicyDocument(Statement{
-		Sid:       "WriteRuleLogs",
-		Actions:   []string{"logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"},
-		Resources: streams,
-	})
-	pol, err := iam.NewRolePolicy(ctx, name, &iam.RolePolicyArgs{Role: c.Role.ID(), Policy: c.RolePolicy}, parent)
+	role, err := newServiceRole(ctx, name, "topic rules", serviceRoleArgs{
+		Name:          args.Prefix + "-topic-rules",
+		Description:   "Assumed by AWS IoT rules of " + args.Prefix + " to write device messages and rule errors to CloudWatch Logs",
+		Service:       "iot.amazonaws.com",
+		SourceAccount: args.AccountID,
+		Statements: []Statement{{
+			Sid:       "WriteRuleLogs",
+			Actions:   []string{"logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"},
+			Resources: streams,
+		}},
+		Tags: args.Tags,
+	}, parent)
 	if err != nil {
-		return nil, fmt.Errorf("topic rules role policy: %w", err)
+		return nil, err
 	}
+	c.Role, c.RolePolicy = role.Role, role.Document
+	pol := role.Policy
 	for _, r := range args.Rules {
 		lg := c.LogGroups[r.Name]
 		rule, err := iot.NewTopicRule(ctx, name+"-"+r.Name, &iot.TopicRuleArgs{
