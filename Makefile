@@ -7,20 +7,29 @@ DYNALITE := $(TOOLS)/node_modules/.bin/dynalite
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 AGENT_LDFLAGS := -s -w -buildid= -X main.version=$(VERSION)
 
-.PHONY: all tools test vet bench demo agent fmt clean image lint-delivery
+.PHONY: all tools apt-packages test vet bench demo agent fmt clean image lint-delivery
 
 all: vet test
 
-## tools: install the local servers the tests talk to (dynalite; mosquitto via apt when root)
-tools: $(DYNALITE)
-	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
-	  else echo "mosquitto is missing: sudo apt-get install mosquitto" >&2; exit 1; fi; }
+## tools: install what the tests talk to or use: Debian packages (when root),
+## dynalite (a local DynamoDB API) from npm into .tools/
+APT_PACKAGES := mosquitto mtools dosfstools fdisk e2fsprogs shellcheck xz-utils systemd
+
+tools: apt-packages $(DYNALITE)
+
+# Node.js may come from elsewhere than Debian: only npm itself is required.
+apt-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done; \
+	  command -v npm >/dev/null 2>&1 || echo nodejs npm); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages (install them as root): $$missing" >&2; exit 1; fi; \
+	  echo "installing: $$missing"; \
+	  apt-get update -qq || exit 1; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	  pkill -x mosquitto 2>/dev/null || true; \
+	fi
 
 $(DYNALITE):
-	@command -v npm >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
-	  else echo "npm is missing: sudo apt-get install nodejs npm" >&2; exit 1; fi; }
 	mkdir -p $(TOOLS)
 	cd $(TOOLS) && npm install --no-audit --no-fund --silent dynalite@4.0.0
 
