@@ -13,7 +13,7 @@ all: vet test
 
 ## tools: install what the tests talk to or use: Debian packages (when root),
 ## dynalite (a local DynamoDB API) from npm into .tools/
-APT_PACKAGES := mosquitto mtools dosfstools fdisk e2fsprogs shellcheck xz-utils systemd
+APT_PACKAGES := mosquitto mtools dosfstools fdisk e2fsprogs shellcheck xz-utils systemd mender-client mender-artifact
 
 tools: apt-packages $(DYNALITE)
 
@@ -26,7 +26,6 @@ apt-packages:
 	  echo "installing: $$missing"; \
 	  apt-get update -qq || exit 1; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
-	  pkill -x mosquitto 2>/dev/null || true; \
 	fi
 
 $(DYNALITE):

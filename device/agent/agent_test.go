@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -17,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/config"
+	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/provision"
 	"github.com/iot-fleet/iot-fleet/device/store"
@@ -24,23 +24,6 @@ import (
 )
 
 const serial = "10000000cafe0001"
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 type notifications struct {
 	mu     sync.Mutex
@@ -103,7 +86,7 @@ func (e *echoFeature) Start(ctx context.Context, rt *Runtime) error {
 
 func (e *echoFeature) Stop() { close(e.stopped) }
 
-func startAgent(t *testing.T, cfg config.Config, logs *syncBuffer, n *notifications, features ...FeatureFactory) (*Agent, func()) {
+func startAgent(t *testing.T, cfg config.Config, logs *devicetest.LogBuffer, n *notifications, features ...FeatureFactory) (*Agent, func()) {
 	t.Helper()
 	a, err := New(Options{
 		Config: cfg, Version: "test-1", Features: features, Notify: n.notify,
@@ -155,7 +138,7 @@ func TestFirstBootProvisionsConnectsAndServes(t *testing.T) {
 	cfg := testConfig(t, b)
 	status := b.Watch(t, "dt/fleet/+/status")
 	echoes := b.Watch(t, "dt/fleet/+/echo")
-	logs, n := &syncBuffer{}, &notifications{}
+	logs, n := &devicetest.LogBuffer{}, &notifications{}
 	feat := &echoFeature{stopped: make(chan struct{})}
 	a, stop := startAgent(t, cfg, logs, n, func(*Runtime) (Feature, error) { return feat, nil })
 
@@ -224,10 +207,10 @@ func TestRestartUsesStoredIdentity(t *testing.T) {
 	b := testbroker.Start(t, testbroker.Options{})
 	cfg := testConfig(t, b)
 	n := &notifications{}
-	_, stop := startAgent(t, cfg, &syncBuffer{}, n)
+	_, stop := startAgent(t, cfg, &devicetest.LogBuffer{}, n)
 	stop()
 	before := len(b.Connects())
-	_, stop2 := startAgent(t, cfg, &syncBuffer{}, n)
+	_, stop2 := startAgent(t, cfg, &devicetest.LogBuffer{}, n)
 	defer stop2()
 	conns := b.Connects()[before:]
 	require.NotEmpty(t, conns)
@@ -262,7 +245,7 @@ func TestSystemdNotifyOverRealSocket(t *testing.T) {
 
 func TestWatchdogPingsAtHalfInterval(t *testing.T) {
 	n := &notifications{}
-	a := &Agent{o: Options{Notify: n.notify, WatchdogInterval: func() (time.Duration, error) { return 20 * time.Millisecond, nil }}, log: slog.New(slog.NewTextHandler(&syncBuffer{}, nil))}
+	a := &Agent{o: Options{Notify: n.notify, WatchdogInterval: func() (time.Duration, error) { return 20 * time.Millisecond, nil }}, log: slog.New(slog.NewTextHandler(&devicetest.LogBuffer{}, nil))}
 	stop := a.startWatchdog(context.Background())
 	require.Eventually(t, func() bool { return len(n.list()) >= 3 }, 10*time.Second, time.Millisecond)
 	stop()

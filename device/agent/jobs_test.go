@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 )
@@ -109,7 +110,7 @@ func TestJobsFeatureRunsAJobEndToEnd(t *testing.T) {
 		}}},
 	})
 	cfg := testConfig(t, b)
-	_, _ = startAgent(t, cfg, &syncBuffer{}, &notifications{}, JobsFeature(nil))
+	_, _ = startAgent(t, cfg, &devicetest.LogBuffer{}, &notifications{}, JobsFeature(nil))
 
 	select {
 	case st := <-svc.terminal:

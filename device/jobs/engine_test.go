@@ -389,6 +389,10 @@ func TestTerminalStatusNeitherLostNorRepeated(t *testing.T) {
 			})
 			if mode == "responses-lost" {
 				waitFor(t, "terminal update reached the service", func() bool { return h.svc.get("job-t").Status == protocol.JobSucceeded })
+			} else {
+				// The engine persists the terminal status before it hands
+				// the update to the outbox; the kill comes after both.
+				waitFor(t, "terminal update queued in the outbox", func() bool { return h.tr.pendingCount() > 0 })
 			}
 			h.kill()
 			switch mode {

@@ -1,7 +1,6 @@
 package provision
 
 import (
-	"bytes"
 	"context"
 	"crypto/rsa"
 	"crypto/x509"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/device/backoff"
 	"github.com/iot-fleet/iot-fleet/device/devkey"
+	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
@@ -26,36 +26,18 @@ import (
 
 const serial = "10000000abcdef01"
 
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 type fixture struct {
 	t      *testing.T
 	b      *testbroker.Broker
 	dir    string
-	logs   *syncBuffer
+	logs   *devicetest.LogBuffer
 	mu     sync.Mutex
 	sleeps []time.Duration
 	alg    devkey.Algorithm
 }
 
 func newFixture(t *testing.T, bo testbroker.Options) *fixture {
-	return &fixture{t: t, b: testbroker.Start(t, bo), dir: t.TempDir(), logs: &syncBuffer{}, alg: devkey.ECDSAP256}
+	return &fixture{t: t, b: testbroker.Start(t, bo), dir: t.TempDir(), logs: &devicetest.LogBuffer{}, alg: devkey.ECDSAP256}
 }
 
 // provisioner builds a fresh Provisioner on the fixture's state directory,

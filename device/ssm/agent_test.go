@@ -15,6 +15,7 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/device/agent"
 	"github.com/iot-fleet/iot-fleet/device/config"
+	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/ssm"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
@@ -46,7 +47,7 @@ func TestAgentFeatureOverMQTT(t *testing.T) {
 	cfg.SSM = host.cfg
 	require.NoError(t, cfg.Validate())
 
-	logs := &syncBuffer{}
+	logs := &devicetest.LogBuffer{}
 	a, err := agent.New(agent.Options{
 		Config: cfg, Version: "test", Features: []agent.FeatureFactory{ssm.Feature()},
 		Logger:           slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),

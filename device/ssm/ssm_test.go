@@ -1,7 +1,6 @@
 package ssm_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io/fs"
@@ -17,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/config"
+	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/ssm"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
@@ -28,23 +28,6 @@ const (
 	activationID = "6f2ad1c4-1b9e-4a57-8d2e-0c3b5a7e9f10"
 	instanceID   = "mi-0123456789abcdef0"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // fakeHost is a directory with shell scripts standing in for the package
 // manager, systemctl and amazon-ssm-agent. Each records its argv in
@@ -152,7 +135,7 @@ func (r *recorder) last() protocol.SSMStatus {
 type rig struct {
 	host  *fakeHost
 	pub   *recorder
-	logs  *syncBuffer
+	logs  *devicetest.LogBuffer
 	state string
 	h     *ssm.Handler
 	ctx   context.Context
@@ -160,7 +143,7 @@ type rig struct {
 
 func newRig(t *testing.T, installed bool, mod func(*config.SSM)) *rig {
 	t.Helper()
-	r := &rig{host: newFakeHost(t, installed), pub: &recorder{}, logs: &syncBuffer{}, state: t.TempDir()}
+	r := &rig{host: newFakeHost(t, installed), pub: &recorder{}, logs: &devicetest.LogBuffer{}, state: t.TempDir()}
 	if mod != nil {
 		mod(&r.host.cfg)
 	}

@@ -179,26 +179,20 @@ func (s *DynamoDB) RecordProvisioned(ctx context.Context, serial, thingName stri
 		nameKeys = append(nameKeys, "#thing")
 		values[":thing"] = str(thingName)
 	}
-	out, err := s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName:                 s.tableName(),
-		Key:                       s.key(serial),
+	d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
 		UpdateExpression:          aws.String(update + remove),
 		ConditionExpression:       aws.String("attribute_exists(#serial) AND (#state = :allowed OR #state = :provisioned)"),
 		ExpressionAttributeNames:  names(nameKeys...),
 		ExpressionAttributeValues: values,
-		ReturnValues:              types.ReturnValueAllNew,
-	})
-	if isConditionFailed(err) {
-		d, gerr := s.Get(ctx, serial)
-		if gerr != nil {
-			return Device{}, gerr
-		}
-		return Device{}, fmt.Errorf("%w: %s is %s", ErrConflict, serial, d.State)
+	}, fmt.Sprintf("registry: mark %s provisioned", serial))
+	if err != nil || applied {
+		return d, err
 	}
+	d, err = s.Get(ctx, serial)
 	if err != nil {
-		return Device{}, fmt.Errorf("registry: mark %s provisioned: %w", serial, err)
+		return Device{}, err
 	}
-	return decode(out.Attributes)
+	return Device{}, fmt.Errorf("%w: %s is %s", ErrConflict, serial, d.State)
 }
 
 // MarkRevoked implements Store.
@@ -244,11 +238,9 @@ func (s *DynamoDB) MarkRevoked(ctx context.Context, serial, expectedCertificateI
 // Scan implements Store. The cursor is the serial of the last record
 // DynamoDB evaluated (the table's LastEvaluatedKey).
 func (s *DynamoDB) Scan(ctx context.Context, cursor string, limit int) (Page, error) {
-	if err := ctx.Err(); err != nil {
+	limit, err := pageSize(ctx, limit)
+	if err != nil {
 		return Page{}, err
-	}
-	if limit <= 0 {
-		limit = DefaultPageSize
 	}
 	in := &dynamodb.ScanInput{
 		TableName:      s.tableName(),
@@ -262,14 +254,11 @@ func (s *DynamoDB) Scan(ctx context.Context, cursor string, limit int) (Page, er
 	if err != nil {
 		return Page{}, fmt.Errorf("registry: scan %s: %w", s.table, err)
 	}
-	page := Page{Devices: make([]Device, 0, len(out.Items))}
-	for _, item := range out.Items {
-		d, err := decode(item)
-		if err != nil {
-			return Page{}, err
-		}
-		page.Devices = append(page.Devices, d)
+	devices, err := decodeAll(out.Items)
+	if err != nil {
+		return Page{}, err
 	}
+	page := Page{Devices: devices}
 	if len(out.LastEvaluatedKey) > 0 {
 		k, ok := out.LastEvaluatedKey[PartitionKey].(*types.AttributeValueMemberS)
 		if !ok || k.Value == "" {
@@ -294,6 +283,38 @@ func decode(item map[string]types.AttributeValue) (Device, error) {
 		return Device{}, fmt.Errorf("registry: record %s: unknown state %q", d.Serial, d.State)
 	}
 	return d, nil
+}
+
+// decodeAll decodes the records of a Scan or Query page.
+func decodeAll(items []map[string]types.AttributeValue) ([]Device, error) {
+	devices := make([]Device, 0, len(items))
+	for _, item := range items {
+		d, err := decode(item)
+		if err != nil {
+			return nil, err
+		}
+		devices = append(devices, d)
+	}
+	return devices, nil
+}
+
+// update runs the conditional update in on serial's record (filling in the
+// table, key and ReturnValues ALL_NEW) and returns the record as it is
+// after it. applied is false, with no error, when the condition failed;
+// any other error of the call is wrapped with op.
+func (s *DynamoDB) update(ctx context.Context, serial string, in *dynamodb.UpdateItemInput, op string) (d Device, applied bool, err error) {
+	in.TableName = s.tableName()
+	in.Key = s.key(serial)
+	in.ReturnValues = types.ReturnValueAllNew
+	out, err := s.client.UpdateItem(ctx, in)
+	if isConditionFailed(err) {
+		return Device{}, false, nil
+	}
+	if err != nil {
+		return Device{}, false, fmt.Errorf("%s: %w", op, err)
+	}
+	d, err = decode(out.Attributes)
+	return d, err == nil, err
 }
 
 func isConditionFailed(err error) bool {

@@ -19,13 +19,7 @@ const removeRotation = "#rotId, #rotState, #rotAt, #rotCert, #rotNotAfter"
 // cursor is "<certNotAfter>|<serial>" of the last record DynamoDB
 // evaluated.
 func (s *DynamoDB) ExpiringBefore(ctx context.Context, t time.Time, cursor string, limit int) (Page, error) {
-	if err := ctx.Err(); err != nil {
-		return Page{}, err
-	}
-	if limit <= 0 {
-		limit = DefaultPageSize
-	}
-	after, err := parseExpiryCursor(cursor)
+	limit, after, err := expiryPageArgs(ctx, limit, cursor)
 	if err != nil {
 		return Page{}, err
 	}
@@ -52,14 +46,11 @@ func (s *DynamoDB) ExpiringBefore(ctx context.Context, t time.Time, cursor strin
 	if err != nil {
 		return Page{}, fmt.Errorf("registry: query %s index %s: %w", s.table, ExpiryIndex, err)
 	}
-	page := Page{Devices: make([]Device, 0, len(out.Items))}
-	for _, item := range out.Items {
-		d, err := decode(item)
-		if err != nil {
-			return Page{}, err
-		}
-		page.Devices = append(page.Devices, d)
+	devices, err := decodeAll(out.Items)
+	if err != nil {
+		return Page{}, err
 	}
+	page := Page{Devices: devices}
 	if len(out.LastEvaluatedKey) > 0 {
 		serial, ok1 := out.LastEvaluatedKey[PartitionKey].(*types.AttributeValueMemberS)
 		notAfter, ok2 := out.LastEvaluatedKey[AttrCertNotAfter].(*types.AttributeValueMemberS)
@@ -80,9 +71,8 @@ func (s *DynamoDB) RequestRotation(ctx context.Context, serial, rotationID strin
 	// settle it.
 	for range 3 {
 		now := s.opts.stamp()
-		out, err := s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-			TableName:                s.tableName(),
-			Key:                      s.key(serial),
+		op := fmt.Sprintf("registry: request rotation of %s", serial)
+		d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
 			UpdateExpression:         aws.String("SET #rotId = :id, #rotState = :requested, #rotAt = :now, #updatedAt = :now"),
 			ConditionExpression:      aws.String("attribute_exists(#serial) AND #state = :provisioned AND attribute_not_exists(#rotId)"),
 			ExpressionAttributeNames: names("#serial", "#state", "#rotId", "#rotState", "#rotAt", "#updatedAt"),
@@ -92,15 +82,11 @@ func (s *DynamoDB) RequestRotation(ctx context.Context, serial, rotationID strin
 				":provisioned": str(string(StateProvisioned)),
 				":now":         str(FormatTime(now)),
 			},
-			ReturnValues: types.ReturnValueAllNew,
-		})
-		if err == nil {
-			return decode(out.Attributes)
+		}, op)
+		if err != nil || applied {
+			return d, err
 		}
-		if !isConditionFailed(err) {
-			return Device{}, fmt.Errorf("registry: request rotation of %s: %w", serial, err)
-		}
-		d, err := s.Get(ctx, serial)
+		d, err = s.Get(ctx, serial)
 		if err != nil {
 			return Device{}, err
 		}
@@ -113,9 +99,7 @@ func (s *DynamoDB) RequestRotation(ctx context.Context, serial, rotationID strin
 		if now.Sub(d.RotationRequestedAt) < resendAfter {
 			return Device{}, fmt.Errorf("%w: %s has rotation %s requested at %s", ErrRotationPending, serial, d.RotationID, FormatTime(d.RotationRequestedAt))
 		}
-		out, err = s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-			TableName:                s.tableName(),
-			Key:                      s.key(serial),
+		d, applied, err = s.update(ctx, serial, &dynamodb.UpdateItemInput{
 			UpdateExpression:         aws.String("SET #rotAt = :now, #updatedAt = :now"),
 			ConditionExpression:      aws.String("#state = :provisioned AND #rotId = :id AND #rotAt = :prev"),
 			ExpressionAttributeNames: names("#state", "#rotId", "#rotAt", "#updatedAt"),
@@ -125,13 +109,9 @@ func (s *DynamoDB) RequestRotation(ctx context.Context, serial, rotationID strin
 				":provisioned": str(string(StateProvisioned)),
 				":now":         str(FormatTime(now)),
 			},
-			ReturnValues: types.ReturnValueAllNew,
-		})
-		if err == nil {
-			return decode(out.Attributes)
-		}
-		if !isConditionFailed(err) {
-			return Device{}, fmt.Errorf("registry: request rotation of %s: %w", serial, err)
+		}, op)
+		if err != nil || applied {
+			return d, err
 		}
 	}
 	return Device{}, fmt.Errorf("%w: %s: rotation record changed concurrently", ErrConflict, serial)
@@ -145,9 +125,7 @@ func (s *DynamoDB) IssueRotation(ctx context.Context, serial, rotationID string,
 	if err := checkCert(cert, true); err != nil {
 		return Device{}, err
 	}
-	out, err := s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName:                s.tableName(),
-		Key:                      s.key(serial),
+	d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
 		UpdateExpression:         aws.String("SET #rotState = :issued, #rotCert = :cert, #rotNotAfter = :notAfter, #updatedAt = :now"),
 		ConditionExpression:      aws.String("attribute_exists(#serial) AND #state = :provisioned AND #rotId = :id AND #rotState = :requested"),
 		ExpressionAttributeNames: names("#serial", "#state", "#rotId", "#rotState", "#rotCert", "#rotNotAfter", "#updatedAt"),
@@ -160,17 +138,13 @@ func (s *DynamoDB) IssueRotation(ctx context.Context, serial, rotationID string,
 			":notAfter":    str(FormatTime(cert.NotAfter)),
 			":now":         s.now(),
 		},
-		ReturnValues: types.ReturnValueAllNew,
-	})
-	if err == nil {
-		return decode(out.Attributes)
+	}, fmt.Sprintf("registry: issue rotation %s of %s", rotationID, serial))
+	if err != nil || applied {
+		return d, err
 	}
-	if !isConditionFailed(err) {
-		return Device{}, fmt.Errorf("registry: issue rotation %s of %s: %w", rotationID, serial, err)
-	}
-	d, gerr := s.Get(ctx, serial)
-	if gerr != nil {
-		return Device{}, gerr
+	d, err = s.Get(ctx, serial)
+	if err != nil {
+		return Device{}, err
 	}
 	if d.State == StateProvisioned && d.RotationID == rotationID && d.RotationState == RotationIssued && d.RotationCertID == cert.ID {
 		return d, nil
@@ -188,9 +162,7 @@ func (s *DynamoDB) CompleteRotation(ctx context.Context, serial, rotationID, cer
 	if certID == "" {
 		return Device{}, errors.New("registry: complete rotation: empty certificate id")
 	}
-	out, err := s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName: s.tableName(),
-		Key:       s.key(serial),
+	d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
 		UpdateExpression: aws.String("SET #retired = #cert, #cert = #rotCert, #notAfter = #rotNotAfter, #expiry = :expiry, " +
 			"#lastRot = :id, #lastStatus = :completed, #updatedAt = :now REMOVE " + removeRotation),
 		ConditionExpression: aws.String("attribute_exists(#serial) AND #state = :provisioned AND #rotId = :id AND #rotState = :issued AND #rotCert = :cert"),
@@ -205,17 +177,13 @@ func (s *DynamoDB) CompleteRotation(ctx context.Context, serial, rotationID, cer
 			":expiry":      str(ExpiryPartitionValue),
 			":now":         s.now(),
 		},
-		ReturnValues: types.ReturnValueAllNew,
-	})
-	if err == nil {
-		return decode(out.Attributes)
+	}, fmt.Sprintf("registry: complete rotation %s of %s", rotationID, serial))
+	if err != nil || applied {
+		return d, err
 	}
-	if !isConditionFailed(err) {
-		return Device{}, fmt.Errorf("registry: complete rotation %s of %s: %w", rotationID, serial, err)
-	}
-	d, gerr := s.Get(ctx, serial)
-	if gerr != nil {
-		return Device{}, gerr
+	d, err = s.Get(ctx, serial)
+	if err != nil {
+		return Device{}, err
 	}
 	if completedAlready(d, rotationID, certID) {
 		return d, nil
@@ -248,9 +216,7 @@ func (s *DynamoDB) FailRotation(ctx context.Context, serial, rotationID string) 
 		} else {
 			remove += ", #retired"
 		}
-		out, err := s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-			TableName:           s.tableName(),
-			Key:                 s.key(serial),
+		d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
 			UpdateExpression:    aws.String(update + remove),
 			ConditionExpression: aws.String("#rotId = :id AND #rotState = :rotState"),
 			ExpressionAttributeNames: names("#lastRot", "#lastStatus", "#updatedAt", "#retired",
@@ -261,13 +227,9 @@ func (s *DynamoDB) FailRotation(ctx context.Context, serial, rotationID string) 
 				":rotState": str(string(d.RotationState)),
 				":now":      s.now(),
 			},
-			ReturnValues: types.ReturnValueAllNew,
-		})
-		if err == nil {
-			return decode(out.Attributes)
-		}
-		if !isConditionFailed(err) {
-			return Device{}, fmt.Errorf("registry: fail rotation %s of %s: %w", rotationID, serial, err)
+		}, fmt.Sprintf("registry: fail rotation %s of %s", rotationID, serial))
+		if err != nil || applied {
+			return d, err
 		}
 	}
 	return Device{}, fmt.Errorf("%w: %s: rotation record changed concurrently", ErrConflict, serial)

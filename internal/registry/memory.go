@@ -87,33 +87,49 @@ func (m *Memory) MarkRevoked(ctx context.Context, serial, expectedCertificateID 
 	if err := check(ctx, serial); err != nil {
 		return err
 	}
+	_, err := m.update(serial, func(d *Device, _ time.Time) (bool, error) {
+		if d.State == StateRevoked {
+			return false, nil
+		}
+		if d.CertificateID != expectedCertificateID {
+			return false, fmt.Errorf("%w: %s has certificate %q, expected %q", ErrConflict, serial, d.CertificateID, expectedCertificateID)
+		}
+		d.State = StateRevoked
+		return true, nil
+	})
+	return err
+}
+
+// update changes serial's record under the lock. change edits *d and
+// reports whether it changed it; a changed record is stored with
+// UpdatedAt now (stamped before the lock is taken). The record is
+// returned as it is after the call; an error from change leaves it as it
+// was.
+func (m *Memory) update(serial string, change func(d *Device, now time.Time) (changed bool, err error)) (Device, error) {
 	now := m.opts.stamp()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	d, ok := m.devices[serial]
 	if !ok {
-		return fmt.Errorf("%w: %s", ErrNotFound, serial)
+		return Device{}, fmt.Errorf("%w: %s", ErrNotFound, serial)
 	}
-	if d.State == StateRevoked {
-		return nil
+	changed, err := change(&d, now)
+	if err != nil {
+		return Device{}, err
 	}
-	if d.CertificateID != expectedCertificateID {
-		return fmt.Errorf("%w: %s has certificate %q, expected %q", ErrConflict, serial, d.CertificateID, expectedCertificateID)
+	if changed {
+		d.UpdatedAt = now
+		m.devices[serial] = d
 	}
-	d.State = StateRevoked
-	d.UpdatedAt = now
-	m.devices[serial] = d
-	return nil
+	return d, nil
 }
 
 // Scan implements Store. Records come in serial order; the cursor is the
 // last serial of the previous page.
 func (m *Memory) Scan(ctx context.Context, cursor string, limit int) (Page, error) {
-	if err := ctx.Err(); err != nil {
+	limit, err := pageSize(ctx, limit)
+	if err != nil {
 		return Page{}, err
-	}
-	if limit <= 0 {
-		limit = DefaultPageSize
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -134,6 +150,18 @@ func (m *Memory) Scan(ctx context.Context, cursor string, limit int) (Page, erro
 		page.Next = m.keys[end-1]
 	}
 	return page, nil
+}
+
+// pageSize checks ctx and returns limit, or DefaultPageSize when limit is
+// not positive.
+func pageSize(ctx context.Context, limit int) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if limit <= 0 {
+		return DefaultPageSize, nil
+	}
+	return limit, nil
 }
 
 func check(ctx context.Context, serial string) error {

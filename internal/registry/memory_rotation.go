@@ -17,25 +17,18 @@ func (m *Memory) RecordProvisioned(ctx context.Context, serial, thingName string
 	if cert.ID == "" {
 		return Device{}, fmt.Errorf("registry: mark %s provisioned: empty certificate id", serial)
 	}
-	now := m.opts.stamp()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	d, ok := m.devices[serial]
-	if !ok {
-		return Device{}, fmt.Errorf("%w: %s", ErrNotFound, serial)
-	}
-	if !d.State.Admitted() {
-		return Device{}, fmt.Errorf("%w: %s is %s", ErrConflict, serial, d.State)
-	}
-	d.State = StateProvisioned
-	d.CertificateID = cert.ID
-	d.CertNotAfter = stored(cert.NotAfter)
-	if thingName != "" {
-		d.ThingName = thingName
-	}
-	d.UpdatedAt = now
-	m.devices[serial] = d
-	return d, nil
+	return m.update(serial, func(d *Device, _ time.Time) (bool, error) {
+		if !d.State.Admitted() {
+			return false, fmt.Errorf("%w: %s is %s", ErrConflict, serial, d.State)
+		}
+		d.State = StateProvisioned
+		d.CertificateID = cert.ID
+		d.CertNotAfter = stored(cert.NotAfter)
+		if thingName != "" {
+			d.ThingName = thingName
+		}
+		return true, nil
+	})
 }
 
 // stored is t as the registry keeps it (UTC, whole seconds; zero stays zero).
@@ -49,13 +42,7 @@ func stored(t time.Time) time.Time {
 // ExpiringBefore implements Store. The cursor is "<certNotAfter>|<serial>"
 // of the last record of the previous page.
 func (m *Memory) ExpiringBefore(ctx context.Context, t time.Time, cursor string, limit int) (Page, error) {
-	if err := ctx.Err(); err != nil {
-		return Page{}, err
-	}
-	if limit <= 0 {
-		limit = DefaultPageSize
-	}
-	after, err := parseExpiryCursor(cursor)
+	limit, after, err := expiryPageArgs(ctx, limit, cursor)
 	if err != nil {
 		return Page{}, err
 	}
@@ -98,6 +85,20 @@ func (k expiryKey) less(o expiryKey) bool {
 
 func (k expiryKey) String() string { return k.notAfter + "|" + k.serial }
 
+// expiryPageArgs checks ExpiringBefore's arguments: ctx, the page size
+// (see pageSize) and the cursor.
+func expiryPageArgs(ctx context.Context, limit int, cursor string) (int, expiryKey, error) {
+	limit, err := pageSize(ctx, limit)
+	if err != nil {
+		return 0, expiryKey{}, err
+	}
+	after, err := parseExpiryCursor(cursor)
+	if err != nil {
+		return 0, expiryKey{}, err
+	}
+	return limit, after, nil
+}
+
 func parseExpiryCursor(cursor string) (expiryKey, error) {
 	if cursor == "" {
 		return expiryKey{}, nil
@@ -117,28 +118,21 @@ func (m *Memory) RequestRotation(ctx context.Context, serial, rotationID string,
 	if err := checkRotation(ctx, serial, rotationID); err != nil {
 		return Device{}, err
 	}
-	now := m.opts.stamp()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	d, ok := m.devices[serial]
-	if !ok {
-		return Device{}, fmt.Errorf("%w: %s", ErrNotFound, serial)
-	}
-	if d.State != StateProvisioned {
-		return Device{}, fmt.Errorf("%w: %s is %s", ErrConflict, serial, d.State)
-	}
-	if d.RotationID != "" {
-		if now.Sub(d.RotationRequestedAt) < resendAfter {
-			return Device{}, fmt.Errorf("%w: %s has rotation %s requested at %s", ErrRotationPending, serial, d.RotationID, FormatTime(d.RotationRequestedAt))
+	return m.update(serial, func(d *Device, now time.Time) (bool, error) {
+		if d.State != StateProvisioned {
+			return false, fmt.Errorf("%w: %s is %s", ErrConflict, serial, d.State)
 		}
-	} else {
-		d.RotationID = rotationID
-		d.RotationState = RotationRequested
-	}
-	d.RotationRequestedAt = now
-	d.UpdatedAt = now
-	m.devices[serial] = d
-	return d, nil
+		if d.RotationID != "" {
+			if now.Sub(d.RotationRequestedAt) < resendAfter {
+				return false, fmt.Errorf("%w: %s has rotation %s requested at %s", ErrRotationPending, serial, d.RotationID, FormatTime(d.RotationRequestedAt))
+			}
+		} else {
+			d.RotationID = rotationID
+			d.RotationState = RotationRequested
+		}
+		d.RotationRequestedAt = now
+		return true, nil
+	})
 }
 
 // IssueRotation implements Store.
@@ -149,28 +143,21 @@ func (m *Memory) IssueRotation(ctx context.Context, serial, rotationID string, c
 	if err := checkCert(cert, true); err != nil {
 		return Device{}, err
 	}
-	now := m.opts.stamp()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	d, ok := m.devices[serial]
-	if !ok {
-		return Device{}, fmt.Errorf("%w: %s", ErrNotFound, serial)
-	}
-	if d.State != StateProvisioned || d.RotationID != rotationID {
-		return Device{}, issueConflict(d, rotationID)
-	}
-	switch {
-	case d.RotationState == RotationIssued && d.RotationCertID == cert.ID:
-		return d, nil
-	case d.RotationState != RotationRequested:
-		return Device{}, issueConflict(d, rotationID)
-	}
-	d.RotationState = RotationIssued
-	d.RotationCertID = cert.ID
-	d.RotationCertNotAfter = stored(cert.NotAfter)
-	d.UpdatedAt = now
-	m.devices[serial] = d
-	return d, nil
+	return m.update(serial, func(d *Device, _ time.Time) (bool, error) {
+		if d.State != StateProvisioned || d.RotationID != rotationID {
+			return false, issueConflict(*d, rotationID)
+		}
+		switch {
+		case d.RotationState == RotationIssued && d.RotationCertID == cert.ID:
+			return false, nil
+		case d.RotationState != RotationRequested:
+			return false, issueConflict(*d, rotationID)
+		}
+		d.RotationState = RotationIssued
+		d.RotationCertID = cert.ID
+		d.RotationCertNotAfter = stored(cert.NotAfter)
+		return true, nil
+	})
 }
 
 // CompleteRotation implements Store.
@@ -181,28 +168,21 @@ func (m *Memory) CompleteRotation(ctx context.Context, serial, rotationID, certI
 	if certID == "" {
 		return Device{}, errors.New("registry: complete rotation: empty certificate id")
 	}
-	now := m.opts.stamp()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	d, ok := m.devices[serial]
-	if !ok {
-		return Device{}, fmt.Errorf("%w: %s", ErrNotFound, serial)
-	}
-	if completedAlready(d, rotationID, certID) {
-		return d, nil
-	}
-	if d.State != StateProvisioned || d.RotationID != rotationID || d.RotationState != RotationIssued || d.RotationCertID != certID {
-		return Device{}, completeConflict(d, rotationID, certID)
-	}
-	d.RetiredCertificateID = d.CertificateID
-	d.CertificateID = d.RotationCertID
-	d.CertNotAfter = d.RotationCertNotAfter
-	d.LastRotationID = rotationID
-	d.LastRotationStatus = RotationCompleted
-	clearRotation(&d)
-	d.UpdatedAt = now
-	m.devices[serial] = d
-	return d, nil
+	return m.update(serial, func(d *Device, _ time.Time) (bool, error) {
+		if completedAlready(*d, rotationID, certID) {
+			return false, nil
+		}
+		if d.State != StateProvisioned || d.RotationID != rotationID || d.RotationState != RotationIssued || d.RotationCertID != certID {
+			return false, completeConflict(*d, rotationID, certID)
+		}
+		d.RetiredCertificateID = d.CertificateID
+		d.CertificateID = d.RotationCertID
+		d.CertNotAfter = d.RotationCertNotAfter
+		d.LastRotationID = rotationID
+		d.LastRotationStatus = RotationCompleted
+		clearRotation(d)
+		return true, nil
+	})
 }
 
 // FailRotation implements Store.
@@ -210,26 +190,19 @@ func (m *Memory) FailRotation(ctx context.Context, serial, rotationID string) (D
 	if err := checkRotation(ctx, serial, rotationID); err != nil {
 		return Device{}, err
 	}
-	now := m.opts.stamp()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	d, ok := m.devices[serial]
-	if !ok {
-		return Device{}, fmt.Errorf("%w: %s", ErrNotFound, serial)
-	}
-	if failedAlready(d, rotationID) {
-		return d, nil
-	}
-	if d.RotationID != rotationID {
-		return Device{}, fmt.Errorf("%w: %s has no rotation %s in progress (current %q)", ErrConflict, serial, rotationID, d.RotationID)
-	}
-	d.RetiredCertificateID = d.RotationCertID // empty if none was issued
-	d.LastRotationID = rotationID
-	d.LastRotationStatus = RotationFailed
-	clearRotation(&d)
-	d.UpdatedAt = now
-	m.devices[serial] = d
-	return d, nil
+	return m.update(serial, func(d *Device, _ time.Time) (bool, error) {
+		if failedAlready(*d, rotationID) {
+			return false, nil
+		}
+		if d.RotationID != rotationID {
+			return false, fmt.Errorf("%w: %s has no rotation %s in progress (current %q)", ErrConflict, serial, rotationID, d.RotationID)
+		}
+		d.RetiredCertificateID = d.RotationCertID // empty if none was issued
+		d.LastRotationID = rotationID
+		d.LastRotationStatus = RotationFailed
+		clearRotation(d)
+		return true, nil
+	})
 }
 
 func clearRotation(d *Device) {

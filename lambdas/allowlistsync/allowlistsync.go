@@ -35,6 +35,9 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/internal/allowlist"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/bounded"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/iotcall"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/required"
 )
 
 // S3API is the part of the S3 client the sync uses; *s3.Client implements it.
@@ -117,27 +120,15 @@ type Handler struct {
 
 // New returns the sync handler for cfg.
 func New(cfg Config) (*Handler, error) {
-	var missing []string
-	if cfg.S3 == nil {
-		missing = append(missing, "S3")
-	}
-	if cfg.IoT == nil {
-		missing = append(missing, "IoT")
-	}
-	if cfg.Registry == nil {
-		missing = append(missing, "Registry")
-	}
-	if cfg.SerialPattern == nil {
-		missing = append(missing, "SerialPattern")
-	}
-	if cfg.ThingGroup == "" {
-		missing = append(missing, "ThingGroup")
-	}
-	if cfg.DevicePolicy == "" {
-		missing = append(missing, "DevicePolicy")
-	}
-	if len(missing) > 0 {
-		return nil, fmt.Errorf("allowlistsync: missing %s", strings.Join(missing, ", "))
+	if err := required.Fields("allowlistsync: missing",
+		required.Field("S3", cfg.S3 != nil),
+		required.Field("IoT", cfg.IoT != nil),
+		required.Field("Registry", cfg.Registry != nil),
+		required.Field("SerialPattern", cfg.SerialPattern != nil),
+		required.Field("ThingGroup", cfg.ThingGroup != ""),
+		required.Field("DevicePolicy", cfg.DevicePolicy != ""),
+	); err != nil {
+		return nil, err
 	}
 	if cfg.ObjectKey == "" {
 		cfg.ObjectKey = DefaultObjectKey
@@ -324,29 +315,21 @@ func (h *Handler) Sync(ctx context.Context, r io.Reader) (Result, error) {
 // the context's error.
 func (h *Handler) parallel(ctx context.Context, n int, fn func(context.Context, int) error) int {
 	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		ok   int
-		next = make(chan int)
+		mu sync.Mutex
+		ok int
 	)
-	for range min(h.cfg.Concurrency, n) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if fn(ctx, i) == nil {
-					mu.Lock()
-					ok++
-					mu.Unlock()
-				}
-			}
-		}()
-	}
+	g := bounded.NewGroup(h.cfg.Concurrency)
 	for i := range n {
-		next <- i
+		// Every item is handed to fn, even after ctx ends: fn reports it.
+		_ = g.Go(context.Background(), func() {
+			if fn(ctx, i) == nil {
+				mu.Lock()
+				ok++
+				mu.Unlock()
+			}
+		})
 	}
-	close(next)
-	wg.Wait()
+	g.Wait()
 	return ok
 }
 
@@ -504,12 +487,5 @@ func (h *Handler) deleteThing(ctx context.Context, thing string) error {
 
 // call runs one IoT call with the call timeout; not-found counts as done.
 func (h *Handler) call(ctx context.Context, op string, fn func(context.Context) error) error {
-	cctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
-	defer cancel()
-	err := fn(cctx)
-	var nf *iottypes.ResourceNotFoundException
-	if err == nil || errors.As(err, &nf) {
-		return nil
-	}
-	return fmt.Errorf("%s: %w", op, err)
+	return iotcall.Do(ctx, h.cfg.CallTimeout, op, true, fn)
 }

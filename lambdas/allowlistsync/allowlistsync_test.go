@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,7 +20,7 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/internal/allowlist"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
-	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
 )
 
 const (
@@ -33,25 +32,6 @@ const (
 
 func serial(n int) string { return fmt.Sprintf("10000000%08x", n) }
 func cert(n int) string   { return fmt.Sprintf("%064x", n) }
-
-// stores runs f against the in-memory registry and the DynamoDB registry on
-// a real dynalite server.
-func stores(t *testing.T, f func(t *testing.T, newStore func(t *testing.T) registry.Store)) {
-	t.Run("memory", func(t *testing.T) {
-		f(t, func(*testing.T) registry.Store { return registry.NewMemory() })
-	})
-	t.Run("dynamodb", func(t *testing.T) {
-		client := testenv.DynamoDBClient(testenv.StartDynalite(t))
-		var n atomic.Int64
-		f(t, func(t *testing.T) registry.Store {
-			table := fmt.Sprintf("registry-%d", n.Add(1))
-			testenv.CreateRegistryTable(t, client, table)
-			s, err := registry.NewDynamoDB(client, table)
-			require.NoError(t, err)
-			return s
-		})
-	})
-}
 
 type env struct {
 	h     *Handler
@@ -136,8 +116,8 @@ func (e *env) assertGone(t *testing.T, n int) {
 }
 
 func TestSyncAddsAndRevokes(t *testing.T) {
-	stores(t, func(t *testing.T, newStore func(*testing.T) registry.Store) {
-		e := newEnv(t, newStore(t))
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		e := newEnv(t, newStore(t, nil))
 		e.provisioned(t, 1)                                      // removed from the list: revoke
 		e.provisioned(t, 2)                                      // stays
 		require.NoError(t, e.store.PutAllowed(e.ctx, serial(3))) // allowed, stays
@@ -178,8 +158,8 @@ func TestSyncAddsAndRevokes(t *testing.T) {
 }
 
 func TestBadLineChangesNothing(t *testing.T) {
-	stores(t, func(t *testing.T, newStore func(*testing.T) registry.Store) {
-		e := newEnv(t, newStore(t))
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		e := newEnv(t, newStore(t, nil))
 		e.provisioned(t, 1)
 		body := serial(2) + "\n# fine\n" + "NOT-A-SERIAL\n" + serial(3) + "\n"
 		res, err := e.sync(t, body)
@@ -199,8 +179,8 @@ func TestBadLineChangesNothing(t *testing.T) {
 
 // One device's failure does not stop the others; a re-run finishes it.
 func TestFailureOfOneDeviceAndRerun(t *testing.T) {
-	stores(t, func(t *testing.T, newStore func(*testing.T) registry.Store) {
-		e := newEnv(t, newStore(t))
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		e := newEnv(t, newStore(t, nil))
 		for n := 1; n <= 5; n++ {
 			e.provisioned(t, n)
 		}
@@ -320,8 +300,8 @@ func TestRevokesEveryAttachedCertificate(t *testing.T) {
 // conditional write refuses to mark it revoked (its new certificate would
 // stay active); the next run revokes the new certificate too.
 func TestReprovisionDuringRevocation(t *testing.T) {
-	stores(t, func(t *testing.T, newStore func(*testing.T) registry.Store) {
-		e := newEnv(t, newStore(t))
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		e := newEnv(t, newStore(t, nil))
 		e.provisioned(t, 1)
 		var once sync.Once
 		e.iot.after = func(op, key string) {

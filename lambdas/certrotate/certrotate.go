@@ -25,7 +25,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -37,6 +36,8 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/iotcall"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/required"
 )
 
 // IoTAPI is the part of the AWS IoT control plane rotation uses;
@@ -164,18 +165,15 @@ type Handler struct {
 
 // New returns the handler for cfg.
 func New(cfg Config) (*Handler, error) {
-	var missing []string
-	for name, ok := range map[string]bool{
-		"IoT": cfg.IoT != nil, "Data": cfg.Data != nil, "Registry": cfg.Registry != nil,
-		"DevicePolicy": cfg.DevicePolicy != "", "ThingNamePrefix": cfg.ThingNamePrefix != "",
-	} {
-		if !ok {
-			missing = append(missing, name)
-		}
-	}
-	if len(missing) > 0 {
-		slices.Sort(missing)
-		return nil, fmt.Errorf("certrotate: missing %s", strings.Join(missing, ", "))
+	// Listed in name order, the order the error names them in.
+	if err := required.Fields("certrotate: missing",
+		required.Field("Data", cfg.Data != nil),
+		required.Field("DevicePolicy", cfg.DevicePolicy != ""),
+		required.Field("IoT", cfg.IoT != nil),
+		required.Field("Registry", cfg.Registry != nil),
+		required.Field("ThingNamePrefix", cfg.ThingNamePrefix != ""),
+	); err != nil {
+		return nil, err
 	}
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = 10 * time.Second
@@ -505,8 +503,7 @@ func (h *Handler) describe(ctx context.Context, certID string) (*iottypes.Certif
 		out, err = h.cfg.IoT.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(certID)})
 		return err
 	})
-	var nf *iottypes.ResourceNotFoundException
-	if errors.As(err, &nf) {
+	if iotcall.IsNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {
@@ -540,20 +537,13 @@ func Publish(ctx context.Context, data DataAPI, timeout time.Duration, topic str
 // call runs one AWS call with the call timeout. "Not found" is returned
 // as is (callers decide what it means).
 func (h *Handler) call(ctx context.Context, op string, fn func(context.Context) error) error {
-	cctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
-	defer cancel()
-	err := fn(cctx)
-	if err == nil {
-		return nil
-	}
-	var nf *iottypes.ResourceNotFoundException
+	// Deactivating, detaching or deleting what is gone is done.
+	var goneIsDone bool
 	switch op {
 	case "UpdateCertificate", "DetachPolicy", "DetachThingPrincipal", "DeleteCertificate":
-		if errors.As(err, &nf) {
-			return nil // deactivating, detaching or deleting what is gone is done
-		}
+		goneIsDone = true
 	}
-	return fmt.Errorf("%s: %w", op, err)
+	return iotcall.Do(ctx, h.cfg.CallTimeout, op, goneIsDone, fn)
 }
 
 func (h *Handler) get(ctx context.Context, serial string) (registry.Device, error) {

@@ -1,7 +1,6 @@
 package certrotate_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -10,11 +9,9 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
-	"fmt"
 	"log/slog"
 	"math/big"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,9 +20,10 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
-	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate/certrotatetest"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 )
 
 const (
@@ -36,44 +34,13 @@ const (
 )
 
 type fixture struct {
-	t      *testing.T
-	ctx    context.Context
-	iot    *certrotatetest.IoT
-	reg    registry.Store
-	h      *certrotate.Handler
-	oldID  string
-	logs   *bytes.Buffer
-	logsMu *sync.Mutex
-}
-
-// stores runs f against the in-memory registry and the DynamoDB registry
-// on dynalite.
-func stores(t *testing.T, f func(t *testing.T, newStore func(t *testing.T) registry.Store)) {
-	t.Run("memory", func(t *testing.T) {
-		f(t, func(*testing.T) registry.Store { return registry.NewMemory() })
-	})
-	t.Run("dynamodb", func(t *testing.T) {
-		client := testenv.DynamoDBClient(testenv.StartDynalite(t))
-		var n atomic.Int64
-		f(t, func(t *testing.T) registry.Store {
-			table := fmt.Sprintf("registry-%d", n.Add(1))
-			testenv.CreateRegistryTable(t, client, table)
-			s, err := registry.NewDynamoDB(client, table)
-			require.NoError(t, err)
-			return s
-		})
-	})
-}
-
-type lockedBuffer struct {
-	mu  *sync.Mutex
-	buf *bytes.Buffer
-}
-
-func (b lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
+	t     *testing.T
+	ctx   context.Context
+	iot   *certrotatetest.IoT
+	reg   registry.Store
+	h     *certrotate.Handler
+	oldID string
+	logs  *lambdatest.LogBuffer
 }
 
 // newFixture provisions serial as fleet provisioning would (active
@@ -83,7 +50,7 @@ func newFixture(t *testing.T, reg registry.Store) *fixture {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
-	f := &fixture{t: t, ctx: ctx, iot: certrotatetest.New(policy, nil), reg: reg, logs: &bytes.Buffer{}, logsMu: &sync.Mutex{}}
+	f := &fixture{t: t, ctx: ctx, iot: certrotatetest.New(policy, nil), reg: reg, logs: &lambdatest.LogBuffer{}}
 	_, oldPEM := selfSigned(t, time.Now().Add(20*24*time.Hour))
 	f.oldID = f.iot.AddDevice(thing, group, policy, oldPEM)
 	require.NoError(t, reg.PutAllowed(ctx, serial))
@@ -94,7 +61,7 @@ func newFixture(t *testing.T, reg registry.Store) *fixture {
 	f.h, err = certrotate.New(certrotate.Config{
 		IoT: f.iot, Data: f.iot, Registry: reg, DevicePolicy: policy, ThingNamePrefix: "dev-",
 		RetryDelay: time.Millisecond,
-		Logger:     slog.New(slog.NewJSONHandler(lockedBuffer{f.logsMu, f.logs}, nil)),
+		Logger:     slog.New(slog.NewJSONHandler(f.logs, nil)),
 	})
 	require.NoError(t, err)
 	return f
@@ -158,8 +125,8 @@ func (f *fixture) certMessages() []protocol.RotateCert {
 }
 
 func TestRotationCompletes(t *testing.T) {
-	stores(t, func(t *testing.T, newStore func(*testing.T) registry.Store) {
-		f := newFixture(t, newStore(t))
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		f := newFixture(t, newStore(t, nil))
 		key, csr := newCSR(t)
 
 		res := f.handle(csrEvent("r1", csr, f.oldID))
@@ -389,8 +356,8 @@ func TestPartialFailuresAreResumed(t *testing.T) {
 // Two invocations with the same CSR at once (a duplicate delivery) leave
 // exactly one new certificate.
 func TestConcurrentDuplicateCSR(t *testing.T) {
-	stores(t, func(t *testing.T, newStore func(*testing.T) registry.Store) {
-		f := newFixture(t, newStore(t))
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		f := newFixture(t, newStore(t, nil))
 		_, csr := newCSR(t)
 		var wg sync.WaitGroup
 		for range 4 {

@@ -35,6 +35,8 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/bounded"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/required"
 )
 
 // IoTAPI is the part of the AWS IoT control plane the scan uses (on demand
@@ -121,21 +123,13 @@ type Handler struct {
 
 // New returns the scan handler for cfg.
 func New(cfg Config) (*Handler, error) {
-	var missing []string
-	if cfg.IoT == nil {
-		missing = append(missing, "IoT")
-	}
-	if cfg.Data == nil {
-		missing = append(missing, "Data")
-	}
-	if cfg.Registry == nil {
-		missing = append(missing, "Registry")
-	}
-	if cfg.ThingNamePrefix == "" {
-		missing = append(missing, "ThingNamePrefix")
-	}
-	if len(missing) > 0 {
-		return nil, fmt.Errorf("certscan: missing %s", strings.Join(missing, ", "))
+	if err := required.Fields("certscan: missing",
+		required.Field("IoT", cfg.IoT != nil),
+		required.Field("Data", cfg.Data != nil),
+		required.Field("Registry", cfg.Registry != nil),
+		required.Field("ThingNamePrefix", cfg.ThingNamePrefix != ""),
+	); err != nil {
+		return nil, err
 	}
 	switch cfg.KeyAlgorithm {
 	case "", "ecdsa-p256", "rsa-2048":
@@ -183,47 +177,33 @@ func (h *Handler) Handle(ctx context.Context, req Request) (Report, error) {
 		return rep, errors.New("certscan: give thingName or thingGroup, not both")
 	}
 	var mu sync.Mutex
-	work := make(chan target)
-	var wg sync.WaitGroup
 	resendAfter := time.Duration(0) // on demand: always (re-)ask
 	if req.ThingName == "" && req.ThingGroup == "" {
 		resendAfter = h.cfg.ResendAfter
 	}
-	for range h.cfg.Concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for tg := range work {
-				id, kind, msg := h.ask(ctx, tg, resendAfter)
-				mu.Lock()
-				switch kind {
-				case "requested":
-					rep.Requested[tg.thing] = id
-				case "pending":
-					rep.Pending = append(rep.Pending, tg.thing)
-				case "skipped":
-					rep.Skipped[tg.thing] = msg
-				default:
-					rep.Failed[tg.thing] = msg
-				}
-				mu.Unlock()
-			}
-		}()
-	}
+	g := bounded.NewGroup(h.cfg.Concurrency)
 	err := h.targets(ctx, req, func(tg target) error {
-		select {
-		case work <- tg:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		return g.Go(ctx, func() {
+			id, kind, msg := h.ask(ctx, tg, resendAfter)
+			mu.Lock()
+			defer mu.Unlock()
+			switch kind {
+			case "requested":
+				rep.Requested[tg.thing] = id
+			case "pending":
+				rep.Pending = append(rep.Pending, tg.thing)
+			case "skipped":
+				rep.Skipped[tg.thing] = msg
+			default:
+				rep.Failed[tg.thing] = msg
+			}
+		})
 	}, func(thing, reason string) {
 		mu.Lock()
 		rep.Skipped[thing] = reason
 		mu.Unlock()
 	})
-	close(work)
-	wg.Wait()
+	g.Wait()
 	sort.Strings(rep.Pending)
 	h.log.InfoContext(ctx, "rotation scan", "thingName", req.ThingName, "thingGroup", req.ThingGroup,
 		"requested", len(rep.Requested), "pending", len(rep.Pending), "skipped", len(rep.Skipped), "failed", len(rep.Failed))

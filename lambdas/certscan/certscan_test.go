@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"sort"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,7 +15,7 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
-	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate/certrotatetest"
 	"github.com/iot-fleet/iot-fleet/lambdas/certscan"
 )
@@ -25,44 +24,13 @@ const group = "iot-fleet-dev"
 
 var now = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 type fixture struct {
 	t     *testing.T
 	ctx   context.Context
 	iot   *certrotatetest.IoT
 	reg   registry.Store
-	clock *clock
+	clock *registrytest.Clock
 	h     *certscan.Handler
-}
-
-func stores(t *testing.T, f func(t *testing.T, newStore func(t *testing.T, now func() time.Time) registry.Store)) {
-	t.Run("memory", func(t *testing.T) {
-		f(t, func(_ *testing.T, now func() time.Time) registry.Store {
-			return registry.NewMemory(registry.WithClock(now))
-		})
-	})
-	t.Run("dynamodb", func(t *testing.T) {
-		client := testenv.DynamoDBClient(testenv.StartDynalite(t))
-		var n atomic.Int64
-		f(t, func(t *testing.T, now func() time.Time) registry.Store {
-			table := fmt.Sprintf("registry-%d", n.Add(1))
-			testenv.CreateRegistryTable(t, client, table)
-			s, err := registry.NewDynamoDB(client, table, registry.WithClock(now))
-			require.NoError(t, err)
-			return s
-		})
-	})
 }
 
 // newFixture provisions devices 0..n-1 whose certificates expire i days
@@ -71,7 +39,7 @@ func newFixture(t *testing.T, newStore func(*testing.T, func() time.Time) regist
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
-	c := &clock{t: now}
+	c := registrytest.NewClock(now)
 	f := &fixture{t: t, ctx: ctx, iot: certrotatetest.New("policy", nil), clock: c}
 	f.reg = newStore(t, c.Now)
 	for i := range n {
@@ -115,7 +83,7 @@ func (f *fixture) requests() map[string][]protocol.RotateRequest {
 }
 
 func TestScheduledScanAsksExpiringDevices(t *testing.T) {
-	stores(t, func(t *testing.T, newStore func(*testing.T, func() time.Time) registry.Store) {
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
 		f := newFixture(t, newStore, 25)
 		rep, err := f.h.Handle(f.ctx, certscan.Request{})
 		require.NoError(t, err)

@@ -14,14 +14,14 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
 )
 
 // The hook records the expiry of the certificate it admits, so the rotation
 // scan finds the device through the registry's expiry index.
 func TestRecordsCertificateExpiry(t *testing.T) {
-	stores(t, func(t *testing.T, newStore func(*testing.T) registry.Store) {
-		f := newFixture(t, newStore(t))
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		f := newFixture(t, newStore(t, nil))
 		notAfter := time.Date(2027, 3, 4, 5, 6, 7, 0, time.UTC)
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		require.NoError(t, err)

@@ -1,14 +1,11 @@
 package preprovision
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,7 +15,9 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/allowlist"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 )
 
 const (
@@ -31,63 +30,10 @@ const (
 
 func certID(n int) string { return fmt.Sprintf("%064x", n) }
 
-// syncBuffer is a log sink shared by concurrent invocations.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) lines(t *testing.T) []map[string]any {
-	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []map[string]any
-	for _, l := range strings.Split(strings.TrimSpace(b.buf.String()), "\n") {
-		if l == "" {
-			continue
-		}
-		var m map[string]any
-		require.NoError(t, json.Unmarshal([]byte(l), &m), l)
-		out = append(out, m)
-	}
-	return out
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 type fixture struct {
 	h     *Handler
 	store registry.Store
-	logs  *syncBuffer
-}
-
-// stores runs f against the in-memory registry and the DynamoDB registry on
-// a real dynalite server.
-func stores(t *testing.T, f func(t *testing.T, newStore func(t *testing.T) registry.Store)) {
-	t.Run("memory", func(t *testing.T) {
-		f(t, func(*testing.T) registry.Store { return registry.NewMemory() })
-	})
-	t.Run("dynamodb", func(t *testing.T) {
-		client := testenv.DynamoDBClient(testenv.StartDynalite(t))
-		var n atomic.Int64
-		f(t, func(t *testing.T) registry.Store {
-			table := fmt.Sprintf("registry-%d", n.Add(1))
-			testenv.CreateRegistryTable(t, client, table)
-			s, err := registry.NewDynamoDB(client, table)
-			require.NoError(t, err)
-			return s
-		})
-	})
+	logs  *lambdatest.LogBuffer
 }
 
 func newFixture(t *testing.T, store registry.Store) fixture {
@@ -102,7 +48,7 @@ func newFixture(t *testing.T, store registry.Store) fixture {
 
 	re, err := allowlist.CompilePattern(allowlist.DefaultSerialPattern)
 	require.NoError(t, err)
-	logs := &syncBuffer{}
+	logs := &lambdatest.LogBuffer{}
 	h, err := New(Config{
 		Registry:        store,
 		SerialPattern:   re,
@@ -135,14 +81,14 @@ func (f fixture) handle(t *testing.T, req protocol.PreProvisioningHookRequest) b
 
 func (f fixture) lastLog(t *testing.T) map[string]any {
 	t.Helper()
-	lines := f.logs.lines(t)
+	lines := f.logs.JSONLines(t)
 	require.NotEmpty(t, lines)
 	return lines[len(lines)-1]
 }
 
 func TestAdmitsAllowlistedSerials(t *testing.T) {
-	stores(t, func(t *testing.T, newStore func(*testing.T) registry.Store) {
-		f := newFixture(t, newStore(t))
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		f := newFixture(t, newStore(t, nil))
 		ctx := context.Background()
 
 		require.True(t, f.handle(t, request(allowedSerial, certID(2))))
@@ -206,8 +152,8 @@ func TestDeniesWithReason(t *testing.T) {
 		{"unknown serial", request(unknownSerial, certID(7)), ReasonUnknownSerial},
 		{"revoked serial", request(revokedSerial, certID(7)), ReasonRevoked},
 	}
-	stores(t, func(t *testing.T, newStore func(*testing.T) registry.Store) {
-		f := newFixture(t, newStore(t))
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		f := newFixture(t, newStore(t, nil))
 		before, err := f.store.Get(context.Background(), allowedSerial)
 		require.NoError(t, err)
 		for _, c := range cases {
@@ -237,8 +183,8 @@ func TestDeniesWithReason(t *testing.T) {
 // admitted device admitted every later one. Here the same Handler value
 // (as in a warm Lambda) keeps denying after it admitted.
 func TestNoStateLeaksBetweenInvocations(t *testing.T) {
-	stores(t, func(t *testing.T, newStore func(*testing.T) registry.Store) {
-		f := newFixture(t, newStore(t))
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		f := newFixture(t, newStore(t, nil))
 		require.True(t, f.handle(t, request(allowedSerial, certID(10))))
 		require.False(t, f.handle(t, request(unknownSerial, certID(11))))
 		require.False(t, f.handle(t, request(revokedSerial, certID(12))))
@@ -299,7 +245,7 @@ func (b blockingRegistry) RecordProvisioned(ctx context.Context, _, _ string, _ 
 func TestBoundsRegistryCall(t *testing.T) {
 	re, err := allowlist.CompilePattern(allowlist.DefaultSerialPattern)
 	require.NoError(t, err)
-	logs := &syncBuffer{}
+	logs := &lambdatest.LogBuffer{}
 	reg := blockingRegistry{deadline: make(chan time.Time, 2)}
 	h, err := New(Config{Registry: reg, SerialPattern: re, CallTimeout: 50 * time.Millisecond,
 		Logger: slog.New(slog.NewJSONHandler(logs, nil))})
@@ -316,7 +262,7 @@ func TestBoundsRegistryCall(t *testing.T) {
 	d := <-reg.deadline
 	require.False(t, d.IsZero(), "registry call has no deadline")
 	require.True(t, d.Before(start.Add(time.Second)), "registry deadline %v is not bounded by CallTimeout", d.Sub(start))
-	lines := logs.lines(t)
+	lines := logs.JSONLines(t)
 	require.Len(t, lines, 1)
 	assert.Equal(t, ReasonRegistryError, lines[0]["reason"])
 	assert.Equal(t, "ERROR", lines[0]["level"])

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"regexp"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmexpire"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
@@ -25,29 +25,12 @@ import (
 
 const role = "iot-fleet-dev-ssm"
 
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 func serial(i int) string { return fmt.Sprintf("%016x", 0xc000+i) }
 
 func TestSweepDeletesExpiredActivationsAndResetsRecords(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c := &clock{now: time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)}
+	c := registrytest.NewClock(time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC))
 	reg := registry.NewMemory(registry.WithClock(c.Now))
 	state := ssmstate.NewMemory(reg, c.Now)
 	fake := ssmfake.NewSSM(c.Now)
@@ -143,7 +126,7 @@ func tags(envName, thing string) []ssmtypes.Tag {
 
 func TestSweepReportsErrorsAndContinues(t *testing.T) {
 	ctx := context.Background()
-	c := &clock{now: time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)}
+	c := registrytest.NewClock(time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC))
 	reg := registry.NewMemory()
 	state := ssmstate.NewMemory(reg, c.Now)
 	fake := ssmfake.NewSSM(c.Now)

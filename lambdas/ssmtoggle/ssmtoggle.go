@@ -25,7 +25,6 @@ import (
 	"log/slog"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -37,6 +36,8 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/bounded"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/required"
 )
 
 // Actions of a Request.
@@ -166,19 +167,20 @@ type Handler struct {
 
 // New validates c and fills in defaults.
 func New(c Config) (*Handler, error) {
-	var missing []string
-	for name, ok := range map[string]bool{
-		"Registry": c.Registry != nil, "State": c.State != nil, "SSM": c.SSM != nil, "IoT": c.IoT != nil,
-		"Data": c.Data != nil, "ManagedInstanceRole": c.ManagedInstanceRole != "", "Region": c.Region != "",
-		"Environment": c.Environment != "", "ThingNamePrefix": c.ThingNamePrefix != "", "SerialPattern": c.SerialPattern != nil,
-	} {
-		if !ok {
-			missing = append(missing, name)
-		}
-	}
-	if len(missing) > 0 {
-		sortStrings(missing)
-		return nil, fmt.Errorf("ssmtoggle: missing configuration: %s", strings.Join(missing, ", "))
+	// Listed in name (byte) order, the order the error names them in.
+	if err := required.Fields("ssmtoggle: missing configuration:",
+		required.Field("Data", c.Data != nil),
+		required.Field("Environment", c.Environment != ""),
+		required.Field("IoT", c.IoT != nil),
+		required.Field("ManagedInstanceRole", c.ManagedInstanceRole != ""),
+		required.Field("Region", c.Region != ""),
+		required.Field("Registry", c.Registry != nil),
+		required.Field("SSM", c.SSM != nil),
+		required.Field("SerialPattern", c.SerialPattern != nil),
+		required.Field("State", c.State != nil),
+		required.Field("ThingNamePrefix", c.ThingNamePrefix != ""),
+	); err != nil {
+		return nil, err
 	}
 	if c.ActivationTTL == 0 {
 		c.ActivationTTL = DefaultActivationTTL
@@ -274,23 +276,13 @@ func (h *Handler) groupMembers(ctx context.Context, group string) ([]string, err
 // keep the order of things.
 func (h *Handler) each(ctx context.Context, things []string, fn func(context.Context, string) Result) []Result {
 	results := make([]Result, len(things))
-	sem := make(chan struct{}, h.c.Concurrency)
-	var wg sync.WaitGroup
+	g := bounded.NewGroup(h.c.Concurrency)
 	for i, thing := range things {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			results[i] = Result{DeviceID: thing, Error: ctx.Err().Error()}
-			continue
+		if err := g.Go(ctx, func() { results[i] = fn(ctx, thing) }); err != nil {
+			results[i] = Result{DeviceID: thing, Error: err.Error()}
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			results[i] = fn(ctx, thing)
-		}()
 	}
-	wg.Wait()
+	g.Wait()
 	return results
 }
 

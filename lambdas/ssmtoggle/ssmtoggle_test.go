@@ -1,7 +1,6 @@
 package ssmtoggle_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,7 +18,9 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle/ssmfake"
 )
@@ -30,50 +31,16 @@ const (
 	group  = "iot-fleet-dev"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 type env struct {
 	t     *testing.T
 	ctx   context.Context
-	clock *clock
+	clock *registrytest.Clock
 	reg   *registry.Memory
 	state ssmstate.Store
 	ssm   *ssmfake.SSM
 	iot   *ssmfake.IoT
 	data  *ssmfake.Data
-	logs  *syncBuffer
+	logs  *lambdatest.LogBuffer
 	h     *ssmtoggle.Handler
 }
 
@@ -84,10 +51,10 @@ func thing(i int) string  { return "dev-" + serial(i) }
 // handler; mod may change the configuration.
 func newEnv(t *testing.T, n int, mod func(*ssmtoggle.Config)) *env {
 	t.Helper()
-	c := &clock{now: time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)}
+	c := registrytest.NewClock(time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
-	e := &env{t: t, ctx: ctx, clock: c, reg: registry.NewMemory(registry.WithClock(c.Now)), logs: &syncBuffer{}}
+	e := &env{t: t, ctx: ctx, clock: c, reg: registry.NewMemory(registry.WithClock(c.Now)), logs: &lambdatest.LogBuffer{}}
 	e.state = ssmstate.NewMemory(e.reg, c.Now)
 	e.ssm = ssmfake.NewSSM(c.Now)
 	var members []string

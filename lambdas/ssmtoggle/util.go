@@ -2,8 +2,6 @@ package ssmtoggle
 
 import "sort"
 
-func sortStrings(s []string) { sort.Strings(s) }
-
 func sortedKeys(m map[string]bool) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {

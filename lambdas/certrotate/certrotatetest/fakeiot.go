@@ -315,17 +315,32 @@ func (f *IoT) changed(id string) func() {
 	}
 }
 
-// CreateCertificateFromCsr implements certrotate.IoTAPI.
-func (f *IoT) CreateCertificateFromCsr(ctx context.Context, in *iot.CreateCertificateFromCsrInput, _ ...func(*iot.Options)) (*iot.CreateCertificateFromCsrOutput, error) {
+// call runs one call of op with key: it checks ctx, then under the lock
+// records the call, returns its injected failure if any, and otherwise
+// runs body. The notification body returns (if not nil) runs after the
+// lock is released.
+func (f *IoT) call(ctx context.Context, op, key string, body func() (notify func(), err error)) error {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return err
 	}
 	f.mu.Lock()
-	if err := f.begin("CreateCertificateFromCsr", ""); err != nil {
+	if err := f.begin(op, key); err != nil {
 		f.mu.Unlock()
+		return err
+	}
+	notify, err := body()
+	f.mu.Unlock()
+	if notify != nil {
+		notify()
+	}
+	return err
+}
+
+// CreateCertificateFromCsr implements certrotate.IoTAPI.
+func (f *IoT) CreateCertificateFromCsr(ctx context.Context, in *iot.CreateCertificateFromCsrInput, _ ...func(*iot.Options)) (*iot.CreateCertificateFromCsrOutput, error) {
+	if err := f.call(ctx, "CreateCertificateFromCsr", "", func() (func(), error) { return nil, nil }); err != nil {
 		return nil, err
 	}
-	f.mu.Unlock()
 	block, _ := pem.Decode([]byte(aws.ToString(in.CertificateSigningRequest)))
 	if block == nil {
 		return nil, &types.InvalidRequestException{Message: aws.String("The certificate signing request is not valid")}
@@ -357,22 +372,20 @@ func (f *IoT) CreateCertificateFromCsr(ctx context.Context, in *iot.CreateCertif
 
 // AttachPolicy implements certrotate.IoTAPI.
 func (f *IoT) AttachPolicy(ctx context.Context, in *iot.AttachPolicyInput, _ ...func(*iot.Options)) (*iot.AttachPolicyOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	policy, target := aws.ToString(in.PolicyName), aws.ToString(in.Target)
-	if err := f.begin("AttachPolicy", policy+" "+target); err != nil {
+	err := f.call(ctx, "AttachPolicy", policy+" "+target, func() (func(), error) {
+		if f.policies[policy] == nil {
+			return nil, notFound("policy " + policy)
+		}
+		if f.certByARN(target) == nil {
+			return nil, notFound("target " + target)
+		}
+		f.policies[policy][target] = true
+		return nil, nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	if f.policies[policy] == nil {
-		return nil, notFound("policy " + policy)
-	}
-	if f.certByARN(target) == nil {
-		return nil, notFound("target " + target)
-	}
-	f.policies[policy][target] = true
 	return &iot.AttachPolicyOutput{}, nil
 }
 
@@ -387,218 +400,180 @@ func (f *IoT) certByARN(arn string) *Cert {
 
 // AttachThingPrincipal implements certrotate.IoTAPI.
 func (f *IoT) AttachThingPrincipal(ctx context.Context, in *iot.AttachThingPrincipalInput, _ ...func(*iot.Options)) (*iot.AttachThingPrincipalOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
 	thing, arn := aws.ToString(in.ThingName), aws.ToString(in.Principal)
-	if err := f.begin("AttachThingPrincipal", thing+" "+arn); err != nil {
-		f.mu.Unlock()
+	err := f.call(ctx, "AttachThingPrincipal", thing+" "+arn, func() (func(), error) {
+		if f.things[thing] == nil {
+			return nil, notFound("thing " + thing)
+		}
+		c := f.certByARN(arn)
+		if c == nil {
+			return nil, notFound("principal " + arn)
+		}
+		f.things[thing][arn] = true
+		return f.changed(c.ID), nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	if f.things[thing] == nil {
-		f.mu.Unlock()
-		return nil, notFound("thing " + thing)
-	}
-	c := f.certByARN(arn)
-	if c == nil {
-		f.mu.Unlock()
-		return nil, notFound("principal " + arn)
-	}
-	f.things[thing][arn] = true
-	notify := f.changed(c.ID)
-	f.mu.Unlock()
-	notify()
 	return &iot.AttachThingPrincipalOutput{}, nil
 }
 
 // UpdateCertificate implements certrotate.IoTAPI.
 func (f *IoT) UpdateCertificate(ctx context.Context, in *iot.UpdateCertificateInput, _ ...func(*iot.Options)) (*iot.UpdateCertificateOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
 	id := aws.ToString(in.CertificateId)
-	if err := f.begin("UpdateCertificate", id+" "+string(in.NewStatus)); err != nil {
-		f.mu.Unlock()
+	err := f.call(ctx, "UpdateCertificate", id+" "+string(in.NewStatus), func() (func(), error) {
+		c := f.certs[id]
+		if c == nil {
+			return nil, notFound("certificate " + id)
+		}
+		if c.Status == types.CertificateStatusRevoked && in.NewStatus != types.CertificateStatusRevoked {
+			return nil, &types.CertificateStateException{Message: aws.String("a revoked certificate cannot change status")}
+		}
+		c.Status = in.NewStatus
+		return f.changed(id), nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	c := f.certs[id]
-	if c == nil {
-		f.mu.Unlock()
-		return nil, notFound("certificate " + id)
-	}
-	if c.Status == types.CertificateStatusRevoked && in.NewStatus != types.CertificateStatusRevoked {
-		f.mu.Unlock()
-		return nil, &types.CertificateStateException{Message: aws.String("a revoked certificate cannot change status")}
-	}
-	c.Status = in.NewStatus
-	notify := f.changed(id)
-	f.mu.Unlock()
-	notify()
 	return &iot.UpdateCertificateOutput{}, nil
 }
 
 // DetachPolicy implements certrotate.IoTAPI.
 func (f *IoT) DetachPolicy(ctx context.Context, in *iot.DetachPolicyInput, _ ...func(*iot.Options)) (*iot.DetachPolicyOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	policy, target := aws.ToString(in.PolicyName), aws.ToString(in.Target)
-	if err := f.begin("DetachPolicy", policy+" "+target); err != nil {
+	err := f.call(ctx, "DetachPolicy", policy+" "+target, func() (func(), error) {
+		if f.policies[policy] == nil {
+			return nil, notFound("policy " + policy)
+		}
+		delete(f.policies[policy], target)
+		return nil, nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	if f.policies[policy] == nil {
-		return nil, notFound("policy " + policy)
-	}
-	delete(f.policies[policy], target)
 	return &iot.DetachPolicyOutput{}, nil
 }
 
 // DetachThingPrincipal implements certrotate.IoTAPI.
 func (f *IoT) DetachThingPrincipal(ctx context.Context, in *iot.DetachThingPrincipalInput, _ ...func(*iot.Options)) (*iot.DetachThingPrincipalOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
 	thing, arn := aws.ToString(in.ThingName), aws.ToString(in.Principal)
-	if err := f.begin("DetachThingPrincipal", thing+" "+arn); err != nil {
-		f.mu.Unlock()
+	err := f.call(ctx, "DetachThingPrincipal", thing+" "+arn, func() (func(), error) {
+		if f.things[thing] == nil {
+			return nil, notFound("thing " + thing)
+		}
+		delete(f.things[thing], arn)
+		if c := f.certByARN(arn); c != nil {
+			return f.changed(c.ID), nil
+		}
+		return nil, nil
+	})
+	if err != nil {
 		return nil, err
-	}
-	if f.things[thing] == nil {
-		f.mu.Unlock()
-		return nil, notFound("thing " + thing)
-	}
-	delete(f.things[thing], arn)
-	var notify func()
-	if c := f.certByARN(arn); c != nil {
-		notify = f.changed(c.ID)
-	}
-	f.mu.Unlock()
-	if notify != nil {
-		notify()
 	}
 	return &iot.DetachThingPrincipalOutput{}, nil
 }
 
 // DeleteCertificate implements certrotate.IoTAPI.
 func (f *IoT) DeleteCertificate(ctx context.Context, in *iot.DeleteCertificateInput, _ ...func(*iot.Options)) (*iot.DeleteCertificateOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
 	id := aws.ToString(in.CertificateId)
-	if err := f.begin("DeleteCertificate", id); err != nil {
-		f.mu.Unlock()
+	err := f.call(ctx, "DeleteCertificate", id, func() (func(), error) {
+		c := f.certs[id]
+		if c == nil {
+			return nil, notFound("certificate " + id)
+		}
+		if c.Status == types.CertificateStatusActive {
+			return nil, &types.CertificateStateException{Message: aws.String("Certificate must be deactivated (not ACTIVE) before deletion.")}
+		}
+		for _, targets := range f.policies {
+			if targets[c.ARN] && !in.ForceDelete {
+				return nil, &types.DeleteConflictException{Message: aws.String("Things or policies are attached to the certificate")}
+			}
+		}
+		if f.thingOf(c.ARN) != "" {
+			return nil, &types.DeleteConflictException{Message: aws.String("Things are attached to the certificate")}
+		}
+		delete(f.certs, id)
+		return f.changed(id), nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	c := f.certs[id]
-	if c == nil {
-		f.mu.Unlock()
-		return nil, notFound("certificate " + id)
-	}
-	if c.Status == types.CertificateStatusActive {
-		f.mu.Unlock()
-		return nil, &types.CertificateStateException{Message: aws.String("Certificate must be deactivated (not ACTIVE) before deletion.")}
-	}
-	for _, targets := range f.policies {
-		if targets[c.ARN] && !in.ForceDelete {
-			f.mu.Unlock()
-			return nil, &types.DeleteConflictException{Message: aws.String("Things or policies are attached to the certificate")}
-		}
-	}
-	if f.thingOf(c.ARN) != "" {
-		f.mu.Unlock()
-		return nil, &types.DeleteConflictException{Message: aws.String("Things are attached to the certificate")}
-	}
-	delete(f.certs, id)
-	notify := f.changed(id)
-	f.mu.Unlock()
-	notify()
 	return &iot.DeleteCertificateOutput{}, nil
 }
 
 // DescribeCertificate implements certrotate.IoTAPI.
 func (f *IoT) DescribeCertificate(ctx context.Context, in *iot.DescribeCertificateInput, _ ...func(*iot.Options)) (*iot.DescribeCertificateOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	id := aws.ToString(in.CertificateId)
-	if err := f.begin("DescribeCertificate", id); err != nil {
+	var out *iot.DescribeCertificateOutput
+	err := f.call(ctx, "DescribeCertificate", id, func() (func(), error) {
+		c := f.certs[id]
+		if c == nil {
+			return nil, notFound("certificate " + id)
+		}
+		out = &iot.DescribeCertificateOutput{CertificateDescription: &types.CertificateDescription{
+			CertificateId: aws.String(c.ID), CertificateArn: aws.String(c.ARN), CertificatePem: aws.String(c.PEM), Status: c.Status,
+		}}
+		return nil, nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	c := f.certs[id]
-	if c == nil {
-		return nil, notFound("certificate " + id)
-	}
-	return &iot.DescribeCertificateOutput{CertificateDescription: &types.CertificateDescription{
-		CertificateId: aws.String(c.ID), CertificateArn: aws.String(c.ARN), CertificatePem: aws.String(c.PEM), Status: c.Status,
-	}}, nil
+	return out, nil
 }
 
 // ListThingsInThingGroup implements certscan's IoT interface.
 func (f *IoT) ListThingsInThingGroup(ctx context.Context, in *iot.ListThingsInThingGroupInput, _ ...func(*iot.Options)) (*iot.ListThingsInThingGroupOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	group := aws.ToString(in.ThingGroupName)
-	if err := f.begin("ListThingsInThingGroup", group+" "+aws.ToString(in.NextToken)); err != nil {
-		return nil, err
-	}
-	things, ok := f.groups[group]
-	if !ok {
-		return nil, notFound("thing group " + group)
-	}
-	start := 0
-	if tok := aws.ToString(in.NextToken); tok != "" {
-		n, err := strconv.Atoi(tok)
-		if err != nil || n < 0 || n > len(things) {
-			return nil, &types.InvalidRequestException{Message: aws.String("invalid nextToken")}
+	var out *iot.ListThingsInThingGroupOutput
+	err := f.call(ctx, "ListThingsInThingGroup", group+" "+aws.ToString(in.NextToken), func() (func(), error) {
+		things, ok := f.groups[group]
+		if !ok {
+			return nil, notFound("thing group " + group)
 		}
-		start = n
-	}
-	size := len(things) - start
-	if in.MaxResults != nil && int(*in.MaxResults) < size {
-		size = int(*in.MaxResults)
-	}
-	if f.pageSize > 0 && f.pageSize < size {
-		size = f.pageSize
-	}
-	out := &iot.ListThingsInThingGroupOutput{Things: append([]string(nil), things[start:start+size]...)}
-	if start+size < len(things) {
-		out.NextToken = aws.String(strconv.Itoa(start + size))
+		start := 0
+		if tok := aws.ToString(in.NextToken); tok != "" {
+			n, err := strconv.Atoi(tok)
+			if err != nil || n < 0 || n > len(things) {
+				return nil, &types.InvalidRequestException{Message: aws.String("invalid nextToken")}
+			}
+			start = n
+		}
+		size := len(things) - start
+		if in.MaxResults != nil && int(*in.MaxResults) < size {
+			size = int(*in.MaxResults)
+		}
+		if f.pageSize > 0 && f.pageSize < size {
+			size = f.pageSize
+		}
+		out = &iot.ListThingsInThingGroupOutput{Things: append([]string(nil), things[start:start+size]...)}
+		if start+size < len(things) {
+			out.NextToken = aws.String(strconv.Itoa(start + size))
+		}
+		return nil, nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
 
 // Publish implements certrotate.DataAPI.
 func (f *IoT) Publish(ctx context.Context, in *iotdataplane.PublishInput, _ ...func(*iotdataplane.Options)) (*iotdataplane.PublishOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
 	topic := aws.ToString(in.Topic)
-	if err := f.begin("Publish", topic); err != nil {
-		f.mu.Unlock()
+	err := f.call(ctx, "Publish", topic, func() (func(), error) {
+		if topic == "" {
+			return nil, errors.New("InvalidRequestException: empty topic")
+		}
+		m := Message{Topic: topic, Payload: append([]byte(nil), in.Payload...), QoS: in.Qos}
+		f.messages = append(f.messages, m)
+		fn := f.onPub
+		if fn == nil {
+			return nil, nil
+		}
+		return func() { fn(m) }, nil
+	})
+	if err != nil {
 		return nil, err
-	}
-	if topic == "" {
-		f.mu.Unlock()
-		return nil, errors.New("InvalidRequestException: empty topic")
-	}
-	m := Message{Topic: topic, Payload: append([]byte(nil), in.Payload...), QoS: in.Qos}
-	f.messages = append(f.messages, m)
-	fn := f.onPub
-	f.mu.Unlock()
-	if fn != nil {
-		fn(m)
 	}
 	return &iotdataplane.PublishOutput{}, nil
 }

@@ -10,44 +10,30 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os"
+	"log/slog"
 
-	"github.com/aws/aws-lambda-go/lambda"
-	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
-	"github.com/iot-fleet/iot-fleet/internal/allowlist"
-	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/lambdas/allowlistsync"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdamain"
 )
 
 func main() {
-	log := lambdamain.Logger()
-	env, err := lambdamain.Env(os.Getenv,
+	lambdamain.Run(
 		[]string{"REGISTRY_TABLE", "THING_GROUP", "DEVICE_POLICY", "THING_NAME_PREFIX"},
-		[]string{"SERIAL_PATTERN"})
+		[]string{"SERIAL_PATTERN"},
+		build)
+}
+
+func build(log *slog.Logger, env map[string]string) (any, error) {
+	re, err := lambdamain.SerialPattern(env)
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
-	pattern := env["SERIAL_PATTERN"]
-	if pattern == "" {
-		pattern = allowlist.DefaultSerialPattern
-	}
-	re, err := allowlist.CompilePattern(pattern)
+	cfg, store, err := lambdamain.AWSAndRegistry(context.Background(), env["REGISTRY_TABLE"])
 	if err != nil {
-		lambdamain.Fail(log, fmt.Errorf("SERIAL_PATTERN: %w", err))
-	}
-	cfg, err := config.LoadDefaultConfig(context.Background())
-	if err != nil {
-		lambdamain.Fail(log, fmt.Errorf("aws config: %w", err))
-	}
-	store, err := registry.NewDynamoDB(dynamodb.NewFromConfig(cfg), env["REGISTRY_TABLE"])
-	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
 	h, err := allowlistsync.New(allowlistsync.Config{
 		S3:              s3.NewFromConfig(cfg),
@@ -60,7 +46,7 @@ func main() {
 		Logger:          log,
 	})
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
-	lambda.Start(h.Handle)
+	return h.Handle, nil
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/internal/registry"
-	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/lambdas/allowlistsync"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 )
@@ -88,9 +87,7 @@ func TestBootstrap(t *testing.T) {
 // DynamoDB (dynalite), reports a bad line by number, and reports a failed
 // revocation by serial when AWS IoT cannot be reached.
 func testSyncsAllowlist(t *testing.T, bin string) {
-	endpoint := testenv.StartDynalite(t)
-	client := testenv.DynamoDBClient(endpoint)
-	testenv.CreateRegistryTable(t, client, "registry")
+	endpoint, client := lambdatest.StartRegistryTable(t, "registry")
 	store, err := registry.NewDynamoDB(client, "registry")
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -101,20 +98,16 @@ func testSyncsAllowlist(t *testing.T, bin string) {
 	t.Cleanup(s3srv.Close)
 
 	api := lambdatest.StartRuntimeAPI(t)
-	lambdatest.Start(t, bin, api, map[string]string{
-		"REGISTRY_TABLE":            "registry",
-		"THING_GROUP":               "iot-fleet-dev",
-		"DEVICE_POLICY":             "iot-fleet-dev-device",
-		"THING_NAME_PREFIX":         "dev-",
-		"SERIAL_PATTERN":            "^[0-9a-f]{16}$",
-		"AWS_REGION":                testenv.DynaliteRegion,
-		"AWS_ACCESS_KEY_ID":         "AKIDTEST",
-		"AWS_SECRET_ACCESS_KEY":     "test-secret",
-		"AWS_MAX_ATTEMPTS":          "1",
-		"AWS_ENDPOINT_URL_DYNAMODB": endpoint,
-		"AWS_ENDPOINT_URL_S3":       s3srv.URL,
-		"AWS_ENDPOINT_URL_IOT":      closedPort(t),
-	})
+	lambdatest.Start(t, bin, api, lambdatest.DynaliteEnv(endpoint, map[string]string{
+		"REGISTRY_TABLE":       "registry",
+		"THING_GROUP":          "iot-fleet-dev",
+		"DEVICE_POLICY":        "iot-fleet-dev-device",
+		"THING_NAME_PREFIX":    "dev-",
+		"SERIAL_PATTERN":       "^[0-9a-f]{16}$",
+		"AWS_MAX_ATTEMPTS":     "1",
+		"AWS_ENDPOINT_URL_S3":  s3srv.URL,
+		"AWS_ENDPOINT_URL_IOT": closedPort(t),
+	}))
 
 	// 1. Two new serials are admitted.
 	s3.put("allowlist.txt", "# devices\n10000000a1b2c3d4\n\n10000000a1b2c3d5 # bench\n")
@@ -168,12 +161,6 @@ func testSyncsAllowlist(t *testing.T, bin string) {
 }
 
 func testReportsMissingConfiguration(t *testing.T, bin string) {
-	api := lambdatest.StartRuntimeAPI(t)
-	p := lambdatest.Start(t, bin, api, map[string]string{"AWS_REGION": "us-east-1", "REGISTRY_TABLE": "r"})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	initErr, err := api.InitError(ctx)
-	require.NoError(t, err)
-	assert.Equal(t, "missing environment variable(s): THING_GROUP, DEVICE_POLICY, THING_NAME_PREFIX", initErr.ErrorMessage)
-	require.Error(t, p.Wait(ctx))
+	lambdatest.RequireInitError(t, bin, map[string]string{"AWS_REGION": "us-east-1", "REGISTRY_TABLE": "r"},
+		"missing environment variable(s): THING_GROUP, DEVICE_POLICY, THING_NAME_PREFIX")
 }

@@ -9,7 +9,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/internal/registry"
-	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 )
@@ -19,9 +18,7 @@ import (
 // match no rotation are ignored without any IoT call.
 func TestBootstrap(t *testing.T) {
 	bin := lambdatest.BuildBootstrap(t, "./lambdas/cmd/certrotate")
-	endpoint := testenv.StartDynalite(t)
-	client := testenv.DynamoDBClient(endpoint)
-	testenv.CreateRegistryTable(t, client, "registry")
+	endpoint, client := lambdatest.StartRegistryTable(t, "registry")
 	store, err := registry.NewDynamoDB(client, "registry")
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -31,17 +28,13 @@ func TestBootstrap(t *testing.T) {
 	require.NoError(t, err)
 
 	api := lambdatest.StartRuntimeAPI(t)
-	lambdatest.Start(t, bin, api, map[string]string{
-		"REGISTRY_TABLE":            "registry",
-		"DEVICE_POLICY":             "iot-fleet-dev-device",
-		"THING_NAME_PREFIX":         "dev-",
-		"IOT_DATA_ENDPOINT":         "127.0.0.1:9", // never called here
-		"AWS_REGION":                testenv.DynaliteRegion,
-		"AWS_ACCESS_KEY_ID":         "AKIDTEST",
-		"AWS_SECRET_ACCESS_KEY":     "test-secret",
-		"AWS_ENDPOINT_URL_DYNAMODB": endpoint,
-		"AWS_ENDPOINT_URL_IOT":      "http://127.0.0.1:9",
-	})
+	lambdatest.Start(t, bin, api, lambdatest.DynaliteEnv(endpoint, map[string]string{
+		"REGISTRY_TABLE":       "registry",
+		"DEVICE_POLICY":        "iot-fleet-dev-device",
+		"THING_NAME_PREFIX":    "dev-",
+		"IOT_DATA_ENDPOINT":    "127.0.0.1:9", // never called here
+		"AWS_ENDPOINT_URL_IOT": "http://127.0.0.1:9",
+	}))
 	invoke := func(ev certrotate.Event) certrotate.Result {
 		t.Helper()
 		out, err := api.Invoke(ctx, ev)
@@ -61,12 +54,6 @@ func TestBootstrap(t *testing.T) {
 
 func TestBootstrapReportsMissingConfiguration(t *testing.T) {
 	bin := lambdatest.BuildBootstrap(t, "./lambdas/cmd/certrotate")
-	api := lambdatest.StartRuntimeAPI(t)
-	p := lambdatest.Start(t, bin, api, map[string]string{"AWS_REGION": "us-east-1", "REGISTRY_TABLE": "t"})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	initErr, err := api.InitError(ctx)
-	require.NoError(t, err)
-	require.Equal(t, "missing environment variable(s): DEVICE_POLICY, THING_NAME_PREFIX", initErr.ErrorMessage)
-	require.Error(t, p.Wait(ctx))
+	lambdatest.RequireInitError(t, bin, map[string]string{"AWS_REGION": "us-east-1", "REGISTRY_TABLE": "t"},
+		"missing environment variable(s): DEVICE_POLICY, THING_NAME_PREFIX")
 }

@@ -14,62 +14,42 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
+	"log/slog"
 	"strconv"
-	"strings"
 	"time"
 
-	"github.com/aws/aws-lambda-go/lambda"
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
-	"github.com/aws/aws-sdk-go-v2/service/iotdataplane"
 
-	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/lambdas/certscan"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdamain"
 )
 
 func main() {
-	log := lambdamain.Logger()
-	env, err := lambdamain.Env(os.Getenv, []string{"REGISTRY_TABLE", "THING_NAME_PREFIX"},
-		[]string{"EXPIRY_WINDOW_DAYS", "RESEND_AFTER_HOURS", "CONCURRENCY", "KEY_ALGORITHM", "IOT_DATA_ENDPOINT"})
-	if err != nil {
-		lambdamain.Fail(log, err)
-	}
+	lambdamain.Run([]string{"REGISTRY_TABLE", "THING_NAME_PREFIX"},
+		[]string{"EXPIRY_WINDOW_DAYS", "RESEND_AFTER_HOURS", "CONCURRENCY", "KEY_ALGORITHM", "IOT_DATA_ENDPOINT"},
+		build)
+}
+
+func build(log *slog.Logger, env map[string]string) (any, error) {
 	windowDays, err := positive(env, "EXPIRY_WINDOW_DAYS", 30)
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
 	resendHours, err := positive(env, "RESEND_AFTER_HOURS", 20)
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
 	concurrency, err := positive(env, "CONCURRENCY", certscan.DefaultConcurrency)
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
-	cfg, err := config.LoadDefaultConfig(context.Background())
+	cfg, store, err := lambdamain.AWSAndRegistry(context.Background(), env["REGISTRY_TABLE"])
 	if err != nil {
-		lambdamain.Fail(log, fmt.Errorf("aws config: %w", err))
+		return nil, err
 	}
-	store, err := registry.NewDynamoDB(dynamodb.NewFromConfig(cfg), env["REGISTRY_TABLE"])
-	if err != nil {
-		lambdamain.Fail(log, err)
-	}
-	endpoint := env["IOT_DATA_ENDPOINT"]
-	data := iotdataplane.NewFromConfig(cfg, func(o *iotdataplane.Options) {
-		if endpoint != "" {
-			if !strings.Contains(endpoint, "://") {
-				endpoint = "https://" + endpoint
-			}
-			o.BaseEndpoint = aws.String(endpoint)
-		}
-	})
 	h, err := certscan.New(certscan.Config{
 		IoT:             iot.NewFromConfig(cfg),
-		Data:            data,
+		Data:            lambdamain.IoTDataClient(cfg, env["IOT_DATA_ENDPOINT"]),
 		Registry:        store,
 		ThingNamePrefix: env["THING_NAME_PREFIX"],
 		Window:          time.Duration(windowDays) * 24 * time.Hour,
@@ -79,9 +59,9 @@ func main() {
 		Logger:          log,
 	})
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
-	lambda.Start(h.Handle)
+	return h.Handle, nil
 }
 
 // positive reads a positive integer variable, def when unset.

@@ -8,7 +8,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/lambdas/certscan"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 )
@@ -17,24 +16,18 @@ import (
 // dynalite for the scheduled event and answers an on-demand request.
 func TestBootstrap(t *testing.T) {
 	bin := lambdatest.BuildBootstrap(t, "./lambdas/cmd/certscan")
-	endpoint := testenv.StartDynalite(t)
-	client := testenv.DynamoDBClient(endpoint)
-	testenv.CreateRegistryTable(t, client, "registry")
+	endpoint, _ := lambdatest.StartRegistryTable(t, "registry")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
 	api := lambdatest.StartRuntimeAPI(t)
-	lambdatest.Start(t, bin, api, map[string]string{
-		"REGISTRY_TABLE":            "registry",
-		"THING_NAME_PREFIX":         "dev-",
-		"EXPIRY_WINDOW_DAYS":        "45",
-		"AWS_REGION":                testenv.DynaliteRegion,
-		"AWS_ACCESS_KEY_ID":         "AKIDTEST",
-		"AWS_SECRET_ACCESS_KEY":     "test-secret",
-		"AWS_ENDPOINT_URL_DYNAMODB": endpoint,
-		"AWS_ENDPOINT_URL_IOT":      "http://127.0.0.1:9",
-		"IOT_DATA_ENDPOINT":         "127.0.0.1:9",
-	})
+	lambdatest.Start(t, bin, api, lambdatest.DynaliteEnv(endpoint, map[string]string{
+		"REGISTRY_TABLE":       "registry",
+		"THING_NAME_PREFIX":    "dev-",
+		"EXPIRY_WINDOW_DAYS":   "45",
+		"AWS_ENDPOINT_URL_IOT": "http://127.0.0.1:9",
+		"IOT_DATA_ENDPOINT":    "127.0.0.1:9",
+	}))
 	invoke := func(ev any) certscan.Report {
 		t.Helper()
 		out, err := api.Invoke(ctx, ev)
@@ -52,13 +45,7 @@ func TestBootstrap(t *testing.T) {
 
 func TestBootstrapRejectsBadConfiguration(t *testing.T) {
 	bin := lambdatest.BuildBootstrap(t, "./lambdas/cmd/certscan")
-	api := lambdatest.StartRuntimeAPI(t)
-	p := lambdatest.Start(t, bin, api, map[string]string{"AWS_REGION": "us-east-1", "REGISTRY_TABLE": "t",
-		"THING_NAME_PREFIX": "dev-", "EXPIRY_WINDOW_DAYS": "-3"})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	initErr, err := api.InitError(ctx)
-	require.NoError(t, err)
-	require.Equal(t, `EXPIRY_WINDOW_DAYS="-3": want a positive integer`, initErr.ErrorMessage)
-	require.Error(t, p.Wait(ctx))
+	lambdatest.RequireInitError(t, bin, map[string]string{"AWS_REGION": "us-east-1", "REGISTRY_TABLE": "t",
+		"THING_NAME_PREFIX": "dev-", "EXPIRY_WINDOW_DAYS": "-3"},
+		`EXPIRY_WINDOW_DAYS="-3": want a positive integer`)
 }

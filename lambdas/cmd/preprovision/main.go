@@ -9,40 +9,24 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os"
+	"log/slog"
 
-	"github.com/aws/aws-lambda-go/lambda"
-	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
-
-	"github.com/iot-fleet/iot-fleet/internal/allowlist"
-	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdamain"
 	"github.com/iot-fleet/iot-fleet/lambdas/preprovision"
 )
 
 func main() {
-	log := lambdamain.Logger()
-	env, err := lambdamain.Env(os.Getenv, []string{"REGISTRY_TABLE"}, []string{"SERIAL_PATTERN", "THING_NAME_PREFIX"})
+	lambdamain.Run([]string{"REGISTRY_TABLE"}, []string{"SERIAL_PATTERN", "THING_NAME_PREFIX"}, build)
+}
+
+func build(log *slog.Logger, env map[string]string) (any, error) {
+	re, err := lambdamain.SerialPattern(env)
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
-	pattern := env["SERIAL_PATTERN"]
-	if pattern == "" {
-		pattern = allowlist.DefaultSerialPattern
-	}
-	re, err := allowlist.CompilePattern(pattern)
+	_, store, err := lambdamain.AWSAndRegistry(context.Background(), env["REGISTRY_TABLE"])
 	if err != nil {
-		lambdamain.Fail(log, fmt.Errorf("SERIAL_PATTERN: %w", err))
-	}
-	cfg, err := config.LoadDefaultConfig(context.Background())
-	if err != nil {
-		lambdamain.Fail(log, fmt.Errorf("aws config: %w", err))
-	}
-	store, err := registry.NewDynamoDB(dynamodb.NewFromConfig(cfg), env["REGISTRY_TABLE"])
-	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
 	h, err := preprovision.New(preprovision.Config{
 		Registry:        store,
@@ -51,7 +35,7 @@ func main() {
 		Logger:          log,
 	})
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
-	lambda.Start(h.Handle)
+	return h.Handle, nil
 }

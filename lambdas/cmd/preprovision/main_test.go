@@ -12,7 +12,6 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
-	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 )
 
@@ -40,9 +39,7 @@ func TestBootstrap(t *testing.T) {
 // keeps denying after it admitted.
 func testAnswersHookEvents(t *testing.T, bin string) {
 	const allowed, unknown = "10000000a1b2c3d4", "10000000ffffffff"
-	endpoint := testenv.StartDynalite(t)
-	client := testenv.DynamoDBClient(endpoint)
-	testenv.CreateRegistryTable(t, client, "registry")
+	endpoint, client := lambdatest.StartRegistryTable(t, "registry")
 	store, err := registry.NewDynamoDB(client, "registry")
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -50,15 +47,11 @@ func testAnswersHookEvents(t *testing.T, bin string) {
 	require.NoError(t, store.PutAllowed(ctx, allowed))
 
 	api := lambdatest.StartRuntimeAPI(t)
-	lambdatest.Start(t, bin, api, map[string]string{
-		"REGISTRY_TABLE":            "registry",
-		"SERIAL_PATTERN":            "^[0-9a-f]{16}$",
-		"THING_NAME_PREFIX":         "dev-",
-		"AWS_REGION":                testenv.DynaliteRegion,
-		"AWS_ACCESS_KEY_ID":         "AKIDTEST",
-		"AWS_SECRET_ACCESS_KEY":     "test-secret",
-		"AWS_ENDPOINT_URL_DYNAMODB": endpoint,
-	})
+	lambdatest.Start(t, bin, api, lambdatest.DynaliteEnv(endpoint, map[string]string{
+		"REGISTRY_TABLE":    "registry",
+		"SERIAL_PATTERN":    "^[0-9a-f]{16}$",
+		"THING_NAME_PREFIX": "dev-",
+	}))
 
 	invoke := func(ev protocol.PreProvisioningHookRequest) protocol.PreProvisioningHookResponse {
 		t.Helper()
@@ -84,13 +77,6 @@ func testAnswersHookEvents(t *testing.T, bin string) {
 }
 
 func testReportsMissingConfiguration(t *testing.T, bin string) {
-	api := lambdatest.StartRuntimeAPI(t)
-	p := lambdatest.Start(t, bin, api, map[string]string{"AWS_REGION": "us-east-1"})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	initErr, err := api.InitError(ctx)
-	require.NoError(t, err)
-	assert.Equal(t, "missing environment variable(s): REGISTRY_TABLE", initErr.ErrorMessage)
-	assert.Equal(t, "Runtime.InitError", initErr.ErrorType)
-	require.Error(t, p.Wait(ctx), "the process exits non-zero")
+	lambdatest.RequireInitError(t, bin, map[string]string{"AWS_REGION": "us-east-1"},
+		"missing environment variable(s): REGISTRY_TABLE")
 }

@@ -9,11 +9,8 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"os"
+	"log/slog"
 
-	"github.com/aws/aws-lambda-go/lambda"
-	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
@@ -23,27 +20,26 @@ import (
 )
 
 func main() {
-	log := lambdamain.Logger()
-	env, err := lambdamain.Env(os.Getenv, []string{"REGISTRY_TABLE", "MANAGED_INSTANCE_ROLE", "ENVIRONMENT", "THING_NAME_PREFIX"}, nil)
+	lambdamain.Run([]string{"REGISTRY_TABLE", "MANAGED_INSTANCE_ROLE", "ENVIRONMENT", "THING_NAME_PREFIX"}, nil, build)
+}
+
+func build(log *slog.Logger, env map[string]string) (any, error) {
+	cfg, err := lambdamain.AWSConfig(context.Background())
 	if err != nil {
-		lambdamain.Fail(log, err)
-	}
-	cfg, err := config.LoadDefaultConfig(context.Background())
-	if err != nil {
-		lambdamain.Fail(log, fmt.Errorf("aws config: %w", err))
+		return nil, err
 	}
 	state, err := ssmstate.NewDynamoDB(dynamodb.NewFromConfig(cfg), env["REGISTRY_TABLE"], nil)
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
 	h, err := ssmexpire.New(ssmexpire.Config{
 		State: state, SSM: ssm.NewFromConfig(cfg), ManagedInstanceRole: env["MANAGED_INSTANCE_ROLE"],
 		Environment: env["ENVIRONMENT"], ThingNamePrefix: env["THING_NAME_PREFIX"], Logger: log,
 	})
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
-	lambda.Start(func(ctx context.Context, ev json.RawMessage) (ssmexpire.Summary, error) {
+	return func(ctx context.Context, ev json.RawMessage) (ssmexpire.Summary, error) {
 		return h.Handle(ctx, ev)
-	})
+	}, nil
 }

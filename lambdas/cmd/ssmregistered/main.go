@@ -7,45 +7,33 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os"
+	"log/slog"
 
-	"github.com/aws/aws-lambda-go/lambda"
-	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
-	"github.com/iot-fleet/iot-fleet/internal/registry"
-	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdamain"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmregistered"
 )
 
 func main() {
-	log := lambdamain.Logger()
-	env, err := lambdamain.Env(os.Getenv, []string{"REGISTRY_TABLE", "ENVIRONMENT", "THING_NAME_PREFIX"}, nil)
+	lambdamain.Run([]string{"REGISTRY_TABLE", "ENVIRONMENT", "THING_NAME_PREFIX"}, nil, build)
+}
+
+func build(log *slog.Logger, env map[string]string) (any, error) {
+	cfg, err := lambdamain.AWSConfig(context.Background())
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
-	cfg, err := config.LoadDefaultConfig(context.Background())
+	reg, state, err := lambdamain.RegistryAndSSMState(cfg, env["REGISTRY_TABLE"])
 	if err != nil {
-		lambdamain.Fail(log, fmt.Errorf("aws config: %w", err))
-	}
-	ddb := dynamodb.NewFromConfig(cfg)
-	reg, err := registry.NewDynamoDB(ddb, env["REGISTRY_TABLE"])
-	if err != nil {
-		lambdamain.Fail(log, err)
-	}
-	state, err := ssmstate.NewDynamoDB(ddb, env["REGISTRY_TABLE"], nil)
-	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
 	h, err := ssmregistered.New(ssmregistered.Config{
 		Registry: reg, State: state, SSM: ssm.NewFromConfig(cfg),
 		Environment: env["ENVIRONMENT"], ThingNamePrefix: env["THING_NAME_PREFIX"], Logger: log,
 	})
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
-	lambda.Start(h.Handle)
+	return h.Handle, nil
 }

@@ -13,22 +13,13 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
+	"log/slog"
 	"strconv"
-	"strings"
 	"time"
 
-	"github.com/aws/aws-lambda-go/lambda"
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
-	"github.com/aws/aws-sdk-go-v2/service/iotdataplane"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
-	"github.com/iot-fleet/iot-fleet/internal/allowlist"
-	"github.com/iot-fleet/iot-fleet/internal/registry"
-	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdamain"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
 )
@@ -45,55 +36,42 @@ func intEnv(name, v string, def, lo, hi int) (int, error) {
 }
 
 func main() {
-	log := lambdamain.Logger()
-	env, err := lambdamain.Env(os.Getenv,
+	lambdamain.Run(
 		[]string{"REGISTRY_TABLE", "MANAGED_INSTANCE_ROLE", "ENVIRONMENT", "THING_NAME_PREFIX", "IOT_DATA_ENDPOINT"},
-		[]string{"SERIAL_PATTERN", "ACTIVATION_EXPIRY_HOURS", "CONCURRENCY"})
+		[]string{"SERIAL_PATTERN", "ACTIVATION_EXPIRY_HOURS", "CONCURRENCY"},
+		build)
+}
+
+func build(log *slog.Logger, env map[string]string) (any, error) {
+	re, err := lambdamain.SerialPattern(env)
 	if err != nil {
-		lambdamain.Fail(log, err)
-	}
-	pattern := env["SERIAL_PATTERN"]
-	if pattern == "" {
-		pattern = allowlist.DefaultSerialPattern
-	}
-	re, err := allowlist.CompilePattern(pattern)
-	if err != nil {
-		lambdamain.Fail(log, fmt.Errorf("SERIAL_PATTERN: %w", err))
+		return nil, err
 	}
 	hours, err := intEnv("ACTIVATION_EXPIRY_HOURS", env["ACTIVATION_EXPIRY_HOURS"], 2, 1, 720)
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
 	conc, err := intEnv("CONCURRENCY", env["CONCURRENCY"], ssmtoggle.DefaultConcurrency, 1, 64)
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
-	cfg, err := config.LoadDefaultConfig(context.Background())
+	cfg, err := lambdamain.AWSConfig(context.Background())
 	if err != nil {
-		lambdamain.Fail(log, fmt.Errorf("aws config: %w", err))
+		return nil, err
 	}
-	ddb := dynamodb.NewFromConfig(cfg)
-	reg, err := registry.NewDynamoDB(ddb, env["REGISTRY_TABLE"])
+	reg, state, err := lambdamain.RegistryAndSSMState(cfg, env["REGISTRY_TABLE"])
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
-	state, err := ssmstate.NewDynamoDB(ddb, env["REGISTRY_TABLE"], nil)
-	if err != nil {
-		lambdamain.Fail(log, err)
-	}
-	endpoint := env["IOT_DATA_ENDPOINT"]
-	if !strings.Contains(endpoint, "://") {
-		endpoint = "https://" + endpoint
-	}
-	data := iotdataplane.NewFromConfig(cfg, func(o *iotdataplane.Options) { o.BaseEndpoint = aws.String(endpoint) })
 	h, err := ssmtoggle.New(ssmtoggle.Config{
-		Registry: reg, State: state, SSM: ssm.NewFromConfig(cfg), IoT: iot.NewFromConfig(cfg), Data: data,
+		Registry: reg, State: state, SSM: ssm.NewFromConfig(cfg), IoT: iot.NewFromConfig(cfg),
+		Data:                lambdamain.IoTDataClient(cfg, env["IOT_DATA_ENDPOINT"]),
 		ManagedInstanceRole: env["MANAGED_INSTANCE_ROLE"], Region: cfg.Region, Environment: env["ENVIRONMENT"],
 		ThingNamePrefix: env["THING_NAME_PREFIX"], SerialPattern: re,
 		ActivationTTL: time.Duration(hours) * time.Hour, Concurrency: conc, Logger: log,
 	})
 	if err != nil {
-		lambdamain.Fail(log, err)
+		return nil, err
 	}
-	lambda.Start(h.Handle)
+	return h.Handle, nil
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
-	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
 )
@@ -27,9 +26,7 @@ func TestBootstrap(t *testing.T) {
 	bin := lambdatest.BuildBootstrap(t, "./lambdas/cmd/ssmtoggle")
 	t.Run("AnswersStatus", func(t *testing.T) {
 		const serial = "00000000000000c1"
-		endpoint := testenv.StartDynalite(t)
-		client := testenv.DynamoDBClient(endpoint)
-		testenv.CreateRegistryTable(t, client, "registry")
+		endpoint, client := lambdatest.StartRegistryTable(t, "registry")
 		reg, err := registry.NewDynamoDB(client, "registry")
 		require.NoError(t, err)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -58,13 +55,11 @@ func TestBootstrap(t *testing.T) {
 		t.Cleanup(ssmAPI.Close)
 
 		api := lambdatest.StartRuntimeAPI(t)
-		lambdatest.Start(t, bin, api, map[string]string{
+		lambdatest.Start(t, bin, api, lambdatest.DynaliteEnv(endpoint, map[string]string{
 			"AWS_ENDPOINT_URL_SSM": ssmAPI.URL,
 			"REGISTRY_TABLE":       "registry", "MANAGED_INSTANCE_ROLE": "role", "ENVIRONMENT": "dev",
 			"THING_NAME_PREFIX": "dev-", "IOT_DATA_ENDPOINT": "127.0.0.1:1",
-			"AWS_REGION": testenv.DynaliteRegion, "AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": "test-secret",
-			"AWS_ENDPOINT_URL_DYNAMODB": endpoint,
-		})
+		}))
 		out, err := api.Invoke(ctx, ssmtoggle.Request{DeviceID: "dev-" + serial, Action: ssmtoggle.ActionStatus})
 		require.NoError(t, err)
 		require.Nil(t, out.Error, "%+v", out.Error)
@@ -85,13 +80,7 @@ func TestBootstrap(t *testing.T) {
 		assert.Contains(t, out.Error.ErrorMessage, `"action"`)
 	})
 	t.Run("ReportsMissingConfiguration", func(t *testing.T) {
-		api := lambdatest.StartRuntimeAPI(t)
-		p := lambdatest.Start(t, bin, api, map[string]string{"AWS_REGION": "us-east-1", "REGISTRY_TABLE": "t"})
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		initErr, err := api.InitError(ctx)
-		require.NoError(t, err)
-		assert.Equal(t, "missing environment variable(s): MANAGED_INSTANCE_ROLE, ENVIRONMENT, THING_NAME_PREFIX, IOT_DATA_ENDPOINT", initErr.ErrorMessage)
-		require.Error(t, p.Wait(ctx))
+		lambdatest.RequireInitError(t, bin, map[string]string{"AWS_REGION": "us-east-1", "REGISTRY_TABLE": "t"},
+			"missing environment variable(s): MANAGED_INSTANCE_ROLE, ENVIRONMENT, THING_NAME_PREFIX, IOT_DATA_ENDPOINT")
 	})
 }

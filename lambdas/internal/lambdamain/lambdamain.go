@@ -11,9 +11,107 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"regexp"
 	"strings"
 	"time"
+
+	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/iotdataplane"
+
+	"github.com/iot-fleet/iot-fleet/internal/allowlist"
+	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
 )
+
+// Run is the body of a Lambda main: it reads the required and optional
+// environment variables, calls build for the handler and starts it with
+// lambda.Start. An unset required variable or an error from build fails
+// the initialisation (see Fail).
+func Run(required, optional []string, build func(log *slog.Logger, env map[string]string) (any, error)) {
+	log := Logger()
+	env, err := Env(os.Getenv, required, optional)
+	if err != nil {
+		Fail(log, err)
+	}
+	h, err := build(log, env)
+	if err != nil {
+		Fail(log, err)
+	}
+	lambda.Start(h)
+}
+
+// SerialPatternEnv is the optional variable holding the serial pattern.
+const SerialPatternEnv = "SERIAL_PATTERN"
+
+// SerialPattern compiles env's SERIAL_PATTERN, or the allowlist's default
+// pattern when it is unset.
+func SerialPattern(env map[string]string) (*regexp.Regexp, error) {
+	pattern := env[SerialPatternEnv]
+	if pattern == "" {
+		pattern = allowlist.DefaultSerialPattern
+	}
+	re, err := allowlist.CompilePattern(pattern)
+	if err != nil {
+		return nil, fmt.Errorf("SERIAL_PATTERN: %w", err)
+	}
+	return re, nil
+}
+
+// AWSConfig loads the default AWS configuration (the Lambda's region and
+// role credentials).
+func AWSConfig(ctx context.Context) (aws.Config, error) {
+	cfg, err := config.LoadDefaultConfig(ctx)
+	if err != nil {
+		return aws.Config{}, fmt.Errorf("aws config: %w", err)
+	}
+	return cfg, nil
+}
+
+// AWSAndRegistry loads the AWS configuration (see AWSConfig) and opens the
+// device registry in table.
+func AWSAndRegistry(ctx context.Context, table string) (aws.Config, *registry.DynamoDB, error) {
+	cfg, err := AWSConfig(ctx)
+	if err != nil {
+		return aws.Config{}, nil, err
+	}
+	store, err := registry.NewDynamoDB(dynamodb.NewFromConfig(cfg), table)
+	if err != nil {
+		return aws.Config{}, nil, err
+	}
+	return cfg, store, nil
+}
+
+// RegistryAndSSMState opens the device registry and the SSM state kept in
+// the same table, over one DynamoDB client.
+func RegistryAndSSMState(cfg aws.Config, table string) (*registry.DynamoDB, *ssmstate.DynamoDB, error) {
+	ddb := dynamodb.NewFromConfig(cfg)
+	reg, err := registry.NewDynamoDB(ddb, table)
+	if err != nil {
+		return nil, nil, err
+	}
+	state, err := ssmstate.NewDynamoDB(ddb, table, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return reg, state, nil
+}
+
+// IoTDataClient is the IoT data-plane client, on the account's endpoint
+// (a host, or a URL) when one is given; otherwise on the SDK's regional
+// endpoint.
+func IoTDataClient(cfg aws.Config, endpoint string) *iotdataplane.Client {
+	if endpoint != "" && !strings.Contains(endpoint, "://") {
+		endpoint = "https://" + endpoint
+	}
+	return iotdataplane.NewFromConfig(cfg, func(o *iotdataplane.Options) {
+		if endpoint != "" {
+			o.BaseEndpoint = aws.String(endpoint)
+		}
+	})
+}
 
 // Logger returns the JSON logger the Lambdas log with (stdout goes to the
 // function's CloudWatch log group).

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -46,4 +47,27 @@ func TestReportInitError(t *testing.T) {
 
 	require.NoError(t, ReportInitError(context.Background(), "", errors.New("x")), "no runtime API: nothing to do")
 	require.Error(t, ReportInitError(context.Background(), api+"/nope", errors.New("x")))
+}
+
+func TestSerialPattern(t *testing.T) {
+	re, err := SerialPattern(map[string]string{})
+	require.NoError(t, err)
+	assert.True(t, re.MatchString("0123456789abcdef"), "the default pattern")
+	assert.False(t, re.MatchString("0123456789ABCDEF"))
+
+	re, err = SerialPattern(map[string]string{SerialPatternEnv: "^[A-Z]{3}$"})
+	require.NoError(t, err)
+	assert.True(t, re.MatchString("ABC"))
+
+	_, err = SerialPattern(map[string]string{SerialPatternEnv: "([a-z"})
+	require.Error(t, err)
+	assert.True(t, strings.HasPrefix(err.Error(), "SERIAL_PATTERN: "), err.Error())
+}
+
+func TestIoTDataClient(t *testing.T) {
+	cfg := aws.Config{Region: "eu-central-1"}
+	assert.Equal(t, "https://abc-ats.iot.eu-central-1.amazonaws.com",
+		aws.ToString(IoTDataClient(cfg, "abc-ats.iot.eu-central-1.amazonaws.com").Options().BaseEndpoint))
+	assert.Equal(t, "http://127.0.0.1:9", aws.ToString(IoTDataClient(cfg, "http://127.0.0.1:9").Options().BaseEndpoint))
+	assert.Nil(t, IoTDataClient(cfg, "").Options().BaseEndpoint, "no endpoint: the SDK's regional one")
 }

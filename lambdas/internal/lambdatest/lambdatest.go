@@ -4,7 +4,6 @@
 package lambdatest
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -228,7 +227,7 @@ func (r *RuntimeAPI) InitError(ctx context.Context) (ErrorPayload, error) {
 // Process is a running bootstrap.
 type Process struct {
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *LogBuffer
 	exited chan struct{}
 	err    error
 }
@@ -272,7 +271,7 @@ func Start(t testing.TB, bin string, api *RuntimeAPI, env map[string]string) *Pr
 	for k, v := range vars {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	p := &Process{cmd: cmd, out: &syncBuffer{}, exited: make(chan struct{})}
+	p := &Process{cmd: cmd, out: &LogBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)
@@ -289,21 +288,4 @@ func Start(t testing.TB, bin string, api *RuntimeAPI, env map[string]string) *Pr
 		}
 	})
 	return p
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
