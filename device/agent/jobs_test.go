@@ -20,7 +20,7 @@ import (
 // with handlers, on-connect start-next) and to the outbox (updates).
 type jobsService struct {
 	b   *testbroker.Broker
-	doc map[string]any
+	doc json.RawMessage
 
 	mu       sync.Mutex
 	exec     *protocol.JobExecution
@@ -29,7 +29,9 @@ type jobsService struct {
 }
 
 func newJobsService(t *testing.T, b *testbroker.Broker, doc map[string]any) *jobsService {
-	s := &jobsService{b: b, doc: doc, terminal: make(chan protocol.JobStatus, 4)}
+	rawDoc, err := json.Marshal(doc)
+	require.NoError(t, err)
+	s := &jobsService{b: b, doc: rawDoc, terminal: make(chan protocol.JobStatus, 4)}
 	b.Serve(t, "$aws/things/+/jobs/start-next", s.startNext)
 	b.Serve(t, "$aws/things/+/jobs/+/update", s.update)
 	b.Serve(t, "$aws/things/+/jobs/+/get", s.describe)

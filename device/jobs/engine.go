@@ -65,6 +65,10 @@ type Config struct {
 	// Operations are the operations available to job documents
 	// (optional; OTA registers mender_install).
 	Operations *Registry
+	// RunCommand is the device's rule for runCommand steps (agent
+	// configuration jobs.runCommand): a document with a step it refuses
+	// is rejected before any step runs. The zero value allows all.
+	RunCommand jobdoc.RunCommandPolicy
 	// HandlerDir is only used to display plans in logs.
 	HandlerDir string
 	// StepTimeout bounds each process step (default 1h); the process
@@ -558,11 +562,20 @@ func (e *Engine) onMessage(ctx context.Context, topic string, payload []byte) {
 	if kind == "" {
 		return
 	}
+	if jobID == "$next" {
+		if op != "get" {
+			return
+		}
+		kind = kindDescribeNext
+	}
 	switch result {
 	case "accepted":
-		if kind == kindUpdate {
+		switch kind {
+		case kindUpdate:
 			e.onUpdateAccepted(ctx, jobID, payload)
-		} else {
+		case kindDescribeNext:
+			e.onDescribeNextAccepted(ctx, payload)
+		default:
 			e.onDescribeAccepted(ctx, jobID, payload)
 		}
 	case "rejected":
@@ -581,7 +594,13 @@ func (e *Engine) inFlightMatches(kind, jobID, token string) bool {
 func (e *Engine) onNotifyNext(ctx context.Context, payload []byte) {
 	var msg protocol.NextJobMessage
 	if err := json.Unmarshal(payload, &msg); err != nil {
-		e.log.Warn("malformed notify-next", "err", err)
+		// notify-next is only a hint; one that cannot be decoded (for
+		// example because of the document it carries) still says that
+		// something is pending.
+		e.log.Warn("notify-next could not be decoded", "err", err)
+		if e.st.Job == nil {
+			e.startNext(ctx)
+		}
 		return
 	}
 	job := e.st.Job
@@ -597,14 +616,25 @@ func (e *Engine) onNotifyNext(ctx context.Context, payload []byte) {
 
 func (e *Engine) onStartNextAccepted(ctx context.Context, payload []byte) {
 	var msg protocol.NextJobMessage
-	if err := json.Unmarshal(payload, &msg); err != nil {
-		e.log.Warn("malformed start-next response", "err", err)
-		return
-	}
+	err := json.Unmarshal(payload, &msg)
 	if e.st.Job != nil {
 		return
 	}
 	if e.st.InFlight != nil && e.st.InFlight.Kind != kindStartNext {
+		return
+	}
+	if err != nil {
+		// The job document travels as raw JSON, so only a response that
+		// is not JSON at all (a document nested beyond the decoder's depth
+		// limit) or has a field of the wrong type gets here. Reject the
+		// execution it carries instead of asking again forever.
+		if msg.Execution != nil && msg.Execution.JobID != "" {
+			e.clearInFlight()
+			e.adopt(ctx, msg.Execution, err.Error())
+			return
+		}
+		e.log.Warn("start-next response could not be decoded; describing the next execution without its document", "err", err)
+		e.describeNext(ctx, err.Error())
 		return
 	}
 	e.clearInFlight()
@@ -613,20 +643,60 @@ func (e *Engine) onStartNextAccepted(ctx context.Context, payload []byte) {
 		e.save()
 		return
 	}
-	e.adopt(ctx, msg.Execution)
+	e.adopt(ctx, msg.Execution, "")
+}
+
+// describeNext asks for the next execution without its document, after a
+// start-next response that could not be decoded (why).
+func (e *Engine) describeNext(ctx context.Context, why string) {
+	token := e.nextToken()
+	payload, _ := json.Marshal(describeRequest{ClientToken: token})
+	e.send(ctx, &request{Kind: kindDescribeNext, Token: token, JobID: "$next", Topic: protocol.JobsDescribeTopic(e.cfg.ThingName, "$next"),
+		Payload: payload, Details: map[string]string{DetailReason: why}})
+}
+
+// startNextLater makes a start-next the request in flight, sent when the
+// (doubled) backoff elapses.
+func (e *Engine) startNextLater() {
+	token := e.nextToken()
+	payload, _ := json.Marshal(protocol.StartNextRequest{StepTimeoutInMinutes: e.cfg.ProgressTimeoutMinutes, ClientToken: token})
+	e.st.InFlight = &request{Kind: kindStartNext, Token: token, Topic: protocol.JobsStartNextTopic(e.cfg.ThingName), Payload: payload}
+	e.save()
+	e.retryLater()
+}
+
+// onDescribeNextAccepted rejects the execution whose start-next response
+// could not be decoded. Start-next puts the execution it returns
+// IN_PROGRESS, and this device has no job, so an IN_PROGRESS next
+// execution is that one; anything else means the undecodable response was
+// stale, and start-next is asked again after a backoff.
+func (e *Engine) onDescribeNextAccepted(ctx context.Context, payload []byte) {
+	var msg describeAccepted
+	err := json.Unmarshal(payload, &msg)
+	if !e.inFlightMatches(kindDescribeNext, "$next", msg.ClientToken) || e.st.Job != nil {
+		return
+	}
+	why := e.st.InFlight.Details[DetailReason]
+	x := msg.Execution
+	if x == nil || x.JobID == "" || x.Status != protocol.JobInProgress {
+		if err != nil {
+			e.log.Warn("describe $next response could not be decoded", "err", err)
+		}
+		e.startNextLater()
+		return
+	}
+	e.clearInFlight()
+	e.adopt(ctx, x, why)
 }
 
 // adopt makes exec the current job, or rejects it if its document is
-// invalid.
-func (e *Engine) adopt(ctx context.Context, exec *protocol.JobExecution) {
-	docBytes, err := json.Marshal(exec.JobDocument)
-	if err != nil || exec.JobDocument == nil {
-		docBytes = []byte("null")
-	}
+// invalid. unreadable, when set, is why the Jobs response carrying the
+// execution could not be decoded: the job is rejected with it.
+func (e *Engine) adopt(ctx context.Context, exec *protocol.JobExecution, unreadable string) {
 	job := &jobState{
 		JobID:           exec.JobID,
 		ExecutionNumber: exec.ExecutionNumber,
-		Document:        docBytes,
+		Document:        append(json.RawMessage(nil), exec.JobDocument...),
 		Version:         exec.VersionNumber,
 		Phase:           phaseRunning,
 		Status:          protocol.JobInProgress,
@@ -635,13 +705,26 @@ func (e *Engine) adopt(ctx context.Context, exec *protocol.JobExecution) {
 	e.st.Job = job
 	e.doc = nil
 	log := e.log.With("job_id", exec.JobID)
-	doc, perr := jobdoc.Parse(docBytes, jobdoc.Options{Operations: e.cfg.Operations})
-	if perr != nil {
-		reason := "invalid job document: " + perr.Error()
-		var de *jobdoc.Error
-		if errors.As(perr, &de) {
-			reason = "invalid job document: " + de.Reason()
+	var reason string
+	var doc *jobdoc.Document
+	switch {
+	case unreadable != "":
+		job.Document = nil
+		reason = "invalid job document: the Jobs response carrying it could not be decoded: " + unreadable
+	case len(exec.JobDocument) == 0:
+		reason = "invalid job document: the execution has no job document"
+	default:
+		var perr error
+		doc, perr = jobdoc.Parse(job.Document, e.parseOptions())
+		if perr != nil {
+			reason = "invalid job document: " + perr.Error()
+			var de *jobdoc.Error
+			if errors.As(perr, &de) {
+				reason = "invalid job document: " + de.Reason()
+			}
 		}
+	}
+	if reason != "" {
 		log.Warn("rejecting job", "reason", reason)
 		job.Phase = phaseFinishing
 		e.change(protocol.JobRejected, map[string]string{DetailReason: reason}, false)
@@ -669,8 +752,14 @@ func (e *Engine) adopt(ctx context.Context, exec *protocol.JobExecution) {
 	e.pump(ctx)
 }
 
+// parseOptions are the parser options of this device: its operations and
+// its runCommand rule.
+func (e *Engine) parseOptions() jobdoc.Options {
+	return jobdoc.Options{Operations: e.cfg.Operations, RunCommand: e.cfg.RunCommand}
+}
+
 func (e *Engine) parseDoc(job *jobState) *jobdoc.Document {
-	doc, err := jobdoc.Parse(job.Document, jobdoc.Options{Operations: e.cfg.Operations})
+	doc, err := jobdoc.Parse(job.Document, e.parseOptions())
 	if err != nil {
 		return nil
 	}
@@ -779,8 +868,8 @@ func (e *Engine) onRejected(ctx context.Context, kind, jobID string, payload []b
 		e.retryLater()
 		return
 	}
-	if kind == kindStartNext {
-		log.Warn("start-next rejected, retrying later")
+	if kind == kindStartNext || kind == kindDescribeNext {
+		log.Warn("request rejected, retrying later")
 		e.retryLater()
 		return
 	}

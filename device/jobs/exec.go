@@ -87,7 +87,7 @@ func (e *Engine) recover() {
 	}
 	if e.doc == nil {
 		job.Phase = phaseFinishing
-		_, perr := jobdoc.Parse(job.Document, jobdoc.Options{Operations: e.cfg.Operations})
+		_, perr := jobdoc.Parse(job.Document, e.parseOptions())
 		e.change(protocol.JobFailed, map[string]string{DetailReason: fmt.Sprintf("job document no longer valid for this agent after restart: %v", perr)}, false)
 		e.save()
 		return

@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,8 +9,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 )
@@ -29,11 +28,14 @@ type fakeJobs struct {
 	omitExecutionState bool
 	lastNotified       string
 	startNexts         int
+	describeNexts      int
 }
 
 type fakeExec struct {
-	JobID       string
-	Doc         map[string]any
+	JobID string
+	// Doc is the document's text, sent verbatim (it need not be valid:
+	// the tests send what a broken or hostile service could).
+	Doc         json.RawMessage
 	Status      protocol.JobStatus
 	Details     map[string]string
 	Version     int64
@@ -49,10 +51,8 @@ func newFakeJobs(thing string) *fakeJobs { return &fakeJobs{thing: thing} }
 
 func (f *fakeJobs) addJob(t *testing.T, id, doc string) {
 	t.Helper()
-	var m map[string]any
-	require.NoError(t, json.Unmarshal([]byte(doc), &m))
 	f.mu.Lock()
-	f.execs = append(f.execs, &fakeExec{JobID: id, Doc: m, Status: protocol.JobQueued, Version: 1, ExecNum: 1})
+	f.execs = append(f.execs, &fakeExec{JobID: id, Doc: json.RawMessage(doc), Status: protocol.JobQueued, Version: 1, ExecNum: 1})
 	msgs := f.notifyLocked()
 	f.mu.Unlock()
 	f.emit(msgs)
@@ -115,9 +115,18 @@ func (e *fakeExec) execution(thing string, withDoc bool) *protocol.JobExecution 
 	x := &protocol.JobExecution{JobID: e.JobID, ThingName: thing, Status: e.Status, StatusDetails: copyMap(e.Details),
 		VersionNumber: e.Version, ExecutionNumber: e.ExecNum}
 	if withDoc {
-		x.JobDocument = e.Doc
+		x.JobDocument = json.RawMessage(docPlaceholder)
 	}
 	return x
+}
+
+// docPlaceholder stands for the document in a marshaled response until
+// withDoc splices the document's exact text in (encoding/json would
+// reformat it, and refuse text that is not JSON).
+const docPlaceholder = `"@@jobDocument@@"`
+
+func (e *fakeExec) withDoc(b []byte) []byte {
+	return bytes.Replace(b, []byte(docPlaceholder), e.Doc, 1)
 }
 
 func (e *fakeExec) state() *protocol.JobExecutionState {
@@ -147,10 +156,12 @@ func (f *fakeJobs) notifyLocked() []outMsg {
 	}
 	f.lastNotified = id
 	msg := protocol.NextJobMessage{Timestamp: time.Now().Unix()}
+	payload := mustJSON(msg)
 	if n != nil {
 		msg.Execution = n.execution(f.thing, true)
+		payload = n.withDoc(mustJSON(msg))
 	}
-	return []outMsg{{protocol.JobsNotifyNextTopic(f.thing), mustJSON(msg)}}
+	return []outMsg{{protocol.JobsNotifyNextTopic(f.thing), payload}}
 }
 
 func mustJSON(v any) []byte {
@@ -184,6 +195,7 @@ func (f *fakeJobs) handleLocked(topic string, payload []byte) []outMsg {
 		}
 		f.startNexts++
 		resp := protocol.NextJobMessage{Timestamp: time.Now().Unix(), ClientToken: req.ClientToken}
+		payload := mustJSON(resp)
 		if n := f.next(); n != nil {
 			if n.Status == protocol.JobQueued {
 				n.Status = protocol.JobInProgress
@@ -193,14 +205,29 @@ func (f *fakeJobs) handleLocked(topic string, payload []byte) []outMsg {
 				n.StepTimeout = req.StepTimeoutInMinutes
 			}
 			resp.Execution = n.execution(f.thing, true)
+			payload = n.withDoc(mustJSON(resp))
 		}
-		return append([]outMsg{{protocol.Accepted(topic), mustJSON(resp)}}, f.notifyLocked()...)
+		return append([]outMsg{{protocol.Accepted(topic), payload}}, f.notifyLocked()...)
 	}
 	parts := strings.Split(rest, "/")
 	if len(parts) != 2 {
 		return nil
 	}
 	e := f.find(parts[0])
+	if parts[0] == "$next" && parts[1] == "get" {
+		var req describeRequest
+		if err := json.Unmarshal(payload, &req); err != nil {
+			return []outMsg{f.reject(topic, protocol.ErrCodeInvalidJSON, "", nil)}
+		}
+		f.describeNexts++
+		resp := describeAccepted{Timestamp: time.Now().Unix(), ClientToken: req.ClientToken}
+		n := f.next()
+		if n != nil {
+			resp.Execution = n.execution(f.thing, req.IncludeJobDocument)
+			return []outMsg{{protocol.Accepted(topic), n.withDoc(mustJSON(resp))}}
+		}
+		return []outMsg{{protocol.Accepted(topic), mustJSON(resp)}}
+	}
 	switch parts[1] {
 	case "get":
 		var req describeRequest
@@ -213,8 +240,8 @@ func (f *fakeJobs) handleLocked(topic string, payload []byte) []outMsg {
 		if e.Status.Terminal() {
 			return []outMsg{f.reject(topic, protocol.ErrCodeTerminalStateReached, req.ClientToken, nil)}
 		}
-		return []outMsg{{protocol.Accepted(topic), mustJSON(describeAccepted{Execution: e.execution(f.thing, req.IncludeJobDocument),
-			Timestamp: time.Now().Unix(), ClientToken: req.ClientToken})}}
+		return []outMsg{{protocol.Accepted(topic), e.withDoc(mustJSON(describeAccepted{Execution: e.execution(f.thing, req.IncludeJobDocument),
+			Timestamp: time.Now().Unix(), ClientToken: req.ClientToken}))}}
 	case "update":
 		var req protocol.UpdateJobRequest
 		if err := json.Unmarshal(payload, &req); err != nil {

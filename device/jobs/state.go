@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +32,10 @@ const (
 	kindStartNext = "start-next"
 	kindUpdate    = "update"
 	kindDescribe  = "describe"
+	// kindDescribeNext describes $next without its document, after a
+	// start-next response that could not be decoded at all: it names the
+	// execution that start-next put IN_PROGRESS so it can be rejected.
+	kindDescribeNext = "describe-next"
 )
 
 // persistedState is the whole state file. It is written atomically before
@@ -120,11 +125,15 @@ func loadState(dir string) (*persistedState, error) {
 }
 
 func saveState(dir string, st *persistedState) error {
-	data, err := json.Marshal(st)
-	if err != nil {
+	// No HTML escaping: the job document keeps its size ("<" would become
+	// the six bytes "\u003c"), so it parses the same after a restart.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(st); err != nil {
 		return fmt.Errorf("encode jobs state: %w", err)
 	}
-	if err := atomicfile.WriteFile(statePath(dir), data, 0o600); err != nil {
+	if err := atomicfile.WriteFile(statePath(dir), buf.Bytes(), 0o600); err != nil {
 		return fmt.Errorf("save jobs state: %w", err)
 	}
 	return nil

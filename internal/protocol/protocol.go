@@ -11,7 +11,10 @@
 // position so IoT policies can pin it with ${iot:Connection.Thing.ThingName}.
 package protocol
 
-import "strings"
+import (
+	"encoding/json"
+	"strings"
+)
 
 // Application is the second topic level of every project-defined topic.
 const Application = "fleet"
@@ -178,10 +181,18 @@ const (
 )
 
 // JobExecution is a job execution as the Jobs MQTT API returns it.
+//
+// JobDocument is the document's JSON text exactly as it appears in the
+// response: it is never decoded into Go values on its way to the device's
+// parser (device/jobs/jobdoc), which alone decides whether it is valid.
+// Decoding it here would hide duplicate keys (encoding/json keeps the last),
+// change its size, and make a document with an undecodable value (such as
+// the number 1e999) fail the whole response, so that the device could not
+// even tell which job to reject.
 type JobExecution struct {
 	JobID                    string            `json:"jobId"`
 	ThingName                string            `json:"thingName,omitempty"`
-	JobDocument              map[string]any    `json:"jobDocument,omitempty"`
+	JobDocument              json.RawMessage   `json:"jobDocument,omitempty"`
 	Status                   JobStatus         `json:"status"`
 	StatusDetails            map[string]string `json:"statusDetails,omitempty"`
 	QueuedAt                 int64             `json:"queuedAt,omitempty"`
@@ -226,10 +237,11 @@ type UpdateJobRequest struct {
 	ClientToken              string            `json:"clientToken,omitempty"`
 }
 
-// UpdateJobAccepted answers a successful UpdateJobExecution.
+// UpdateJobAccepted answers a successful UpdateJobExecution. JobDocument is
+// raw JSON text, as in JobExecution.
 type UpdateJobAccepted struct {
 	ExecutionState *JobExecutionState `json:"executionState,omitempty"`
-	JobDocument    map[string]any     `json:"jobDocument,omitempty"`
+	JobDocument    json.RawMessage    `json:"jobDocument,omitempty"`
 	Timestamp      int64              `json:"timestamp"`
 	ClientToken    string             `json:"clientToken,omitempty"`
 }

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"encoding/json"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -32,4 +33,30 @@ func TestJobTopicsFollowAWS(t *testing.T) {
 	require.Equal(t, "$aws/provisioning-templates/tpl/provision/json/accepted", RegisterThingAcceptedTopic("tpl"))
 	require.True(t, JobTimedOut.Terminal())
 	require.False(t, JobInProgress.Terminal())
+}
+
+// The job document stays the exact JSON text of the response, whatever it
+// holds: duplicate keys, numbers no Go type can hold, or no object at all.
+// The envelope still decodes, so the device knows which job to reject.
+func TestJobDocumentIsRawJSON(t *testing.T) {
+	for _, doc := range []string{
+		`{"version":"1.0","steps":[],"steps":[{"x":1}]}`,
+		`{"version":"1.0","steps":[{"action":{"name":"a","name":"b"}}]}`,
+		`{"version":"1.0","steps":[], "x": 1e999}`,
+		`{ "spaced" :  [ 1 , 2 ] }`,
+		`"a string"`,
+		`[1,2,3]`,
+		`-12345678901234567890123456789e-99999`,
+	} {
+		payload := []byte(`{"timestamp":1,"clientToken":"c","execution":{"jobId":"j1","status":"QUEUED","versionNumber":1,"jobDocument":` + doc + `}}`)
+		var msg NextJobMessage
+		require.NoError(t, json.Unmarshal(payload, &msg), doc)
+		require.NotNil(t, msg.Execution)
+		require.Equal(t, "j1", msg.Execution.JobID)
+		require.Equal(t, doc, string(msg.Execution.JobDocument))
+
+		var upd UpdateJobAccepted
+		require.NoError(t, json.Unmarshal([]byte(`{"timestamp":1,"jobDocument":`+doc+`}`), &upd), doc)
+		require.Equal(t, doc, string(upd.JobDocument))
+	}
 }

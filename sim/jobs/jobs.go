@@ -7,6 +7,7 @@
 package jobs
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"log/slog"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -100,16 +102,18 @@ type CreateJobInput struct {
 
 // Job is the operator view of a job.
 type Job struct {
-	JobID           string                     `json:"jobId"`
-	Status          string                     `json:"status"`
-	TargetSelection string                     `json:"targetSelection"`
-	Things          []string                   `json:"things,omitempty"`
-	Groups          []string                   `json:"groups,omitempty"`
-	Description     string                     `json:"description,omitempty"`
-	Document        map[string]any             `json:"document"`
-	CreatedAt       time.Time                  `json:"createdAt"`
-	CompletedAt     time.Time                  `json:"completedAt,omitzero"`
-	Counts          map[protocol.JobStatus]int `json:"counts"`
+	JobID           string   `json:"jobId"`
+	Status          string   `json:"status"`
+	TargetSelection string   `json:"targetSelection"`
+	Things          []string `json:"things,omitempty"`
+	Groups          []string `json:"groups,omitempty"`
+	Description     string   `json:"description,omitempty"`
+	// Document is the job document's text exactly as CreateJob was given
+	// it (as AWS IoT Jobs stores it).
+	Document    json.RawMessage            `json:"document"`
+	CreatedAt   time.Time                  `json:"createdAt"`
+	CompletedAt time.Time                  `json:"completedAt,omitzero"`
+	Counts      map[protocol.JobStatus]int `json:"counts"`
 }
 
 // Execution is the operator view of a job execution.
@@ -143,8 +147,11 @@ type Options struct {
 type Reply func(topic string, payload []byte)
 
 type job struct {
-	id          string
-	doc         map[string]any
+	id string
+	// doc is the document's text, byte for byte as given: it is never
+	// decoded, so what devices receive is what the operator sent
+	// (duplicate keys, number spellings and white space included).
+	doc         []byte
 	things      []string
 	groups      []string
 	continuous  bool
@@ -278,6 +285,67 @@ func (e *execution) wire(withDoc bool) *protocol.JobExecution {
 	return x
 }
 
+// checkDocument accepts what AWS IoT Jobs accepts as a job document: JSON
+// text (UTF-8) whose value is an object. It checks the syntax only; whether
+// the document makes sense is for the device to decide.
+func checkDocument(doc []byte) error {
+	if !utf8.Valid(doc) {
+		return errors.New("document must be UTF-8 text")
+	}
+	if !json.Valid(doc) {
+		return errors.New("document must be a JSON object (it is not valid JSON)")
+	}
+	if t := bytes.TrimLeft(doc, " \t\r\n"); len(t) == 0 || t[0] != '{' {
+		return errors.New("document must be a JSON object")
+	}
+	return nil
+}
+
+// The payloads that carry a job document are assembled around its exact
+// text: encoding/json would reformat it (drop white space, escape "<").
+
+// spliceField appends "key":raw to the JSON object obj (never empty).
+func spliceField(obj []byte, key string, raw []byte) []byte {
+	out := make([]byte, 0, len(obj)+len(key)+len(raw)+4)
+	out = append(out, obj[:len(obj)-1]...)
+	out = append(out, ',')
+	out = strconv.AppendQuote(out, key)
+	out = append(out, ':')
+	out = append(out, raw...)
+	return append(out, '}')
+}
+
+func executionJSON(x *protocol.JobExecution) []byte {
+	c := *x
+	c.JobDocument = nil
+	b := mustJSON(c)
+	if x.JobDocument != nil {
+		b = spliceField(b, "jobDocument", x.JobDocument)
+	}
+	return b
+}
+
+// nextJSON encodes notify-next, start-next and describe answers.
+func nextJSON(m protocol.NextJobMessage) []byte {
+	x := m.Execution
+	m.Execution = nil
+	b := mustJSON(m)
+	if x != nil {
+		b = spliceField(b, "execution", executionJSON(x))
+	}
+	return b
+}
+
+func updateAcceptedJSON(m protocol.UpdateJobAccepted) []byte {
+	doc := m.JobDocument
+	m.JobDocument = nil
+	b := mustJSON(m)
+	if doc != nil {
+		b = spliceField(b, "jobDocument", doc)
+	}
+	return b
+}
+
 func (e *execution) summary() ExecutionSummary {
 	return ExecutionSummary{JobID: e.job.id, QueuedAt: unix(e.queuedAt), StartedAt: unix(e.startedAt), LastUpdatedAt: unix(e.lastUpdated), VersionNumber: e.version, ExecutionNumber: e.number}
 }
@@ -343,7 +411,7 @@ func (s *Service) notifications(thing string, before thingSnap) []outMsg {
 		if after.next != nil {
 			msg.Execution = after.next.wire(true)
 		}
-		out = append(out, outMsg{protocol.JobsNotifyNextTopic(thing), mustJSON(msg)})
+		out = append(out, outMsg{protocol.JobsNotifyNextTopic(thing), nextJSON(msg)})
 	}
 	return out
 }
@@ -390,10 +458,10 @@ func (s *Service) CreateJob(_ context.Context, in CreateJobInput) (Job, error) {
 	if len(in.Document) > MaxDocumentBytes {
 		return Job{}, fmt.Errorf("create job %s: %w: document is %d bytes, limit %d", in.JobID, ErrInvalid, len(in.Document), MaxDocumentBytes)
 	}
-	var doc map[string]any
-	if err := json.Unmarshal(in.Document, &doc); err != nil || doc == nil {
-		return Job{}, fmt.Errorf("create job %s: %w: document must be a JSON object", in.JobID, ErrInvalid)
+	if err := checkDocument(in.Document); err != nil {
+		return Job{}, fmt.Errorf("create job %s: %w: %v", in.JobID, ErrInvalid, err)
 	}
+	doc := append([]byte(nil), in.Document...)
 	if len(in.Things) == 0 && len(in.Groups) == 0 {
 		return Job{}, fmt.Errorf("create job %s: %w: no targets (things or groups)", in.JobID, ErrInvalid)
 	}
@@ -847,7 +915,7 @@ func (s *Service) startNext(thing, topic string, req protocol.StartNextRequest, 
 		msgs = s.notifications(thing, before)
 		s.signal()
 	}
-	s.unlockReplyAndPublish(func() { reply(protocol.Accepted(topic), mustJSON(resp)) }, msgs)
+	s.unlockReplyAndPublish(func() { reply(protocol.Accepted(topic), nextJSON(resp)) }, msgs)
 }
 
 func (s *Service) describe(thing, jobID, topic string, req DescribeRequest, reply Reply, rejectTo func(string, string, string, *protocol.JobExecutionState)) {
@@ -872,7 +940,7 @@ func (s *Service) describe(thing, jobID, topic string, req DescribeRequest, repl
 		resp.Execution = e.wire(withDoc)
 	}
 	s.mu.Unlock()
-	reply(protocol.Accepted(topic), mustJSON(resp))
+	reply(protocol.Accepted(topic), nextJSON(resp))
 }
 
 func (s *Service) update(thing, jobID, topic string, req protocol.UpdateJobRequest, reply Reply, rejectTo func(string, string, string, *protocol.JobExecutionState)) {
@@ -945,7 +1013,7 @@ func (s *Service) update(thing, jobID, topic string, req protocol.UpdateJobReque
 	}
 	msgs := s.notifications(thing, before)
 	s.signal()
-	s.unlockReplyAndPublish(func() { reply(protocol.Accepted(topic), mustJSON(resp)) }, msgs)
+	s.unlockReplyAndPublish(func() { reply(protocol.Accepted(topic), updateAcceptedJSON(resp)) }, msgs)
 }
 
 func mustJSON(v any) []byte {

@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -91,7 +92,7 @@ func TestJobLifecycleOverMQTTAPI(t *testing.T) {
 	require.NotNil(t, next.Execution)
 	assert.Equal(t, "job1", next.Execution.JobID)
 	assert.Equal(t, protocol.JobQueued, next.Execution.Status)
-	assert.Equal(t, "1.0", next.Execution.JobDocument["version"])
+	assert.JSONEq(t, string(doc), string(next.Execution.JobDocument))
 	assert.Len(t, b.take(protocol.JobsNotifyNextTopic("dev-b")), 1)
 	assert.Len(t, b.take(protocol.JobsNotifyTopic("dev-a")), 1)
 
@@ -287,6 +288,9 @@ func TestCreateJobValidation(t *testing.T) {
 	}{
 		"bad id":        {CreateJobInput{JobID: "a b", Document: doc, Things: []string{"dev-a"}}, "jobId"},
 		"not object":    {CreateJobInput{JobID: "x", Document: json.RawMessage(`[1]`), Things: []string{"dev-a"}}, "JSON object"},
+		"not JSON":      {CreateJobInput{JobID: "x", Document: json.RawMessage(`{"a":`), Things: []string{"dev-a"}}, "not valid JSON"},
+		"not UTF-8":     {CreateJobInput{JobID: "x", Document: json.RawMessage("{\"a\":\"\xff\"}"), Things: []string{"dev-a"}}, "UTF-8"},
+		"empty":         {CreateJobInput{JobID: "x", Things: []string{"dev-a"}}, "JSON object"},
 		"no targets":    {CreateJobInput{JobID: "x", Document: doc}, "no targets"},
 		"missing thing": {CreateJobInput{JobID: "x", Document: doc, Things: []string{"dev-zz"}}, "dev-zz"},
 		"missing group": {CreateJobInput{JobID: "x", Document: doc, Groups: []string{"nope"}}, "nope"},
@@ -303,4 +307,56 @@ func TestCreateJobValidation(t *testing.T) {
 	require.NoError(t, err)
 	_, err = s.CreateJob(context.Background(), CreateJobInput{JobID: "x", Document: doc, Things: []string{"dev-a"}})
 	assert.ErrorIs(t, err, ErrAlreadyExists)
+}
+
+// The service keeps a document as the bytes it was given, as AWS IoT Jobs
+// stores the document text, and every answer that carries it carries those
+// exact bytes: white space, key order, duplicate keys, number spellings and
+// characters encoding/json would escape.
+func TestDocumentsRoundTripAsExactBytes(t *testing.T) {
+	s, _, b := setup(t, time.Minute, "dev-a")
+	raw := "{ \"version\" : \"1.0\",\n  \"steps\":[],\t\"steps\":[{\"action\":{}}],\n  \"_n\": [1e999, 1.50, -0e0],\n  \"_s\": \"<&> \u00e9\\u00e9 \\ud83d\\ude00\" }"
+	require.True(t, json.Valid([]byte(raw)))
+	_, err := s.CreateJob(context.Background(), CreateJobInput{JobID: "raw", Document: json.RawMessage(raw), Things: []string{"dev-a"}})
+	require.NoError(t, err)
+
+	exact := func(what string, payload []byte, doc func(p []byte) json.RawMessage) {
+		t.Helper()
+		assert.True(t, bytes.Contains(payload, []byte(raw)), "%s payload holds the document's bytes: %s", what, payload)
+		assert.Equal(t, raw, string(doc(payload)), what)
+	}
+	fromNext := func(p []byte) json.RawMessage {
+		var m protocol.NextJobMessage
+		require.NoError(t, json.Unmarshal(p, &m))
+		require.NotNil(t, m.Execution)
+		assert.Equal(t, "raw", m.Execution.JobID)
+		return m.Execution.JobDocument
+	}
+
+	nn := b.take(protocol.JobsNotifyNextTopic("dev-a"))
+	require.Len(t, nn, 1)
+	exact("notify-next", nn[0].payload, fromNext)
+
+	answer := func(topic, payload string) []byte {
+		var got []outMsg
+		s.Handle(context.Background(), topic, []byte(payload), func(tp string, pl []byte) { got = append(got, outMsg{tp, pl}) })
+		require.Len(t, got, 1)
+		require.Equal(t, protocol.Accepted(topic), got[0].topic, "%s", got[0].payload)
+		return got[0].payload
+	}
+	exact("start-next", answer(protocol.JobsStartNextTopic("dev-a"), `{"clientToken":"a"}`), fromNext)
+	exact("describe", answer(protocol.JobsDescribeTopic("dev-a", "raw"), `{"clientToken":"b"}`), fromNext)
+	exact("describe $next", answer(protocol.JobsDescribeTopic("dev-a", "$next"), `{"includeJobDocument":true}`), fromNext)
+	without := answer(protocol.JobsDescribeTopic("dev-a", "$next"), `{"includeJobDocument":false}`)
+	assert.NotContains(t, string(without), "jobDocument")
+	exact("update", answer(protocol.JobsUpdateTopic("dev-a", "raw"), `{"status":"REJECTED","includeJobDocument":true,"clientToken":"c"}`), func(p []byte) json.RawMessage {
+		var m protocol.UpdateJobAccepted
+		require.NoError(t, json.Unmarshal(p, &m))
+		assert.Equal(t, "c", m.ClientToken)
+		return m.JobDocument
+	})
+
+	j, err := s.Job("raw")
+	require.NoError(t, err)
+	assert.Equal(t, raw, string(j.Document))
 }

@@ -63,9 +63,11 @@ type otaJobs struct {
 }
 
 func newOTAJobs(t *testing.T, b *testbroker.Broker, thing, jobID string, doc map[string]any) *otaJobs {
+	rawDoc, err := json.Marshal(doc)
+	require.NoError(t, err)
 	s := &otaJobs{
 		b:       b,
-		ex:      protocol.JobExecution{JobID: jobID, ThingName: thing, JobDocument: doc, Status: protocol.JobQueued, VersionNumber: 1, ExecutionNumber: 1, QueuedAt: time.Now().Unix()},
+		ex:      protocol.JobExecution{JobID: jobID, ThingName: thing, JobDocument: rawDoc, Status: protocol.JobQueued, VersionNumber: 1, ExecutionNumber: 1, QueuedAt: time.Now().Unix()},
 		changed: make(chan struct{}, 1),
 	}
 	b.Serve(t, "$aws/things/+/jobs/start-next", s.startNext)

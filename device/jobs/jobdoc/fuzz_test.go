@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -17,6 +18,16 @@ func FuzzParse(f *testing.F) {
 		`{"version":"1.0","version":"1.0"}`,
 		`{"version":"1.0","steps":[{"action":{"name":"a","type":"runCommand","input":{"command":",\\,,"}}}]}`,
 		`[]`, `null`, `"x"`, `{`,
+		// Duplicate keys at any depth, undecodable numbers, invalid
+		// UTF-8, padding beyond the size limit.
+		`{"version":"1.0","steps":[{"action":{"name":"a","type":"runCommand","input":{"command":"true","command":"rm,-rf,/"}}}]}`,
+		`{"version":"1.0","_c":[{"k":1,"k":2}],"steps":[]}`,
+		`{"version":"1.0","steps":[{"action":{"name":"a","type":"runCommand","input":{"command":"true"}}}],"x":1e999}`,
+		`{"_comment":-1e400,"operation":"a.sh"}`,
+		`{"operation":"a.sh","allowStdErr":1e-999}`,
+		"{\"operation\":\"a\xff.sh\"}",
+		`{"version":"1.0",` + strings.Repeat(" ", MaxDocumentBytes) + `"steps":[]}`,
+		`{"version":"1.0","steps":[{"action":{"name":"a","type":"runCommand","input":{"command":"/bin/echo,x"}}}]}`,
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
@@ -29,7 +40,11 @@ func FuzzParse(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		for _, opts := range []Options{{}, {Operations: testOps{}}} {
+		for _, opts := range []Options{
+			{}, {Operations: testOps{}},
+			{RunCommand: RunCommandPolicy{Disabled: true}},
+			{RunCommand: RunCommandPolicy{AllowedExecutables: []string{"/bin/echo", "true"}}},
+		} {
 			doc, err := Parse(data, opts)
 			if err != nil {
 				var de *Error
@@ -56,6 +71,9 @@ func FuzzParse(f *testing.F) {
 				case TypeRunCommand:
 					if len(a.Argv) == 0 || a.Argv[0] == "" {
 						t.Fatalf("runCommand step %d without a program", i)
+					}
+					if err := opts.RunCommand.Check(a.Argv[0]); err != nil {
+						t.Fatalf("runCommand step %d accepted against the policy: %v", i, err)
 					}
 				case TypeRunHandler:
 					if err := checkHandlerName(a.Handler, "h"); err != nil {

@@ -21,6 +21,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // MaxDocumentBytes is the largest job document accepted; it is the AWS IoT
@@ -156,6 +157,10 @@ type Operations interface {
 type Options struct {
 	// Operations resolves operation names. Optional.
 	Operations Operations
+	// RunCommand is the device's rule for runCommand steps; a step it
+	// refuses makes the document invalid, so the job is rejected before
+	// any step runs. The zero value allows every runCommand step.
+	RunCommand RunCommandPolicy
 }
 
 // Parse parses and validates a job document. A non-nil error is always an
@@ -188,9 +193,13 @@ func parse(data []byte, opts Options) (*Document, *Error) {
 	return nil, fieldErr("", `neither "version" (schema 1.0) nor "operation" (old schema) is present`)
 }
 
-// checkJSON verifies data is exactly one JSON value and that no object has
-// a key twice (encoding/json would silently keep the last one, so two
-// readers of the same document could disagree on what it says).
+// checkJSON verifies data is exactly one JSON value, in UTF-8, that no
+// object has a key twice, and that every number can be decoded. These are
+// the ways a document's text and the values a decoder produces can
+// disagree: encoding/json silently keeps the last of two equal keys and
+// replaces invalid UTF-8, so a reviewer and the device could read different
+// documents, and a number beyond the float64 range (1e999) makes decoding
+// fail. Each is a rejection naming the field.
 func checkJSON(data []byte) *Error {
 	if !json.Valid(data) {
 		var v any
@@ -201,10 +210,21 @@ func checkJSON(data []byte) *Error {
 		}
 		return fieldErr("", "%s", msg)
 	}
+	if !utf8.Valid(data) {
+		off := 0
+		for off < len(data) {
+			r, size := utf8.DecodeRune(data[off:])
+			if r == utf8.RuneError && size <= 1 {
+				break
+			}
+			off += size
+		}
+		return fieldErr("", "invalid UTF-8 at byte %d (JSON text must be UTF-8)", off)
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	var path []string
-	if err := walkDuplicates(dec, &path); err != nil {
+	if err := walkStrict(dec, &path); err != nil {
 		return err
 	}
 	return nil
@@ -222,12 +242,19 @@ func fieldPath(path []string) string {
 	return b.String()
 }
 
-// walkDuplicates walks one JSON value; path is a stack of segments that is
-// only rendered for an error (deep documents stay linear).
-func walkDuplicates(dec *json.Decoder, path *[]string) *Error {
+// walkStrict walks one JSON value, rejecting duplicate keys and numbers
+// that do not fit a float64; path is a stack of segments that is only
+// rendered for an error (deep documents stay linear).
+func walkStrict(dec *json.Decoder, path *[]string) *Error {
 	tok, err := dec.Token()
 	if err != nil {
 		return fieldErr(fieldPath(*path), "invalid JSON: %v", err)
+	}
+	if n, ok := tok.(json.Number); ok {
+		if _, err := strconv.ParseFloat(string(n), 64); err != nil {
+			return fieldErr(fieldPath(*path), "the number %s cannot be decoded: it is outside the range of a 64-bit floating-point number", abbreviate(string(n)))
+		}
+		return nil
 	}
 	delim, ok := tok.(json.Delim)
 	if !ok {
@@ -244,10 +271,10 @@ func walkDuplicates(dec *json.Decoder, path *[]string) *Error {
 			key, _ := kt.(string)
 			*path = append(*path, key)
 			if seen[key] {
-				return fieldErr(fieldPath(*path), "field appears more than once")
+				return fieldErr(fieldPath(*path), "duplicate key %q: the field appears more than once in the same object (JSON decoders disagree on which one counts)", key)
 			}
 			seen[key] = true
-			if err := walkDuplicates(dec, path); err != nil {
+			if err := walkStrict(dec, path); err != nil {
 				return err
 			}
 			*path = (*path)[:len(*path)-1]
@@ -255,7 +282,7 @@ func walkDuplicates(dec *json.Decoder, path *[]string) *Error {
 	case '[':
 		for i := 0; dec.More(); i++ {
 			*path = append(*path, "["+strconv.Itoa(i)+"]")
-			if err := walkDuplicates(dec, path); err != nil {
+			if err := walkStrict(dec, path); err != nil {
 				return err
 			}
 			*path = (*path)[:len(*path)-1]
@@ -265,6 +292,15 @@ func walkDuplicates(dec *json.Decoder, path *[]string) *Error {
 		return fieldErr(fieldPath(*path), "invalid JSON: %v", err)
 	}
 	return nil
+}
+
+// abbreviate shortens a long number for an error message.
+func abbreviate(s string) string {
+	const max = 40
+	if len(s) <= max {
+		return s
+	}
+	return s[:max/2] + "…" + s[len(s)-max/2:] + " (" + strconv.Itoa(len(s)) + " characters)"
 }
 
 func joinField(parent, key string) string {
@@ -581,6 +617,9 @@ func parseAction(raw json.RawMessage, field string, opts Options) (Action, *Erro
 		}
 	case typ == string(TypeRunCommand):
 		a.Type = TypeRunCommand
+		if opts.RunCommand.Disabled {
+			return a, fieldErr(joinField(field, "type"), "%s", opts.RunCommand.Check(""))
+		}
 		if err := unknownFields(input, inField, []string{"command"}, func(k string) string {
 			switch k {
 			case "handler", "args", "path":
@@ -599,6 +638,9 @@ func parseAction(raw json.RawMessage, field string, opts Options) (Action, *Erro
 		}
 		argv, perr := SplitCommand(a.Command)
 		if perr != nil {
+			return a, fieldErr(joinField(inField, "command"), "%s", perr.Error())
+		}
+		if perr := opts.RunCommand.Check(argv[0]); perr != nil {
 			return a, fieldErr(joinField(inField, "command"), "%s", perr.Error())
 		}
 		a.Argv = argv

@@ -43,6 +43,11 @@ type Config struct {
 	// SudoPath is the sudo binary used for runCommand steps with
 	// runAsUser. Empty: "sudo" looked up in PATH when a step needs it.
 	SudoPath string
+	// RunCommand is the device's rule for runCommand steps (agent
+	// configuration jobs.runCommand). The engine already rejects documents
+	// it refuses; the runner checks again right before running, so that
+	// no path around the parser can start a refused program.
+	RunCommand jobdoc.RunCommandPolicy
 	// KillGrace is the delay between SIGTERM and SIGKILL (default 5s).
 	KillGrace time.Duration
 	// Env is the environment of steps; nil means the agent's environment.
@@ -66,6 +71,11 @@ func New(cfg Config) (*Runner, error) {
 	}
 	if !filepath.IsAbs(cfg.HandlerDir) {
 		return nil, fmt.Errorf("runner config: HandlerDir %q must be an absolute path", cfg.HandlerDir)
+	}
+	for i, x := range cfg.RunCommand.AllowedExecutables {
+		if err := jobdoc.ValidateExecutable(x); err != nil {
+			return nil, fmt.Errorf("runner config: RunCommand.AllowedExecutables[%d]: %w", i, err)
+		}
 	}
 	for i, p := range cfg.AllowedPaths {
 		if !filepath.IsAbs(p) {
@@ -238,6 +248,9 @@ func unixMode(m os.FileMode) uint32 {
 func (r *Runner) commandArgv(a jobdoc.Action) ([]string, error) {
 	if len(a.Argv) == 0 || a.Argv[0] == "" {
 		return nil, errors.New("runCommand step without a program")
+	}
+	if err := r.cfg.RunCommand.Check(a.Argv[0]); err != nil {
+		return nil, err
 	}
 	if a.RunAsUser == "" {
 		return a.Argv, nil

@@ -324,6 +324,27 @@ func TestRunCommandWithoutShell(t *testing.T) {
 	assert.Contains(t, res.Reason, "failed to start no-such-program-xyz")
 }
 
+func TestRunCommandPolicyIsEnforced(t *testing.T) {
+	tmp := t.TempDir()
+	off := newRunner(t, Config{HandlerDir: handlerDir(t), RunCommand: jobdoc.RunCommandPolicy{Disabled: true}})
+	res := off.Run(ctxT(t), commandStep("touch,"+filepath.Join(tmp, "off"), ""))
+	assert.True(t, res.Refused)
+	assert.Contains(t, res.Reason, "jobs.runCommand.enabled is false")
+	assert.NoFileExists(t, filepath.Join(tmp, "off"))
+
+	only := newRunner(t, Config{HandlerDir: handlerDir(t), RunCommand: jobdoc.RunCommandPolicy{AllowedExecutables: []string{"touch"}}})
+	res = only.Run(ctxT(t), commandStep("rm,-f,"+filepath.Join(tmp, "x"), ""))
+	assert.True(t, res.Refused)
+	assert.Contains(t, res.Reason, `executable "rm" is not in jobs.runCommand.allowedExecutables`)
+	res = only.Run(ctxT(t), commandStep("touch,"+filepath.Join(tmp, "ok"), ""))
+	require.True(t, res.OK, res.Reason)
+	assert.FileExists(t, filepath.Join(tmp, "ok"))
+
+	_, err := New(Config{HandlerDir: "/x", RunCommand: jobdoc.RunCommandPolicy{AllowedExecutables: []string{"bin/sh"}}})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "AllowedExecutables[0]")
+}
+
 func TestRunCommandAsUser(t *testing.T) {
 	me, err := user.Current()
 	require.NoError(t, err)
