@@ -37,6 +37,7 @@ func JobsFeature(opsFn OperationsFunc) FeatureFactory {
 			HandlerDir:   handlerDir,
 			AllowedPaths: append([]string(nil), cfg.Jobs.AllowedPaths...),
 			SudoPath:     cfg.Jobs.SudoPath,
+			RunCommand:   cfg.Jobs.RunCommandPolicy(),
 			Logger:       rt.Logger,
 		})
 		if err != nil {
@@ -52,6 +53,7 @@ func JobsFeature(opsFn OperationsFunc) FeatureFactory {
 			Publisher:              rt.Outbox,
 			Runner:                 r,
 			Operations:             ops,
+			RunCommand:             cfg.Jobs.RunCommandPolicy(),
 			HandlerDir:             handlerDir,
 			StepTimeout:            cfg.Jobs.StepTimeout.D(),
 			ProgressTimeoutMinutes: cfg.Jobs.ProgressTimeoutMinutes,

@@ -14,12 +14,14 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/iot-fleet/iot-fleet/device/devkey"
+	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
 )
 
 // Duration is a time.Duration written as a Go duration string ("30s").
@@ -131,6 +133,31 @@ type Jobs struct {
 	ProgressTimeoutMinutes int64 `json:"progressTimeoutMinutes"`
 	// SudoPath is the sudo used for runAsUser (empty: "sudo" from PATH).
 	SudoPath string `json:"sudoPath"`
+	// RunCommand is the switch for schema-1.0 runCommand steps.
+	RunCommand RunCommand `json:"runCommand"`
+}
+
+// RunCommand is the device's rule for schema-1.0 runCommand steps (job
+// documents that name a program and its arguments directly). A job with a
+// step the rule refuses is rejected before any of its steps runs.
+type RunCommand struct {
+	// Enabled allows runCommand steps (default true, so the AWS IoT Device
+	// Client's sample documents work). False refuses every runCommand step;
+	// runHandler steps and operations are unaffected.
+	Enabled bool `json:"enabled"`
+	// AllowedExecutables, when not empty, are the only programs a
+	// runCommand step may name as its first token: absolute paths or bare
+	// names (looked up in the agent's PATH), matched exactly. Empty allows
+	// any program.
+	AllowedExecutables []string `json:"allowedExecutables"`
+}
+
+// RunCommandPolicy is the jobs engine's form of the runCommand rule.
+func (j Jobs) RunCommandPolicy() jobdoc.RunCommandPolicy {
+	return jobdoc.RunCommandPolicy{
+		Disabled:           !j.RunCommand.Enabled,
+		AllowedExecutables: slices.Clone(j.RunCommand.AllowedExecutables),
+	}
 }
 
 // Default serial sources on a Raspberry Pi.
@@ -165,7 +192,7 @@ func Default() Config {
 			ReconnectMax:   Duration(2 * time.Minute),
 		},
 		Outbox: Outbox{MaxMessages: 10000, MaxAttempts: 5},
-		Jobs:   Jobs{Enabled: true, AllowedPaths: []string{}, StepTimeout: Duration(time.Hour), ProgressTimeoutMinutes: 10},
+		Jobs:   Jobs{Enabled: true, AllowedPaths: []string{}, StepTimeout: Duration(time.Hour), ProgressTimeoutMinutes: 10, RunCommand: RunCommand{Enabled: true, AllowedExecutables: []string{}}},
 		OTA:    DefaultOTA(),
 		SSM:    DefaultSSM(),
 		// Certificate rotation (rotation.go).
@@ -195,6 +222,11 @@ var unknownFieldRE = regexp.MustCompile(`unknown field "([^"]+)"`)
 // Parse decodes data over the defaults (without validating).
 func Parse(data []byte) (Config, error) {
 	cfg := Default()
+	if json.Valid(data) {
+		if err := strictKeys(data); err != nil {
+			return Config{}, err
+		}
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&cfg); err != nil {
@@ -263,6 +295,78 @@ func unknownPath(data []byte, t reflect.Type, prefix string) string {
 		}
 	}
 	return ""
+}
+
+// strictKeys rejects what encoding/json accepts silently but a reader of
+// the file would misread: a key given twice in one object (the last one
+// wins, so "enabled": false above "enabled": true does nothing) and a key
+// that names a field only when case is ignored ("Enabled").
+func strictKeys(data []byte) error {
+	return walkKeys(json.NewDecoder(bytes.NewReader(data)), reflect.TypeOf(Config{}), "")
+}
+
+// walkKeys checks one JSON value whose Go type is t (nil when unknown);
+// syntax errors are left to the decoder, which reports them with a line.
+func walkKeys(dec *json.Decoder, t reflect.Type, path string) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return nil
+	}
+	delim, ok := tok.(json.Delim)
+	if !ok {
+		return nil
+	}
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch delim {
+	case '{':
+		seen := map[string]bool{}
+		for dec.More() {
+			kt, err := dec.Token()
+			if err != nil {
+				return nil
+			}
+			key, _ := kt.(string)
+			field := key
+			if path != "" {
+				field = path + "." + key
+			}
+			if seen[key] {
+				return &FieldError{Field: field, Problem: "appears more than once in the same object (only the last one would count)"}
+			}
+			seen[key] = true
+			var child reflect.Type
+			switch {
+			case t != nil && t.Kind() == reflect.Struct:
+				f, ok := fieldByTag(t, key)
+				name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+				if ok && name != key {
+					return &FieldError{Field: field, Problem: fmt.Sprintf("unknown field (keys are case-sensitive: did you mean %q?)", name)}
+				}
+				if ok {
+					child = f.Type
+				}
+			case t != nil && t.Kind() == reflect.Map:
+				child = t.Elem()
+			}
+			if err := walkKeys(dec, child, field); err != nil {
+				return err
+			}
+		}
+	case '[':
+		var elem reflect.Type
+		if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
+			elem = t.Elem()
+		}
+		for i := 0; dec.More(); i++ {
+			if err := walkKeys(dec, elem, path+"["+strconv.Itoa(i)+"]"); err != nil {
+				return err
+			}
+		}
+	}
+	_, _ = dec.Token()
+	return nil
 }
 
 func fieldByTag(t reflect.Type, key string) (reflect.StructField, bool) {
@@ -431,6 +535,15 @@ func (c Config) Validate() error {
 	}
 	if c.Jobs.ProgressTimeoutMinutes == 0 || c.Jobs.ProgressTimeoutMinutes > 10080 {
 		return fe("jobs.progressTimeoutMinutes", "must be between 1 and 10080 (or negative to disable), got %d", c.Jobs.ProgressTimeoutMinutes)
+	}
+	for i, x := range c.Jobs.RunCommand.AllowedExecutables {
+		field := "jobs.runCommand.allowedExecutables[" + strconv.Itoa(i) + "]"
+		if err := jobdoc.ValidateExecutable(x); err != nil {
+			return fe(field, "%v", err)
+		}
+		if slices.Index(c.Jobs.RunCommand.AllowedExecutables, x) < i {
+			return fe(field, "%q is listed twice", x)
+		}
 	}
 	if err := c.OTA.validate(); err != nil {
 		return err

@@ -10,6 +10,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
 )
 
 func TestExampleFileIsValidAndEqualsDefaults(t *testing.T) {
@@ -71,6 +73,18 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"step timeout", `{` + base + `,"jobs":{"stepTimeout":"10ms"}}`, "jobs.stepTimeout"},
 		{"bad step timeout", `{` + base + `,"jobs":{"stepTimeout":"long"}}`, "jobs.stepTimeout"},
 		{"progress timeout", `{` + base + `,"jobs":{"progressTimeoutMinutes":0}}`, "jobs.progressTimeoutMinutes"},
+		{"runCommand not object", `{` + base + `,"jobs":{"runCommand":false}}`, "jobs.runCommand"},
+		{"runCommand enabled string", `{` + base + `,"jobs":{"runCommand":{"enabled":"false"}}}`, "jobs.runCommand.enabled"},
+		{"runCommand unknown", `{` + base + `,"jobs":{"runCommand":{"enable":false}}}`, "jobs.runCommand.enable"},
+		{"executable relative", `{` + base + `,"jobs":{"runCommand":{"allowedExecutables":["/bin/echo","bin/sh"]}}}`, "jobs.runCommand.allowedExecutables[1]"},
+		{"executable empty", `{` + base + `,"jobs":{"runCommand":{"allowedExecutables":[""]}}}`, "jobs.runCommand.allowedExecutables[0]"},
+		{"executable unclean", `{` + base + `,"jobs":{"runCommand":{"allowedExecutables":["/usr/bin/../bin/sh"]}}}`, "jobs.runCommand.allowedExecutables[0]"},
+		{"executable twice", `{` + base + `,"jobs":{"runCommand":{"allowedExecutables":["echo","true","echo"]}}}`, "jobs.runCommand.allowedExecutables[2]"},
+		{"duplicate key", `{` + base + `,"jobs":{"runCommand":{"enabled":false,"enabled":true}}}`, "jobs.runCommand.enabled"},
+		{"duplicate section", `{` + base + `,"jobs":{"runCommand":{"enabled":false}},"jobs":{}}`, "jobs"},
+		{"key case", `{` + base + `,"jobs":{"runCommand":{"Enabled":false}}}`, "jobs.runCommand.Enabled"},
+		{"section case", `{` + base + `,"jobs":{"RunCommand":{"enabled":false}}}`, "jobs.RunCommand"},
+		{"top-level case", `{` + base + `,"Port":443}`, "Port"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -119,4 +133,32 @@ func TestDurationJSONRoundTrip(t *testing.T) {
 	b, err := json.Marshal(Duration(90 * time.Second))
 	require.NoError(t, err)
 	assert.Equal(t, `"1m30s"`, string(b))
+}
+
+func TestRunCommandSwitch(t *testing.T) {
+	base := `"endpoint":"x.example.com","provisioning":{"templateName":"t"}`
+	cfg, err := Parse([]byte(`{` + base + `}`))
+	require.NoError(t, err)
+	require.NoError(t, cfg.Validate())
+	assert.True(t, cfg.Jobs.RunCommand.Enabled, "runCommand is on by default (AWS IoT Device Client documents work)")
+	assert.Equal(t, jobdoc.RunCommandPolicy{AllowedExecutables: []string{}}, cfg.Jobs.RunCommandPolicy())
+
+	cfg, err = Parse([]byte(`{` + base + `,"jobs":{"runCommand":{"enabled":false}}}`))
+	require.NoError(t, err)
+	require.NoError(t, cfg.Validate())
+	assert.True(t, cfg.Jobs.RunCommandPolicy().Disabled)
+
+	cfg, err = Parse([]byte(`{` + base + `,"jobs":{"runCommand":{"allowedExecutables":["/usr/bin/apt-get","echo"]}}}`))
+	require.NoError(t, err)
+	require.NoError(t, cfg.Validate())
+	p := cfg.Jobs.RunCommandPolicy()
+	assert.False(t, p.Disabled)
+	assert.NoError(t, p.Check("echo"))
+	assert.NoError(t, p.Check("/usr/bin/apt-get"))
+	assert.ErrorContains(t, p.Check("apt-get"), "jobs.runCommand.allowedExecutables")
+
+	_, err = Parse([]byte(`{` + base + `,"jobs":{"runCommand":{"Enabled":false}}}`))
+	assert.ErrorContains(t, err, `keys are case-sensitive: did you mean "enabled"?`)
+	_, err = Parse([]byte(`{` + base + `,"jobs":{"runCommand":{"enabled":false,"enabled":true}}}`))
+	assert.ErrorContains(t, err, "appears more than once")
 }
