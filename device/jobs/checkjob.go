@@ -10,19 +10,36 @@ import (
 	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
 )
 
-// CheckJobMain implements `fleet-agent check-job [--handler-dir DIR] FILE...`:
-// each file is parsed with the engine's parser (and the operations in ops,
-// which may be nil). For a valid document it prints the plan of the steps
-// to stdout; for an invalid one it prints the file, the field and the
-// problem to stderr. It returns 0 when every document is valid, 1 when at
-// least one is invalid or unreadable, and 2 for a usage error.
-func CheckJobMain(args []string, stdout, stderr io.Writer, ops *Registry) int {
+// CheckJobOptions is what `fleet-agent check-job` knows about the device.
+type CheckJobOptions struct {
+	// Operations are the registered operations (may be nil).
+	Operations *Registry
+	// DefaultConfig is the agent configuration file read when --config is
+	// not given; if it does not exist the agent's defaults apply.
+	DefaultConfig string
+	// LoadPolicy reads the runCommand rule (jobs.runCommand) of the agent
+	// configuration file at path. nil: only the defaults are known.
+	LoadPolicy func(path string) (jobdoc.RunCommandPolicy, error)
+}
+
+// CheckJobMain implements `fleet-agent check-job [--config FILE]
+// [--handler-dir DIR] FILE...`: each file is parsed with the engine's
+// parser, the operations in opts and the device's runCommand rule (from
+// --config, else opts.DefaultConfig if it exists, else the defaults). It
+// first prints the rule it applied; for a valid document it prints the plan
+// of the steps to stdout; for an invalid one, or one the device's rule
+// refuses, it prints the file, the field and the problem to stderr. It
+// returns 0 when every document is valid, 1 when at least one is invalid
+// or unreadable or the configuration cannot be read, and 2 for a usage
+// error.
+func CheckJobMain(args []string, stdout, stderr io.Writer, opts CheckJobOptions) int {
 	fs := flag.NewFlagSet("check-job", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	handlerDir := fs.String("handler-dir", "", "handler directory to show in the plan")
+	configFile := fs.String("config", "", "agent configuration whose jobs.runCommand rule applies (default "+orNone(opts.DefaultConfig)+" if it exists, else the agent's defaults)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: fleet-agent check-job [--handler-dir DIR] FILE...")
-		fmt.Fprintln(stderr, "Validates AWS IoT job documents offline and prints the plan of their steps.")
+		fmt.Fprintln(stderr, "usage: fleet-agent check-job [--config FILE] [--handler-dir DIR] FILE...")
+		fmt.Fprintln(stderr, "Validates AWS IoT job documents offline, as the device would, and prints the plan of their steps.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -35,6 +52,13 @@ func CheckJobMain(args []string, stdout, stderr io.Writer, ops *Registry) int {
 		fs.Usage()
 		return 2
 	}
+	policy, source, err := checkJobPolicy(*configFile, opts)
+	if err != nil {
+		fmt.Fprintf(stderr, "check-job: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s [%s]\n\n", policy.Describe(), source)
+	parseOpts := jobdoc.Options{Operations: opts.Operations, RunCommand: policy}
 	status := 0
 	for i, name := range fs.Args() {
 		if i > 0 {
@@ -46,7 +70,7 @@ func CheckJobMain(args []string, stdout, stderr io.Writer, ops *Registry) int {
 			status = 1
 			continue
 		}
-		doc, err := jobdoc.Parse(data, jobdoc.Options{Operations: ops})
+		doc, err := jobdoc.Parse(data, parseOpts)
 		if err != nil {
 			var de *jobdoc.Error
 			if errors.As(err, &de) {
@@ -64,4 +88,34 @@ func CheckJobMain(args []string, stdout, stderr io.Writer, ops *Registry) int {
 		fmt.Fprintf(stdout, "%s: valid\n%s", name, jobdoc.Explain(doc, *handlerDir))
 	}
 	return status
+}
+
+// checkJobPolicy returns the runCommand rule check-job applies and where it
+// comes from.
+func checkJobPolicy(configFile string, opts CheckJobOptions) (jobdoc.RunCommandPolicy, string, error) {
+	path := configFile
+	if path == "" {
+		path = opts.DefaultConfig
+		if path == "" {
+			return jobdoc.RunCommandPolicy{}, "agent defaults", nil
+		}
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			return jobdoc.RunCommandPolicy{}, "agent defaults: " + path + " does not exist", nil
+		}
+	}
+	if opts.LoadPolicy == nil {
+		return jobdoc.RunCommandPolicy{}, "", fmt.Errorf("cannot read the agent configuration %s here", path)
+	}
+	p, err := opts.LoadPolicy(path)
+	if err != nil {
+		return jobdoc.RunCommandPolicy{}, "", fmt.Errorf("agent configuration %s: %w", path, err)
+	}
+	return p, "from " + path, nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }

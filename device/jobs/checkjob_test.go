@@ -2,17 +2,22 @@ package jobs
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/device/config"
+	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
 )
 
 func TestCheckJobMain(t *testing.T) {
 	dir := filepath.Join("testdata", "checkjob")
 	run := func(args ...string) (int, string, string) {
 		var out, errOut bytes.Buffer
-		code := CheckJobMain(args, &out, &errOut, nil)
+		code := CheckJobMain(args, &out, &errOut, CheckJobOptions{})
 		return code, out.String(), errOut.String()
 	}
 
@@ -53,10 +58,74 @@ func TestCheckJobMain(t *testing.T) {
 	reg := NewRegistry()
 	_ = reg.Register("mender_install", &rebootOp{})
 	var out2, err2 bytes.Buffer
-	code = CheckJobMain([]string{filepath.Join(dir, "ota.json")}, &out2, &err2, reg)
+	code = CheckJobMain([]string{filepath.Join(dir, "ota.json")}, &out2, &err2, CheckJobOptions{Operations: reg})
 	assert.Equal(t, 0, code, err2.String())
 	assert.Contains(t, out2.String(), `operation "mender_install" (built into the agent), input fields: url`)
-	code = CheckJobMain([]string{filepath.Join(dir, "ota.json")}, &out2, &err2, nil)
+	code = CheckJobMain([]string{filepath.Join(dir, "ota.json")}, &out2, &err2, CheckJobOptions{})
 	assert.Equal(t, 1, code)
 	assert.Contains(t, err2.String(), `field url: unknown field (operation "mender_install" is not a registered operation`)
+}
+
+// check-job applies the device's runCommand rule from its configuration
+// file and says what it would refuse and why.
+func TestCheckJobAppliesRunCommandRule(t *testing.T) {
+	dir := filepath.Join("testdata", "checkjob")
+	sample := filepath.Join(dir, "install-and-cleanup.json")
+	old := filepath.Join(dir, "old-schema.json")
+	writeConfig := func(jobs string) string {
+		p := filepath.Join(t.TempDir(), "config.json")
+		require.NoError(t, os.WriteFile(p, []byte(`{"endpoint":"x.example.com","provisioning":{"templateName":"t"},"jobs":`+jobs+`}`), 0o600))
+		return p
+	}
+	load := func(path string) (jobdoc.RunCommandPolicy, error) {
+		cfg, err := config.Load(path)
+		if err == nil {
+			err = cfg.Validate()
+		}
+		return cfg.Jobs.RunCommandPolicy(), err
+	}
+	run := func(opts CheckJobOptions, args ...string) (int, string, string) {
+		var out, errOut bytes.Buffer
+		opts.LoadPolicy = load
+		code := CheckJobMain(args, &out, &errOut, opts)
+		return code, out.String(), errOut.String()
+	}
+
+	off := writeConfig(`{"runCommand":{"enabled":false}}`)
+	code, out, errOut := run(CheckJobOptions{}, "--config", off, sample, old)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, out, "runCommand steps: refused (jobs.runCommand.enabled is false) [from "+off+"]")
+	assert.Contains(t, errOut, "install-and-cleanup.json: INVALID: field steps[1].action.type: runCommand steps are disabled on this device (agent configuration jobs.runCommand.enabled is false)")
+	assert.Contains(t, out, "old-schema.json: valid", "runHandler jobs are unaffected")
+
+	only := writeConfig(`{"runCommand":{"allowedExecutables":["/bin/echo"]}}`)
+	code, _, errOut = run(CheckJobOptions{}, "--config", only, sample)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, `field steps[1].action.input.command: executable "echo" is not in jobs.runCommand.allowedExecutables of this device (allowed: /bin/echo)`)
+
+	echo := writeConfig(`{"runCommand":{"allowedExecutables":["echo"]}}`)
+	code, out, errOut = run(CheckJobOptions{}, "--config", echo, sample)
+	assert.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "runCommand steps: allowed for echo only")
+	assert.Contains(t, out, "install-and-cleanup.json: valid")
+
+	// The default configuration file applies when it exists; without it
+	// the agent's defaults apply, and check-job says so.
+	code, out, _ = run(CheckJobOptions{DefaultConfig: off}, sample)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, out, "[from "+off+"]")
+	missing := filepath.Join(t.TempDir(), "none.json")
+	code, out, errOut = run(CheckJobOptions{DefaultConfig: missing}, sample)
+	assert.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "runCommand steps: allowed, any executable (jobs.runCommand.allowedExecutables is empty) [agent defaults: "+missing+" does not exist]")
+
+	// An explicit configuration that is missing or invalid is an error, not
+	// a silent fallback to the defaults.
+	code, _, errOut = run(CheckJobOptions{}, "--config", missing, sample)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "check-job: agent configuration "+missing)
+	bad := writeConfig(`{"runCommand":{"allowedExecutables":["bin/sh"]}}`)
+	code, _, errOut = run(CheckJobOptions{}, "--config", bad, sample)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "jobs.runCommand.allowedExecutables[0]")
 }

@@ -5,9 +5,11 @@ import (
 )
 
 func ExampleCheckJobMain() {
-	code := CheckJobMain([]string{"--handler-dir", "/var/lib/fleet-agent/jobs", "testdata/checkjob/install-and-cleanup.json"}, os.Stdout, os.Stdout, nil)
+	code := CheckJobMain([]string{"--handler-dir", "/var/lib/fleet-agent/jobs", "testdata/checkjob/install-and-cleanup.json"}, os.Stdout, os.Stdout, CheckJobOptions{})
 	_ = code
 	// Output:
+	// runCommand steps: allowed, any executable (jobs.runCommand.allowedExecutables is empty) [agent defaults]
+	//
 	// testdata/checkjob/install-and-cleanup.json: valid
 	// schema 1.0 (standard job document): 2 step(s) and a final step
 	// statusDetails: last 1024 characters of stderr and stdout of each step

@@ -2,7 +2,8 @@
 //
 //	fleet-agent [run] [--config FILE] [overrides]   provision if needed, connect, run jobs
 //	fleet-agent --version                            print the version
-//	fleet-agent check-job [--handler-dir DIR] FILE... validate job documents offline
+//	fleet-agent check-job [--config FILE] [--handler-dir DIR] FILE...
+//	                                                 validate job documents offline, with this device's rules
 package main
 
 import (
@@ -19,6 +20,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/device/agent"
 	"github.com/iot-fleet/iot-fleet/device/config"
 	"github.com/iot-fleet/iot-fleet/device/jobs"
+	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
 	"github.com/iot-fleet/iot-fleet/device/rotation"
 	"github.com/iot-fleet/iot-fleet/device/ssm"
 )
@@ -54,7 +56,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 				fmt.Fprintf(stderr, "fleet-agent: %v\n", err)
 				return 1
 			}
-			return jobs.CheckJobMain(args[1:], stdout, stderr, ops)
+			return jobs.CheckJobMain(args[1:], stdout, stderr, jobs.CheckJobOptions{
+				Operations: ops, DefaultConfig: DefaultConfigFile, LoadPolicy: runCommandPolicy,
+			})
 		case "run":
 			args = args[1:]
 		case "version":
@@ -68,7 +72,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	overrides := config.RegisterFlags(fs)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: fleet-agent [run] [flags]\n       fleet-agent check-job [--handler-dir DIR] FILE...\n       fleet-agent --version")
+		fmt.Fprintln(stderr, "usage: fleet-agent [run] [flags]\n       fleet-agent check-job [--config FILE] [--handler-dir DIR] FILE...\n       fleet-agent --version")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -122,6 +126,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// runCommandPolicy reads the runCommand rule of the agent configuration
+// at path, which must be valid as the agent would require to start.
+func runCommandPolicy(path string) (jobdoc.RunCommandPolicy, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return jobdoc.RunCommandPolicy{}, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return jobdoc.RunCommandPolicy{}, err
+	}
+	return cfg.Jobs.RunCommandPolicy(), nil
 }
 
 func level(s string) slog.Level {

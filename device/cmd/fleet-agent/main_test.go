@@ -63,6 +63,26 @@ func TestBinary(t *testing.T) {
 		assert.Equal(t, 1, ee.ExitCode())
 		assert.Contains(t, string(out), "INVALID")
 		assert.Contains(t, string(out), "command")
+
+		// With the device's configuration, check-job reports what the
+		// device would refuse and why.
+		for _, tc := range []struct{ jobs, want string }{
+			{`{"runCommand":{"enabled":false}}`, "good.json: INVALID: field steps[0].action.type: runCommand steps are disabled on this device (agent configuration jobs.runCommand.enabled is false)"},
+			{`{"runCommand":{"allowedExecutables":["/bin/echo"]}}`, `good.json: INVALID: field steps[0].action.input.command: executable "echo" is not in jobs.runCommand.allowedExecutables of this device (allowed: /bin/echo)`},
+		} {
+			cfgFile := filepath.Join(dir, "config.json")
+			require.NoError(t, os.WriteFile(cfgFile, []byte(`{"endpoint":"x.example.com","provisioning":{"templateName":"t"},"jobs":`+tc.jobs+`}`), 0o600))
+			out, err = exec.Command(bin, "check-job", "--config", cfgFile, good).CombinedOutput()
+			require.ErrorAs(t, err, &ee)
+			assert.Equal(t, 1, ee.ExitCode())
+			assert.Contains(t, string(out), tc.want)
+			assert.Contains(t, string(out), "[from "+cfgFile+"]")
+		}
+		cfgFile := filepath.Join(dir, "config.json")
+		require.NoError(t, os.WriteFile(cfgFile, []byte(`{"endpoint":"x.example.com","provisioning":{"templateName":"t"},"jobs":{"runCommand":{"allowedExecutables":["echo"]}}}`), 0o600))
+		out, err = exec.Command(bin, "check-job", "--config", cfgFile, good).CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		assert.Contains(t, string(out), "good.json: valid")
 	})
 
 	t.Run("invalid config names the field", func(t *testing.T) {
