@@ -52,8 +52,9 @@ func TestParseDocument(t *testing.T) {
 
 func TestValidateHTTP(t *testing.T) {
 	d := Document{URL: "http://192.168.1.14:8000/a.mender"}
-	require.Error(t, d.Validate(false))
-	require.NoError(t, d.Validate(true))
+	hosts := []string{"192.168.1.14:8000"}
+	require.Error(t, d.Validate(Policy{AllowedHosts: hosts}))
+	require.NoError(t, d.Validate(Policy{AllowHTTP: true, AllowedHosts: hosts}))
 }
 
 func TestRedactURL(t *testing.T) {

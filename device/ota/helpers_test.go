@@ -142,12 +142,12 @@ func (f *fakeMender) calls() []fakeCall {
 	return out
 }
 
-// ops returns the operations called, without --version probes, e.g.
-// ["install", "commit"].
+// ops returns the operations called, without the read-only --version and
+// show-artifact probes, e.g. ["install", "commit"].
 func (f *fakeMender) ops() []string {
 	var out []string
 	for _, c := range f.calls() {
-		if len(c.Args) == 0 || c.Args[0] == "--version" || c.Args[0] == "-version" {
+		if len(c.Args) == 0 || c.Args[0] == "--version" || c.Args[0] == "-version" || strings.TrimPrefix(c.Args[0], "-") == "show-artifact" {
 			continue
 		}
 		out = append(out, strings.TrimPrefix(c.Args[0], "-"))
@@ -318,6 +318,7 @@ func (d *device) config() Config {
 	return Config{
 		StateDir:         d.stateDir,
 		ThingName:        "dev-10000000a1b2c3d4",
+		AllowedHosts:     []string{testHost},
 		Mender:           menderCfg,
 		MaxAttempts:      3,
 		RetryDelay:       time.Millisecond,
@@ -349,6 +350,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+// testHost is the allowed (path-style S3) host of testURL.
+const testHost = "s3.amazonaws.com/fleet-artifacts"
 
 const testURL = "https://s3.amazonaws.com/fleet-artifacts/rpi-2024.06.mender?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=deadbeef"
 

@@ -73,6 +73,7 @@ func helperMain(dir, blockAt string) int {
 	events := filepath.Join(dir, "events.log")
 	u, err := New(Config{
 		StateDir:         filepath.Join(dir, "state"),
+		AllowedHosts:     []string{testHost},
 		Mender:           MenderConfig{UpdatePath: filepath.Join(dir, "mender", "mender-update"), Path: filepath.Join(dir, "mender", "mender")},
 		RetryDelay:       time.Millisecond,
 		PreRebootCommand: []string{"/bin/sh", "-c", `echo hook >> "$0"`, events},
