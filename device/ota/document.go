@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"net/netip"
 	"regexp"
+	"strconv"
 	"strings"
 	"unicode"
 )
@@ -326,4 +328,53 @@ func jsonKind(v any) string {
 	default:
 		return fmt.Sprintf("%T", v)
 	}
+}
+
+var (
+	reHostLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	reBucket    = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
+	// reSharedS3 matches S3 endpoints shared by every bucket (path-style
+	// hosts): allowing one without a bucket would allow any bucket.
+	reSharedS3 = regexp.MustCompile(`^s3([.-][a-z0-9-]+)*\.amazonaws\.com(\.cn)?$`)
+)
+
+// ValidateAllowedHost checks one ota.allowedHosts entry: a lower-case
+// ASCII host name or IPv4 address, an optional :port, and for the
+// path-style S3 endpoints (s3.amazonaws.com, s3.REGION.amazonaws.com) a
+// required /bucket.
+func ValidateAllowedHost(entry string) error {
+	hostPort, bucket, pathStyle := strings.Cut(entry, "/")
+	host, port := hostPort, ""
+	if i := strings.LastIndexByte(hostPort, ':'); i >= 0 {
+		host, port = hostPort[:i], hostPort[i+1:]
+		n, err := strconv.Atoi(port)
+		if err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
+			return fmt.Errorf("%q: port %q is not a number from 1 to 65535", entry, port)
+		}
+	}
+	if host == "" {
+		return fmt.Errorf("%q: no host", entry)
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if !ip.Is4() {
+			return fmt.Errorf("%q: only IPv4 addresses are accepted as hosts", entry)
+		}
+	} else {
+		if host != strings.ToLower(host) {
+			return fmt.Errorf("%q: write the host in lower case", entry)
+		}
+		for _, l := range strings.Split(host, ".") {
+			if !reHostLabel.MatchString(l) {
+				return fmt.Errorf("%q: %q is not a host name label (letters, digits and '-'; no wildcards, no trailing dot, ASCII only)", entry, l)
+			}
+		}
+	}
+	if pathStyle {
+		if !reBucket.MatchString(bucket) {
+			return fmt.Errorf("%q: %q after the host is not an S3 bucket name", entry, bucket)
+		}
+	} else if reSharedS3.MatchString(host) {
+		return fmt.Errorf("%q is shared by every S3 bucket: name the bucket (%s/BUCKET) or use the bucket's own host (BUCKET.%s)", entry, host, host)
+	}
+	return nil
 }

@@ -71,6 +71,7 @@ type fakeScenario struct {
 	HangAtPercent   int    `json:"hangAtPercent,omitempty"`
 	BootedOld       bool   `json:"bootedOld,omitempty"`
 	RollbackFails   bool   `json:"rollbackFails,omitempty"`
+	HangAfterCommit bool   `json:"hangAfterCommit,omitempty"`
 }
 
 type fakePartitions struct {

@@ -28,9 +28,9 @@ const (
 	// commit: after a crash there, mender's own state says whether the
 	// commit happened.
 	StepCommitting Step = "committing"
-	StepCommitted   Step = "committed"
-	StepRolledBack  Step = "rolled_back"
-	StepFailed      Step = "failed"
+	StepCommitted  Step = "committed"
+	StepRolledBack Step = "rolled_back"
+	StepFailed     Step = "failed"
 )
 
 // Terminal reports whether s ends the job.
@@ -74,11 +74,11 @@ type State struct {
 	// OldArtifact is what `mender show-artifact` printed before the first
 	// install attempt; after a crash in committing, a different name (and
 	// no update in progress) proves the commit happened.
-	OldArtifact string `json:"oldArtifact,omitempty"`
-	Step    Step               `json:"step"`
-	Status  protocol.JobStatus `json:"status"`
-	Attempt int                `json:"attempt"`
-	Reason  string             `json:"reason,omitempty"`
+	OldArtifact string             `json:"oldArtifact,omitempty"`
+	Step        Step               `json:"step"`
+	Status      protocol.JobStatus `json:"status"`
+	Attempt     int                `json:"attempt"`
+	Reason      string             `json:"reason,omitempty"`
 	// Reported is true once the Reporter accepted this step's status.
 	Reported bool `json:"reported"`
 	// BootID is the kernel boot id when a reboot was requested; a

@@ -69,8 +69,8 @@ type Partitions struct {
 	ActiveArtifact  string `json:"activeArtifact,omitempty"`
 	PendingArtifact string `json:"pendingArtifact,omitempty"`
 	Installs        int    `json:"installs"`
-	Commits    int  `json:"commits"`
-	Rollbacks  int  `json:"rollbacks"`
+	Commits         int    `json:"commits"`
+	Rollbacks       int    `json:"rollbacks"`
 }
 
 // Call is one line of calls.log.
