@@ -294,6 +294,11 @@ type device struct {
 	events   *eventLog
 	boot     atomic.Int64
 	pub      *recPublisher
+	// realMender, when set, replaces the fake (realmender_test.go), with
+	// allowHTTP and hosts for its local artifact server.
+	realMender *realMender
+	allowHTTP  bool
+	hosts      []string
 }
 
 func newDevice(t *testing.T, menderName string, sc fakeScenario) *device {
@@ -316,10 +321,16 @@ func (d *device) config() Config {
 		UpdatePath: filepath.Join(d.mender.dir, "mender-update"),
 		Path:       filepath.Join(d.mender.dir, "mender"),
 	}
+	allowed := []string{testHost}
+	if d.realMender != nil {
+		menderCfg = MenderConfig{UpdatePath: filepath.Join(d.realMender.dir, "no-mender-update"), Path: d.realMender.wrapper}
+		allowed = d.hosts
+	}
 	return Config{
+		AllowHTTP:        d.allowHTTP,
 		StateDir:         d.stateDir,
 		ThingName:        "dev-10000000a1b2c3d4",
-		AllowedHosts:     []string{testHost},
+		AllowedHosts:     allowed,
 		Mender:           menderCfg,
 		MaxAttempts:      3,
 		RetryDelay:       time.Millisecond,
