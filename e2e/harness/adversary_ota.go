@@ -75,7 +75,7 @@ type RealMender struct {
 func RealMenderAvailable() string {
 	for _, tool := range []string{"/usr/bin/mender", "mender-artifact", "openssl", "unshare", "mount"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			return tool + " is not installed (make tools installs mender-client and mender-artifact)"
+			return tool + " is not installed (make tools installs mender-client, mender-artifact and openssl)"
 		}
 	}
 	if os.Geteuid() != 0 {
