@@ -49,6 +49,10 @@ type Policy struct {
 	// checks the document an operator is about to send). On a device the
 	// placeholder is always an error: AWS IoT Jobs substitutes it.
 	Template bool
+
+	// anyHost skips the host check (DocumentFromMap checks only the
+	// document's form; Validate with the device's policy follows).
+	anyHost bool
 }
 
 // RejectError says a job cannot be run as sent: the job execution must be
@@ -123,18 +127,16 @@ func DocumentFromMap(m map[string]any) (Document, error) {
 		if !ok {
 			return Document{}, &RejectError{Field: "sha256", Reason: fmt.Sprintf("must be a string of 64 hex digits, got %s", jsonKind(h))}
 		}
+		if hs == "" {
+			return Document{}, &RejectError{Field: "sha256", Reason: "is empty (omit it, or give the artifact's SHA-256 as 64 hex digits)"}
+		}
 		d.SHA256 = hs
 	}
-	if err := d.Validate(Policy{AllowHTTP: true, AllowedHosts: []string{anyHost}}); err != nil {
+	if err := d.Validate(Policy{AllowHTTP: true, anyHost: true}); err != nil {
 		return Document{}, err
 	}
 	return d, nil
 }
-
-// anyHost is an AllowedHosts entry used internally to check a document's
-// form without its host; it can never be configured (config validation
-// refuses it and it is not a host name).
-const anyHost = "*"
 
 var sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
@@ -199,6 +201,9 @@ func (d Document) Validate(p Policy) error {
 	if pu.Host == "" {
 		return &RejectError{Field: "url", Reason: "no host"}
 	}
+	if p.anyHost {
+		return nil
+	}
 	return checkHost(s, pu, p.AllowedHosts)
 }
 
@@ -233,9 +238,6 @@ func checkHost(raw string, pu *url.URL, allowed []string) error {
 		return &RejectError{Field: "url", Reason: fmt.Sprintf("host %q ends with a dot", host)}
 	}
 	for _, a := range allowed {
-		if a == anyHost {
-			return nil
-		}
 		ah, bucket, pathStyle := strings.Cut(strings.ToLower(a), "/")
 		if ah != lh {
 			continue

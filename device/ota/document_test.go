@@ -1,6 +1,7 @@
 package ota
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,25 +64,40 @@ func TestRedactURL(t *testing.T) {
 }
 
 // TestExampleDocuments checks the documents shipped in testdata (and shown
-// in docs/ota.md) against the parser.
+// in docs/ota.md) against the parser and the image's host policy, on a
+// device and as check-job sees them.
 func TestExampleDocuments(t *testing.T) {
+	hosts := []string{"iot-fleet-dev-artifacts.s3.amazonaws.com", "s3.amazonaws.com/iot-fleet-dev-artifacts"}
+	device, checkJob := Policy{AllowedHosts: hosts}, Policy{AllowedHosts: hosts, Template: true}
 	files, err := filepath.Glob("testdata/*.json")
 	require.NoError(t, err)
 	require.NotEmpty(t, files)
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		require.NoError(t, err)
-		_, err = ParseDocument(b)
-		if strings.Contains(filepath.Base(f), "invalid") {
-			assert.Error(t, err, f)
-		} else if strings.Contains(filepath.Base(f), "template") {
-			// The template as uploaded still has the placeholder; AWS IoT
-			// Jobs substitutes it per execution.
+		d, err := ParseDocument(b)
+		name := filepath.Base(f)
+		switch {
+		case strings.Contains(name, "invalid"):
+			if err == nil {
+				assert.Error(t, d.Validate(device), f)
+			}
+			var raw Document
+			require.NoError(t, json.Unmarshal(b, &raw))
+			assert.Error(t, raw.Validate(checkJob), "check-job refuses %s", f)
+		case strings.Contains(name, "template") || strings.Contains(name, "sha256"):
+			// As uploaded the document still has the placeholder; AWS IoT
+			// Jobs substitutes it per execution: a device refuses it,
+			// check-job checks the URL inside.
 			re, ok := IsReject(err)
 			require.True(t, ok, f)
 			assert.Contains(t, re.Reason, "placeholder")
-		} else {
-			assert.NoError(t, err, f)
+			var raw Document
+			require.NoError(t, json.Unmarshal(b, &raw))
+			assert.NoError(t, raw.Validate(checkJob), f)
+		default:
+			require.NoError(t, err, f)
+			assert.NoError(t, d.Validate(device), f)
 		}
 	}
 }
@@ -220,4 +236,30 @@ func TestValidateAllowedHost(t *testing.T) {
 		require.Error(t, err, bad)
 		assert.Contains(t, err.Error(), msg, bad)
 	}
+}
+
+func TestSHA256InOldSchema(t *testing.T) {
+	d, err := ParseDocument([]byte(`{"operation":"mender_install","url":"https://h/a.mender","sha256":"` + strings.Repeat("AB", 32) + `"}`))
+	require.NoError(t, err)
+	assert.Equal(t, strings.Repeat("AB", 32), d.SHA256)
+	for doc, msg := range map[string]string{
+		`{"operation":"mender_install","url":"https://h/a.mender","sha256":""}`:                                "is empty",
+		`{"operation":"mender_install","url":"https://h/a.mender","sha256":42}`:                                "got a number",
+		`{"operation":"mender_install","url":"https://h/a.mender","sha256":"abc"}`:                             "64 hex digits",
+		`{"operation":"mender_install","url":"https://h/a.mender","sha256":["ab"]}`:                            "got an array",
+		`{"operation":"mender_install","url":"https://h/a.mender","sha256":"` + strings.Repeat("a", 65) + `"}`: "64 hex digits",
+	} {
+		_, err := ParseDocument([]byte(doc))
+		re, ok := IsReject(err)
+		require.True(t, ok, "%s: %v", doc, err)
+		assert.Equal(t, "sha256", re.Field, doc)
+		assert.Contains(t, re.Reason, msg, doc)
+	}
+}
+
+// A wildcard is not a host: no entry allows every host.
+func TestNoWildcardHost(t *testing.T) {
+	err := Document{URL: "https://evil.example/a.mender"}.Validate(Policy{AllowedHosts: []string{"*"}})
+	require.Error(t, err)
+	assert.Error(t, ValidateAllowedHost("*"))
 }
