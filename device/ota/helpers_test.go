@@ -64,14 +64,15 @@ func TestMain(m *testing.M) {
 
 // fakeScenario mirrors internal/fakemender's Scenario.
 type fakeScenario struct {
-	Version         string `json:"version,omitempty"`
-	ArtifactSizeMiB int    `json:"artifactSizeMiB,omitempty"`
-	InstallFailures int    `json:"installFailures,omitempty"`
-	FailAtPercent   int    `json:"failAtPercent,omitempty"`
-	HangAtPercent   int    `json:"hangAtPercent,omitempty"`
-	BootedOld       bool   `json:"bootedOld,omitempty"`
-	RollbackFails   bool   `json:"rollbackFails,omitempty"`
-	HangAfterCommit bool   `json:"hangAfterCommit,omitempty"`
+	Version          string `json:"version,omitempty"`
+	ArtifactSizeMiB  int    `json:"artifactSizeMiB,omitempty"`
+	InstallFailures  int    `json:"installFailures,omitempty"`
+	FailAtPercent    int    `json:"failAtPercent,omitempty"`
+	HangAtPercent    int    `json:"hangAtPercent,omitempty"`
+	BootedOld        bool   `json:"bootedOld,omitempty"`
+	RollbackFails    bool   `json:"rollbackFails,omitempty"`
+	HangAfterCommit  bool   `json:"hangAfterCommit,omitempty"`
+	HangBeforeCommit bool   `json:"hangBeforeCommit,omitempty"`
 }
 
 type fakePartitions struct {

@@ -243,7 +243,7 @@ func TestKill9RightAfterCommit(t *testing.T) {
 	code, _ := h.start("")
 	require.Equal(t, 3, code, "reboot requested")
 	h.reboot()
-	h.startUntilCommitted()
+	h.startUntilMarker("commit.done")
 
 	parts := m.partitions()
 	require.Equal(t, "B", parts.Active, "the commit took effect before the kill")
@@ -279,12 +279,43 @@ func TestKill9RightAfterCommit(t *testing.T) {
 	assert.Len(t, h.reports(), n)
 }
 
-// startUntilCommitted runs the helper until the fake mender's commit took
-// effect (commit.done), then kills the helper and the hanging fake with
-// SIGKILL, by pid.
-func (h *helperAgent) startUntilCommitted() {
+// TestKill9InCommittingBeforeTheCommit kills the agent after it persisted
+// committing but before mender's commit changed anything: on restart the
+// commit runs and the job ends SUCCEEDED once.
+func TestKill9InCommittingBeforeTheCommit(t *testing.T) {
+	h := newHelperAgent(t)
+	m := &fakeMender{t: t, dir: filepath.Join(h.dir, "mender")}
+	m.setScenario(fakeScenario{HangBeforeCommit: true})
+	code, _ := h.start("")
+	require.Equal(t, 3, code, "reboot requested")
+	h.reboot()
+	h.startUntilMarker("commit.started")
+	require.Equal(t, 0, m.partitions().Commits, "killed before the commit")
+	st, err := (&stateStore{path: filepath.Join(h.dir, "state", StateFileName)}).load()
+	require.NoError(t, err)
+	require.Equal(t, StepCommitting, st.Step)
+
+	m.setScenario(fakeScenario{})
+	code, _ = h.start("")
+	require.Equal(t, 0, code)
+	var terminal []report
+	for _, r := range h.reports() {
+		if r.Status.Terminal() {
+			terminal = append(terminal, r)
+		}
+	}
+	require.Len(t, terminal, 1)
+	assert.Equal(t, protocol.JobSucceeded, terminal[0].Status)
+	assert.Equal(t, 1, m.partitions().Commits)
+	assert.Equal(t, []string{"install", "commit", "commit"}, m.ops())
+}
+
+// startUntilMarker runs the helper until the fake mender wrote marker
+// (commit.done, commit.started), then kills the helper and the hanging fake
+// with SIGKILL, by pid.
+func (h *helperAgent) startUntilMarker(name string) {
 	t := h.t
-	marker := filepath.Join(h.dir, "mender", "commit.done")
+	marker := filepath.Join(h.dir, "mender", name)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")

@@ -17,7 +17,9 @@
 //
 // With hangAfterCommit, commit takes effect (partitions.json written),
 // then writes commit.done (holding its pid) and blocks until killed: a
-// test kills the agent right after a commit that took effect.
+// test kills the agent right after a commit that took effect. With
+// hangBeforeCommit, commit writes commit.started (its pid) and blocks
+// before it changes anything.
 package main
 
 import (
@@ -53,8 +55,9 @@ type Scenario struct {
 	BootedOld bool `json:"bootedOld"`
 	// RollbackFails makes rollback exit 1.
 	RollbackFails bool `json:"rollbackFails"`
-	// HangAfterCommit: see the package comment.
-	HangAfterCommit bool `json:"hangAfterCommit"`
+	// HangAfterCommit and HangBeforeCommit: see the package comment.
+	HangAfterCommit  bool `json:"hangAfterCommit"`
+	HangBeforeCommit bool `json:"hangBeforeCommit"`
 }
 
 // Partitions is the persisted device model.
@@ -254,6 +257,15 @@ func (f *fake) logf(level, format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "%s[0000] %s\n", lv, msg)
 }
 
+// hang writes marker (holding the pid) next to the binary and blocks until
+// killed.
+func (f *fake) hang(marker string) {
+	_ = os.WriteFile(filepath.Join(f.dir, marker), []byte(strconv.Itoa(os.Getpid())), 0o600)
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
 // artifactName is the install source's file name without ".mender" (a
 // URL's query is ignored).
 func artifactName(src string) string {
@@ -348,6 +360,9 @@ func (f *fake) commit() int {
 	if f.parts.Pending == "" && !f.parts.InProgress {
 		return f.noUpdate()
 	}
+	if f.sc.HangBeforeCommit {
+		f.hang("commit.started")
+	}
 	if f.sc.BootedOld || f.parts.InProgress {
 		f.logf("error", "Reboot to the new update failed. Expected \"upgrade_available\" flag to be true but it was false")
 		if f.dialect == "4" {
@@ -360,10 +375,7 @@ func (f *fake) commit() int {
 	f.parts.Commits++
 	f.save()
 	if f.sc.HangAfterCommit {
-		_ = os.WriteFile(filepath.Join(f.dir, "commit.done"), []byte(strconv.Itoa(os.Getpid())), 0o600)
-		for {
-			time.Sleep(time.Hour)
-		}
+		f.hang("commit.done")
 	}
 	if f.dialect == "4" {
 		fmt.Println("Committed.")
