@@ -13,7 +13,7 @@ all: vet test
 
 ## tools: install what the tests talk to or use: Debian packages (when root),
 ## dynalite (a local DynamoDB API) from npm into .tools/
-APT_PACKAGES := mosquitto mtools dosfstools fdisk e2fsprogs shellcheck xz-utils systemd mender-client mender-artifact
+APT_PACKAGES := mosquitto mtools dosfstools fdisk e2fsprogs shellcheck xz-utils systemd mender-client mender-artifact openssl
 
 tools: apt-packages $(DYNALITE)
 

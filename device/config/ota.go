@@ -36,6 +36,16 @@ type OTA struct {
 	CommandTimeout Duration `json:"commandTimeout"`
 	// AllowHTTP accepts http:// artifact URLs (local demos only).
 	AllowHTTP bool `json:"allowHTTP"`
+	// AllowedHosts are the hosts artifact URLs may name (the image's
+	// template fills in the stack's artifacts bucket host); a job with an
+	// artifact URL on any other host is REJECTED, and with none every
+	// mender_install job is. Entries: "host", "host:port", or for the
+	// path-style S3 endpoints "s3.REGION.amazonaws.com/BUCKET".
+	AllowedHosts []string `json:"allowedHosts"`
+	// ArtifactVerifyKey is the PEM public key the image installs for
+	// mender's ArtifactVerifyKey; when set, an install fails (nothing is
+	// installed) if the file is missing or is not a public key.
+	ArtifactVerifyKey string `json:"artifactVerifyKey"`
 	// ProgressInterval is the minimum gap between two progress messages
 	// inside one 10% band.
 	ProgressInterval Duration `json:"progressInterval"`
@@ -87,6 +97,7 @@ func DefaultOTA() OTA {
 		InstallTimeout:      Duration(ota.DefaultInstallTimeout),
 		CommandTimeout:      Duration(ota.DefaultCommandTimeout),
 		ProgressInterval:    Duration(ota.DefaultProgressInterval),
+		AllowedHosts:        []string{},
 		PreRebootCommand:    []string{},
 		RebootCommand:       ota.DefaultRebootCommand(),
 		RebootWait:          Duration(ota.DefaultRebootWait),
@@ -142,6 +153,20 @@ func (o OTA) validate() error {
 		if !filepath.IsAbs(p.v) {
 			return fe(p.name, "must be an absolute path, got %q", p.v)
 		}
+	}
+	seen := map[string]int{}
+	for i, h := range o.AllowedHosts {
+		field := "allowedHosts[" + strconv.Itoa(i) + "]"
+		if err := ota.ValidateAllowedHost(h); err != nil {
+			return fe(field, "%v", err)
+		}
+		if j, dup := seen[h]; dup {
+			return fe(field, "%q is already allowedHosts[%d]", h, j)
+		}
+		seen[h] = i
+	}
+	if o.ArtifactVerifyKey != "" && !filepath.IsAbs(o.ArtifactVerifyKey) {
+		return fe("artifactVerifyKey", "must be an absolute path, got %q", o.ArtifactVerifyKey)
 	}
 	if o.MaxAttempts < 1 || o.MaxAttempts > 100 {
 		return fe("maxAttempts", "must be between 1 and 100, got %d", o.MaxAttempts)

@@ -32,6 +32,18 @@ func TestOTASectionParses(t *testing.T) {
 	assert.Equal(t, HealthCheck{Name: "app", Command: []string{"systemctl", "is-active", "app.service"}, Timeout: Duration(30 * time.Second)}, o.HealthChecks[0])
 	assert.Zero(t, o.HealthChecks[1].Timeout, "omitted timeout: the updater's 1m")
 	assert.Equal(t, "/run/test-boot-id", o.BootIDFile)
+	assert.Empty(t, o.AllowedHosts, "default: no host allowed")
+	assert.Empty(t, o.ArtifactVerifyKey)
+}
+
+func TestOTAIntegritySettings(t *testing.T) {
+	cfg, err := Parse([]byte(`{"endpoint":"x.example.com","provisioning":{"templateName":"t"},
+		"ota":{"allowedHosts":["iot-fleet-dev-artifacts.s3.eu-west-1.amazonaws.com","s3.amazonaws.com/iot-fleet-dev-artifacts","127.0.0.1:8080"],
+			"artifactVerifyKey":"/etc/mender/artifact-verify-key.pem"}}`))
+	require.NoError(t, err)
+	require.NoError(t, cfg.Validate())
+	assert.Equal(t, []string{"iot-fleet-dev-artifacts.s3.eu-west-1.amazonaws.com", "s3.amazonaws.com/iot-fleet-dev-artifacts", "127.0.0.1:8080"}, cfg.OTA.AllowedHosts)
+	assert.Equal(t, "/etc/mender/artifact-verify-key.pem", cfg.OTA.ArtifactVerifyKey)
 }
 
 func TestOTAErrorsNameTheField(t *testing.T) {
@@ -63,6 +75,14 @@ func TestOTAErrorsNameTheField(t *testing.T) {
 		{"health check duplicate", `{"healthChecks":[{"name":"a","command":["true"]},{"name":"a","command":["false"]}]}`, "ota.healthChecks[1].name"},
 		{"health check command", `{"healthChecks":[{"name":"a","command":[]}]}`, "ota.healthChecks[0].command"},
 		{"health check timeout", `{"healthChecks":[{"name":"a","command":["true"],"timeout":"1ms"}]}`, "ota.healthChecks[0].timeout"},
+		{"allowed host shared s3", `{"allowedHosts":["s3.amazonaws.com"]}`, "ota.allowedHosts[0]"},
+		{"allowed host regional shared s3", `{"allowedHosts":["b.s3.amazonaws.com","s3.eu-west-1.amazonaws.com"]}`, "ota.allowedHosts[1]"},
+		{"allowed host wildcard", `{"allowedHosts":["*.s3.amazonaws.com"]}`, "ota.allowedHosts[0]"},
+		{"allowed host url", `{"allowedHosts":["https://b.s3.amazonaws.com"]}`, "ota.allowedHosts[0]"},
+		{"allowed host upper case", `{"allowedHosts":["B.s3.amazonaws.com"]}`, "ota.allowedHosts[0]"},
+		{"allowed host duplicate", `{"allowedHosts":["b.s3.amazonaws.com","b.s3.amazonaws.com"]}`, "ota.allowedHosts[1]"},
+		{"allowed hosts type", `{"allowedHosts":"b.s3.amazonaws.com"}`, "ota.allowedHosts"},
+		{"verify key relative", `{"artifactVerifyKey":"artifact-verify-key.pem"}`, "ota.artifactVerifyKey"},
 		{"health check timeout syntax", `{"healthChecks":[{"name":"a","command":["true"]},{"name":"b","command":["true"],"timeout":"1 minute"}]}`, "ota.healthChecks[1].timeout"},
 	}
 	for _, c := range cases {

@@ -13,6 +13,10 @@
 #   CLAIM_SECRET         file (mode 0600) holding the claim secret JSON; default:
 #                        fetched from Secrets Manager (stack output
 #                        claimCertificateSecretArn) with the aws CLI
+#   ARTIFACT_VERIFY_KEY  file holding the PEM public key of the release key that
+#                        signs mender artifacts (required: mender refuses every
+#                        artifact it cannot verify; see docs/ota.md). Never the
+#                        private key.
 #   SSH_AUTHORIZED_KEYS  optional public keys for user pi (SSH stays off without)
 #   SERIAL_PATTERN       optional; must equal the stack's serialPattern config
 #                        (default ^[0-9a-f]{16}$, the stack default)
@@ -43,6 +47,8 @@ GO="${GO:-go}"
 [[ "$IMAGE_ENV" =~ ^[a-z0-9-]+$ ]] || die "IMAGE_ENV must be [a-z0-9-]+, got '$IMAGE_ENV'"
 [[ -n "${RASPIOS_URL:-}" ]] || die "RASPIOS_URL is required (Raspberry Pi OS Lite arm64 .img.xz)"
 [[ "${RASPIOS_SHA256:-}" =~ ^[0-9a-f]{64}$ ]] || die "RASPIOS_SHA256 must be the 64-hex-digit SHA-256 of the base image"
+[[ -n "${ARTIFACT_VERIFY_KEY:-}" ]] || die "ARTIFACT_VERIFY_KEY is required: the PEM public key that verifies mender artifacts (docs/ota.md, release flow)"
+[[ -f "$ARTIFACT_VERIFY_KEY" ]] || die "ARTIFACT_VERIFY_KEY=$ARTIFACT_VERIFY_KEY is not a file"
 for tool in xz sha256sum debugfs e2fsck mcopy mtype "$GO"; do
 	command -v "$tool" >/dev/null 2>&1 || [[ -x "/usr/sbin/$tool" || -x "/sbin/$tool" ]] ||
 		die "$tool is missing (Debian: apt-get install xz-utils coreutils e2fsprogs mtools; Go for $GO)"
@@ -107,7 +113,7 @@ if [[ -n "${SERIAL_PATTERN:-}" ]]; then
 fi
 "$work/image-inject" -image "$img" -env "$IMAGE_ENV" -stack-outputs "$outputs" \
 	-agent "$agent" -agent-unit device/systemd/fleet-agent.service \
-	-claim-secret "$claim" "${extra[@]}"
+	-claim-secret "$claim" -artifact-verify-key "$ARTIFACT_VERIFY_KEY" "${extra[@]}"
 xz --compress --stdout --threads=0 "$img" >"$OUT_DIR/$name.img.xz.part"
 mv "$OUT_DIR/$name.img.xz.part" "$OUT_DIR/$name.img.xz"
 (cd "$OUT_DIR" && sha256sum "$name.img.xz" >"$name.img.xz.sha256")

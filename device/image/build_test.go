@@ -2,9 +2,14 @@ package image_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,7 +60,9 @@ func TestBuildImageScript(t *testing.T) {
 	agent := filepath.Join(dir, "fleet-agent")
 	require.NoError(t, os.WriteFile(agent, injecttest.ELFHeader(183), 0o755))
 	outputs := filepath.Join(dir, "outputs.json")
-	require.NoError(t, os.WriteFile(outputs, []byte(`{"iotDataEndpoint":"x-ats.iot.eu-west-1.amazonaws.com","provisioningTemplate":"iot-fleet-prod"}`), 0o600))
+	require.NoError(t, os.WriteFile(outputs, []byte(`{"iotDataEndpoint":"x-ats.iot.eu-west-1.amazonaws.com","provisioningTemplate":"iot-fleet-prod","artifactsBucket":"iot-fleet-prod-artifacts","region":"eu-west-1"}`), 0o600))
+	verifyKey := filepath.Join(dir, "artifact-verify-key.pem")
+	require.NoError(t, os.WriteFile(verifyKey, publicKeyPEM(t), 0o644))
 	cert, key := claimPair(t)
 	secret, err := json.Marshal(map[string]string{"certificatePem": string(cert), "privateKey": string(key)})
 	require.NoError(t, err)
@@ -68,7 +75,7 @@ func TestBuildImageScript(t *testing.T) {
 	cmd := exec.CommandContext(ctx, "bash", "build-image.sh")
 	cmd.Env = append(os.Environ(),
 		"IMAGE_ENV=prod", "RASPIOS_URL="+baseXZ, "RASPIOS_SHA256="+sha256File(t, baseXZ),
-		"STACK_OUTPUTS="+outputs, "CLAIM_SECRET="+claim, "AGENT_BIN="+agent,
+		"STACK_OUTPUTS="+outputs, "CLAIM_SECRET="+claim, "AGENT_BIN="+agent, "ARTIFACT_VERIFY_KEY="+verifyKey,
 		"OUT_DIR="+outDir, "CACHE_DIR="+filepath.Join(dir, "cache"), "VERSION=t1",
 		"GO="+goTool(t), "XZ_OPT=-0")
 	outb, err := cmd.CombinedOutput()
@@ -104,6 +111,20 @@ func TestBuildImageScript(t *testing.T) {
 	k, err := root.ReadFile(ctx, "/etc/fleet-agent/claim/claim.key")
 	require.NoError(t, err)
 	assert.Equal(t, key, k)
+	vk, err := root.ReadFile(ctx, "/etc/mender/artifact-verify-key.pem")
+	require.NoError(t, err)
+	want, err := os.ReadFile(verifyKey)
+	require.NoError(t, err)
+	assert.Equal(t, want, vk)
+	assert.Contains(t, cfg.OTA.AllowedHosts, "iot-fleet-prod-artifacts.s3.eu-west-1.amazonaws.com")
+
+	// Without the verify key there is no image: mender would accept
+	// unsigned artifacts.
+	nokey := exec.CommandContext(ctx, "bash", "build-image.sh")
+	nokey.Env = append(cmd.Env, "ARTIFACT_VERIFY_KEY=")
+	outb, err = nokey.CombinedOutput()
+	require.Error(t, err)
+	assert.Contains(t, string(outb), "ARTIFACT_VERIFY_KEY is required")
 
 	// A base image that does not match its checksum is refused.
 	bad := exec.CommandContext(ctx, "bash", "build-image.sh")
@@ -111,4 +132,12 @@ func TestBuildImageScript(t *testing.T) {
 	outb, err = bad.CombinedOutput()
 	require.Error(t, err)
 	assert.Contains(t, string(outb), "does not match RASPIOS_SHA256")
+}
+
+func publicKeyPEM(t *testing.T) []byte {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	der, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	require.NoError(t, err)
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
 }

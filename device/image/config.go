@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/iot-fleet/iot-fleet/device/ota"
 )
 
 // StackOutputs are the string outputs of `pulumi stack output --json`.
@@ -15,6 +17,8 @@ type StackOutputs map[string]string
 
 // Stack outputs the image build reads (names exported by infra/).
 const (
+	OutputArtifactsBucket     = "artifactsBucket"
+	OutputRegion              = "region"
 	OutputDataEndpoint        = "iotDataEndpoint"
 	OutputCredentialsEndpoint = "iotCredentialsEndpoint"
 	OutputTemplate            = "provisioningTemplate"
@@ -80,4 +84,38 @@ func renderConfig(tmpl []byte, values map[string]string) ([]byte, error) {
 		return nil, fmt.Errorf("config template: rendered configuration is not a JSON object: %w", err)
 	}
 	return out, nil
+}
+
+// Paths of mender's configuration and of the artifact verification key in
+// the image (the agent's ota.artifactVerifyKey names the same file).
+const (
+	MenderConfPath        = "/etc/mender/mender.conf"
+	ArtifactVerifyKeyPath = "/etc/mender/artifact-verify-key.pem"
+)
+
+// MenderConf returns mender's configuration for the image: base (the base
+// image's /etc/mender/mender.conf, or nil when it has none) with every
+// setting kept and ArtifactVerifyKey set to ArtifactVerifyKeyPath, so
+// mender refuses unsigned and wrongly signed artifacts.
+func MenderConf(base []byte) ([]byte, error) {
+	conf := map[string]json.RawMessage{}
+	if len(bytes.TrimSpace(base)) > 0 {
+		if err := json.Unmarshal(base, &conf); err != nil || conf == nil {
+			return nil, fmt.Errorf("base image's %s is not a JSON object: %v", MenderConfPath, err)
+		}
+	}
+	key, _ := json.Marshal(ArtifactVerifyKeyPath)
+	conf["ArtifactVerifyKey"] = key
+	out, err := json.MarshalIndent(conf, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("mender configuration: %w", err)
+	}
+	return append(out, '\n'), nil
+}
+
+// CheckArtifactVerifyKey checks the public key mender verifies artifact
+// signatures with: one PEM "PUBLIC KEY" (RSA >= 2048 bits, ECDSA or
+// Ed25519), never a private key.
+func CheckArtifactVerifyKey(b []byte) error {
+	return ota.CheckVerifyKey(b)
 }

@@ -39,6 +39,8 @@ const (
 	InputClaimCert      = "claim-cert"          // claim certificate PEM
 	InputClaimKey       = "claim-key"           // claim private key PEM
 	InputAuthorizedKeys = "ssh-authorized-keys" // optional SSH public keys for user pi
+	InputMenderConf     = "mender-conf"         // rendered /etc/mender/mender.conf (MenderConf)
+	InputVerifyKey      = "artifact-verify-key" // PEM public key mender verifies artifacts with
 )
 
 // EntryKind is the kind column of the manifest.

@@ -25,6 +25,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/device/image"
 	"github.com/iot-fleet/iot-fleet/device/image/inject"
 	"github.com/iot-fleet/iot-fleet/device/image/inject/injecttest"
+	"github.com/iot-fleet/iot-fleet/device/ota"
 )
 
 func manifest(t *testing.T) image.Manifest {
@@ -64,6 +65,8 @@ func TestManifestSecurityProperties(t *testing.T) {
 		"/usr/local/lib/fleet-agent/firstboot.sh":     {image.KindFile, 0o755},
 		"/etc/systemd/system/fleet-agent.service":     {image.KindFile, 0o644},
 		"/etc/systemd/system/fleet-firstboot.service": {image.KindFile, 0o644},
+		"/etc/mender/mender.conf":                     {image.KindFile, 0o600},
+		"/etc/mender/artifact-verify-key.pem":         {image.KindFile, 0o644},
 	}
 	for p, w := range want {
 		e, ok := m.Find(p)
@@ -118,7 +121,7 @@ func TestParseManifestErrorsNameTheLine(t *testing.T) {
 func TestPlanInputs(t *testing.T) {
 	m := manifest(t)
 	all, optional := m.Inputs()
-	assert.Equal(t, []string{"agent", "agent-unit", "claim-cert", "claim-key", "config", "image-env", "ssh-authorized-keys"}, all)
+	assert.Equal(t, []string{"agent", "agent-unit", "artifact-verify-key", "claim-cert", "claim-key", "config", "image-env", "mender-conf", "ssh-authorized-keys"}, all)
 	assert.Equal(t, map[string]bool{"ssh-authorized-keys": true}, optional)
 
 	dir := t.TempDir()
@@ -164,6 +167,8 @@ func stackValues() map[string]string {
 	return map[string]string{
 		"iotDataEndpoint":      "abc123-ats.iot.eu-west-1.amazonaws.com",
 		"provisioningTemplate": "iot-fleet-dev",
+		"artifactsBucket":      "iot-fleet-dev-artifacts-1a2b3c",
+		"region":               "eu-west-1",
 		"serialPattern":        "^[0-9a-f]{16}$",
 		"environment":          "dev",
 	}
@@ -186,6 +191,71 @@ func TestRenderConfigIsAValidAgentConfig(t *testing.T) {
 	}
 	key, _ := m.Find(cfg.Provisioning.ClaimKeyFile)
 	assert.Equal(t, fs.FileMode(0o600), key.Mode)
+
+	// OTA: artifacts only from the stack's artifacts bucket; mender's
+	// verify key is the one the image installs.
+	assert.Equal(t, []string{
+		"iot-fleet-dev-artifacts-1a2b3c.s3.eu-west-1.amazonaws.com",
+		"iot-fleet-dev-artifacts-1a2b3c.s3.amazonaws.com",
+		"s3.eu-west-1.amazonaws.com/iot-fleet-dev-artifacts-1a2b3c",
+		"s3.amazonaws.com/iot-fleet-dev-artifacts-1a2b3c",
+	}, cfg.OTA.AllowedHosts)
+	assert.Equal(t, image.ArtifactVerifyKeyPath, cfg.OTA.ArtifactVerifyKey)
+	_, ok := m.Find(cfg.OTA.ArtifactVerifyKey)
+	assert.True(t, ok, "the image installs the verify key the agent checks")
+	policy := ota.Policy{AllowedHosts: cfg.OTA.AllowedHosts}
+	for _, u := range []string{
+		"https://iot-fleet-dev-artifacts-1a2b3c.s3.eu-west-1.amazonaws.com/rpi.mender?X-Amz-Signature=1",
+		"https://s3.amazonaws.com/iot-fleet-dev-artifacts-1a2b3c/rpi.mender?X-Amz-Signature=1",
+	} {
+		assert.NoError(t, ota.Document{URL: u}.Validate(policy), u)
+	}
+	for _, u := range []string{
+		"https://other-bucket.s3.eu-west-1.amazonaws.com/rpi.mender",
+		"https://s3.amazonaws.com/other-bucket/rpi.mender",
+	} {
+		assert.Error(t, ota.Document{URL: u}.Validate(policy), u)
+	}
+	// The template is checked the way check-job checks it.
+	placeholder := "${aws:iot:s3-presigned-url:https://s3.amazonaws.com/iot-fleet-dev-artifacts-1a2b3c/rpi.mender}"
+	assert.NoError(t, ota.Document{URL: placeholder}.Validate(ota.Policy{Template: true, AllowedHosts: cfg.OTA.AllowedHosts}))
+}
+
+func TestRenderConfigNeedsTheArtifactsBucket(t *testing.T) {
+	v := stackValues()
+	delete(v, "artifactsBucket")
+	_, err := image.RenderConfig(v)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "no value for artifactsBucket")
+}
+
+func TestMenderConf(t *testing.T) {
+	out, err := image.MenderConf(nil)
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"ArtifactVerifyKey":"/etc/mender/artifact-verify-key.pem"}`, string(out))
+
+	// A base image's configuration (mender-convert's) is kept; its own
+	// verify key setting is replaced.
+	out, err = image.MenderConf([]byte(`{"RootfsPartA":"/dev/mmcblk0p2","RootfsPartB":"/dev/mmcblk0p3","ArtifactVerifyKey":"/etc/mender/old.pem","ServerURL":""}`))
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"RootfsPartA":"/dev/mmcblk0p2","RootfsPartB":"/dev/mmcblk0p3","ArtifactVerifyKey":"/etc/mender/artifact-verify-key.pem","ServerURL":""}`, string(out))
+
+	_, err = image.MenderConf([]byte(`["not", "an object"]`))
+	assert.ErrorContains(t, err, "is not a JSON object")
+	_, err = image.MenderConf([]byte(`null`))
+	assert.ErrorContains(t, err, "is not a JSON object")
+}
+
+func TestCheckArtifactVerifyKey(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	require.NoError(t, err)
+	require.NoError(t, image.CheckArtifactVerifyKey(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})))
+	priv, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	assert.ErrorContains(t, image.CheckArtifactVerifyKey(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: priv})), "never a private key")
+	assert.ErrorContains(t, image.CheckArtifactVerifyKey(nil), "no PEM block")
 }
 
 func TestRenderConfigErrors(t *testing.T) {

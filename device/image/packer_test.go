@@ -37,7 +37,7 @@ func TestPackerRecipe(t *testing.T) {
 			builds++
 		}
 	}
-	for _, v := range []string{"raspios_url", "raspios_sha256", "image_env", "stack_outputs", "claim_secret", "agent_bin", "image_inject"} {
+	for _, v := range []string{"raspios_url", "raspios_sha256", "image_env", "stack_outputs", "claim_secret", "artifact_verify_key", "agent_bin", "image_inject"} {
 		assert.True(t, vars[v], "variable %s", v)
 	}
 	assert.Equal(t, []string{"arm.raspios"}, sources)

@@ -64,13 +64,15 @@ func TestMain(m *testing.M) {
 
 // fakeScenario mirrors internal/fakemender's Scenario.
 type fakeScenario struct {
-	Version         string `json:"version,omitempty"`
-	ArtifactSizeMiB int    `json:"artifactSizeMiB,omitempty"`
-	InstallFailures int    `json:"installFailures,omitempty"`
-	FailAtPercent   int    `json:"failAtPercent,omitempty"`
-	HangAtPercent   int    `json:"hangAtPercent,omitempty"`
-	BootedOld       bool   `json:"bootedOld,omitempty"`
-	RollbackFails   bool   `json:"rollbackFails,omitempty"`
+	Version          string `json:"version,omitempty"`
+	ArtifactSizeMiB  int    `json:"artifactSizeMiB,omitempty"`
+	InstallFailures  int    `json:"installFailures,omitempty"`
+	FailAtPercent    int    `json:"failAtPercent,omitempty"`
+	HangAtPercent    int    `json:"hangAtPercent,omitempty"`
+	BootedOld        bool   `json:"bootedOld,omitempty"`
+	RollbackFails    bool   `json:"rollbackFails,omitempty"`
+	HangAfterCommit  bool   `json:"hangAfterCommit,omitempty"`
+	HangBeforeCommit bool   `json:"hangBeforeCommit,omitempty"`
 }
 
 type fakePartitions struct {
@@ -142,12 +144,12 @@ func (f *fakeMender) calls() []fakeCall {
 	return out
 }
 
-// ops returns the operations called, without --version probes, e.g.
-// ["install", "commit"].
+// ops returns the operations called, without the read-only --version and
+// show-artifact probes, e.g. ["install", "commit"].
 func (f *fakeMender) ops() []string {
 	var out []string
 	for _, c := range f.calls() {
-		if len(c.Args) == 0 || c.Args[0] == "--version" || c.Args[0] == "-version" {
+		if len(c.Args) == 0 || c.Args[0] == "--version" || c.Args[0] == "-version" || strings.TrimPrefix(c.Args[0], "-") == "show-artifact" {
 			continue
 		}
 		out = append(out, strings.TrimPrefix(c.Args[0], "-"))
@@ -293,6 +295,11 @@ type device struct {
 	events   *eventLog
 	boot     atomic.Int64
 	pub      *recPublisher
+	// realMender, when set, replaces the fake (realmender_test.go), with
+	// allowHTTP and hosts for its local artifact server.
+	realMender *realMender
+	allowHTTP  bool
+	hosts      []string
 }
 
 func newDevice(t *testing.T, menderName string, sc fakeScenario) *device {
@@ -315,9 +322,16 @@ func (d *device) config() Config {
 		UpdatePath: filepath.Join(d.mender.dir, "mender-update"),
 		Path:       filepath.Join(d.mender.dir, "mender"),
 	}
+	allowed := []string{testHost}
+	if d.realMender != nil {
+		menderCfg = MenderConfig{UpdatePath: filepath.Join(d.realMender.dir, "no-mender-update"), Path: d.realMender.wrapper}
+		allowed = d.hosts
+	}
 	return Config{
+		AllowHTTP:        d.allowHTTP,
 		StateDir:         d.stateDir,
 		ThingName:        "dev-10000000a1b2c3d4",
+		AllowedHosts:     allowed,
 		Mender:           menderCfg,
 		MaxAttempts:      3,
 		RetryDelay:       time.Millisecond,
@@ -349,6 +363,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+// testHost is the allowed (path-style S3) host of testURL.
+const testHost = "s3.amazonaws.com/fleet-artifacts"
 
 const testURL = "https://s3.amazonaws.com/fleet-artifacts/rpi-2024.06.mender?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=deadbeef"
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -73,6 +74,7 @@ func helperMain(dir, blockAt string) int {
 	events := filepath.Join(dir, "events.log")
 	u, err := New(Config{
 		StateDir:         filepath.Join(dir, "state"),
+		AllowedHosts:     []string{testHost},
 		Mender:           MenderConfig{UpdatePath: filepath.Join(dir, "mender", "mender-update"), Path: filepath.Join(dir, "mender", "mender")},
 		RetryDelay:       time.Millisecond,
 		PreRebootCommand: []string{"/bin/sh", "-c", `echo hook >> "$0"`, events},
@@ -224,5 +226,125 @@ func TestKill9AtEveryPersistedState(t *testing.T) {
 			assert.Equal(t, 1, ev.count(t, "reboot"))
 			assert.Equal(t, 1, ev.count(t, "hook"))
 		})
+	}
+}
+
+// TestKill9RightAfterCommit kills the agent after mender's commit took
+// effect but before the agent recorded or reported it (the fake mender
+// commits, then hangs until killed): on restart the persisted committing
+// step is resolved from mender's own state (commit: no update in
+// progress; show-artifact: the new artifact), and the job ends SUCCEEDED
+// exactly once, never FAILED.
+func TestKill9RightAfterCommit(t *testing.T) {
+	h := newHelperAgent(t)
+	m := &fakeMender{t: t, dir: filepath.Join(h.dir, "mender")}
+	m.setScenario(fakeScenario{HangAfterCommit: true})
+
+	code, _ := h.start("")
+	require.Equal(t, 3, code, "reboot requested")
+	h.reboot()
+	h.startUntilMarker("commit.done")
+
+	parts := m.partitions()
+	require.Equal(t, "B", parts.Active, "the commit took effect before the kill")
+	require.Equal(t, 1, parts.Commits)
+	st, err := (&stateStore{path: filepath.Join(h.dir, "state", StateFileName)}).load()
+	require.NoError(t, err)
+	require.Equal(t, StepCommitting, st.Step, "killed between the commit and its record")
+	require.Equal(t, "rpi-initial", st.OldArtifact)
+	for _, r := range h.reports() {
+		require.False(t, r.Status.Terminal(), "nothing terminal reported before the kill: %v", r)
+	}
+
+	code, killed := h.start("")
+	require.False(t, killed)
+	require.Equal(t, 0, code)
+	var terminal []report
+	for _, r := range h.reports() {
+		if r.Status.Terminal() {
+			terminal = append(terminal, r)
+		}
+	}
+	require.Len(t, terminal, 1, "exactly one terminal update")
+	assert.Equal(t, protocol.JobSucceeded, terminal[0].Status)
+	assert.Equal(t, "committed", terminal[0].Details[DetailStep])
+	assert.Equal(t, 1, m.partitions().Commits, "committed once")
+	assert.Equal(t, 0, m.partitions().Rollbacks, "never rolled back")
+	assert.Equal(t, []string{"install", "commit", "commit"}, m.ops())
+
+	// A further start has nothing to do and reports nothing.
+	n := len(h.reports())
+	code, _ = h.start("")
+	require.Equal(t, 0, code)
+	assert.Len(t, h.reports(), n)
+}
+
+// TestKill9InCommittingBeforeTheCommit kills the agent after it persisted
+// committing but before mender's commit changed anything: on restart the
+// commit runs and the job ends SUCCEEDED once.
+func TestKill9InCommittingBeforeTheCommit(t *testing.T) {
+	h := newHelperAgent(t)
+	m := &fakeMender{t: t, dir: filepath.Join(h.dir, "mender")}
+	m.setScenario(fakeScenario{HangBeforeCommit: true})
+	code, _ := h.start("")
+	require.Equal(t, 3, code, "reboot requested")
+	h.reboot()
+	h.startUntilMarker("commit.started")
+	require.Equal(t, 0, m.partitions().Commits, "killed before the commit")
+	st, err := (&stateStore{path: filepath.Join(h.dir, "state", StateFileName)}).load()
+	require.NoError(t, err)
+	require.Equal(t, StepCommitting, st.Step)
+
+	m.setScenario(fakeScenario{})
+	code, _ = h.start("")
+	require.Equal(t, 0, code)
+	var terminal []report
+	for _, r := range h.reports() {
+		if r.Status.Terminal() {
+			terminal = append(terminal, r)
+		}
+	}
+	require.Len(t, terminal, 1)
+	assert.Equal(t, protocol.JobSucceeded, terminal[0].Status)
+	assert.Equal(t, 1, m.partitions().Commits)
+	assert.Equal(t, []string{"install", "commit", "commit"}, m.ops())
+}
+
+// startUntilMarker runs the helper until the fake mender wrote marker
+// (commit.done, commit.started), then kills the helper and the hanging fake
+// with SIGKILL, by pid.
+func (h *helperAgent) startUntilMarker(name string) {
+	t := h.t
+	marker := filepath.Join(h.dir, "mender", name)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+h.dir, blockAtEnv+"=")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- cmd.Wait() }()
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case err := <-waitErr:
+			t.Fatalf("helper ended (%v) before the commit:\n%s", err, stderr.String())
+		case <-deadline:
+			t.Fatalf("the fake mender's commit did not happen:\n%s", stderr.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+		b, err := os.ReadFile(marker)
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		pid, err := strconv.Atoi(string(b))
+		require.NoError(t, err)
+		require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+		<-waitErr
+		// The fake runs in its own process group: the agent's death does
+		// not stop it.
+		require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+		return
 	}
 }

@@ -78,6 +78,9 @@ var (
 	reMender4Log     = regexp.MustCompile(`^record_id=\S+ severity=(\w+) .*?msg="((?:[^"\\]|\\.)*)"`)
 	reLeadingPercent = regexp.MustCompile(`^\s*\d{1,3}%`)
 	reMender3Log     = regexp.MustCompile(`^(INFO|WARN|ERRO|FATA|PANI|DEBU)\[\d+\]\s*(.*?)(?:\s+module=\S+)?$`)
+	// mender 3 when its stderr is not a terminal (logrus text format);
+	// the progress dots before it have no newline.
+	reLogrus = regexp.MustCompile(`^\.*\s*time="[^"]*"\s+level=(\w+)\s+msg=(?:"((?:[^"\\]|\\.)*)"|(\S+))`)
 )
 
 // summarize picks what explains a failure from a command's output: the
@@ -94,7 +97,16 @@ func summarize(out string) string {
 			continue
 		}
 		isErr := false
-		if m := reMender4Log.FindStringSubmatch(l); m != nil {
+		if m := reLogrus.FindStringSubmatch(l); m != nil {
+			isErr = m[1] == "error" || m[1] == "fatal" || m[1] == "panic"
+			l = m[3]
+			if m[2] != "" {
+				l = m[2]
+				if uq, err := strconv.Unquote(`"` + m[2] + `"`); err == nil {
+					l = uq
+				}
+			}
+		} else if m := reMender4Log.FindStringSubmatch(l); m != nil {
 			isErr = m[1] == "error" || m[1] == "fatal"
 			if uq, err := strconv.Unquote(`"` + m[2] + `"`); err == nil {
 				l = uq
@@ -108,7 +120,9 @@ func summarize(out string) string {
 			isErr = true
 		}
 		last = l
-		if isErr {
+		// mender 3 logs an error twice, the second time without the
+		// context prefix: keep the line with the context.
+		if isErr && (len(errs) == 0 || !strings.HasSuffix(errs[len(errs)-1], l)) {
 			errs = append(errs, l)
 		}
 	}
@@ -268,6 +282,42 @@ func (m *Mender) RollbackArgs() []string {
 		return []string{m.Path, "-rollback"}
 	}
 	return []string{m.Path, "rollback"}
+}
+
+// ShowArtifactArgs returns the command line that prints the name of the
+// running (committed) artifact.
+func (m *Mender) ShowArtifactArgs() []string {
+	if m.Flavor == FlavorLegacy {
+		return []string{m.Path, "-show-artifact"}
+	}
+	return []string{m.Path, "show-artifact"}
+}
+
+// ShowArtifact returns the name of the committed artifact: the last line
+// mender prints on its standard output (its log goes to standard error).
+func (m *Mender) ShowArtifact(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	args := m.ShowArtifactArgs()
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		ce := &CommandError{Args: args, ExitCode: -1, Output: clip(stdout.String()+stderr.String(), outputTail), Err: err}
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.Exited() && ctx.Err() == nil {
+			ce.ExitCode = ee.ExitCode()
+		}
+		return "", ce
+	}
+	name := lastLine(stdout.String())
+	if name == "" {
+		return "", &CommandError{Args: args, ExitCode: -1, Output: clip(stderr.String(), outputTail), Err: errors.New("printed no artifact name")}
+	}
+	return name, nil
 }
 
 // Install runs mender install for url; onLine receives every output line

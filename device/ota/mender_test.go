@@ -156,3 +156,19 @@ func TestSummarize(t *testing.T) {
 	assert.Equal(t, `Download connection broken: unexpected EOF; Streaming failed: "eof"`, summarize(out))
 	assert.Equal(t, "Committed.", summarize("INFO[0000] x\nCommitted.\n"))
 }
+
+// mender 3.4 with its stderr on a pipe (as under the agent): logrus text
+// lines, the first one glued to the progress dots, each error logged twice.
+func TestSummarizeMender3Logrus(t *testing.T) {
+	out := `time="2026-12-05T15:37:53Z" level=info msg="Loaded configuration file: mender.conf"
+time="2026-12-05T15:37:53Z" level=warning msg="No server URL(s) specified in mender configuration."
+Installing Artifact of size 5120...
+0%                              50%                              100%
+|---------------------------------|---------------------------------|
+......................................time="2026-12-05T15:37:53Z" level=error msg="Reading headers failed: installer: failed to read Artifact: reader: expecting signed artifact, but no signature file found"
+time="2026-12-05T15:37:53Z" level=error msg="installer: failed to read Artifact: reader: expecting signed artifact, but no signature file found"
+`
+	assert.Equal(t, "Reading headers failed: installer: failed to read Artifact: reader: expecting signed artifact, but no signature file found", summarize(out))
+	assert.Equal(t, `a "quoted" word`, summarize(`time="x" level=fatal msg="a \"quoted\" word"`+"\n"))
+	assert.Equal(t, "done", summarize(`time="x" level=info msg=done`+"\n"))
+}

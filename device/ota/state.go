@@ -24,9 +24,13 @@ const (
 	StepInstalling  Step = "installing"
 	StepRebooting   Step = "rebooting"
 	StepVerifying   Step = "verifying"
-	StepCommitted   Step = "committed"
-	StepRolledBack  Step = "rolled_back"
-	StepFailed      Step = "failed"
+	// StepCommitting is persisted (not reported) right before mender
+	// commit: after a crash there, mender's own state says whether the
+	// commit happened.
+	StepCommitting Step = "committing"
+	StepCommitted  Step = "committed"
+	StepRolledBack Step = "rolled_back"
+	StepFailed     Step = "failed"
 )
 
 // Terminal reports whether s ends the job.
@@ -36,7 +40,7 @@ func (s Step) Terminal() bool {
 
 func (s Step) valid() bool {
 	switch s {
-	case StepDownloading, StepInstalling, StepRebooting, StepVerifying, StepCommitted, StepRolledBack, StepFailed:
+	case StepDownloading, StepInstalling, StepRebooting, StepVerifying, StepCommitting, StepCommitted, StepRolledBack, StepFailed:
 		return true
 	}
 	return false
@@ -63,11 +67,18 @@ type State struct {
 	JobID   string `json:"jobId"`
 	// URL is the artifact URL, kept to retry an interrupted install. It is
 	// a presigned URL (a short-lived credential): the file is 0600.
-	URL     string             `json:"url"`
-	Step    Step               `json:"step"`
-	Status  protocol.JobStatus `json:"status"`
-	Attempt int                `json:"attempt"`
-	Reason  string             `json:"reason,omitempty"`
+	URL string `json:"url"`
+	// SHA256 is the artifact's expected SHA-256 from the job document
+	// (empty: mender streams the URL itself).
+	SHA256 string `json:"sha256,omitempty"`
+	// OldArtifact is what `mender show-artifact` printed before the first
+	// install attempt; after a crash in committing, a different name (and
+	// no update in progress) proves the commit happened.
+	OldArtifact string             `json:"oldArtifact,omitempty"`
+	Step        Step               `json:"step"`
+	Status      protocol.JobStatus `json:"status"`
+	Attempt     int                `json:"attempt"`
+	Reason      string             `json:"reason,omitempty"`
 	// Reported is true once the Reporter accepted this step's status.
 	Reported bool `json:"reported"`
 	// BootID is the kernel boot id when a reboot was requested; a

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,6 +77,19 @@ type Config struct {
 	CommandTimeout time.Duration
 	// AllowHTTP accepts http:// artifact URLs (local demos only).
 	AllowHTTP bool
+	// AllowedHosts are the hosts artifacts may come from (see
+	// Policy.AllowedHosts); empty rejects every job.
+	AllowedHosts []string
+	// ArtifactVerifyKey is the PEM public key file that mender's
+	// configuration names as ArtifactVerifyKey. When set, every install
+	// first checks that it exists and holds a public key, and fails the
+	// job otherwise (mender without its key would install unsigned
+	// artifacts).
+	ArtifactVerifyKey string
+	// HTTPClient downloads artifacts whose job document carries sha256
+	// (default: a client with the system roots that follows no
+	// redirects).
+	HTTPClient *http.Client
 
 	// Publisher receives progress messages; nil disables progress.
 	Publisher Publisher
@@ -222,7 +238,18 @@ func New(cfg Config) (*Updater, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ota config: stateDir: %w", err)
 	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = defaultHTTPClient()
+	}
+	if len(cfg.AllowedHosts) == 0 {
+		cfg.Logger.Warn("ota: no artifact host is allowed (ota.allowedHosts is empty): every mender_install job will be rejected")
+	}
 	return &Updater{cfg: cfg, log: cfg.Logger, store: st}, nil
+}
+
+// Policy is what a job document must satisfy on this device.
+func (u *Updater) Policy() Policy {
+	return Policy{AllowHTTP: u.cfg.AllowHTTP, AllowedHosts: slices.Clone(u.cfg.AllowedHosts)}
 }
 
 // Pending returns the persisted state if an OTA job still has work to do
@@ -284,7 +311,7 @@ func (u *Updater) Run(ctx context.Context, job Job, r Reporter) error {
 	if st == nil {
 		doc, err := DocumentFromMap(job.Document)
 		if err == nil {
-			err = doc.Validate(u.cfg.AllowHTTP)
+			err = doc.Validate(u.Policy())
 		}
 		if err != nil {
 			re, _ := IsReject(err)
@@ -310,7 +337,7 @@ func (u *Updater) Run(ctx context.Context, job Job, r Reporter) error {
 // fresh job, or one whose local state was lost (its statusDetails say how
 // far it got).
 func (u *Updater) reconstruct(job Job, doc Document) *State {
-	st := &State{JobID: job.ID, URL: doc.URL, Step: StepDownloading, Status: protocol.JobInProgress, UpdatedAt: u.cfg.Now()}
+	st := &State{JobID: job.ID, URL: doc.URL, SHA256: strings.ToLower(doc.SHA256), Step: StepDownloading, Status: protocol.JobInProgress, UpdatedAt: u.cfg.Now()}
 	step := Step(job.StatusDetails[DetailStep])
 	attempt, _ := strconv.Atoi(job.StatusDetails[DetailAttempt])
 	if attempt < 0 {
@@ -354,6 +381,8 @@ func (u *Updater) drive(ctx context.Context, st *State, r Reporter) error {
 			err = u.rebooting(ctx, st, r)
 		case StepVerifying:
 			err = u.verify(ctx, st, r)
+		case StepCommitting:
+			err = u.committing(ctx, st, r)
 		case StepCommitted, StepRolledBack, StepFailed:
 			return u.finish(ctx, st, r)
 		default:
@@ -428,6 +457,9 @@ func (u *Updater) client(ctx context.Context) (*Mender, error) {
 
 // install runs install attempts until one succeeds (→ rebooting) or
 // MaxAttempts are used (→ failed). st.Attempt is the last attempt started.
+// An artifact that fails its integrity checks (sha256, or mender refusing
+// its signature or checksums) fails the job at once: retrying cannot
+// change the verdict.
 func (u *Updater) install(ctx context.Context, st *State, r Reporter) error {
 	m, err := u.client(ctx)
 	if err != nil {
@@ -435,6 +467,23 @@ func (u *Updater) install(ctx context.Context, st *State, r Reporter) error {
 			return err
 		}
 		return u.enter(ctx, st, r, StepFailed, protocol.JobFailed, "mender client: "+err.Error())
+	}
+	if err := u.checkVerifyKey(); err != nil {
+		return u.enter(ctx, st, r, StepFailed, protocol.JobFailed, err.Error())
+	}
+	if st.OldArtifact == "" {
+		name, err := m.ShowArtifact(ctx)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return fmt.Errorf("ota: job %s: show-artifact interrupted: %w", st.JobID, ctx.Err())
+		case err != nil:
+			u.log.Warn("ota: mender show-artifact failed; a crash right after the commit will not be told apart from a failed commit", "job", st.JobID, "err", err)
+		default:
+			st.OldArtifact = name
+			if err := u.save(st); err != nil {
+				return err
+			}
+		}
 	}
 	// An attempt already started (recorded in st) was interrupted: mender
 	// may hold a half-done installation that blocks a new one.
@@ -462,6 +511,18 @@ func (u *Updater) install(ctx context.Context, st *State, r Reporter) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("ota: job %s: install attempt %d interrupted: %w", st.JobID, st.Attempt, ctx.Err())
 		}
+		var ie *IntegrityError
+		if errors.As(err, &ie) {
+			u.log.Error("ota: artifact refused", "job", st.JobID, "err", err)
+			return u.enter(ctx, st, r, StepFailed, protocol.JobFailed, err.Error())
+		}
+		if refusal := menderRefusal(err); refusal != "" {
+			u.log.Error("ota: mender refused the artifact", "job", st.JobID, "reason", u.redact(st, refusal))
+			// mender cleans up after a refused artifact; make sure no
+			// half-done installation is left behind.
+			u.rollbackQuietly(ctx, m, st)
+			return u.enter(ctx, st, r, StepFailed, protocol.JobFailed, "mender refused the artifact (nothing was installed): "+refusal)
+		}
 		cleanup = true
 		st.Reason = u.redact(st, fmt.Sprintf("install attempt %d/%d failed: %v", st.Attempt, u.cfg.MaxAttempts, err))
 		u.log.Warn("ota: install failed", "job", st.JobID, "attempt", st.Attempt, "err", st.Reason)
@@ -479,6 +540,20 @@ func (u *Updater) install(ctx context.Context, st *State, r Reporter) error {
 func (u *Updater) installOnce(ctx context.Context, m *Mender, st *State, r Reporter) error {
 	ctx, cancel := context.WithTimeout(ctx, u.cfg.InstallTimeout)
 	defer cancel()
+	src := st.URL
+	if st.SHA256 != "" {
+		u.log.Info("ota: downloading the artifact to check its sha256", "job", st.JobID, "attempt", st.Attempt, "url", RedactURL(st.URL))
+		path, err := u.download(ctx, st)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				u.log.Warn("ota: remove downloaded artifact", "path", path, "err", err)
+			}
+		}()
+		src = path
+	}
 	var reportErr error
 	sink := &progressSink{
 		ctx:       ctx,
@@ -495,8 +570,8 @@ func (u *Updater) installOnce(ctx context.Context, m *Mender, st *State, r Repor
 		// installation (ArtifactInstall).
 		reportErr = u.enter(ctx, st, r, StepInstalling, protocol.JobInProgress, st.Reason)
 	}
-	u.log.Info("ota: mender install", "job", st.JobID, "attempt", st.Attempt, "url", RedactURL(st.URL))
-	err := m.Install(ctx, st.URL, sink.line)
+	u.log.Info("ota: mender install", "job", st.JobID, "attempt", st.Attempt, "url", RedactURL(st.URL), "checked", st.SHA256 != "")
+	err := m.Install(ctx, src, sink.line)
 	if reportErr != nil {
 		// The installing step is persisted; only its report is missing,
 		// and the next step's report supersedes it.
@@ -603,8 +678,36 @@ func (u *Updater) verify(ctx context.Context, st *State, r Reporter) error {
 		// the old one.
 		return u.rollback(ctx, m, st, r, "health check failed: "+reason, !u.cfg.NoRollbackReboot)
 	}
+	// Persisted before the commit: a crash from here on is resolved from
+	// mender's own state (committing). Nothing to report for it.
+	st.Step, st.Reported = StepCommitting, true
+	if err := u.save(st); err != nil {
+		return err
+	}
+	return u.commit(ctx, m, st, r, false)
+}
+
+// committing resumes a commit that a crash interrupted: it may or may not
+// have taken effect.
+func (u *Updater) committing(ctx context.Context, st *State, r Reporter) error {
+	m, err := u.client(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return u.enter(ctx, st, r, StepFailed, protocol.JobFailed, "mender client: "+err.Error())
+	}
+	u.log.Info("ota: resuming an interrupted commit", "job", st.JobID)
+	return u.commit(ctx, m, st, r, true)
+}
+
+// commit runs mender commit and reports committed, or rolls back. After a
+// crash (resumed), "no update in progress" with show-artifact naming
+// another artifact than before the install means the earlier commit took
+// effect.
+func (u *Updater) commit(ctx context.Context, m *Mender, st *State, r Reporter, resumed bool) error {
 	cctx, cancel := context.WithTimeout(ctx, u.cfg.CommandTimeout)
-	err = m.Commit(cctx)
+	err := m.Commit(cctx)
 	cancel()
 	if err == nil {
 		return u.enter(ctx, st, r, StepCommitted, protocol.JobSucceeded, "")
@@ -615,6 +718,22 @@ func (u *Updater) verify(ctx context.Context, st *State, r Reporter) error {
 	reason := "commit failed (the device did not boot the new update): " + err.Error()
 	if errors.Is(err, ErrNoUpdateInProgress) {
 		reason = "commit failed: mender has no update in progress (the device came back on the old partition)"
+		if resumed {
+			name, serr := m.ShowArtifact(ctx)
+			switch {
+			case serr != nil && ctx.Err() != nil:
+				return fmt.Errorf("ota: job %s: show-artifact interrupted: %w", st.JobID, ctx.Err())
+			case serr != nil:
+				reason += "; show-artifact failed: " + serr.Error()
+			case st.OldArtifact != "" && name != "" && name != st.OldArtifact:
+				u.log.Info("ota: the commit before the restart took effect", "job", st.JobID, "artifact", name, "previous", st.OldArtifact)
+				return u.enter(ctx, st, r, StepCommitted, protocol.JobSucceeded, "")
+			case st.OldArtifact == "":
+				reason += fmt.Sprintf("; mender runs %q and the artifact before the update is unknown", name)
+			default:
+				reason += fmt.Sprintf("; mender still runs %q", name)
+			}
+		}
 	}
 	return u.rollback(ctx, m, st, r, reason, false)
 }

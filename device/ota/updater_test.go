@@ -78,7 +78,13 @@ func TestSuccessPath(t *testing.T) {
 					calls = append(calls, c.Args)
 				}
 			}
-			assert.Equal(t, [][]string{tc.installArgs, {strings.Replace(tc.installArgs[0], "install", "commit", 1)}}, calls)
+			// show-artifact first: the name before the update decides a
+			// commit interrupted by a crash.
+			assert.Equal(t, [][]string{
+				{strings.Replace(tc.installArgs[0], "install", "show-artifact", 1)},
+				tc.installArgs,
+				{strings.Replace(tc.installArgs[0], "install", "commit", 1)},
+			}, calls)
 
 			// Nothing left to do; running the job again only re-confirms.
 			p, err := d.updater(nil).Pending()

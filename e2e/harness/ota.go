@@ -69,6 +69,7 @@ func (f *Fleet) NewOTADevice(name, serial, fakeMender string, scenario map[strin
 	a, err := f.NewAgent(name, AgentOptions{Serial: serial, Configure: func(c *config.Config) {
 		c.OTA.MenderUpdatePath = filepath.Join(d.MenderDir, "mender-update")
 		c.OTA.MenderPath = filepath.Join(d.MenderDir, "mender")
+		c.OTA.AllowedHosts = []string{"iot-fleet-dev-artifacts.s3.amazonaws.com"}
 		c.OTA.RetryDelay = config.Duration(100 * time.Millisecond)
 		c.OTA.ProgressInterval = config.Duration(time.Hour)
 		c.OTA.PreRebootCommand = []string{"/bin/sh", "-c", "echo pre-reboot >> " + d.RebootLog}
@@ -125,7 +126,7 @@ func (d *OTADevice) WaitRebootRequests(ctx context.Context, n int) error {
 }
 
 // MenderOps lists the mender subcommands run so far (install, commit,
-// rollback), from the fake's call log.
+// rollback; not the read-only show-artifact), from the fake's call log.
 func (d *OTADevice) MenderOps() ([]string, error) {
 	b, err := os.ReadFile(filepath.Join(d.MenderDir, "calls.log"))
 	if os.IsNotExist(err) {
@@ -142,7 +143,7 @@ func (d *OTADevice) MenderOps() ([]string, error) {
 		if err := json.Unmarshal([]byte(line), &c); err != nil {
 			return nil, fmt.Errorf("fake mender calls: %w", err)
 		}
-		if len(c.Args) > 0 && !strings.HasPrefix(c.Args[0], "-") {
+		if len(c.Args) > 0 && !strings.HasPrefix(c.Args[0], "-") && c.Args[0] != "show-artifact" {
 			ops = append(ops, c.Args[0])
 		}
 	}

@@ -2,7 +2,9 @@
 // from the stack's artifacts bucket on devices (docs/ota.md): the job
 // document with the ${aws:iot:s3-presigned-url:...} placeholder that AWS
 // IoT Jobs replaces by a presigned URL, signed with the stack's presign role
-// (output otaPresignRoleArn), and the whole CreateJob request as the JSON
+// (output otaPresignRoleArn), and the artifact's SHA-256 (the device
+// installs that exact file or nothing: an older signed artifact cannot be
+// substituted), and the whole CreateJob request as the JSON
 // `aws iot create-job --cli-input-json file://job.json` reads.
 package otajob
 
@@ -10,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"strings"
 )
 
 // Operation is the job document operation the agent runs (device/ota).
@@ -29,6 +32,7 @@ var (
 	jobIDRE   = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
 	roleARNRE = regexp.MustCompile(`^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,64}$`)
 	targetRE  = regexp.MustCompile(`^arn:aws[a-z-]*:iot:[a-z0-9-]+:[0-9]{12}:(thing|thinggroup)/[a-zA-Z0-9:_-]{1,128}$`)
+	sha256RE  = regexp.MustCompile(`^[0-9a-f]{64}$`)
 )
 
 // Error names the parameter that is wrong.
@@ -50,16 +54,22 @@ func Placeholder(bucket, key string) (string, error) {
 	return "${aws:iot:s3-presigned-url:https://s3.amazonaws.com/" + bucket + "/" + key + "}", nil
 }
 
-// Document is the job document that installs s3://bucket/key.
-func Document(bucket, key string) ([]byte, error) {
+// Document is the job document that installs s3://bucket/key, whose
+// SHA-256 is sha256 (64 hex digits, required).
+func Document(bucket, key, sha256 string) ([]byte, error) {
 	url, err := Placeholder(bucket, key)
 	if err != nil {
 		return nil, err
 	}
+	sum := strings.ToLower(sha256)
+	if !sha256RE.MatchString(sum) {
+		return nil, &Error{"sha256", fmt.Sprintf("%q: want the artifact's SHA-256 as 64 hex digits (sha256sum FILE)", sha256)}
+	}
 	return json.Marshal(struct {
 		Operation string `json:"operation"`
 		URL       string `json:"url"`
-	}{Operation, url})
+		SHA256    string `json:"sha256"`
+	}{Operation, url, sum})
 }
 
 // Params describe one OTA job.
@@ -71,6 +81,8 @@ type Params struct {
 	// Bucket and Key locate the .mender artifact (stack output
 	// artifactsBucket).
 	Bucket, Key string
+	// SHA256 is the artifact's SHA-256 (64 hex digits, required).
+	SHA256 string
 	// PresignRoleArn is the stack output otaPresignRoleArn.
 	PresignRoleArn string
 	// ExpiresInSec is the presigned URL's lifetime, 60-3600 (default
@@ -156,7 +168,7 @@ func CreateJobInput(p Params) ([]byte, error) {
 	if p.MaxPerMinute < 1 || p.MaxPerMinute > 1000 {
 		return nil, &Error{"maxPerMinute", fmt.Sprintf("%d: AWS IoT accepts 1-1000", p.MaxPerMinute)}
 	}
-	doc, err := Document(p.Bucket, p.Key)
+	doc, err := Document(p.Bucket, p.Key, p.SHA256)
 	if err != nil {
 		return nil, err
 	}

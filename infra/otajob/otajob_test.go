@@ -21,25 +21,36 @@ const (
 	group   = "arn:aws:iot:eu-west-1:123456789012:thinggroup/iot-fleet-dev"
 	thing   = "arn:aws:iot:eu-west-1:123456789012:thing/dev-10000000feed0001"
 	artifct = "releases/rpi-2024.06.mender"
+	sum     = "9f2c1e0b7a6d5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b"
 )
 
-// deviceOps is the agent's operation registry as `fleet-agent check-job`
-// builds it.
-func deviceOps(t *testing.T) *jobs.Registry {
+// allowedHosts is what the image's configuration template allows for the
+// stack's artifacts bucket (device/image/config.template.json).
+var allowedHosts = []string{bucket + ".s3.eu-west-1.amazonaws.com", bucket + ".s3.amazonaws.com",
+	"s3.eu-west-1.amazonaws.com/" + bucket, "s3.amazonaws.com/" + bucket}
+
+// deviceOps is the agent's operation registry: on a device (template
+// false) or as `fleet-agent check-job` builds it (template true).
+func deviceOps(t *testing.T, template bool) *jobs.Registry {
 	reg := jobs.NewRegistry()
-	require.NoError(t, reg.Register(ota.Operation, jobsop.New(nil, false)))
+	require.NoError(t, reg.Register(ota.Operation, jobsop.New(nil, ota.Policy{AllowedHosts: allowedHosts, Template: template})))
 	return reg
 }
 
 func TestDocumentIsWhatTheAgentRunsOnceSubstituted(t *testing.T) {
-	doc, err := Document(bucket, artifct)
+	doc, err := Document(bucket, artifct, strings.ToUpper(sum))
 	require.NoError(t, err)
-	assert.JSONEq(t, `{"operation":"mender_install","url":"${aws:iot:s3-presigned-url:https://s3.amazonaws.com/`+bucket+`/`+artifct+`}"}`, string(doc))
+	assert.JSONEq(t, `{"operation":"mender_install","url":"${aws:iot:s3-presigned-url:https://s3.amazonaws.com/`+bucket+`/`+artifct+`}","sha256":"`+sum+`"}`, string(doc))
 	assert.Equal(t, ota.Operation, Operation)
+
+	// check-job accepts the template: the URL inside the placeholder is
+	// on the device's allowed bucket.
+	_, err = jobdoc.Parse(doc, jobdoc.Options{Operations: deviceOps(t, true)})
+	require.NoError(t, err)
 
 	// As uploaded, the agent refuses it: the placeholder must be replaced
 	// by AWS IoT Jobs (create-job --presigned-url-config).
-	_, err = jobdoc.Parse(doc, jobdoc.Options{Operations: deviceOps(t)})
+	_, err = jobdoc.Parse(doc, jobdoc.Options{Operations: deviceOps(t, false)})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "presigned")
 
@@ -49,13 +60,25 @@ func TestDocumentIsWhatTheAgentRunsOnceSubstituted(t *testing.T) {
 	require.NoError(t, err)
 	substituted := strings.Replace(string(doc), ph, signed, 1)
 	require.NotEqual(t, string(doc), substituted)
-	_, err = jobdoc.Parse([]byte(substituted), jobdoc.Options{Operations: deviceOps(t)})
+	_, err = jobdoc.Parse([]byte(substituted), jobdoc.Options{Operations: deviceOps(t, false)})
 	require.NoError(t, err)
+	// So is a path-style presigned URL on the same bucket; another
+	// bucket is not.
+	pathStyle := "https://s3.amazonaws.com/" + bucket + "/" + artifct + "?X-Amz-Signature=abc123"
+	_, err = jobdoc.Parse([]byte(strings.Replace(string(doc), ph, pathStyle, 1)), jobdoc.Options{Operations: deviceOps(t, false)})
+	require.NoError(t, err)
+	_, err = jobdoc.Parse([]byte(strings.Replace(string(doc), ph, "https://s3.amazonaws.com/other-bucket/a.mender", 1)), jobdoc.Options{Operations: deviceOps(t, false)})
+	require.ErrorContains(t, err, "not in the allowed bucket")
+
+	_, err = Document(bucket, artifct, "")
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, "sha256", e.Param)
 }
 
 func TestCreateJobInputMatchesTheCreateJobAPI(t *testing.T) {
 	out, err := CreateJobInput(Params{
-		JobID: "rpi-2024-06-dev-1", Targets: []string{group, thing}, Bucket: bucket, Key: artifct,
+		JobID: "rpi-2024-06-dev-1", Targets: []string{group, thing}, Bucket: bucket, Key: artifct, SHA256: sum,
 		PresignRoleArn: role, Description: "rootfs 2024.06",
 	})
 	require.NoError(t, err)
@@ -77,11 +100,11 @@ func TestCreateJobInputMatchesTheCreateJobAPI(t *testing.T) {
 	require.Len(t, in.AbortConfig.CriteriaList, 1)
 	assert.Equal(t, "FAILED", string(in.AbortConfig.CriteriaList[0].FailureType))
 	assert.Equal(t, "CANCEL", string(in.AbortConfig.CriteriaList[0].Action))
-	doc, err := Document(bucket, artifct)
+	doc, err := Document(bucket, artifct, sum)
 	require.NoError(t, err)
 	assert.JSONEq(t, string(doc), *in.Document)
 
-	out, err = CreateJobInput(Params{JobID: "j", Targets: []string{group}, Bucket: bucket, Key: "a.mender", PresignRoleArn: role, Continuous: true, ExpiresInSec: 900})
+	out, err = CreateJobInput(Params{JobID: "j", Targets: []string{group}, Bucket: bucket, Key: "a.mender", SHA256: sum, PresignRoleArn: role, Continuous: true, ExpiresInSec: 900})
 	require.NoError(t, err)
 	require.NoError(t, json.Unmarshal(out, &in))
 	assert.Equal(t, "CONTINUOUS", string(in.TargetSelection))
@@ -89,7 +112,7 @@ func TestCreateJobInputMatchesTheCreateJobAPI(t *testing.T) {
 }
 
 func TestBadParamsNameTheParam(t *testing.T) {
-	ok := Params{JobID: "j-1", Targets: []string{group}, Bucket: bucket, Key: "a.mender", PresignRoleArn: role}
+	ok := Params{JobID: "j-1", Targets: []string{group}, Bucket: bucket, Key: "a.mender", SHA256: sum, PresignRoleArn: role}
 	cases := []struct {
 		param string
 		edit  func(p *Params)
@@ -108,6 +131,9 @@ func TestBadParamsNameTheParam(t *testing.T) {
 		{"expiresInSec", func(p *Params) { p.ExpiresInSec = 30 }},
 		{"inProgressMinutes", func(p *Params) { p.InProgressMinutes = -1 }},
 		{"maxPerMinute", func(p *Params) { p.MaxPerMinute = 5000 }},
+		{"sha256", func(p *Params) { p.SHA256 = "" }},
+		{"sha256", func(p *Params) { p.SHA256 = sum[:63] }},
+		{"sha256", func(p *Params) { p.SHA256 = strings.Repeat("g", 64) }},
 	}
 	for _, c := range cases {
 		p := ok

@@ -13,13 +13,30 @@ import (
 	"github.com/iot-fleet/iot-fleet/device/ota/jobsop"
 )
 
+// checkJobConfigEnv names the agent configuration whose ota.allowedHosts
+// check-job checks artifact URLs against (default DefaultConfigFile).
+const checkJobConfigEnv = "FLEET_AGENT_CONFIG"
+
 // registerOTA registers the mender_install operation (docs/ota.md). With
-// rt == nil (check-job) it registers a validation-only operation with the
-// strict rules (https URLs only); otherwise it builds the updater from the
-// "ota" section, unless ota.enabled is false.
+// rt == nil (check-job) it registers a validation-only operation (https
+// URLs only; the presigned-URL placeholder accepted, the URL inside it
+// checked) whose allowed hosts are the agent configuration's
+// ota.allowedHosts ($FLEET_AGENT_CONFIG, default /etc/fleet-agent/config.json);
+// without a readable configuration every host is refused. Otherwise it
+// builds the updater from the "ota" section, unless ota.enabled is false.
 func registerOTA(reg *jobs.Registry, rt *agent.Runtime) error {
 	if rt == nil {
-		return reg.Register(ota.Operation, jobsop.New(nil, false))
+		policy := ota.Policy{Template: true}
+		path := os.Getenv(checkJobConfigEnv)
+		if path == "" {
+			path = DefaultConfigFile
+		}
+		if cfg, err := config.Load(path); err == nil {
+			policy.AllowedHosts = cfg.OTA.AllowedHosts
+		} else if os.Getenv(checkJobConfigEnv) != "" {
+			return fmt.Errorf("check-job: %s=%s: %w", checkJobConfigEnv, path, err)
+		}
+		return reg.Register(ota.Operation, jobsop.New(nil, policy))
 	}
 	cfg := rt.Config.OTA
 	if !cfg.Enabled {
@@ -32,7 +49,7 @@ func registerOTA(reg *jobs.Registry, rt *agent.Runtime) error {
 	if st, err := upd.Pending(); err == nil && st != nil {
 		rt.Logger.Info("ota: unfinished update; the jobs engine resumes it", "job", st.JobID, "step", st.Step)
 	}
-	return reg.Register(ota.Operation, jobsop.New(upd, cfg.AllowHTTP))
+	return reg.Register(ota.Operation, jobsop.New(upd, upd.Policy()))
 }
 
 // updaterConfig maps the "ota" section and the runtime onto ota.Config.
@@ -54,6 +71,8 @@ func updaterConfig(rt *agent.Runtime, cfg config.OTA) ota.Config {
 		InstallTimeout:      cfg.InstallTimeout.D(),
 		CommandTimeout:      cfg.CommandTimeout.D(),
 		AllowHTTP:           cfg.AllowHTTP,
+		AllowedHosts:        cfg.AllowedHosts,
+		ArtifactVerifyKey:   cfg.ArtifactVerifyKey,
 		Publisher:           rt.Outbox,
 		ProgressInterval:    cfg.ProgressInterval.D(),
 		ReferenceProgress:   cfg.ReferenceProgress,

@@ -252,7 +252,7 @@ func newOTADevice(t *testing.T, agentBin, fakeMender string, b *testbroker.Broke
 		"provisioning":{"claimCertFile":` + q(b.Claim.CertFile) + `,"claimKeyFile":` + q(b.Claim.KeyFile) + `,
 			"templateName":` + q(b.TemplateName()) + `,"serialFiles":[` + q(serialFile) + `],"retryMin":"10ms","retryMax":"100ms","deniedBackoff":"1s"},
 		"mqtt":{"reconnectMin":"10ms","reconnectMax":"200ms"},
-		"ota":{"enabled":` + fmt.Sprint(!o.disabled) + `,
+		"ota":{"enabled":` + fmt.Sprint(!o.disabled) + `,"allowedHosts":["iot-fleet-dev-artifacts.s3.amazonaws.com"],
 			"menderUpdatePath":` + q(menderUpdate) + `,"menderPath":` + q(filepath.Join(d.menderDir, "mender")) + `,
 			"retryDelay":"10ms","progressInterval":"1h","rebootWait":"10m",
 			"preRebootCommand":["/bin/sh","-c",` + q("echo pre-reboot >> "+d.rebootLog) + `],
@@ -371,7 +371,8 @@ func (d *otaDevice) waitFor(what string, cond func() bool) {
 	}
 }
 
-// menderOps lists the fake mender's operations (without --version probes).
+// menderOps lists the fake mender's operations (without the read-only
+// --version and show-artifact probes).
 func (d *otaDevice) menderOps() []string {
 	f, err := os.Open(filepath.Join(d.menderDir, "calls.log"))
 	if os.IsNotExist(err) {
@@ -387,7 +388,7 @@ func (d *otaDevice) menderOps() []string {
 			Args []string `json:"args"`
 		}
 		require.NoError(d.t, json.Unmarshal(sc.Bytes(), &c))
-		if len(c.Args) == 0 || strings.HasPrefix(c.Args[0], "-") {
+		if len(c.Args) == 0 || strings.HasPrefix(c.Args[0], "-") || c.Args[0] == "show-artifact" {
 			continue
 		}
 		ops = append(ops, c.Prog+" "+c.Args[0])
@@ -653,16 +654,31 @@ func mapValues(m map[string]string) []string {
 func TestCheckJobAcceptsMenderInstall(t *testing.T) {
 	bin := buildAgent(t)
 	td := "../../ota/testdata/"
-	out, err := exec.Command(bin, "check-job", td+"mender-job-substituted.json").CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	assert.Contains(t, string(out), "mender_install")
-	assert.NotContains(t, string(out), "0123456789abcdef", "the plan does not print the presigned URL's signature")
+	// check-job checks hosts against the agent configuration's
+	// ota.allowedHosts (the image's: the artifacts bucket host, virtual-
+	// hosted and path-style).
+	cfgFile := filepath.Join(t.TempDir(), "config.json")
+	require.NoError(t, os.WriteFile(cfgFile, []byte(`{"endpoint":"x.example.com","provisioning":{"templateName":"t"},
+		"ota":{"allowedHosts":["iot-fleet-dev-artifacts.s3.amazonaws.com","s3.amazonaws.com/iot-fleet-dev-artifacts"]}}`), 0o600))
+	checkJob := func(files ...string) *exec.Cmd {
+		cmd := exec.Command(bin, append([]string{"check-job"}, files...)...)
+		cmd.Env = append(os.Environ(), "FLEET_AGENT_CONFIG="+cfgFile)
+		return cmd
+	}
+	for _, file := range []string{"mender-job-substituted.json", "mender-job-template.json", "mender-job-sha256.json"} {
+		out, err := checkJob(td + file).CombinedOutput()
+		require.NoError(t, err, "%s: %s", file, out)
+		assert.Contains(t, string(out), "mender_install")
+		assert.NotContains(t, string(out), "0123456789abcdef", "the plan does not print the presigned URL's signature")
+	}
 
 	for file, want := range map[string]string{
-		"mender-job-invalid-no-url.json": "url",
-		"mender-job-template.json":       "presigned",
+		"mender-job-invalid-no-url.json":   "url",
+		"mender-job-invalid-host.json":     `host "iot-fleet-dev-artifacts.s3.amazonaws.com.evil.example" is not allowed`,
+		"mender-job-invalid-sha256.json":   "sha256",
+		"mender-job-invalid-template.json": `path "/evil-bucket/rpi-2024.06.mender" is not in the allowed bucket`,
 	} {
-		out, err := exec.Command(bin, "check-job", td+file).CombinedOutput()
+		out, err := checkJob(td + file).CombinedOutput()
 		var ee *exec.ExitError
 		require.ErrorAs(t, err, &ee, "%s: %s", file, out)
 		assert.Equal(t, 1, ee.ExitCode())
@@ -670,11 +686,18 @@ func TestCheckJobAcceptsMenderInstall(t *testing.T) {
 		assert.Contains(t, string(out), want, file)
 	}
 
+	// Without a configuration no host is allowed (fail closed).
+	cmd := exec.Command(bin, "check-job", td+"mender-job-substituted.json")
+	cmd.Env = append(os.Environ(), "FLEET_AGENT_CONFIG="+filepath.Join(t.TempDir(), "missing.json"))
+	out, err := cmd.CombinedOutput()
+	require.Error(t, err, "%s", out)
+	assert.Contains(t, string(out), "FLEET_AGENT_CONFIG")
+
 	schema1 := filepath.Join(t.TempDir(), "steps.json")
 	require.NoError(t, os.WriteFile(schema1, []byte(`{"version":"1.0","steps":[
 		{"action":{"name":"Check","type":"runCommand","input":{"command":"df,-h"}}},
-		{"action":{"name":"Install rootfs","type":"mender_install","input":{"url":"https://example.com/a.mender"}}}]}`), 0o600))
-	out, err = exec.Command(bin, "check-job", schema1).CombinedOutput()
+		{"action":{"name":"Install rootfs","type":"mender_install","input":{"url":"https://iot-fleet-dev-artifacts.s3.amazonaws.com/a.mender","sha256":"`+strings.Repeat("ab", 32)+`"}}}]}`), 0o600))
+	out, err = checkJob(schema1).CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	assert.Contains(t, string(out), "Install rootfs")
 }

@@ -53,6 +53,11 @@ variable "claim_secret" {
   description = "file (mode 0600) holding the claim secret JSON from Secrets Manager"
 }
 
+variable "artifact_verify_key" {
+  type        = string
+  description = "file holding the PEM public key that verifies mender artifacts (docs/ota.md); never the private key"
+}
+
 variable "agent_bin" {
   type    = string
   default = "dist/fleet-agent-linux-arm64"
@@ -125,7 +130,7 @@ build {
   # The iot-fleet layer: the same injection step as `make image`.
   post-processor "shell-local" {
     inline = [
-      "${var.image_inject} -image ${var.output_image} -env ${var.image_env} -stack-outputs ${var.stack_outputs} -agent ${var.agent_bin} -agent-unit device/systemd/fleet-agent.service -claim-secret ${var.claim_secret}",
+      "${var.image_inject} -image ${var.output_image} -env ${var.image_env} -stack-outputs ${var.stack_outputs} -agent ${var.agent_bin} -agent-unit device/systemd/fleet-agent.service -claim-secret ${var.claim_secret} -artifact-verify-key ${var.artifact_verify_key}",
     ]
   }
 }

@@ -5,9 +5,12 @@
 //	if err := reg.Register(ota.Operation, jobsop.New(updater)); err != nil { ... }
 //	engine, err := jobs.New(jobs.Config{..., Operations: reg})
 //
-// Old-schema documents {"operation": "mender_install", "url": "..."} and
-// schema 1.0 steps {"type": "mender_install", "input": {"url": "..."}}
-// both reach it.
+// Old-schema documents {"operation": "mender_install", "url": "...",
+// "sha256": "..."} and schema 1.0 steps {"type": "mender_install",
+// "input": {"url": "...", "sha256": "..."}} both reach it. Validate checks
+// them against the device's ota.Policy (allowed hosts), so a document with
+// an artifact on another host is REJECTED before it runs, and
+// `fleet-agent check-job` shows the same verdict.
 package jobsop
 
 import (
@@ -40,48 +43,65 @@ type Updater interface {
 
 // Op is the mender_install operation.
 type Op struct {
-	u         Updater
-	allowHTTP bool
+	u      Updater
+	policy ota.Policy
 }
 
 var _ jobs.Operation = (*Op)(nil)
 
-// New returns the operation for u. allowHTTP must match the updater's
-// Config.AllowHTTP so that documents it would refuse are rejected up front.
-func New(u *ota.Updater, allowHTTP bool) *Op { return &Op{u: u, allowHTTP: allowHTTP} }
+// New returns the operation for u. policy must be the updater's
+// (u.Policy()) so that documents it would refuse are rejected up front;
+// with u == nil (check-job) it is the policy to check documents against
+// (Template set accepts the unsubstituted presigned-URL placeholder).
+func New(u *ota.Updater, policy ota.Policy) *Op {
+	o := &Op{policy: policy}
+	if u != nil {
+		o.u = u
+	}
+	return o
+}
 
-// Validate checks the step input: exactly one field, url.
+// Validate checks the step input: url (required) and sha256 (optional),
+// nothing else; the url must satisfy the device's policy.
 func (o *Op) Validate(input map[string]json.RawMessage) error {
-	_, err := o.url(input)
+	_, err := o.document(input)
 	return err
 }
 
-func (o *Op) url(input map[string]json.RawMessage) (string, error) {
+func (o *Op) document(input map[string]json.RawMessage) (ota.Document, error) {
 	var unknown []string
 	for k := range input {
-		if k != "url" {
+		if k != "url" && k != "sha256" {
 			unknown = append(unknown, k)
 		}
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return "", &jobdoc.Error{Field: unknown[0], Problem: "unknown field (" + ota.Operation + " takes only url)"}
+		return ota.Document{}, &jobdoc.Error{Field: unknown[0], Problem: "unknown field (" + ota.Operation + " takes url and sha256)"}
 	}
 	raw, ok := input["url"]
 	if !ok {
-		return "", &jobdoc.Error{Field: "url", Problem: "required field is missing (the artifact URL, usually ${aws:iot:s3-presigned-url:...})"}
+		return ota.Document{}, &jobdoc.Error{Field: "url", Problem: "required field is missing (the artifact URL, usually ${aws:iot:s3-presigned-url:...})"}
 	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", &jobdoc.Error{Field: "url", Problem: "must be a string"}
+	var d ota.Document
+	if err := json.Unmarshal(raw, &d.URL); err != nil {
+		return ota.Document{}, &jobdoc.Error{Field: "url", Problem: "must be a string"}
 	}
-	if err := (ota.Document{URL: s}).Validate(o.allowHTTP); err != nil {
-		if re, ok := ota.IsReject(err); ok {
-			return "", &jobdoc.Error{Field: re.Field, Problem: re.Reason}
+	if raw, ok := input["sha256"]; ok {
+		if err := json.Unmarshal(raw, &d.SHA256); err != nil {
+			return ota.Document{}, &jobdoc.Error{Field: "sha256", Problem: "must be a string of 64 hex digits"}
 		}
-		return "", &jobdoc.Error{Field: "url", Problem: err.Error()}
+		if d.SHA256 == "" {
+			return ota.Document{}, &jobdoc.Error{Field: "sha256", Problem: "is empty (omit it, or give the artifact's SHA-256 as 64 hex digits)"}
+		}
 	}
-	return s, nil
+	if err := d.Validate(o.policy); err != nil {
+		if re, ok := ota.IsReject(err); ok {
+			return ota.Document{}, &jobdoc.Error{Field: re.Field, Problem: re.Reason}
+		}
+		return ota.Document{}, &jobdoc.Error{Field: "url", Problem: err.Error()}
+	}
+	return d, nil
 }
 
 // Run runs (or resumes) the update.
@@ -90,15 +110,15 @@ func (o *Op) Run(ctx context.Context, step *jobs.OperationStep) jobs.OperationRe
 }
 
 func (o *Op) run(ctx context.Context, jobID string, input map[string]json.RawMessage, serviceDetails map[string]string, step Step) jobs.OperationResult {
-	url, err := o.url(input)
+	d, err := o.document(input)
 	if err != nil {
 		return jobs.OperationResult{Reason: err.Error()}
 	}
-	job := ota.Job{
-		ID:            jobID,
-		Document:      map[string]any{"operation": ota.Operation, "url": url},
-		StatusDetails: serviceDetails,
+	doc := map[string]any{"operation": ota.Operation, "url": d.URL}
+	if d.SHA256 != "" {
+		doc["sha256"] = d.SHA256
 	}
+	job := ota.Job{ID: jobID, Document: doc, StatusDetails: serviceDetails}
 	rep := &reporter{step: step}
 	for {
 		err := o.u.Run(ctx, job, rep)

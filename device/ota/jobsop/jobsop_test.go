@@ -51,7 +51,7 @@ func TestMain(m *testing.M) {
 }
 
 func TestValidate(t *testing.T) {
-	op := &Op{}
+	op := New(nil, ota.Policy{AllowedHosts: []string{"s3.amazonaws.com/b", "h"}})
 	for _, tc := range []struct {
 		name, input, field, problem string
 	}{
@@ -83,7 +83,7 @@ func TestValidate(t *testing.T) {
 // document without url with a reason.
 func TestJobDocumentsThroughParser(t *testing.T) {
 	reg := jobs.NewRegistry()
-	require.NoError(t, reg.Register(ota.Operation, &Op{}))
+	require.NoError(t, reg.Register(ota.Operation, New(nil, ota.Policy{AllowedHosts: []string{"s3.amazonaws.com/b"}})))
 	for name, doc := range map[string]string{
 		"old schema": `{"operation":"mender_install","url":"https://s3.amazonaws.com/b/a.mender?X-Amz-Signature=1"}`,
 		"schema 1.0": `{"version":"1.0","steps":[{"action":{"name":"Install rootfs","type":"mender_install","input":{"url":"https://s3.amazonaws.com/b/a.mender?X-Amz-Signature=1"}}}]}`,
@@ -135,6 +135,7 @@ func TestRunThroughReboot(t *testing.T) {
 	var boot atomic.Int64
 	u, err := ota.New(ota.Config{
 		StateDir:      filepath.Join(dir, "state"),
+		AllowedHosts:  []string{"s3.amazonaws.com/b"},
 		Mender:        ota.MenderConfig{UpdatePath: menderPath, Path: filepath.Join(menderDir, "mender")},
 		RebootCommand: []string{"/bin/sh", "-c", `echo reboot >> "$0"`, eventsPath},
 		RebootWait:    time.Minute,
@@ -142,7 +143,7 @@ func TestRunThroughReboot(t *testing.T) {
 		Logger:        slog.New(slog.DiscardHandler),
 	})
 	require.NoError(t, err)
-	op := New(u, false)
+	op := New(u, u.Policy())
 	input := map[string]json.RawMessage{"url": json.RawMessage(`"https://s3.amazonaws.com/b/a.mender?X-Amz-Signature=1"`)}
 	step := &fakeStep{events: events}
 

@@ -3,16 +3,21 @@
 //
 //	go run ./infra/cmd/ota-job -job-id rpi-2024-06-dev-1 \
 //	  -bucket "$(pulumi stack output artifactsBucket)" -key rpi-2024.06.mender \
+//	  -artifact rpi-2024.06.mender \
 //	  -role-arn "$(pulumi stack output otaPresignRoleArn)" \
 //	  -target "$(aws iot describe-thing-group --thing-group-name "$(pulumi stack output thingGroup)" --query thingGroupArn --output text)" \
 //	  > job.json
 //	aws iot create-job --cli-input-json file://job.json
 //
-// With -document it prints only the job document (for --document or an
-// S3 document source).
+// -artifact FILE (the signed .mender file that was uploaded) puts its
+// SHA-256 into the document; -sha256 HEX gives it directly. With -document
+// it prints only the job document (for --document or an S3 document
+// source).
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -40,6 +45,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&p.JobID, "job-id", "", "job id (letters, digits, _ and -)")
 	fs.StringVar(&p.Bucket, "bucket", "", "artifacts bucket (stack output artifactsBucket)")
 	fs.StringVar(&p.Key, "key", "", "object key of the .mender artifact")
+	artifact := fs.String("artifact", "", "the .mender file uploaded as -key: its SHA-256 goes into the document")
+	fs.StringVar(&p.SHA256, "sha256", "", "the artifact's SHA-256 (64 hex digits), instead of -artifact")
 	fs.StringVar(&p.PresignRoleArn, "role-arn", "", "presign role ARN (stack output otaPresignRoleArn)")
 	fs.Var(&tg, "target", "thing or thing group ARN (repeatable)")
 	fs.Int64Var(&p.ExpiresInSec, "expires", otajob.DefaultExpiresInSec, "presigned URL lifetime in seconds (60-3600)")
@@ -63,10 +70,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	p.MaxPerMinute = int32(*maxPerMinute)
+	if *artifact != "" {
+		sum, err := fileSHA256(*artifact)
+		if err != nil {
+			fmt.Fprintf(stderr, "ota-job: -artifact: %v\n", err)
+			return 1
+		}
+		if p.SHA256 != "" && !strings.EqualFold(p.SHA256, sum) {
+			fmt.Fprintf(stderr, "ota-job: -sha256 %s is not the SHA-256 of -artifact %s (%s)\n", p.SHA256, *artifact, sum)
+			return 1
+		}
+		p.SHA256 = sum
+	}
 	var out []byte
 	var err error
 	if *documentOnly {
-		out, err = otajob.Document(p.Bucket, p.Key)
+		out, err = otajob.Document(p.Bucket, p.Key, p.SHA256)
 	} else {
 		out, err = otajob.CreateJobInput(p)
 	}
@@ -76,4 +95,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "%s\n", out)
 	return 0
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

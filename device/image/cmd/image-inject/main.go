@@ -2,11 +2,14 @@
 // iot-fleet image, in place, without mounting it: it writes the fleet-agent
 // binary, its systemd unit (enabled), its configuration rendered from the
 // stack outputs, the Amazon root CA, the claim certificate and key (0600),
-// the first-boot unit and script (enabled), and the SSH hardening, then reads
-// everything back to verify it. See docs/delivery.md.
+// the first-boot unit and script (enabled), the SSH hardening, and mender's
+// artifact verification key with the configuration that makes mender check
+// every artifact's signature, then reads everything back to verify it. See
+// docs/delivery.md and docs/ota.md.
 //
 //	image-inject -image raspios.img -env dev -stack-outputs outputs.json \
-//	    -agent dist/fleet-agent-linux-arm64 -claim-secret claim.json
+//	    -agent dist/fleet-agent-linux-arm64 -claim-secret claim.json \
+//	    -artifact-verify-key artifact-verify-key.pem
 package main
 
 import (
@@ -47,6 +50,7 @@ type options struct {
 	image, env, stackOutputs, agent, agentArch, agentUnit string
 	claimSecret, claimCert, claimKey, authorizedKeys      string
 	serialPattern, adminUser                              string
+	artifactVerifyKey                                     string
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -65,6 +69,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.authorizedKeys, "ssh-authorized-keys", "", "optional SSH public keys for user pi; SSH stays off without them")
 	fs.StringVar(&o.serialPattern, "serial-pattern", defaultSerialPattern, "serial pattern for the agent (Go regexp) and the first-boot script (ERE): keep it to the common subset")
 	fs.StringVar(&o.adminUser, "admin-user", "pi", "the image's default user, whose password is locked")
+	fs.StringVar(&o.artifactVerifyKey, "artifact-verify-key", "", "PEM public key of the release key that signs mender artifacts (required; mender refuses artifacts it does not verify)")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
@@ -73,6 +78,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	for _, f := range []struct{ name, value string }{
 		{"-image", o.image}, {"-env", o.env}, {"-stack-outputs", o.stackOutputs}, {"-agent", o.agent}, {"-agent-unit", o.agentUnit},
+		{"-artifact-verify-key", o.artifactVerifyKey},
 	} {
 		if f.value == "" {
 			return options{}, fmt.Errorf("%s is required", f.name)
@@ -106,7 +112,11 @@ func run(ctx context.Context, log *slog.Logger, args []string, stderr io.Writer)
 	}
 	defer os.RemoveAll(stage)
 
-	inputs, err := prepareInputs(o, manifest, stage)
+	baseMenderConf, err := readBaseMenderConf(ctx, o.image, tools)
+	if err != nil {
+		return err
+	}
+	inputs, err := prepareInputs(o, manifest, stage, baseMenderConf)
 	if err != nil {
 		return err
 	}
@@ -121,9 +131,30 @@ func run(ctx context.Context, log *slog.Logger, args []string, stderr io.Writer)
 	return nil
 }
 
+// readBaseMenderConf returns the base image's mender configuration, or nil
+// when it has none.
+func readBaseMenderConf(ctx context.Context, img string, tools inject.Tools) ([]byte, error) {
+	layout, err := inject.ReadLayout(img)
+	if err != nil {
+		return nil, err
+	}
+	root, err := inject.NewRoot(img, layout.Root, tools)
+	if err != nil {
+		return nil, err
+	}
+	b, err := root.ReadFile(ctx, image.MenderConfPath)
+	if errors.Is(err, inject.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("base image: %w", err)
+	}
+	return b, nil
+}
+
 // prepareInputs checks every input and writes the derived ones (config,
-// image.env, claim certificate and key) into stage.
-func prepareInputs(o options, m image.Manifest, stage string) (map[string]string, error) {
+// image.env, claim certificate and key, mender configuration) into stage.
+func prepareInputs(o options, m image.Manifest, stage string, baseMenderConf []byte) (map[string]string, error) {
 	if err := image.CheckAgentBinary(o.agent, o.agentArch); err != nil {
 		return nil, err
 	}
@@ -188,12 +219,26 @@ func prepareInputs(o options, m image.Manifest, stage string) (map[string]string
 		}
 	}
 
+	verifyKey, err := os.ReadFile(o.artifactVerifyKey)
+	if err != nil {
+		return nil, fmt.Errorf("-artifact-verify-key: %w", err)
+	}
+	if err := image.CheckArtifactVerifyKey(verifyKey); err != nil {
+		return nil, fmt.Errorf("-artifact-verify-key %s: %w", o.artifactVerifyKey, err)
+	}
+	menderConf, err := image.MenderConf(baseMenderConf)
+	if err != nil {
+		return nil, err
+	}
+
 	inputs := map[string]string{image.InputAgent: o.agent, image.InputAgentUnit: o.agentUnit}
 	for name, content := range map[string][]byte{
-		image.InputConfig:    config,
-		image.InputImageEnv:  env,
-		image.InputClaimCert: cert,
-		image.InputClaimKey:  key,
+		image.InputConfig:     config,
+		image.InputImageEnv:   env,
+		image.InputClaimCert:  cert,
+		image.InputClaimKey:   key,
+		image.InputMenderConf: menderConf,
+		image.InputVerifyKey:  verifyKey,
 	} {
 		p := filepath.Join(stage, name)
 		if err := os.WriteFile(p, content, 0o600); err != nil {

@@ -28,7 +28,8 @@ import (
 
 type fixture struct {
 	dir, img, agent, unit, outputs, secret string
-	key                                    []byte
+	verifyKey                              string
+	key, verifyKeyPEM                      []byte
 }
 
 func newFixture(t *testing.T) fixture {
@@ -50,6 +51,8 @@ func newFixture(t *testing.T) fixture {
   "iotDataEndpoint": "abc123-ats.iot.eu-west-1.amazonaws.com",
   "iotCredentialsEndpoint": "abc123.credentials.iot.eu-west-1.amazonaws.com",
   "provisioningTemplate": "iot-fleet-dev",
+  "artifactsBucket": "iot-fleet-dev-artifacts-1a2b3c",
+  "region": "eu-west-1",
   "roleAlias": "iot-fleet-dev-token-exchange",
   "claimPrivateKey": "[secret]",
   "claimCertificateSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:iot-fleet/dev/claim-certificate-AbCdEf"
@@ -69,12 +72,22 @@ func newFixture(t *testing.T) fixture {
 	require.NoError(t, err)
 	f.secret = filepath.Join(f.dir, "claim.json")
 	require.NoError(t, os.WriteFile(f.secret, secret, 0o600))
+
+	// The release key's public half (the private half never leaves the
+	// release machine).
+	release, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	pub, err := x509.MarshalPKIXPublicKey(&release.PublicKey)
+	require.NoError(t, err)
+	f.verifyKeyPEM = pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub})
+	f.verifyKey = filepath.Join(f.dir, "artifact-verify-key.pem")
+	require.NoError(t, os.WriteFile(f.verifyKey, f.verifyKeyPEM, 0o644))
 	return f
 }
 
 func (f fixture) args(extra ...string) []string {
 	return append([]string{"-image", f.img, "-env", "dev", "-stack-outputs", f.outputs,
-		"-agent", f.agent, "-agent-unit", f.unit, "-claim-secret", f.secret}, extra...)
+		"-agent", f.agent, "-agent-unit", f.unit, "-claim-secret", f.secret, "-artifact-verify-key", f.verifyKey}, extra...)
 }
 
 func runTool(t *testing.T, args []string) error {
@@ -103,10 +116,18 @@ func TestImageInjectBuildsABootableLayout(t *testing.T) {
 	f := newFixture(t)
 	keys := filepath.Join(f.dir, "authorized_keys")
 	require.NoError(t, os.WriteFile(keys, []byte("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHn9 admin@example\n"), 0o644))
-	require.NoError(t, runTool(t, f.args("-ssh-authorized-keys", keys)))
-
 	ctx := context.Background()
+	// The base image carries mender's configuration (as mender-convert
+	// writes it): it is kept, with the verify key added.
+	base := filepath.Join(f.dir, "base-mender.conf")
+	require.NoError(t, os.WriteFile(base, []byte(`{"RootfsPartA": "/dev/mmcblk0p2", "RootfsPartB": "/dev/mmcblk0p3"}`), 0o600))
 	root, boot := open(t, f.img)
+	require.NoError(t, root.Apply(ctx, []inject.Entry{
+		{Kind: inject.KindDir, Path: "/etc/mender", Mode: 0o755},
+		{Kind: inject.KindFile, Path: "/etc/mender/mender.conf", Mode: 0o644, Source: base},
+	}))
+	require.NoError(t, runTool(t, f.args("-ssh-authorized-keys", keys)))
+	root, boot = open(t, f.img)
 	stat := func(p string) inject.Inode {
 		ino, err := root.Stat(ctx, p)
 		require.NoError(t, err, p)
@@ -125,6 +146,8 @@ func TestImageInjectBuildsABootableLayout(t *testing.T) {
 		"/etc/fleet-agent/config.json":            {inject.KindFile, 0o644},
 		"/usr/local/lib/fleet-agent/firstboot.sh": {inject.KindFile, 0o755},
 		"/etc/ssh/authorized_keys/pi":             {inject.KindFile, 0o644},
+		"/etc/mender/mender.conf":                 {inject.KindFile, 0o600},
+		"/etc/mender/artifact-verify-key.pem":     {inject.KindFile, 0o644},
 	} {
 		ino := stat(p)
 		assert.Equal(t, want.kind, ino.Kind, p)
@@ -154,6 +177,15 @@ func TestImageInjectBuildsABootableLayout(t *testing.T) {
 	assert.Equal(t, "abc123-ats.iot.eu-west-1.amazonaws.com", cfg.Endpoint)
 	assert.Equal(t, "iot-fleet-dev", cfg.Provisioning.TemplateName)
 	assert.Equal(t, "/etc/fleet-agent/claim/claim.key", cfg.Provisioning.ClaimKeyFile)
+
+	assert.Equal(t, "/etc/mender/artifact-verify-key.pem", cfg.OTA.ArtifactVerifyKey)
+	assert.Contains(t, cfg.OTA.AllowedHosts, "iot-fleet-dev-artifacts-1a2b3c.s3.eu-west-1.amazonaws.com")
+	vk, err := root.ReadFile(ctx, "/etc/mender/artifact-verify-key.pem")
+	require.NoError(t, err)
+	assert.Equal(t, f.verifyKeyPEM, vk)
+	mc, err := root.ReadFile(ctx, "/etc/mender/mender.conf")
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"RootfsPartA": "/dev/mmcblk0p2", "RootfsPartB": "/dev/mmcblk0p3", "ArtifactVerifyKey": "/etc/mender/artifact-verify-key.pem"}`, string(mc))
 
 	env, err := root.ReadFile(ctx, "/etc/fleet-agent/image.env")
 	require.NoError(t, err)
@@ -193,6 +225,11 @@ func TestImageInjectRefusesBadInputsAndLeavesTheImageAlone(t *testing.T) {
 	noEndpoint := filepath.Join(f.dir, "partial.json")
 	require.NoError(t, os.WriteFile(noEndpoint, []byte(`{"provisioningTemplate":"iot-fleet-dev"}`), 0o644))
 
+	privKey := filepath.Join(f.dir, "release.key")
+	require.NoError(t, os.WriteFile(privKey, f.key, 0o600))
+	noBucket := filepath.Join(f.dir, "no-bucket.json")
+	require.NoError(t, os.WriteFile(noBucket, []byte(`{"iotDataEndpoint":"e-ats.iot.eu-west-1.amazonaws.com","provisioningTemplate":"iot-fleet-dev","region":"eu-west-1"}`), 0o644))
+
 	amd64 := filepath.Join(f.dir, "fleet-agent-amd64")
 	require.NoError(t, os.WriteFile(amd64, injecttest.ELFHeader(62), 0o755))
 
@@ -201,12 +238,16 @@ func TestImageInjectRefusesBadInputsAndLeavesTheImageAlone(t *testing.T) {
 		want string
 	}{
 		"world-readable secret": {f.args("-claim-secret", loose), "must be 0600"},
-		"missing output":        {f.args("-stack-outputs", noEndpoint), "no value for iotDataEndpoint"},
+		"missing output":        {f.args("-stack-outputs", noEndpoint), "iotDataEndpoint"},
 		"wrong architecture":    {f.args("-agent", amd64), "want an executable for arm64"},
 		"bad environment":       {f.args("-env", "Prod"), "want [a-z0-9-]+"},
 		"bad serial pattern":    {f.args("-serial-pattern", "^[0-9"), "-serial-pattern"},
 		"two claim sources":     {f.args("-claim-key", f.secret), "not both"},
 		"no image":              {[]string{"-env", "dev"}, "-image is required"},
+		"no verify key":         {f.args("-artifact-verify-key", ""), "-artifact-verify-key is required"},
+		"private verify key":    {f.args("-artifact-verify-key", privKey), "never a private key"},
+		"missing verify key":    {f.args("-artifact-verify-key", filepath.Join(f.dir, "nope.pem")), "no such file"},
+		"no artifacts bucket":   {f.args("-stack-outputs", noBucket), "no value for artifactsBucket"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -11,7 +11,15 @@
 //   - commit makes the pending partition active, or fails when the
 //     scenario says the device booted the old partition;
 //   - rollback drops the pending partition;
-//   - commit and rollback exit 2 when no update is in progress.
+//   - commit and rollback exit 2 when no update is in progress;
+//   - show-artifact prints the committed artifact's name (the install
+//     URL's file name without .mender; "rpi-initial" at first).
+//
+// With hangAfterCommit, commit takes effect (partitions.json written),
+// then writes commit.done (holding its pid) and blocks until killed: a
+// test kills the agent right after a commit that took effect. With
+// hangBeforeCommit, commit writes commit.started (its pid) and blocks
+// before it changes anything.
 package main
 
 import (
@@ -20,7 +28,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -45,6 +55,9 @@ type Scenario struct {
 	BootedOld bool `json:"bootedOld"`
 	// RollbackFails makes rollback exit 1.
 	RollbackFails bool `json:"rollbackFails"`
+	// HangAfterCommit and HangBeforeCommit: see the package comment.
+	HangAfterCommit  bool `json:"hangAfterCommit"`
+	HangBeforeCommit bool `json:"hangBeforeCommit"`
 }
 
 // Partitions is the persisted device model.
@@ -54,9 +67,13 @@ type Partitions struct {
 	// InProgress: an install started and neither finished nor was rolled
 	// back.
 	InProgress bool `json:"inProgress,omitempty"`
-	Installs   int  `json:"installs"`
-	Commits    int  `json:"commits"`
-	Rollbacks  int  `json:"rollbacks"`
+	// ActiveArtifact and PendingArtifact name the artifacts on the
+	// partitions (show-artifact prints ActiveArtifact).
+	ActiveArtifact  string `json:"activeArtifact,omitempty"`
+	PendingArtifact string `json:"pendingArtifact,omitempty"`
+	Installs        int    `json:"installs"`
+	Commits         int    `json:"commits"`
+	Rollbacks       int    `json:"rollbacks"`
 }
 
 // Call is one line of calls.log.
@@ -111,6 +128,9 @@ func run() int {
 		return f.commit()
 	case "rollback":
 		return f.rollback()
+	case "show-artifact":
+		fmt.Println(f.parts.ActiveArtifact)
+		return 0
 	}
 	return 1
 }
@@ -161,7 +181,7 @@ func (f *fake) load() error {
 			f.sc.Version = "3.5.0"
 		}
 	}
-	f.parts = Partitions{Active: "A"}
+	f.parts = Partitions{Active: "A", ActiveArtifact: "rpi-initial"}
 	b, err = os.ReadFile(filepath.Join(f.dir, "partitions.json"))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
@@ -215,7 +235,7 @@ func (f *fake) parse(args []string) (op, url string, ok bool) {
 			return "", "", false
 		}
 		return op, args[1], true
-	case "commit", "rollback":
+	case "commit", "rollback", "show-artifact":
 		if len(args) != 1 {
 			fmt.Fprintf(os.Stderr, "Too many arguments: %s\n", args[1])
 			return "", "", false
@@ -235,6 +255,24 @@ func (f *fake) logf(level, format string, a ...any) {
 	}
 	lv := map[string]string{"info": "INFO", "error": "ERRO", "warning": "WARN"}[level]
 	fmt.Fprintf(os.Stderr, "%s[0000] %s\n", lv, msg)
+}
+
+// hang writes marker (holding the pid) next to the binary and blocks until
+// killed.
+func (f *fake) hang(marker string) {
+	_ = os.WriteFile(filepath.Join(f.dir, marker), []byte(strconv.Itoa(os.Getpid())), 0o600)
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
+// artifactName is the install source's file name without ".mender" (a
+// URL's query is ignored).
+func artifactName(src string) string {
+	if i := strings.IndexAny(src, "?#"); i >= 0 {
+		src = src[:i]
+	}
+	return strings.TrimSuffix(path.Base(src), ".mender")
 }
 
 func other(p string) string {
@@ -296,6 +334,7 @@ func (f *fake) install(url string) int {
 	}
 	f.parts.InProgress = false
 	f.parts.Pending = other(f.parts.Active)
+	f.parts.PendingArtifact = artifactName(url)
 	f.save()
 	if f.dialect == "4" {
 		fmt.Fprintln(os.Stderr)
@@ -321,6 +360,9 @@ func (f *fake) commit() int {
 	if f.parts.Pending == "" && !f.parts.InProgress {
 		return f.noUpdate()
 	}
+	if f.sc.HangBeforeCommit {
+		f.hang("commit.started")
+	}
 	if f.sc.BootedOld || f.parts.InProgress {
 		f.logf("error", "Reboot to the new update failed. Expected \"upgrade_available\" flag to be true but it was false")
 		if f.dialect == "4" {
@@ -329,8 +371,12 @@ func (f *fake) commit() int {
 		return 1
 	}
 	f.parts.Active, f.parts.Pending = f.parts.Pending, ""
+	f.parts.ActiveArtifact, f.parts.PendingArtifact = f.parts.PendingArtifact, ""
 	f.parts.Commits++
 	f.save()
+	if f.sc.HangAfterCommit {
+		f.hang("commit.done")
+	}
 	if f.dialect == "4" {
 		fmt.Println("Committed.")
 	} else {
@@ -347,7 +393,7 @@ func (f *fake) rollback() int {
 		f.logf("error", "Rollback failed: could not set boot partition")
 		return 1
 	}
-	f.parts.Pending, f.parts.InProgress = "", false
+	f.parts.Pending, f.parts.InProgress, f.parts.PendingArtifact = "", false, ""
 	f.parts.Rollbacks++
 	f.save()
 	if f.dialect == "4" {

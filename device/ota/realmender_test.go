@@ -1,0 +1,363 @@
+package ota
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+)
+
+// The real-tool tests run Debian's mender client 3.4 (/usr/bin/mender) on
+// artifacts made by the real mender-artifact: signed, unsigned, signed
+// with another key, and tampered (a payload byte flipped after signing).
+// They are update-module artifacts for mender's own single-file module,
+// whose payload goes into the test's temp dir. mender runs through a
+// wrapper with its own --config and --data (temp dirs) in a private mount
+// namespace where a temp dir is bind-mounted on /etc/mender (mender 3.4
+// reads the running artifact's name from /etc/mender/artifact_info, a path
+// no option changes): nothing outside the test's temp dirs is touched.
+// The reboot is the tests' fake one (the real client cannot reboot this
+// machine).
+
+const realDeviceType = "raspberrypi4"
+
+type realMender struct {
+	t       *testing.T
+	dir     string
+	wrapper string
+	pub     string // the device's verify key
+	priv    string // the release key
+	other   string // another private key
+	dest    string // where the single-file module installs the payload
+}
+
+// needTools skips (fails in CI, where make tools installs them) when the
+// real tools cannot run.
+func needTools(t *testing.T) {
+	t.Helper()
+	skip := t.Skipf
+	if os.Getenv("CI") != "" {
+		skip = t.Fatalf
+	}
+	for _, tool := range []string{"/usr/bin/mender", "mender-artifact", "openssl", "unshare"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			skip("%s is not installed (make tools installs mender-client, mender-artifact and openssl): %v", tool, err)
+		}
+	}
+	if os.Geteuid() != 0 {
+		skip("the real mender client runs in a private mount namespace: needs root")
+	}
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	require.NoError(t, err, "%s %v: %s", name, args, out)
+	return string(out)
+}
+
+// newRealMender sets up the real client with its own configuration (an
+// ArtifactVerifyKey) and data dir, and the keys.
+func newRealMender(t *testing.T) *realMender {
+	needTools(t)
+	dir := t.TempDir()
+	r := &realMender{t: t, dir: dir, dest: filepath.Join(dir, "dest"), pub: filepath.Join(dir, "artifact-verify-key.pem"),
+		priv: filepath.Join(dir, "release.key"), other: filepath.Join(dir, "other.key")}
+	// The documented release key: ECDSA P-256 in the SEC1 form that
+	// mender-artifact reads.
+	run(t, "openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", r.priv)
+	run(t, "openssl", "ec", "-in", r.priv, "-pubout", "-out", r.pub)
+	run(t, "openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", r.other)
+	require.NoError(t, CheckVerifyKeyFile(r.pub))
+
+	etc := filepath.Join(dir, "etc-mender")
+	data := filepath.Join(dir, "data")
+	for _, d := range []string{etc, data, r.dest, filepath.Join(dir, "bin")} {
+		require.NoError(t, os.MkdirAll(d, 0o700))
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(etc, "artifact_info"), []byte("artifact_name=rpi-initial\n"), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(data, "device_type"), []byte("device_type="+realDeviceType+"\n"), 0o600))
+	conf := filepath.Join(dir, "mender.conf")
+	require.NoError(t, os.WriteFile(conf, []byte(fmt.Sprintf(`{"ArtifactVerifyKey": %q}`, r.pub)), 0o600))
+	r.wrapper = filepath.Join(dir, "bin", "mender")
+	script := `#!/bin/sh
+echo "$*" >> "` + filepath.Join(dir, "calls.log") + `"
+exec unshare --mount --propagation private /bin/sh -c 'mount --bind "$0" /etc/mender && c="$1" d="$2" && shift 2 && exec /usr/bin/mender --no-syslog --config "$c" --data "$d" "$@"' "` + etc + `" "` + conf + `" "` + data + `" "$@"
+`
+	require.NoError(t, os.WriteFile(r.wrapper, []byte(script), 0o700))
+	return r
+}
+
+// artifact writes a single-file artifact named name; key signs it ("" for
+// none).
+func (r *realMender) artifact(name, content, key string) string {
+	t := r.t
+	files := filepath.Join(r.dir, "src-"+name)
+	require.NoError(t, os.MkdirAll(files, 0o700))
+	for f, v := range map[string]string{"dest_dir": r.dest, "filename": "release.txt", "permissions": "0644", "release.txt": content} {
+		require.NoError(t, os.WriteFile(filepath.Join(files, f), []byte(v), 0o600))
+	}
+	out := filepath.Join(r.dir, name+".mender")
+	args := []string{"write", "module-image", "-T", "single-file", "-n", name, "-t", realDeviceType, "-o", out}
+	for _, f := range []string{"dest_dir", "filename", "permissions", "release.txt"} {
+		args = append(args, "-f", filepath.Join(files, f))
+	}
+	if key != "" {
+		args = append(args, "-k", key)
+	}
+	run(t, "mender-artifact", args...)
+	return out
+}
+
+func (r *realMender) calls() []string {
+	b, err := os.ReadFile(filepath.Join(r.dir, "calls.log"))
+	if os.IsNotExist(err) {
+		return nil
+	}
+	require.NoError(r.t, err)
+	var out []string
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if l != "--version" {
+			out = append(out, strings.Fields(l)[0])
+		}
+	}
+	return out
+}
+
+func (r *realMender) installed() (string, bool) {
+	b, err := os.ReadFile(filepath.Join(r.dest, "release.txt"))
+	if os.IsNotExist(err) {
+		return "", false
+	}
+	require.NoError(r.t, err)
+	return string(b), true
+}
+
+func (r *realMender) showArtifact() string {
+	out, err := exec.Command(r.wrapper, "show-artifact").Output()
+	require.NoError(r.t, err)
+	return strings.TrimSpace(string(out))
+}
+
+// serve serves files over HTTP on 127.0.0.1 and returns the base URL and
+// its host:port.
+func serve(t *testing.T, files map[string]string) (string, string) {
+	mux := http.NewServeMux()
+	for name, path := range files {
+		mux.HandleFunc("/artifacts/"+name, func(w http.ResponseWriter, req *http.Request) { http.ServeFile(w, req, path) })
+	}
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv.URL + "/artifacts/", strings.TrimPrefix(srv.URL, "http://")
+}
+
+func fileSHA256(t *testing.T, path string) string {
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// tamper flips one byte of the payload inside a signed artifact, keeping
+// its structure (outer tar, gzip'd payload tar): only the checksums the
+// signed manifest holds can tell.
+func tamper(t *testing.T, in, out string) {
+	work := t.TempDir()
+	run(t, "tar", "-xf", in, "-C", work)
+	inner := filepath.Join(work, "inner")
+	require.NoError(t, os.Mkdir(inner, 0o700))
+	run(t, "tar", "-xzf", filepath.Join(work, "data", "0000.tar.gz"), "-C", inner)
+	p := filepath.Join(inner, "release.txt")
+	b, err := os.ReadFile(p)
+	require.NoError(t, err)
+	b[0] ^= 0x01
+	require.NoError(t, os.WriteFile(p, b, 0o600))
+	run(t, "tar", "-czf", filepath.Join(work, "data", "0000.tar.gz"), "-C", inner, "release.txt")
+	members := strings.Fields(run(t, "tar", "-tf", in))
+	run(t, "tar", append([]string{"-cf", out, "-C", work}, members...)...)
+}
+
+func (r *realMender) device(t *testing.T, hosts ...string) *device {
+	d := newDevice(t, "mender", fakeScenario{})
+	d.realMender = r
+	d.allowHTTP = true
+	d.hosts = hosts
+	return d
+}
+
+// TestRealMenderSignedArtifactInstalls: a signed artifact, checked against
+// the job's sha256, is installed by the real client, committed after the
+// (simulated) reboot, and the job SUCCEEDS.
+func TestRealMenderSignedArtifactInstalls(t *testing.T) {
+	r := newRealMender(t)
+	art := r.artifact("rpi-2026.12", "release 2026.12\n", r.priv)
+	base, host := serve(t, map[string]string{"rpi-2026.12.mender": art})
+	d := r.device(t, host)
+	job := Job{ID: "real-signed", Document: map[string]any{"operation": Operation, "url": base + "rpi-2026.12.mender", "sha256": fileSHA256(t, art)}}
+	rep := d.reporter()
+	require.ErrorIs(t, d.updater(nil).Run(testCtx(t), job, rep), ErrRebootPending)
+	got, ok := r.installed()
+	require.True(t, ok, "the single-file module installed the payload")
+	assert.Equal(t, "release 2026.12\n", got)
+	assert.Equal(t, "rpi-initial", r.showArtifact(), "not committed before the reboot")
+
+	d.reboot()
+	require.NoError(t, d.updater(nil).Run(testCtx(t), job, rep))
+	assert.Equal(t, protocol.JobSucceeded, rep.last().Status, "%v", rep.steps())
+	assert.Equal(t, "rpi-2026.12", r.showArtifact())
+	assert.Equal(t, []string{"show-artifact", "install"}, r.calls()[:2], "the name before the update is recorded first")
+	ops := slices.DeleteFunc(r.calls(), func(c string) bool { return c == "show-artifact" })
+	assert.Equal(t, []string{"install", "commit"}, ops)
+	_, err := os.Stat(filepath.Join(d.stateDir, downloadFileName))
+	assert.ErrorIs(t, err, os.ErrNotExist, "the downloaded artifact is removed")
+}
+
+// TestRealMenderRefusesBadArtifacts: unsigned, signed with another key and
+// tampered artifacts are refused by the real client (streamed from the
+// URL, or downloaded and checked against sha256 first); the job FAILS at
+// once with mender's reason and nothing is installed.
+func TestRealMenderRefusesBadArtifacts(t *testing.T) {
+	r := newRealMender(t)
+	signed := r.artifact("rpi-good", "good\n", r.priv)
+	tampered := filepath.Join(r.dir, "rpi-tampered.mender")
+	tamper(t, signed, tampered)
+	files := map[string]string{
+		"unsigned.mender": r.artifact("rpi-unsigned", "unsigned\n", ""),
+		"wrongkey.mender": r.artifact("rpi-wrongkey", "wrong key\n", r.other),
+		"tampered.mender": tampered,
+	}
+	base, host := serve(t, files)
+	for _, tc := range []struct {
+		name, file, want string
+		checksum         bool
+	}{
+		{"unsigned", "unsigned.mender", "expecting signed artifact, but no signature file found", false},
+		{"unsigned with sha256", "unsigned.mender", "expecting signed artifact, but no signature file found", true},
+		{"wrong key", "wrongkey.mender", "invalid signature: signer: verification failed", true},
+		{"tampered", "tampered.mender", "invalid checksum", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.NoError(t, os.WriteFile(filepath.Join(r.dir, "calls.log"), nil, 0o600))
+			d := r.device(t, host)
+			doc := map[string]any{"operation": Operation, "url": base + tc.file}
+			if tc.checksum {
+				doc["sha256"] = fileSHA256(t, files[tc.file])
+			}
+			rep := d.reporter()
+			require.NoError(t, d.updater(nil).Run(testCtx(t), Job{ID: "real-" + tc.file, Document: doc}, rep))
+			last := rep.last()
+			assert.Equal(t, protocol.JobFailed, last.Status)
+			assert.Equal(t, "failed", last.Details[DetailStep])
+			assert.Equal(t, "1", last.Details[DetailAttempt], "no retry: the verdict cannot change")
+			assert.Contains(t, last.Details[DetailReason], "mender refused the artifact (nothing was installed)")
+			assert.Contains(t, last.Details[DetailReason], tc.want)
+			_, installed := r.installed()
+			assert.False(t, installed, "nothing installed")
+			assert.Equal(t, "rpi-initial", r.showArtifact())
+			assert.NotContains(t, r.calls(), "commit")
+			assert.Equal(t, 1, strings.Count(strings.Join(r.calls(), " "), "install"), "one install attempt")
+		})
+	}
+}
+
+// TestSHA256MismatchInstallsNothing: the artifact served is not the one the
+// job names (a valid, signed artifact — signature alone would accept it):
+// the job FAILS with the two checksums and mender is never asked to
+// install.
+func TestSHA256MismatchInstallsNothing(t *testing.T) {
+	r := newRealMender(t)
+	art := r.artifact("rpi-other-release", "another release\n", r.priv)
+	base, host := serve(t, map[string]string{"a.mender": art})
+	d := r.device(t, host)
+	want := strings.Repeat("ab", 32)
+	rep := d.reporter()
+	require.NoError(t, d.updater(nil).Run(testCtx(t), Job{ID: "real-mismatch", Document: map[string]any{"operation": Operation, "url": base + "a.mender", "sha256": want}}, rep))
+	last := rep.last()
+	assert.Equal(t, protocol.JobFailed, last.Status)
+	assert.Equal(t, "failed", last.Details[DetailStep])
+	assert.Contains(t, last.Details[DetailReason], "artifact integrity check failed (nothing was installed)")
+	assert.Contains(t, last.Details[DetailReason], want)
+	assert.Contains(t, last.Details[DetailReason], fileSHA256(t, art))
+	assert.NotContains(t, r.calls(), "install")
+	_, installed := r.installed()
+	assert.False(t, installed)
+	entries, err := os.ReadDir(d.stateDir)
+	require.NoError(t, err)
+	for _, e := range entries {
+		assert.False(t, strings.HasPrefix(e.Name(), "ota-artifact"), "no download left behind: %s", e.Name())
+	}
+}
+
+// TestRealMenderResumesAfterCommit: the agent died right after the real
+// client's commit took effect (state still committing): on restart commit
+// says "nothing to commit" (exit 2), show-artifact names the new artifact,
+// and the job SUCCEEDS.
+func TestRealMenderResumesAfterCommit(t *testing.T) {
+	r := newRealMender(t)
+	art := r.artifact("rpi-2027.01", "release 2027.01\n", r.priv)
+	base, host := serve(t, map[string]string{"a.mender": art})
+	d := r.device(t, host)
+	job := Job{ID: "real-commit-crash", Document: map[string]any{"operation": Operation, "url": base + "a.mender"}}
+	rep := d.reporter()
+	require.ErrorIs(t, d.updater(nil).Run(testCtx(t), job, rep), ErrRebootPending)
+	d.reboot()
+
+	// What the agent persisted before running commit, then the commit
+	// itself; the agent dies before it records the result.
+	store := &stateStore{path: filepath.Join(d.stateDir, StateFileName)}
+	st, err := store.load()
+	require.NoError(t, err)
+	require.Equal(t, "rpi-initial", st.OldArtifact)
+	st.Step, st.Reported = StepCommitting, true
+	require.NoError(t, store.save(st))
+	run(t, r.wrapper, "commit")
+
+	require.NoError(t, d.updater(nil).Run(testCtx(t), job, rep))
+	last := rep.last()
+	assert.Equal(t, protocol.JobSucceeded, last.Status, "%v", rep.steps())
+	assert.Equal(t, "committed", last.Details[DetailStep])
+	for _, s := range rep.steps() {
+		assert.NotContains(t, s, "FAILED")
+	}
+	assert.Equal(t, "rpi-2027.01", r.showArtifact())
+}
+
+func TestCheckVerifyKey(t *testing.T) {
+	needTools(t)
+	dir := t.TempDir()
+	priv := filepath.Join(dir, "k")
+	run(t, "openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", priv)
+	b, err := os.ReadFile(priv)
+	require.NoError(t, err)
+	assert.ErrorContains(t, CheckVerifyKey(b), "never a private key")
+	assert.ErrorContains(t, CheckVerifyKey([]byte("ArtifactVerifyKey")), "no PEM block")
+	assert.ErrorContains(t, CheckVerifyKeyFile(filepath.Join(dir, "missing.pem")), "no such file")
+	rsa := filepath.Join(dir, "rsa1024")
+	run(t, "openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", rsa)
+	pub := run(t, "openssl", "pkey", "-in", rsa, "-pubout")
+	assert.ErrorContains(t, CheckVerifyKey([]byte(pub)), "at least 2048")
+}
+
+// TestMissingVerifyKeyFailsClosed: with ota.artifactVerifyKey set and the
+// key file gone, no install is attempted.
+func TestMissingVerifyKeyFailsClosed(t *testing.T) {
+	d := newDevice(t, "mender", fakeScenario{})
+	rep := d.reporter()
+	u := d.updater(func(c *Config) { c.ArtifactVerifyKey = filepath.Join(t.TempDir(), "artifact-verify-key.pem") })
+	require.NoError(t, u.Run(testCtx(t), testJob("no-key"), rep))
+	assert.Equal(t, protocol.JobFailed, rep.last().Status)
+	assert.Contains(t, rep.last().Details[DetailReason], "refusing to install: artifact verify key")
+	assert.Empty(t, d.mender.ops())
+}
