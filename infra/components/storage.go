@@ -14,8 +14,18 @@ import (
 type PrivateBucketArgs struct {
 	// NamePrefix is the bucket name prefix; AWS adds a unique suffix.
 	NamePrefix string
-	Tags       pulumi.StringMap
+	// Retain keeps the bucket, with its public access block, ownership,
+	// versioning, encryption and TLS-only policy, in AWS when the stack
+	// is destroyed (a versioned bucket that ever held an object cannot be
+	// deleted without emptying every version first).
+	Retain bool
+	Tags   pulumi.StringMap
 }
+
+// RetainedOnDestroy is the resource option of what a destroy leaves in
+// AWS because a live fleet holds it or it holds data (docs/delivery.md
+// lists them and how to clean them up).
+func RetainedOnDestroy(retain bool) pulumi.ResourceOption { return pulumi.RetainOnDelete(retain) }
 
 // PrivateBucket is an S3 bucket that is private (public access blocked,
 // ACLs disabled), versioned, encrypted at rest (SSE-S3) and reachable over
@@ -35,7 +45,7 @@ func NewPrivateBucket(ctx *pulumi.Context, name string, args PrivateBucketArgs, 
 	if err := ctx.RegisterComponentResource("iot-fleet:storage:PrivateBucket", name, c, opts...); err != nil {
 		return nil, err
 	}
-	parent := pulumi.Parent(c)
+	parent := pulumi.Composite(pulumi.Parent(c), RetainedOnDestroy(args.Retain))
 	bucket, err := s3.NewBucketV2(ctx, name, &s3.BucketV2Args{
 		BucketPrefix: pulumi.String(args.NamePrefix),
 		ForceDestroy: pulumi.Bool(false),
@@ -103,7 +113,9 @@ func NewPrivateBucket(ctx *pulumi.Context, name string, args PrivateBucketArgs, 
 type StorageArgs struct {
 	// Prefix is "iot-fleet-<env>".
 	Prefix string
-	// DeletionProtection protects the registry table from deletion.
+	// DeletionProtection protects the registry table from deletion; a
+	// protected table is also retained by a destroy (which would
+	// otherwise fail on it).
 	DeletionProtection bool
 	Tags               pulumi.StringMap
 }
@@ -144,7 +156,7 @@ func NewStorage(ctx *pulumi.Context, name string, args StorageArgs, opts ...pulu
 	parent := pulumi.Parent(c)
 	var err error
 	bucket := func(kind string) (*PrivateBucket, error) {
-		return NewPrivateBucket(ctx, name+"-"+kind, PrivateBucketArgs{NamePrefix: BucketPrefix(args.Prefix, kind), Tags: args.Tags}, parent)
+		return NewPrivateBucket(ctx, name+"-"+kind, PrivateBucketArgs{NamePrefix: BucketPrefix(args.Prefix, kind), Retain: true, Tags: args.Tags}, parent)
 	}
 	if c.Artifacts, err = bucket("artifacts"); err != nil {
 		return nil, err
@@ -175,7 +187,7 @@ func NewStorage(ctx *pulumi.Context, name string, args StorageArgs, opts ...pulu
 		ServerSideEncryption:      &dynamodb.TableServerSideEncryptionArgs{Enabled: pulumi.Bool(true)},
 		DeletionProtectionEnabled: pulumi.Bool(args.DeletionProtection),
 		Tags:                      args.Tags,
-	}, parent)
+	}, parent, RetainedOnDestroy(args.DeletionProtection))
 	if err != nil {
 		return nil, fmt.Errorf("registry table: %w", err)
 	}
