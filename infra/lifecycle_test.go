@@ -156,3 +156,37 @@ func TestDestroyKeepsWhatALiveFleetHolds(t *testing.T) {
 		}
 	}
 }
+
+// After a destroy, the redeploy with adoptRetained imports what the
+// destroy kept under fixed names instead of failing to create it; without
+// the key nothing is imported.
+func TestRedeployAdoptsWhatTheDestroyRetained(t *testing.T) {
+	t.Parallel()
+	for _, stack := range []string{"dev", "prod"} {
+		r := runProgram(t, stack, stackConfig(t, stack), programOptions{})
+		require.NoError(t, r.err)
+		for _, x := range r.aws.resources("") {
+			assert.Empty(t, x.ImportID, "%s: %s %s is created, not imported", stack, x.Type, x.Name)
+		}
+
+		cfg := stackConfig(t, stack)
+		cfg[stackconfig.KeyAdoptRetained] = "true"
+		r = runProgram(t, stack, cfg, programOptions{})
+		require.NoError(t, r.err)
+		assert.Equal(t, "iot-fleet-"+stack+"-device", r.one(t, tIoTPolicy, "-device").ImportID)
+		assert.Equal(t, "iot-fleet-"+stack, r.one(t, tThingGroup, "group").ImportID)
+		wantTable := ""
+		if stack == "prod" { // only a deletion-protected table was retained
+			wantTable = "iot-fleet-prod-registry"
+		}
+		assert.Equal(t, wantTable, r.one(t, tTable, "registry").ImportID)
+		imported := 0
+		for _, x := range r.aws.resources("") {
+			if x.ImportID != "" {
+				imported++
+				assert.True(t, x.RetainOnDelete, "%s: only retained resources are adopted (%s)", stack, x.Name)
+			}
+		}
+		assert.Equal(t, map[string]int{"dev": 2, "prod": 3}[stack], imported, stack)
+	}
+}

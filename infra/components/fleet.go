@@ -23,7 +23,9 @@ type FleetArgs struct {
 	// MaxSessionDuration (stackconfig.TokenExchangeMaxSessionSeconds,
 	// which the role sets explicitly); 0 means 3600.
 	CredentialDurationSeconds int
-	Tags                      pulumi.StringMap
+	// AdoptRetained imports the thing group an earlier destroy retained.
+	AdoptRetained bool
+	Tags          pulumi.StringMap
 }
 
 // Fleet is what devices belong to and act as: the environment's thing
@@ -66,7 +68,7 @@ func NewFleet(ctx *pulumi.Context, name string, args FleetArgs, opts ...pulumi.R
 		Tags: args.Tags,
 		// The group holds the provisioned things and is the target of
 		// fleet jobs: a destroy keeps it, with its members.
-	}, parent, RetainedOnDestroy(true)); err != nil {
+	}, parent, RetainedOnDestroy(true), AdoptRetained(args.AdoptRetained, args.ThingGroupName)); err != nil {
 		return nil, fmt.Errorf("thing group: %w", err)
 	}
 	artifacts := pulumi.StringInput(args.ArtifactsBucketArn).ToStringOutput().ApplyT(func(arn string) string { return arn + "/*" }).(pulumi.StringOutput)

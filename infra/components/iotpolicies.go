@@ -19,6 +19,8 @@ type IoTPoliciesArgs struct {
 	// RoleAliasName is the credentials-provider role alias devices may
 	// assume (iot:AssumeRoleWithCertificate).
 	RoleAliasName string
+	// AdoptRetained imports the device policy an earlier destroy retained.
+	AdoptRetained bool
 	Tags          pulumi.StringMap
 }
 
@@ -84,7 +86,7 @@ func NewIoTPolicies(ctx *pulumi.Context, name string, args IoTPoliciesArgs, opts
 		Name:   pulumi.String(args.DevicePolicyName),
 		Policy: pulumi.String(device.JSON()),
 		Tags:   args.Tags,
-	}, parent, RetainedOnDestroy(true)); err != nil {
+	}, parent, RetainedOnDestroy(true), AdoptRetained(args.AdoptRetained, args.DevicePolicyName)); err != nil {
 		return nil, fmt.Errorf("device policy: %w", err)
 	}
 	if err := ctx.RegisterResourceOutputs(c, pulumi.Map{"claimPolicy": c.Claim.Name, "devicePolicy": c.Device.Name}); err != nil {

@@ -106,18 +106,19 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 	tags := Tags(cfg.Environment)
 	prefix := cfg.Prefix()
 
-	if s.Storage, err = NewStorage(ctx, "storage", StorageArgs{Prefix: prefix, DeletionProtection: cfg.DeletionProtection, Tags: tags}, parent); err != nil {
+	if s.Storage, err = NewStorage(ctx, "storage", StorageArgs{Prefix: prefix, DeletionProtection: cfg.DeletionProtection, AdoptRetained: cfg.AdoptRetained, Tags: tags}, parent); err != nil {
 		return nil, err
 	}
 	if s.Policies, err = NewIoTPolicies(ctx, "policies", IoTPoliciesArgs{
 		Params: params, ClaimPolicyName: cfg.ClaimPolicyName(), DevicePolicyName: cfg.DevicePolicyName(),
-		RoleAliasName: cfg.RoleAliasName(), Tags: tags,
+		RoleAliasName: cfg.RoleAliasName(), AdoptRetained: cfg.AdoptRetained, Tags: tags,
 	}, parent); err != nil {
 		return nil, err
 	}
 	if s.Fleet, err = NewFleet(ctx, "fleet", FleetArgs{
 		Prefix: prefix, ThingGroupName: cfg.ThingGroup, RoleAliasName: cfg.RoleAliasName(),
-		ArtifactsBucketArn: s.Storage.Artifacts.Arn, CredentialDurationSeconds: cfg.CredentialDurationSeconds, Tags: tags,
+		ArtifactsBucketArn: s.Storage.Artifacts.Arn, CredentialDurationSeconds: cfg.CredentialDurationSeconds,
+		AdoptRetained: cfg.AdoptRetained, Tags: tags,
 	}, parent); err != nil {
 		return nil, err
 	}

@@ -27,6 +27,16 @@ type PrivateBucketArgs struct {
 // lists them and how to clean them up).
 func RetainedOnDestroy(retain bool) pulumi.ResourceOption { return pulumi.RetainOnDelete(retain) }
 
+// AdoptRetained is the resource option that imports a resource an earlier
+// destroy retained (id: its name) instead of creating it, when adopt is
+// set (stack config adoptRetained); otherwise it does nothing.
+func AdoptRetained(adopt bool, id string) pulumi.ResourceOption {
+	if !adopt {
+		return pulumi.Composite()
+	}
+	return pulumi.Import(pulumi.ID(id))
+}
+
 // PrivateBucket is an S3 bucket that is private (public access blocked,
 // ACLs disabled), versioned, encrypted at rest (SSE-S3) and reachable over
 // TLS only.
@@ -117,7 +127,10 @@ type StorageArgs struct {
 	// protected table is also retained by a destroy (which would
 	// otherwise fail on it).
 	DeletionProtection bool
-	Tags               pulumi.StringMap
+	// AdoptRetained imports a registry table retained by an earlier
+	// destroy (only a deletion-protected one is retained).
+	AdoptRetained bool
+	Tags          pulumi.StringMap
 }
 
 // Storage is the stack's state: the OTA artifacts bucket, the config
@@ -187,7 +200,7 @@ func NewStorage(ctx *pulumi.Context, name string, args StorageArgs, opts ...pulu
 		ServerSideEncryption:      &dynamodb.TableServerSideEncryptionArgs{Enabled: pulumi.Bool(true)},
 		DeletionProtectionEnabled: pulumi.Bool(args.DeletionProtection),
 		Tags:                      args.Tags,
-	}, parent, RetainedOnDestroy(args.DeletionProtection))
+	}, parent, RetainedOnDestroy(args.DeletionProtection), AdoptRetained(args.AdoptRetained && args.DeletionProtection, args.Prefix+"-registry"))
 	if err != nil {
 		return nil, fmt.Errorf("registry table: %w", err)
 	}

@@ -44,6 +44,11 @@ const (
 	// that object only if its plan makes exactly that many revocations.
 	// Meant for one deploy (the workflow's input), never the stack file.
 	KeyAllowlistConfirmRevocations = Namespace + ":allowlistConfirmRevocations"
+	// KeyAdoptRetained makes the next deployment import what a destroy
+	// retained under fixed names (device policy, thing group, a
+	// deletion-protected registry table) instead of failing to create
+	// them; docs/delivery.md.
+	KeyAdoptRetained = Namespace + ":adoptRetained"
 )
 
 // Defaults of the optional keys. Pulumi.yaml declares the same defaults
@@ -78,7 +83,7 @@ func Keys() []string {
 		KeyRegion, KeyEnvironment, KeyThingGroup, KeySerialPattern,
 		KeyCertExpiryWindowDays, KeySSMActivationExpiryHours, KeyLogRetentionDays,
 		KeyAllowlistPath, KeyDeletionProtection, KeyClaimCertificateArn,
-		KeyCredentialDurationSeconds, KeyMaxRevocationsPerSync, KeyAllowlistConfirmRevocations,
+		KeyCredentialDurationSeconds, KeyMaxRevocationsPerSync, KeyAllowlistConfirmRevocations, KeyAdoptRetained,
 	}
 }
 
@@ -117,6 +122,9 @@ type Config struct {
 	// AllowlistConfirmRevocations, when > 0, is the allowlist object's
 	// confirm-revocations metadata for this deploy.
 	AllowlistConfirmRevocations int
+	// AdoptRetained imports the resources an earlier destroy of this
+	// environment retained under fixed names.
+	AdoptRetained bool
 }
 
 // Prefix is the name prefix of the environment's resources:
@@ -189,6 +197,7 @@ func Parse(lookup Lookup) (Config, error) {
 		CredentialDurationSeconds:   p.credentialDuration(),
 		MaxRevocationsPerSync:       p.optionalInt(KeyMaxRevocationsPerSync, 1, maxCount),
 		AllowlistConfirmRevocations: p.optionalInt(KeyAllowlistConfirmRevocations, 0, maxCount),
+		AdoptRetained:               p.boolean(KeyAdoptRetained, false),
 	}
 	if c.Region != "" && !regionRE.MatchString(c.Region) {
 		p.fail(KeyRegion, "%q is not an AWS region name", c.Region)

@@ -62,7 +62,7 @@ func TestExplicitValues(t *testing.T) {
 		KeySerialPattern: `^[A-Z0-9]{8,20}$`, KeyCertExpiryWindowDays: "45", KeySSMActivationExpiryHours: "720",
 		KeyLogRetentionDays: "365", KeyAllowlistPath: "config/allow.txt", KeyDeletionProtection: "true",
 		KeyClaimCertificateArn: arn, KeyCredentialDurationSeconds: "900", KeyMaxRevocationsPerSync: "25",
-		KeyAllowlistConfirmRevocations: "7",
+		KeyAllowlistConfirmRevocations: "7", KeyAdoptRetained: "true",
 	})
 	require.NoError(t, err)
 	assert.Equal(t, Config{
@@ -70,7 +70,7 @@ func TestExplicitValues(t *testing.T) {
 		SerialPattern: `^[A-Z0-9]{8,20}$`, CertExpiryWindowDays: 45, SSMActivationExpiryHours: 720,
 		LogRetentionDays: 365, AllowlistPath: "config/allow.txt", DeletionProtection: true,
 		ClaimCertificateArn: arn, CredentialDurationSeconds: 900, MaxRevocationsPerSync: 25,
-		AllowlistConfirmRevocations: 7,
+		AllowlistConfirmRevocations: 7, AdoptRetained: true,
 	}, c)
 }
 
@@ -105,6 +105,7 @@ func TestInvalidValuesNameTheKey(t *testing.T) {
 		{KeyAllowlistConfirmRevocations, "-1", "out of range [0,"},
 		{KeyAllowlistConfirmRevocations, "1000000", "out of range"},
 		{KeyAllowlistConfirmRevocations, "3 devices", "not an integer"},
+		{KeyAdoptRetained, "sure", "not a boolean"},
 	}
 	for _, tc := range cases {
 		m := minimal()
@@ -185,6 +186,7 @@ func TestProjectFileMatchesLoader(t *testing.T) {
 		"deletionProtection":        {"boolean", defaults.DeletionProtection},
 		"claimCertificateArn":       {"string", ""},
 		"credentialDurationSeconds": {"integer", defaults.CredentialDurationSeconds},
+		"adoptRetained":             {"boolean", false},
 	}
 	require.Len(t, p.Config, len(want))
 	for key, w := range want {
