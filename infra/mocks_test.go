@@ -29,7 +29,7 @@ type registration struct {
 	RetainOnDelete bool
 	// ImportID is the id the resource is imported with (pulumi.Import).
 	ImportID string
-	Parent         string
+	Parent   string
 	// DependsOn are the explicit dependencies' "type::name".
 	DependsOn []string
 }
