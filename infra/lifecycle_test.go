@@ -190,3 +190,32 @@ func TestRedeployAdoptsWhatTheDestroyRetained(t *testing.T) {
 		assert.Equal(t, map[string]int{"dev": 2, "prod": 3}[stack], imported, stack)
 	}
 }
+
+// Every role's trust carries the confused-deputy guard: aws:SourceAccount
+// for all but the credentials provider's token-exchange role (the
+// provider documents no source keys), and aws:SourceArn of this account
+// and region for the roles AWS IoT and Systems Manager assume.
+func TestEveryRoleTrustIsGuarded(t *testing.T) {
+	t.Parallel()
+	r := mustRun(t)
+	roles := r.aws.resources(tRole)
+	require.GreaterOrEqual(t, len(roles), 15)
+	for _, role := range roles {
+		name := propString(role.Inputs, "name")
+		trust := policyJSON(t, propString(role.Inputs, "assumeRolePolicy"))
+		require.Len(t, trust.Statement, 1, name)
+		st := trust.Statement[0]
+		service, _ := st.Principal.(map[string]any)["Service"].(string)
+		if service == "credentials.iot.amazonaws.com" {
+			assert.Equal(t, "iot-fleet-dev-token-exchange", name)
+			continue
+		}
+		assert.Equal(t, map[string]any{"aws:SourceAccount": mockAccount}, st.Condition["StringEquals"], "%s (%s)", name, service)
+		switch service {
+		case "iot.amazonaws.com":
+			assert.Equal(t, map[string]any{"aws:SourceArn": "arn:aws:iot:eu-west-1:" + mockAccount + ":*"}, st.Condition["ArnLike"], name)
+		case "ssm.amazonaws.com":
+			assert.Equal(t, map[string]any{"aws:SourceArn": "arn:aws:ssm:eu-west-1:" + mockAccount + ":*"}, st.Condition["ArnLike"], name)
+		}
+	}
+}

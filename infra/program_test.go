@@ -872,7 +872,10 @@ func TestTopicRulesHaveErrorActions(t *testing.T) {
 	writable := doc.Statement[0].Resource.list()
 	trust := policyJSON(t, propString(role.Inputs, "assumeRolePolicy"))
 	assert.Equal(t, map[string]any{"Service": "iot.amazonaws.com"}, trust.Statement[0].Principal)
-	assert.Equal(t, map[string]any{"StringEquals": map[string]any{"aws:SourceAccount": mockAccount}}, trust.Statement[0].Condition)
+	assert.Equal(t, map[string]any{
+		"StringEquals": map[string]any{"aws:SourceAccount": mockAccount},
+		"ArnLike":      map[string]any{"aws:SourceArn": "arn:aws:iot:eu-west-1:" + mockAccount + ":*"},
+	}, trust.Statement[0].Condition)
 
 	var sawStatus, sawRotation bool
 	for _, rule := range rules {

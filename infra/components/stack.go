@@ -211,8 +211,11 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 		return nil, err
 	}
 
+	// Roles AWS IoT assumes require this account and region's IoT as the
+	// source (IoT's confused-deputy guidance).
+	iotSource := IoTSourceArn(args.Partition, args.Region, args.AccountID)
 	if s.Rules, err = NewTopicRules(ctx, "rules", TopicRulesArgs{
-		Prefix: prefix, AccountID: args.AccountID, LogRetentionDays: cfg.LogRetentionDays, Tags: tags,
+		Prefix: prefix, AccountID: args.AccountID, SourceArn: iotSource, LogRetentionDays: cfg.LogRetentionDays, Tags: tags,
 		Rules: []LogRule{{
 			Name:        "device-status",
 			Description: "Agent status messages (version, uptime) published on connect, with the sending thing and receive time",
@@ -223,7 +226,7 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 	}
 
 	if s.OTA, err = NewOTA(ctx, "ota", OTAArgs{
-		Prefix: prefix, AccountID: args.AccountID, ArtifactsBucketArn: s.Storage.Artifacts.Arn, Tags: tags,
+		Prefix: prefix, AccountID: args.AccountID, SourceArn: iotSource, ArtifactsBucketArn: s.Storage.Artifacts.Arn, Tags: tags,
 	}, parent); err != nil {
 		return nil, err
 	}
