@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
@@ -45,8 +46,14 @@ type Config struct {
 	TemplateName string
 	// Keep is how many versions, the default one included, remain
 	// (1..MaxVersions-1); 0 means DefaultKeep.
-	Keep   int
-	Logger *slog.Logger
+	Keep int
+	// AccessDeniedRetries and RetryDelay: on the first deployment the
+	// Lambda runs right after IAM created its role's policy, which takes a
+	// few seconds to apply everywhere; an AccessDenied listing is retried
+	// that many times (0: 5), RetryDelay apart (0: 3 s), before it fails.
+	AccessDeniedRetries int
+	RetryDelay          time.Duration
+	Logger              *slog.Logger
 }
 
 // Handler prunes the template's versions.
@@ -67,6 +74,12 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.AccessDeniedRetries == 0 {
+		cfg.AccessDeniedRetries = 5
+	}
+	if cfg.RetryDelay == 0 {
+		cfg.RetryDelay = 3 * time.Second
 	}
 	return &Handler{cfg: cfg}, nil
 }
@@ -117,6 +130,29 @@ func Plan(versions []Version, keep int) (kept, deleted []int32) {
 	return kept, deleted
 }
 
+// list lists every version of the template.
+func (h *Handler) list(ctx context.Context) ([]Version, error) {
+	var versions []Version
+	pages := iot.NewListProvisioningTemplateVersionsPaginator(h.cfg.IoT, &iot.ListProvisioningTemplateVersionsInput{TemplateName: aws.String(h.cfg.TemplateName)})
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range page.Versions {
+			versions = append(versions, Version{ID: aws.ToInt32(v.VersionId), Default: v.IsDefaultVersion})
+		}
+	}
+	return versions, nil
+}
+
+// accessDenied reports an AWS AccessDenied answer (IAM's error code, which
+// the IoT API model does not declare as a type).
+func accessDenied(err error) bool {
+	var api interface{ ErrorCode() string } // smithy.APIError's method
+	return errors.As(err, &api) && (api.ErrorCode() == "AccessDeniedException" || api.ErrorCode() == "AccessDenied")
+}
+
 // Handle lists the template's versions and deletes those Plan says to. An
 // error leaves the remaining versions in place and fails the invocation,
 // so the deployment stops before it would hit the limit.
@@ -125,21 +161,27 @@ func (h *Handler) Handle(ctx context.Context, ev Event) (Result, error) {
 	log := h.cfg.Logger.With("template", name, "templateBodySha256", ev.TemplateBodySHA256)
 	res := Result{Template: name, Kept: []int32{}, Deleted: []int32{}}
 	var versions []Version
-	pages := iot.NewListProvisioningTemplateVersionsPaginator(h.cfg.IoT, &iot.ListProvisioningTemplateVersionsInput{TemplateName: aws.String(name)})
-	for pages.HasMorePages() {
-		page, err := pages.NextPage(ctx)
-		var nf *types.ResourceNotFoundException
-		if errors.As(err, &nf) {
-			log.Info("template does not exist yet: nothing to prune")
-			res.Missing = true
-			return res, nil
+	var err error
+	for attempt := 0; ; attempt++ {
+		versions, err = h.list(ctx)
+		if err == nil || !accessDenied(err) || attempt >= h.cfg.AccessDeniedRetries {
+			break
 		}
-		if err != nil {
-			return res, fmt.Errorf("listing versions of template %s: %w", name, err)
+		log.Warn("access denied listing versions (new role not yet effective?); retrying", "attempt", attempt+1, "err", err)
+		select {
+		case <-ctx.Done():
+			return res, fmt.Errorf("listing versions of template %s: %w (last: %w)", name, ctx.Err(), err)
+		case <-time.After(h.cfg.RetryDelay):
 		}
-		for _, v := range page.Versions {
-			versions = append(versions, Version{ID: aws.ToInt32(v.VersionId), Default: v.IsDefaultVersion})
-		}
+	}
+	var nf *types.ResourceNotFoundException
+	if errors.As(err, &nf) {
+		log.Info("template does not exist yet: nothing to prune")
+		res.Missing = true
+		return res, nil
+	}
+	if err != nil {
+		return res, fmt.Errorf("listing versions of template %s: %w", name, err)
 	}
 	kept, deleted := Plan(versions, h.cfg.Keep)
 	res.Kept = append(res.Kept, kept...)

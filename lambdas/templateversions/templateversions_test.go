@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
@@ -217,4 +218,51 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	h, err := New(Config{IoT: tv, TemplateName: tplName})
 	require.NoError(t, err)
 	assert.Equal(t, DefaultKeep, h.cfg.Keep)
+}
+
+// accessDeniedError is how the SDK reports IAM's denial (an API error
+// with code AccessDeniedException).
+type accessDeniedError struct{}
+
+func (accessDeniedError) Error() string {
+	return "api error AccessDeniedException: not authorized to perform iot:ListProvisioningTemplateVersions"
+}
+func (accessDeniedError) ErrorCode() string { return "AccessDeniedException" }
+
+// deniedAtFirst answers AccessDenied to the first n listings, as IAM does
+// for a few seconds after the role's policy was created.
+type deniedAtFirst struct {
+	*awsiot.TemplateVersions
+	n *int
+}
+
+func (d deniedAtFirst) ListProvisioningTemplateVersions(ctx context.Context, in *iot.ListProvisioningTemplateVersionsInput, opts ...func(*iot.Options)) (*iot.ListProvisioningTemplateVersionsOutput, error) {
+	if *d.n > 0 {
+		*d.n--
+		return nil, accessDeniedError{}
+	}
+	return d.TemplateVersions.ListProvisioningTemplateVersions(ctx, in, opts...)
+}
+
+func TestAccessDeniedRightAfterCreationIsRetried(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	tv := newTemplate(t)
+	for i := 2; i <= 5; i++ {
+		require.NoError(t, update(ctx, tv, fmt.Sprintf("v%d", i)))
+	}
+	denials := 2
+	h, err := New(Config{IoT: deniedAtFirst{tv, &denials}, TemplateName: tplName, AccessDeniedRetries: 3, RetryDelay: time.Millisecond})
+	require.NoError(t, err)
+	res, err := h.Handle(ctx, Event{})
+	require.NoError(t, err)
+	assert.Equal(t, []int32{1}, res.Deleted)
+	assert.Zero(t, denials)
+
+	// A lasting denial fails, naming it, after the retries.
+	denials = 10
+	_, err = h.Handle(ctx, Event{})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "AccessDeniedException")
+	assert.Equal(t, 6, denials, "one try and three retries")
 }
