@@ -13,6 +13,8 @@ import (
 	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/infra/components"
 )
 
 // deployPolicy is an IAM permission policy of deploy/aws, rendered for the
@@ -186,7 +188,18 @@ func TestDeployPolicyCoversTheStack(t *testing.T) {
 			assert.False(t, pol.allows(t, a, arn, map[string]string{"iam:PolicyARN": "arn:aws:iam::aws:policy/AdministratorAccess"}), "%s AdministratorAccess", a)
 		}
 	}
-	assert.Equal(t, 2, attached, "the provisioning role and the SSM managed-instance role")
+	assert.Equal(t, 1, attached, "the provisioning role only (the SSM managed-instance role has its own inline policy)")
+
+	// The deployment invokes the template-versions Lambda (and nothing
+	// else) through its aws.lambda.Invocation.
+	invocations := r.aws.resources(tInvocation)
+	require.Len(t, invocations, 1)
+	fn := fmt.Sprintf("arn:aws:lambda:eu-west-1:%s:function:%s", mockAccount, propString(invocations[0].Inputs, "functionName"))
+	assert.True(t, pol.allows(t, "lambda:InvokeFunction", fn, nil), fn)
+	for _, other := range []string{components.LambdaPreprovision, components.LambdaAllowlistSync, components.LambdaCertRotate} {
+		arn := fmt.Sprintf("arn:aws:lambda:eu-west-1:%s:function:iot-fleet-dev-%s", mockAccount, other)
+		assert.False(t, pol.allows(t, "lambda:InvokeFunction", arn, nil), "the deploy role cannot invoke %s", other)
+	}
 
 	// EventBridge rules and Scheduler schedules by name; the association
 	// of its document.

@@ -3,10 +3,15 @@
 // the environment as components (see package components).
 package main
 
-import "github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+import (
+	"os"
+
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+)
 
 func main() {
+	deployedBy := os.Getenv(EnvDeployedBy)
 	pulumi.Run(func(ctx *pulumi.Context) error {
-		return run(ctx, programOptions{})
+		return run(ctx, programOptions{DeployedBy: deployedBy})
 	})
 }

@@ -27,7 +27,9 @@ type registration struct {
 	Outputs        resource.PropertyMap
 	Protect        bool
 	RetainOnDelete bool
-	Parent         string
+	// ImportID is the id the resource is imported with (pulumi.Import).
+	ImportID string
+	Parent   string
 	// DependsOn are the explicit dependencies' "type::name".
 	DependsOn []string
 }
@@ -177,6 +179,7 @@ func (f *fakeAWS) NewResource(args pulumi.MockResourceArgs) (string, resource.Pr
 	if rpc := args.RegisterRPC; rpc != nil {
 		reg.Protect = rpc.GetProtect()
 		reg.RetainOnDelete = rpc.GetRetainOnDelete()
+		reg.ImportID = rpc.GetImportId()
 		reg.Parent = rpc.GetParent()
 		for _, dep := range rpc.GetDependencies() {
 			u := resource.URN(dep)

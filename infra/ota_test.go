@@ -20,8 +20,10 @@ func TestOTAPresignRoleReadsOnlyArtifacts(t *testing.T) {
 	assert.Equal(t, "Allow", trust.Statement[0].Effect)
 	assert.Equal(t, map[string]any{"Service": "iot.amazonaws.com"}, trust.Statement[0].Principal)
 	assert.Equal(t, []string{"sts:AssumeRole"}, trust.Statement[0].Action.list())
-	assert.Equal(t, map[string]any{"StringEquals": map[string]any{"aws:SourceAccount": mockAccount}}, trust.Statement[0].Condition,
-		"confused-deputy guard: only jobs of this account")
+	assert.Equal(t, map[string]any{
+		"StringEquals": map[string]any{"aws:SourceAccount": mockAccount},
+		"ArnLike":      map[string]any{"aws:SourceArn": "arn:aws:iot:eu-west-1:" + mockAccount + ":*"},
+	}, trust.Statement[0].Condition, "confused-deputy guard: only jobs of this account and region")
 
 	artifactsARN := propString(r.bucket(t, "artifacts").Outputs, "arn")
 	require.NotEmpty(t, artifactsARN)

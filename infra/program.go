@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/iot"
@@ -28,7 +29,19 @@ type programOptions struct {
 	// Prebuilt, when set, are the Lambda packages to deploy instead of
 	// building them (tests build once and run the program many times).
 	Prebuilt map[string]lambdabuild.Artifact
+	// DeployedBy is who deploys (main passes $GITHUB_ACTOR, which GitHub
+	// Actions sets); when set it becomes the allowlist object's
+	// deployed-by metadata.
+	DeployedBy string
 }
+
+// EnvDeployedBy is the environment variable main reads DeployedBy from.
+const EnvDeployedBy = "GITHUB_ACTOR"
+
+// deployedByRE is what a deployed-by value may be: a GitHub login (letters,
+// digits, '-'), an app's "name[bot]", or an operator's name or ticket-like
+// id; S3 metadata values travel in HTTP headers, so nothing else.
+var deployedByRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@\[\]-]{0,63}$`)
 
 // IoT endpoint types the stack exports.
 const (
@@ -56,6 +69,9 @@ func declare(ctx *pulumi.Context, opts programOptions) (pulumi.Map, error) {
 	cfg, err := stackconfig.FromContext(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if opts.DeployedBy != "" && !deployedByRE.MatchString(opts.DeployedBy) {
+		return nil, fmt.Errorf("%s=%q: not a user name (letters, digits, '.', '_', '@', '-', '[', ']'; at most 64)", EnvDeployedBy, opts.DeployedBy)
 	}
 	root, err := projectRoot(ctx.RootDirectory(), opts.Root)
 	if err != nil {
@@ -105,6 +121,7 @@ func declare(ctx *pulumi.Context, opts programOptions) (pulumi.Map, error) {
 		Lambdas:       artifacts,
 		AllowlistPath: allowlistPath,
 		DataEndpoint:  dataEndpoint.EndpointAddress,
+		DeployedBy:    opts.DeployedBy,
 	})
 	if err != nil {
 		return nil, err

@@ -59,6 +59,7 @@ const (
 	tLogGroup     = "aws:cloudwatch/logGroup:LogGroup"
 	tSecret       = "aws:secretsmanager/secret:Secret"
 	tSecretVer    = "aws:secretsmanager/secretVersion:SecretVersion"
+	tInvocation   = "aws:lambda/invocation:Invocation"
 )
 
 // lambdaPackages holds the real Lambdas, built once by TestMain from
@@ -385,6 +386,10 @@ func TestProvisioningTemplateUsesHookAndGroup(t *testing.T) {
 	// registration policy.
 	trust := policyJSON(t, propString(role.Inputs, "assumeRolePolicy"))
 	assert.Equal(t, map[string]any{"Service": "iot.amazonaws.com"}, trust.Statement[0].Principal)
+	assert.Equal(t, map[string]any{
+		"StringEquals": map[string]any{"aws:SourceAccount": mockAccount},
+		"ArnLike":      map[string]any{"aws:SourceArn": "arn:aws:iot:eu-west-1:" + mockAccount + ":*"},
+	}, trust.Statement[0].Condition, "only AWS IoT acting for this account and region (confused deputy)")
 	att := r.one(t, tRoleAttach, "provisioning-role")
 	assert.Equal(t, "arn:aws:iam::aws:policy/service-role/AWSIoTThingsRegistration", propString(att.Inputs, "policyArn"))
 	assert.Equal(t, propString(role.Inputs, "name"), propString(att.Inputs, "role"))
@@ -568,10 +573,16 @@ func TestIAMPoliciesNameSpecificResources(t *testing.T) {
 	t.Parallel()
 	r := mustRun(t)
 	policies := r.aws.resources(tRolePolicy)
-	require.Len(t, policies, 12, "two Lambdas, the token-exchange role, the topic-rule role, the OTA presign role, the three SSM Lambdas and the SSM schedule role, the two rotation Lambdas and the rotation schedule role")
+	require.Len(t, policies, 14, "two Lambdas, the token-exchange role, the topic-rule role, the OTA presign role, the SSM managed-instance role, "+
+		"the three SSM Lambdas and the SSM schedule role, the two rotation Lambdas and the rotation schedule role, the template-versions Lambda")
 	for _, p := range policies {
 		doc := policyJSON(t, propString(p.Inputs, "policy"))
 		for _, st := range doc.Statement {
+			if st.Effect == "Deny" {
+				// Only the claim-certificate guard denies.
+				assert.Equal(t, "NeverTheClaimCertificate", st.Sid, p.Name)
+				continue
+			}
 			assert.Equal(t, "Allow", st.Effect, p.Name)
 			for _, a := range st.Action {
 				assert.NotContains(t, a, "*", "%s: wildcard action %s", p.Name, a)
@@ -583,7 +594,8 @@ func TestIAMPoliciesNameSpecificResources(t *testing.T) {
 					for _, a := range st.Action {
 						// iot:CreateCertificateFromCsr (rotation) has no
 						// resource type either.
-						assert.True(t, actionWithoutResourceType(a) || a == "iot:CreateCertificateFromCsr", "%s: %s on * but it has a resource type", p.Name, a)
+						assert.True(t, actionWithoutResourceType(a) || a == "iot:CreateCertificateFromCsr" ||
+							(p.Name == "ssm-managed-instance" && managedNodeAgentAction(a)), "%s: %s on * but it has a resource type", p.Name, a)
 					}
 					continue
 				}
@@ -649,6 +661,7 @@ func TestLambdas(t *testing.T) {
 	wantEnv := map[string]map[string]string{
 		components.LambdaPreprovision: {
 			"REGISTRY_TABLE": table, "SERIAL_PATTERN": cfg[stackconfig.KeySerialPattern], "THING_NAME_PREFIX": "dev-",
+			"DEVICE_POLICY": "iot-fleet-dev-device",
 		},
 		components.LambdaAllowlistSync: {
 			"REGISTRY_TABLE": table, "THING_GROUP": group, "SERIAL_PATTERN": cfg[stackconfig.KeySerialPattern],
@@ -671,6 +684,7 @@ func TestLambdas(t *testing.T) {
 			"REGISTRY_TABLE": table, "THING_NAME_PREFIX": "dev-", "EXPIRY_WINDOW_DAYS": cfg[stackconfig.KeyCertExpiryWindowDays],
 			"IOT_DATA_ENDPOINT": "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com",
 		},
+		components.LambdaTemplateVersions: {"TEMPLATE_NAME": "iot-fleet-dev", "KEEP_VERSIONS": "4"},
 	}
 	require.Len(t, r.aws.resources(tFunction), len(wantEnv))
 	for name, env := range wantEnv {
@@ -713,6 +727,8 @@ func TestLambdas(t *testing.T) {
 		assert.Equal(t, propString(role.Outputs, "arn"), propString(fn.Inputs, "role"))
 		trust := policyJSON(t, propString(role.Inputs, "assumeRolePolicy"))
 		assert.Equal(t, map[string]any{"Service": "lambda.amazonaws.com"}, trust.Statement[0].Principal)
+		assert.Equal(t, map[string]any{"StringEquals": map[string]any{"aws:SourceAccount": mockAccount}}, trust.Statement[0].Condition,
+			"%s: only Lambda acting for this account assumes the role", name)
 		doc := policyJSON(t, propString(r.one(t, tRolePolicy, name).Inputs, "policy"))
 		assert.Equal(t, []string{propString(lg.Outputs, "arn") + ":*"}, doc.Statement[0].Resource.list())
 		assert.Contains(t, fn.DependsOn, tLogGroup+"::"+lg.Name, "the log group exists before the function logs")
@@ -727,22 +743,44 @@ func TestLambdaPermissionsMatchTheirJobs(t *testing.T) {
 	r := mustRun(t)
 	tableARN := propString(r.one(t, tTable, "registry").Outputs, "arn")
 	configARN := propString(r.bucket(t, "config").Outputs, "arn")
-	grants := func(name string) map[string][]string {
+	byEffect := func(name, effect string) map[string][]string {
 		doc := policyJSON(t, propString(r.one(t, tRolePolicy, name).Inputs, "policy"))
 		g := map[string][]string{}
 		for _, st := range doc.Statement {
+			if st.Effect != effect {
+				continue
+			}
 			for _, a := range st.Action {
 				g[a] = append(g[a], st.Resource...)
 			}
 		}
 		return g
 	}
+	grants := func(name string) map[string][]string { return byEffect(name, "Allow") }
+	denies := func(name string) map[string][]string { return byEffect(name, "Deny") }
+	certs := "arn:aws:iot:eu-west-1:" + mockAccount + ":cert/*"
+	things := "arn:aws:iot:eu-west-1:" + mockAccount + ":thing/dev-*"
+	devicePolicy := propString(r.one(t, tIoTPolicy, "-device").Outputs, "arn")
+	claimCert := propString(r.one(t, tCert, "-claim").Outputs, "arn")
 	hook := grants(components.LambdaPreprovision)
-	for _, a := range []string{"dynamodb:GetItem", "dynamodb:UpdateItem"} {
-		assert.Equal(t, []string{tableARN}, hook[a], a)
-	}
-	for a := range hook {
-		assert.False(t, strings.HasPrefix(a, "iot:") || strings.HasPrefix(a, "s3:"), "the hook needs no %s", a)
+	assert.Equal(t, map[string][]string{
+		"logs:CreateLogStream":     hook["logs:CreateLogStream"],
+		"logs:PutLogEvents":        hook["logs:PutLogEvents"],
+		"dynamodb:GetItem":         {tableARN},
+		"dynamodb:UpdateItem":      {tableARN},
+		"iot:DescribeCertificate":  {certs},
+		"iot:UpdateCertificate":    {certs},
+		"iot:DetachPolicy":         {certs, devicePolicy},
+		"iot:ListThingPrincipals":  {things, certs},
+		"iot:DetachThingPrincipal": {things, certs},
+	}, hook, "the hook retires a re-admitted device's certificate, nothing more")
+	// Every role that may change cert/* denies itself the claim
+	// certificate.
+	for _, name := range []string{components.LambdaPreprovision, components.LambdaAllowlistSync, components.LambdaCertRotate} {
+		denied := denies(name)
+		for _, a := range components.ClaimCertificateChanges {
+			assert.Equal(t, []string{claimCert}, denied[a], "%s: %s on the claim certificate", name, a)
+		}
 	}
 
 	sync := grants(components.LambdaAllowlistSync)
@@ -752,6 +790,30 @@ func TestLambdaPermissionsMatchTheirJobs(t *testing.T) {
 	groupARN := propString(r.one(t, tThingGroup, "group").Outputs, "arn")
 	assert.ElementsMatch(t, []string{"arn:aws:iot:eu-west-1:" + mockAccount + ":thing/dev-*", groupARN}, sync["iot:DeleteThing"],
 		"sync may delete only this environment's things")
+	// It turns SSM off for the devices it revokes: activations (no
+	// resource type) and this stack's tagged managed nodes only.
+	assert.Equal(t, []string{"*"}, sync["ssm:DeleteActivation"])
+	assert.Equal(t, []string{"*"}, sync["ssm:DescribeInstanceInformation"])
+	assert.Equal(t, []string{"arn:aws:ssm:eu-west-1:" + mockAccount + ":managed-instance/*"}, sync["ssm:DeregisterManagedInstance"])
+	syncDoc := policyJSON(t, propString(r.one(t, tRolePolicy, components.LambdaAllowlistSync).Inputs, "policy"))
+	for _, st := range syncDoc.Statement {
+		if slices.Contains(st.Action, "ssm:DeregisterManagedInstance") {
+			assert.Equal(t, map[string]any{"StringEquals": map[string]any{
+				"ssm:resourceTag/project": "iot-fleet", "ssm:resourceTag/environment": "dev",
+			}}, st.Condition)
+		}
+	}
+	for _, a := range []string{"dynamodb:GetItem", "dynamodb:UpdateItem"} {
+		assert.Equal(t, []string{tableARN}, sync[a], "sync reads and writes the registry, SSM state included")
+	}
+
+	// The template-versions Lambda lists and deletes versions of this
+	// template only.
+	tplARN := "arn:aws:iot:eu-west-1:" + mockAccount + ":provisioningtemplate/iot-fleet-dev"
+	prune := grants(components.LambdaTemplateVersions)
+	assert.Equal(t, []string{tplARN}, prune["iot:ListProvisioningTemplateVersions"])
+	assert.Equal(t, []string{tplARN}, prune["iot:DeleteProvisioningTemplateVersion"])
+	assert.Len(t, prune, 4, "its logs and the two version calls")
 }
 
 func TestAllowlistUploadTriggersSync(t *testing.T) {
@@ -810,7 +872,10 @@ func TestTopicRulesHaveErrorActions(t *testing.T) {
 	writable := doc.Statement[0].Resource.list()
 	trust := policyJSON(t, propString(role.Inputs, "assumeRolePolicy"))
 	assert.Equal(t, map[string]any{"Service": "iot.amazonaws.com"}, trust.Statement[0].Principal)
-	assert.Equal(t, map[string]any{"StringEquals": map[string]any{"aws:SourceAccount": mockAccount}}, trust.Statement[0].Condition)
+	assert.Equal(t, map[string]any{
+		"StringEquals": map[string]any{"aws:SourceAccount": mockAccount},
+		"ArnLike":      map[string]any{"aws:SourceArn": "arn:aws:iot:eu-west-1:" + mockAccount + ":*"},
+	}, trust.Statement[0].Condition)
 
 	var sawStatus, sawRotation bool
 	for _, rule := range rules {
@@ -857,7 +922,9 @@ func TestOutputs(t *testing.T) {
 		"iotDataEndpoint", "iotCredentialsEndpoint", "provisioningTemplate", "claimCertificateArn",
 		"claimCertificateSecretArn", "claimPrivateKey", "artifactsBucket", "configBucket", "imagesBucket", "allowlistKey",
 		"roleAlias", "registryTable", "preprovisionLambda", "allowlistSyncLambda", "thingGroup",
-		"certRotateLambda", "certScanLambda",
+		"certRotateLambda", "certScanLambda", "thingGroupArn", "registryTableArn", "ssmToggleLambda",
+		"ssmRegisteredLambda", "ssmExpireLambda", "templateVersionsLambda", "provisioningRoleArn",
+		"tokenExchangeRoleArn", "roleAliasArn",
 	} {
 		v, ok := r.outputs[k].(string)
 		assert.True(t, ok && v != "", "output %s", k)

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -12,6 +13,16 @@ import (
 	"github.com/iot-fleet/iot-fleet/infra/components"
 	"github.com/iot-fleet/iot-fleet/infra/stackconfig"
 )
+
+// managedNodeAgentAction: the SSM Agent's own calls, granted on "*" to the
+// managed-instance role only (components.ManagedNodeStatements; docs/ssm.md
+// justifies each).
+func managedNodeAgentAction(a string) bool {
+	return slices.Contains([]string{
+		"ssm:UpdateInstanceInformation", "ssm:ListInstanceAssociations", "ssm:DescribeAssociation",
+		"ssm:UpdateInstanceAssociationStatus", "ssm:PutInventory",
+	}, a) || strings.HasPrefix(a, "ssmmessages:") || strings.HasPrefix(a, "ec2messages:")
+}
 
 // actionWithoutResourceType reports whether IAM action a has no resource
 // type in the Service Authorization Reference, so a policy can only grant
@@ -44,9 +55,24 @@ func TestSSMOnDemand(t *testing.T) {
 	trust := policyJSON(t, propString(role.Inputs, "assumeRolePolicy"))
 	require.Len(t, trust.Statement, 1)
 	assert.Equal(t, map[string]any{"Service": "ssm.amazonaws.com"}, trust.Statement[0].Principal)
-	assert.Equal(t, map[string]any{"StringEquals": map[string]any{"aws:SourceAccount": mockAccount}}, trust.Statement[0].Condition)
-	att := r.one(t, tRoleAttach, "ssm-managed-instance")
-	assert.Equal(t, "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore", propString(att.Inputs, "policyArn"))
+	assert.Equal(t, map[string]any{
+		"StringEquals": map[string]any{"aws:SourceAccount": mockAccount},
+		"ArnLike":      map[string]any{"aws:SourceArn": "arn:aws:ssm:eu-west-1:" + mockAccount + ":*"},
+	}, trust.Statement[0].Condition)
+	// The project's own policy, not AmazonSSMManagedInstanceCore: no
+	// parameter reads at all, documents only the inventory one.
+	for _, att := range r.aws.resources(tRoleAttach) {
+		assert.NotEqual(t, "iot-fleet-dev-ssm-managed-instance", propString(att.Inputs, "role"), "no managed policy on the node role")
+	}
+	node := policyJSON(t, propString(r.one(t, tRolePolicy, "ssm-managed-instance").Inputs, "policy"))
+	for _, st := range node.Statement {
+		for _, a := range st.Action {
+			assert.False(t, strings.HasPrefix(a, "ssm:GetParameter"), "%s: the node reads no parameters", a)
+			if a == "ssm:GetDocument" {
+				assert.Equal(t, []string{"arn:aws:ssm:eu-west-1::document/AWS-GatherSoftwareInventory"}, st.Resource.list())
+			}
+		}
+	}
 	assert.Equal(t, "iot-fleet-dev-ssm-managed-instance", r.outputs["ssmManagedInstanceRole"])
 	assert.Equal(t, "iot-fleet-dev-ssmtoggle", r.outputs["ssmToggleLambda"])
 

@@ -206,18 +206,20 @@ func TestIAMEscalationGuards(t *testing.T) {
 	assert.Equal(t, map[string][]string{
 		"lambda.amazonaws.com": {
 			"allowlistsync", "certrotate", "certscan", "preprovision", "ssmexpire", "ssmregistered", "ssmtoggle",
+			"templateversions",
 		},
 		"iot.amazonaws.com":             {"provisioning", "token-exchange", "topic-rules"},
 		"credentials.iot.amazonaws.com": {"token-exchange"},
 		"scheduler.amazonaws.com":       {"certscan-schedule", "ssmexpire-schedule"},
 	}, passed)
+	// The SSM managed-instance role has the stack's own inline policy: no
+	// AWS managed policy (AmazonSSMManagedInstanceCore grants
+	// ssm:GetParameter* on *) is attachable to it.
 	assert.ElementsMatch(t, []string{
 		"arn:aws:iam::aws:policy/service-role/AWSIoTThingsRegistration",
-		"arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
 	}, attachable)
 	assert.ElementsMatch(t, []string{
 		"arn:aws:iam::ACCOUNT_ID:role/iot-fleet-*-provisioning",
-		"arn:aws:iam::ACCOUNT_ID:role/iot-fleet-*-ssm-managed-instance",
 	}, attachTo)
 }
 
@@ -331,6 +333,22 @@ func TestReadOnlyRoles(t *testing.T) {
 			}
 		}
 	}
+	// The allowlist diff of the pull-request preview (fleetctl allowlist
+	// diff) reads the registry and the deployed allowlist object, nothing
+	// more: no Scan of another table, no object but allowlist.txt.
+	var scans, gets []string
+	for _, s := range load(t, "preview-role-policy.json").Statement {
+		for _, a := range s.Action {
+			switch a {
+			case "dynamodb:Scan":
+				scans = append(scans, s.Resource...)
+			case "s3:GetObject":
+				gets = append(gets, s.Resource...)
+			}
+		}
+	}
+	assert.Equal(t, []string{"arn:aws:dynamodb:REGION:ACCOUNT_ID:table/iot-fleet-*-registry"}, scans)
+	assert.ElementsMatch(t, []string{"arn:aws:s3:::STATE_BUCKET/*", "arn:aws:s3:::iot-fleet-*-config-*/allowlist.txt"}, gets)
 	for _, s := range load(t, "image-build-role-policy.json").Statement {
 		for _, a := range s.Action {
 			if mutating.MatchString(a) {

@@ -5,10 +5,22 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"strconv"
 
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/lambda"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/s3"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+)
+
+// User metadata of the allowlist object the sync Lambda reads (S3 sends
+// them as x-amz-meta-<key>).
+const (
+	// MetaConfirmRevocations lifts the sync's revocation limit for this
+	// object only, when it equals the number of revocations the plan makes.
+	MetaConfirmRevocations = "confirm-revocations"
+	// MetaDeployedBy is who deployed the object (recorded as who
+	// re-admitted a serial).
+	MetaDeployedBy = "deployed-by"
 )
 
 // AllowlistKey is the config bucket key of the allowlist object; the sync
@@ -25,6 +37,10 @@ type AllowlistArgs struct {
 	// Sync is the allowlist sync Lambda.
 	Sync      *Function
 	AccountID string
+	// ConfirmRevocations, when > 0, is set as MetaConfirmRevocations.
+	ConfirmRevocations int
+	// DeployedBy, when set, is set as MetaDeployedBy.
+	DeployedBy string
 }
 
 // Allowlist is the allowlist object in the config bucket and the
@@ -45,6 +61,9 @@ type Allowlist struct {
 func NewAllowlist(ctx *pulumi.Context, name string, args AllowlistArgs, opts ...pulumi.ResourceOption) (*Allowlist, error) {
 	if args.Bucket == nil || args.Sync == nil || args.Path == "" {
 		return nil, fmt.Errorf("allowlist %s: Path, Bucket and Sync are required", name)
+	}
+	if args.ConfirmRevocations < 0 {
+		return nil, fmt.Errorf("allowlist %s: ConfirmRevocations %d is negative", name, args.ConfirmRevocations)
 	}
 	content, err := os.ReadFile(args.Path)
 	if err != nil {
@@ -84,14 +103,26 @@ func NewAllowlist(ctx *pulumi.Context, name string, args AllowlistArgs, opts ...
 		return nil, fmt.Errorf("allowlist notification: %w", err)
 	}
 	// The object depends on the notification so that the very first upload
-	// already triggers the sync.
-	if c.Object, err = s3.NewBucketObjectv2(ctx, name, &s3.BucketObjectv2Args{
+	// already triggers the sync. A change of metadata re-uploads it (and
+	// so runs the sync again, e.g. with a confirmation).
+	metadata := pulumi.StringMap{}
+	if args.ConfirmRevocations > 0 {
+		metadata[MetaConfirmRevocations] = pulumi.String(strconv.Itoa(args.ConfirmRevocations))
+	}
+	if args.DeployedBy != "" {
+		metadata[MetaDeployedBy] = pulumi.String(args.DeployedBy)
+	}
+	objectArgs := &s3.BucketObjectv2Args{
 		Bucket:      args.Bucket.Bucket.ID(),
 		Key:         pulumi.String(AllowlistKey),
 		Source:      pulumi.NewFileAsset(args.Path),
 		SourceHash:  pulumi.String(c.SHA256),
 		ContentType: pulumi.String("text/plain; charset=utf-8"),
-	}, parent, pulumi.DependsOn([]pulumi.Resource{notify})); err != nil {
+	}
+	if len(metadata) > 0 {
+		objectArgs.Metadata = metadata
+	}
+	if c.Object, err = s3.NewBucketObjectv2(ctx, name, objectArgs, parent, pulumi.DependsOn([]pulumi.Resource{notify})); err != nil {
 		return nil, fmt.Errorf("allowlist object: %w", err)
 	}
 	if err := ctx.RegisterResourceOutputs(c, pulumi.Map{"key": pulumi.String(c.Key), "sha256": pulumi.String(c.SHA256)}); err != nil {

@@ -49,7 +49,7 @@ func TestPolicyDocumentRejectsStatementWithoutActions(t *testing.T) {
 	t.Parallel()
 	_, err := runMocked(t, func(ctx *pulumi.Context) error {
 		_, err := NewFunction(ctx, "f", FunctionArgs{
-			FunctionName: "f", Artifact: lambdabuild.Artifact{ZipPath: "f.zip", SHA256: "x"},
+			FunctionName: "f", AccountID: "123456789012", Artifact: lambdabuild.Artifact{ZipPath: "f.zip", SHA256: "x"},
 			Statements: []Statement{{Sid: "Empty", Resources: ARNs("arn:aws:s3:::b")}},
 		})
 		return err
@@ -61,15 +61,24 @@ func TestPolicyDocumentRejectsStatementWithoutActions(t *testing.T) {
 func TestAssumeRolePolicy(t *testing.T) {
 	t.Parallel()
 	var doc iamDocument
-	require.NoError(t, json.Unmarshal([]byte(AssumeRolePolicy("iot.amazonaws.com", "123456789012")), &doc))
+	require.NoError(t, json.Unmarshal([]byte(AssumeRolePolicy("iot.amazonaws.com", "123456789012", "")), &doc))
 	require.Len(t, doc.Statement, 1)
 	st := doc.Statement[0]
 	assert.Equal(t, map[string]any{"Service": "iot.amazonaws.com"}, st.Principal)
 	assert.Equal(t, []string{"sts:AssumeRole"}, st.Action)
-	assert.Equal(t, "123456789012", st.Condition["StringEquals"]["aws:SourceAccount"])
+	assert.Equal(t, map[string]map[string]any{"StringEquals": {"aws:SourceAccount": "123456789012"}}, st.Condition)
+
+	var both iamDocument
+	arn := IoTSourceArn("aws", "eu-west-1", "123456789012")
+	assert.Equal(t, "arn:aws:iot:eu-west-1:123456789012:*", arn)
+	require.NoError(t, json.Unmarshal([]byte(AssumeRolePolicy("iot.amazonaws.com", "123456789012", arn)), &both))
+	assert.Equal(t, map[string]map[string]any{
+		"StringEquals": {"aws:SourceAccount": "123456789012"},
+		"ArnLike":      {"aws:SourceArn": arn},
+	}, both.Statement[0].Condition)
 
 	var plain iamDocument
-	require.NoError(t, json.Unmarshal([]byte(AssumeRolePolicy("lambda.amazonaws.com", "")), &plain))
+	require.NoError(t, json.Unmarshal([]byte(AssumeRolePolicy("lambda.amazonaws.com", "", "")), &plain))
 	assert.Empty(t, plain.Statement[0].Condition)
 }
 
@@ -141,14 +150,14 @@ func TestServiceRole(t *testing.T) {
 	assert.Equal(t, "iot-fleet-dev-plain", str(plain, "name"))
 	_, hasDescription := plain["description"]
 	assert.False(t, hasDescription, "no description is sent when none is given")
-	assert.Equal(t, AssumeRolePolicy("lambda.amazonaws.com", ""), str(plain, "assumeRolePolicy"))
+	assert.Equal(t, AssumeRolePolicy("lambda.amazonaws.com", "", ""), str(plain, "assumeRolePolicy"))
 	pol := rec.find(t, "aws:iam/rolePolicy:RolePolicy", "plain")
 	assert.Equal(t, "plain-id", str(pol, "role"), "the policy is the role's")
 	assert.Equal(t, map[string][]string{"s3:GetObject": {"arn:aws:s3:::b/k"}}, grants(t, str(pol, "policy")))
 
 	guarded := rec.find(t, "aws:iam/role:Role", "guarded")
 	assert.Equal(t, "for IoT", str(guarded, "description"))
-	assert.Equal(t, AssumeRolePolicy("iot.amazonaws.com", "123456789012"), str(guarded, "assumeRolePolicy"))
+	assert.Equal(t, AssumeRolePolicy("iot.amazonaws.com", "123456789012", ""), str(guarded, "assumeRolePolicy"))
 	assert.Equal(t, map[string][]string{"logs:PutLogEvents": {"arn:aws:logs:eu-west-1:123456789012:log-group:g:*"}},
 		grants(t, str(rec.find(t, "aws:iam/rolePolicy:RolePolicy", "guarded"), "policy")))
 }

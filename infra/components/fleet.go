@@ -6,6 +6,8 @@ import (
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/iam"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/iot"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+
+	"github.com/iot-fleet/iot-fleet/infra/stackconfig"
 )
 
 // FleetArgs configure Fleet.
@@ -17,9 +19,13 @@ type FleetArgs struct {
 	// ArtifactsBucketArn is the OTA artifacts bucket devices may read.
 	ArtifactsBucketArn pulumi.StringInput
 	// CredentialDurationSeconds is the lifetime of the credentials the
-	// role alias hands out (900-43200).
+	// role alias hands out: 900 up to the token-exchange role's
+	// MaxSessionDuration (stackconfig.TokenExchangeMaxSessionSeconds,
+	// which the role sets explicitly); 0 means 3600.
 	CredentialDurationSeconds int
-	Tags                      pulumi.StringMap
+	// AdoptRetained imports the thing group an earlier destroy retained.
+	AdoptRetained bool
+	Tags          pulumi.StringMap
 }
 
 // Fleet is what devices belong to and act as: the environment's thing
@@ -40,6 +46,14 @@ type Fleet struct {
 
 // NewFleet declares Fleet.
 func NewFleet(ctx *pulumi.Context, name string, args FleetArgs, opts ...pulumi.ResourceOption) (*Fleet, error) {
+	duration := args.CredentialDurationSeconds
+	if duration == 0 {
+		duration = stackconfig.DefaultCredentialDurationSeconds
+	}
+	if duration < stackconfig.MinCredentialDurationSeconds || duration > stackconfig.TokenExchangeMaxSessionSeconds {
+		return nil, fmt.Errorf("fleet %s: %s: %d is outside [%d, %d] (the token-exchange role's MaxSessionDuration)", name,
+			stackconfig.KeyCredentialDurationSeconds, duration, stackconfig.MinCredentialDurationSeconds, stackconfig.TokenExchangeMaxSessionSeconds)
+	}
 	c := &Fleet{}
 	if err := ctx.RegisterComponentResource("iot-fleet:fleet:Fleet", name, c, opts...); err != nil {
 		return nil, err
@@ -52,7 +66,9 @@ func NewFleet(ctx *pulumi.Context, name string, args FleetArgs, opts ...pulumi.R
 			Description: pulumi.String("Devices provisioned into " + args.Prefix),
 		},
 		Tags: args.Tags,
-	}, parent); err != nil {
+		// The group holds the provisioned things and is the target of
+		// fleet jobs: a destroy keeps it, with its members.
+	}, parent, RetainedOnDestroy(true), AdoptRetained(args.AdoptRetained, args.ThingGroupName)); err != nil {
 		return nil, fmt.Errorf("thing group: %w", err)
 	}
 	artifacts := pulumi.StringInput(args.ArtifactsBucketArn).ToStringOutput().ApplyT(func(arn string) string { return arn + "/*" }).(pulumi.StringOutput)
@@ -60,6 +76,9 @@ func NewFleet(ctx *pulumi.Context, name string, args FleetArgs, opts ...pulumi.R
 		Name:        args.Prefix + "-token-exchange",
 		Description: "Assumed by devices through the IoT credentials provider (role alias " + args.RoleAliasName + ")",
 		Service:     "credentials.iot.amazonaws.com",
+		// Set explicitly: the role alias's credential duration is
+		// validated against it.
+		MaxSessionDurationSeconds: stackconfig.TokenExchangeMaxSessionSeconds,
 		Statements: []Statement{{
 			Sid:       "ReadOTAArtifacts",
 			Actions:   []string{"s3:GetObject"},
@@ -71,10 +90,6 @@ func NewFleet(ctx *pulumi.Context, name string, args FleetArgs, opts ...pulumi.R
 		return nil, err
 	}
 	c.TokenExchangeRole, c.TokenExchangePolicy = role.Role, role.Document
-	duration := args.CredentialDurationSeconds
-	if duration == 0 {
-		duration = 3600
-	}
 	if c.RoleAlias, err = iot.NewRoleAlias(ctx, name+"-role-alias", &iot.RoleAliasArgs{
 		Alias:              pulumi.String(args.RoleAliasName),
 		RoleArn:            c.TokenExchangeRole.Arn,

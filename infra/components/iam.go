@@ -80,15 +80,22 @@ func PolicyDocument(statements ...Statement) pulumi.StringOutput {
 
 // AssumeRolePolicy is the trust policy letting service (e.g.
 // "lambda.amazonaws.com") assume a role, optionally only on behalf of
-// account.
-func AssumeRolePolicy(service, account string) string {
+// account (aws:SourceAccount) and of resources matching sourceArn
+// (aws:SourceArn, ArnLike): AWS's guard against the confused deputy.
+func AssumeRolePolicy(service, account, sourceArn string) string {
 	st := iamStatement{
 		Effect:    "Allow",
 		Principal: map[string]any{"Service": service},
 		Action:    []string{"sts:AssumeRole"},
 	}
+	if account != "" || sourceArn != "" {
+		st.Condition = map[string]map[string]any{}
+	}
 	if account != "" {
-		st.Condition = map[string]map[string]any{"StringEquals": {"aws:SourceAccount": account}}
+		st.Condition["StringEquals"] = map[string]any{"aws:SourceAccount": account}
+	}
+	if sourceArn != "" {
+		st.Condition["ArnLike"] = map[string]any{"aws:SourceArn": sourceArn}
 	}
 	b, err := json.Marshal(iamDocument{Version: "2012-10-17", Statement: []iamStatement{st}})
 	if err != nil { // cannot happen: only strings and maps of strings
@@ -124,6 +131,12 @@ type serviceRoleArgs struct {
 	// behalf of SourceAccount when that is set (the confused-deputy guard).
 	Service       string
 	SourceAccount string
+	// SourceArn, when set, also requires the request to come from a
+	// resource matching it (aws:SourceArn, ArnLike).
+	SourceArn string
+	// MaxSessionDurationSeconds, when set, is the role's
+	// MaxSessionDuration (else AWS's default, one hour).
+	MaxSessionDurationSeconds int
 	// Statements are the role's inline policy.
 	Statements []Statement
 	Tags       pulumi.StringMap
@@ -146,8 +159,11 @@ type serviceRole struct {
 func newServiceRole(ctx *pulumi.Context, resName, label string, args serviceRoleArgs, opts ...pulumi.ResourceOption) (serviceRole, error) {
 	roleArgs := &iam.RoleArgs{
 		Name:             pulumi.String(args.Name),
-		AssumeRolePolicy: pulumi.String(AssumeRolePolicy(args.Service, args.SourceAccount)),
+		AssumeRolePolicy: pulumi.String(AssumeRolePolicy(args.Service, args.SourceAccount, args.SourceArn)),
 		Tags:             args.Tags,
+	}
+	if args.MaxSessionDurationSeconds != 0 {
+		roleArgs.MaxSessionDuration = pulumi.Int(args.MaxSessionDurationSeconds)
 	}
 	if args.Description != "" {
 		roleArgs.Description = pulumi.String(args.Description)
@@ -162,6 +178,34 @@ func newServiceRole(ctx *pulumi.Context, resName, label string, args serviceRole
 		return serviceRole{}, fmt.Errorf("%s role policy: %w", label, err)
 	}
 	return r, nil
+}
+
+// IoTSourceArn is the aws:SourceArn AWS IoT's confused-deputy guidance
+// gives for roles AWS IoT assumes: any IoT resource of the account in the
+// region ("arn:<partition>:iot:<region>:<account>:*").
+func IoTSourceArn(partition, region, account string) string {
+	return fmt.Sprintf("arn:%s:iot:%s:%s:*", partition, region, account)
+}
+
+// ClaimCertificateChanges are the IoT actions that would change the claim
+// certificate or its attachments: revoking or deleting it would brick
+// every image not yet provisioned; attaching the device policy or a thing
+// to it would give every holder of the claim key a device's rights.
+var ClaimCertificateChanges = []string{
+	"iot:UpdateCertificate", "iot:DeleteCertificate",
+	"iot:AttachPolicy", "iot:DetachPolicy",
+	"iot:AttachThingPrincipal", "iot:DetachThingPrincipal",
+}
+
+// DenyClaimCertificate is the explicit Deny of ClaimCertificateChanges on
+// the claim certificate that every role allowed to change certificates
+// (cert/*) carries: it wins over any Allow.
+func DenyClaimCertificate(claimCertificateArn pulumi.StringInput) Statement {
+	return Statement{
+		Sid: "NeverTheClaimCertificate", Effect: "Deny",
+		Actions:   ClaimCertificateChanges,
+		Resources: pulumi.StringArray{claimCertificateArn},
+	}
 }
 
 // iotARN is the ARN of an AWS IoT resource of the deployment, e.g.

@@ -19,6 +19,8 @@ type IoTPoliciesArgs struct {
 	// RoleAliasName is the credentials-provider role alias devices may
 	// assume (iot:AssumeRoleWithCertificate).
 	RoleAliasName string
+	// AdoptRetained imports the device policy an earlier destroy retained.
+	AdoptRetained bool
 	Tags          pulumi.StringMap
 }
 
@@ -77,11 +79,14 @@ func NewIoTPolicies(ctx *pulumi.Context, name string, args IoTPoliciesArgs, opts
 	}, parent); err != nil {
 		return nil, fmt.Errorf("claim policy: %w", err)
 	}
+	// Every device certificate has the device policy attached, and AWS
+	// refuses to delete an attached policy: a destroy keeps it (and the
+	// devices keep working until their certificates are revoked).
 	if c.Device, err = iot.NewPolicy(ctx, name+"-device", &iot.PolicyArgs{
 		Name:   pulumi.String(args.DevicePolicyName),
 		Policy: pulumi.String(device.JSON()),
 		Tags:   args.Tags,
-	}, parent); err != nil {
+	}, parent, RetainedOnDestroy(true), AdoptRetained(args.AdoptRetained, args.DevicePolicyName)); err != nil {
 		return nil, fmt.Errorf("device policy: %w", err)
 	}
 	if err := ctx.RegisterResourceOutputs(c, pulumi.Map{"claimPolicy": c.Claim.Name, "devicePolicy": c.Device.Name}); err != nil {

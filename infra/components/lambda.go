@@ -22,7 +22,10 @@ const (
 type FunctionArgs struct {
 	// FunctionName is the full Lambda name, e.g. "iot-fleet-dev-preprovision".
 	FunctionName string
-	Description  string
+	// AccountID: only Lambda on behalf of this account may assume the
+	// function's role (aws:SourceAccount).
+	AccountID   string
+	Description string
 	// Artifact is the built bootstrap zip.
 	Artifact lambdabuild.Artifact
 	// Environment variables of the function.
@@ -52,8 +55,8 @@ type Function struct {
 
 // NewFunction declares a Function.
 func NewFunction(ctx *pulumi.Context, name string, args FunctionArgs, opts ...pulumi.ResourceOption) (*Function, error) {
-	if args.FunctionName == "" || args.Artifact.ZipPath == "" || args.Artifact.SHA256 == "" {
-		return nil, fmt.Errorf("function %s: FunctionName and a built Artifact are required", name)
+	if args.FunctionName == "" || args.AccountID == "" || args.Artifact.ZipPath == "" || args.Artifact.SHA256 == "" {
+		return nil, fmt.Errorf("function %s: FunctionName, AccountID and a built Artifact are required", name)
 	}
 	c := &Function{}
 	if err := ctx.RegisterComponentResource("iot-fleet:lambda:Function", name, c, opts...); err != nil {
@@ -70,8 +73,9 @@ func NewFunction(ctx *pulumi.Context, name string, args FunctionArgs, opts ...pu
 	}
 	streams := c.LogGroup.Arn.ApplyT(func(arn string) string { return arn + ":*" }).(pulumi.StringOutput)
 	role, err := newServiceRole(ctx, name, "function "+name, serviceRoleArgs{
-		Name:    args.FunctionName,
-		Service: "lambda.amazonaws.com",
+		Name:          args.FunctionName,
+		Service:       "lambda.amazonaws.com",
+		SourceAccount: args.AccountID,
 		Statements: append([]Statement{{
 			Sid:       "WriteOwnLogs",
 			Actions:   []string{"logs:CreateLogStream", "logs:PutLogEvents"},
@@ -123,6 +127,7 @@ func NewFunction(ctx *pulumi.Context, name string, args FunctionArgs, opts ...pu
 type lambdaDefaults struct {
 	// Prefix is "iot-fleet-<env>".
 	Prefix           string
+	AccountID        string
 	LogRetentionDays int
 	Tags             pulumi.StringMap
 }
@@ -130,6 +135,7 @@ type lambdaDefaults struct {
 // function declares the stack's Lambda name: args completed with d.
 func (d lambdaDefaults) function(ctx *pulumi.Context, name string, args FunctionArgs, opts ...pulumi.ResourceOption) (*Function, error) {
 	args.FunctionName = d.Prefix + "-" + name
+	args.AccountID = d.AccountID
 	args.MemoryMB = 256
 	args.LogRetentionDays = d.LogRetentionDays
 	args.Tags = d.Tags

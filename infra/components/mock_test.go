@@ -113,10 +113,20 @@ func statements(t *testing.T, doc string) []policyStatement {
 	return d.Statement
 }
 
-// actionResources maps each granted action to its sorted resources.
+// actionResources maps each granted (Allow) action to its sorted
+// resources.
 func actionResources(sts []policyStatement) map[string][]string {
+	return effectResources(sts, "Allow")
+}
+
+// effectResources maps each action of the statements with effect to its
+// sorted resources.
+func effectResources(sts []policyStatement, effect string) map[string][]string {
 	out := map[string][]string{}
 	for _, s := range sts {
+		if s.Effect != effect {
+			continue
+		}
 		for _, a := range s.Action {
 			out[a] = append(out[a], s.Resource...)
 		}
@@ -131,4 +141,11 @@ func actionResources(sts []policyStatement) map[string][]string {
 func grants(t *testing.T, doc string) map[string][]string {
 	t.Helper()
 	return actionResources(statements(t, doc))
+}
+
+// denies maps each denied action of a rendered policy document to its
+// sorted resources.
+func denies(t *testing.T, doc string) map[string][]string {
+	t.Helper()
+	return effectResources(statements(t, doc), "Deny")
 }

@@ -14,6 +14,9 @@ type OTAArgs struct {
 	// AccountID restricts who may make AWS IoT assume the role
 	// (aws:SourceAccount, the confused-deputy guard).
 	AccountID string
+	// SourceArn, when set, is the aws:SourceArn the role requires
+	// (IoTSourceArn: AWS IoT of this account and region).
+	SourceArn string
 	// ArtifactsBucketArn is the bucket holding the .mender artifacts.
 	ArtifactsBucketArn pulumi.StringInput
 	Tags               pulumi.StringMap
@@ -50,6 +53,7 @@ func NewOTA(ctx *pulumi.Context, name string, args OTAArgs, opts ...pulumi.Resou
 		Description:   "Assumed by AWS IoT Jobs to presign OTA artifact URLs in job documents",
 		Service:       "iot.amazonaws.com",
 		SourceAccount: args.AccountID,
+		SourceArn:     args.SourceArn,
 		Statements: []Statement{{
 			Sid:       "PresignOTAArtifacts",
 			Actions:   []string{"s3:GetObject"},

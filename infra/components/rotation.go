@@ -49,6 +49,9 @@ type RotationArgs struct {
 	DevicePolicyArn  pulumi.StringInput
 	// ThingGroupArn: the group an operator may rotate at once.
 	ThingGroupArn pulumi.StringInput
+	// ClaimCertificateArn is explicitly denied to the rotation Lambda
+	// (DenyClaimCertificate): rotation never revokes or deletes it.
+	ClaimCertificateArn pulumi.StringInput
 	// ExpiryWindowDays: the scan rotates certificates expiring within it.
 	ExpiryWindowDays int
 	// RuleRoleArn and ErrorLogGroupName: the topic rules' role and shared
@@ -80,8 +83,8 @@ func RotationRuleName(prefix string) string { return TopicRuleName(prefix, LogRu
 
 // NewRotation declares Rotation.
 func NewRotation(ctx *pulumi.Context, name string, args RotationArgs, opts ...pulumi.ResourceOption) (*Rotation, error) {
-	if args.Prefix == "" || args.ThingNamePrefix == "" || args.DevicePolicyName == "" || args.ExpiryWindowDays <= 0 {
-		return nil, fmt.Errorf("rotation %s: Prefix, ThingNamePrefix, DevicePolicyName and ExpiryWindowDays are required", name)
+	if args.Prefix == "" || args.ThingNamePrefix == "" || args.DevicePolicyName == "" || args.ExpiryWindowDays <= 0 || args.ClaimCertificateArn == nil {
+		return nil, fmt.Errorf("rotation %s: Prefix, ThingNamePrefix, DevicePolicyName, ExpiryWindowDays and ClaimCertificateArn are required", name)
 	}
 	c := &Rotation{}
 	if err := ctx.RegisterComponentResource("iot-fleet:rotation:Rotation", name, c, opts...); err != nil {
@@ -94,7 +97,7 @@ func NewRotation(ctx *pulumi.Context, name string, args RotationArgs, opts ...pu
 	table := pulumi.StringArray{args.RegistryArn}
 	index := args.RegistryArn.ApplyT(func(a string) string { return a + "/index/" + registry.ExpiryIndex }).(pulumi.StringOutput)
 
-	lambdas := lambdaDefaults{Prefix: args.Prefix, LogRetentionDays: args.LogRetentionDays, Tags: args.Tags}
+	lambdas := lambdaDefaults{Prefix: args.Prefix, AccountID: args.AccountID, LogRetentionDays: args.LogRetentionDays, Tags: args.Tags}
 	var err error
 	if c.Rotate, err = lambdas.function(ctx, LambdaCertRotate, FunctionArgs{
 		Description: "Certificate rotation: issues the certificate for a device's CSR, retires the old one once the device confirmed",
@@ -113,6 +116,7 @@ func NewRotation(ctx *pulumi.Context, name string, args RotationArgs, opts ...pu
 			{Sid: "DevicePolicy", Actions: []string{"iot:AttachPolicy", "iot:DetachPolicy"}, Resources: pulumi.StringArray{pulumi.String(certs), args.DevicePolicyArn}},
 			{Sid: "ThingPrincipal", Actions: []string{"iot:AttachThingPrincipal", "iot:DetachThingPrincipal"}, Resources: ARNs(things, certs)},
 			{Sid: "SendCertificate", Actions: []string{"iot:Publish"}, Resources: ARNs(arn("topic", protocol.CommandTopic("*", protocol.KindRotateCert)))},
+			DenyClaimCertificate(args.ClaimCertificateArn),
 		},
 		TimeoutSeconds: 60,
 	}, parent); err != nil {

@@ -3,6 +3,7 @@ package components
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
@@ -19,6 +20,7 @@ func TestRotation(t *testing.T) {
 	require.NoError(t, os.WriteFile(zip, []byte("zip"), 0o644))
 	art := lambdabuild.Artifact{ZipPath: zip, SHA256: "c2hh"}
 	rec := &recorder{}
+	claimARN := "arn:aws:iot:eu-central-1:123456789012:cert/" + strings.Repeat("c1", 32)
 	err := pulumi.RunErr(func(ctx *pulumi.Context) error {
 		_, err := NewRotation(ctx, "rotation", RotationArgs{
 			Prefix: "iot-fleet-dev", ThingNamePrefix: "dev-", Partition: "aws", Region: "eu-central-1", AccountID: "123456789012",
@@ -26,8 +28,9 @@ func TestRotation(t *testing.T) {
 			RegistryName:     pulumi.String("iot-fleet-dev-registry"),
 			RegistryArn:      pulumi.String("arn:aws:dynamodb:eu-central-1:123456789012:table/iot-fleet-dev-registry").ToStringOutput(),
 			DevicePolicyName: "iot-fleet-dev-device", DevicePolicyArn: pulumi.String("arn:aws:iot:eu-central-1:123456789012:policy/iot-fleet-dev-device"),
-			ThingGroupArn:    pulumi.String("arn:aws:iot:eu-central-1:123456789012:thinggroup/iot-fleet-dev"),
-			ExpiryWindowDays: 30, RuleRoleArn: pulumi.String("arn:aws:iam::123456789012:role/rules"),
+			ThingGroupArn:       pulumi.String("arn:aws:iot:eu-central-1:123456789012:thinggroup/iot-fleet-dev"),
+			ClaimCertificateArn: pulumi.String(claimARN),
+			ExpiryWindowDays:    30, RuleRoleArn: pulumi.String("arn:aws:iam::123456789012:role/rules"),
 			ErrorLogGroupName: pulumi.String("/aws/iot/iot-fleet-dev/rule-errors"), LogRetentionDays: 30,
 		})
 		return err
@@ -60,6 +63,16 @@ func TestRotation(t *testing.T) {
 		"iot:DetachThingPrincipal":     {certs, "arn:aws:iot:eu-central-1:123456789012:thing/dev-*"},
 		"iot:Publish":                  {"arn:aws:iot:eu-central-1:123456789012:topic/cmd/fleet/*/rotate/cert"},
 	}, grants(t, str(rec.find(t, "aws:iam/rolePolicy:RolePolicy", LambdaCertRotate), "policy")))
+	// cert/* covers the claim certificate: an explicit Deny keeps rotation
+	// from ever revoking, deleting or re-attaching it.
+	denied := denies(t, str(rec.find(t, "aws:iam/rolePolicy:RolePolicy", LambdaCertRotate), "policy"))
+	for _, a := range []string{"iot:UpdateCertificate", "iot:DeleteCertificate", "iot:AttachPolicy", "iot:DetachPolicy",
+		"iot:AttachThingPrincipal", "iot:DetachThingPrincipal"} {
+		assert.Equal(t, []string{claimARN}, denied[a], "%s on the claim certificate is denied", a)
+	}
+	// Only Lambda for this account assumes the Lambdas' roles.
+	trust := statements(t, str(rec.find(t, "aws:iam/role:Role", LambdaCertRotate), "assumeRolePolicy"))
+	assert.Equal(t, map[string]map[string]any{"StringEquals": {"aws:SourceAccount": "123456789012"}}, trust[0].Condition)
 	assert.Equal(t, map[string][]string{
 		"logs:CreateLogStream":       {"arn:aws:mock:::" + LambdaCertScan + ":*"},
 		"logs:PutLogEvents":          {"arn:aws:mock:::" + LambdaCertScan + ":*"},

@@ -39,10 +39,51 @@ const (
 	// SSMInventoryScheduleExpression re-runs the inventory association
 	// (the fallback registration event) on the stack's managed nodes.
 	SSMInventoryScheduleExpression = "rate(30 minutes)"
-	// managedInstanceCorePolicy is the AWS managed policy every SSM
-	// managed node needs.
-	managedInstanceCorePolicy = "AmazonSSMManagedInstanceCore"
 )
+
+// ManagedNodeStatements are the managed-instance role's permissions: what
+// the SSM Agent on a device registered with an activation needs for
+// Session Manager and for the stack's inventory association, instead of
+// the AWS managed AmazonSSMManagedInstanceCore (which also grants
+// ssm:GetParameter* on every parameter, patch snapshots, package results
+// and more). The credentials are issued by SSM to the registered node
+// only (trust: ssm.amazonaws.com for this account). The agent-facing
+// actions below are granted on "*": the node names no other resource in
+// them, and SSM binds each call to the calling node. Justified one by one
+// in docs/ssm.md (IAM of the managed node).
+func ManagedNodeStatements(partition, region string) []Statement {
+	anyResource := pulumi.StringArray{pulumi.String("*")}
+	inventoryDocument := fmt.Sprintf("arn:%s:ssm:%s::document/%s", partition, region, SSMInventoryDocument)
+	return []Statement{
+		// The agent reports its node's details and ping (Online) status;
+		// Session Manager only connects to an online node.
+		{Sid: "AgentHeartbeat", Actions: []string{"ssm:UpdateInstanceInformation"}, Resources: anyResource},
+		// Session Manager: the agent's control channel (session requests)
+		// and data channels (the shell's input and output).
+		{Sid: "SessionManagerChannels", Actions: []string{
+			"ssmmessages:CreateControlChannel", "ssmmessages:OpenControlChannel",
+			"ssmmessages:CreateDataChannel", "ssmmessages:OpenDataChannel",
+		}, Resources: anyResource},
+		// The agent's message delivery (documents sent to the node, e.g.
+		// Run Command, and their replies).
+		{Sid: "AgentMessages", Actions: []string{
+			"ec2messages:GetEndpoint", "ec2messages:GetMessages", "ec2messages:AcknowledgeMessage",
+			"ec2messages:SendReply", "ec2messages:FailMessage", "ec2messages:DeleteMessage",
+		}, Resources: anyResource},
+		// State Manager: the node lists its associations (the stack's
+		// inventory association, the fallback registration event), reports
+		// their status and uploads the inventory they gather.
+		{Sid: "OwnAssociations", Actions: []string{
+			"ssm:ListInstanceAssociations", "ssm:DescribeAssociation", "ssm:UpdateInstanceAssociationStatus", "ssm:PutInventory",
+		}, Resources: anyResource},
+		// ...and reads only the document that association runs.
+		{Sid: "InventoryDocument", Actions: []string{"ssm:GetDocument", "ssm:DescribeDocument"}, Resources: ARNs(inventoryDocument)},
+	}
+}
+
+// SSMInventoryDocument is the AWS-owned document of the stack's inventory
+// association.
+const SSMInventoryDocument = "AWS-GatherSoftwareInventory"
 
 // SSMManagedInstanceRoleName is the IAM role the managed nodes of
 // "iot-fleet-<env>" get (sim/stack uses the same name).
@@ -56,6 +97,27 @@ func SSMRegistrationEventPattern() string {
 		"detail-type": {ssmregistered.DetailTypeRegistration, ssmregistered.DetailTypeAssociationOK},
 	})
 	return string(b)
+}
+
+// managedNodesARN covers the account's SSM managed nodes in the region.
+func managedNodesARN(partition, region, account string) string {
+	return fmt.Sprintf("arn:%s:ssm:%s:%s:managed-instance/*", partition, region, account)
+}
+
+// SSMCleanUpStatements let a Lambda turn SSM off for a device: delete its
+// activation and find its node (DeleteActivation and
+// DescribeInstanceInformation have no resource type in the SSM
+// authorization reference, hence "*"), and deregister managed nodes
+// tagged for this project and environment only.
+func SSMCleanUpStatements(partition, region, account, environment string) []Statement {
+	ours := map[string]map[string]any{"StringEquals": {
+		"ssm:resourceTag/" + ssmtoggle.TagProject:     ssmtoggle.ProjectName,
+		"ssm:resourceTag/" + ssmtoggle.TagEnvironment: environment,
+	}}
+	return []Statement{
+		{Sid: "DeleteActivationsFindNodes", Actions: []string{"ssm:DeleteActivation", "ssm:DescribeInstanceInformation"}, Resources: pulumi.StringArray{pulumi.String("*")}},
+		{Sid: "DeregisterOwnNodes", Actions: []string{"ssm:DeregisterManagedInstance"}, Resources: ARNs(managedNodesARN(partition, region, account)), Condition: ours},
+	}
 }
 
 // SSMArgs configure SSM.
@@ -96,6 +158,9 @@ type SSM struct {
 	pulumi.ResourceState
 
 	ManagedInstanceRole *iam.Role
+	// ManagedInstancePolicy is the role's inline policy document
+	// (ManagedNodeStatements).
+	ManagedInstancePolicy pulumi.StringOutput
 	// ManagedInstanceRoleName is the stack output ssmManagedInstanceRole.
 	ManagedInstanceRoleName pulumi.StringOutput
 	Toggle                  *Function
@@ -126,35 +191,29 @@ func NewSSM(ctx *pulumi.Context, name string, args SSMArgs, opts ...pulumi.Resou
 	// nodes; the activation actions and the Describe* reads have no
 	// resource type in the SSM authorization reference, so they need
 	// "*" (CreateActivation is pinned by its request tags instead).
-	nodes := fmt.Sprintf("arn:%s:ssm:%s:%s:managed-instance/*", args.Partition, args.Region, args.AccountID)
-	ours := map[string]map[string]any{"StringEquals": {
-		"ssm:resourceTag/" + ssmtoggle.TagProject:     ssmtoggle.ProjectName,
-		"ssm:resourceTag/" + ssmtoggle.TagEnvironment: args.Environment,
-	}}
+	nodes := managedNodesARN(args.Partition, args.Region, args.AccountID)
 	anyResource := pulumi.StringArray{pulumi.String("*")}
 	table := pulumi.StringArray{args.RegistryArn}
 	// The toggle and the registered Lambda both record SSM state, delete
 	// activations and deregister this stack's stray nodes.
 	ssmState := Statement{Sid: "SSMState", Actions: []string{"dynamodb:GetItem", "dynamodb:UpdateItem"}, Resources: table}
-	cleanUp := []Statement{
-		{Sid: "DeleteActivationsFindNodes", Actions: []string{"ssm:DeleteActivation", "ssm:DescribeInstanceInformation"}, Resources: anyResource},
-		{Sid: "DeregisterOwnNodes", Actions: []string{"ssm:DeregisterManagedInstance"}, Resources: ARNs(nodes), Condition: ours},
-	}
+	cleanUp := SSMCleanUpStatements(args.Partition, args.Region, args.AccountID, args.Environment)
 
-	lambdas := lambdaDefaults{Prefix: args.Prefix, LogRetentionDays: args.LogRetentionDays, Tags: args.Tags}
+	lambdas := lambdaDefaults{Prefix: args.Prefix, AccountID: args.AccountID, LogRetentionDays: args.LogRetentionDays, Tags: args.Tags}
 
 	var err error
 	if c.ManagedInstanceRole, err = iam.NewRole(ctx, name+"-managed-instance", &iam.RoleArgs{
 		Name:             pulumi.String(roleName),
 		Description:      pulumi.String("Assumed by Systems Manager for the devices registered with an SSM-on-demand activation"),
-		AssumeRolePolicy: pulumi.String(AssumeRolePolicy("ssm.amazonaws.com", args.AccountID)),
+		AssumeRolePolicy: pulumi.String(AssumeRolePolicy("ssm.amazonaws.com", args.AccountID, fmt.Sprintf("arn:%s:ssm:%s:%s:*", args.Partition, args.Region, args.AccountID))),
 		Tags:             args.Tags,
 	}, parent); err != nil {
 		return nil, fmt.Errorf("ssm managed-instance role: %w", err)
 	}
-	if _, err := iam.NewRolePolicyAttachment(ctx, name+"-managed-instance", &iam.RolePolicyAttachmentArgs{
-		Role:      c.ManagedInstanceRole.Name,
-		PolicyArn: pulumi.String(fmt.Sprintf("arn:%s:iam::aws:policy/%s", args.Partition, managedInstanceCorePolicy)),
+	c.ManagedInstancePolicy = PolicyDocument(ManagedNodeStatements(args.Partition, args.Region)...)
+	if _, err := iam.NewRolePolicy(ctx, name+"-managed-instance", &iam.RolePolicyArgs{
+		Role:   c.ManagedInstanceRole.ID(),
+		Policy: c.ManagedInstancePolicy,
 	}, parent); err != nil {
 		return nil, fmt.Errorf("ssm managed-instance role policy: %w", err)
 	}
@@ -264,7 +323,7 @@ func NewSSM(ctx *pulumi.Context, name string, args SSMArgs, opts ...pulumi.Resou
 	// nodes only (their tags come from the activation).
 	if c.Inventory, err = ssm.NewAssociation(ctx, name+"-inventory", &ssm.AssociationArgs{
 		AssociationName:    pulumi.String(args.Prefix + "-ssm-inventory"),
-		Name:               pulumi.String("AWS-GatherSoftwareInventory"),
+		Name:               pulumi.String(SSMInventoryDocument),
 		ScheduleExpression: pulumi.String(SSMInventoryScheduleExpression),
 		Targets: ssm.AssociationTargetArray{
 			&ssm.AssociationTargetArgs{Key: pulumi.String("tag:" + ssmtoggle.TagProject), Values: pulumi.StringArray{pulumi.String(ssmtoggle.ProjectName)}},

@@ -45,18 +45,42 @@ func TestSSM(t *testing.T) {
 		return err
 	}, pulumi.WithMocks("iot-fleet", "dev", m)))
 
-	// Managed-instance role: only Systems Manager of this account assumes
-	// it; it has the AWS managed core policy.
+	// Managed-instance role: only Systems Manager of this account and
+	// region assumes it; it has the project's own least-privilege policy,
+	// not AmazonSSMManagedInstanceCore (ssm:GetParameter* on *, ...).
 	role := m.find(t, "aws:iam/role:Role", "ssm-managed-instance")
 	assert.Equal(t, "iot-fleet-dev-ssm-managed-instance", str(role, "name"))
 	trust := statements(t, str(role, "assumeRolePolicy"))
 	require.Len(t, trust, 1)
 	assert.Equal(t, []string{"sts:AssumeRole"}, trust[0].Action)
-	assert.Equal(t, map[string]map[string]any{"StringEquals": {"aws:SourceAccount": ssmAccount}}, trust[0].Condition)
+	assert.Equal(t, map[string]map[string]any{
+		"StringEquals": {"aws:SourceAccount": ssmAccount},
+		"ArnLike":      {"aws:SourceArn": "arn:aws:ssm:eu-central-1:" + ssmAccount + ":*"},
+	}, trust[0].Condition)
 	assert.Contains(t, str(role, "assumeRolePolicy"), `"Service":"ssm.amazonaws.com"`)
-	att := m.find(t, "aws:iam/rolePolicyAttachment:RolePolicyAttachment", "ssm-managed-instance")
-	assert.Equal(t, "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore", str(att, "policyArn"))
-	assert.Equal(t, "iot-fleet-dev-ssm-managed-instance", str(att, "role"))
+	assert.Zero(t, m.count("aws:iam/rolePolicyAttachment:RolePolicyAttachment"), "no managed policy")
+	nodePolicy := m.find(t, "aws:iam/rolePolicy:RolePolicy", "ssm-managed-instance")
+	assert.Equal(t, "ssm-managed-instance-id", str(nodePolicy, "role"), "the policy is the role's")
+	anyRes := []string{"*"}
+	assert.Equal(t, map[string][]string{
+		"ssm:UpdateInstanceInformation":       anyRes,
+		"ssmmessages:CreateControlChannel":    anyRes,
+		"ssmmessages:OpenControlChannel":      anyRes,
+		"ssmmessages:CreateDataChannel":       anyRes,
+		"ssmmessages:OpenDataChannel":         anyRes,
+		"ec2messages:GetEndpoint":             anyRes,
+		"ec2messages:GetMessages":             anyRes,
+		"ec2messages:AcknowledgeMessage":      anyRes,
+		"ec2messages:SendReply":               anyRes,
+		"ec2messages:FailMessage":             anyRes,
+		"ec2messages:DeleteMessage":           anyRes,
+		"ssm:ListInstanceAssociations":        anyRes,
+		"ssm:DescribeAssociation":             anyRes,
+		"ssm:UpdateInstanceAssociationStatus": anyRes,
+		"ssm:PutInventory":                    anyRes,
+		"ssm:GetDocument":                     {"arn:aws:ssm:eu-central-1::document/AWS-GatherSoftwareInventory"},
+		"ssm:DescribeDocument":                {"arn:aws:ssm:eu-central-1::document/AWS-GatherSoftwareInventory"},
+	}, grants(t, str(nodePolicy, "policy")), "what the agent needs for Session Manager and the inventory association, nothing else")
 
 	// Environments exactly as the mains read them.
 	env := func(fn string) map[string]string {

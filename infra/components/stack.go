@@ -22,7 +22,7 @@ const (
 // LambdaNames are the Lambdas the stack deploys.
 func LambdaNames() []string {
 	return []string{LambdaPreprovision, LambdaAllowlistSync, LambdaSSMToggle, LambdaSSMRegistered, LambdaSSMExpire,
-		LambdaCertRotate, LambdaCertScan}
+		LambdaCertRotate, LambdaCertScan, LambdaTemplateVersions}
 }
 
 // Environment variables of the Lambdas (the contract between infra and
@@ -33,6 +33,9 @@ const (
 	EnvThingGroup      = "THING_GROUP"
 	EnvDevicePolicy    = "DEVICE_POLICY"
 	EnvThingNamePrefix = "THING_NAME_PREFIX"
+	// EnvMaxRevocationsPerSync is the sync Lambda's revocation limit
+	// (stack config maxRevocationsPerSync; unset: the Lambda's default).
+	EnvMaxRevocationsPerSync = "MAX_REVOCATIONS_PER_SYNC"
 )
 
 // Hook timeout: AWS IoT waits 5 seconds for a pre-provisioning hook.
@@ -52,6 +55,10 @@ type StackArgs struct {
 	AllowlistPath string
 	// DataEndpoint is the account's IoT data endpoint host (iot:Data-ATS).
 	DataEndpoint string
+	// DeployedBy is who runs the deployment (the workflow's GITHUB_ACTOR;
+	// validated by the program), set as the allowlist object's
+	// deployed-by metadata when not empty.
+	DeployedBy string
 }
 
 // Stack is the whole iot-fleet environment. Features add their components
@@ -99,24 +106,44 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 	tags := Tags(cfg.Environment)
 	prefix := cfg.Prefix()
 
-	if s.Storage, err = NewStorage(ctx, "storage", StorageArgs{Prefix: prefix, DeletionProtection: cfg.DeletionProtection, Tags: tags}, parent); err != nil {
+	if s.Storage, err = NewStorage(ctx, "storage", StorageArgs{Prefix: prefix, DeletionProtection: cfg.DeletionProtection, AdoptRetained: cfg.AdoptRetained, Tags: tags}, parent); err != nil {
 		return nil, err
 	}
 	if s.Policies, err = NewIoTPolicies(ctx, "policies", IoTPoliciesArgs{
 		Params: params, ClaimPolicyName: cfg.ClaimPolicyName(), DevicePolicyName: cfg.DevicePolicyName(),
-		RoleAliasName: cfg.RoleAliasName(), Tags: tags,
+		RoleAliasName: cfg.RoleAliasName(), AdoptRetained: cfg.AdoptRetained, Tags: tags,
 	}, parent); err != nil {
 		return nil, err
 	}
 	if s.Fleet, err = NewFleet(ctx, "fleet", FleetArgs{
 		Prefix: prefix, ThingGroupName: cfg.ThingGroup, RoleAliasName: cfg.RoleAliasName(),
-		ArtifactsBucketArn: s.Storage.Artifacts.Arn, Tags: tags,
+		ArtifactsBucketArn: s.Storage.Artifacts.Arn, CredentialDurationSeconds: cfg.CredentialDurationSeconds,
+		AdoptRetained: cfg.AdoptRetained, Tags: tags,
 	}, parent); err != nil {
 		return nil, err
 	}
 
-	lambdas := lambdaDefaults{Prefix: prefix, LogRetentionDays: cfg.LogRetentionDays, Tags: tags}
+	// The claim certificate first: every role that may change
+	// certificates denies itself this one.
+	if s.Provisioning, err = NewProvisioning(ctx, "provisioning", ProvisioningArgs{
+		Prefix: prefix, TemplateName: cfg.TemplateName(), TemplateBody: body,
+		Partition: args.Partition, Region: args.Region, AccountID: args.AccountID,
+		ClaimPolicy:         s.Policies.Claim,
+		TemplateDependsOn:   []pulumi.Resource{s.Fleet.ThingGroup, s.Policies.Device},
+		SecretName:          cfg.ClaimSecretName(),
+		AdoptCertificateArn: cfg.ClaimCertificateArn,
+		TemplateVersions:    args.Lambdas[LambdaTemplateVersions],
+		LogRetentionDays:    cfg.LogRetentionDays,
+		Tags:                tags,
+	}, parent); err != nil {
+		return nil, err
+	}
+	denyClaim := DenyClaimCertificate(s.Provisioning.ClaimCertificateArn)
+
+	lambdas := lambdaDefaults{Prefix: prefix, AccountID: args.AccountID, LogRetentionDays: cfg.LogRetentionDays, Tags: tags}
 	table := pulumi.StringArray{s.Storage.RegistryArn}
+	certs := params.ARN("cert", "*")
+	things := params.ARN("thing", cfg.ThingNamePrefix()+"*")
 	if s.Hook, err = lambdas.function(ctx, LambdaPreprovision, FunctionArgs{
 		Description: "Fleet provisioning pre-provisioning hook: admits only allowlisted serials",
 		Artifact:    args.Lambdas[LambdaPreprovision],
@@ -124,65 +151,71 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 			EnvRegistryTable:   s.Storage.RegistryName,
 			EnvSerialPattern:   pulumi.String(cfg.SerialPattern),
 			EnvThingNamePrefix: pulumi.String(cfg.ThingNamePrefix()),
+			EnvDevicePolicy:    pulumi.String(cfg.DevicePolicyName()),
 		},
-		Statements: []Statement{{
-			Sid:       "ReadAndRecordDevice",
-			Actions:   []string{"dynamodb:GetItem", "dynamodb:UpdateItem"},
-			Resources: table,
-		}},
+		Statements: []Statement{
+			{Sid: "ReadAndRecordDevice", Actions: []string{"dynamodb:GetItem", "dynamodb:UpdateItem"}, Resources: table},
+			// A re-admitted serial's retired certificate is revoked and
+			// detached (never the claim certificate: denied below).
+			{Sid: "RetireCertificates", Actions: []string{"iot:DescribeCertificate", "iot:UpdateCertificate"}, Resources: ARNs(certs)},
+			{Sid: "DetachDevicePolicy", Actions: []string{"iot:DetachPolicy"}, Resources: pulumi.StringArray{pulumi.String(certs), s.Policies.Device.Arn}},
+			{Sid: "DetachRetiredFromThing", Actions: []string{"iot:ListThingPrincipals", "iot:DetachThingPrincipal"}, Resources: ARNs(things, certs)},
+			denyClaim,
+		},
 		TimeoutSeconds: hookTimeoutSeconds,
 	}, parent); err != nil {
 		return nil, err
 	}
 
 	allowlistObject := s.Storage.Config.Arn.ApplyT(func(arn string) string { return arn + "/" + AllowlistKey }).(pulumi.StringOutput)
-	things := params.ARN("thing", cfg.ThingNamePrefix()+"*")
+	syncEnv := pulumi.StringMap{
+		EnvRegistryTable:   s.Storage.RegistryName,
+		EnvSerialPattern:   pulumi.String(cfg.SerialPattern),
+		EnvThingGroup:      pulumi.String(cfg.ThingGroup),
+		EnvDevicePolicy:    pulumi.String(cfg.DevicePolicyName()),
+		EnvThingNamePrefix: pulumi.String(cfg.ThingNamePrefix()),
+	}
+	if cfg.MaxRevocationsPerSync > 0 {
+		syncEnv[EnvMaxRevocationsPerSync] = pulumi.String(fmt.Sprint(cfg.MaxRevocationsPerSync))
+	}
 	if s.Sync, err = lambdas.function(ctx, LambdaAllowlistSync, FunctionArgs{
 		Description: "Syncs allowlist.txt into the registry; revokes devices removed from it",
 		Artifact:    args.Lambdas[LambdaAllowlistSync],
-		Environment: pulumi.StringMap{
-			EnvRegistryTable:   s.Storage.RegistryName,
-			EnvSerialPattern:   pulumi.String(cfg.SerialPattern),
-			EnvThingGroup:      pulumi.String(cfg.ThingGroup),
-			EnvDevicePolicy:    pulumi.String(cfg.DevicePolicyName()),
-			EnvThingNamePrefix: pulumi.String(cfg.ThingNamePrefix()),
-		},
-		Statements: []Statement{
+		Environment: syncEnv,
+		Statements: append([]Statement{
 			{Sid: "ReadAllowlist", Actions: []string{"s3:GetObject", "s3:GetObjectVersion"}, Resources: pulumi.StringArray{allowlistObject}},
+			// Registry records, including their SSM state (internal/ssmstate).
 			{Sid: "SyncRegistry", Actions: []string{"dynamodb:GetItem", "dynamodb:Scan", "dynamodb:UpdateItem"}, Resources: table},
-			{Sid: "RevokeCertificates", Actions: []string{"iot:DescribeCertificate", "iot:UpdateCertificate", "iot:DetachPolicy"}, Resources: ARNs(params.ARN("cert", "*"))},
+			{Sid: "RevokeCertificates", Actions: []string{"iot:DescribeCertificate", "iot:UpdateCertificate", "iot:DetachPolicy"}, Resources: ARNs(certs)},
 			{
 				Sid:       "RemoveThings",
 				Actions:   []string{"iot:ListThingPrincipals", "iot:DetachThingPrincipal", "iot:RemoveThingFromThingGroup", "iot:DeleteThing"},
 				Resources: pulumi.StringArray{pulumi.String(things), s.Fleet.ThingGroupArn},
 			},
-		},
+			denyClaim,
+		}, SSMCleanUpStatements(args.Partition, args.Region, args.AccountID, cfg.Environment)...),
 		TimeoutSeconds: 300,
 	}, parent); err != nil {
 		return nil, err
 	}
 
-	if s.Provisioning, err = NewProvisioning(ctx, "provisioning", ProvisioningArgs{
-		Prefix: prefix, TemplateName: cfg.TemplateName(), TemplateBody: body,
-		Partition: args.Partition, Region: args.Region, AccountID: args.AccountID,
-		ClaimPolicy: s.Policies.Claim, Hook: s.Hook,
-		TemplateDependsOn:   []pulumi.Resource{s.Fleet.ThingGroup, s.Policies.Device},
-		SecretName:          cfg.ClaimSecretName(),
-		AdoptCertificateArn: cfg.ClaimCertificateArn,
-		Tags:                tags,
-	}, parent); err != nil {
+	if err := s.Provisioning.DeclareTemplate(ctx, s.Hook); err != nil {
 		return nil, err
 	}
 
 	if s.Allowlist, err = NewAllowlist(ctx, "allowlist", AllowlistArgs{
 		Path:   args.AllowlistPath,
 		Bucket: s.Storage.Config, Sync: s.Sync, AccountID: args.AccountID,
+		ConfirmRevocations: cfg.AllowlistConfirmRevocations, DeployedBy: args.DeployedBy,
 	}, parent); err != nil {
 		return nil, err
 	}
 
+	// Roles AWS IoT assumes require this account and region's IoT as the
+	// source (IoT's confused-deputy guidance).
+	iotSource := IoTSourceArn(args.Partition, args.Region, args.AccountID)
 	if s.Rules, err = NewTopicRules(ctx, "rules", TopicRulesArgs{
-		Prefix: prefix, AccountID: args.AccountID, LogRetentionDays: cfg.LogRetentionDays, Tags: tags,
+		Prefix: prefix, AccountID: args.AccountID, SourceArn: iotSource, LogRetentionDays: cfg.LogRetentionDays, Tags: tags,
 		Rules: []LogRule{{
 			Name:        "device-status",
 			Description: "Agent status messages (version, uptime) published on connect, with the sending thing and receive time",
@@ -193,7 +226,7 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 	}
 
 	if s.OTA, err = NewOTA(ctx, "ota", OTAArgs{
-		Prefix: prefix, AccountID: args.AccountID, ArtifactsBucketArn: s.Storage.Artifacts.Arn, Tags: tags,
+		Prefix: prefix, AccountID: args.AccountID, SourceArn: iotSource, ArtifactsBucketArn: s.Storage.Artifacts.Arn, Tags: tags,
 	}, parent); err != nil {
 		return nil, err
 	}
@@ -215,7 +248,8 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 		RegistryName: s.Storage.RegistryName, RegistryArn: s.Storage.RegistryArn,
 		DevicePolicyName: cfg.DevicePolicyName(), DevicePolicyArn: s.Policies.Device.Arn,
 		ThingGroupArn: s.Fleet.ThingGroupArn, ExpiryWindowDays: cfg.CertExpiryWindowDays,
-		RuleRoleArn: s.Rules.Role.Arn, ErrorLogGroupName: s.Rules.ErrorLogGroup.Name,
+		ClaimCertificateArn: s.Provisioning.ClaimCertificateArn,
+		RuleRoleArn:         s.Rules.Role.Arn, ErrorLogGroupName: s.Rules.ErrorLogGroup.Name,
 		LogRetentionDays: cfg.LogRetentionDays, Tags: tags,
 	}, parent); err != nil {
 		return nil, err
@@ -252,5 +286,13 @@ func (s *Stack) Outputs() pulumi.Map {
 		"ssmManagedInstanceRole":    s.SSM.ManagedInstanceRoleName,
 		"certRotateLambda":          s.Rotation.Rotate.Name,
 		"certScanLambda":            s.Rotation.Scan.Name,
+		"thingGroupArn":             s.Fleet.ThingGroupArn,
+		"registryTableArn":          s.Storage.RegistryArn,
+		"ssmRegisteredLambda":       s.SSM.Registered.Name,
+		"ssmExpireLambda":           s.SSM.Expire.Name,
+		"templateVersionsLambda":    s.Provisioning.Pruner.Name,
+		"provisioningRoleArn":       s.Provisioning.ProvisioningRole.Arn,
+		"tokenExchangeRoleArn":      s.Fleet.TokenExchangeRole.Arn,
+		"roleAliasArn":              s.Fleet.RoleAlias.Arn,
 	}
 }

@@ -14,7 +14,27 @@ import (
 type PrivateBucketArgs struct {
 	// NamePrefix is the bucket name prefix; AWS adds a unique suffix.
 	NamePrefix string
-	Tags       pulumi.StringMap
+	// Retain keeps the bucket, with its public access block, ownership,
+	// versioning, encryption and TLS-only policy, in AWS when the stack
+	// is destroyed (a versioned bucket that ever held an object cannot be
+	// deleted without emptying every version first).
+	Retain bool
+	Tags   pulumi.StringMap
+}
+
+// RetainedOnDestroy is the resource option of what a destroy leaves in
+// AWS because a live fleet holds it or it holds data (docs/delivery.md
+// lists them and how to clean them up).
+func RetainedOnDestroy(retain bool) pulumi.ResourceOption { return pulumi.RetainOnDelete(retain) }
+
+// AdoptRetained is the resource option that imports a resource an earlier
+// destroy retained (id: its name) instead of creating it, when adopt is
+// set (stack config adoptRetained); otherwise it does nothing.
+func AdoptRetained(adopt bool, id string) pulumi.ResourceOption {
+	if !adopt {
+		return pulumi.Composite()
+	}
+	return pulumi.Import(pulumi.ID(id))
 }
 
 // PrivateBucket is an S3 bucket that is private (public access blocked,
@@ -35,7 +55,7 @@ func NewPrivateBucket(ctx *pulumi.Context, name string, args PrivateBucketArgs, 
 	if err := ctx.RegisterComponentResource("iot-fleet:storage:PrivateBucket", name, c, opts...); err != nil {
 		return nil, err
 	}
-	parent := pulumi.Parent(c)
+	parent := pulumi.Composite(pulumi.Parent(c), RetainedOnDestroy(args.Retain))
 	bucket, err := s3.NewBucketV2(ctx, name, &s3.BucketV2Args{
 		BucketPrefix: pulumi.String(args.NamePrefix),
 		ForceDestroy: pulumi.Bool(false),
@@ -103,9 +123,14 @@ func NewPrivateBucket(ctx *pulumi.Context, name string, args PrivateBucketArgs, 
 type StorageArgs struct {
 	// Prefix is "iot-fleet-<env>".
 	Prefix string
-	// DeletionProtection protects the registry table from deletion.
+	// DeletionProtection protects the registry table from deletion; a
+	// protected table is also retained by a destroy (which would
+	// otherwise fail on it).
 	DeletionProtection bool
-	Tags               pulumi.StringMap
+	// AdoptRetained imports a registry table retained by an earlier
+	// destroy (only a deletion-protected one is retained).
+	AdoptRetained bool
+	Tags          pulumi.StringMap
 }
 
 // Storage is the stack's state: the OTA artifacts bucket, the config
@@ -144,7 +169,7 @@ func NewStorage(ctx *pulumi.Context, name string, args StorageArgs, opts ...pulu
 	parent := pulumi.Parent(c)
 	var err error
 	bucket := func(kind string) (*PrivateBucket, error) {
-		return NewPrivateBucket(ctx, name+"-"+kind, PrivateBucketArgs{NamePrefix: BucketPrefix(args.Prefix, kind), Tags: args.Tags}, parent)
+		return NewPrivateBucket(ctx, name+"-"+kind, PrivateBucketArgs{NamePrefix: BucketPrefix(args.Prefix, kind), Retain: true, Tags: args.Tags}, parent)
 	}
 	if c.Artifacts, err = bucket("artifacts"); err != nil {
 		return nil, err
@@ -175,7 +200,7 @@ func NewStorage(ctx *pulumi.Context, name string, args StorageArgs, opts ...pulu
 		ServerSideEncryption:      &dynamodb.TableServerSideEncryptionArgs{Enabled: pulumi.Bool(true)},
 		DeletionProtectionEnabled: pulumi.Bool(args.DeletionProtection),
 		Tags:                      args.Tags,
-	}, parent)
+	}, parent, RetainedOnDestroy(args.DeletionProtection), AdoptRetained(args.AdoptRetained && args.DeletionProtection, args.Prefix+"-registry"))
 	if err != nil {
 		return nil, fmt.Errorf("registry table: %w", err)
 	}

@@ -26,8 +26,11 @@ type LogRule struct {
 // TopicRulesArgs configure TopicRules.
 type TopicRulesArgs struct {
 	// Prefix is "iot-fleet-<env>".
-	Prefix           string
-	AccountID        string
+	Prefix    string
+	AccountID string
+	// SourceArn, when set, is the aws:SourceArn the rules' role requires
+	// (IoTSourceArn: AWS IoT of this account and region).
+	SourceArn        string
 	Rules            []LogRule
 	LogRetentionDays int
 	Tags             pulumi.StringMap
@@ -98,6 +101,7 @@ func NewTopicRules(ctx *pulumi.Context, name string, args TopicRulesArgs, opts .
 		Description:   "Assumed by AWS IoT rules of " + args.Prefix + " to write device messages and rule errors to CloudWatch Logs",
 		Service:       "iot.amazonaws.com",
 		SourceAccount: args.AccountID,
+		SourceArn:     args.SourceArn,
 		Statements: []Statement{{
 			Sid:       "WriteRuleLogs",
 			Actions:   []string{"logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"},

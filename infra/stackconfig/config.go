@@ -32,17 +32,49 @@ const (
 	KeyAllowlistPath            = Namespace + ":allowlistPath"
 	KeyDeletionProtection       = Namespace + ":deletionProtection"
 	KeyClaimCertificateArn      = Namespace + ":claimCertificateArn"
+	// KeyCredentialDurationSeconds is the lifetime of the credentials the
+	// role alias hands devices; at most TokenExchangeMaxSessionSeconds.
+	KeyCredentialDurationSeconds = Namespace + ":credentialDurationSeconds"
+	// KeyMaxRevocationsPerSync caps the revocations one allowlist sync
+	// makes (env MAX_REVOCATIONS_PER_SYNC of the sync Lambda); unset means
+	// the Lambda's default.
+	KeyMaxRevocationsPerSync = Namespace + ":maxRevocationsPerSync"
+	// KeyAllowlistConfirmRevocations, when > 0, is set as the allowlist
+	// object's metadata confirm-revocations: the sync lifts the limit for
+	// that object only if its plan makes exactly that many revocations.
+	// Meant for one deploy (the workflow's input), never the stack file.
+	KeyAllowlistConfirmRevocations = Namespace + ":allowlistConfirmRevocations"
+	// KeyAdoptRetained makes the next deployment import what a destroy
+	// retained under fixed names (device policy, thing group, a
+	// deletion-protected registry table) instead of failing to create
+	// them; docs/delivery.md.
+	KeyAdoptRetained = Namespace + ":adoptRetained"
 )
 
 // Defaults of the optional keys. Pulumi.yaml declares the same defaults
 // (a test keeps them equal).
 const (
-	DefaultSerialPattern            = `^[0-9a-f]{16}$`
-	DefaultCertExpiryWindowDays     = 30
-	DefaultSSMActivationExpiryHours = 24
-	DefaultLogRetentionDays         = 30
-	DefaultAllowlistPath            = "allowlist.txt"
+	DefaultSerialPattern             = `^[0-9a-f]{16}$`
+	DefaultCertExpiryWindowDays      = 30
+	DefaultSSMActivationExpiryHours  = 24
+	DefaultLogRetentionDays          = 30
+	DefaultAllowlistPath             = "allowlist.txt"
+	DefaultCredentialDurationSeconds = 3600
 )
+
+// TokenExchangeMaxSessionSeconds is the MaxSessionDuration the program
+// sets on the token-exchange role. AWS IoT's credentials provider cannot
+// hand out credentials that outlive it, so credentialDurationSeconds may
+// not exceed it.
+const TokenExchangeMaxSessionSeconds = 3600
+
+// MinCredentialDurationSeconds is the shortest credential lifetime a role
+// alias accepts.
+const MinCredentialDurationSeconds = 900
+
+// maxCount bounds the revocation counts (far above any fleet this stack
+// runs; it only catches typos such as an extra digit or a pasted id).
+const maxCount = 100000
 
 // Keys lists every key the loader reads, so callers (and tests) can reject
 // unknown keys in a stack file.
@@ -51,6 +83,7 @@ func Keys() []string {
 		KeyRegion, KeyEnvironment, KeyThingGroup, KeySerialPattern,
 		KeyCertExpiryWindowDays, KeySSMActivationExpiryHours, KeyLogRetentionDays,
 		KeyAllowlistPath, KeyDeletionProtection, KeyClaimCertificateArn,
+		KeyCredentialDurationSeconds, KeyMaxRevocationsPerSync, KeyAllowlistConfirmRevocations, KeyAdoptRetained,
 	}
 }
 
@@ -80,6 +113,18 @@ type Config struct {
 	// (one retained from an earlier deployment of this environment)
 	// instead of creating a new one.
 	ClaimCertificateArn string
+	// CredentialDurationSeconds is the role alias's credential lifetime
+	// (MinCredentialDurationSeconds to TokenExchangeMaxSessionSeconds).
+	CredentialDurationSeconds int
+	// MaxRevocationsPerSync is the sync Lambda's revocation limit; 0 means
+	// unset (the Lambda's default, max(5, ceil(10% of the fleet)).
+	MaxRevocationsPerSync int
+	// AllowlistConfirmRevocations, when > 0, is the allowlist object's
+	// confirm-revocations metadata for this deploy.
+	AllowlistConfirmRevocations int
+	// AdoptRetained imports the resources an earlier destroy of this
+	// environment retained under fixed names.
+	AdoptRetained bool
 }
 
 // Prefix is the name prefix of the environment's resources:
@@ -140,15 +185,19 @@ var logRetentionDays = []int{1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400
 func Parse(lookup Lookup) (Config, error) {
 	p := parser{lookup: lookup}
 	c := Config{
-		Region:                   p.required(KeyRegion),
-		Environment:              p.required(KeyEnvironment),
-		SerialPattern:            p.str(KeySerialPattern, DefaultSerialPattern),
-		CertExpiryWindowDays:     p.intRange(KeyCertExpiryWindowDays, DefaultCertExpiryWindowDays, 1, 365),
-		SSMActivationExpiryHours: p.intRange(KeySSMActivationExpiryHours, DefaultSSMActivationExpiryHours, 1, 720),
-		LogRetentionDays:         p.intRange(KeyLogRetentionDays, DefaultLogRetentionDays, 1, 3653),
-		AllowlistPath:            p.str(KeyAllowlistPath, DefaultAllowlistPath),
-		DeletionProtection:       p.boolean(KeyDeletionProtection, false),
-		ClaimCertificateArn:      p.str(KeyClaimCertificateArn, ""),
+		Region:                      p.required(KeyRegion),
+		Environment:                 p.required(KeyEnvironment),
+		SerialPattern:               p.str(KeySerialPattern, DefaultSerialPattern),
+		CertExpiryWindowDays:        p.intRange(KeyCertExpiryWindowDays, DefaultCertExpiryWindowDays, 1, 365),
+		SSMActivationExpiryHours:    p.intRange(KeySSMActivationExpiryHours, DefaultSSMActivationExpiryHours, 1, 720),
+		LogRetentionDays:            p.intRange(KeyLogRetentionDays, DefaultLogRetentionDays, 1, 3653),
+		AllowlistPath:               p.str(KeyAllowlistPath, DefaultAllowlistPath),
+		DeletionProtection:          p.boolean(KeyDeletionProtection, false),
+		ClaimCertificateArn:         p.str(KeyClaimCertificateArn, ""),
+		CredentialDurationSeconds:   p.credentialDuration(),
+		MaxRevocationsPerSync:       p.optionalInt(KeyMaxRevocationsPerSync, 1, maxCount),
+		AllowlistConfirmRevocations: p.optionalInt(KeyAllowlistConfirmRevocations, 0, maxCount),
+		AdoptRetained:               p.boolean(KeyAdoptRetained, false),
 	}
 	if c.Region != "" && !regionRE.MatchString(c.Region) {
 		p.fail(KeyRegion, "%q is not an AWS region name", c.Region)
@@ -237,6 +286,40 @@ func (p *parser) intRange(key string, def, lo, hi int) int {
 	}
 	if n < lo || n > hi {
 		p.fail(key, "%d is out of range [%d, %d]", n, lo, hi)
+		return 0
+	}
+	return n
+}
+
+// optionalInt is intRange for a key without default: 0 when unset or
+// empty.
+func (p *parser) optionalInt(key string, lo, hi int) int {
+	v, ok := p.lookup(key)
+	if !ok || strings.TrimSpace(v) == "" {
+		return 0
+	}
+	return p.intRange(key, 0, lo, hi)
+}
+
+// credentialDuration reads KeyCredentialDurationSeconds and checks it
+// against the role alias's minimum and the token-exchange role's
+// MaxSessionDuration.
+func (p *parser) credentialDuration() int {
+	v, ok := p.lookup(KeyCredentialDurationSeconds)
+	if !ok {
+		return DefaultCredentialDurationSeconds
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	switch {
+	case err != nil:
+		p.fail(KeyCredentialDurationSeconds, "%q is not an integer (seconds)", v)
+		return 0
+	case n < MinCredentialDurationSeconds:
+		p.fail(KeyCredentialDurationSeconds, "%d is below the role alias minimum of %d seconds", n, MinCredentialDurationSeconds)
+		return 0
+	case n > TokenExchangeMaxSessionSeconds:
+		p.fail(KeyCredentialDurationSeconds, "%d exceeds the token-exchange role's MaxSessionDuration of %d seconds: "+
+			"the credentials provider could not hand out credentials that long", n, TokenExchangeMaxSessionSeconds)
 		return 0
 	}
 	return n

@@ -21,14 +21,15 @@ func TestDefaults(t *testing.T) {
 	c, err := FromMap(minimal())
 	require.NoError(t, err)
 	assert.Equal(t, Config{
-		Region:                   "eu-west-1",
-		Environment:              "dev",
-		ThingGroup:               "iot-fleet-dev",
-		SerialPattern:            `^[0-9a-f]{16}$`,
-		CertExpiryWindowDays:     30,
-		SSMActivationExpiryHours: 24,
-		LogRetentionDays:         30,
-		AllowlistPath:            "allowlist.txt",
+		Region:                    "eu-west-1",
+		Environment:               "dev",
+		ThingGroup:                "iot-fleet-dev",
+		SerialPattern:             `^[0-9a-f]{16}$`,
+		CertExpiryWindowDays:      30,
+		SSMActivationExpiryHours:  24,
+		LogRetentionDays:          30,
+		AllowlistPath:             "allowlist.txt",
+		CredentialDurationSeconds: 3600,
 	}, c)
 	// The naming contract of the brief.
 	assert.Equal(t, "iot-fleet-dev", c.Prefix())
@@ -60,14 +61,16 @@ func TestExplicitValues(t *testing.T) {
 		KeyRegion: "us-gov-west-1", KeyEnvironment: "prod", KeyThingGroup: "Fleet:Prod_1",
 		KeySerialPattern: `^[A-Z0-9]{8,20}$`, KeyCertExpiryWindowDays: "45", KeySSMActivationExpiryHours: "720",
 		KeyLogRetentionDays: "365", KeyAllowlistPath: "config/allow.txt", KeyDeletionProtection: "true",
-		KeyClaimCertificateArn: arn,
+		KeyClaimCertificateArn: arn, KeyCredentialDurationSeconds: "900", KeyMaxRevocationsPerSync: "25",
+		KeyAllowlistConfirmRevocations: "7", KeyAdoptRetained: "true",
 	})
 	require.NoError(t, err)
 	assert.Equal(t, Config{
 		Region: "us-gov-west-1", Environment: "prod", ThingGroup: "Fleet:Prod_1",
 		SerialPattern: `^[A-Z0-9]{8,20}$`, CertExpiryWindowDays: 45, SSMActivationExpiryHours: 720,
 		LogRetentionDays: 365, AllowlistPath: "config/allow.txt", DeletionProtection: true,
-		ClaimCertificateArn: arn,
+		ClaimCertificateArn: arn, CredentialDurationSeconds: 900, MaxRevocationsPerSync: 25,
+		AllowlistConfirmRevocations: 7, AdoptRetained: true,
 	}, c)
 }
 
@@ -92,6 +95,17 @@ func TestInvalidValuesNameTheKey(t *testing.T) {
 		{KeyAllowlistPath, "../outside.txt", "relative path inside the project"},
 		{KeyDeletionProtection, "yes please", "not a boolean"},
 		{KeyClaimCertificateArn, "arn:aws:iot:eu-west-1:123456789012:cert/xyz", "not an IoT certificate ARN"},
+		{KeyCredentialDurationSeconds, "3601", "exceeds the token-exchange role's MaxSessionDuration of 3600"},
+		{KeyCredentialDurationSeconds, "43200", "MaxSessionDuration"},
+		{KeyCredentialDurationSeconds, "899", "below the role alias minimum"},
+		{KeyCredentialDurationSeconds, "1h", "not an integer"},
+		{KeyMaxRevocationsPerSync, "0", "out of range [1,"},
+		{KeyMaxRevocationsPerSync, "-3", "out of range"},
+		{KeyMaxRevocationsPerSync, "ten", "not an integer"},
+		{KeyAllowlistConfirmRevocations, "-1", "out of range [0,"},
+		{KeyAllowlistConfirmRevocations, "1000000", "out of range"},
+		{KeyAllowlistConfirmRevocations, "3 devices", "not an integer"},
+		{KeyAdoptRetained, "sure", "not a boolean"},
 	}
 	for _, tc := range cases {
 		m := minimal()
@@ -162,15 +176,17 @@ func TestProjectFileMatchesLoader(t *testing.T) {
 		typ string
 		def any
 	}{
-		"environment":              {"string", nil},
-		"thingGroup":               {"string", ""}, // empty means iot-fleet-<env>
-		"serialPattern":            {"string", defaults.SerialPattern},
-		"certExpiryWindowDays":     {"integer", defaults.CertExpiryWindowDays},
-		"ssmActivationExpiryHours": {"integer", defaults.SSMActivationExpiryHours},
-		"logRetentionDays":         {"integer", defaults.LogRetentionDays},
-		"allowlistPath":            {"string", defaults.AllowlistPath},
-		"deletionProtection":       {"boolean", defaults.DeletionProtection},
-		"claimCertificateArn":      {"string", ""},
+		"environment":               {"string", nil},
+		"thingGroup":                {"string", ""}, // empty means iot-fleet-<env>
+		"serialPattern":             {"string", defaults.SerialPattern},
+		"certExpiryWindowDays":      {"integer", defaults.CertExpiryWindowDays},
+		"ssmActivationExpiryHours":  {"integer", defaults.SSMActivationExpiryHours},
+		"logRetentionDays":          {"integer", defaults.LogRetentionDays},
+		"allowlistPath":             {"string", defaults.AllowlistPath},
+		"deletionProtection":        {"boolean", defaults.DeletionProtection},
+		"claimCertificateArn":       {"string", ""},
+		"credentialDurationSeconds": {"integer", defaults.CredentialDurationSeconds},
+		"adoptRetained":             {"boolean", false},
 	}
 	require.Len(t, p.Config, len(want))
 	for key, w := range want {
@@ -212,5 +228,22 @@ func TestStackFilesUseOnlyKnownKeys(t *testing.T) {
 		c, err := FromMap(m)
 		require.NoError(t, err, stack)
 		assert.Equal(t, stack, c.Environment)
+		// A confirmation is for one deploy (deploy-infra's input): left
+		// in a stack file it would confirm every later plan of that size.
+		assert.NotContains(t, f.Config, KeyAllowlistConfirmRevocations, "Pulumi.%s.yaml must not confirm revocations", stack)
 	}
+}
+
+func TestUnsetOptionalCountsAreZero(t *testing.T) {
+	t.Parallel()
+	m := minimal()
+	m[KeyMaxRevocationsPerSync] = " "
+	c, err := FromMap(m)
+	require.NoError(t, err)
+	assert.Zero(t, c.MaxRevocationsPerSync, "unset: the sync Lambda's default")
+	assert.Zero(t, c.AllowlistConfirmRevocations)
+	m[KeyAllowlistConfirmRevocations] = "0"
+	c, err = FromMap(m)
+	require.NoError(t, err)
+	assert.Zero(t, c.AllowlistConfirmRevocations, "0 confirms nothing")
 }
