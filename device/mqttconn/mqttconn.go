@@ -413,7 +413,11 @@ func (c *Client) connectOnce(ctx context.Context) (*session, error) {
 	select {
 	case <-tok.Done():
 	case <-ctx.Done():
-		go func() { <-tok.Done(); pc.Disconnect(0) }()
+		at.abort()
+		<-tok.Done()
+		if tok.Error() == nil {
+			pc.Disconnect(0)
+		}
 		return nil, ctx.Err()
 	}
 	if err := tok.Error(); err != nil {

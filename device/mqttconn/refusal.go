@@ -92,6 +92,20 @@ type attempt struct {
 	wrote     bool  // bytes written after the handshake (the CONNECT)
 	read      bool  // bytes read after the handshake (the CONNACK)
 	readErr   error // first read error before any byte was read
+	conn      net.Conn
+	aborted   bool
+}
+
+// abort closes the attempt's connection (and any it opens later), so that
+// paho's CONNECT/CONNACK exchange, which does not watch a context, ends at
+// once when the caller gives up.
+func (at *attempt) abort() {
+	at.mu.Lock()
+	defer at.mu.Unlock()
+	at.aborted = true
+	if at.conn != nil {
+		_ = at.conn.Close()
+	}
 }
 
 type watchConn struct {
@@ -146,8 +160,13 @@ func (c *Client) openFunc(ctx context.Context, cfg *tls.Config, at *attempt) mqt
 			return nil, fmt.Errorf("tls handshake: %w", err)
 		}
 		at.mu.Lock()
+		defer at.mu.Unlock()
+		if at.aborted {
+			_ = tc.Close()
+			return nil, context.Canceled
+		}
 		at.handshake = true
-		at.mu.Unlock()
+		at.conn = tc
 		return &watchConn{Conn: tc, at: at}, nil
 	}
 }
