@@ -167,7 +167,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	recovering, err := provision.Recovering(st)
 	if err != nil {
-		return err
+		a.log.Warn("provisioning state unreadable; resuming a recovery", "err", err)
+		recovering = found
 	}
 	switch {
 	case !found:
@@ -181,11 +182,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	case recovering:
 		// A recovery was under way when the agent stopped: resume it
 		// (it tries the current certificate first).
-		if id, err = a.recover(ctx, st, rootCA, id); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
+		got, err := a.recover(ctx, st, rootCA, id)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			// Connect with the current identity; the refusals start a
+			// recovery again.
+			a.log.Error("recovery failed; connecting with the current identity", "err", err)
+		default:
+			id = got
 		}
 	}
 	log := a.log.With("thing", id.ThingName)
@@ -290,11 +296,20 @@ func (a *Agent) serve(ctx context.Context, st *store.Store, rootCA []byte, conn 
 		log.Warn("the broker keeps refusing the device certificate; checking it and recovering the identity by claim")
 		a.notify("STATUS=recovering: the device certificate is refused")
 		got, err := a.recover(ctx, st, rootCA, id)
+		if ctx.Err() != nil {
+			return nil
+		}
 		if err != nil {
-			if ctx.Err() != nil {
+			// Not a refusal or a denial (those are retried inside): a
+			// problem on the device (serial unreadable, state directory
+			// not writable). Wait long, then connect normally again.
+			wait := a.o.Config.Provisioning.DeniedBackoff.D()
+			log.Error("recovery failed; reconnecting with the current identity later", "err", err, "retryIn", wait)
+			if backoff.Sleep(ctx, wait) != nil {
 				return nil
 			}
-			return err
+			det.reset()
+			continue
 		}
 		if got.ThingName != id.ThingName {
 			// Features subscribed with the old thing name: start over

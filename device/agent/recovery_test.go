@@ -263,3 +263,27 @@ func TestRefusalsDuringARotationSwitchAreNotCounted(t *testing.T) {
 }
 
 type refusedErr = mqttconn.RefusedError
+
+// A recovery that cannot run (here the serial became unreadable) does not
+// stop the agent: it waits, tries again, and recovers once it can.
+func TestRecoveryImpossibleWaitsAndRetries(t *testing.T) {
+	b := testbroker.Start(t, testbroker.Options{})
+	cfg := testConfig(t, b)
+	logs := &devicetest.LogBuffer{}
+	startAgent(t, cfg, logs, &notifications{})
+	old := identityOf(t, cfg)
+	serialFile := cfg.Provisioning.SerialFiles[1]
+	require.NoError(t, os.Rename(serialFile, serialFile+".away"))
+
+	b.SetCert(old.CertificateID, "REVOKED", old.ThingName)
+	require.True(t, b.Disconnect(old.ThingName))
+	require.Eventually(t, func() bool {
+		return strings.Count(logs.String(), "recovery failed; reconnecting with the current identity later") >= 2
+	}, waitFor, 10*time.Millisecond, logs.String())
+	assert.Equal(t, old, identityOf(t, cfg))
+
+	require.NoError(t, os.Rename(serialFile+".away", serialFile))
+	require.Eventually(t, func() bool {
+		return recoveredTo(t, cfg, b, old, identityOf(t, cfg))
+	}, waitFor, 10*time.Millisecond, logs.String())
+}

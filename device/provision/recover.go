@@ -48,10 +48,12 @@ func (p *Provisioner) Recover(ctx context.Context) (id store.Identity, replaced 
 	}
 	st, err := p.loadState()
 	if err != nil {
-		return store.Identity{}, false, err
+		// Unreadable (e.g. truncated by a failing card): start over; the
+		// current identity is untouched.
+		p.log.Warn("provisioning state unreadable; starting the recovery over", "err", err)
 	}
-	if st.Step != "" && !st.Recovery {
-		// Left by a first provisioning killed between writing
+	if err != nil || (st.Step != "" && !st.Recovery) {
+		// Or left by a first provisioning killed between writing
 		// identity.json and removing provision.json.
 		if err := p.o.Store.Remove(store.ProvisionFile); err != nil {
 			return store.Identity{}, false, fmt.Errorf("provision: %w", err)

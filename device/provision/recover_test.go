@@ -272,3 +272,17 @@ func TestRecoverIgnoresALeftoverFirstProvisioningState(t *testing.T) {
 	assert.True(t, replaced)
 	f.recovered(old, id)
 }
+
+// A truncated provision.json does not stop a recovery: it starts over and
+// the current identity is untouched until the new one connected.
+func TestRecoverStartsOverAfterACorruptState(t *testing.T) {
+	f := newFixture(t, testbroker.Options{})
+	old := f.provisioned()
+	require.NoError(t, os.WriteFile(filepath.Join(f.dir, store.ProvisionFile), []byte(`{"step":"certif`), 0o600))
+	f.b.SetCert(old.CertificateID, "REVOKED", old.ThingName)
+	ctx, _ := ctxTimeout(t, 30*time.Second)
+	id, replaced, err := f.recover(ctx)
+	require.NoError(t, err)
+	assert.True(t, replaced)
+	f.recovered(old, id)
+}
