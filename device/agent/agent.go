@@ -1,5 +1,6 @@
 // Package agent wires the device agent together: state directory, identity
-// (provisioning by claim on first start), the supervised MQTT connection,
+// (provisioning by claim on first start, and again after the broker refused
+// the device certificate: see recovery.go), the supervised MQTT connection,
 // the durable outbox, the features that plug into them (the jobs engine,
 // and later OTA, certificate rotation, SSM) and the systemd protocol
 // (READY once connected, WATCHDOG at half of WATCHDOG_USEC, STOPPING on
@@ -164,13 +165,33 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if !found {
+	recovering, err := provision.Recovering(st)
+	if err != nil {
+		a.log.Warn("provisioning state unreadable; resuming a recovery", "err", err)
+		recovering = found
+	}
+	switch {
+	case !found:
 		a.notify("STATUS=provisioning by claim")
 		if id, err = a.provision(ctx, st, rootCA); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
+		}
+	case recovering:
+		// A recovery was under way when the agent stopped: resume it
+		// (it tries the current certificate first).
+		got, err := a.recover(ctx, st, rootCA, id)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			// Connect with the current identity; the refusals start a
+			// recovery again.
+			a.log.Error("recovery failed; connecting with the current identity", "err", err)
+		default:
+			id = got
 		}
 	}
 	log := a.log.With("thing", id.ThingName)
@@ -183,6 +204,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	det := newRefusalDetector(cfg.Provisioning.RecoverAfterRefusals, st, log)
 	conn, err := mqttconn.New(mqttconn.Options{
 		Address:        cfg.Address(),
 		ClientID:       id.ThingName,
@@ -192,6 +214,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		ConnectTimeout: cfg.MQTT.ConnectTimeout.D(),
 		Backoff:        backoff.Policy{Initial: cfg.MQTT.ReconnectMin.D(), Max: cfg.MQTT.ReconnectMax.D()},
 		Logger:         log,
+		OnAttempt:      det.attempt,
 	})
 	if err != nil {
 		return err
@@ -218,23 +241,25 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); _ = conn.Run(runCtx) }()
 	go func() {
 		defer wg.Done()
 		if err := ob.Run(runCtx, conn); err != nil {
 			log.Error("outbox stopped", "err", err)
 		}
 	}()
+	go func() {
+		defer wg.Done()
+		if err := conn.WaitConnected(runCtx); err == nil {
+			a.mu.Lock()
+			a.rt = rt
+			a.mu.Unlock()
+			close(a.ready)
+			a.notify(daemon.SdNotifyReady + "\nSTATUS=connected as " + id.ThingName)
+			log.Info("fleet-agent ready")
+		}
+	}()
 
-	if err := conn.WaitConnected(ctx); err == nil {
-		a.mu.Lock()
-		a.rt = rt
-		a.mu.Unlock()
-		close(a.ready)
-		a.notify(daemon.SdNotifyReady + "\nSTATUS=connected as " + id.ThingName)
-		log.Info("fleet-agent ready")
-	}
-	<-ctx.Done()
+	runErr := a.serve(runCtx, st, rootCA, conn, det, id, log)
 	log.Info("fleet-agent stopping")
 	notifyStopping()
 	cancel()
@@ -245,29 +270,97 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	log.Info("fleet-agent stopped", "outboxPending", ob.Len())
-	return nil
+	if ctx.Err() != nil {
+		return nil
+	}
+	return runErr
+}
+
+// serve keeps the connection up until ctx is done. When the broker keeps
+// refusing the device certificate it stops the connection, recovers the
+// identity (provision.Recover) and connects again with it.
+func (a *Agent) serve(ctx context.Context, st *store.Store, rootCA []byte, conn *mqttconn.Client, det *refusalDetector, id store.Identity, log *slog.Logger) error {
+	for {
+		connCtx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = conn.Run(connCtx) }()
+		select {
+		case <-ctx.Done():
+		case <-det.trigger:
+		}
+		stop()
+		<-done
+		if ctx.Err() != nil {
+			return nil
+		}
+		log.Warn("the broker keeps refusing the device certificate; checking it and recovering the identity by claim")
+		a.notify("STATUS=recovering: the device certificate is refused")
+		got, err := a.recover(ctx, st, rootCA, id)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			// Not a refusal or a denial (those are retried inside): a
+			// problem on the device (serial unreadable, state directory
+			// not writable). Wait long, then connect normally again.
+			wait := a.o.Config.Provisioning.DeniedBackoff.D()
+			log.Error("recovery failed; reconnecting with the current identity later", "err", err, "retryIn", wait)
+			if backoff.Sleep(ctx, wait) != nil {
+				return nil
+			}
+			det.reset()
+			continue
+		}
+		if got.ThingName != id.ThingName {
+			// Features subscribed with the old thing name: start over
+			// (systemd restarts the agent).
+			return fmt.Errorf("agent: the recovered identity is thing %q, not %q: restarting", got.ThingName, id.ThingName)
+		}
+		det.reset()
+	}
 }
 
 func (a *Agent) provision(ctx context.Context, st *store.Store, rootCA []byte) (store.Identity, error) {
-	cfg := a.o.Config
-	pc := cfg.Provisioning
-	serial, err := provision.ReadSerial(pc.Serial, pc.SerialFiles, pc.SerialPattern)
-	if err != nil {
-		return store.Identity{}, fmt.Errorf("agent: %w", err)
-	}
-	p, err := provision.New(provision.Options{
-		Store: st, Address: cfg.Address(), ServerName: cfg.Endpoint, ALPN: cfg.ALPN, RootCAPEM: rootCA,
-		ClaimCertFile: pc.ClaimCertFile, ClaimKeyFile: pc.ClaimKeyFile, TemplateName: pc.TemplateName,
-		Serial: serial, KeyAlgorithm: devkey.Algorithm(pc.KeyAlgorithm),
-		ResponseTimeout: pc.ResponseTimeout.D(), ConnectTimeout: cfg.MQTT.ConnectTimeout.D(),
-		Retry:         backoff.Policy{Initial: pc.RetryMin.D(), Max: pc.RetryMax.D()},
-		DeniedBackoff: pc.DeniedBackoff.D(), TokenTTL: pc.TokenTTL.D(),
-		Logger: a.log,
-	})
+	p, err := a.provisioner(st, rootCA)
 	if err != nil {
 		return store.Identity{}, err
 	}
 	return p.Run(ctx)
+}
+
+// recover runs provision.Recover for the identity cur.
+func (a *Agent) recover(ctx context.Context, st *store.Store, rootCA []byte, cur store.Identity) (store.Identity, error) {
+	p, err := a.provisioner(st, rootCA)
+	if err != nil {
+		return store.Identity{}, err
+	}
+	id, replaced, err := p.Recover(ctx)
+	if err != nil {
+		return store.Identity{}, err
+	}
+	if replaced {
+		a.log.Info("identity recovered with a new certificate", "thing", id.ThingName, "oldCertificateId", cur.CertificateID, "certificateId", id.CertificateID)
+	}
+	return id, nil
+}
+
+func (a *Agent) provisioner(st *store.Store, rootCA []byte) (*provision.Provisioner, error) {
+	cfg := a.o.Config
+	pc := cfg.Provisioning
+	serial, err := provision.ReadSerial(pc.Serial, pc.SerialFiles, pc.SerialPattern)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	return provision.New(provision.Options{
+		Store: st, Address: cfg.Address(), ServerName: cfg.Endpoint, ALPN: cfg.ALPN, RootCAPEM: rootCA,
+		ClaimCertFile: pc.ClaimCertFile, ClaimKeyFile: pc.ClaimKeyFile, TemplateName: pc.TemplateName,
+		Serial: serial, KeyAlgorithm: devkey.Algorithm(pc.KeyAlgorithm),
+		ResponseTimeout: pc.ResponseTimeout.D(), ConnectTimeout: cfg.MQTT.ConnectTimeout.D(),
+		Retry:    backoff.Policy{Initial: pc.RetryMin.D(), Max: pc.RetryMax.D()},
+		Denied:   backoff.Policy{Initial: pc.DeniedBackoffStart(), Max: pc.DeniedBackoff.D()},
+		TokenTTL: pc.TokenTTL.D(),
+		Logger:   a.log,
+	})
 }
 
 // identityTLS loads the current identity from the store on every connect

@@ -93,9 +93,17 @@ type Provisioning struct {
 	// transient errors.
 	RetryMin Duration `json:"retryMin"`
 	RetryMax Duration `json:"retryMax"`
-	// DeniedBackoff is the wait after the pre-provisioning hook denied the
-	// device (or the request was malformed).
-	DeniedBackoff Duration `json:"deniedBackoff"`
+	// DeniedBackoff is the longest wait after the pre-provisioning hook
+	// denied the device (or the request was malformed); the wait starts at
+	// DeniedBackoffMin and doubles (with jitter) at each denial in a row.
+	DeniedBackoff    Duration `json:"deniedBackoff"`
+	DeniedBackoffMin Duration `json:"deniedBackoffMin"`
+	// RecoverAfterRefusals is how many connections in a row the broker
+	// must refuse the device certificate (CONNACK not authorized, a TLS
+	// alert about it, or closed right after CONNECT) before the agent
+	// checks it once more and, if the claim certificate still connects,
+	// provisions a new identity by claim.
+	RecoverAfterRefusals int `json:"recoverAfterRefusals"`
 	// TokenTTL is how long a certificate ownership token is trusted before a
 	// resumed provisioning asks for a new certificate instead.
 	TokenTTL Duration `json:"tokenTTL"`
@@ -184,6 +192,9 @@ func Default() Config {
 			RetryMax:        Duration(5 * time.Minute),
 			DeniedBackoff:   Duration(time.Hour),
 			TokenTTL:        Duration(4 * time.Minute),
+			// Recovery after a refused certificate (docs/protocol.md).
+			DeniedBackoffMin:     Duration(time.Minute),
+			RecoverAfterRefusals: 3,
 		},
 		MQTT: MQTT{
 			KeepAlive:      Duration(60 * time.Second),
@@ -415,7 +426,7 @@ func findBadDuration(data []byte) string {
 
 var durationFields = []string{
 	"provisioning.responseTimeout", "provisioning.retryMin", "provisioning.retryMax",
-	"provisioning.deniedBackoff", "provisioning.tokenTTL",
+	"provisioning.deniedBackoff", "provisioning.deniedBackoffMin", "provisioning.tokenTTL",
 	"mqtt.keepAlive", "mqtt.connectTimeout", "mqtt.reconnectMin", "mqtt.reconnectMax",
 	"jobs.stepTimeout",
 	"ssm.commandTimeout",
@@ -499,6 +510,7 @@ func (c Config) Validate() error {
 		{"provisioning.retryMin", p.RetryMin, time.Millisecond},
 		{"provisioning.retryMax", p.RetryMax, time.Millisecond},
 		{"provisioning.deniedBackoff", p.DeniedBackoff, time.Millisecond},
+		{"provisioning.deniedBackoffMin", p.DeniedBackoffMin, time.Millisecond},
 		{"provisioning.tokenTTL", p.TokenTTL, time.Second},
 		{"mqtt.keepAlive", c.MQTT.KeepAlive, time.Second},
 		{"mqtt.connectTimeout", c.MQTT.ConnectTimeout, 100 * time.Millisecond},
@@ -515,6 +527,9 @@ func (c Config) Validate() error {
 	}
 	if p.DeniedBackoff < p.RetryMin {
 		return fe("provisioning.deniedBackoff", "must not be below retryMin (%v): a denial must back off at least as long as a transient error", p.RetryMin.D())
+	}
+	if p.RecoverAfterRefusals < 1 || p.RecoverAfterRefusals > 100 {
+		return fe("provisioning.recoverAfterRefusals", "must be between 1 and 100, got %d", p.RecoverAfterRefusals)
 	}
 	if c.MQTT.ReconnectMax < c.MQTT.ReconnectMin {
 		return fe("mqtt.reconnectMax", "must not be below reconnectMin (%v)", c.MQTT.ReconnectMin.D())
@@ -555,6 +570,13 @@ func (c Config) Validate() error {
 		return err
 	}
 	return nil
+}
+
+// DeniedBackoffStart is the first wait after a denial: deniedBackoffMin,
+// but never more than deniedBackoff (a short deniedBackoff alone, as in a
+// lab, shortens both).
+func (p Provisioning) DeniedBackoffStart() time.Duration {
+	return min(p.DeniedBackoffMin.D(), p.DeniedBackoff.D())
 }
 
 // Address is endpoint:port.

@@ -79,6 +79,10 @@ type Options struct {
 	StableAfter time.Duration
 	// Logger receives connection events (default slog.Default()).
 	Logger *slog.Logger
+	// OnAttempt, if set, is called by Run after every connection attempt,
+	// synchronously, with nil on success or the attempt's error (a
+	// *RefusedError when the broker refused the credentials).
+	OnAttempt func(err error)
 }
 
 // NewTLSConfig builds a client TLS configuration: TLS 1.2 or newer, the
@@ -136,6 +140,7 @@ type Client struct {
 	connected atomic.Int64
 
 	inbox *queue
+	probe bool // Probe: no auto-ack
 }
 
 // New validates opts and returns an idle Client.
@@ -297,6 +302,9 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 		sess, err := c.connectOnce(ctx)
+		if ctx.Err() == nil && c.opts.OnAttempt != nil {
+			c.opts.OnAttempt(err)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -376,6 +384,7 @@ func (c *Client) connectOnce(ctx context.Context) (*session, error) {
 		return nil, fmt.Errorf("tls config: %w", err)
 	}
 	sess := &session{lost: make(chan struct{})}
+	at := &attempt{}
 	po := mqtt.NewClientOptions().
 		AddBroker("tls://" + c.opts.Address).
 		SetClientID(c.opts.ClientID).
@@ -390,6 +399,8 @@ func (c *Client) connectOnce(ctx context.Context) (*session, error) {
 		SetResumeSubs(false).
 		SetOrderMatters(true).
 		SetProtocolVersion(4).
+		SetAutoAckDisabled(c.probe).
+		SetCustomOpenConnectionFn(c.openFunc(ctx, tlsCfg, at)).
 		SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
 			c.inbox.push(inbound{topic: m.Topic(), payload: m.Payload()})
 		}).
@@ -402,11 +413,15 @@ func (c *Client) connectOnce(ctx context.Context) (*session, error) {
 	select {
 	case <-tok.Done():
 	case <-ctx.Done():
-		go func() { <-tok.Done(); pc.Disconnect(0) }()
+		at.abort()
+		<-tok.Done()
+		if tok.Error() == nil {
+			pc.Disconnect(0)
+		}
 		return nil, ctx.Err()
 	}
 	if err := tok.Error(); err != nil {
-		return nil, fmt.Errorf("connect %s: %w", c.opts.Address, err)
+		return nil, fmt.Errorf("connect %s: %w", c.opts.Address, classify(err, at))
 	}
 	sess.pc = pc
 	sess.ctx, sess.cancel = context.WithCancel(ctx)

@@ -13,8 +13,28 @@
 // Killed at any point it resumes from the persisted step: with a key but no
 // certificate it sends a new CSR for the same key; with a certificate and an
 // ownership token it calls RegisterThing again, falling back to a new CSR
-// when the token is too old or refused. It never touches an existing
-// identity, and never logs key material or the ownership token.
+// when the token is too old or refused. It never logs key material or the
+// ownership token.
+//
+// Recover runs the same state machine for a device whose certificate the
+// broker refuses (revoked, inactive, thing deleted): the new key and
+// certificate go to new files beside the old ones, and identity.json is
+// switched only once a connection with the new certificate succeeded; the
+// old files are removed after that:
+//
+//	... registered ──connected with the new certificate──▶ switched ──old files removed──▶ done
+//
+// Every attempt first tries the current certificate again (an operator may
+// have re-activated it) and only goes on with the claim certificate when
+// the broker refuses the current one and accepts the claim certificate, so
+// a network outage or an unavailable broker never replaces an identity.
+//
+// Failed attempts are spaced by a backoff persisted in provision-retry.json
+// (consecutive failures and denials, the time of the next attempt): a
+// restarted agent (power cut, crash-looping unit) waits for the remaining
+// time instead of retrying at once. Denials (the pre-provisioning hook
+// refused the serial or the key) back off exponentially with jitter up to
+// Denied.Max (an hour by default).
 package provision
 
 import (
@@ -43,7 +63,18 @@ const (
 	StepKey         Step = "key"
 	StepCertificate Step = "certificate"
 	StepRegistered  Step = "registered"
+	// StepSwitched (recovery only): identity.json names the new
+	// certificate; the previous identity's files are being removed.
+	StepSwitched Step = "switched"
 )
+
+// RetryFile is the persisted backoff between provisioning attempts.
+const RetryFile = "provision-retry.json"
+
+// verifyRefusalsBeforeNewCSR: a newly registered certificate the broker
+// refuses this many times in a row is given up, and a new CSR is sent for
+// the same key (the pre-provisioning hook decides again).
+const verifyRefusalsBeforeNewCSR = 3
 
 // Files the provisioner writes, relative to the state directory.
 const (
@@ -62,6 +93,30 @@ type State struct {
 	TokenIssuedAt time.Time `json:"tokenIssuedAt,omitzero"`
 	ThingName     string    `json:"thingName,omitempty"`
 	UpdatedAt     time.Time `json:"updatedAt"`
+	// Recovery marks a re-provisioning of a device whose identity
+	// (Previous) the broker refused; Previous stays identity.json until
+	// the new certificate has connected.
+	Recovery bool            `json:"recovery,omitempty"`
+	Previous *store.Identity `json:"previous,omitempty"`
+	// VerifyRefusals counts refused connections with the newly registered
+	// certificate.
+	VerifyRefusals int `json:"verifyRefusals,omitempty"`
+}
+
+// backToKey keeps the key (and the recovery context) and forgets the
+// certificate.
+func (st State) backToKey() State {
+	return State{Step: StepKey, Serial: st.Serial, KeyFile: st.KeyFile, Recovery: st.Recovery, Previous: st.Previous}
+}
+
+// Retry is the persisted backoff (provision-retry.json).
+type Retry struct {
+	// Failures counts consecutive transient failures, Denials consecutive
+	// denials; each grows its own exponential backoff.
+	Failures    int       `json:"failures"`
+	Denials     int       `json:"denials"`
+	NextAttempt time.Time `json:"nextAttempt"`
+	LastError   string    `json:"lastError,omitempty"`
 }
 
 // Options configure a Provisioner.
@@ -83,9 +138,9 @@ type Options struct {
 	ConnectTimeout  time.Duration
 	// Retry is the backoff after throttling and transient failures.
 	Retry backoff.Policy
-	// DeniedBackoff is the wait after a denial or a malformed request
-	// (default 1h).
-	DeniedBackoff time.Duration
+	// Denied is the backoff after a denial or a malformed request
+	// (default 1m doubling up to 1h).
+	Denied backoff.Policy
 	// TokenTTL: a persisted ownership token older than this is not used
 	// (default 4m).
 	TokenTTL time.Duration
@@ -93,6 +148,11 @@ type Options struct {
 	// Sleep waits between attempts (default backoff.Sleep); tests record
 	// the delays through it.
 	Sleep func(ctx context.Context, d time.Duration) error
+	// AfterPersist, if set, is called after every persisted step (tests
+	// cancel ctx there to simulate a power cut at that point).
+	AfterPersist func(st State)
+	// Now is the clock (default time.Now).
+	Now func() time.Time
 }
 
 // Provisioner runs provisioning by claim.
@@ -123,8 +183,14 @@ func New(o Options) (*Provisioner, error) {
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = 30 * time.Second
 	}
-	if o.DeniedBackoff <= 0 {
-		o.DeniedBackoff = time.Hour
+	if o.Denied.Max <= 0 {
+		o.Denied.Max = time.Hour
+	}
+	if o.Denied.Initial <= 0 {
+		o.Denied.Initial = min(time.Minute, o.Denied.Max)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	if o.TokenTTL <= 0 {
 		o.TokenTTL = 4 * time.Minute
@@ -180,23 +246,33 @@ const (
 
 // Run provisions the device and returns its identity. If the device already
 // has one, Run returns it without connecting. Failures are retried (with
-// backoff) until ctx is done.
+// the persisted backoff) until ctx is done.
 func (p *Provisioner) Run(ctx context.Context) (store.Identity, error) {
 	if id, found, err := p.o.Store.Identity(); err != nil {
 		return store.Identity{}, fmt.Errorf("provision: %w", err)
 	} else if found {
 		return id, nil
 	}
-	attempt := 0
+	return p.loop(ctx, p.attempt)
+}
+
+// loop runs attempt until it succeeds or ctx is done, waiting between
+// attempts as the persisted backoff says.
+func (p *Provisioner) loop(ctx context.Context, attempt func(context.Context) (store.Identity, error)) (store.Identity, error) {
+	if err := p.waitScheduled(ctx); err != nil {
+		return store.Identity{}, err
+	}
 	for {
-		id, err := p.attempt(ctx)
+		id, err := attempt(ctx)
 		if err == nil {
+			if rerr := p.o.Store.Remove(RetryFile); rerr != nil {
+				p.log.Warn("provisioning backoff state not removed", "err", rerr)
+			}
 			return id, nil
 		}
 		if ctx.Err() != nil {
 			return store.Identity{}, ctx.Err()
 		}
-		var d time.Duration
 		var rej *Rejection
 		cls := transient
 		if errors.As(err, &rej) {
@@ -204,17 +280,29 @@ func (p *Provisioner) Run(ctx context.Context) (store.Identity, error) {
 		} else if errors.Is(err, errMalformed) {
 			cls = denied
 		}
+		r, rerr := p.loadRetry()
+		if rerr != nil {
+			p.log.Warn("provisioning backoff state unreadable; starting it over", "err", rerr)
+		}
+		var d time.Duration
 		switch cls {
 		case denied:
-			d = p.o.DeniedBackoff
-			p.log.Error("provisioning refused; backing off", "err", err, "retryIn", d)
+			d = p.o.Denied.Delay(r.Denials)
+			r.Denials++
+			r.Failures = 0
+			p.log.Error("provisioning refused; backing off", "err", err, "attempt", r.Denials, "retryIn", d.Round(time.Second))
 		default:
-			d = p.o.Retry.Delay(attempt)
-			attempt++
+			d = p.o.Retry.Delay(r.Failures)
+			r.Failures++
 			p.log.Warn("provisioning attempt failed; retrying", "err", err, "retryIn", d.Round(time.Millisecond))
 		}
+		r.NextAttempt = p.o.Now().Add(d).UTC()
+		r.LastError = err.Error()
+		if werr := p.o.Store.WriteJSON(RetryFile, r); werr != nil {
+			p.log.Warn("provisioning backoff state not persisted", "err", werr)
+		}
 		if cls == newCSR {
-			if err := p.restartFromKey(); err != nil {
+			if err := p.restartFromKey(ctx); err != nil {
 				return store.Identity{}, err
 			}
 		}
@@ -222,6 +310,33 @@ func (p *Provisioner) Run(ctx context.Context) (store.Identity, error) {
 			return store.Identity{}, err
 		}
 	}
+}
+
+func (p *Provisioner) loadRetry() (Retry, error) {
+	var r Retry
+	if _, err := p.o.Store.ReadJSON(RetryFile, &r); err != nil {
+		return Retry{}, err
+	}
+	return r, nil
+}
+
+// waitScheduled waits until the persisted time of the next attempt (a
+// restarted agent does not retry early), at most the longest backoff in
+// case the clock moved back.
+func (p *Provisioner) waitScheduled(ctx context.Context) error {
+	r, err := p.loadRetry()
+	if err != nil {
+		p.log.Warn("provisioning backoff state unreadable; not waiting", "err", err)
+		return nil
+	}
+	d := r.NextAttempt.Sub(p.o.Now())
+	if d <= 0 {
+		return nil
+	}
+	d = min(d, max(p.o.Denied.Max, p.o.Retry.Max))
+	p.log.Info("waiting for the next provisioning attempt (persisted backoff)",
+		"retryIn", d.Round(time.Second), "denials", r.Denials, "failures", r.Failures, "lastError", r.LastError)
+	return p.o.Sleep(ctx, d)
 }
 
 var errMalformed = errors.New("malformed answer")
@@ -238,17 +353,22 @@ func (p *Provisioner) loadState() (State, error) {
 	return st, nil
 }
 
-func (p *Provisioner) saveState(st State) error {
-	st.UpdatedAt = time.Now().UTC()
+// saveState persists st; it returns ctx's error when the AfterPersist
+// hook (tests) cancelled it.
+func (p *Provisioner) saveState(ctx context.Context, st State) error {
+	st.UpdatedAt = p.o.Now().UTC()
 	if err := p.o.Store.WriteJSON(store.ProvisionFile, st); err != nil {
 		return fmt.Errorf("provision: persist step %s: %w", st.Step, err)
 	}
 	p.log.Info("provisioning step persisted", "step", st.Step)
-	return nil
+	if p.o.AfterPersist != nil {
+		p.o.AfterPersist(st)
+	}
+	return ctx.Err()
 }
 
 // restartFromKey keeps the key and forgets the unusable certificate.
-func (p *Provisioner) restartFromKey() error {
+func (p *Provisioner) restartFromKey(ctx context.Context) error {
 	st, err := p.loadState()
 	if err != nil {
 		return err
@@ -257,7 +377,7 @@ func (p *Provisioner) restartFromKey() error {
 		return nil
 	}
 	p.log.Warn("certificate ownership token unusable; requesting a new certificate for the same key", "certificateId", st.CertificateID)
-	return p.saveState(State{Step: StepKey, Serial: st.Serial, KeyFile: st.KeyFile})
+	return p.saveState(ctx, st.backToKey())
 }
 
 // attempt advances the state machine as far as it can on one claim
@@ -271,37 +391,52 @@ func (p *Provisioner) attempt(ctx context.Context) (store.Identity, error) {
 		return store.Identity{}, fmt.Errorf("provision: %s was started for serial %q, this device reports %q", store.ProvisionFile, st.Serial, p.o.Serial)
 	}
 	if st.Step == "" || !p.keyUsable(st) {
-		if st, err = p.makeKey(); err != nil {
+		if st, err = p.makeKey(ctx, State{Step: StepKey, Serial: p.o.Serial, KeyFile: KeyFile}); err != nil {
 			return store.Identity{}, err
 		}
 	}
-	if st.Step == StepCertificate && time.Since(st.TokenIssuedAt) > p.o.TokenTTL {
-		p.log.Warn("persisted ownership token is too old; requesting a new certificate for the same key", "age", time.Since(st.TokenIssuedAt).Round(time.Second))
-		st = State{Step: StepKey, Serial: st.Serial, KeyFile: st.KeyFile}
-		if err := p.saveState(st); err != nil {
-			return store.Identity{}, err
-		}
+	if st, err = p.checkToken(ctx, st); err != nil {
+		return store.Identity{}, err
 	}
 	if st.Step == StepRegistered {
 		return p.finish(st)
 	}
+	if st, err = p.claimSteps(ctx, st); err != nil {
+		return store.Identity{}, err
+	}
+	return p.finish(st)
+}
+
+// checkToken drops a persisted ownership token that is too old to use.
+func (p *Provisioner) checkToken(ctx context.Context, st State) (State, error) {
+	if st.Step != StepCertificate || p.o.Now().Sub(st.TokenIssuedAt) <= p.o.TokenTTL {
+		return st, nil
+	}
+	p.log.Warn("persisted ownership token is too old; requesting a new certificate for the same key", "age", p.o.Now().Sub(st.TokenIssuedAt).Round(time.Second))
+	st = st.backToKey()
+	return st, p.saveState(ctx, st)
+}
+
+// claimSteps connects with the claim certificate and advances st to
+// StepRegistered.
+func (p *Provisioner) claimSteps(ctx context.Context, st State) (State, error) {
 
 	cl, stop, err := p.connectClaim(ctx)
 	if err != nil {
-		return store.Identity{}, err
+		return st, err
 	}
 	defer stop()
 
 	if st.Step == StepKey {
 		if st, err = p.createCertificate(ctx, cl, st); err != nil {
-			return store.Identity{}, err
+			return st, err
 		}
 	}
 	if st, err = p.registerThing(ctx, cl, st); err != nil {
-		return store.Identity{}, err
+		return st, err
 	}
 	stop() // disconnect the claim identity before the device identity connects
-	return p.finish(st)
+	return st, nil
 }
 
 func (p *Provisioner) keyUsable(st State) bool {
@@ -312,21 +447,23 @@ func (p *Provisioner) keyUsable(st State) bool {
 	return true
 }
 
-func (p *Provisioner) makeKey() (State, error) {
+// makeKey generates the device key into st.KeyFile and persists st.
+func (p *Provisioner) makeKey(ctx context.Context, st State) (State, error) {
 	key, err := devkey.Generate(p.o.KeyAlgorithm)
 	if err != nil {
 		return State{}, fmt.Errorf("provision: %w", err)
 	}
 	// The key is on disk (0600, fsynced) before any CSR leaves the device.
-	if err := devkey.Write(p.o.Store.Path(KeyFile), key); err != nil {
+	if err := devkey.Write(p.o.Store.Path(st.KeyFile), key); err != nil {
 		return State{}, fmt.Errorf("provision: %w", err)
 	}
-	st := State{Step: StepKey, Serial: p.o.Serial, KeyFile: KeyFile}
-	if err := p.saveState(st); err != nil {
-		return State{}, err
-	}
-	p.log.Info("device key generated", "algorithm", p.o.KeyAlgorithm)
-	return st, nil
+	p.log.Info("device key generated", "algorithm", p.o.KeyAlgorithm, "keyFile", st.KeyFile)
+	return st, p.saveState(ctx, st)
+}
+
+// certFileFor is the certificate file next to keyFile.
+func certFileFor(keyFile string) string {
+	return strings.TrimSuffix(keyFile, ".key") + ".crt"
 }
 
 // claimConn is the claim connection and its answer channel.
@@ -466,14 +603,16 @@ func (p *Provisioner) createCertificate(ctx context.Context, cc *claimConn, st S
 	if resp.CertificateOwnershipToken == "" || resp.CertificateID == "" {
 		return st, fmt.Errorf("%s: %w: missing certificateId or certificateOwnershipToken", apiCSR, errMalformed)
 	}
-	if err := p.o.Store.WriteFile(CertFile, []byte(resp.CertificatePEM), 0o644); err != nil {
+	certFile := certFileFor(st.KeyFile)
+	if err := p.o.Store.WriteFile(certFile, []byte(resp.CertificatePEM), 0o644); err != nil {
 		return st, fmt.Errorf("provision: %w", err)
 	}
 	st = State{
-		Step: StepCertificate, Serial: st.Serial, KeyFile: st.KeyFile, CertFile: CertFile,
-		CertificateID: resp.CertificateID, Token: resp.CertificateOwnershipToken, TokenIssuedAt: time.Now().UTC(),
+		Step: StepCertificate, Serial: st.Serial, KeyFile: st.KeyFile, CertFile: certFile,
+		CertificateID: resp.CertificateID, Token: resp.CertificateOwnershipToken, TokenIssuedAt: p.o.Now().UTC(),
+		Recovery: st.Recovery, Previous: st.Previous,
 	}
-	if err := p.saveState(st); err != nil {
+	if err := p.saveState(ctx, st); err != nil {
 		return st, err
 	}
 	p.log.Info("certificate issued", "certificateId", resp.CertificateID)
@@ -496,18 +635,22 @@ func (p *Provisioner) registerThing(ctx context.Context, cc *claimConn, st State
 		return st, fmt.Errorf("%s: %w: empty thingName", apiRegister, errMalformed)
 	}
 	st.Step, st.ThingName, st.Token = StepRegistered, resp.ThingName, ""
-	if err := p.saveState(st); err != nil {
+	if err := p.saveState(ctx, st); err != nil {
 		return st, err
 	}
 	p.log.Info("thing registered", "thingName", resp.ThingName, "certificateId", st.CertificateID)
 	return st, nil
 }
 
-func (p *Provisioner) finish(st State) (store.Identity, error) {
-	id := store.Identity{
+func (st State) identity(at time.Time) store.Identity {
+	return store.Identity{
 		ThingName: st.ThingName, Serial: st.Serial, CertificateID: st.CertificateID,
-		CertFile: st.CertFile, KeyFile: st.KeyFile, ProvisionedAt: time.Now().UTC(),
+		CertFile: st.CertFile, KeyFile: st.KeyFile, ProvisionedAt: at.UTC(),
 	}
+}
+
+func (p *Provisioner) finish(st State) (store.Identity, error) {
+	id := st.identity(p.o.Now())
 	if err := p.o.Store.SaveIdentity(id); err != nil {
 		return store.Identity{}, fmt.Errorf("provision: %w", err)
 	}

@@ -206,6 +206,11 @@ func (r *Rotator) Stop() { <-r.done }
 // recover runs before the connection starts: identity.json is made to match
 // the persisted step.
 func (r *Rotator) recover(ctx context.Context) error {
+	if r.st.Step != StepIdle {
+		if cur, replaced := r.identityReplaced(); replaced {
+			return r.void(ctx, cur, "interrupted")
+		}
+	}
 	switch r.st.Step {
 	case StepCert:
 		// The certificate is stored; switching may or may not have
@@ -489,6 +494,9 @@ func (r *Rotator) fallback(ctx context.Context, reason string) error {
 	if r.st.NewConnected {
 		return errors.New("the new certificate has connected: not falling back")
 	}
+	if cur, replaced := r.identityReplaced(); replaced {
+		return r.void(ctx, cur, reason)
+	}
 	switched := r.st.Step == StepCert || r.st.Step == StepSwitched
 	if err := r.rt.Store.SaveIdentity(r.st.Old); err != nil {
 		return fmt.Errorf("restore old identity: %w", err)
@@ -508,6 +516,25 @@ func (r *Rotator) fallback(ctx context.Context, reason string) error {
 		return r.onConnected(ctx, r.gen)
 	}
 	return nil
+}
+
+// identityReplaced reports whether identity.json names neither the
+// rotation's old nor its new pair: the agent replaced the identity by
+// claim (its certificate was refused, docs/protocol.md) while the rotation
+// was under way.
+func (r *Rotator) identityReplaced() (store.Identity, bool) {
+	cur, found, err := r.rt.Store.Identity()
+	if err != nil || !found {
+		return store.Identity{}, false
+	}
+	return cur, cur.CertFile != r.st.Old.CertFile && cur.CertFile != r.st.New.CertFile
+}
+
+// void ends a rotation overtaken by a re-provisioning: identity.json is
+// left alone (the old pair is gone) and the rotation's new files removed.
+func (r *Rotator) void(ctx context.Context, cur store.Identity, reason string) error {
+	r.log.Warn("rotation abandoned: the identity was replaced by a re-provisioning", "rotationId", r.st.RotationID, "reason", reason)
+	return r.finish(ctx, protocol.RotateFailed, r.st.New.CertificateID, "identity replaced by a re-provisioning ("+reason+")", r.st.New, cur)
 }
 
 // finish records the outcome and removes the pair that is no longer used.

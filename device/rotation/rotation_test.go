@@ -242,3 +242,29 @@ func TestCrashAtEveryStep(t *testing.T) {
 		})
 	}
 }
+
+// The device is revoked and re-admitted while a rotation waits for its
+// certificate: the agent re-provisions by claim, and the rotation, whose
+// old pair is gone, ends as failed without touching the new identity.
+func TestRotationOvertakenByARecoveryIsVoided(t *testing.T) {
+	c := newCloud(t)
+	d, _, old := provisioned(t, c, rotation.Config{CertTimeout: 3 * time.Second})
+	c.dropCerts.Store(true)
+	id := c.request()
+	require.Eventually(t, func() bool { return d.state().Step == rotation.StepCSR }, 30*time.Second, 20*time.Millisecond)
+	newKey := d.state().New.KeyFile
+
+	c.b.SetCert(old.CertificateID, "REVOKED", thing)
+	c.b.Disconnect(thing)
+
+	dst := d.waitIdle(id)
+	require.Equal(t, protocol.RotateFailed, dst.LastStatus)
+	require.Contains(t, dst.LastReason, "identity replaced by a re-provisioning")
+	now := d.identity()
+	require.NotEqual(t, old.CertificateID, now.CertificateID)
+	_, err := d.store().TLSCertificate(now)
+	require.NoError(t, err)
+	c.connectedWith(now.CertificateID)
+	_, err = os.Stat(d.store().Path(newKey))
+	require.ErrorIs(t, err, os.ErrNotExist, "the rotation's key is removed")
+}
