@@ -291,9 +291,21 @@ func (f *fakeIoT) DeleteThing(ctx context.Context, in *iot.DeleteThingInput, _ .
 
 // fakeS3 serves objects from memory.
 type fakeS3 struct {
-	mu      sync.Mutex
-	objects map[string]string // "bucket/key" → body
-	gets    []string
+	mu       sync.Mutex
+	objects  map[string]string            // "bucket/key" → body
+	metadata map[string]map[string]string // "bucket/key" → user metadata
+	gets     []string
+}
+
+// putWithMetadata stores an object with user metadata.
+func (f *fakeS3) putWithMetadata(bucket, key, body string, meta map[string]string) {
+	f.put(bucket, key, body)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.metadata == nil {
+		f.metadata = map[string]map[string]string{}
+	}
+	f.metadata[bucket+"/"+key] = meta
 }
 
 func (f *fakeS3) put(bucket, key, body string) {
@@ -317,5 +329,5 @@ func (f *fakeS3) GetObject(ctx context.Context, in *s3.GetObjectInput, _ ...func
 	if !ok {
 		return nil, &s3types.NoSuchKey{Message: aws.String("The specified key does not exist.")}
 	}
-	return &s3.GetObjectOutput{Body: io.NopCloser(strings.NewReader(body)), ContentLength: aws.Int64(int64(len(body)))}, nil
+	return &s3.GetObjectOutput{Body: io.NopCloser(strings.NewReader(body)), ContentLength: aws.Int64(int64(len(body))), Metadata: f.metadata[k]}, nil
 }
