@@ -38,7 +38,7 @@ func cert(n int) string   { return fmt.Sprintf("%064x", n) }
 
 type env struct {
 	h        *Handler
-	iot      *fakeIoT
+	iot      *simIoT
 	s3       *fakeS3
 	ssm      *ssmfake.SSM
 	ssmState *ssmstate.Memory
@@ -51,7 +51,7 @@ func newEnv(t *testing.T, store registry.Store) *env {
 	t.Helper()
 	re, err := allowlist.CompilePattern(allowlist.DefaultSerialPattern)
 	require.NoError(t, err)
-	e := &env{iot: newFakeIoT(group, policy), s3: &fakeS3{}, ssm: ssmfake.NewSSM(nil), ssmState: ssmstate.NewMemory(store, nil),
+	e := &env{iot: newSimIoT(t), s3: &fakeS3{}, ssm: ssmfake.NewSSM(nil), ssmState: ssmstate.NewMemory(store, nil),
 		store: store, logs: &bytes.Buffer{}}
 	e.h, err = New(Config{
 		S3: e.s3, IoT: e.iot, Registry: store, SerialPattern: re, SSM: e.ssm, SSMState: e.ssmState,
@@ -84,7 +84,7 @@ func (e *env) provisioned(t *testing.T, n int) {
 	require.NoError(t, e.store.PutAllowed(e.ctx, serial(n)))
 	_, err := e.store.MarkProvisioned(e.ctx, serial(n), cert(n), prefix+serial(n))
 	require.NoError(t, err)
-	e.iot.provision(prefix+serial(n), cert(n), group, policy)
+	e.iot.provision(t, prefix+serial(n), cert(n))
 }
 
 func (e *env) state(t *testing.T, n int) registry.State {
@@ -299,8 +299,8 @@ func TestDeleteThingRetriesWhileDetachPropagates(t *testing.T) {
 // are revoked, even though the registry only knows the newer one.
 func TestRevokesEveryAttachedCertificate(t *testing.T) {
 	e := newEnv(t, registry.NewMemory())
-	e.iot.pageSize = 1
-	e.iot.provision(prefix+serial(1), cert(100), group, policy) // the old one
+	e.iot.SetPageSize(1)
+	e.iot.provision(t, prefix+serial(1), cert(100)) // the old one
 	e.provisioned(t, 1)
 	res, err := e.sync(t, list(999))
 	require.NoError(t, err)
@@ -323,13 +323,13 @@ func TestProvisioningDuringRevocationIsRefused(t *testing.T) {
 		e.provisioned(t, 1)
 		var once sync.Once
 		var stateAtFirstCall registry.State
-		e.iot.after = func(op, key string) {
+		e.iot.AfterEach(func(op, key string) {
 			once.Do(func() {
 				stateAtFirstCall = e.state(t, 1)
 				_, err := e.store.MarkProvisioned(e.ctx, serial(1), cert(200), "")
 				assert.ErrorIs(t, err, registry.ErrConflict, "provisioning while revoking")
 			})
-		}
+		})
 		res, err := e.sync(t, list(999))
 		require.NoError(t, err)
 		assert.Equal(t, 1, res.Revoked)
@@ -690,7 +690,7 @@ func BenchmarkSync100k(b *testing.B) {
 	body := sb.String()
 	re, err := allowlist.CompilePattern(allowlist.DefaultSerialPattern)
 	require.NoError(b, err)
-	h, err := New(Config{S3: &fakeS3{}, IoT: newFakeIoT(group, policy), Registry: store, SerialPattern: re,
+	h, err := New(Config{S3: &fakeS3{}, IoT: newSimIoT(b), Registry: store, SerialPattern: re,
 		SSM: ssmfake.NewSSM(nil), SSMState: ssmstate.NewMemory(store, nil),
 		ThingGroup: group, DevicePolicy: policy, ThingNamePrefix: prefix,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})

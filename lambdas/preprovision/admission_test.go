@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	iottypes "github.com/aws/aws-sdk-go-v2/service/iot/types"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -277,4 +279,33 @@ func TestAdmissionLogsNeverContainThePEM(t *testing.T) {
 	out := f.logs.String()
 	assert.NotContains(t, out, "BEGIN CERTIFICATE")
 	assert.NotContains(t, out, body[:40])
+}
+
+// If the previous certificate cannot be retired, the request is denied
+// and nothing is recorded; the device's retry then goes through.
+func TestRetirementFailureDenies(t *testing.T) {
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		f := newFixture(t, newStore(t, nil))
+		key := newKey(t)
+		first := issue(t, key)
+		f.admitted(t, allowedSerial, first)
+		before := f.record(t, allowedSerial)
+
+		f.iot.client.FailNext("UpdateCertificate", first.id, &iottypes.ThrottlingException{Message: aws.String("Rate exceeded")})
+		retry := issue(t, key)
+		require.False(t, f.handle(t, certRequest(allowedSerial, retry)))
+		log := f.lastLog(t)
+		assert.Equal(t, ReasonRetireFailed, log["reason"])
+		assert.Equal(t, MetricHookFailure, log["metric"])
+		assert.Contains(t, log["error"], "Throttling")
+		assert.Equal(t, simregistry.CertActive, f.iot.cert(t, first.id).Status)
+		after := f.record(t, allowedSerial)
+		assert.Equal(t, before.CertificateID, after.CertificateID)
+		assert.Empty(t, after.CertificateHistory)
+
+		require.True(t, f.handle(t, certRequest(allowedSerial, retry)))
+		assert.Equal(t, simregistry.CertRevoked, f.iot.cert(t, first.id).Status)
+		assert.Equal(t, retry.id, f.record(t, allowedSerial).CertificateID)
+		assert.Equal(t, []string{first.id, first.id}, f.iot.client.CallsOf("UpdateCertificate"))
+	})
 }
