@@ -9,10 +9,19 @@
 //   - a serial may be followed by a trailing comment that starts with
 //     whitespace and '#' ("10000000a1b2c3d4  # lab bench 3"); a '#' without
 //     whitespace before it is part of the serial and fails the pattern;
-//   - leading/trailing whitespace and a CRLF line end are trimmed.
+//   - leading/trailing whitespace and a CRLF line end are trimmed;
+//   - a serial may carry one annotation, "SERIAL readmit=TOKEN" (TOKEN: 1
+//     to 64 characters of [A-Za-z0-9._:-], e.g. a ticket id or a date): it
+//     re-admits a provisioned serial once per distinct TOKEN, so that a
+//     re-flashed or replaced board can provision again (see Plan);
+//   - anything else on a line is an error naming the line.
 //
 // A serial listed twice is an error: deleting one copy to revoke a device
 // would otherwise silently keep it admitted.
+//
+// Plan turns the parsed file and the registry's records into the changes a
+// sync makes, and refuses plans that revoke more devices than a limit
+// (an empty or truncated file must not revoke the fleet).
 package allowlist
 
 import (
@@ -60,16 +69,42 @@ func (e *LineError) Error() string {
 	return fmt.Sprintf("allowlist line %d: %s", e.Line, e.Reason)
 }
 
+// Entry is one serial of the file.
+type Entry struct {
+	Serial string
+	// ReadmitToken is the readmit=TOKEN annotation ("" if none).
+	ReadmitToken string
+	// Line is the entry's line number (from 1).
+	Line int
+}
+
+// ReadmitPrefix starts the only annotation a serial may carry.
+const ReadmitPrefix = "readmit="
+
 // Parse reads the allowlist from r and returns its serials in file order.
 // pattern must match a serial in full (see CompilePattern). The first bad
 // line fails the parse with a *LineError; nothing is returned then.
 func Parse(r io.Reader, pattern *regexp.Regexp) ([]string, error) {
+	entries, err := ParseEntries(r, pattern)
+	if err != nil {
+		return nil, err
+	}
+	serials := make([]string, len(entries))
+	for i, e := range entries {
+		serials[i] = e.Serial
+	}
+	return serials, nil
+}
+
+// ParseEntries is Parse that also returns each serial's annotation and
+// line.
+func ParseEntries(r io.Reader, pattern *regexp.Regexp) ([]Entry, error) {
 	if pattern == nil {
 		return nil, errors.New("allowlist: nil serial pattern")
 	}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 1024), MaxLineBytes)
-	var serials []string
+	var entries []Entry
 	seen := map[string]int{} // serial → line
 	line := 0
 	for sc.Scan() {
@@ -81,14 +116,28 @@ func Parse(r io.Reader, pattern *regexp.Regexp) ([]string, error) {
 		if text == "" {
 			continue
 		}
-		if !pattern.MatchString(text) {
-			return nil, &LineError{Line: line, Reason: fmt.Sprintf("%q does not match the serial pattern %s", truncate(text, 80), pattern)}
+		fields := strings.Fields(text)
+		serial := fields[0]
+		if !pattern.MatchString(serial) {
+			return nil, &LineError{Line: line, Reason: fmt.Sprintf("%q does not match the serial pattern %s", truncate(serial, 80), pattern)}
 		}
-		if first, dup := seen[text]; dup {
-			return nil, &LineError{Line: line, Reason: fmt.Sprintf("serial %s is already listed on line %d", text, first)}
+		e := Entry{Serial: serial, Line: line}
+		if len(fields) > 1 {
+			token, ok := strings.CutPrefix(fields[1], ReadmitPrefix)
+			switch {
+			case len(fields) > 2 || !ok:
+				return nil, &LineError{Line: line, Reason: fmt.Sprintf("unexpected %q after serial %s: a line holds one serial and at most the annotation %sTOKEN",
+					truncate(strings.Join(fields[1:], " "), 80), serial, ReadmitPrefix)}
+			case !registry.ValidReadmitToken(token):
+				return nil, &LineError{Line: line, Reason: fmt.Sprintf("readmit token %q of serial %s must be 1 to 64 characters of [A-Za-z0-9._:-]", truncate(token, 80), serial)}
+			}
+			e.ReadmitToken = token
 		}
-		seen[text] = line
-		serials = append(serials, text)
+		if first, dup := seen[serial]; dup {
+			return nil, &LineError{Line: line, Reason: fmt.Sprintf("serial %s is already listed on line %d", serial, first)}
+		}
+		seen[serial] = line
+		entries = append(entries, e)
 	}
 	if err := sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {
@@ -96,7 +145,7 @@ func Parse(r io.Reader, pattern *regexp.Regexp) ([]string, error) {
 		}
 		return nil, fmt.Errorf("allowlist: read after line %d: %w", line, err)
 	}
-	return serials, nil
+	return entries, nil
 }
 
 // commentStart returns where the comment of a trimmed line starts: 0 for a
@@ -120,41 +169,141 @@ func truncate(s string, n int) string {
 	return s[:n] + "..."
 }
 
-// Changes is what it takes to make the registry match the allowlist.
-type Changes struct {
-	// Add are listed serials with no record or a revoked one, in file
-	// order: they become allowed.
-	Add []string
-	// Remove are records in state allowed or provisioned whose serial is
-	// no longer listed, sorted by serial: they are revoked. Their current
-	// records are included because revocation needs the certificate id and
-	// thing name.
-	Remove []registry.Device
+// Names of the revocation limit's settings, as the refusal message gives
+// them to the operator.
+const (
+	// ConfirmMetadata is the allowlist object's S3 user metadata key
+	// (x-amz-meta-confirm-revocations) that lifts the limit for that
+	// object when it equals the number of revocations.
+	ConfirmMetadata = "confirm-revocations"
+	// ConfirmStackConfig is the stack configuration key that sets it.
+	ConfirmStackConfig = "allowlistConfirmRevocations"
+	// LimitEnv and LimitStackConfig set the limit itself.
+	LimitEnv         = "MAX_REVOCATIONS_PER_SYNC"
+	LimitStackConfig = "maxRevocationsPerSync"
+)
+
+// DefaultMaxRevocations is the revocation limit of a fleet of admitted
+// devices when none is configured: max(5, ceil(10% of admitted)).
+func DefaultMaxRevocations(admitted int) int {
+	return max(5, (admitted+9)/10)
 }
 
-// Diff compares the registry's records with the desired serials in O(n).
-// Records already revoked and still unlisted need nothing.
-func Diff(current []registry.Device, desired []string) Changes {
-	want := make(map[string]struct{}, len(desired))
-	for _, s := range desired {
-		want[s] = struct{}{}
+// Limits are the revocation limit of one sync.
+type Limits struct {
+	// MaxRevocations is the most devices one sync may revoke; 0 or less:
+	// DefaultMaxRevocations of the admitted fleet.
+	MaxRevocations int
+	// Confirm is the confirm-revocations value of the allowlist object (0:
+	// none). A plan over the limit goes ahead only when it revokes exactly
+	// Confirm devices.
+	Confirm int
+}
+
+// Readmission is a readmit=TOKEN annotation the registry has not acted on.
+type Readmission struct {
+	Serial string
+	Token  string
+}
+
+// Changes is what it takes to make the registry match the allowlist.
+type Changes struct {
+	// Add are listed serials with no record, a revoked or a revoking one,
+	// in file order: they become allowed (a revoking one once its
+	// revocation is finished, see Resume).
+	Add []string
+	// Readmit are annotated serials whose record does not hold the token
+	// yet, in file order; the sync applies them after Add.
+	Readmit []Readmission
+	// Remove are records in state allowed, provisioned or readmitted whose
+	// serial is no longer listed, sorted by serial: they are revoked.
+	// Their current records are included because revocation needs the
+	// certificate id and thing name.
+	Remove []registry.Device
+	// Resume are records in state revoking (a sync stopped half-way),
+	// listed or not, sorted by serial: their revocation is finished
+	// first. They were counted when that revocation was planned and do
+	// not count against the limit.
+	Resume []registry.Device
+
+	// Listed is the number of serials in the file, Admitted the number of
+	// records in state allowed, provisioned or readmitted.
+	Listed, Admitted int
+	// Limit is the revocation limit in force; Confirmed says the plan is
+	// over it and the confirmation lifted it.
+	Limit     int
+	Confirmed bool
+	// Refused is set when the plan must not be applied at all; Reason
+	// says why and how to override (when that is possible).
+	Refused bool
+	Reason  string
+}
+
+// Plan compares the registry's records with the allowlist's entries in
+// O(n) and returns the changes, refused when they would revoke:
+//
+//   - any device while the file lists no serial at all (an empty or
+//     blanked file never revokes, whatever the confirmation), or
+//   - more devices than the limit, unless lim.Confirm equals the exact
+//     number of revocations.
+//
+// Admissions and re-admissions alone are never limited. Plan is pure: it
+// changes nothing.
+func Plan(current []registry.Device, entries []Entry, lim Limits) Changes {
+	listed := make(map[string]struct{}, len(entries))
+	for _, e := range entries {
+		listed[e.Serial] = struct{}{}
 	}
-	admitted := make(map[string]struct{}, len(current))
-	var ch Changes
+	records := make(map[string]registry.Device, len(current))
+	ch := Changes{Listed: len(entries)}
 	for _, d := range current {
-		if !d.State.Admitted() {
-			continue
-		}
-		admitted[d.Serial] = struct{}{}
-		if _, ok := want[d.Serial]; !ok {
-			ch.Remove = append(ch.Remove, d)
+		records[d.Serial] = d
+		_, ok := listed[d.Serial]
+		switch {
+		case d.State == registry.StateRevoking:
+			ch.Resume = append(ch.Resume, d)
+		case d.State.Admitted():
+			ch.Admitted++
+			if !ok {
+				ch.Remove = append(ch.Remove, d)
+			}
 		}
 	}
-	for _, s := range desired {
-		if _, ok := admitted[s]; !ok {
-			ch.Add = append(ch.Add, s)
+	for _, e := range entries {
+		d, ok := records[e.Serial]
+		if !ok || !d.State.Admitted() {
+			ch.Add = append(ch.Add, e.Serial)
+		}
+		if e.ReadmitToken != "" && (!ok || d.ReadmitToken != e.ReadmitToken) {
+			ch.Readmit = append(ch.Readmit, Readmission{Serial: e.Serial, Token: e.ReadmitToken})
 		}
 	}
-	slices.SortFunc(ch.Remove, func(a, b registry.Device) int { return strings.Compare(a.Serial, b.Serial) })
+	bySerial := func(a, b registry.Device) int { return strings.Compare(a.Serial, b.Serial) }
+	slices.SortFunc(ch.Remove, bySerial)
+	slices.SortFunc(ch.Resume, bySerial)
+
+	ch.Limit = lim.MaxRevocations
+	if ch.Limit <= 0 {
+		ch.Limit = DefaultMaxRevocations(ch.Admitted)
+	}
+	n := len(ch.Remove)
+	switch {
+	case n == 0:
+	case ch.Listed == 0:
+		ch.Refused = true
+		ch.Reason = fmt.Sprintf("the allowlist lists no serial, which would revoke all %d admitted device(s); an empty allowlist never revokes (revocation is permanent), whatever %s says: restore the file", n, ConfirmMetadata)
+	case n <= ch.Limit:
+	case lim.Confirm == n:
+		ch.Confirmed = true
+	default:
+		got := "no " + ConfirmMetadata + " metadata"
+		if lim.Confirm > 0 {
+			got = fmt.Sprintf("%s=%d, which is not the number of revocations", ConfirmMetadata, lim.Confirm)
+		}
+		ch.Refused = true
+		ch.Reason = fmt.Sprintf("the allowlist would revoke %d of %d admitted device(s), more than the limit of %d per sync (%s / stack config %s), and the object has %s; "+
+			"if the removals are intended (revocation is permanent), deploy the same allowlist with object metadata %s=%d (stack config %s: %d)",
+			n, ch.Admitted, ch.Limit, LimitEnv, LimitStackConfig, got, ConfirmMetadata, n, ConfirmStackConfig, n)
+	}
 	return ch
 }

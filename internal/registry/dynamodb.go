@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -81,6 +82,16 @@ func names(placeholders ...string) map[string]string {
 			m[p] = AttrLastRotationStatus
 		case "#retired":
 			m[p] = AttrRetiredCertificateID
+		case "#key":
+			m[p] = AttrPublicKeySHA256
+		case "#hist":
+			m[p] = AttrCertificateHistory
+		case "#tok":
+			m[p] = AttrReadmitToken
+		case "#by":
+			m[p] = AttrReadmittedBy
+		case "#at":
+			m[p] = AttrReadmittedAt
 		default:
 			panic("registry: unknown placeholder " + p)
 		}
@@ -125,9 +136,9 @@ func (s *DynamoDB) PutAllowed(ctx context.Context, serial string) error {
 	_, err := s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
 		TableName:                s.tableName(),
 		Key:                      s.key(serial),
-		UpdateExpression:         aws.String("SET #state = :allowed, #updatedAt = :now, #createdAt = if_not_exists(#createdAt, :now) REMOVE #cert, #thing, #notAfter, #expiry, " + removeRotation),
+		UpdateExpression:         aws.String("SET #state = :allowed, #updatedAt = :now, #createdAt = if_not_exists(#createdAt, :now) REMOVE #cert, #thing, #notAfter, #expiry, #key, " + removeRotation),
 		ConditionExpression:      aws.String("attribute_not_exists(#serial) OR #state = :revoked"),
-		ExpressionAttributeNames: names("#serial", "#state", "#updatedAt", "#createdAt", "#cert", "#thing", "#notAfter", "#expiry", "#rotId", "#rotState", "#rotAt", "#rotCert", "#rotNotAfter"),
+		ExpressionAttributeNames: names("#serial", "#state", "#updatedAt", "#createdAt", "#cert", "#thing", "#notAfter", "#expiry", "#key", "#rotId", "#rotState", "#rotAt", "#rotCert", "#rotNotAfter"),
 		ExpressionAttributeValues: map[string]types.AttributeValue{
 			":allowed": str(string(StateAllowed)),
 			":revoked": str(string(StateRevoked)),
@@ -159,29 +170,23 @@ func (s *DynamoDB) RecordProvisioned(ctx context.Context, serial, thingName stri
 		return Device{}, fmt.Errorf("registry: mark %s provisioned: empty certificate id", serial)
 	}
 	update := "SET #state = :provisioned, #cert = :cert, #updatedAt = :now"
-	remove := ""
-	nameKeys := []string{"#serial", "#state", "#cert", "#updatedAt", "#notAfter", "#expiry"}
+	var removes []string
+	nameKeys := []string{"#serial", "#state", "#cert", "#updatedAt", "#notAfter", "#expiry", "#key"}
 	values := map[string]types.AttributeValue{
 		":provisioned": str(string(StateProvisioned)),
 		":allowed":     str(string(StateAllowed)),
 		":cert":        str(cert.ID),
 		":now":         s.now(),
 	}
-	if cert.NotAfter.IsZero() {
-		remove = " REMOVE #notAfter, #expiry"
-	} else {
-		update += ", #notAfter = :notAfter, #expiry = :expiry"
-		values[":notAfter"] = str(FormatTime(cert.NotAfter))
-		values[":expiry"] = str(ExpiryPartitionValue)
-	}
+	update, removes = certificateUpdate(update, removes, cert, values)
 	if thingName != "" {
 		update += ", #thing = :thing"
 		nameKeys = append(nameKeys, "#thing")
 		values[":thing"] = str(thingName)
 	}
 	d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
-		UpdateExpression:          aws.String(update + remove),
-		ConditionExpression:       aws.String("attribute_exists(#serial) AND (#state = :allowed OR #state = :provisioned)"),
+		UpdateExpression:          aws.String(update + removeClause(removes)),
+		ConditionExpression:       aws.String("attribute_exists(#serial) AND (#state = :allowed OR (#state = :provisioned AND #cert = :cert))"),
 		ExpressionAttributeNames:  names(nameKeys...),
 		ExpressionAttributeValues: values,
 	}, fmt.Sprintf("registry: mark %s provisioned", serial))
@@ -192,47 +197,239 @@ func (s *DynamoDB) RecordProvisioned(ctx context.Context, serial, thingName stri
 	if err != nil {
 		return Device{}, err
 	}
-	return Device{}, fmt.Errorf("%w: %s is %s", ErrConflict, serial, d.State)
+	return Device{}, fmt.Errorf("%w: %s is %s with certificate %q", ErrConflict, serial, d.State, d.CertificateID)
 }
 
-// MarkRevoked implements Store.
+// certificateUpdate adds cert's expiry (and the expiry index key) and
+// public key hash to a SET clause, or the attributes to remove when they
+// are unknown, with their values (placeholders #notAfter, #expiry, #key).
+func certificateUpdate(update string, removes []string, cert Certificate, values map[string]types.AttributeValue) (string, []string) {
+	if cert.NotAfter.IsZero() {
+		removes = append(removes, "#notAfter", "#expiry")
+	} else {
+		update += ", #notAfter = :notAfter, #expiry = :expiry"
+		values[":notAfter"] = str(FormatTime(cert.NotAfter))
+		values[":expiry"] = str(ExpiryPartitionValue)
+	}
+	if cert.PublicKeySHA256 == "" {
+		removes = append(removes, "#key")
+	} else {
+		update += ", #key = :key"
+		values[":key"] = str(cert.PublicKeySHA256)
+	}
+	return update, removes
+}
+
+func removeClause(removes []string) string {
+	if len(removes) == 0 {
+		return ""
+	}
+	return " REMOVE " + strings.Join(removes, ", ")
+}
+
+// history encodes a certificate history as the table stores it: a list
+// of maps with RFC 3339 times.
+func history(h []RetiredCertificate) (types.AttributeValue, error) {
+	av, err := attributevalue.Marshal(h)
+	if err != nil {
+		return nil, fmt.Errorf("registry: encode certificate history: %w", err)
+	}
+	return av, nil
+}
+
+// certGuard is the condition that the record's certificate id is id
+// (none when id is empty), with its value.
+func certGuard(id string, values map[string]types.AttributeValue) string {
+	if id == "" {
+		return "attribute_not_exists(#cert)"
+	}
+	values[":expectedCert"] = str(id)
+	return "#cert = :expectedCert"
+}
+
+// retries bounds the read-modify-write rounds of a method whose
+// conditional write can lose a race with another writer.
+const retries = 3
+
+// MarkRevoking implements Store.
+func (s *DynamoDB) MarkRevoking(ctx context.Context, serial, expectedCertificateID string) (Device, error) {
+	if err := check(ctx, serial); err != nil {
+		return Device{}, err
+	}
+	values := map[string]types.AttributeValue{
+		":allowed":     str(string(StateAllowed)),
+		":provisioned": str(string(StateProvisioned)),
+		":readmitted":  str(string(StateReadmitted)),
+		":revoking":    str(string(StateRevoking)),
+		":now":         s.now(),
+	}
+	cond := "attribute_exists(#serial) AND #state IN (:allowed, :provisioned, :readmitted) AND " + certGuard(expectedCertificateID, values)
+	d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
+		UpdateExpression:          aws.String("SET #state = :revoking, #updatedAt = :now"),
+		ConditionExpression:       aws.String(cond),
+		ExpressionAttributeNames:  names("#serial", "#state", "#cert", "#updatedAt"),
+		ExpressionAttributeValues: values,
+	}, fmt.Sprintf("registry: mark %s revoking", serial))
+	if err != nil || applied {
+		return d, err
+	}
+	d, err = s.Get(ctx, serial)
+	if err != nil {
+		return Device{}, err
+	}
+	if d.State == StateRevoking && d.CertificateID == expectedCertificateID {
+		return d, nil
+	}
+	return Device{}, fmt.Errorf("%w: %s is %s with certificate %q, expected %q", ErrConflict, serial, d.State, d.CertificateID, expectedCertificateID)
+}
+
+// ReplaceCertificate implements Store. It reads the record, then writes
+// the new certificate and the extended history with a condition on the
+// state and certificate it read.
+func (s *DynamoDB) ReplaceCertificate(ctx context.Context, serial, thingName string, cert Certificate, retired RetiredCertificate) (Device, error) {
+	if err := checkReplace(ctx, serial, cert, retired); err != nil {
+		return Device{}, err
+	}
+	op := fmt.Sprintf("registry: replace certificate of %s", serial)
+	for range retries {
+		d, err := s.Get(ctx, serial)
+		if err != nil {
+			return Device{}, err
+		}
+		if d.State == StateProvisioned && d.CertificateID == cert.ID {
+			return d, nil
+		}
+		if (d.State != StateProvisioned && d.State != StateReadmitted) || d.CertificateID != retired.CertificateID {
+			return Device{}, fmt.Errorf("%w: %s is %s with certificate %q, not provisioned or readmitted with %q", ErrConflict, serial, d.State, d.CertificateID, retired.CertificateID)
+		}
+		now := s.opts.stamp()
+		retired.RetiredAt = now
+		hist, err := history(appendHistory(d.CertificateHistory, retired))
+		if err != nil {
+			return Device{}, err
+		}
+		values := map[string]types.AttributeValue{
+			":cur":         str(string(d.State)),
+			":old":         str(retired.CertificateID),
+			":provisioned": str(string(StateProvisioned)),
+			":cert":        str(cert.ID),
+			":hist":        hist,
+			":now":         str(FormatTime(now)),
+		}
+		nameKeys := []string{"#state", "#cert", "#hist", "#updatedAt", "#notAfter", "#expiry", "#key", "#rotId", "#rotState", "#rotAt", "#rotCert", "#rotNotAfter"}
+		update, removes := certificateUpdate("SET #state = :provisioned, #cert = :cert, #hist = :hist, #updatedAt = :now", []string{removeRotation}, cert, values)
+		if thingName != "" {
+			update += ", #thing = :thing"
+			nameKeys = append(nameKeys, "#thing")
+			values[":thing"] = str(thingName)
+		}
+		d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
+			UpdateExpression:          aws.String(update + removeClause(removes)),
+			ConditionExpression:       aws.String("#state = :cur AND #cert = :old"),
+			ExpressionAttributeNames:  names(nameKeys...),
+			ExpressionAttributeValues: values,
+		}, op)
+		if err != nil || applied {
+			return d, err
+		}
+	}
+	return Device{}, fmt.Errorf("%w: %s: record changed concurrently", ErrConflict, serial)
+}
+
+// Readmit implements Store.
+func (s *DynamoDB) Readmit(ctx context.Context, serial, token, by string) (Device, bool, error) {
+	if err := checkReadmit(ctx, serial, token); err != nil {
+		return Device{}, false, err
+	}
+	op := fmt.Sprintf("registry: re-admit %s", serial)
+	for range retries {
+		d, err := s.Get(ctx, serial)
+		if err != nil {
+			return Device{}, false, err
+		}
+		if !d.State.Admitted() {
+			return Device{}, false, fmt.Errorf("%w: %s is %s; list it on the allowlist again before re-admitting it", ErrConflict, serial, d.State)
+		}
+		if d.ReadmitToken == token {
+			return d, false, nil
+		}
+		values := map[string]types.AttributeValue{
+			":cur": str(string(d.State)),
+			":new": str(string(readmittedState(d.State))),
+			":tok": str(token),
+			":now": s.now(),
+		}
+		update := "SET #state = :new, #tok = :tok, #at = :now, #updatedAt = :now"
+		nameKeys := []string{"#state", "#tok", "#at", "#updatedAt", "#by"}
+		remove := " REMOVE #by"
+		if by != "" {
+			update += ", #by = :by"
+			values[":by"] = str(by)
+			remove = ""
+		}
+		d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
+			UpdateExpression:          aws.String(update + remove),
+			ConditionExpression:       aws.String("#state = :cur AND (attribute_not_exists(#tok) OR #tok <> :tok)"),
+			ExpressionAttributeNames:  names(nameKeys...),
+			ExpressionAttributeValues: values,
+		}, op)
+		if err != nil {
+			return Device{}, false, err
+		}
+		if applied {
+			return d, true, nil
+		}
+	}
+	return Device{}, false, fmt.Errorf("%w: %s: record changed concurrently", ErrConflict, serial)
+}
+
+// MarkRevoked implements Store. It reads the record, then writes the
+// state and the extended history with a condition on the state and
+// certificate it read.
 func (s *DynamoDB) MarkRevoked(ctx context.Context, serial, expectedCertificateID string) error {
 	if err := check(ctx, serial); err != nil {
 		return err
 	}
-	cond := "attribute_exists(#serial) AND #state <> :revoked AND "
-	values := map[string]types.AttributeValue{
-		":revoked": str(string(StateRevoked)),
-		":now":     s.now(),
-	}
-	if expectedCertificateID == "" {
-		cond += "attribute_not_exists(#cert)"
-	} else {
-		cond += "#cert = :cert"
-		values[":cert"] = str(expectedCertificateID)
-	}
-	_, err := s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName:                 s.tableName(),
-		Key:                       s.key(serial),
-		UpdateExpression:          aws.String("SET #state = :revoked, #updatedAt = :now REMOVE #expiry"),
-		ConditionExpression:       aws.String(cond),
-		ExpressionAttributeNames:  names("#serial", "#state", "#cert", "#updatedAt", "#expiry"),
-		ExpressionAttributeValues: values,
-	})
-	if isConditionFailed(err) {
-		d, gerr := s.Get(ctx, serial)
-		if gerr != nil {
-			return gerr
+	op := fmt.Sprintf("registry: mark %s revoked", serial)
+	for range retries {
+		d, err := s.Get(ctx, serial)
+		if err != nil {
+			return err
 		}
 		if d.State == StateRevoked {
 			return nil
 		}
-		return fmt.Errorf("%w: %s has certificate %q, expected %q", ErrConflict, serial, d.CertificateID, expectedCertificateID)
+		if d.CertificateID != expectedCertificateID {
+			return fmt.Errorf("%w: %s has certificate %q, expected %q", ErrConflict, serial, d.CertificateID, expectedCertificateID)
+		}
+		now := s.opts.stamp()
+		values := map[string]types.AttributeValue{
+			":cur":     str(string(d.State)),
+			":revoked": str(string(StateRevoked)),
+			":now":     str(FormatTime(now)),
+		}
+		update := "SET #state = :revoked, #updatedAt = :now"
+		nameKeys := []string{"#state", "#cert", "#updatedAt", "#expiry"}
+		if expectedCertificateID != "" {
+			hist, err := history(appendHistory(d.CertificateHistory, RetiredCertificate{CertificateID: expectedCertificateID, RetiredAt: now, Reason: RetiredRevoked}))
+			if err != nil {
+				return err
+			}
+			update += ", #hist = :hist"
+			values[":hist"] = hist
+			nameKeys = append(nameKeys, "#hist")
+		}
+		_, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
+			UpdateExpression:          aws.String(update + " REMOVE #expiry"),
+			ConditionExpression:       aws.String("#state = :cur AND " + certGuard(expectedCertificateID, values)),
+			ExpressionAttributeNames:  names(nameKeys...),
+			ExpressionAttributeValues: values,
+		}, op)
+		if err != nil || applied {
+			return err
+		}
 	}
-	if err != nil {
-		return fmt.Errorf("registry: mark %s revoked: %w", serial, err)
-	}
-	return nil
+	return fmt.Errorf("%w: %s: record changed concurrently", ErrConflict, serial)
 }
 
 // Scan implements Store. The cursor is the serial of the last record

@@ -164,10 +164,10 @@ func (s *DynamoDB) CompleteRotation(ctx context.Context, serial, rotationID, cer
 	}
 	d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
 		UpdateExpression: aws.String("SET #retired = #cert, #cert = #rotCert, #notAfter = #rotNotAfter, #expiry = :expiry, " +
-			"#lastRot = :id, #lastStatus = :completed, #updatedAt = :now REMOVE " + removeRotation),
+			"#lastRot = :id, #lastStatus = :completed, #updatedAt = :now REMOVE #key, " + removeRotation),
 		ConditionExpression: aws.String("attribute_exists(#serial) AND #state = :provisioned AND #rotId = :id AND #rotState = :issued AND #rotCert = :cert"),
 		ExpressionAttributeNames: names("#serial", "#state", "#cert", "#notAfter", "#expiry", "#retired", "#lastRot", "#lastStatus",
-			"#updatedAt", "#rotId", "#rotState", "#rotAt", "#rotCert", "#rotNotAfter"),
+			"#updatedAt", "#key", "#rotId", "#rotState", "#rotAt", "#rotCert", "#rotNotAfter"),
 		ExpressionAttributeValues: map[string]types.AttributeValue{
 			":id":          str(rotationID),
 			":cert":        str(certID),

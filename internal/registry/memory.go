@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -69,6 +70,7 @@ func (m *Memory) PutAllowed(ctx context.Context, serial string) error {
 		d.CertificateID = ""
 		d.ThingName = ""
 		d.CertNotAfter = time.Time{}
+		d.PublicKeySHA256 = ""
 		clearRotation(&d)
 		d.UpdatedAt = now
 		m.devices[serial] = d
@@ -87,7 +89,7 @@ func (m *Memory) MarkRevoked(ctx context.Context, serial, expectedCertificateID 
 	if err := check(ctx, serial); err != nil {
 		return err
 	}
-	_, err := m.update(serial, func(d *Device, _ time.Time) (bool, error) {
+	_, err := m.update(serial, func(d *Device, now time.Time) (bool, error) {
 		if d.State == StateRevoked {
 			return false, nil
 		}
@@ -95,9 +97,79 @@ func (m *Memory) MarkRevoked(ctx context.Context, serial, expectedCertificateID 
 			return false, fmt.Errorf("%w: %s has certificate %q, expected %q", ErrConflict, serial, d.CertificateID, expectedCertificateID)
 		}
 		d.State = StateRevoked
+		if d.CertificateID != "" {
+			d.CertificateHistory = appendHistory(d.CertificateHistory, RetiredCertificate{CertificateID: d.CertificateID, RetiredAt: now, Reason: RetiredRevoked})
+		}
 		return true, nil
 	})
 	return err
+}
+
+// MarkRevoking implements Store.
+func (m *Memory) MarkRevoking(ctx context.Context, serial, expectedCertificateID string) (Device, error) {
+	if err := check(ctx, serial); err != nil {
+		return Device{}, err
+	}
+	return m.update(serial, func(d *Device, _ time.Time) (bool, error) {
+		if d.CertificateID != expectedCertificateID {
+			return false, fmt.Errorf("%w: %s has certificate %q, expected %q", ErrConflict, serial, d.CertificateID, expectedCertificateID)
+		}
+		switch {
+		case d.State == StateRevoking:
+			return false, nil
+		case !d.State.Admitted():
+			return false, fmt.Errorf("%w: %s is %s", ErrConflict, serial, d.State)
+		}
+		d.State = StateRevoking
+		return true, nil
+	})
+}
+
+// ReplaceCertificate implements Store.
+func (m *Memory) ReplaceCertificate(ctx context.Context, serial, thingName string, cert Certificate, retired RetiredCertificate) (Device, error) {
+	if err := checkReplace(ctx, serial, cert, retired); err != nil {
+		return Device{}, err
+	}
+	return m.update(serial, func(d *Device, now time.Time) (bool, error) {
+		if d.State == StateProvisioned && d.CertificateID == cert.ID {
+			return false, nil
+		}
+		if (d.State != StateProvisioned && d.State != StateReadmitted) || d.CertificateID != retired.CertificateID {
+			return false, fmt.Errorf("%w: %s is %s with certificate %q, not provisioned or readmitted with %q", ErrConflict, serial, d.State, d.CertificateID, retired.CertificateID)
+		}
+		d.State = StateProvisioned
+		d.CertificateID = cert.ID
+		d.CertNotAfter = stored(cert.NotAfter)
+		d.PublicKeySHA256 = cert.PublicKeySHA256
+		if thingName != "" {
+			d.ThingName = thingName
+		}
+		clearRotation(d)
+		retired.RetiredAt = now
+		d.CertificateHistory = appendHistory(d.CertificateHistory, retired)
+		return true, nil
+	})
+}
+
+// Readmit implements Store.
+func (m *Memory) Readmit(ctx context.Context, serial, token, by string) (Device, bool, error) {
+	if err := checkReadmit(ctx, serial, token); err != nil {
+		return Device{}, false, err
+	}
+	changed := false
+	d, err := m.update(serial, func(d *Device, now time.Time) (bool, error) {
+		if !d.State.Admitted() {
+			return false, fmt.Errorf("%w: %s is %s; list it on the allowlist again before re-admitting it", ErrConflict, serial, d.State)
+		}
+		if d.ReadmitToken == token {
+			return false, nil
+		}
+		d.State = readmittedState(d.State)
+		d.ReadmitToken, d.ReadmittedBy, d.ReadmittedAt = token, by, now
+		changed = true
+		return true, nil
+	})
+	return d, changed, err
 }
 
 // update changes serial's record under the lock. change edits *d and
@@ -113,6 +185,7 @@ func (m *Memory) update(serial string, change func(d *Device, now time.Time) (ch
 	if !ok {
 		return Device{}, fmt.Errorf("%w: %s", ErrNotFound, serial)
 	}
+	d.CertificateHistory = slices.Clone(d.CertificateHistory) // never edit the stored slice
 	changed, err := change(&d, now)
 	if err != nil {
 		return Device{}, err
@@ -172,4 +245,55 @@ func check(ctx context.Context, serial string) error {
 		return errEmptySerial
 	}
 	return nil
+}
+
+// appendHistory appends e to h, keeping the newest MaxHistory entries.
+func appendHistory(h []RetiredCertificate, e RetiredCertificate) []RetiredCertificate {
+	h = append(h, e)
+	if len(h) > MaxHistory {
+		h = h[len(h)-MaxHistory:]
+	}
+	return h
+}
+
+// readmittedState is the state a re-admission moves a record in state s
+// to: an allowed record may provision anyway and stays allowed.
+func readmittedState(s State) State {
+	if s == StateAllowed {
+		return StateAllowed
+	}
+	return StateReadmitted
+}
+
+func checkReadmit(ctx context.Context, serial, token string) error {
+	if err := check(ctx, serial); err != nil {
+		return err
+	}
+	if !ValidReadmitToken(token) {
+		return fmt.Errorf("registry: re-admit %s: token %q must be 1 to 64 characters of [A-Za-z0-9._:-]", serial, truncate(token, 80))
+	}
+	return nil
+}
+
+func checkReplace(ctx context.Context, serial string, cert Certificate, retired RetiredCertificate) error {
+	if err := check(ctx, serial); err != nil {
+		return err
+	}
+	if cert.ID == "" || retired.CertificateID == "" {
+		return fmt.Errorf("registry: replace certificate of %s: empty certificate id", serial)
+	}
+	if cert.ID == retired.CertificateID {
+		return fmt.Errorf("registry: replace certificate of %s: certificate %s replaces itself", serial, cert.ID)
+	}
+	if retired.Reason == "" {
+		return fmt.Errorf("registry: replace certificate of %s: empty reason", serial)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }

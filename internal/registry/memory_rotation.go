@@ -18,12 +18,16 @@ func (m *Memory) RecordProvisioned(ctx context.Context, serial, thingName string
 		return Device{}, fmt.Errorf("registry: mark %s provisioned: empty certificate id", serial)
 	}
 	return m.update(serial, func(d *Device, _ time.Time) (bool, error) {
-		if !d.State.Admitted() {
-			return false, fmt.Errorf("%w: %s is %s", ErrConflict, serial, d.State)
+		switch {
+		case d.State == StateAllowed:
+		case d.State == StateProvisioned && d.CertificateID == cert.ID:
+		default:
+			return false, fmt.Errorf("%w: %s is %s with certificate %q", ErrConflict, serial, d.State, d.CertificateID)
 		}
 		d.State = StateProvisioned
 		d.CertificateID = cert.ID
 		d.CertNotAfter = stored(cert.NotAfter)
+		d.PublicKeySHA256 = cert.PublicKeySHA256
 		if thingName != "" {
 			d.ThingName = thingName
 		}
@@ -178,6 +182,9 @@ func (m *Memory) CompleteRotation(ctx context.Context, serial, rotationID, certI
 		d.RetiredCertificateID = d.CertificateID
 		d.CertificateID = d.RotationCertID
 		d.CertNotAfter = d.RotationCertNotAfter
+		// The new certificate has a new key the registry does not know:
+		// the old key must no longer count as the device's.
+		d.PublicKeySHA256 = ""
 		d.LastRotationID = rotationID
 		d.LastRotationStatus = RotationCompleted
 		clearRotation(d)

@@ -2,12 +2,27 @@
 // DynamoDB table (serial → state, thing name, certificate id, timestamps).
 // Devices are data: admitting or revoking a device changes records, never
 // cloud resources.
+//
+// States and their transitions (every one a conditional write):
+//
+//	(none) ──PutAllowed──▶ allowed ──RecordProvisioned──▶ provisioned
+//	provisioned ──Readmit(token)──▶ readmitted ──ReplaceCertificate──▶ provisioned
+//	provisioned ──ReplaceCertificate (same public key)──▶ provisioned
+//	allowed|provisioned|readmitted ──MarkRevoking──▶ revoking ──MarkRevoked──▶ revoked
+//	revoked ──PutAllowed──▶ allowed
+//
+// The pre-provisioning hook admits allowed serials, readmitted ones (once)
+// and a provisioned serial only when the new certificate carries the
+// recorded public key (a retry after a lost RegisterThing answer); it
+// denies revoking and revoked serials. A certificate the record stops
+// naming goes into the record's certificate history with when and why.
 package registry
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 )
 
@@ -18,11 +33,51 @@ const (
 	// StateAllowed: the serial is on the allowlist and may provision.
 	StateAllowed State = "allowed"
 	// StateProvisioned: the device has provisioned (certificate issued).
+	// Provisioning again is denied unless the new certificate has the
+	// recorded public key.
 	StateProvisioned State = "provisioned"
+	// StateReadmitted: an operator re-admitted a provisioned serial
+	// (allowlist annotation readmit=TOKEN, or Readmit): its next
+	// provisioning replaces the recorded certificate, once.
+	StateReadmitted State = "readmitted"
+	// StateRevoking: the allowlist sync started revoking the device; the
+	// hook denies it. The sync finishes the revocation (also after a
+	// crash) before the serial can be admitted again.
+	StateRevoking State = "revoking"
 	// StateRevoked: the serial was removed from the allowlist; its
 	// certificate is revoked and its thing deleted.
 	StateRevoked State = "revoked"
 )
+
+// Why a certificate left a record (RetiredCertificate.Reason).
+const (
+	// RetiredSameKey: the device provisioned again with the same key (its
+	// RegisterThing answer was lost); the older certificate was revoked.
+	RetiredSameKey = "same-key retry"
+	// RetiredReadmitted: a re-admitted device provisioned with a new key;
+	// the older certificate was revoked.
+	RetiredReadmitted = "readmitted"
+	// RetiredRevoked: the device was revoked.
+	RetiredRevoked = "revoked"
+)
+
+// RetiredCertificate is an entry of a record's certificate history.
+type RetiredCertificate struct {
+	CertificateID string    `dynamodbav:"certificateId"`
+	RetiredAt     time.Time `dynamodbav:"retiredAt"`
+	Reason        string    `dynamodbav:"reason"`
+}
+
+// readmitTokenRE is the syntax of a re-admission token (contracts.md).
+var readmitTokenRE = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
+
+// ValidReadmitToken reports whether token may name a re-admission: 1 to
+// 64 characters of [A-Za-z0-9._:-] (e.g. a ticket id or a date).
+func ValidReadmitToken(token string) bool { return readmitTokenRE.MatchString(token) }
+
+// MaxHistory bounds a record's certificate history; the oldest entries
+// are dropped beyond it.
+const MaxHistory = 20
 
 // ErrNotFound is returned when no record exists for a serial.
 var ErrNotFound = errors.New("registry: device not found")
@@ -42,6 +97,18 @@ type Device struct {
 	// CertNotAfter is the expiry of CertificateID (zero: unknown). A
 	// provisioned device with a known expiry is in the expiry index.
 	CertNotAfter time.Time `dynamodbav:"certNotAfter,omitempty"`
+	// PublicKeySHA256 is the SHA-256 (hex) of the SubjectPublicKeyInfo of
+	// CertificateID's public key, as recorded at provisioning; empty when
+	// unknown (then no provisioning counts as a same-key retry).
+	PublicKeySHA256 string `dynamodbav:"publicKeySha256,omitempty"`
+	// CertificateHistory lists the certificates the record named before,
+	// oldest first (at most MaxHistory).
+	CertificateHistory []RetiredCertificate `dynamodbav:"certificateHistory,omitempty"`
+	// The last re-admission: its token, who made it and when. A token is
+	// acted on once: re-admitting with the recorded token changes nothing.
+	ReadmitToken string    `dynamodbav:"readmitToken,omitempty"`
+	ReadmittedBy string    `dynamodbav:"readmittedBy,omitempty"`
+	ReadmittedAt time.Time `dynamodbav:"readmittedAt,omitempty"`
 
 	// The certificate rotation in progress, if RotationID is set.
 	RotationID          string        `dynamodbav:"rotationId,omitempty"`
@@ -85,6 +152,9 @@ const (
 type Certificate struct {
 	ID       string
 	NotAfter time.Time // zero: unknown
+	// PublicKeySHA256 is the hex SHA-256 of the certificate's
+	// SubjectPublicKeyInfo (empty: unknown).
+	PublicKeySHA256 string
 }
 
 // ErrRotationPending is returned by RequestRotation when the device has a
@@ -112,6 +182,12 @@ const (
 	AttrLastRotationStatus   = "lastRotationStatus"
 	AttrRetiredCertificateID = "retiredCertificateId"
 
+	AttrPublicKeySHA256    = "publicKeySha256"
+	AttrCertificateHistory = "certificateHistory"
+	AttrReadmitToken       = "readmitToken"
+	AttrReadmittedBy       = "readmittedBy"
+	AttrReadmittedAt       = "readmittedAt"
+
 	// AttrExpiryPartition is the partition key of the expiry index. It is
 	// present (value ExpiryPartitionValue) only on provisioned records with
 	// a known certNotAfter, so the index is sparse: revoked and allowed
@@ -130,13 +206,22 @@ const (
 // it).
 func FormatTime(t time.Time) string { return t.UTC().Truncate(time.Second).Format(time.RFC3339) }
 
-// Admitted reports whether a device in state s may provision: its serial is
-// on the allowlist (allowed, or provisioned already).
-func (s State) Admitted() bool { return s == StateAllowed || s == StateProvisioned }
+// Admitted reports whether the serial of a device in state s is on the
+// allowlist as far as the registry knows (allowed, provisioned or
+// readmitted): these are the devices a sync revokes when their serial is
+// no longer listed. Whether the device may provision is the hook's
+// decision (a provisioned serial only with its recorded key).
+func (s State) Admitted() bool {
+	return s == StateAllowed || s == StateProvisioned || s == StateReadmitted
+}
 
 // Valid reports whether s is one of the known states.
 func (s State) Valid() bool {
-	return s == StateAllowed || s == StateProvisioned || s == StateRevoked
+	switch s {
+	case StateAllowed, StateProvisioned, StateReadmitted, StateRevoking, StateRevoked:
+		return true
+	}
+	return false
 }
 
 // DefaultPageSize is the page size Scan uses when limit is not positive.
@@ -167,25 +252,56 @@ type Store interface {
 
 	// MarkProvisioned records that serial provisioned with certificateID:
 	// state provisioned, certificate id set, thing name set when thingName
-	// is not empty. Only a record in state allowed or provisioned may
-	// change; recording the same certificate again is a harmless repeat (a
-	// retried hook). It returns the record after the write, ErrNotFound if
-	// serial has no record, and an error wrapping ErrConflict if the record
-	// is revoked.
+	// is not empty. Only a record in state allowed may change, or a
+	// provisioned one that already names certificateID (a harmless repeat:
+	// a retried hook); a provisioned record with another certificate is
+	// ErrConflict (a second identity needs ReplaceCertificate). It returns
+	// the record after the write, ErrNotFound if serial has no record, and
+	// an error wrapping ErrConflict in any other state.
 	MarkProvisioned(ctx context.Context, serial, certificateID, thingName string) (Device, error)
 
 	// RecordProvisioned is MarkProvisioned that also records the
-	// certificate's expiry (cert.NotAfter; zero removes a recorded one).
+	// certificate's expiry (cert.NotAfter; zero removes a recorded one)
+	// and public key hash (cert.PublicKeySHA256; empty removes it).
 	// A provisioned record with a known expiry is in the expiry index.
 	// A rotation in progress is left as it is.
 	RecordProvisioned(ctx context.Context, serial, thingName string, cert Certificate) (Device, error)
 
+	// ReplaceCertificate makes cert the certificate of a provisioned or
+	// readmitted record whose current certificate is retired.CertificateID
+	// (the conditional write fails with ErrConflict otherwise): state
+	// provisioned, cert's id, expiry and key hash, thing name when not
+	// empty, the rotation in progress dropped, and retired (stamped with
+	// the store's clock) appended to the certificate history. The caller
+	// must already have revoked the retired certificate in AWS IoT.
+	// Repeating it after it succeeded (the record names cert.ID) returns
+	// the record unchanged.
+	ReplaceCertificate(ctx context.Context, serial, thingName string, cert Certificate, retired RetiredCertificate) (Device, error)
+
+	// Readmit records an operator's re-admission of serial under token
+	// (ValidReadmitToken) by who. A provisioned or readmitted record
+	// becomes readmitted; an allowed record stays allowed (it may
+	// provision anyway) but keeps the token, so a stale annotation cannot
+	// re-admit it later. A token equal to the recorded one changes
+	// nothing: changed is false. Revoking or revoked records are
+	// ErrConflict (list the serial again first), a missing one ErrNotFound.
+	Readmit(ctx context.Context, serial, token, by string) (d Device, changed bool, err error)
+
+	// MarkRevoking moves an allowed, provisioned or readmitted record whose
+	// certificate id equals expectedCertificateID (empty: none) to
+	// revoking, which the hook denies; the sync does this before any AWS
+	// call. A record already revoking with that certificate is returned
+	// unchanged. Anything else is ErrConflict (a missing record
+	// ErrNotFound).
+	MarkRevoking(ctx context.Context, serial, expectedCertificateID string) (Device, error)
+
 	// MarkRevoked sets serial's state to revoked, provided its certificate
-	// id still equals expectedCertificateID (empty: the record has none).
-	// The guard makes a revocation fail with ErrConflict, rather than
-	// silently strand an active certificate, when the device provisioned
-	// again after the caller read the record. Revoking a record that is
-	// already revoked returns nil; a missing record returns ErrNotFound.
+	// id still equals expectedCertificateID (empty: the record has none),
+	// and appends that certificate to the history. The guard makes a
+	// revocation fail with ErrConflict, rather than silently strand an
+	// active certificate, when the device provisioned again after the
+	// caller read the record. Revoking a record that is already revoked
+	// returns nil; a missing record returns ErrNotFound.
 	MarkRevoked(ctx context.Context, serial, expectedCertificateID string) error
 
 	// Scan returns up to limit records (DefaultPageSize when limit <= 0)

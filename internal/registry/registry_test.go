@@ -108,7 +108,13 @@ func TestNewDynamoDBValidates(t *testing.T) {
 func TestStateHelpers(t *testing.T) {
 	require.True(t, registry.StateAllowed.Admitted())
 	require.True(t, registry.StateProvisioned.Admitted())
+	require.True(t, registry.StateReadmitted.Admitted())
+	require.False(t, registry.StateRevoking.Admitted())
 	require.False(t, registry.StateRevoked.Admitted())
+	require.True(t, registry.StateRevoking.Valid())
+	require.True(t, registry.StateReadmitted.Valid())
+	require.True(t, registry.ValidReadmitToken("INC-42:2026.12.05_a"))
+	require.False(t, registry.ValidReadmitToken("two words"))
 	require.False(t, registry.State("").Admitted())
 	require.True(t, registry.StateRevoked.Valid())
 	require.False(t, registry.State("x").Valid())

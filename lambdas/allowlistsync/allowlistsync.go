@@ -1,18 +1,30 @@
 // Package allowlistsync makes the device registry and AWS IoT follow
 // allowlist.txt. It runs on the S3 ObjectCreated notification of the config
-// bucket: it reads the object, parses it (a bad line fails the whole sync
-// before anything changes), diffs it against the registry, admits new
-// serials (state allowed) and revokes removed ones.
+// bucket: it reads the object and its metadata, parses it (a bad line fails
+// the whole sync before anything changes), plans the changes against the
+// registry (allowlist.Plan), and applies them: it finishes revocations a
+// previous run left in state revoking, admits new serials (state allowed),
+// records readmit=TOKEN re-admissions and revokes removed devices.
 //
-// Revoking a device: every certificate attached to its thing, plus the one
-// the registry recorded, is set REVOKED and has the device policy and the
-// thing detached; the thing leaves the thing group and is deleted; only then
-// does the registry record become revoked. Each step treats "not found" as
-// already done, so a re-run after a partial failure picks up where the last
-// run stopped, and the work is proportional to the number of changes. One
-// device failing does not stop the others; the sync then returns a
-// *SyncError naming every failed serial (the Lambda's asynchronous retries
-// re-run it).
+// A plan that revokes more devices than the limit (Config.MaxRevocations,
+// default max(5, ceil(10% of the admitted fleet))) is refused as a whole,
+// unless the object's metadata confirm-revocations equals the exact number
+// of revocations; a file that lists no serial never revokes. A refused
+// sync changes nothing, not even the additions, logs why and returns a
+// *RefusedError saying how to override.
+//
+// Revoking a device: the record first moves to revoking (the hook denies
+// it from then on), before any AWS call; then every certificate attached
+// to its thing, plus the one the registry recorded, is set REVOKED and has
+// the device policy and the thing detached; the thing leaves the thing
+// group and is deleted; SSM is turned off for it (activation deleted,
+// managed instance deregistered, SSM state cleared: ssmtoggle.TurnOff);
+// only then does the registry record become revoked. Each step treats "not
+// found" as already done, so a re-run after a partial failure (or a crash)
+// picks up where the last run stopped, and the work is proportional to the
+// number of changes. One device failing does not stop the others; the
+// sync then returns a *SyncError naming every failed serial (the Lambda's
+// asynchronous retries re-run it).
 package allowlistsync
 
 import (
@@ -23,6 +35,7 @@ import (
 	"log/slog"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -35,9 +48,11 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/internal/allowlist"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/bounded"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/iotcall"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/required"
+	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
 )
 
 // S3API is the part of the S3 client the sync uses; *s3.Client implements it.
@@ -72,7 +87,64 @@ type IoTAPI interface {
 type Registry interface {
 	registry.Scanner
 	PutAllowed(ctx context.Context, serial string) error
+	Readmit(ctx context.Context, serial, token, by string) (registry.Device, bool, error)
+	MarkRevoking(ctx context.Context, serial, expectedCertificateID string) (registry.Device, error)
 	MarkRevoked(ctx context.Context, serial, expectedCertificateID string) error
+}
+
+// Object metadata the sync reads (S3 user metadata, x-amz-meta-<key>).
+const (
+	// MetadataConfirm is allowlist.ConfirmMetadata: a decimal number that
+	// lifts the revocation limit when it equals the number of revocations.
+	MetadataConfirm = allowlist.ConfirmMetadata
+	// MetadataDeployedBy names who deployed the object; it is recorded as
+	// who re-admitted (default DefaultReadmittedBy).
+	MetadataDeployedBy = "deployed-by"
+	// DefaultReadmittedBy is recorded when the object has no deployed-by.
+	DefaultReadmittedBy = "allowlist"
+)
+
+// Metric names, logged in the "metric" attribute (for metric filters and
+// alarms).
+const (
+	MetricRefused = "AllowlistSyncRefused"
+	MetricRevoked = "DeviceRevoked"
+)
+
+// Options are what a sync takes from the allowlist object besides its
+// content.
+type Options struct {
+	// ConfirmRevocations is the confirm-revocations metadata (0: none).
+	ConfirmRevocations int
+	// DeployedBy is the deployed-by metadata ("": DefaultReadmittedBy).
+	DeployedBy string
+}
+
+// OptionsFromMetadata reads Options from S3 user metadata (keys without
+// the x-amz-meta- prefix, any case). A confirm-revocations value that is
+// not a non-negative decimal number is an error naming it.
+func OptionsFromMetadata(meta map[string]string) (Options, error) {
+	var o Options
+	for k, v := range meta {
+		switch strings.ToLower(k) {
+		case MetadataConfirm:
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil || n < 0 {
+				return Options{}, fmt.Errorf("allowlist sync: object metadata %s=%q is not a non-negative decimal number", MetadataConfirm, truncate(v, 40))
+			}
+			o.ConfirmRevocations = n
+		case MetadataDeployedBy:
+			o.DeployedBy = truncate(strings.TrimSpace(v), 128)
+		}
+	}
+	return o, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 // Defaults of Config.
@@ -96,6 +168,13 @@ type Config struct {
 	SerialPattern *regexp.Regexp // required
 	ThingGroup    string         // required: the group devices are removed from
 	DevicePolicy  string         // required: the policy detached from certificates
+	// SSM and SSMState turn SSM off for a revoked device (required).
+	SSM      ssmtoggle.OffAPI
+	SSMState ssmstate.Store
+	// MaxRevocations is the most devices one sync revokes without a
+	// confirmation (MAX_REVOCATIONS_PER_SYNC); 0: the default,
+	// allowlist.DefaultMaxRevocations of the admitted fleet.
+	MaxRevocations int
 	// ThingNamePrefix makes the thing name of a serial whose record has
 	// none (thing name = prefix + serial).
 	ThingNamePrefix string
@@ -127,8 +206,13 @@ func New(cfg Config) (*Handler, error) {
 		required.Field("SerialPattern", cfg.SerialPattern != nil),
 		required.Field("ThingGroup", cfg.ThingGroup != ""),
 		required.Field("DevicePolicy", cfg.DevicePolicy != ""),
+		required.Field("SSM", cfg.SSM != nil),
+		required.Field("SSMState", cfg.SSMState != nil),
 	); err != nil {
 		return nil, err
+	}
+	if cfg.MaxRevocations < 0 {
+		return nil, fmt.Errorf("allowlistsync: MaxRevocations %d is negative", cfg.MaxRevocations)
 	}
 	if cfg.ObjectKey == "" {
 		cfg.ObjectKey = DefaultObjectKey
@@ -154,10 +238,28 @@ func New(cfg Config) (*Handler, error) {
 
 // Result summarises one sync.
 type Result struct {
-	Listed  int      `json:"listed"`  // serials in the allowlist
-	Added   int      `json:"added"`   // serials admitted (new or re-admitted)
-	Revoked int      `json:"revoked"` // devices revoked
-	Failed  []string `json:"failed,omitempty"`
+	Listed     int      `json:"listed"`               // serials in the allowlist
+	Added      int      `json:"added"`                // serials admitted (new or listed again)
+	Readmitted int      `json:"readmitted,omitempty"` // readmit=TOKEN annotations recorded
+	Revoked    int      `json:"revoked"`              // devices revoked
+	Resumed    int      `json:"resumed,omitempty"`    // interrupted revocations finished
+	Failed     []string `json:"failed,omitempty"`
+	// Refused is set when the plan was refused (nothing changed).
+	Refused bool `json:"refused,omitempty"`
+}
+
+// RefusedError is returned when the plan is refused by the revocation
+// limit (or because the file lists no serial); nothing was changed.
+type RefusedError struct {
+	// Reason says why and how to override.
+	Reason string
+	// ToRevoke is the number of revocations the plan made, Limit the
+	// limit in force.
+	ToRevoke, Limit int
+}
+
+func (e *RefusedError) Error() string {
+	return "allowlist sync refused, nothing changed: " + e.Reason
 }
 
 // SyncError reports the serials whose change failed; the others were
@@ -220,11 +322,16 @@ func (h *Handler) Handle(ctx context.Context, ev events.S3Event) (Result, error)
 	if bucket == "" {
 		return Result{}, fmt.Errorf("allowlist sync: event has no record for object %q (%d records)", h.cfg.ObjectKey, len(ev.Records))
 	}
-	body, err := h.fetch(ctx, bucket)
+	body, meta, err := h.fetch(ctx, bucket)
 	if err != nil {
 		return Result{}, err
 	}
-	res, err := h.Sync(ctx, strings.NewReader(body))
+	opts, err := OptionsFromMetadata(meta)
+	if err != nil {
+		h.log.ErrorContext(ctx, "allowlist rejected, nothing changed", "error", err.Error())
+		return Result{}, fmt.Errorf("s3://%s/%s: %w", bucket, h.cfg.ObjectKey, err)
+	}
+	res, err := h.Sync(ctx, strings.NewReader(body), opts)
 	if err != nil {
 		return res, fmt.Errorf("s3://%s/%s: %w", bucket, h.cfg.ObjectKey, err)
 	}
@@ -234,28 +341,31 @@ func (h *Handler) Handle(ctx context.Context, ev events.S3Event) (Result, error)
 // fetch reads the newest version of the allowlist object. It does not use
 // the version in the event: an older event handled late must not undo a
 // newer list.
-func (h *Handler) fetch(ctx context.Context, bucket string) (string, error) {
+// It returns the object's content and user metadata, read together so
+// the confirmation belongs to the content it confirms.
+func (h *Handler) fetch(ctx context.Context, bucket string) (string, map[string]string, error) {
 	cctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
 	defer cancel()
 	out, err := h.cfg.S3.GetObject(cctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(h.cfg.ObjectKey)})
 	if err != nil {
-		return "", fmt.Errorf("allowlist sync: get s3://%s/%s: %w", bucket, h.cfg.ObjectKey, err)
+		return "", nil, fmt.Errorf("allowlist sync: get s3://%s/%s: %w", bucket, h.cfg.ObjectKey, err)
 	}
 	defer out.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(out.Body, h.cfg.MaxObjectBytes+1))
 	if err != nil {
-		return "", fmt.Errorf("allowlist sync: read s3://%s/%s: %w", bucket, h.cfg.ObjectKey, err)
+		return "", nil, fmt.Errorf("allowlist sync: read s3://%s/%s: %w", bucket, h.cfg.ObjectKey, err)
 	}
 	if int64(len(b)) > h.cfg.MaxObjectBytes {
-		return "", fmt.Errorf("allowlist sync: s3://%s/%s is larger than %d bytes", bucket, h.cfg.ObjectKey, h.cfg.MaxObjectBytes)
+		return "", nil, fmt.Errorf("allowlist sync: s3://%s/%s is larger than %d bytes", bucket, h.cfg.ObjectKey, h.cfg.MaxObjectBytes)
 	}
-	return string(b), nil
+	return string(b), out.Metadata, nil
 }
 
-// Sync makes the registry and AWS IoT follow the allowlist read from r.
-func (h *Handler) Sync(ctx context.Context, r io.Reader) (Result, error) {
+// Sync makes the registry and AWS IoT follow the allowlist read from r,
+// with the object's options (confirmation, who deployed it).
+func (h *Handler) Sync(ctx context.Context, r io.Reader, opts Options) (Result, error) {
 	start := time.Now()
-	desired, err := allowlist.Parse(r, h.cfg.SerialPattern)
+	entries, err := allowlist.ParseEntries(r, h.cfg.SerialPattern)
 	if err != nil {
 		// Nothing has changed yet.
 		h.log.ErrorContext(ctx, "allowlist rejected, nothing changed", "error", err.Error())
@@ -268,8 +378,19 @@ func (h *Handler) Sync(ctx context.Context, r io.Reader) (Result, error) {
 	}); err != nil {
 		return Result{}, fmt.Errorf("allowlist sync: %w", err)
 	}
-	ch := allowlist.Diff(current, desired)
-	res := Result{Listed: len(desired)}
+	ch := allowlist.Plan(current, entries, allowlist.Limits{MaxRevocations: h.cfg.MaxRevocations, Confirm: opts.ConfirmRevocations})
+	res := Result{Listed: ch.Listed}
+	if ch.Refused {
+		res.Refused = true
+		h.log.ErrorContext(ctx, "allowlist sync refused, nothing changed", "reason", ch.Reason, "metric", MetricRefused,
+			"listed", ch.Listed, "admitted", ch.Admitted, "toRevoke", len(ch.Remove), "limit", ch.Limit,
+			"confirmRevocations", opts.ConfirmRevocations)
+		return res, &RefusedError{Reason: ch.Reason, ToRevoke: len(ch.Remove), Limit: ch.Limit}
+	}
+	if ch.Confirmed {
+		h.log.WarnContext(ctx, "revocation limit lifted by the object's confirmation", MetadataConfirm, opts.ConfirmRevocations,
+			"toRevoke", len(ch.Remove), "limit", ch.Limit, "deployedBy", opts.DeployedBy)
+	}
 
 	var mu sync.Mutex
 	failed := map[string]error{}
@@ -278,8 +399,32 @@ func (h *Handler) Sync(ctx context.Context, r io.Reader) (Result, error) {
 		defer mu.Unlock()
 		failed[serial] = err
 	}
-	added := h.parallel(ctx, len(ch.Add), func(ctx context.Context, i int) error {
+	hasFailed := func(serial string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		_, ok := failed[serial]
+		return ok
+	}
+	// 1. Revocations a previous run left half-done come first: a serial
+	// listed again is admitted only once no certificate of its old
+	// identity is left active.
+	res.Resumed = h.parallel(ctx, len(ch.Resume), func(ctx context.Context, i int) error {
+		d := ch.Resume[i]
+		if err := h.finishRevocation(ctx, d); err != nil {
+			fail(d.Serial, fmt.Errorf("finish revocation: %w", err))
+			h.log.ErrorContext(ctx, "revocation failed", "serial", d.Serial, "error", err.Error())
+			return err
+		}
+		h.log.InfoContext(ctx, "interrupted revocation finished", "serial", d.Serial, "thingName", h.thingName(d), "metric", MetricRevoked)
+		return nil
+	})
+	// 2. Admissions, then 3. re-admissions (which may name serials just
+	// admitted).
+	res.Added = h.parallel(ctx, len(ch.Add), func(ctx context.Context, i int) error {
 		serial := ch.Add[i]
+		if hasFailed(serial) {
+			return errors.New("skipped")
+		}
 		cctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
 		defer cancel()
 		if err := h.cfg.Registry.PutAllowed(cctx, serial); err != nil {
@@ -288,20 +433,43 @@ func (h *Handler) Sync(ctx context.Context, r io.Reader) (Result, error) {
 		}
 		return nil
 	})
-	revoked := h.parallel(ctx, len(ch.Remove), func(ctx context.Context, i int) error {
+	by := opts.DeployedBy
+	if by == "" {
+		by = DefaultReadmittedBy
+	}
+	res.Readmitted = h.parallel(ctx, len(ch.Readmit), func(ctx context.Context, i int) error {
+		ra := ch.Readmit[i]
+		if hasFailed(ra.Serial) {
+			return errors.New("skipped")
+		}
+		cctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
+		defer cancel()
+		d, changed, err := h.cfg.Registry.Readmit(cctx, ra.Serial, ra.Token, by)
+		if err != nil {
+			fail(ra.Serial, fmt.Errorf("re-admit: %w", err))
+			return err
+		}
+		if !changed {
+			return errors.New("unchanged")
+		}
+		h.log.InfoContext(ctx, "device re-admitted", "serial", ra.Serial, "token", ra.Token, "by", by, "state", string(d.State))
+		return nil
+	})
+	// 4. Revocations.
+	res.Revoked = h.parallel(ctx, len(ch.Remove), func(ctx context.Context, i int) error {
 		d := ch.Remove[i]
 		if err := h.revoke(ctx, d); err != nil {
 			fail(d.Serial, fmt.Errorf("revoke: %w", err))
 			h.log.ErrorContext(ctx, "revocation failed", "serial", d.Serial, "error", err.Error())
 			return err
 		}
-		h.log.InfoContext(ctx, "device revoked", "serial", d.Serial, "thingName", h.thingName(d))
+		h.log.InfoContext(ctx, "device revoked", "serial", d.Serial, "thingName", h.thingName(d), "metric", MetricRevoked)
 		return nil
 	})
-	res.Added, res.Revoked = added, revoked
-	h.log.InfoContext(ctx, "allowlist synced", "listed", res.Listed, "registry", len(current),
-		"toAdd", len(ch.Add), "added", added, "toRevoke", len(ch.Remove), "revoked", revoked,
-		"failed", len(failed), "took", time.Since(start))
+	h.log.InfoContext(ctx, "allowlist synced", "listed", res.Listed, "registry", len(current), "admittedFleet", ch.Admitted,
+		"toResume", len(ch.Resume), "resumed", res.Resumed, "toAdd", len(ch.Add), "added", res.Added,
+		"toReadmit", len(ch.Readmit), "readmitted", res.Readmitted, "toRevoke", len(ch.Remove), "revoked", res.Revoked,
+		"limit", ch.Limit, "confirmed", ch.Confirmed, "failed", len(failed), "took", time.Since(start))
 	if len(failed) > 0 {
 		se := &SyncError{Failed: failed}
 		res.Failed = se.Serials()
@@ -340,8 +508,24 @@ func (h *Handler) thingName(d registry.Device) string {
 	return h.cfg.ThingNamePrefix + d.Serial
 }
 
-// revoke takes one device out of AWS IoT, then marks it revoked.
+// revoke moves the record to revoking (the hook denies it from then on),
+// before any AWS call, then finishes the revocation.
 func (h *Handler) revoke(ctx context.Context, d registry.Device) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
+	rec, err := h.cfg.Registry.MarkRevoking(cctx, d.Serial, d.CertificateID)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("mark revoking: %w", err)
+	}
+	return h.finishRevocation(ctx, rec)
+}
+
+// finishRevocation takes a device in state revoking out of AWS IoT, turns
+// SSM off for it, then marks it revoked.
+func (h *Handler) finishRevocation(ctx context.Context, d registry.Device) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -366,11 +550,35 @@ func (h *Handler) revoke(ctx context.Context, d registry.Device) error {
 	if err := h.deleteThing(ctx, thing); err != nil {
 		return err
 	}
+	if err := h.ssmOff(ctx, d.Serial); err != nil {
+		return err
+	}
 	cctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
 	defer cancel()
 	if err := h.cfg.Registry.MarkRevoked(cctx, d.Serial, d.CertificateID); err != nil {
 		return fmt.Errorf("mark revoked: %w", err)
 	}
+	return nil
+}
+
+// ssmOff turns SSM off for serial if its SSM state is not inactive: the
+// activation is deleted and the managed instance deregistered, so a
+// revoked device keeps no remote shell.
+func (h *Handler) ssmOff(ctx context.Context, serial string) error {
+	cctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
+	defer cancel()
+	rec, err := h.cfg.SSMState.Get(cctx, serial)
+	if err != nil {
+		return fmt.Errorf("ssm state: %w", err)
+	}
+	if rec.State == ssmstate.StateInactive {
+		return nil
+	}
+	instances, err := ssmtoggle.TurnOff(cctx, h.cfg.SSM, h.cfg.SSMState, rec, ssmtoggle.NewRequestID(), nil)
+	if err != nil {
+		return fmt.Errorf("turn ssm off: %w", err)
+	}
+	h.log.InfoContext(ctx, "ssm turned off for revoked device", "serial", serial, "activationId", rec.ActivationID, "instances", instances)
 	return nil
 }
 

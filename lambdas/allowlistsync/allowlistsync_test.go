@@ -15,12 +15,15 @@ import (
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iot/types"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/internal/allowlist"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
+	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
+	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle/ssmfake"
 )
 
 const (
@@ -34,21 +37,24 @@ func serial(n int) string { return fmt.Sprintf("10000000%08x", n) }
 func cert(n int) string   { return fmt.Sprintf("%064x", n) }
 
 type env struct {
-	h     *Handler
-	iot   *fakeIoT
-	s3    *fakeS3
-	store registry.Store
-	logs  *bytes.Buffer
-	ctx   context.Context
+	h        *Handler
+	iot      *simIoT
+	s3       *fakeS3
+	ssm      *ssmfake.SSM
+	ssmState *ssmstate.Memory
+	store    registry.Store
+	logs     *bytes.Buffer
+	ctx      context.Context
 }
 
 func newEnv(t *testing.T, store registry.Store) *env {
 	t.Helper()
 	re, err := allowlist.CompilePattern(allowlist.DefaultSerialPattern)
 	require.NoError(t, err)
-	e := &env{iot: newFakeIoT(group, policy), s3: &fakeS3{}, store: store, logs: &bytes.Buffer{}}
+	e := &env{iot: newSimIoT(t), s3: &fakeS3{}, ssm: ssmfake.NewSSM(nil), ssmState: ssmstate.NewMemory(store, nil),
+		store: store, logs: &bytes.Buffer{}}
 	e.h, err = New(Config{
-		S3: e.s3, IoT: e.iot, Registry: store, SerialPattern: re,
+		S3: e.s3, IoT: e.iot, Registry: store, SerialPattern: re, SSM: e.ssm, SSMState: e.ssmState,
 		ThingGroup: group, DevicePolicy: policy, ThingNamePrefix: prefix,
 		Concurrency: 3, RetryDelay: time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&lockedWriter{w: e.logs}, nil)),
@@ -78,7 +84,7 @@ func (e *env) provisioned(t *testing.T, n int) {
 	require.NoError(t, e.store.PutAllowed(e.ctx, serial(n)))
 	_, err := e.store.MarkProvisioned(e.ctx, serial(n), cert(n), prefix+serial(n))
 	require.NoError(t, err)
-	e.iot.provision(prefix+serial(n), cert(n), group, policy)
+	e.iot.provision(t, prefix+serial(n), cert(n))
 }
 
 func (e *env) state(t *testing.T, n int) registry.State {
@@ -102,7 +108,19 @@ func list(ns ...int) string {
 
 func (e *env) sync(t *testing.T, body string) (Result, error) {
 	t.Helper()
-	return e.h.Sync(e.ctx, strings.NewReader(body))
+	return e.h.Sync(e.ctx, strings.NewReader(body), Options{})
+}
+
+func (e *env) syncWith(t *testing.T, body string, opts Options) (Result, error) {
+	t.Helper()
+	return e.h.Sync(e.ctx, strings.NewReader(body), opts)
+}
+
+func (e *env) device(t *testing.T, n int) registry.Device {
+	t.Helper()
+	d, err := e.store.Get(e.ctx, serial(n))
+	require.NoError(t, err)
+	return d
 }
 
 // assertGone checks that device n has no access left in IoT.
@@ -202,9 +220,9 @@ func TestFailureOfOneDeviceAndRerun(t *testing.T) {
 		assert.Equal(t, 2, res.Revoked)
 
 		assert.Equal(t, registry.StateRevoked, e.state(t, 1))
-		assert.Equal(t, registry.StateProvisioned, e.state(t, 2), "state revoked only after every IoT step")
+		assert.Equal(t, registry.StateRevoking, e.state(t, 2), "state revoked only after every IoT step")
 		assert.Equal(t, registry.StateRevoked, e.state(t, 3))
-		assert.Equal(t, registry.StateProvisioned, e.state(t, 4))
+		assert.Equal(t, registry.StateRevoking, e.state(t, 4))
 		assert.Equal(t, registry.StateProvisioned, e.state(t, 5))
 		st, _ := e.iot.certStatus(cert(2))
 		assert.Equal(t, types.CertificateStatusActive, st)
@@ -214,7 +232,7 @@ func TestFailureOfOneDeviceAndRerun(t *testing.T) {
 
 		res, err = e.sync(t, list(5))
 		require.NoError(t, err)
-		assert.Equal(t, Result{Listed: 1, Revoked: 2}, res)
+		assert.Equal(t, Result{Listed: 1, Resumed: 2}, res, "the failed revocations are finished")
 		for _, n := range []int{1, 2, 3, 4} {
 			assert.Equal(t, registry.StateRevoked, e.state(t, n))
 			e.assertGone(t, n)
@@ -246,7 +264,7 @@ func TestNotFoundCountsAsDone(t *testing.T) {
 	e.provisioned(t, 2)
 	e.iot.failNext("DetachPolicy", certARN(cert(2)), notFound("policy"))
 
-	res, err := e.sync(t, list())
+	res, err := e.sync(t, list(999))
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Revoked)
 	assert.Equal(t, registry.StateRevoked, e.state(t, 1))
@@ -259,7 +277,7 @@ func TestDeleteThingRetriesWhileDetachPropagates(t *testing.T) {
 	e.provisioned(t, 1)
 	stillAttached := &types.InvalidRequestException{Message: aws.String("still attached to one or more principals")}
 	e.iot.failNext("DeleteThing", prefix+serial(1), stillAttached, stillAttached)
-	res, err := e.sync(t, list())
+	res, err := e.sync(t, list(999))
 	require.NoError(t, err)
 	assert.Equal(t, 1, res.Revoked)
 	assert.Len(t, e.iot.callsOf("DeleteThing"), 3)
@@ -271,20 +289,20 @@ func TestDeleteThingRetriesWhileDetachPropagates(t *testing.T) {
 	for range 10 {
 		e2.iot.failNext("DeleteThing", prefix+serial(1), stillAttached)
 	}
-	_, err = e2.sync(t, list())
+	_, err = e2.sync(t, list(999))
 	require.Error(t, err)
 	assert.Len(t, e2.iot.callsOf("DeleteThing"), deleteAttempts)
-	assert.Equal(t, registry.StateProvisioned, e2.state(t, 1))
+	assert.Equal(t, registry.StateRevoking, e2.state(t, 1))
 }
 
 // A device that provisioned twice has two certificates on its thing; both
 // are revoked, even though the registry only knows the newer one.
 func TestRevokesEveryAttachedCertificate(t *testing.T) {
 	e := newEnv(t, registry.NewMemory())
-	e.iot.pageSize = 1
-	e.iot.provision(prefix+serial(1), cert(100), group, policy) // the old one
+	e.iot.SetPageSize(1)
+	e.iot.provision(t, prefix+serial(1), cert(100)) // the old one
 	e.provisioned(t, 1)
-	res, err := e.sync(t, list())
+	res, err := e.sync(t, list(999))
 	require.NoError(t, err)
 	assert.Equal(t, 1, res.Revoked)
 	for _, c := range []string{cert(1), cert(100)} {
@@ -296,34 +314,228 @@ func TestRevokesEveryAttachedCertificate(t *testing.T) {
 	assert.Len(t, e.iot.callsOf("ListThingPrincipals"), 2, "paged through principals")
 }
 
-// If the device provisions again while it is being revoked, the registry's
-// conditional write refuses to mark it revoked (its new certificate would
-// stay active); the next run revokes the new certificate too.
-func TestReprovisionDuringRevocation(t *testing.T) {
+// The record is revoking before the first AWS call of its revocation, so
+// the hook cannot provision the device while its certificates are being
+// revoked; the conditional write refuses it.
+func TestProvisioningDuringRevocationIsRefused(t *testing.T) {
 	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
 		e := newEnv(t, newStore(t, nil))
 		e.provisioned(t, 1)
 		var once sync.Once
-		e.iot.after = func(op, key string) {
-			if op == "DeleteThing" {
-				once.Do(func() {
-					_, err := e.store.MarkProvisioned(e.ctx, serial(1), cert(200), "")
-					assert.NoError(t, err)
-					e.iot.provision(prefix+serial(1), cert(200), group, policy)
-				})
-			}
+		var stateAtFirstCall registry.State
+		e.iot.AfterEach(func(op, key string) {
+			once.Do(func() {
+				stateAtFirstCall = e.state(t, 1)
+				_, err := e.store.MarkProvisioned(e.ctx, serial(1), cert(200), "")
+				assert.ErrorIs(t, err, registry.ErrConflict, "provisioning while revoking")
+			})
+		})
+		res, err := e.sync(t, list(999))
+		require.NoError(t, err)
+		assert.Equal(t, 1, res.Revoked)
+		assert.Equal(t, registry.StateRevoking, stateAtFirstCall, "revoking before the first AWS call")
+		d := e.device(t, 1)
+		assert.Equal(t, registry.StateRevoked, d.State)
+		assert.Equal(t, cert(1), d.CertificateID)
+		e.assertGone(t, 1)
+	})
+}
+
+// A sync that stopped half-way leaves the record revoking. The next sync
+// finishes it, and admits the serial again only afterwards if it is
+// listed again, so no active certificate is forgotten.
+func TestResumesInterruptedRevocation(t *testing.T) {
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		e := newEnv(t, newStore(t, nil))
+		e.provisioned(t, 1) // stuck, then listed again
+		e.provisioned(t, 2) // stuck, still unlisted
+		e.provisioned(t, 3) // stays
+		for _, n := range []int{1, 2} {
+			_, err := e.store.MarkRevoking(e.ctx, serial(n), cert(n))
+			require.NoError(t, err)
 		}
-		_, err := e.sync(t, list())
-		require.Error(t, err)
-		require.ErrorIs(t, err, registry.ErrConflict)
+		res, err := e.sync(t, list(1, 3))
+		require.NoError(t, err)
+		assert.Equal(t, Result{Listed: 2, Added: 1, Resumed: 2}, res)
+		e.assertGone(t, 1)
+		e.assertGone(t, 2)
+		assert.Equal(t, registry.StateAllowed, e.state(t, 1))
+		assert.Equal(t, registry.StateRevoked, e.state(t, 2))
+		assert.Equal(t, registry.StateProvisioned, e.state(t, 3))
+		assert.Contains(t, e.logs.String(), "interrupted revocation finished")
+
+		// If finishing fails, the serial is not admitted.
+		e.provisioned(t, 4)
+		_, err = e.store.MarkRevoking(e.ctx, serial(4), cert(4))
+		require.NoError(t, err)
+		e.iot.failNext("UpdateCertificate", cert(4), throttled())
+		res, err = e.sync(t, list(1, 3, 4))
+		var se *SyncError
+		require.ErrorAs(t, err, &se)
+		assert.Equal(t, []string{serial(4)}, se.Serials())
+		assert.Equal(t, 0, res.Added)
+		assert.Equal(t, registry.StateRevoking, e.state(t, 4))
+		res, err = e.sync(t, list(1, 3, 4))
+		require.NoError(t, err)
+		assert.Equal(t, Result{Listed: 3, Added: 1, Resumed: 1}, res)
+		assert.Equal(t, registry.StateAllowed, e.state(t, 4))
+		e.assertGone(t, 4)
+	})
+}
+
+// An empty or truncated allowlist, or a mass removal over the limit,
+// changes nothing at all, not even the additions.
+func TestRefusedPlanChangesNothing(t *testing.T) {
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		e := newEnv(t, newStore(t, nil))
+		for n := 1; n <= 10; n++ {
+			e.provisioned(t, n)
+		}
+		check := func(t *testing.T, body string, opts Options, reason ...string) {
+			t.Helper()
+			res, err := e.syncWith(t, body, opts)
+			var re *RefusedError
+			require.ErrorAs(t, err, &re)
+			assert.True(t, res.Refused)
+			assert.Equal(t, 0, res.Added+res.Revoked+res.Readmitted)
+			for _, r := range reason {
+				assert.Contains(t, err.Error(), r)
+			}
+			assert.Empty(t, e.iot.allCalls(), "no AWS call")
+			for n := 1; n <= 10; n++ {
+				assert.Equal(t, registry.StateProvisioned, e.state(t, n))
+			}
+			assert.Equal(t, registry.State(""), e.state(t, 99), "the addition was not made either")
+		}
+		check(t, "", Options{}, "lists no serial")
+		check(t, "# everything commented out\n", Options{ConfirmRevocations: 10}, "lists no serial", "whatever confirm-revocations says")
+		check(t, list(1, 2, 99), Options{}, "revoke 8 of 10", "limit of 5", "confirm-revocations=8", "allowlistConfirmRevocations: 8")
+		check(t, list(1, 2, 99), Options{ConfirmRevocations: 7}, "confirm-revocations=7, which is not the number")
+		assert.Contains(t, e.logs.String(), "metric="+MetricRefused)
+
+		// Under the limit: applied.
+		res, err := e.sync(t, list(1, 2, 3, 4, 5, 6, 99))
+		require.NoError(t, err)
+		assert.Equal(t, Result{Listed: 7, Added: 1, Revoked: 4}, res)
+		// The exact confirmation lifts the limit for that object.
+		res, err = e.syncWith(t, list(99), Options{ConfirmRevocations: 6})
+		require.NoError(t, err)
+		assert.Equal(t, Result{Listed: 1, Revoked: 6}, res)
+		for n := 1; n <= 10; n++ {
+			assert.Equal(t, registry.StateRevoked, e.state(t, n))
+		}
+	})
+}
+
+func TestConfiguredLimit(t *testing.T) {
+	e := newEnv(t, registry.NewMemory())
+	e.h.cfg.MaxRevocations = 1
+	e.provisioned(t, 1)
+	e.provisioned(t, 2)
+	_, err := e.sync(t, list(3))
+	var re *RefusedError
+	require.ErrorAs(t, err, &re)
+	assert.Equal(t, 1, re.Limit)
+	assert.Equal(t, 2, re.ToRevoke)
+	res, err := e.sync(t, list(2, 3))
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Revoked)
+
+	_, err = New(Config{S3: e.s3, IoT: e.iot, Registry: e.store, SerialPattern: e.h.cfg.SerialPattern, SSM: e.ssm, SSMState: e.ssmState,
+		ThingGroup: group, DevicePolicy: policy, MaxRevocations: -1})
+	require.ErrorContains(t, err, "MaxRevocations -1")
+}
+
+// readmit=TOKEN re-admits a provisioned serial once per distinct token,
+// recording who deployed the object.
+func TestReadmission(t *testing.T) {
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		e := newEnv(t, newStore(t, nil))
+		e.provisioned(t, 1)
+		e.provisioned(t, 2)
+		body := list(2) + serial(1) + " readmit=INC-7\n" + serial(3) + " readmit=INC-8\n"
+		e.s3.putWithMetadata(bucket, DefaultObjectKey, body, map[string]string{"Deployed-By": "ci@main", MetadataConfirm: "0"})
+		res, err := e.h.Handle(e.ctx, s3Event(bucket, DefaultObjectKey))
+		require.NoError(t, err)
+		assert.Equal(t, Result{Listed: 3, Added: 1, Readmitted: 2}, res)
+		d := e.device(t, 1)
+		assert.Equal(t, registry.StateReadmitted, d.State)
+		assert.Equal(t, "INC-7", d.ReadmitToken)
+		assert.Equal(t, "ci@main", d.ReadmittedBy)
+		assert.False(t, d.ReadmittedAt.IsZero())
+		d = e.device(t, 3)
+		assert.Equal(t, registry.StateAllowed, d.State, "a new serial is simply admitted")
+		assert.Equal(t, "INC-8", d.ReadmitToken)
+		assert.Empty(t, e.iot.allCalls())
+
+		// The device provisions (the hook replaces its certificate); the
+		// same file deployed again does not re-admit it.
+		_, err = e.store.ReplaceCertificate(e.ctx, serial(1), "", registry.Certificate{ID: cert(101)},
+			registry.RetiredCertificate{CertificateID: cert(1), Reason: registry.RetiredReadmitted})
+		require.NoError(t, err)
+		res, err = e.sync(t, body)
+		require.NoError(t, err)
+		assert.Equal(t, Result{Listed: 3}, res)
 		assert.Equal(t, registry.StateProvisioned, e.state(t, 1))
 
-		_, err = e.sync(t, list())
+		// A new token does, recorded as deployed by "allowlist" without
+		// metadata.
+		res, err = e.sync(t, list(2)+serial(1)+" readmit=INC-9\n"+serial(3)+"\n")
 		require.NoError(t, err)
+		assert.Equal(t, 1, res.Readmitted)
+		d = e.device(t, 1)
+		assert.Equal(t, registry.StateReadmitted, d.State)
+		assert.Equal(t, DefaultReadmittedBy, d.ReadmittedBy)
+	})
+}
+
+func TestBadConfirmMetadataChangesNothing(t *testing.T) {
+	e := newEnv(t, registry.NewMemory())
+	e.provisioned(t, 1)
+	for _, v := range []string{"all", "-3", "1e3", ""} {
+		e.s3.putWithMetadata(bucket, DefaultObjectKey, list(2), map[string]string{MetadataConfirm: v})
+		_, err := e.h.Handle(e.ctx, s3Event(bucket, DefaultObjectKey))
+		require.ErrorContains(t, err, "confirm-revocations=", v)
+		require.ErrorContains(t, err, "not a non-negative decimal number", v)
+		assert.Equal(t, registry.StateProvisioned, e.state(t, 1))
+		assert.Equal(t, registry.State(""), e.state(t, 2))
+	}
+}
+
+// Revoking a device turns SSM off for it: the activation is deleted, the
+// managed instance deregistered and the SSM state reset.
+func TestRevocationTurnsSSMOff(t *testing.T) {
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		e := newEnv(t, newStore(t, nil))
+		e.provisioned(t, 1)
+		e.provisioned(t, 2)
+		out, err := e.ssm.CreateActivation(e.ctx, &ssm.CreateActivationInput{IamRole: aws.String("role"), ExpirationDate: aws.Time(time.Now().Add(time.Hour))})
+		require.NoError(t, err)
+		instance, err := e.ssm.Register(aws.ToString(out.ActivationId), aws.ToString(out.ActivationCode))
+		require.NoError(t, err)
+		_, err = e.ssmState.Reserve(e.ctx, serial(1), "req1")
+		require.NoError(t, err)
+		_, err = e.ssmState.SetActivation(e.ctx, serial(1), "req1", aws.ToString(out.ActivationId), time.Now().Add(time.Hour))
+		require.NoError(t, err)
+		_, err = e.ssmState.MarkActive(e.ctx, serial(1), aws.ToString(out.ActivationId), instance)
+		require.NoError(t, err)
+
+		// SSM failing keeps the device revoking; the next run finishes.
+		e.ssm.FailNext("DeregisterManagedInstance", instance, ssmfake.Throttled())
+		_, err = e.sync(t, list(2))
+		require.Error(t, err)
+		assert.Equal(t, registry.StateRevoking, e.state(t, 1))
+		res, err := e.sync(t, list(2))
+		require.NoError(t, err)
+		assert.Equal(t, 1, res.Resumed)
 		assert.Equal(t, registry.StateRevoked, e.state(t, 1))
-		st, _ := e.iot.certStatus(cert(200))
-		assert.Equal(t, types.CertificateStatusRevoked, st)
-		assert.False(t, e.iot.thingExists(prefix+serial(1)))
+
+		assert.Empty(t, e.ssm.Activations())
+		assert.Empty(t, e.ssm.Instances())
+		rec, err := e.ssmState.Get(e.ctx, serial(1))
+		require.NoError(t, err)
+		assert.Equal(t, ssmstate.StateInactive, rec.State)
+		assert.Contains(t, e.logs.String(), "ssm turned off for revoked device")
 	})
 }
 
@@ -339,7 +551,7 @@ func TestManyChangesConcurrently(t *testing.T) {
 	for n := 1000; n < 1100; n++ {
 		keep = append(keep, n)
 	}
-	res, err := e.sync(t, list(keep...))
+	res, err := e.syncWith(t, list(keep...), Options{ConfirmRevocations: 40})
 	require.NoError(t, err)
 	assert.Equal(t, Result{Listed: 120, Added: 100, Revoked: 40}, res)
 	for n := 0; n < 60; n++ {
@@ -360,7 +572,7 @@ func TestCanceledContextFailsEveryChange(t *testing.T) {
 	// Cancel once the registry has been read.
 	ctx, cancel := context.WithCancel(e.ctx)
 	e.h.cfg.Registry = cancelAfterScan{Registry: e.store, cancel: cancel}
-	_, err := e.h.Sync(ctx, strings.NewReader(list(2, 3)))
+	_, err := e.h.Sync(ctx, strings.NewReader(list(2, 3)), Options{})
 	var se *SyncError
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, []string{serial(1), serial(3)}, se.Serials())
@@ -437,7 +649,7 @@ func TestHandleRejectsUnusableEvents(t *testing.T) {
 
 func TestNewValidates(t *testing.T) {
 	_, err := New(Config{})
-	require.ErrorContains(t, err, "missing S3, IoT, Registry, SerialPattern, ThingGroup, DevicePolicy")
+	require.ErrorContains(t, err, "missing S3, IoT, Registry, SerialPattern, ThingGroup, DevicePolicy, SSM, SSMState")
 }
 
 func TestCertificateIDFromARN(t *testing.T) {
@@ -478,13 +690,14 @@ func BenchmarkSync100k(b *testing.B) {
 	body := sb.String()
 	re, err := allowlist.CompilePattern(allowlist.DefaultSerialPattern)
 	require.NoError(b, err)
-	h, err := New(Config{S3: &fakeS3{}, IoT: newFakeIoT(group, policy), Registry: store, SerialPattern: re,
+	h, err := New(Config{S3: &fakeS3{}, IoT: newSimIoT(b), Registry: store, SerialPattern: re,
+		SSM: ssmfake.NewSSM(nil), SSMState: ssmstate.NewMemory(store, nil),
 		ThingGroup: group, DevicePolicy: policy, ThingNamePrefix: prefix,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	require.NoError(b, err)
 	b.ReportAllocs()
 	for b.Loop() {
-		res, err := h.Sync(ctx, strings.NewReader(body))
+		res, err := h.Sync(ctx, strings.NewReader(body), Options{})
 		if err != nil || res.Added != 0 || res.Revoked != 0 {
 			b.Fatalf("%+v %v", res, err)
 		}

@@ -46,11 +46,14 @@ func TestRecordsCertificateExpiry(t *testing.T) {
 		require.Len(t, page.Devices, 1)
 		require.Equal(t, allowedSerial, page.Devices[0].Serial)
 
-		// An unparsable PEM still admits, with the expiry unknown.
-		req = request(allowedSerial, certID(6))
+		// An unparsable PEM still admits a new device, with the expiry
+		// (and key) unknown.
+		const other = "10000000a1b2c3e0"
+		require.NoError(t, f.store.PutAllowed(ctx, other))
+		req = request(other, certID(6))
 		require.True(t, f.handle(t, req))
 		require.Contains(t, f.lastLog(t)["certNotAfter"], "unknown")
-		d, err = f.store.Get(ctx, allowedSerial)
+		d, err = f.store.Get(ctx, other)
 		require.NoError(t, err)
 		require.True(t, d.CertNotAfter.IsZero())
 	})

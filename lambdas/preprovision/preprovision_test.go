@@ -33,6 +33,7 @@ func certID(n int) string { return fmt.Sprintf("%064x", n) }
 type fixture struct {
 	h     *Handler
 	store registry.Store
+	iot   *simIoT
 	logs  *lambdatest.LogBuffer
 }
 
@@ -49,14 +50,17 @@ func newFixture(t *testing.T, store registry.Store) fixture {
 	re, err := allowlist.CompilePattern(allowlist.DefaultSerialPattern)
 	require.NoError(t, err)
 	logs := &lambdatest.LogBuffer{}
+	iot := newSimIoT(t)
 	h, err := New(Config{
 		Registry:        store,
+		IoT:             iot.client,
+		DevicePolicy:    devicePolicy,
 		SerialPattern:   re,
 		ThingNamePrefix: "dev-",
 		Logger:          slog.New(slog.NewJSONHandler(logs, nil)),
 	})
 	require.NoError(t, err)
-	return fixture{h: h, store: store, logs: logs}
+	return fixture{h: h, store: store, iot: iot, logs: logs}
 }
 
 func request(serial, cert string) protocol.PreProvisioningHookRequest {
@@ -109,11 +113,11 @@ func TestAdmitsAllowlistedSerials(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, certID(2), d.CertificateID)
 
-		// A provisioned device provisions again with a new certificate.
-		require.True(t, f.handle(t, request(provisionedSerial, certID(3))))
+		// A provisioned serial with another certificate is a clone.
+		require.False(t, f.handle(t, request(provisionedSerial, certID(3))))
 		d, err = f.store.Get(ctx, provisionedSerial)
 		require.NoError(t, err)
-		assert.Equal(t, certID(3), d.CertificateID)
+		assert.Equal(t, certID(1), d.CertificateID)
 		assert.Equal(t, registry.StateProvisioned, d.State)
 	})
 }
@@ -151,6 +155,7 @@ func TestDeniesWithReason(t *testing.T) {
 		{"upper-case certificate id", withCert(strings.ToUpper(certID(0xabcdef))), ReasonBadCertificate},
 		{"unknown serial", request(unknownSerial, certID(7)), ReasonUnknownSerial},
 		{"revoked serial", request(revokedSerial, certID(7)), ReasonRevoked},
+		{"provisioned serial, another certificate", request(provisionedSerial, certID(7)), ReasonAlreadyProvisioned},
 	}
 	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
 		f := newFixture(t, newStore(t, nil))
@@ -188,18 +193,25 @@ func TestNoStateLeaksBetweenInvocations(t *testing.T) {
 		require.True(t, f.handle(t, request(allowedSerial, certID(10))))
 		require.False(t, f.handle(t, request(unknownSerial, certID(11))))
 		require.False(t, f.handle(t, request(revokedSerial, certID(12))))
-		require.True(t, f.handle(t, request(provisionedSerial, certID(13))))
+		require.True(t, f.handle(t, request(allowedSerial, certID(10))))
+		require.False(t, f.handle(t, request(allowedSerial, certID(13))))
 		require.False(t, f.handle(t, request("nothex", certID(14))))
 		require.False(t, f.handle(t, request(unknownSerial, certID(15))))
 
-		// Interleaved concurrent invocations on the same Handler value.
-		var wg sync.WaitGroup
+		// Interleaved concurrent invocations on the same Handler value:
+		// even ones for allowed serials of their own, odd ones unknown.
 		results := make([]bool, 40)
+		for i := range results {
+			if i%2 == 0 {
+				require.NoError(t, f.store.PutAllowed(context.Background(), fmt.Sprintf("20000000%08x", i)))
+			}
+		}
+		var wg sync.WaitGroup
 		for i := range results {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				serial := allowedSerial
+				serial := fmt.Sprintf("20000000%08x", i)
 				if i%2 == 1 {
 					serial = unknownSerial
 				}
@@ -235,11 +247,23 @@ func TestNeverLogsCertificatePEM(t *testing.T) {
 // endpoint that stopped responding.
 type blockingRegistry struct{ deadline chan time.Time }
 
-func (b blockingRegistry) RecordProvisioned(ctx context.Context, _, _ string, _ registry.Certificate) (registry.Device, error) {
+func (b blockingRegistry) block(ctx context.Context) error {
 	d, _ := ctx.Deadline()
 	b.deadline <- d
 	<-ctx.Done()
-	return registry.Device{}, fmt.Errorf("registry: mark provisioned: %w", ctx.Err())
+	return fmt.Errorf("registry: %w", ctx.Err())
+}
+
+func (b blockingRegistry) Get(ctx context.Context, _ string) (registry.Device, error) {
+	return registry.Device{}, b.block(ctx)
+}
+
+func (b blockingRegistry) RecordProvisioned(ctx context.Context, _, _ string, _ registry.Certificate) (registry.Device, error) {
+	return registry.Device{}, b.block(ctx)
+}
+
+func (b blockingRegistry) ReplaceCertificate(ctx context.Context, _, _ string, _ registry.Certificate, _ registry.RetiredCertificate) (registry.Device, error) {
+	return registry.Device{}, b.block(ctx)
 }
 
 func TestBoundsRegistryCall(t *testing.T) {
@@ -247,7 +271,8 @@ func TestBoundsRegistryCall(t *testing.T) {
 	require.NoError(t, err)
 	logs := &lambdatest.LogBuffer{}
 	reg := blockingRegistry{deadline: make(chan time.Time, 2)}
-	h, err := New(Config{Registry: reg, SerialPattern: re, CallTimeout: 50 * time.Millisecond,
+	iot := newSimIoT(t).client
+	h, err := New(Config{Registry: reg, IoT: iot, DevicePolicy: devicePolicy, SerialPattern: re, CallTimeout: 50 * time.Millisecond,
 		Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	require.NoError(t, err)
 
@@ -269,7 +294,7 @@ func TestBoundsRegistryCall(t *testing.T) {
 	assert.Contains(t, lines[0]["error"], "deadline exceeded")
 
 	// A shorter invocation deadline wins over CallTimeout.
-	h2, err := New(Config{Registry: reg, SerialPattern: re, CallTimeout: time.Hour, Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	h2, err := New(Config{Registry: reg, IoT: iot, DevicePolicy: devicePolicy, SerialPattern: re, CallTimeout: time.Hour, Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	require.NoError(t, err)
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 30*time.Millisecond)
 	defer cancel2()
@@ -281,12 +306,8 @@ func TestBoundsRegistryCall(t *testing.T) {
 }
 
 func TestNewValidates(t *testing.T) {
-	re, err := allowlist.CompilePattern(allowlist.DefaultSerialPattern)
-	require.NoError(t, err)
-	_, err = New(Config{SerialPattern: re})
-	require.Error(t, err)
-	_, err = New(Config{Registry: registry.NewMemory()})
-	require.Error(t, err)
+	_, err := New(Config{})
+	require.ErrorContains(t, err, "missing Registry, IoT, DevicePolicy, SerialPattern")
 }
 
 func TestIsCertificateID(t *testing.T) {
@@ -312,7 +333,7 @@ func benchmarkHandle(b *testing.B, store registry.Store) {
 	require.NoError(b, store.PutAllowed(ctx, allowedSerial))
 	re, err := allowlist.CompilePattern(allowlist.DefaultSerialPattern)
 	require.NoError(b, err)
-	h, err := New(Config{Registry: store, SerialPattern: re, ThingNamePrefix: "dev-",
+	h, err := New(Config{Registry: store, IoT: newSimIoT(b).client, DevicePolicy: devicePolicy, SerialPattern: re, ThingNamePrefix: "dev-",
 		Logger: slog.New(slog.NewJSONHandler(discard{}, nil))})
 	require.NoError(b, err)
 	req := request(allowedSerial, certID(1))

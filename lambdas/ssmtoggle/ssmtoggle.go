@@ -496,12 +496,19 @@ func (h *Handler) expireStale(ctx context.Context, rec ssmstate.Record) (ssmstat
 	return h.c.State.Get(ctx, rec.Serial)
 }
 
+// OffAPI is the part of Systems Manager that turning SSM off uses.
+type OffAPI interface {
+	DeleteActivation(ctx context.Context, in *ssm.DeleteActivationInput, optFns ...func(*ssm.Options)) (*ssm.DeleteActivationOutput, error)
+	DeregisterManagedInstance(ctx context.Context, in *ssm.DeregisterManagedInstanceInput, optFns ...func(*ssm.Options)) (*ssm.DeregisterManagedInstanceOutput, error)
+	DescribeInstanceInformation(ctx context.Context, in *ssm.DescribeInstanceInformationInput, optFns ...func(*ssm.Options)) (*ssm.DescribeInstanceInformationOutput, error)
+}
+
 // instancesOf returns the managed instances registered with activationID.
-func (h *Handler) instancesOf(ctx context.Context, activationID string) ([]string, error) {
+func instancesOf(ctx context.Context, api OffAPI, activationID string) ([]string, error) {
 	var ids []string
 	var next *string
 	for {
-		out, err := h.c.SSM.DescribeInstanceInformation(ctx, &ssm.DescribeInstanceInformationInput{
+		out, err := api.DescribeInstanceInformation(ctx, &ssm.DescribeInstanceInformationInput{
 			Filters:   []ssmtypes.InstanceInformationStringFilter{{Key: aws.String("ActivationIds"), Values: []string{activationID}}},
 			NextToken: next,
 		})
@@ -518,6 +525,58 @@ func (h *Handler) instancesOf(ctx context.Context, activationID string) ([]strin
 		}
 		next = out.NextToken
 	}
+}
+
+// TurnOff turns SSM off in the cloud for the device whose SSM state is
+// rec (read just before): it moves the state to deactivating with
+// requestID, calls notify (if not nil: e.g. telling the device), deletes
+// the activation, deregisters every managed instance registered with it
+// or recorded, and resets the state to inactive. Every step runs even if
+// an earlier one failed; on any error the state stays deactivating (a
+// second TurnOff finishes it) and the error joins every failure. It
+// returns the managed instances it deregistered. Deactivate and the
+// allowlist sync's revocation both use it.
+func TurnOff(ctx context.Context, api OffAPI, state ssmstate.Store, rec ssmstate.Record, requestID string, notify func(context.Context) error) ([]string, error) {
+	if _, err := state.BeginDeactivation(ctx, rec.Serial, requestID); err != nil {
+		return nil, err
+	}
+	var errs []error
+	if notify != nil {
+		if err := notify(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	instances := map[string]bool{}
+	if rec.InstanceID != "" {
+		instances[rec.InstanceID] = true
+	}
+	if rec.ActivationID != "" {
+		// The registered event may have been missed: find instances by
+		// their activation too.
+		found, err := instancesOf(ctx, api, rec.ActivationID)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, i := range found {
+			instances[i] = true
+		}
+		if err := DeleteActivation(ctx, api, rec.ActivationID); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	ids := sortedKeys(instances)
+	for _, i := range ids {
+		if err := Deregister(ctx, api, i); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return ids, fmt.Errorf("ssm off for %s incomplete (state stays %s): %w", rec.Serial, ssmstate.StateDeactivating, errors.Join(errs...))
+	}
+	if err := state.Clear(ctx, rec.Serial, ssmstate.Guard{RequestID: requestID}); err != nil {
+		return ids, err
+	}
+	return ids, nil
 }
 
 func (h *Handler) deactivate(ctx context.Context, id string) Result {
@@ -547,48 +606,18 @@ func (h *Handler) deactivate(ctx context.Context, id string) Result {
 		}
 		return res
 	}
-	if _, err := h.c.State.BeginDeactivation(ctx, d.serial, reqID); err != nil {
-		return failed(id, d, err)
-	}
-	var errs []error
+	var notify func(context.Context) error
 	if canPublish {
-		if err := h.publish(ctx, d.thing, cmd); err != nil {
-			errs = append(errs, err)
-		}
+		notify = func(ctx context.Context) error { return h.publish(ctx, d.thing, cmd) }
 	}
-	instances := map[string]bool{}
-	if rec.InstanceID != "" {
-		instances[rec.InstanceID] = true
+	instances, err := TurnOff(ctx, h.c.SSM, h.c.State, rec, reqID, notify)
+	if err != nil {
+		return failed(id, d, fmt.Errorf("deactivation incomplete (run deactivate again): %w", err))
 	}
-	if rec.ActivationID != "" {
-		// The registered event may have been missed: find instances by
-		// their activation too.
-		found, err := h.instancesOf(ctx, rec.ActivationID)
-		if err != nil {
-			errs = append(errs, err)
-		}
-		for _, i := range found {
-			instances[i] = true
-		}
-		if err := DeleteActivation(ctx, h.c.SSM, rec.ActivationID); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for _, i := range sortedKeys(instances) {
-		if err := Deregister(ctx, h.c.SSM, i); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if len(errs) > 0 {
-		return failed(id, d, fmt.Errorf("deactivation incomplete (state stays %s; run deactivate again): %w", ssmstate.StateDeactivating, errors.Join(errs...)))
-	}
-	if err := h.c.State.Clear(ctx, d.serial, ssmstate.Guard{RequestID: reqID}); err != nil {
-		return failed(id, d, err)
-	}
-	log.Info("ssm deactivated", "activationId", rec.ActivationID, "instances", sortedKeys(instances))
+	log.Info("ssm deactivated", "activationId", rec.ActivationID, "instances", instances)
 	res := d.result(ssmstate.Record{Serial: d.serial, State: ssmstate.StateInactive, RequestID: reqID})
 	res.Changed = true
-	res.InstanceID = strings.Join(sortedKeys(instances), ",")
+	res.InstanceID = strings.Join(instances, ",")
 	res.Message = "deactivated: activation deleted, managed instance deregistered, device told to stop the agent"
 	return res
 }
@@ -612,7 +641,7 @@ func (h *Handler) status(ctx context.Context, id string) Result {
 	}
 	if rec.State == ssmstate.StateActivating && rec.ActivationID != "" {
 		// Catch up if the registered event was missed.
-		found, err := h.instancesOf(ctx, rec.ActivationID)
+		found, err := instancesOf(ctx, h.c.SSM, rec.ActivationID)
 		if err != nil {
 			msg = "could not check for a registration: " + err.Error()
 		}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -20,10 +21,13 @@ import (
 	"github.com/iot-fleet/iot-fleet/sim/registry"
 )
 
-// Client serves IoT control-plane calls from a simulator registry.
+// Client serves IoT control-plane calls from a simulator registry. It
+// records the calls and can fail chosen ones (calls.go).
 type Client struct {
 	reg       *registry.Registry
 	arnPrefix string // arn:<partition>:iot:<region>:<account>:
+	calls     calls
+	pageSize  int // ListThingPrincipals page size (0: one page); under calls.mu
 }
 
 // New returns a Client over reg; partition, region and account form ARNs.
@@ -58,148 +62,164 @@ func translate(op string, err error) error {
 	return fmt.Errorf("%s: %w", op, &types.InternalFailureException{Message: aws.String(err.Error())})
 }
 
-// ListThingPrincipals lists the certificate ARNs attached to a thing.
+// ListThingPrincipals lists the certificate ARNs attached to a thing, in
+// pages of SetPageSize (NextToken is the index of the next principal).
 func (c *Client) ListThingPrincipals(ctx context.Context, in *iot.ListThingPrincipalsInput, _ ...func(*iot.Options)) (*iot.ListThingPrincipalsOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	th, err := c.reg.Thing(aws.ToString(in.ThingName))
-	if err != nil {
-		return nil, translate("ListThingPrincipals", err)
-	}
-	out := &iot.ListThingPrincipalsOutput{}
-	for _, id := range th.Principals {
-		out.Principals = append(out.Principals, c.CertificateARN(id))
-	}
-	return out, nil
+	name := aws.ToString(in.ThingName)
+	return serve(ctx, c, "ListThingPrincipals", name, func() (*iot.ListThingPrincipalsOutput, error) {
+		th, err := c.reg.Thing(name)
+		if err != nil {
+			return nil, translate("ListThingPrincipals", err)
+		}
+		start := 0
+		if tok := aws.ToString(in.NextToken); tok != "" {
+			n, err := strconv.Atoi(tok)
+			if err != nil || n < 0 || n > len(th.Principals) {
+				return nil, &types.InvalidRequestException{Message: aws.String("ListThingPrincipals: invalid NextToken")}
+			}
+			start = n
+		}
+		end := len(th.Principals)
+		c.calls.mu.Lock()
+		if c.pageSize > 0 {
+			end = min(start+c.pageSize, end)
+		}
+		c.calls.mu.Unlock()
+		out := &iot.ListThingPrincipalsOutput{}
+		for _, id := range th.Principals[start:end] {
+			out.Principals = append(out.Principals, c.CertificateARN(id))
+		}
+		if end < len(th.Principals) {
+			out.NextToken = aws.String(strconv.Itoa(end))
+		}
+		return out, nil
+	})
 }
 
 // DescribeCertificate describes a certificate.
 func (c *Client) DescribeCertificate(ctx context.Context, in *iot.DescribeCertificateInput, _ ...func(*iot.Options)) (*iot.DescribeCertificateOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
 	id := aws.ToString(in.CertificateId)
-	cert, err := c.reg.Certificate(id)
-	if err != nil {
-		return nil, translate("DescribeCertificate", err)
-	}
-	return &iot.DescribeCertificateOutput{CertificateDescription: &types.CertificateDescription{
-		CertificateId:  aws.String(cert.ID),
-		CertificateArn: aws.String(c.CertificateARN(cert.ID)),
-		CertificatePem: aws.String(cert.PEM),
-		Status:         types.CertificateStatus(cert.Status),
-		CreationDate:   aws.Time(cert.CreatedAt),
-		Validity:       &types.CertificateValidity{NotAfter: aws.Time(cert.NotAfter)},
-	}}, nil
+	return serve(ctx, c, "DescribeCertificate", id, func() (*iot.DescribeCertificateOutput, error) {
+		cert, err := c.reg.Certificate(id)
+		if err != nil {
+			return nil, translate("DescribeCertificate", err)
+		}
+		return &iot.DescribeCertificateOutput{CertificateDescription: &types.CertificateDescription{
+			CertificateId:  aws.String(cert.ID),
+			CertificateArn: aws.String(c.CertificateARN(cert.ID)),
+			CertificatePem: aws.String(cert.PEM),
+			Status:         types.CertificateStatus(cert.Status),
+			CreationDate:   aws.Time(cert.CreatedAt),
+			Validity:       &types.CertificateValidity{NotAfter: aws.Time(cert.NotAfter)},
+		}}, nil
+	})
 }
 
 // UpdateCertificate sets a certificate's status. As in AWS, a REVOKED
 // certificate cannot change status again.
 func (c *Client) UpdateCertificate(ctx context.Context, in *iot.UpdateCertificateInput, _ ...func(*iot.Options)) (*iot.UpdateCertificateOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	err := c.reg.SetCertificateStatus(aws.ToString(in.CertificateId), registry.CertStatus(in.NewStatus))
-	if err != nil {
-		return nil, translate("UpdateCertificate", err)
-	}
-	return &iot.UpdateCertificateOutput{}, nil
+	id := aws.ToString(in.CertificateId)
+	return serve(ctx, c, "UpdateCertificate", id, func() (*iot.UpdateCertificateOutput, error) {
+		if err := c.reg.SetCertificateStatus(id, registry.CertStatus(in.NewStatus)); err != nil {
+			return nil, translate("UpdateCertificate", err)
+		}
+		return &iot.UpdateCertificateOutput{}, nil
+	})
 }
 
 // DetachPolicy detaches a policy from a certificate target (ARN). Detaching
 // a policy that is not attached succeeds.
 func (c *Client) DetachPolicy(ctx context.Context, in *iot.DetachPolicyInput, _ ...func(*iot.Options)) (*iot.DetachPolicyOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := c.reg.DetachPolicy(aws.ToString(in.PolicyName), certID(aws.ToString(in.Target))); err != nil {
-		return nil, translate("DetachPolicy", err)
-	}
-	return &iot.DetachPolicyOutput{}, nil
+	target := aws.ToString(in.Target)
+	return serve(ctx, c, "DetachPolicy", target, func() (*iot.DetachPolicyOutput, error) {
+		if err := c.reg.DetachPolicy(aws.ToString(in.PolicyName), certID(target)); err != nil {
+			return nil, translate("DetachPolicy", err)
+		}
+		return &iot.DetachPolicyOutput{}, nil
+	})
 }
 
 // AttachPolicy attaches a policy to a certificate target (ARN).
 func (c *Client) AttachPolicy(ctx context.Context, in *iot.AttachPolicyInput, _ ...func(*iot.Options)) (*iot.AttachPolicyOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := c.reg.AttachPolicy(aws.ToString(in.PolicyName), certID(aws.ToString(in.Target))); err != nil {
-		return nil, translate("AttachPolicy", err)
-	}
-	return &iot.AttachPolicyOutput{}, nil
+	target := aws.ToString(in.Target)
+	return serve(ctx, c, "AttachPolicy", target, func() (*iot.AttachPolicyOutput, error) {
+		if err := c.reg.AttachPolicy(aws.ToString(in.PolicyName), certID(target)); err != nil {
+			return nil, translate("AttachPolicy", err)
+		}
+		return &iot.AttachPolicyOutput{}, nil
+	})
 }
 
 // AttachThingPrincipal attaches a certificate (ARN) to a thing.
 func (c *Client) AttachThingPrincipal(ctx context.Context, in *iot.AttachThingPrincipalInput, _ ...func(*iot.Options)) (*iot.AttachThingPrincipalOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := c.reg.AttachThingPrincipal(aws.ToString(in.ThingName), certID(aws.ToString(in.Principal))); err != nil {
-		return nil, translate("AttachThingPrincipal", err)
-	}
-	return &iot.AttachThingPrincipalOutput{}, nil
+	name := aws.ToString(in.ThingName)
+	return serve(ctx, c, "AttachThingPrincipal", name, func() (*iot.AttachThingPrincipalOutput, error) {
+		if err := c.reg.AttachThingPrincipal(name, certID(aws.ToString(in.Principal))); err != nil {
+			return nil, translate("AttachThingPrincipal", err)
+		}
+		return &iot.AttachThingPrincipalOutput{}, nil
+	})
 }
 
 // DetachThingPrincipal detaches a certificate (ARN) from a thing.
 func (c *Client) DetachThingPrincipal(ctx context.Context, in *iot.DetachThingPrincipalInput, _ ...func(*iot.Options)) (*iot.DetachThingPrincipalOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := c.reg.DetachThingPrincipal(aws.ToString(in.ThingName), certID(aws.ToString(in.Principal))); err != nil {
-		return nil, translate("DetachThingPrincipal", err)
-	}
-	return &iot.DetachThingPrincipalOutput{}, nil
+	name := aws.ToString(in.ThingName)
+	return serve(ctx, c, "DetachThingPrincipal", name, func() (*iot.DetachThingPrincipalOutput, error) {
+		if err := c.reg.DetachThingPrincipal(name, certID(aws.ToString(in.Principal))); err != nil {
+			return nil, translate("DetachThingPrincipal", err)
+		}
+		return &iot.DetachThingPrincipalOutput{}, nil
+	})
 }
 
 // RemoveThingFromThingGroup removes a thing from a group.
 func (c *Client) RemoveThingFromThingGroup(ctx context.Context, in *iot.RemoveThingFromThingGroupInput, _ ...func(*iot.Options)) (*iot.RemoveThingFromThingGroupOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := c.reg.RemoveThingFromGroup(aws.ToString(in.ThingName), aws.ToString(in.ThingGroupName)); err != nil {
-		return nil, translate("RemoveThingFromThingGroup", err)
-	}
-	return &iot.RemoveThingFromThingGroupOutput{}, nil
+	name := aws.ToString(in.ThingName)
+	return serve(ctx, c, "RemoveThingFromThingGroup", name, func() (*iot.RemoveThingFromThingGroupOutput, error) {
+		if err := c.reg.RemoveThingFromGroup(name, aws.ToString(in.ThingGroupName)); err != nil {
+			return nil, translate("RemoveThingFromThingGroup", err)
+		}
+		return &iot.RemoveThingFromThingGroupOutput{}, nil
+	})
 }
 
 // DeleteThing deletes a thing. As in AWS, deleting a thing that does not
 // exist succeeds, and a thing with attached principals cannot be deleted.
 func (c *Client) DeleteThing(ctx context.Context, in *iot.DeleteThingInput, _ ...func(*iot.Options)) (*iot.DeleteThingOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	err := c.reg.DeleteThing(aws.ToString(in.ThingName))
-	if errors.Is(err, registry.ErrNotFound) {
-		err = nil
-	}
-	if err != nil {
-		return nil, translate("DeleteThing", err)
-	}
-	return &iot.DeleteThingOutput{}, nil
+	name := aws.ToString(in.ThingName)
+	return serve(ctx, c, "DeleteThing", name, func() (*iot.DeleteThingOutput, error) {
+		err := c.reg.DeleteThing(name)
+		if errors.Is(err, registry.ErrNotFound) {
+			err = nil
+		}
+		if err != nil {
+			return nil, translate("DeleteThing", err)
+		}
+		return &iot.DeleteThingOutput{}, nil
+	})
 }
 
 // DeleteCertificate deletes a certificate that is not ACTIVE and has no
 // attachments (ForceDelete lifts the attachment rule, as in AWS).
 func (c *Client) DeleteCertificate(ctx context.Context, in *iot.DeleteCertificateInput, _ ...func(*iot.Options)) (*iot.DeleteCertificateOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := c.reg.DeleteCertificate(aws.ToString(in.CertificateId), in.ForceDelete); err != nil {
-		return nil, translate("DeleteCertificate", err)
-	}
-	return &iot.DeleteCertificateOutput{}, nil
+	id := aws.ToString(in.CertificateId)
+	return serve(ctx, c, "DeleteCertificate", id, func() (*iot.DeleteCertificateOutput, error) {
+		if err := c.reg.DeleteCertificate(id, in.ForceDelete); err != nil {
+			return nil, translate("DeleteCertificate", err)
+		}
+		return &iot.DeleteCertificateOutput{}, nil
+	})
 }
 
 // ListThingsInThingGroup lists a group's things in name order, one page.
 func (c *Client) ListThingsInThingGroup(ctx context.Context, in *iot.ListThingsInThingGroupInput, _ ...func(*iot.Options)) (*iot.ListThingsInThingGroupOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	things, err := c.reg.ThingsInGroup(aws.ToString(in.ThingGroupName))
-	if err != nil {
-		return nil, translate("ListThingsInThingGroup", err)
-	}
-	sort.Strings(things)
-	return &iot.ListThingsInThingGroupOutput{Things: things}, nil
+	group := aws.ToString(in.ThingGroupName)
+	return serve(ctx, c, "ListThingsInThingGroup", group, func() (*iot.ListThingsInThingGroupOutput, error) {
+		things, err := c.reg.ThingsInGroup(group)
+		if err != nil {
+			return nil, translate("ListThingsInThingGroup", err)
+		}
+		sort.Strings(things)
+		return &iot.ListThingsInThingGroupOutput{Things: things}, nil
+	})
 }

@@ -229,11 +229,22 @@ func decode[T any](t testing.TB, m msg) T {
 // RegisterThing answer (accepted or rejected message).
 func provisionOverMQTT(t testing.TB, c *Core, claim Credentials, serial string) (Credentials, msg) {
 	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	return provisionWithKey(t, c, claim, serial, key)
+}
+
+// provisionWithKey is provisionOverMQTT with the device key key (a device
+// retrying keeps its key).
+func provisionWithKey(t testing.TB, c *Core, claim Credentials, serial string, key *ecdsa.PrivateKey) (Credentials, msg) {
+	t.Helper()
 	tmpl := c.Names().TemplateName
 	cl := mustConnect(t, c, claim, protocol.ClaimClientID(serial))
 	defer cl.c.Disconnect(0)
 	cl.mustSubscribe(protocol.CreateCertFromCSRTopic+"/+", protocol.RegisterThingTopic(tmpl)+"/+")
-	csr, key := newCSR(t)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "device"}}, key)
+	require.NoError(t, err)
+	csr := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 	cl.mustPublish(protocol.CreateCertFromCSRTopic, protocol.CreateCertFromCSRRequest{CertificateSigningRequest: csr})
 	m := cl.next()
 	require.Equal(t, protocol.CreateCertFromCSRAcceptedTopic, m.Topic, string(m.Payload))

@@ -18,6 +18,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/provtemplate"
 	devreg "github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/lambdas/preprovision"
+	"github.com/iot-fleet/iot-fleet/sim/awsiot"
 	"github.com/iot-fleet/iot-fleet/sim/broker"
 	"github.com/iot-fleet/iot-fleet/sim/ca"
 	"github.com/iot-fleet/iot-fleet/sim/faults"
@@ -45,7 +46,9 @@ type Options struct {
 	// PreProvisioningHook overrides the pre-provisioning hook. By default
 	// RegisterThing calls the stack's real hook (lambdas/preprovision)
 	// backed by an in-memory device registry (internal/registry) holding
-	// AllowedSerials in state "allowed"; see DeviceRegistry.
+	// AllowedSerials in state "allowed" (see DeviceRegistry), retiring a
+	// re-provisioned device's previous certificate through the local IoT
+	// control plane (see IoT).
 	PreProvisioningHook provisioning.Hook
 	// AllowedSerials are the serials on the allowlist (none: every
 	// device is denied by the default hook).
@@ -100,6 +103,7 @@ type Core struct {
 	log     *slog.Logger
 	ca      *ca.CA
 	reg     *registry.Registry
+	iot     *awsiot.Client
 	devices *devreg.Memory
 	faults  *faults.Set
 	prov    *provisioning.Service
@@ -138,6 +142,7 @@ func Start(ctx context.Context, opts Options) (*Core, error) {
 		return nil, err
 	}
 	c.reg = registry.New(opts.Now)
+	c.iot = awsiot.New(c.reg, Partition, Region, AccountID)
 	claimDoc, err := policy.Claim(names.PolicyParams)
 	if err != nil {
 		return nil, fmt.Errorf("core: claim policy: %w", err)
@@ -173,7 +178,8 @@ func Start(ctx context.Context, opts Options) (*Core, error) {
 		}
 	}
 	realHook, err := preprovision.New(preprovision.Config{
-		Registry: c.devices, SerialPattern: pattern, ThingNamePrefix: names.ThingNamePrefix, Logger: opts.Logger,
+		Registry: c.devices, IoT: c.iot, DevicePolicy: names.DevicePolicy,
+		SerialPattern: pattern, ThingNamePrefix: names.ThingNamePrefix, Logger: opts.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("core: pre-provisioning hook: %w", err)
@@ -289,6 +295,10 @@ func (c *Core) Names() Names { return c.names }
 
 // Registry is the IoT registry.
 func (c *Core) Registry() *registry.Registry { return c.reg }
+
+// IoT is the IoT control plane (the aws-sdk-go-v2 *iot.Client calls the
+// Lambdas make) over Registry.
+func (c *Core) IoT() *awsiot.Client { return c.iot }
 
 // Jobs is the Jobs service.
 func (c *Core) Jobs() *jobs.Service { return c.jobs }

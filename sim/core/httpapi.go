@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	devreg "github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/sim/faults"
 	"github.com/iot-fleet/iot-fleet/sim/jobs"
 	"github.com/iot-fleet/iot-fleet/sim/registry"
@@ -31,6 +32,13 @@ type FaultRuleRequest struct {
 type ProvisioningFaultsRequest struct {
 	Throttle  int `json:"throttle"`
 	RefuseCSR int `json:"refuseCsr"`
+}
+
+// ReadmitRequest re-admits a provisioned serial (registry.Store.Readmit):
+// its next provisioning replaces its identity, once per distinct token.
+type ReadmitRequest struct {
+	Token string `json:"token"`
+	By    string `json:"by,omitempty"`
 }
 
 // CertificateStatusRequest changes a certificate's status.
@@ -55,8 +63,38 @@ type CertificateStatusRequest struct {
 //	GET    /faults, POST /faults            list / add a drop or delay rule
 //	DELETE /faults, /faults/{id}            clear all / remove one
 //	POST   /faults/provisioning             {"throttle":N,"refuseCsr":M}
+//	GET    /devices/{serial}                the device registry's record
+//	POST   /devices/{serial}/readmit        {"token":"INC-42","by":"alice"}
 func (c *Core) HTTPHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /devices/{serial}", func(w http.ResponseWriter, r *http.Request) {
+		d, err := c.devices.Get(r.Context(), r.PathValue("serial"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, d)
+	})
+	mux.HandleFunc("POST /devices/{serial}/readmit", func(w http.ResponseWriter, r *http.Request) {
+		var in ReadmitRequest
+		if !readJSON(w, r, &in) {
+			return
+		}
+		if !devreg.ValidReadmitToken(in.Token) {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "token must be 1 to 64 characters of [A-Za-z0-9._:-]"})
+			return
+		}
+		by := in.By
+		if by == "" {
+			by = "fleet-sim operator API"
+		}
+		d, changed, err := c.devices.Readmit(r.Context(), r.PathValue("serial"), in.Token, by)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"changed": changed, "device": d})
+	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		th, rc := c.faults.Pending()
 		writeJSON(w, http.StatusOK, map[string]any{
@@ -249,9 +287,10 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 func writeError(w http.ResponseWriter, err error) {
 	status := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, jobs.ErrNotFound), errors.Is(err, registry.ErrNotFound):
+	case errors.Is(err, jobs.ErrNotFound), errors.Is(err, registry.ErrNotFound), errors.Is(err, devreg.ErrNotFound):
 		status = http.StatusNotFound
-	case errors.Is(err, jobs.ErrAlreadyExists), errors.Is(err, registry.ErrAlreadyExists), errors.Is(err, registry.ErrConflict):
+	case errors.Is(err, jobs.ErrAlreadyExists), errors.Is(err, registry.ErrAlreadyExists), errors.Is(err, registry.ErrConflict),
+		errors.Is(err, devreg.ErrConflict):
 		status = http.StatusConflict
 	case errors.Is(err, jobs.ErrInvalid), errors.Is(err, registry.ErrInvalid):
 		status = http.StatusBadRequest

@@ -1,9 +1,13 @@
 // Package stack runs the cloud side of iot-fleet locally: the local IoT Core
 // plus the real Lambda handlers, wired the way the Pulumi program wires them
 // in AWS. The pre-provisioning hook is lambdas/preprovision over the device
-// registry; uploading allowlist.txt stores it in a local config bucket and
-// invokes lambdas/allowlistsync with the S3 notification AWS would send, and
-// the sync revokes devices through the simulator's IoT control plane.
+// registry and the simulator's IoT control plane (it retires a
+// re-provisioned device's previous certificate there, which closes its
+// connections); uploading allowlist.txt stores it (with its metadata) in a
+// local config bucket and invokes lambdas/allowlistsync with the S3
+// notification AWS would send, and the sync revokes devices through the
+// simulator's IoT control plane and turns SSM off for them in the local
+// Systems Manager (ssm.go).
 package stack
 
 import (
@@ -12,10 +16,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"sync"
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iot"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 
@@ -44,6 +50,9 @@ type Options struct {
 	SSM SSMOptions
 	// Rotation configures certificate rotation (rotation.go).
 	Rotation RotationOptions
+	// MaxRevocationsPerSync is the allowlist sync's revocation limit (the
+	// stack config maxRevocationsPerSync); 0: the default.
+	MaxRevocationsPerSync int
 }
 
 // Stack is a running local cloud side.
@@ -60,6 +69,7 @@ type Stack struct {
 
 	bucket *bucket
 	sync   *allowlistsync.Handler
+	hold   *holdableIoT
 	log    *slog.Logger
 }
 
@@ -88,21 +98,22 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	}
 	reg := c.DeviceRegistry()
 	names := c.Names()
-	iotc := awsiot.New(c.Registry(), core.Partition, core.Region, core.AccountID)
-	b := &bucket{name: ConfigBucket, objects: map[string][]byte{}}
-	syncer, err := allowlistsync.New(allowlistsync.Config{
-		S3: b, IoT: iotc, Registry: reg, SerialPattern: pattern,
+	iotc := c.IoT()
+	b := &bucket{name: ConfigBucket, objects: map[string]object{}}
+	s := &Stack{Core: c, Registry: reg, IoT: iotc, bucket: b, hold: &holdableIoT{Client: iotc}, log: log}
+	if s.SSM, err = newSSM(s, opts.SSM, pattern, log); err != nil {
+		c.Close()
+		return nil, err
+	}
+	s.sync, err = allowlistsync.New(allowlistsync.Config{
+		S3: b, IoT: s.hold, Registry: reg, SerialPattern: pattern,
+		SSM: s.SSM.Service, SSMState: s.SSM.State, MaxRevocations: opts.MaxRevocationsPerSync,
 		ThingGroup: names.ThingGroup, DevicePolicy: names.DevicePolicy, ThingNamePrefix: names.ThingNamePrefix,
 		Logger: log.With("lambda", "allowlistsync"),
 	})
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("stack: %w", err)
-	}
-	s := &Stack{Core: c, Registry: reg, IoT: iotc, bucket: b, sync: syncer, log: log}
-	if s.SSM, err = newSSM(s, opts.SSM, pattern, log); err != nil {
-		c.Close()
-		return nil, err
 	}
 	if s.Rotation, err = newRotation(s, opts.Rotation, log); err != nil {
 		c.Close()
@@ -115,7 +126,14 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 // allowlist.txt: it uploads the object to the config bucket and invokes the
 // sync Lambda with the S3 ObjectCreated notification.
 func (s *Stack) DeployAllowlist(ctx context.Context, content []byte) (allowlistsync.Result, error) {
-	s.bucket.put(allowlistsync.DefaultObjectKey, content)
+	return s.DeployAllowlistWithMetadata(ctx, content, nil)
+}
+
+// DeployAllowlistWithMetadata is DeployAllowlist with the object's user
+// metadata (e.g. allowlistsync.MetadataConfirm, which the stack config
+// allowlistConfirmRevocations sets, and allowlistsync.MetadataDeployedBy).
+func (s *Stack) DeployAllowlistWithMetadata(ctx context.Context, content []byte, metadata map[string]string) (allowlistsync.Result, error) {
+	s.bucket.put(allowlistsync.DefaultObjectKey, content, metadata)
 	ev := events.S3Event{Records: []events.S3EventRecord{{
 		EventSource: "aws:s3",
 		EventName:   "ObjectCreated:Put",
@@ -128,6 +146,53 @@ func (s *Stack) DeployAllowlist(ctx context.Context, content []byte) (allowlists
 	return s.sync.Handle(ctx, ev)
 }
 
+// HoldRevocations is a test hook: until release is called, every
+// revocation the allowlist sync starts waits just before its first AWS IoT
+// call, with its registry record already revoking (as a sync that is slow,
+// or crashed, leaves it). The sync's per-call timeout still applies.
+func (s *Stack) HoldRevocations() (release func()) { return s.hold.holdUntilRelease() }
+
+// holdableIoT is the sync's IoT control plane with HoldRevocations' gate
+// in front of ListThingPrincipals, the first call of a revocation.
+type holdableIoT struct {
+	*awsiot.Client
+	mu   sync.Mutex
+	gate chan struct{} // nil: open
+}
+
+func (h *holdableIoT) holdUntilRelease() func() {
+	gate := make(chan struct{})
+	h.mu.Lock()
+	h.gate = gate
+	h.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			h.mu.Lock()
+			if h.gate == gate {
+				h.gate = nil
+			}
+			h.mu.Unlock()
+			close(gate)
+		})
+	}
+}
+
+// ListThingPrincipals waits at the gate, then lists.
+func (h *holdableIoT) ListThingPrincipals(ctx context.Context, in *iot.ListThingPrincipalsInput, opts ...func(*iot.Options)) (*iot.ListThingPrincipalsOutput, error) {
+	h.mu.Lock()
+	gate := h.gate
+	h.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return h.Client.ListThingPrincipals(ctx, in, opts...)
+}
+
 // Close stops the local IoT Core.
 func (s *Stack) Close() error { return s.Core.Close() }
 
@@ -135,13 +200,18 @@ func (s *Stack) Close() error { return s.Core.Close() }
 type bucket struct {
 	name    string
 	mu      sync.Mutex
-	objects map[string][]byte
+	objects map[string]object
 }
 
-func (b *bucket) put(key string, content []byte) {
+type object struct {
+	content  []byte
+	metadata map[string]string
+}
+
+func (b *bucket) put(key string, content []byte, metadata map[string]string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.objects[key] = bytes.Clone(content)
+	b.objects[key] = object{content: bytes.Clone(content), metadata: maps.Clone(metadata)}
 }
 
 // GetObject implements allowlistsync.S3API with S3's not-found errors.
@@ -153,10 +223,11 @@ func (b *bucket) GetObject(ctx context.Context, in *s3.GetObjectInput, _ ...func
 		return nil, &s3types.NoSuchBucket{Message: aws.String("bucket " + aws.ToString(in.Bucket) + " does not exist")}
 	}
 	b.mu.Lock()
-	content, ok := b.objects[aws.ToString(in.Key)]
+	obj, ok := b.objects[aws.ToString(in.Key)]
 	b.mu.Unlock()
 	if !ok {
 		return nil, &s3types.NoSuchKey{Message: aws.String("key " + aws.ToString(in.Key) + " does not exist")}
 	}
-	return &s3.GetObjectOutput{Body: io.NopCloser(bytes.NewReader(content)), ContentLength: aws.Int64(int64(len(content)))}, nil
+	return &s3.GetObjectOutput{Body: io.NopCloser(bytes.NewReader(obj.content)), ContentLength: aws.Int64(int64(len(obj.content))),
+		Metadata: maps.Clone(obj.metadata)}, nil
 }

@@ -117,12 +117,13 @@ func Run(t *testing.T, newStore NewStore) {
 		want.UpdatedAt = stamp(clock)
 		assertDevice(t, want, d) // empty thing name keeps the recorded one
 
-		// A device that provisions again (e.g. re-flashed) gets its new
-		// certificate recorded.
-		d, err = s.MarkProvisioned(ctx, "a1", "cert2", "")
+		// Another certificate for a provisioned serial (a clone, or a
+		// re-flashed device) is refused: it needs ReplaceCertificate.
+		_, err = s.MarkProvisioned(ctx, "a1", "cert2", "")
+		require.ErrorIs(t, err, registry.ErrConflict)
+		got, err = s.Get(ctx, "a1")
 		require.NoError(t, err)
-		require.Equal(t, "cert2", d.CertificateID)
-		require.Equal(t, registry.StateProvisioned, d.State)
+		assertDevice(t, want, got)
 	})
 
 	t.Run("MarkProvisionedRejectsEmptyCertificate", func(t *testing.T) {
@@ -291,6 +292,7 @@ func Run(t *testing.T, newStore NewStore) {
 
 	runExpiry(t, setup)
 	runRotation(t, setup)
+	runAdmission(t, setup)
 
 	t.Run("CanceledContext", func(t *testing.T) {
 		s, _, ctx := setup(t)

@@ -99,14 +99,15 @@ func testSyncsAllowlist(t *testing.T, bin string) {
 
 	api := lambdatest.StartRuntimeAPI(t)
 	lambdatest.Start(t, bin, api, lambdatest.DynaliteEnv(endpoint, map[string]string{
-		"REGISTRY_TABLE":       "registry",
-		"THING_GROUP":          "iot-fleet-dev",
-		"DEVICE_POLICY":        "iot-fleet-dev-device",
-		"THING_NAME_PREFIX":    "dev-",
-		"SERIAL_PATTERN":       "^[0-9a-f]{16}$",
-		"AWS_MAX_ATTEMPTS":     "1",
-		"AWS_ENDPOINT_URL_S3":  s3srv.URL,
-		"AWS_ENDPOINT_URL_IOT": closedPort(t),
+		"REGISTRY_TABLE":           "registry",
+		"THING_GROUP":              "iot-fleet-dev",
+		"DEVICE_POLICY":            "iot-fleet-dev-device",
+		"THING_NAME_PREFIX":        "dev-",
+		"SERIAL_PATTERN":           "^[0-9a-f]{16}$",
+		"MAX_REVOCATIONS_PER_SYNC": "1",
+		"AWS_MAX_ATTEMPTS":         "1",
+		"AWS_ENDPOINT_URL_S3":      s3srv.URL,
+		"AWS_ENDPOINT_URL_IOT":     closedPort(t),
 	}))
 
 	// 1. Two new serials are admitted.
@@ -133,8 +134,21 @@ func testSyncsAllowlist(t *testing.T, bin string) {
 	_, err = store.Get(ctx, "10000000a1b2c3d6")
 	require.ErrorIs(t, err, registry.ErrNotFound)
 
+	// 2b. Removing both devices is over MAX_REVOCATIONS_PER_SYNC=1: the
+	// sync is refused and adds nothing either.
+	s3.put("allowlist.txt", "10000000a1b2c3d6\n")
+	out, err = api.Invoke(ctx, s3Event("allowlist.txt"))
+	require.NoError(t, err)
+	require.NotNil(t, out.Error)
+	assert.Contains(t, out.Error.ErrorMessage, "refused, nothing changed")
+	assert.Contains(t, out.Error.ErrorMessage, "limit of 1")
+	assert.Contains(t, out.Error.ErrorMessage, "confirm-revocations=2")
+	_, err = store.Get(ctx, "10000000a1b2c3d6")
+	require.ErrorIs(t, err, registry.ErrNotFound)
+
 	// 3. A removed, provisioned device cannot be revoked while AWS IoT is
-	// unreachable: the error names it and its record stays provisioned.
+	// unreachable: the error names it and its record stays revoking (the
+	// hook denies it; the next sync finishes the revocation).
 	_, err = store.MarkProvisioned(ctx, "10000000a1b2c3d5", fmt.Sprintf("%064x", 7), "")
 	require.NoError(t, err)
 	s3.put("allowlist.txt", "10000000a1b2c3d4\n")
@@ -144,7 +158,7 @@ func testSyncsAllowlist(t *testing.T, bin string) {
 	assert.Contains(t, out.Error.ErrorMessage, "1 device(s) failed: 10000000a1b2c3d5")
 	d, err := store.Get(ctx, "10000000a1b2c3d5")
 	require.NoError(t, err)
-	assert.Equal(t, registry.StateProvisioned, d.State)
+	assert.Equal(t, registry.StateRevoking, d.State)
 
 	// 4. An event for a missing object names the object.
 	out, err = api.Invoke(ctx, s3Event("allowlist.txt"+"x"))
@@ -163,4 +177,9 @@ func testSyncsAllowlist(t *testing.T, bin string) {
 func testReportsMissingConfiguration(t *testing.T, bin string) {
 	lambdatest.RequireInitError(t, bin, map[string]string{"AWS_REGION": "us-east-1", "REGISTRY_TABLE": "r"},
 		"missing environment variable(s): THING_GROUP, DEVICE_POLICY, THING_NAME_PREFIX")
+	for _, bad := range []string{"0", "-1", "ten"} {
+		lambdatest.RequireInitError(t, bin, map[string]string{"AWS_REGION": "us-east-1", "REGISTRY_TABLE": "r",
+			"THING_GROUP": "g", "DEVICE_POLICY": "p", "THING_NAME_PREFIX": "dev-", "MAX_REVOCATIONS_PER_SYNC": bad},
+			`MAX_REVOCATIONS_PER_SYNC="`+bad+`": want a positive integer (unset for the default max(5, ceil(10% of the admitted fleet)))`)
+	}
 }

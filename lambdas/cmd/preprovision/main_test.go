@@ -49,6 +49,7 @@ func testAnswersHookEvents(t *testing.T, bin string) {
 	api := lambdatest.StartRuntimeAPI(t)
 	lambdatest.Start(t, bin, api, lambdatest.DynaliteEnv(endpoint, map[string]string{
 		"REGISTRY_TABLE":    "registry",
+		"DEVICE_POLICY":     "iot-fleet-dev-device",
 		"SERIAL_PATTERN":    "^[0-9a-f]{16}$",
 		"THING_NAME_PREFIX": "dev-",
 	}))
@@ -66,6 +67,7 @@ func testAnswersHookEvents(t *testing.T, bin string) {
 	assert.False(t, invoke(hookEvent(unknown, 2)).AllowProvisioning)
 	assert.False(t, invoke(hookEvent("not-a-serial", 3)).AllowProvisioning)
 	assert.True(t, invoke(hookEvent(allowed, 1)).AllowProvisioning, "a retried hook is admitted again")
+	assert.False(t, invoke(hookEvent(allowed, 4)).AllowProvisioning, "another certificate for a provisioned serial is a clone")
 
 	d, err := store.Get(ctx, allowed)
 	require.NoError(t, err)
@@ -78,5 +80,5 @@ func testAnswersHookEvents(t *testing.T, bin string) {
 
 func testReportsMissingConfiguration(t *testing.T, bin string) {
 	lambdatest.RequireInitError(t, bin, map[string]string{"AWS_REGION": "us-east-1"},
-		"missing environment variable(s): REGISTRY_TABLE")
+		"missing environment variable(s): REGISTRY_TABLE, DEVICE_POLICY")
 }

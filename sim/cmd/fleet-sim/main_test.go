@@ -96,6 +96,17 @@ func TestServeWritesFilesAndServesMQTTAndAPI(t *testing.T) {
 	assert.Equal(t, http.StatusOK, post("/broker/restart", ``))
 	assert.Equal(t, http.StatusNotFound, post("/clients/nobody/disconnect", ``))
 	assert.Equal(t, http.StatusNotFound, post(fmt.Sprintf("/certificates/%s/revoke", strings.Repeat("0", 64)), ``))
+	// Re-admission through the operator API, recorded in the device registry.
+	assert.Equal(t, http.StatusOK, post("/devices/10000000a1b2c3d4/readmit", `{"token":"INC-1","by":"ops"}`))
+	assert.Equal(t, http.StatusBadRequest, post("/devices/10000000a1b2c3d4/readmit", `{"token":"no spaces allowed"}`))
+	assert.Equal(t, http.StatusNotFound, post("/devices/10000000ffffffff/readmit", `{"token":"INC-1"}`))
+	resp, err = http.Get(api + "/devices/10000000a1b2c3d4")
+	require.NoError(t, err)
+	var rec map[string]any
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&rec))
+	resp.Body.Close()
+	assert.Equal(t, "INC-1", rec["ReadmitToken"])
+	assert.Equal(t, "ops", rec["ReadmittedBy"])
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	select {

@@ -1,0 +1,313 @@
+package registrytest
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/internal/registry"
+)
+
+const (
+	keyA = "aaaa000000000000000000000000000000000000000000000000000000000000"
+	keyB = "bbbb000000000000000000000000000000000000000000000000000000000000"
+)
+
+// provisionedWithKey admits serial and provisions it with cert and key.
+func provisionedWithKey(t *testing.T, ctx context.Context, s registry.Store, serial, cert, key string) registry.Device {
+	t.Helper()
+	require.NoError(t, s.PutAllowed(ctx, serial))
+	d, err := s.RecordProvisioned(ctx, serial, "dev-"+serial, registry.Certificate{ID: cert, PublicKeySHA256: key})
+	require.NoError(t, err)
+	return d
+}
+
+func get(t *testing.T, ctx context.Context, s registry.Store, serial string) registry.Device {
+	t.Helper()
+	d, err := s.Get(ctx, serial)
+	require.NoError(t, err)
+	return d
+}
+
+// historyIDs lists the history as "id reason" strings.
+func historyIDs(d registry.Device) []string {
+	var out []string
+	for _, h := range d.CertificateHistory {
+		out = append(out, h.CertificateID+" "+h.Reason)
+	}
+	return out
+}
+
+// runAdmission is the contract of admission and revocation: cloned
+// serials, same-key retries, re-admission and the revoking state.
+func runAdmission(t *testing.T, setup setupFunc) {
+	t.Run("RecordProvisionedKeepsPublicKey", func(t *testing.T) {
+		s, _, ctx := setup(t)
+		d := provisionedWithKey(t, ctx, s, "a1", "cert1", keyA)
+		require.Equal(t, keyA, d.PublicKeySHA256)
+		require.Equal(t, keyA, get(t, ctx, s, "a1").PublicKeySHA256)
+		// A retried hook with the same certificate keeps it.
+		d, err := s.RecordProvisioned(ctx, "a1", "", registry.Certificate{ID: "cert1", PublicKeySHA256: keyA})
+		require.NoError(t, err)
+		require.Equal(t, keyA, d.PublicKeySHA256)
+	})
+
+	t.Run("SecondCertificateForProvisionedSerialRefused", func(t *testing.T) {
+		s, _, ctx := setup(t)
+		before := provisionedWithKey(t, ctx, s, "a1", "cert1", keyA)
+		for _, key := range []string{keyA, keyB, ""} {
+			_, err := s.RecordProvisioned(ctx, "a1", "dev-a1", registry.Certificate{ID: "cert2", PublicKeySHA256: key})
+			require.ErrorIs(t, err, registry.ErrConflict, "key %q", key)
+		}
+		after := get(t, ctx, s, "a1")
+		assertDevice(t, before, after)
+		require.Equal(t, keyA, after.PublicKeySHA256)
+		require.Empty(t, after.CertificateHistory)
+	})
+
+	t.Run("ReplaceCertificateKeepsHistory", func(t *testing.T) {
+		s, clock, ctx := setup(t)
+		provisionedWithKey(t, ctx, s, "a1", "cert1", keyA)
+		clock.Advance(time.Minute)
+		notAfter := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+		d, err := s.ReplaceCertificate(ctx, "a1", "dev-a1", registry.Certificate{ID: "cert2", NotAfter: notAfter, PublicKeySHA256: keyA},
+			registry.RetiredCertificate{CertificateID: "cert1", Reason: registry.RetiredSameKey})
+		require.NoError(t, err)
+		require.Equal(t, registry.StateProvisioned, d.State)
+		require.Equal(t, "cert2", d.CertificateID)
+		require.Equal(t, keyA, d.PublicKeySHA256)
+		require.True(t, notAfter.Equal(d.CertNotAfter))
+		require.Equal(t, []string{"cert1 " + registry.RetiredSameKey}, historyIDs(d))
+		require.True(t, stampOf(clock).Equal(d.CertificateHistory[0].RetiredAt), "retiredAt %v", d.CertificateHistory[0].RetiredAt)
+		got := get(t, ctx, s, "a1")
+		require.Equal(t, historyIDs(d), historyIDs(got))
+		require.True(t, stampOf(clock).Equal(got.CertificateHistory[0].RetiredAt))
+		require.Equal(t, []string{"a1"}, expiring(t, ctx, s, notAfter.Add(time.Hour), 0), "the new certificate is in the expiry index")
+
+		// A repeat (the hook retried) changes nothing.
+		clock.Advance(time.Minute)
+		d, err = s.ReplaceCertificate(ctx, "a1", "dev-a1", registry.Certificate{ID: "cert2", PublicKeySHA256: keyA},
+			registry.RetiredCertificate{CertificateID: "cert1", Reason: registry.RetiredSameKey})
+		require.NoError(t, err)
+		require.Len(t, d.CertificateHistory, 1)
+		require.True(t, got.UpdatedAt.Equal(get(t, ctx, s, "a1").UpdatedAt))
+
+		// Retiring a certificate the record does not name is refused.
+		_, err = s.ReplaceCertificate(ctx, "a1", "", registry.Certificate{ID: "cert3"},
+			registry.RetiredCertificate{CertificateID: "cert1", Reason: registry.RetiredSameKey})
+		require.ErrorIs(t, err, registry.ErrConflict)
+		require.Equal(t, "cert2", get(t, ctx, s, "a1").CertificateID)
+	})
+
+	t.Run("ReplaceCertificateValidates", func(t *testing.T) {
+		s, _, ctx := setup(t)
+		provisionedWithKey(t, ctx, s, "a1", "cert1", keyA)
+		for _, c := range []struct {
+			cert    registry.Certificate
+			retired registry.RetiredCertificate
+		}{
+			{registry.Certificate{}, registry.RetiredCertificate{CertificateID: "cert1", Reason: "x"}},
+			{registry.Certificate{ID: "cert2"}, registry.RetiredCertificate{Reason: "x"}},
+			{registry.Certificate{ID: "cert1"}, registry.RetiredCertificate{CertificateID: "cert1", Reason: "x"}},
+			{registry.Certificate{ID: "cert2"}, registry.RetiredCertificate{CertificateID: "cert1"}},
+		} {
+			_, err := s.ReplaceCertificate(ctx, "a1", "", c.cert, c.retired)
+			require.Error(t, err, "%+v", c)
+		}
+		require.Equal(t, "cert1", get(t, ctx, s, "a1").CertificateID)
+	})
+
+	t.Run("ReplaceCertificateNeedsProvisionedOrReadmitted", func(t *testing.T) {
+		s, _, ctx := setup(t)
+		require.NoError(t, s.PutAllowed(ctx, "allowed"))
+		provisionedWithKey(t, ctx, s, "revoking", "c1", keyA)
+		_, err := s.MarkRevoking(ctx, "revoking", "c1")
+		require.NoError(t, err)
+		provisionedWithKey(t, ctx, s, "revoked", "c1", keyA)
+		require.NoError(t, s.MarkRevoked(ctx, "revoked", "c1"))
+		for _, serial := range []string{"allowed", "revoking", "revoked"} {
+			before := get(t, ctx, s, serial)
+			_, err := s.ReplaceCertificate(ctx, serial, "", registry.Certificate{ID: "c2", PublicKeySHA256: keyA},
+				registry.RetiredCertificate{CertificateID: "c1", Reason: registry.RetiredSameKey})
+			require.ErrorIs(t, err, registry.ErrConflict, serial)
+			assertDevice(t, before, get(t, ctx, s, serial))
+		}
+		_, err = s.ReplaceCertificate(ctx, "nobody", "", registry.Certificate{ID: "c2"},
+			registry.RetiredCertificate{CertificateID: "c1", Reason: registry.RetiredSameKey})
+		require.ErrorIs(t, err, registry.ErrNotFound)
+	})
+
+	t.Run("ReadmitOncePerToken", func(t *testing.T) {
+		s, clock, ctx := setup(t)
+		provisionedWithKey(t, ctx, s, "a1", "cert1", keyA)
+		clock.Advance(time.Minute)
+		d, changed, err := s.Readmit(ctx, "a1", "TICKET-1", "alice")
+		require.NoError(t, err)
+		require.True(t, changed)
+		require.Equal(t, registry.StateReadmitted, d.State)
+		require.Equal(t, "TICKET-1", d.ReadmitToken)
+		require.Equal(t, "alice", d.ReadmittedBy)
+		require.True(t, stampOf(clock).Equal(d.ReadmittedAt))
+		require.Equal(t, "cert1", d.CertificateID, "the certificate to retire stays recorded")
+		got := get(t, ctx, s, "a1")
+		require.Equal(t, registry.StateReadmitted, got.State)
+		require.Equal(t, "alice", got.ReadmittedBy)
+		require.True(t, stampOf(clock).Equal(got.ReadmittedAt))
+
+		// The same token again: nothing changes.
+		clock.Advance(time.Minute)
+		_, changed, err = s.Readmit(ctx, "a1", "TICKET-1", "bob")
+		require.NoError(t, err)
+		require.False(t, changed)
+		require.Equal(t, "alice", get(t, ctx, s, "a1").ReadmittedBy)
+
+		// A readmitted record takes one new certificate.
+		d, err = s.ReplaceCertificate(ctx, "a1", "", registry.Certificate{ID: "cert2", PublicKeySHA256: keyB},
+			registry.RetiredCertificate{CertificateID: "cert1", Reason: registry.RetiredReadmitted})
+		require.NoError(t, err)
+		require.Equal(t, registry.StateProvisioned, d.State)
+		require.Equal(t, keyB, d.PublicKeySHA256)
+		require.Equal(t, "TICKET-1", d.ReadmitToken, "the token stays on record")
+		require.Equal(t, []string{"cert1 " + registry.RetiredReadmitted}, historyIDs(d))
+		_, err = s.MarkProvisioned(ctx, "a1", "cert3", "")
+		require.ErrorIs(t, err, registry.ErrConflict, "re-admission is used up")
+
+		// The old token does not re-admit again; a new one does.
+		_, changed, err = s.Readmit(ctx, "a1", "TICKET-1", "alice")
+		require.NoError(t, err)
+		require.False(t, changed)
+		require.Equal(t, registry.StateProvisioned, get(t, ctx, s, "a1").State)
+		d, changed, err = s.Readmit(ctx, "a1", "2026-12-05", "")
+		require.NoError(t, err)
+		require.True(t, changed)
+		require.Equal(t, registry.StateReadmitted, d.State)
+		require.Empty(t, d.ReadmittedBy)
+		require.Empty(t, get(t, ctx, s, "a1").ReadmittedBy)
+	})
+
+	t.Run("ReadmitAllowedKeepsStateAndToken", func(t *testing.T) {
+		s, _, ctx := setup(t)
+		require.NoError(t, s.PutAllowed(ctx, "a1"))
+		d, changed, err := s.Readmit(ctx, "a1", "T1", "allowlist")
+		require.NoError(t, err)
+		require.True(t, changed)
+		require.Equal(t, registry.StateAllowed, d.State)
+		_, err = s.RecordProvisioned(ctx, "a1", "", registry.Certificate{ID: "c1", PublicKeySHA256: keyA})
+		require.NoError(t, err)
+		// The annotation left in the file does not re-admit the device
+		// it admitted.
+		_, changed, err = s.Readmit(ctx, "a1", "T1", "allowlist")
+		require.NoError(t, err)
+		require.False(t, changed)
+		require.Equal(t, registry.StateProvisioned, get(t, ctx, s, "a1").State)
+	})
+
+	t.Run("ReadmitRejects", func(t *testing.T) {
+		s, _, ctx := setup(t)
+		_, _, err := s.Readmit(ctx, "nobody", "T1", "")
+		require.ErrorIs(t, err, registry.ErrNotFound)
+		provisionedWithKey(t, ctx, s, "a1", "c1", keyA)
+		for _, bad := range []string{"", "has space", "semi;colon", fmt.Sprintf("%065d", 0), "é"} {
+			_, _, err := s.Readmit(ctx, "a1", bad, "")
+			require.Error(t, err, "token %q", bad)
+			require.NotErrorIs(t, err, registry.ErrConflict)
+		}
+		require.Equal(t, registry.StateProvisioned, get(t, ctx, s, "a1").State)
+		_, err = s.MarkRevoking(ctx, "a1", "c1")
+		require.NoError(t, err)
+		_, _, err = s.Readmit(ctx, "a1", "T1", "")
+		require.ErrorIs(t, err, registry.ErrConflict)
+		require.NoError(t, s.MarkRevoked(ctx, "a1", "c1"))
+		_, _, err = s.Readmit(ctx, "a1", "T1", "")
+		require.ErrorIs(t, err, registry.ErrConflict)
+		require.Equal(t, registry.StateRevoked, get(t, ctx, s, "a1").State)
+	})
+
+	t.Run("RevokingBlocksProvisioning", func(t *testing.T) {
+		s, _, ctx := setup(t)
+		require.NoError(t, s.PutAllowed(ctx, "a1"))
+		_, err := s.MarkRevoking(ctx, "a1", "cert0")
+		require.ErrorIs(t, err, registry.ErrConflict, "certificate guard")
+		d, err := s.MarkRevoking(ctx, "a1", "")
+		require.NoError(t, err)
+		require.Equal(t, registry.StateRevoking, d.State)
+		_, err = s.MarkRevoking(ctx, "a1", "")
+		require.NoError(t, err, "repeating MarkRevoking is harmless")
+
+		_, err = s.RecordProvisioned(ctx, "a1", "", registry.Certificate{ID: "c1"})
+		require.ErrorIs(t, err, registry.ErrConflict)
+		require.NoError(t, s.PutAllowed(ctx, "a1"))
+		require.Equal(t, registry.StateRevoking, get(t, ctx, s, "a1").State, "PutAllowed does not cut a revocation short")
+
+		require.NoError(t, s.MarkRevoked(ctx, "a1", ""))
+		require.Equal(t, registry.StateRevoked, get(t, ctx, s, "a1").State)
+		_, err = s.MarkRevoking(ctx, "a1", "")
+		require.ErrorIs(t, err, registry.ErrConflict)
+		_, err = s.MarkRevoking(ctx, "nobody", "")
+		require.ErrorIs(t, err, registry.ErrNotFound)
+
+		require.NoError(t, s.PutAllowed(ctx, "a1"))
+		require.Equal(t, registry.StateAllowed, get(t, ctx, s, "a1").State)
+	})
+
+	t.Run("RevocationRecordsHistory", func(t *testing.T) {
+		s, clock, ctx := setup(t)
+		provisionedWithKey(t, ctx, s, "a1", "c1", keyA)
+		_, _, err := s.Readmit(ctx, "a1", "T1", "ops")
+		require.NoError(t, err)
+		d, err := s.MarkRevoking(ctx, "a1", "c1")
+		require.NoError(t, err)
+		require.Equal(t, registry.StateRevoking, d.State)
+		clock.Advance(time.Hour)
+		require.NoError(t, s.MarkRevoked(ctx, "a1", "c1"))
+		d = get(t, ctx, s, "a1")
+		require.Equal(t, registry.StateRevoked, d.State)
+		require.Equal(t, []string{"c1 " + registry.RetiredRevoked}, historyIDs(d))
+		require.True(t, stampOf(clock).Equal(d.CertificateHistory[0].RetiredAt))
+
+		// Listed again: allowed, no certificate or key, history kept.
+		require.NoError(t, s.PutAllowed(ctx, "a1"))
+		d = get(t, ctx, s, "a1")
+		require.Equal(t, registry.StateAllowed, d.State)
+		require.Empty(t, d.CertificateID)
+		require.Empty(t, d.PublicKeySHA256)
+		require.Equal(t, []string{"c1 " + registry.RetiredRevoked}, historyIDs(d))
+		_, err = s.RecordProvisioned(ctx, "a1", "", registry.Certificate{ID: "c2", PublicKeySHA256: keyB})
+		require.NoError(t, err)
+	})
+
+	t.Run("HistoryIsBounded", func(t *testing.T) {
+		s, _, ctx := setup(t)
+		provisionedWithKey(t, ctx, s, "a1", "c0", keyA)
+		n := registry.MaxHistory + 3
+		for i := 1; i <= n; i++ {
+			_, err := s.ReplaceCertificate(ctx, "a1", "", registry.Certificate{ID: fmt.Sprintf("c%d", i), PublicKeySHA256: keyA},
+				registry.RetiredCertificate{CertificateID: fmt.Sprintf("c%d", i-1), Reason: registry.RetiredSameKey})
+			require.NoError(t, err)
+		}
+		d := get(t, ctx, s, "a1")
+		require.Len(t, d.CertificateHistory, registry.MaxHistory)
+		assert.Equal(t, fmt.Sprintf("c%d", n-1), d.CertificateHistory[registry.MaxHistory-1].CertificateID)
+		assert.Equal(t, fmt.Sprintf("c%d", n-registry.MaxHistory), d.CertificateHistory[0].CertificateID)
+	})
+
+	t.Run("RotationForgetsTheOldKey", func(t *testing.T) {
+		s, _, ctx := setup(t)
+		require.NoError(t, s.PutAllowed(ctx, "a1"))
+		notAfter := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+		_, err := s.RecordProvisioned(ctx, "a1", "dev-a1", registry.Certificate{ID: "old", NotAfter: notAfter, PublicKeySHA256: keyA})
+		require.NoError(t, err)
+		_, err = s.RequestRotation(ctx, "a1", "r1", 0)
+		require.NoError(t, err)
+		_, err = s.IssueRotation(ctx, "a1", "r1", registry.Certificate{ID: "new", NotAfter: notAfter})
+		require.NoError(t, err)
+		d, err := s.CompleteRotation(ctx, "a1", "r1", "new")
+		require.NoError(t, err)
+		require.Empty(t, d.PublicKeySHA256, "the retired key must not count as the device's")
+		require.Empty(t, get(t, ctx, s, "a1").PublicKeySHA256)
+	})
+}
