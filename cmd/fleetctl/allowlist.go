@@ -1,0 +1,302 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/spf13/cobra"
+
+	"github.com/iot-fleet/iot-fleet/internal/allowlist"
+	"github.com/iot-fleet/iot-fleet/internal/registry"
+)
+
+func newAllowlistCommand(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "allowlist",
+		Short: "Check allowlist.txt and show what deploying it would do",
+		Long: `allowlist.txt lists the serials that may provision, one per line; a serial may
+carry readmit=TOKEN to re-admit a device that was provisioned before (a
+reflashed SD card, a replaced board). See README "Admitting and revoking
+devices".`,
+	}
+	cmd.AddCommand(newAllowlistCheckCommand(g), newAllowlistDiffCommand(g))
+	return cmd
+}
+
+func newAllowlistCheckCommand(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "check [FILE]",
+		Short: "Validate an allowlist file (every bad line, with its number)",
+		Long: `check validates FILE (default: the stack's allowlistPath, allowlist.txt) with the
+stack's serial pattern, exactly as the allowlist sync will, and reports every
+bad line with its number. Exit code 3 when the file is invalid.`,
+		Args: cobraArgs(cobra.MaximumNArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.validate(); err != nil {
+				return err
+			}
+			cfg, err := g.stackConfig()
+			if err != nil {
+				return err
+			}
+			path := allowlistPath(g, cfg.AllowlistPath, args)
+			entries, err := readAllowlist(path, cfg.SerialPattern)
+			if err != nil {
+				return err
+			}
+			readmits := 0
+			for _, e := range entries {
+				if e.ReadmitToken != "" {
+					readmits++
+				}
+			}
+			out := cmd.OutOrStdout()
+			if g.output == "json" {
+				return writeJSON(out, map[string]any{"file": path, "serials": len(entries), "readmissions": readmits, "valid": true})
+			}
+			fmt.Fprintf(out, "%s: %d serial(s), %d with readmit: valid\n", path, len(entries), readmits)
+			return nil
+		},
+	}
+}
+
+func newAllowlistDiffCommand(g *globalFlags) *cobra.Command {
+	var (
+		table   string
+		confirm int
+	)
+	cmd := &cobra.Command{
+		Use:   "diff [FILE]",
+		Short: "Show what deploying an allowlist would admit, re-admit and revoke",
+		Long: `diff compares FILE (default: the stack's allowlistPath) with the stack's device
+registry and prints what the allowlist sync would do with it: the serials it
+admits, the devices it re-admits and the devices it revokes, and whether the
+revocation limit (stack config maxRevocationsPerSync, default max(5, 10% of
+the fleet)) refuses it. It is the sync's own plan; it changes nothing.
+
+The registry table comes from --registry-table or the stack output
+registryTable (--stack or --outputs). Credentials, region and endpoint are the
+AWS SDK's usual settings (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL_DYNAMODB…);
+the region defaults to the stack's aws:region.
+
+Exit codes: 0 the sync would apply the plan; 3 the file is invalid; 4 the sync
+would refuse the plan (the reason says how to confirm it); 1 the registry
+could not be read.`,
+		Args: cobraArgs(cobra.MaximumNArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.validate(); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			cfg, err := g.stackConfig()
+			if err != nil {
+				return err
+			}
+			path := allowlistPath(g, cfg.AllowlistPath, args)
+			entries, err := readAllowlist(path, cfg.SerialPattern)
+			if err != nil {
+				return err
+			}
+			if table == "" {
+				outputs, err := g.outputs(ctx)
+				if err != nil {
+					return err
+				}
+				if table, err = outputString(outputs, "registryTable"); err != nil {
+					return err
+				}
+			}
+			region := ""
+			if g.stack != "" {
+				region = cfg.Region
+			}
+			devices, err := scanRegistry(ctx, table, region)
+			if err != nil {
+				return err
+			}
+			ch := allowlist.Plan(devices, entries, allowlist.Limits{MaxRevocations: cfg.MaxRevocationsPerSync, Confirm: confirm})
+			out := cmd.OutOrStdout()
+			if g.output == "json" {
+				err = writeJSON(out, planJSON(path, ch))
+			} else {
+				err = writePlan(out, path, ch)
+			}
+			if err != nil {
+				return err
+			}
+			if ch.Refused {
+				return withCode(exitRefused, errors.New("the allowlist sync would refuse this allowlist: "+ch.Reason))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&table, "registry-table", "", "DynamoDB table of the device registry (default: stack output registryTable)")
+	cmd.Flags().IntVar(&confirm, "confirm-revocations", 0, "plan as if the deploy set allowlistConfirmRevocations to N")
+	return cmd
+}
+
+// allowlistPath is the file named on the command line, else the stack's
+// allowlistPath inside the project directory.
+func allowlistPath(g *globalFlags, stackPath string, args []string) string {
+	if len(args) == 1 {
+		return args[0]
+	}
+	return filepath.Join(g.projectDir, stackPath)
+}
+
+// readAllowlist parses path with the stack's serial pattern; a bad file is
+// exitInvalid.
+func readAllowlist(path, serialPattern string) ([]allowlist.Entry, error) {
+	pattern, err := allowlist.CompilePattern(serialPattern)
+	if err != nil {
+		return nil, withCode(exitInvalid, err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	entries, err := allowlist.ParseEntries(f, pattern)
+	if err != nil {
+		var le *allowlist.LineError
+		if errors.As(err, &le) {
+			return nil, withCode(exitInvalid, fmt.Errorf("%s: %w", path, err))
+		}
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return entries, nil
+}
+
+// scanRegistry reads every record of the registry table.
+func scanRegistry(ctx context.Context, table, region string) ([]registry.Device, error) {
+	var opts []func(*config.LoadOptions) error
+	if region != "" && os.Getenv("AWS_REGION") == "" && os.Getenv("AWS_DEFAULT_REGION") == "" {
+		opts = append(opts, config.WithRegion(region))
+	}
+	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("aws config: %w", err)
+	}
+	store, err := registry.NewDynamoDB(dynamodb.NewFromConfig(awsCfg), table)
+	if err != nil {
+		return nil, err
+	}
+	var devices []registry.Device
+	err = registry.ScanAll(ctx, store, func(d registry.Device) error {
+		devices = append(devices, d)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("registry %s: %w", table, err)
+	}
+	return devices, nil
+}
+
+type revocationJSON struct {
+	Serial        string `json:"serial"`
+	State         string `json:"state"`
+	ThingName     string `json:"thingName,omitempty"`
+	CertificateID string `json:"certificateId,omitempty"`
+}
+
+func revocations(ds []registry.Device) []revocationJSON {
+	out := make([]revocationJSON, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, revocationJSON{Serial: d.Serial, State: string(d.State), ThingName: d.ThingName, CertificateID: d.CertificateID})
+	}
+	return out
+}
+
+func planJSON(path string, ch allowlist.Changes) map[string]any {
+	readmit := make([]map[string]string, 0, len(ch.Readmit))
+	for _, r := range ch.Readmit {
+		readmit = append(readmit, map[string]string{"serial": r.Serial, "token": r.Token})
+	}
+	add := ch.Add
+	if add == nil {
+		add = []string{}
+	}
+	return map[string]any{
+		"file": path, "listed": ch.Listed, "admitted": ch.Admitted,
+		"admit": add, "readmit": readmit, "revoke": revocations(ch.Remove), "resume": revocations(ch.Resume),
+		"limit": ch.Limit, "confirmed": ch.Confirmed, "refused": ch.Refused, "reason": ch.Reason,
+	}
+}
+
+// writePlan prints the plan for a person (and a pull-request comment).
+func writePlan(w io.Writer, path string, ch allowlist.Changes) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %d serial(s) listed; registry: %d admitted device(s)\n", path, ch.Listed, ch.Admitted)
+	switch {
+	case ch.Refused:
+		fmt.Fprintf(&b, "REFUSED: %s\n", ch.Reason)
+	case len(ch.Add)+len(ch.Readmit)+len(ch.Remove)+len(ch.Resume) == 0:
+		b.WriteString("no changes\n")
+	}
+	fmt.Fprintf(&b, "admits %d device(s)%s\n", len(ch.Add), list(ch.Add))
+	readmits := make([]string, 0, len(ch.Readmit))
+	for _, r := range ch.Readmit {
+		readmits = append(readmits, r.Serial+" (readmit="+r.Token+")")
+	}
+	fmt.Fprintf(&b, "re-admits %d device(s)%s\n", len(ch.Readmit), list(readmits))
+	fmt.Fprintf(&b, "revokes %d device(s) (limit %d per sync%s)%s\n", len(ch.Remove), ch.Limit, confirmedNote(ch), colon(len(ch.Remove)))
+	tw := tabwriter.NewWriter(&b, 2, 4, 2, ' ', 0)
+	for _, d := range ch.Remove {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", d.Serial, d.State, orDash(d.ThingName), orDash(d.CertificateID))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(ch.Resume) > 0 {
+		serials := make([]string, 0, len(ch.Resume))
+		for _, d := range ch.Resume {
+			serials = append(serials, d.Serial)
+		}
+		fmt.Fprintf(&b, "finishes %d interrupted revocation(s)%s\n", len(ch.Resume), list(serials))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func confirmedNote(ch allowlist.Changes) string {
+	if ch.Confirmed {
+		return ", over it and confirmed"
+	}
+	return ""
+}
+
+func list(items []string) string {
+	if len(items) == 0 {
+		return ""
+	}
+	return ": " + strings.Join(items, ", ")
+}
+
+func colon(n int) string {
+	if n == 0 {
+		return ""
+	}
+	return ":"
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
