@@ -771,7 +771,6 @@ func TestLambdaPermissionsMatchTheirJobs(t *testing.T) {
 		"iot:DescribeCertificate":  {certs},
 		"iot:UpdateCertificate":    {certs},
 		"iot:DetachPolicy":         {certs, devicePolicy},
-		"iot:ListThingPrincipals":  {things, certs},
 		"iot:DetachThingPrincipal": {things, certs},
 	}, hook, "the hook retires a re-admitted device's certificate, nothing more")
 	// Every role that may change cert/* denies itself the claim

@@ -78,6 +78,7 @@ func TestAllowlistCheck(t *testing.T) {
 	code, _, errOut := fleetctl(t, "allowlist", "check", bad)
 	assert.Equal(t, exitInvalid, code)
 	assert.Contains(t, errOut, "line 3")
+	assert.Contains(t, errOut, "line 4: serial "+serialN(1)+" is already listed on line 2", "every bad line is reported")
 
 	annotated := writeFile(t, dir, "annot.txt", allowlistOf(serialN(1)+" readmit"))
 	code, _, errOut = fleetctl(t, "allowlist", "check", annotated)

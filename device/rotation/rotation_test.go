@@ -2,6 +2,7 @@ package rotation_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"testing"
 	"time"
@@ -265,6 +266,9 @@ func TestRotationOvertakenByARecoveryIsVoided(t *testing.T) {
 	_, err := d.store().TLSCertificate(now)
 	require.NoError(t, err)
 	c.connectedWith(now.CertificateID)
-	_, err = os.Stat(d.store().Path(newKey))
-	require.ErrorIs(t, err, os.ErrNotExist, "the rotation's key is removed")
+	// The idle state is persisted first, then the unused files go.
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(d.store().Path(newKey))
+		return errors.Is(err, os.ErrNotExist)
+	}, 30*time.Second, 20*time.Millisecond, "the rotation's key is removed")
 }

@@ -159,7 +159,7 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 			// detached (never the claim certificate: denied below).
 			{Sid: "RetireCertificates", Actions: []string{"iot:DescribeCertificate", "iot:UpdateCertificate"}, Resources: ARNs(certs)},
 			{Sid: "DetachDevicePolicy", Actions: []string{"iot:DetachPolicy"}, Resources: pulumi.StringArray{pulumi.String(certs), s.Policies.Device.Arn}},
-			{Sid: "DetachRetiredFromThing", Actions: []string{"iot:ListThingPrincipals", "iot:DetachThingPrincipal"}, Resources: ARNs(things, certs)},
+			{Sid: "DetachRetiredFromThing", Actions: []string{"iot:DetachThingPrincipal"}, Resources: ARNs(things, certs)},
 			denyClaim,
 		},
 		TimeoutSeconds: hookTimeoutSeconds,

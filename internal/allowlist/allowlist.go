@@ -82,8 +82,8 @@ type Entry struct {
 const ReadmitPrefix = "readmit="
 
 // Parse reads the allowlist from r and returns its serials in file order.
-// pattern must match a serial in full (see CompilePattern). The first bad
-// line fails the parse with a *LineError; nothing is returned then.
+// pattern must match a serial in full (see CompilePattern). Bad lines fail
+// the parse (see ParseEntries); nothing is returned then.
 func Parse(r io.Reader, pattern *regexp.Regexp) ([]string, error) {
 	entries, err := ParseEntries(r, pattern)
 	if err != nil {
@@ -97,55 +97,89 @@ func Parse(r io.Reader, pattern *regexp.Regexp) ([]string, error) {
 }
 
 // ParseEntries is Parse that also returns each serial's annotation and
-// line.
+// line. Every bad line is reported (up to MaxLineErrors of them), each as a
+// *LineError joined into the returned error (errors.As finds the first), so
+// an operator fixes a file in one pass; nothing is returned then.
 func ParseEntries(r io.Reader, pattern *regexp.Regexp) ([]Entry, error) {
 	if pattern == nil {
 		return nil, errors.New("allowlist: nil serial pattern")
 	}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 1024), MaxLineBytes)
-	var entries []Entry
+	var (
+		entries []Entry
+		bad     []error
+		more    int
+	)
+	fail := func(le *LineError) {
+		if len(bad) < MaxLineErrors {
+			bad = append(bad, le)
+		} else {
+			more++
+		}
+	}
 	seen := map[string]int{} // serial → line
 	line := 0
 	for sc.Scan() {
 		line++
-		text := strings.TrimSpace(sc.Text())
-		if i := commentStart(text); i >= 0 {
-			text = strings.TrimSpace(text[:i])
+		e, le := parseLine(sc.Text(), line, pattern)
+		switch {
+		case le != nil:
+			fail(le)
+		case e.Serial == "":
+		case seen[e.Serial] != 0:
+			fail(&LineError{Line: line, Reason: fmt.Sprintf("serial %s is already listed on line %d", e.Serial, seen[e.Serial])})
+		default:
+			seen[e.Serial] = line
+			entries = append(entries, e)
 		}
-		if text == "" {
-			continue
-		}
-		fields := strings.Fields(text)
-		serial := fields[0]
-		if !pattern.MatchString(serial) {
-			return nil, &LineError{Line: line, Reason: fmt.Sprintf("%q does not match the serial pattern %s", truncate(serial, 80), pattern)}
-		}
-		e := Entry{Serial: serial, Line: line}
-		if len(fields) > 1 {
-			token, ok := strings.CutPrefix(fields[1], ReadmitPrefix)
-			switch {
-			case len(fields) > 2 || !ok:
-				return nil, &LineError{Line: line, Reason: fmt.Sprintf("unexpected %q after serial %s: a line holds one serial and at most the annotation %sTOKEN",
-					truncate(strings.Join(fields[1:], " "), 80), serial, ReadmitPrefix)}
-			case !registry.ValidReadmitToken(token):
-				return nil, &LineError{Line: line, Reason: fmt.Sprintf("readmit token %q of serial %s must be 1 to 64 characters of [A-Za-z0-9._:-]", truncate(token, 80), serial)}
-			}
-			e.ReadmitToken = token
-		}
-		if first, dup := seen[serial]; dup {
-			return nil, &LineError{Line: line, Reason: fmt.Sprintf("serial %s is already listed on line %d", serial, first)}
-		}
-		seen[serial] = line
-		entries = append(entries, e)
 	}
 	if err := sc.Err(); err != nil {
-		if errors.Is(err, bufio.ErrTooLong) {
-			return nil, &LineError{Line: line + 1, Reason: fmt.Sprintf("line longer than %d bytes", MaxLineBytes)}
+		if !errors.Is(err, bufio.ErrTooLong) {
+			return nil, fmt.Errorf("allowlist: read after line %d: %w", line, err)
 		}
-		return nil, fmt.Errorf("allowlist: read after line %d: %w", line, err)
+		fail(&LineError{Line: line + 1, Reason: fmt.Sprintf("line longer than %d bytes (the file was not read further)", MaxLineBytes)})
+	}
+	if len(bad) > 0 {
+		if more > 0 {
+			bad = append(bad, fmt.Errorf("allowlist: and %d more bad line(s)", more))
+		}
+		return nil, errors.Join(bad...)
 	}
 	return entries, nil
+}
+
+// MaxLineErrors bounds how many bad lines one parse reports.
+const MaxLineErrors = 20
+
+// parseLine reads one line: an entry, an empty Entry for a blank or comment
+// line, or the line's error.
+func parseLine(raw string, line int, pattern *regexp.Regexp) (Entry, *LineError) {
+	text := strings.TrimSpace(raw)
+	if i := commentStart(text); i >= 0 {
+		text = strings.TrimSpace(text[:i])
+	}
+	if text == "" {
+		return Entry{}, nil
+	}
+	fields := strings.Fields(text)
+	serial := fields[0]
+	if !pattern.MatchString(serial) {
+		return Entry{}, &LineError{Line: line, Reason: fmt.Sprintf("%q does not match the serial pattern %s", truncate(serial, 80), pattern)}
+	}
+	e := Entry{Serial: serial, Line: line}
+	if len(fields) > 1 {
+		token, ok := strings.CutPrefix(fields[1], ReadmitPrefix)
+		switch {
+		case len(fields) > 2 || !ok:
+			return Entry{}, &LineError{Line: line, Reason: fmt.Sprintf("unexpected %q after serial %s: a line holds one serial and at most the annotation %sTOKEN",
+				truncate(strings.Join(fields[1:], " "), 80), serial, ReadmitPrefix)}
+		case !registry.ValidReadmitToken(token):
+			return Entry{}, &LineError{Line: line, Reason: fmt.Sprintf("readmit token %q of serial %s must be 1 to 64 characters of [A-Za-z0-9._:-]", truncate(token, 80), serial)}
+		}
+		e.ReadmitToken = token
+	}
+	return e, nil
 }
 
 // commentStart returns where the comment of a trimmed line starts: 0 for a

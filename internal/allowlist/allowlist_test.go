@@ -321,3 +321,26 @@ func BenchmarkParsePlan100k(b *testing.B) {
 		}
 	}
 }
+
+func TestParseReportsEveryBadLine(t *testing.T) {
+	in := "10000000a1b2c3d4\nBAD1\n10000000a1b2c3d5 oops\n10000000a1b2c3d4\n10000000a1b2c3d6\n"
+	_, err := ParseEntries(strings.NewReader(in), pattern(t))
+	require.Error(t, err)
+	for _, want := range []string{"line 2:", "line 3:", "line 4: serial 10000000a1b2c3d4 is already listed on line 1"} {
+		assert.Contains(t, err.Error(), want)
+	}
+	assert.NotContains(t, err.Error(), "line 5")
+	var le *LineError
+	require.True(t, errors.As(err, &le))
+	assert.Equal(t, 2, le.Line, "errors.As finds the first bad line")
+
+	var many strings.Builder
+	for range MaxLineErrors + 7 {
+		many.WriteString("nope\n")
+	}
+	_, err = ParseEntries(strings.NewReader(many.String()), pattern(t))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), fmt.Sprintf("line %d:", MaxLineErrors))
+	assert.NotContains(t, err.Error(), fmt.Sprintf("line %d:", MaxLineErrors+1))
+	assert.Contains(t, err.Error(), "and 7 more bad line(s)")
+}
