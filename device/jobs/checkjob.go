@@ -12,14 +12,18 @@ import (
 
 // CheckJobOptions is what `fleet-agent check-job` knows about the device.
 type CheckJobOptions struct {
-	// Operations are the registered operations (may be nil).
+	// Operations are the operations an agent with the default
+	// configuration registers (may be nil).
 	Operations *Registry
 	// DefaultConfig is the agent configuration file read when --config is
 	// not given; if it does not exist the agent's defaults apply.
 	DefaultConfig string
-	// LoadPolicy reads the runCommand rule (jobs.runCommand) of the agent
-	// configuration file at path. nil: only the defaults are known.
-	LoadPolicy func(path string) (jobdoc.RunCommandPolicy, error)
+	// Load reads the agent configuration file at path and returns what
+	// that agent would apply: the operations it registers (e.g. OTA's
+	// mender_install with its allowed hosts, or none when OTA is off) and
+	// its runCommand rule (jobs.runCommand). nil: only the defaults are
+	// known.
+	Load func(path string) (*Registry, jobdoc.RunCommandPolicy, error)
 }
 
 // CheckJobMain implements `fleet-agent check-job [--config FILE]
@@ -52,13 +56,13 @@ func CheckJobMain(args []string, stdout, stderr io.Writer, opts CheckJobOptions)
 		fs.Usage()
 		return 2
 	}
-	policy, source, err := checkJobPolicy(*configFile, opts)
+	ops, policy, source, err := checkJobConfig(*configFile, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "check-job: %v\n", err)
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s [%s]\n\n", policy.Describe(), source)
-	parseOpts := jobdoc.Options{Operations: opts.Operations, RunCommand: policy}
+	parseOpts := jobdoc.Options{Operations: ops, RunCommand: policy}
 	status := 0
 	for i, name := range fs.Args() {
 		if i > 0 {
@@ -90,27 +94,27 @@ func CheckJobMain(args []string, stdout, stderr io.Writer, opts CheckJobOptions)
 	return status
 }
 
-// checkJobPolicy returns the runCommand rule check-job applies and where it
-// comes from.
-func checkJobPolicy(configFile string, opts CheckJobOptions) (jobdoc.RunCommandPolicy, string, error) {
+// checkJobConfig returns the operations and the runCommand rule check-job
+// applies, and where they come from.
+func checkJobConfig(configFile string, opts CheckJobOptions) (*Registry, jobdoc.RunCommandPolicy, string, error) {
 	path := configFile
 	if path == "" {
 		path = opts.DefaultConfig
 		if path == "" {
-			return jobdoc.RunCommandPolicy{}, "agent defaults", nil
+			return opts.Operations, jobdoc.RunCommandPolicy{}, "agent defaults", nil
 		}
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-			return jobdoc.RunCommandPolicy{}, "agent defaults: " + path + " does not exist", nil
+			return opts.Operations, jobdoc.RunCommandPolicy{}, "agent defaults: " + path + " does not exist", nil
 		}
 	}
-	if opts.LoadPolicy == nil {
-		return jobdoc.RunCommandPolicy{}, "", fmt.Errorf("cannot read the agent configuration %s here", path)
+	if opts.Load == nil {
+		return nil, jobdoc.RunCommandPolicy{}, "", fmt.Errorf("cannot read the agent configuration %s here", path)
 	}
-	p, err := opts.LoadPolicy(path)
+	ops, p, err := opts.Load(path)
 	if err != nil {
-		return jobdoc.RunCommandPolicy{}, "", fmt.Errorf("agent configuration %s: %w", path, err)
+		return nil, jobdoc.RunCommandPolicy{}, "", fmt.Errorf("agent configuration %s: %w", path, err)
 	}
-	return p, "from " + path, nil
+	return ops, p, "from " + path, nil
 }
 
 func orNone(s string) string {

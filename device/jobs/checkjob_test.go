@@ -77,16 +77,16 @@ func TestCheckJobAppliesRunCommandRule(t *testing.T) {
 		require.NoError(t, os.WriteFile(p, []byte(`{"endpoint":"x.example.com","provisioning":{"templateName":"t"},"jobs":`+jobs+`}`), 0o600))
 		return p
 	}
-	load := func(path string) (jobdoc.RunCommandPolicy, error) {
+	load := func(path string) (*Registry, jobdoc.RunCommandPolicy, error) {
 		cfg, err := config.Load(path)
 		if err == nil {
 			err = cfg.Validate()
 		}
-		return cfg.Jobs.RunCommandPolicy(), err
+		return nil, cfg.Jobs.RunCommandPolicy(), err
 	}
 	run := func(opts CheckJobOptions, args ...string) (int, string, string) {
 		var out, errOut bytes.Buffer
-		opts.LoadPolicy = load
+		opts.Load = load
 		code := CheckJobMain(args, &out, &errOut, opts)
 		return code, out.String(), errOut.String()
 	}

@@ -21,6 +21,8 @@ import (
 	"github.com/iot-fleet/iot-fleet/device/config"
 	"github.com/iot-fleet/iot-fleet/device/jobs"
 	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
+	"github.com/iot-fleet/iot-fleet/device/ota"
+	"github.com/iot-fleet/iot-fleet/device/ota/jobsop"
 	"github.com/iot-fleet/iot-fleet/device/rotation"
 	"github.com/iot-fleet/iot-fleet/device/ssm"
 )
@@ -35,10 +37,8 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// operations builds the registry of job operations. The engine gets it
-// with the runtime; check-job gets it with rt == nil (validation only), so
-// both accept the same documents. Operations (OTA's mender_install) are
-// registered here.
+// operations builds the registry of job operations the engine runs
+// (OTA's mender_install, unless ota.enabled is false).
 func operations(rt *agent.Runtime) (*jobs.Registry, error) {
 	reg := jobs.NewRegistry()
 	if err := registerOTA(reg, rt); err != nil {
@@ -47,17 +47,32 @@ func operations(rt *agent.Runtime) (*jobs.Registry, error) {
 	return reg, nil
 }
 
+// checkJobSetup is what check-job applies for an agent configuration: the
+// operations that agent registers, validation only (OTA's with its
+// ota.allowedHosts; none when OTA is off), and its runCommand rule, so
+// check-job accepts and refuses exactly what that device would.
+func checkJobSetup(cfg config.Config) (*jobs.Registry, jobdoc.RunCommandPolicy, error) {
+	reg := jobs.NewRegistry()
+	if cfg.OTA.Enabled {
+		op := jobsop.New(nil, ota.Policy{Template: true, AllowedHosts: cfg.OTA.AllowedHosts})
+		if err := reg.Register(ota.Operation, op); err != nil {
+			return nil, jobdoc.RunCommandPolicy{}, err
+		}
+	}
+	return reg, cfg.Jobs.RunCommandPolicy(), nil
+}
+
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		switch args[0] {
 		case "check-job":
-			ops, err := operations(nil)
+			ops, _, err := checkJobSetup(config.Default())
 			if err != nil {
 				fmt.Fprintf(stderr, "fleet-agent: %v\n", err)
 				return 1
 			}
 			return jobs.CheckJobMain(args[1:], stdout, stderr, jobs.CheckJobOptions{
-				Operations: ops, DefaultConfig: DefaultConfigFile, LoadPolicy: runCommandPolicy,
+				Operations: ops, DefaultConfig: DefaultConfigFile, Load: loadCheckJobSetup,
 			})
 		case "run":
 			args = args[1:]
@@ -128,17 +143,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// runCommandPolicy reads the runCommand rule of the agent configuration
-// at path, which must be valid as the agent would require to start.
-func runCommandPolicy(path string) (jobdoc.RunCommandPolicy, error) {
+// loadCheckJobSetup reads the agent configuration at path, which must be
+// valid as the agent would require to start, for check-job.
+func loadCheckJobSetup(path string) (*jobs.Registry, jobdoc.RunCommandPolicy, error) {
 	cfg, err := config.Load(path)
 	if err != nil {
-		return jobdoc.RunCommandPolicy{}, err
+		return nil, jobdoc.RunCommandPolicy{}, err
 	}
 	if err := cfg.Validate(); err != nil {
-		return jobdoc.RunCommandPolicy{}, err
+		return nil, jobdoc.RunCommandPolicy{}, err
 	}
-	return cfg.Jobs.RunCommandPolicy(), nil
+	return checkJobSetup(cfg)
 }
 
 func level(s string) slog.Level {

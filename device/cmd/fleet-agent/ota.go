@@ -13,31 +13,9 @@ import (
 	"github.com/iot-fleet/iot-fleet/device/ota/jobsop"
 )
 
-// checkJobConfigEnv names the agent configuration whose ota.allowedHosts
-// check-job checks artifact URLs against (default DefaultConfigFile).
-const checkJobConfigEnv = "FLEET_AGENT_CONFIG"
-
-// registerOTA registers the mender_install operation (docs/ota.md). With
-// rt == nil (check-job) it registers a validation-only operation (https
-// URLs only; the presigned-URL placeholder accepted, the URL inside it
-// checked) whose allowed hosts are the agent configuration's
-// ota.allowedHosts ($FLEET_AGENT_CONFIG, default /etc/fleet-agent/config.json);
-// without a readable configuration every host is refused. Otherwise it
-// builds the updater from the "ota" section, unless ota.enabled is false.
+// registerOTA registers the mender_install operation (docs/ota.md) built
+// from the "ota" section, unless ota.enabled is false.
 func registerOTA(reg *jobs.Registry, rt *agent.Runtime) error {
-	if rt == nil {
-		policy := ota.Policy{Template: true}
-		path := os.Getenv(checkJobConfigEnv)
-		if path == "" {
-			path = DefaultConfigFile
-		}
-		if cfg, err := config.Load(path); err == nil {
-			policy.AllowedHosts = cfg.OTA.AllowedHosts
-		} else if os.Getenv(checkJobConfigEnv) != "" {
-			return fmt.Errorf("check-job: %s=%s: %w", checkJobConfigEnv, path, err)
-		}
-		return reg.Register(ota.Operation, jobsop.New(nil, policy))
-	}
 	cfg := rt.Config.OTA
 	if !cfg.Enabled {
 		return nil

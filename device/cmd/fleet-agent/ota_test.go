@@ -661,9 +661,7 @@ func TestCheckJobAcceptsMenderInstall(t *testing.T) {
 	require.NoError(t, os.WriteFile(cfgFile, []byte(`{"endpoint":"x.example.com","provisioning":{"templateName":"t"},
 		"ota":{"allowedHosts":["iot-fleet-dev-artifacts.s3.amazonaws.com","s3.amazonaws.com/iot-fleet-dev-artifacts"]}}`), 0o600))
 	checkJob := func(files ...string) *exec.Cmd {
-		cmd := exec.Command(bin, append([]string{"check-job"}, files...)...)
-		cmd.Env = append(os.Environ(), "FLEET_AGENT_CONFIG="+cfgFile)
-		return cmd
+		return exec.Command(bin, append([]string{"check-job", "--config", cfgFile}, files...)...)
 	}
 	for _, file := range []string{"mender-job-substituted.json", "mender-job-template.json", "mender-job-sha256.json"} {
 		out, err := checkJob(td + file).CombinedOutput()
@@ -686,12 +684,18 @@ func TestCheckJobAcceptsMenderInstall(t *testing.T) {
 		assert.Contains(t, string(out), want, file)
 	}
 
-	// Without a configuration no host is allowed (fail closed).
-	cmd := exec.Command(bin, "check-job", td+"mender-job-substituted.json")
-	cmd.Env = append(os.Environ(), "FLEET_AGENT_CONFIG="+filepath.Join(t.TempDir(), "missing.json"))
-	out, err := cmd.CombinedOutput()
+	// A configuration that cannot be read is an error, not a fallback.
+	missing := filepath.Join(t.TempDir(), "missing.json")
+	out, err := exec.Command(bin, "check-job", "--config", missing, td+"mender-job-substituted.json").CombinedOutput()
 	require.Error(t, err, "%s", out)
-	assert.Contains(t, string(out), "FLEET_AGENT_CONFIG")
+	assert.Contains(t, string(out), missing)
+
+	// OTA turned off in the configuration: the device would refuse the job.
+	offFile := filepath.Join(t.TempDir(), "off.json")
+	require.NoError(t, os.WriteFile(offFile, []byte(`{"endpoint":"x.example.com","provisioning":{"templateName":"t"},"ota":{"enabled":false}}`), 0o600))
+	out, err = exec.Command(bin, "check-job", "--config", offFile, td+"mender-job-substituted.json").CombinedOutput()
+	require.Error(t, err, "%s", out)
+	assert.Contains(t, string(out), "INVALID")
 
 	schema1 := filepath.Join(t.TempDir(), "steps.json")
 	require.NoError(t, os.WriteFile(schema1, []byte(`{"version":"1.0","steps":[
