@@ -141,6 +141,9 @@ func (d *demo) run(ctx context.Context, n int) error {
 	if err := d.provisioning(ctx, n); err != nil {
 		return err
 	}
+	if err := d.clone(ctx); err != nil {
+		return err
+	}
 	if err := d.groupJob(ctx, n); err != nil {
 		return err
 	}
@@ -182,6 +185,45 @@ func (d *demo) provisioning(ctx context.Context, n int) error {
 		return errors.New("the unknown serial got a thing")
 	}
 	d.say("denied       serial %s: the pre-provisioning hook refused it (not on the allowlist); it backs off and holds no identity", stranger.Serial)
+	return nil
+}
+
+// clone plays an attacker who copied the claim certificate off an SD card
+// and read a provisioned device's serial off its board: a second agent
+// with its own key asks to provision that serial. The hook denies it and
+// the device keeps its certificate and its connection.
+func (d *demo) clone(ctx context.Context) error {
+	victim := d.agents[0]
+	id, _, err := victim.Identity()
+	if err != nil {
+		return err
+	}
+	c, err := d.fleet.NewAgent("clone-of-device-1", harness.AgentOptions{Serial: victim.Serial})
+	if err != nil {
+		return err
+	}
+	if err := c.Start(); err != nil {
+		return err
+	}
+	d.stops = append(d.stops, c)
+	if err := c.WaitLog(ctx, "AccessDenied"); err != nil {
+		return err
+	}
+	if err := c.Stop(10 * time.Second); err != nil {
+		return err
+	}
+	th, err := d.fleet.Stack.Core.Registry().Thing(victim.ThingName())
+	if err != nil {
+		return err
+	}
+	cert, err := d.fleet.Stack.Core.Registry().Certificate(id.CertificateID)
+	if err != nil {
+		return err
+	}
+	if len(th.Principals) != 1 || th.Principals[0] != id.CertificateID || cert.Status != "ACTIVE" || !d.fleet.Connected(victim.ThingName()) {
+		return fmt.Errorf("after the clone's attempt %s has principals %v, certificate %s, connected %v", victim.ThingName(), th.Principals, cert.Status, d.fleet.Connected(victim.ThingName()))
+	}
+	d.say("denied       a clone of serial %s (claim certificate + the serial, its own key): already provisioned; %s keeps certificate %s… (ACTIVE, still connected)", victim.Serial, victim.ThingName(), short(id.CertificateID))
 	return nil
 }
 
@@ -236,6 +278,17 @@ func (d *demo) revocation(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A tired operator deploys an emptied allowlist.txt: revocation is
+	// permanent, so the sync refuses it and changes nothing.
+	if _, err := d.fleet.Stack.DeployAllowlist(ctx, []byte("# every serial deleted by mistake\n")); err == nil {
+		return errors.New("the allowlist sync accepted an empty allowlist")
+	}
+	for _, a := range d.agents[:len(d.agents)-1] {
+		if !d.fleet.Connected(a.ThingName()) {
+			return fmt.Errorf("%s disconnected after the refused empty allowlist", a.ThingName())
+		}
+	}
+	d.say("refused      an empty allowlist.txt: the sync revokes nothing (an empty file never revokes; a large removal needs confirm-revocations)")
 	res, err := d.fleet.Stack.DeployAllowlist(ctx, []byte(strings.Join(keep, "\n")+"\n"))
 	if err != nil {
 		return err

@@ -16,7 +16,8 @@ func TestDemoRunsEndToEnd(t *testing.T) {
 	code := run([]string{"--devices", "2", "--timeout", "2m"}, &out, &out)
 	require.Equal(t, 0, code, out.String())
 	text := out.String()
-	for _, want := range []string{"provisioned  dev-10000000de700001", "provisioned  dev-10000000de700002", "denied       serial 10000000deadbeef", "SUCCEEDED",
+	for _, want := range []string{"provisioned  dev-10000000de700001", "provisioned  dev-10000000de700002", "denied       serial 10000000deadbeef", "denied       a clone of serial 10000000de700001", "SUCCEEDED",
+		"refused      an empty allowlist.txt",
 		"ota result   dev-10000000de70a001 SUCCEEDED step=committed", "ota result   dev-10000000de70a002 FAILED    step=rolled_back",
 		"rotated      dev-10000000de700002", "registered as managed node mi-", "dev-10000000de705501 deactivated", "revoked      dev-10000000de700001", "DEMO PASSED"} {
 		require.Contains(t, text, want)
