@@ -132,10 +132,16 @@ func (s *DynamoDB) RecordProvisioned(ctx context.Context, serial, thingName stri
 	if thingName != "" {
 		u = set(u, AttrThingName, thingName)
 	}
-	cond := exists().And(expression.Or(
-		is(AttrState, StateAllowed),
-		is(AttrState, StateProvisioned).And(is(AttrCertificateID, cert.ID)),
-	))
+	// Allowed, or provisioned with this certificate (a repeat), written
+	// as "state is allowed or provisioned, and allowed or with this
+	// certificate": the same condition (A or (P and C) = (A or P) and
+	// (A or C)) one level of parentheses flatter. The builder wraps every
+	// operand in parentheses and dynalite's backtracking parser (tests,
+	// benchmarks) takes time exponential in their depth.
+	cond := expression.And(exists(),
+		expression.Name(AttrState).In(expression.Value(StateAllowed), expression.Value(StateProvisioned)),
+		expression.Or(is(AttrState, StateAllowed), is(AttrCertificateID, cert.ID)),
+	)
 	d, applied, err := s.update(ctx, serial, u, cond, fmt.Sprintf("registry: mark %s provisioned", serial))
 	if err != nil || applied {
 		return d, err

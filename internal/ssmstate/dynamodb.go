@@ -107,15 +107,23 @@ func (s *DynamoDB) Get(ctx context.Context, serial string) (Record, error) {
 }
 
 // write runs one conditional UpdateItem (u, plus the SET of the update
-// time; condition: the record exists and cond) and returns the record
-// after it. On a failed condition it reads the record to tell ErrNotFound
-// from ErrConflict.
-func (s *DynamoDB) write(ctx context.Context, op, serial string, u expression.UpdateBuilder, cond expression.ConditionBuilder) (Record, error) {
+// time; condition: the record exists and every one of conds) and returns
+// the record after it. On a failed condition it reads the record to tell
+// ErrNotFound from ErrConflict.
+//
+// The conditions are joined in one flat AND: the builder wraps every
+// operand in parentheses, and dynalite's backtracking parser (tests)
+// takes time exponential in their depth.
+func (s *DynamoDB) write(ctx context.Context, op, serial string, u expression.UpdateBuilder, conds ...expression.ConditionBuilder) (Record, error) {
 	if err := check(ctx, serial); err != nil {
 		return Record{}, err
 	}
 	u = set(u, AttrUpdatedAt, stamp(s.now).Format(time.RFC3339))
-	expr, err := expression.NewBuilder().WithUpdate(u).WithCondition(exists().And(cond)).Build()
+	cond := exists()
+	if len(conds) > 0 {
+		cond = expression.And(cond, conds[0], conds[1:]...)
+	}
+	expr, err := expression.NewBuilder().WithUpdate(u).WithCondition(cond).Build()
 	if err != nil {
 		return Record{}, fmt.Errorf("ssmstate: %s %s: build expression: %w", op, serial, err)
 	}
@@ -150,8 +158,8 @@ func (s *DynamoDB) Reserve(ctx context.Context, serial, requestID string) (Recor
 	u := set(expression.UpdateBuilder{}, AttrState, string(StateActivating))
 	u = set(u, AttrRequestID, requestID)
 	u = remove(u, AttrActivationID, AttrActivationExpiry, AttrInstanceID)
-	cond := expression.AttributeNotExists(expression.Name(AttrState)).Or(is(AttrState, string(StateInactive)))
-	return s.write(ctx, "reserve", serial, u, cond)
+	return s.write(ctx, "reserve", serial, u,
+		expression.AttributeNotExists(expression.Name(AttrState)).Or(is(AttrState, string(StateInactive))))
 }
 
 // SetActivation implements Store.
@@ -164,8 +172,7 @@ func (s *DynamoDB) SetActivation(ctx context.Context, serial, requestID, activat
 	}
 	u := set(expression.UpdateBuilder{}, AttrActivationID, activationID)
 	u = set(u, AttrActivationExpiry, expiry.UTC().Truncate(time.Second).Format(time.RFC3339))
-	cond := is(AttrState, string(StateActivating)).And(is(AttrRequestID, requestID))
-	return s.write(ctx, "set activation", serial, u, cond)
+	return s.write(ctx, "set activation", serial, u, is(AttrState, string(StateActivating)), is(AttrRequestID, requestID))
 }
 
 // MarkActive implements Store.
@@ -178,11 +185,12 @@ func (s *DynamoDB) MarkActive(ctx context.Context, serial, activationID, instanc
 	}
 	u := set(expression.UpdateBuilder{}, AttrState, string(StateActive))
 	u = set(u, AttrInstanceID, instanceID)
-	cond := is(AttrActivationID, activationID).And(expression.Or(
-		is(AttrState, string(StateActivating)),
-		is(AttrState, string(StateActive)).And(is(AttrInstanceID, instanceID)),
-	))
-	return s.write(ctx, "mark active", serial, u, cond)
+	return s.write(ctx, "mark active", serial, u,
+		is(AttrActivationID, activationID),
+		expression.Or(
+			is(AttrState, string(StateActivating)),
+			is(AttrState, string(StateActive)).And(is(AttrInstanceID, instanceID)),
+		))
 }
 
 // BeginDeactivation implements Store.
@@ -192,28 +200,28 @@ func (s *DynamoDB) BeginDeactivation(ctx context.Context, serial, requestID stri
 	}
 	u := set(expression.UpdateBuilder{}, AttrState, string(StateDeactivating))
 	u = set(u, AttrRequestID, requestID)
-	return s.write(ctx, "begin deactivation", serial, u, exists())
+	return s.write(ctx, "begin deactivation", serial, u)
 }
 
 // Clear implements Store.
 func (s *DynamoDB) Clear(ctx context.Context, serial string, guard Guard) error {
-	cond := exists()
+	var conds []expression.ConditionBuilder
 	if guard.RequestID != "" {
-		cond = cond.And(is(AttrRequestID, guard.RequestID))
+		conds = append(conds, is(AttrRequestID, guard.RequestID))
 	}
 	if guard.ActivationID != "" {
-		cond = cond.And(is(AttrActivationID, guard.ActivationID))
+		conds = append(conds, is(AttrActivationID, guard.ActivationID))
 	}
 	switch guard.State {
 	case "": // any state
 	case StateInactive:
-		cond = cond.And(expression.AttributeNotExists(expression.Name(AttrState)).Or(is(AttrState, string(StateInactive))))
+		conds = append(conds, expression.AttributeNotExists(expression.Name(AttrState)).Or(is(AttrState, string(StateInactive))))
 	default:
-		cond = cond.And(is(AttrState, string(guard.State)))
+		conds = append(conds, is(AttrState, string(guard.State)))
 	}
 	u := set(expression.UpdateBuilder{}, AttrState, string(StateInactive))
 	u = remove(u, AttrActivationID, AttrActivationExpiry, AttrInstanceID, AttrRequestID)
-	_, err := s.write(ctx, "clear", serial, u, cond)
+	_, err := s.write(ctx, "clear", serial, u, conds...)
 	return err
 }
 
