@@ -4,11 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
+	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/expression"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 )
@@ -44,69 +43,36 @@ func NewDynamoDB(client DynamoDBAPI, table string, opts ...Option) (*DynamoDB, e
 	return &DynamoDB{client: client, table: table, opts: buildOptions(opts)}, nil
 }
 
-// names maps the expression attribute placeholders an expression uses to
-// the attribute names (DynamoDB rejects unused placeholders).
-func names(placeholders ...string) map[string]string {
-	m := make(map[string]string, len(placeholders))
-	for _, p := range placeholders {
-		switch p {
-		case "#serial":
-			m[p] = PartitionKey
-		case "#state":
-			m[p] = AttrState
-		case "#thing":
-			m[p] = AttrThingName
-		case "#cert":
-			m[p] = AttrCertificateID
-		case "#createdAt":
-			m[p] = AttrCreatedAt
-		case "#updatedAt":
-			m[p] = AttrUpdatedAt
-		case "#notAfter":
-			m[p] = AttrCertNotAfter
-		case "#expiry":
-			m[p] = AttrExpiryPartition
-		case "#rotId":
-			m[p] = AttrRotationID
-		case "#rotState":
-			m[p] = AttrRotationState
-		case "#rotAt":
-			m[p] = AttrRotationRequestedAt
-		case "#rotCert":
-			m[p] = AttrRotationCertID
-		case "#rotNotAfter":
-			m[p] = AttrRotationCertNotAfter
-		case "#lastRot":
-			m[p] = AttrLastRotationID
-		case "#lastStatus":
-			m[p] = AttrLastRotationStatus
-		case "#retired":
-			m[p] = AttrRetiredCertificateID
-		case "#key":
-			m[p] = AttrPublicKeySHA256
-		case "#hist":
-			m[p] = AttrCertificateHistory
-		case "#tok":
-			m[p] = AttrReadmitToken
-		case "#by":
-			m[p] = AttrReadmittedBy
-		case "#at":
-			m[p] = AttrReadmittedAt
-		default:
-			panic("registry: unknown placeholder " + p)
-		}
-	}
-	return m
-}
-
 func str(s string) types.AttributeValue { return &types.AttributeValueMemberS{Value: s} }
 
 func (s *DynamoDB) key(serial string) map[string]types.AttributeValue {
 	return map[string]types.AttributeValue{PartitionKey: str(serial)}
 }
 
-func (s *DynamoDB) now() types.AttributeValue {
-	return str(s.opts.stamp().Format(time.RFC3339))
+// now is the time of a change as the record stores it.
+func (s *DynamoDB) now() string { return FormatTime(s.opts.stamp()) }
+
+// is is the condition that attribute attr equals v.
+func is(attr string, v any) expression.ConditionBuilder {
+	return expression.Name(attr).Equal(expression.Value(v))
+}
+
+// exists is the condition that the record exists.
+func exists() expression.ConditionBuilder {
+	return expression.AttributeExists(expression.Name(PartitionKey))
+}
+
+// set adds SET attr = v to u.
+func set(u expression.UpdateBuilder, attr string, v any) expression.UpdateBuilder {
+	return u.Set(expression.Name(attr), expression.Value(v))
+}
+
+// remove adds REMOVE of attrs to u.
+func remove(u expression.UpdateBuilder, attrs ...string) expression.UpdateBuilder {
+	for _, a := range attrs {
+		u = u.Remove(expression.Name(a))
+	}
+	return u
 }
 
 // Get implements Store.
@@ -133,26 +99,16 @@ func (s *DynamoDB) PutAllowed(ctx context.Context, serial string) error {
 	if err := check(ctx, serial); err != nil {
 		return err
 	}
-	_, err := s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName:                s.tableName(),
-		Key:                      s.key(serial),
-		UpdateExpression:         aws.String("SET #state = :allowed, #updatedAt = :now, #createdAt = if_not_exists(#createdAt, :now) REMOVE #cert, #thing, #notAfter, #expiry, #key, " + removeRotation),
-		ConditionExpression:      aws.String("attribute_not_exists(#serial) OR #state = :revoked"),
-		ExpressionAttributeNames: names("#serial", "#state", "#updatedAt", "#createdAt", "#cert", "#thing", "#notAfter", "#expiry", "#key", "#rotId", "#rotState", "#rotAt", "#rotCert", "#rotNotAfter"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":allowed": str(string(StateAllowed)),
-			":revoked": str(string(StateRevoked)),
-			":now":     s.now(),
-		},
-	})
-	if isConditionFailed(err) {
-		// The record exists and is allowed or provisioned: already admitted.
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("registry: put %s allowed: %w", serial, err)
-	}
-	return nil
+	now := s.now()
+	u := set(expression.UpdateBuilder{}, AttrState, StateAllowed)
+	u = set(u, AttrUpdatedAt, now)
+	u = u.Set(expression.Name(AttrCreatedAt), expression.Name(AttrCreatedAt).IfNotExists(expression.Value(now)))
+	u = removeRotation(remove(u, AttrCertificateID, AttrThingName, AttrCertNotAfter, AttrExpiryPartition, AttrPublicKeySHA256))
+	cond := expression.AttributeNotExists(expression.Name(PartitionKey)).Or(is(AttrState, StateRevoked))
+	// A failed condition means the record exists and is allowed or
+	// provisioned: already admitted.
+	_, _, err := s.update(ctx, serial, u, cond, fmt.Sprintf("registry: put %s allowed", serial))
+	return err
 }
 
 // MarkProvisioned implements Store: RecordProvisioned with an unknown
@@ -169,27 +125,24 @@ func (s *DynamoDB) RecordProvisioned(ctx context.Context, serial, thingName stri
 	if cert.ID == "" {
 		return Device{}, fmt.Errorf("registry: mark %s provisioned: empty certificate id", serial)
 	}
-	update := "SET #state = :provisioned, #cert = :cert, #updatedAt = :now"
-	var removes []string
-	nameKeys := []string{"#serial", "#state", "#cert", "#updatedAt", "#notAfter", "#expiry", "#key"}
-	values := map[string]types.AttributeValue{
-		":provisioned": str(string(StateProvisioned)),
-		":allowed":     str(string(StateAllowed)),
-		":cert":        str(cert.ID),
-		":now":         s.now(),
-	}
-	update, removes = certificateUpdate(update, removes, cert, values)
+	u := set(expression.UpdateBuilder{}, AttrState, StateProvisioned)
+	u = set(u, AttrCertificateID, cert.ID)
+	u = set(u, AttrUpdatedAt, s.now())
+	u = certificateUpdate(u, cert)
 	if thingName != "" {
-		update += ", #thing = :thing"
-		nameKeys = append(nameKeys, "#thing")
-		values[":thing"] = str(thingName)
+		u = set(u, AttrThingName, thingName)
 	}
-	d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
-		UpdateExpression:          aws.String(update + removeClause(removes)),
-		ConditionExpression:       aws.String("attribute_exists(#serial) AND (#state = :allowed OR (#state = :provisioned AND #cert = :cert))"),
-		ExpressionAttributeNames:  names(nameKeys...),
-		ExpressionAttributeValues: values,
-	}, fmt.Sprintf("registry: mark %s provisioned", serial))
+	// Allowed, or provisioned with this certificate (a repeat), written
+	// as "state is allowed or provisioned, and allowed or with this
+	// certificate": the same condition (A or (P and C) = (A or P) and
+	// (A or C)) one level of parentheses flatter. The builder wraps every
+	// operand in parentheses and dynalite's backtracking parser (tests,
+	// benchmarks) takes time exponential in their depth.
+	cond := expression.And(exists(),
+		expression.Name(AttrState).In(expression.Value(StateAllowed), expression.Value(StateProvisioned)),
+		expression.Or(is(AttrState, StateAllowed), is(AttrCertificateID, cert.ID)),
+	)
+	d, applied, err := s.update(ctx, serial, u, cond, fmt.Sprintf("registry: mark %s provisioned", serial))
 	if err != nil || applied {
 		return d, err
 	}
@@ -201,30 +154,18 @@ func (s *DynamoDB) RecordProvisioned(ctx context.Context, serial, thingName stri
 }
 
 // certificateUpdate adds cert's expiry (and the expiry index key) and
-// public key hash to a SET clause, or the attributes to remove when they
-// are unknown, with their values (placeholders #notAfter, #expiry, #key).
-func certificateUpdate(update string, removes []string, cert Certificate, values map[string]types.AttributeValue) (string, []string) {
+// public key hash to u, or removes them when they are unknown.
+func certificateUpdate(u expression.UpdateBuilder, cert Certificate) expression.UpdateBuilder {
 	if cert.NotAfter.IsZero() {
-		removes = append(removes, "#notAfter", "#expiry")
+		u = remove(u, AttrCertNotAfter, AttrExpiryPartition)
 	} else {
-		update += ", #notAfter = :notAfter, #expiry = :expiry"
-		values[":notAfter"] = str(FormatTime(cert.NotAfter))
-		values[":expiry"] = str(ExpiryPartitionValue)
+		u = set(u, AttrCertNotAfter, FormatTime(cert.NotAfter))
+		u = set(u, AttrExpiryPartition, ExpiryPartitionValue)
 	}
 	if cert.PublicKeySHA256 == "" {
-		removes = append(removes, "#key")
-	} else {
-		update += ", #key = :key"
-		values[":key"] = str(cert.PublicKeySHA256)
+		return remove(u, AttrPublicKeySHA256)
 	}
-	return update, removes
-}
-
-func removeClause(removes []string) string {
-	if len(removes) == 0 {
-		return ""
-	}
-	return " REMOVE " + strings.Join(removes, ", ")
+	return set(u, AttrPublicKeySHA256, cert.PublicKeySHA256)
 }
 
 // history encodes a certificate history as the table stores it: a list
@@ -238,13 +179,12 @@ func history(h []RetiredCertificate) (types.AttributeValue, error) {
 }
 
 // certGuard is the condition that the record's certificate id is id
-// (none when id is empty), with its value.
-func certGuard(id string, values map[string]types.AttributeValue) string {
+// (none when id is empty).
+func certGuard(id string) expression.ConditionBuilder {
 	if id == "" {
-		return "attribute_not_exists(#cert)"
+		return expression.AttributeNotExists(expression.Name(AttrCertificateID))
 	}
-	values[":expectedCert"] = str(id)
-	return "#cert = :expectedCert"
+	return is(AttrCertificateID, id)
 }
 
 // retries bounds the read-modify-write rounds of a method whose
@@ -256,20 +196,14 @@ func (s *DynamoDB) MarkRevoking(ctx context.Context, serial, expectedCertificate
 	if err := check(ctx, serial); err != nil {
 		return Device{}, err
 	}
-	values := map[string]types.AttributeValue{
-		":allowed":     str(string(StateAllowed)),
-		":provisioned": str(string(StateProvisioned)),
-		":readmitted":  str(string(StateReadmitted)),
-		":revoking":    str(string(StateRevoking)),
-		":now":         s.now(),
-	}
-	cond := "attribute_exists(#serial) AND #state IN (:allowed, :provisioned, :readmitted) AND " + certGuard(expectedCertificateID, values)
-	d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
-		UpdateExpression:          aws.String("SET #state = :revoking, #updatedAt = :now"),
-		ConditionExpression:       aws.String(cond),
-		ExpressionAttributeNames:  names("#serial", "#state", "#cert", "#updatedAt"),
-		ExpressionAttributeValues: values,
-	}, fmt.Sprintf("registry: mark %s revoking", serial))
+	u := set(expression.UpdateBuilder{}, AttrState, StateRevoking)
+	u = set(u, AttrUpdatedAt, s.now())
+	cond := expression.And(
+		exists(),
+		expression.Name(AttrState).In(expression.Value(StateAllowed), expression.Value(StateProvisioned), expression.Value(StateReadmitted)),
+		certGuard(expectedCertificateID),
+	)
+	d, applied, err := s.update(ctx, serial, u, cond, fmt.Sprintf("registry: mark %s revoking", serial))
 	if err != nil || applied {
 		return d, err
 	}
@@ -308,27 +242,16 @@ func (s *DynamoDB) ReplaceCertificate(ctx context.Context, serial, thingName str
 		if err != nil {
 			return Device{}, err
 		}
-		values := map[string]types.AttributeValue{
-			":cur":         str(string(d.State)),
-			":old":         str(retired.CertificateID),
-			":provisioned": str(string(StateProvisioned)),
-			":cert":        str(cert.ID),
-			":hist":        hist,
-			":now":         str(FormatTime(now)),
-		}
-		nameKeys := []string{"#state", "#cert", "#hist", "#updatedAt", "#notAfter", "#expiry", "#key", "#rotId", "#rotState", "#rotAt", "#rotCert", "#rotNotAfter"}
-		update, removes := certificateUpdate("SET #state = :provisioned, #cert = :cert, #hist = :hist, #updatedAt = :now", []string{removeRotation}, cert, values)
+		u := set(expression.UpdateBuilder{}, AttrState, StateProvisioned)
+		u = set(u, AttrCertificateID, cert.ID)
+		u = set(u, AttrCertificateHistory, hist)
+		u = set(u, AttrUpdatedAt, FormatTime(now))
+		u = removeRotation(certificateUpdate(u, cert))
 		if thingName != "" {
-			update += ", #thing = :thing"
-			nameKeys = append(nameKeys, "#thing")
-			values[":thing"] = str(thingName)
+			u = set(u, AttrThingName, thingName)
 		}
-		d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
-			UpdateExpression:          aws.String(update + removeClause(removes)),
-			ConditionExpression:       aws.String("#state = :cur AND #cert = :old"),
-			ExpressionAttributeNames:  names(nameKeys...),
-			ExpressionAttributeValues: values,
-		}, op)
+		cond := is(AttrState, d.State).And(is(AttrCertificateID, retired.CertificateID))
+		d, applied, err := s.update(ctx, serial, u, cond, op)
 		if err != nil || applied {
 			return d, err
 		}
@@ -353,26 +276,19 @@ func (s *DynamoDB) Readmit(ctx context.Context, serial, token, by string) (Devic
 		if d.ReadmitToken == token {
 			return d, false, nil
 		}
-		values := map[string]types.AttributeValue{
-			":cur": str(string(d.State)),
-			":new": str(string(readmittedState(d.State))),
-			":tok": str(token),
-			":now": s.now(),
-		}
-		update := "SET #state = :new, #tok = :tok, #at = :now, #updatedAt = :now"
-		nameKeys := []string{"#state", "#tok", "#at", "#updatedAt", "#by"}
-		remove := " REMOVE #by"
+		now := s.now()
+		u := set(expression.UpdateBuilder{}, AttrState, readmittedState(d.State))
+		u = set(u, AttrReadmitToken, token)
+		u = set(u, AttrReadmittedAt, now)
+		u = set(u, AttrUpdatedAt, now)
 		if by != "" {
-			update += ", #by = :by"
-			values[":by"] = str(by)
-			remove = ""
+			u = set(u, AttrReadmittedBy, by)
+		} else {
+			u = remove(u, AttrReadmittedBy)
 		}
-		d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
-			UpdateExpression:          aws.String(update + remove),
-			ConditionExpression:       aws.String("#state = :cur AND (attribute_not_exists(#tok) OR #tok <> :tok)"),
-			ExpressionAttributeNames:  names(nameKeys...),
-			ExpressionAttributeValues: values,
-		}, op)
+		tok := expression.Name(AttrReadmitToken)
+		cond := is(AttrState, d.State).And(tok.AttributeNotExists().Or(tok.NotEqual(expression.Value(token))))
+		d, applied, err := s.update(ctx, serial, u, cond, op)
 		if err != nil {
 			return Device{}, false, err
 		}
@@ -403,28 +319,18 @@ func (s *DynamoDB) MarkRevoked(ctx context.Context, serial, expectedCertificateI
 			return fmt.Errorf("%w: %s has certificate %q, expected %q", ErrConflict, serial, d.CertificateID, expectedCertificateID)
 		}
 		now := s.opts.stamp()
-		values := map[string]types.AttributeValue{
-			":cur":     str(string(d.State)),
-			":revoked": str(string(StateRevoked)),
-			":now":     str(FormatTime(now)),
-		}
-		update := "SET #state = :revoked, #updatedAt = :now"
-		nameKeys := []string{"#state", "#cert", "#updatedAt", "#expiry"}
+		u := set(expression.UpdateBuilder{}, AttrState, StateRevoked)
+		u = set(u, AttrUpdatedAt, FormatTime(now))
+		u = remove(u, AttrExpiryPartition)
 		if expectedCertificateID != "" {
 			hist, err := history(appendHistory(d.CertificateHistory, RetiredCertificate{CertificateID: expectedCertificateID, RetiredAt: now, Reason: RetiredRevoked}))
 			if err != nil {
 				return err
 			}
-			update += ", #hist = :hist"
-			values[":hist"] = hist
-			nameKeys = append(nameKeys, "#hist")
+			u = set(u, AttrCertificateHistory, hist)
 		}
-		_, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
-			UpdateExpression:          aws.String(update + " REMOVE #expiry"),
-			ConditionExpression:       aws.String("#state = :cur AND " + certGuard(expectedCertificateID, values)),
-			ExpressionAttributeNames:  names(nameKeys...),
-			ExpressionAttributeValues: values,
-		}, op)
+		cond := is(AttrState, d.State).And(certGuard(expectedCertificateID))
+		_, applied, err := s.update(ctx, serial, u, cond, op)
 		if err != nil || applied {
 			return err
 		}
@@ -495,15 +401,23 @@ func decodeAll(items []map[string]types.AttributeValue) ([]Device, error) {
 	return devices, nil
 }
 
-// update runs the conditional update in on serial's record (filling in the
-// table, key and ReturnValues ALL_NEW) and returns the record as it is
-// after it. applied is false, with no error, when the condition failed;
-// any other error of the call is wrapped with op.
-func (s *DynamoDB) update(ctx context.Context, serial string, in *dynamodb.UpdateItemInput, op string) (d Device, applied bool, err error) {
-	in.TableName = s.tableName()
-	in.Key = s.key(serial)
-	in.ReturnValues = types.ReturnValueAllNew
-	out, err := s.client.UpdateItem(ctx, in)
+// update runs the conditional update u (condition cond) on serial's
+// record and returns the record as it is after it. applied is false, with
+// no error, when the condition failed; any other error is wrapped with op.
+func (s *DynamoDB) update(ctx context.Context, serial string, u expression.UpdateBuilder, cond expression.ConditionBuilder, op string) (d Device, applied bool, err error) {
+	expr, err := expression.NewBuilder().WithUpdate(u).WithCondition(cond).Build()
+	if err != nil {
+		return Device{}, false, fmt.Errorf("%s: build expression: %w", op, err)
+	}
+	out, err := s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName:                 s.tableName(),
+		Key:                       s.key(serial),
+		UpdateExpression:          expr.Update(),
+		ConditionExpression:       expr.Condition(),
+		ExpressionAttributeNames:  expr.Names(),
+		ExpressionAttributeValues: expr.Values(),
+		ReturnValues:              types.ReturnValueAllNew,
+	})
 	if isConditionFailed(err) {
 		return Device{}, false, nil
 	}

@@ -7,13 +7,16 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/expression"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 )
 
-// removeRotation removes the attributes of a rotation in progress (the
-// placeholders #rotId, #rotState, #rotAt, #rotCert, #rotNotAfter).
-const removeRotation = "#rotId, #rotState, #rotAt, #rotCert, #rotNotAfter"
+// removeRotation adds REMOVE of the attributes of a rotation in progress
+// to u.
+func removeRotation(u expression.UpdateBuilder) expression.UpdateBuilder {
+	return remove(u, AttrRotationID, AttrRotationState, AttrRotationRequestedAt, AttrRotationCertID, AttrRotationCertNotAfter)
+}
 
 // ExpiringBefore implements Store with a Query of the expiry index. The
 // cursor is "<certNotAfter>|<serial>" of the last record DynamoDB
@@ -23,17 +26,20 @@ func (s *DynamoDB) ExpiringBefore(ctx context.Context, t time.Time, cursor strin
 	if err != nil {
 		return Page{}, err
 	}
+	keyCond := expression.Key(AttrExpiryPartition).Equal(expression.Value(ExpiryPartitionValue)).
+		And(expression.Key(AttrCertNotAfter).LessThan(expression.Value(FormatTime(t))))
+	expr, err := expression.NewBuilder().WithKeyCondition(keyCond).Build()
+	if err != nil {
+		return Page{}, fmt.Errorf("registry: query %s index %s: build expression: %w", s.table, ExpiryIndex, err)
+	}
 	in := &dynamodb.QueryInput{
-		TableName:                s.tableName(),
-		IndexName:                aws.String(ExpiryIndex),
-		KeyConditionExpression:   aws.String("#expiry = :expiry AND #notAfter < :before"),
-		ExpressionAttributeNames: names("#expiry", "#notAfter"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":expiry": str(ExpiryPartitionValue),
-			":before": str(FormatTime(t)),
-		},
-		Limit:            aws.Int32(int32(min(limit, 1<<30))),
-		ScanIndexForward: aws.Bool(true),
+		TableName:                 s.tableName(),
+		IndexName:                 aws.String(ExpiryIndex),
+		KeyConditionExpression:    expr.KeyCondition(),
+		ExpressionAttributeNames:  expr.Names(),
+		ExpressionAttributeValues: expr.Values(),
+		Limit:                     aws.Int32(int32(min(limit, 1<<30))),
+		ScanIndexForward:          aws.Bool(true),
 	}
 	if cursor != "" {
 		in.ExclusiveStartKey = map[string]types.AttributeValue{
@@ -67,22 +73,17 @@ func (s *DynamoDB) RequestRotation(ctx context.Context, serial, rotationID strin
 	if err := checkRotation(ctx, serial, rotationID); err != nil {
 		return Device{}, err
 	}
+	op := fmt.Sprintf("registry: request rotation of %s", serial)
 	// Two concurrent requesters can each lose one race; a few rounds
 	// settle it.
 	for range 3 {
 		now := s.opts.stamp()
-		op := fmt.Sprintf("registry: request rotation of %s", serial)
-		d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
-			UpdateExpression:         aws.String("SET #rotId = :id, #rotState = :requested, #rotAt = :now, #updatedAt = :now"),
-			ConditionExpression:      aws.String("attribute_exists(#serial) AND #state = :provisioned AND attribute_not_exists(#rotId)"),
-			ExpressionAttributeNames: names("#serial", "#state", "#rotId", "#rotState", "#rotAt", "#updatedAt"),
-			ExpressionAttributeValues: map[string]types.AttributeValue{
-				":id":          str(rotationID),
-				":requested":   str(string(RotationRequested)),
-				":provisioned": str(string(StateProvisioned)),
-				":now":         str(FormatTime(now)),
-			},
-		}, op)
+		u := set(expression.UpdateBuilder{}, AttrRotationID, rotationID)
+		u = set(u, AttrRotationState, RotationRequested)
+		u = set(u, AttrRotationRequestedAt, FormatTime(now))
+		u = set(u, AttrUpdatedAt, FormatTime(now))
+		cond := expression.And(exists(), is(AttrState, StateProvisioned), expression.AttributeNotExists(expression.Name(AttrRotationID)))
+		d, applied, err := s.update(ctx, serial, u, cond, op)
 		if err != nil || applied {
 			return d, err
 		}
@@ -99,17 +100,14 @@ func (s *DynamoDB) RequestRotation(ctx context.Context, serial, rotationID strin
 		if now.Sub(d.RotationRequestedAt) < resendAfter {
 			return Device{}, fmt.Errorf("%w: %s has rotation %s requested at %s", ErrRotationPending, serial, d.RotationID, FormatTime(d.RotationRequestedAt))
 		}
-		d, applied, err = s.update(ctx, serial, &dynamodb.UpdateItemInput{
-			UpdateExpression:         aws.String("SET #rotAt = :now, #updatedAt = :now"),
-			ConditionExpression:      aws.String("#state = :provisioned AND #rotId = :id AND #rotAt = :prev"),
-			ExpressionAttributeNames: names("#state", "#rotId", "#rotAt", "#updatedAt"),
-			ExpressionAttributeValues: map[string]types.AttributeValue{
-				":id":          str(d.RotationID),
-				":prev":        str(FormatTime(d.RotationRequestedAt)),
-				":provisioned": str(string(StateProvisioned)),
-				":now":         str(FormatTime(now)),
-			},
-		}, op)
+		u = set(expression.UpdateBuilder{}, AttrRotationRequestedAt, FormatTime(now))
+		u = set(u, AttrUpdatedAt, FormatTime(now))
+		cond = expression.And(
+			is(AttrState, StateProvisioned),
+			is(AttrRotationID, d.RotationID),
+			is(AttrRotationRequestedAt, FormatTime(d.RotationRequestedAt)),
+		)
+		d, applied, err = s.update(ctx, serial, u, cond, op)
 		if err != nil || applied {
 			return d, err
 		}
@@ -125,20 +123,16 @@ func (s *DynamoDB) IssueRotation(ctx context.Context, serial, rotationID string,
 	if err := checkCert(cert, true); err != nil {
 		return Device{}, err
 	}
-	d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
-		UpdateExpression:         aws.String("SET #rotState = :issued, #rotCert = :cert, #rotNotAfter = :notAfter, #updatedAt = :now"),
-		ConditionExpression:      aws.String("attribute_exists(#serial) AND #state = :provisioned AND #rotId = :id AND #rotState = :requested"),
-		ExpressionAttributeNames: names("#serial", "#state", "#rotId", "#rotState", "#rotCert", "#rotNotAfter", "#updatedAt"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":id":          str(rotationID),
-			":issued":      str(string(RotationIssued)),
-			":requested":   str(string(RotationRequested)),
-			":provisioned": str(string(StateProvisioned)),
-			":cert":        str(cert.ID),
-			":notAfter":    str(FormatTime(cert.NotAfter)),
-			":now":         s.now(),
-		},
-	}, fmt.Sprintf("registry: issue rotation %s of %s", rotationID, serial))
+	u := set(expression.UpdateBuilder{}, AttrRotationState, RotationIssued)
+	u = set(u, AttrRotationCertID, cert.ID)
+	u = set(u, AttrRotationCertNotAfter, FormatTime(cert.NotAfter))
+	u = set(u, AttrUpdatedAt, s.now())
+	cond := expression.And(exists(),
+		is(AttrState, StateProvisioned),
+		is(AttrRotationID, rotationID),
+		is(AttrRotationState, RotationRequested),
+	)
+	d, applied, err := s.update(ctx, serial, u, cond, fmt.Sprintf("registry: issue rotation %s of %s", rotationID, serial))
 	if err != nil || applied {
 		return d, err
 	}
@@ -162,22 +156,21 @@ func (s *DynamoDB) CompleteRotation(ctx context.Context, serial, rotationID, cer
 	if certID == "" {
 		return Device{}, errors.New("registry: complete rotation: empty certificate id")
 	}
-	d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
-		UpdateExpression: aws.String("SET #retired = #cert, #cert = #rotCert, #notAfter = #rotNotAfter, #expiry = :expiry, " +
-			"#lastRot = :id, #lastStatus = :completed, #updatedAt = :now REMOVE #key, " + removeRotation),
-		ConditionExpression: aws.String("attribute_exists(#serial) AND #state = :provisioned AND #rotId = :id AND #rotState = :issued AND #rotCert = :cert"),
-		ExpressionAttributeNames: names("#serial", "#state", "#cert", "#notAfter", "#expiry", "#retired", "#lastRot", "#lastStatus",
-			"#updatedAt", "#key", "#rotId", "#rotState", "#rotAt", "#rotCert", "#rotNotAfter"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":id":          str(rotationID),
-			":cert":        str(certID),
-			":issued":      str(string(RotationIssued)),
-			":provisioned": str(string(StateProvisioned)),
-			":completed":   str(string(RotationCompleted)),
-			":expiry":      str(ExpiryPartitionValue),
-			":now":         s.now(),
-		},
-	}, fmt.Sprintf("registry: complete rotation %s of %s", rotationID, serial))
+	u := expression.Set(expression.Name(AttrRetiredCertificateID), expression.Name(AttrCertificateID)).
+		Set(expression.Name(AttrCertificateID), expression.Name(AttrRotationCertID)).
+		Set(expression.Name(AttrCertNotAfter), expression.Name(AttrRotationCertNotAfter))
+	u = set(u, AttrExpiryPartition, ExpiryPartitionValue)
+	u = set(u, AttrLastRotationID, rotationID)
+	u = set(u, AttrLastRotationStatus, RotationCompleted)
+	u = set(u, AttrUpdatedAt, s.now())
+	u = removeRotation(remove(u, AttrPublicKeySHA256))
+	cond := expression.And(exists(),
+		is(AttrState, StateProvisioned),
+		is(AttrRotationID, rotationID),
+		is(AttrRotationState, RotationIssued),
+		is(AttrRotationCertID, certID),
+	)
+	d, applied, err := s.update(ctx, serial, u, cond, fmt.Sprintf("registry: complete rotation %s of %s", rotationID, serial))
 	if err != nil || applied {
 		return d, err
 	}
@@ -196,6 +189,7 @@ func (s *DynamoDB) FailRotation(ctx context.Context, serial, rotationID string) 
 	if err := checkRotation(ctx, serial, rotationID); err != nil {
 		return Device{}, err
 	}
+	op := fmt.Sprintf("registry: fail rotation %s of %s", rotationID, serial)
 	for range 3 {
 		d, err := s.Get(ctx, serial)
 		if err != nil {
@@ -209,25 +203,17 @@ func (s *DynamoDB) FailRotation(ctx context.Context, serial, rotationID string) 
 		}
 		// The retired certificate is the one issued for the rotation, if
 		// any; the condition pins the rotation state read above.
-		update := "SET #lastRot = :id, #lastStatus = :failed, #updatedAt = :now"
-		remove := " REMOVE " + removeRotation
+		u := set(expression.UpdateBuilder{}, AttrLastRotationID, rotationID)
+		u = set(u, AttrLastRotationStatus, RotationFailed)
+		u = set(u, AttrUpdatedAt, s.now())
 		if d.RotationState == RotationIssued {
-			update += ", #retired = #rotCert"
+			u = u.Set(expression.Name(AttrRetiredCertificateID), expression.Name(AttrRotationCertID))
 		} else {
-			remove += ", #retired"
+			u = remove(u, AttrRetiredCertificateID)
 		}
-		d, applied, err := s.update(ctx, serial, &dynamodb.UpdateItemInput{
-			UpdateExpression:    aws.String(update + remove),
-			ConditionExpression: aws.String("#rotId = :id AND #rotState = :rotState"),
-			ExpressionAttributeNames: names("#lastRot", "#lastStatus", "#updatedAt", "#retired",
-				"#rotId", "#rotState", "#rotAt", "#rotCert", "#rotNotAfter"),
-			ExpressionAttributeValues: map[string]types.AttributeValue{
-				":id":       str(rotationID),
-				":failed":   str(string(RotationFailed)),
-				":rotState": str(string(d.RotationState)),
-				":now":      s.now(),
-			},
-		}, fmt.Sprintf("registry: fail rotation %s of %s", rotationID, serial))
+		u = removeRotation(u)
+		cond := is(AttrRotationID, rotationID).And(is(AttrRotationState, d.RotationState))
+		d, applied, err := s.update(ctx, serial, u, cond, op)
 		if err != nil || applied {
 			return d, err
 		}

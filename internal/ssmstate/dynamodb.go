@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/expression"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
@@ -45,76 +45,57 @@ func NewDynamoDB(client DynamoDBAPI, table string, now Clock) (*DynamoDB, error)
 	return &DynamoDB{client: client, table: table, now: now}, nil
 }
 
-// attrNames maps every placeholder used in an expression to its attribute.
-func attrNames(expr ...string) map[string]string {
-	all := map[string]string{
-		"#serial": registry.PartitionKey, "#st": AttrState, "#aid": AttrActivationID,
-		"#exp": AttrActivationExpiry, "#iid": AttrInstanceID, "#rid": AttrRequestID, "#upd": AttrUpdatedAt,
-	}
-	joined := strings.Join(expr, " ")
-	m := map[string]string{}
-	for p, a := range all {
-		if containsPlaceholder(joined, p) {
-			m[p] = a
-		}
-	}
-	return m
-}
-
-// attrValues keeps the values whose placeholder appears in the expressions
-// (DynamoDB rejects unused ones).
-func attrValues(vals map[string]types.AttributeValue, expr ...string) map[string]types.AttributeValue {
-	joined := strings.Join(expr, " ")
-	m := map[string]types.AttributeValue{}
-	for p, v := range vals {
-		if containsPlaceholder(joined, p) {
-			m[p] = v
-		}
-	}
-	if len(m) == 0 {
-		return nil
-	}
-	return m
-}
-
-func containsPlaceholder(expr, p string) bool {
-	for i := strings.Index(expr, p); i >= 0; {
-		end := i + len(p)
-		if end == len(expr) || !isIdent(expr[end]) {
-			return true
-		}
-		next := strings.Index(expr[end:], p)
-		if next < 0 {
-			return false
-		}
-		i = end + next
-	}
-	return false
-}
-
-func isIdent(c byte) bool {
-	return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
-}
-
 func str(s string) types.AttributeValue { return &types.AttributeValueMemberS{Value: s} }
 
 func (s *DynamoDB) key(serial string) map[string]types.AttributeValue {
 	return map[string]types.AttributeValue{registry.PartitionKey: str(serial)}
 }
 
-var projection = strings.Join([]string{"#serial", "#st", "#aid", "#exp", "#iid", "#rid", "#upd"}, ", ")
+// projection reads the serial and the ssm* attributes.
+func projection() expression.ProjectionBuilder {
+	return expression.NamesList(expression.Name(registry.PartitionKey),
+		expression.Name(AttrState), expression.Name(AttrActivationID), expression.Name(AttrActivationExpiry),
+		expression.Name(AttrInstanceID), expression.Name(AttrRequestID), expression.Name(AttrUpdatedAt))
+}
+
+// is is the condition that attribute attr equals v.
+func is(attr string, v string) expression.ConditionBuilder {
+	return expression.Name(attr).Equal(expression.Value(v))
+}
+
+// set adds SET attr = v to u.
+func set(u expression.UpdateBuilder, attr, v string) expression.UpdateBuilder {
+	return u.Set(expression.Name(attr), expression.Value(v))
+}
+
+// remove adds REMOVE of attrs to u.
+func remove(u expression.UpdateBuilder, attrs ...string) expression.UpdateBuilder {
+	for _, a := range attrs {
+		u = u.Remove(expression.Name(a))
+	}
+	return u
+}
+
+// exists is the condition that the record exists.
+func exists() expression.ConditionBuilder {
+	return expression.AttributeExists(expression.Name(registry.PartitionKey))
+}
 
 // Get implements Store.
 func (s *DynamoDB) Get(ctx context.Context, serial string) (Record, error) {
 	if err := check(ctx, serial); err != nil {
 		return Record{}, err
 	}
+	expr, err := expression.NewBuilder().WithProjection(projection()).Build()
+	if err != nil {
+		return Record{}, fmt.Errorf("ssmstate: get %s: build expression: %w", serial, err)
+	}
 	out, err := s.client.GetItem(ctx, &dynamodb.GetItemInput{
 		TableName:                aws.String(s.table),
 		Key:                      s.key(serial),
 		ConsistentRead:           aws.Bool(true),
-		ProjectionExpression:     aws.String(projection),
-		ExpressionAttributeNames: attrNames(projection),
+		ProjectionExpression:     expr.Projection(),
+		ExpressionAttributeNames: expr.Names(),
 	})
 	if err != nil {
 		return Record{}, fmt.Errorf("ssmstate: get %s: %w", serial, err)
@@ -125,26 +106,34 @@ func (s *DynamoDB) Get(ctx context.Context, serial string) (Record, error) {
 	return decode(out.Item)
 }
 
-// write runs one conditional UpdateItem and returns the record after it.
-// On a failed condition it reads the record to tell ErrNotFound from
-// ErrConflict.
-func (s *DynamoDB) write(ctx context.Context, op, serial, set, remove, cond string, vals map[string]types.AttributeValue) (Record, error) {
+// write runs one conditional UpdateItem (u, plus the SET of the update
+// time; condition: the record exists and every one of conds) and returns
+// the record after it. On a failed condition it reads the record to tell
+// ErrNotFound from ErrConflict.
+//
+// The conditions are joined in one flat AND: the builder wraps every
+// operand in parentheses, and dynalite's backtracking parser (tests)
+// takes time exponential in their depth.
+func (s *DynamoDB) write(ctx context.Context, op, serial string, u expression.UpdateBuilder, conds ...expression.ConditionBuilder) (Record, error) {
 	if err := check(ctx, serial); err != nil {
 		return Record{}, err
 	}
-	vals[":now"] = str(stamp(s.now).Format(time.RFC3339))
-	update := "SET " + set + ", #upd = :now"
-	if remove != "" {
-		update += " REMOVE " + remove
+	u = set(u, AttrUpdatedAt, stamp(s.now).Format(time.RFC3339))
+	cond := exists()
+	if len(conds) > 0 {
+		cond = expression.And(cond, conds[0], conds[1:]...)
 	}
-	cond = "attribute_exists(#serial) AND (" + cond + ")"
+	expr, err := expression.NewBuilder().WithUpdate(u).WithCondition(cond).Build()
+	if err != nil {
+		return Record{}, fmt.Errorf("ssmstate: %s %s: build expression: %w", op, serial, err)
+	}
 	out, err := s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
 		TableName:                 aws.String(s.table),
 		Key:                       s.key(serial),
-		UpdateExpression:          aws.String(update),
-		ConditionExpression:       aws.String(cond),
-		ExpressionAttributeNames:  attrNames(update, cond),
-		ExpressionAttributeValues: attrValues(vals, update, cond),
+		UpdateExpression:          expr.Update(),
+		ConditionExpression:       expr.Condition(),
+		ExpressionAttributeNames:  expr.Names(),
+		ExpressionAttributeValues: expr.Values(),
 		ReturnValues:              types.ReturnValueAllNew,
 	})
 	var ccf *types.ConditionalCheckFailedException
@@ -166,12 +155,11 @@ func (s *DynamoDB) Reserve(ctx context.Context, serial, requestID string) (Recor
 	if err := checkID("request id", requestID); err != nil {
 		return Record{}, err
 	}
-	return s.write(ctx, "reserve", serial,
-		"#st = :activating, #rid = :rid", "#aid, #exp, #iid",
-		"attribute_not_exists(#st) OR #st = :inactive",
-		map[string]types.AttributeValue{
-			":activating": str(string(StateActivating)), ":inactive": str(string(StateInactive)), ":rid": str(requestID),
-		})
+	u := set(expression.UpdateBuilder{}, AttrState, string(StateActivating))
+	u = set(u, AttrRequestID, requestID)
+	u = remove(u, AttrActivationID, AttrActivationExpiry, AttrInstanceID)
+	return s.write(ctx, "reserve", serial, u,
+		expression.AttributeNotExists(expression.Name(AttrState)).Or(is(AttrState, string(StateInactive))))
 }
 
 // SetActivation implements Store.
@@ -182,13 +170,9 @@ func (s *DynamoDB) SetActivation(ctx context.Context, serial, requestID, activat
 	if err := checkID("activation id", activationID); err != nil {
 		return Record{}, err
 	}
-	return s.write(ctx, "set activation", serial,
-		"#aid = :aid, #exp = :exp", "",
-		"#st = :activating AND #rid = :rid",
-		map[string]types.AttributeValue{
-			":activating": str(string(StateActivating)), ":rid": str(requestID), ":aid": str(activationID),
-			":exp": str(expiry.UTC().Truncate(time.Second).Format(time.RFC3339)),
-		})
+	u := set(expression.UpdateBuilder{}, AttrActivationID, activationID)
+	u = set(u, AttrActivationExpiry, expiry.UTC().Truncate(time.Second).Format(time.RFC3339))
+	return s.write(ctx, "set activation", serial, u, is(AttrState, string(StateActivating)), is(AttrRequestID, requestID))
 }
 
 // MarkActive implements Store.
@@ -199,13 +183,14 @@ func (s *DynamoDB) MarkActive(ctx context.Context, serial, activationID, instanc
 	if err := checkID("instance id", instanceID); err != nil {
 		return Record{}, err
 	}
-	return s.write(ctx, "mark active", serial,
-		"#st = :active, #iid = :iid", "",
-		"#aid = :aid AND (#st = :activating OR (#st = :active AND #iid = :iid))",
-		map[string]types.AttributeValue{
-			":active": str(string(StateActive)), ":activating": str(string(StateActivating)),
-			":aid": str(activationID), ":iid": str(instanceID),
-		})
+	u := set(expression.UpdateBuilder{}, AttrState, string(StateActive))
+	u = set(u, AttrInstanceID, instanceID)
+	return s.write(ctx, "mark active", serial, u,
+		is(AttrActivationID, activationID),
+		expression.Or(
+			is(AttrState, string(StateActivating)),
+			is(AttrState, string(StateActive)).And(is(AttrInstanceID, instanceID)),
+		))
 }
 
 // BeginDeactivation implements Store.
@@ -213,33 +198,30 @@ func (s *DynamoDB) BeginDeactivation(ctx context.Context, serial, requestID stri
 	if err := checkID("request id", requestID); err != nil {
 		return Record{}, err
 	}
-	return s.write(ctx, "begin deactivation", serial,
-		"#st = :deactivating, #rid = :rid", "",
-		"attribute_exists(#serial)",
-		map[string]types.AttributeValue{":deactivating": str(string(StateDeactivating)), ":rid": str(requestID)})
+	u := set(expression.UpdateBuilder{}, AttrState, string(StateDeactivating))
+	u = set(u, AttrRequestID, requestID)
+	return s.write(ctx, "begin deactivation", serial, u)
 }
 
 // Clear implements Store.
 func (s *DynamoDB) Clear(ctx context.Context, serial string, guard Guard) error {
-	cond := "attribute_exists(#serial)"
-	vals := map[string]types.AttributeValue{":inactive": str(string(StateInactive))}
+	var conds []expression.ConditionBuilder
 	if guard.RequestID != "" {
-		cond += " AND #rid = :grid"
-		vals[":grid"] = str(guard.RequestID)
+		conds = append(conds, is(AttrRequestID, guard.RequestID))
 	}
 	if guard.ActivationID != "" {
-		cond += " AND #aid = :gaid"
-		vals[":gaid"] = str(guard.ActivationID)
+		conds = append(conds, is(AttrActivationID, guard.ActivationID))
 	}
-	if guard.State != "" {
-		if guard.State == StateInactive {
-			cond += " AND (attribute_not_exists(#st) OR #st = :inactive)"
-		} else {
-			cond += " AND #st = :gst"
-			vals[":gst"] = str(string(guard.State))
-		}
+	switch guard.State {
+	case "": // any state
+	case StateInactive:
+		conds = append(conds, expression.AttributeNotExists(expression.Name(AttrState)).Or(is(AttrState, string(StateInactive))))
+	default:
+		conds = append(conds, is(AttrState, string(guard.State)))
 	}
-	_, err := s.write(ctx, "clear", serial, "#st = :inactive", "#aid, #exp, #iid, #rid", cond, vals)
+	u := set(expression.UpdateBuilder{}, AttrState, string(StateInactive))
+	u = remove(u, AttrActivationID, AttrActivationExpiry, AttrInstanceID, AttrRequestID)
+	_, err := s.write(ctx, "clear", serial, u, conds...)
 	return err
 }
 
@@ -252,17 +234,19 @@ func (s *DynamoDB) ScanPending(ctx context.Context, cursor string, limit int) (P
 	if limit <= 0 {
 		limit = DefaultPageSize
 	}
-	filter := "#st IN (:activating, :deactivating)"
+	filter := expression.Name(AttrState).In(expression.Value(string(StateActivating)), expression.Value(string(StateDeactivating)))
+	expr, err := expression.NewBuilder().WithFilter(filter).WithProjection(projection()).Build()
+	if err != nil {
+		return Page{}, fmt.Errorf("ssmstate: scan %s: build expression: %w", s.table, err)
+	}
 	in := &dynamodb.ScanInput{
-		TableName:                aws.String(s.table),
-		Limit:                    aws.Int32(int32(min(limit, 1<<30))),
-		ConsistentRead:           aws.Bool(true),
-		FilterExpression:         aws.String(filter),
-		ProjectionExpression:     aws.String(projection),
-		ExpressionAttributeNames: attrNames(filter, projection),
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":activating": str(string(StateActivating)), ":deactivating": str(string(StateDeactivating)),
-		},
+		TableName:                 aws.String(s.table),
+		Limit:                     aws.Int32(int32(min(limit, 1<<30))),
+		ConsistentRead:            aws.Bool(true),
+		FilterExpression:          expr.Filter(),
+		ProjectionExpression:      expr.Projection(),
+		ExpressionAttributeNames:  expr.Names(),
+		ExpressionAttributeValues: expr.Values(),
 	}
 	if cursor != "" {
 		in.ExclusiveStartKey = s.key(cursor)

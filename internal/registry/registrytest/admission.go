@@ -69,6 +69,41 @@ func runAdmission(t *testing.T, setup setupFunc) {
 		require.Empty(t, after.CertificateHistory)
 	})
 
+	// Only an allowed record, or a provisioned one repeating its own
+	// certificate, records a provisioning: a readmitted, revoking or
+	// revoked record is refused even with the certificate it names.
+	t.Run("RecordProvisionedOnlyAllowedOrRepeat", func(t *testing.T) {
+		s, _, ctx := setup(t)
+		for _, tc := range []struct {
+			state registry.State
+			to    func(serial string)
+		}{
+			{registry.StateReadmitted, func(serial string) {
+				_, _, err := s.Readmit(ctx, serial, "T-1", "")
+				require.NoError(t, err)
+			}},
+			{registry.StateRevoking, func(serial string) {
+				_, err := s.MarkRevoking(ctx, serial, "cert1")
+				require.NoError(t, err)
+			}},
+			{registry.StateRevoked, func(serial string) {
+				_, err := s.MarkRevoking(ctx, serial, "cert1")
+				require.NoError(t, err)
+				require.NoError(t, s.MarkRevoked(ctx, serial, "cert1"))
+			}},
+		} {
+			serial := "s-" + string(tc.state)
+			provisionedWithKey(t, ctx, s, serial, "cert1", keyA)
+			tc.to(serial)
+			before := get(t, ctx, s, serial)
+			require.Equal(t, tc.state, before.State)
+			require.Equal(t, "cert1", before.CertificateID)
+			_, err := s.RecordProvisioned(ctx, serial, "dev-"+serial, registry.Certificate{ID: "cert1", PublicKeySHA256: keyA})
+			require.ErrorIs(t, err, registry.ErrConflict, "state %s", tc.state)
+			assertDevice(t, before, get(t, ctx, s, serial))
+		}
+	})
+
 	t.Run("ReplaceCertificateKeepsHistory", func(t *testing.T) {
 		s, clock, ctx := setup(t)
 		provisionedWithKey(t, ctx, s, "a1", "cert1", keyA)
