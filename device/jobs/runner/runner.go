@@ -173,7 +173,7 @@ const (
 	// RulePATH: the handler is not in the handler directory and runs as a
 	// well-known executable from the agent's PATH (echo, apt-get), as the
 	// AWS IoT Device Client does for a handler without "path".
-	RulePATH = "PATH"
+	RulePATH = jobdoc.RulePATH
 )
 
 // Resolution is where a runHandler step's program was found and by which
