@@ -391,11 +391,16 @@ func TestNewValidatesConfig(t *testing.T) {
 }
 
 func TestTail(t *testing.T) {
-	assert.Equal(t, "abc", Tail("abc", 10))
-	assert.Equal(t, "cd", Tail("abcd", 2))
-	// A multi-byte character cut in half is dropped, not split.
-	assert.Equal(t, "b", Tail("éb", 2))
-	assert.Equal(t, "\uFFFD", Tail("\xff", 10))
+	assert.Equal(t, "abc", TailChars("abc", 10))
+	assert.Equal(t, "cd", TailChars("abcd", 2))
+	// Characters, not bytes: "é" counts once.
+	assert.Equal(t, "éb", TailChars("aéb", 2))
+	assert.Equal(t, "\uFFFD", TailChars("\xff", 10))
+	// Beyond 4*max bytes, a character cut in half is dropped, not split.
+	assert.Equal(t, "éé", TailChars("aaaaaaaaéé", 2))
+	assert.Equal(t, strings.Repeat("é", 3), TailChars(strings.Repeat("é", 10)[1:], 3))
+	// Garbage is kept as replacement characters, never dropped whole.
+	assert.Equal(t, "\uFFFD", TailChars(strings.Repeat("\x80", 100), 10))
 
 	var tb tailBuffer
 	for i := 0; i < 1000; i++ {

@@ -67,7 +67,8 @@ func (t *tailBuffer) String() string {
 func TailChars(s string, max int) string {
 	if len(s) > 4*max {
 		s = s[len(s)-4*max:]
-		for len(s) > 0 && !utf8.RuneStart(s[0]) {
+		// Drop the rest of a character cut in half (at most 3 bytes).
+		for i := 0; i < utf8.UTFMax-1 && len(s) > 0 && !utf8.RuneStart(s[0]); i++ {
 			s = s[1:]
 		}
 	}
@@ -77,23 +78,6 @@ func TailChars(s string, max int) string {
 		_, size := utf8.DecodeRuneInString(s)
 		s = s[size:]
 		n--
-	}
-	return s
-}
-
-// Tail returns the end of s as valid UTF-8 of at most max bytes, cut at a
-// character boundary.
-func Tail(s string, max int) string {
-	if len(s) > 4*max {
-		s = s[len(s)-4*max:]
-	}
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	if len(s) <= max {
-		return s
-	}
-	s = s[len(s)-max:]
-	for len(s) > 0 && !utf8.RuneStart(s[0]) {
-		s = s[1:]
 	}
 	return s
 }
