@@ -55,6 +55,7 @@ func JobsFeature(opsFn OperationsFunc) FeatureFactory {
 			Operations:             ops,
 			RunCommand:             cfg.Jobs.RunCommandPolicy(),
 			HandlerDir:             handlerDir,
+			BootIDFile:             cfg.OTA.BootIDFile, // one source of the boot id for OTA and jobs
 			StepTimeout:            cfg.Jobs.StepTimeout.D(),
 			ProgressTimeoutMinutes: cfg.Jobs.ProgressTimeoutMinutes,
 			Logger:                 rt.Logger,

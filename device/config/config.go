@@ -143,6 +143,13 @@ type Jobs struct {
 	SudoPath string `json:"sudoPath"`
 	// RunCommand is the switch for schema-1.0 runCommand steps.
 	RunCommand RunCommand `json:"runCommand"`
+	// PathExecutables lets a runHandler step without "path" (or an
+	// old-schema operation without "path") whose handler is not in the
+	// handler directory run a well-known executable of that name from the
+	// agent's PATH, as the AWS IoT Device Client does (default true, so its
+	// sample echo.json works). RunCommand governs it too: it is a command
+	// from the job document.
+	PathExecutables bool `json:"pathExecutables"`
 }
 
 // RunCommand is the device's rule for schema-1.0 runCommand steps (job
@@ -163,8 +170,9 @@ type RunCommand struct {
 // RunCommandPolicy is the jobs engine's form of the runCommand rule.
 func (j Jobs) RunCommandPolicy() jobdoc.RunCommandPolicy {
 	return jobdoc.RunCommandPolicy{
-		Disabled:           !j.RunCommand.Enabled,
-		AllowedExecutables: slices.Clone(j.RunCommand.AllowedExecutables),
+		Disabled:                !j.RunCommand.Enabled,
+		AllowedExecutables:      slices.Clone(j.RunCommand.AllowedExecutables),
+		PathExecutablesDisabled: !j.PathExecutables,
 	}
 }
 
@@ -203,7 +211,7 @@ func Default() Config {
 			ReconnectMax:   Duration(2 * time.Minute),
 		},
 		Outbox: Outbox{MaxMessages: 10000, MaxAttempts: 5},
-		Jobs:   Jobs{Enabled: true, AllowedPaths: []string{}, StepTimeout: Duration(time.Hour), ProgressTimeoutMinutes: 10, RunCommand: RunCommand{Enabled: true, AllowedExecutables: []string{}}},
+		Jobs:   Jobs{Enabled: true, AllowedPaths: []string{}, StepTimeout: Duration(time.Hour), ProgressTimeoutMinutes: 10, RunCommand: RunCommand{Enabled: true, AllowedExecutables: []string{}}, PathExecutables: true},
 		OTA:    DefaultOTA(),
 		SSM:    DefaultSSM(),
 		// Certificate rotation (rotation.go).

@@ -157,6 +157,16 @@ func TestRunCommandSwitch(t *testing.T) {
 	assert.NoError(t, p.Check("/usr/bin/apt-get"))
 	assert.ErrorContains(t, p.Check("apt-get"), "jobs.runCommand.allowedExecutables")
 
+	assert.False(t, p.PathExecutablesDisabled, "executables from PATH are allowed by default (the Device Client's echo.json works)")
+
+	cfg, err = Parse([]byte(`{` + base + `,"jobs":{"pathExecutables":false}}`))
+	require.NoError(t, err)
+	require.NoError(t, cfg.Validate())
+	assert.Equal(t, jobdoc.RunCommandPolicy{AllowedExecutables: []string{}, PathExecutablesDisabled: true}, cfg.Jobs.RunCommandPolicy())
+	assert.ErrorContains(t, cfg.Jobs.RunCommandPolicy().CheckPathExecutable("echo"), "jobs.pathExecutables is false")
+	_, err = Parse([]byte(`{` + base + `,"jobs":{"pathExecutables":"false"}}`))
+	assert.ErrorContains(t, err, "jobs.pathExecutables")
+
 	_, err = Parse([]byte(`{` + base + `,"jobs":{"runCommand":{"Enabled":false}}}`))
 	assert.ErrorContains(t, err, `keys are case-sensitive: did you mean "enabled"?`)
 	_, err = Parse([]byte(`{` + base + `,"jobs":{"runCommand":{"enabled":false,"enabled":true}}}`))

@@ -5,9 +5,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"path/filepath"
 
 	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
+	"github.com/iot-fleet/iot-fleet/device/jobs/runner"
 )
 
 // CheckJobOptions is what `fleet-agent check-job` knows about the device.
@@ -61,7 +64,8 @@ func CheckJobMain(args []string, stdout, stderr io.Writer, opts CheckJobOptions)
 		fmt.Fprintf(stderr, "check-job: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s [%s]\n\n", policy.Describe(), source)
+	fmt.Fprintf(stdout, "%s [%s]\n%s\n\n", policy.Describe(), source, policy.DescribePath())
+	explain := jobdoc.ExplainOptions{HandlerDir: *handlerDir, Resolve: resolver(*handlerDir, policy)}
 	parseOpts := jobdoc.Options{Operations: ops, RunCommand: policy}
 	status := 0
 	for i, name := range fs.Args() {
@@ -89,7 +93,7 @@ func CheckJobMain(args []string, stdout, stderr io.Writer, opts CheckJobOptions)
 			status = 1
 			continue
 		}
-		fmt.Fprintf(stdout, "%s: valid\n%s", name, jobdoc.Explain(doc, *handlerDir))
+		fmt.Fprintf(stdout, "%s: valid\n%s", name, jobdoc.ExplainWith(doc, explain))
 	}
 	return status
 }
@@ -115,6 +119,37 @@ func checkJobConfig(configFile string, opts CheckJobOptions) (*Registry, jobdoc.
 		return nil, jobdoc.RunCommandPolicy{}, "", fmt.Errorf("agent configuration %s: %w", path, err)
 	}
 	return ops, p, "from " + path, nil
+}
+
+// resolver resolves runHandler steps for check-job as the runner would on
+// this machine (handler directory, allowed path or PATH, with the device's
+// rule), when --handler-dir names the handler directory; nil otherwise.
+func resolver(handlerDir string, policy jobdoc.RunCommandPolicy) func(jobdoc.Action) (jobdoc.Resolved, error) {
+	if handlerDir == "" {
+		return nil
+	}
+	abs, err := filepath.Abs(handlerDir)
+	if err != nil {
+		return nil
+	}
+	r, err := runner.New(runner.Config{HandlerDir: abs, RunCommand: policy, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return nil
+	}
+	return func(a jobdoc.Action) (jobdoc.Resolved, error) {
+		if a.Path != "" && a.Path != jobdoc.DefaultPath {
+			return jobdoc.Resolved{Rule: runner.RuleAllowedPath, Path: filepath.Join(a.Path, a.Handler), Note: " (if jobs.allowedPaths lists it on the device)"}, nil
+		}
+		res, err := r.Resolve(a)
+		if err != nil {
+			return jobdoc.Resolved{}, err
+		}
+		out := jobdoc.Resolved{Rule: res.Rule, Path: res.Path}
+		if res.Rule == runner.RulePATH {
+			out.Note = " (found in this machine's PATH; the agent's PATH decides on the device)"
+		}
+		return out, nil
+	}
 }
 
 func orNone(s string) string {

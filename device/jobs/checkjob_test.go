@@ -129,3 +129,39 @@ func TestCheckJobAppliesRunCommandRule(t *testing.T) {
 	assert.Equal(t, 1, code)
 	assert.Contains(t, errOut, "jobs.runCommand.allowedExecutables[0]")
 }
+
+// check-job says which rule resolves each runHandler step: AWS's echo.json
+// runs echo from PATH, reboot.json's handler comes from the handler
+// directory, and with jobs.pathExecutables false echo is not resolved,
+// naming the setting.
+func TestCheckJobShowsHandlerRule(t *testing.T) {
+	handlers := filepath.Join(t.TempDir(), "handlers")
+	require.NoError(t, os.Mkdir(handlers, 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(handlers, "reboot.sh"), []byte("#!/bin/sh\nexit 0\n"), 0o700))
+	samples := filepath.Join("..", "..", "e2e", "testdata", "dc-job-docs")
+	echo, reboot := filepath.Join(samples, "echo.json"), filepath.Join(samples, "reboot.json")
+	cfg := filepath.Join(t.TempDir(), "config.json")
+	require.NoError(t, os.WriteFile(cfg, []byte(`{"endpoint":"x.example.com","provisioning":{"templateName":"t"},"jobs":{"pathExecutables":false}}`), 0o600))
+	opts := CheckJobOptions{DefaultConfig: filepath.Join(t.TempDir(), "none.json"), Load: func(path string) (*Registry, jobdoc.RunCommandPolicy, error) {
+		c, err := config.Load(path)
+		return nil, c.Jobs.RunCommandPolicy(), err
+	}}
+	t.Setenv("PATH", "/usr/bin:/bin")
+
+	var out, errOut bytes.Buffer
+	code := CheckJobMain([]string{"--handler-dir", handlers, echo, reboot}, &out, &errOut, opts)
+	require.Equal(t, 0, code, errOut.String())
+	assert.Contains(t, out.String(), "handlers not in the handler directory: run from the agent's PATH, any executable\n")
+	assert.Contains(t, out.String(), `    runHandler "echo" from `+handlers+` (the handler directory) if it is there, else the executable "echo" from the agent's PATH (jobs.pathExecutables, subject to the runCommand rule)
+    resolved by rule: PATH -> /usr/bin/echo (found in this machine's PATH; the agent's PATH decides on the device)
+    runs as the agent's user: /usr/bin/echo "" "Hello IoT World!"   (first argument: runAsUser)
+`)
+	assert.Contains(t, out.String(), "    resolved by rule: handler directory -> "+filepath.Join(handlers, "reboot.sh")+"\n")
+
+	out.Reset()
+	errOut.Reset()
+	code = CheckJobMain([]string{"--config", cfg, "--handler-dir", handlers, echo}, &out, &errOut, opts)
+	require.Equal(t, 0, code, errOut.String())
+	assert.Contains(t, out.String(), "handlers not in the handler directory: refused (jobs.pathExecutables is false)\n")
+	assert.Contains(t, out.String(), `    NOT RESOLVED here: handler "echo" is not in the handler directory, and executables from PATH are disabled on this device (agent configuration jobs.pathExecutables is false)`)
+}

@@ -71,6 +71,13 @@ type Config struct {
 	RunCommand jobdoc.RunCommandPolicy
 	// HandlerDir is only used to display plans in logs.
 	HandlerDir string
+	// BootIDFile is where the kernel's boot id is read (default
+	// DefaultBootIDFile; the agent passes ota.bootIdFile so that OTA and
+	// jobs read the same source). It is recorded when a step starts: a
+	// process step interrupted by a reboot of the device succeeded (a
+	// reboot step), one interrupted by a restart of the agent alone
+	// failed.
+	BootIDFile string
 	// StepTimeout bounds each process step (default 1h); the process
 	// group is killed when it elapses and the step fails.
 	StepTimeout time.Duration
@@ -182,6 +189,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = DefaultMaxBackoff
+	}
+	if cfg.BootIDFile == "" {
+		cfg.BootIDFile = DefaultBootIDFile
 	}
 	log := cfg.Logger
 	if log == nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -33,6 +34,17 @@ type harness struct {
 	cfg        func(*Config)
 	engine     *Engine
 	stop       func()
+	// bootIDFile is the engine's boot id; reboot() changes it.
+	bootIDFile string
+	boots      int
+}
+
+// reboot plays a reboot of the device while the engine is stopped: a new
+// boot id.
+func (h *harness) reboot() {
+	h.t.Helper()
+	h.boots++
+	require.NoError(h.t, os.WriteFile(h.bootIDFile, []byte(fmt.Sprintf("b00710d0-0000-4000-8000-%012d\n", h.boots)), 0o600))
 }
 
 func newHarness(t *testing.T) *harness {
@@ -41,6 +53,8 @@ func newHarness(t *testing.T) *harness {
 	h := &harness{t: t, svc: svc, tr: newTransport(svc), stateDir: t.TempDir(), work: t.TempDir(), ops: NewRegistry()}
 	h.handlerDir = filepath.Join(t.TempDir(), "handlers")
 	require.NoError(t, os.Mkdir(h.handlerDir, 0o700))
+	h.bootIDFile = filepath.Join(t.TempDir(), "boot_id")
+	h.reboot()
 	t.Cleanup(func() {
 		if h.stop != nil {
 			h.stop()
@@ -65,7 +79,7 @@ func (h *harness) start() *Engine {
 		Env: []string{"WORK=" + h.work, "PATH=" + os.Getenv("PATH")}, Logger: logger})
 	require.NoError(h.t, err)
 	cfg := Config{ThingName: thing, StateDir: h.stateDir, Publisher: h.tr, Runner: r, Operations: h.ops,
-		HandlerDir: h.handlerDir, ProgressTimeoutMinutes: 3, HeartbeatInterval: time.Hour, ResponseTimeout: 2 * time.Second,
+		HandlerDir: h.handlerDir, BootIDFile: h.bootIDFile, ProgressTimeoutMinutes: 3, HeartbeatInterval: time.Hour, ResponseTimeout: 2 * time.Second,
 		Logger: logger}
 	if h.cfg != nil {
 		h.cfg(&cfg)
@@ -214,13 +228,13 @@ func TestMultiStepJobWithIgnoredFailureAndFinalStep(t *testing.T) {
 		}
 		if u.StatusDetails[DetailStepName] == "breaks" && u.StatusDetails[DetailStepState] == "failed-ignored" {
 			sawBreaks = true
-			assert.Equal(t, "boom", u.StatusDetails[DetailStderr])
+			assert.Equal(t, "boom\n", u.StatusDetails[DetailStderr])
 			assert.Equal(t, "4", u.StatusDetails[DetailExitCode])
 			assert.Equal(t, "exited with status 4", u.StatusDetails[DetailReason])
 		}
 		if u.StatusDetails[DetailStepName] == "first" && u.StatusDetails[DetailStepState] == "succeeded" {
 			sawFirst = true
-			assert.Equal(t, "first done", u.StatusDetails[DetailStdout])
+			assert.Equal(t, "first done\n", u.StatusDetails[DetailStdout])
 		}
 	}
 	assert.True(t, sawBreaks, "no update for the ignored failure: %+v", ex.History)
@@ -242,7 +256,7 @@ func TestFailedStepSkipsFinalStep(t *testing.T) {
 		"finalStep":{"action":{"name":"cleanup","type":"runHandler","input":{"handler":"final.sh"}}}}`)
 	ex := h.waitStatus("job-f", protocol.JobFailed)
 	assert.Equal(t, `step 1/3 "fails" failed: exited with status 100`, ex.Details[DetailReason])
-	assert.Equal(t, "E: Unable to locate package nope", ex.Details[DetailStderr])
+	assert.Equal(t, "E: Unable to locate package nope\n", ex.Details[DetailStderr])
 	assert.Equal(t, "100", ex.Details[DetailExitCode])
 	assert.Equal(t, 1, ex.Terminal)
 	h.waitIdle()
@@ -336,7 +350,8 @@ func TestKillMidStepFailsTheStep(t *testing.T) {
 
 	h.start()
 	ex := h.waitStatus("job-k", protocol.JobFailed)
-	assert.Equal(t, `step 1/2 "hang" failed: agent restarted during step`, ex.Details[DetailReason])
+	assert.Equal(t, `step 1/2 "hang" failed: agent restarted during step (no reboot: the boot id is unchanged)`, ex.Details[DetailReason])
+	assert.Equal(t, "failed", ex.Details[DetailStepState])
 	assert.Equal(t, 1, ex.Terminal)
 	h.waitIdle()
 	assert.NoFileExists(t, filepath.Join(h.work, "second"))
@@ -355,7 +370,7 @@ func TestKillMidIgnoredStepContinues(t *testing.T) {
 	h.kill()
 	h.start()
 	ex := h.waitStatus("job-i", protocol.JobSucceeded)
-	assert.Equal(t, "succeeded; 1 step failure(s) ignored: hang (agent restarted during step)", ex.Details[DetailReason])
+	assert.Equal(t, "succeeded; 1 step failure(s) ignored: hang (agent restarted during step (no reboot: the boot id is unchanged))", ex.Details[DetailReason])
 	assert.FileExists(t, filepath.Join(h.work, "second"))
 	assert.Equal(t, 1, ex.Terminal)
 }
@@ -569,4 +584,55 @@ func processGone(pid int) bool {
 	s := string(data)
 	i := strings.LastIndexByte(s, ')')
 	return i >= 0 && i+2 < len(s) && (s[i+2] == 'Z' || s[i+2] == 'X')
+}
+
+// AWS's sample reboot.json: the step reboots the device, so the agent is
+// killed while the step runs and comes back under a new boot id. The step
+// was recorded as started before the reboot, so it is reported SUCCEEDED,
+// never FAILED with "agent restarted during step" (the AWS IoT Device
+// Client's issue #338), and the next step runs.
+func TestRebootDuringStepSucceeds(t *testing.T) {
+	h := newHarness(t)
+	h.handler("reboot.sh", `touch "$WORK/rebooting"; exec sleep 300`, 0o700)
+	h.start()
+	h.svc.addJob(t, "job-r", `{"version":"1.0","steps":[
+		{"action":{"name":"Reboot Device","type":"runHandler","input":{"handler":"reboot.sh"},"runAsUser":"root"}},
+		{"action":{"name":"after","type":"runCommand","input":{"command":"touch,`+filepath.Join(h.work, "after")+`"}}}]}`)
+	h.waitFile("rebooting")
+	h.kill()
+	st, err := loadState(h.stateDir)
+	require.NoError(t, err)
+	require.True(t, st.Job.StepStarted, "recorded as started before the reboot")
+	require.Equal(t, "b00710d0-0000-4000-8000-000000000001", st.Job.StepBootID)
+	h.reboot()
+	h.start()
+	ex := h.waitStatus("job-r", protocol.JobSucceeded)
+	assert.Equal(t, "all 2 step(s) succeeded", ex.Details[DetailReason])
+	assert.FileExists(t, filepath.Join(h.work, "after"))
+	var rebootStep map[string]string
+	for _, u := range h.svc.updates("job-r") {
+		if u.Details[DetailStepName] == "Reboot Device" && u.Details[DetailStepState] != "running" {
+			rebootStep = u.Details
+		}
+	}
+	require.NotNil(t, rebootStep, "the reboot step's outcome was reported")
+	assert.Equal(t, "succeeded", rebootStep[DetailStepState])
+	assert.Equal(t, ReasonRebootedDuringStep, rebootStep[DetailReason])
+	assert.Equal(t, "b00710d0-0000-4000-8000-000000000001", rebootStep[DetailBootID])
+}
+
+// Without a readable boot id when the step started, a restart cannot be
+// told from a reboot: the step fails, saying why.
+func TestInterruptedStepWithoutBootIDFails(t *testing.T) {
+	h := newHarness(t)
+	require.NoError(t, os.Remove(h.bootIDFile))
+	h.handler("reboot.sh", `touch "$WORK/rebooting"; exec sleep 300`, 0o700)
+	h.start()
+	h.svc.addJob(t, "job-u", `{"version":"1.0","steps":[{"action":{"name":"Reboot Device","type":"runHandler","input":{"handler":"reboot.sh"}}}]}`)
+	h.waitFile("rebooting")
+	h.kill()
+	h.reboot()
+	h.start()
+	ex := h.waitStatus("job-u", protocol.JobFailed)
+	assert.Equal(t, `step 1/1 "Reboot Device" failed: agent restarted during step (the boot id was not known when the step started, so a reboot cannot be told from a restart)`, ex.Details[DetailReason])
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -27,9 +28,37 @@ const (
 	DetailStdout    = "stdout"
 )
 
-// ReasonRestartedDuringStep is the reason of a process step that was
-// running when the agent stopped; it is reported as the step's failure.
+// ReasonRestartedDuringStep starts the reason of a process step that was
+// running when the agent stopped while the device did not reboot (or
+// whether it did is unknown); it is reported as the step's failure.
 const ReasonRestartedDuringStep = "agent restarted during step"
+
+// ReasonRebootedDuringStep is the reason of a process step that was
+// running when the device rebooted: it is reported as the step's success,
+// because a step that reboots the device (AWS's sample reboot.json) cannot
+// report anything else before the reboot. This is the fix of the AWS IoT
+// Device Client's issue #338 (reboot jobs reported FAILED).
+const ReasonRebootedDuringStep = "the device rebooted during the step (boot id changed): the step counts as succeeded"
+
+// DefaultBootIDFile is the kernel's boot id, new at every boot.
+const DefaultBootIDFile = "/proc/sys/kernel/random/boot_id"
+
+// DetailBootID is the statusDetails key of the boot id a step that was
+// interrupted by a reboot started under.
+const DetailBootID = "bootIdAtStepStart"
+
+// readBootID reads the boot id from the configured file.
+func (e *Engine) readBootID() (string, error) {
+	b, err := os.ReadFile(e.cfg.BootIDFile)
+	if err != nil {
+		return "", fmt.Errorf("read boot id: %w", err)
+	}
+	id := strings.TrimSpace(string(b))
+	if id == "" {
+		return "", fmt.Errorf("read boot id: %s is empty", e.cfg.BootIDFile)
+	}
+	return id, nil
+}
 
 // engineKeys are kept first when details exceed the service's limit.
 var engineKeys = []string{DetailReason, DetailStepName, DetailStepIndex, DetailStepCount, DetailStepState, DetailExitCode, DetailStderr, DetailStdout}
@@ -60,21 +89,29 @@ func clampDetails(in map[string]string) map[string]string {
 	return out
 }
 
-// detailValue makes v a valid statusDetails value: AWS IoT Jobs accepts
-// 1 to 1024 characters with no control characters ([^\p{C}]+), so line
-// breaks become " | ", other control characters a space, surrounding
-// space is trimmed and the last 1024 bytes are kept. An empty result means
-// the entry is left out.
+// detailValue makes v a statusDetails value as the AWS IoT Device Client
+// reports it: line feeds and tabs are kept (the Device Client's output
+// filter keeps exactly these two control characters, and AWS IoT Jobs
+// stores them: the Device Client's documentation shows describe-job-execution
+// returning "stderr": "...No such file or directory\n"); every other
+// control, format or invalid character (Unicode category C: carriage
+// return, escape, NUL, U+200B, ...) becomes a space, as the Device Client
+// does; and the last 1024 characters are kept (AWS's limit, counted in
+// characters). An empty result means the entry is left out.
 func detailValue(v string) string {
-	v = strings.TrimSpace(strings.ToValidUTF8(v, "\uFFFD"))
-	v = strings.NewReplacer("\r\n", " | ", "\n", " | ", "\r", " | ").Replace(v)
+	v = strings.ToValidUTF8(v, "\uFFFD")
 	v = strings.Map(func(r rune) rune {
-		if unicode.Is(unicode.C, r) {
+		switch {
+		case r == '\n' || r == '\t':
+			return r
+		case unicode.Is(unicode.C, r) || !unicode.In(r, unicode.L, unicode.M, unicode.N, unicode.P, unicode.S, unicode.Z):
+			// Category C, and code points Unicode has not assigned yet
+			// (Cn: in no other category).
 			return ' '
 		}
 		return r
 	}, v)
-	return strings.TrimSpace(runner.Tail(v, protocol.MaxStatusDetailsValueBytes))
+	return runner.TailChars(v, protocol.MaxStatusDetailsValueBytes)
 }
 
 // recover turns the persisted state into a consistent one at start-up: a
@@ -99,9 +136,35 @@ func (e *Engine) recover() {
 	if !ok || a.Type == jobdoc.TypeOperation {
 		return
 	}
-	e.log.Warn("step was running when the agent stopped", "job_id", job.JobID, "step", a.Name)
-	e.applyOutcome(stepOutcome{jobID: job.JobID, step: job.Step, reason: ReasonRestartedDuringStep,
-		details: map[string]string{DetailReason: ReasonRestartedDuringStep}})
+	out := e.interruptedOutcome(job.StepBootID)
+	out.jobID, out.step = job.JobID, job.Step
+	e.log.Warn("step was running when the agent stopped", "job_id", job.JobID, "step", a.Name, "outcome", out.reason)
+	e.applyOutcome(out)
+}
+
+// interruptedOutcome is the outcome of a process step that was running
+// when the agent stopped, given the boot id recorded when it started: a
+// changed boot id means the device rebooted during the step, which
+// succeeds it; the same boot id means only the agent restarted, which
+// fails it; an unknown boot id fails it too (a failure is never reported
+// as a success on a guess).
+func (e *Engine) interruptedOutcome(startBootID string) stepOutcome {
+	fail := func(why string) stepOutcome {
+		r := ReasonRestartedDuringStep + " (" + why + ")"
+		return stepOutcome{reason: r, details: map[string]string{DetailReason: r}}
+	}
+	if startBootID == "" {
+		return fail("the boot id was not known when the step started, so a reboot cannot be told from a restart")
+	}
+	cur, err := e.readBootID()
+	switch {
+	case err != nil:
+		return fail(fmt.Sprintf("the boot id cannot be read now: %v", err))
+	case cur == startBootID:
+		return fail("no reboot: the boot id is unchanged")
+	}
+	return stepOutcome{ok: true, reason: ReasonRebootedDuringStep,
+		details: map[string]string{DetailReason: ReasonRebootedDuringStep, DetailBootID: startBootID}}
 }
 
 // advance starts the current step if nothing runs.
@@ -122,6 +185,14 @@ func (e *Engine) advance(stepCtx context.Context) {
 		// Persist "started" before the step can have any effect; if that
 		// is impossible the step does not start (retried shortly).
 		job.StepStarted = true
+		job.StepBootID = ""
+		if a.Type != jobdoc.TypeOperation {
+			id, err := e.readBootID()
+			if err != nil {
+				e.log.Warn("boot id unreadable: a reboot during this step will be reported as a failure", "err", err)
+			}
+			job.StepBootID = id
+		}
 		if !e.save() {
 			job.StepStarted = false
 			time.AfterFunc(5*time.Second, func() { e.enqueue(event{}) })
@@ -243,6 +314,7 @@ func (e *Engine) applyOutcome(out stepOutcome) {
 	}
 	log := e.log.With("job_id", job.JobID, "step", a.Name, "index", job.Step+1)
 	job.StepStarted = false
+	job.StepBootID = ""
 	job.OpState = nil
 	switch {
 	case !out.ok && !a.IgnoreStepFailure:

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	simjobs "github.com/iot-fleet/iot-fleet/sim/jobs"
 )
 
 // fakeJobs is an in-memory AWS IoT Jobs service for one thing, speaking the
@@ -29,6 +30,9 @@ type fakeJobs struct {
 	lastNotified       string
 	startNexts         int
 	describeNexts      int
+	// invalidDetails are the reasons of updates rejected for their
+	// statusDetails.
+	invalidDetails []string
 }
 
 type fakeExec struct {
@@ -250,13 +254,10 @@ func (f *fakeJobs) handleLocked(topic string, payload []byte) []outMsg {
 		if e == nil {
 			return []outMsg{f.reject(topic, protocol.ErrCodeResourceNotFound, req.ClientToken, nil)}
 		}
-		if len(req.StatusDetails) > protocol.MaxStatusDetailsEntries {
+		// The local IoT Core's check of AWS's documented limits.
+		if err := simjobs.ValidateStatusDetails(req.StatusDetails); err != nil {
+			f.invalidDetails = append(f.invalidDetails, err.Error())
 			return []outMsg{f.reject(topic, protocol.ErrCodeInvalidRequest, req.ClientToken, nil)}
-		}
-		for _, v := range req.StatusDetails {
-			if len(v) > protocol.MaxStatusDetailsValueBytes {
-				return []outMsg{f.reject(topic, protocol.ErrCodeInvalidRequest, req.ClientToken, nil)}
-			}
 		}
 		switch req.Status {
 		case protocol.JobInProgress, protocol.JobSucceeded, protocol.JobFailed, protocol.JobRejected:
@@ -292,6 +293,32 @@ func (f *fakeJobs) handleLocked(topic string, payload []byte) []outMsg {
 		return append([]outMsg{{protocol.Accepted(topic), mustJSON(resp)}}, f.notifyLocked()...)
 	}
 	return nil
+}
+
+// updates returns the accepted updates of job id, in order.
+func (f *fakeJobs) updates(id string) []fakeUpdate {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []fakeUpdate
+	if e := f.find(id); e != nil {
+		for _, u := range e.History {
+			out = append(out, fakeUpdate{Status: u.Status, Details: copyMap(u.StatusDetails)})
+		}
+	}
+	return out
+}
+
+// rejectedDetails returns the reasons of updates rejected for their
+// statusDetails.
+func (f *fakeJobs) rejectedDetails() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.invalidDetails...)
+}
+
+type fakeUpdate struct {
+	Status  protocol.JobStatus
+	Details map[string]string
 }
 
 // cancel cancels an execution as the operator would (CancelJobExecution).

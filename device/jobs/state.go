@@ -62,8 +62,12 @@ type jobState struct {
 	Phase   string `json:"phase"`
 	// Step is the index of the current step (len(steps) is the final
 	// step); StepStarted is set, and persisted, before the step starts.
-	Step            int      `json:"step"`
-	StepStarted     bool     `json:"stepStarted,omitempty"`
+	Step        int  `json:"step"`
+	StepStarted bool `json:"stepStarted,omitempty"`
+	// StepBootID is the kernel boot id when the current step started
+	// (persisted with StepStarted): a different boot id at start-up means
+	// the device rebooted during the step.
+	StepBootID      string   `json:"stepBootId,omitempty"`
 	IgnoredFailures []string `json:"ignoredFailures,omitempty"`
 	// Status and Details are what the service should hold; ChangeSeq
 	// counts their changes (and heartbeats), ConfirmedSeq is the last

@@ -848,9 +848,19 @@ func (s *Service) pending(thing, token string) PendingResponse {
 	return resp
 }
 
-// ValidateStatusDetails checks AWS's limits: at most 10 entries, keys of
-// 1-128 characters from [a-zA-Z0-9:_-], values of 1-1024 characters
-// without control characters.
+// ValidateStatusDetails checks what AWS IoT Jobs documents for
+// statusDetails (UpdateJobExecution, StartNextPendingJobExecution): at
+// most 10 entries; keys of 1-128 characters matching [a-zA-Z0-9:_-]+;
+// values of 1-1024 characters matching [^\p{C}]+ with two exceptions
+// that AWS demonstrably accepts: line feed and tab. The AWS IoT Device
+// Client sends its output tails with exactly these two control characters
+// kept (its filter turns every other one into a space), and its
+// documentation shows AWS storing them (describe-job-execution returning
+// "stderr": "...No such file or directory\n"). Rejecting them would leave
+// every Device Client job that prints output stuck IN_PROGRESS. Every
+// other character of category C (carriage return, escape, NUL, DEL,
+// U+200B and other format characters, unassigned code points, invalid
+// UTF-8) is still rejected.
 func ValidateStatusDetails(d map[string]string) error {
 	if len(d) > protocol.MaxStatusDetailsEntries {
 		return fmt.Errorf("statusDetails has %d entries, at most %d allowed", len(d), protocol.MaxStatusDetailsEntries)
@@ -869,9 +879,15 @@ func ValidateStatusDetails(d map[string]string) error {
 		if n < 1 || n > protocol.MaxStatusDetailsValueBytes {
 			return fmt.Errorf("statusDetails[%s] is %d characters, must be 1-%d", k, n, protocol.MaxStatusDetailsValueBytes)
 		}
+		if !utf8.ValidString(v) {
+			return fmt.Errorf("statusDetails[%s] is not valid UTF-8", k)
+		}
 		for i, r := range v {
-			if unicode.Is(unicode.C, r) {
-				return fmt.Errorf("statusDetails[%s] has a control or invalid character at byte %d (pattern [^\\p{C}]+)", k, i)
+			if r == '\n' || r == '\t' {
+				continue
+			}
+			if unicode.Is(unicode.C, r) || !unicode.In(r, unicode.L, unicode.M, unicode.N, unicode.P, unicode.S, unicode.Z) {
+				return fmt.Errorf("statusDetails[%s] has a control, format, unassigned or invalid character %U at byte %d (pattern [^\\p{C}]+; only line feed and tab are accepted besides)", k, r, i)
 			}
 		}
 	}

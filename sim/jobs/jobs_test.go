@@ -197,7 +197,14 @@ func TestDescribeAndErrors(t *testing.T) {
 		{Status: protocol.JobQueued},
 		{Status: protocol.JobInProgress, StepTimeoutInMinutes: 10081},
 		{Status: protocol.JobInProgress, StatusDetails: map[string]string{"bad key": "x"}},
-		{Status: protocol.JobInProgress, StatusDetails: map[string]string{"out": "line1\nline2"}},
+		{Status: protocol.JobInProgress, StatusDetails: map[string]string{"out": "line1\r\nline2"}},
+		{Status: protocol.JobInProgress, StatusDetails: map[string]string{"out": "progress\rdone"}},
+		{Status: protocol.JobInProgress, StatusDetails: map[string]string{"out": "\x1b[31mred"}},
+		{Status: protocol.JobInProgress, StatusDetails: map[string]string{"out": "nul\x00"}},
+		{Status: protocol.JobInProgress, StatusDetails: map[string]string{"out": "zero\u200bwidth"}},
+		{Status: protocol.JobInProgress, StatusDetails: map[string]string{"out": "unassigned\U000E0FFF"}},
+		{Status: protocol.JobInProgress, StatusDetails: map[string]string{"out": "private\uE000"}},
+		{Status: protocol.JobInProgress, StatusDetails: map[string]string{strings.Repeat("k", 129): "v"}},
 		{Status: protocol.JobInProgress, StatusDetails: map[string]string{"out": strings.Repeat("x", 1025)}},
 		{Status: protocol.JobInProgress, StatusDetails: map[string]string{"out": ""}},
 		{Status: protocol.JobInProgress, StatusDetails: elevenDetails()},
@@ -211,12 +218,40 @@ func TestDescribeAndErrors(t *testing.T) {
 	assert.Equal(t, protocol.JobQueued, e.Status, "rejected updates change nothing")
 	assert.EqualValues(t, 1, e.VersionNumber)
 	require.NoError(t, ValidateStatusDetails(map[string]string{"out": strings.Repeat("é", 1024)}), "limit counts characters")
+	require.Error(t, ValidateStatusDetails(map[string]string{"out": strings.Repeat("é", 1025)}))
+	require.Error(t, ValidateStatusDetails(map[string]string{"out": "bad\xffutf8"}))
 
 	assert.False(t, s.Match(protocol.JobsNotifyNextTopic("dev-a")))
 	assert.False(t, s.Match(protocol.Accepted(protocol.JobsUpdateTopic("dev-a", "j1"))))
 	assert.True(t, s.Match(protocol.JobsUpdateTopic("dev-a", "j1")))
 	assert.True(t, s.Match(protocol.JobsStartNextTopic("dev-a")))
 	assert.False(t, s.Match("dt/fleet/dev-a/status"))
+}
+
+// What AWS accepts and the AWS IoT Device Client sends: output tails with
+// line feeds and tabs (its documentation shows describe-job-execution
+// returning "stderr": "mv: cannot stat '/sbin/reboot-invalid': No such file
+// or directory\n"), any printable Unicode, the replacement character, the
+// full key alphabet and exactly 10 entries of 1024 characters.
+func TestUpdateAcceptsDeviceClientStatusDetails(t *testing.T) {
+	s, _, _ := setup(t, time.Minute, "dev-a")
+	_, err := s.CreateJob(context.Background(), CreateJobInput{JobID: "j1", Document: doc, Things: []string{"dev-a"}})
+	require.NoError(t, err)
+	details := map[string]string{
+		"reason": "Job exited with status: 1",
+		"stderr": "mv: cannot stat '/sbin/reboot-invalid': No such file or directory\n",
+		"stdout": "col1\tcol2\nline 2 é ✓ \uFFFD\n",
+		"a-Z:_9": strings.Repeat("x", 1024),
+	}
+	for i := len(details); i < 10; i++ {
+		details[fmt.Sprintf("k%d", i)] = strings.Repeat("\n", 1024)
+	}
+	_, m := call(t, s, protocol.JobsUpdateTopic("dev-a", "j1"), protocol.UpdateJobRequest{Status: protocol.JobInProgress, StatusDetails: details})
+	require.NotContains(t, m, "code", "%v", m["message"])
+	e, err := s.Execution("j1", "dev-a")
+	require.NoError(t, err)
+	assert.Equal(t, protocol.JobInProgress, e.Status)
+	assert.Equal(t, details, e.StatusDetails, "stored as sent")
 }
 
 func elevenDetails() map[string]string {

@@ -11,6 +11,32 @@ import (
 // one block per step. handlerDir is shown for handlers that run from the
 // handler directory ("" shows "<handler-dir>").
 func Explain(doc *Document, handlerDir string) string {
+	return ExplainWith(doc, ExplainOptions{HandlerDir: handlerDir})
+}
+
+// ExplainOptions configure ExplainWith.
+type ExplainOptions struct {
+	// HandlerDir is shown for handlers that run from the handler
+	// directory ("" shows "<handler-dir>").
+	HandlerDir string
+	// Resolve, if set, says where a runHandler step's program is found
+	// and by which rule (handler directory, allowed path, PATH), or why
+	// it is not; it is printed under the step.
+	Resolve func(Action) (Resolved, error)
+}
+
+// Resolved is where a runHandler step's program was found (Path) and by
+// which rule.
+type Resolved struct {
+	Rule string
+	Path string
+	// Note is shown after the path (e.g. whose PATH was searched).
+	Note string
+}
+
+// ExplainWith is Explain with options.
+func ExplainWith(doc *Document, opts ExplainOptions) string {
+	handlerDir := opts.HandlerDir
 	if handlerDir == "" {
 		handlerDir = "<handler-dir>"
 	}
@@ -31,7 +57,7 @@ func Explain(doc *Document, handlerDir string) string {
 	}
 	for i, a := range doc.Steps {
 		fmt.Fprintf(&b, "step %d/%d %s\n", i+1, len(doc.Steps), strconv.Quote(a.Name))
-		explainAction(&b, a, handlerDir)
+		explainAction(&b, a, handlerDir, opts.Resolve)
 		if a.IgnoreStepFailure {
 			b.WriteString("    on failure: ignored (ignoreStepFailure \"true\"); the job continues\n")
 		} else {
@@ -41,7 +67,7 @@ func Explain(doc *Document, handlerDir string) string {
 	if doc.FinalStep != nil {
 		a := *doc.FinalStep
 		fmt.Fprintf(&b, "final step %s (runs only if every step succeeded; ignored failures count as success)\n", strconv.Quote(a.Name))
-		explainAction(&b, a, handlerDir)
+		explainAction(&b, a, handlerDir, opts.Resolve)
 		if a.IgnoreStepFailure {
 			b.WriteString("    on failure: ignored (ignoreStepFailure \"true\"); the job SUCCEEDS\n")
 		} else {
@@ -52,7 +78,7 @@ func Explain(doc *Document, handlerDir string) string {
 	return b.String()
 }
 
-func explainAction(b *strings.Builder, a Action, handlerDir string) {
+func explainAction(b *strings.Builder, a Action, handlerDir string, resolve func(Action) (Resolved, error)) {
 	user := "the agent's user"
 	if a.RunAsUser != "" {
 		user = "user " + strconv.Quote(a.RunAsUser)
@@ -60,13 +86,29 @@ func explainAction(b *strings.Builder, a Action, handlerDir string) {
 	switch a.Type {
 	case TypeRunHandler:
 		dir := handlerDir + " (the handler directory)"
-		if a.Path != "" && a.Path != DefaultPath {
+		switch {
+		case a.Path == "":
+			dir += " if it is there, else the executable " + strconv.Quote(a.Handler) + " from the agent's PATH (" + ConfigPathExecutables + ", subject to the runCommand rule)"
+		case a.Path != DefaultPath:
 			dir = a.Path + " (must be an allowed handler path in the agent's configuration)"
 		}
 		fmt.Fprintf(b, "    runHandler %s from %s\n", strconv.Quote(a.Handler), dir)
+		program := strings.TrimSuffix(dirOnly(a, handlerDir), "/") + "/" + a.Handler
+		fromPATH := false
+		if resolve != nil {
+			res, err := resolve(a)
+			if err != nil {
+				fmt.Fprintf(b, "    NOT RESOLVED here: %v\n", err)
+			} else {
+				fmt.Fprintf(b, "    resolved by rule: %s -> %s%s\n", res.Rule, res.Path, res.Note)
+				program, fromPATH = res.Path, res.Rule == RulePATH
+			}
+		}
 		argv := append([]string{strconv.Quote(a.RunAsUser)}, quoteAll(a.Args)...)
-		fmt.Fprintf(b, "    runs as the agent's user: %s %s   (first argument: runAsUser)\n", strings.TrimSuffix(dirOnly(a, handlerDir), "/")+"/"+a.Handler, strings.Join(argv, " "))
-		b.WriteString("    requires: directory and handler mode 0700, owned by the agent's user, handler a regular file\n")
+		fmt.Fprintf(b, "    runs as the agent's user: %s %s   (first argument: runAsUser)\n", program, strings.Join(argv, " "))
+		if !fromPATH {
+			b.WriteString("    requires: directory and handler mode 0700, owned by the agent's user, handler a regular file\n")
+		}
 	case TypeRunCommand:
 		prefix := ""
 		if a.RunAsUser != "" {
@@ -86,6 +128,9 @@ func explainAction(b *strings.Builder, a Action, handlerDir string) {
 		fmt.Fprintf(b, "    stderr: fails the step if it writes more than %d line(s) to stderr, even with exit status 0\n", *a.AllowStdErr)
 	}
 }
+
+// RulePATH is the Resolved.Rule of a handler run from the agent's PATH.
+const RulePATH = "PATH"
 
 func dirOnly(a Action, handlerDir string) string {
 	if a.Path != "" && a.Path != DefaultPath {

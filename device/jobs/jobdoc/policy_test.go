@@ -83,3 +83,35 @@ func TestValidateExecutable(t *testing.T) {
 		}
 	}
 }
+
+// A handler run from PATH is governed by jobs.pathExecutables and by the
+// runCommand rule; each refusal names the setting. A PATH-only switch-off
+// does not affect runCommand steps, and documents naming such handlers
+// stay valid (whether a handler is in the handler directory is only known
+// on the device).
+func TestPathExecutablePolicy(t *testing.T) {
+	tests := []struct {
+		policy   RunCommandPolicy
+		err      string
+		describe string
+	}{
+		{RunCommandPolicy{}, "", "handlers not in the handler directory: run from the agent's PATH, any executable"},
+		{RunCommandPolicy{PathExecutablesDisabled: true}, "jobs.pathExecutables is false", "handlers not in the handler directory: refused (jobs.pathExecutables is false)"},
+		{RunCommandPolicy{Disabled: true}, "jobs.runCommand.enabled is false", "handlers not in the handler directory: refused (jobs.runCommand.enabled is false)"},
+		{RunCommandPolicy{AllowedExecutables: []string{"/bin/echo"}}, `executable "echo" is not in jobs.runCommand.allowedExecutables of this device (allowed: /bin/echo)`, "handlers not in the handler directory: run from the agent's PATH for /bin/echo only (jobs.runCommand.allowedExecutables)"},
+		{RunCommandPolicy{AllowedExecutables: []string{"echo"}}, "", "handlers not in the handler directory: run from the agent's PATH for echo only (jobs.runCommand.allowedExecutables)"},
+	}
+	for _, tc := range tests {
+		err := tc.policy.CheckPathExecutable("echo")
+		if tc.err == "" {
+			assert.NoError(t, err, "%+v", tc.policy)
+		} else {
+			assert.ErrorContains(t, err, tc.err, "%+v", tc.policy)
+		}
+		assert.Equal(t, tc.describe, tc.policy.DescribePath())
+		_, perr := Parse([]byte(step(`{"name":"e","type":"runHandler","input":{"handler":"echo","args":["hi"]}}`)), Options{RunCommand: tc.policy})
+		assert.NoError(t, perr)
+	}
+	p := RunCommandPolicy{PathExecutablesDisabled: true}
+	assert.NoError(t, p.Check("echo"), "runCommand steps are not governed by jobs.pathExecutables")
+}

@@ -1,6 +1,8 @@
 // Package runner executes the steps of a job document as real processes:
 // runHandler steps run a handler from the handler directory (or an allowed
-// path) after checking its ownership and mode, runCommand steps run their
+// path) after checking its ownership and mode, or, for a handler without
+// "path" that is not in the handler directory, a well-known executable
+// from the agent's PATH (as the AWS IoT Device Client does), runCommand steps run their
 // argv directly (no shell), optionally through `sudo -n -u USER --`. Each
 // step runs in its own process group, so a timeout or cancellation kills the
 // handler and everything it started. The tail of stderr (and of stdout when
@@ -16,6 +18,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -23,8 +26,9 @@ import (
 	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
 )
 
-// OutputTailBytes is how much of the end of stdout/stderr is kept: the
-// largest statusDetails value AWS IoT Jobs accepts.
+// OutputTailBytes is how many characters of the end of stdout/stderr are
+// kept: the largest statusDetails value AWS IoT Jobs accepts (1024
+// characters, the tail the AWS IoT Device Client reports).
 const OutputTailBytes = 1024
 
 // DefaultKillGrace is the time between SIGTERM and SIGKILL to a step's
@@ -118,7 +122,8 @@ type Result struct {
 	// Reason explains the outcome in one line.
 	Reason string
 	// Stdout (only with IncludeStdOut) and Stderr are the last
-	// OutputTailBytes bytes of the outputs, valid UTF-8.
+	// OutputTailBytes characters of the raw outputs (line breaks kept),
+	// valid UTF-8.
 	Stdout, Stderr string
 	// StderrLines counts the lines written to stderr.
 	StderrLines int
@@ -136,10 +141,12 @@ func (r *Runner) Run(ctx context.Context, s Step) Result {
 	var argv []string
 	switch s.Action.Type {
 	case jobdoc.TypeRunHandler:
-		path, err := r.ResolveHandler(s.Action)
+		res, err := r.Resolve(s.Action)
 		if err != nil {
 			return refused("%v", err)
 		}
+		path := res.Path
+		r.log.Info("job step handler resolved", "step", s.Action.Name, "rule", res.Rule, "path", path)
 		// Like the AWS IoT Device Client: the handler runs as the agent's
 		// user and receives runAsUser (possibly empty) as its first
 		// argument, then the job's args.
@@ -156,31 +163,71 @@ func (r *Runner) Run(ctx context.Context, s Step) Result {
 	return r.exec(ctx, s, argv)
 }
 
-// ResolveHandler returns the path of a runHandler step's handler after
-// checking the rules: the name is a plain file name, the directory is the
-// handler directory or an allowed path, and the directory and the handler
-// are owned by the agent's uid with mode 0700 (the handler a regular file,
-// not a symlink).
+// Rules that resolve a runHandler step's program (Resolution.Rule).
+const (
+	// RuleHandlerDir: the handler is in the handler directory.
+	RuleHandlerDir = "handler directory"
+	// RuleAllowedPath: the handler is in a directory the job document
+	// named in "path" and the agent's configuration allows.
+	RuleAllowedPath = "allowed path"
+	// RulePATH: the handler is not in the handler directory and runs as a
+	// well-known executable from the agent's PATH (echo, apt-get), as the
+	// AWS IoT Device Client does for a handler without "path".
+	RulePATH = jobdoc.RulePATH
+)
+
+// Resolution is where a runHandler step's program was found and by which
+// rule.
+type Resolution struct {
+	Path string
+	Rule string
+}
+
+// ResolveHandler returns the path of a runHandler step's handler; see
+// Resolve.
 func (r *Runner) ResolveHandler(a jobdoc.Action) (string, error) {
+	res, err := r.Resolve(a)
+	return res.Path, err
+}
+
+// Resolve finds the program of a runHandler step. The name must be a plain
+// file name. With "path" naming a directory, that directory must be an
+// allowed path; with "path" "default", the handler directory. In both
+// cases the directory and the handler must be owned by the agent's uid
+// with mode 0700 (the handler a regular file, not a symlink). Without
+// "path" (and for an old-schema operation without "path") the handler
+// directory is tried first under the same rules; a name that is not there
+// runs a well-known executable from the agent's PATH, as the AWS IoT
+// Device Client does, if the runCommand rule allows it
+// (RunCommandPolicy.CheckPathExecutable). A handler that is in the handler
+// directory but fails its checks is refused, never replaced by the PATH
+// program of the same name.
+func (r *Runner) Resolve(a jobdoc.Action) (Resolution, error) {
 	name := a.Handler
 	if name == "" || strings.ContainsAny(name, `/\`) || strings.Contains(name, "..") || name == "." {
-		return "", fmt.Errorf("handler name %q refused: it must be a plain file name", name)
+		return Resolution{}, fmt.Errorf("handler name %q refused: it must be a plain file name", name)
 	}
-	dir := r.cfg.HandlerDir
 	if a.Path != "" && a.Path != jobdoc.DefaultPath {
 		clean := filepath.Clean(a.Path)
-		allowed := false
-		for _, p := range r.cfg.AllowedPaths {
-			if p == clean {
-				allowed = true
-				break
-			}
+		if !slices.Contains(r.cfg.AllowedPaths, clean) {
+			return Resolution{}, fmt.Errorf("path %q is not an allowed handler directory in the agent's configuration", a.Path)
 		}
-		if !allowed {
-			return "", fmt.Errorf("path %q is not an allowed handler directory in the agent's configuration", a.Path)
-		}
-		dir = clean
+		full, err := r.checkHandler(clean, name)
+		return Resolution{Path: full, Rule: RuleAllowedPath}, err
 	}
+	dir := r.cfg.HandlerDir
+	if a.Path == "" {
+		_, dirErr := os.Stat(dir)
+		_, fileErr := os.Lstat(filepath.Join(dir, name))
+		if errors.Is(dirErr, os.ErrNotExist) || (dirErr == nil && errors.Is(fileErr, os.ErrNotExist)) {
+			return r.resolvePATH(name)
+		}
+	}
+	full, err := r.checkHandler(dir, name)
+	return Resolution{Path: full, Rule: RuleHandlerDir}, err
+}
+
+func (r *Runner) checkHandler(dir, name string) (string, error) {
 	if err := r.checkOwnerOnly(dir, true); err != nil {
 		return "", fmt.Errorf("handler directory refused: %w", err)
 	}
@@ -189,6 +236,35 @@ func (r *Runner) ResolveHandler(a jobdoc.Action) (string, error) {
 		return "", fmt.Errorf("handler refused: %w", err)
 	}
 	return full, nil
+}
+
+// resolvePATH looks name up in the PATH of the steps' environment. Only
+// absolute PATH entries are searched (an empty or relative entry would
+// mean the working directory).
+func (r *Runner) resolvePATH(name string) (Resolution, error) {
+	if err := r.cfg.RunCommand.CheckPathExecutable(name); err != nil {
+		return Resolution{}, err
+	}
+	pathEnv := os.Getenv("PATH")
+	if r.cfg.Env != nil {
+		pathEnv = ""
+		for _, kv := range r.cfg.Env {
+			if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+				pathEnv = v
+			}
+		}
+	}
+	for _, dir := range filepath.SplitList(pathEnv) {
+		if !filepath.IsAbs(dir) {
+			continue
+		}
+		full := filepath.Join(dir, name)
+		fi, err := os.Stat(full)
+		if err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+			return Resolution{Path: full, Rule: RulePATH}, nil
+		}
+	}
+	return Resolution{}, fmt.Errorf("handler %q is neither in the handler directory %s nor an executable in the agent's PATH (%s)", name, r.cfg.HandlerDir, pathEnv)
 }
 
 func (r *Runner) checkOwnerOnly(p string, dir bool) error {

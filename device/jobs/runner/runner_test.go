@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -130,7 +131,7 @@ func TestHandlerPermissionRules(t *testing.T) {
 			writeScript(t, dir, "h.sh", "exit 0", 0o700)
 			require.NoError(t, os.Chmod(dir, 0o755))
 		}, "handler directory refused"},
-		{"missing handler", func(t *testing.T, dir string) {}, "does not exist"},
+		{"missing handler", func(t *testing.T, dir string) {}, "is neither in the handler directory"},
 		{"symlink handler", func(t *testing.T, dir string) {
 			target := writeScript(t, dir, "real.sh", "exit 0", 0o700)
 			require.NoError(t, os.Symlink(target, filepath.Join(dir, "h.sh")))
@@ -211,11 +212,9 @@ i=0; while [ $i -lt 500 ]; do echo "line $i"; i=$((i+1)); done`, 0o700)
 	s.IncludeStdOut = true
 	res := r.Run(ctxT(t), s)
 	require.True(t, res.OK, res.Reason)
-	assert.LessOrEqual(t, len(res.Stderr), OutputTailBytes)
-	assert.GreaterOrEqual(t, len(res.Stderr), OutputTailBytes-1)
-	assert.True(t, strings.HasSuffix(res.Stderr, strings.Repeat("é", 100)+"END"))
-	assert.True(t, strings.HasPrefix(res.Stderr, "xxx"))
-	assert.LessOrEqual(t, len(res.Stdout), OutputTailBytes)
+	// The last 1024 characters (AWS counts characters), raw.
+	assert.Equal(t, strings.Repeat("x", 1024-103)+strings.Repeat("é", 100)+"END", res.Stderr)
+	assert.Equal(t, OutputTailBytes, utf8.RuneCountInString(res.Stdout))
 	assert.True(t, strings.HasSuffix(res.Stdout, "line 499\n"))
 	assert.NotContains(t, res.Stdout, "line 1\n")
 	assert.Equal(t, 1, res.StderrLines)
@@ -392,11 +391,16 @@ func TestNewValidatesConfig(t *testing.T) {
 }
 
 func TestTail(t *testing.T) {
-	assert.Equal(t, "abc", Tail("abc", 10))
-	assert.Equal(t, "cd", Tail("abcd", 2))
-	// A multi-byte character cut in half is dropped, not split.
-	assert.Equal(t, "b", Tail("éb", 2))
-	assert.Equal(t, "\uFFFD", Tail("\xff", 10))
+	assert.Equal(t, "abc", TailChars("abc", 10))
+	assert.Equal(t, "cd", TailChars("abcd", 2))
+	// Characters, not bytes: "é" counts once.
+	assert.Equal(t, "éb", TailChars("aéb", 2))
+	assert.Equal(t, "\uFFFD", TailChars("\xff", 10))
+	// Beyond 4*max bytes, a character cut in half is dropped, not split.
+	assert.Equal(t, "éé", TailChars("aaaaaaaaéé", 2))
+	assert.Equal(t, strings.Repeat("é", 3), TailChars(strings.Repeat("é", 10)[1:], 3))
+	// Garbage is kept as replacement characters, never dropped whole.
+	assert.Equal(t, "\uFFFD", TailChars(strings.Repeat("\x80", 100), 10))
 
 	var tb tailBuffer
 	for i := 0; i < 1000; i++ {
@@ -410,4 +414,99 @@ func TestTail(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, len(big), n)
 	assert.True(t, strings.HasSuffix(tb.String(), "yZ"))
+}
+
+// AWS's sample echo.json: a runHandler without "path" whose handler is not
+// in the handler directory runs the well-known executable from PATH, with
+// runAsUser (empty) as its first argument as for every handler, exactly as
+// the AWS IoT Device Client runs it (so echo prints " Hello IoT World!").
+func TestHandlerFromPATH(t *testing.T) {
+	dir := handlerDir(t)
+	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
+	r := newRunner(t, Config{HandlerDir: dir, Env: env})
+	s := handlerStep("echo", "Hello IoT World!")
+	s.IncludeStdOut = true
+	res := r.Run(ctxT(t), s)
+	require.True(t, res.OK, res.Reason)
+	assert.Equal(t, " Hello IoT World!\n", res.Stdout)
+	assert.Equal(t, "/usr/bin/echo", res.Argv[0])
+	got, err := r.Resolve(s.Action)
+	require.NoError(t, err)
+	assert.Equal(t, Resolution{Path: "/usr/bin/echo", Rule: RulePATH}, got)
+
+	// Old schema, operation without path: the same rule.
+	res = r.Run(ctxT(t), Step{IncludeStdOut: true, Action: jobdoc.Action{Name: "echo", Type: jobdoc.TypeRunHandler, Handler: "echo", Args: []string{`"Hello world!"`}, AllowStdErr: intp(0)}})
+	require.True(t, res.OK, res.Reason)
+	assert.Equal(t, " \"Hello world!\"\n", res.Stdout)
+
+	// A name in neither place fails, naming both.
+	res = r.Run(ctxT(t), handlerStep("no-such-program-anywhere"))
+	require.True(t, res.Refused)
+	assert.Equal(t, `handler "no-such-program-anywhere" is neither in the handler directory `+dir+` nor an executable in the agent's PATH (/usr/local/bin:/usr/bin:/bin)`, res.Reason)
+
+	// Only absolute PATH entries are searched: an empty or relative entry
+	// (the working directory) never is.
+	rel := newRunner(t, Config{HandlerDir: dir, Env: []string{"PATH=:.:bin"}})
+	res = rel.Run(ctxT(t), handlerStep("echo"))
+	require.True(t, res.Refused, res.Reason)
+}
+
+// The handler directory comes first; a handler there that fails its checks
+// is refused, never replaced by the PATH program of the same name; path
+// "default" names the handler directory only.
+func TestHandlerDirBeforePATH(t *testing.T) {
+	dir := handlerDir(t)
+	env := []string{"PATH=/usr/bin:/bin"}
+	r := newRunner(t, Config{HandlerDir: dir, Env: env})
+	writeScript(t, dir, "echo", `echo "handler-dir echo"`, 0o700)
+	s := handlerStep("echo", "x")
+	s.IncludeStdOut = true
+	res := r.Run(ctxT(t), s)
+	require.True(t, res.OK, res.Reason)
+	assert.Equal(t, "handler-dir echo\n", res.Stdout)
+	got, err := r.Resolve(s.Action)
+	require.NoError(t, err)
+	assert.Equal(t, RuleHandlerDir, got.Rule)
+
+	require.NoError(t, os.Chmod(filepath.Join(dir, "echo"), 0o755))
+	res = r.Run(ctxT(t), s)
+	require.True(t, res.Refused)
+	assert.Contains(t, res.Reason, "has mode 0755, must be 0700")
+
+	d := handlerStep("true")
+	d.Action.Path = jobdoc.DefaultPath
+	res = r.Run(ctxT(t), d)
+	require.True(t, res.Refused)
+	assert.Contains(t, res.Reason, filepath.Join(dir, "true")+" does not exist")
+}
+
+// Running a program from PATH is a command chosen by the job document:
+// jobs.pathExecutables false refuses it, and so do jobs.runCommand.enabled
+// false and an allowedExecutables list without its name. Handlers in the
+// handler directory are not affected.
+func TestHandlerFromPATHPolicy(t *testing.T) {
+	dir := handlerDir(t)
+	writeScript(t, dir, "ok.sh", "exit 0", 0o700)
+	env := []string{"PATH=/usr/bin:/bin"}
+	tests := []struct {
+		policy jobdoc.RunCommandPolicy
+		reason string
+	}{
+		{jobdoc.RunCommandPolicy{PathExecutablesDisabled: true}, `handler "echo" is not in the handler directory, and executables from PATH are disabled on this device (agent configuration jobs.pathExecutables is false)`},
+		{jobdoc.RunCommandPolicy{Disabled: true}, `handler "echo" is not in the handler directory, and running it from PATH is a command from the job document, which this device refuses (agent configuration jobs.runCommand.enabled is false)`},
+		{jobdoc.RunCommandPolicy{AllowedExecutables: []string{"/usr/bin/echo", "apt-get"}}, `handler "echo" is not in the handler directory, and executable "echo" is not in jobs.runCommand.allowedExecutables of this device (allowed: /usr/bin/echo, apt-get)`},
+		{jobdoc.RunCommandPolicy{AllowedExecutables: []string{"echo"}}, ""},
+	}
+	for _, tc := range tests {
+		r := newRunner(t, Config{HandlerDir: dir, Env: env, RunCommand: tc.policy})
+		res := r.Run(ctxT(t), handlerStep("echo", "hi"))
+		if tc.reason == "" {
+			require.True(t, res.OK, res.Reason)
+		} else {
+			require.True(t, res.Refused, "%+v", tc.policy)
+			assert.Equal(t, tc.reason, res.Reason)
+		}
+		res = r.Run(ctxT(t), handlerStep("ok.sh"))
+		require.True(t, res.OK, res.Reason)
+	}
 }
