@@ -254,7 +254,7 @@ func (d *demo) groupJob(ctx context.Context, n int) error {
 		return fmt.Errorf("job ran on %d devices, want %d", len(execs), n)
 	}
 	for _, e := range execs {
-		d.say("job result   %-20s %-9s %s | stdout: %s", e.ThingName, e.Status, e.StatusDetails["reason"], e.StatusDetails["stdout"])
+		d.say("job result   %-20s %-9s %s | stdout: %s", e.ThingName, e.Status, e.StatusDetails["reason"], strings.TrimSpace(e.StatusDetails["stdout"]))
 		if e.Status != protocol.JobSucceeded {
 			return fmt.Errorf("job on %s ended %s", e.ThingName, e.Status)
 		}

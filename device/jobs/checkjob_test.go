@@ -138,8 +138,13 @@ func TestCheckJobShowsHandlerRule(t *testing.T) {
 	handlers := filepath.Join(t.TempDir(), "handlers")
 	require.NoError(t, os.Mkdir(handlers, 0o700))
 	require.NoError(t, os.WriteFile(filepath.Join(handlers, "reboot.sh"), []byte("#!/bin/sh\nexit 0\n"), 0o700))
-	samples := filepath.Join("..", "..", "e2e", "testdata", "dc-job-docs")
-	echo, reboot := filepath.Join(samples, "echo.json"), filepath.Join(samples, "reboot.json")
+	// The shape of the Device Client's sample echo and reboot documents.
+	docs := t.TempDir()
+	echo, reboot := filepath.Join(docs, "echo.json"), filepath.Join(docs, "reboot.json")
+	require.NoError(t, os.WriteFile(echo, []byte(`{"version":"1.0","steps":[{"action":{"name":"Echo Messages","type":"runHandler",
+		"input":{"handler":"echo","args":["Hello IoT World!"]}}}]}`), 0o600))
+	require.NoError(t, os.WriteFile(reboot, []byte(`{"version":"1.0","steps":[{"action":{"name":"Reboot Device","type":"runHandler",
+		"input":{"handler":"reboot.sh"},"runAsUser":"root"}}]}`), 0o600))
 	cfg := filepath.Join(t.TempDir(), "config.json")
 	require.NoError(t, os.WriteFile(cfg, []byte(`{"endpoint":"x.example.com","provisioning":{"templateName":"t"},"jobs":{"pathExecutables":false}}`), 0o600))
 	opts := CheckJobOptions{DefaultConfig: filepath.Join(t.TempDir(), "none.json"), Load: func(path string) (*Registry, jobdoc.RunCommandPolicy, error) {
