@@ -353,16 +353,29 @@ func TestKill9MidRotationThenRestart(t *testing.T) {
 			Direction: faults.Outbound, Drop: true})
 		require.NoError(t, err)
 		id := requestRotation(t, ctx, f, a.ThingName())
-		require.NoError(t, harness.Poll(ctx, "certificate issued", func() bool {
-			d, err := f.Stack.Registry.Get(ctx, serialA)
-			return err == nil && d.RotationState == registry.RotationIssued
+		// Wait for the rotation Lambda to have finished with the CSR: it
+		// records the certificate in the registry before it sends it, so
+		// the registry's "issued" alone does not mean the answer was sent
+		// (and dropped). An answer sent after the drop rule is removed
+		// would wait in the device's persistent session and reach the
+		// restarted agent: nothing would be lost.
+		require.NoError(t, harness.Poll(ctx, "certificate issued and its answer dropped", func() bool {
+			for _, r := range f.Stack.Rotation.Records() {
+				if r.Event.Kind == certrotate.KindCSR && r.Event.RotationID == id && r.Result.Outcome == certrotate.OutcomeIssued {
+					return true
+				}
+			}
+			return false
 		}))
+		d, err := f.Stack.Registry.Get(ctx, serialA)
+		require.NoError(t, err)
+		require.Equal(t, registry.RotationIssued, d.RotationState)
 		require.Equal(t, rotation.StepCSR, rotationState(t, a).Step)
 
 		require.NoError(t, a.Kill())
 		require.True(t, f.Stack.Core.Faults().Remove(drop))
 		require.NoError(t, a.Start())
-		d, err := f.Stack.WaitRotation(ctx, serialA, id)
+		d, err = f.Stack.WaitRotation(ctx, serialA, id)
 		require.NoError(t, err)
 		requireRotated(t, ctx, f, a, old, d)
 		var outcomes []string
