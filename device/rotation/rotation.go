@@ -446,10 +446,11 @@ func (r *Rotator) switchIdentity(ctx context.Context, live bool) error {
 	// can be in flight while one is up. When none is up, an attempt that
 	// loaded the old pair may be in flight (a certificate redelivered by
 	// the persistent session arrives during the connect, before the
-	// SUBACK): the Reconnect request stays pending and drops that
-	// connection as soon as it is up, before its on-connect hooks get to
-	// run, and the cloud accepts a confirmation only over the new
-	// certificate (principal()).
+	// SUBACK): the Reconnect request stays pending and mqttconn drops
+	// that connection as soon as it is up, which cancels its on-connect
+	// hooks (this feature's runs after the agent's status publish has
+	// been acknowledged); and the cloud accepts a confirmation only over
+	// the new certificate (principal()).
 	r.gen = r.rt.Conn.Connections()
 	r.st.Step = StepSwitched
 	r.st.SwitchedAt = r.cfg.Now()
