@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -151,20 +153,52 @@ func requireRotated(t *testing.T, ctx context.Context, f *harness.Fleet, a *harn
 	return now
 }
 
-// deactivate returns an OnIssue hook that makes each certificate the
-// rotation Lambda issues INACTIVE (AWS IoT then refuses its connections)
-// and sends its id on issued.
-func deactivate(t *testing.T, f *harness.Fleet, issued chan<- string) func(string) {
-	return func(certID string) {
+// issuedCerts lists the certificates the rotation Lambda created.
+type issuedCerts struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func (c *issuedCerts) IDs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.ids)
+}
+
+// deactivateIssued makes each certificate the rotation Lambda issues
+// INACTIVE (AWS IoT then refuses its connections) until the test ends or
+// OnIssue is reset, and records their ids. A rotation may create more
+// than one certificate: a device re-sends its CSR after a reconnect, and
+// concurrent invocations each create one; the Lambda retires every one
+// but the one the registry records.
+func deactivateIssued(t *testing.T, f *harness.Fleet) *issuedCerts {
+	c := &issuedCerts{}
+	f.Stack.Rotation.OnIssue(func(certID string) {
 		if err := f.Stack.Core.SetCertificateStatus(certID, simreg.CertInactive); err != nil {
 			t.Errorf("deactivate %s: %v", certID, err)
 		}
-		select {
-		case issued <- certID:
-		default:
-			t.Errorf("more than one certificate issued (%s)", certID)
+		c.mu.Lock()
+		c.ids = append(c.ids, certID)
+		c.mu.Unlock()
+	})
+	t.Cleanup(func() { f.Stack.Rotation.OnIssue(nil) })
+	return c
+}
+
+// requireOnlyRecordedCertificate waits until, of the certificates the
+// rotation Lambda created, only keep (if not empty) still exists: no
+// extra certificate is left behind.
+func requireOnlyRecordedCertificate(t *testing.T, ctx context.Context, f *harness.Fleet, issued []string, keep string) {
+	t.Helper()
+	require.NoError(t, harness.Poll(ctx, "only the recorded rotation certificate left", func() bool {
+		for _, id := range issued {
+			_, err := f.Stack.Core.Registry().Certificate(id)
+			if (id == keep) != (err == nil) {
+				return false
+			}
 		}
-	}
+		return true
+	}), "issued %v, recorded %q", issued, keep)
 }
 
 func TestRotateOneDevice(t *testing.T) {
@@ -240,17 +274,17 @@ func TestRotationWithRefusedCertificateFallsBack(t *testing.T) {
 	old := identity(t, a)
 
 	// The new certificate does not work: AWS IoT refuses its connections.
-	refused := make(chan string, 1)
-	f.Stack.Rotation.OnIssue(deactivate(t, f, refused))
+	refused := deactivateIssued(t, f)
 	id := requestRotation(t, ctx, f, a.ThingName())
 	d, err := f.Stack.WaitRotation(ctx, serialA, id)
 	require.NoError(t, err)
-	newID := <-refused
 	f.Stack.Rotation.OnIssue(nil)
+	newID := d.RetiredCertificateID
 
 	require.Equal(t, registry.RotationFailed, d.LastRotationStatus, "%+v", d)
 	require.Equal(t, old.CertificateID, d.CertificateID, "the registry keeps the old certificate")
-	require.Equal(t, newID, d.RetiredCertificateID)
+	require.Contains(t, refused.IDs(), newID, "the refused certificate is retired")
+	requireOnlyRecordedCertificate(t, ctx, f, refused.IDs(), "")
 	require.Contains(t, a.Log(), "not Authorized", "the device tried the new certificate and was refused")
 	require.Contains(t, a.Log(), "rotation failed, back on the old certificate")
 
@@ -340,6 +374,49 @@ func TestReplayedCSRCreatesNoSecondCertificate(t *testing.T) {
 	require.Empty(t, after.RotationID)
 }
 
+// A rotation request that reaches the agent before its on-connect hooks
+// ran (the status publish first, then the rotation feature's) gets one
+// CSR: the rotation does not send it again for the connection it was
+// acknowledged on, so the cloud creates one certificate, not a second one
+// it must retire.
+func TestRotationRequestedRightAfterConnectSendsOneCSR(t *testing.T) {
+	f := startFleet(t, serialA)
+	// The broker holds the agent's first status message: until its PUBACK
+	// the agent's on-connect hooks wait (and so does every message the
+	// agent publishes after it on that connection, the CSR included).
+	_, err := f.Stack.Core.Faults().Add(faults.Rule{Topic: protocol.DataTopic(f.ThingName(serialA), protocol.KindStatus),
+		Direction: faults.Inbound, Delay: 3 * time.Second, Count: 1})
+	require.NoError(t, err)
+	// The certificate comes late too, so the hooks are done by then.
+	_, err = f.Stack.Core.Faults().Add(faults.Rule{Topic: protocol.CommandTopic(f.ThingName(serialA), protocol.KindRotateCert),
+		Direction: faults.Outbound, Delay: 3 * time.Second, Count: 1})
+	require.NoError(t, err)
+	issued := &issuedCerts{}
+	f.Stack.Rotation.OnIssue(func(certID string) {
+		issued.mu.Lock()
+		issued.ids = append(issued.ids, certID)
+		issued.mu.Unlock()
+	})
+	t.Cleanup(func() { f.Stack.Rotation.OnIssue(nil) })
+	a := startRotatingAgent(t, f, "a", serialA, 20*time.Second)
+	ctx := waitCtx(t, 90*time.Second)
+	// The agent logs "ready" once its subscriptions are acknowledged; its
+	// status message is still held.
+	require.NoError(t, a.WaitLog(ctx, "fleet-agent ready"))
+	old := identity(t, a)
+
+	id := requestRotation(t, ctx, f, a.ThingName())
+	d, err := f.Stack.WaitRotation(ctx, serialA, id)
+	require.NoError(t, err)
+	requireRotated(t, ctx, f, a, old, d)
+	var outcomes []string
+	for _, r := range f.Stack.Rotation.Records() {
+		outcomes = append(outcomes, r.Event.Kind+":"+r.Result.Outcome)
+	}
+	require.Equal(t, []string{"csr:issued", "confirm:completed"}, outcomes, "one CSR, one confirmation")
+	require.Equal(t, []string{d.CertificateID}, issued.IDs(), "one certificate created")
+}
+
 func TestKill9MidRotationThenRestart(t *testing.T) {
 	t.Run("certificate issued, answer lost", func(t *testing.T) {
 		// Killed while waiting for the certificate: the restarted agent
@@ -353,16 +430,29 @@ func TestKill9MidRotationThenRestart(t *testing.T) {
 			Direction: faults.Outbound, Drop: true})
 		require.NoError(t, err)
 		id := requestRotation(t, ctx, f, a.ThingName())
-		require.NoError(t, harness.Poll(ctx, "certificate issued", func() bool {
-			d, err := f.Stack.Registry.Get(ctx, serialA)
-			return err == nil && d.RotationState == registry.RotationIssued
+		// Wait for the rotation Lambda to have finished with the CSR: it
+		// records the certificate in the registry before it sends it, so
+		// the registry's "issued" alone does not mean the answer was sent
+		// (and dropped). An answer sent after the drop rule is removed
+		// would wait in the device's persistent session and reach the
+		// restarted agent: nothing would be lost.
+		require.NoError(t, harness.Poll(ctx, "certificate issued and its answer dropped", func() bool {
+			for _, r := range f.Stack.Rotation.Records() {
+				if r.Event.Kind == certrotate.KindCSR && r.Event.RotationID == id && r.Result.Outcome == certrotate.OutcomeIssued {
+					return true
+				}
+			}
+			return false
 		}))
+		d, err := f.Stack.Registry.Get(ctx, serialA)
+		require.NoError(t, err)
+		require.Equal(t, registry.RotationIssued, d.RotationState)
 		require.Equal(t, rotation.StepCSR, rotationState(t, a).Step)
 
 		require.NoError(t, a.Kill())
 		require.True(t, f.Stack.Core.Faults().Remove(drop))
 		require.NoError(t, a.Start())
-		d, err := f.Stack.WaitRotation(ctx, serialA, id)
+		d, err = f.Stack.WaitRotation(ctx, serialA, id)
 		require.NoError(t, err)
 		requireRotated(t, ctx, f, a, old, d)
 		var outcomes []string
@@ -381,8 +471,7 @@ func TestKill9MidRotationThenRestart(t *testing.T) {
 		ctx := waitCtx(t, 90*time.Second)
 		require.NoError(t, a.WaitConnected(ctx), a.LogTail(30))
 		old := identity(t, a)
-		held := make(chan string, 1)
-		f.Stack.Rotation.OnIssue(deactivate(t, f, held))
+		deactivateIssued(t, f)
 		id := requestRotation(t, ctx, f, a.ThingName())
 		require.NoError(t, harness.Poll(ctx, "switched", func() bool { return rotationState(t, a).Step == rotation.StepSwitched }))
 		st := rotationState(t, a)
@@ -391,7 +480,10 @@ func TestKill9MidRotationThenRestart(t *testing.T) {
 
 		require.NoError(t, a.Kill())
 		f.Stack.Rotation.OnIssue(nil)
-		require.NoError(t, f.Stack.Core.SetCertificateStatus(<-held, simreg.CertActive))
+		rec, err := f.Stack.Registry.Get(ctx, serialA)
+		require.NoError(t, err)
+		require.Equal(t, st.New.CertificateID, rec.RotationCertID)
+		require.NoError(t, f.Stack.Core.SetCertificateStatus(rec.RotationCertID, simreg.CertActive))
 		require.NoError(t, a.Start())
 		d, err := f.Stack.WaitRotation(ctx, serialA, id)
 		require.NoError(t, err)

@@ -165,6 +165,11 @@ type Rotator struct {
 	// gen: connections numbered above it were made with the identity
 	// that identity.json names since the last switch.
 	gen int64
+	// csrSent is the connection that was up when the broker acknowledged
+	// the current CSR: the (re)connects numbered up to it need no re-send
+	// (the cloud has the CSR; a second one would make it issue, and
+	// retire, a second certificate).
+	csrSent int64
 }
 
 // Name implements agent.Feature.
@@ -350,6 +355,7 @@ func (r *Rotator) onRequest(ctx context.Context, req protocol.RotateRequest) err
 		CSR: string(csr), StartedAt: r.cfg.Now(),
 		LastID: r.st.LastID, LastStatus: r.st.LastStatus, LastCertID: r.st.LastCertID, LastReason: r.st.LastReason,
 	}
+	r.csrSent = 0
 	if err := r.persist(ctx); err != nil {
 		return err
 	}
@@ -372,7 +378,11 @@ func fileID(id string) string {
 }
 
 func (r *Rotator) publishCSR(ctx context.Context) error {
-	return r.publish(ctx, protocol.KindRotateCSR, protocol.RotateCSR{RotationID: r.st.RotationID, CSR: r.st.CSR, Timestamp: r.cfg.Now().Unix()})
+	if err := r.publish(ctx, protocol.KindRotateCSR, protocol.RotateCSR{RotationID: r.st.RotationID, CSR: r.st.CSR, Timestamp: r.cfg.Now().Unix()}); err != nil {
+		return err
+	}
+	r.csrSent = r.rt.Conn.Connections()
+	return nil
 }
 
 func (r *Rotator) publishConfirm(ctx context.Context, id, certID, status, reason string) error {
@@ -433,7 +443,14 @@ func (r *Rotator) switchIdentity(ctx context.Context, live bool) error {
 	}
 	// Every connection numbered above gen is made after the switch: the
 	// connection up now (if any) is dropped by Reconnect, and no attempt
-	// can be in flight while one is up.
+	// can be in flight while one is up. When none is up, an attempt that
+	// loaded the old pair may be in flight (a certificate redelivered by
+	// the persistent session arrives during the connect, before the
+	// SUBACK): the Reconnect request stays pending and mqttconn drops
+	// that connection as soon as it is up, which cancels its on-connect
+	// hooks (this feature's runs after the agent's status publish has
+	// been acknowledged); and the cloud accepts a confirmation only over
+	// the new certificate (principal()).
 	r.gen = r.rt.Conn.Connections()
 	r.st.Step = StepSwitched
 	r.st.SwitchedAt = r.cfg.Now()
@@ -450,7 +467,14 @@ func (r *Rotator) switchIdentity(ctx context.Context, live bool) error {
 func (r *Rotator) onConnected(ctx context.Context, conn int64) error {
 	switch r.st.Step {
 	case StepCSR:
-		// The CSR may have been lost with the previous connection.
+		if conn <= r.csrSent {
+			// The CSR was acknowledged on this connection: the request
+			// arrived before this connection's hook ran.
+			return nil
+		}
+		// The CSR, or the certificate, may have been lost with the
+		// previous connection (or process): send it again; the cloud
+		// answers with the certificate it already issued.
 		return r.publishCSR(ctx)
 	case StepSwitched:
 		if conn <= r.gen {

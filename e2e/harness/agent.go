@@ -42,6 +42,8 @@ type Agent struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error
+	// started is when the running process was started (before exec).
+	started time.Time
 }
 
 // NewAgent prepares (but does not start) an agent for serial.
@@ -129,6 +131,7 @@ func (a *Agent) Start() error {
 	}
 	cmd := exec.Command(a.bin, "run", "--config", a.ConfigFile)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	started := time.Now()
 	// Its own process group, as under systemd (KillMode=control-group):
 	// a kill takes the agent's children with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -137,7 +140,7 @@ func (a *Agent) Start() error {
 		return fmt.Errorf("start agent: %w", err)
 	}
 	done := make(chan struct{})
-	a.cmd, a.done = cmd, done
+	a.cmd, a.done, a.started = cmd, done, started
 	go func() {
 		err := cmd.Wait()
 		logf.Close()
@@ -206,9 +209,18 @@ func (a *Agent) Identity() (store.Identity, bool, error) {
 	return st.Identity()
 }
 
-// WaitConnected waits until the agent is connected as its thing.
+// WaitConnected waits until the agent is connected as its thing and its
+// subscriptions are in place: the running process has published its
+// status, which the agent does only once the broker acknowledged every
+// subscription. (The broker lists a client as soon as it accepted the
+// CONNECT; a command published before the SUBACK would be lost.)
 func (a *Agent) WaitConnected(ctx context.Context) error {
-	return Poll(ctx, a.ThingName()+" connected", func() bool { return a.fleet.Connected(a.ThingName()) })
+	a.mu.Lock()
+	started := a.started
+	a.mu.Unlock()
+	return Poll(ctx, a.ThingName()+" connected and subscribed", func() bool {
+		return a.fleet.Connected(a.ThingName()) && a.fleet.StatusSince(a.ThingName(), started)
+	})
 }
 
 // Log returns the agent's output so far.

@@ -6,6 +6,7 @@ package harness
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,10 +14,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/iot-fleet/iot-fleet/internal/atomicfile"
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/sim/core"
+	"github.com/iot-fleet/iot-fleet/sim/rules"
 	"github.com/iot-fleet/iot-fleet/sim/stack"
 )
 
@@ -80,6 +84,11 @@ type Fleet struct {
 	claimCert string
 	claimKey  string
 	log       *slog.Logger
+
+	// statusMu guards started: per thing, the latest startedAt of the
+	// agent status messages (dt/fleet/<thing>/status) the cloud received.
+	statusMu sync.Mutex
+	started  map[string]time.Time
 }
 
 // Start starts the local stack, deploys the allowlist, mints the claim
@@ -96,7 +105,7 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &Fleet{Stack: st, Dir: opts.Dir, agentBin: opts.AgentBin, log: log}
+	f := &Fleet{Stack: st, Dir: opts.Dir, agentBin: opts.AgentBin, log: log, started: map[string]time.Time{}}
 	if err := f.setup(ctx, opts.Allowlist); err != nil {
 		st.Close()
 		return nil, err
@@ -104,7 +113,21 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 	return f, nil
 }
 
+// StatusRuleName is the name of the topic rule through which the harness
+// observes the agents' status messages.
+const StatusRuleName = "harness-status"
+
 func (f *Fleet) setup(ctx context.Context, allowlistText string) error {
+	// An agent publishes its status after each (re)connect, once the broker
+	// acknowledged every subscription it makes (mqttconn.OnConnectFunc):
+	// seeing it tells that commands sent to the device now reach it.
+	if err := f.Stack.Core.Rules().Add(rules.Rule{
+		Name:   StatusRuleName,
+		SQL:    "SELECT startedAt, topic(3) AS thing FROM '" + protocol.DataTopic("+", protocol.KindStatus) + "'",
+		Action: f.recordStatus,
+	}); err != nil {
+		return fmt.Errorf("harness: status rule: %w", err)
+	}
 	if _, err := f.Stack.DeployAllowlist(ctx, []byte(allowlistText)); err != nil {
 		return fmt.Errorf("harness: deploy allowlist: %w", err)
 	}
@@ -133,6 +156,33 @@ func (f *Fleet) setup(ctx context.Context, allowlistText string) error {
 		}
 	}
 	return nil
+}
+
+// recordStatus is the status rule's action.
+func (f *Fleet) recordStatus(_ context.Context, event []byte) error {
+	var ev struct {
+		Thing     string    `json:"thing"`
+		StartedAt time.Time `json:"startedAt"`
+	}
+	if err := json.Unmarshal(event, &ev); err != nil {
+		return fmt.Errorf("harness: status event: %w", err)
+	}
+	f.statusMu.Lock()
+	defer f.statusMu.Unlock()
+	if ev.StartedAt.After(f.started[ev.Thing]) {
+		f.started[ev.Thing] = ev.StartedAt
+	}
+	return nil
+}
+
+// StatusSince reports whether thing's agent published a status message
+// from a process started at or after t: that process has connected and
+// made its subscriptions.
+func (f *Fleet) StatusSince(thing string, t time.Time) bool {
+	f.statusMu.Lock()
+	defer f.statusMu.Unlock()
+	s, ok := f.started[thing]
+	return ok && !s.Before(t)
 }
 
 // Close stops the local stack. Agents must be stopped by their owner.
