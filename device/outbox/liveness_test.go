@@ -2,6 +2,8 @@ package outbox_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -55,4 +57,25 @@ func TestRunBeatsOfflineIdleAndAnnouncesPublishes(t *testing.T) {
 	// Idle: beats go on.
 	n = live.count()
 	require.Eventually(t, func() bool { return live.count() >= n+5 }, 10*time.Second, time.Millisecond)
+}
+
+func TestCountReadsWithoutOpening(t *testing.T) {
+	dir := t.TempDir()
+	pending, dead, err := outbox.Count(dir + "/missing")
+	require.NoError(t, err)
+	assert.Equal(t, [2]int{0, 0}, [2]int{pending, dead})
+
+	ob, err := outbox.Open(dir, outbox.Options{Logger: quiet})
+	require.NoError(t, err)
+	for range 3 {
+		_, err = ob.Enqueue(context.Background(), outbox.Message{Topic: "dt/fleet/x/status", Payload: []byte("1")})
+		require.NoError(t, err)
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "dead", "00000000000000000009.msg"), []byte("{}"), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, ".tmp-00000000000000000010.msg"), []byte("{"), 0o600))
+	pending, dead, err = outbox.Count(dir)
+	require.NoError(t, err)
+	assert.Equal(t, 3, pending)
+	assert.Equal(t, 1, dead)
+	assert.FileExists(t, filepath.Join(dir, ".tmp-00000000000000000010.msg"), "Count changes nothing")
 }

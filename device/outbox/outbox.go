@@ -391,3 +391,28 @@ func newID() string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// Count reads how many messages wait in the queue kept in dir and how many
+// were moved to its dead-letter directory, without opening the queue (it
+// changes nothing: `fleet-agent status` calls it while the agent runs). A
+// missing directory counts as empty.
+func Count(dir string) (pending, dead int, err error) {
+	for _, d := range []struct {
+		path string
+		n    *int
+	}{{dir, &pending}, {filepath.Join(dir, deadDir), &dead}} {
+		entries, err := os.ReadDir(d.path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return 0, 0, fmt.Errorf("outbox: %w", err)
+		}
+		for _, e := range entries {
+			if _, ok := parseName(e.Name()); ok && !e.IsDir() {
+				*d.n++
+			}
+		}
+	}
+	return pending, dead, nil
+}
