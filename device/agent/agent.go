@@ -126,7 +126,7 @@ type Options struct {
 	// WATCHDOG_USEC. The agent pings at half of it while every loop beats.
 	WatchdogInterval func() (time.Duration, error)
 	// LoopTimeout is how long a supervised loop may go without a beat
-	// (default: the watchdog timeout, at least 30s; 60s without one).
+	// (default: the watchdog timeout, WatchdogSec; 60s without one).
 	LoopTimeout time.Duration
 	// TestHook, if set, is called by every loop's Beat on the loop's
 	// goroutine with the loop's name (tests kill or stall a loop there).
@@ -233,7 +233,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if loopTimeout <= 0 {
 		loopTimeout = 60 * time.Second
 		if wd > 0 {
-			loopTimeout = max(wd, 30*time.Second)
+			loopTimeout = wd
 		}
 	}
 	sup := NewSupervisor(loopTimeout, a.o.TestHook)

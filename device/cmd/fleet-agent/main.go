@@ -133,7 +133,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	features = append(features, rotation.Feature(rotation.Config{
 		CertTimeout: cfg.Rotation.CertTimeout.D(), SwitchTimeout: cfg.Rotation.SwitchTimeout.D(),
 	}))
-	a, err := agent.New(agent.Options{Config: cfg, Version: version, Logger: logger, Features: features})
+	a, err := agent.New(agent.Options{Config: cfg, Version: version, Logger: logger, Features: features, TestHook: testHook()})
 	if err != nil {
 		fmt.Fprintf(stderr, "fleet-agent: %v\n", err)
 		return 1
