@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/iot-fleet/iot-fleet/device/agent"
@@ -262,8 +261,7 @@ func ago(now, t time.Time) string {
 }
 
 func printStatus(w io.Writer, r statusReport, now time.Time) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	row := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, a...)) }
+	row := func(k, format string, a ...any) { fmt.Fprintf(w, "%-20s%s\n", k, fmt.Sprintf(format, a...)) }
 	ag := r.Agent
 	switch {
 	case ag.PID == 0:
@@ -350,5 +348,4 @@ func printStatus(w io.Writer, r statusReport, now time.Time) {
 		row("ota", "none")
 	}
 	row("outbox", "%d message(s) waiting, %d dead letter(s)", r.Outbox.Pending, r.Outbox.Dead)
-	_ = tw.Flush()
 }
