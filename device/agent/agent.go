@@ -334,7 +334,10 @@ func (a *Agent) run(ctx context.Context, st *store.Store, sup *Supervisor, notif
 	rt := &Runtime{Identity: id, Store: st, Conn: conn, Outbox: ob, Config: cfg, Logger: log, sup: sup, setStatus: a.setPart}
 
 	started := time.Now().UTC()
-	conn.OnConnect(func(ctx context.Context) { a.publishStatus(ctx, rt, started) })
+	conn.OnConnect(func(ctx context.Context) {
+		a.update(func() {}) // the status file and STATUS= say so now
+		a.publishStatus(ctx, rt, started)
+	})
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -542,13 +545,17 @@ func (a *Agent) publishStatus(ctx context.Context, rt *Runtime, started time.Tim
 	}
 }
 
+// statusPeriod bounds how late STATUS= and RunStateFile follow a change
+// that nobody signals (a lost connection, a job step).
+const statusPeriod = 5 * time.Second
+
 // watch is the supervisor's eye: at half the watchdog interval (or a
-// third of the loop timeout, if shorter) it pings the systemd watchdog if
+// third of the loop timeout, or statusPeriod, if shorter) it pings the systemd watchdog if
 // no loop is overdue, fails the agent when loops stay overdue for the hang
 // limit (the watchdog interval; without a watchdog, the loop timeout), and
 // keeps STATUS= and RunStateFile current.
 func (a *Agent) watch(ctx context.Context, sup *Supervisor, st *store.Store, wd time.Duration) {
-	period := sup.timeout / 3
+	period := min(sup.timeout/3, statusPeriod)
 	hangLimit := sup.timeout
 	if wd > 0 {
 		period = min(period, wd/2)

@@ -109,7 +109,7 @@ func (f *jobsFeature) Start(ctx context.Context, rt *Runtime) error {
 // hour-long OTA install, runs beside the loop and does not delay it). The
 // snapshot is the jobs part of the agent's status.
 func (f *jobsFeature) probe(ctx context.Context, rt *Runtime, l *Loop) {
-	t := time.NewTicker(l.Interval())
+	t := time.NewTicker(min(l.Interval(), statusPeriod))
 	defer t.Stop()
 	shown := ""
 	for {
