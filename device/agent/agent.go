@@ -86,8 +86,9 @@ func (rt *Runtime) SetStatus(part, text string) {
 
 // Feature is a part of the agent that plugs into the connection (the jobs
 // engine; OTA, certificate rotation and SSM later). Start registers
-// subscriptions and hooks and may start goroutines bound to ctx; it must
-// not block. Stop, if the feature implements Stopper, is called on
+// subscriptions and hooks and may start goroutines bound to ctx, its
+// long-running ones through Runtime.Go so that they are supervised; it
+// must not block. Stop, if the feature implements Stopper, is called on
 // shutdown after the connection is closed.
 type Feature interface {
 	Name() string
@@ -252,7 +253,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		notifyStopping()
 		stopWatch()
 		<-watchDone
-		a.writeFinalState(st, sup, runErr, ctx.Err() != nil)
+		a.writeFinalState(st, sup, runErr)
 	}()
 
 	runErr = a.run(ctx, st, sup, notifyStopping)
@@ -671,7 +672,7 @@ func (a *Agent) statusLine(overdue []string) string {
 }
 
 // writeFinalState records how the agent ended in RunStateFile.
-func (a *Agent) writeFinalState(st *store.Store, sup *Supervisor, runErr error, stopped bool) {
+func (a *Agent) writeFinalState(st *store.Store, sup *Supervisor, runErr error) {
 	var rs RunState
 	if _, err := st.ReadJSON(RunStateFile, &rs); err != nil {
 		rs = RunState{PID: os.Getpid()}
@@ -679,7 +680,7 @@ func (a *Agent) writeFinalState(st *store.Store, sup *Supervisor, runErr error, 
 	a.fillRunState(&rs, sup)
 	rs.Connected = false
 	rs.Phase = PhaseStopped
-	if runErr != nil && !stopped {
+	if runErr != nil {
 		rs.Phase, rs.Error = PhaseFailed, runErr.Error()
 	}
 	rs.UpdatedAt = time.Now().UTC()
