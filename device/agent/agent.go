@@ -590,7 +590,7 @@ func (a *Agent) watch(ctx context.Context, sup *Supervisor, st *store.Store, wd 
 		case time.Since(unhealthySince) >= hangLimit && !a.isStopping():
 			sup.Fail(fmt.Errorf("%w: %s", errHung, strings.Join(over, ", ")))
 		}
-		if line := a.statusLine(over); line != lastStatus {
+		if line := a.statusLine(sup.overdueNames()); line != lastStatus {
 			lastStatus = line
 			a.notify("STATUS=" + line)
 		}
@@ -646,11 +646,13 @@ func (a *Agent) fillRunState(rs *RunState, sup *Supervisor) {
 // status (the current job step), and the loops that stopped beating.
 func (a *Agent) statusLine(overdue []string) string {
 	a.mu.Lock()
-	phase, thing, conn := a.phase, a.thing, a.conn
+	phase, thing, conn, stopping := a.phase, a.thing, a.conn, a.stopping
 	parts := maps.Clone(a.parts)
 	a.mu.Unlock()
 	var line []string
 	switch {
+	case stopping:
+		line = append(line, "stopping")
 	case phase == PhaseProvisioning:
 		line = append(line, "provisioning by claim")
 	case phase == PhaseRecovering:

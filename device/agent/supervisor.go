@@ -226,5 +226,17 @@ func (s *Supervisor) Overdue() []string {
 	return out
 }
 
+// overdueNames lists the late loops by name only (STATUS= changes when
+// the set changes, not with every tick of lateness).
+func (s *Supervisor) overdueNames() []string {
+	var out []string
+	for _, st := range s.States() {
+		if st.Overdue > 0 {
+			out = append(out, st.Name)
+		}
+	}
+	return out
+}
+
 // errHung is the failure of a loop overdue for the whole hang limit.
 var errHung = errors.New("agent: loops stopped beating")
