@@ -125,8 +125,8 @@ func (f *faults) hook(loop string) {
 	}
 }
 
-// runSupervised starts an agent with the real systemd notifier, a 1s
-// watchdog and loops that must beat every 1.5s, and waits until it is
+// runSupervised starts an agent with the real systemd notifier, a 2s
+// watchdog and loops that must beat every 3s, and waits until it is
 // ready and has pinged the watchdog.
 func runSupervised(t *testing.T, b *testbroker.Broker, f *faults, n *notifySocket, features ...FeatureFactory) (errc <-chan error, stop func(), stateDir string) {
 	t.Helper()
@@ -135,8 +135,8 @@ func runSupervised(t *testing.T, b *testbroker.Broker, f *faults, n *notifySocke
 	a, err := New(Options{
 		Config: cfg, Version: "test-1", Features: features,
 		Logger:           slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		WatchdogInterval: func() (time.Duration, error) { return time.Second, nil },
-		LoopTimeout:      1500 * time.Millisecond,
+		WatchdogInterval: func() (time.Duration, error) { return 2 * time.Second, nil },
+		LoopTimeout:      3 * time.Second,
 		TestHook:         f.hook,
 	})
 	require.NoError(t, err)
@@ -241,14 +241,14 @@ func TestSupervisionHungLoopStopsTheWatchdog(t *testing.T) {
 }
 
 // A step that runs much longer than the loop timeout (an OTA install of
-// an hour, here a 4s sleep against 1.5s) is not a hang: the engine's loop
+// an hour, here a 7s sleep against 3s) is not a hang: the engine's loop
 // keeps answering. STATUS= shows the step.
 func TestSupervisionLongStepIsNotAHang(t *testing.T) {
 	b := testbroker.Start(t, testbroker.Options{})
 	svc := newJobsService(t, b, map[string]any{
 		"version": "1.0",
 		"steps": []any{map[string]any{"action": map[string]any{
-			"name": "nap", "type": "runCommand", "input": map[string]any{"command": "sleep,4"},
+			"name": "nap", "type": "runCommand", "input": map[string]any{"command": "sleep,7"},
 		}}},
 	})
 	n := listenNotify(t)

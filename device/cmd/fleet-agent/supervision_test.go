@@ -124,7 +124,7 @@ func TestBinarySupervision(t *testing.T) {
 			n := listenNotify(t)
 			logs := &devicetest.LogBuffer{}
 			cmd := exec.Command(bin, "run", "--config", cfgFile)
-			cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.sock, "WATCHDOG_USEC=2000000", "FLEET_AGENT_TEST_FAULT_DIR="+faults)
+			cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.sock, "WATCHDOG_USEC=3000000", "FLEET_AGENT_TEST_FAULT_DIR="+faults)
 			cmd.Stdout, cmd.Stderr = logs, logs
 			require.NoError(t, cmd.Start())
 			exited := make(chan error, 1)
