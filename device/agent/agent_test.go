@@ -243,19 +243,6 @@ func TestSystemdNotifyOverRealSocket(t *testing.T) {
 	require.NoError(t, SystemdNotifier("READY=1"), "outside systemd notifying is a no-op")
 }
 
-func TestWatchdogPingsAtHalfInterval(t *testing.T) {
-	n := &notifications{}
-	a := &Agent{o: Options{Notify: n.notify, WatchdogInterval: func() (time.Duration, error) { return 20 * time.Millisecond, nil }}, log: slog.New(slog.NewTextHandler(&devicetest.LogBuffer{}, nil))}
-	stop := a.startWatchdog(context.Background())
-	require.Eventually(t, func() bool { return len(n.list()) >= 3 }, 10*time.Second, time.Millisecond)
-	stop()
-	for _, s := range n.list() {
-		assert.Equal(t, "WATCHDOG=1", s)
-	}
-	none := &Agent{o: Options{Notify: n.notify, WatchdogInterval: func() (time.Duration, error) { return 0, nil }}, log: a.log}
-	none.startWatchdog(context.Background())()
-}
-
 func TestNewRejectsInvalidConfig(t *testing.T) {
 	_, err := New(Options{Config: config.Default()})
 	var fe *config.FieldError

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/iot-fleet/iot-fleet/device/jobs"
 	"github.com/iot-fleet/iot-fleet/device/jobs/runner"
@@ -89,13 +91,78 @@ func (f *jobsFeature) Start(ctx context.Context, rt *Runtime) error {
 		}
 	})
 	f.wg.Add(1)
-	go func() {
+	rt.Go(ctx, "jobs", func(ctx context.Context, l *Loop) error {
 		defer f.wg.Done()
+		probeCtx, stopProbe := context.WithCancel(ctx)
+		probed := make(chan struct{})
+		go func() { defer close(probed); f.probe(probeCtx, rt, l) }()
+		defer func() { stopProbe(); <-probed }()
 		if err := f.engine.Run(ctx); err != nil {
-			rt.Logger.Error("jobs engine stopped", "err", err)
+			return fmt.Errorf("jobs engine: %w", err)
 		}
-	}()
+		return nil
+	})
 	return nil
+}
+
+// probe is the engine's heartbeat: every interval it asks the engine's
+// loop for a snapshot and beats when the loop answers (a step, even an
+// hour-long OTA install, runs beside the loop and does not delay it). The
+// snapshot is the jobs part of the agent's status.
+func (f *jobsFeature) probe(ctx context.Context, rt *Runtime, l *Loop) {
+	t := time.NewTicker(min(l.Interval(), statusPeriod))
+	defer t.Stop()
+	shown := ""
+	for {
+		pctx, cancel := context.WithTimeout(ctx, l.Interval())
+		snap, err := f.engine.Snapshot(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			l.Beat()
+			if s := JobStatusText(snap); s != shown {
+				shown = s
+				rt.SetStatus("jobs", s)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// JobStatusText is a one-line description of what the jobs engine is
+// doing ("" when idle), e.g. `job ota-42 step 1/1 "install" running,
+// step=installing`.
+func JobStatusText(s jobs.Snapshot) string {
+	if s.JobID == "" {
+		return ""
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "job %s", s.JobID)
+	if s.StepCount > 0 {
+		fmt.Fprintf(&b, " step %d/%d", min(s.StepIndex, s.StepCount), s.StepCount)
+	}
+	if s.StepName != "" {
+		fmt.Fprintf(&b, " %q", s.StepName)
+	}
+	state := s.StepState
+	if s.Phase == "finishing" {
+		state = "reporting " + string(s.Status)
+	}
+	if state != "" {
+		b.WriteString(" " + state)
+	}
+	// An operation's own step (OTA: downloading, installing, rebooting,
+	// verifying, ...).
+	if op := s.Details["step"]; op != "" {
+		b.WriteString(", step=" + op)
+	}
+	return b.String()
 }
 
 // Stop waits for the engine to finish (its context is already canceled).

@@ -126,6 +126,8 @@ type event struct {
 	connect chan struct{}
 	opProg  *opProgress
 	opFlush *flushWaiter
+	// snapshot asks the loop for a Snapshot (see snapshot.go).
+	snapshot chan Snapshot
 }
 
 type opProgress struct {
@@ -359,6 +361,8 @@ func (e *Engine) handle(ctx context.Context, ev event) {
 		e.onOpProgress(ctx, ev.opProg)
 	case ev.opFlush != nil:
 		e.onOpFlush(*ev.opFlush)
+	case ev.snapshot != nil:
+		ev.snapshot <- snapshotOf(e.st)
 	default:
 		e.onMessage(ctx, ev.topic, ev.payload)
 	}

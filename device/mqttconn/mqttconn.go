@@ -83,7 +83,27 @@ type Options struct {
 	// synchronously, with nil on success or the attempt's error (a
 	// *RefusedError when the broker refused the credentials).
 	OnAttempt func(err error)
+	// Liveness, if set, receives Run's heartbeats (the agent's
+	// supervisor): Run beats while connected and while it waits, and
+	// announces each connection attempt and backoff sleep as Busy with its
+	// bound. While connected it stops beating if a handler has blocked
+	// the dispatch goroutine for two intervals: a connection that delivers
+	// no message to its handlers is not alive.
+	Liveness Liveness
 }
+
+// Liveness is how Run reports that it is alive (the agent's *Loop).
+type Liveness interface {
+	Beat()
+	Busy(d time.Duration)
+	Interval() time.Duration
+}
+
+type noLiveness struct{}
+
+func (noLiveness) Beat()                   {}
+func (noLiveness) Busy(time.Duration)      {}
+func (noLiveness) Interval() time.Duration { return time.Hour }
 
 // NewTLSConfig builds a client TLS configuration: TLS 1.2 or newer, the
 // given root CAs, the client certificate, the broker's host name for
@@ -141,6 +161,8 @@ type Client struct {
 
 	inbox *queue
 	probe bool // Probe: no auto-ack
+	// handling is when the running handler started (unix ns; 0: none).
+	handling atomic.Int64
 }
 
 // New validates opts and returns an idle Client.
@@ -168,6 +190,9 @@ func New(opts Options) (*Client, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.Liveness == nil {
+		opts.Liveness = noLiveness{}
 	}
 	return &Client{
 		opts:  opts,
@@ -296,11 +321,15 @@ func (c *Client) Run(ctx context.Context) error {
 	}()
 	defer func() { <-dispatchDone }()
 
+	live := c.opts.Liveness
 	attempt := 0
 	for {
 		if ctx.Err() != nil {
 			return nil
 		}
+		// Dial, TLS, CONNECT and SUBSCRIBE: each bounded by ConnectTimeout
+		// (or by the keep-alive once connected).
+		live.Busy(2*c.opts.ConnectTimeout + c.opts.KeepAlive)
 		sess, err := c.connectOnce(ctx)
 		if ctx.Err() == nil && c.opts.OnAttempt != nil {
 			c.opts.OnAttempt(err)
@@ -312,6 +341,7 @@ func (c *Client) Run(ctx context.Context) error {
 			d := c.opts.Backoff.Delay(attempt)
 			attempt++
 			c.log.Warn("mqtt connect failed", "addr", c.opts.Address, "err", err, "retryIn", d.Round(time.Millisecond))
+			live.Busy(d)
 			if backoff.Sleep(ctx, d) != nil {
 				return nil
 			}
@@ -324,15 +354,7 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		c.runHooks(sess)
 
-		stopped := false
-		select {
-		case <-sess.lost:
-			c.log.Warn("mqtt connection lost")
-		case <-c.kick:
-			c.log.Info("mqtt reconnect requested")
-		case <-ctx.Done():
-			stopped = true
-		}
+		stopped := c.serveSession(ctx, sess)
 		c.clearSession(sess)
 		sess.pc.Disconnect(250)
 		sess.markLost()
@@ -345,8 +367,37 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		d := c.opts.Backoff.Delay(attempt)
 		attempt++
+		live.Busy(d)
 		if backoff.Sleep(ctx, d) != nil {
 			return nil
+		}
+	}
+}
+
+// serveSession waits until sess is lost, a reconnect is requested or ctx
+// is done (stopped), beating while the connection and its dispatch
+// goroutine are alive.
+func (c *Client) serveSession(ctx context.Context, sess *session) (stopped bool) {
+	live := c.opts.Liveness
+	live.Beat()
+	tick := time.NewTicker(live.Interval())
+	defer tick.Stop()
+	for {
+		select {
+		case <-sess.lost:
+			c.log.Warn("mqtt connection lost")
+			return false
+		case <-c.kick:
+			c.log.Info("mqtt reconnect requested")
+			return false
+		case <-ctx.Done():
+			return true
+		case <-tick.C:
+			if since := c.handling.Load(); since != 0 && time.Since(time.Unix(0, since)) > 2*live.Interval() {
+				c.log.Error("mqtt message handler blocked: incoming messages are not delivered", "blockedFor", time.Since(time.Unix(0, since)).Round(time.Millisecond))
+				continue
+			}
+			live.Beat()
 		}
 	}
 }
@@ -519,8 +570,10 @@ func (c *Client) dispatch(ctx context.Context) {
 		if len(hs) == 0 {
 			c.log.Debug("mqtt message without handler", "topic", m.topic)
 		}
+		c.handling.Store(time.Now().UnixNano())
 		for _, h := range hs {
 			h(m.topic, m.payload)
 		}
+		c.handling.Store(0)
 	}
 }

@@ -66,7 +66,30 @@ type Options struct {
 	Retry backoff.Policy
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
+	// Liveness, if set, receives Run's heartbeats (the agent's
+	// supervisor): Run beats on every message and while it waits, and
+	// announces a publish as Busy for AckWait and a retry delay as Busy
+	// for that delay.
+	Liveness Liveness
+	// AckWait is how long a publish may wait for its PUBACK before the
+	// loop counts as hung (default 2m; the agent passes twice the MQTT
+	// keep-alive plus the connect timeout: a dead connection is detected
+	// within that). The publish itself is not cut short.
+	AckWait time.Duration
 }
+
+// Liveness is how Run reports that it is alive (the agent's *Loop).
+type Liveness interface {
+	Beat()
+	Busy(d time.Duration)
+	Interval() time.Duration
+}
+
+type noLiveness struct{}
+
+func (noLiveness) Beat()                   {}
+func (noLiveness) Busy(time.Duration)      {}
+func (noLiveness) Interval() time.Duration { return time.Hour }
 
 const (
 	fileExt = ".msg"
@@ -99,6 +122,12 @@ func Open(dir string, opts Options) (*Outbox, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.Liveness == nil {
+		opts.Liveness = noLiveness{}
+	}
+	if opts.AckWait <= 0 {
+		opts.AckWait = 2 * time.Minute
 	}
 	if err := os.MkdirAll(filepath.Join(dir, deadDir), 0o700); err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
@@ -283,17 +312,22 @@ func (o *Outbox) done(seq uint64, dead bool) error {
 
 // Run drains the queue into conn until ctx is done.
 func (o *Outbox) Run(ctx context.Context, conn Conn) error {
+	live := o.opts.Liveness
+	tick := time.NewTicker(live.Interval())
+	defer tick.Stop()
 	attempts := 0
 	var lastSeq uint64
 	for {
+		live.Beat()
 		seq, ok := o.head()
 		if !ok {
 			select {
 			case <-o.signal:
-				continue
+			case <-tick.C:
 			case <-ctx.Done():
 				return nil
 			}
+			continue
 		}
 		if seq != lastSeq {
 			attempts, lastSeq = 0, seq
@@ -306,9 +340,10 @@ func (o *Outbox) Run(ctx context.Context, conn Conn) error {
 			}
 			continue
 		}
-		if err := conn.WaitConnected(ctx); err != nil {
+		if err := o.waitConnected(ctx, conn, live); err != nil {
 			return nil
 		}
+		live.Busy(o.opts.AckWait)
 		err = conn.Publish(ctx, m.Topic, 1, m.Payload)
 		if err == nil {
 			if err := o.done(seq, false); err != nil {
@@ -330,9 +365,24 @@ func (o *Outbox) Run(ctx context.Context, conn Conn) error {
 		}
 		d := o.opts.Retry.Delay(attempts - 1)
 		o.log.Warn("outbox publish failed", "id", m.ID, "topic", m.Topic, "attempt", attempts, "err", err, "retryIn", d.Round(time.Millisecond))
+		live.Busy(d)
 		if backoff.Sleep(ctx, d) != nil {
 			return nil
 		}
+	}
+}
+
+// waitConnected waits for the connection, beating while it waits (being
+// offline for hours is normal); it fails only when ctx is done.
+func (o *Outbox) waitConnected(ctx context.Context, conn Conn, live Liveness) error {
+	for {
+		wctx, cancel := context.WithTimeout(ctx, live.Interval())
+		err := conn.WaitConnected(wctx)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return ctx.Err()
+		}
+		live.Beat()
 	}
 }
 
@@ -340,4 +390,29 @@ func newID() string {
 	b := make([]byte, 12)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// Count reads how many messages wait in the queue kept in dir and how many
+// were moved to its dead-letter directory, without opening the queue (it
+// changes nothing: `fleet-agent status` calls it while the agent runs). A
+// missing directory counts as empty.
+func Count(dir string) (pending, dead int, err error) {
+	for _, d := range []struct {
+		path string
+		n    *int
+	}{{dir, &pending}, {filepath.Join(dir, deadDir), &dead}} {
+		entries, err := os.ReadDir(d.path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return 0, 0, fmt.Errorf("outbox: %w", err)
+		}
+		for _, e := range entries {
+			if _, ok := parseName(e.Name()); ok && !e.IsDir() {
+				*d.n++
+			}
+		}
+	}
+	return pending, dead, nil
 }

@@ -201,7 +201,10 @@ func (r *Rotator) Start(ctx context.Context, rt *agent.Runtime) error {
 		case <-ctx.Done():
 		}
 	})
-	go r.run(ctx)
+	rt.Go(ctx, "rotation", func(ctx context.Context, l *agent.Loop) error {
+		r.run(ctx, l)
+		return nil
+	})
 	return nil
 }
 
@@ -246,11 +249,17 @@ func (r *Rotator) persist(ctx context.Context) error {
 	return ctx.Err()
 }
 
-func (r *Rotator) run(ctx context.Context) {
+// run is the feature's loop, supervised by the agent: it beats on every
+// turn and at least every l.Interval(); handling one event publishes a few
+// times at most, each bounded by PublishTimeout.
+func (r *Rotator) run(ctx context.Context, l *agent.Loop) {
 	defer close(r.done)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	tick := time.NewTicker(l.Interval())
+	defer tick.Stop()
 	for {
+		l.Beat()
 		timer.Stop()
 		var deadline <-chan time.Time
 		if d, ok := r.deadline(); ok {
@@ -261,7 +270,10 @@ func (r *Rotator) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-tick.C:
+			continue
 		case ev := <-r.events:
+			l.Busy(4 * r.cfg.PublishTimeout)
 			switch ev.kind {
 			case evMessage:
 				err = r.onMessage(ctx, ev.topic, ev.payload)
@@ -269,6 +281,7 @@ func (r *Rotator) run(ctx context.Context) {
 				err = r.onConnected(ctx, ev.conn)
 			}
 		case <-deadline:
+			l.Busy(4 * r.cfg.PublishTimeout)
 			err = r.onTimeout(ctx)
 		}
 		if err != nil && ctx.Err() == nil {

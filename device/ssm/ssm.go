@@ -331,20 +331,30 @@ func (f *feature) Start(ctx context.Context, rt *agent.Runtime) error {
 	if err != nil {
 		return fmt.Errorf("ssm: subscribe %s: %w", topic, err)
 	}
+	// A command runs at most four commands (install, stop, register,
+	// start), each bounded by commandTimeout plus the 5s kill delay: the
+	// agent's supervisor allows that long without a beat (with a minute
+	// for reporting).
+	bound := 4*(f.h.o.Config.CommandTimeout.D()+5*time.Second) + time.Minute
 	f.wg.Add(1)
-	go func() {
+	rt.Go(ctx, "ssm", func(ctx context.Context, l *agent.Loop) error {
 		defer f.wg.Done()
+		tick := time.NewTicker(l.Interval())
+		defer tick.Stop()
 		for {
+			l.Beat()
 			select {
 			case <-ctx.Done():
-				return
+				return nil
+			case <-tick.C:
 			case p := <-f.queue:
+				l.Busy(bound)
 				if err := f.h.Handle(ctx, p); err != nil && ctx.Err() == nil {
 					rt.Logger.Error("ssm command not recorded", "err", err)
 				}
 			}
 		}
-	}()
+	})
 	return nil
 }
 

@@ -4,6 +4,8 @@
 //	fleet-agent --version                            print the version
 //	fleet-agent check-job [--config FILE] [--handler-dir DIR] FILE...
 //	                                                 validate job documents offline, with this device's rules
+//	fleet-agent status [--config FILE] [--state-dir DIR] [-o text|json]
+//	                                                 identity, certificate expiry, connection, job, OTA, outbox
 package main
 
 import (
@@ -74,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return jobs.CheckJobMain(args[1:], stdout, stderr, jobs.CheckJobOptions{
 				Operations: ops, DefaultConfig: DefaultConfigFile, Load: loadCheckJobSetup,
 			})
+		case "status":
+			return statusMain(args[1:], stdout, stderr)
 		case "run":
 			args = args[1:]
 		case "version":
@@ -87,7 +91,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	overrides := config.RegisterFlags(fs)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: fleet-agent [run] [flags]\n       fleet-agent check-job [--config FILE] [--handler-dir DIR] FILE...\n       fleet-agent --version")
+		fmt.Fprintln(stderr, "usage: fleet-agent [run] [flags]\n       fleet-agent check-job [--config FILE] [--handler-dir DIR] FILE...\n       fleet-agent status [--config FILE] [--state-dir DIR] [-o text|json]\n       fleet-agent --version")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -129,7 +133,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	features = append(features, rotation.Feature(rotation.Config{
 		CertTimeout: cfg.Rotation.CertTimeout.D(), SwitchTimeout: cfg.Rotation.SwitchTimeout.D(),
 	}))
-	a, err := agent.New(agent.Options{Config: cfg, Version: version, Logger: logger, Features: features})
+	a, err := agent.New(agent.Options{Config: cfg, Version: version, Logger: logger, Features: features, TestHook: testHook()})
 	if err != nil {
 		fmt.Fprintf(stderr, "fleet-agent: %v\n", err)
 		return 1

@@ -134,7 +134,7 @@ func TestBinary(t *testing.T) {
 
 		logs := &devicetest.LogBuffer{}
 		cmd := exec.Command(bin, "run", "--config", cfgFile)
-		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=2000000")
+		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=10000000")
 		cmd.Stdout, cmd.Stderr = logs, logs
 		require.NoError(t, cmd.Start())
 		exited := make(chan error, 1)

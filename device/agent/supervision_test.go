@@ -1,0 +1,302 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
+	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
+	"github.com/iot-fleet/iot-fleet/device/store"
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+)
+
+// notifySocket is a real $NOTIFY_SOCKET: every datagram the agent sends
+// through SystemdNotifier, in order.
+type notifySocket struct {
+	mu     sync.Mutex
+	states []string
+	more   chan struct{}
+}
+
+func listenNotify(t *testing.T) *notifySocket {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	t.Setenv("NOTIFY_SOCKET", sock)
+	n := &notifySocket{more: make(chan struct{}, 1)}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, _, err := conn.ReadFromUnix(buf)
+			if err != nil {
+				return
+			}
+			n.mu.Lock()
+			n.states = append(n.states, string(buf[:k]))
+			n.mu.Unlock()
+			select {
+			case n.more <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return n
+}
+
+func (n *notifySocket) list() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]string(nil), n.states...)
+}
+
+// waitFor waits until a notification after index from satisfies ok and
+// returns its index.
+func (n *notifySocket) waitFor(t *testing.T, from int, what string, ok func(string) bool) int {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		for i, s := range n.list() {
+			if i >= from && ok(s) {
+				return i
+			}
+		}
+		select {
+		case <-n.more:
+		case <-deadline:
+			t.Fatalf("no notification %s after #%d; got %q", what, from, n.list())
+		}
+	}
+}
+
+func isPing(s string) bool { return s == "WATCHDOG=1" }
+
+// faults is a TestHook that kills ("exit") or stalls ("hang") a loop's
+// goroutine once armed for it.
+type faults struct {
+	mu      sync.Mutex
+	armed   map[string]string
+	release chan struct{}
+	hit     chan string
+}
+
+func newFaults(t *testing.T) *faults {
+	f := &faults{armed: map[string]string{}, release: make(chan struct{}), hit: make(chan string, 1)}
+	t.Cleanup(func() { close(f.release) })
+	return f
+}
+
+func (f *faults) arm(loop, how string) {
+	f.mu.Lock()
+	f.armed[loop] = how
+	f.mu.Unlock()
+}
+
+func (f *faults) hook(loop string) {
+	f.mu.Lock()
+	how := f.armed[loop]
+	delete(f.armed, loop)
+	f.mu.Unlock()
+	if how == "" {
+		return
+	}
+	select {
+	case f.hit <- loop:
+	default:
+	}
+	switch how {
+	case "exit":
+		runtime.Goexit()
+	case "hang":
+		<-f.release
+	}
+}
+
+// runSupervised starts an agent with the real systemd notifier, a 2s
+// watchdog and loops that must beat every 3s, and waits until it is
+// ready and has pinged the watchdog.
+func runSupervised(t *testing.T, b *testbroker.Broker, f *faults, n *notifySocket, features ...FeatureFactory) (errc <-chan error, stop func(), stateDir string) {
+	t.Helper()
+	cfg := testConfig(t, b)
+	logs := &devicetest.LogBuffer{}
+	a, err := New(Options{
+		Config: cfg, Version: "test-1", Features: features,
+		Logger:           slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		WatchdogInterval: func() (time.Duration, error) { return 2 * time.Second, nil },
+		LoopTimeout:      3 * time.Second,
+		TestHook:         f.hook,
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if t.Failed() {
+			t.Logf("agent log:\n%s", logs.String())
+		}
+	})
+	select {
+	case <-a.Ready():
+	case err := <-runErr:
+		t.Fatalf("agent stopped before ready: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent not ready")
+	}
+	n.waitFor(t, 0, "READY=1", func(s string) bool { return strings.HasPrefix(s, "READY=1") })
+	n.waitFor(t, 0, "WATCHDOG=1", isPing)
+	return runErr, cancel, cfg.StateDir
+}
+
+func waitExit(t *testing.T, errc <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(60 * time.Second):
+		t.Fatal("the agent did not exit")
+		return nil
+	}
+}
+
+func TestSupervisionLoopThatExitsFailsTheAgent(t *testing.T) {
+	for _, loop := range []string{"outbox", "connection", "jobs"} {
+		t.Run(loop, func(t *testing.T) {
+			b := testbroker.Start(t, testbroker.Options{})
+			n := listenNotify(t)
+			f := newFaults(t)
+			errc, _, stateDir := runSupervised(t, b, f, n, JobsFeature(nil))
+			f.arm(loop, "exit")
+			select {
+			case <-f.hit:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("loop %s never beat", loop)
+			}
+			err := waitExit(t, errc)
+			require.Error(t, err, "a dead %s loop must make Run fail (exit non-zero)", loop)
+			if loop == "outbox" {
+				// The outbox beats on the supervised goroutine itself: its
+				// death is seen as such at once.
+				assert.Contains(t, err.Error(), "loop outbox: its goroutine exited")
+			} else {
+				// The connection beats from conn.Run's goroutine, whose
+				// death leaves it waiting for its dispatcher; the jobs loop
+				// from its prober. Either way it stops beating.
+				assert.Contains(t, err.Error(), loop)
+			}
+
+			// The status file says so, for `fleet-agent status`.
+			st, err := store.Open(stateDir)
+			require.NoError(t, err)
+			rs, found, err := ReadRunState(st)
+			require.NoError(t, err)
+			require.True(t, found)
+			assert.Equal(t, PhaseFailed, rs.Phase)
+			assert.Contains(t, rs.Error, loop)
+			assert.False(t, rs.Connected)
+		})
+	}
+}
+
+func TestSupervisionHungLoopStopsTheWatchdog(t *testing.T) {
+	for _, loop := range []string{"jobs", "outbox"} {
+		t.Run(loop, func(t *testing.T) {
+			b := testbroker.Start(t, testbroker.Options{})
+			n := listenNotify(t)
+			f := newFaults(t)
+			errc, _, _ := runSupervised(t, b, f, n, JobsFeature(nil))
+			f.arm(loop, "hang")
+			select {
+			case <-f.hit:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("loop %s never beat", loop)
+			}
+			unhealthy := n.waitFor(t, 0, "STATUS=...UNHEALTHY", func(s string) bool {
+				return strings.HasPrefix(s, "STATUS=") && strings.Contains(s, "UNHEALTHY, not beating: "+loop)
+			})
+			err := waitExit(t, errc)
+			require.Error(t, err, "a hung %s loop must make Run fail (exit non-zero)", loop)
+			assert.True(t, errors.Is(err, errHung), "%v", err)
+			assert.Contains(t, err.Error(), loop)
+			for i, s := range n.list() {
+				if i > unhealthy {
+					assert.False(t, isPing(s), "WATCHDOG=1 sent after the %s loop stopped beating: %q", loop, n.list())
+				}
+			}
+		})
+	}
+}
+
+// A step that runs much longer than the loop timeout (an OTA install of
+// an hour, here a 7s sleep against 3s) is not a hang: the engine's loop
+// keeps answering. STATUS= shows the step.
+func TestSupervisionLongStepIsNotAHang(t *testing.T) {
+	b := testbroker.Start(t, testbroker.Options{})
+	svc := newJobsService(t, b, map[string]any{
+		"version": "1.0",
+		"steps": []any{map[string]any{"action": map[string]any{
+			"name": "nap", "type": "runCommand", "input": map[string]any{"command": "sleep,7"},
+		}}},
+	})
+	n := listenNotify(t)
+	f := newFaults(t)
+	var overdue atomic.Bool
+	errc, stop, stateDir := runSupervised(t, b, f, n, JobsFeature(nil))
+	running := n.waitFor(t, 0, "STATUS= with the running step", func(s string) bool {
+		return strings.HasPrefix(s, "STATUS=") && strings.Contains(s, `jobs: job job-1 step 1/1 "nap" running`)
+	})
+	select {
+	case st := <-svc.terminal:
+		assert.Equal(t, protocol.JobSucceeded, st)
+	case err := <-errc:
+		t.Fatalf("the agent stopped during a long step: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("job did not finish")
+	}
+	pings := 0
+	for i, s := range n.list() {
+		if strings.Contains(s, "UNHEALTHY") {
+			overdue.Store(true)
+		}
+		if i > running && isPing(s) {
+			pings++
+		}
+	}
+	assert.False(t, overdue.Load(), "a long step was taken for a hang: %q", n.list())
+	assert.GreaterOrEqual(t, pings, 3, "the watchdog is pinged during the step")
+	n.waitFor(t, running, "STATUS= without the job", func(s string) bool {
+		return strings.HasPrefix(s, "STATUS=connected as") && !strings.Contains(s, "job-1")
+	})
+	st, err := store.Open(stateDir)
+	require.NoError(t, err)
+	rs, found, err := ReadRunState(st)
+	require.NoError(t, err)
+	require.True(t, found)
+	assert.True(t, rs.Alive(), "written by this running process")
+	assert.Equal(t, PhaseRunning, rs.Phase)
+	assert.True(t, rs.Connected)
+	names := []string{}
+	for _, l := range rs.Loops {
+		names = append(names, l.Name)
+		assert.False(t, l.Overdue, l.Name)
+	}
+	assert.ElementsMatch(t, []string{"outbox", "connection", "jobs"}, names)
+	stop()
+	require.NoError(t, waitExit(t, errc))
+	rs, _, err = ReadRunState(st)
+	require.NoError(t, err)
+	assert.Equal(t, PhaseStopped, rs.Phase)
+}

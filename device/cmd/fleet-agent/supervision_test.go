@@ -1,0 +1,173 @@
+package main
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
+	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
+)
+
+// buildFaultyAgent builds the binary with the test hooks that inject
+// faults into its loops (testhook_faults.go; never in a release build).
+func buildFaultyAgent(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "fleet-agent")
+	cmd := exec.Command("go", "build", "-tags", "fleetagent_testhooks", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	return bin
+}
+
+// agentConfig writes a configuration for serial against b.
+func agentConfig(t *testing.T, b *testbroker.Broker, serial string) (cfgFile, stateDir string) {
+	t.Helper()
+	dir := t.TempDir()
+	serialFile := filepath.Join(dir, "cpuinfo")
+	require.NoError(t, os.WriteFile(serialFile, []byte("Serial\t\t: "+serial+"\n"), 0o444))
+	host, port, err := net.SplitHostPort(b.Addr)
+	require.NoError(t, err)
+	stateDir = filepath.Join(dir, "state")
+	cfg := `{"endpoint":"` + host + `","port":` + port + `,"rootCAFile":"` + b.CAFile + `",
+		"stateDir":"` + stateDir + `","logLevel":"debug",
+		"provisioning":{"claimCertFile":"` + b.Claim.CertFile + `","claimKeyFile":"` + b.Claim.KeyFile + `",
+			"templateName":"` + b.TemplateName() + `","serialFiles":["` + serialFile + `"],"retryMin":"10ms","retryMax":"100ms","deniedBackoff":"1s"},
+		"mqtt":{"reconnectMin":"10ms","reconnectMax":"200ms"}}`
+	cfgFile = filepath.Join(dir, "config.json")
+	require.NoError(t, os.WriteFile(cfgFile, []byte(cfg), 0o600))
+	return cfgFile, stateDir
+}
+
+// notifications listens on a real $NOTIFY_SOCKET and keeps every
+// datagram in order.
+type notifications struct {
+	sock   string
+	mu     sync.Mutex
+	states []string
+	more   chan struct{}
+}
+
+func listenNotify(t *testing.T) *notifications {
+	t.Helper()
+	n := &notifications{sock: filepath.Join(t.TempDir(), "notify.sock"), more: make(chan struct{}, 1)}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.sock, Net: "unixgram"})
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, _, err := conn.ReadFromUnix(buf)
+			if err != nil {
+				return
+			}
+			n.mu.Lock()
+			n.states = append(n.states, string(buf[:k]))
+			n.mu.Unlock()
+			select {
+			case n.more <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return n
+}
+
+func (n *notifications) list() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]string(nil), n.states...)
+}
+
+func (n *notifications) waitFor(t *testing.T, what string, exited <-chan error, ok func(string) bool) int {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		for i, s := range n.list() {
+			if ok(s) {
+				return i
+			}
+		}
+		select {
+		case <-n.more:
+		case err := <-exited:
+			t.Fatalf("agent exited (%v) before %s; notifications: %q", err, what, n.list())
+		case <-deadline:
+			t.Fatalf("no %s; notifications: %q", what, n.list())
+		}
+	}
+}
+
+// The real binary under a real NOTIFY_SOCKET: a loop whose goroutine dies
+// makes the agent exit non-zero at once; a loop that stops beating stops
+// the watchdog pings and the agent exits non-zero (Restart=on-failure).
+func TestBinarySupervision(t *testing.T) {
+	bin := buildFaultyAgent(t)
+	for _, tc := range []struct{ fault, want string }{
+		{"outbox.exit", "loop outbox: its goroutine exited"},
+		{"jobs.hang", "loops stopped beating: jobs"},
+		{"connection.hang", "loops stopped beating: connection"},
+	} {
+		t.Run(tc.fault, func(t *testing.T) {
+			b := testbroker.Start(t, testbroker.Options{})
+			cfgFile, stateDir := agentConfig(t, b, "10000000feed0a01")
+			faults := t.TempDir()
+			n := listenNotify(t)
+			logs := &devicetest.LogBuffer{}
+			cmd := exec.Command(bin, "run", "--config", cfgFile)
+			cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.sock, "WATCHDOG_USEC=3000000", "FLEET_AGENT_TEST_FAULT_DIR="+faults)
+			cmd.Stdout, cmd.Stderr = logs, logs
+			require.NoError(t, cmd.Start())
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			t.Cleanup(func() {
+				_ = cmd.Process.Kill()
+				if t.Failed() {
+					t.Logf("agent log:\n%s", logs.String())
+				}
+			})
+			n.waitFor(t, "READY=1", exited, func(s string) bool { return strings.HasPrefix(s, "READY=1") })
+			n.waitFor(t, "WATCHDOG=1", exited, func(s string) bool { return s == "WATCHDOG=1" })
+
+			require.NoError(t, os.WriteFile(filepath.Join(faults, tc.fault), nil, 0o600))
+			var err error
+			select {
+			case err = <-exited:
+			case <-time.After(60 * time.Second):
+				t.Fatal("the agent did not exit")
+			}
+			var ee *exec.ExitError
+			require.ErrorAs(t, err, &ee, "the agent must exit non-zero")
+			assert.Equal(t, 1, ee.ExitCode())
+			assert.Contains(t, logs.String(), tc.want)
+
+			if strings.HasSuffix(tc.fault, ".hang") {
+				// After the STATUS= that reports the hung loop, systemd is
+				// never told the agent is alive again.
+				loop := strings.TrimSuffix(tc.fault, ".hang")
+				states := n.list()
+				i := n.waitFor(t, "STATUS= naming the hung loop", exited, func(s string) bool {
+					return strings.HasPrefix(s, "STATUS=") && strings.Contains(s, "UNHEALTHY, not beating: "+loop)
+				})
+				for _, s := range states[i+1:] {
+					assert.NotEqual(t, "WATCHDOG=1", s, "watchdog pinged after the %s loop hung: %q", loop, states)
+				}
+			}
+
+			// fleet-agent status tells what happened.
+			out, err := exec.Command(bin, "status", "--state-dir", stateDir).CombinedOutput()
+			require.NoError(t, err, "%s", out)
+			assert.Contains(t, string(out), "not running (last: failed")
+			assert.Contains(t, string(out), tc.want)
+		})
+	}
+}
