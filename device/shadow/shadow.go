@@ -86,15 +86,15 @@ type Options struct {
 // Reported is the reported state. Nil pointers are sent as null, which
 // removes the key from the shadow (no job, no OTA, nothing refused).
 type Reported struct {
-	AgentVersion    string            `json:"agentVersion"`
-	ImageVersion    string            `json:"imageVersion"`
-	Job             *Job              `json:"job"`
-	OTA             *OTA              `json:"ota"`
-	Certificate     Certificate       `json:"certificate"`
-	SSM             string            `json:"ssm"`
-	BootID          string            `json:"bootId"`
-	UptimeSeconds   int64             `json:"uptimeSeconds"`
-	Connectivity    Connectivity      `json:"connectivity"`
+	AgentVersion  string       `json:"agentVersion"`
+	ImageVersion  string       `json:"imageVersion"`
+	Job           *Job         `json:"job"`
+	OTA           *OTA         `json:"ota"`
+	Certificate   Certificate  `json:"certificate"`
+	SSM           string       `json:"ssm"`
+	BootID        string       `json:"bootId"`
+	UptimeSeconds int64        `json:"uptimeSeconds"`
+	Connectivity  Connectivity `json:"connectivity"`
 	// The settings desired state may change are reported under the same
 	// keys, with the value as desired wrote it, so an applied setting
 	// leaves the delta.
