@@ -46,10 +46,10 @@ const Name = protocol.AgentShadowName
 // Unknown is reported for a value the device cannot read.
 const Unknown = "unknown"
 
-// State files of the other features, read (never written) from the state
-// directory.
+// State files of the other features, read (never written), relative to
+// the state directory.
 const (
-	JobsStateFile = "jobs-state.json"
+	JobsStateFile = store.JobsDir + "/jobs-state.json"
 	OTAStateFile  = "ota-state.json"
 	SSMStateFile  = "ssm-state.json"
 )

@@ -13,7 +13,10 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/device/backoff"
 	"github.com/iot-fleet/iot-fleet/device/config"
+	"github.com/iot-fleet/iot-fleet/device/jobs"
 	"github.com/iot-fleet/iot-fleet/device/mqttconn"
+	"github.com/iot-fleet/iot-fleet/device/ota"
+	"github.com/iot-fleet/iot-fleet/device/ssm"
 	"github.com/iot-fleet/iot-fleet/device/shadow"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
@@ -151,6 +154,9 @@ func TestReportsDeviceState(t *testing.T) {
 
 	// A job starts (the jobs engine's state file): its id and step name.
 	job := `{"format":1,"job":{"jobId":"install-1","document":{"version":"1.0","steps":[{"action":{"name":"Install","type":"runHandler","input":{"handler":"install.sh"}}},{"action":{"name":"Check","type":"runHandler","input":{"handler":"check.sh"}}}]},"phase":"running","step":1,"status":"IN_PROGRESS"}}`
+	if _, err := d.st.SubDir(store.JobsDir); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.st.WriteFile(shadow.JobsStateFile, []byte(job), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -229,4 +235,17 @@ func TestDesiredSettingsAppliedAndUnknownRefused(t *testing.T) {
 		t.Errorf("log level = %v, want warn", d.level.Level())
 	}
 	_ = rep
+}
+
+// The shadow reads the other features' own state files.
+func TestStateFileNamesFollowTheFeatures(t *testing.T) {
+	for got, want := range map[string]string{
+		shadow.JobsStateFile: store.JobsDir + "/" + jobs.StateFileName,
+		shadow.OTAStateFile:  ota.StateFileName,
+		shadow.SSMStateFile:  ssm.StateFile,
+	} {
+		if got != want {
+			t.Errorf("state file %q, want %q", got, want)
+		}
+	}
 }
