@@ -253,11 +253,14 @@ func (r *Reporter) run(ctx context.Context) {
 		}
 		if connected {
 			if err := r.maybeReport(ctx); err != nil {
-				if errors.Is(err, mqttconn.ErrNotConnected) || errors.Is(err, mqttconn.ErrConnectionLost) {
+				switch {
+				case ctx.Err() != nil:
+				case errors.Is(err, mqttconn.ErrNotConnected) || errors.Is(err, mqttconn.ErrConnectionLost):
+					// Sent again after the next connect.
 					connected = false
 					r.force = true
-				}
-				if ctx.Err() == nil {
+					r.log.Debug("shadow update not sent: not connected", "err", err)
+				default:
 					r.log.Warn("shadow update not sent", "err", err)
 				}
 			}
