@@ -387,6 +387,7 @@ func (r *Reporter) applyDesired(desired map[string]any, version int64, full bool
 	if full && equalJSON(desired, r.lastDesired) {
 		return
 	}
+	before := r.settings
 	rejected := map[string]string{}
 	if !full {
 		maps.Copy(rejected, r.rejected)
@@ -394,8 +395,10 @@ func (r *Reporter) applyDesired(desired map[string]any, version int64, full bool
 	for _, k := range slices.Sorted(maps.Keys(desired)) {
 		delete(rejected, k)
 		if reason := r.applySetting(k, desired[k]); reason != "" {
+			if rejected[k] != reason && r.rejected[k] != reason {
+				r.log.Warn("desired shadow key refused", "key", k, "reason", reason)
+			}
 			rejected[k] = reason
-			r.log.Warn("desired shadow key refused", "key", k, "reason", reason)
 		}
 	}
 	if full {
@@ -404,8 +407,13 @@ func (r *Reporter) applyDesired(desired map[string]any, version int64, full bool
 	if len(rejected) == 0 {
 		rejected = nil
 	}
+	// Report only a change: AWS sends the delta again after every report
+	// while a refused key stays in desired, and answering each one would
+	// loop.
+	if r.settings != before || !maps.Equal(rejected, r.rejected) {
+		r.force = true
+	}
 	r.rejected = rejected
-	r.force = true
 }
 
 // applySetting applies one desired key and returns why it was refused

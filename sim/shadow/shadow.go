@@ -10,8 +10,8 @@
 //     merge recursively, arrays and scalars replace); it answers on
 //     update/accepted with the request's state and the metadata of the
 //     keys it touched, publishes update/documents (previous and current
-//     document) and, when the request carried desired state and desired
-//     still differs from reported, update/delta;
+//     document) and, when desired still differs from reported afterwards,
+//     update/delta (also after a reported-only update, as AWS does);
 //   - get answers with desired, reported, the delta and all metadata;
 //   - delete removes the document; the version number carries on when a
 //     shadow of the same name is created again (AWS does so within 48
@@ -450,7 +450,10 @@ func (s *Service) update(thing, name string, payload []byte) ([]message, string,
 		docs.Previous = &p
 	}
 	out = append(out, message{base + "/documents", mustJSON(docs)})
-	if desired.present && !desired.null {
+	// AWS publishes the delta after every accepted update that leaves
+	// desired and reported different, a reported-only update included
+	// (a device that reports without applying gets the delta again).
+	{
 		if delta := Delta(next.desired, next.reported); len(delta) > 0 {
 			out = append(out, message{base + "/delta", mustJSON(protocol.ShadowDelta{
 				State: delta, Metadata: project(next.desiredMeta, delta), Version: next.version, Timestamp: now, ClientToken: token,

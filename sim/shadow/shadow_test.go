@@ -100,8 +100,15 @@ func TestUpdateAcceptedDocumentsDelta(t *testing.T) {
 			"reported":{"color":{"timestamp":1700000000},"engine":{"timestamp":1700000000}}},
 		"version":2,"timestamp":1700000000,"clientToken":"g1"}`)
 
+	// A report that leaves a difference gets the delta again.
+	got = do(s, r, "update", `{"state":{"reported":{"engine":"OFF"}}}`)
+	jsonEq(t, "delta after a report", got[topic("update/delta")]["state"], `{"color":"RED","state":"STOP"}`)
+
 	// The device reports what it applied: no delta left; a null deletes.
 	got = do(s, r, "update", `{"state":{"reported":{"color":"RED","state":"STOP","engine":null}}}`)
+	if _, ok := got[topic("update/delta")]; ok {
+		t.Error("a delta was published with desired and reported equal")
+	}
 	jsonEq(t, "accepted echoes nulls", got[topic("update/accepted")]["state"], `{"reported":{"color":"RED","state":"STOP","engine":null}}`)
 	jsonEq(t, "accepted metadata omits deleted keys", got[topic("update/accepted")]["metadata"],
 		`{"reported":{"color":{"timestamp":1700000000},"state":{"timestamp":1700000000}}}`)
@@ -110,8 +117,8 @@ func TestUpdateAcceptedDocumentsDelta(t *testing.T) {
 		t.Fatal("shadow gone")
 	}
 	jsonEq(t, "state after report", doc.State, `{"desired":{"color":"RED","state":"STOP"},"reported":{"color":"RED","state":"STOP"}}`)
-	if doc.Version != 3 {
-		t.Errorf("version = %d, want 3", doc.Version)
+	if doc.Version != 4 {
+		t.Errorf("version = %d, want 4", doc.Version)
 	}
 
 	// desired: null deletes the section.
