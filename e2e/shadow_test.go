@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -144,4 +145,56 @@ func (p pahoClient) pub(topic, payload string) error {
 	tok := p.c.Publish(topic, 1, false, []byte(payload))
 	tok.WaitTimeout(5 * time.Second)
 	return tok.Error()
+}
+
+// After a full-system OTA update (the fake mender client with A/B
+// partitions, the reboot played by the test), the shadow shows the new
+// image, the OTA step and the new boot.
+func TestShadowAfterOTA(t *testing.T) {
+	fakeMender := buildFakeMender(t)
+	const serial = "10000000000000e1"
+	f := startFleet(t, serial)
+	d, err := f.NewOTADevice("ota-shadow", serial, fakeMender, map[string]any{"artifactSizeMiB": 4}, nil)
+	require.NoError(t, err)
+	require.NoError(t, d.Reconfigure(func(c *config.Config) {
+		c.Shadow.PollInterval = config.Duration(100 * time.Millisecond)
+		c.Shadow.MinInterval = config.Duration(200 * time.Millisecond)
+	}))
+	require.NoError(t, d.Start())
+	t.Cleanup(func() {
+		_ = d.Stop(10 * time.Second)
+		if t.Failed() {
+			t.Logf("agent log tail:\n%s", d.LogTail(60))
+		}
+	})
+	ctx := waitCtx(t, 3*time.Minute)
+	require.NoError(t, d.WaitConnected(ctx), d.LogTail(30))
+	thing := d.ThingName()
+	require.NoError(t, harness.Poll(ctx, "first report", func() bool {
+		rep, _, _ := shadowOf(f, thing)
+		return rep.ImageVersion == "rpi-initial"
+	}))
+	rep, _, _ := shadowOf(f, thing)
+	firstBoot := rep.BootID
+	require.Nil(t, rep.OTA)
+
+	doc := fmt.Sprintf(`{"operation":"mender_install","url":%q}`, otaArtifactURL)
+	_, err = f.Stack.Core.CreateJob(ctx, jobs.CreateJobInput{JobID: "rootfs-shadow", Document: json.RawMessage(doc), Things: []string{thing}})
+	require.NoError(t, err)
+	require.NoError(t, d.WaitRebootRequests(ctx, 1), d.LogTail(40))
+	require.NoError(t, harness.Poll(ctx, "OTA step rebooting in the shadow", func() bool {
+		rep, _, _ := shadowOf(f, thing)
+		return rep.OTA != nil && rep.OTA.Step == "rebooting" && rep.Job != nil && rep.Job.JobID == "rootfs-shadow"
+	}))
+	require.NoError(t, d.Reboot())
+	execs, err := f.Stack.Core.WaitForExecutions(ctx, "rootfs-shadow")
+	require.NoError(t, err)
+	require.Equal(t, protocol.JobSucceeded, execs[0].Status, "%v", execs[0].StatusDetails)
+	require.NoError(t, harness.Poll(ctx, "new image in the shadow", func() bool {
+		rep, _, _ := shadowOf(f, thing)
+		return rep.ImageVersion == "rpi-2024.06" && rep.OTA != nil && rep.OTA.Step == "committed" && rep.Job == nil
+	}))
+	rep, _, _ = shadowOf(f, thing)
+	require.NotEqual(t, firstBoot, rep.BootID)
+	require.Equal(t, "SUCCEEDED", rep.OTA.Status)
 }
