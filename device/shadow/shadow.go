@@ -33,6 +33,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/iot-fleet/iot-fleet/device/config"
 	"github.com/iot-fleet/iot-fleet/device/mqttconn"
@@ -99,8 +100,16 @@ type Reported struct {
 	// keys, with the value as desired wrote it, so an applied setting
 	// leaves the delta.
 	Settings
-	RejectedDesired map[string]string `json:"rejectedDesired"`
+	// RejectedDesired holds up to MaxRejectedReported refused desired keys
+	// (the first in sorted order; keys cut to 64 bytes) and why;
+	// RejectedDesiredMore counts the others. Bounded, so no desired state
+	// can push reported over the shadow's 8 KB limit.
+	RejectedDesired     map[string]string `json:"rejectedDesired"`
+	RejectedDesiredMore *int              `json:"rejectedDesiredMore"`
 }
+
+// MaxRejectedReported bounds reported.rejectedDesired.
+const MaxRejectedReported = 10
 
 // Job is the job the jobs engine is running.
 type Job struct {
@@ -449,6 +458,17 @@ func (r *Reporter) applySetting(key string, v any) string {
 	return ""
 }
 
+// clip cuts s to at most n bytes without splitting a UTF-8 sequence.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
 func describe(v any) string {
 	b, err := json.Marshal(v)
 	if err != nil || len(b) > 64 {
@@ -500,7 +520,14 @@ func (r *Reporter) collect(ctx context.Context) Reported {
 		Connectivity: Connectivity{Connected: true, Connections: r.o.Conn.Connections()},
 	}
 	if len(r.rejected) > 0 {
-		rep.RejectedDesired = maps.Clone(r.rejected)
+		rep.RejectedDesired = map[string]string{}
+		keys := slices.Sorted(maps.Keys(r.rejected))
+		for _, k := range keys[:min(len(keys), MaxRejectedReported)] {
+			rep.RejectedDesired[clip(k, 64)] = r.rejected[k]
+		}
+		if more := len(keys) - MaxRejectedReported; more > 0 {
+			rep.RejectedDesiredMore = &more
+		}
 	}
 	if !r.connectedAt.IsZero() {
 		rep.Connectivity.ConnectedAt = r.connectedAt.UTC().Format(time.RFC3339)
