@@ -309,8 +309,11 @@ func (r *Reporter) maybeReport(ctx context.Context) error {
 	if !r.force && !due && string(stable) == string(r.lastReport) {
 		return nil
 	}
-	req := map[string]any{"state": map[string]any{"reported": rep}, "clientToken": r.token()}
-	b, err := json.Marshal(req)
+	reported, err := json.Marshal(rep)
+	if err != nil {
+		return fmt.Errorf("encode reported state: %w", err)
+	}
+	b, err := json.Marshal(protocol.ShadowUpdateRequest{State: protocol.ShadowUpdateState{Reported: reported}, ClientToken: r.token()})
 	if err != nil {
 		return fmt.Errorf("encode shadow update: %w", err)
 	}
