@@ -53,9 +53,11 @@ func (s *stringList) UnmarshalJSON(b []byte) error {
 // because IAM defines no resource type for them (Service Authorization
 // Reference). Each is documented in docs/delivery.md.
 var resourceStarAllowed = map[string]string{
-	"sts:GetCallerIdentity":        "no resource type; Pulumi's AWS provider calls it to learn the account",
-	"iot:DescribeEndpoint":         "no resource type; the stack reads the data and credentials endpoints",
-	"iot:CreateKeysAndCertificate": "the certificate's ARN does not exist before the call; the claim certificate is created by the stack",
+	"sts:GetCallerIdentity":           "no resource type; Pulumi's AWS provider calls it to learn the account",
+	"iot:DescribeEndpoint":            "no resource type; the stack reads the data and credentials endpoints",
+	"iot:CreateKeysAndCertificate":    "the certificate's ARN does not exist before the call; the claim certificate is created by the stack",
+	"iot:GetIndexingConfiguration":    "no resource type; fleet indexing is one account-level setting (the stack indexes the agent's shadow)",
+	"iot:UpdateIndexingConfiguration": "no resource type; fleet indexing is one account-level setting (the stack indexes the agent's shadow)",
 }
 
 // outsideStackNames lists the only resources of the permission policies

@@ -69,6 +69,7 @@ type Config struct {
 	OTA          OTA          `json:"ota"`
 	SSM          SSM          `json:"ssm"`
 	Rotation     Rotation     `json:"rotation"`
+	Shadow       Shadow       `json:"shadow"`
 }
 
 // Provisioning configures provisioning by claim.
@@ -216,6 +217,7 @@ func Default() Config {
 		SSM:    DefaultSSM(),
 		// Certificate rotation (rotation.go).
 		Rotation: DefaultRotation(),
+		Shadow:   DefaultShadow(),
 	}
 }
 
@@ -575,6 +577,9 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := c.Rotation.validate(c.MQTT); err != nil {
+		return err
+	}
+	if err := c.Shadow.validate(); err != nil {
 		return err
 	}
 	return nil

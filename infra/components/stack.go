@@ -78,6 +78,8 @@ type Stack struct {
 	SSM          *SSM
 	// Rotation is certificate rotation (rotation.go).
 	Rotation *Rotation
+	// Indexing is fleet indexing of the agent's shadow (indexing.go).
+	Indexing *Indexing
 }
 
 // NewStack declares the environment.
@@ -252,6 +254,10 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 		RuleRoleArn:         s.Rules.Role.Arn, ErrorLogGroupName: s.Rules.ErrorLogGroup.Name,
 		LogRetentionDays: cfg.LogRetentionDays, Tags: tags,
 	}, parent); err != nil {
+		return nil, err
+	}
+
+	if s.Indexing, err = NewIndexing(ctx, "indexing", parent); err != nil {
 		return nil, err
 	}
 

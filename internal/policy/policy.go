@@ -117,7 +117,11 @@ func Claim(p Params) (Document, error) {
 
 // Device is the policy of every device certificate. The client id must be
 // the thing name the certificate is attached to, and the device may only use
-// its own Jobs topics and its own cmd/ and dt/ topics.
+// its own Jobs topics, its own cmd/ and dt/ topics and its own named shadow
+// protocol.AgentShadowName (requests update, get and delete; answers on
+// their accepted, rejected, delta and documents topics). Another thing's
+// shadow, another shadow name of its own and the classic shadow are
+// denied.
 func Device(p Params) (Document, error) {
 	if err := p.validate(); err != nil {
 		return Document{}, err
@@ -126,6 +130,7 @@ func Device(p Params) (Document, error) {
 	jobs := "$aws/things/" + thing + "/jobs"
 	cmd := "cmd/" + protocol.Application + "/" + thing
 	dt := "dt/" + protocol.Application + "/" + thing
+	shadow := protocol.NamedShadowPrefix(thing, protocol.AgentShadowName)
 	return Document{
 		Version: "2012-10-17",
 		Statement: []Statement{
@@ -153,6 +158,28 @@ func Device(p Params) (Document, error) {
 				Effect:   "Allow",
 				Action:   []string{"iot:Subscribe"},
 				Resource: []string{p.ARN("topicfilter", jobs+"/*"), p.ARN("topicfilter", cmd+"/*")},
+			},
+			{
+				Sid:    "OwnShadowRequests",
+				Effect: "Allow",
+				Action: []string{"iot:Publish"},
+				Resource: []string{
+					p.ARN("topic", protocol.ShadowUpdateTopic(thing, protocol.AgentShadowName)),
+					p.ARN("topic", protocol.ShadowGetTopic(thing, protocol.AgentShadowName)),
+					p.ARN("topic", protocol.ShadowDeleteTopic(thing, protocol.AgentShadowName)),
+				},
+			},
+			{
+				Sid:      "ReceiveOwnShadow",
+				Effect:   "Allow",
+				Action:   []string{"iot:Receive"},
+				Resource: []string{p.ARN("topic", shadow+"/*")},
+			},
+			{
+				Sid:      "SubscribeOwnShadow",
+				Effect:   "Allow",
+				Action:   []string{"iot:Subscribe"},
+				Resource: []string{p.ARN("topicfilter", shadow+"/*")},
 			},
 		},
 	}, nil

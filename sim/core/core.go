@@ -1,6 +1,7 @@
 // Package core assembles the local IoT Core: the CA, the registry, the
 // policies and provisioning template the stack declares, the MQTT broker
-// with policy enforcement, fleet provisioning, Jobs and fault injection.
+// with policy enforcement, fleet provisioning, Jobs, the Device Shadow
+// service and fault injection.
 // Tests embed it with Start; the fleet-sim command serves it.
 package core
 
@@ -26,6 +27,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/sim/provisioning"
 	"github.com/iot-fleet/iot-fleet/sim/registry"
 	"github.com/iot-fleet/iot-fleet/sim/rules"
+	"github.com/iot-fleet/iot-fleet/sim/shadow"
 )
 
 // Simulated account coordinates.
@@ -110,6 +112,7 @@ type Core struct {
 	jobs    *jobs.Service
 	broker  *broker.Broker
 	rules   *rules.Engine
+	shadows *shadow.Service
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -201,6 +204,12 @@ func Start(ctx context.Context, opts Options) (*Core, error) {
 		Publish: func(topic string, payload []byte) { c.broker.Publish(topic, payload) },
 	})
 	c.rules = rules.New(rules.Options{Now: opts.Now, Logger: opts.Logger})
+	// Shadow answers go to every subscriber of their topic (as AWS
+	// publishes them), each subject to its iot:Receive permission.
+	c.shadows = shadow.New(shadow.Options{
+		Now: opts.Now, Logger: opts.Logger,
+		Publish: func(topic string, payload []byte) { c.broker.Publish(topic, payload) },
+	})
 	serverCert, err := c.ca.ServerCertificate("127.0.0.1", "::1", "localhost")
 	if err != nil {
 		return nil, err
@@ -222,6 +231,9 @@ func Start(ctx context.Context, opts Options) (*Core, error) {
 						c.log.Info("jobs answer not delivered", "client", r.ClientID, "topic", topic, "error", err)
 					}
 				})
+			}},
+			{Name: "shadow", Match: c.shadows.Match, Handle: func(ctx context.Context, r broker.Request) {
+				c.shadows.Handle(ctx, r.Topic, r.Payload)
 			}},
 			// Topic rules see the message, which still goes to its
 			// subscribers (see Rules).
@@ -302,6 +314,9 @@ func (c *Core) IoT() *awsiot.Client { return c.iot }
 
 // Jobs is the Jobs service.
 func (c *Core) Jobs() *jobs.Service { return c.jobs }
+
+// Shadows is the Device Shadow service (named and classic shadows).
+func (c *Core) Shadows() *shadow.Service { return c.shadows }
 
 // Provisioning is the fleet provisioning service.
 func (c *Core) Provisioning() *provisioning.Service { return c.prov }

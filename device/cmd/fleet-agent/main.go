@@ -119,9 +119,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fleet-agent: %s: %v\n", *configFile, err)
 		return 1
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level(cfg.LogLevel)}))
+	lv := logLevel(cfg)
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
 
-	features := []agent.FeatureFactory{}
+	features := shadowFeatures(cfg, lv)
 	if cfg.Jobs.Enabled {
 		features = append(features, agent.JobsFeature(operations))
 	}

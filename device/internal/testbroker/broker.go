@@ -582,10 +582,13 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	jobs := "$aws/things/" + thing + "/jobs/"
 	dt := "dt/" + protocol.Application + "/" + thing + "/"
 	cmd := "cmd/" + protocol.Application + "/" + thing + "/"
+	// Its own fleet-agent named shadow, as the device policy allows.
+	shadow := protocol.NamedShadowPrefix(thing, protocol.AgentShadowName) + "/"
 	if write {
-		return strings.HasPrefix(topic, jobs) || strings.HasPrefix(topic, dt)
+		return strings.HasPrefix(topic, jobs) || strings.HasPrefix(topic, dt) ||
+			topic == shadow+protocol.ShadowOpUpdate || topic == shadow+protocol.ShadowOpGet || topic == shadow+protocol.ShadowOpDelete
 	}
-	return strings.HasPrefix(topic, jobs) || strings.HasPrefix(topic, cmd)
+	return strings.HasPrefix(topic, jobs) || strings.HasPrefix(topic, cmd) || strings.HasPrefix(topic, shadow)
 }
 
 // topicMatch matches an MQTT filter against a topic.
