@@ -40,6 +40,14 @@ type feature struct{ r *Reporter }
 
 func (f *feature) Name() string { return "shadow" }
 
-func (f *feature) Start(ctx context.Context, _ *agent.Runtime) error { return f.r.Start(ctx) }
+// Start subscribes and runs the reporting loop under the agent's
+// supervisor.
+func (f *feature) Start(ctx context.Context, rt *agent.Runtime) error {
+	if err := f.r.Subscribe(ctx); err != nil {
+		return err
+	}
+	rt.Go(ctx, "shadow", func(ctx context.Context, l *agent.Loop) error { return f.r.Run(ctx, l) })
+	return nil
+}
 
 func (f *feature) Stop() { f.r.Stop() }

@@ -35,6 +35,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/iot-fleet/iot-fleet/device/agent"
 	"github.com/iot-fleet/iot-fleet/device/config"
 	"github.com/iot-fleet/iot-fleet/device/mqttconn"
 	"github.com/iot-fleet/iot-fleet/device/store"
@@ -208,9 +209,29 @@ func New(o Options) (*Reporter, error) {
 	return r, nil
 }
 
+// requestTimeout bounds one shadow request (a publish and its PUBACK) and
+// the image-version lookup, so the reporting loop never blocks unbounded
+// (the agent's supervisor expects its next beat within that).
+const requestTimeout = 30 * time.Second
+
 // Start subscribes to the shadow's answers and starts the reporting
-// goroutine, bound to ctx.
+// goroutine, bound to ctx, unsupervised (the agent runs Run under its
+// supervisor instead).
 func (r *Reporter) Start(ctx context.Context) error {
+	if err := r.Subscribe(ctx); err != nil {
+		return err
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		_ = r.Run(ctx, nil)
+	}()
+	return nil
+}
+
+// Subscribe subscribes to the shadow's answers and asks for the shadow on
+// every connect; Run handles them.
+func (r *Reporter) Subscribe(ctx context.Context) error {
 	for _, suffix := range []string{"update/accepted", "update/rejected", "update/delta", "update/documents", "get/accepted", "get/rejected"} {
 		kind := suffix
 		err := r.o.Conn.Subscribe(ctx, r.prefix+"/"+suffix, 1, func(_ string, payload []byte) {
@@ -229,27 +250,35 @@ func (r *Reporter) Start(ctx context.Context) error {
 		case <-cctx.Done():
 		}
 	})
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		r.run(ctx)
-	}()
 	return nil
 }
 
 // Stop waits for the reporting goroutine (after ctx is done).
 func (r *Reporter) Stop() { r.wg.Wait() }
 
-func (r *Reporter) run(ctx context.Context) {
+// Run is the reporting loop: it answers the shadow's messages, reports on
+// change and on schedule, until ctx ends. live (nil: none) is told that the
+// loop turns, and for how long each bounded request may block it.
+func (r *Reporter) Run(ctx context.Context, live agent.Liveness) error {
+	if live == nil {
+		live = noLiveness{}
+	}
+	live.Busy(requestTimeout)
 	r.image = r.imageVersion(ctx)
-	t := time.NewTicker(r.o.Config.PollInterval.D())
+	poll := r.o.Config.PollInterval.D()
+	if i := live.Interval(); i > 0 {
+		poll = min(poll, i)
+	}
+	t := time.NewTicker(poll)
 	defer t.Stop()
 	connected := false
 	for {
+		live.Beat()
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case m := <-r.inbox:
+			live.Busy(requestTimeout)
 			if m.kind == "connect" {
 				connected = true
 				r.connectedAt = r.o.Now()
@@ -261,6 +290,7 @@ func (r *Reporter) run(ctx context.Context) {
 		case <-t.C:
 		}
 		if connected {
+			live.Busy(requestTimeout)
 			if err := r.maybeReport(ctx); err != nil {
 				switch {
 				case ctx.Err() != nil:
@@ -288,7 +318,9 @@ func (r *Reporter) publish(ctx context.Context, topic string, v any) {
 		r.log.Error("shadow: encode request", "err", err)
 		return
 	}
-	if err := r.o.Conn.Publish(ctx, topic, 1, b); err != nil && ctx.Err() == nil {
+	pctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	if err := r.o.Conn.Publish(pctx, topic, 1, b); err != nil && ctx.Err() == nil {
 		r.log.Warn("shadow request not sent", "topic", topic, "err", err)
 	}
 }
@@ -317,7 +349,9 @@ func (r *Reporter) maybeReport(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("encode shadow update: %w", err)
 	}
-	if err := r.o.Conn.Publish(ctx, protocol.ShadowUpdateTopic(r.o.ThingName, Name), 1, b); err != nil {
+	pctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	if err := r.o.Conn.Publish(pctx, protocol.ShadowUpdateTopic(r.o.ThingName, Name), 1, b); err != nil {
 		return err
 	}
 	r.lastSent, r.lastReport, r.force = now, stable, false
@@ -559,7 +593,9 @@ func (r *Reporter) imageVersion(ctx context.Context) string {
 	if r.o.ImageVersion == nil {
 		return Unknown
 	}
-	name, err := r.o.ImageVersion(ctx)
+	ictx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	name, err := r.o.ImageVersion(ictx)
 	if err != nil || name == "" {
 		r.log.Debug("image version unknown", "err", err)
 		return Unknown
@@ -678,3 +714,10 @@ func readTrimmed(path string) string {
 	}
 	return s
 }
+
+// noLiveness is the Liveness of an unsupervised Run.
+type noLiveness struct{}
+
+func (noLiveness) Beat()                   {}
+func (noLiveness) Busy(time.Duration)      {}
+func (noLiveness) Interval() time.Duration { return 0 }
