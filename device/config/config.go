@@ -1,27 +1,25 @@
 // Package config loads and validates the agent's JSON configuration file
 // (documented in example.json next to this file) and applies command-line
-// overrides. Every validation error names the offending field.
+// overrides. Every problem of a file is reported at once, each with its
+// JSON path (*Errors).
+//
+// Each feature owns its section: its own file declares the section's type,
+// its Default<Section>() and a validate(path, errs) method (the section
+// interface); this file only composes them, with the top-level fields and
+// the rules that span sections.
 package config
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"reflect"
-	"regexp"
-	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/iot-fleet/iot-fleet/device/devkey"
-	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
 )
 
 // Duration is a time.Duration written as a Go duration string ("30s").
@@ -62,6 +60,7 @@ type Config struct {
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"logLevel"`
 
+	// The sections, each in its own file; every one implements section.
 	Provisioning Provisioning `json:"provisioning"`
 	MQTT         MQTT         `json:"mqtt"`
 	Outbox       Outbox       `json:"outbox"`
@@ -72,164 +71,33 @@ type Config struct {
 	Shadow       Shadow       `json:"shadow"`
 }
 
-// Provisioning configures provisioning by claim.
-type Provisioning struct {
-	// ClaimCertFile and ClaimKeyFile are the shared claim certificate.
-	ClaimCertFile string `json:"claimCertFile"`
-	ClaimKeyFile  string `json:"claimKeyFile"`
-	// TemplateName is the fleet provisioning template.
-	TemplateName string `json:"templateName"`
-	// Serial overrides the serial read from the hardware.
-	Serial string `json:"serial"`
-	// SerialFiles are tried in order when Serial is empty: a file holding
-	// only the serial (device tree) or /proc/cpuinfo ("Serial : ..." line).
-	SerialFiles []string `json:"serialFiles"`
-	// SerialPattern is the Go regexp (anchored) a serial must match.
-	SerialPattern string `json:"serialPattern"`
-	// KeyAlgorithm is ecdsa-p256 or rsa-2048.
-	KeyAlgorithm string `json:"keyAlgorithm"`
-	// ResponseTimeout bounds the wait for each provisioning answer.
-	ResponseTimeout Duration `json:"responseTimeout"`
-	// RetryMin and RetryMax bound the backoff after throttling and
-	// transient errors.
-	RetryMin Duration `json:"retryMin"`
-	RetryMax Duration `json:"retryMax"`
-	// DeniedBackoff is the longest wait after the pre-provisioning hook
-	// denied the device (or the request was malformed); the wait starts at
-	// DeniedBackoffMin and doubles (with jitter) at each denial in a row.
-	DeniedBackoff    Duration `json:"deniedBackoff"`
-	DeniedBackoffMin Duration `json:"deniedBackoffMin"`
-	// RecoverAfterRefusals is how many connections in a row the broker
-	// must refuse the device certificate (CONNACK not authorized, a TLS
-	// alert about it, or closed right after CONNECT) before the agent
-	// checks it once more and, if the claim certificate still connects,
-	// provisions a new identity by claim.
-	RecoverAfterRefusals int `json:"recoverAfterRefusals"`
-	// TokenTTL is how long a certificate ownership token is trusted before a
-	// resumed provisioning asks for a new certificate instead.
-	TokenTTL Duration `json:"tokenTTL"`
+// section is the convention each feature's part of the file follows:
+// validate adds every problem of the section to errs, each named by its
+// JSON path under path (the section's key).
+type section interface {
+	validate(path string, errs *Errors)
 }
-
-// MQTT tunes the connection.
-type MQTT struct {
-	KeepAlive      Duration `json:"keepAlive"`
-	ConnectTimeout Duration `json:"connectTimeout"`
-	ReconnectMin   Duration `json:"reconnectMin"`
-	ReconnectMax   Duration `json:"reconnectMax"`
-}
-
-// Outbox bounds the durable queue of outgoing messages.
-type Outbox struct {
-	MaxMessages int `json:"maxMessages"`
-	MaxAttempts int `json:"maxAttempts"`
-}
-
-// Jobs configures the jobs engine.
-type Jobs struct {
-	// Enabled turns the jobs engine on.
-	Enabled bool `json:"enabled"`
-	// HandlerDir holds the runHandler executables (mode 0700); empty means
-	// <stateDir>/handlers.
-	HandlerDir string `json:"handlerDir"`
-	// AllowedPaths are the other directories (absolute) a job document may
-	// name as a handler's `path`; empty allows none.
-	AllowedPaths []string `json:"allowedPaths"`
-	// StepTimeout bounds each process step; its process group is killed
-	// when it elapses.
-	StepTimeout Duration `json:"stepTimeout"`
-	// ProgressTimeoutMinutes is sent as stepTimeoutInMinutes with every
-	// IN_PROGRESS update (negative disables).
-	ProgressTimeoutMinutes int64 `json:"progressTimeoutMinutes"`
-	// SudoPath is the sudo used for runAsUser (empty: "sudo" from PATH).
-	SudoPath string `json:"sudoPath"`
-	// RunCommand is the switch for schema-1.0 runCommand steps.
-	RunCommand RunCommand `json:"runCommand"`
-	// PathExecutables lets a runHandler step without "path" (or an
-	// old-schema operation without "path") whose handler is not in the
-	// handler directory run a well-known executable of that name from the
-	// agent's PATH, as the AWS IoT Device Client does (default true, so its
-	// sample echo.json works). RunCommand governs it too: it is a command
-	// from the job document.
-	PathExecutables bool `json:"pathExecutables"`
-}
-
-// RunCommand is the device's rule for schema-1.0 runCommand steps (job
-// documents that name a program and its arguments directly). A job with a
-// step the rule refuses is rejected before any of its steps runs.
-type RunCommand struct {
-	// Enabled allows runCommand steps (default true, so the AWS IoT Device
-	// Client's sample documents work). False refuses every runCommand step;
-	// runHandler steps and operations are unaffected.
-	Enabled bool `json:"enabled"`
-	// AllowedExecutables, when not empty, are the only programs a
-	// runCommand step may name as its first token: absolute paths or bare
-	// names (looked up in the agent's PATH), matched exactly. Empty allows
-	// any program.
-	AllowedExecutables []string `json:"allowedExecutables"`
-}
-
-// RunCommandPolicy is the jobs engine's form of the runCommand rule.
-func (j Jobs) RunCommandPolicy() jobdoc.RunCommandPolicy {
-	return jobdoc.RunCommandPolicy{
-		Disabled:                !j.RunCommand.Enabled,
-		AllowedExecutables:      slices.Clone(j.RunCommand.AllowedExecutables),
-		PathExecutablesDisabled: !j.PathExecutables,
-	}
-}
-
-// Default serial sources on a Raspberry Pi.
-const (
-	DevicetreeSerialFile = "/sys/firmware/devicetree/base/serial-number"
-	CPUInfoFile          = "/proc/cpuinfo"
-)
 
 // Default returns the configuration with every default filled in.
 func Default() Config {
 	return Config{
-		Port:       8883,
-		RootCAFile: "/etc/fleet-agent/AmazonRootCA1.pem",
-		StateDir:   "/var/lib/fleet-agent",
-		LogLevel:   "info",
-		Provisioning: Provisioning{
-			ClaimCertFile:   "/etc/fleet-agent/claim.crt",
-			ClaimKeyFile:    "/etc/fleet-agent/claim.key",
-			SerialFiles:     []string{DevicetreeSerialFile, CPUInfoFile},
-			SerialPattern:   "^[0-9a-f]{16}$",
-			KeyAlgorithm:    string(devkey.ECDSAP256),
-			ResponseTimeout: Duration(30 * time.Second),
-			RetryMin:        Duration(2 * time.Second),
-			RetryMax:        Duration(5 * time.Minute),
-			DeniedBackoff:   Duration(time.Hour),
-			TokenTTL:        Duration(4 * time.Minute),
-			// Recovery after a refused certificate (docs/protocol.md).
-			DeniedBackoffMin:     Duration(time.Minute),
-			RecoverAfterRefusals: 3,
-		},
-		MQTT: MQTT{
-			KeepAlive:      Duration(60 * time.Second),
-			ConnectTimeout: Duration(30 * time.Second),
-			ReconnectMin:   Duration(time.Second),
-			ReconnectMax:   Duration(2 * time.Minute),
-		},
-		Outbox: Outbox{MaxMessages: 10000, MaxAttempts: 5},
-		Jobs:   Jobs{Enabled: true, AllowedPaths: []string{}, StepTimeout: Duration(time.Hour), ProgressTimeoutMinutes: 10, RunCommand: RunCommand{Enabled: true, AllowedExecutables: []string{}}, PathExecutables: true},
-		OTA:    DefaultOTA(),
-		SSM:    DefaultSSM(),
-		// Certificate rotation (rotation.go).
-		Rotation: DefaultRotation(),
-		Shadow:   DefaultShadow(),
+		Port:         8883,
+		RootCAFile:   "/etc/fleet-agent/AmazonRootCA1.pem",
+		StateDir:     "/var/lib/fleet-agent",
+		LogLevel:     "info",
+		Provisioning: DefaultProvisioning(),
+		MQTT:         DefaultMQTT(),
+		Outbox:       DefaultOutbox(),
+		Jobs:         DefaultJobs(),
+		OTA:          DefaultOTA(),
+		SSM:          DefaultSSM(),
+		Rotation:     DefaultRotation(),
+		Shadow:       DefaultShadow(),
 	}
 }
 
-// FieldError is a validation error for one field (JSON path).
-type FieldError struct {
-	Field   string
-	Problem string
-}
-
-func (e *FieldError) Error() string { return fmt.Sprintf("config: field %q: %s", e.Field, e.Problem) }
-
-// Load reads path over the defaults. Unknown fields are errors.
+// Load reads path over the defaults, without validating; every decoding
+// problem is reported (*Errors).
 func Load(path string) (Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -238,358 +106,136 @@ func Load(path string) (Config, error) {
 	return Parse(data)
 }
 
-var unknownFieldRE = regexp.MustCompile(`unknown field "([^"]+)"`)
-
-// Parse decodes data over the defaults (without validating).
+// Parse decodes data over the defaults, without validating. A JSON syntax
+// error or trailing data is reported alone; otherwise every type error,
+// unknown key, case-mismatched key, repeated key and bad duration is
+// reported at once with its JSON path (*Errors).
 func Parse(data []byte) (Config, error) {
 	cfg := Default()
-	if json.Valid(data) {
-		if err := strictKeys(data); err != nil {
-			return Config{}, err
-		}
+	errs := &Errors{}
+	if err := decodeFile(data, &cfg, errs); err != nil {
+		return Config{}, err
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&cfg); err != nil {
-		var te *json.UnmarshalTypeError
-		var se *json.SyntaxError
-		switch {
-		case errors.As(err, &te):
-			return Config{}, &FieldError{Field: te.Field, Problem: fmt.Sprintf("must be a %s, not a JSON %s", jsonType(te.Type.Kind().String()), te.Value)}
-		case errors.As(err, &se):
-			line := 1 + bytes.Count(data[:min(int(se.Offset), len(data))], []byte("\n"))
-			return Config{}, fmt.Errorf("config: invalid JSON at line %d: %v", line, err)
-		}
-		if m := unknownFieldRE.FindStringSubmatch(err.Error()); m != nil {
-			field := m[1]
-			if path := unknownPath(data, reflect.TypeOf(Config{}), ""); path != "" {
-				field = path
-			}
-			return Config{}, &FieldError{Field: field, Problem: "unknown field"}
-		}
-		// Errors from Duration.UnmarshalJSON lose the field name in
-		// encoding/json; find it by decoding each duration on its own.
-		if f := findBadHealthCheckTimeout(data); f != "" {
-			return Config{}, &FieldError{Field: f, Problem: err.Error()}
-		}
-		if f := findBadDuration(data); f != "" {
-			return Config{}, &FieldError{Field: f, Problem: err.Error()}
-		}
-		return Config{}, fmt.Errorf("config: %w", err)
-	}
-	if dec.More() {
-		return Config{}, errors.New("config: trailing data after the JSON object")
+	if err := errs.Err(); err != nil {
+		return Config{}, err
 	}
 	return cfg, nil
 }
 
-// unknownPath returns the JSON path of the first key in data that t (a
-// struct type) does not declare.
-func unknownPath(data []byte, t reflect.Type, prefix string) string {
-	var raw map[string]json.RawMessage
-	if json.Unmarshal(data, &raw) != nil {
-		return ""
-	}
-	keys := make([]string, 0, len(raw))
-	for k := range raw {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		f, ok := fieldByTag(t, k)
-		if !ok {
-			return prefix + k
-		}
-		if f.Type.Kind() == reflect.Struct {
-			if p := unknownPath(raw[k], f.Type, prefix+k+"."); p != "" {
-				return p
-			}
-		}
-		if f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct {
-			var items []json.RawMessage
-			_ = json.Unmarshal(raw[k], &items)
-			for i, item := range items {
-				if p := unknownPath(item, f.Type.Elem(), prefix+k+"["+strconv.Itoa(i)+"]."); p != "" {
-					return p
-				}
-			}
-		}
-	}
-	return ""
-}
-
-// strictKeys rejects what encoding/json accepts silently but a reader of
-// the file would misread: a key given twice in one object (the last one
-// wins, so "enabled": false above "enabled": true does nothing) and a key
-// that names a field only when case is ignored ("Enabled").
-func strictKeys(data []byte) error {
-	return walkKeys(json.NewDecoder(bytes.NewReader(data)), reflect.TypeOf(Config{}), "")
-}
-
-// walkKeys checks one JSON value whose Go type is t (nil when unknown);
-// syntax errors are left to the decoder, which reports them with a line.
-func walkKeys(dec *json.Decoder, t reflect.Type, path string) error {
-	tok, err := dec.Token()
+// LoadValid reads path as the agent does at start: the file over the
+// defaults, then overrides (the command-line flags' Apply), then Validate.
+// Every problem, decoding and validation, is reported at once (*Errors);
+// a field that could not be decoded keeps its default for the rules, and
+// the rules about that field itself are not reported again.
+func LoadValid(path string, overrides ...func(*Config)) (Config, error) {
+	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil
+		return Config{}, fmt.Errorf("config: %w", err)
 	}
-	delim, ok := tok.(json.Delim)
-	if !ok {
-		return nil
-	}
-	for t != nil && t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	switch delim {
-	case '{':
-		seen := map[string]bool{}
-		for dec.More() {
-			kt, err := dec.Token()
-			if err != nil {
-				return nil
-			}
-			key, _ := kt.(string)
-			field := key
-			if path != "" {
-				field = path + "." + key
-			}
-			if seen[key] {
-				return &FieldError{Field: field, Problem: "appears more than once in the same object (only the last one would count)"}
-			}
-			seen[key] = true
-			var child reflect.Type
-			switch {
-			case t != nil && t.Kind() == reflect.Struct:
-				f, ok := fieldByTag(t, key)
-				name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-				if ok && name != key {
-					return &FieldError{Field: field, Problem: fmt.Sprintf("unknown field (keys are case-sensitive: did you mean %q?)", name)}
-				}
-				if ok {
-					child = f.Type
-				}
-			case t != nil && t.Kind() == reflect.Map:
-				child = t.Elem()
-			}
-			if err := walkKeys(dec, child, field); err != nil {
-				return err
-			}
-		}
-	case '[':
-		var elem reflect.Type
-		if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
-			elem = t.Elem()
-		}
-		for i := 0; dec.More(); i++ {
-			if err := walkKeys(dec, elem, path+"["+strconv.Itoa(i)+"]"); err != nil {
-				return err
-			}
-		}
-	}
-	_, _ = dec.Token()
-	return nil
+	return ParseValid(data, overrides...)
 }
 
-func fieldByTag(t reflect.Type, key string) (reflect.StructField, bool) {
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		if strings.EqualFold(name, key) {
-			return f, true
+// ParseValid is LoadValid of the file's contents.
+func ParseValid(data []byte, overrides ...func(*Config)) (Config, error) {
+	cfg := Default()
+	decoded := &Errors{}
+	if err := decodeFile(data, &cfg, decoded); err != nil {
+		return Config{}, err
+	}
+	for _, o := range overrides {
+		o(&cfg)
+	}
+	rules := &Errors{}
+	cfg.validate(rules)
+	errs := &Errors{List: decoded.List, Omitted: decoded.Omitted}
+	for _, fe := range rules.List {
+		if !overlaps(decoded.List, fe.Field) {
+			errs.Add(fe.Field, "%s", fe.Problem)
 		}
 	}
-	return reflect.StructField{}, false
+	errs.Omitted += rules.Omitted
+	if err := errs.Err(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
 }
 
-func jsonType(kind string) string {
-	switch kind {
-	case "int", "int64", "uint16":
-		return "number"
-	case "slice":
-		return "list"
-	case "struct":
-		return "object"
+// overlaps reports whether a problem in list is about field, a field
+// inside it, or the object or list that holds it.
+func overlaps(list []*FieldError, field string) bool {
+	within := func(inner, outer string) bool {
+		return inner == outer || outer == "" ||
+			strings.HasPrefix(inner, outer+".") || strings.HasPrefix(inner, outer+"[")
 	}
-	return kind
-}
-
-func findBadDuration(data []byte) string {
-	var raw map[string]json.RawMessage
-	if json.Unmarshal(data, &raw) != nil {
-		return ""
-	}
-	for _, field := range append(durationFields, otaDurationFields...) {
-		section, key, _ := strings.Cut(field, ".")
-		var sec map[string]json.RawMessage
-		if json.Unmarshal(raw[section], &sec) != nil {
-			continue
-		}
-		if v, ok := sec[key]; ok {
-			var d Duration
-			if d.UnmarshalJSON(v) != nil {
-				return field
-			}
+	for _, fe := range list {
+		if within(fe.Field, field) || within(field, fe.Field) {
+			return true
 		}
 	}
-	return ""
+	return false
 }
 
-var durationFields = []string{
-	"provisioning.responseTimeout", "provisioning.retryMin", "provisioning.retryMax",
-	"provisioning.deniedBackoff", "provisioning.deniedBackoffMin", "provisioning.tokenTTL",
-	"mqtt.keepAlive", "mqtt.connectTimeout", "mqtt.reconnectMin", "mqtt.reconnectMax",
-	"jobs.stepTimeout",
-	"ssm.commandTimeout",
-	"rotation.certTimeout", "rotation.switchTimeout",
-}
-
-// Validate checks every field and returns the first problem found.
+// Validate checks every field and reports every problem (*Errors).
 func (c Config) Validate() error {
-	fe := func(field, format string, args ...any) error {
-		return &FieldError{Field: field, Problem: fmt.Sprintf(format, args...)}
-	}
-	if c.Endpoint == "" {
-		return fe("endpoint", "is required (the AWS IoT data endpoint host name)")
-	}
-	if strings.Contains(c.Endpoint, "://") || strings.ContainsAny(c.Endpoint, "/ ") {
-		return fe("endpoint", "must be a host name without scheme or path, got %q", c.Endpoint)
-	}
-	if _, _, err := net.SplitHostPort(c.Endpoint); err == nil {
-		return fe("endpoint", "must not include a port; use the port field")
+	errs := &Errors{}
+	c.validate(errs)
+	return errs.Err()
+}
+
+func (c Config) validate(errs *Errors) {
+	switch {
+	case c.Endpoint == "":
+		errs.Add("endpoint", "is required (the AWS IoT data endpoint host name)")
+	case strings.Contains(c.Endpoint, "://") || strings.ContainsAny(c.Endpoint, "/ "):
+		errs.Add("endpoint", "must be a host name without scheme or path, got %q", c.Endpoint)
+	default:
+		if _, _, err := net.SplitHostPort(c.Endpoint); err == nil {
+			errs.Add("endpoint", "must not include a port; use the port field")
+		}
 	}
 	if c.Port < 1 || c.Port > 65535 {
-		return fe("port", "must be between 1 and 65535, got %d", c.Port)
+		errs.Add("port", "must be between 1 and 65535, got %d", c.Port)
+	} else if c.Port == 443 && !c.ALPN {
+		errs.Add("alpn", "must be true on port 443 (AWS IoT Core needs ALPN x-amzn-mqtt-ca for MQTT on 443)")
 	}
-	if c.Port == 443 && !c.ALPN {
-		return fe("alpn", "must be true on port 443 (AWS IoT Core needs ALPN x-amzn-mqtt-ca for MQTT on 443)")
-	}
-	if c.RootCAFile == "" {
-		return fe("rootCAFile", "is required")
-	}
-	if c.StateDir == "" {
-		return fe("stateDir", "is required")
-	}
-	if !filepath.IsAbs(c.StateDir) {
-		return fe("stateDir", "must be an absolute path, got %q", c.StateDir)
+	required(errs, "rootCAFile", c.RootCAFile)
+	if required(errs, "stateDir", c.StateDir) && !filepath.IsAbs(c.StateDir) {
+		errs.Add("stateDir", "must be an absolute path, got %q", c.StateDir)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		return fe("logLevel", "must be debug, info, warn or error, got %q", c.LogLevel)
+		errs.Add("logLevel", "must be debug, info, warn or error, got %q", c.LogLevel)
 	}
-	p := c.Provisioning
-	if p.ClaimCertFile == "" {
-		return fe("provisioning.claimCertFile", "is required")
-	}
-	if p.ClaimKeyFile == "" {
-		return fe("provisioning.claimKeyFile", "is required")
-	}
-	if p.TemplateName == "" {
-		return fe("provisioning.templateName", "is required (the fleet provisioning template name)")
-	}
-	if strings.ContainsAny(p.TemplateName, "/#+ ") {
-		return fe("provisioning.templateName", "must not contain '/', '#', '+' or spaces, got %q", p.TemplateName)
-	}
-	re, err := regexp.Compile(p.SerialPattern)
-	if err != nil {
-		return fe("provisioning.serialPattern", "invalid regular expression: %v", err)
-	}
-	if p.SerialPattern == "" {
-		return fe("provisioning.serialPattern", "is required")
-	}
-	if p.Serial != "" && !re.MatchString(p.Serial) {
-		return fe("provisioning.serial", "%q does not match serialPattern %s", p.Serial, p.SerialPattern)
-	}
-	if p.Serial == "" && len(p.SerialFiles) == 0 {
-		return fe("provisioning.serialFiles", "must list at least one file when serial is empty")
-	}
-	for i, f := range p.SerialFiles {
-		if f == "" {
-			return fe("provisioning.serialFiles["+strconv.Itoa(i)+"]", "is empty")
+	// Each section checks itself, under its JSON key.
+	v := reflect.ValueOf(c)
+	for i := range v.NumField() {
+		if s, ok := v.Field(i).Interface().(section); ok {
+			name, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("json"), ",")
+			s.validate(name, errs)
 		}
 	}
-	if !devkey.Algorithm(p.KeyAlgorithm).Valid() {
-		return fe("provisioning.keyAlgorithm", "must be %q or %q, got %q", devkey.ECDSAP256, devkey.RSA2048, p.KeyAlgorithm)
+	// Rules across sections.
+	if !errs.Has("rotation.switchTimeout") && c.Rotation.SwitchTimeout.D() < 2*c.MQTT.ReconnectMax.D() {
+		errs.Add("rotation.switchTimeout", "must be at least twice mqtt.reconnectMax (%v), got %v", c.MQTT.ReconnectMax.D(), c.Rotation.SwitchTimeout.D())
 	}
-	for _, d := range []struct {
-		name string
-		v    Duration
-		min  time.Duration
-	}{
-		{"provisioning.responseTimeout", p.ResponseTimeout, 10 * time.Millisecond},
-		{"provisioning.retryMin", p.RetryMin, time.Millisecond},
-		{"provisioning.retryMax", p.RetryMax, time.Millisecond},
-		{"provisioning.deniedBackoff", p.DeniedBackoff, time.Millisecond},
-		{"provisioning.deniedBackoffMin", p.DeniedBackoffMin, time.Millisecond},
-		{"provisioning.tokenTTL", p.TokenTTL, time.Second},
-		{"mqtt.keepAlive", c.MQTT.KeepAlive, time.Second},
-		{"mqtt.connectTimeout", c.MQTT.ConnectTimeout, 100 * time.Millisecond},
-		{"mqtt.reconnectMin", c.MQTT.ReconnectMin, time.Millisecond},
-		{"mqtt.reconnectMax", c.MQTT.ReconnectMax, time.Millisecond},
-		{"jobs.stepTimeout", c.Jobs.StepTimeout, time.Second},
-	} {
-		if d.v.D() < d.min {
-			return fe(d.name, "must be at least %v, got %v", d.min, d.v.D())
-		}
-	}
-	if p.RetryMax < p.RetryMin {
-		return fe("provisioning.retryMax", "must not be below retryMin (%v)", p.RetryMin.D())
-	}
-	if p.DeniedBackoff < p.RetryMin {
-		return fe("provisioning.deniedBackoff", "must not be below retryMin (%v): a denial must back off at least as long as a transient error", p.RetryMin.D())
-	}
-	if p.RecoverAfterRefusals < 1 || p.RecoverAfterRefusals > 100 {
-		return fe("provisioning.recoverAfterRefusals", "must be between 1 and 100, got %d", p.RecoverAfterRefusals)
-	}
-	if c.MQTT.ReconnectMax < c.MQTT.ReconnectMin {
-		return fe("mqtt.reconnectMax", "must not be below reconnectMin (%v)", c.MQTT.ReconnectMin.D())
-	}
-	if c.Outbox.MaxMessages < 1 {
-		return fe("outbox.maxMessages", "must be at least 1, got %d", c.Outbox.MaxMessages)
-	}
-	if c.Outbox.MaxAttempts < 1 {
-		return fe("outbox.maxAttempts", "must be at least 1, got %d", c.Outbox.MaxAttempts)
-	}
-	if c.Jobs.HandlerDir != "" && !filepath.IsAbs(c.Jobs.HandlerDir) {
-		return fe("jobs.handlerDir", "must be an absolute path, got %q", c.Jobs.HandlerDir)
-	}
-	for i, p := range c.Jobs.AllowedPaths {
-		if !filepath.IsAbs(p) {
-			return fe("jobs.allowedPaths["+strconv.Itoa(i)+"]", "must be an absolute path, got %q", p)
-		}
-	}
-	if c.Jobs.ProgressTimeoutMinutes == 0 || c.Jobs.ProgressTimeoutMinutes > 10080 {
-		return fe("jobs.progressTimeoutMinutes", "must be between 1 and 10080 (or negative to disable), got %d", c.Jobs.ProgressTimeoutMinutes)
-	}
-	for i, x := range c.Jobs.RunCommand.AllowedExecutables {
-		field := "jobs.runCommand.allowedExecutables[" + strconv.Itoa(i) + "]"
-		if err := jobdoc.ValidateExecutable(x); err != nil {
-			return fe(field, "%v", err)
-		}
-		if slices.Index(c.Jobs.RunCommand.AllowedExecutables, x) < i {
-			return fe(field, "%q is listed twice", x)
-		}
-	}
-	if err := c.OTA.validate(); err != nil {
-		return err
-	}
-	if err := c.SSM.validate(); err != nil {
-		return err
-	}
-	if err := c.Rotation.validate(c.MQTT); err != nil {
-		return err
-	}
-	if err := c.Shadow.validate(); err != nil {
-		return err
-	}
-	return nil
 }
 
-// DeniedBackoffStart is the first wait after a denial: deniedBackoffMin,
-// but never more than deniedBackoff (a short deniedBackoff alone, as in a
-// lab, shortens both).
-func (p Provisioning) DeniedBackoffStart() time.Duration {
-	return min(p.DeniedBackoffMin.D(), p.DeniedBackoff.D())
+// required adds "is required" when v is empty and reports whether v is
+// set.
+func required(errs *Errors, field, v string) bool {
+	if v == "" {
+		errs.Add(field, "is required")
+		return false
+	}
+	return true
+}
+
+// atLeast adds a problem when d is below lowest.
+func atLeast(errs *Errors, field string, d Duration, lowest time.Duration) {
+	if d.D() < lowest {
+		errs.Add(field, "must be at least %v, got %v", lowest, d.D())
+	}
 }
 
 // Address is endpoint:port.

@@ -1,10 +1,7 @@
 package config
 
 import (
-	"encoding/json"
-	"fmt"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/iot-fleet/iot-fleet/device/ota"
@@ -108,113 +105,71 @@ func DefaultOTA() OTA {
 	}
 }
 
-// otaDurationFields are the "ota" durations findBadDuration checks.
-var otaDurationFields = []string{
-	"ota.retryDelay", "ota.installTimeout", "ota.commandTimeout", "ota.progressInterval",
-	"ota.rebootWait", "ota.connectivityTimeout",
-}
-
-// findBadHealthCheckTimeout names the ota.healthChecks[i].timeout that is
-// not a valid duration, or returns "".
-func findBadHealthCheckTimeout(data []byte) string {
-	var top, section map[string]json.RawMessage
-	var checks []map[string]json.RawMessage
-	if json.Unmarshal(data, &top) != nil || json.Unmarshal(top["ota"], &section) != nil ||
-		json.Unmarshal(section["healthChecks"], &checks) != nil {
-		return ""
-	}
-	for i, hc := range checks {
-		if v, ok := hc["timeout"]; ok {
-			var d Duration
-			if d.UnmarshalJSON(v) != nil {
-				return "ota.healthChecks[" + strconv.Itoa(i) + "].timeout"
-			}
-		}
-	}
-	return ""
-}
-
 // validate checks the "ota" section.
-func (o OTA) validate() error {
-	fe := func(field, format string, args ...any) error {
-		return &FieldError{Field: "ota." + field, Problem: fmt.Sprintf(format, args...)}
-	}
+func (o OTA) validate(path string, errs *Errors) {
+	f := func(key string) string { return join(path, key) }
 	switch ota.Flavor(o.MenderFlavor) {
 	case ota.FlavorAuto, ota.FlavorMender4, ota.FlavorMender3, ota.FlavorLegacy:
 	default:
-		return fe("menderFlavor", "must be empty (detect), %q, %q or %q, got %q", ota.FlavorMender4, ota.FlavorMender3, ota.FlavorLegacy, o.MenderFlavor)
+		errs.Add(f("menderFlavor"), "must be empty (detect), %q, %q or %q, got %q", ota.FlavorMender4, ota.FlavorMender3, ota.FlavorLegacy, o.MenderFlavor)
 	}
 	for _, p := range []struct{ name, v string }{
 		{"menderUpdatePath", o.MenderUpdatePath}, {"menderPath", o.MenderPath}, {"bootIdFile", o.BootIDFile},
 	} {
-		if p.v == "" {
-			return fe(p.name, "is required")
-		}
-		if !filepath.IsAbs(p.v) {
-			return fe(p.name, "must be an absolute path, got %q", p.v)
+		if required(errs, f(p.name), p.v) && !filepath.IsAbs(p.v) {
+			errs.Add(f(p.name), "must be an absolute path, got %q", p.v)
 		}
 	}
 	seen := map[string]int{}
 	for i, h := range o.AllowedHosts {
-		field := "allowedHosts[" + strconv.Itoa(i) + "]"
+		field := index(f("allowedHosts"), i)
 		if err := ota.ValidateAllowedHost(h); err != nil {
-			return fe(field, "%v", err)
+			errs.Add(field, "%v", err)
+		} else if j, dup := seen[h]; dup {
+			errs.Add(field, "%q is already allowedHosts[%d]", h, j)
+		} else {
+			seen[h] = i
 		}
-		if j, dup := seen[h]; dup {
-			return fe(field, "%q is already allowedHosts[%d]", h, j)
-		}
-		seen[h] = i
 	}
 	if o.ArtifactVerifyKey != "" && !filepath.IsAbs(o.ArtifactVerifyKey) {
-		return fe("artifactVerifyKey", "must be an absolute path, got %q", o.ArtifactVerifyKey)
+		errs.Add(f("artifactVerifyKey"), "must be an absolute path, got %q", o.ArtifactVerifyKey)
 	}
 	if o.MaxAttempts < 1 || o.MaxAttempts > 100 {
-		return fe("maxAttempts", "must be between 1 and 100, got %d", o.MaxAttempts)
+		errs.Add(f("maxAttempts"), "must be between 1 and 100, got %d", o.MaxAttempts)
 	}
 	if o.MaxReboots < 1 || o.MaxReboots > 100 {
-		return fe("maxReboots", "must be between 1 and 100, got %d", o.MaxReboots)
+		errs.Add(f("maxReboots"), "must be between 1 and 100, got %d", o.MaxReboots)
 	}
-	for _, d := range []struct {
-		name string
-		v    Duration
-		min  time.Duration
-	}{
-		{"retryDelay", o.RetryDelay, time.Millisecond},
-		{"installTimeout", o.InstallTimeout, time.Second},
-		{"commandTimeout", o.CommandTimeout, 100 * time.Millisecond},
-		{"progressInterval", o.ProgressInterval, time.Millisecond},
-		{"rebootWait", o.RebootWait, time.Millisecond},
-		{"connectivityTimeout", o.ConnectivityTimeout, 10 * time.Millisecond},
-	} {
-		if d.v.D() < d.min {
-			return fe(d.name, "must be at least %v, got %v", d.min, d.v.D())
-		}
-	}
+	atLeast(errs, f("retryDelay"), o.RetryDelay, time.Millisecond)
+	atLeast(errs, f("installTimeout"), o.InstallTimeout, time.Second)
+	atLeast(errs, f("commandTimeout"), o.CommandTimeout, 100*time.Millisecond)
+	atLeast(errs, f("progressInterval"), o.ProgressInterval, time.Millisecond)
+	atLeast(errs, f("rebootWait"), o.RebootWait, time.Millisecond)
+	atLeast(errs, f("connectivityTimeout"), o.ConnectivityTimeout, 10*time.Millisecond)
 	if len(o.PreRebootCommand) > 0 && o.PreRebootCommand[0] == "" {
-		return fe("preRebootCommand[0]", "is empty (the program to run; use [] for no hook)")
+		errs.Add(f("preRebootCommand[0]"), "is empty (the program to run; use [] for no hook)")
 	}
-	if len(o.RebootCommand) == 0 {
-		return fe("rebootCommand", "is required (e.g. [\"systemctl\", \"reboot\"])")
-	}
-	if o.RebootCommand[0] == "" {
-		return fe("rebootCommand[0]", "is empty (the program to run)")
+	switch {
+	case len(o.RebootCommand) == 0:
+		errs.Add(f("rebootCommand"), "is required (e.g. [\"systemctl\", \"reboot\"])")
+	case o.RebootCommand[0] == "":
+		errs.Add(f("rebootCommand[0]"), "is empty (the program to run)")
 	}
 	names := map[string]int{}
 	for i, hc := range o.HealthChecks {
-		field := "healthChecks[" + strconv.Itoa(i) + "]"
+		field := index(f("healthChecks"), i)
 		if hc.Name == "" {
-			return fe(field+".name", "is required (it names the check in the job's failure reason)")
+			errs.Add(field+".name", "is required (it names the check in the job's failure reason)")
+		} else if j, dup := names[hc.Name]; dup {
+			errs.Add(field+".name", "%q is already the name of healthChecks[%d]", hc.Name, j)
+		} else {
+			names[hc.Name] = i
 		}
-		if j, dup := names[hc.Name]; dup {
-			return fe(field+".name", "%q is already the name of healthChecks[%d]", hc.Name, j)
-		}
-		names[hc.Name] = i
 		if len(hc.Command) == 0 || hc.Command[0] == "" {
-			return fe(field+".command", "must name a program to run, e.g. [\"systemctl\", \"is-active\", \"app.service\"]")
+			errs.Add(field+".command", "must name a program to run, e.g. [\"systemctl\", \"is-active\", \"app.service\"]")
 		}
 		if hc.Timeout != 0 && hc.Timeout.D() < 10*time.Millisecond {
-			return fe(field+".timeout", "must be at least 10ms (or omitted for 1m), got %v", hc.Timeout.D())
+			errs.Add(field+".timeout", "must be at least 10ms (or omitted for 1m), got %v", hc.Timeout.D())
 		}
 	}
-	return nil
 }

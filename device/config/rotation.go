@@ -1,9 +1,6 @@
 package config
 
-import (
-	"fmt"
-	"time"
-)
+import "time"
 
 // Rotation tunes certificate rotation (docs/rotation.md), which is always
 // on.
@@ -24,18 +21,9 @@ func DefaultRotation() Rotation {
 	return Rotation{CertTimeout: Duration(10 * time.Minute), SwitchTimeout: Duration(5 * time.Minute)}
 }
 
-func (r Rotation) validate(m MQTT) error {
-	fe := func(field, format string, args ...any) error {
-		return &FieldError{Field: "rotation." + field, Problem: fmt.Sprintf(format, args...)}
-	}
-	if r.CertTimeout.D() < time.Second {
-		return fe("certTimeout", "must be at least 1s, got %v", r.CertTimeout.D())
-	}
-	if r.SwitchTimeout.D() < time.Second {
-		return fe("switchTimeout", "must be at least 1s, got %v", r.SwitchTimeout.D())
-	}
-	if r.SwitchTimeout.D() < 2*m.ReconnectMax.D() {
-		return fe("switchTimeout", "must be at least twice mqtt.reconnectMax (%v), got %v", m.ReconnectMax.D(), r.SwitchTimeout.D())
-	}
-	return nil
+// validate checks the "rotation" section; the rule that ties
+// switchTimeout to mqtt.reconnectMax spans sections and is in config.go.
+func (r Rotation) validate(path string, errs *Errors) {
+	atLeast(errs, join(path, "certTimeout"), r.CertTimeout, time.Second)
+	atLeast(errs, join(path, "switchTimeout"), r.SwitchTimeout, time.Second)
 }

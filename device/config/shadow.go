@@ -1,9 +1,6 @@
 package config
 
-import (
-	"fmt"
-	"time"
-)
+import "time"
 
 // Shadow configures the agent's named device shadow "fleet-agent"
 // (docs/shadow.md): the state it reports and how often.
@@ -36,21 +33,14 @@ func DefaultShadow() Shadow {
 	}
 }
 
-func (s Shadow) validate() error {
-	fe := func(field, format string, args ...any) error {
-		return &FieldError{Field: "shadow." + field, Problem: fmt.Sprintf(format, args...)}
-	}
+func (s Shadow) validate(path string, errs *Errors) {
+	f := func(key string) string { return join(path, key) }
 	if !s.Enabled {
-		return nil
+		return
 	}
-	if s.PollInterval.D() < 100*time.Millisecond {
-		return fe("pollInterval", "must be at least 100ms, got %v", s.PollInterval.D())
-	}
-	if s.MinInterval.D() < 100*time.Millisecond {
-		return fe("minInterval", "must be at least 100ms, got %v", s.MinInterval.D())
-	}
+	atLeast(errs, f("pollInterval"), s.PollInterval, 100*time.Millisecond)
+	atLeast(errs, f("minInterval"), s.MinInterval, 100*time.Millisecond)
 	if r := s.ReportInterval.D(); r < s.MinInterval.D() || r > MaxReportInterval {
-		return fe("reportInterval", "must be between minInterval (%v) and %v, got %v", s.MinInterval.D(), MaxReportInterval, r)
+		errs.Add(f("reportInterval"), "must be between minInterval (%v) and %v, got %v", s.MinInterval.D(), MaxReportInterval, r)
 	}
-	return nil
 }

@@ -1,9 +1,7 @@
 package config
 
 import (
-	"fmt"
 	"path/filepath"
-	"strconv"
 	"time"
 )
 
@@ -51,18 +49,16 @@ func DefaultSSM() SSM {
 	}
 }
 
-func (s SSM) validate() error {
-	fe := func(field, format string, args ...any) error {
-		return &FieldError{Field: "ssm." + field, Problem: fmt.Sprintf(format, args...)}
-	}
+func (s SSM) validate(path string, errs *Errors) {
+	f := func(key string) string { return join(path, key) }
 	if !s.Enabled {
-		return nil
+		return
 	}
 	if !filepath.IsAbs(s.AgentPath) {
-		return fe("agentPath", "must be an absolute path, got %q", s.AgentPath)
+		errs.Add(f("agentPath"), "must be an absolute path, got %q", s.AgentPath)
 	}
 	if s.RegistrationFile != "" && !filepath.IsAbs(s.RegistrationFile) {
-		return fe("registrationFile", "must be an absolute path, got %q", s.RegistrationFile)
+		errs.Add(f("registrationFile"), "must be an absolute path, got %q", s.RegistrationFile)
 	}
 	for _, c := range []struct {
 		name     string
@@ -74,16 +70,13 @@ func (s SSM) validate() error {
 		{"uninstallCommand", s.UninstallCommand, false},
 	} {
 		if c.required && len(c.argv) == 0 {
-			return fe(c.name, "is required (program and arguments)")
+			errs.Add(f(c.name), "is required (program and arguments)")
 		}
 		for i, a := range c.argv {
 			if a == "" {
-				return fe(c.name+"["+strconv.Itoa(i)+"]", "is empty")
+				errs.Add(index(f(c.name), i), "is empty")
 			}
 		}
 	}
-	if s.CommandTimeout.D() < time.Second {
-		return fe("commandTimeout", "must be at least 1s, got %v", s.CommandTimeout.D())
-	}
-	return nil
+	atLeast(errs, f("commandTimeout"), s.CommandTimeout, time.Second)
 }
