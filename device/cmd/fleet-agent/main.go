@@ -6,6 +6,7 @@
 //	                                                 validate job documents offline, with this device's rules
 //	fleet-agent status [--config FILE] [--state-dir DIR] [-o text|json]
 //	                                                 identity, certificate expiry, connection, job, OTA, outbox
+//	fleet-agent check-config FILE...                 validate configuration files as the agent does at start
 package main
 
 import (
@@ -78,6 +79,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			})
 		case "status":
 			return statusMain(args[1:], stdout, stderr)
+		case "check-config":
+			return config.CheckMain(args[1:], stdout, stderr)
 		case "run":
 			args = args[1:]
 		case "version":
@@ -91,7 +94,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	overrides := config.RegisterFlags(fs)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: fleet-agent [run] [flags]\n       fleet-agent check-job [--config FILE] [--handler-dir DIR] FILE...\n       fleet-agent status [--config FILE] [--state-dir DIR] [-o text|json]\n       fleet-agent --version")
+		fmt.Fprintln(stderr, "usage: fleet-agent [run] [flags]\n       fleet-agent check-job [--config FILE] [--handler-dir DIR] FILE...\n       fleet-agent status [--config FILE] [--state-dir DIR] [-o text|json]\n       fleet-agent check-config FILE...\n       fleet-agent --version")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -109,14 +112,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	cfg, err := config.Load(*configFile)
+	cfg, err := config.LoadValid(*configFile, overrides.Apply)
 	if err != nil {
-		fmt.Fprintf(stderr, "fleet-agent: %s: %v\n", *configFile, err)
-		return 1
-	}
-	overrides.Apply(&cfg)
-	if err := cfg.Validate(); err != nil {
-		fmt.Fprintf(stderr, "fleet-agent: %s: %v\n", *configFile, err)
+		config.WriteErrors(stderr, "fleet-agent: "+*configFile, err)
 		return 1
 	}
 	lv := logLevel(cfg)
@@ -151,11 +149,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 // loadCheckJobSetup reads the agent configuration at path, which must be
 // valid as the agent would require to start, for check-job.
 func loadCheckJobSetup(path string) (*jobs.Registry, jobdoc.RunCommandPolicy, error) {
-	cfg, err := config.Load(path)
+	cfg, err := config.LoadValid(path)
 	if err != nil {
-		return nil, jobdoc.RunCommandPolicy{}, err
-	}
-	if err := cfg.Validate(); err != nil {
 		return nil, jobdoc.RunCommandPolicy{}, err
 	}
 	return checkJobSetup(cfg)
