@@ -96,6 +96,57 @@ func TestBinary(t *testing.T) {
 		out, err = exec.Command(bin, "--config", path, "--alpn", "--state-dir", "relative").CombinedOutput()
 		require.Error(t, err)
 		assert.Contains(t, string(out), `field "stateDir"`, "flag overrides are validated too")
+
+		// Every problem at once, one a line, each with its JSON path.
+		require.NoError(t, os.WriteFile(path, []byte(`{"endpoint":"x.example.com","port":443,"provisioning":{"templateName":"t"},
+			"mqtt":{"keepalive":"10s"},"ota":{"healthChecks":[{"name":"a","command":["true"],"timeout":"soon"}]}}`), 0o644))
+		out, err = exec.Command(bin, "--config", path).CombinedOutput()
+		require.ErrorAs(t, err, &ee)
+		assert.Equal(t, 1, ee.ExitCode())
+		assert.Equal(t, "fleet-agent: "+path+`: field "mqtt.keepalive": unknown field (keys are case-sensitive: did you mean "keepAlive"?)
+fleet-agent: `+path+`: field "ota.healthChecks[0].timeout": invalid duration "soon"
+fleet-agent: `+path+`: field "alpn": must be true on port 443 (AWS IoT Core needs ALPN x-amzn-mqtt-ca for MQTT on 443)
+`, string(out))
+	})
+
+	t.Run("check-config", func(t *testing.T) {
+		dir := t.TempDir()
+		good := filepath.Join(dir, "good.json")
+		require.NoError(t, os.WriteFile(good, []byte(`{"endpoint":"x.example.com","provisioning":{"templateName":"t"},"mqtt":{"keepAlive":"30s"}}`), 0o600))
+		cmd := exec.Command(bin, "check-config", good)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		require.NoError(t, cmd.Run(), stderr.String())
+		assert.Equal(t, good+`: valid
+  settings that differ from the defaults:
+  endpoint = "x.example.com" (default "")
+  provisioning.templateName = "t" (default "")
+  mqtt.keepAlive = "30s" (default "1m0s")
+`, stdout.String())
+
+		bad := filepath.Join(dir, "bad.json")
+		require.NoError(t, os.WriteFile(bad, []byte(`{"endpoint":"x.example.com:8883","provisioning":{"templateName":"t"},
+			"jobs":{"runCommand":{"Enabled":false,"allowedExecutables":["/bin/echo","bin/sh"]}},"ota":{"maxAttempts":"3"}}`), 0o600))
+		out, err := exec.Command(bin, "check-config", bad).CombinedOutput()
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee)
+		assert.Equal(t, 1, ee.ExitCode())
+		assert.Equal(t, bad+`: INVALID (4 problems)
+`+bad+`: field "jobs.runCommand.Enabled": unknown field (keys are case-sensitive: did you mean "enabled"?)
+`+bad+`: field "ota.maxAttempts": must be a number, not a JSON string
+`+bad+`: field "endpoint": must not include a port; use the port field
+`+bad+`: field "jobs.runCommand.allowedExecutables[1]": "bin/sh" must be an absolute path or a bare program name, not a relative path
+`, string(out))
+
+		out, err = exec.Command(bin, "check-config").CombinedOutput()
+		require.ErrorAs(t, err, &ee)
+		assert.Equal(t, 2, ee.ExitCode())
+		assert.Contains(t, string(out), "usage: fleet-agent check-config FILE")
+		out, err = exec.Command(bin, "check-config", "--help").CombinedOutput()
+		require.NoError(t, err)
+		assert.Contains(t, string(out), "usage: fleet-agent check-config FILE")
+		out, _ = exec.Command(bin, "--help").CombinedOutput()
+		assert.Contains(t, string(out), "fleet-agent check-config FILE", "the agent's usage names it")
 	})
 
 	t.Run("run provisions, connects, starts jobs and stops on SIGTERM", func(t *testing.T) {
