@@ -5,10 +5,11 @@
 // publish, subscribe and delivery authorized by the IoT policies attached
 // to that certificate. A refused CONNECT (unknown, inactive or revoked
 // certificate, or iot:Connect denied) is answered as AWS IoT Core answers
-// it: the connection is closed without a CONNACK. Requests on the AWS reserved API topics are handed
-// to routes (provisioning, jobs) instead of being routed to subscribers,
-// and their answers go straight to the requesting connection, as AWS
-// does. Fault rules can drop or delay messages in either direction.
+// it: the connection is closed without a CONNACK. Requests on the AWS
+// reserved API topics are handed to routes (provisioning, jobs) instead of
+// being routed to subscribers, and their answers go straight to the
+// requesting connection, as AWS does. Fault rules can drop or delay
+// messages in either direction.
 package broker
 
 import (
