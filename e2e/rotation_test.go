@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/config"
+	"github.com/iot-fleet/iot-fleet/device/mqttconn"
 	"github.com/iot-fleet/iot-fleet/device/rotation"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/e2e/harness"
@@ -285,7 +286,8 @@ func TestRotationWithRefusedCertificateFallsBack(t *testing.T) {
 	require.Equal(t, old.CertificateID, d.CertificateID, "the registry keeps the old certificate")
 	require.Contains(t, refused.IDs(), newID, "the refused certificate is retired")
 	requireOnlyRecordedCertificate(t, ctx, f, refused.IDs(), "")
-	require.Contains(t, a.Log(), "not Authorized", "the device tried the new certificate and was refused")
+	// Refused as AWS IoT Core refuses: closed after CONNECT, no CONNACK.
+	require.Contains(t, a.Log(), mqttconn.ReasonClosedConnect, "the device tried the new certificate and was refused")
 	require.Contains(t, a.Log(), "rotation failed, back on the old certificate")
 
 	// The old certificate stays active and in use; the refused one is gone.

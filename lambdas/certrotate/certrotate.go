@@ -14,6 +14,12 @@
 // registry. Every message carries the rotation id: messages for another
 // rotation, and replays of finished ones, change nothing (a replayed CSR
 // never creates a second certificate).
+//
+// A completed rotation records the new certificate's public key hash
+// (SHA-256 of its SubjectPublicKeyInfo, as the pre-provisioning hook
+// computes it) in the device registry, so that the rotated device retrying
+// fleet provisioning with its current key is admitted as a same-key retry
+// while any other key is still denied as a clone.
 package certrotate
 
 import (
@@ -38,6 +44,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/iotcall"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/required"
+	"github.com/iot-fleet/iot-fleet/lambdas/preprovision"
 )
 
 // IoTAPI is the part of the AWS IoT control plane rotation uses;
@@ -68,11 +75,15 @@ type DataAPI interface {
 }
 
 // Registry is the part of the device registry rotation uses.
+// RecordProvisioned records the key hash of the certificate a completed
+// rotation switched to (a provisioned record that already names the
+// certificate: only its expiry and key hash are written).
 type Registry interface {
 	Get(ctx context.Context, serial string) (registry.Device, error)
 	IssueRotation(ctx context.Context, serial, rotationID string, cert registry.Certificate) (registry.Device, error)
 	CompleteRotation(ctx context.Context, serial, rotationID, certID string) (registry.Device, error)
 	FailRotation(ctx context.Context, serial, rotationID string) (registry.Device, error)
+	RecordProvisioned(ctx context.Context, serial, thingName string, cert registry.Certificate) (registry.Device, error)
 }
 
 // RuleSQL is the topic rule's statement. The thing name is the topic's
@@ -133,6 +144,9 @@ type Result struct {
 	ThingName     string `json:"thingName,omitempty"`
 	RotationID    string `json:"rotationId,omitempty"`
 	CertificateID string `json:"certificateId,omitempty"`
+	// PublicKeySHA256 is the key hash recorded for the device's new
+	// certificate (completed rotations and their replays).
+	PublicKeySHA256 string `json:"publicKeySha256,omitempty"`
 }
 
 // Config configures a Handler.
@@ -208,6 +222,9 @@ func (h *Handler) Handle(ctx context.Context, ev Event) (Result, error) {
 	}
 	if res.CertificateID != "" {
 		attrs = append(attrs, "certificateId", res.CertificateID)
+	}
+	if res.PublicKeySHA256 != "" {
+		attrs = append(attrs, "publicKeySha256", res.PublicKeySHA256)
 	}
 	if err != nil {
 		h.log.ErrorContext(ctx, "rotation event failed", append(attrs, "error", err.Error())...)
@@ -373,7 +390,18 @@ func (h *Handler) confirm(ctx context.Context, d registry.Device, ev Event) (Res
 		if err := h.retireRecorded(ctx, ev.ThingName, d); err != nil {
 			return Result{}, err
 		}
-		return Result{Outcome: OutcomeReplay, CertificateID: d.RetiredCertificateID}, nil
+		res := Result{Outcome: OutcomeReplay, CertificateID: d.RetiredCertificateID}
+		if d.LastRotationStatus == registry.RotationCompleted {
+			// An earlier run may have stopped before recording the key.
+			key, err := h.currentKey(ctx, d)
+			if err != nil {
+				return Result{}, err
+			}
+			if res.PublicKeySHA256, err = h.recordKey(ctx, d, key); err != nil {
+				return Result{}, err
+			}
+		}
+		return res, nil
 	}
 	switch ev.Status {
 	case protocol.RotateConfirmed:
@@ -388,6 +416,12 @@ func (h *Handler) confirm(ctx context.Context, d registry.Device, ev Event) (Res
 			// works.
 			return ignored("confirmation was not sent with the new certificate"), nil
 		}
+		// The new key's hash, read before anything changes: the registry
+		// records it once the rotation is complete.
+		key, err := h.keyOf(ctx, d.RotationCertID)
+		if err != nil {
+			return Result{}, err
+		}
 		rctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
 		d2, err := h.cfg.Registry.CompleteRotation(rctx, d.Serial, ev.RotationID, d.RotationCertID)
 		cancel()
@@ -400,7 +434,11 @@ func (h *Handler) confirm(ctx context.Context, d registry.Device, ev Event) (Res
 		if err := h.retireRecorded(ctx, ev.ThingName, d2); err != nil {
 			return Result{}, err
 		}
-		return Result{Outcome: OutcomeCompleted, CertificateID: d2.RetiredCertificateID}, nil
+		recorded, err := h.recordKey(ctx, d2, key)
+		if err != nil {
+			return Result{}, err
+		}
+		return Result{Outcome: OutcomeCompleted, CertificateID: d2.RetiredCertificateID, PublicKeySHA256: recorded}, nil
 	case protocol.RotateFailed:
 		if d.RotationCertID != "" && ev.Principal == d.RotationCertID {
 			// The device falls back to its old certificate before it
@@ -423,6 +461,54 @@ func (h *Handler) confirm(ctx context.Context, d registry.Device, ev Event) (Res
 		return Result{Outcome: OutcomeFailed, CertificateID: d2.RetiredCertificateID, Reason: safe(ev.Reason)}, nil
 	}
 	return ignored("unknown confirmation status"), nil
+}
+
+// keyOf returns the public key hash of certificate certID as AWS IoT holds
+// it ("" if the certificate no longer exists).
+func (h *Handler) keyOf(ctx context.Context, certID string) (string, error) {
+	desc, err := h.describe(ctx, certID)
+	if err != nil || desc == nil {
+		return "", err
+	}
+	leaf, err := parseCertPEM(aws.ToString(desc.CertificatePem))
+	if err != nil {
+		return "", fmt.Errorf("DescribeCertificate %s: %w", certID, err)
+	}
+	return preprovision.PublicKeySHA256(leaf), nil
+}
+
+// currentKey is keyOf d's current certificate, without a call when the
+// registry already records a key for it.
+func (h *Handler) currentKey(ctx context.Context, d registry.Device) (string, error) {
+	if d.PublicKeySHA256 != "" || d.CertificateID == "" {
+		return d.PublicKeySHA256, nil
+	}
+	return h.keyOf(ctx, d.CertificateID)
+}
+
+// recordKey records key as the public key hash of d's current certificate
+// (the one the rotation switched to) and returns what the registry holds.
+// The write is conditional on the record still naming that certificate as
+// provisioned: if the device was revoked or re-provisioned since, there is
+// nothing to record and the record is left alone.
+func (h *Handler) recordKey(ctx context.Context, d registry.Device, key string) (string, error) {
+	if key == "" || d.PublicKeySHA256 == key {
+		return d.PublicKeySHA256, nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
+	defer cancel()
+	d2, err := h.cfg.Registry.RecordProvisioned(rctx, d.Serial, "", registry.Certificate{
+		ID: d.CertificateID, NotAfter: d.CertNotAfter, PublicKeySHA256: key,
+	})
+	if errors.Is(err, registry.ErrConflict) {
+		h.log.InfoContext(ctx, "rotated key not recorded: the registry record changed",
+			"serial", d.Serial, "certificateId", d.CertificateID, "error", err.Error())
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("record the new certificate's key: %w", err)
+	}
+	return d2.PublicKeySHA256, nil
 }
 
 // retireRecorded retires d's retired certificate, never its current one.

@@ -9,12 +9,16 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"log/slog"
 	"math/big"
+	"regexp"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iot"
 	iottypes "github.com/aws/aws-sdk-go-v2/service/iot/types"
 	"github.com/stretchr/testify/require"
 
@@ -24,6 +28,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate/certrotatetest"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
+	"github.com/iot-fleet/iot-fleet/lambdas/preprovision"
 )
 
 const (
@@ -34,27 +39,31 @@ const (
 )
 
 type fixture struct {
-	t     *testing.T
-	ctx   context.Context
-	iot   *certrotatetest.IoT
-	reg   registry.Store
-	h     *certrotate.Handler
-	oldID string
-	logs  *lambdatest.LogBuffer
+	t       *testing.T
+	ctx     context.Context
+	iot     *certrotatetest.IoT
+	reg     registry.Store
+	h       *certrotate.Handler
+	oldID   string
+	oldKey  string // the old certificate's public key hash
+	oldPriv *ecdsa.PrivateKey
+	logs    *lambdatest.LogBuffer
 }
 
 // newFixture provisions serial as fleet provisioning would (active
 // certificate attached to the thing and the device policy, registry record
-// with its expiry) and starts rotation r1.
+// with its expiry and key hash) and starts rotation r1.
 func newFixture(t *testing.T, reg registry.Store) *fixture {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	f := &fixture{t: t, ctx: ctx, iot: certrotatetest.New(policy, nil), reg: reg, logs: &lambdatest.LogBuffer{}}
-	_, oldPEM := selfSigned(t, time.Now().Add(20*24*time.Hour))
+	oldPriv, oldPEM := selfSigned(t, time.Now().Add(20*24*time.Hour))
+	f.oldPriv = oldPriv
 	f.oldID = f.iot.AddDevice(thing, group, policy, oldPEM)
+	f.oldKey = keyHash(t, oldPEM)
 	require.NoError(t, reg.PutAllowed(ctx, serial))
-	_, err := reg.RecordProvisioned(ctx, serial, thing, registry.Certificate{ID: f.oldID, NotAfter: time.Now().Add(20 * 24 * time.Hour)})
+	_, err := reg.RecordProvisioned(ctx, serial, thing, registry.Certificate{ID: f.oldID, NotAfter: time.Now().Add(20 * 24 * time.Hour), PublicKeySHA256: f.oldKey})
 	require.NoError(t, err)
 	_, err = reg.RequestRotation(ctx, serial, "r1", time.Hour)
 	require.NoError(t, err)
@@ -65,6 +74,17 @@ func newFixture(t *testing.T, reg registry.Store) *fixture {
 	})
 	require.NoError(t, err)
 	return f
+}
+
+// keyHash is the registry's public key hash of the certificate certPEM, as
+// the pre-provisioning hook computes it.
+func keyHash(t *testing.T, certPEM string) string {
+	t.Helper()
+	block, _ := pem.Decode([]byte(certPEM))
+	require.NotNil(t, block)
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	require.NoError(t, err)
+	return preprovision.PublicKeySHA256(leaf)
 }
 
 func selfSigned(t *testing.T, notAfter time.Time) (*ecdsa.PrivateKey, string) {
@@ -182,6 +202,11 @@ func TestRotationCompletes(t *testing.T) {
 		require.True(t, leaf.NotAfter.Equal(d.CertNotAfter))
 		require.Equal(t, registry.RotationCompleted, d.LastRotationStatus)
 		require.Empty(t, d.RotationID)
+		// The registry knows the device's new key, and only it.
+		newKey := keyHash(t, msgs[0].CertificatePEM)
+		require.Equal(t, newKey, d.PublicKeySHA256)
+		require.NotEqual(t, f.oldKey, d.PublicKeySHA256)
+		require.Equal(t, newKey, res.PublicKeySHA256)
 
 		// The old certificate was deactivated before it was deleted.
 		calls := f.iot.Calls()
@@ -390,4 +415,149 @@ func TestRuleSQLTakesThingFromTopic(t *testing.T) {
 	require.Contains(t, certrotate.RuleSQL, "principal() AS principal")
 	require.NotContains(t, certrotate.RuleSQL, "SELECT *")
 	require.Contains(t, certrotate.RuleSQL, "FROM 'dt/fleet/+/rotate/+'")
+}
+
+// After a completed rotation the device's current key is the one the
+// registry knows: the real pre-provisioning hook admits the rotated device
+// retrying fleet provisioning with it (a same-key retry: the rotated
+// certificate is retired and replaced), and denies the old key and any
+// other key as a clone.
+func TestRotatedDeviceRetriesProvisioningWithItsCurrentKey(t *testing.T) {
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		f := newFixture(t, newStore(t, nil))
+		key, csr := newCSR(t)
+		newID := f.handle(csrEvent("r1", csr, f.oldID)).CertificateID
+		require.Equal(t, certrotate.OutcomeCompleted, f.handle(confirmEvent("r1", newID, protocol.RotateConfirmed, newID)).Outcome)
+
+		hook, err := preprovision.New(preprovision.Config{
+			Registry: f.reg, IoT: f.iot, DevicePolicy: policy, ThingNamePrefix: "dev-",
+			SerialPattern: regexp.MustCompile(`^[0-9a-f]{16}$`),
+			Logger:        slog.New(slog.NewJSONHandler(f.logs, nil)),
+		})
+		require.NoError(t, err)
+		// provision asks the hook about a new certificate, issued by AWS
+		// IoT for a CSR made with key, as RegisterThing would.
+		provision := func(key *ecdsa.PrivateKey) (string, bool) {
+			der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: thing}}, key)
+			require.NoError(t, err)
+			out, err := f.iot.CreateCertificateFromCsr(f.ctx, &iot.CreateCertificateFromCsrInput{
+				CertificateSigningRequest: aws.String(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))),
+			})
+			require.NoError(t, err)
+			resp, err := hook.Handle(f.ctx, protocol.PreProvisioningHookRequest{
+				ClaimCertificateID: "c1a1c1a1c1a1c1a1c1a1c1a1c1a1c1a1c1a1c1a1c1a1c1a1c1a1c1a1c1a1c1a1",
+				CertificateID:      aws.ToString(out.CertificateId), CertificatePEM: aws.ToString(out.CertificatePem),
+				ClientID: protocol.ClaimClientID(serial), Parameters: map[string]string{protocol.ParamSerialNumber: serial},
+			})
+			require.NoError(t, err)
+			return aws.ToString(out.CertificateId), resp.AllowProvisioning
+		}
+
+		other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		require.NoError(t, err)
+		_, allowed := provision(other)
+		require.False(t, allowed, "another key is a clone")
+		_, allowed = provision(f.oldPriv)
+		require.False(t, allowed, "the key the rotation replaced is a clone")
+		require.Equal(t, newID, f.device().CertificateID)
+
+		retryID, allowed := provision(key)
+		require.True(t, allowed, "the rotated key is a same-key retry")
+		d := f.device()
+		require.Equal(t, retryID, d.CertificateID)
+		require.Equal(t, keyHash(t, f.certMessages()[0].CertificatePEM), d.PublicKeySHA256, "still the rotated key")
+		require.NotEmpty(t, d.CertificateHistory)
+		last := d.CertificateHistory[len(d.CertificateHistory)-1]
+		require.Equal(t, newID, last.CertificateID)
+		require.Equal(t, registry.RetiredSameKey, last.Reason)
+		c, ok := f.iot.Cert(newID)
+		require.True(t, ok)
+		require.Equal(t, iottypes.CertificateStatusRevoked, c.Status, "the rotated certificate is retired")
+	})
+}
+
+// recordFailing is the device registry with its next RecordProvisioned
+// calls failing (a throttled or unavailable table).
+type recordFailing struct {
+	registry.Store
+	mu    sync.Mutex
+	fails int
+}
+
+func (r *recordFailing) RecordProvisioned(ctx context.Context, serial, thingName string, cert registry.Certificate) (registry.Device, error) {
+	r.mu.Lock()
+	fail := r.fails > 0
+	if fail {
+		r.fails--
+	}
+	r.mu.Unlock()
+	if fail {
+		return registry.Device{}, errors.New("ProvisionedThroughputExceededException: rate exceeded")
+	}
+	return r.Store.RecordProvisioned(ctx, serial, thingName, cert)
+}
+
+// The rotation completed but recording the new key failed: the handler
+// returns an error (the Lambda retries the event) and the replayed
+// confirmation records the key.
+func TestKeyRecordedOnReplayAfterAFailedWrite(t *testing.T) {
+	reg := &recordFailing{Store: registry.NewMemory()}
+	f := newFixture(t, reg)
+	_, csr := newCSR(t)
+	res := f.handle(csrEvent("r1", csr, f.oldID))
+	newID := res.CertificateID
+	newKey := keyHash(t, f.certMessages()[0].CertificatePEM)
+
+	reg.mu.Lock()
+	reg.fails = 1
+	reg.mu.Unlock()
+	_, err := f.h.Handle(f.ctx, confirmEvent("r1", newID, protocol.RotateConfirmed, newID))
+	require.ErrorContains(t, err, "record the new certificate's key")
+	d := f.device()
+	require.Equal(t, newID, d.CertificateID, "the rotation itself completed")
+	require.Empty(t, d.PublicKeySHA256)
+
+	res = f.handle(confirmEvent("r1", newID, protocol.RotateConfirmed, newID))
+	require.Equal(t, certrotate.OutcomeReplay, res.Outcome)
+	require.Equal(t, newKey, res.PublicKeySHA256)
+	require.Equal(t, newKey, f.device().PublicKeySHA256)
+	// Another replay changes nothing and asks AWS IoT nothing about keys.
+	before := f.iot.CallCount("DescribeCertificate " + newID)
+	res = f.handle(confirmEvent("r1", newID, protocol.RotateConfirmed, newID))
+	require.Equal(t, certrotate.OutcomeReplay, res.Outcome)
+	require.Equal(t, newKey, f.device().PublicKeySHA256)
+	require.Equal(t, before, f.iot.CallCount("DescribeCertificate "+newID))
+}
+
+// revokedWhileCompleting is the device registry where the allowlist sync
+// starts revoking the device right after CompleteRotation wrote.
+type revokedWhileCompleting struct{ registry.Store }
+
+func (r revokedWhileCompleting) CompleteRotation(ctx context.Context, serial, rotationID, certID string) (registry.Device, error) {
+	d, err := r.Store.CompleteRotation(ctx, serial, rotationID, certID)
+	if err != nil {
+		return d, err
+	}
+	if _, err := r.Store.MarkRevoking(ctx, serial, d.CertificateID); err != nil {
+		return registry.Device{}, err
+	}
+	return d, nil
+}
+
+// The record changed between completing the rotation and recording the
+// key: the conditional write leaves the record alone and the rotation
+// still completes (the old certificate retired).
+func TestKeyNotRecordedOnAChangedRecord(t *testing.T) {
+	f := newFixture(t, revokedWhileCompleting{registry.NewMemory()})
+	_, csr := newCSR(t)
+	newID := f.handle(csrEvent("r1", csr, f.oldID)).CertificateID
+	res := f.handle(confirmEvent("r1", newID, protocol.RotateConfirmed, newID))
+	require.Equal(t, certrotate.OutcomeCompleted, res.Outcome)
+	require.Empty(t, res.PublicKeySHA256)
+	d := f.device()
+	require.Equal(t, registry.StateRevoking, d.State)
+	require.Empty(t, d.PublicKeySHA256)
+	_, ok := f.iot.Cert(f.oldID)
+	require.False(t, ok, "old certificate retired")
+	require.Contains(t, f.logs.String(), "rotated key not recorded")
 }

@@ -3,10 +3,13 @@
 // against the local CA, the certificate identifying the principal (its id
 // is looked up in the registry and must be ACTIVE), and every connect,
 // publish, subscribe and delivery authorized by the IoT policies attached
-// to that certificate. Requests on the AWS reserved API topics are handed
-// to routes (provisioning, jobs) instead of being routed to subscribers,
-// and their answers go straight to the requesting connection, as AWS
-// does. Fault rules can drop or delay messages in either direction.
+// to that certificate. A refused CONNECT (unknown, inactive or revoked
+// certificate, or iot:Connect denied) is answered as AWS IoT Core answers
+// it: the connection is closed without a CONNACK. Requests on the AWS
+// reserved API topics are handed to routes (provisioning, jobs) instead of
+// being routed to subscribers, and their answers go straight to the
+// requesting connection, as AWS does. Fault rules can drop or delay
+// messages in either direction.
 package broker
 
 import (
@@ -473,42 +476,61 @@ func (h *hook) ID() string { return "iot-core" }
 
 func (h *hook) Provides(x byte) bool {
 	return bytes.Contains([]byte{
-		mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe, mqtt.OnSubscribed,
+		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe, mqtt.OnSubscribed,
 		mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketSent,
 	}, []byte{x})
 }
 
-func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+// ErrConnectRefused ends a connection whose CONNECT the broker refused:
+// the certificate is unknown or not ACTIVE, or the policies attached to it
+// do not allow iot:Connect with the client id.
+var ErrConnectRefused = errors.New("connect refused")
+
+// OnConnect authenticates the connection. A refusal closes it right after
+// the CONNECT without sending any CONNACK, as AWS IoT Core does for a
+// revoked, inactive or unknown certificate and for a policy that denies
+// iot:Connect (mochi answers a false OnConnectAuthenticate with a
+// CONNACK "not authorized"; an error from OnConnect ends the connection
+// before any CONNACK is written). The refused client takes over no session.
+func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	b := h.b
 	tc, ok := cl.Net.Conn.(*tls.Conn)
 	if !ok {
-		return false
+		b.log.Info("connect refused: not a TLS connection", "client", cl.ID)
+		return fmt.Errorf("%w: not a TLS connection", ErrConnectRefused)
 	}
 	st := tc.ConnectionState()
 	if len(st.PeerCertificates) == 0 {
-		return false
+		b.log.Info("connect refused: no client certificate", "client", cl.ID)
+		return fmt.Errorf("%w: no client certificate", ErrConnectRefused)
 	}
 	certID := ca.CertificateID(st.PeerCertificates[0].Raw)
 	info, err := b.opts.Registry.Auth(certID, cl.ID)
 	if err != nil {
 		b.log.Info("connect refused: unknown certificate", "client", cl.ID, "certificate", certID)
-		return false
+		return fmt.Errorf("%w: unknown certificate %s", ErrConnectRefused, certID)
 	}
 	if info.Status != registry.CertActive {
 		b.log.Info("connect refused: certificate not active", "client", cl.ID, "certificate", certID, "status", info.Status)
-		return false
+		return fmt.Errorf("%w: certificate %s is %s", ErrConnectRefused, certID, info.Status)
 	}
 	ctx := iotpolicy.Context{ClientID: cl.ID, ThingName: info.ThingName, ThingAttributes: info.ThingAttributes}
 	if d := iotpolicy.Evaluate(info.Policies, iotpolicy.ActionConnect, b.opts.ARN("client", cl.ID), ctx); d != iotpolicy.Allowed {
 		b.log.Info("connect refused by policy", "client", cl.ID, "certificate", certID, "decision", d.String())
-		return false
+		return fmt.Errorf("%w: iot:Connect %s", ErrConnectRefused, d)
 	}
 	b.sessions.Store(cl, &session{
 		clientID: cl.ID, certID: certID, thingName: info.ThingName, attrs: info.ThingAttributes,
 		remote: cl.Net.Remote, pendingSubs: map[string]bool{},
 	})
 	b.log.Debug("client connected", "client", cl.ID, "certificate", certID, "thing", info.ThingName)
-	return true
+	return nil
+}
+
+// OnConnectAuthenticate admits the connections OnConnect accepted (it
+// refused the others before this is called).
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
+	return h.b.sessionOf(cl) != nil
 }
 
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {

@@ -12,12 +12,15 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
+	"syscall"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
@@ -63,6 +66,9 @@ func connectWith(t testing.TB, c *Core, creds Credentials, clientID string, dial
 	opts := paho.NewClientOptions().
 		AddBroker("tls://" + c.Endpoint()).
 		SetClientID(clientID).
+		// MQTT 3.1.1 only, as the agent and AWS IoT (no fallback to 3.1
+		// after a refusal).
+		SetProtocolVersion(4).
 		SetTLSConfig(cfg).
 		SetCleanSession(true).
 		SetAutoReconnect(false).
@@ -110,6 +116,53 @@ func mustConnect(t testing.TB, c *Core, creds Credentials, clientID string) *tes
 	tc, err := connect(t, c, creds, clientID)
 	require.NoError(t, err, "connect %s", clientID)
 	return tc
+}
+
+// connectRaw completes a mutual-TLS handshake with creds, sends an MQTT
+// 3.1.1 CONNECT with clientID and returns the first bytes the broker
+// answers with (a CONNACK is 4 bytes) and the read's error: io.EOF with no
+// bytes when the broker closed the connection without a CONNACK. The
+// handshake and the write must succeed.
+func connectRaw(t testing.TB, c *Core, creds Credentials, clientID string) ([]byte, error) {
+	t.Helper()
+	cfg, err := tlsConfig(c.RootCAPEM(), creds)
+	require.NoError(t, err)
+	d := net.Dialer{Timeout: 10 * time.Second}
+	conn, err := tls.DialWithDialer(&d, "tcp", c.Endpoint(), cfg)
+	require.NoError(t, err, "TLS handshake")
+	defer conn.Close()
+	require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
+	pk := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
+	pk.ProtocolName, pk.ProtocolVersion = "MQTT", 4
+	pk.CleanSession, pk.Keepalive, pk.ClientIdentifier = true, 30, clientID
+	require.NoError(t, pk.Write(conn), "write CONNECT")
+	buf := make([]byte, 64)
+	n, err := io.ReadAtLeast(conn, buf, 4)
+	return buf[:n], err
+}
+
+// requireClosedAfterConnect asserts that the broker refuses creds with
+// clientID the way AWS IoT Core does: the TLS handshake completes, the
+// CONNECT is read, and the connection is closed without any CONNACK.
+func requireClosedAfterConnect(t testing.TB, c *Core, creds Credentials, clientID string, msgAndArgs ...any) {
+	t.Helper()
+	got, err := connectRaw(t, c, creds, clientID)
+	require.Empty(t, got, "no CONNACK (got % x): %s", got, fmt.Sprint(msgAndArgs...))
+	require.Error(t, err, msgAndArgs...)
+	require.True(t, errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET),
+		"connection closed after CONNECT, not %v: %s", err, fmt.Sprint(msgAndArgs...))
+	// A real client sees a failed connect, not a hang.
+	_, err = connect(t, c, creds, clientID)
+	require.Error(t, err, msgAndArgs...)
+}
+
+// requireConnackAccepted asserts that the broker answers creds' CONNECT
+// with CONNACK "connection accepted".
+func requireConnackAccepted(t testing.TB, c *Core, creds Credentials, clientID string) {
+	t.Helper()
+	got, err := connectRaw(t, c, creds, clientID)
+	require.NoError(t, err)
+	require.Equal(t, []byte{0x20, 0x02, 0x00, 0x00}, got, "CONNACK accepted")
 }
 
 // subscribe returns an error if the broker refused the subscription or

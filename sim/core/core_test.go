@@ -1,9 +1,13 @@
 package core
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/sim/broker"
 	"github.com/iot-fleet/iot-fleet/sim/faults"
 	"github.com/iot-fleet/iot-fleet/sim/jobs"
 	"github.com/iot-fleet/iot-fleet/sim/registry"
@@ -65,10 +70,8 @@ func TestProvisioningByClaimEndToEnd(t *testing.T) {
 	assert.JSONEq(t, `{"on":true}`, string(m.Payload))
 
 	// ... but only with its thing name as client id.
-	_, err = connect(t, c, creds, "dev-10000000a1b2c3d5")
-	require.Error(t, err)
-	_, err = connect(t, c, creds, "provision-"+allowedSerial)
-	require.Error(t, err, "device certificate has no claim policy")
+	requireClosedAfterConnect(t, c, creds, "dev-10000000a1b2c3d5", "another thing's client id")
+	requireClosedAfterConnect(t, c, creds, "provision-"+allowedSerial, "device certificate has no claim policy")
 }
 
 func TestCertificateIsUnusableUntilRegisterThing(t *testing.T) {
@@ -81,8 +84,7 @@ func TestCertificateIsUnusableUntilRegisterThing(t *testing.T) {
 	cl.mustPublish(protocol.CreateCertFromCSRTopic, protocol.CreateCertFromCSRRequest{CertificateSigningRequest: csr})
 	cert := decode[protocol.CreateCertResponse](t, cl.await(protocol.CreateCertFromCSRAcceptedTopic))
 	creds := Credentials{CertificateID: cert.CertificateID, CertPEM: []byte(cert.CertificatePEM), KeyPEM: keyPEM(t, key)}
-	_, err = connect(t, c, creds, "dev-"+allowedSerial)
-	require.Error(t, err, "PENDING_ACTIVATION certificate must not connect")
+	requireClosedAfterConnect(t, c, creds, "dev-"+allowedSerial, "PENDING_ACTIVATION certificate must not connect")
 }
 
 func TestDeniedSerialIsRejectedWithAWSErrorShape(t *testing.T) {
@@ -144,8 +146,7 @@ func TestClaimCertificateIsLimitedToProvisioning(t *testing.T) {
 	thing, _, err := c.RegisterDevice(allowedSerial)
 	require.NoError(t, err)
 
-	_, err = connect(t, c, claim, thing)
-	require.Error(t, err, "claim policy only allows provision-* client ids")
+	requireClosedAfterConnect(t, c, claim, thing, "claim policy only allows provision-* client ids")
 
 	cl := mustConnect(t, c, claim, protocol.ClaimClientID("x"))
 	require.Error(t, cl.subscribe(protocol.JobsNotifyNextTopic(thing)))
@@ -169,8 +170,7 @@ func TestCrossDeviceAccessIsDenied(t *testing.T) {
 	_, err = c.CreateJob(context.Background(), jobs.CreateJobInput{JobID: "j1", Document: json.RawMessage(`{"operation":"x"}`), Things: []string{thingB}})
 	require.NoError(t, err)
 
-	_, err = connect(t, c, credsA, thingB)
-	require.Error(t, err, "A's certificate cannot connect as B")
+	requireClosedAfterConnect(t, c, credsA, thingB, "A's certificate cannot connect as B")
 
 	a := mustConnect(t, c, credsA, thingA)
 	require.Error(t, a.subscribe(protocol.JobsNotifyNextTopic(thingB)))
@@ -196,7 +196,8 @@ func TestCrossDeviceAccessIsDenied(t *testing.T) {
 }
 
 func TestRevokedCertificateIsDisconnectedAndRefused(t *testing.T) {
-	c := startCore(t, Options{})
+	logs := &logLines{}
+	c := startCore(t, Options{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	thing, creds, err := c.RegisterDevice(allowedSerial)
 	require.NoError(t, err)
 	dev := mustConnect(t, c, creds, thing)
@@ -206,17 +207,56 @@ func TestRevokedCertificateIsDisconnectedAndRefused(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []string{creds.CertificateID}, revoked)
 	dev.waitLost()
-	_, err = connect(t, c, creds, thing)
-	require.Error(t, err, "revoked certificate refused at connect")
+	requireClosedAfterConnect(t, c, creds, thing, "revoked certificate refused at connect")
+	// One log line per refused connection (the raw CONNECT and the MQTT
+	// client's): the e2e tests count them.
+	assert.Equal(t, 2, logs.count("connect refused: certificate not active",
+		map[string]string{"client": thing, "certificate": creds.CertificateID, "status": string(registry.CertRevoked)}))
 	require.Error(t, c.SetCertificateStatus(creds.CertificateID, registry.CertActive), "revocation is final")
 
 	thing2, creds2, err := c.RegisterDevice("10000000a1b2c3d5")
 	require.NoError(t, err)
 	require.NoError(t, c.SetCertificateStatus(creds2.CertificateID, registry.CertInactive))
-	_, err = connect(t, c, creds2, thing2)
-	require.Error(t, err, "inactive certificate refused")
+	requireClosedAfterConnect(t, c, creds2, thing2, "inactive certificate refused")
+	assert.Equal(t, 2, logs.count("connect refused: certificate not active",
+		map[string]string{"client": thing2, "certificate": creds2.CertificateID, "status": string(registry.CertInactive)}))
 	require.NoError(t, c.SetCertificateStatus(creds2.CertificateID, registry.CertActive))
+	requireConnackAccepted(t, c, creds2, thing2)
 	mustConnect(t, c, creds2, thing2)
+}
+
+// A refused CONNECT with a connected device's client id (a cloned or
+// stolen identity that is not ACTIVE, or another device's certificate)
+// does not take over the connected device's session.
+func TestRefusedConnectDoesNotTakeOverTheSession(t *testing.T) {
+	c := startCore(t, Options{})
+	_, credsA, err := c.RegisterDevice("aaaaaaaaaaaaaaaa")
+	require.NoError(t, err)
+	thingB, credsB, err := c.RegisterDevice("bbbbbbbbbbbbbbbb")
+	require.NoError(t, err)
+	b := mustConnect(t, c, credsB, thingB)
+	topic := protocol.CommandTopic(thingB, protocol.KindSSM)
+	b.mustSubscribe(topic)
+
+	requireClosedAfterConnect(t, c, credsA, thingB, "A's certificate as B")
+	_, creds, err := c.RegisterDevice("bbbbbbbbbbbbbbbb") // a second certificate for B...
+	require.NoError(t, err)
+	require.NoError(t, c.SetCertificateStatus(creds.CertificateID, registry.CertInactive)) // ... not active
+	requireClosedAfterConnect(t, c, creds, thingB, "B's inactive certificate")
+
+	// B's connection and subscription are still the ones in use.
+	c.Publish(topic, []byte(`{"still":"here"}`))
+	assert.JSONEq(t, `{"still":"here"}`, string(b.await(topic).Payload))
+	b.mustPublish(protocol.DataTopic(thingB, protocol.KindStatus), `{}`)
+	assert.Equal(t, []string{thingB}, clientIDs(c.Clients()))
+}
+
+func clientIDs(cs []broker.ClientInfo) []string {
+	var ids []string
+	for _, ci := range cs {
+		ids = append(ids, ci.ClientID)
+	}
+	return ids
 }
 
 func TestUnknownCertificateIsRefused(t *testing.T) {
@@ -230,8 +270,7 @@ func TestUnknownCertificateIsRefused(t *testing.T) {
 	// Signed by this CA but never registered: refused at CONNECT.
 	iss, key, err := c.ca.NewKeyAndCertificate()
 	require.NoError(t, err)
-	_, err = connect(t, c, Credentials{CertPEM: []byte(iss.PEM), KeyPEM: key}, "dev-"+allowedSerial)
-	require.Error(t, err)
+	requireClosedAfterConnect(t, c, Credentials{CertPEM: []byte(iss.PEM), KeyPEM: key}, "dev-"+allowedSerial, "unregistered certificate")
 	// TLS below 1.2 is refused.
 	cfg, err := tlsConfig(c.RootCAPEM(), Credentials{CertPEM: []byte(iss.PEM), KeyPEM: key})
 	require.NoError(t, err)
@@ -241,6 +280,40 @@ func TestUnknownCertificateIsRefused(t *testing.T) {
 		conn.Close()
 	}
 	require.Error(t, err)
+}
+
+// logLines collects JSON log lines.
+type logLines struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// count returns how many lines have message msg and every attribute of
+// attrs (string values).
+func (l *logLines) count(msg string, attrs map[string]string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for line := range strings.Lines(l.buf.String()) {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) != nil || rec["msg"] != msg {
+			continue
+		}
+		match := true
+		for k, v := range attrs {
+			match = match && rec[k] == v
+		}
+		if match {
+			n++
+		}
+	}
+	return n
 }
 
 // jobDevice is a scripted device speaking the Jobs MQTT API.
