@@ -22,7 +22,7 @@ import (
 // recognised:
 //
 //   - a CONNACK "not authorized" (5) or "bad user name or password" (4):
-//     mosquitto, mochi (the local IoT Core in sim/ and the test broker);
+//     mosquitto, a plain mochi (the project's test broker);
 //   - a TLS alert naming the client certificate (bad_certificate,
 //     certificate_revoked, certificate_unknown, unknown_ca, access_denied,
 //     ...), during the handshake (TLS 1.2) or on the first read after it
@@ -31,7 +31,7 @@ import (
 //   - the connection closed right after CONNECT, without a CONNACK, on a
 //     completed TLS handshake: what AWS IoT Core does for a revoked,
 //     inactive or unregistered certificate or a policy that denies
-//     iot:Connect.
+//     iot:Connect, and so does the local IoT Core in sim/.
 //
 // One refusal proves little (a broker shutting down also closes
 // connections after CONNECT); callers count consecutive refusals and

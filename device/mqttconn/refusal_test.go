@@ -40,8 +40,9 @@ func reasonOf(err error) string {
 	return ""
 }
 
-// The local IoT Core and the test broker (mochi) answer an inactive or
-// revoked certificate with CONNACK "not authorized".
+// The test broker (a plain mochi) answers an inactive or revoked
+// certificate with CONNACK "not authorized" (the local IoT Core closes the
+// connection as AWS does: e2e's recovery test covers that path).
 func TestProbeTellsRefusedCertificateFromNetworkFailure(t *testing.T) {
 	b := testbroker.Start(t, testbroker.Options{})
 	kp := b.RegisterDevice(t, "dev-a")
