@@ -74,6 +74,14 @@ func (f *Fleet) NewAgent(name string, opts AgentOptions) (*Agent, error) {
 	return a, nil
 }
 
+// UseALPN points cfg at the local IoT Core's listener that serves MQTT only
+// with ALPN x-amzn-mqtt-ca, as AWS IoT Core does on port 443.
+func (f *Fleet) UseALPN(cfg *config.Config) {
+	host, port := endpointParts(f.Stack.Core.ALPNEndpoint())
+	p, _ := strconv.Atoi(port)
+	cfg.Endpoint, cfg.Port, cfg.ALPN = host, p, true
+}
+
 // AgentConfig is the configuration of an agent talking to this fleet, with
 // timings shortened for a local run.
 func (f *Fleet) AgentConfig(serial, stateDir string) config.Config {

@@ -101,7 +101,7 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	st, err := stack.Start(ctx, stack.Options{Core: core.Options{JobMinute: opts.JobMinute, Logger: log}, Logger: log})
+	st, err := stack.Start(ctx, stack.Options{Core: core.Options{JobMinute: opts.JobMinute, ALPNAddr: "127.0.0.1:0", Logger: log}, Logger: log})
 	if err != nil {
 		return nil, err
 	}

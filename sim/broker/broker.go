@@ -61,8 +61,15 @@ type Route struct {
 
 // Options configure a Broker.
 type Options struct {
-	// Addr is the TCP listen address, e.g. "127.0.0.1:0".
-	Addr       string
+	// Addr is the TCP listen address, e.g. "127.0.0.1:0": MQTT over TLS
+	// with mutual authentication, as AWS IoT Core serves it on 8883.
+	Addr string
+	// ALPNAddr, when set, is a second listen address that serves MQTT only
+	// to clients that negotiate the ALPN protocol x-amzn-mqtt-ca, as AWS
+	// IoT Core does on port 443 (where the AWS SDKs and the AWS IoT Device
+	// Client connect by default). A client without it is refused after the
+	// handshake.
+	ALPNAddr   string
 	ServerCert tls.Certificate
 	ClientCAs  *x509.CertPool
 	Registry   *registry.Registry
@@ -97,12 +104,13 @@ type Broker struct {
 	cancel context.CancelFunc
 	tlsCfg *tls.Config
 
-	mu      sync.RWMutex
-	srv     *mqtt.Server
-	lst     *listener
-	addr    string
-	closed  bool
-	running bool
+	mu       sync.RWMutex
+	srv      *mqtt.Server
+	lst      *listener
+	addr     string
+	alpnAddr string
+	closed   bool
+	running  bool
 
 	sessions sync.Map // *mqtt.Client -> *session
 	delayed  sync.WaitGroup
@@ -202,12 +210,32 @@ func (b *Broker) Start() error {
 		_ = ln.Close()
 		return fmt.Errorf("broker: add listener: %w", err)
 	}
+	if b.opts.ALPNAddr != "" {
+		alpnAddr := b.alpnAddr
+		if alpnAddr == "" {
+			alpnAddr = b.opts.ALPNAddr
+		}
+		aln, err := net.Listen("tcp", alpnAddr)
+		if err != nil {
+			_ = srv.Close()
+			return fmt.Errorf("broker: listen %s (ALPN %s): %w", alpnAddr, ALPNProtocol, err)
+		}
+		b.alpnAddr = aln.Addr().String()
+		cfg := b.tlsCfg.Clone()
+		cfg.NextProtos = []string{ALPNProtocol}
+		alst := &listener{id: "tls-alpn", ln: aln, tlsCfg: cfg, requireALPN: ALPNProtocol, pipes: make(chan net.Conn), done: make(chan struct{})}
+		if err := srv.AddListener(alst); err != nil {
+			_ = aln.Close()
+			_ = srv.Close()
+			return fmt.Errorf("broker: add ALPN listener: %w", err)
+		}
+	}
 	if err := srv.Serve(); err != nil {
 		_ = srv.Close()
 		return fmt.Errorf("broker: serve: %w", err)
 	}
 	b.srv, b.lst, b.running = srv, lst, true
-	b.log.Info("broker listening", "addr", b.addr)
+	b.log.Info("broker listening", "addr", b.addr, "alpnAddr", b.alpnAddr)
 	return nil
 }
 
@@ -216,6 +244,14 @@ func (b *Broker) Addr() string {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	return b.addr
+}
+
+// ALPNAddr returns host:port of the listener that requires ALPN
+// x-amzn-mqtt-ca ("" without one).
+func (b *Broker) ALPNAddr() string {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.alpnAddr
 }
 
 // Stop closes the listener and every connection; Start serves again on
@@ -659,10 +695,12 @@ type listener struct {
 	id     string
 	ln     net.Listener
 	tlsCfg *tls.Config
-	pipes  chan net.Conn
-	done   chan struct{}
-	once   sync.Once
-	log    *slog.Logger
+	// requireALPN, when set, is the ALPN protocol a client must negotiate.
+	requireALPN string
+	pipes       chan net.Conn
+	done        chan struct{}
+	once        sync.Once
+	log         *slog.Logger
 }
 
 func (l *listener) ID() string                  { return l.id }
@@ -676,6 +714,19 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 		// deadline with the keepalive once connected.
 		_ = raw.SetDeadline(time.Now().Add(20 * time.Second))
 		conn := tls.Server(raw, l.tlsCfg)
+		if l.requireALPN != "" {
+			// Like AWS IoT Core on 443: MQTT only with the ALPN protocol.
+			if err := conn.Handshake(); err != nil {
+				l.log.Debug("TLS handshake failed", "remote", raw.RemoteAddr().String(), "error", err)
+				_ = conn.Close()
+				return
+			}
+			if got := conn.ConnectionState().NegotiatedProtocol; got != l.requireALPN {
+				l.log.Warn("connection refused: ALPN "+l.requireALPN+" required on this listener", "remote", raw.RemoteAddr().String(), "alpn", got)
+				_ = conn.Close()
+				return
+			}
+		}
 		if err := establish(l.id, conn); err != nil {
 			l.log.Debug("connection ended", "remote", raw.RemoteAddr().String(), "error", err)
 		}

@@ -43,8 +43,11 @@ type Options struct {
 	// Env is the stack environment ("dev" or "prod"); names follow it.
 	Env string
 	// Addr is the MQTT/TLS listen address; default 127.0.0.1:0.
-	Addr   string
-	Logger *slog.Logger
+	Addr string
+	// ALPNAddr, when set, also serves MQTT/TLS to clients that negotiate
+	// ALPN x-amzn-mqtt-ca, as AWS IoT Core does on port 443.
+	ALPNAddr string
+	Logger   *slog.Logger
 	// PreProvisioningHook overrides the pre-provisioning hook. By default
 	// RegisterThing calls the stack's real hook (lambdas/preprovision)
 	// backed by an in-memory device registry (internal/registry) holding
@@ -215,7 +218,7 @@ func Start(ctx context.Context, opts Options) (*Core, error) {
 		return nil, err
 	}
 	c.broker, err = broker.New(broker.Options{
-		Addr: opts.Addr, ServerCert: serverCert, ClientCAs: c.ca.Pool(), Registry: c.reg,
+		Addr: opts.Addr, ALPNAddr: opts.ALPNAddr, ServerCert: serverCert, ClientCAs: c.ca.Pool(), Registry: c.reg,
 		ARN: names.PolicyParams.ARN, Faults: c.faults, Logger: opts.Logger,
 		Routes: []broker.Route{
 			{Name: "provisioning", Match: c.prov.Match, Handle: func(ctx context.Context, r broker.Request) {
@@ -297,6 +300,10 @@ func (c *Core) Close() error {
 
 // Endpoint is the MQTT/TLS host:port.
 func (c *Core) Endpoint() string { return c.broker.Addr() }
+
+// ALPNEndpoint is host:port of the listener that requires ALPN
+// x-amzn-mqtt-ca (Options.ALPNAddr; "" without one).
+func (c *Core) ALPNEndpoint() string { return c.broker.ALPNAddr() }
 
 // RootCAPEM is the CA certificate clients must trust (it also signs
 // device certificates).

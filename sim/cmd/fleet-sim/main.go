@@ -2,12 +2,14 @@
 // so real agent processes and the demo can run on one machine.
 //
 //	fleet-sim serve --dir DIR --allowlist FILE [--env dev] [--listen 127.0.0.1:0]
-//	                [--http 127.0.0.1:0] [--serial-pattern RE] [--job-minute 1m]
-//	                [--log-level info]
+//	                [--alpn-listen auto] [--http 127.0.0.1:0] [--serial-pattern RE]
+//	                [--job-minute 1m] [--log-level info]
 //
 // serve writes, atomically, DIR/root-ca.pem, DIR/claim.pem, DIR/claim.key
-// (0600), DIR/api (operator HTTP API host:port) and, last, DIR/endpoint
-// (MQTT/TLS host:port): wait for DIR/endpoint to know the simulator is
+// (0600), DIR/api (operator HTTP API host:port), DIR/endpoint-alpn (MQTT/TLS
+// host:port that requires ALPN x-amzn-mqtt-ca, as AWS IoT Core's 443; not
+// with --alpn-listen off) and, last, DIR/endpoint (MQTT/TLS host:port, as
+// AWS IoT Core's 8883): wait for DIR/endpoint to know the simulator is
 // ready. It runs until SIGINT or SIGTERM.
 package main
 
@@ -49,7 +51,8 @@ func run(args []string, stderr io.Writer) error {
 	dir := fs.String("dir", "", "directory for root-ca.pem, claim.pem, claim.key, api and endpoint (required)")
 	allow := fs.String("allowlist", "", "allowlist.txt of serials the pre-provisioning hook admits (required)")
 	env := fs.String("env", "dev", "stack environment (names: iot-fleet-<env>, thing prefix <env>-)")
-	listen := fs.String("listen", "127.0.0.1:0", "MQTT/TLS listen address")
+	listen := fs.String("listen", "127.0.0.1:0", "MQTT/TLS listen address (AWS IoT Core's 8883)")
+	alpnListen := fs.String("alpn-listen", "auto", "listen address of MQTT/TLS with ALPN x-amzn-mqtt-ca (AWS IoT Core's 443, the AWS SDKs' and Device Client's default): auto (127.0.0.1:443 as root when free, else a free port), off, or an address")
 	httpAddr := fs.String("http", "127.0.0.1:0", "operator HTTP API listen address")
 	pattern := fs.String("serial-pattern", allowlist.DefaultSerialPattern, "serial pattern (Go regexp, anchored)")
 	jobMinute := fs.Duration("job-minute", time.Minute, "length of a Jobs timeout minute (shorten for demos)")
@@ -83,10 +86,12 @@ func run(args []string, stderr io.Writer) error {
 		return fmt.Errorf("--dir: %w", err)
 	}
 
+	alpnAddr := alpnListenAddr(*alpnListen)
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	c, err := core.Start(ctx, core.Options{
-		Env: *env, Addr: *listen, Logger: log, JobMinute: *jobMinute,
+		Env: *env, Addr: *listen, ALPNAddr: alpnAddr, Logger: log, JobMinute: *jobMinute,
 		// The stack's pre-provisioning hook (lambdas/preprovision) over an
 		// in-memory device registry seeded from the allowlist.
 		AllowedSerials: serials, SerialPattern: *pattern,
@@ -116,26 +121,53 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	files := []struct {
-		name string
-		data []byte
-		perm os.FileMode
-	}{
+	files := []outFile{
 		{"root-ca.pem", c.RootCAPEM(), 0o644},
 		{"claim.pem", claim.CertPEM, 0o644},
 		{"claim.key", claim.KeyPEM, 0o600},
 		{"api", []byte(ln.Addr().String() + "\n"), 0o644},
-		{"endpoint", []byte(c.Endpoint() + "\n"), 0o644},
 	}
+	if a := c.ALPNEndpoint(); a != "" {
+		files = append(files, outFile{"endpoint-alpn", []byte(a + "\n"), 0o644})
+	}
+	// endpoint comes last: its presence says the simulator is ready.
+	files = append(files, outFile{"endpoint", []byte(c.Endpoint() + "\n"), 0o644})
 	for _, f := range files {
 		if err := atomicfile.WriteFile(filepath.Join(*dir, f.name), f.data, f.perm); err != nil {
 			return err
 		}
 	}
-	log.Info("fleet-sim ready", "endpoint", c.Endpoint(), "api", "http://"+ln.Addr().String(), "dir", *dir,
+	log.Info("fleet-sim ready", "endpoint", c.Endpoint(), "alpnEndpoint", c.ALPNEndpoint(), "api", "http://"+ln.Addr().String(), "dir", *dir,
 		"allowed_serials", len(serials), "claim_certificate", claim.CertificateID)
 	<-ctx.Done()
 	log.Info("fleet-sim stopping")
 	_ = os.Remove(filepath.Join(*dir, "endpoint"))
+	_ = os.Remove(filepath.Join(*dir, "endpoint-alpn"))
 	return nil
+}
+
+// outFile is a file serve writes into --dir.
+type outFile struct {
+	name string
+	data []byte
+	perm os.FileMode
+}
+
+// alpnListenAddr resolves --alpn-listen: "off" is none; "auto" is
+// 127.0.0.1:443 for root when nothing listens there (AWS IoT Core's port),
+// else a free port; anything else is the address itself.
+func alpnListenAddr(v string) string {
+	switch v {
+	case "off", "":
+		return ""
+	case "auto":
+		if os.Geteuid() == 0 {
+			if ln, err := net.Listen("tcp", "127.0.0.1:443"); err == nil {
+				_ = ln.Close()
+				return "127.0.0.1:443"
+			}
+		}
+		return "127.0.0.1:0"
+	}
+	return v
 }
