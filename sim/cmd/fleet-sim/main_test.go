@@ -37,7 +37,7 @@ func TestServeWritesFilesAndServesMQTTAndAPI(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, "serve", "--dir", dir, "--allowlist", allow)
+	cmd := exec.CommandContext(ctx, bin, "serve", "--dir", dir, "--allowlist", allow, "--alpn-listen", "127.0.0.1:0")
 	cmd.Stderr = &stderr
 	require.NoError(t, cmd.Start())
 	done := make(chan error, 1)
@@ -70,6 +70,17 @@ func TestServeWritesFilesAndServesMQTTAndAPI(t *testing.T) {
 	cl := paho.NewClient(paho.NewClientOptions().AddBroker("tls://" + endpoint).SetClientID("provision-10000000a1b2c3d4").
 		SetTLSConfig(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: "127.0.0.1"}).SetAutoReconnect(false))
 	tok := cl.Connect()
+	require.True(t, tok.WaitTimeout(10*time.Second))
+	require.NoError(t, tok.Error())
+	cl.Disconnect(0)
+
+	// So does it on the ALPN listener (AWS IoT Core's 443), with ALPN
+	// x-amzn-mqtt-ca.
+	alpnEndpoint, err := os.ReadFile(filepath.Join(dir, "endpoint-alpn"))
+	require.NoError(t, err)
+	cl = paho.NewClient(paho.NewClientOptions().AddBroker("tls://" + strings.TrimSpace(string(alpnEndpoint))).SetClientID("provision-10000000a1b2c3d4").
+		SetTLSConfig(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: "127.0.0.1", NextProtos: []string{"x-amzn-mqtt-ca"}}).SetAutoReconnect(false))
+	tok = cl.Connect()
 	require.True(t, tok.WaitTimeout(10*time.Second))
 	require.NoError(t, tok.Error())
 	cl.Disconnect(0)
@@ -131,4 +142,15 @@ func TestServeRejectsBadFlagsAndAllowlist(t *testing.T) {
 	assert.Contains(t, err.Error(), "line 2")
 	err = run([]string{"serve", "--dir", tmp, "--allowlist", filepath.Join(tmp, "missing")}, &buf)
 	assert.ErrorContains(t, err, "--allowlist")
+}
+
+func TestALPNListenAddr(t *testing.T) {
+	assert.Equal(t, "", alpnListenAddr("off"))
+	assert.Equal(t, "127.0.0.1:8443", alpnListenAddr("127.0.0.1:8443"))
+	auto := alpnListenAddr("auto")
+	if os.Geteuid() != 0 {
+		assert.Equal(t, "127.0.0.1:0", auto, "a free port when not root")
+	} else {
+		assert.Contains(t, []string{"127.0.0.1:443", "127.0.0.1:0"}, auto, "443 when root and free, else a free port")
+	}
 }
