@@ -125,7 +125,7 @@ func (e *Engine) recover() {
 	if e.doc == nil {
 		job.Phase = phaseFinishing
 		_, perr := jobdoc.Parse(job.Document, e.parseOptions())
-		e.change(protocol.JobFailed, map[string]string{DetailReason: fmt.Sprintf("job document no longer valid for this agent after restart: %v", perr)}, false)
+		e.c.report(protocol.JobFailed, map[string]string{DetailReason: fmt.Sprintf("job document no longer valid for this agent after restart: %v", perr)}, false)
 		e.save()
 		return
 	}
@@ -177,7 +177,7 @@ func (e *Engine) advance(stepCtx context.Context) {
 	if !ok {
 		e.finish(protocol.JobSucceeded, e.successDetails(nil))
 		e.save()
-		e.pump(stepCtx)
+		e.c.pump(stepCtx)
 		return
 	}
 	resumed := job.StepStarted
@@ -198,9 +198,9 @@ func (e *Engine) advance(stepCtx context.Context) {
 			time.AfterFunc(5*time.Second, func() { e.enqueue(event{}) })
 			return
 		}
-		e.change(protocol.JobInProgress, e.stepBase(job.Step, "running"), true)
+		e.c.report(protocol.JobInProgress, e.stepBase(job.Step, "running"), true)
 		e.save()
-		e.pump(stepCtx)
+		e.c.pump(stepCtx)
 	}
 	ctx, cancel := context.WithCancel(stepCtx)
 	e.active = &activeStep{jobID: job.JobID, step: job.Step, cancel: cancel}
@@ -295,7 +295,7 @@ func (e *Engine) stepFinished(ctx context.Context, out stepOutcome) {
 		return
 	}
 	e.applyOutcome(out)
-	e.pump(ctx)
+	e.c.pump(ctx)
 }
 
 func (e *Engine) applyOutcome(out stepOutcome) {
@@ -332,7 +332,7 @@ func (e *Engine) applyOutcome(out stepOutcome) {
 		if job.Step >= e.doc.StepCount() {
 			e.finish(protocol.JobSucceeded, e.successDetails(details))
 		} else {
-			e.change(protocol.JobInProgress, details, false)
+			e.c.report(protocol.JobInProgress, details, false)
 		}
 	}
 	e.save()
@@ -367,7 +367,7 @@ func (e *Engine) finish(status protocol.JobStatus, details map[string]string) {
 	job := e.st.Job
 	job.Phase = phaseFinishing
 	job.StepStarted = false
-	e.change(status, details, false)
+	e.c.report(status, details, false)
 	e.log.Info("job outcome decided", "job_id", job.JobID, "status", status, "reason", details[DetailReason])
 }
 
@@ -384,13 +384,13 @@ func (e *Engine) onOpProgress(ctx context.Context, p *opProgress) {
 	if p.state != nil {
 		job.OpState = append(json.RawMessage(nil), p.state...)
 	}
-	e.change(protocol.JobInProgress, details, true)
+	e.c.report(protocol.JobInProgress, details, true)
 	if !e.save() {
 		p.done <- fmt.Errorf("jobs state could not be saved")
 		return
 	}
 	p.done <- nil
-	e.pump(ctx)
+	e.c.pump(ctx)
 }
 
 func (e *Engine) onOpFlush(f flushWaiter) {
