@@ -116,7 +116,10 @@ type Engine struct {
 	doc      *jobdoc.Document
 	active   *activeStep
 	flushers []flushWaiter
-	stepDone chan stepOutcome
+	// badTransitions counts transitions the table refused (a bug; tests
+	// assert none happen).
+	badTransitions int
+	stepDone       chan stepOutcome
 }
 
 type event struct {
@@ -353,7 +356,6 @@ func (e *Engine) handle(ctx context.Context, ev event) {
 func (e *Engine) adopt(ctx context.Context, exec *protocol.JobExecution, unreadable string) {
 	job := e.st.Job
 	job.Document = append(json.RawMessage(nil), exec.JobDocument...)
-	job.Phase = phaseRunning
 	e.doc = nil
 	log := e.log.With("job_id", exec.JobID)
 	var reason string
@@ -377,7 +379,7 @@ func (e *Engine) adopt(ctx context.Context, exec *protocol.JobExecution, unreada
 	}
 	if reason != "" {
 		log.Warn("rejecting job", "reason", reason)
-		job.Phase = phaseFinishing
+		e.fire(evRefuse)
 		e.c.report(protocol.JobRejected, map[string]string{DetailReason: reason}, false)
 		e.save()
 		e.c.pump(ctx)
@@ -385,16 +387,19 @@ func (e *Engine) adopt(ctx context.Context, exec *protocol.JobExecution, unreada
 	}
 	e.doc = doc
 	log.Info("job adopted", "steps", doc.StepCount(), "plan", jobdoc.Explain(doc, e.cfg.HandlerDir))
-	if _, ours := exec.StatusDetails[DetailStepIndex]; ours && exec.Status == protocol.JobInProgress {
+	if _, ours := exec.StatusDetails[DetailStepIndex]; !ours || exec.Status != protocol.JobInProgress {
+		e.fire(evAdopt)
+	} else {
 		// The service says we were already running this job, but there
 		// is no local record of it (state lost).
 		job.ServiceDetails = exec.StatusDetails
 		idx, _ := strconv.Atoi(exec.StatusDetails[DetailStepIndex])
 		if a, ok := doc.Step(idx - 1); ok && a.Type == jobdoc.TypeOperation {
-			job.Step, job.StepStarted = idx-1, true
+			job.Step = idx - 1
+			e.fire(evResumeOperation)
 			log.Warn("resuming operation step without local state", "step", a.Name)
 		} else {
-			job.Phase = phaseFinishing
+			e.fire(evRefuse)
 			reason := fmt.Sprintf("agent lost its local job state while step %s was in progress; the job cannot be resumed safely", exec.StatusDetails[DetailStepIndex])
 			e.c.report(protocol.JobFailed, map[string]string{DetailReason: reason}, false)
 		}
@@ -421,6 +426,7 @@ func (e *Engine) parseDoc(job *jobState) *jobdoc.Document {
 // stopped (its outcome is not recorded) and operations waiting for a
 // flush learn that the job is over.
 func (e *Engine) jobEnded(jobID string, dropped bool, _ string) {
+	e.fire(evEnd)
 	if dropped && e.active != nil && e.active.jobID == jobID {
 		e.active.cancel()
 	}

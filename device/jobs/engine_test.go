@@ -97,6 +97,8 @@ func (h *harness) start() *Engine {
 	h.stop = func() {
 		cancel()
 		<-done
+		// Run has returned: its fields can be read.
+		assert.Zero(h.t, e.badTransitions, "transitions the executor's table refused (see the log)")
 		h.tr.setEngine(nil)
 		h.stop = nil
 	}

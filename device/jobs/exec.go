@@ -119,17 +119,18 @@ func detailValue(v string) string {
 // when the agent stopped and is failed with ReasonRestartedDuringStep.
 func (e *Engine) recover() {
 	job := e.st.Job
-	if job == nil || job.Phase != phaseRunning {
+	p := phaseOf(job)
+	if p != phaseReady && p != phaseStepRunning {
 		return
 	}
 	if e.doc == nil {
-		job.Phase = phaseFinishing
+		e.fire(evDecide)
 		_, perr := jobdoc.Parse(job.Document, e.parseOptions())
 		e.c.report(protocol.JobFailed, map[string]string{DetailReason: fmt.Sprintf("job document no longer valid for this agent after restart: %v", perr)}, false)
 		e.save()
 		return
 	}
-	if !job.StepStarted {
+	if p != phaseStepRunning {
 		return
 	}
 	a, ok := e.doc.Step(job.Step)
@@ -170,7 +171,8 @@ func (e *Engine) interruptedOutcome(startBootID string) stepOutcome {
 // advance starts the current step if nothing runs.
 func (e *Engine) advance(stepCtx context.Context) {
 	job := e.st.Job
-	if job == nil || job.Phase != phaseRunning || e.active != nil || e.doc == nil || stepCtx.Err() != nil {
+	p := phaseOf(job)
+	if (p != phaseReady && p != phaseStepRunning) || e.active != nil || e.doc == nil || stepCtx.Err() != nil {
 		return
 	}
 	a, ok := e.doc.Step(job.Step)
@@ -180,11 +182,11 @@ func (e *Engine) advance(stepCtx context.Context) {
 		e.c.pump(stepCtx)
 		return
 	}
-	resumed := job.StepStarted
+	resumed := p == phaseStepRunning
 	if !resumed {
 		// Persist "started" before the step can have any effect; if that
 		// is impossible the step does not start (retried shortly).
-		job.StepStarted = true
+		e.fire(evStartStep)
 		job.StepBootID = ""
 		if a.Type != jobdoc.TypeOperation {
 			id, err := e.readBootID()
@@ -194,7 +196,7 @@ func (e *Engine) advance(stepCtx context.Context) {
 			job.StepBootID = id
 		}
 		if !e.save() {
-			job.StepStarted = false
+			e.fire(evStartAborted)
 			time.AfterFunc(5*time.Second, func() { e.enqueue(event{}) })
 			return
 		}
@@ -291,7 +293,7 @@ func (e *Engine) runOperation(ctx context.Context, a jobdoc.Action, step *Operat
 // stepFinished records the outcome of the step that just ended.
 func (e *Engine) stepFinished(ctx context.Context, out stepOutcome) {
 	job := e.st.Job
-	if out.aborted || job == nil || job.JobID != out.jobID || job.Step != out.step || job.Phase != phaseRunning {
+	if out.aborted || job == nil || job.JobID != out.jobID || job.Step != out.step || phaseOf(job) != phaseStepRunning {
 		return
 	}
 	e.applyOutcome(out)
@@ -313,7 +315,6 @@ func (e *Engine) applyOutcome(out stepOutcome) {
 		details[k] = v
 	}
 	log := e.log.With("job_id", job.JobID, "step", a.Name, "index", job.Step+1)
-	job.StepStarted = false
 	job.StepBootID = ""
 	job.OpState = nil
 	switch {
@@ -328,6 +329,7 @@ func (e *Engine) applyOutcome(out stepOutcome) {
 		} else {
 			log.Info("step succeeded")
 		}
+		e.fire(evStepDone)
 		job.Step++
 		if job.Step >= e.doc.StepCount() {
 			e.finish(protocol.JobSucceeded, e.successDetails(details))
@@ -365,15 +367,14 @@ func (e *Engine) successDetails(last map[string]string) map[string]string {
 // anything is sent.
 func (e *Engine) finish(status protocol.JobStatus, details map[string]string) {
 	job := e.st.Job
-	job.Phase = phaseFinishing
-	job.StepStarted = false
+	e.fire(evDecide)
 	e.c.report(status, details, false)
 	e.log.Info("job outcome decided", "job_id", job.JobID, "status", status, "reason", details[DetailReason])
 }
 
 func (e *Engine) onOpProgress(ctx context.Context, p *opProgress) {
 	job := e.st.Job
-	if job == nil || job.JobID != p.jobID || job.Step != p.step || job.Phase != phaseRunning {
+	if job == nil || job.JobID != p.jobID || job.Step != p.step || phaseOf(job) != phaseStepRunning {
 		p.done <- ErrJobEnded
 		return
 	}

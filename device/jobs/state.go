@@ -19,12 +19,12 @@ const stateFormat = 1
 
 // Phases of the current job.
 const (
-	// phaseRunning: steps are being executed (Step, StepStarted say where).
-	phaseRunning = "running"
-	// phaseFinishing: the terminal status is decided and persisted; it is
+	// persistedRunning: steps are being executed (Step, StepStarted say where).
+	persistedRunning = "running"
+	// persistedFinishing: the terminal status is decided and persisted; it is
 	// sent (and resent) until the service accepts it or reports the
 	// execution terminal.
-	phaseFinishing = "finishing"
+	persistedFinishing = "finishing"
 )
 
 // Request kinds.
