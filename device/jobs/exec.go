@@ -210,7 +210,7 @@ func (e *Engine) advance(stepCtx context.Context) {
 	var op *OperationStep
 	if a.Type == jobdoc.TypeOperation {
 		op = &OperationStep{
-			JobID: jobID, StepName: a.Name, StepIndex: idx, RunAsUser: a.RunAsUser, Input: a.Input,
+			JobID: jobID, StepName: a.Name, StepIndex: idx, RunAsUser: a.RunAsUser, Input: a.Input, Value: a.Value,
 			Resumed: resumed, State: job.OpState, ServiceDetails: job.ServiceDetails,
 		}
 		op.progress = func(pctx context.Context, details map[string]string, state json.RawMessage) error {
@@ -378,14 +378,23 @@ func (e *Engine) onOpProgress(ctx context.Context, p *opProgress) {
 		p.done <- ErrJobEnded
 		return
 	}
-	details := e.stepBase(job.Step, "running")
-	for k, v := range p.details {
-		details[k] = v
-	}
 	if p.state != nil {
 		job.OpState = append(json.RawMessage(nil), p.state...)
+		if a, ok := e.doc.Step(job.Step); ok && a.Type == jobdoc.TypeOperation {
+			if e.st.LastOperations == nil {
+				e.st.LastOperations = map[string]OperationRecord{}
+			}
+			e.st.LastOperations[a.Operation] = OperationRecord{JobID: job.JobID, State: job.OpState}
+		}
 	}
-	e.c.report(protocol.JobInProgress, details, true)
+	if p.details != nil {
+		// Progress: the update goes with the state, in the same write.
+		details := e.stepBase(job.Step, "running")
+		for k, v := range p.details {
+			details[k] = v
+		}
+		e.c.report(protocol.JobInProgress, details, true)
+	}
 	if !e.save() {
 		p.done <- fmt.Errorf("jobs state could not be saved")
 		return

@@ -90,13 +90,13 @@ func TestStatus(t *testing.T) {
 		names[l.Name] = true
 		assert.False(t, l.Overdue, l.Name)
 	}
-	assert.Equal(t, map[string]bool{"outbox": true, "connection": true, "jobs": true, "ssm": true, "rotation": true}, names)
+	assert.Equal(t, map[string]bool{"outbox": true, "connection": true, "shadow": true, "jobs": true, "ssm": true, "rotation": true}, names)
 
 	text = status()
 	t.Logf("fleet-agent status:\n%s", text)
 	for _, want := range []string{
 		"running (pid " + strconv.Itoa(d.cmd.Process.Pid) + ", version v9.8.7-test, running, since ",
-		"loops               outbox ok, connection ok, jobs ok, ssm ok, rotation ok",
+		"loops               outbox ok, connection ok, shadow ok, jobs ok, ssm ok, rotation ok",
 		"thing               " + thing,
 		"serial              " + serial,
 		"certificate         " + id.CertificateID,
