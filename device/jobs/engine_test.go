@@ -695,6 +695,11 @@ func TestOperationStateIsKeptPerJob(t *testing.T) {
 	assert.JSONEq(t, `{"n":2}`, string(st.Job.OpState))
 	assert.Equal(t, protocol.JobInProgress, h.svc.get("save-1").Status)
 	assert.NotContains(t, h.svc.get("save-1").Details, "n", "SaveState reports nothing")
+	// The file holds operations' state (OTA's has the presigned URL, a
+	// credential): private to the agent.
+	fi, err := os.Stat(filepath.Join(h.stateDir, StateFileName))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
 	h.kill()
 
 	h.start()
