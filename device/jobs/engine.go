@@ -1,5 +1,6 @@
-// Package jobs is the device agent's AWS IoT Jobs engine: it talks to the
-// Jobs MQTT API (notify-next, start-next, update, describe), runs the steps
+// Package jobs is the device agent's AWS IoT Jobs engine: a protocol client
+// (client.go) talks to the Jobs MQTT API (notify-next, start-next, update,
+// describe), and the engine's step executor (exec.go, phase.go) runs the steps
 // of job documents (device/jobs/jobdoc) as processes (device/jobs/runner)
 // or as operations registered by other parts of the agent (OTA), and keeps
 // an explicit state machine in a state file that is written before every
@@ -102,9 +103,8 @@ type Config struct {
 // Engine is the jobs state machine. Create it with New and drive it with
 // Run; the other methods are safe to call from any goroutine.
 type Engine struct {
-	cfg    Config
-	log    *slog.Logger
-	prefix string
+	cfg Config
+	log *slog.Logger
 
 	qmu    sync.Mutex
 	queue  []event
@@ -112,12 +112,14 @@ type Engine struct {
 
 	// Everything below is owned by the Run goroutine.
 	st       *persistedState
+	c        *client
 	doc      *jobdoc.Document
 	active   *activeStep
-	backoff  time.Duration
-	resendAt time.Time
 	flushers []flushWaiter
-	stepDone chan stepOutcome
+	// badTransitions counts transitions the table refused (a bug; tests
+	// assert none happen).
+	badTransitions int
+	stepDone       chan stepOutcome
 }
 
 type event struct {
@@ -215,12 +217,14 @@ func New(cfg Config) (*Engine, error) {
 	e := &Engine{
 		cfg:      cfg,
 		log:      log,
-		prefix:   "$aws/things/" + cfg.ThingName + "/jobs/",
 		wakeup:   make(chan struct{}, 1),
 		st:       st,
-		backoff:  cfg.ResponseTimeout,
 		stepDone: make(chan stepOutcome, 1),
 	}
+	e.c = newClient(cfg.ThingName, clientConfig{
+		ProgressTimeoutMinutes: cfg.ProgressTimeoutMinutes, ResponseTimeout: cfg.ResponseTimeout, MaxBackoff: cfg.MaxBackoff,
+	}, cfg.Publisher, log, st, e.save)
+	e.c.exec = e
 	if st.Job != nil {
 		e.doc = e.parseDoc(st.Job)
 	}
@@ -229,24 +233,12 @@ func New(cfg Config) (*Engine, error) {
 
 // Subscriptions returns the topic filters the agent must subscribe to
 // (QoS 1) before calling OnConnect.
-func (e *Engine) Subscriptions() []string {
-	t := e.cfg.ThingName
-	wild := func(op, suffix string) string { return e.prefix + "+/" + op + "/" + suffix }
-	return []string{
-		protocol.JobsNotifyNextTopic(t),
-		protocol.Accepted(protocol.JobsStartNextTopic(t)),
-		protocol.Rejected(protocol.JobsStartNextTopic(t)),
-		wild("update", "accepted"),
-		wild("update", "rejected"),
-		wild("get", "accepted"),
-		wild("get", "rejected"),
-	}
-}
+func (e *Engine) Subscriptions() []string { return e.c.subscriptions() }
 
 // HandleMessage queues an incoming message for the engine. It never blocks
 // on the engine and ignores topics that are not the thing's Jobs topics.
 func (e *Engine) HandleMessage(topic string, payload []byte) {
-	if !strings.HasPrefix(topic, e.prefix) {
+	if !strings.HasPrefix(topic, e.c.prefix) {
 		return
 	}
 	e.enqueue(event{topic: topic, payload: append([]byte(nil), payload...)})
@@ -295,7 +287,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	resend := time.NewTimer(time.Hour)
 	defer resend.Stop()
 	for {
-		e.armResend(resend)
+		e.c.armResend(resend)
 		select {
 		case <-ctx.Done():
 			if e.active != nil {
@@ -320,26 +312,15 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.active = nil
 			e.stepFinished(ctx, out)
 		case <-heartbeat:
-			e.heartbeat(ctx)
+			if e.active != nil {
+				e.c.heartbeat(ctx)
+			}
 		case <-resend.C:
-			e.resendAt = time.Time{}
-			e.resendDue(ctx)
+			e.c.resendAt = time.Time{}
+			e.c.resendDue(ctx)
 		}
 		e.advance(stepCtx)
 	}
-}
-
-func (e *Engine) armResend(t *time.Timer) {
-	if !t.Stop() {
-		select {
-		case <-t.C:
-		default:
-		}
-	}
-	if e.resendAt.IsZero() {
-		return
-	}
-	t.Reset(max(time.Until(e.resendAt), 0))
 }
 
 // save persists the state; a failure to persist is logged and the
@@ -355,7 +336,7 @@ func (e *Engine) save() bool {
 func (e *Engine) handle(ctx context.Context, ev event) {
 	switch {
 	case ev.connect != nil:
-		e.onConnect(ctx)
+		e.c.onConnect(ctx)
 		close(ev.connect)
 	case ev.opProg != nil:
 		e.onOpProgress(ctx, ev.opProg)
@@ -364,359 +345,17 @@ func (e *Engine) handle(ctx context.Context, ev event) {
 	case ev.snapshot != nil:
 		ev.snapshot <- snapshotOf(e.st)
 	default:
-		e.onMessage(ctx, ev.topic, ev.payload)
+		e.c.onMessage(ctx, ev.topic, ev.payload)
 	}
 }
 
-func (e *Engine) onConnect(ctx context.Context) {
-	e.backoff = e.cfg.ResponseTimeout
-	switch {
-	case e.st.InFlight != nil:
-		e.publishInFlight(ctx)
-	case e.st.Job == nil:
-		e.startNext(ctx)
-	default:
-		// Confirm the current job is still live (it may have been
-		// canceled while the agent was offline); the update pipeline
-		// takes over afterwards.
-		e.describe(ctx, nil)
-	}
-}
-
-func (e *Engine) nextToken() string {
-	e.st.TokenSeq++
-	return e.cfg.ThingName + "-" + strconv.FormatInt(e.st.TokenSeq, 10)
-}
-
-// send records req as the request in flight, persists, and publishes it.
-func (e *Engine) send(ctx context.Context, req *request) {
-	e.st.InFlight = req
-	e.save()
-	e.backoff = e.cfg.ResponseTimeout
-	e.publishInFlight(ctx)
-}
-
-func (e *Engine) publishInFlight(ctx context.Context) {
-	req := e.st.InFlight
-	if req == nil {
-		return
-	}
-	if err := e.cfg.Publisher.Publish(ctx, req.Topic, req.Payload); err != nil {
-		e.log.Warn("publish failed; will retry", "topic", req.Topic, "err", err)
-	}
-	e.resendAt = time.Now().Add(e.backoff)
-}
-
-// resendDue resends the request in flight after its response timeout or a
-// retryable rejection, with exponential backoff.
-func (e *Engine) resendDue(ctx context.Context) {
-	if e.st.InFlight == nil {
-		return
-	}
-	e.backoff = min(e.backoff*2, e.cfg.MaxBackoff)
-	e.log.Info("resending request", "kind", e.st.InFlight.Kind, "token", e.st.InFlight.Token)
-	e.publishInFlight(ctx)
-}
-
-func (e *Engine) retryLater() {
-	e.backoff = min(e.backoff*2, e.cfg.MaxBackoff)
-	e.resendAt = time.Now().Add(e.backoff)
-}
-
-func (e *Engine) clearInFlight() {
-	e.st.InFlight = nil
-	e.resendAt = time.Time{}
-	e.backoff = e.cfg.ResponseTimeout
-}
-
-func (e *Engine) startNext(ctx context.Context) {
-	if e.st.Job != nil {
-		return
-	}
-	if e.st.InFlight != nil && e.st.InFlight.Kind == kindStartNext {
-		e.publishInFlight(ctx)
-		return
-	}
-	token := e.nextToken()
-	payload, _ := json.Marshal(protocol.StartNextRequest{StepTimeoutInMinutes: e.cfg.ProgressTimeoutMinutes, ClientToken: token})
-	e.send(ctx, &request{Kind: kindStartNext, Token: token, Topic: protocol.JobsStartNextTopic(e.cfg.ThingName), Payload: payload})
-}
-
-// describeRequest is DescribeJobExecution's payload.
-type describeRequest struct {
-	ExecutionNumber    int64  `json:"executionNumber,omitempty"`
-	IncludeJobDocument bool   `json:"includeJobDocument"`
-	ClientToken        string `json:"clientToken"`
-}
-
-// describeAccepted is DescribeJobExecution's accepted payload.
-type describeAccepted struct {
-	Execution   *protocol.JobExecution `json:"execution,omitempty"`
-	Timestamp   int64                  `json:"timestamp"`
-	ClientToken string                 `json:"clientToken,omitempty"`
-}
-
-// describe asks for the execution's state; conflicted is the update whose
-// rejection prompted it (nil otherwise), kept for reconcile.
-func (e *Engine) describe(ctx context.Context, conflicted *request) {
-	job := e.st.Job
-	if job == nil {
-		return
-	}
-	token := e.nextToken()
-	payload, _ := json.Marshal(describeRequest{ExecutionNumber: job.ExecutionNumber, ClientToken: token})
-	req := &request{Kind: kindDescribe, Token: token, JobID: job.JobID, Topic: protocol.JobsDescribeTopic(e.cfg.ThingName, job.JobID), Payload: payload}
-	if conflicted != nil {
-		req.Seq, req.Status, req.Details = conflicted.Seq, conflicted.Status, conflicted.Details
-	}
-	e.send(ctx, req)
-}
-
-// pump sends the oldest pending update if nothing is in flight.
-func (e *Engine) pump(ctx context.Context) {
-	job := e.st.Job
-	if job == nil || e.st.InFlight != nil || len(job.Pending) == 0 {
-		return
-	}
-	u := job.Pending[0]
-	token := e.nextToken()
-	req := protocol.UpdateJobRequest{
-		Status:                   u.Status,
-		StatusDetails:            u.Details,
-		ExpectedVersion:          job.Version,
-		IncludeJobExecutionState: true,
-		ExecutionNumber:          job.ExecutionNumber,
-		ClientToken:              token,
-	}
-	if u.Status == protocol.JobInProgress {
-		req.StepTimeoutInMinutes = e.cfg.ProgressTimeoutMinutes
-	}
-	payload, _ := json.Marshal(req)
-	e.send(ctx, &request{
-		Kind: kindUpdate, Token: token, JobID: job.JobID, Topic: protocol.JobsUpdateTopic(e.cfg.ThingName, job.JobID),
-		Payload: payload, Seq: u.Seq, Status: u.Status, Details: u.Details,
-	})
-}
-
-// change records a new status and details for the service; the caller
-// persists. With coalesce, the update may be replaced by the next change
-// while it is still unsent.
-func (e *Engine) change(status protocol.JobStatus, details map[string]string, coalesce bool) {
-	job := e.st.Job
-	job.Status = status
-	job.Details = clampDetails(details)
-	job.ChangeSeq++
-	e.queueUpdate(coalesce)
-}
-
-func (e *Engine) queueUpdate(coalesce bool) {
-	job := e.st.Job
-	u := pendingUpdate{Seq: job.ChangeSeq, Status: job.Status, Details: job.Details, Coalesce: coalesce}
-	if n := len(job.Pending); n > 0 {
-		last := job.Pending[n-1]
-		inFlight := e.st.InFlight != nil && e.st.InFlight.Kind == kindUpdate && e.st.InFlight.Seq == last.Seq
-		if last.Coalesce && !inFlight {
-			job.Pending[n-1] = u
-			return
-		}
-	}
-	job.Pending = append(job.Pending, u)
-}
-
-// confirm records that the service holds the update with sequence seq
-// (and therefore everything queued before it).
-func (e *Engine) confirm(seq int64) {
-	job := e.st.Job
-	job.ConfirmedSeq = max(job.ConfirmedSeq, seq)
-	kept := job.Pending[:0]
-	for _, u := range job.Pending {
-		if u.Seq > seq {
-			kept = append(kept, u)
-		}
-	}
-	job.Pending = kept
-}
-
-func (e *Engine) heartbeat(ctx context.Context) {
-	job := e.st.Job
-	if job == nil || job.Status != protocol.JobInProgress || e.cfg.ProgressTimeoutMinutes <= 0 || e.active == nil {
-		return
-	}
-	// Same details, new update: renews stepTimeoutInMinutes. Not needed
-	// while other updates are waiting to be sent.
-	if len(job.Pending) > 0 {
-		return
-	}
-	job.ChangeSeq++
-	e.queueUpdate(true)
-	e.save()
-	e.pump(ctx)
-}
-
-// onMessage dispatches a Jobs API message.
-func (e *Engine) onMessage(ctx context.Context, topic string, payload []byte) {
-	rest := strings.TrimPrefix(topic, e.prefix)
-	switch rest {
-	case "notify-next":
-		e.onNotifyNext(ctx, payload)
-		return
-	case "start-next/accepted":
-		e.onStartNextAccepted(ctx, payload)
-		return
-	case "start-next/rejected":
-		e.onRejected(ctx, kindStartNext, "", payload)
-		return
-	}
-	parts := strings.Split(rest, "/")
-	if len(parts) != 3 {
-		return
-	}
-	jobID, op, result := parts[0], parts[1], parts[2]
-	kind := map[string]string{"update": kindUpdate, "get": kindDescribe}[op]
-	if kind == "" {
-		return
-	}
-	if jobID == "$next" {
-		if op != "get" {
-			return
-		}
-		kind = kindDescribeNext
-	}
-	switch result {
-	case "accepted":
-		switch kind {
-		case kindUpdate:
-			e.onUpdateAccepted(ctx, jobID, payload)
-		case kindDescribeNext:
-			e.onDescribeNextAccepted(ctx, payload)
-		default:
-			e.onDescribeAccepted(ctx, jobID, payload)
-		}
-	case "rejected":
-		e.onRejected(ctx, kind, jobID, payload)
-	}
-}
-
-// inFlightMatches reports whether a response with token answers the
-// request in flight of kind for jobID. Responses to older requests (resent
-// duplicates, answers that arrive after a restart) are ignored.
-func (e *Engine) inFlightMatches(kind, jobID, token string) bool {
-	req := e.st.InFlight
-	return req != nil && req.Kind == kind && req.JobID == jobID && req.Token == token
-}
-
-func (e *Engine) onNotifyNext(ctx context.Context, payload []byte) {
-	var msg protocol.NextJobMessage
-	if err := json.Unmarshal(payload, &msg); err != nil {
-		// notify-next is only a hint; one that cannot be decoded (for
-		// example because of the document it carries) still says that
-		// something is pending.
-		e.log.Warn("notify-next could not be decoded", "err", err)
-		if e.st.Job == nil {
-			e.startNext(ctx)
-		}
-		return
-	}
-	job := e.st.Job
-	switch {
-	case job == nil && msg.Execution != nil:
-		e.log.Info("job pending", "job_id", msg.Execution.JobID)
-		e.startNext(ctx)
-	case job != nil && (msg.Execution == nil || msg.Execution.JobID != job.JobID) && e.st.InFlight == nil:
-		// Our job is no longer the next one: it may have been canceled.
-		e.describe(ctx, nil)
-	}
-}
-
-func (e *Engine) onStartNextAccepted(ctx context.Context, payload []byte) {
-	var msg protocol.NextJobMessage
-	err := json.Unmarshal(payload, &msg)
-	if e.st.Job != nil {
-		return
-	}
-	if e.st.InFlight != nil && e.st.InFlight.Kind != kindStartNext {
-		return
-	}
-	if err != nil {
-		// The job document travels as raw JSON, so only a response that
-		// is not JSON at all (a document nested beyond the decoder's depth
-		// limit) or has a field of the wrong type gets here. Reject the
-		// execution it carries instead of asking again forever.
-		if msg.Execution != nil && msg.Execution.JobID != "" {
-			e.clearInFlight()
-			e.adopt(ctx, msg.Execution, err.Error())
-			return
-		}
-		e.log.Warn("start-next response could not be decoded; describing the next execution without its document", "err", err)
-		e.describeNext(ctx, err.Error())
-		return
-	}
-	e.clearInFlight()
-	if msg.Execution == nil {
-		e.log.Info("no pending jobs")
-		e.save()
-		return
-	}
-	e.adopt(ctx, msg.Execution, "")
-}
-
-// describeNext asks for the next execution without its document, after a
-// start-next response that could not be decoded (why).
-func (e *Engine) describeNext(ctx context.Context, why string) {
-	token := e.nextToken()
-	payload, _ := json.Marshal(describeRequest{ClientToken: token})
-	e.send(ctx, &request{Kind: kindDescribeNext, Token: token, JobID: "$next", Topic: protocol.JobsDescribeTopic(e.cfg.ThingName, "$next"),
-		Payload: payload, Details: map[string]string{DetailReason: why}})
-}
-
-// startNextLater makes a start-next the request in flight, sent when the
-// (doubled) backoff elapses.
-func (e *Engine) startNextLater() {
-	token := e.nextToken()
-	payload, _ := json.Marshal(protocol.StartNextRequest{StepTimeoutInMinutes: e.cfg.ProgressTimeoutMinutes, ClientToken: token})
-	e.st.InFlight = &request{Kind: kindStartNext, Token: token, Topic: protocol.JobsStartNextTopic(e.cfg.ThingName), Payload: payload}
-	e.save()
-	e.retryLater()
-}
-
-// onDescribeNextAccepted rejects the execution whose start-next response
-// could not be decoded. Start-next puts the execution it returns
-// IN_PROGRESS, and this device has no job, so an IN_PROGRESS next
-// execution is that one; anything else means the undecodable response was
-// stale, and start-next is asked again after a backoff.
-func (e *Engine) onDescribeNextAccepted(ctx context.Context, payload []byte) {
-	var msg describeAccepted
-	err := json.Unmarshal(payload, &msg)
-	if !e.inFlightMatches(kindDescribeNext, "$next", msg.ClientToken) || e.st.Job != nil {
-		return
-	}
-	why := e.st.InFlight.Details[DetailReason]
-	x := msg.Execution
-	if x == nil || x.JobID == "" || x.Status != protocol.JobInProgress {
-		if err != nil {
-			e.log.Warn("describe $next response could not be decoded", "err", err)
-		}
-		e.startNextLater()
-		return
-	}
-	e.clearInFlight()
-	e.adopt(ctx, x, why)
-}
-
-// adopt makes exec the current job, or rejects it if its document is
-// invalid. unreadable, when set, is why the Jobs response carrying the
-// execution could not be decoded: the job is rejected with it.
+// adopt implements executor: it takes on the execution the protocol
+// client made the current job, or rejects it if its document is invalid.
+// unreadable, when set, is why the Jobs response carrying the execution
+// could not be decoded: the job is rejected with it.
 func (e *Engine) adopt(ctx context.Context, exec *protocol.JobExecution, unreadable string) {
-	job := &jobState{
-		JobID:           exec.JobID,
-		ExecutionNumber: exec.ExecutionNumber,
-		Document:        append(json.RawMessage(nil), exec.JobDocument...),
-		Version:         exec.VersionNumber,
-		Phase:           phaseRunning,
-		Status:          protocol.JobInProgress,
-		ConfirmedSeq:    0,
-	}
-	e.st.Job = job
+	job := e.st.Job
+	job.Document = append(json.RawMessage(nil), exec.JobDocument...)
 	e.doc = nil
 	log := e.log.With("job_id", exec.JobID)
 	var reason string
@@ -740,30 +379,33 @@ func (e *Engine) adopt(ctx context.Context, exec *protocol.JobExecution, unreada
 	}
 	if reason != "" {
 		log.Warn("rejecting job", "reason", reason)
-		job.Phase = phaseFinishing
-		e.change(protocol.JobRejected, map[string]string{DetailReason: reason}, false)
+		e.fire(evRefuse)
+		e.c.report(protocol.JobRejected, map[string]string{DetailReason: reason}, false)
 		e.save()
-		e.pump(ctx)
+		e.c.pump(ctx)
 		return
 	}
 	e.doc = doc
 	log.Info("job adopted", "steps", doc.StepCount(), "plan", jobdoc.Explain(doc, e.cfg.HandlerDir))
-	if _, ours := exec.StatusDetails[DetailStepIndex]; ours && exec.Status == protocol.JobInProgress {
+	if _, ours := exec.StatusDetails[DetailStepIndex]; !ours || exec.Status != protocol.JobInProgress {
+		e.fire(evAdopt)
+	} else {
 		// The service says we were already running this job, but there
 		// is no local record of it (state lost).
 		job.ServiceDetails = exec.StatusDetails
 		idx, _ := strconv.Atoi(exec.StatusDetails[DetailStepIndex])
 		if a, ok := doc.Step(idx - 1); ok && a.Type == jobdoc.TypeOperation {
-			job.Step, job.StepStarted = idx-1, true
+			job.Step = idx - 1
+			e.fire(evResumeOperation)
 			log.Warn("resuming operation step without local state", "step", a.Name)
 		} else {
-			job.Phase = phaseFinishing
+			e.fire(evRefuse)
 			reason := fmt.Sprintf("agent lost its local job state while step %s was in progress; the job cannot be resumed safely", exec.StatusDetails[DetailStepIndex])
-			e.change(protocol.JobFailed, map[string]string{DetailReason: reason}, false)
+			e.c.report(protocol.JobFailed, map[string]string{DetailReason: reason}, false)
 		}
 	}
 	e.save()
-	e.pump(ctx)
+	e.c.pump(ctx)
 }
 
 // parseOptions are the parser options of this device: its operations and
@@ -780,167 +422,21 @@ func (e *Engine) parseDoc(job *jobState) *jobdoc.Document {
 	return doc
 }
 
-func (e *Engine) onUpdateAccepted(ctx context.Context, jobID string, payload []byte) {
-	var msg protocol.UpdateJobAccepted
-	if err := json.Unmarshal(payload, &msg); err != nil {
-		e.log.Warn("malformed update response", "err", err)
-		return
-	}
-	if !e.inFlightMatches(kindUpdate, jobID, msg.ClientToken) {
-		return
-	}
-	req := e.st.InFlight
-	job := e.st.Job
-	e.clearInFlight()
-	if msg.ExecutionState != nil {
-		job.Version = msg.ExecutionState.VersionNumber
-	} else {
-		job.Version++
-	}
-	e.confirm(req.Seq)
-	if req.Status.Terminal() && job.Phase == phaseFinishing {
-		e.log.Info("job finished", "job_id", job.JobID, "status", req.Status)
-		e.endJob(ctx)
-		return
-	}
-	e.save()
-	e.notifyFlushers()
-	e.pump(ctx)
-}
-
-func (e *Engine) onDescribeAccepted(ctx context.Context, jobID string, payload []byte) {
-	var msg describeAccepted
-	if err := json.Unmarshal(payload, &msg); err != nil {
-		e.log.Warn("malformed describe response", "err", err)
-		return
-	}
-	if !e.inFlightMatches(kindDescribe, jobID, msg.ClientToken) {
-		return
-	}
-	req := e.st.InFlight
-	e.clearInFlight()
-	if msg.Execution == nil {
-		e.dropJob(ctx, "the Jobs service no longer has the execution")
-		return
-	}
-	var conflicted *request
-	if req.Seq != 0 {
-		conflicted = req
-	}
-	e.reconcile(ctx, &protocol.JobExecutionState{Status: msg.Execution.Status, StatusDetails: msg.Execution.StatusDetails, VersionNumber: msg.Execution.VersionNumber}, conflicted)
-}
-
-// reconcile aligns the local job with the execution state the service
-// reported (after a describe or a VersionMismatch/InvalidStateTransition).
-// conflicted is the update that was refused (nil after a plain describe).
-// The device is authoritative for its own progress: unless the service has
-// ended the execution, pending updates are (re)sent with the service's
-// version.
-func (e *Engine) reconcile(ctx context.Context, svc *protocol.JobExecutionState, conflicted *request) {
-	job := e.st.Job
-	if job == nil {
-		return
-	}
-	if svc.Status.Terminal() {
-		if job.Phase == phaseFinishing && svc.Status == job.Status {
-			e.log.Info("terminal status already recorded by the service", "job_id", job.JobID, "status", svc.Status)
-			e.endJob(ctx)
-			return
-		}
-		e.dropJob(ctx, "the Jobs service reports the execution as "+string(svc.Status))
-		return
-	}
-	job.Version = svc.VersionNumber
-	switch {
-	case conflicted != nil && conflicted.Status == svc.Status && mapsEqual(conflicted.Details, svc.StatusDetails):
-		// The refused update was a duplicate of one the service had
-		// already applied (its response was lost).
-		e.confirm(conflicted.Seq)
-	case len(job.Pending) == 0 && (svc.Status != job.Status || !mapsEqual(svc.StatusDetails, job.Details)):
-		// The service holds something else: send the current state again.
-		job.ChangeSeq++
-		e.queueUpdate(true)
-	}
-	e.save()
-	e.notifyFlushers()
-	e.pump(ctx)
-}
-
-func (e *Engine) onRejected(ctx context.Context, kind, jobID string, payload []byte) {
-	var msg protocol.JobsErrorResponse
-	if err := json.Unmarshal(payload, &msg); err != nil {
-		e.log.Warn("malformed rejection", "err", err)
-		return
-	}
-	if !e.inFlightMatches(kind, jobID, msg.ClientToken) {
-		return
-	}
-	log := e.log.With("kind", kind, "job_id", jobID, "error_code", msg.Code, "error_message", msg.Message)
-	switch msg.Code {
-	case protocol.ErrCodeThrottling, protocol.ErrCodeRequestThrottled, protocol.ErrCodeInternalError, protocol.ErrCodeServiceUnavailable:
-		log.Warn("request rejected, retrying")
-		e.retryLater()
-		return
-	}
-	if kind == kindStartNext || kind == kindDescribeNext {
-		log.Warn("request rejected, retrying later")
-		e.retryLater()
-		return
-	}
-	switch msg.Code {
-	case protocol.ErrCodeVersionMismatch, protocol.ErrCodeInvalidStateTransition:
-		log.Info("update conflicts with the service's state; reconciling")
-		conflicted := e.st.InFlight
-		e.clearInFlight()
-		if msg.ExecutionState != nil {
-			e.reconcile(ctx, msg.ExecutionState, conflicted)
-		} else {
-			e.describe(ctx, conflicted)
-		}
-	case protocol.ErrCodeTerminalStateReached:
-		e.clearInFlight()
-		if e.st.Job != nil && e.st.Job.Phase == phaseFinishing {
-			log.Info("execution already terminal on the service")
-			e.endJob(ctx)
-		} else {
-			e.dropJob(ctx, "the Jobs service reports the execution terminal")
-		}
-	case protocol.ErrCodeResourceNotFound:
-		e.clearInFlight()
-		e.dropJob(ctx, "the Jobs service does not know the execution")
-	default:
-		log.Error("request rejected; retrying with backoff")
-		e.retryLater()
-	}
-}
-
-// endJob forgets the finished job (its terminal status is on the service)
-// and asks for the next one.
-func (e *Engine) endJob(ctx context.Context) {
-	jobID := e.st.Job.JobID
-	e.st.Job = nil
-	e.doc = nil
-	e.clearInFlight()
-	e.save()
-	e.failFlushers(jobID)
-	e.startNext(ctx)
-}
-
-// dropJob abandons the current job because the service ended it
-// (canceled, removed, timed out): the running step is canceled and no
-// status is sent.
-func (e *Engine) dropJob(ctx context.Context, why string) {
-	if e.st.Job == nil {
-		return
-	}
-	e.log.Warn("dropping job", "job_id", e.st.Job.JobID, "reason", why)
-	if e.active != nil && e.active.jobID == e.st.Job.JobID {
+// jobEnded implements executor: a step still running for the job is
+// stopped (its outcome is not recorded) and operations waiting for a
+// flush learn that the job is over.
+func (e *Engine) jobEnded(jobID string, dropped bool, _ string) {
+	e.fire(evEnd)
+	if dropped && e.active != nil && e.active.jobID == jobID {
 		e.active.cancel()
 	}
-	e.endJob(ctx)
+	e.doc = nil
+	e.failFlushers(jobID)
 }
 
-func (e *Engine) notifyFlushers() {
+// confirmed implements executor: operations waiting for a flush are
+// released once the service holds what they waited for.
+func (e *Engine) confirmed() {
 	job := e.st.Job
 	kept := e.flushers[:0]
 	for _, f := range e.flushers {
@@ -963,18 +459,6 @@ func (e *Engine) failFlushers(jobID string) {
 		kept = append(kept, f)
 	}
 	e.flushers = kept
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // sortedKeys is used for stable logs and clamping.

@@ -97,6 +97,8 @@ func (h *harness) start() *Engine {
 	h.stop = func() {
 		cancel()
 		<-done
+		// Run has returned: its fields can be read.
+		assert.Zero(h.t, e.badTransitions, "transitions the executor's table refused (see the log)")
 		h.tr.setEngine(nil)
 		h.stop = nil
 	}
@@ -467,15 +469,26 @@ type rebootOp struct {
 	runs chan *OperationStep
 }
 
-func (o *rebootOp) Validate(input map[string]json.RawMessage) error {
-	if _, ok := input["url"]; !ok {
-		return &jobdoc.Error{Field: "url", Problem: "required field is missing"}
+// rebootInput is rebootOp's typed input.
+type rebootInput struct{ URL string }
+
+func (o *rebootOp) Parse(input map[string]json.RawMessage) (any, error) {
+	raw, ok := input["url"]
+	if !ok {
+		return nil, &jobdoc.Error{Field: "url", Problem: "required field is missing"}
 	}
-	return nil
+	var in rebootInput
+	if err := json.Unmarshal(raw, &in.URL); err != nil {
+		return nil, &jobdoc.Error{Field: "url", Problem: "must be a string"}
+	}
+	return in, nil
 }
 
 func (o *rebootOp) Run(ctx context.Context, s *OperationStep) OperationResult {
 	o.runs <- s
+	if in, ok := s.Value.(rebootInput); !ok || in.URL == "" {
+		return OperationResult{Reason: fmt.Sprintf("the step did not get the parsed input: %#v", s.Value)}
+	}
 	if s.Resumed {
 		var st struct{ Phase string }
 		if err := json.Unmarshal(s.State, &st); err != nil || st.Phase != "rebooting" {
@@ -569,7 +582,7 @@ func TestRegistry(t *testing.T) {
 	assert.False(t, r.HasOperation("x"))
 	var nilReg *Registry
 	assert.False(t, nilReg.HasOperation("x"))
-	err := r.ValidateOperation("mender_install", map[string]json.RawMessage{})
+	_, err := r.ParseOperation("mender_install", map[string]json.RawMessage{})
 	var de *jobdoc.Error
 	require.True(t, errors.As(err, &de))
 	assert.Equal(t, "url", de.Field)
@@ -635,4 +648,73 @@ func TestInterruptedStepWithoutBootIDFails(t *testing.T) {
 	h.start()
 	ex := h.waitStatus("job-u", protocol.JobFailed)
 	assert.Equal(t, `step 1/1 "Reboot Device" failed: agent restarted during step (the boot id was not known when the step started, so a reboot cannot be told from a restart)`, ex.Details[DetailReason])
+}
+
+// savingOp saves its own state without reporting, then blocks until the
+// agent stops; resumed, it finishes with what it saved.
+type savingOp struct {
+	runs chan *OperationStep
+}
+
+func (o *savingOp) Parse(map[string]json.RawMessage) (any, error) { return nil, nil }
+
+func (o *savingOp) Run(ctx context.Context, s *OperationStep) OperationResult {
+	o.runs <- s
+	if s.Resumed {
+		return OperationResult{OK: true, Reason: "resumed with " + string(s.State)}
+	}
+	if err := s.SaveState(ctx, json.RawMessage(`{"n":1}`)); err != nil {
+		return OperationResult{Reason: err.Error()}
+	}
+	if err := s.SaveState(ctx, json.RawMessage(`{"n":2}`)); err != nil {
+		return OperationResult{Reason: err.Error()}
+	}
+	<-ctx.Done()
+	return OperationResult{Reason: "interrupted"}
+}
+
+// TestOperationStateIsKeptPerJob: an operation's SaveState is durable
+// before it returns and sends nothing; the step resumes with it after a
+// restart; after the job ends the operation's last state stays readable
+// (ReadLastOperation), the job's own copy is gone.
+func TestOperationStateIsKeptPerJob(t *testing.T) {
+	h := newHarness(t)
+	op := &savingOp{runs: make(chan *OperationStep, 4)}
+	require.NoError(t, h.ops.Register("saver", op))
+	h.start()
+	h.svc.addJob(t, "save-1", `{"version":"1.0","steps":[{"action":{"name":"s","type":"saver","input":{}}}]}`)
+	first := <-op.runs
+	assert.Nil(t, first.State)
+	waitFor(t, "the state saved", func() bool {
+		rec, found, err := ReadLastOperation(h.stateDir, "saver")
+		return err == nil && found && string(rec.State) == `{"n":2}`
+	})
+	st, err := loadState(h.stateDir)
+	require.NoError(t, err)
+	require.NotNil(t, st.Job)
+	assert.JSONEq(t, `{"n":2}`, string(st.Job.OpState))
+	assert.Equal(t, protocol.JobInProgress, h.svc.get("save-1").Status)
+	assert.NotContains(t, h.svc.get("save-1").Details, "n", "SaveState reports nothing")
+	// The file holds operations' state (OTA's has the presigned URL, a
+	// credential): private to the agent.
+	fi, err := os.Stat(filepath.Join(h.stateDir, StateFileName))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	h.kill()
+
+	h.start()
+	second := <-op.runs
+	assert.True(t, second.Resumed)
+	assert.JSONEq(t, `{"n":2}`, string(second.State))
+	ex := h.waitStatus("save-1", protocol.JobSucceeded)
+	assert.Equal(t, `all 1 step(s) succeeded`, ex.Details[DetailReason])
+	h.waitIdle()
+	rec, found, err := ReadLastOperation(h.stateDir, "saver")
+	require.NoError(t, err)
+	require.True(t, found)
+	assert.Equal(t, "save-1", rec.JobID)
+	assert.JSONEq(t, `{"n":2}`, string(rec.State))
+	st, err = loadState(h.stateDir)
+	require.NoError(t, err)
+	assert.Nil(t, st.Job, "the job's own state ends with the job")
 }

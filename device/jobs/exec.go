@@ -119,17 +119,18 @@ func detailValue(v string) string {
 // when the agent stopped and is failed with ReasonRestartedDuringStep.
 func (e *Engine) recover() {
 	job := e.st.Job
-	if job == nil || job.Phase != phaseRunning {
+	p := phaseOf(job)
+	if p != phaseReady && p != phaseStepRunning {
 		return
 	}
 	if e.doc == nil {
-		job.Phase = phaseFinishing
+		e.fire(evDecide)
 		_, perr := jobdoc.Parse(job.Document, e.parseOptions())
-		e.change(protocol.JobFailed, map[string]string{DetailReason: fmt.Sprintf("job document no longer valid for this agent after restart: %v", perr)}, false)
+		e.c.report(protocol.JobFailed, map[string]string{DetailReason: fmt.Sprintf("job document no longer valid for this agent after restart: %v", perr)}, false)
 		e.save()
 		return
 	}
-	if !job.StepStarted {
+	if p != phaseStepRunning {
 		return
 	}
 	a, ok := e.doc.Step(job.Step)
@@ -170,21 +171,22 @@ func (e *Engine) interruptedOutcome(startBootID string) stepOutcome {
 // advance starts the current step if nothing runs.
 func (e *Engine) advance(stepCtx context.Context) {
 	job := e.st.Job
-	if job == nil || job.Phase != phaseRunning || e.active != nil || e.doc == nil || stepCtx.Err() != nil {
+	p := phaseOf(job)
+	if (p != phaseReady && p != phaseStepRunning) || e.active != nil || e.doc == nil || stepCtx.Err() != nil {
 		return
 	}
 	a, ok := e.doc.Step(job.Step)
 	if !ok {
 		e.finish(protocol.JobSucceeded, e.successDetails(nil))
 		e.save()
-		e.pump(stepCtx)
+		e.c.pump(stepCtx)
 		return
 	}
-	resumed := job.StepStarted
+	resumed := p == phaseStepRunning
 	if !resumed {
 		// Persist "started" before the step can have any effect; if that
 		// is impossible the step does not start (retried shortly).
-		job.StepStarted = true
+		e.fire(evStartStep)
 		job.StepBootID = ""
 		if a.Type != jobdoc.TypeOperation {
 			id, err := e.readBootID()
@@ -194,13 +196,13 @@ func (e *Engine) advance(stepCtx context.Context) {
 			job.StepBootID = id
 		}
 		if !e.save() {
-			job.StepStarted = false
+			e.fire(evStartAborted)
 			time.AfterFunc(5*time.Second, func() { e.enqueue(event{}) })
 			return
 		}
-		e.change(protocol.JobInProgress, e.stepBase(job.Step, "running"), true)
+		e.c.report(protocol.JobInProgress, e.stepBase(job.Step, "running"), true)
 		e.save()
-		e.pump(stepCtx)
+		e.c.pump(stepCtx)
 	}
 	ctx, cancel := context.WithCancel(stepCtx)
 	e.active = &activeStep{jobID: job.JobID, step: job.Step, cancel: cancel}
@@ -208,7 +210,7 @@ func (e *Engine) advance(stepCtx context.Context) {
 	var op *OperationStep
 	if a.Type == jobdoc.TypeOperation {
 		op = &OperationStep{
-			JobID: jobID, StepName: a.Name, StepIndex: idx, RunAsUser: a.RunAsUser, Input: a.Input,
+			JobID: jobID, StepName: a.Name, StepIndex: idx, RunAsUser: a.RunAsUser, Input: a.Input, Value: a.Value,
 			Resumed: resumed, State: job.OpState, ServiceDetails: job.ServiceDetails,
 		}
 		op.progress = func(pctx context.Context, details map[string]string, state json.RawMessage) error {
@@ -291,11 +293,11 @@ func (e *Engine) runOperation(ctx context.Context, a jobdoc.Action, step *Operat
 // stepFinished records the outcome of the step that just ended.
 func (e *Engine) stepFinished(ctx context.Context, out stepOutcome) {
 	job := e.st.Job
-	if out.aborted || job == nil || job.JobID != out.jobID || job.Step != out.step || job.Phase != phaseRunning {
+	if out.aborted || job == nil || job.JobID != out.jobID || job.Step != out.step || phaseOf(job) != phaseStepRunning {
 		return
 	}
 	e.applyOutcome(out)
-	e.pump(ctx)
+	e.c.pump(ctx)
 }
 
 func (e *Engine) applyOutcome(out stepOutcome) {
@@ -313,7 +315,6 @@ func (e *Engine) applyOutcome(out stepOutcome) {
 		details[k] = v
 	}
 	log := e.log.With("job_id", job.JobID, "step", a.Name, "index", job.Step+1)
-	job.StepStarted = false
 	job.StepBootID = ""
 	job.OpState = nil
 	switch {
@@ -328,11 +329,12 @@ func (e *Engine) applyOutcome(out stepOutcome) {
 		} else {
 			log.Info("step succeeded")
 		}
+		e.fire(evStepDone)
 		job.Step++
 		if job.Step >= e.doc.StepCount() {
 			e.finish(protocol.JobSucceeded, e.successDetails(details))
 		} else {
-			e.change(protocol.JobInProgress, details, false)
+			e.c.report(protocol.JobInProgress, details, false)
 		}
 	}
 	e.save()
@@ -365,32 +367,40 @@ func (e *Engine) successDetails(last map[string]string) map[string]string {
 // anything is sent.
 func (e *Engine) finish(status protocol.JobStatus, details map[string]string) {
 	job := e.st.Job
-	job.Phase = phaseFinishing
-	job.StepStarted = false
-	e.change(status, details, false)
+	e.fire(evDecide)
+	e.c.report(status, details, false)
 	e.log.Info("job outcome decided", "job_id", job.JobID, "status", status, "reason", details[DetailReason])
 }
 
 func (e *Engine) onOpProgress(ctx context.Context, p *opProgress) {
 	job := e.st.Job
-	if job == nil || job.JobID != p.jobID || job.Step != p.step || job.Phase != phaseRunning {
+	if job == nil || job.JobID != p.jobID || job.Step != p.step || phaseOf(job) != phaseStepRunning {
 		p.done <- ErrJobEnded
 		return
 	}
-	details := e.stepBase(job.Step, "running")
-	for k, v := range p.details {
-		details[k] = v
-	}
 	if p.state != nil {
 		job.OpState = append(json.RawMessage(nil), p.state...)
+		if a, ok := e.doc.Step(job.Step); ok && a.Type == jobdoc.TypeOperation {
+			if e.st.LastOperations == nil {
+				e.st.LastOperations = map[string]OperationRecord{}
+			}
+			e.st.LastOperations[a.Operation] = OperationRecord{JobID: job.JobID, State: job.OpState}
+		}
 	}
-	e.change(protocol.JobInProgress, details, true)
+	if p.details != nil {
+		// Progress: the update goes with the state, in the same write.
+		details := e.stepBase(job.Step, "running")
+		for k, v := range p.details {
+			details[k] = v
+		}
+		e.c.report(protocol.JobInProgress, details, true)
+	}
 	if !e.save() {
 		p.done <- fmt.Errorf("jobs state could not be saved")
 		return
 	}
 	p.done <- nil
-	e.pump(ctx)
+	e.c.pump(ctx)
 }
 
 func (e *Engine) onOpFlush(f flushWaiter) {

@@ -15,11 +15,13 @@ import (
 // the old schema, {"operation": NAME, ...fields}, or as the type of a schema
 // 1.0 action, {"type": NAME, "input": {...fields}}.
 type Operation interface {
-	// Validate checks the step's input fields (old schema: every
-	// top-level field except "operation" and "includeStdOut"). It must be
-	// pure. An error rejects the job (status REJECTED with the error as
+	// Parse checks the step's input fields (old schema: every top-level
+	// field except "operation" and "includeStdOut") and returns them as
+	// the operation's typed value, which Run gets as OperationStep.Value:
+	// the document is validated once, when the engine parses it. It must
+	// be pure. An error rejects the job (status REJECTED with the error as
 	// the reason); return a *jobdoc.Error to name the field.
-	Validate(input map[string]json.RawMessage) error
+	Parse(input map[string]json.RawMessage) (any, error)
 	// Run executes the step. If the agent restarts while Run is in
 	// progress, Run is called again with step.Resumed set and step.State
 	// holding the last state saved through step.Progress, so operations
@@ -45,9 +47,12 @@ type OperationStep struct {
 	StepIndex int // 0-based
 	RunAsUser string
 	Input     map[string]json.RawMessage
+	// Value is what the operation's Parse returned for Input.
+	Value any
 	// Resumed: the agent restarted while this step was running.
 	Resumed bool
-	// State is the operation's own state saved with Progress.
+	// State is the operation's own state saved with Progress or
+	// SaveState (nil on the step's first run).
 	State json.RawMessage
 	// ServiceDetails are the statusDetails the Jobs service held for the
 	// execution when this agent adopted it; set when the job was already
@@ -68,6 +73,16 @@ var ErrJobEnded = errors.New("job is no longer current")
 // service; use Flush for that.
 func (s *OperationStep) Progress(ctx context.Context, details map[string]string, state json.RawMessage) error {
 	return s.progress(ctx, details, state)
+}
+
+// SaveState saves state durably in the job's state file (before it
+// returns) without reporting anything: the operation's own state, handed
+// back as State when the step resumes after a restart.
+func (s *OperationStep) SaveState(ctx context.Context, state json.RawMessage) error {
+	if state == nil {
+		return errors.New("save operation state: nil state")
+	}
+	return s.progress(ctx, nil, state)
 }
 
 // Flush waits until the Jobs service has accepted every update queued so
@@ -125,13 +140,13 @@ func (r *Registry) HasOperation(name string) bool {
 	return ok
 }
 
-// ValidateOperation implements jobdoc.Operations.
-func (r *Registry) ValidateOperation(name string, input map[string]json.RawMessage) error {
+// ParseOperation implements jobdoc.Operations.
+func (r *Registry) ParseOperation(name string, input map[string]json.RawMessage) (any, error) {
 	op, ok := r.Lookup(name)
 	if !ok {
-		return fmt.Errorf("operation %q is not registered", name)
+		return nil, fmt.Errorf("operation %q is not registered", name)
 	}
-	return op.Validate(input)
+	return op.Parse(input)
 }
 
 // OperationNames lists the registered names, sorted.

@@ -60,6 +60,18 @@ func (e *Engine) Snapshot(ctx context.Context) (Snapshot, error) {
 	}
 }
 
+// ReadLastOperation reads, from the engine's state directory dir, the
+// state operation name last saved and its job (found false if it never
+// saved any, or no state file).
+func ReadLastOperation(dir, name string) (rec OperationRecord, found bool, err error) {
+	st, err := loadState(dir)
+	if err != nil {
+		return OperationRecord{}, false, err
+	}
+	rec, found = st.LastOperations[name]
+	return rec, found, nil
+}
+
 // ReadSnapshot reads what the engine last persisted in its state
 // directory dir, whether or not an engine runs (`fleet-agent status`).
 // No state file is no job.

@@ -19,12 +19,12 @@ const stateFormat = 1
 
 // Phases of the current job.
 const (
-	// phaseRunning: steps are being executed (Step, StepStarted say where).
-	phaseRunning = "running"
-	// phaseFinishing: the terminal status is decided and persisted; it is
+	// persistedRunning: steps are being executed (Step, StepStarted say where).
+	persistedRunning = "running"
+	// persistedFinishing: the terminal status is decided and persisted; it is
 	// sent (and resent) until the service accepts it or reports the
 	// execution terminal.
-	phaseFinishing = "finishing"
+	persistedFinishing = "finishing"
 )
 
 // Request kinds.
@@ -50,6 +50,17 @@ type persistedState struct {
 	Job      *jobState `json:"job,omitempty"`
 	// InFlight is the one request awaiting its response.
 	InFlight *request `json:"inFlight,omitempty"`
+	// LastOperations keeps, for each operation, the state it last saved
+	// and its job, after the job ends too: `fleet-agent status` and the
+	// device shadow show the last OTA update from it.
+	LastOperations map[string]OperationRecord `json:"lastOperations,omitempty"`
+}
+
+// OperationRecord is an operation's last saved state and the job it
+// belongs to.
+type OperationRecord struct {
+	JobID string          `json:"jobId"`
+	State json.RawMessage `json:"state"`
 }
 
 type jobState struct {

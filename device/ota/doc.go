@@ -13,13 +13,16 @@
 // mender commit is resolved from mender's own state (committing step,
 // show-artifact).
 //
-// Every transition is written to a state file in the agent's state
-// directory (atomically, before it is acted on and reported), so the agent
-// can be killed at any point — including by the reboot the update needs —
-// and continue where it stopped. If the state file is lost, the job's own
-// statusDetails (step, attempt) are enough to continue.
+// Every transition is saved (atomically, before it is acted on and
+// reported) as the mender_install step's own state in the jobs engine's
+// state file, so the agent can be killed at any point — including by the
+// reboot the update needs — and continue where it stopped. If that state
+// is lost, the job's own statusDetails (step, attempt) are enough to
+// continue. A state file left by an older agent (LegacyStateFileName) is
+// taken over when the job's step resumes.
 //
-// The jobs engine calls Updater.Run for a job whose document has
-// `"operation": "mender_install"`; statuses go through a Reporter, which
-// must deliver them durably and in order (the agent's outbox).
+// The jobs engine runs the mender_install operation (package jobsop),
+// which parses and validates the job document once into a Document and
+// calls Updater.Run with the step as the Session: statuses go out through
+// it durably and in order, and the OTA state is saved through it.
 package ota

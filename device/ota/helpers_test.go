@@ -19,6 +19,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/iot-fleet/iot-fleet/internal/atomicfile"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 )
 
@@ -177,10 +178,46 @@ type report struct {
 // non-nil error is returned instead of accepting the report (the agent
 // died before the report was durable).
 type recReporter struct {
+	*savedState
 	mu      sync.Mutex
 	reports []report
 	events  *eventLog
 	failOn  func(status protocol.JobStatus, details map[string]string) error
+}
+
+// savedState is the Session's state half as the jobs engine keeps it: a
+// file written atomically (0600) that outlives the Run call and the
+// process, so a new reporter (a restarted agent) finds what the last one
+// saved.
+type savedState struct{ path string }
+
+// sessionStateFile is where the tests keep the session's saved state.
+const sessionStateFile = "session-state.json"
+
+func (s *savedState) SavedState() json.RawMessage {
+	b, err := os.ReadFile(s.path)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+func (s *savedState) SaveState(_ context.Context, state json.RawMessage) error {
+	if err := os.MkdirAll(filepath.Dir(s.path), 0o700); err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(s.path, state, 0o600)
+}
+
+// state decodes the saved state (nil if none).
+func (s *savedState) state(t *testing.T) *State {
+	b := s.SavedState()
+	if b == nil {
+		return nil
+	}
+	st, err := DecodeState(b)
+	require.NoError(t, err)
+	return st
 }
 
 func (r *recReporter) Report(_ context.Context, status protocol.JobStatus, details map[string]string) error {
@@ -354,7 +391,24 @@ func (d *device) updater(mod func(*Config)) *Updater {
 	return u
 }
 
-func (d *device) reporter() *recReporter { return &recReporter{events: d.events} }
+func (d *device) reporter() *recReporter {
+	return &recReporter{events: d.events, savedState: d.saved()}
+}
+
+// pending returns the saved state if the OTA job still has work to do
+// (including reporting or a reboot after a rollback), else nil.
+func (d *device) pending(t *testing.T) *State {
+	st := d.saved().state(t)
+	if st == nil || st.Step.Terminal() && st.Reported && !st.RollbackReboot && (st.Step != StepRolledBack || st.RollbackDone) {
+		return nil
+	}
+	return st
+}
+
+// saved is the device's session state (what the jobs engine keeps).
+func (d *device) saved() *savedState {
+	return &savedState{path: filepath.Join(d.stateDir, sessionStateFile)}
+}
 
 // testWriter sends log output to t.Log.
 type testWriter struct{ t *testing.T }
@@ -370,7 +424,7 @@ const testHost = "s3.amazonaws.com/fleet-artifacts"
 const testURL = "https://s3.amazonaws.com/fleet-artifacts/rpi-2024.06.mender?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=deadbeef"
 
 func testJob(id string) Job {
-	return Job{ID: id, Document: map[string]any{"operation": "mender_install", "url": testURL}}
+	return Job{ID: id, Document: Document{URL: testURL}}
 }
 
 func testCtx(t *testing.T) context.Context {

@@ -39,6 +39,7 @@ func init() {
 }
 
 type helperReporter struct {
+	*savedState
 	path    string
 	blockAt string
 	marker  string
@@ -90,7 +91,8 @@ func helperMain(dir, blockAt string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 10
 	}
-	rep := &helperReporter{path: filepath.Join(dir, "reports.jsonl"), blockAt: blockAt, marker: filepath.Join(dir, "blocked")}
+	rep := &helperReporter{path: filepath.Join(dir, "reports.jsonl"), blockAt: blockAt, marker: filepath.Join(dir, "blocked"),
+		savedState: &savedState{path: filepath.Join(dir, "state", sessionStateFile)}}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	err = u.Run(ctx, testJob("ota-kill9"), rep)
@@ -248,7 +250,7 @@ func TestKill9RightAfterCommit(t *testing.T) {
 	parts := m.partitions()
 	require.Equal(t, "B", parts.Active, "the commit took effect before the kill")
 	require.Equal(t, 1, parts.Commits)
-	st, err := (&stateStore{path: filepath.Join(h.dir, "state", StateFileName)}).load()
+	st, err := DecodeState((&savedState{path: filepath.Join(h.dir, "state", sessionStateFile)}).SavedState())
 	require.NoError(t, err)
 	require.Equal(t, StepCommitting, st.Step, "killed between the commit and its record")
 	require.Equal(t, "rpi-initial", st.OldArtifact)
@@ -291,7 +293,7 @@ func TestKill9InCommittingBeforeTheCommit(t *testing.T) {
 	h.reboot()
 	h.startUntilMarker("commit.started")
 	require.Equal(t, 0, m.partitions().Commits, "killed before the commit")
-	st, err := (&stateStore{path: filepath.Join(h.dir, "state", StateFileName)}).load()
+	st, err := DecodeState((&savedState{path: filepath.Join(h.dir, "state", sessionStateFile)}).SavedState())
 	require.NoError(t, err)
 	require.Equal(t, StepCommitting, st.Step)
 

@@ -205,7 +205,7 @@ func TestRealMenderSignedArtifactInstalls(t *testing.T) {
 	art := r.artifact("rpi-2026.12", "release 2026.12\n", r.priv)
 	base, host := serve(t, map[string]string{"rpi-2026.12.mender": art})
 	d := r.device(t, host)
-	job := Job{ID: "real-signed", Document: map[string]any{"operation": Operation, "url": base + "rpi-2026.12.mender", "sha256": fileSHA256(t, art)}}
+	job := Job{ID: "real-signed", Document: Document{URL: base + "rpi-2026.12.mender", SHA256: fileSHA256(t, art)}}
 	rep := d.reporter()
 	require.ErrorIs(t, d.updater(nil).Run(testCtx(t), job, rep), ErrRebootPending)
 	got, ok := r.installed()
@@ -251,9 +251,9 @@ func TestRealMenderRefusesBadArtifacts(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			require.NoError(t, os.WriteFile(filepath.Join(r.dir, "calls.log"), nil, 0o600))
 			d := r.device(t, host)
-			doc := map[string]any{"operation": Operation, "url": base + tc.file}
+			doc := Document{URL: base + tc.file}
 			if tc.checksum {
-				doc["sha256"] = fileSHA256(t, files[tc.file])
+				doc.SHA256 = fileSHA256(t, files[tc.file])
 			}
 			rep := d.reporter()
 			require.NoError(t, d.updater(nil).Run(testCtx(t), Job{ID: "real-" + tc.file, Document: doc}, rep))
@@ -283,7 +283,7 @@ func TestSHA256MismatchInstallsNothing(t *testing.T) {
 	d := r.device(t, host)
 	want := strings.Repeat("ab", 32)
 	rep := d.reporter()
-	require.NoError(t, d.updater(nil).Run(testCtx(t), Job{ID: "real-mismatch", Document: map[string]any{"operation": Operation, "url": base + "a.mender", "sha256": want}}, rep))
+	require.NoError(t, d.updater(nil).Run(testCtx(t), Job{ID: "real-mismatch", Document: Document{URL: base + "a.mender", SHA256: want}}, rep))
 	last := rep.last()
 	assert.Equal(t, protocol.JobFailed, last.Status)
 	assert.Equal(t, "failed", last.Details[DetailStep])
@@ -309,19 +309,19 @@ func TestRealMenderResumesAfterCommit(t *testing.T) {
 	art := r.artifact("rpi-2027.01", "release 2027.01\n", r.priv)
 	base, host := serve(t, map[string]string{"a.mender": art})
 	d := r.device(t, host)
-	job := Job{ID: "real-commit-crash", Document: map[string]any{"operation": Operation, "url": base + "a.mender"}}
+	job := Job{ID: "real-commit-crash", Document: Document{URL: base + "a.mender"}}
 	rep := d.reporter()
 	require.ErrorIs(t, d.updater(nil).Run(testCtx(t), job, rep), ErrRebootPending)
 	d.reboot()
 
 	// What the agent persisted before running commit, then the commit
 	// itself; the agent dies before it records the result.
-	store := &stateStore{path: filepath.Join(d.stateDir, StateFileName)}
-	st, err := store.load()
-	require.NoError(t, err)
+	st := rep.state(t)
 	require.Equal(t, "rpi-initial", st.OldArtifact)
 	st.Step, st.Reported = StepCommitting, true
-	require.NoError(t, store.save(st))
+	b, err := encodeState(st)
+	require.NoError(t, err)
+	require.NoError(t, rep.SaveState(testCtx(t), b))
 	run(t, r.wrapper, "commit")
 
 	require.NoError(t, d.updater(nil).Run(testCtx(t), job, rep))

@@ -54,14 +54,19 @@ const (
 	DetailMender  = "mender"
 )
 
-// stateVersion is the state file format version.
+// stateVersion is the state's format version.
 const stateVersion = 1
 
-// StateFileName is the state file inside the state directory.
-const StateFileName = "ota-state.json"
+// LegacyStateFileName is where agents before the one job engine kept the
+// OTA state, in the agent's state directory. The state now lives in the
+// jobs engine's state file as the mender_install step's own state; a
+// legacy file left by an agent updated in the middle of an OTA job is
+// taken over (and removed) when the job's step resumes.
+const LegacyStateFileName = "ota-state.json"
 
-// State is the persisted OTA state. It is written (atomically, fsynced)
-// before the step it names is acted on or reported.
+// State is the persisted OTA state. It is saved through the Session (the
+// jobs engine's per-operation state: atomically, fsynced) before the step
+// it names is acted on or reported.
 type State struct {
 	Version int    `json:"version"`
 	JobID   string `json:"jobId"`
@@ -79,7 +84,7 @@ type State struct {
 	Status      protocol.JobStatus `json:"status"`
 	Attempt     int                `json:"attempt"`
 	Reason      string             `json:"reason,omitempty"`
-	// Reported is true once the Reporter accepted this step's status.
+	// Reported is true once the Session accepted this step's status.
 	Reported bool `json:"reported"`
 	// BootID is the kernel boot id when a reboot was requested; a
 	// different boot id on resume proves the reboot happened.
@@ -143,61 +148,59 @@ func (s State) validate() error {
 	return nil
 }
 
-// stateStore reads and writes the state file.
-type stateStore struct {
-	path string
-}
-
-func newStateStore(dir string) (*stateStore, error) {
-	if dir == "" {
-		return nil, errors.New("state dir: empty")
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("state dir %s: %w", dir, err)
-	}
-	return &stateStore{path: filepath.Join(dir, StateFileName)}, nil
-}
-
-// load returns the persisted state, or nil if there is none.
-func (st *stateStore) load() (*State, error) {
-	b, err := os.ReadFile(st.path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read ota state %s: %w", st.path, err)
-	}
+// DecodeState parses and checks a saved OTA state.
+func DecodeState(b []byte) (*State, error) {
 	var s State
 	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("parse ota state %s: %w", st.path, err)
+		return nil, fmt.Errorf("parse ota state: %w", err)
 	}
 	if err := s.validate(); err != nil {
-		return nil, fmt.Errorf("ota state %s: %w", st.path, err)
+		return nil, fmt.Errorf("ota state: %w", err)
 	}
 	return &s, nil
 }
 
-func (st *stateStore) save(s *State) error {
+func encodeState(s *State) (json.RawMessage, error) {
 	s.Version = stateVersion
 	if err := s.validate(); err != nil {
-		return fmt.Errorf("save ota state: %w", err)
+		return nil, fmt.Errorf("save ota state: %w", err)
 	}
-	b, err := json.MarshalIndent(s, "", "  ")
+	b, err := json.Marshal(s)
 	if err != nil {
-		return fmt.Errorf("encode ota state: %w", err)
+		return nil, fmt.Errorf("encode ota state: %w", err)
 	}
-	if err := atomicfile.WriteFile(st.path, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("save ota state: %w", err)
-	}
-	return nil
+	return b, nil
 }
 
-// quarantine moves an unreadable state file aside (kept for diagnosis) so
-// the job can continue from its statusDetails.
-func (st *stateStore) quarantine() error {
-	dst := st.path + ".corrupt-" + strconv.FormatInt(time.Now().UnixNano(), 10)
-	if err := os.Rename(st.path, dst); err != nil {
-		return fmt.Errorf("quarantine ota state: %w", err)
+// legacyState reads the state file an earlier agent left in dir; nil if
+// there is none. An unreadable one is moved aside.
+func (u *Updater) legacyState() (*State, error) {
+	path := filepath.Join(u.cfg.StateDir, LegacyStateFileName)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
 	}
-	return atomicfile.SyncDir(filepath.Dir(st.path))
+	if err != nil {
+		return nil, fmt.Errorf("read legacy ota state %s: %w", path, err)
+	}
+	st, err := DecodeState(b)
+	if err != nil {
+		dst := path + ".corrupt-" + strconv.FormatInt(time.Now().UnixNano(), 10)
+		u.log.Error("ota: legacy state file unreadable, moved aside; continuing from the job's statusDetails", "err", err, "moved_to", dst)
+		if rerr := os.Rename(path, dst); rerr != nil {
+			return nil, fmt.Errorf("%w (and moving it aside failed: %w)", err, rerr)
+		}
+		return nil, atomicfile.SyncDir(u.cfg.StateDir)
+	}
+	return st, nil
+}
+
+// removeLegacyState deletes the legacy state file once its content is
+// saved in the jobs engine's state (or belongs to a job that is over).
+func (u *Updater) removeLegacyState() error {
+	path := filepath.Join(u.cfg.StateDir, LegacyStateFileName)
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove legacy ota state: %w", err)
+	}
+	return atomicfile.SyncDir(u.cfg.StateDir)
 }

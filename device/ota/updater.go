@@ -2,6 +2,7 @@ package ota
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -17,35 +18,36 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 )
 
-// Reporter delivers job execution status updates for one job. The agent's
-// implementation must be durable and ordered (persisted in its outbox
-// before Report returns) so a status reported before a reboot is never
-// lost. Report returning nil is the confirmation the updater waits for
-// before it reboots.
-type Reporter interface {
+// Session is one OTA job's link to the jobs engine (the mender_install
+// operation's step implements it).
+//
+// Report delivers a status update; it must be durable and ordered
+// (persisted before it returns) so a status reported before a reboot is
+// never lost, and returning nil for the "rebooting" step is the
+// confirmation the updater waits for before it reboots.
+//
+// SavedState returns the OTA state last saved for the job (nil if none)
+// and SaveState persists a new one, durably, before it returns: the
+// engine's per-operation state, kept in the job's state file.
+type Session interface {
 	Report(ctx context.Context, status protocol.JobStatus, details map[string]string) error
-}
-
-// ReporterFunc adapts a function to Reporter.
-type ReporterFunc func(ctx context.Context, status protocol.JobStatus, details map[string]string) error
-
-// Report calls f.
-func (f ReporterFunc) Report(ctx context.Context, status protocol.JobStatus, details map[string]string) error {
-	return f(ctx, status, details)
+	SavedState() json.RawMessage
+	SaveState(ctx context.Context, state json.RawMessage) error
 }
 
 // Job is one job execution handed to the updater.
 type Job struct {
 	ID string
-	// Document is the execution's jobDocument.
-	Document map[string]any
+	// Document is the step's input, parsed and validated against the
+	// device's Policy once, when the job document was parsed.
+	Document Document
 	// StatusDetails are the execution's current statusDetails as the Jobs
 	// service returned them (start-next, notify-next or describe); used
 	// only when the local state was lost.
 	StatusDetails map[string]string
 }
 
-// ErrRebootPending is returned by Run and Resume after the reboot command
+// ErrRebootPending is returned by Run after the reboot command
 // was issued: the job stays IN_PROGRESS (step rebooting) and continues on
 // the next start of the agent.
 var ErrRebootPending = errors.New("ota: reboot pending")
@@ -60,7 +62,9 @@ type HealthCheck struct {
 
 // Config configures an Updater. Zero values take the defaults noted.
 type Config struct {
-	// StateDir holds the state file (required).
+	// StateDir is the agent's state directory (required): artifacts with
+	// a sha256 are downloaded there, and agents before the one job engine
+	// left LegacyStateFileName there, which a resumed job takes over.
 	StateDir string
 	// ThingName is used in progress topics (required when Publisher is set).
 	ThingName string
@@ -164,9 +168,8 @@ func ReadBootID() (string, error) {
 // Updater runs mender_install jobs. One job at a time; safe for concurrent
 // use.
 type Updater struct {
-	cfg   Config
-	log   *slog.Logger
-	store *stateStore
+	cfg Config
+	log *slog.Logger
 
 	mu     sync.Mutex
 	mender *Mender
@@ -234,8 +237,10 @@ func New(cfg Config) (*Updater, error) {
 	if _, err := cfg.BootID(); err != nil {
 		return nil, fmt.Errorf("ota config: boot id: %w", err)
 	}
-	st, err := newStateStore(cfg.StateDir)
-	if err != nil {
+	if cfg.StateDir == "" {
+		return nil, errors.New("ota config: stateDir: empty")
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("ota config: stateDir: %w", err)
 	}
 	if cfg.HTTPClient == nil {
@@ -244,7 +249,7 @@ func New(cfg Config) (*Updater, error) {
 	if len(cfg.AllowedHosts) == 0 {
 		cfg.Logger.Warn("ota: no artifact host is allowed (ota.allowedHosts is empty): every mender_install job will be rejected")
 	}
-	return &Updater{cfg: cfg, log: cfg.Logger, store: st}, nil
+	return &Updater{cfg: cfg, log: cfg.Logger}, nil
 }
 
 // Policy is what a job document must satisfy on this device.
@@ -252,91 +257,64 @@ func (u *Updater) Policy() Policy {
 	return Policy{AllowHTTP: u.cfg.AllowHTTP, AllowedHosts: slices.Clone(u.cfg.AllowedHosts)}
 }
 
-// Pending returns the persisted state if an OTA job still has work to do
-// on this device (including reporting or a reboot after a rollback), or
-// nil.
-func (u *Updater) Pending() (*State, error) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	st, err := u.store.load()
-	if err != nil || st == nil {
-		return nil, err
-	}
-	if st.Step.Terminal() && st.Reported && !st.RollbackReboot && (st.Step != StepRolledBack || st.RollbackDone) {
-		return nil, nil
-	}
-	return st, nil
-}
-
-// Resume continues the persisted OTA job, if any, reporting through the
-// Reporter that newReporter returns for its job id. Call it on agent start
-// (after connecting) for jobs the engine does not hand over by itself.
-func (u *Updater) Resume(ctx context.Context, newReporter func(jobID string) Reporter) error {
-	st, err := u.Pending()
-	if err != nil {
-		return err
-	}
-	if st == nil {
-		return nil
-	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.drive(ctx, st, newReporter(st.JobID))
-}
-
-// Run starts or continues job. It returns nil once a terminal status
-// (SUCCEEDED, FAILED or REJECTED) has been reported, ErrRebootPending after
-// it asked for a reboot, and any other error when it was interrupted (the
-// job stays IN_PROGRESS; call Run or Resume again).
-func (u *Updater) Run(ctx context.Context, job Job, r Reporter) error {
+// Run starts or continues job, whose state s holds. It returns nil once
+// a terminal status (SUCCEEDED or FAILED) has been reported, ErrRebootPending
+// after it asked for a reboot, and any other error when it was interrupted
+// (the job stays IN_PROGRESS; call Run again).
+func (u *Updater) Run(ctx context.Context, job Job, s Session) error {
 	if job.ID == "" {
 		return errors.New("ota: job id is empty")
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	st, err := u.store.load()
+	st, err := u.start(ctx, job, s)
 	if err != nil {
-		u.log.Error("ota: state file unreadable; continuing from the job's statusDetails", "err", err)
-		if qerr := u.store.quarantine(); qerr != nil {
-			return fmt.Errorf("ota: %w (and %w)", err, qerr)
-		}
-		st = nil
+		return err
 	}
-	if st != nil && st.JobID != job.ID {
-		if !st.Step.Terminal() {
-			u.log.Warn("ota: abandoning unfinished OTA state of another job", "job", st.JobID, "step", st.Step)
+	return u.drive(ctx, st, s)
+}
+
+// start returns the job's state: the one saved in the session, else the
+// one an earlier agent left in its legacy state file (taken over), else
+// one rebuilt from the job's statusDetails.
+func (u *Updater) start(ctx context.Context, job Job, s Session) (*State, error) {
+	if raw := s.SavedState(); len(raw) > 0 {
+		st, err := DecodeState(raw)
+		if err == nil && st.JobID == job.ID {
+			return st, nil
 		}
-		st = nil
+		u.log.Error("ota: saved state unusable; continuing from the job's statusDetails", "job", job.ID, "err", err)
 	}
-	if st == nil {
-		doc, err := DocumentFromMap(job.Document)
-		if err == nil {
-			err = doc.Validate(u.Policy())
+	legacy, err := u.legacyState()
+	if err != nil {
+		return nil, fmt.Errorf("ota: %w", err)
+	}
+	var st *State
+	if legacy != nil && legacy.JobID == job.ID {
+		u.log.Info("ota: taking over the state file of the previous agent", "job", job.ID, "step", legacy.Step, "attempt", legacy.Attempt)
+		st = legacy
+	} else {
+		if legacy != nil && !legacy.Step.Terminal() {
+			u.log.Warn("ota: abandoning unfinished OTA state of another job", "job", legacy.JobID, "step", legacy.Step)
 		}
-		if err != nil {
-			re, _ := IsReject(err)
-			reason := err.Error()
-			if re != nil {
-				reason = re.Error()
-			}
-			u.log.Warn("ota: rejecting job", "job", job.ID, "reason", reason)
-			if rerr := r.Report(ctx, protocol.JobRejected, map[string]string{DetailReason: truncate(reason, protocol.MaxStatusDetailsValueBytes)}); rerr != nil {
-				return fmt.Errorf("ota: report REJECTED for job %s: %w", job.ID, rerr)
-			}
-			return nil
-		}
-		st = u.reconstruct(job, doc)
-		if err := u.store.save(st); err != nil {
-			return err
+		st = u.reconstruct(job)
+	}
+	if err := u.save(ctx, s, st); err != nil {
+		return nil, err
+	}
+	if legacy != nil {
+		if err := u.removeLegacyState(); err != nil {
+			u.log.Warn("ota: legacy state file kept", "err", err)
 		}
 	}
-	return u.drive(ctx, st, r)
+	return st, nil
 }
 
 // reconstruct builds the starting state of a job without local state: a
 // fresh job, or one whose local state was lost (its statusDetails say how
 // far it got).
-func (u *Updater) reconstruct(job Job, doc Document) *State {
+func (u *Updater) reconstruct(job Job) *State {
+	doc := job.Document
 	st := &State{JobID: job.ID, URL: doc.URL, SHA256: strings.ToLower(doc.SHA256), Step: StepDownloading, Status: protocol.JobInProgress, UpdatedAt: u.cfg.Now()}
 	step := Step(job.StatusDetails[DetailStep])
 	attempt, _ := strconv.Atoi(job.StatusDetails[DetailAttempt])
@@ -371,7 +349,7 @@ func (u *Updater) reconstruct(job Job, doc Document) *State {
 
 // drive runs the state machine from st until a terminal status is
 // reported, a reboot is pending, or it is interrupted.
-func (u *Updater) drive(ctx context.Context, st *State, r Reporter) error {
+func (u *Updater) drive(ctx context.Context, st *State, r Session) error {
 	for {
 		var err error
 		switch st.Step {
@@ -395,13 +373,13 @@ func (u *Updater) drive(ctx context.Context, st *State, r Reporter) error {
 }
 
 // enter persists st at step with status and reason, then reports it.
-func (u *Updater) enter(ctx context.Context, st *State, r Reporter, step Step, status protocol.JobStatus, reason string) error {
+func (u *Updater) enter(ctx context.Context, st *State, r Session, step Step, status protocol.JobStatus, reason string) error {
 	st.Step, st.Status, st.Reason = step, status, u.redact(st, reason)
 	st.Reported = false
 	if step != StepRebooting {
 		st.Reboots = 0
 	}
-	if err := u.save(st); err != nil {
+	if err := u.save(ctx, r, st); err != nil {
 		return err
 	}
 	u.log.Info("ota: step", "job", st.JobID, "step", step, "status", status, "attempt", st.Attempt, "reason", st.Reason)
@@ -409,17 +387,24 @@ func (u *Updater) enter(ctx context.Context, st *State, r Reporter, step Step, s
 }
 
 // report sends st's status (again) and records that it was accepted.
-func (u *Updater) report(ctx context.Context, st *State, r Reporter) error {
+func (u *Updater) report(ctx context.Context, st *State, r Session) error {
 	if err := r.Report(ctx, st.Status, st.Details(u.flavor())); err != nil {
 		return fmt.Errorf("ota: job %s: report %s step %s: %w", st.JobID, st.Status, st.Step, err)
 	}
 	st.Reported = true
-	return u.save(st)
+	return u.save(ctx, r, st)
 }
 
-func (u *Updater) save(st *State) error {
+func (u *Updater) save(ctx context.Context, s Session, st *State) error {
 	st.UpdatedAt = u.cfg.Now()
-	return u.store.save(st)
+	b, err := encodeState(st)
+	if err != nil {
+		return err
+	}
+	if err := s.SaveState(ctx, b); err != nil {
+		return fmt.Errorf("ota: job %s: save state: %w", st.JobID, err)
+	}
+	return nil
 }
 
 func (u *Updater) flavor() Flavor {
@@ -460,7 +445,7 @@ func (u *Updater) client(ctx context.Context) (*Mender, error) {
 // An artifact that fails its integrity checks (sha256, or mender refusing
 // its signature or checksums) fails the job at once: retrying cannot
 // change the verdict.
-func (u *Updater) install(ctx context.Context, st *State, r Reporter) error {
+func (u *Updater) install(ctx context.Context, st *State, r Session) error {
 	m, err := u.client(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -480,7 +465,7 @@ func (u *Updater) install(ctx context.Context, st *State, r Reporter) error {
 			u.log.Warn("ota: mender show-artifact failed; a crash right after the commit will not be told apart from a failed commit", "job", st.JobID, "err", err)
 		default:
 			st.OldArtifact = name
-			if err := u.save(st); err != nil {
+			if err := u.save(ctx, r, st); err != nil {
 				return err
 			}
 		}
@@ -526,7 +511,7 @@ func (u *Updater) install(ctx context.Context, st *State, r Reporter) error {
 		cleanup = true
 		st.Reason = u.redact(st, fmt.Sprintf("install attempt %d/%d failed: %v", st.Attempt, u.cfg.MaxAttempts, err))
 		u.log.Warn("ota: install failed", "job", st.JobID, "attempt", st.Attempt, "err", st.Reason)
-		if err := u.save(st); err != nil {
+		if err := u.save(ctx, r, st); err != nil {
 			return err
 		}
 		if st.Attempt < u.cfg.MaxAttempts {
@@ -537,7 +522,7 @@ func (u *Updater) install(ctx context.Context, st *State, r Reporter) error {
 	}
 }
 
-func (u *Updater) installOnce(ctx context.Context, m *Mender, st *State, r Reporter) error {
+func (u *Updater) installOnce(ctx context.Context, m *Mender, st *State, r Session) error {
 	ctx, cancel := context.WithTimeout(ctx, u.cfg.InstallTimeout)
 	defer cancel()
 	src := st.URL
@@ -596,7 +581,7 @@ func (u *Updater) rollbackQuietly(ctx context.Context, m *Mender, st *State) {
 
 // rebooting reboots once the rebooting status is confirmed, or moves on to
 // verifying when the boot id shows the reboot happened.
-func (u *Updater) rebooting(ctx context.Context, st *State, r Reporter) error {
+func (u *Updater) rebooting(ctx context.Context, st *State, r Session) error {
 	if !st.Reported {
 		if err := u.report(ctx, st, r); err != nil {
 			return err
@@ -620,15 +605,15 @@ func (u *Updater) rebooting(ctx context.Context, st *State, r Reporter) error {
 		}
 		return u.rollback(ctx, m, st, r, fmt.Sprintf("the device did not reboot after %d reboot requests", st.Reboots), false)
 	}
-	return u.reboot(ctx, st, cur)
+	return u.reboot(ctx, st, r, cur)
 }
 
 // reboot records the boot id, runs the pre-reboot hook and the reboot
 // command, then waits to be stopped.
-func (u *Updater) reboot(ctx context.Context, st *State, bootID string) error {
+func (u *Updater) reboot(ctx context.Context, st *State, r Session, bootID string) error {
 	st.BootID = bootID
 	st.Reboots++
-	if err := u.save(st); err != nil {
+	if err := u.save(ctx, r, st); err != nil {
 		return err
 	}
 	if len(u.cfg.PreRebootCommand) > 0 {
@@ -657,7 +642,7 @@ func (u *Updater) reboot(ctx context.Context, st *State, bootID string) error {
 }
 
 // verify runs the health checks and commits, or rolls back.
-func (u *Updater) verify(ctx context.Context, st *State, r Reporter) error {
+func (u *Updater) verify(ctx context.Context, st *State, r Session) error {
 	if !st.Reported {
 		if err := u.report(ctx, st, r); err != nil {
 			return err
@@ -681,7 +666,7 @@ func (u *Updater) verify(ctx context.Context, st *State, r Reporter) error {
 	// Persisted before the commit: a crash from here on is resolved from
 	// mender's own state (committing). Nothing to report for it.
 	st.Step, st.Reported = StepCommitting, true
-	if err := u.save(st); err != nil {
+	if err := u.save(ctx, r, st); err != nil {
 		return err
 	}
 	return u.commit(ctx, m, st, r, false)
@@ -689,7 +674,7 @@ func (u *Updater) verify(ctx context.Context, st *State, r Reporter) error {
 
 // committing resumes a commit that a crash interrupted: it may or may not
 // have taken effect.
-func (u *Updater) committing(ctx context.Context, st *State, r Reporter) error {
+func (u *Updater) committing(ctx context.Context, st *State, r Session) error {
 	m, err := u.client(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -705,7 +690,7 @@ func (u *Updater) committing(ctx context.Context, st *State, r Reporter) error {
 // crash (resumed), "no update in progress" with show-artifact naming
 // another artifact than before the install means the earlier commit took
 // effect.
-func (u *Updater) commit(ctx context.Context, m *Mender, st *State, r Reporter, resumed bool) error {
+func (u *Updater) commit(ctx context.Context, m *Mender, st *State, r Session, resumed bool) error {
 	cctx, cancel := context.WithTimeout(ctx, u.cfg.CommandTimeout)
 	err := m.Commit(cctx)
 	cancel()
@@ -772,13 +757,13 @@ func (u *Updater) healthCheck(ctx context.Context) string {
 
 // rollback persists rolled_back (FAILED) before rolling back, so a kill
 // during the rollback repeats it (mender's rollback is idempotent).
-func (u *Updater) rollback(ctx context.Context, m *Mender, st *State, r Reporter, reason string, rebootAfter bool) error {
+func (u *Updater) rollback(ctx context.Context, m *Mender, st *State, r Session, reason string, rebootAfter bool) error {
 	st.Reason = u.redact(st, reason)
 	st.Step, st.Status = StepRolledBack, protocol.JobFailed
 	st.RollbackDone, st.Reported = false, false
 	st.RollbackReboot = rebootAfter
 	st.BootID, st.Reboots = "", 0
-	if err := u.save(st); err != nil {
+	if err := u.save(ctx, r, st); err != nil {
 		return err
 	}
 	u.log.Warn("ota: rolling back", "job", st.JobID, "reason", st.Reason)
@@ -787,7 +772,7 @@ func (u *Updater) rollback(ctx context.Context, m *Mender, st *State, r Reporter
 
 // finish completes a terminal step: the rollback if not yet done, the
 // terminal report, and the reboot into the old partition if requested.
-func (u *Updater) finish(ctx context.Context, st *State, r Reporter) error {
+func (u *Updater) finish(ctx context.Context, st *State, r Session) error {
 	if st.Step == StepRolledBack && !st.RollbackDone {
 		m, err := u.client(ctx)
 		if err != nil {
@@ -804,7 +789,7 @@ func (u *Updater) finish(ctx context.Context, st *State, r Reporter) error {
 			st.Reason = truncate(st.Reason+"; rollback failed: "+u.redact(st, err.Error()), protocol.MaxStatusDetailsValueBytes)
 		}
 		st.RollbackDone = true
-		if err := u.save(st); err != nil {
+		if err := u.save(ctx, r, st); err != nil {
 			return err
 		}
 	}
@@ -823,9 +808,9 @@ func (u *Updater) finish(ctx context.Context, st *State, r Reporter) error {
 	}
 	if (st.BootID != "" && cur != st.BootID) || st.Reboots >= u.cfg.MaxReboots {
 		st.RollbackReboot, st.BootID = false, ""
-		return u.save(st)
+		return u.save(ctx, r, st)
 	}
-	return u.reboot(ctx, st, cur)
+	return u.reboot(ctx, st, r, cur)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
@@ -840,18 +825,6 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
-}
-
-// JobState returns the persisted state of jobID, or nil if the state file
-// belongs to another job or does not exist.
-func (u *Updater) JobState(jobID string) (*State, error) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	st, err := u.store.load()
-	if err != nil || st == nil || st.JobID != jobID {
-		return nil, err
-	}
-	return st, nil
 }
 
 // Flavor returns the detected mender flavor, or "" before the first job.

@@ -2,7 +2,6 @@ package ota
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -87,8 +86,7 @@ func TestSuccessPath(t *testing.T) {
 			}, calls)
 
 			// Nothing left to do; running the job again only re-confirms.
-			p, err := d.updater(nil).Pending()
-			require.NoError(t, err)
+			p := d.pending(t)
 			assert.Nil(t, p)
 			require.NoError(t, d.updater(nil).Run(testCtx(t), job, rep))
 			assert.Len(t, rep.all(), 5)
@@ -116,8 +114,7 @@ func TestRollbackWhenCommitFails(t *testing.T) {
 	assert.Equal(t, fakePartitions{Active: "A", Installs: 1, Rollbacks: 1}, d.mender.partitions())
 	// Already on the old partition: no second reboot.
 	assert.Equal(t, 1, d.events.count(t, "reboot"))
-	p, err := d.updater(nil).Pending()
-	require.NoError(t, err)
+	p := d.pending(t)
 	assert.Nil(t, p)
 }
 
@@ -179,8 +176,7 @@ func TestHealthCheckFailureRollsBack(t *testing.T) {
 			// After that reboot the job is finished for good.
 			d.reboot()
 			require.NoError(t, d.updater(tc.mod).Run(testCtx(t), job, rep))
-			p, err := d.updater(nil).Pending()
-			require.NoError(t, err)
+			p := d.pending(t)
 			assert.Nil(t, p)
 			assert.Equal(t, 2, d.events.count(t, "reboot"))
 			assert.Equal(t, 1, d.events.count(t, "report FAILED rolled_back"))
@@ -231,40 +227,13 @@ func TestRetriesExhaustedFails(t *testing.T) {
 	assert.NotEmpty(t, d.pub.on(protocol.DataTopic("dev-10000000a1b2c3d4", protocol.KindOTAProgress)))
 }
 
-func TestRejectsInvalidDocuments(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		doc    map[string]any
-		reason string
-	}{
-		{"missing url", map[string]any{"operation": "mender_install"}, `field "url": missing`},
-		{"url not a string", map[string]any{"operation": "mender_install", "url": 42.0}, `field "url": must be a string, got a number`},
-		{"placeholder not substituted", map[string]any{"operation": "mender_install", "url": "${aws:iot:s3-presigned-url:https://s3.amazonaws.com/b/a.mender}"}, "--presigned-url-config"},
-		{"http", map[string]any{"operation": "mender_install", "url": "http://example.com/a.mender"}, "https required"},
-		{"wrong operation", map[string]any{"operation": "reboot", "url": testURL}, `field "operation"`},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			d := newDevice(t, "mender", fakeScenario{})
-			rep := d.reporter()
-			require.NoError(t, d.updater(nil).Run(testCtx(t), Job{ID: "bad", Document: tc.doc}, rep))
-			require.Len(t, rep.all(), 1)
-			assert.Equal(t, protocol.JobRejected, rep.last().Status)
-			assert.Contains(t, rep.last().Details[DetailReason], tc.reason)
-			assert.Empty(t, d.mender.calls(), "mender never ran")
-			p, err := d.updater(nil).Pending()
-			require.NoError(t, err)
-			assert.Nil(t, p)
-		})
-	}
-}
-
 // errKilled stands for the agent dying: the report it was making never
 // became durable and the process context ends.
 var errKilled = errors.New("agent killed")
 
 // TestKillAtEveryPersistedState stops the agent at every persisted state
-// (the state is on disk, its report not yet confirmed), then starts a new
-// Updater on the same state directory and lets the job finish.
+// (the state is saved, its report not yet confirmed), then starts a new
+// Updater on the same saved state and lets the job finish.
 func TestKillAtEveryPersistedState(t *testing.T) {
 	for _, killAt := range []string{"downloading", "installing", "rebooting", "verifying", "committed"} {
 		t.Run(killAt, func(t *testing.T) {
@@ -292,8 +261,7 @@ func TestKillAtEveryPersistedState(t *testing.T) {
 				require.Error(t, err)
 			}
 			require.NotErrorIs(t, err, ErrRebootPending)
-			st, lerr := d.updater(nil).store.load()
-			require.NoError(t, lerr)
+			st := rep.state(t)
 			require.NotNil(t, st)
 			assert.Equal(t, Step(killAt), st.Step, "the state was persisted before its report")
 			assert.False(t, st.Reported)
@@ -396,7 +364,7 @@ func TestLostStateContinuesFromStatusDetails(t *testing.T) {
 	rep := d.reporter()
 	runUntilReboot(t, d, job, rep)
 	d.reboot()
-	require.NoError(t, os.Remove(filepath.Join(d.stateDir, StateFileName)))
+	require.NoError(t, os.Remove(filepath.Join(d.stateDir, sessionStateFile)))
 
 	job.StatusDetails = map[string]string{"step": "rebooting", "attempt": "1"}
 	require.NoError(t, d.updater(nil).Run(testCtx(t), job, rep))
@@ -414,60 +382,120 @@ func TestLostStateMidInstallRetries(t *testing.T) {
 	assert.Equal(t, []string{"rollback", "install"}, d.mender.ops())
 }
 
-func TestCorruptStateIsQuarantined(t *testing.T) {
+func TestCorruptSavedStateContinuesFromStatusDetails(t *testing.T) {
 	d := newDevice(t, "mender-update", fakeScenario{})
 	job := testJob("ota-corrupt")
 	rep := d.reporter()
 	runUntilReboot(t, d, job, rep)
 	d.reboot()
-	path := filepath.Join(d.stateDir, StateFileName)
-	require.NoError(t, os.WriteFile(path, []byte(`{"version":1,"jobId":"ota-corrupt","step":"sideways"`), 0o600))
+	require.NoError(t, rep.SaveState(testCtx(t), []byte(`{"version":1,"jobId":"ota-corrupt","step":"sideways"`)))
 
 	job.StatusDetails = rep.last().Details
 	require.NoError(t, d.updater(nil).Run(testCtx(t), job, rep))
 	assert.Equal(t, protocol.JobSucceeded, rep.last().Status)
-	matches, err := filepath.Glob(path + ".corrupt-*")
-	require.NoError(t, err)
-	assert.Len(t, matches, 1, "the unreadable file is kept for diagnosis")
+	assert.Equal(t, 1, d.mender.partitions().Installs, "continued from rebooting: no second install")
 }
 
-func TestStateFileIsPrivateAndPersistedBeforeReport(t *testing.T) {
+func TestStatePersistedBeforeReport(t *testing.T) {
 	d := newDevice(t, "mender-update", fakeScenario{})
 	u := d.updater(nil)
 	rep := d.reporter()
 	var seen []Step
 	rep.failOn = func(_ protocol.JobStatus, details map[string]string) error {
-		b, err := os.ReadFile(filepath.Join(d.stateDir, StateFileName))
-		require.NoError(t, err)
-		var st State
-		require.NoError(t, json.Unmarshal(b, &st))
+		st := rep.state(t)
+		require.NotNil(t, st)
 		assert.Equal(t, Step(details[DetailStep]), st.Step)
 		seen = append(seen, st.Step)
 		return nil
 	}
 	require.ErrorIs(t, u.Run(testCtx(t), testJob("ota-perm"), rep), ErrRebootPending)
 	assert.Equal(t, []Step{StepDownloading, StepInstalling, StepRebooting}, seen)
-	fi, err := os.Stat(filepath.Join(d.stateDir, StateFileName))
-	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
 }
 
-func TestResumeAfterReboot(t *testing.T) {
+func TestRunAfterRebootResumes(t *testing.T) {
 	d := newDevice(t, "mender-update", fakeScenario{})
 	rep := d.reporter()
 	runUntilReboot(t, d, testJob("ota-resume"), rep)
 	d.reboot()
-	u := d.updater(nil)
-	p, err := u.Pending()
-	require.NoError(t, err)
+	p := d.pending(t)
 	require.NotNil(t, p)
 	assert.Equal(t, "ota-resume", p.JobID)
-	var gotJob string
-	require.NoError(t, u.Resume(testCtx(t), func(jobID string) Reporter { gotJob = jobID; return rep }))
-	assert.Equal(t, "ota-resume", gotJob)
+	require.NoError(t, d.updater(nil).Run(testCtx(t), testJob("ota-resume"), rep))
 	assert.Equal(t, protocol.JobSucceeded, rep.last().Status)
-	// Nothing pending: Resume is a no-op.
-	require.NoError(t, u.Resume(testCtx(t), func(string) Reporter { t.Fatal("no reporter needed"); return nil }))
+	assert.Nil(t, d.pending(t))
+	// Run again (the engine restarted before it recorded the result):
+	// nothing is reported twice.
+	n := len(rep.all())
+	require.NoError(t, d.updater(nil).Run(testCtx(t), testJob("ota-resume"), rep))
+	assert.Len(t, rep.all(), n)
+}
+
+// legacyRebooting is an OTA state file as the agent before the one job
+// engine wrote it (ota-state.json in the state directory, MarshalIndent of
+// State): the job asked for a reboot under boot id "boot-0".
+const legacyRebooting = `{
+  "version": 1,
+  "jobId": "ota-legacy",
+  "url": "` + testURL + `",
+  "oldArtifact": "rpi-initial",
+  "step": "rebooting",
+  "status": "IN_PROGRESS",
+  "attempt": 1,
+  "reported": true,
+  "bootId": "boot-0",
+  "reboots": 1,
+  "updatedAt": "2026-12-01T10:00:00Z"
+}
+`
+
+// TestLegacyStateFileIsTakenOver: the agent was updated while an OTA job
+// was rebooting the device. The new agent has no saved state for the step
+// (the old one kept it in ota-state.json): it takes the legacy file over,
+// verifies and commits without installing again, and removes the file.
+func TestLegacyStateFileIsTakenOver(t *testing.T) {
+	d := newDevice(t, "mender-update", fakeScenario{})
+	rep := d.reporter()
+	runUntilReboot(t, d, testJob("ota-legacy"), rep)
+	require.NoError(t, os.Remove(filepath.Join(d.stateDir, sessionStateFile)), "the new agent starts without saved state")
+	legacy := filepath.Join(d.stateDir, LegacyStateFileName)
+	require.NoError(t, os.WriteFile(legacy, []byte(legacyRebooting), 0o600))
+	d.reboot()
+
+	rep2 := d.reporter()
+	require.NoError(t, d.updater(nil).Run(testCtx(t), testJob("ota-legacy"), rep2))
+	assert.Equal(t, []string{"IN_PROGRESS verifying/1", "SUCCEEDED committed/1"}, rep2.steps())
+	assert.Equal(t, 1, d.mender.partitions().Installs, "not installed again")
+	assert.Equal(t, "B", d.mender.partitions().Active)
+	assert.NoFileExists(t, legacy, "taken over")
+	st := rep2.state(t)
+	require.NotNil(t, st)
+	assert.Equal(t, StepCommitted, st.Step)
+}
+
+// TestLegacyStateOfAnotherJob: a legacy file about another job is not
+// applied to this one (its job is over or abandoned) and is removed.
+func TestLegacyStateOfAnotherJob(t *testing.T) {
+	d := newDevice(t, "mender-update", fakeScenario{})
+	legacy := filepath.Join(d.stateDir, LegacyStateFileName)
+	require.NoError(t, os.WriteFile(legacy, []byte(strings.Replace(legacyRebooting, "ota-legacy", "ota-older", 1)), 0o600))
+	rep := d.reporter()
+	require.ErrorIs(t, d.updater(nil).Run(testCtx(t), testJob("ota-new"), rep), ErrRebootPending)
+	assert.Equal(t, "IN_PROGRESS downloading/1", rep.steps()[0], "started from the beginning")
+	assert.NoFileExists(t, legacy)
+}
+
+// TestCorruptLegacyStateIsMovedAside: an unreadable legacy file is kept
+// for diagnosis and the job continues from its statusDetails.
+func TestCorruptLegacyStateIsMovedAside(t *testing.T) {
+	d := newDevice(t, "mender-update", fakeScenario{})
+	legacy := filepath.Join(d.stateDir, LegacyStateFileName)
+	require.NoError(t, os.WriteFile(legacy, []byte(`{"version":1,"jobId":"ota-c","step":"sideways"`), 0o600))
+	rep := d.reporter()
+	require.ErrorIs(t, d.updater(nil).Run(testCtx(t), testJob("ota-c"), rep), ErrRebootPending)
+	matches, err := filepath.Glob(legacy + ".corrupt-*")
+	require.NoError(t, err)
+	assert.Len(t, matches, 1)
+	assert.NoFileExists(t, legacy)
 }
 
 func TestAnotherJobReplacesFinishedState(t *testing.T) {

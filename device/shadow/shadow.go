@@ -3,9 +3,9 @@
 //
 // Reported state: agent version, OS image version (the mender artifact
 // name, "unknown" without a mender client), the current job and step (the
-// jobs engine's state file), the OTA step (the OTA state file), the
-// certificate id and expiry (the identity), the SSM state (its state
-// file), boot id, uptime and connectivity, the settings in force and the
+// jobs engine's state file), the OTA step (the OTA operation's state in
+// that file), the certificate id and expiry (the identity), the SSM state
+// (its state file), boot id, uptime and connectivity, the settings in force and the
 // desired keys it refused. The agent sends it on every (re)connect, when
 // something changes (checked every pollInterval, at most one update per
 // minInterval) and every reportInterval.
@@ -51,10 +51,16 @@ const Unknown = "unknown"
 // State files of the other features, read (never written), relative to
 // the state directory.
 const (
+	// JobsStateFile is the jobs engine's state file: the current job, and
+	// (lastOperations) the state each operation last saved, OTA's
+	// included.
 	JobsStateFile = store.JobsDir + "/jobs-state.json"
-	OTAStateFile  = "ota-state.json"
 	SSMStateFile  = "ssm-state.json"
 )
+
+// OTAOperation is the jobs operation whose last saved state, in
+// JobsStateFile, is the OTA state (ota.Operation).
+const OTAOperation = "mender_install"
 
 // Conn is the MQTT connection (implemented by *mqttconn.Client).
 type Conn interface {
@@ -123,7 +129,8 @@ type Job struct {
 	Status   string `json:"status,omitempty"`
 }
 
-// OTA is the last full-system update the OTA state file records.
+// OTA is the last full-system update, as the OTA operation last saved it
+// in the jobs engine's state file.
 type OTA struct {
 	JobID  string `json:"jobId"`
 	Step   string `json:"step"`
@@ -655,11 +662,19 @@ func (r *Reporter) job() *Job {
 }
 
 func (r *Reporter) ota() *OTA {
-	var st OTA
-	if !r.readState(OTAStateFile, &st) || st.JobID == "" {
+	var st struct {
+		LastOperations map[string]struct {
+			State OTA `json:"state"`
+		} `json:"lastOperations"`
+	}
+	if !r.readState(JobsStateFile, &st) {
 		return nil
 	}
-	return &st
+	op, ok := st.LastOperations[OTAOperation]
+	if !ok || op.State.JobID == "" {
+		return nil
+	}
+	return &op.State
 }
 
 func (r *Reporter) certificate() Certificate {

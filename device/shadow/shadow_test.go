@@ -169,13 +169,12 @@ func TestReportsDeviceState(t *testing.T) {
 	if err := os.WriteFile(d.image, []byte("raspios-fleet-2.0\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.st.WriteFile(shadow.OTAStateFile, []byte(`{"version":1,"jobId":"ota-2","step":"committed","status":"SUCCEEDED"}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	if err := d.st.WriteFile(shadow.SSMStateFile, []byte(`{"state":"registered"}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.st.Remove(shadow.JobsStateFile); err != nil {
+	// No current job; the OTA operation's last saved state stays.
+	idle := `{"format":1,"tokenSeq":12,"lastOperations":{"mender_install":{"jobId":"ota-2","state":{"version":1,"jobId":"ota-2","step":"committed","status":"SUCCEEDED"}}}}`
+	if err := d.st.WriteFile(shadow.JobsStateFile, []byte(idle), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	rep = d.waitFor(t, ctx, "after OTA", func(r shadow.Reported) bool {
@@ -241,7 +240,7 @@ func TestDesiredSettingsAppliedAndUnknownRefused(t *testing.T) {
 func TestStateFileNamesFollowTheFeatures(t *testing.T) {
 	for got, want := range map[string]string{
 		shadow.JobsStateFile: store.JobsDir + "/" + jobs.StateFileName,
-		shadow.OTAStateFile:  ota.StateFileName,
+		shadow.OTAOperation:  ota.Operation,
 		shadow.SSMStateFile:  ssm.StateFile,
 	} {
 		if got != want {

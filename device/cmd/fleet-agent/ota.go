@@ -24,9 +24,6 @@ func registerOTA(reg *jobs.Registry, rt *agent.Runtime) error {
 	if err != nil {
 		return fmt.Errorf("ota: %w", err)
 	}
-	if st, err := upd.Pending(); err == nil && st != nil {
-		rt.Logger.Info("ota: unfinished update; the jobs engine resumes it", "job", st.JobID, "step", st.Step)
-	}
 	return reg.Register(ota.Operation, jobsop.New(upd, upd.Policy()))
 }
 

@@ -619,6 +619,49 @@ func TestOTA(t *testing.T) {
 		noSecrets(t, d, svc)
 	})
 
+	t.Run("agent updated mid-OTA: the previous version's state files are taken over", func(t *testing.T) {
+		t.Parallel()
+		d, svc, _ := start(t, "20000000feed0008", mender, otaOptions{})
+		d.waitRebootRequests(1)
+		d.powerCut()
+		// Rewrite the state as the agent before the one job engine left
+		// it: the jobs engine's file without the operation's state, and
+		// the OTA state in <stateDir>/ota-state.json.
+		stateDir := filepath.Join(d.dir, "state")
+		jobsFile := filepath.Join(stateDir, "jobs", "jobs-state.json")
+		raw, err := os.ReadFile(jobsFile)
+		require.NoError(t, err)
+		var st map[string]any
+		require.NoError(t, json.Unmarshal(raw, &st))
+		ops, _ := st["lastOperations"].(map[string]any)
+		rec, _ := ops["mender_install"].(map[string]any)
+		require.NotNil(t, rec, "the OTA state is in the jobs engine's state: %s", raw)
+		otaState, err := json.MarshalIndent(rec["state"], "", "  ")
+		require.NoError(t, err)
+		delete(st, "lastOperations")
+		job, _ := st["job"].(map[string]any)
+		require.NotNil(t, job)
+		require.Equal(t, true, job["stepStarted"])
+		delete(job, "opState")
+		raw, err = json.Marshal(st)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(jobsFile, raw, 0o600))
+		legacy := filepath.Join(stateDir, "ota-state.json")
+		require.NoError(t, os.WriteFile(legacy, append(otaState, '\n'), 0o600))
+
+		d.setBootID()
+		d.start()
+		ex := waitTerminal(t, d, svc)
+		assert.Equal(t, protocol.JobSucceeded, ex.Status, "%v", ex.StatusDetails)
+		assert.Equal(t, "committed", ex.StatusDetails["step"])
+		assert.Equal(t, []string{"mender-update install", "mender-update commit"}, d.menderOps(), "not installed again")
+		assert.Equal(t, partitions{Active: "B"}, d.partitions())
+		_, updates, _ := svc.snapshot()
+		assert.Equal(t, []string{"downloading", "installing", "rebooting", "verifying", "committed"}, steps(updates))
+		assert.NoFileExists(t, legacy, "taken over into the jobs engine's state")
+		noSecrets(t, d, svc)
+	})
+
 	t.Run("missing url: REJECTED with a reason", func(t *testing.T) {
 		t.Parallel()
 		d, svc, _ := start(t, "20000000feed0004", map[string]any{"operation": "mender_install"}, otaOptions{})

@@ -15,7 +15,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/device/agent"
 	"github.com/iot-fleet/iot-fleet/device/config"
 	"github.com/iot-fleet/iot-fleet/device/jobs"
-	"github.com/iot-fleet/iot-fleet/device/ota"
+	"github.com/iot-fleet/iot-fleet/device/ota/jobsop"
 	"github.com/iot-fleet/iot-fleet/device/outbox"
 	"github.com/iot-fleet/iot-fleet/device/provision"
 	"github.com/iot-fleet/iot-fleet/device/store"
@@ -220,12 +220,11 @@ func readStatus(dir string, now time.Time) (statusReport, error) {
 	if snap.JobID != "" {
 		rep.Job = &jobStatus{Snapshot: snap, Summary: agent.JobStatusText(snap)}
 	}
-	var otaSt ota.State
-	otaFound, err := st.ReadJSON(ota.StateFileName, &otaSt)
+	otaSt, err := jobsop.LastState(st.Path(store.JobsDir))
 	if err != nil {
 		return rep, err
 	}
-	if otaFound {
+	if otaSt != nil {
 		rep.OTA = &otaStatus{JobID: otaSt.JobID, Step: string(otaSt.Step), Status: string(otaSt.Status),
 			Attempt: otaSt.Attempt, Reason: otaSt.Reason, UpdatedAt: otaSt.UpdatedAt}
 	}

@@ -84,6 +84,9 @@ type Action struct {
 	// Operation input: the operation name and its input fields.
 	Operation string                     `json:"operation,omitempty"`
 	Input     map[string]json.RawMessage `json:"input,omitempty"`
+	// Value is Input as the operation parsed and validated it (its own
+	// typed value, for example OTA's ota.Document).
+	Value any `json:"-"`
 }
 
 // Document is a parsed and validated job document.
@@ -148,9 +151,11 @@ func fieldErr(field, format string, args ...any) *Error {
 type Operations interface {
 	// HasOperation reports whether name is a registered operation.
 	HasOperation(name string) bool
-	// ValidateOperation checks the input fields of a step running
-	// operation name. The error's text becomes the rejection's problem.
-	ValidateOperation(name string, input map[string]json.RawMessage) error
+	// ParseOperation checks the input fields of a step running
+	// operation name and returns them as the operation's own typed value
+	// (Action.Value): a document is validated once, when it is parsed.
+	// The error's text becomes the rejection's problem.
+	ParseOperation(name string, input map[string]json.RawMessage) (any, error)
 }
 
 // Options configure Parse.
@@ -648,9 +653,11 @@ func parseAction(raw json.RawMessage, field string, opts Options) (Action, *Erro
 		a.Type = TypeOperation
 		a.Operation = typ
 		a.Input = input
-		if verr := opts.Operations.ValidateOperation(typ, input); verr != nil {
+		v, verr := opts.Operations.ParseOperation(typ, input)
+		if verr != nil {
 			return a, opErr(inField, typ, verr)
 		}
+		a.Value = v
 	default:
 		return a, fieldErr(joinField(field, "type"), "unsupported action type %q (want %q or %q%s)", typ, TypeRunHandler, TypeRunCommand, registeredHint(opts))
 	}
@@ -709,10 +716,11 @@ func parseOld(top map[string]json.RawMessage, opts Options) (*Document, *Error) 
 			}
 			input[k] = v
 		}
-		if verr := opts.Operations.ValidateOperation(opName, input); verr != nil {
+		v, verr := opts.Operations.ParseOperation(opName, input)
+		if verr != nil {
 			return nil, opErr("", opName, verr)
 		}
-		doc.Steps = []Action{{Name: opName, Type: TypeOperation, Operation: opName, Input: input}}
+		doc.Steps = []Action{{Name: opName, Type: TypeOperation, Operation: opName, Input: input, Value: v}}
 		return doc, nil
 	}
 	if err := unknownFields(top, "", []string{"operation", "args", "path", "allowStdErr", "includeStdOut"}, func(k string) string {

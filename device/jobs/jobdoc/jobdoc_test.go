@@ -19,7 +19,22 @@ func (testOps) HasOperation(name string) bool { return name == "mender_install" 
 
 func (testOps) OperationNames() []string { return []string{"mender_install"} }
 
-func (testOps) ValidateOperation(name string, input map[string]json.RawMessage) error {
+// testOpInput is testOps' typed value: what ParseOperation returns and the
+// parser stores as Action.Value.
+type testOpInput struct{ URL string }
+
+func (testOps) ParseOperation(name string, input map[string]json.RawMessage) (any, error) {
+	if err := validateTestOp(input); err != nil {
+		return nil, err
+	}
+	var in testOpInput
+	if err := json.Unmarshal(input["url"], &in.URL); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+func validateTestOp(input map[string]json.RawMessage) error {
 	raw, ok := input["url"]
 	if !ok {
 		return &Error{Field: "url", Problem: "required field is missing"}
@@ -104,7 +119,7 @@ func TestParseValid(t *testing.T) {
 			name: "operation as a schema 1.0 step type",
 			doc:  step(`{"name":"update","type":"mender_install","input":{"url":"https://s3/x.mender"}}`),
 			want: Document{Schema: SchemaStandard, Steps: []Action{{Name: "update", Type: TypeOperation, Operation: "mender_install",
-				Input: map[string]json.RawMessage{"url": json.RawMessage(`"https://s3/x.mender"`)}}}},
+				Input: map[string]json.RawMessage{"url": json.RawMessage(`"https://s3/x.mender"`)}, Value: testOpInput{URL: "https://s3/x.mender"}}}},
 		},
 		{
 			name: "old schema with every field",
@@ -122,7 +137,7 @@ func TestParseValid(t *testing.T) {
 			name: "old schema registered operation",
 			doc:  `{"operation":"mender_install","url":"https://s3/x.mender"}`,
 			want: Document{Schema: SchemaOld, Steps: []Action{{Name: "mender_install", Type: TypeOperation, Operation: "mender_install",
-				Input: map[string]json.RawMessage{"url": json.RawMessage(`"https://s3/x.mender"`)}}}},
+				Input: map[string]json.RawMessage{"url": json.RawMessage(`"https://s3/x.mender"`)}, Value: testOpInput{URL: "https://s3/x.mender"}}}},
 		},
 	}
 	for _, tc := range tests {

@@ -31,13 +31,13 @@ import (
 // (*jobs.OperationStep implements it).
 type Step interface {
 	Progress(ctx context.Context, details map[string]string, state json.RawMessage) error
+	SaveState(ctx context.Context, state json.RawMessage) error
 	Flush(ctx context.Context) error
 }
 
 // Updater is the part of *ota.Updater the operation uses.
 type Updater interface {
-	Run(ctx context.Context, job ota.Job, r ota.Reporter) error
-	JobState(jobID string) (*ota.State, error)
+	Run(ctx context.Context, job ota.Job, s ota.Session) error
 	Flavor() ota.Flavor
 }
 
@@ -61,11 +61,11 @@ func New(u *ota.Updater, policy ota.Policy) *Op {
 	return o
 }
 
-// Validate checks the step input: url (required) and sha256 (optional),
-// nothing else; the url must satisfy the device's policy.
-func (o *Op) Validate(input map[string]json.RawMessage) error {
-	_, err := o.document(input)
-	return err
+// Parse checks the step input: url (required) and sha256 (optional),
+// nothing else; the url must satisfy the device's policy. The result, an
+// ota.Document, is what Run gets (the document is validated once).
+func (o *Op) Parse(input map[string]json.RawMessage) (any, error) {
+	return o.document(input)
 }
 
 func (o *Op) document(input map[string]json.RawMessage) (ota.Document, error) {
@@ -104,27 +104,35 @@ func (o *Op) document(input map[string]json.RawMessage) (ota.Document, error) {
 	return d, nil
 }
 
-// Run runs (or resumes) the update.
-func (o *Op) Run(ctx context.Context, step *jobs.OperationStep) jobs.OperationResult {
-	return o.run(ctx, step.JobID, step.Input, step.ServiceDetails, step)
+// LastState is the OTA state of the last mender_install job, current or
+// finished, as the jobs engine keeps it in its state directory jobsDir
+// (nil if there was none). `fleet-agent status` shows it.
+func LastState(jobsDir string) (*ota.State, error) {
+	rec, found, err := jobs.ReadLastOperation(jobsDir, ota.Operation)
+	if err != nil || !found {
+		return nil, err
+	}
+	return ota.DecodeState(rec.State)
 }
 
-func (o *Op) run(ctx context.Context, jobID string, input map[string]json.RawMessage, serviceDetails map[string]string, step Step) jobs.OperationResult {
-	d, err := o.document(input)
-	if err != nil {
-		return jobs.OperationResult{Reason: err.Error()}
+// Run runs (or resumes) the update.
+func (o *Op) Run(ctx context.Context, step *jobs.OperationStep) jobs.OperationResult {
+	doc, ok := step.Value.(ota.Document)
+	if !ok {
+		return jobs.OperationResult{Reason: fmt.Sprintf("internal error: %s step input was not parsed (got %T)", ota.Operation, step.Value)}
 	}
-	doc := map[string]any{"operation": ota.Operation, "url": d.URL}
-	if d.SHA256 != "" {
-		doc["sha256"] = d.SHA256
-	}
-	job := ota.Job{ID: jobID, Document: doc, StatusDetails: serviceDetails}
-	rep := &reporter{step: step}
+	return o.run(ctx, ota.Job{ID: step.JobID, Document: doc, StatusDetails: step.ServiceDetails}, step.State, step)
+}
+
+// run drives the updater for job; saved is the OTA state the engine kept
+// for the step (nil on its first run).
+func (o *Op) run(ctx context.Context, job ota.Job, saved json.RawMessage, step Step) jobs.OperationResult {
+	s := &session{step: step, state: saved}
 	for {
-		err := o.u.Run(ctx, job, rep)
+		err := o.u.Run(ctx, job, s)
 		switch {
 		case err == nil:
-			return o.result(jobID, rep)
+			return o.result(job.ID, s)
 		case errors.Is(err, ota.ErrRebootPending) && ctx.Err() == nil:
 			// The reboot did not stop the agent within the updater's
 			// RebootWait: ask again (bounded by MaxReboots, after which
@@ -135,20 +143,20 @@ func (o *Op) run(ctx context.Context, jobID string, input map[string]json.RawMes
 			// discards this result and runs the step again on restart.
 			return jobs.OperationResult{Reason: "interrupted: " + ctx.Err().Error()}
 		default:
-			return jobs.OperationResult{Reason: err.Error(), Details: o.details(jobID)}
+			return jobs.OperationResult{Reason: err.Error(), Details: o.details(s)}
 		}
 	}
 }
 
 // result turns the terminal status into the step result: from this run's
-// report, or from the persisted state when the status had been reported
+// report, or from the saved state when the status had been reported
 // before a restart.
-func (o *Op) result(jobID string, rep *reporter) jobs.OperationResult {
-	status, details := rep.status, rep.details
+func (o *Op) result(jobID string, s *session) jobs.OperationResult {
+	status, details := s.status, s.details
 	if status == "" {
-		st, err := o.u.JobState(jobID)
-		if err != nil || st == nil {
-			return jobs.OperationResult{Reason: fmt.Sprintf("OTA state of job %s is missing after the update finished: %v", jobID, err)}
+		st, err := ota.DecodeState(s.state)
+		if err != nil {
+			return jobs.OperationResult{Reason: fmt.Sprintf("OTA state of job %s is unusable after the update finished: %v", jobID, err)}
 		}
 		status, details = st.Status, st.Details(o.u.Flavor())
 	}
@@ -159,25 +167,37 @@ func (o *Op) result(jobID string, rep *reporter) jobs.OperationResult {
 	return res
 }
 
-func (o *Op) details(jobID string) map[string]string {
-	st, err := o.u.JobState(jobID)
-	if err != nil || st == nil {
+func (o *Op) details(s *session) map[string]string {
+	st, err := ota.DecodeState(s.state)
+	if err != nil {
 		return nil
 	}
 	return st.Details(o.u.Flavor())
 }
 
-// reporter maps the updater's reports onto the engine step: IN_PROGRESS
-// goes out as step progress (durable in the engine's state and outbox),
-// and "rebooting" additionally waits until the Jobs service accepted it.
-// Terminal statuses become the step result, which the engine reports.
-type reporter struct {
+// session is the updater's ota.Session on the engine step. The OTA state
+// is the step's own state in the engine's state file (SaveState). Reports:
+// IN_PROGRESS goes out as step progress (durable in the engine's state),
+// and "rebooting" additionally waits until the Jobs service accepted it;
+// terminal statuses become the step result, which the engine reports.
+type session struct {
 	step    Step
+	state   json.RawMessage
 	status  protocol.JobStatus
 	details map[string]string
 }
 
-func (r *reporter) Report(ctx context.Context, status protocol.JobStatus, details map[string]string) error {
+func (r *session) SavedState() json.RawMessage { return r.state }
+
+func (r *session) SaveState(ctx context.Context, state json.RawMessage) error {
+	if err := r.step.SaveState(ctx, state); err != nil {
+		return fmt.Errorf("save job step state: %w", err)
+	}
+	r.state = append(json.RawMessage(nil), state...)
+	return nil
+}
+
+func (r *session) Report(ctx context.Context, status protocol.JobStatus, details map[string]string) error {
 	if status.Terminal() {
 		r.status, r.details = status, details
 		return nil

@@ -65,9 +65,12 @@ func TestValidate(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var input map[string]json.RawMessage
 			require.NoError(t, json.Unmarshal([]byte(tc.input), &input))
-			err := op.Validate(input)
+			v, err := op.Parse(input)
 			if tc.problem == "" {
 				require.NoError(t, err)
+				doc, ok := v.(ota.Document)
+				require.True(t, ok, "Parse returns the typed document, got %T", v)
+				assert.Equal(t, "https://s3.amazonaws.com/b/a.mender?X-Amz-Signature=1", doc.URL)
 				return
 			}
 			var de *jobdoc.Error
@@ -94,6 +97,7 @@ func TestJobDocumentsThroughParser(t *testing.T) {
 		require.True(t, ok, name)
 		assert.Equal(t, jobdoc.TypeOperation, a.Type, name)
 		assert.Equal(t, ota.Operation, a.Operation, name)
+		assert.Equal(t, ota.Document{URL: "https://s3.amazonaws.com/b/a.mender?X-Amz-Signature=1"}, a.Value, name)
 	}
 	_, err := jobdoc.Parse([]byte(`{"operation":"mender_install"}`), jobdoc.Options{Operations: reg})
 	var de *jobdoc.Error
@@ -101,11 +105,26 @@ func TestJobDocumentsThroughParser(t *testing.T) {
 	assert.Contains(t, de.Reason(), "url")
 }
 
-// fakeStep records what the operation sends to the engine.
+// fakeStep records what the operation sends to the engine, and keeps the
+// saved state as the engine would.
 type fakeStep struct {
 	mu     sync.Mutex
 	events *os.File
 	sent   []map[string]string
+	state  json.RawMessage
+}
+
+func (s *fakeStep) SaveState(_ context.Context, state json.RawMessage) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.state = append(json.RawMessage(nil), state...)
+	return nil
+}
+
+func (s *fakeStep) saved() json.RawMessage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state
 }
 
 func (s *fakeStep) Progress(_ context.Context, details map[string]string, _ json.RawMessage) error {
@@ -144,7 +163,7 @@ func TestRunThroughReboot(t *testing.T) {
 	})
 	require.NoError(t, err)
 	op := New(u, u.Policy())
-	input := map[string]json.RawMessage{"url": json.RawMessage(`"https://s3.amazonaws.com/b/a.mender?X-Amz-Signature=1"`)}
+	job := ota.Job{ID: "job-1", Document: ota.Document{URL: "https://s3.amazonaws.com/b/a.mender?X-Amz-Signature=1"}}
 	step := &fakeStep{events: events}
 
 	// First run: installs, confirms "rebooting", reboots; the shutdown
@@ -160,7 +179,7 @@ func TestRunThroughReboot(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}()
-	res := op.run(ctx, "job-1", input, nil, step)
+	res := op.run(ctx, job, step.saved(), step)
 	assert.False(t, res.OK)
 	assert.Contains(t, res.Reason, "interrupted")
 	b, err := os.ReadFile(eventsPath)
@@ -171,7 +190,7 @@ func TestRunThroughReboot(t *testing.T) {
 	boot.Add(1)
 	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel2()
-	res = op.run(ctx2, "job-1", input, nil, step)
+	res = op.run(ctx2, job, step.saved(), step)
 	require.True(t, res.OK, res.Reason)
 	assert.Equal(t, "committed", res.Details[ota.DetailStep])
 	assert.Equal(t, "1", res.Details[ota.DetailAttempt])
@@ -180,7 +199,7 @@ func TestRunThroughReboot(t *testing.T) {
 
 	// Killed after the updater reported, before the engine recorded the
 	// result: the re-run returns the same result without touching mender.
-	res2 := op.run(ctx2, "job-1", input, nil, step)
+	res2 := op.run(ctx2, job, step.saved(), step)
 	assert.Equal(t, res, res2)
 	calls, err := os.ReadFile(filepath.Join(menderDir, "calls.log"))
 	require.NoError(t, err)
