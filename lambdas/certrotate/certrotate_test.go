@@ -25,9 +25,9 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate/certrotatetest"
-	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 	"github.com/iot-fleet/iot-fleet/lambdas/preprovision"
 )
 
@@ -47,7 +47,7 @@ type fixture struct {
 	oldID   string
 	oldKey  string // the old certificate's public key hash
 	oldPriv *ecdsa.PrivateKey
-	logs    *lambdatest.LogBuffer
+	logs    *testenv.LogBuffer
 }
 
 // newFixture provisions serial as fleet provisioning would (active
@@ -57,7 +57,7 @@ func newFixture(t *testing.T, reg registry.Store) *fixture {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
-	f := &fixture{t: t, ctx: ctx, iot: certrotatetest.New(policy, nil), reg: reg, logs: &lambdatest.LogBuffer{}}
+	f := &fixture{t: t, ctx: ctx, iot: certrotatetest.New(policy, nil), reg: reg, logs: &testenv.LogBuffer{}}
 	oldPriv, oldPEM := selfSigned(t, time.Now().Add(20*24*time.Hour))
 	f.oldPriv = oldPriv
 	f.oldID = f.iot.AddDevice(thing, group, policy, oldPEM)
