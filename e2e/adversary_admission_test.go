@@ -1,12 +1,10 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/e2e/harness"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/lambdas/allowlistsync"
 	"github.com/iot-fleet/iot-fleet/lambdas/preprovision"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
@@ -28,28 +27,11 @@ import (
 // fleet-agent processes against the local stack: the real hook and sync
 // Lambdas, the local IoT Core and Systems Manager.
 
-// advLog collects the cloud side's JSON log lines (the Lambdas').
-type advLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *advLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *advLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// hookDecisions returns the hook's decision lines about serial.
-func (l *advLog) hookDecisions(serial string) []string {
+// hookDecisions returns the hook's decision lines about serial in the
+// cloud side's log.
+func hookDecisions(logs *testenv.LogBuffer, serial string) []string {
 	var out []string
-	for _, line := range strings.Split(l.String(), "\n") {
+	for _, line := range strings.Split(logs.String(), "\n") {
 		if strings.Contains(line, "pre-provisioning hook decision") && strings.Contains(line, `"serial":"`+serial+`"`) {
 			out = append(out, line)
 		}
@@ -59,9 +41,9 @@ func (l *advLog) hookDecisions(serial string) []string {
 
 // advStartFleet starts the local stack with serials allowlisted and the
 // cloud side's log captured.
-func advStartFleet(t *testing.T, serials ...string) (*harness.Fleet, *advLog) {
+func advStartFleet(t *testing.T, serials ...string) (*harness.Fleet, *testenv.LogBuffer) {
 	t.Helper()
-	logs := &advLog{}
+	logs := &testenv.LogBuffer{}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	f, err := harness.Start(ctx, harness.Options{
@@ -114,7 +96,7 @@ func TestAdversaryClonedSerialIsDenied(t *testing.T) {
 
 	clone := startAgent(t, f, "clone", serialA)
 	advWaitDenied(t, ctx, clone)
-	decisions := logs.hookDecisions(serialA)
+	decisions := hookDecisions(logs, serialA)
 	require.NotEmpty(t, decisions)
 	last := decisions[len(decisions)-1]
 	assert.Contains(t, last, `"reason":"`+preprovision.ReasonAlreadyProvisioned+`"`)
@@ -242,7 +224,7 @@ func TestAdversaryProvisioningWhileRevokingIsDenied(t *testing.T) {
 	// provision mid-revocation.
 	reflashed := startAgent(t, f, "b-reflashed", serialB)
 	advWaitDenied(t, ctx, reflashed)
-	decisions := logs.hookDecisions(serialB)
+	decisions := hookDecisions(logs, serialB)
 	require.NotEmpty(t, decisions)
 	assert.Contains(t, decisions[len(decisions)-1], `"reason":"`+preprovision.ReasonRevoking+`"`)
 
@@ -293,7 +275,7 @@ func TestAdversaryReadmissionReplacesTheIdentityOnce(t *testing.T) {
 	require.Len(t, rec.CertificateHistory, 1)
 	assert.Equal(t, oldCert, rec.CertificateHistory[0].CertificateID)
 	assert.Equal(t, registry.RetiredReadmitted, rec.CertificateHistory[0].Reason)
-	decisions := logs.hookDecisions(serialA)
+	decisions := hookDecisions(logs, serialA)
 	assert.Contains(t, decisions[len(decisions)-1], `"retiredCertificateId":"`+oldCert+`"`)
 
 	// Deploying the same file again does nothing; another board is a

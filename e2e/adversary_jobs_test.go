@@ -79,13 +79,7 @@ func TestAdversaryJobsRunCommandSwitch(t *testing.T) {
 	require.NoError(t, off.InstallHandler("first.sh", "#!/bin/sh\ntouch "+firstStep+"\n"))
 	require.NoError(t, off.InstallHandler("ok.sh", "#!/bin/sh\necho handler-ok\n"))
 	for _, a := range []*harness.Agent{off, only} {
-		require.NoError(t, a.Start())
-		t.Cleanup(func() {
-			_ = a.Stop(10 * time.Second)
-			if t.Failed() {
-				t.Logf("agent %s log tail:\n%s", a.Serial, a.LogTail(40))
-			}
-		})
+		keepRunning(t, a.Serial, a, 40)
 	}
 	ctx := waitCtx(t, 2*time.Minute)
 	for _, a := range []*harness.Agent{off, only} {

@@ -132,13 +132,7 @@ func TestDeviceClientSampleJobs(t *testing.T) {
 	require.NoError(t, err)
 	tarball := installDCHandlers(t, a)
 	for _, ag := range []*harness.Agent{a, noPath} {
-		require.NoError(t, ag.Start())
-		t.Cleanup(func() {
-			_ = ag.Stop(10 * time.Second)
-			if t.Failed() {
-				t.Logf("agent %s log tail:\n%s", ag.Serial, ag.LogTail(60))
-			}
-		})
+		keepRunning(t, ag.Serial, ag, 60)
 	}
 	ctx := waitCtx(t, 3*time.Minute)
 	for _, ag := range []*harness.Agent{a, noPath} {

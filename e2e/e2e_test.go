@@ -74,14 +74,21 @@ func startAgent(t *testing.T, f *harness.Fleet, name, serial string) *harness.Ag
 	t.Helper()
 	a, err := f.NewAgent(name, harness.AgentOptions{Serial: serial})
 	require.NoError(t, err)
+	keepRunning(t, name, a, 40)
+	return a
+}
+
+// keepRunning starts a prepared agent and stops it when the test ends,
+// showing the last tail lines of its log if the test failed.
+func keepRunning(t *testing.T, name string, a *harness.Agent, tail int) {
+	t.Helper()
 	require.NoError(t, a.Start())
 	t.Cleanup(func() {
 		_ = a.Stop(10 * time.Second)
 		if t.Failed() {
-			t.Logf("agent %s log tail:\n%s", name, a.LogTail(40))
+			t.Logf("agent %s log tail:\n%s", name, a.LogTail(tail))
 		}
 	})
-	return a
 }
 
 func waitCtx(t *testing.T, d time.Duration) context.Context {

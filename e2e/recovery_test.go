@@ -36,13 +36,7 @@ func TestRecoveryAfterRevocationAndReadmission(t *testing.T) {
 		c.Provisioning.DeniedBackoff = config.Duration(4 * time.Second)
 	}})
 	require.NoError(t, err)
-	require.NoError(t, b.Start())
-	t.Cleanup(func() {
-		_ = b.Stop(10 * time.Second)
-		if t.Failed() {
-			t.Logf("agent b log tail:\n%s", b.LogTail(60))
-		}
-	})
+	keepRunning(t, "b", b, 60)
 	ctx := waitCtx(t, 2*time.Minute)
 	require.NoError(t, b.WaitConnected(ctx), b.LogTail(30))
 	old, _, err := b.Identity()

@@ -39,13 +39,7 @@ func startRotatingAgent(t *testing.T, f *harness.Fleet, name, serial string, swi
 		c.Rotation.SwitchTimeout = config.Duration(switchTimeout)
 	}})
 	require.NoError(t, err)
-	require.NoError(t, a.Start())
-	t.Cleanup(func() {
-		_ = a.Stop(10 * time.Second)
-		if t.Failed() {
-			t.Logf("agent %s log tail:\n%s", name, a.LogTail(60))
-		}
-	})
+	keepRunning(t, name, a, 60)
 	return a
 }
 

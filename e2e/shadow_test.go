@@ -50,13 +50,7 @@ func TestShadowReportedDesiredAndDenied(t *testing.T) {
 	require.NoError(t, err)
 	marker := filepath.Join(a.Dir, "release")
 	require.NoError(t, a.InstallHandler("wait.sh", "#!/bin/sh\nwhile [ ! -e "+marker+" ]; do sleep 0.05; done\necho released\n"))
-	require.NoError(t, a.Start())
-	t.Cleanup(func() {
-		_ = a.Stop(10 * time.Second)
-		if t.Failed() {
-			t.Logf("agent log tail:\n%s", a.LogTail(60))
-		}
-	})
+	keepRunning(t, a.Serial, a, 60)
 	ctx := waitCtx(t, 2*time.Minute)
 	require.NoError(t, a.WaitConnected(ctx), a.LogTail(30))
 	thing := a.ThingName()
@@ -160,13 +154,7 @@ func TestShadowAfterOTA(t *testing.T) {
 		c.Shadow.PollInterval = config.Duration(100 * time.Millisecond)
 		c.Shadow.MinInterval = config.Duration(200 * time.Millisecond)
 	}))
-	require.NoError(t, d.Start())
-	t.Cleanup(func() {
-		_ = d.Stop(10 * time.Second)
-		if t.Failed() {
-			t.Logf("agent log tail:\n%s", d.LogTail(60))
-		}
-	})
+	keepRunning(t, "ota-shadow", d.Agent, 60)
 	ctx := waitCtx(t, 3*time.Minute)
 	require.NoError(t, d.WaitConnected(ctx), d.LogTail(30))
 	thing := d.ThingName()

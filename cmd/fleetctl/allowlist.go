@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/spf13/cobra"
 
+	"github.com/iot-fleet/iot-fleet/infra/stackconfig"
 	"github.com/iot-fleet/iot-fleet/internal/allowlist"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 )
@@ -41,15 +42,7 @@ stack's serial pattern, exactly as the allowlist sync will, and reports every
 bad line with its number. Exit code 3 when the file is invalid.`,
 		Args: cobraArgs(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := g.validate(); err != nil {
-				return err
-			}
-			cfg, err := g.stackConfig()
-			if err != nil {
-				return err
-			}
-			path := allowlistPath(g, cfg.AllowlistPath, args)
-			entries, err := readAllowlist(path, cfg.SerialPattern)
+			_, path, entries, err := g.readStackAllowlist(args)
 			if err != nil {
 				return err
 			}
@@ -93,16 +86,8 @@ would refuse the plan (the reason says how to confirm it); 1 the registry
 could not be read.`,
 		Args: cobraArgs(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := g.validate(); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			cfg, err := g.stackConfig()
-			if err != nil {
-				return err
-			}
-			path := allowlistPath(g, cfg.AllowlistPath, args)
-			entries, err := readAllowlist(path, cfg.SerialPattern)
+			cfg, path, entries, err := g.readStackAllowlist(args)
 			if err != nil {
 				return err
 			}
@@ -142,6 +127,21 @@ could not be read.`,
 	cmd.Flags().StringVar(&table, "registry-table", "", "DynamoDB table of the device registry (default: stack output registryTable)")
 	cmd.Flags().IntVar(&confirm, "confirm-revocations", 0, "plan as if the deploy set allowlistConfirmRevocations to N")
 	return cmd
+}
+
+// readStackAllowlist checks the global flags, reads the stack's
+// configuration and parses the allowlist (FILE in args, else the stack's)
+// with the stack's serial pattern.
+func (g *globalFlags) readStackAllowlist(args []string) (cfg stackconfig.Config, path string, entries []allowlist.Entry, err error) {
+	if err := g.validate(); err != nil {
+		return cfg, "", nil, err
+	}
+	if cfg, err = g.stackConfig(); err != nil {
+		return cfg, "", nil, err
+	}
+	path = allowlistPath(g, cfg.AllowlistPath, args)
+	entries, err = readAllowlist(path, cfg.SerialPattern)
+	return cfg, path, entries, err
 }
 
 // allowlistPath is the file named on the command line, else the stack's

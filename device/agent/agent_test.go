@@ -16,11 +16,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/config"
-	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/provision"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
 
 const serial = "10000000cafe0001"
@@ -86,17 +86,31 @@ func (e *echoFeature) Start(ctx context.Context, rt *Runtime) error {
 
 func (e *echoFeature) Stop() { close(e.stopped) }
 
-func startAgent(t *testing.T, cfg config.Config, logs *devicetest.LogBuffer, n *notifications, features ...FeatureFactory) (*Agent, func()) {
+// testOptions are the options the tests run an agent with: cfg, version
+// test-1, features, and a debug log into logs.
+func testOptions(cfg config.Config, logs *testenv.LogBuffer, features []FeatureFactory) Options {
+	return Options{
+		Config: cfg, Version: "test-1", Features: features,
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}
+}
+
+// launch runs an agent with opts until cancel is called or the test ends;
+// Run's result arrives on errc.
+func launch(t *testing.T, opts Options) (a *Agent, errc <-chan error, cancel context.CancelFunc) {
 	t.Helper()
-	a, err := New(Options{
-		Config: cfg, Version: "test-1", Features: features, Notify: n.notify,
-		Logger:           slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		WatchdogInterval: func() (time.Duration, error) { return time.Hour, nil },
-	})
+	a, err := New(opts)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- a.Run(ctx) }()
+	t.Cleanup(cancel)
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(ctx) }()
+	return a, runErr, cancel
+}
+
+// stopper returns a stop that cancels the agent and requires Run to
+// return nil; it runs (once) when the test ends at the latest.
+func stopper(t *testing.T, cancel context.CancelFunc, errc <-chan error) func() {
 	stopped := false
 	stop := func() {
 		if stopped {
@@ -112,6 +126,12 @@ func startAgent(t *testing.T, cfg config.Config, logs *devicetest.LogBuffer, n *
 		}
 	}
 	t.Cleanup(stop)
+	return stop
+}
+
+// waitReady waits until a is ready; Run returning first fails the test.
+func waitReady(t *testing.T, a *Agent, errc <-chan error) {
+	t.Helper()
 	select {
 	case <-a.Ready():
 	case err := <-errc:
@@ -119,6 +139,18 @@ func startAgent(t *testing.T, cfg config.Config, logs *devicetest.LogBuffer, n *
 	case <-time.After(30 * time.Second):
 		t.Fatal("agent not ready")
 	}
+}
+
+// startAgent runs an agent that notifies n, until the returned stop is
+// called, and waits until it is ready.
+func startAgent(t *testing.T, cfg config.Config, logs *testenv.LogBuffer, n *notifications, features ...FeatureFactory) (*Agent, func()) {
+	t.Helper()
+	opts := testOptions(cfg, logs, features)
+	opts.Notify = n.notify
+	opts.WatchdogInterval = func() (time.Duration, error) { return time.Hour, nil }
+	a, errc, cancel := launch(t, opts)
+	stop := stopper(t, cancel, errc)
+	waitReady(t, a, errc)
 	return a, stop
 }
 
@@ -138,7 +170,7 @@ func TestFirstBootProvisionsConnectsAndServes(t *testing.T) {
 	cfg := testConfig(t, b)
 	status := b.Watch(t, "dt/fleet/+/status")
 	echoes := b.Watch(t, "dt/fleet/+/echo")
-	logs, n := &devicetest.LogBuffer{}, &notifications{}
+	logs, n := &testenv.LogBuffer{}, &notifications{}
 	feat := &echoFeature{stopped: make(chan struct{})}
 	a, stop := startAgent(t, cfg, logs, n, func(*Runtime) (Feature, error) { return feat, nil })
 
@@ -207,10 +239,10 @@ func TestRestartUsesStoredIdentity(t *testing.T) {
 	b := testbroker.Start(t, testbroker.Options{})
 	cfg := testConfig(t, b)
 	n := &notifications{}
-	_, stop := startAgent(t, cfg, &devicetest.LogBuffer{}, n)
+	_, stop := startAgent(t, cfg, &testenv.LogBuffer{}, n)
 	stop()
 	before := len(b.Connects())
-	_, stop2 := startAgent(t, cfg, &devicetest.LogBuffer{}, n)
+	_, stop2 := startAgent(t, cfg, &testenv.LogBuffer{}, n)
 	defer stop2()
 	conns := b.Connects()[before:]
 	require.NotEmpty(t, conns)
@@ -226,18 +258,10 @@ func TestRestartUsesStoredIdentity(t *testing.T) {
 }
 
 func TestSystemdNotifyOverRealSocket(t *testing.T) {
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	require.NoError(t, err)
-	defer conn.Close()
-	t.Setenv("NOTIFY_SOCKET", sock)
+	n := listenNotify(t)
 	require.NoError(t, SystemdNotifier("READY=1"))
-	buf := make([]byte, 256)
-	require.NoError(t, conn.SetReadDeadline(time.Now().Add(5*time.Second)))
-	k, _, err := conn.ReadFromUnix(buf)
-	require.NoError(t, err)
-	assert.Equal(t, "READY=1", string(buf[:k]))
+	i := n.WaitFor(t, 0, "READY=1", nil, func(string) bool { return true })
+	assert.Equal(t, "READY=1", n.List()[i])
 
 	t.Setenv("NOTIFY_SOCKET", "")
 	require.NoError(t, SystemdNotifier("READY=1"), "outside systemd notifying is a no-op")

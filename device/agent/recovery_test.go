@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"log/slog"
 	"os"
 	"strings"
@@ -13,12 +12,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/config"
-	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/mqttconn"
 	"github.com/iot-fleet/iot-fleet/device/provision"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
 
 const waitFor = 30 * time.Second
@@ -62,33 +61,13 @@ func recoveredTo(t *testing.T, cfg config.Config, b *testbroker.Broker, old, id 
 
 // runAgent runs an agent until the returned stop is called, without
 // waiting for it to be ready.
-func runAgent(t *testing.T, cfg config.Config, logs *devicetest.LogBuffer, features ...FeatureFactory) (*Agent, func()) {
+func runAgent(t *testing.T, cfg config.Config, logs *testenv.LogBuffer, features ...FeatureFactory) (*Agent, func()) {
 	t.Helper()
-	a, err := New(Options{
-		Config: cfg, Version: "test-1", Features: features, Notify: (&notifications{}).notify,
-		Logger:           slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		WatchdogInterval: func() (time.Duration, error) { return 0, nil },
-	})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- a.Run(ctx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-errc:
-			require.NoError(t, err)
-		case <-time.After(20 * time.Second):
-			t.Fatal("agent did not stop")
-		}
-	}
-	t.Cleanup(stop)
-	return a, stop
+	opts := testOptions(cfg, logs, features)
+	opts.Notify = (&notifications{}).notify
+	opts.WatchdogInterval = func() (time.Duration, error) { return 0, nil }
+	a, errc, cancel := launch(t, opts)
+	return a, stopper(t, cancel, errc)
 }
 
 // The operator revoked the device (its serial left the allowlist) and
@@ -99,7 +78,7 @@ func TestRefusedCertificateIsReplacedByClaim(t *testing.T) {
 	b := testbroker.Start(t, testbroker.Options{})
 	cfg := testConfig(t, b)
 	echoes := b.Watch(t, "dt/fleet/+/echo")
-	logs := &devicetest.LogBuffer{}
+	logs := &testenv.LogBuffer{}
 	feat := &echoFeature{stopped: make(chan struct{})}
 	startAgent(t, cfg, logs, &notifications{}, func(*Runtime) (Feature, error) { return feat, nil })
 	thing := "dev-" + serial
@@ -134,7 +113,7 @@ func TestRefusedCertificateIsReplacedByClaim(t *testing.T) {
 func TestBrokerOutageDoesNotReprovision(t *testing.T) {
 	b := testbroker.Start(t, testbroker.Options{})
 	cfg := testConfig(t, b)
-	logs := &devicetest.LogBuffer{}
+	logs := &testenv.LogBuffer{}
 	startAgent(t, cfg, logs, &notifications{})
 	thing := "dev-" + serial
 	old := identityOf(t, cfg)
@@ -163,7 +142,7 @@ func TestDeniedRecoveryBacksOffAcrossRestarts(t *testing.T) {
 	cfg := testConfig(t, b)
 	cfg.Provisioning.DeniedBackoff = config.Duration(time.Hour)
 	cfg.Provisioning.DeniedBackoffMin = config.Duration(300 * time.Millisecond)
-	logs := &devicetest.LogBuffer{}
+	logs := &testenv.LogBuffer{}
 	_, stop := startAgent(t, cfg, logs, &notifications{})
 	thing := "dev-" + serial
 	old := identityOf(t, cfg)
@@ -192,7 +171,7 @@ func TestDeniedRecoveryBacksOffAcrossRestarts(t *testing.T) {
 	// Restart (a crash-looping unit): the agent resumes the recovery and
 	// first waits for the rest of the persisted backoff.
 	allowed.Store(true)
-	logs2 := &devicetest.LogBuffer{}
+	logs2 := &testenv.LogBuffer{}
 	runAgent(t, cfg, logs2)
 	require.Eventually(t, func() bool {
 		return recoveredTo(t, cfg, b, old, identityOf(t, cfg)) && !exists(t, cfg, provision.RetryFile)
@@ -209,7 +188,7 @@ func TestDeniedRecoveryBacksOffAcrossRestarts(t *testing.T) {
 func TestKilledMidRecoveryKeepsAUsableIdentity(t *testing.T) {
 	b := testbroker.Start(t, testbroker.Options{})
 	cfg := testConfig(t, b)
-	logs := &devicetest.LogBuffer{}
+	logs := &testenv.LogBuffer{}
 	_, stop := startAgent(t, cfg, logs, &notifications{})
 	thing := "dev-" + serial
 	old := identityOf(t, cfg)
@@ -228,7 +207,7 @@ func TestKilledMidRecoveryKeepsAUsableIdentity(t *testing.T) {
 	assert.True(t, exists(t, cfg, old.KeyFile))
 	assert.True(t, exists(t, cfg, store.ProvisionFile))
 
-	logs2 := &devicetest.LogBuffer{}
+	logs2 := &testenv.LogBuffer{}
 	runAgent(t, cfg, logs2)
 	require.Eventually(t, func() bool {
 		return recoveredTo(t, cfg, b, old, identityOf(t, cfg))
@@ -269,7 +248,7 @@ type refusedErr = mqttconn.RefusedError
 func TestRecoveryImpossibleWaitsAndRetries(t *testing.T) {
 	b := testbroker.Start(t, testbroker.Options{})
 	cfg := testConfig(t, b)
-	logs := &devicetest.LogBuffer{}
+	logs := &testenv.LogBuffer{}
 	startAgent(t, cfg, logs, &notifications{})
 	old := identityOf(t, cfg)
 	serialFile := cfg.Provisioning.SerialFiles[1]

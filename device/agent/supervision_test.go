@@ -1,11 +1,7 @@
 package agent
 
 import (
-	"context"
 	"errors"
-	"log/slog"
-	"net"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -20,66 +16,16 @@ import (
 	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
 
-// notifySocket is a real $NOTIFY_SOCKET: every datagram the agent sends
-// through SystemdNotifier, in order.
-type notifySocket struct {
-	mu     sync.Mutex
-	states []string
-	more   chan struct{}
-}
-
-func listenNotify(t *testing.T) *notifySocket {
+// listenNotify opens a real $NOTIFY_SOCKET for the agent's
+// SystemdNotifier: NOTIFY_SOCKET names it until the test ends.
+func listenNotify(t *testing.T) *devicetest.NotifySocket {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close() })
-	t.Setenv("NOTIFY_SOCKET", sock)
-	n := &notifySocket{more: make(chan struct{}, 1)}
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, _, err := conn.ReadFromUnix(buf)
-			if err != nil {
-				return
-			}
-			n.mu.Lock()
-			n.states = append(n.states, string(buf[:k]))
-			n.mu.Unlock()
-			select {
-			case n.more <- struct{}{}:
-			default:
-			}
-		}
-	}()
+	n := devicetest.ListenNotify(t)
+	t.Setenv("NOTIFY_SOCKET", n.Path)
 	return n
-}
-
-func (n *notifySocket) list() []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return append([]string(nil), n.states...)
-}
-
-// waitFor waits until a notification after index from satisfies ok and
-// returns its index.
-func (n *notifySocket) waitFor(t *testing.T, from int, what string, ok func(string) bool) int {
-	t.Helper()
-	deadline := time.After(30 * time.Second)
-	for {
-		for i, s := range n.list() {
-			if i >= from && ok(s) {
-				return i
-			}
-		}
-		select {
-		case <-n.more:
-		case <-deadline:
-			t.Fatalf("no notification %s after #%d; got %q", what, from, n.list())
-		}
-	}
 }
 
 func isPing(s string) bool { return s == "WATCHDOG=1" }
@@ -128,36 +74,24 @@ func (f *faults) hook(loop string) {
 // runSupervised starts an agent with the real systemd notifier, a 2s
 // watchdog and loops that must beat every 3s, and waits until it is
 // ready and has pinged the watchdog.
-func runSupervised(t *testing.T, b *testbroker.Broker, f *faults, n *notifySocket, features ...FeatureFactory) (errc <-chan error, stop func(), stateDir string) {
+func runSupervised(t *testing.T, b *testbroker.Broker, f *faults, n *devicetest.NotifySocket, features ...FeatureFactory) (errc <-chan error, stop func(), stateDir string) {
 	t.Helper()
 	cfg := testConfig(t, b)
-	logs := &devicetest.LogBuffer{}
-	a, err := New(Options{
-		Config: cfg, Version: "test-1", Features: features,
-		Logger:           slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		WatchdogInterval: func() (time.Duration, error) { return 2 * time.Second, nil },
-		LoopTimeout:      3 * time.Second,
-		TestHook:         f.hook,
-	})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- a.Run(ctx) }()
+	logs := &testenv.LogBuffer{}
+	opts := testOptions(cfg, logs, features)
+	opts.WatchdogInterval = func() (time.Duration, error) { return 2 * time.Second, nil }
+	opts.LoopTimeout = 3 * time.Second
+	opts.TestHook = f.hook
+	a, runErr, cancel := launch(t, opts)
 	t.Cleanup(func() {
 		cancel()
 		if t.Failed() {
 			t.Logf("agent log:\n%s", logs.String())
 		}
 	})
-	select {
-	case <-a.Ready():
-	case err := <-runErr:
-		t.Fatalf("agent stopped before ready: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("agent not ready")
-	}
-	n.waitFor(t, 0, "READY=1", func(s string) bool { return strings.HasPrefix(s, "READY=1") })
-	n.waitFor(t, 0, "WATCHDOG=1", isPing)
+	waitReady(t, a, runErr)
+	n.WaitFor(t, 0, "READY=1", nil, func(s string) bool { return strings.HasPrefix(s, "READY=1") })
+	n.WaitFor(t, 0, "WATCHDOG=1", nil, isPing)
 	return runErr, cancel, cfg.StateDir
 }
 
@@ -224,16 +158,16 @@ func TestSupervisionHungLoopStopsTheWatchdog(t *testing.T) {
 			case <-time.After(30 * time.Second):
 				t.Fatalf("loop %s never beat", loop)
 			}
-			unhealthy := n.waitFor(t, 0, "STATUS=...UNHEALTHY", func(s string) bool {
+			unhealthy := n.WaitFor(t, 0, "STATUS=...UNHEALTHY", nil, func(s string) bool {
 				return strings.HasPrefix(s, "STATUS=") && strings.Contains(s, "UNHEALTHY, not beating: "+loop)
 			})
 			err := waitExit(t, errc)
 			require.Error(t, err, "a hung %s loop must make Run fail (exit non-zero)", loop)
 			assert.True(t, errors.Is(err, errHung), "%v", err)
 			assert.Contains(t, err.Error(), loop)
-			for i, s := range n.list() {
+			for i, s := range n.List() {
 				if i > unhealthy {
-					assert.False(t, isPing(s), "WATCHDOG=1 sent after the %s loop stopped beating: %q", loop, n.list())
+					assert.False(t, isPing(s), "WATCHDOG=1 sent after the %s loop stopped beating: %q", loop, n.List())
 				}
 			}
 		})
@@ -255,7 +189,7 @@ func TestSupervisionLongStepIsNotAHang(t *testing.T) {
 	f := newFaults(t)
 	var overdue atomic.Bool
 	errc, stop, stateDir := runSupervised(t, b, f, n, JobsFeature(nil))
-	running := n.waitFor(t, 0, "STATUS= with the running step", func(s string) bool {
+	running := n.WaitFor(t, 0, "STATUS= with the running step", nil, func(s string) bool {
 		return strings.HasPrefix(s, "STATUS=") && strings.Contains(s, `jobs: job job-1 step 1/1 "nap" running`)
 	})
 	select {
@@ -267,7 +201,7 @@ func TestSupervisionLongStepIsNotAHang(t *testing.T) {
 		t.Fatal("job did not finish")
 	}
 	pings := 0
-	for i, s := range n.list() {
+	for i, s := range n.List() {
 		if strings.Contains(s, "UNHEALTHY") {
 			overdue.Store(true)
 		}
@@ -275,9 +209,9 @@ func TestSupervisionLongStepIsNotAHang(t *testing.T) {
 			pings++
 		}
 	}
-	assert.False(t, overdue.Load(), "a long step was taken for a hang: %q", n.list())
+	assert.False(t, overdue.Load(), "a long step was taken for a hang: %q", n.List())
 	assert.GreaterOrEqual(t, pings, 3, "the watchdog is pinged during the step")
-	n.waitFor(t, running, "STATUS= without the job", func(s string) bool {
+	n.WaitFor(t, running, "STATUS= without the job", nil, func(s string) bool {
 		return strings.HasPrefix(s, "STATUS=connected as") && !strings.Contains(s, "job-1")
 	})
 	st, err := store.Open(stateDir)

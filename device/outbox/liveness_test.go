@@ -4,28 +4,17 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/outbox"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 )
-
-type beats struct {
-	mu    sync.Mutex
-	beats int
-	busy  []time.Duration
-}
-
-func (b *beats) Beat()                   { b.mu.Lock(); b.beats++; b.mu.Unlock() }
-func (b *beats) Busy(d time.Duration)    { b.mu.Lock(); b.busy = append(b.busy, d); b.mu.Unlock() }
-func (b *beats) Interval() time.Duration { return 20 * time.Millisecond }
-func (b *beats) count() int              { b.mu.Lock(); defer b.mu.Unlock(); return b.beats }
 
 // Offline for long is normal: Run keeps beating while it waits for the
 // connection, and while idle; a publish is announced as Busy for AckWait.
@@ -33,7 +22,7 @@ func TestRunBeatsOfflineIdleAndAnnouncesPublishes(t *testing.T) {
 	b := testbroker.Start(t, testbroker.Options{})
 	const thing = "dev-live"
 	conn := connFor(t, b, thing)
-	live := &beats{}
+	live := &devicetest.Liveness{}
 	ob, err := outbox.Open(t.TempDir(), outbox.Options{Logger: quiet, Liveness: live, AckWait: 42 * time.Second})
 	require.NoError(t, err)
 	topic := protocol.DataTopic(thing, "status")
@@ -42,21 +31,19 @@ func TestRunBeatsOfflineIdleAndAnnouncesPublishes(t *testing.T) {
 	goRun(t, func(ctx context.Context) { _ = ob.Run(ctx, conn) })
 
 	// Not connected (conn is not running): beats go on, nothing is sent.
-	n := live.count()
-	require.Eventually(t, func() bool { return live.count() >= n+5 }, 10*time.Second, time.Millisecond)
+	n := live.Beats()
+	require.Eventually(t, func() bool { return live.Beats() >= n+5 }, 10*time.Second, time.Millisecond)
 	assert.Equal(t, 1, ob.Len())
 
 	got := b.Watch(t, topic)
 	goRun(t, func(ctx context.Context) { _ = conn.Run(ctx) })
 	receive(t, got, 1)
 	require.NoError(t, ob.WaitEmpty(deadline(t)))
-	live.mu.Lock()
-	assert.Contains(t, live.busy, 42*time.Second, "the publish is announced with AckWait")
-	live.mu.Unlock()
+	assert.Contains(t, live.Announced(), 42*time.Second, "the publish is announced with AckWait")
 
 	// Idle: beats go on.
-	n = live.count()
-	require.Eventually(t, func() bool { return live.count() >= n+5 }, 10*time.Second, time.Millisecond)
+	n = live.Beats()
+	require.Eventually(t, func() bool { return live.Beats() >= n+5 }, 10*time.Second, time.Millisecond)
 }
 
 func TestCountReadsWithoutOpening(t *testing.T) {

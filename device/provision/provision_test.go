@@ -18,10 +18,10 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/device/backoff"
 	"github.com/iot-fleet/iot-fleet/device/devkey"
-	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
 
 const serial = "10000000abcdef01"
@@ -30,14 +30,14 @@ type fixture struct {
 	t      *testing.T
 	b      *testbroker.Broker
 	dir    string
-	logs   *devicetest.LogBuffer
+	logs   *testenv.LogBuffer
 	mu     sync.Mutex
 	sleeps []time.Duration
 	alg    devkey.Algorithm
 }
 
 func newFixture(t *testing.T, bo testbroker.Options) *fixture {
-	return &fixture{t: t, b: testbroker.Start(t, bo), dir: t.TempDir(), logs: &devicetest.LogBuffer{}, alg: devkey.ECDSAP256}
+	return &fixture{t: t, b: testbroker.Start(t, bo), dir: t.TempDir(), logs: &testenv.LogBuffer{}, alg: devkey.ECDSAP256}
 }
 
 // provisioner builds a fresh Provisioner on the fixture's state directory,
@@ -81,6 +81,21 @@ func (f *fixture) keyPEM() []byte {
 	b, err := os.ReadFile(filepath.Join(f.dir, KeyFile))
 	require.NoError(f.t, err)
 	return b
+}
+
+// cancelAfter returns a Sleep that records each wait in f.sleeps without
+// waiting, and calls cancel at the nth recorded wait.
+func (f *fixture) cancelAfter(n int, cancel context.CancelFunc) func(context.Context, time.Duration) error {
+	return func(ctx context.Context, d time.Duration) error {
+		f.mu.Lock()
+		f.sleeps = append(f.sleeps, d)
+		k := len(f.sleeps)
+		f.mu.Unlock()
+		if k == n {
+			cancel()
+		}
+		return ctx.Err()
+	}
 }
 
 func ctxTimeout(t *testing.T, d time.Duration) (context.Context, context.CancelFunc) {
@@ -317,16 +332,7 @@ func TestDenialLoopIsBounded(t *testing.T) {
 	f := newFixture(t, testbroker.Options{Allow: func(string) bool { return false }})
 	ctx, cancel := ctxTimeout(t, 30*time.Second)
 	p := f.provisioner()
-	p.o.Sleep = func(ctx context.Context, d time.Duration) error {
-		f.mu.Lock()
-		f.sleeps = append(f.sleeps, d)
-		n := len(f.sleeps)
-		f.mu.Unlock()
-		if n == 3 {
-			cancel()
-		}
-		return ctx.Err()
-	}
+	p.o.Sleep = f.cancelAfter(3, cancel)
 	_, err := p.Run(ctx)
 	require.ErrorIs(t, err, context.Canceled)
 	require.Len(t, f.sleeps, 3)

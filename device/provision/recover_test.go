@@ -77,20 +77,32 @@ func (f *fixture) recovered(old, id store.Identity) {
 	assert.NotContains(f.t, f.logs.String(), "PRIVATE KEY")
 }
 
+// revokedAfterProvisioning provisions the fixture's device, then revokes
+// its certificate in the cloud, and returns the identity it had.
+func (f *fixture) revokedAfterProvisioning() store.Identity {
+	f.t.Helper()
+	old := f.provisioned()
+	f.b.SetCert(old.CertificateID, "REVOKED", old.ThingName)
+	return old
+}
+
+// recoverReplaces runs a recovery and checks it replaced old.
+func (f *fixture) recoverReplaces(old store.Identity) {
+	f.t.Helper()
+	ctx, _ := ctxTimeout(f.t, 30*time.Second)
+	id, replaced, err := f.recover(ctx)
+	require.NoError(f.t, err)
+	assert.True(f.t, replaced)
+	f.recovered(old, id)
+}
+
 func (f *fixture) recover(ctx context.Context) (store.Identity, bool, error) {
 	return f.provisioner().Recover(ctx)
 }
 
 func TestRecoverReplacesARevokedCertificate(t *testing.T) {
 	f := newFixture(t, testbroker.Options{})
-	old := f.provisioned()
-	f.b.SetCert(old.CertificateID, "REVOKED", old.ThingName)
-
-	ctx, _ := ctxTimeout(t, 30*time.Second)
-	id, replaced, err := f.recover(ctx)
-	require.NoError(t, err)
-	assert.True(t, replaced)
-	f.recovered(old, id)
+	f.recoverReplaces(f.revokedAfterProvisioning())
 	assert.Contains(t, f.logs.String(), "refuses the current certificate")
 }
 
@@ -119,16 +131,7 @@ func TestRecoverNeverReprovisionsOnANetworkFailure(t *testing.T) {
 
 	ctx, cancel := ctxTimeout(t, 30*time.Second)
 	p := f.provisioner()
-	p.o.Sleep = func(ctx context.Context, d time.Duration) error {
-		f.mu.Lock()
-		f.sleeps = append(f.sleeps, d)
-		n := len(f.sleeps)
-		f.mu.Unlock()
-		if n == 3 {
-			cancel()
-		}
-		return ctx.Err()
-	}
+	p.o.Sleep = f.cancelAfter(3, cancel)
 	_, _, err := p.Recover(ctx)
 	require.ErrorIs(t, err, context.Canceled)
 	for _, d := range f.sleeps {
@@ -154,16 +157,7 @@ func TestRecoverDeniedBacksOffLongAcrossRestarts(t *testing.T) {
 	ctx, cancel := ctxTimeout(t, 30*time.Second)
 	p := f.provisioner()
 	p.o.Denied = policy
-	p.o.Sleep = func(ctx context.Context, d time.Duration) error {
-		f.mu.Lock()
-		f.sleeps = append(f.sleeps, d)
-		n := len(f.sleeps)
-		f.mu.Unlock()
-		if n == 3 {
-			cancel()
-		}
-		return ctx.Err()
-	}
+	p.o.Sleep = f.cancelAfter(3, cancel)
 	_, _, err := p.Recover(ctx)
 	require.ErrorIs(t, err, context.Canceled)
 	require.Len(t, f.sleeps, 3)
@@ -195,13 +189,7 @@ func TestRecoverDeniedBacksOffLongAcrossRestarts(t *testing.T) {
 	ctx2, cancel2 := ctxTimeout(t, 30*time.Second)
 	p2 := f.provisioner()
 	p2.o.Denied = policy
-	p2.o.Sleep = func(ctx context.Context, d time.Duration) error {
-		f.mu.Lock()
-		f.sleeps = append(f.sleeps, d)
-		f.mu.Unlock()
-		cancel2()
-		return ctx.Err()
-	}
+	p2.o.Sleep = f.cancelAfter(1, cancel2)
 	_, _, err = p2.Recover(ctx2)
 	require.ErrorIs(t, err, context.Canceled)
 	require.Len(t, f.sleeps, 1)
@@ -227,8 +215,7 @@ func TestRecoverPowerCutAtEveryStep(t *testing.T) {
 	for _, at := range []Step{StepKey, StepCertificate, StepRegistered, StepSwitched} {
 		t.Run(string(at), func(t *testing.T) {
 			f := newFixture(t, testbroker.Options{})
-			old := f.provisioned()
-			f.b.SetCert(old.CertificateID, "REVOKED", old.ThingName)
+			old := f.revokedAfterProvisioning()
 
 			ctx, cancel := ctxTimeout(t, 30*time.Second)
 			p := f.provisioner()
@@ -266,23 +253,14 @@ func TestRecoverIgnoresALeftoverFirstProvisioningState(t *testing.T) {
 	old := f.provisioned()
 	require.NoError(t, f.store().WriteJSON(store.ProvisionFile, State{Step: StepRegistered, Serial: serial, KeyFile: old.KeyFile, CertFile: old.CertFile, CertificateID: old.CertificateID, ThingName: old.ThingName}))
 	f.b.SetCert(old.CertificateID, "INACTIVE", old.ThingName)
-	ctx, _ := ctxTimeout(t, 30*time.Second)
-	id, replaced, err := f.recover(ctx)
-	require.NoError(t, err)
-	assert.True(t, replaced)
-	f.recovered(old, id)
+	f.recoverReplaces(old)
 }
 
 // A truncated provision.json does not stop a recovery: it starts over and
 // the current identity is untouched until the new one connected.
 func TestRecoverStartsOverAfterACorruptState(t *testing.T) {
 	f := newFixture(t, testbroker.Options{})
-	old := f.provisioned()
+	old := f.revokedAfterProvisioning()
 	require.NoError(t, os.WriteFile(filepath.Join(f.dir, store.ProvisionFile), []byte(`{"step":"certif`), 0o600))
-	f.b.SetCert(old.CertificateID, "REVOKED", old.ThingName)
-	ctx, _ := ctxTimeout(t, 30*time.Second)
-	id, replaced, err := f.recover(ctx)
-	require.NoError(t, err)
-	assert.True(t, replaced)
-	f.recovered(old, id)
+	f.recoverReplaces(old)
 }

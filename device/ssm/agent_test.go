@@ -15,10 +15,10 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/device/agent"
 	"github.com/iot-fleet/iot-fleet/device/config"
-	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/ssm"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
 
 // TestAgentFeatureOverMQTT runs the whole agent (provisioning by claim,
@@ -47,7 +47,7 @@ func TestAgentFeatureOverMQTT(t *testing.T) {
 	cfg.SSM = host.cfg
 	require.NoError(t, cfg.Validate())
 
-	logs := &devicetest.LogBuffer{}
+	logs := &testenv.LogBuffer{}
 	a, err := agent.New(agent.Options{
 		Config: cfg, Version: "test", Features: []agent.FeatureFactory{ssm.Feature()},
 		Logger:           slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),

@@ -16,10 +16,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/config"
-	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/ssm"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
 
 const (
@@ -135,7 +135,7 @@ func (r *recorder) last() protocol.SSMStatus {
 type rig struct {
 	host  *fakeHost
 	pub   *recorder
-	logs  *devicetest.LogBuffer
+	logs  *testenv.LogBuffer
 	state string
 	h     *ssm.Handler
 	ctx   context.Context
@@ -143,7 +143,7 @@ type rig struct {
 
 func newRig(t *testing.T, installed bool, mod func(*config.SSM)) *rig {
 	t.Helper()
-	r := &rig{host: newFakeHost(t, installed), pub: &recorder{}, logs: &devicetest.LogBuffer{}, state: t.TempDir()}
+	r := &rig{host: newFakeHost(t, installed), pub: &recorder{}, logs: &testenv.LogBuffer{}, state: t.TempDir()}
 	if mod != nil {
 		mod(&r.host.cfg)
 	}

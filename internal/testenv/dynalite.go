@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -94,24 +92,6 @@ func StartDynalite(t testing.TB) string {
 	return ""
 }
 
-// dynaliteOutput collects a child's output for error messages.
-type dynaliteOutput struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *dynaliteOutput) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *dynaliteOutput) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func startDynalite(bin string) (endpoint string, stop func(), err error) {
 	port, err := dynaliteFreePort()
 	if err != nil {
@@ -119,7 +99,7 @@ func startDynalite(bin string) (endpoint string, stop func(), err error) {
 	}
 	cmd := exec.Command(bin, "--host", "127.0.0.1", "--port", strconv.Itoa(port),
 		"--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0")
-	out := &dynaliteOutput{}
+	out := &LogBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		return "", nil, fmt.Errorf("start %s: %w", bin, err)

@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -71,25 +70,8 @@ type Mosquitto struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{}
-	log    *mosqLog
+	log    *LogBuffer
 	serial int64
-}
-
-type mosqLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *mosqLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *mosqLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }
 
 // MosquittoBin returns the mosquitto binary, or an error if it is missing.
@@ -119,7 +101,7 @@ func StartMosquitto(t testing.TB, opts MosquittoOptions) *Mosquitto {
 		t.Skip(err)
 	}
 	dir := t.TempDir()
-	m := &Mosquitto{bin: bin, dir: dir, log: &mosqLog{}, serial: 1}
+	m := &Mosquitto{bin: bin, dir: dir, log: &LogBuffer{}, serial: 1}
 	if opts.CAFile == "" && opts.CertFile == "" && opts.KeyFile == "" {
 		if err := m.generatePKI(); err != nil {
 			t.Fatal(err)

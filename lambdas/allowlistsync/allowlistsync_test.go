@@ -1,7 +1,6 @@
 package allowlistsync
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +22,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle/ssmfake"
 )
 
@@ -43,7 +43,7 @@ type env struct {
 	ssm      *ssmfake.SSM
 	ssmState *ssmstate.Memory
 	store    registry.Store
-	logs     *bytes.Buffer
+	logs     *testenv.LogBuffer
 	ctx      context.Context
 }
 
@@ -52,29 +52,18 @@ func newEnv(t *testing.T, store registry.Store) *env {
 	re, err := allowlist.CompilePattern(allowlist.DefaultSerialPattern)
 	require.NoError(t, err)
 	e := &env{iot: newSimIoT(t), s3: &fakeS3{}, ssm: ssmfake.NewSSM(nil), ssmState: ssmstate.NewMemory(store, nil),
-		store: store, logs: &bytes.Buffer{}}
+		store: store, logs: &testenv.LogBuffer{}}
 	e.h, err = New(Config{
 		S3: e.s3, IoT: e.iot, Registry: store, SerialPattern: re, SSM: e.ssm, SSMState: e.ssmState,
 		ThingGroup: group, DevicePolicy: policy, ThingNamePrefix: prefix,
 		Concurrency: 3, RetryDelay: time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(&lockedWriter{w: e.logs}, nil)),
+		Logger: slog.New(slog.NewTextHandler(e.logs, nil)),
 	})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 	e.ctx = ctx
 	return e
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 // provisioned puts serial n in the registry and in IoT as fleet

@@ -25,9 +25,9 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate/certrotatetest"
-	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 	"github.com/iot-fleet/iot-fleet/lambdas/preprovision"
 )
 
@@ -47,7 +47,7 @@ type fixture struct {
 	oldID   string
 	oldKey  string // the old certificate's public key hash
 	oldPriv *ecdsa.PrivateKey
-	logs    *lambdatest.LogBuffer
+	logs    *testenv.LogBuffer
 }
 
 // newFixture provisions serial as fleet provisioning would (active
@@ -57,11 +57,11 @@ func newFixture(t *testing.T, reg registry.Store) *fixture {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
-	f := &fixture{t: t, ctx: ctx, iot: certrotatetest.New(policy, nil), reg: reg, logs: &lambdatest.LogBuffer{}}
+	f := &fixture{t: t, ctx: ctx, iot: certrotatetest.New(policy, nil), reg: reg, logs: &testenv.LogBuffer{}}
 	oldPriv, oldPEM := selfSigned(t, time.Now().Add(20*24*time.Hour))
 	f.oldPriv = oldPriv
 	f.oldID = f.iot.AddDevice(thing, group, policy, oldPEM)
-	f.oldKey = keyHash(t, oldPEM)
+	f.oldKey = certrotatetest.KeyHash(t, oldPEM)
 	require.NoError(t, reg.PutAllowed(ctx, serial))
 	_, err := reg.RecordProvisioned(ctx, serial, thing, registry.Certificate{ID: f.oldID, NotAfter: time.Now().Add(20 * 24 * time.Hour), PublicKeySHA256: f.oldKey})
 	require.NoError(t, err)
@@ -74,17 +74,6 @@ func newFixture(t *testing.T, reg registry.Store) *fixture {
 	})
 	require.NoError(t, err)
 	return f
-}
-
-// keyHash is the registry's public key hash of the certificate certPEM, as
-// the pre-provisioning hook computes it.
-func keyHash(t *testing.T, certPEM string) string {
-	t.Helper()
-	block, _ := pem.Decode([]byte(certPEM))
-	require.NotNil(t, block)
-	leaf, err := x509.ParseCertificate(block.Bytes)
-	require.NoError(t, err)
-	return preprovision.PublicKeySHA256(leaf)
 }
 
 func selfSigned(t *testing.T, notAfter time.Time) (*ecdsa.PrivateKey, string) {
@@ -203,7 +192,7 @@ func TestRotationCompletes(t *testing.T) {
 		require.Equal(t, registry.RotationCompleted, d.LastRotationStatus)
 		require.Empty(t, d.RotationID)
 		// The registry knows the device's new key, and only it.
-		newKey := keyHash(t, msgs[0].CertificatePEM)
+		newKey := certrotatetest.KeyHash(t, msgs[0].CertificatePEM)
 		require.Equal(t, newKey, d.PublicKeySHA256)
 		require.NotEqual(t, f.oldKey, d.PublicKeySHA256)
 		require.Equal(t, newKey, res.PublicKeySHA256)
@@ -465,7 +454,7 @@ func TestRotatedDeviceRetriesProvisioningWithItsCurrentKey(t *testing.T) {
 		require.True(t, allowed, "the rotated key is a same-key retry")
 		d := f.device()
 		require.Equal(t, retryID, d.CertificateID)
-		require.Equal(t, keyHash(t, f.certMessages()[0].CertificatePEM), d.PublicKeySHA256, "still the rotated key")
+		require.Equal(t, certrotatetest.KeyHash(t, f.certMessages()[0].CertificatePEM), d.PublicKeySHA256, "still the rotated key")
 		require.NotEmpty(t, d.CertificateHistory)
 		last := d.CertificateHistory[len(d.CertificateHistory)-1]
 		require.Equal(t, newID, last.CertificateID)
@@ -506,7 +495,7 @@ func TestKeyRecordedOnReplayAfterAFailedWrite(t *testing.T) {
 	_, csr := newCSR(t)
 	res := f.handle(csrEvent("r1", csr, f.oldID))
 	newID := res.CertificateID
-	newKey := keyHash(t, f.certMessages()[0].CertificatePEM)
+	newKey := certrotatetest.KeyHash(t, f.certMessages()[0].CertificatePEM)
 
 	reg.mu.Lock()
 	reg.fails = 1

@@ -17,7 +17,6 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
-	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 )
 
 const (
@@ -34,7 +33,7 @@ type fixture struct {
 	h     *Handler
 	store registry.Store
 	iot   *simIoT
-	logs  *lambdatest.LogBuffer
+	logs  *testenv.LogBuffer
 }
 
 func newFixture(t *testing.T, store registry.Store) fixture {
@@ -49,7 +48,7 @@ func newFixture(t *testing.T, store registry.Store) fixture {
 
 	re, err := allowlist.CompilePattern(allowlist.DefaultSerialPattern)
 	require.NoError(t, err)
-	logs := &lambdatest.LogBuffer{}
+	logs := &testenv.LogBuffer{}
 	iot := newSimIoT(t)
 	h, err := New(Config{
 		Registry:        store,
@@ -269,7 +268,7 @@ func (b blockingRegistry) ReplaceCertificate(ctx context.Context, _, _ string, _
 func TestBoundsRegistryCall(t *testing.T) {
 	re, err := allowlist.CompilePattern(allowlist.DefaultSerialPattern)
 	require.NoError(t, err)
-	logs := &lambdatest.LogBuffer{}
+	logs := &testenv.LogBuffer{}
 	reg := blockingRegistry{deadline: make(chan time.Time, 2)}
 	iot := newSimIoT(t).client
 	h, err := New(Config{Registry: reg, IoT: iot, DevicePolicy: devicePolicy, SerialPattern: re, CallTimeout: 50 * time.Millisecond,

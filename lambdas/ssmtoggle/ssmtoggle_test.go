@@ -20,7 +20,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
-	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle/ssmfake"
 )
@@ -40,7 +40,7 @@ type env struct {
 	ssm   *ssmfake.SSM
 	iot   *ssmfake.IoT
 	data  *ssmfake.Data
-	logs  *lambdatest.LogBuffer
+	logs  *testenv.LogBuffer
 	h     *ssmtoggle.Handler
 }
 
@@ -54,7 +54,7 @@ func newEnv(t *testing.T, n int, mod func(*ssmtoggle.Config)) *env {
 	c := registrytest.NewClock(time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
-	e := &env{t: t, ctx: ctx, clock: c, reg: registry.NewMemory(registry.WithClock(c.Now)), logs: &lambdatest.LogBuffer{}}
+	e := &env{t: t, ctx: ctx, clock: c, reg: registry.NewMemory(registry.WithClock(c.Now)), logs: &testenv.LogBuffer{}}
 	e.state = ssmstate.NewMemory(e.reg, c.Now)
 	e.ssm = ssmfake.NewSSM(c.Now)
 	var members []string

@@ -30,6 +30,17 @@ func newTemplate(t *testing.T) *awsiot.TemplateVersions {
 	return tv
 }
 
+// newTemplateWithVersions is newTemplate updated to versions 2 to n
+// (bodies v2 to vn, each the default when created).
+func newTemplateWithVersions(t *testing.T, n int) *awsiot.TemplateVersions {
+	t.Helper()
+	tv := newTemplate(t)
+	for i := 2; i <= n; i++ {
+		require.NoError(t, update(context.Background(), tv, fmt.Sprintf("v%d", i)))
+	}
+	return tv
+}
+
 // update does what the AWS provider does on a template-body change.
 func update(ctx context.Context, tv *awsiot.TemplateVersions, body string) error {
 	_, err := tv.CreateProvisioningTemplateVersion(ctx, &iot.CreateProvisioningTemplateVersionInput{
@@ -65,10 +76,7 @@ func newHandler(t *testing.T, client IoT, keep int) *Handler {
 func TestTheSixthVersionFailsWithoutPruning(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	tv := newTemplate(t)
-	for i := 2; i <= MaxVersions; i++ {
-		require.NoError(t, update(ctx, tv, fmt.Sprintf("v%d", i)))
-	}
+	tv := newTemplateWithVersions(t, MaxVersions)
 	err := update(ctx, tv, "v6")
 	var limit *types.VersionsLimitExceededException
 	require.ErrorAs(t, err, &limit)
@@ -104,10 +112,7 @@ func TestPruningBeforeEachUpdateNeverHitsTheLimit(t *testing.T) {
 func TestTheDefaultVersionIsAlwaysKept(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	tv := newTemplate(t)
-	for i := 2; i <= 5; i++ {
-		require.NoError(t, update(ctx, tv, fmt.Sprintf("v%d", i)))
-	}
+	tv := newTemplateWithVersions(t, 5)
 	_, err := tv.UpdateProvisioningTemplate(ctx, &iot.UpdateProvisioningTemplateInput{TemplateName: aws.String(tplName), DefaultVersionId: aws.Int32(2)})
 	require.NoError(t, err)
 
@@ -160,10 +165,7 @@ func (f failingDelete) DeleteProvisioningTemplateVersion(ctx context.Context, in
 func TestAFailedDeleteFailsTheInvocation(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	tv := newTemplate(t)
-	for i := 2; i <= 5; i++ {
-		require.NoError(t, update(ctx, tv, fmt.Sprintf("v%d", i)))
-	}
+	tv := newTemplateWithVersions(t, 5)
 	_, err := newHandler(t, failingDelete{TemplateVersions: tv, failOn: 1}, 3).Handle(ctx, Event{})
 	var throttled *types.ThrottlingException
 	require.ErrorAs(t, err, &throttled)
@@ -247,10 +249,7 @@ func (d deniedAtFirst) ListProvisioningTemplateVersions(ctx context.Context, in 
 func TestAccessDeniedRightAfterCreationIsRetried(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	tv := newTemplate(t)
-	for i := 2; i <= 5; i++ {
-		require.NoError(t, update(ctx, tv, fmt.Sprintf("v%d", i)))
-	}
+	tv := newTemplateWithVersions(t, 5)
 	denials := 2
 	h, err := New(Config{IoT: deniedAtFirst{tv, &denials}, TemplateName: tplName, AccessDeniedRetries: 3, RetryDelay: time.Millisecond})
 	require.NoError(t, err)

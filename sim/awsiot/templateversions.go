@@ -57,6 +57,16 @@ func NewTemplateVersions(now func() time.Time) *TemplateVersions {
 	return &TemplateVersions{now: now, templates: map[string]*template{}}
 }
 
+// lookup returns template name, or op's ResourceNotFoundException;
+// the caller holds t.mu.
+func (t *TemplateVersions) lookup(op, name string) (*template, error) {
+	tpl, ok := t.templates[name]
+	if !ok {
+		return nil, notFound(op, "template %s does not exist", name)
+	}
+	return tpl, nil
+}
+
 func notFound(op, format string, args ...any) error {
 	return fmt.Errorf("%s: %w", op, &types.ResourceNotFoundException{Message: aws.String(fmt.Sprintf(format, args...))})
 }
@@ -88,9 +98,9 @@ func (t *TemplateVersions) CreateProvisioningTemplateVersion(ctx context.Context
 	name := aws.ToString(in.TemplateName)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	tpl, ok := t.templates[name]
-	if !ok {
-		return nil, notFound("CreateProvisioningTemplateVersion", "template %s does not exist", name)
+	tpl, err := t.lookup("CreateProvisioningTemplateVersion", name)
+	if err != nil {
+		return nil, err
 	}
 	if len(tpl.versions) >= MaxTemplateVersions {
 		return nil, fmt.Errorf("CreateProvisioningTemplateVersion: %w", &types.VersionsLimitExceededException{
@@ -117,9 +127,9 @@ func (t *TemplateVersions) ListProvisioningTemplateVersions(ctx context.Context,
 	name := aws.ToString(in.TemplateName)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	tpl, ok := t.templates[name]
-	if !ok {
-		return nil, notFound("ListProvisioningTemplateVersions", "template %s does not exist", name)
+	tpl, err := t.lookup("ListProvisioningTemplateVersions", name)
+	if err != nil {
+		return nil, err
 	}
 	start := 0
 	if tok := aws.ToString(in.NextToken); tok != "" {
@@ -158,9 +168,9 @@ func (t *TemplateVersions) DeleteProvisioningTemplateVersion(ctx context.Context
 	name, id := aws.ToString(in.TemplateName), aws.ToInt32(in.VersionId)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	tpl, ok := t.templates[name]
-	if !ok {
-		return nil, notFound("DeleteProvisioningTemplateVersion", "template %s does not exist", name)
+	tpl, err := t.lookup("DeleteProvisioningTemplateVersion", name)
+	if err != nil {
+		return nil, err
 	}
 	i := slices.IndexFunc(tpl.versions, func(v templateVersion) bool { return v.id == id })
 	if i < 0 {
@@ -188,9 +198,9 @@ func (t *TemplateVersions) UpdateProvisioningTemplate(ctx context.Context, in *i
 	name, id := aws.ToString(in.TemplateName), aws.ToInt32(in.DefaultVersionId)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	tpl, ok := t.templates[name]
-	if !ok {
-		return nil, notFound("UpdateProvisioningTemplate", "template %s does not exist", name)
+	tpl, err := t.lookup("UpdateProvisioningTemplate", name)
+	if err != nil {
+		return nil, err
 	}
 	if !slices.ContainsFunc(tpl.versions, func(v templateVersion) bool { return v.id == id }) {
 		return nil, notFound("UpdateProvisioningTemplate", "template %s has no version %d", name, id)
@@ -204,9 +214,9 @@ func (t *TemplateVersions) UpdateProvisioningTemplate(ctx context.Context, in *i
 func (t *TemplateVersions) DefaultBody(name string) (string, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	tpl, ok := t.templates[name]
-	if !ok {
-		return "", notFound("DefaultBody", "template %s does not exist", name)
+	tpl, err := t.lookup("DefaultBody", name)
+	if err != nil {
+		return "", err
 	}
 	for _, v := range tpl.versions {
 		if v.id == tpl.def {

@@ -1,40 +1,21 @@
 package core
 
 import (
-	"crypto/tls"
 	"errors"
 	"io"
-	"net"
 	"syscall"
 	"testing"
-	"time"
 
-	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/sim/broker"
 )
 
-// connectRawALPN is connectRaw on the ALPN listener, offering protos.
+// connectRawALPN is rawConnect on the ALPN listener, offering protos.
 func connectRawALPN(t *testing.T, c *Core, creds Credentials, clientID string, protos []string) ([]byte, string, error) {
 	t.Helper()
-	cfg, err := tlsConfig(c.RootCAPEM(), creds)
-	require.NoError(t, err)
-	cfg.NextProtos = protos
-	d := net.Dialer{Timeout: 10 * time.Second}
-	conn, err := tls.DialWithDialer(&d, "tcp", c.ALPNEndpoint(), cfg)
-	require.NoError(t, err, "TLS handshake")
-	defer conn.Close()
-	require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
-	pk := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
-	pk.ProtocolName, pk.ProtocolVersion = "MQTT", 4
-	pk.CleanSession, pk.Keepalive, pk.ClientIdentifier = true, 30, clientID
-	if err := pk.Write(conn); err != nil {
-		return nil, conn.ConnectionState().NegotiatedProtocol, err
-	}
-	buf := make([]byte, 64)
-	n, err := io.ReadAtLeast(conn, buf, 4)
-	return buf[:n], conn.ConnectionState().NegotiatedProtocol, err
+	got, proto, _, err := rawConnect(t, c, c.ALPNEndpoint(), creds, clientID, protos)
+	return got, proto, err
 }
 
 // AWS IoT Core serves MQTT on 443 only to clients that negotiate ALPN

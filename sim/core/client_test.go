@@ -118,27 +118,42 @@ func mustConnect(t testing.TB, c *Core, creds Credentials, clientID string) *tes
 	return tc
 }
 
-// connectRaw completes a mutual-TLS handshake with creds, sends an MQTT
-// 3.1.1 CONNECT with clientID and returns the first bytes the broker
-// answers with (a CONNACK is 4 bytes) and the read's error: io.EOF with no
-// bytes when the broker closed the connection without a CONNACK. The
-// handshake and the write must succeed.
-func connectRaw(t testing.TB, c *Core, creds Credentials, clientID string) ([]byte, error) {
+// rawConnect completes a mutual-TLS handshake with creds at addr (one of
+// c's listeners), offering the ALPN protocols protos, sends an MQTT 3.1.1
+// CONNECT with clientID and returns the first bytes the broker answers
+// with (a CONNACK is 4 bytes), the negotiated ALPN protocol, whether the
+// CONNECT was written, and the write's error or else the read's: io.EOF
+// with no bytes when the broker closed the connection without a CONNACK.
+// The handshake must succeed.
+func rawConnect(t testing.TB, c *Core, addr string, creds Credentials, clientID string, protos []string) (answer []byte, proto string, wrote bool, err error) {
 	t.Helper()
 	cfg, err := tlsConfig(c.RootCAPEM(), creds)
 	require.NoError(t, err)
+	cfg.NextProtos = protos
 	d := net.Dialer{Timeout: 10 * time.Second}
-	conn, err := tls.DialWithDialer(&d, "tcp", c.Endpoint(), cfg)
+	conn, err := tls.DialWithDialer(&d, "tcp", addr, cfg)
 	require.NoError(t, err, "TLS handshake")
 	defer conn.Close()
+	proto = conn.ConnectionState().NegotiatedProtocol
 	require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
 	pk := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
 	pk.ProtocolName, pk.ProtocolVersion = "MQTT", 4
 	pk.CleanSession, pk.Keepalive, pk.ClientIdentifier = true, 30, clientID
-	require.NoError(t, pk.Write(conn), "write CONNECT")
+	if err := pk.Write(conn); err != nil {
+		return nil, proto, false, err
+	}
 	buf := make([]byte, 64)
 	n, err := io.ReadAtLeast(conn, buf, 4)
-	return buf[:n], err
+	return buf[:n], proto, true, err
+}
+
+// connectRaw is rawConnect on the 8883-style listener, without ALPN; the
+// CONNECT's write must succeed.
+func connectRaw(t testing.TB, c *Core, creds Credentials, clientID string) ([]byte, error) {
+	t.Helper()
+	got, _, wrote, err := rawConnect(t, c, c.Endpoint(), creds, clientID, nil)
+	require.True(t, wrote, "write CONNECT: %v", err)
+	return got, err
 }
 
 // requireClosedAfterConnect asserts that the broker refuses creds with

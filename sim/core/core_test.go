@@ -1,13 +1,10 @@
 package core
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"log/slog"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/sim/broker"
 	"github.com/iot-fleet/iot-fleet/sim/faults"
 	"github.com/iot-fleet/iot-fleet/sim/jobs"
@@ -196,7 +194,7 @@ func TestCrossDeviceAccessIsDenied(t *testing.T) {
 }
 
 func TestRevokedCertificateIsDisconnectedAndRefused(t *testing.T) {
-	logs := &logLines{}
+	logs := &testenv.LogBuffer{}
 	c := startCore(t, Options{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	thing, creds, err := c.RegisterDevice(allowedSerial)
 	require.NoError(t, err)
@@ -210,7 +208,7 @@ func TestRevokedCertificateIsDisconnectedAndRefused(t *testing.T) {
 	requireClosedAfterConnect(t, c, creds, thing, "revoked certificate refused at connect")
 	// One log line per refused connection (the raw CONNECT and the MQTT
 	// client's): the e2e tests count them.
-	assert.Equal(t, 2, logs.count("connect refused: certificate not active",
+	assert.Equal(t, 2, logs.CountJSON("connect refused: certificate not active",
 		map[string]string{"client": thing, "certificate": creds.CertificateID, "status": string(registry.CertRevoked)}))
 	require.Error(t, c.SetCertificateStatus(creds.CertificateID, registry.CertActive), "revocation is final")
 
@@ -218,7 +216,7 @@ func TestRevokedCertificateIsDisconnectedAndRefused(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, c.SetCertificateStatus(creds2.CertificateID, registry.CertInactive))
 	requireClosedAfterConnect(t, c, creds2, thing2, "inactive certificate refused")
-	assert.Equal(t, 2, logs.count("connect refused: certificate not active",
+	assert.Equal(t, 2, logs.CountJSON("connect refused: certificate not active",
 		map[string]string{"client": thing2, "certificate": creds2.CertificateID, "status": string(registry.CertInactive)}))
 	require.NoError(t, c.SetCertificateStatus(creds2.CertificateID, registry.CertActive))
 	requireConnackAccepted(t, c, creds2, thing2)
@@ -280,40 +278,6 @@ func TestUnknownCertificateIsRefused(t *testing.T) {
 		conn.Close()
 	}
 	require.Error(t, err)
-}
-
-// logLines collects JSON log lines.
-type logLines struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-// count returns how many lines have message msg and every attribute of
-// attrs (string values).
-func (l *logLines) count(msg string, attrs map[string]string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for line := range strings.Lines(l.buf.String()) {
-		var rec map[string]any
-		if json.Unmarshal([]byte(line), &rec) != nil || rec["msg"] != msg {
-			continue
-		}
-		match := true
-		for k, v := range attrs {
-			match = match && rec[k] == v
-		}
-		if match {
-			n++
-		}
-	}
-	return n
 }
 
 // jobDevice is a scripted device speaking the Jobs MQTT API.

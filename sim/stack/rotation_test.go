@@ -19,8 +19,8 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate"
+	"github.com/iot-fleet/iot-fleet/lambdas/certrotate/certrotatetest"
 	"github.com/iot-fleet/iot-fleet/lambdas/certscan"
-	"github.com/iot-fleet/iot-fleet/lambdas/preprovision"
 	"github.com/iot-fleet/iot-fleet/sim/core"
 	simreg "github.com/iot-fleet/iot-fleet/sim/registry"
 	"github.com/iot-fleet/iot-fleet/sim/stack"
@@ -108,15 +108,6 @@ func keyPEMOf(t *testing.T, key *ecdsa.PrivateKey) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }
 
-func keyHashOf(t *testing.T, certPEM string) string {
-	t.Helper()
-	block, _ := pem.Decode([]byte(certPEM))
-	require.NotNil(t, block)
-	leaf, err := x509.ParseCertificate(block.Bytes)
-	require.NoError(t, err)
-	return preprovision.PublicKeySHA256(leaf)
-}
-
 // provisionByClaim runs fleet provisioning by claim over MQTT with the
 // device key key (CreateCertificateFromCsr, RegisterThing) and returns
 // the new certificate and whether RegisterThing accepted it.
@@ -168,7 +159,7 @@ func TestRotatedKeyIsTheDevicesKeyForProvisioning(t *testing.T) {
 	thing := s.Core.Names().ThingNamePrefix + serial
 	d, err := s.Registry.Get(ctx, serial)
 	require.NoError(t, err)
-	require.Equal(t, keyHashOf(t, string(first.CertPEM)), d.PublicKeySHA256)
+	require.Equal(t, certrotatetest.KeyHash(t, string(first.CertPEM)), d.PublicKeySHA256)
 
 	// Rotation: request, CSR for a new key, certificate, confirmation over
 	// a connection made with the new certificate.
@@ -194,7 +185,7 @@ func TestRotatedKeyIsTheDevicesKeyForProvisioning(t *testing.T) {
 	rotated.publish(protocol.DataTopic(thing, protocol.KindRotateConfirm), protocol.RotateConfirm{
 		RotationID: rotationID, CertificateID: rc.CertificateID, Status: protocol.RotateConfirmed,
 	})
-	rotatedHash := keyHashOf(t, rc.CertificatePEM)
+	rotatedHash := certrotatetest.KeyHash(t, rc.CertificatePEM)
 	require.NotEqual(t, d.PublicKeySHA256, rotatedHash)
 	// The rotation Lambda runs asynchronously: wait until its invocation
 	// for the confirmation has returned.

@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
 
 // buildFaultyAgent builds the binary with the test hooks that inject
@@ -48,65 +48,6 @@ func agentConfig(t *testing.T, b *testbroker.Broker, serial string) (cfgFile, st
 	return cfgFile, stateDir
 }
 
-// notifications listens on a real $NOTIFY_SOCKET and keeps every
-// datagram in order.
-type notifications struct {
-	sock   string
-	mu     sync.Mutex
-	states []string
-	more   chan struct{}
-}
-
-func listenNotify(t *testing.T) *notifications {
-	t.Helper()
-	n := &notifications{sock: filepath.Join(t.TempDir(), "notify.sock"), more: make(chan struct{}, 1)}
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.sock, Net: "unixgram"})
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close() })
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, _, err := conn.ReadFromUnix(buf)
-			if err != nil {
-				return
-			}
-			n.mu.Lock()
-			n.states = append(n.states, string(buf[:k]))
-			n.mu.Unlock()
-			select {
-			case n.more <- struct{}{}:
-			default:
-			}
-		}
-	}()
-	return n
-}
-
-func (n *notifications) list() []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return append([]string(nil), n.states...)
-}
-
-func (n *notifications) waitFor(t *testing.T, what string, exited <-chan error, ok func(string) bool) int {
-	t.Helper()
-	deadline := time.After(30 * time.Second)
-	for {
-		for i, s := range n.list() {
-			if ok(s) {
-				return i
-			}
-		}
-		select {
-		case <-n.more:
-		case err := <-exited:
-			t.Fatalf("agent exited (%v) before %s; notifications: %q", err, what, n.list())
-		case <-deadline:
-			t.Fatalf("no %s; notifications: %q", what, n.list())
-		}
-	}
-}
-
 // The real binary under a real NOTIFY_SOCKET: a loop whose goroutine dies
 // makes the agent exit non-zero at once; a loop that stops beating stops
 // the watchdog pings and the agent exits non-zero (Restart=on-failure).
@@ -121,10 +62,10 @@ func TestBinarySupervision(t *testing.T) {
 			b := testbroker.Start(t, testbroker.Options{})
 			cfgFile, stateDir := agentConfig(t, b, "10000000feed0a01")
 			faults := t.TempDir()
-			n := listenNotify(t)
-			logs := &devicetest.LogBuffer{}
+			n := devicetest.ListenNotify(t)
+			logs := &testenv.LogBuffer{}
 			cmd := exec.Command(bin, "run", "--config", cfgFile)
-			cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.sock, "WATCHDOG_USEC=3000000", "FLEET_AGENT_TEST_FAULT_DIR="+faults)
+			cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.Path, "WATCHDOG_USEC=3000000", "FLEET_AGENT_TEST_FAULT_DIR="+faults)
 			cmd.Stdout, cmd.Stderr = logs, logs
 			require.NoError(t, cmd.Start())
 			exited := make(chan error, 1)
@@ -135,8 +76,8 @@ func TestBinarySupervision(t *testing.T) {
 					t.Logf("agent log:\n%s", logs.String())
 				}
 			})
-			n.waitFor(t, "READY=1", exited, func(s string) bool { return strings.HasPrefix(s, "READY=1") })
-			n.waitFor(t, "WATCHDOG=1", exited, func(s string) bool { return s == "WATCHDOG=1" })
+			n.WaitFor(t, 0, "READY=1", exited, func(s string) bool { return strings.HasPrefix(s, "READY=1") })
+			n.WaitFor(t, 0, "WATCHDOG=1", exited, func(s string) bool { return s == "WATCHDOG=1" })
 
 			require.NoError(t, os.WriteFile(filepath.Join(faults, tc.fault), nil, 0o600))
 			var err error
@@ -154,8 +95,8 @@ func TestBinarySupervision(t *testing.T) {
 				// After the STATUS= that reports the hung loop, systemd is
 				// never told the agent is alive again.
 				loop := strings.TrimSuffix(tc.fault, ".hang")
-				states := n.list()
-				i := n.waitFor(t, "STATUS= naming the hung loop", exited, func(s string) bool {
+				states := n.List()
+				i := n.WaitFor(t, 0, "STATUS= naming the hung loop", exited, func(s string) bool {
 					return strings.HasPrefix(s, "STATUS=") && strings.Contains(s, "UNHEALTHY, not beating: "+loop)
 				})
 				for _, s := range states[i+1:] {

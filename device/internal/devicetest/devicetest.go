@@ -1,28 +1,12 @@
-// Package devicetest holds small helpers the device packages' tests share.
+// Package devicetest holds small helpers the device packages' tests share:
+// a recorder of what a loop reports to its supervisor, and a real systemd
+// notify socket. The log buffer is internal/testenv's.
 package devicetest
 
 import (
-	"bytes"
-	"sync"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
 
-// LogBuffer collects output (logs, a process's stdout and stderr) written
-// from several goroutines. The zero value is ready to use.
-type LogBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-// Write appends p.
-func (b *LogBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// String returns everything written so far.
-func (b *LogBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// LogBuffer is testenv.LogBuffer (the same type), for the device tests
+// that name it here.
+type LogBuffer = testenv.LogBuffer

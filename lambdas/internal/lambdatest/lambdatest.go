@@ -227,7 +227,7 @@ func (r *RuntimeAPI) InitError(ctx context.Context) (ErrorPayload, error) {
 // Process is a running bootstrap.
 type Process struct {
 	cmd    *exec.Cmd
-	out    *LogBuffer
+	out    *testenv.LogBuffer
 	exited chan struct{}
 	err    error
 }
@@ -271,7 +271,7 @@ func Start(t testing.TB, bin string, api *RuntimeAPI, env map[string]string) *Pr
 	for k, v := range vars {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	p := &Process{cmd: cmd, out: &LogBuffer{}, exited: make(chan struct{})}
+	p := &Process{cmd: cmd, out: &testenv.LogBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)

@@ -1,4 +1,4 @@
-package lambdatest
+package testenv
 
 import (
 	"bytes"
@@ -10,8 +10,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// LogBuffer collects output (a handler's logs, a bootstrap's stdout and
+// LogBuffer collects output (a logger's lines, a child process's stdout and
 // stderr) written from several goroutines. The zero value is ready to use.
+// It is the one such buffer every side's tests use.
 type LogBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
@@ -45,4 +46,25 @@ func (b *LogBuffer) JSONLines(t testing.TB) []map[string]any {
 		out = append(out, m)
 	}
 	return out
+}
+
+// CountJSON counts the JSON log lines with message msg ("msg") that have
+// every attribute of attrs (as string values). Lines that are not JSON
+// objects are skipped, so it may be polled while a logger writes.
+func (b *LogBuffer) CountJSON(msg string, attrs map[string]string) int {
+	n := 0
+	for line := range strings.Lines(b.String()) {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) != nil || rec["msg"] != msg {
+			continue
+		}
+		match := true
+		for k, v := range attrs {
+			match = match && rec[k] == v
+		}
+		if match {
+			n++
+		}
+	}
+	return n
 }
