@@ -10,9 +10,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
 
 // jobsService is a minimal AWS IoT Jobs MQTT API for one queued job: enough
@@ -112,7 +112,7 @@ func TestJobsFeatureRunsAJobEndToEnd(t *testing.T) {
 		}}},
 	})
 	cfg := testConfig(t, b)
-	_, _ = startAgent(t, cfg, &devicetest.LogBuffer{}, &notifications{}, JobsFeature(nil))
+	_, _ = startAgent(t, cfg, &testenv.LogBuffer{}, &notifications{}, JobsFeature(nil))
 
 	select {
 	case st := <-svc.terminal:

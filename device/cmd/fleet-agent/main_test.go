@@ -16,9 +16,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
 
 const serial = "10000000feed0001"
@@ -183,7 +183,7 @@ fleet-agent: `+path+`: field "alpn": must be true on port 443 (AWS IoT Core need
 			}
 		}()
 
-		logs := &devicetest.LogBuffer{}
+		logs := &testenv.LogBuffer{}
 		cmd := exec.Command(bin, "run", "--config", cfgFile)
 		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=10000000")
 		cmd.Stdout, cmd.Stderr = logs, logs

@@ -19,9 +19,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
 
 // The OTA tests run the real fleet-agent binary against the embedded
@@ -204,7 +204,7 @@ type otaDevice struct {
 	bootIDFile string
 	rebootLog  string
 	menderDir  string
-	logs       *devicetest.LogBuffer
+	logs       *testenv.LogBuffer
 	boots      int
 
 	cmd    *exec.Cmd
@@ -223,7 +223,7 @@ type otaOptions struct {
 func newOTADevice(t *testing.T, agentBin, fakeMender string, b *testbroker.Broker, serial string, o otaOptions) *otaDevice {
 	t.Helper()
 	dir := t.TempDir()
-	d := &otaDevice{t: t, bin: agentBin, dir: dir, logs: &devicetest.LogBuffer{},
+	d := &otaDevice{t: t, bin: agentBin, dir: dir, logs: &testenv.LogBuffer{},
 		bootIDFile: filepath.Join(dir, "boot_id"), rebootLog: filepath.Join(dir, "reboot.log"), menderDir: filepath.Join(dir, "mender")}
 	require.NoError(t, os.Mkdir(d.menderDir, 0o755))
 	menderUpdate := filepath.Join(d.menderDir, "mender-update")
