@@ -162,18 +162,21 @@ func parseLine(raw string, line int, pattern *regexp.Regexp) (Entry, *LineError)
 	if text == "" {
 		return Entry{}, nil
 	}
-	fields := strings.Fields(text)
-	serial := fields[0]
+	// Most lines are a bare serial: no allocation for those.
+	serial, rest := text, ""
+	if i := strings.IndexAny(text, " \t"); i >= 0 {
+		serial, rest = text[:i], strings.TrimSpace(text[i+1:])
+	}
 	if !pattern.MatchString(serial) {
 		return Entry{}, &LineError{Line: line, Reason: fmt.Sprintf("%q does not match the serial pattern %s", truncate(serial, 80), pattern)}
 	}
 	e := Entry{Serial: serial, Line: line}
-	if len(fields) > 1 {
-		token, ok := strings.CutPrefix(fields[1], ReadmitPrefix)
+	if rest != "" {
+		token, ok := strings.CutPrefix(rest, ReadmitPrefix)
 		switch {
-		case len(fields) > 2 || !ok:
+		case !ok || strings.ContainsAny(rest, " \t"):
 			return Entry{}, &LineError{Line: line, Reason: fmt.Sprintf("unexpected %q after serial %s: a line holds one serial and at most the annotation %sTOKEN",
-				truncate(strings.Join(fields[1:], " "), 80), serial, ReadmitPrefix)}
+				truncate(strings.Join(strings.Fields(rest), " "), 80), serial, ReadmitPrefix)}
 		case !registry.ValidReadmitToken(token):
 			return Entry{}, &LineError{Line: line, Reason: fmt.Sprintf("readmit token %q of serial %s must be 1 to 64 characters of [A-Za-z0-9._:-]", truncate(token, 80), serial)}
 		}
@@ -288,10 +291,13 @@ func Plan(current []registry.Device, entries []Entry, lim Limits) Changes {
 	for _, e := range entries {
 		listed[e.Serial] = struct{}{}
 	}
-	records := make(map[string]registry.Device, len(current))
+	// Pointers into current: a map of whole records would allocate one
+	// per record (the value is too large to keep inline).
+	records := make(map[string]*registry.Device, len(current))
 	ch := Changes{Listed: len(entries)}
-	for _, d := range current {
-		records[d.Serial] = d
+	for i := range current {
+		d := current[i]
+		records[d.Serial] = &current[i]
 		_, ok := listed[d.Serial]
 		switch {
 		case d.State == registry.StateRevoking:
