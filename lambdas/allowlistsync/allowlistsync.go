@@ -530,7 +530,7 @@ func (h *Handler) finishRevocation(ctx context.Context, d registry.Device) error
 		return err
 	}
 	thing := h.thingName(d)
-	certs, err := h.certificates(ctx, thing, d.CertificateID)
+	certs, err := h.certificates(ctx, thing, d.CertificateID, d.RotationCertID)
 	if err != nil {
 		return err
 	}
@@ -583,9 +583,10 @@ func (h *Handler) ssmOff(ctx context.Context, serial string) error {
 }
 
 // certificates returns the ids of the certificates to revoke: those
-// attached to thing and the one the registry recorded (provisioning may
-// have stopped before attaching it).
-func (h *Handler) certificates(ctx context.Context, thing, recorded string) ([]string, error) {
+// attached to thing and the ones the registry recorded — the device's and a
+// rotation's issued one (provisioning or the rotation may have stopped
+// before attaching it).
+func (h *Handler) certificates(ctx context.Context, thing string, recorded ...string) ([]string, error) {
 	var ids []string
 	seen := map[string]bool{}
 	add := func(id string) {
@@ -594,7 +595,9 @@ func (h *Handler) certificates(ctx context.Context, thing, recorded string) ([]s
 			ids = append(ids, id)
 		}
 	}
-	add(recorded)
+	for _, id := range recorded {
+		add(id)
+	}
 	var token *string
 	for {
 		var out *iot.ListThingPrincipalsOutput

@@ -24,6 +24,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle/ssmfake"
+	simregistry "github.com/iot-fleet/iot-fleet/sim/registry"
 )
 
 const (
@@ -691,4 +692,27 @@ func BenchmarkSync100k(b *testing.B) {
 			b.Fatalf("%+v %v", res, err)
 		}
 	}
+}
+
+// A rotation's issued certificate that was never attached to the thing
+// (the rotation Lambda stopped between issuing and attaching) is ACTIVE
+// with the device policy: revocation finds it in the record and revokes it
+// too.
+func TestRevokesARotationsUnattachedCertificate(t *testing.T) {
+	e := newEnv(t, registry.NewMemory())
+	e.provisioned(t, 1)
+	_, err := e.store.RequestRotation(e.ctx, serial(1), "rot-1", time.Hour)
+	require.NoError(t, err)
+	_, err = e.store.IssueRotation(e.ctx, serial(1), "rot-1", registry.Certificate{ID: cert(200), NotAfter: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	require.NoError(t, e.iot.reg.RegisterCertificate(cert(200), "", simregistry.CertActive, time.Now().Add(time.Hour)))
+	require.NoError(t, e.iot.reg.AttachPolicy(policy, cert(200)))
+
+	res, err := e.sync(t, list(999))
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Revoked)
+	e.assertGone(t, 1)
+	st, _ := e.iot.certStatus(cert(200))
+	assert.Equal(t, types.CertificateStatusRevoked, st, "the rotation's certificate")
+	assert.False(t, e.iot.policyAttached(policy, certARN(cert(200))))
 }

@@ -309,3 +309,36 @@ func TestRetirementFailureDenies(t *testing.T) {
 		assert.Equal(t, []string{first.id, first.id}, f.iot.client.CallsOf("UpdateCertificate"))
 	})
 }
+
+// A serial re-admitted while a rotation had issued a certificate (ACTIVE,
+// attached to the thing): the provisioning retires both the recorded
+// certificate and the rotation's, so no identity the registry forgets
+// stays usable.
+func TestReadmissionRetiresARotationsCertificateToo(t *testing.T) {
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		f := newFixture(t, newStore(t, nil))
+		ctx := context.Background()
+		old := issue(t, newKey(t))
+		f.admitted(t, allowedSerial, old)
+		_, err := f.store.RequestRotation(ctx, allowedSerial, "rot-1", time.Hour)
+		require.NoError(t, err)
+		rotated := issue(t, newKey(t))
+		_, err = f.store.IssueRotation(ctx, allowedSerial, "rot-1", registry.Certificate{ID: rotated.id, NotAfter: time.Now().Add(24 * time.Hour)})
+		require.NoError(t, err)
+		require.NoError(t, f.iot.reg.RegisterCertificate(rotated.id, rotated.pem, simregistry.CertActive, time.Now().Add(24*time.Hour)))
+		require.NoError(t, f.iot.reg.AttachPolicy(devicePolicy, rotated.id))
+		require.NoError(t, f.iot.reg.AttachThingPrincipal("dev-"+allowedSerial, rotated.id))
+		_, _, err = f.store.Readmit(ctx, allowedSerial, "INC-2", "ops")
+		require.NoError(t, err)
+
+		reflashed := issue(t, newKey(t))
+		require.True(t, f.handle(t, certRequest(allowedSerial, reflashed)), "%v", f.lastLog(t))
+		for _, id := range []string{old.id, rotated.id} {
+			c := f.iot.cert(t, id)
+			assert.Equal(t, simregistry.CertRevoked, c.Status, id)
+			assert.Empty(t, c.Things, "%s detached from the thing", id)
+			assert.Empty(t, c.Policies, "%s detached from the device policy", id)
+		}
+		assert.Equal(t, reflashed.id, f.record(t, allowedSerial).CertificateID)
+	})
+}

@@ -406,21 +406,40 @@ func (h *Handler) replace(ctx context.Context, req protocol.PreProvisioningHookR
 	return d.written(err)
 }
 
-// retire takes the certificate the registry recorded for rec out of use:
-// REVOKED (the broker drops its connections), device policy and thing
-// principal detached. A certificate or thing that is gone counts as done.
-// It refuses anything but a recorded device certificate distinct from the
-// request's claim and new certificates.
+// retire takes the certificates the registry recorded for rec out of use:
+// its certificate and, when a rotation is in progress, the certificate
+// issued for that rotation (it is ACTIVE and may be attached to the thing;
+// the replaced record forgets it). Each is REVOKED (the broker drops its
+// connections), the device policy and thing principal detached. A
+// certificate or thing that is gone counts as done. It refuses anything but
+// recorded device certificates distinct from the request's claim and new
+// certificates.
 func (h *Handler) retire(ctx context.Context, req protocol.PreProvisioningHookRequest, rec registry.Device) error {
-	id := rec.CertificateID
-	switch {
-	case id == "":
+	if rec.CertificateID == "" {
 		return fmt.Errorf("record of %s names no certificate to retire", rec.Serial)
-	case id == req.ClaimCertificateID:
-		return fmt.Errorf("refusing to retire certificate %s: it is the claim certificate", id)
-	case id == req.CertificateID:
-		return fmt.Errorf("refusing to retire certificate %s: it is the new certificate", id)
 	}
+	ids := []string{rec.CertificateID}
+	if rec.RotationCertID != "" && rec.RotationCertID != rec.CertificateID {
+		ids = append(ids, rec.RotationCertID)
+	}
+	for _, id := range ids {
+		switch id {
+		case req.ClaimCertificateID:
+			return fmt.Errorf("refusing to retire certificate %s: it is the claim certificate", id)
+		case req.CertificateID:
+			return fmt.Errorf("refusing to retire certificate %s: it is the new certificate", id)
+		}
+	}
+	for _, id := range ids {
+		if err := h.retireOne(ctx, rec, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// retireOne revokes certificate id of rec and detaches it.
+func (h *Handler) retireOne(ctx context.Context, rec registry.Device, id string) error {
 	var desc *iot.DescribeCertificateOutput
 	if err := iotcall.Do(ctx, h.timeout, "DescribeCertificate", true, func(ctx context.Context) error {
 		var err error
