@@ -73,8 +73,8 @@ func newAllowlistDiffCommand(g *globalFlags) *cobra.Command {
 		Long: `diff compares FILE (default: the stack's allowlistPath) with the stack's device
 registry and prints what the allowlist sync would do with it: the serials it
 admits, the devices it re-admits and the devices it revokes, and whether the
-revocation limit (stack config maxRevocationsPerSync, default max(5, 10% of
-the fleet)) refuses it. It is the sync's own plan; it changes nothing.
+revocation limit (stack config maxRevocationsPerSync, default max(5, 10% of the
+provisioned fleet)) refuses it. It is the sync's own plan; it changes nothing.
 
 The registry table comes from --registry-table or the stack output
 registryTable (--stack or --outputs). Credentials, region and endpoint are the

@@ -117,7 +117,7 @@ type Config struct {
 	// (MinCredentialDurationSeconds to TokenExchangeMaxSessionSeconds).
 	CredentialDurationSeconds int
 	// MaxRevocationsPerSync is the sync Lambda's revocation limit; 0 means
-	// unset (the Lambda's default, max(5, ceil(10% of the fleet)).
+	// unset (the Lambda's default, max(5, ceil(10% of the provisioned fleet)).
 	MaxRevocationsPerSync int
 	// AllowlistConfirmRevocations, when > 0, is the allowlist object's
 	// confirm-revocations metadata for this deploy.

@@ -220,16 +220,17 @@ const (
 	LimitStackConfig = "maxRevocationsPerSync"
 )
 
-// DefaultMaxRevocations is the revocation limit of a fleet of admitted
-// devices when none is configured: max(5, ceil(10% of admitted)).
-func DefaultMaxRevocations(admitted int) int {
-	return max(5, (admitted+9)/10)
+// DefaultMaxRevocations is the revocation limit of a fleet of devices
+// (provisioned or readmitted) when none is configured:
+// max(5, ceil(10% of the fleet)).
+func DefaultMaxRevocations(fleet int) int {
+	return max(5, (fleet+9)/10)
 }
 
 // Limits are the revocation limit of one sync.
 type Limits struct {
 	// MaxRevocations is the most devices one sync may revoke; 0 or less:
-	// DefaultMaxRevocations of the admitted fleet.
+	// DefaultMaxRevocations of the fleet (provisioned or readmitted).
 	MaxRevocations int
 	// Confirm is the confirm-revocations value of the allowlist object (0:
 	// none). A plan over the limit goes ahead only when it revokes exactly
@@ -264,8 +265,11 @@ type Changes struct {
 	Resume []registry.Device
 
 	// Listed is the number of serials in the file, Admitted the number of
-	// records in state allowed, provisioned or readmitted.
-	Listed, Admitted int
+	// records in state allowed, provisioned or readmitted, Fleet those of
+	// them that hold an identity (provisioned or readmitted): the default
+	// limit is a share of the Fleet, so serials listed ahead of
+	// manufacturing (allowed, never provisioned) cannot raise it.
+	Listed, Admitted, Fleet int
 	// Limit is the revocation limit in force; Confirmed says the plan is
 	// over it and the confirmation lifted it.
 	Limit     int
@@ -304,6 +308,9 @@ func Plan(current []registry.Device, entries []Entry, lim Limits) Changes {
 			ch.Resume = append(ch.Resume, d)
 		case d.State.Admitted():
 			ch.Admitted++
+			if d.State != registry.StateAllowed {
+				ch.Fleet++
+			}
 			if !ok {
 				ch.Remove = append(ch.Remove, d)
 			}
@@ -324,7 +331,7 @@ func Plan(current []registry.Device, entries []Entry, lim Limits) Changes {
 
 	ch.Limit = lim.MaxRevocations
 	if ch.Limit <= 0 {
-		ch.Limit = DefaultMaxRevocations(ch.Admitted)
+		ch.Limit = DefaultMaxRevocations(ch.Fleet)
 	}
 	n := len(ch.Remove)
 	switch {

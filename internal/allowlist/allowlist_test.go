@@ -250,7 +250,8 @@ func TestPlanLimit(t *testing.T) {
 		{"default limit is 5 for a small fleet", devs50, list50[:45], Limits{}, 5, 5, false, false, nil},
 		{"one over the default", devs50, list50[:44], Limits{}, 6, 5, true, false, []string{"revoke 6"}},
 		{"default limit is 10% of a large fleet", devs200, list200[:180], Limits{}, 20, 20, false, false, nil},
-		{"10% rounds up", append(devs200, dev("x", registry.StateAllowed)), list200[:179], Limits{}, 22, 21, true, false, []string{"limit of 21"}},
+		{"10% rounds up", append(devs200, dev("x", registry.StateProvisioned)), list200[:179], Limits{}, 22, 21, true, false, []string{"limit of 21"}},
+		{"serials listed ahead of manufacturing do not raise the limit", append(append([]registry.Device{}, devs50[:10]...), allowedDevs(90)...), allowedEntries(90), Limits{}, 10, 5, true, false, []string{"revoke 10"}},
 		{"configured limit", devs50, list50[:40], Limits{MaxRevocations: 10}, 10, 10, false, false, nil},
 		{"configured limit exceeded", devs50, list50[:40], Limits{MaxRevocations: 9}, 10, 9, true, false, []string{"limit of 9"}},
 		{"exact confirmation lifts the limit", devs50, list50[:20], Limits{Confirm: 30}, 30, 5, false, true, nil},
@@ -343,4 +344,22 @@ func TestParseReportsEveryBadLine(t *testing.T) {
 	assert.Contains(t, err.Error(), fmt.Sprintf("line %d:", MaxLineErrors))
 	assert.NotContains(t, err.Error(), fmt.Sprintf("line %d:", MaxLineErrors+1))
 	assert.Contains(t, err.Error(), "and 7 more bad line(s)")
+}
+
+// allowedDevs are n records in state allowed (listed, never provisioned)
+// and allowedEntries their allowlist lines.
+func allowedDevs(n int) []registry.Device {
+	out := make([]registry.Device, n)
+	for i := range out {
+		out[i] = dev(fmt.Sprintf("allowed-%d", i), registry.StateAllowed)
+	}
+	return out
+}
+
+func allowedEntries(n int) []Entry {
+	out := make([]Entry, n)
+	for i := range out {
+		out[i] = Entry{Serial: fmt.Sprintf("allowed-%d", i), Line: i + 1}
+	}
+	return out
 }

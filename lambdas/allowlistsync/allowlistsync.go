@@ -7,7 +7,7 @@
 // records readmit=TOKEN re-admissions and revokes removed devices.
 //
 // A plan that revokes more devices than the limit (Config.MaxRevocations,
-// default max(5, ceil(10% of the admitted fleet))) is refused as a whole,
+// default max(5, ceil(10% of the provisioned fleet))) is refused as a whole,
 // unless the object's metadata confirm-revocations equals the exact number
 // of revocations; a file that lists no serial never revokes. A refused
 // sync changes nothing, not even the additions, logs why and returns a

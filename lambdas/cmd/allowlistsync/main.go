@@ -6,7 +6,7 @@
 // Environment: REGISTRY_TABLE, THING_GROUP, DEVICE_POLICY,
 // THING_NAME_PREFIX (all required), SERIAL_PATTERN (Go regexp, default
 // ^[0-9a-f]{16}$), MAX_REVOCATIONS_PER_SYNC (positive integer; unset: max(5,
-// ceil(10% of the admitted fleet))).
+// ceil(10% of the provisioned fleet))).
 //
 // Revoking a device turns SSM off for it, from the SSM state kept in the
 // registry table: ssm:DeleteActivation, ssm:DeregisterManagedInstance and
