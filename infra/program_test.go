@@ -736,6 +736,9 @@ func TestLambdas(t *testing.T) {
 	hook := r.one(t, tFunction, components.LambdaPreprovision)
 	timeout, _ := prop(hook.Inputs, "timeout")
 	assert.LessOrEqual(t, timeout.NumberValue(), float64(5), "the hook must answer within IoT's 5 s limit")
+	reserved, ok := prop(r.one(t, tFunction, components.LambdaAllowlistSync).Inputs, "reservedConcurrentExecutions")
+	require.True(t, ok, "the allowlist sync has reserved concurrency")
+	assert.Equal(t, float64(1), reserved.NumberValue(), "one allowlist sync at a time")
 }
 
 func TestLambdaPermissionsMatchTheirJobs(t *testing.T) {

@@ -36,7 +36,11 @@ type FunctionArgs struct {
 	TimeoutSeconds   int
 	MemoryMB         int
 	LogRetentionDays int
-	Tags             pulumi.StringMap
+	// ReservedConcurrency, when positive, caps concurrent invocations
+	// (1: one at a time, e.g. the allowlist sync, so two deploys seconds
+	// apart cannot act on different versions of the file at once).
+	ReservedConcurrency int
+	Tags                pulumi.StringMap
 }
 
 // Function is a Go Lambda (provided.al2023, arm64) with its own IAM role,
@@ -94,18 +98,23 @@ func NewFunction(ctx *pulumi.Context, name string, args FunctionArgs, opts ...pu
 	if memory == 0 {
 		memory = 128
 	}
+	reserved := pulumi.IntPtrInput(nil)
+	if args.ReservedConcurrency > 0 {
+		reserved = pulumi.IntPtr(args.ReservedConcurrency)
+	}
 	if c.Function, err = lambda.NewFunction(ctx, name, &lambda.FunctionArgs{
-		Name:           pulumi.String(args.FunctionName),
-		Description:    pulumi.String(args.Description),
-		Runtime:        pulumi.String(LambdaRuntime),
-		Architectures:  pulumi.StringArray{pulumi.String(LambdaArchitecture)},
-		Handler:        pulumi.String(LambdaHandler),
-		Code:           pulumi.NewFileArchive(args.Artifact.ZipPath),
-		SourceCodeHash: pulumi.String(args.Artifact.SHA256),
-		Role:           c.Role.Arn,
-		Timeout:        pulumi.Int(timeout),
-		MemorySize:     pulumi.Int(memory),
-		Environment:    &lambda.FunctionEnvironmentArgs{Variables: args.Environment},
+		Name:                         pulumi.String(args.FunctionName),
+		Description:                  pulumi.String(args.Description),
+		Runtime:                      pulumi.String(LambdaRuntime),
+		Architectures:                pulumi.StringArray{pulumi.String(LambdaArchitecture)},
+		Handler:                      pulumi.String(LambdaHandler),
+		Code:                         pulumi.NewFileArchive(args.Artifact.ZipPath),
+		SourceCodeHash:               pulumi.String(args.Artifact.SHA256),
+		Role:                         c.Role.Arn,
+		Timeout:                      pulumi.Int(timeout),
+		MemorySize:                   pulumi.Int(memory),
+		ReservedConcurrentExecutions: reserved,
+		Environment:                  &lambda.FunctionEnvironmentArgs{Variables: args.Environment},
 		LoggingConfig: &lambda.FunctionLoggingConfigArgs{
 			LogFormat: pulumi.String("JSON"),
 			LogGroup:  c.LogGroup.Name,

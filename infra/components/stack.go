@@ -197,6 +197,10 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 			denyClaim,
 		}, SSMCleanUpStatements(args.Partition, args.Region, args.AccountID, cfg.Environment)...),
 		TimeoutSeconds: 300,
+		// One sync at a time: two deploys seconds apart must not act on
+		// two versions of the file at once (Lambda queues the second S3
+		// event and retries it).
+		ReservedConcurrency: 1,
 	}, parent); err != nil {
 		return nil, err
 	}

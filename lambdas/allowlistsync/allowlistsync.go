@@ -109,6 +109,10 @@ const (
 const (
 	MetricRefused = "AllowlistSyncRefused"
 	MetricRevoked = "DeviceRevoked"
+	// MetricRevocationFailed: a revocation did not finish; the record stays
+	// revoking (the hook denies it) and the next sync finishes it. Alarm on
+	// it: until then the device's certificate may still be ACTIVE.
+	MetricRevocationFailed = "DeviceRevocationFailed"
 )
 
 // Options are what a sync takes from the allowlist object besides its
@@ -412,7 +416,7 @@ func (h *Handler) Sync(ctx context.Context, r io.Reader, opts Options) (Result, 
 		d := ch.Resume[i]
 		if err := h.finishRevocation(ctx, d); err != nil {
 			fail(d.Serial, fmt.Errorf("finish revocation: %w", err))
-			h.log.ErrorContext(ctx, "revocation failed", "serial", d.Serial, "error", err.Error())
+			h.log.ErrorContext(ctx, "revocation failed", "serial", d.Serial, "error", err.Error(), "metric", MetricRevocationFailed)
 			return err
 		}
 		h.log.InfoContext(ctx, "interrupted revocation finished", "serial", d.Serial, "thingName", h.thingName(d), "metric", MetricRevoked)
@@ -460,7 +464,7 @@ func (h *Handler) Sync(ctx context.Context, r io.Reader, opts Options) (Result, 
 		d := ch.Remove[i]
 		if err := h.revoke(ctx, d); err != nil {
 			fail(d.Serial, fmt.Errorf("revoke: %w", err))
-			h.log.ErrorContext(ctx, "revocation failed", "serial", d.Serial, "error", err.Error())
+			h.log.ErrorContext(ctx, "revocation failed", "serial", d.Serial, "error", err.Error(), "metric", MetricRevocationFailed)
 			return err
 		}
 		h.log.InfoContext(ctx, "device revoked", "serial", d.Serial, "thingName", h.thingName(d), "metric", MetricRevoked)

@@ -208,6 +208,7 @@ func TestFailureOfOneDeviceAndRerun(t *testing.T) {
 		assert.Contains(t, err.Error(), "Throttling")
 		assert.Contains(t, err.Error(), serial(4))
 		assert.Equal(t, 2, res.Revoked)
+		assert.Equal(t, 2, strings.Count(e.logs.String(), "metric="+MetricRevocationFailed), "each failed revocation is alarmable")
 
 		assert.Equal(t, registry.StateRevoked, e.state(t, 1))
 		assert.Equal(t, registry.StateRevoking, e.state(t, 2), "state revoked only after every IoT step")
