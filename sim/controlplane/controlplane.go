@@ -37,19 +37,20 @@ const maxBody = 1 << 20
 // Handler serves the AWS IoT control-plane API.
 type Handler struct {
 	iot  *awsiot.Client
+	jobs *awsiot.Jobs
 	mqtt func() string // the MQTT/TLS endpoint host:port
 	log  *slog.Logger
 	mux  *http.ServeMux
 }
 
-// New returns a Handler over iot; mqttEndpoint returns the local IoT
-// Core's MQTT/TLS endpoint (host:port), which DescribeEndpoint answers
-// with. log may be nil.
-func New(iotc *awsiot.Client, mqttEndpoint func() string, log *slog.Logger) *Handler {
+// New returns a Handler over iotc and jobsc; mqttEndpoint returns the
+// local IoT Core's MQTT/TLS endpoint (host:port), which DescribeEndpoint
+// answers with. log may be nil.
+func New(iotc *awsiot.Client, jobsc *awsiot.Jobs, mqttEndpoint func() string, log *slog.Logger) *Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	h := &Handler{iot: iotc, mqtt: mqttEndpoint, log: log, mux: http.NewServeMux()}
+	h := &Handler{iot: iotc, jobs: jobsc, mqtt: mqttEndpoint, log: log, mux: http.NewServeMux()}
 	h.routes()
 	return h
 }
@@ -79,19 +80,14 @@ func (h *Handler) routes() {
 	m := h.mux
 	// Things.
 	m.HandleFunc("GET /things", op(h, "ListThings", func(r *http.Request, in *iot.ListThingsInput) error {
-		q := r.URL.Query()
 		in.AttributeName, in.AttributeValue, in.NextToken = optQuery(r, "attributeName"), optQuery(r, "attributeValue"), optQuery(r, "nextToken")
 		in.ThingTypeName = optQuery(r, "thingTypeName")
 		var err error
 		if in.MaxResults, err = intQuery(r, "maxResults"); err != nil {
 			return err
 		}
-		if v := q.Get("usePrefixAttributeValue"); v != "" {
-			if in.UsePrefixAttributeValue, err = strconv.ParseBool(v); err != nil {
-				return fmt.Errorf("usePrefixAttributeValue %q is not a boolean", v)
-			}
-		}
-		return nil
+		in.UsePrefixAttributeValue, err = boolQuery(r, "usePrefixAttributeValue")
+		return err
 	}, h.iot.ListThings))
 	m.HandleFunc("GET /things/{thingName}", op(h, "DescribeThing", func(r *http.Request, in *iot.DescribeThingInput) error {
 		in.ThingName = aws.String(r.PathValue("thingName"))
@@ -163,12 +159,8 @@ func (h *Handler) routes() {
 		if in.PageSize, err = intQuery(r, "pageSize"); err != nil {
 			return err
 		}
-		if v := r.URL.Query().Get("isAscendingOrder"); v != "" {
-			if in.AscendingOrder, err = strconv.ParseBool(v); err != nil {
-				return fmt.Errorf("isAscendingOrder %q is not a boolean", v)
-			}
-		}
-		return nil
+		in.AscendingOrder, err = boolQuery(r, "isAscendingOrder")
+		return err
 	}, h.iot.ListCertificates))
 	m.HandleFunc("GET /certificates/{certificateId}", op(h, "DescribeCertificate", func(r *http.Request, in *iot.DescribeCertificateInput) error {
 		in.CertificateId = aws.String(r.PathValue("certificateId"))
@@ -207,6 +199,67 @@ func (h *Handler) routes() {
 		in.PageSize, err = intQuery(r, "pageSize")
 		return err
 	}, h.iot.ListAttachedPolicies))
+
+	// Jobs.
+	m.HandleFunc("PUT /jobs/{jobId}", op(h, "CreateJob", func(r *http.Request, in *iot.CreateJobInput) error {
+		if err := readBody(r, in); err != nil {
+			return err
+		}
+		in.JobId = aws.String(r.PathValue("jobId"))
+		return nil
+	}, h.jobs.CreateJob))
+	m.HandleFunc("GET /jobs/{jobId}", op(h, "DescribeJob", func(r *http.Request, in *iot.DescribeJobInput) error {
+		in.JobId = aws.String(r.PathValue("jobId"))
+		return nil
+	}, h.jobs.DescribeJob))
+	m.HandleFunc("GET /jobs", op(h, "ListJobs", func(r *http.Request, in *iot.ListJobsInput) error {
+		q := r.URL.Query()
+		in.NextToken, in.ThingGroupName = optQuery(r, "nextToken"), optQuery(r, "thingGroupName")
+		in.NamespaceId, in.ThingGroupId = optQuery(r, "namespaceId"), optQuery(r, "thingGroupId")
+		in.Status, in.TargetSelection = types.JobStatus(q.Get("status")), types.TargetSelection(q.Get("targetSelection"))
+		var err error
+		in.MaxResults, err = intQuery(r, "maxResults")
+		return err
+	}, h.jobs.ListJobs))
+	m.HandleFunc("PUT /jobs/{jobId}/cancel", op(h, "CancelJob", func(r *http.Request, in *iot.CancelJobInput) error {
+		if err := readBody(r, in); err != nil {
+			return err
+		}
+		in.JobId = aws.String(r.PathValue("jobId"))
+		var err error
+		in.Force, err = boolQuery(r, "force")
+		return err
+	}, h.jobs.CancelJob))
+	m.HandleFunc("GET /jobs/{jobId}/things", op(h, "ListJobExecutionsForJob", func(r *http.Request, in *iot.ListJobExecutionsForJobInput) error {
+		in.JobId, in.NextToken = aws.String(r.PathValue("jobId")), optQuery(r, "nextToken")
+		in.Status = types.JobExecutionStatus(r.URL.Query().Get("status"))
+		var err error
+		in.MaxResults, err = intQuery(r, "maxResults")
+		return err
+	}, h.jobs.ListJobExecutionsForJob))
+	m.HandleFunc("GET /things/{thingName}/jobs", op(h, "ListJobExecutionsForThing", func(r *http.Request, in *iot.ListJobExecutionsForThingInput) error {
+		in.ThingName, in.NextToken = aws.String(r.PathValue("thingName")), optQuery(r, "nextToken")
+		in.JobId, in.NamespaceId = optQuery(r, "jobId"), optQuery(r, "namespaceId")
+		in.Status = types.JobExecutionStatus(r.URL.Query().Get("status"))
+		var err error
+		in.MaxResults, err = intQuery(r, "maxResults")
+		return err
+	}, h.jobs.ListJobExecutionsForThing))
+	m.HandleFunc("GET /things/{thingName}/jobs/{jobId}", op(h, "DescribeJobExecution", func(r *http.Request, in *iot.DescribeJobExecutionInput) error {
+		in.ThingName, in.JobId = aws.String(r.PathValue("thingName")), aws.String(r.PathValue("jobId"))
+		if v := r.URL.Query().Get("executionNumber"); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return fmt.Errorf("executionNumber %q is not an integer", v)
+			}
+			in.ExecutionNumber = aws.Int64(n)
+		}
+		return nil
+	}, h.jobs.DescribeJobExecution))
+	m.HandleFunc("GET /jobs/{jobId}/job-document", op(h, "GetJobDocument", func(r *http.Request, in *iot.GetJobDocumentInput) error {
+		in.JobId = aws.String(r.PathValue("jobId"))
+		return nil
+	}, h.jobs.GetJobDocument))
 
 	// Endpoint.
 	m.HandleFunc("GET /endpoint", op(h, "DescribeEndpoint", func(r *http.Request, in *iot.DescribeEndpointInput) error {
@@ -253,6 +306,18 @@ func intQuery(r *http.Request, key string) (*int32, error) {
 		return nil, fmt.Errorf("%s %q is not an integer", key, v)
 	}
 	return aws.Int32(int32(n)), nil
+}
+
+func boolQuery(r *http.Request, key string) (bool, error) {
+	v := r.URL.Query().Get(key)
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("%s %q is not a boolean", key, v)
+	}
+	return b, nil
 }
 
 func requireHeader(r *http.Request, name string) error {

@@ -20,7 +20,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/iot-fleet/iot-fleet/sim/controlplane"
 	"github.com/iot-fleet/iot-fleet/sim/core"
 )
 
@@ -35,7 +34,7 @@ func setup(t *testing.T, devices int) (*core.Core, *iot.Client, string, []string
 	c, err := core.Start(context.Background(), core.Options{AllowedSerials: serials})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
-	srv := httptest.NewServer(controlplane.New(c.IoT(), c.Endpoint, nil))
+	srv := httptest.NewServer(c.ControlPlaneHandler())
 	t.Cleanup(srv.Close)
 	client := iot.New(iot.Options{
 		BaseEndpoint: aws.String(srv.URL), Region: core.Region,

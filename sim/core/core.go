@@ -328,7 +328,7 @@ func (c *Core) IoT() *awsiot.Client { return c.iot }
 // ControlPlaneHandler serves AWS IoT's control-plane REST-JSON API (the
 // AWS CLI's and SDKs' iot client) from IoT; see sim/controlplane.
 func (c *Core) ControlPlaneHandler() http.Handler {
-	return controlplane.New(c.iot, c.Endpoint, c.log.With("component", "control-plane"))
+	return controlplane.New(c.iot, awsiot.NewJobs(c.jobs, c.iot), c.Endpoint, c.log.With("component", "control-plane"))
 }
 
 // Jobs is the Jobs service.
