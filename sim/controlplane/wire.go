@@ -13,7 +13,7 @@ var timeType = reflect.TypeFor[time.Time]()
 // wire converts an aws-sdk-go-v2 iot output or types value into the value
 // AWS IoT's REST-JSON protocol sends: member names in lowerCamelCase (the
 // SDK's Go names with the first letter lowered), timestamps in epoch
-// seconds, nil members omitted, and the SDK's ResultMetadata left out.
+// seconds, nil members omitted (nil lists sent empty), and the SDK's ResultMetadata left out.
 func wire(v reflect.Value) any {
 	switch v.Kind() {
 	case reflect.Pointer, reflect.Interface:
@@ -33,7 +33,11 @@ func wire(v reflect.Value) any {
 				continue
 			}
 			fv := v.Field(i)
-			if (fv.Kind() == reflect.Pointer || fv.Kind() == reflect.Slice || fv.Kind() == reflect.Map || fv.Kind() == reflect.Interface) && fv.IsNil() {
+			if fv.Kind() == reflect.Slice && fv.IsNil() {
+				out[lowerFirst(f.Name)] = []any{} // an empty list, as AWS sends it
+				continue
+			}
+			if (fv.Kind() == reflect.Pointer || fv.Kind() == reflect.Map || fv.Kind() == reflect.Interface) && fv.IsNil() {
 				continue
 			}
 			if fv.Kind() == reflect.String && fv.Len() == 0 {
