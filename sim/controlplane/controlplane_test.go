@@ -329,3 +329,17 @@ func TestDescribeEndpointAndUnknownOperation(t *testing.T) {
 	assert.Equal(t, 404, resp.StatusCode)
 	assert.Equal(t, "UnknownOperationException", resp.Header.Get("X-Amzn-ErrorType"))
 }
+
+// TestInjectedFaultsKeepAWSStatus: a fault injected into the in-process
+// control plane reaches the SDK as AWS would send it.
+func TestInjectedFaultsKeepAWSStatus(t *testing.T) {
+	c, client, _, things := setup(t, 1)
+	ctx := context.Background()
+	c.IoT().FailNext("DescribeThing", things[0], &types.ThrottlingException{Message: aws.String("Rate exceeded")})
+	_, err := client.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String(things[0])})
+	requireAPIError(t, err, "ThrottlingException", 429)
+	var th *types.ThrottlingException
+	assert.ErrorAs(t, err, &th)
+	_, err = client.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String(things[0])})
+	require.NoError(t, err, "the fault applied once")
+}
