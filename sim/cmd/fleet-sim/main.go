@@ -98,6 +98,10 @@ func run(args []string, stderr io.Writer) error {
 	}
 	defer cpLn.Close()
 	controlPlane := "http://" + cpLn.Addr().String()
+	if ap, ok := cpLn.Addr().(*net.TCPAddr); ok && !ap.IP.IsLoopback() {
+		log.Warn("the control-plane API checks no credentials (SigV4 is accepted unchecked) and listens beyond loopback: anyone who reaches it can revoke certificates and create jobs",
+			"controlPlane", controlPlane)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
