@@ -186,3 +186,24 @@ func TestContinuousJobTargetsThingsAddedLater(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, types.TargetSelectionContinuous, d.Job.TargetSelection)
 }
+
+// TestCancelCompletedJobIsRejected: a COMPLETED job cannot be canceled
+// (400), and stays COMPLETED.
+func TestCancelCompletedJobIsRejected(t *testing.T) {
+	c, client, _, things := setup(t, 1)
+	ctx := context.Background()
+	_, err := client.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String("done"), Document: aws.String(`{"operation":"x"}`),
+		Targets: []string{arnPrefix + "thing/" + things[0]}})
+	require.NoError(t, err)
+	c.Jobs().Handle(ctx, protocol.JobsUpdateTopic(things[0], "done"), []byte(`{"status":"SUCCEEDED"}`), func(string, []byte) {})
+	d, err := client.DescribeJob(ctx, &iot.DescribeJobInput{JobId: aws.String("done")})
+	require.NoError(t, err)
+	require.Equal(t, types.JobStatusCompleted, d.Job.Status)
+	require.NotNil(t, d.Job.CompletedAt)
+	assert.Equal(t, int32(1), aws.ToInt32(d.Job.JobProcessDetails.NumberOfSucceededThings))
+	_, err = client.CancelJob(ctx, &iot.CancelJobInput{JobId: aws.String("done")})
+	requireAPIError(t, err, "InvalidRequestException", 400)
+	d, err = client.DescribeJob(ctx, &iot.DescribeJobInput{JobId: aws.String("done")})
+	require.NoError(t, err)
+	assert.Equal(t, types.JobStatusCompleted, d.Job.Status)
+}
