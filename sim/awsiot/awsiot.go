@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -63,7 +62,8 @@ func translate(op string, err error) error {
 }
 
 // ListThingPrincipals lists the certificate ARNs attached to a thing, in
-// pages of SetPageSize (NextToken is the index of the next principal).
+// pages of MaxResults or SetPageSize (NextToken is the index of the next
+// principal).
 func (c *Client) ListThingPrincipals(ctx context.Context, in *iot.ListThingPrincipalsInput, _ ...func(*iot.Options)) (*iot.ListThingPrincipalsOutput, error) {
 	name := aws.ToString(in.ThingName)
 	return serve(ctx, c, "ListThingPrincipals", name, func() (*iot.ListThingPrincipalsOutput, error) {
@@ -71,27 +71,15 @@ func (c *Client) ListThingPrincipals(ctx context.Context, in *iot.ListThingPrinc
 		if err != nil {
 			return nil, translate("ListThingPrincipals", err)
 		}
-		start := 0
-		if tok := aws.ToString(in.NextToken); tok != "" {
-			n, err := strconv.Atoi(tok)
-			if err != nil || n < 0 || n > len(th.Principals) {
-				return nil, &types.InvalidRequestException{Message: aws.String("ListThingPrincipals: invalid NextToken")}
-			}
-			start = n
+		arns := make([]string, 0, len(th.Principals))
+		for _, id := range th.Principals {
+			arns = append(arns, c.CertificateARN(id))
 		}
-		end := len(th.Principals)
-		c.calls.mu.Lock()
-		if c.pageSize > 0 {
-			end = min(start+c.pageSize, end)
+		items, next, err := page(c, "ListThingPrincipals", arns, aws.ToString(in.NextToken), aws.ToInt32(in.MaxResults), in.MaxResults != nil)
+		if err != nil {
+			return nil, err
 		}
-		c.calls.mu.Unlock()
-		out := &iot.ListThingPrincipalsOutput{}
-		for _, id := range th.Principals[start:end] {
-			out.Principals = append(out.Principals, c.CertificateARN(id))
-		}
-		if end < len(th.Principals) {
-			out.NextToken = aws.String(strconv.Itoa(end))
-		}
+		out := &iot.ListThingPrincipalsOutput{Principals: items, NextToken: optToken(next)}
 		return out, nil
 	})
 }
@@ -211,7 +199,8 @@ func (c *Client) DeleteCertificate(ctx context.Context, in *iot.DeleteCertificat
 	})
 }
 
-// ListThingsInThingGroup lists a group's things in name order, one page.
+// ListThingsInThingGroup lists a group's things in name order, in pages of
+// MaxResults or SetPageSize.
 func (c *Client) ListThingsInThingGroup(ctx context.Context, in *iot.ListThingsInThingGroupInput, _ ...func(*iot.Options)) (*iot.ListThingsInThingGroupOutput, error) {
 	group := aws.ToString(in.ThingGroupName)
 	return serve(ctx, c, "ListThingsInThingGroup", group, func() (*iot.ListThingsInThingGroupOutput, error) {
@@ -220,6 +209,10 @@ func (c *Client) ListThingsInThingGroup(ctx context.Context, in *iot.ListThingsI
 			return nil, translate("ListThingsInThingGroup", err)
 		}
 		sort.Strings(things)
-		return &iot.ListThingsInThingGroupOutput{Things: things}, nil
+		items, next, err := page(c, "ListThingsInThingGroup", things, aws.ToString(in.NextToken), aws.ToInt32(in.MaxResults), in.MaxResults != nil)
+		if err != nil {
+			return nil, err
+		}
+		return &iot.ListThingsInThingGroupOutput{Things: items, NextToken: optToken(next)}, nil
 	})
 }

@@ -58,8 +58,9 @@ func (c *Client) CallsOf(op string) []string {
 	return out
 }
 
-// SetPageSize bounds ListThingPrincipals pages (0: one page), as AWS pages
-// its lists.
+// SetPageSize bounds the pages of the list calls (0: AWS's largest page,
+// 250), as AWS pages its lists; a call's MaxResults/PageSize bounds them
+// further.
 func (c *Client) SetPageSize(n int) {
 	c.calls.mu.Lock()
 	defer c.calls.mu.Unlock()

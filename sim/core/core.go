@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/sim/awsiot"
 	"github.com/iot-fleet/iot-fleet/sim/broker"
 	"github.com/iot-fleet/iot-fleet/sim/ca"
+	"github.com/iot-fleet/iot-fleet/sim/controlplane"
 	"github.com/iot-fleet/iot-fleet/sim/faults"
 	"github.com/iot-fleet/iot-fleet/sim/jobs"
 	"github.com/iot-fleet/iot-fleet/sim/provisioning"
@@ -71,6 +73,10 @@ type Options struct {
 	DeviceCertValidity time.Duration
 	// Now is the clock for registry timestamps and token expiry.
 	Now func() time.Time
+	// ControlPlaneEndpoint is the URL the caller serves ControlPlaneHandler
+	// on (e.g. http://127.0.0.1:PORT); GET /status advertises it as
+	// controlPlaneEndpoint. Empty: not advertised.
+	ControlPlaneEndpoint string
 }
 
 // Names are the resource names the stack declares for Env.
@@ -318,6 +324,12 @@ func (c *Core) Registry() *registry.Registry { return c.reg }
 // IoT is the IoT control plane (the aws-sdk-go-v2 *iot.Client calls the
 // Lambdas make) over Registry.
 func (c *Core) IoT() *awsiot.Client { return c.iot }
+
+// ControlPlaneHandler serves AWS IoT's control-plane REST-JSON API (the
+// AWS CLI's and SDKs' iot client) from IoT; see sim/controlplane.
+func (c *Core) ControlPlaneHandler() http.Handler {
+	return controlplane.New(c.iot, awsiot.NewJobs(c.jobs, c.iot), c.Endpoint, c.log.With("component", "control-plane"))
+}
 
 // Jobs is the Jobs service.
 func (c *Core) Jobs() *jobs.Service { return c.jobs }

@@ -536,6 +536,18 @@ func (r *Registry) GroupExists(group string) bool {
 	return ok
 }
 
+// ThingGroups lists the thing groups' names, sorted.
+func (r *Registry) ThingGroups() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]string, 0, len(r.groups))
+	for g := range r.groups {
+		out = append(out, g)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // ThingsInGroup lists the members of group, sorted.
 func (r *Registry) ThingsInGroup(group string) ([]string, error) {
 	r.mu.RLock()

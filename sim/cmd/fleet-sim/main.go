@@ -2,11 +2,14 @@
 // so real agent processes and the demo can run on one machine.
 //
 //	fleet-sim serve --dir DIR --allowlist FILE [--env dev] [--listen 127.0.0.1:0]
-//	                [--alpn-listen auto] [--http 127.0.0.1:0] [--serial-pattern RE]
+//	                [--alpn-listen auto] [--http 127.0.0.1:0] [--control-plane 127.0.0.1:0]
+//	                [--serial-pattern RE]
 //	                [--job-minute 1m] [--log-level info]
 //
 // serve writes, atomically, DIR/root-ca.pem, DIR/claim.pem, DIR/claim.key
-// (0600), DIR/api (operator HTTP API host:port), DIR/endpoint-alpn (MQTT/TLS
+// (0600), DIR/api (operator HTTP API host:port), DIR/control-plane (URL of
+// the AWS IoT control-plane API, for aws --endpoint-url and the SDKs'
+// BaseEndpoint; see docs/local-iot-core.md), DIR/endpoint-alpn (MQTT/TLS
 // host:port that requires ALPN x-amzn-mqtt-ca, as AWS IoT Core's 443; not
 // with --alpn-listen off) and, last, DIR/endpoint (MQTT/TLS host:port, as
 // AWS IoT Core's 8883): wait for DIR/endpoint to know the simulator is
@@ -48,12 +51,13 @@ func run(args []string, stderr io.Writer) error {
 	}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	dir := fs.String("dir", "", "directory for root-ca.pem, claim.pem, claim.key, api and endpoint (required)")
+	dir := fs.String("dir", "", "directory for root-ca.pem, claim.pem, claim.key, api, control-plane and endpoint (required)")
 	allow := fs.String("allowlist", "", "allowlist.txt of serials the pre-provisioning hook admits (required)")
 	env := fs.String("env", "dev", "stack environment (names: iot-fleet-<env>, thing prefix <env>-)")
 	listen := fs.String("listen", "127.0.0.1:0", "MQTT/TLS listen address (AWS IoT Core's 8883)")
 	alpnListen := fs.String("alpn-listen", "auto", "listen address of MQTT/TLS with ALPN x-amzn-mqtt-ca (AWS IoT Core's 443, the AWS SDKs' and Device Client's default): auto (127.0.0.1:443 as root when free, else a free port), off, or an address")
 	httpAddr := fs.String("http", "127.0.0.1:0", "operator HTTP API listen address")
+	cpAddr := fs.String("control-plane", "127.0.0.1:0", "listen address of the AWS IoT control-plane API (REST-JSON, as the AWS CLI and SDKs speak it)")
 	pattern := fs.String("serial-pattern", allowlist.DefaultSerialPattern, "serial pattern (Go regexp, anchored)")
 	jobMinute := fs.Duration("job-minute", time.Minute, "length of a Jobs timeout minute (shorten for demos)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
@@ -88,10 +92,21 @@ func run(args []string, stderr io.Writer) error {
 
 	alpnAddr := alpnListenAddr(*alpnListen)
 
+	cpLn, err := net.Listen("tcp", *cpAddr)
+	if err != nil {
+		return fmt.Errorf("--control-plane: %w", err)
+	}
+	defer cpLn.Close()
+	controlPlane := "http://" + cpLn.Addr().String()
+	if ap, ok := cpLn.Addr().(*net.TCPAddr); ok && !ap.IP.IsLoopback() {
+		log.Warn("the control-plane API checks no credentials (SigV4 is accepted unchecked) and listens beyond loopback: anyone who reaches it can revoke certificates and create jobs",
+			"controlPlane", controlPlane)
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	c, err := core.Start(ctx, core.Options{
-		Env: *env, Addr: *listen, ALPNAddr: alpnAddr, Logger: log, JobMinute: *jobMinute,
+		Env: *env, Addr: *listen, ALPNAddr: alpnAddr, Logger: log, JobMinute: *jobMinute, ControlPlaneEndpoint: controlPlane,
 		// The stack's pre-provisioning hook (lambdas/preprovision) over an
 		// in-memory device registry seeded from the allowlist.
 		AllowedSerials: serials, SerialPattern: *pattern,
@@ -105,17 +120,23 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--http: %w", err)
 	}
-	srv := &http.Server{Handler: c.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("operator API stopped", "error", err)
-		}
-	}()
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
+	for _, s := range []struct {
+		name string
+		ln   net.Listener
+		h    http.Handler
+	}{{"operator API", ln, c.HTTPHandler()}, {"control-plane API", cpLn, c.ControlPlaneHandler()}} {
+		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error(s.name+" stopped", "error", err)
+			}
+		}()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		}()
+	}
 
 	claim, err := c.IssueClaimCertificate()
 	if err != nil {
@@ -126,6 +147,7 @@ func run(args []string, stderr io.Writer) error {
 		{"claim.pem", claim.CertPEM, 0o644},
 		{"claim.key", claim.KeyPEM, 0o600},
 		{"api", []byte(ln.Addr().String() + "\n"), 0o644},
+		{"control-plane", []byte(controlPlane + "\n"), 0o644},
 	}
 	if a := c.ALPNEndpoint(); a != "" {
 		files = append(files, outFile{"endpoint-alpn", []byte(a + "\n"), 0o644})
@@ -137,7 +159,7 @@ func run(args []string, stderr io.Writer) error {
 			return err
 		}
 	}
-	log.Info("fleet-sim ready", "endpoint", c.Endpoint(), "alpnEndpoint", c.ALPNEndpoint(), "api", "http://"+ln.Addr().String(), "dir", *dir,
+	log.Info("fleet-sim ready", "endpoint", c.Endpoint(), "alpnEndpoint", c.ALPNEndpoint(), "api", "http://"+ln.Addr().String(), "controlPlane", controlPlane, "dir", *dir,
 		"allowed_serials", len(serials), "claim_certificate", claim.CertificateID)
 	<-ctx.Done()
 	log.Info("fleet-sim stopping")

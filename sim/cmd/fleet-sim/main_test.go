@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/iot"
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -92,6 +95,23 @@ func TestServeWritesFilesAndServesMQTTAndAPI(t *testing.T) {
 	resp.Body.Close()
 	assert.Equal(t, endpoint, status["endpoint"])
 	assert.Equal(t, "iot-fleet-dev", status["thingGroup"])
+
+	// The AWS IoT control-plane API, at the URL in DIR/control-plane and
+	// /status, answers the real SDK client.
+	cpURL, err := os.ReadFile(filepath.Join(dir, "control-plane"))
+	require.NoError(t, err)
+	controlPlane := strings.TrimSpace(string(cpURL))
+	require.True(t, strings.HasPrefix(controlPlane, "http://127.0.0.1:"), controlPlane)
+	assert.Equal(t, controlPlane, status["controlPlaneEndpoint"])
+	iotc := iot.New(iot.Options{BaseEndpoint: aws.String(controlPlane), Region: "local-1",
+		Credentials: credentials.NewStaticCredentialsProvider("AKIDLOCAL", "secret", "")})
+	groups, err := iotc.ListThingGroups(ctx, &iot.ListThingGroupsInput{})
+	require.NoError(t, err)
+	require.Len(t, groups.ThingGroups, 1)
+	assert.Equal(t, "iot-fleet-dev", aws.ToString(groups.ThingGroups[0].GroupName))
+	ep, err := iotc.DescribeEndpoint(ctx, &iot.DescribeEndpointInput{EndpointType: aws.String("iot:Data-ATS")})
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1", aws.ToString(ep.EndpointAddress))
 
 	post := func(path, body string) int {
 		resp, err := http.Post(api+path, "application/json", strings.NewReader(body))
