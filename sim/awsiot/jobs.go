@@ -206,9 +206,6 @@ func (j *Jobs) ListJobs(ctx context.Context, in *iot.ListJobsInput, _ ...func(*i
 func (j *Jobs) CancelJob(ctx context.Context, in *iot.CancelJobInput, _ ...func(*iot.Options)) (*iot.CancelJobOutput, error) {
 	id := aws.ToString(in.JobId)
 	return serve(ctx, j.iot, "CancelJob", id, func() (*iot.CancelJobOutput, error) {
-		if job, err := j.svc.Job(id); err == nil && job.Status == jobs.JobCompleted {
-			return nil, invalid("CancelJob", "job %s is already COMPLETED", id)
-		}
 		job, err := j.svc.CancelJob(id, in.Force)
 		if err != nil {
 			return nil, translateJobs("CancelJob", err)

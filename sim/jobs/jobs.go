@@ -681,6 +681,11 @@ func (s *Service) CancelJob(jobID string, force bool) (Job, error) {
 		s.mu.Unlock()
 		return Job{}, fmt.Errorf("cancel job %s: %w", jobID, ErrNotFound)
 	}
+	if j.status == JobCompleted {
+		// As AWS IoT: a completed job cannot be canceled.
+		s.mu.Unlock()
+		return Job{}, fmt.Errorf("cancel job %s: %w: the job is already COMPLETED", jobID, ErrInvalid)
+	}
 	var msgs []outMsg
 	if j.status != JobCanceled {
 		j.status = JobCanceled
