@@ -45,12 +45,35 @@ func main() {
 
 const usage = "usage: fleet-sim serve --dir DIR --allowlist FILE [flags]"
 
+// help is what `fleet-sim --help` prints.
+const help = `fleet-sim serves the local IoT Core: a stand-in for AWS IoT Core on this
+machine, with the stack's IoT policies, fleet provisioning by claim (the real
+pre-provisioning hook), the Jobs and Device Shadow MQTT APIs, and AWS IoT's
+control-plane API for the AWS CLI and SDKs.
+
+` + usage + `
+
+serve writes into DIR: root-ca.pem, claim.pem, claim.key (0600), api (the
+operator HTTP API), control-plane (the AWS IoT control-plane URL),
+endpoint-alpn and, last, endpoint (MQTT/TLS host:port). It runs until SIGINT
+or SIGTERM. "fleet-sim serve --help" lists the flags; docs/local-iot-core.md
+documents both APIs.
+`
+
 func run(args []string, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+		_, err := io.WriteString(stderr, help)
+		return err
+	}
 	if len(args) == 0 || args[0] != "serve" {
-		return errors.New(usage)
+		return errors.New(usage + ` ("fleet-sim --help" for more)`)
 	}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, usage)
+		fs.PrintDefaults()
+	}
 	dir := fs.String("dir", "", "directory for root-ca.pem, claim.pem, claim.key, api, control-plane and endpoint (required)")
 	allow := fs.String("allowlist", "", "allowlist.txt of serials the pre-provisioning hook admits (required)")
 	env := fs.String("env", "dev", "stack environment (names: iot-fleet-<env>, thing prefix <env>-)")
@@ -62,6 +85,9 @@ func run(args []string, stderr io.Writer) error {
 	jobMinute := fs.Duration("job-minute", time.Minute, "length of a Jobs timeout minute (shorten for demos)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil // the flags were printed
+		}
 		return err
 	}
 	if *dir == "" || *allow == "" {

@@ -174,3 +174,19 @@ func TestALPNListenAddr(t *testing.T) {
 		assert.Contains(t, []string{"127.0.0.1:443", "127.0.0.1:0"}, auto, "443 when root and free, else a free port")
 	}
 }
+
+func TestHelpExitsZero(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"help"}, {"serve", "--help"}} {
+		var buf bytes.Buffer
+		require.NoError(t, run(args, &buf), "%v", args)
+		assert.Contains(t, buf.String(), "fleet-sim serve --dir DIR --allowlist FILE", "%v", args)
+	}
+	var buf bytes.Buffer
+	require.NoError(t, run([]string{"serve", "--help"}, &buf))
+	for _, flag := range []string{"-alpn-listen", "-control-plane", "-allowlist", "-job-minute"} {
+		assert.Contains(t, buf.String(), flag)
+	}
+	err := run([]string{"nope"}, &buf)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "fleet-sim --help")
+}
