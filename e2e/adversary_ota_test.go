@@ -1,12 +1,8 @@
 package e2e
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +16,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/device/config"
 	"github.com/iot-fleet/iot-fleet/e2e/harness"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/sim/jobs"
 )
 
@@ -29,7 +26,7 @@ import (
 // is not the released one; the device refuses. Artifacts come from a local
 // HTTP server (ota.allowHTTP, ota.allowedHosts = its 127.0.0.1:port). The
 // signature checks run Debian's real mender client 3.4 in the agent's OTA
-// configuration (harness.RealMender); the A/B reboot dance uses the fake.
+// configuration (testenv.RealMender); the A/B reboot dance uses the fake.
 
 // newAdversaryOTADevice prepares an OTA device, edits its configuration,
 // and starts it.
@@ -48,25 +45,6 @@ func newAdversaryOTADevice(t *testing.T, f *harness.Fleet, fakeMender, name, ser
 		}
 	})
 	return &otaDevice{OTADevice: d, t: t}
-}
-
-// serveArtifacts serves files (name → path) on 127.0.0.1 and returns the
-// base URL and the host:port to allow.
-func serveArtifacts(t *testing.T, files map[string]string) (string, string) {
-	mux := http.NewServeMux()
-	for name, path := range files {
-		mux.HandleFunc("/artifacts/"+name, func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, path) })
-	}
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
-	return srv.URL + "/artifacts/", strings.TrimPrefix(srv.URL, "http://")
-}
-
-func sha256File(t *testing.T, path string) string {
-	b, err := os.ReadFile(path)
-	require.NoError(t, err)
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
 }
 
 func TestAdversaryOTAOffHostURLIsRejected(t *testing.T) {
@@ -99,7 +77,7 @@ func TestAdversaryOTASHA256MismatchFails(t *testing.T) {
 	const serial = "10000000000000e2"
 	artifact := filepath.Join(t.TempDir(), "rpi-2026.12.mender")
 	require.NoError(t, os.WriteFile(artifact, []byte("not the released artifact"), 0o600))
-	base, host := serveArtifacts(t, map[string]string{"rpi-2026.12.mender": artifact})
+	base, host := testenv.ServeFiles(t, map[string]string{"rpi-2026.12.mender": artifact})
 	f := startFleet(t, serial)
 	d := newAdversaryOTADevice(t, f, fakeMender, "ota-mismatch", serial, map[string]any{}, func(c *config.Config) {
 		c.OTA.AllowHTTP = true
@@ -115,29 +93,24 @@ func TestAdversaryOTASHA256MismatchFails(t *testing.T) {
 	assert.Equal(t, "failed", e.StatusDetails["step"])
 	assert.Contains(t, e.StatusDetails["reason"], "artifact integrity check failed (nothing was installed)")
 	assert.Contains(t, e.StatusDetails["reason"], want)
-	assert.Contains(t, e.StatusDetails["reason"], sha256File(t, artifact))
+	assert.Contains(t, e.StatusDetails["reason"], testenv.FileSHA256(t, artifact))
 	assert.Empty(t, d.menderOps(), "mender was never asked to install")
 	_, err := os.Stat(filepath.Join(d.MenderDir, "partitions.json"))
 	assert.ErrorIs(t, err, os.ErrNotExist, "the fake device's partitions were never touched")
 }
 
 func TestAdversaryOTAUnsignedArtifactFailsWithMendersReason(t *testing.T) {
-	if why := harness.RealMenderAvailable(); why != "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal(why) // make tools installs them
-		}
-		t.Skip(why)
-	}
+	testenv.NeedRealMender(t)
 	fakeMender := buildFakeMender(t)
 	const serial = "10000000000000e3"
 	ctx := waitCtx(t, 3*time.Minute)
-	rm, err := harness.NewRealMender(ctx, t.TempDir())
+	rm, err := testenv.NewRealMender(ctx, t.TempDir())
 	require.NoError(t, err)
-	unsigned, err := rm.Artifact(ctx, "rpi-unsigned", "unsigned build\n", false)
+	unsigned, err := rm.Artifact(ctx, "rpi-unsigned", "unsigned build\n", "")
 	require.NoError(t, err)
-	signed, err := rm.Artifact(ctx, "rpi-2026.12", "release 2026.12\n", true)
+	signed, err := rm.Artifact(ctx, "rpi-2026.12", "release 2026.12\n", rm.ReleaseKey)
 	require.NoError(t, err)
-	base, host := serveArtifacts(t, map[string]string{"unsigned.mender": unsigned, "signed.mender": signed})
+	base, host := testenv.ServeFiles(t, map[string]string{"unsigned.mender": unsigned, "signed.mender": signed})
 	f := startFleet(t, serial)
 	d := newAdversaryOTADevice(t, f, fakeMender, "ota-real-mender", serial, map[string]any{}, func(c *config.Config) {
 		c.OTA.AllowHTTP = true
@@ -162,7 +135,7 @@ func TestAdversaryOTAUnsignedArtifactFailsWithMendersReason(t *testing.T) {
 
 	// The released, signed artifact (checked against its sha256 too)
 	// installs with the same client and commits after the reboot.
-	doc := fmt.Sprintf(`{"operation":"mender_install","url":%q,"sha256":%q}`, base+"signed.mender", sha256File(t, signed))
+	doc := fmt.Sprintf(`{"operation":"mender_install","url":%q,"sha256":%q}`, base+"signed.mender", testenv.FileSHA256(t, signed))
 	_, err = f.Stack.Core.CreateJob(ctx, jobsInput("signed", doc, d.ThingName()))
 	require.NoError(t, err)
 	d.waitRebootRequests(ctx, 1)

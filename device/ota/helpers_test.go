@@ -361,7 +361,7 @@ func (d *device) config() Config {
 	}
 	allowed := []string{testHost}
 	if d.realMender != nil {
-		menderCfg = MenderConfig{UpdatePath: filepath.Join(d.realMender.dir, "no-mender-update"), Path: d.realMender.wrapper}
+		menderCfg = MenderConfig{UpdatePath: filepath.Join(d.realMender.Dir, "no-mender-update"), Path: d.realMender.Wrapper}
 		allowed = d.hosts
 	}
 	return Config{

@@ -1,11 +1,7 @@
 package ota
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
-	"net/http"
-	"net/http/httptest"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
 
 // The real-tool tests run Debian's mender client 3.4 (/usr/bin/mender) on
@@ -31,34 +28,10 @@ import (
 // The reboot is the tests' fake one (the real client cannot reboot this
 // machine).
 
-const realDeviceType = "raspberrypi4"
-
+// realMender is testenv's real mender client, bound to a test.
 type realMender struct {
-	t       *testing.T
-	dir     string
-	wrapper string
-	pub     string // the device's verify key
-	priv    string // the release key
-	other   string // another private key
-	dest    string // where the single-file module installs the payload
-}
-
-// needTools skips (fails in CI, where make tools installs them) when the
-// real tools cannot run.
-func needTools(t *testing.T) {
-	t.Helper()
-	skip := t.Skipf
-	if os.Getenv("CI") != "" {
-		skip = t.Fatalf
-	}
-	for _, tool := range []string{"/usr/bin/mender", "mender-artifact", "openssl", "unshare"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			skip("%s is not installed (make tools installs mender-client, mender-artifact and openssl): %v", tool, err)
-		}
-	}
-	if os.Geteuid() != 0 {
-		skip("the real mender client runs in a private mount namespace: needs root")
-	}
+	*testenv.RealMender
+	t *testing.T
 }
 
 func run(t *testing.T, name string, args ...string) string {
@@ -71,108 +44,39 @@ func run(t *testing.T, name string, args ...string) string {
 // newRealMender sets up the real client with its own configuration (an
 // ArtifactVerifyKey) and data dir, and the keys.
 func newRealMender(t *testing.T) *realMender {
-	needTools(t)
-	dir := t.TempDir()
-	r := &realMender{t: t, dir: dir, dest: filepath.Join(dir, "dest"), pub: filepath.Join(dir, "artifact-verify-key.pem"),
-		priv: filepath.Join(dir, "release.key"), other: filepath.Join(dir, "other.key")}
-	// The documented release key: ECDSA P-256 in the SEC1 form that
-	// mender-artifact reads.
-	run(t, "openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", r.priv)
-	run(t, "openssl", "ec", "-in", r.priv, "-pubout", "-out", r.pub)
-	run(t, "openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", r.other)
-	require.NoError(t, CheckVerifyKeyFile(r.pub))
-
-	etc := filepath.Join(dir, "etc-mender")
-	data := filepath.Join(dir, "data")
-	for _, d := range []string{etc, data, r.dest, filepath.Join(dir, "bin")} {
-		require.NoError(t, os.MkdirAll(d, 0o700))
-	}
-	require.NoError(t, os.WriteFile(filepath.Join(etc, "artifact_info"), []byte("artifact_name=rpi-initial\n"), 0o600))
-	require.NoError(t, os.WriteFile(filepath.Join(data, "device_type"), []byte("device_type="+realDeviceType+"\n"), 0o600))
-	conf := filepath.Join(dir, "mender.conf")
-	require.NoError(t, os.WriteFile(conf, []byte(fmt.Sprintf(`{"ArtifactVerifyKey": %q}`, r.pub)), 0o600))
-	r.wrapper = filepath.Join(dir, "bin", "mender")
-	script := `#!/bin/sh
-echo "$*" >> "` + filepath.Join(dir, "calls.log") + `"
-exec unshare --mount --propagation private /bin/sh -c 'mount --bind "$0" /etc/mender && c="$1" d="$2" && shift 2 && exec /usr/bin/mender --no-syslog --config "$c" --data "$d" "$@"' "` + etc + `" "` + conf + `" "` + data + `" "$@"
-`
-	require.NoError(t, os.WriteFile(r.wrapper, []byte(script), 0o700))
-	return r
+	testenv.NeedRealMender(t)
+	rm, err := testenv.NewRealMender(context.Background(), t.TempDir())
+	require.NoError(t, err)
+	require.NoError(t, CheckVerifyKeyFile(rm.VerifyKey))
+	return &realMender{RealMender: rm, t: t}
 }
 
 // artifact writes a single-file artifact named name; key signs it ("" for
 // none).
 func (r *realMender) artifact(name, content, key string) string {
-	t := r.t
-	files := filepath.Join(r.dir, "src-"+name)
-	require.NoError(t, os.MkdirAll(files, 0o700))
-	for f, v := range map[string]string{"dest_dir": r.dest, "filename": "release.txt", "permissions": "0644", "release.txt": content} {
-		require.NoError(t, os.WriteFile(filepath.Join(files, f), []byte(v), 0o600))
-	}
-	out := filepath.Join(r.dir, name+".mender")
-	args := []string{"write", "module-image", "-T", "single-file", "-n", name, "-t", realDeviceType, "-o", out}
-	for _, f := range []string{"dest_dir", "filename", "permissions", "release.txt"} {
-		args = append(args, "-f", filepath.Join(files, f))
-	}
-	if key != "" {
-		args = append(args, "-k", key)
-	}
-	run(t, "mender-artifact", args...)
+	out, err := r.Artifact(context.Background(), name, content, key)
+	require.NoError(r.t, err)
 	return out
 }
 
 func (r *realMender) calls() []string {
-	b, err := os.ReadFile(filepath.Join(r.dir, "calls.log"))
-	if os.IsNotExist(err) {
-		return nil
-	}
+	calls, err := r.Calls()
 	require.NoError(r.t, err)
-	var out []string
-	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		if l != "--version" {
-			out = append(out, strings.Fields(l)[0])
-		}
-	}
-	return out
+	return calls
 }
 
 func (r *realMender) installed() (string, bool) {
-	b, err := os.ReadFile(filepath.Join(r.dest, "release.txt"))
-	if os.IsNotExist(err) {
-		return "", false
-	}
+	got, ok, err := r.Installed()
 	require.NoError(r.t, err)
-	return string(b), true
+	return got, ok
 }
 
 func (r *realMender) showArtifact() string {
-	out, err := exec.Command(r.wrapper, "show-artifact").Output()
+	name, err := r.ShowArtifact(context.Background())
 	require.NoError(r.t, err)
-	return strings.TrimSpace(string(out))
+	return name
 }
 
-// serve serves files over HTTP on 127.0.0.1 and returns the base URL and
-// its host:port.
-func serve(t *testing.T, files map[string]string) (string, string) {
-	mux := http.NewServeMux()
-	for name, path := range files {
-		mux.HandleFunc("/artifacts/"+name, func(w http.ResponseWriter, req *http.Request) { http.ServeFile(w, req, path) })
-	}
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
-	return srv.URL + "/artifacts/", strings.TrimPrefix(srv.URL, "http://")
-}
-
-func fileSHA256(t *testing.T, path string) string {
-	b, err := os.ReadFile(path)
-	require.NoError(t, err)
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
-}
-
-// tamper flips one byte of the payload inside a signed artifact, keeping
-// its structure (outer tar, gzip'd payload tar): only the checksums the
-// signed manifest holds can tell.
 func tamper(t *testing.T, in, out string) {
 	work := t.TempDir()
 	run(t, "tar", "-xf", in, "-C", work)
@@ -202,10 +106,10 @@ func (r *realMender) device(t *testing.T, hosts ...string) *device {
 // (simulated) reboot, and the job SUCCEEDS.
 func TestRealMenderSignedArtifactInstalls(t *testing.T) {
 	r := newRealMender(t)
-	art := r.artifact("rpi-2026.12", "release 2026.12\n", r.priv)
-	base, host := serve(t, map[string]string{"rpi-2026.12.mender": art})
+	art := r.artifact("rpi-2026.12", "release 2026.12\n", r.ReleaseKey)
+	base, host := testenv.ServeFiles(t, map[string]string{"rpi-2026.12.mender": art})
 	d := r.device(t, host)
-	job := Job{ID: "real-signed", Document: Document{URL: base + "rpi-2026.12.mender", SHA256: fileSHA256(t, art)}}
+	job := Job{ID: "real-signed", Document: Document{URL: base + "rpi-2026.12.mender", SHA256: testenv.FileSHA256(t, art)}}
 	rep := d.reporter()
 	require.ErrorIs(t, d.updater(nil).Run(testCtx(t), job, rep), ErrRebootPending)
 	got, ok := r.installed()
@@ -230,15 +134,15 @@ func TestRealMenderSignedArtifactInstalls(t *testing.T) {
 // once with mender's reason and nothing is installed.
 func TestRealMenderRefusesBadArtifacts(t *testing.T) {
 	r := newRealMender(t)
-	signed := r.artifact("rpi-good", "good\n", r.priv)
-	tampered := filepath.Join(r.dir, "rpi-tampered.mender")
+	signed := r.artifact("rpi-good", "good\n", r.ReleaseKey)
+	tampered := filepath.Join(r.Dir, "rpi-tampered.mender")
 	tamper(t, signed, tampered)
 	files := map[string]string{
 		"unsigned.mender": r.artifact("rpi-unsigned", "unsigned\n", ""),
-		"wrongkey.mender": r.artifact("rpi-wrongkey", "wrong key\n", r.other),
+		"wrongkey.mender": r.artifact("rpi-wrongkey", "wrong key\n", r.OtherKey),
 		"tampered.mender": tampered,
 	}
-	base, host := serve(t, files)
+	base, host := testenv.ServeFiles(t, files)
 	for _, tc := range []struct {
 		name, file, want string
 		checksum         bool
@@ -249,11 +153,11 @@ func TestRealMenderRefusesBadArtifacts(t *testing.T) {
 		{"tampered", "tampered.mender", "invalid checksum", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			require.NoError(t, os.WriteFile(filepath.Join(r.dir, "calls.log"), nil, 0o600))
+			require.NoError(t, os.WriteFile(r.CallsLog, nil, 0o600))
 			d := r.device(t, host)
 			doc := Document{URL: base + tc.file}
 			if tc.checksum {
-				doc.SHA256 = fileSHA256(t, files[tc.file])
+				doc.SHA256 = testenv.FileSHA256(t, files[tc.file])
 			}
 			rep := d.reporter()
 			require.NoError(t, d.updater(nil).Run(testCtx(t), Job{ID: "real-" + tc.file, Document: doc}, rep))
@@ -278,8 +182,8 @@ func TestRealMenderRefusesBadArtifacts(t *testing.T) {
 // install.
 func TestSHA256MismatchInstallsNothing(t *testing.T) {
 	r := newRealMender(t)
-	art := r.artifact("rpi-other-release", "another release\n", r.priv)
-	base, host := serve(t, map[string]string{"a.mender": art})
+	art := r.artifact("rpi-other-release", "another release\n", r.ReleaseKey)
+	base, host := testenv.ServeFiles(t, map[string]string{"a.mender": art})
 	d := r.device(t, host)
 	want := strings.Repeat("ab", 32)
 	rep := d.reporter()
@@ -289,7 +193,7 @@ func TestSHA256MismatchInstallsNothing(t *testing.T) {
 	assert.Equal(t, "failed", last.Details[DetailStep])
 	assert.Contains(t, last.Details[DetailReason], "artifact integrity check failed (nothing was installed)")
 	assert.Contains(t, last.Details[DetailReason], want)
-	assert.Contains(t, last.Details[DetailReason], fileSHA256(t, art))
+	assert.Contains(t, last.Details[DetailReason], testenv.FileSHA256(t, art))
 	assert.NotContains(t, r.calls(), "install")
 	_, installed := r.installed()
 	assert.False(t, installed)
@@ -306,8 +210,8 @@ func TestSHA256MismatchInstallsNothing(t *testing.T) {
 // and the job SUCCEEDS.
 func TestRealMenderResumesAfterCommit(t *testing.T) {
 	r := newRealMender(t)
-	art := r.artifact("rpi-2027.01", "release 2027.01\n", r.priv)
-	base, host := serve(t, map[string]string{"a.mender": art})
+	art := r.artifact("rpi-2027.01", "release 2027.01\n", r.ReleaseKey)
+	base, host := testenv.ServeFiles(t, map[string]string{"a.mender": art})
 	d := r.device(t, host)
 	job := Job{ID: "real-commit-crash", Document: Document{URL: base + "a.mender"}}
 	rep := d.reporter()
@@ -322,7 +226,7 @@ func TestRealMenderResumesAfterCommit(t *testing.T) {
 	b, err := encodeState(st)
 	require.NoError(t, err)
 	require.NoError(t, rep.SaveState(testCtx(t), b))
-	run(t, r.wrapper, "commit")
+	run(t, r.Wrapper, "commit")
 
 	require.NoError(t, d.updater(nil).Run(testCtx(t), job, rep))
 	last := rep.last()
@@ -335,7 +239,7 @@ func TestRealMenderResumesAfterCommit(t *testing.T) {
 }
 
 func TestCheckVerifyKey(t *testing.T) {
-	needTools(t)
+	testenv.NeedRealMender(t)
 	dir := t.TempDir()
 	priv := filepath.Join(dir, "k")
 	run(t, "openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", priv)
