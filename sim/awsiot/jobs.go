@@ -80,11 +80,11 @@ func (j *Jobs) CreateJob(ctx context.Context, in *iot.CreateJobInput, _ ...func(
 		for name, set := range map[string]bool{
 			"jobExecutionsRolloutConfig.exponentialRate": in.JobExecutionsRolloutConfig != nil && in.JobExecutionsRolloutConfig.ExponentialRate != nil,
 			"jobExecutionsRetryConfig":                   in.JobExecutionsRetryConfig != nil,
-			"schedulingConfig":           in.SchedulingConfig != nil,
-			"jobTemplateArn":             in.JobTemplateArn != nil,
-			"documentParameters":         in.DocumentParameters != nil,
-			"destinationPackageVersions": in.DestinationPackageVersions != nil,
-			"namespaceId":                in.NamespaceId != nil,
+			"schedulingConfig":                           in.SchedulingConfig != nil,
+			"jobTemplateArn":                             in.JobTemplateArn != nil,
+			"documentParameters":                         in.DocumentParameters != nil,
+			"destinationPackageVersions":                 in.DestinationPackageVersions != nil,
+			"namespaceId":                                in.NamespaceId != nil,
 		} {
 			if set {
 				return nil, invalid(op, "%s is not supported by the local IoT Core", name)
