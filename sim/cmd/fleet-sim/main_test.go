@@ -94,7 +94,7 @@ func TestServeWritesFilesAndServesMQTTAndAPI(t *testing.T) {
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&status))
 	resp.Body.Close()
 	assert.Equal(t, endpoint, status["endpoint"])
-	assert.Equal(t, "iot-fleet-dev", status["thingGroup"])
+	assert.Equal(t, "iot-fleet-local", status["thingGroup"])
 
 	// The AWS IoT control-plane API, at the URL in DIR/control-plane and
 	// /status, answers the real SDK client.
@@ -108,7 +108,7 @@ func TestServeWritesFilesAndServesMQTTAndAPI(t *testing.T) {
 	groups, err := iotc.ListThingGroups(ctx, &iot.ListThingGroupsInput{})
 	require.NoError(t, err)
 	require.Len(t, groups.ThingGroups, 1)
-	assert.Equal(t, "iot-fleet-dev", aws.ToString(groups.ThingGroups[0].GroupName))
+	assert.Equal(t, "iot-fleet-local", aws.ToString(groups.ThingGroups[0].GroupName))
 	ep, err := iotc.DescribeEndpoint(ctx, &iot.DescribeEndpointInput{EndpointType: aws.String("iot:Data-ATS")})
 	require.NoError(t, err)
 	assert.Equal(t, "127.0.0.1", aws.ToString(ep.EndpointAddress))
