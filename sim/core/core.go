@@ -462,7 +462,9 @@ func (c *Core) StartBroker() error { return c.broker.Start() }
 func (c *Core) Publish(topic string, payload []byte) { c.broker.Publish(topic, payload) }
 
 // PublishQoS is Publish at QoS 0 or 1 (the data plane's Publish).
-func (c *Core) PublishQoS(topic string, payload []byte, qos byte) { c.broker.PublishQoS(topic, payload, qos) }
+func (c *Core) PublishQoS(topic string, payload []byte, qos byte) {
+	c.broker.PublishQoS(topic, payload, qos)
+}
 
 // BrokerStats counts the messages dropped at the connections' limits.
 func (c *Core) BrokerStats() broker.Stats { return c.broker.Stats() }
