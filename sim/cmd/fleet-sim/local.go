@@ -40,6 +40,9 @@ func ArtifactsBucket(env string) string { return "iot-fleet-" + env + "-artifact
 
 // newLocalAWS wires the endpoint served at url for s.
 func newLocalAWS(s *stack.Stack, url string, log *slog.Logger) (*localAWS, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	c := s.Core
 	env := c.Names().Env
 	l := &localAWS{url: url, functions: s.Functions(), artifacts: ArtifactsBucket(env)}
