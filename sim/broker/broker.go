@@ -45,17 +45,20 @@ const maxPacketSize = 128 * 1024
 // Per-connection outbound limits. AWS IoT Core accepts at most 100
 // publish requests per second per connection, inbound and outbound
 // (docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits).
-// The broker queues what a connection has not read yet: OutboundQueue
-// messages, 10 s of AWS's per-connection rate, so a subscriber within that
-// rate that falls up to 10 s behind loses nothing; the QoS 1 messages a
-// connection has not acknowledged (queued, written or being read) are
-// bounded by OutboundInflight. Beyond either limit a message to that
-// connection is dropped, counted (Stats, GET /status) and logged, as AWS
-// discards and reports throttled publishes. See docs/protocol.md.
+// A subscriber that reads or acknowledges more slowly than messages
+// arrive falls behind; the broker keeps what it has not acknowledged:
+// OutboundInflight QoS 1 messages (20 s of AWS's per-connection rate:
+// socket buffers let the broker write far ahead of the PUBACKs) and, when
+// the socket takes no more, OutboundQueue messages waiting to be written
+// (10 s of that rate). So a subscriber within AWS's rate that falls up to
+// 20 s behind loses nothing. Beyond either limit a message to that
+// connection is dropped, counted (Stats, GET /status "broker") and
+// logged, as AWS discards and reports throttled publishes; the publisher
+// still gets its PUBACK, as from AWS. See docs/protocol.md.
 const (
 	AWSPublishesPerSecond = 100
 	OutboundQueue         = 10 * AWSPublishesPerSecond
-	OutboundInflight      = 2 * OutboundQueue
+	OutboundInflight      = 20 * AWSPublishesPerSecond
 )
 
 // Request is a message published on an API topic handled by a route.
