@@ -14,6 +14,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -453,4 +456,63 @@ func TestOutputsAndAgentConfig(t *testing.T) {
 	assert.Equal(t, out["iotDataPort"], cfg.Port)
 	assert.Equal(t, "iot-fleet-local", cfg.Provisioning.TemplateName)
 	assert.True(t, cfg.OTA.AllowHTTP)
+}
+
+// TestAWSCLIAgainstLocalEndpoint drives every service of the local
+// endpoint with the AWS CLI, where it is installed, through the one
+// AWS_ENDPOINT_URL.
+func TestAWSCLIAgainstLocalEndpoint(t *testing.T) {
+	cli, err := exec.LookPath("aws")
+	if err != nil {
+		t.Skip("the AWS CLI is not installed")
+	}
+	e := startLocal(t)
+	thing, _, err := e.st.Core.RegisterDevice(serialA)
+	require.NoError(t, err)
+	home := t.TempDir() // no operator config or credentials leak in
+	env := []string{"HOME=" + home, "PATH=" + os.Getenv("PATH"), "AWS_ACCESS_KEY_ID=AKIDLOCAL", "AWS_SECRET_ACCESS_KEY=secret",
+		"AWS_DEFAULT_REGION=local-1", "AWS_CONFIG_FILE=" + home + "/config", "AWS_SHARED_CREDENTIALS_FILE=" + home + "/credentials",
+		"AWS_EC2_METADATA_DISABLED=true", "AWS_ENDPOINT_URL=" + e.url}
+	run := func(args ...string) (string, string, error) {
+		cmd := exec.Command(cli, args...)
+		cmd.Env = env
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		return stdout.String(), stderr.String(), err
+	}
+
+	out, stderr, err := run("iot", "describe-endpoint", "--endpoint-type", "iot:Data-ATS")
+	require.NoError(t, err, stderr)
+	assert.Contains(t, out, "127.0.0.1")
+
+	resp := filepath.Join(home, "resp.json")
+	out, stderr, err = run("lambda", "invoke", "--function-name", "iot-fleet-local-ssmtoggle",
+		"--payload", `{"action":"status","device_id":"`+serialA+`"}`, resp)
+	require.NoError(t, err, stderr)
+	assert.Contains(t, out, `"StatusCode": 200`)
+	body, err := os.ReadFile(resp)
+	require.NoError(t, err)
+	assert.Contains(t, string(body), `"state":"inactive"`)
+
+	out, stderr, err = run("dynamodb", "get-item", "--table-name", "iot-fleet-local-registry", "--key", `{"serial":{"S":"`+serialA+`"}}`)
+	require.NoError(t, err, stderr)
+	assert.Contains(t, out, `"S": "allowed"`)
+	_, stderr, err = run("dynamodb", "delete-item", "--table-name", "iot-fleet-local-registry", "--key", `{"serial":{"S":"`+serialA+`"}}`)
+	require.Error(t, err)
+	assert.Contains(t, stderr, "AccessDeniedException")
+
+	artifact := filepath.Join(home, "v2.mender")
+	require.NoError(t, os.WriteFile(artifact, []byte("artifact"), 0o600))
+	_, stderr, err = run("s3", "cp", artifact, "s3://iot-fleet-local-artifacts/releases/v2.mender")
+	require.NoError(t, err, stderr)
+	obj, err := e.aws.store.Get("iot-fleet-local-artifacts", "releases/v2.mender")
+	require.NoError(t, err)
+	assert.Equal(t, "artifact", string(obj.Data))
+
+	_, stderr, err = run("iot-data", "publish", "--topic", "cmd/"+protocol.Application+"/"+thing+"/hello", "--qos", "1", "--payload", `{"n":1}`)
+	require.NoError(t, err, stderr)
+	_, stderr, err = run("iot-data", "get-thing-shadow", "--thing-name", thing, "--shadow-name", "fleet-agent", filepath.Join(home, "shadow.json"))
+	require.Error(t, err)
+	assert.Contains(t, stderr, "ResourceNotFoundException")
 }

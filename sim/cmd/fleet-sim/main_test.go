@@ -103,6 +103,25 @@ func TestServeWritesFilesAndServesMQTTAndAPI(t *testing.T) {
 	controlPlane := strings.TrimSpace(string(cpURL))
 	require.True(t, strings.HasPrefix(controlPlane, "http://127.0.0.1:"), controlPlane)
 	assert.Equal(t, controlPlane, status["controlPlaneEndpoint"])
+	assert.Equal(t, map[string]any{"droppedQueueFull": float64(0), "droppedInflightFull": float64(0)}, status["broker"], "drop counters")
+
+	// DIR/outputs.json: the stack outputs, with the endpoint and files.
+	var outputs map[string]any
+	raw, err := os.ReadFile(filepath.Join(dir, "outputs.json"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(raw, &outputs))
+	assert.Equal(t, controlPlane, outputs["localEndpoint"])
+	assert.Equal(t, filepath.Join(dir, "claim.key"), outputs["claimKeyFile"])
+	assert.Equal(t, "iot-fleet-local-ssmtoggle", outputs["ssmToggleLambda"])
+	_, port, _ := strings.Cut(endpoint, ":")
+	assert.Equal(t, port, fmt.Sprint(outputs["iotDataPort"]))
+	// DIR/agent.json: an agent configuration for this endpoint.
+	raw, err = os.ReadFile(filepath.Join(dir, "agent.json"))
+	require.NoError(t, err)
+	var agent map[string]any
+	require.NoError(t, json.Unmarshal(raw, &agent))
+	assert.Equal(t, "127.0.0.1", agent["endpoint"])
+	assert.Equal(t, port, fmt.Sprint(agent["port"]))
 	iotc := iot.New(iot.Options{BaseEndpoint: aws.String(controlPlane), Region: "local-1",
 		Credentials: credentials.NewStaticCredentialsProvider("AKIDLOCAL", "secret", "")})
 	groups, err := iotc.ListThingGroups(ctx, &iot.ListThingGroupsInput{})
