@@ -39,6 +39,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/device/config"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
 	"github.com/iot-fleet/iot-fleet/sim/core"
 	"github.com/iot-fleet/iot-fleet/sim/stack"
 )
@@ -176,6 +177,25 @@ func TestDynamoDBRegistryView(t *testing.T) {
 	}
 	_, err = view.Get(ctx, "10000000ffffffff")
 	assert.ErrorIs(t, err, registry.ErrNotFound)
+
+	// The SSM state lives in the same items, as ssmstate's DynamoDB store
+	// reads it.
+	_, err = e.st.SSM.State.Reserve(ctx, serialA, "req-1")
+	require.NoError(t, err)
+	expiry := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	_, err = e.st.SSM.State.SetActivation(ctx, serialA, "req-1", "act-1", expiry)
+	require.NoError(t, err)
+	ssmView, err := ssmstate.NewDynamoDB(e.ddb, "iot-fleet-local-registry", nil)
+	require.NoError(t, err)
+	rec, err := ssmView.Get(ctx, serialA)
+	require.NoError(t, err)
+	assert.Equal(t, ssmstate.StateActivating, rec.State)
+	assert.Equal(t, "act-1", rec.ActivationID)
+	assert.Equal(t, "req-1", rec.RequestID)
+	assert.True(t, expiry.Equal(rec.ActivationExpiry), "%v != %v", expiry, rec.ActivationExpiry)
+	rec, err = ssmView.Get(ctx, serialB)
+	require.NoError(t, err)
+	assert.Equal(t, ssmstate.StateInactive, rec.State)
 
 	// Scan pages (one item per page here).
 	var serials []string
