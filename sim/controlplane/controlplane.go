@@ -8,7 +8,10 @@
 //
 // Each operation decodes its request, calls the matching awsiot.Client
 // method (the one implementation of that operation) and encodes the result;
-// see docs/local-iot-core.md for the operations served.
+// see docs/local-iot-core.md for the operations served. ServeDataPlane adds
+// the AWS IoT data plane (Publish, device shadows) on the same handler,
+// and Endpoint puts it together with Lambda, DynamoDB and S3 handlers on
+// one URL, dispatching by the request's SigV4 service.
 package controlplane
 
 import (

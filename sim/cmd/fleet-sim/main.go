@@ -1,7 +1,7 @@
 // Command fleet-sim serves the local IoT Core (a stand-in for AWS IoT Core)
 // so real agent processes and the demo can run on one machine.
 //
-//	fleet-sim serve --dir DIR --allowlist FILE [--env dev] [--listen 127.0.0.1:0]
+//	fleet-sim serve --dir DIR --allowlist FILE [--env local] [--listen 127.0.0.1:0]
 //	                [--alpn-listen auto] [--http 127.0.0.1:0] [--control-plane 127.0.0.1:0]
 //	                [--serial-pattern RE]
 //	                [--job-minute 1m] [--log-level info]
@@ -86,7 +86,7 @@ func run(args []string, stderr io.Writer) error {
 		fmt.Fprintln(stderr, usage)
 		fs.PrintDefaults()
 	}
-	dir := fs.String("dir", "", "directory for root-ca.pem, claim.pem, claim.key, api, control-plane and endpoint (required)")
+	dir := fs.String("dir", "", "directory for root-ca.pem, claim.pem, claim.key, api, control-plane, outputs.json, agent.json and endpoint (required)")
 	allow := fs.String("allowlist", "", "allowlist.txt of serials the pre-provisioning hook admits (required)")
 	env := fs.String("env", "local", "stack environment (names: iot-fleet-<env>, thing prefix <env>-)")
 	listen := fs.String("listen", "127.0.0.1:0", "MQTT/TLS listen address (AWS IoT Core's 8883)")
