@@ -407,6 +407,14 @@ func TestDataPlane(t *testing.T) {
 	}
 	_, err = e.data.Publish(ctx, &iotdataplane.PublishInput{Topic: aws.String("cmd/+/x"), Payload: []byte(`{}`)})
 	requireAPIError(t, err, "InvalidRequestException", 400)
+	_, err = e.data.Publish(ctx, &iotdataplane.PublishInput{Topic: aws.String("$aws/things/" + thing + "/jobs/notify-next"), Payload: []byte(`{}`)})
+	requireAPIError(t, err, "UnauthorizedException", 401)
+	// A publish on a shadow topic is a shadow request.
+	_, err = e.data.Publish(ctx, &iotdataplane.PublishInput{Topic: aws.String("$aws/things/" + thing + "/shadow/name/via-mqtt/update"),
+		Payload: []byte(`{"state":{"reported":{"up":true}}}`)})
+	require.NoError(t, err)
+	_, err = e.data.GetThingShadow(ctx, &iotdataplane.GetThingShadowInput{ThingName: aws.String(thing), ShadowName: aws.String("via-mqtt")})
+	require.NoError(t, err)
 
 	// Named shadows: the same service the devices use over MQTT.
 	_, err = e.data.GetThingShadow(ctx, &iotdataplane.GetThingShadowInput{ThingName: aws.String(thing), ShadowName: aws.String("fleet-agent")})
@@ -437,7 +445,15 @@ func TestDataPlane(t *testing.T) {
 	requireAPIError(t, err, "InvalidRequestException", 400)
 	names, err := e.data.ListNamedShadowsForThing(ctx, &iotdataplane.ListNamedShadowsForThingInput{ThingName: aws.String(thing)})
 	require.NoError(t, err)
-	assert.Equal(t, []string{"fleet-agent"}, names.Results)
+	assert.Equal(t, []string{"fleet-agent", "via-mqtt"}, names.Results)
+	page, err := e.data.ListNamedShadowsForThing(ctx, &iotdataplane.ListNamedShadowsForThingInput{ThingName: aws.String(thing), PageSize: aws.Int32(1)})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"fleet-agent"}, page.Results)
+	require.NotNil(t, page.NextToken)
+	page, err = e.data.ListNamedShadowsForThing(ctx, &iotdataplane.ListNamedShadowsForThingInput{ThingName: aws.String(thing), PageSize: aws.Int32(1), NextToken: page.NextToken})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"via-mqtt"}, page.Results)
+	assert.Nil(t, page.NextToken)
 	_, err = e.data.DeleteThingShadow(ctx, &iotdataplane.DeleteThingShadowInput{ThingName: aws.String(thing), ShadowName: aws.String("fleet-agent")})
 	require.NoError(t, err)
 	_, err = e.data.GetThingShadow(ctx, &iotdataplane.GetThingShadowInput{ThingName: aws.String(thing), ShadowName: aws.String("fleet-agent")})
