@@ -68,7 +68,7 @@ func newLocalAWS(s *stack.Stack, url string, log *slog.Logger) (*localAWS, error
 	jobsAPI := awsiot.NewJobs(c.Jobs(), c.IoT())
 	jobsAPI.SetDocumentSource(l.store.ReadURL)
 	iotAPI := controlplane.New(c.IoT(), jobsAPI, c.Endpoint, log.With("component", "control-plane"))
-	iotAPI.ServeCertificateIssuer(awsiot.NewIssuer(c.IoT(), c.CA()))
+	iotAPI.ServeCertificateIssuance(awsiot.NewIssuer(c.IoT(), c.CA()))
 	iotAPI.ServeDataPlane(controlplane.DataPlane{
 		Publish: func(topic string, payload []byte, qos byte) {
 			// Topic rules see HTTP publishes too, as in AWS.
@@ -121,13 +121,16 @@ func (l *localAWS) outputs(s *stack.Stack, dir string) (map[string]any, error) {
 		"registryTable":          stack.RegistryTableName(n.Env),
 		"registryTableArn":       arn("dynamodb", "table/"+stack.RegistryTableName(n.Env)),
 		"ssmManagedInstanceRole": stack.ManagedInstanceRoleName(n.Env),
-		"iotDataEndpoint":        host,
-		"region":                 core.Region,
-		"localEndpoint":          l.url,
-		"iotDataPort":            portN,
-		"rootCAFile":             filepath.Join(dir, "root-ca.pem"),
-		"claimCertFile":          filepath.Join(dir, "claim.pem"),
-		"claimKeyFile":           filepath.Join(dir, "claim.key"),
+		// The role AWS IoT Jobs would assume to presign (presignedUrlConfig
+		// roleArn): accepted by the local IoT Core, which presigns itself.
+		"otaPresignRoleArn": fmt.Sprintf("arn:%s:iam::%s:role/iot-fleet-%s-presign", core.Partition, core.AccountID, n.Env),
+		"iotDataEndpoint":   host,
+		"region":            core.Region,
+		"localEndpoint":     l.url,
+		"iotDataPort":       portN,
+		"rootCAFile":        filepath.Join(dir, "root-ca.pem"),
+		"claimCertFile":     filepath.Join(dir, "claim.pem"),
+		"claimKeyFile":      filepath.Join(dir, "claim.key"),
 	}
 	for key, name := range map[string]string{
 		"preprovisionLambda": "preprovision", "allowlistSyncLambda": "allowlistsync", "ssmToggleLambda": "ssmtoggle",

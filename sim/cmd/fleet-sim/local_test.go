@@ -473,6 +473,7 @@ func TestOutputsAndAgentConfig(t *testing.T) {
 		"ssmToggleLambda": "iot-fleet-local-ssmtoggle", "certScanLambda": "iot-fleet-local-certscan", "certRotateLambda": "iot-fleet-local-certrotate",
 		"allowlistSyncLambda": "iot-fleet-local-allowlistsync", "iotDataEndpoint": "127.0.0.1", "region": "local-1", "localEndpoint": e.url,
 		"devicePolicy": "iot-fleet-local-device", "provisioningTemplate": "iot-fleet-local",
+		"otaPresignRoleArn": "arn:aws:iam::000000000000:role/iot-fleet-local-presign",
 	} {
 		assert.Equal(t, want, out[key], key)
 	}
