@@ -73,7 +73,7 @@ func startLocal(t *testing.T) *localEnv {
 	require.NoError(t, err)
 	srv := httptest.NewUnstartedServer(nil)
 	url := "http://" + srv.Listener.Addr().String()
-	l, err := newLocalAWS(st, url, nil)
+	l, err := newLocalAWS(st, url, "", nil)
 	require.NoError(t, err)
 	srv.Config.Handler = l.handler
 	srv.Start()
@@ -552,4 +552,36 @@ func TestAWSCLIAgainstLocalEndpoint(t *testing.T) {
 	_, stderr, err = run("iot-data", "get-thing-shadow", "--thing-name", thing, "--shadow-name", "fleet-agent", filepath.Join(home, "shadow.json"))
 	require.Error(t, err)
 	assert.Contains(t, stderr, "ResourceNotFoundException")
+}
+
+// TestArtifactsURL: presigned URLs can name the endpoint as devices reach
+// it (a forwarded port, another host name): the signature does not cover
+// the host, and agent.json allows that host.
+func TestArtifactsURL(t *testing.T) {
+	e := startLocal(t)
+	ctx := context.Background()
+	l, err := newLocalAWS(e.st, e.url, "http://artifacts.vm.internal", nil)
+	require.NoError(t, err)
+	_, err = l.store.Put(ctx, "iot-fleet-local-artifacts", "a.mender", []byte("bytes"), "", nil)
+	require.NoError(t, err)
+	u, err := l.store.Presign("https://s3.amazonaws.com/iot-fleet-local-artifacts/a.mender", time.Minute)
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(u, "http://artifacts.vm.internal/iot-fleet-local-artifacts/a.mender?"), u)
+	// Fetched through a forward: the request reaches the endpoint with the
+	// device's Host.
+	srv := httptest.NewServer(l.handler)
+	t.Cleanup(srv.Close)
+	req, err := http.NewRequest(http.MethodGet, srv.URL+strings.TrimPrefix(u, "http://artifacts.vm.internal"), nil)
+	require.NoError(t, err)
+	req.Host = "artifacts.vm.internal"
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "bytes", string(body))
+
+	agent, err := l.agentConfig(e.st, t.TempDir())
+	require.NoError(t, err)
+	assert.Equal(t, []string{"artifacts.vm.internal"}, agent["ota"].(map[string]any)["allowedHosts"])
 }

@@ -32,9 +32,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -92,6 +94,7 @@ func run(args []string, stderr io.Writer) error {
 	listen := fs.String("listen", "127.0.0.1:0", "MQTT/TLS listen address (AWS IoT Core's 8883)")
 	alpnListen := fs.String("alpn-listen", "auto", "listen address of MQTT/TLS with ALPN x-amzn-mqtt-ca (AWS IoT Core's 443, the AWS SDKs' and Device Client's default): auto (127.0.0.1:443 as root when free, else a free port), off, or an address")
 	httpAddr := fs.String("http", "127.0.0.1:0", "operator HTTP API listen address")
+	artifactsURL := fs.String("artifacts-url", "", "base URL of the presigned artifact URLs in OTA job documents, as devices reach the local AWS endpoint (default: the endpoint's URL; e.g. http://artifacts.vm.internal where that forwards to it)")
 	cpAddr := fs.String("control-plane", "127.0.0.1:0", "listen address of the local AWS endpoint (AWS IoT, Lambda, DynamoDB and S3 APIs, as the AWS CLI and SDKs speak them)")
 	pattern := fs.String("serial-pattern", allowlist.DefaultSerialPattern, "serial pattern (Go regexp, anchored)")
 	jobMinute := fs.Duration("job-minute", time.Minute, "length of a Jobs timeout minute (shorten for demos)")
@@ -104,6 +107,11 @@ func run(args []string, stderr io.Writer) error {
 	}
 	if *dir == "" || *allow == "" {
 		return errors.New("--dir and --allowlist are required; " + usage)
+	}
+	if *artifactsURL != "" {
+		if u, err := url.Parse(*artifactsURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+			return fmt.Errorf("--artifacts-url %q: want http://HOST[:PORT] (the local AWS endpoint as devices reach it)", *artifactsURL)
+		}
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
@@ -160,7 +168,7 @@ func run(args []string, stderr io.Writer) error {
 	} else {
 		log.Warn("the allowlist lists no serial: every device is denied", "allowlist", *allow)
 	}
-	aws, err := newLocalAWS(st, controlPlane, log)
+	aws, err := newLocalAWS(st, controlPlane, strings.TrimSuffix(*artifactsURL, "/"), log)
 	if err != nil {
 		return err
 	}

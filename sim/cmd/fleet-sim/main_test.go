@@ -181,6 +181,10 @@ func TestServeRejectsBadFlagsAndAllowlist(t *testing.T) {
 	assert.Contains(t, err.Error(), "line 2")
 	err = run([]string{"serve", "--dir", tmp, "--allowlist", filepath.Join(tmp, "missing")}, &buf)
 	assert.ErrorContains(t, err, "--allowlist")
+	for _, bad := range []string{"ftp://x", "http://", "http://x/path", "artifacts.vm.internal"} {
+		err = run([]string{"serve", "--dir", tmp, "--allowlist", bad + ".txt", "--artifacts-url", bad}, &buf)
+		assert.ErrorContains(t, err, "--artifacts-url", bad)
+	}
 }
 
 func TestALPNListenAddr(t *testing.T) {
