@@ -23,6 +23,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/revocation"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle/ssmfake"
 	simregistry "github.com/iot-fleet/iot-fleet/sim/registry"
 )
@@ -282,7 +283,7 @@ func TestDeleteThingRetriesWhileDetachPropagates(t *testing.T) {
 	}
 	_, err = e2.sync(t, list(999))
 	require.Error(t, err)
-	assert.Len(t, e2.iot.callsOf("DeleteThing"), deleteAttempts)
+	assert.Len(t, e2.iot.callsOf("DeleteThing"), revocation.DeleteAttempts)
 	assert.Equal(t, registry.StateRevoking, e2.state(t, 1))
 }
 
