@@ -226,16 +226,16 @@ func New(cfg Config) (*Handler, error) {
 
 // Result summarises one sync.
 type Result struct {
-	Listed     int      `json:"listed"`               // serials in the allowlist
-	Added      int      `json:"added"`                // serials admitted (new or listed again)
-	Readmitted int      `json:"readmitted,omitempty"` // readmit=TOKEN annotations recorded
-	Revoked    int      `json:"revoked"`              // devices revoked
-	Resumed    int      `json:"resumed,omitempty"`    // interrupted revocations finished
+	Listed     int `json:"listed"`               // serials in the allowlist
+	Added      int `json:"added"`                // serials admitted (new or listed again)
+	Readmitted int `json:"readmitted,omitempty"` // readmit=TOKEN annotations recorded
+	Revoked    int `json:"revoked"`              // devices revoked
+	Resumed    int `json:"resumed,omitempty"`    // interrupted revocations finished
 	// Held are listed serials an emergency revocation holds out (the
 	// revoke Lambda): listing them admits nothing until a readmit=TOKEN
 	// line with a new token is deployed.
-	Held []string `json:"held,omitempty"`
-	Failed     []string `json:"failed,omitempty"`
+	Held   []string `json:"held,omitempty"`
+	Failed []string `json:"failed,omitempty"`
 	// Refused is set when the plan was refused (nothing changed).
 	Refused bool `json:"refused,omitempty"`
 }
