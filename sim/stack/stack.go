@@ -89,6 +89,10 @@ type Stack struct {
 	hold     *holdableIoT
 	endpoint *endpoint
 	log      *slog.Logger
+
+	mu    sync.Mutex
+	stops []context.CancelFunc // followers (follow.go)
+	wg    sync.WaitGroup
 }
 
 // Start starts the local IoT Core with the real hook and allowlist sync.
@@ -247,8 +251,16 @@ func (h *holdableIoT) ListThingPrincipals(ctx context.Context, in *iot.ListThing
 	return h.Client.ListThingPrincipals(ctx, in, opts...)
 }
 
-// Close stops the control-plane endpoint and the local IoT Core.
+// Close stops following allowlist files, the control-plane endpoint and
+// the local IoT Core.
 func (s *Stack) Close() error {
+	s.mu.Lock()
+	for _, stop := range s.stops {
+		stop()
+	}
+	s.stops = nil
+	s.mu.Unlock()
+	s.wg.Wait()
 	return errors.Join(s.endpoint.close(), s.Core.Close())
 }
 

@@ -13,7 +13,9 @@
 // host:port that requires ALPN x-amzn-mqtt-ca, as AWS IoT Core's 443; not
 // with --alpn-listen off) and, last, DIR/endpoint (MQTT/TLS host:port, as
 // AWS IoT Core's 8883): wait for DIR/endpoint to know the simulator is
-// ready. It runs until SIGINT or SIGTERM.
+// ready. It runs until SIGINT or SIGTERM. It follows the --allowlist file
+// as production follows the S3 object: an edit (or SIGHUP) runs the real
+// allowlist sync (README, "Admitting and revoking devices").
 package main
 
 import (
@@ -34,6 +36,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/allowlist"
 	"github.com/iot-fleet/iot-fleet/internal/atomicfile"
 	"github.com/iot-fleet/iot-fleet/sim/core"
+	"github.com/iot-fleet/iot-fleet/sim/stack"
 )
 
 func main() {
@@ -56,7 +59,8 @@ control-plane API for the AWS CLI and SDKs.
 serve writes into DIR: root-ca.pem, claim.pem, claim.key (0600), api (the
 operator HTTP API), control-plane (the AWS IoT control-plane URL),
 endpoint-alpn and, last, endpoint (MQTT/TLS host:port). It runs until SIGINT
-or SIGTERM. "fleet-sim serve --help" lists the flags; docs/local-iot-core.md
+or SIGTERM. Editing the --allowlist file (or SIGHUP) runs the allowlist sync:
+new serials may provision, removed ones are revoked. "fleet-sim serve --help" lists the flags; docs/local-iot-core.md
 documents both APIs.
 `
 
@@ -75,7 +79,7 @@ func run(args []string, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	dir := fs.String("dir", "", "directory for root-ca.pem, claim.pem, claim.key, api, control-plane and endpoint (required)")
-	allow := fs.String("allowlist", "", "allowlist.txt of serials the pre-provisioning hook admits (required)")
+	allow := fs.String("allowlist", "", "allowlist.txt of serials the pre-provisioning hook admits (required); followed: an edit or SIGHUP runs the allowlist sync (admits new serials, revokes removed ones)")
 	env := fs.String("env", "dev", "stack environment (names: iot-fleet-<env>, thing prefix <env>-)")
 	listen := fs.String("listen", "127.0.0.1:0", "MQTT/TLS listen address (AWS IoT Core's 8883)")
 	alpnListen := fs.String("alpn-listen", "auto", "listen address of MQTT/TLS with ALPN x-amzn-mqtt-ca (AWS IoT Core's 443, the AWS SDKs' and Device Client's default): auto (127.0.0.1:443 as root when free, else a free port), off, or an address")
@@ -99,18 +103,11 @@ func run(args []string, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 
-	re, err := allowlist.CompilePattern(*pattern)
-	if err != nil {
+	if _, err := allowlist.CompilePattern(*pattern); err != nil {
 		return fmt.Errorf("--serial-pattern: %w", err)
 	}
-	f, err := os.Open(*allow)
-	if err != nil {
+	if _, err := os.Stat(*allow); err != nil {
 		return fmt.Errorf("--allowlist: %w", err)
-	}
-	serials, err := allowlist.Parse(f, re)
-	f.Close()
-	if err != nil {
-		return fmt.Errorf("--allowlist %s: %w", *allow, err)
 	}
 	if err := os.MkdirAll(*dir, 0o755); err != nil {
 		return fmt.Errorf("--dir: %w", err)
@@ -131,16 +128,23 @@ func run(args []string, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	c, err := core.Start(ctx, core.Options{
-		Env: *env, Addr: *listen, ALPNAddr: alpnAddr, Logger: log, JobMinute: *jobMinute, ControlPlaneEndpoint: controlPlane,
-		// The stack's pre-provisioning hook (lambdas/preprovision) over an
-		// in-memory device registry seeded from the allowlist.
-		AllowedSerials: serials, SerialPattern: *pattern,
-	})
+	// The local stack: the core with the real Lambdas. The allowlist file
+	// is deployed now and followed (edits and SIGHUP) through the real
+	// allowlist sync, as production follows the S3 object.
+	st, err := stack.Start(ctx, stack.Options{Logger: log, SerialPattern: *pattern,
+		Core: core.Options{Env: *env, Addr: *listen, ALPNAddr: alpnAddr, Logger: log, JobMinute: *jobMinute, ControlPlaneEndpoint: controlPlane}})
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer st.Close()
+	c := st.Core
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	synced, err := st.FollowAllowlist(ctx, *allow, stack.FollowOptions{Reload: hup})
+	if err != nil {
+		return fmt.Errorf("--allowlist %s: %w", *allow, err)
+	}
 
 	ln, err := net.Listen("tcp", *httpAddr)
 	if err != nil {
@@ -186,7 +190,7 @@ func run(args []string, stderr io.Writer) error {
 		}
 	}
 	log.Info("fleet-sim ready", "endpoint", c.Endpoint(), "alpnEndpoint", c.ALPNEndpoint(), "api", "http://"+ln.Addr().String(), "controlPlane", controlPlane, "dir", *dir,
-		"allowed_serials", len(serials), "claim_certificate", claim.CertificateID)
+		"allowed_serials", synced.Listed, "claim_certificate", claim.CertificateID)
 	<-ctx.Done()
 	log.Info("fleet-sim stopping")
 	_ = os.Remove(filepath.Join(*dir, "endpoint"))
