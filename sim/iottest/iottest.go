@@ -7,7 +7,8 @@
 // faults and reads the calls through IoT (awsiot.Client.FailNext,
 // AfterEach, Calls, SetPageSize), which sit behind the HTTP endpoint.
 //
-// Only tests and test helper packages import it.
+// CreateCertificateFromCsr issues certificates signed by a CA of the
+// server's own (CA). Only tests and test helper packages import it.
 package iottest
 
 import (
@@ -24,6 +25,7 @@ import (
 
 	iotpolicy "github.com/iot-fleet/iot-fleet/internal/policy"
 	"github.com/iot-fleet/iot-fleet/sim/awsiot"
+	"github.com/iot-fleet/iot-fleet/sim/ca"
 	"github.com/iot-fleet/iot-fleet/sim/controlplane"
 	"github.com/iot-fleet/iot-fleet/sim/jobs"
 	simregistry "github.com/iot-fleet/iot-fleet/sim/registry"
@@ -51,6 +53,8 @@ type Server struct {
 	IoT *awsiot.Client
 	// URL is the endpoint (http://127.0.0.1:PORT), an SDK's BaseEndpoint.
 	URL string
+	// CA signs the certificates CreateCertificateFromCsr issues.
+	CA *ca.CA
 }
 
 // Options configure Start.
@@ -81,9 +85,15 @@ func Start(t testing.TB, opts Options) *Server {
 	c := awsiot.New(reg, Partition, Region, AccountID)
 	js := jobs.New(jobs.Options{Registry: reg})
 	t.Cleanup(js.Close)
-	srv := httptest.NewServer(controlplane.New(c, awsiot.NewJobs(js, c), func() string { return "127.0.0.1:8883" }, nil))
+	authority, err := ca.New(ca.Options{})
+	if err != nil {
+		t.Fatalf("iottest: %v", err)
+	}
+	h := controlplane.New(c, awsiot.NewJobs(js, c), func() string { return "127.0.0.1:8883" }, nil)
+	h.ServeCertificateIssuance(awsiot.NewIssuer(c, authority))
+	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return &Server{Registry: reg, IoT: c, URL: srv.URL}
+	return &Server{Registry: reg, IoT: c, URL: srv.URL, CA: authority}
 }
 
 // Client returns a real aws-sdk-go-v2 IoT client for the endpoint, as a
@@ -107,7 +117,13 @@ func Client(endpoint string) *iot.Client {
 // the certificate as its principal.
 func (s *Server) Provision(t testing.TB, thing, group, policy, certID string) {
 	t.Helper()
-	if err := s.Registry.RegisterCertificate(certID, "", simregistry.CertActive, time.Now().Add(time.Hour)); err != nil {
+	s.ProvisionPEM(t, thing, group, policy, certID, "", time.Now().Add(time.Hour))
+}
+
+// ProvisionPEM is Provision with the certificate's PEM and expiry.
+func (s *Server) ProvisionPEM(t testing.TB, thing, group, policy, certID, certPEM string, notAfter time.Time) {
+	t.Helper()
+	if err := s.Registry.RegisterCertificate(certID, certPEM, simregistry.CertActive, notAfter); err != nil {
 		t.Fatalf("iottest: certificate %s: %v", certID, err)
 	}
 	if err := s.Registry.AttachPolicy(policy, certID); err != nil {
