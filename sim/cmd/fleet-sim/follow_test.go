@@ -140,7 +140,7 @@ func (p *simProcess) provision(t *testing.T, serial string) (string, []byte, []b
 	cl, err := p.mqtt(t, claimPEM, claimKey, protocol.ClaimClientID(serial), nil)
 	require.NoError(t, err)
 	defer cl.Disconnect(0)
-	tmpl := "iot-fleet-dev"
+	tmpl := "iot-fleet-local"
 	for _, f := range []string{protocol.CreateCertFromCSRTopic + "/+", protocol.RegisterThingTopic(tmpl) + "/+"} {
 		tok := cl.Subscribe(f, 1, func(_ paho.Client, m paho.Message) { msgs <- m })
 		require.True(t, tok.WaitTimeout(10*time.Second))
@@ -216,7 +216,7 @@ func TestServeFollowsAllowlist(t *testing.T) {
 	require.True(t, ok, "listed serial provisions; stderr: %s", p.stderr)
 	lost := make(chan struct{})
 	var once sync.Once
-	_, err := p.mqtt(t, pemA, keyA, "dev-"+a, func() { once.Do(func() { close(lost) }) })
+	_, err := p.mqtt(t, pemA, keyA, "local-"+a, func() { once.Do(func() { close(lost) }) })
 	require.NoError(t, err)
 	_, _, _, ok = p.provision(t, b)
 	require.False(t, ok, "an unlisted serial is denied")
@@ -232,11 +232,11 @@ func TestServeFollowsAllowlist(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("a's connection was not closed")
 	}
-	_, err = p.iot.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String("dev-" + a)})
+	_, err = p.iot.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String("local-" + a)})
 	var nf *types.ResourceNotFoundException
 	require.True(t, errors.As(err, &nf), "a's thing is deleted: %v", err)
 	assert.Equal(t, "revoked", p.state(t, a))
-	_, err = p.mqtt(t, pemA, keyA, "dev-"+a, nil)
+	_, err = p.mqtt(t, pemA, keyA, "local-"+a, nil)
 	require.Error(t, err, "a's certificate is refused")
 	_, _, _, ok = p.provision(t, b)
 	require.True(t, ok, "the added serial provisions")
