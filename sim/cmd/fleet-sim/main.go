@@ -19,11 +19,12 @@
 // host:port that requires ALPN x-amzn-mqtt-ca, as AWS IoT Core's 443; not
 // with --alpn-listen off) and, last, DIR/endpoint (MQTT/TLS host:port, as
 // AWS IoT Core's 8883): wait for DIR/endpoint to know the simulator is
-// ready. It runs until SIGINT or SIGTERM.
+// ready. It runs until SIGINT or SIGTERM. It follows the --allowlist file
+// as production follows the S3 object: an edit (or SIGHUP) runs the real
+// allowlist sync (README, "Admitting and revoking devices").
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -70,6 +71,8 @@ DynamoDB's API, S3 for the artifacts and config buckets; use it as
 AWS_ENDPOINT_URL), outputs.json (the stack outputs, as "pulumi stack output
 --json" prints them), agent.json (a fleet-agent configuration), endpoint-alpn
 and, last, endpoint (MQTT/TLS host:port). It runs until SIGINT or SIGTERM.
+Editing the --allowlist file (or SIGHUP) runs the allowlist sync: new serials
+may provision, removed ones are revoked.
 "fleet-sim serve --help" lists the flags; docs/local-iot-core.md documents
 the APIs.
 `
@@ -89,7 +92,7 @@ func run(args []string, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	dir := fs.String("dir", "", "directory for root-ca.pem, claim.pem, claim.key, api, control-plane, outputs.json, agent.json and endpoint (required)")
-	allow := fs.String("allowlist", "", "allowlist.txt of serials the pre-provisioning hook admits (required)")
+	allow := fs.String("allowlist", "", "allowlist.txt of serials the pre-provisioning hook admits (required); followed: an edit or SIGHUP runs the allowlist sync (admits new serials, revokes removed ones)")
 	env := fs.String("env", "local", "stack environment (names: iot-fleet-<env>, thing prefix <env>-)")
 	listen := fs.String("listen", "127.0.0.1:0", "MQTT/TLS listen address (AWS IoT Core's 8883)")
 	alpnListen := fs.String("alpn-listen", "auto", "listen address of MQTT/TLS with ALPN x-amzn-mqtt-ca (AWS IoT Core's 443, the AWS SDKs' and Device Client's default): auto (127.0.0.1:443 as root when free, else a free port), off, or an address")
@@ -119,17 +122,11 @@ func run(args []string, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 
-	re, err := allowlist.CompilePattern(*pattern)
-	if err != nil {
+	if _, err := allowlist.CompilePattern(*pattern); err != nil {
 		return fmt.Errorf("--serial-pattern: %w", err)
 	}
-	allowData, err := os.ReadFile(*allow)
-	if err != nil {
+	if _, err := os.Stat(*allow); err != nil {
 		return fmt.Errorf("--allowlist: %w", err)
-	}
-	serials, err := allowlist.Parse(bytes.NewReader(allowData), re)
-	if err != nil {
-		return fmt.Errorf("--allowlist %s: %w", *allow, err)
 	}
 	if err := os.MkdirAll(*dir, 0o755); err != nil {
 		return fmt.Errorf("--dir: %w", err)
@@ -161,12 +158,12 @@ func run(args []string, stderr io.Writer) error {
 	}
 	defer st.Close()
 	c := st.Core
-	if len(serials) > 0 {
-		if _, err := st.DeployAllowlist(ctx, allowData); err != nil {
-			return fmt.Errorf("--allowlist %s: %w", *allow, err)
-		}
-	} else {
-		log.Warn("the allowlist lists no serial: every device is denied", "allowlist", *allow)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	synced, err := st.FollowAllowlist(ctx, *allow, stack.FollowOptions{Reload: hup})
+	if err != nil {
+		return fmt.Errorf("--allowlist %s: %w", *allow, err)
 	}
 	aws, err := newLocalAWS(st, controlPlane, strings.TrimSuffix(*artifactsURL, "/"), log)
 	if err != nil {
@@ -235,7 +232,7 @@ func run(args []string, stderr io.Writer) error {
 		}
 	}
 	log.Info("fleet-sim ready", "endpoint", c.Endpoint(), "alpnEndpoint", c.ALPNEndpoint(), "api", "http://"+ln.Addr().String(), "controlPlane", controlPlane, "dir", *dir,
-		"allowed_serials", len(serials), "claim_certificate", claim.CertificateID)
+		"allowed_serials", synced.Listed, "claim_certificate", claim.CertificateID)
 	<-ctx.Done()
 	log.Info("fleet-sim stopping")
 	_ = os.Remove(filepath.Join(*dir, "endpoint"))
