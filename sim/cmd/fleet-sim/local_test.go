@@ -131,8 +131,8 @@ func TestLambdaInvoke(t *testing.T) {
 	require.NoError(t, err)
 	t.Logf("ssmtoggle status: %s (function error %v)", out.Payload, aws.ToString(out.FunctionError))
 
-	// Every function of the contract is served (revoke once Stack.Revoke exists).
-	for _, name := range []string{"preprovision", "allowlistsync", "certrotate", "certscan", "ssmtoggle", "ssmregistered", "ssmexpire"} {
+	// Every function of the contract is served.
+	for _, name := range []string{"preprovision", "allowlistsync", "certrotate", "certscan", "ssmtoggle", "ssmregistered", "ssmexpire", "revoke"} {
 		assert.Contains(t, e.aws.functions, "iot-fleet-local-"+name)
 	}
 
@@ -471,7 +471,7 @@ func TestOutputsAndAgentConfig(t *testing.T) {
 		"thingGroup": "iot-fleet-local", "thingGroupArn": "arn:aws:iot:local-1:000000000000:thinggroup/iot-fleet-local",
 		"registryTable": "iot-fleet-local-registry", "artifactsBucket": "iot-fleet-local-artifacts", "configBucket": stack.ConfigBucket,
 		"ssmToggleLambda": "iot-fleet-local-ssmtoggle", "certScanLambda": "iot-fleet-local-certscan", "certRotateLambda": "iot-fleet-local-certrotate",
-		"allowlistSyncLambda": "iot-fleet-local-allowlistsync", "iotDataEndpoint": "127.0.0.1", "region": "local-1", "localEndpoint": e.url,
+		"allowlistSyncLambda": "iot-fleet-local-allowlistsync", "revokeLambda": "iot-fleet-local-revoke", "iotDataEndpoint": "127.0.0.1", "region": "local-1", "localEndpoint": e.url,
 		"devicePolicy": "iot-fleet-local-device", "provisioningTemplate": "iot-fleet-local",
 		"otaPresignRoleArn": "arn:aws:iam::000000000000:role/iot-fleet-local-presign",
 	} {
@@ -584,4 +584,34 @@ func TestArtifactsURL(t *testing.T) {
 	agent, err := l.agentConfig(e.st, t.TempDir())
 	require.NoError(t, err)
 	assert.Equal(t, []string{"artifacts.vm.internal"}, agent["ota"].(map[string]any)["allowedHosts"])
+}
+
+// TestInvokeRevoke: the emergency revoke Lambda through Invoke revokes a
+// connected device's certificate and records who and why.
+func TestInvokeRevoke(t *testing.T) {
+	e := startLocal(t)
+	ctx := context.Background()
+	thing, creds, err := e.st.Core.RegisterDevice(serialA)
+	require.NoError(t, err)
+	_, err = e.st.Registry.RecordProvisioned(ctx, serialA, thing, registry.Certificate{ID: creds.CertificateID, NotAfter: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+
+	out, err := e.lam.Invoke(ctx, &lambda.InvokeInput{FunctionName: aws.String("iot-fleet-local-revoke"),
+		Payload: []byte(`{"serial":"` + serialA + `","reason":"stolen","by":"alice"}`)})
+	require.NoError(t, err)
+	require.Nil(t, out.FunctionError, string(out.Payload))
+	var resp struct {
+		Serial, State, CertificateID string
+	}
+	require.NoError(t, json.Unmarshal(out.Payload, &resp), string(out.Payload))
+	assert.Equal(t, serialA, resp.Serial)
+	assert.Equal(t, "revoked", resp.State)
+	desc, err := e.iot.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(creds.CertificateID)})
+	require.NoError(t, err)
+	assert.Equal(t, iottypes.CertificateStatusRevoked, desc.CertificateDescription.Status)
+
+	// A bad request is the function's error, as Lambda reports it.
+	out, err = e.lam.Invoke(ctx, &lambda.InvokeInput{FunctionName: aws.String("iot-fleet-local-revoke"), Payload: []byte(`{"reason":"x","by":"y"}`)})
+	require.NoError(t, err)
+	assert.Equal(t, "Unhandled", aws.ToString(out.FunctionError))
 }
