@@ -36,8 +36,8 @@ type localAWS struct {
 	artifacts    string // artifacts bucket name
 }
 
-// ArtifactsBucket is the local artifacts bucket of env.
-func ArtifactsBucket(env string) string { return "iot-fleet-" + env + "-artifacts" }
+// artifactsBucket is the local artifacts bucket of env.
+func artifactsBucket(env string) string { return "iot-fleet-" + env + "-artifacts" }
 
 // newLocalAWS wires the endpoint served at url for s. Presigned artifact
 // URLs point at artifactsURL ("": url), the endpoint as devices reach it.
@@ -50,7 +50,7 @@ func newLocalAWS(s *stack.Stack, url, artifactsURL string, log *slog.Logger) (*l
 	if artifactsURL == "" {
 		artifactsURL = url
 	}
-	l := &localAWS{url: url, artifactsURL: artifactsURL, functions: s.Functions(), artifacts: ArtifactsBucket(env)}
+	l := &localAWS{url: url, artifactsURL: artifactsURL, functions: s.Functions(), artifacts: artifactsBucket(env)}
 	var err error
 	l.store, err = s3api.New(s3api.Options{Buckets: []string{l.artifacts, stack.ConfigBucket}, BaseURL: func() string { return artifactsURL }, Logger: log})
 	if err != nil {
