@@ -92,6 +92,13 @@ func (r *Rotation) invoke(ctx context.Context, event []byte) error {
 	if err := json.Unmarshal(event, &ev); err != nil {
 		return fmt.Errorf("certrotate event: %w", err)
 	}
+	_, err := r.Invoke(ctx, ev)
+	return err
+}
+
+// Invoke invokes the rotation Lambda with ev, as the topic rule does (a
+// test replays a recorded event with it), and records the invocation.
+func (r *Rotation) Invoke(ctx context.Context, ev certrotate.Event) (certrotate.Result, error) {
 	res, err := r.rotate.Handle(ctx, ev)
 	rec := RotationRecord{Event: ev, Result: res}
 	if err != nil {
@@ -100,7 +107,7 @@ func (r *Rotation) invoke(ctx context.Context, event []byte) error {
 	r.mu.Lock()
 	r.records = append(r.records, rec)
 	r.mu.Unlock()
-	return err
+	return res, err
 }
 
 // Records returns the rotation Lambda's invocations so far, in order.
