@@ -21,7 +21,6 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	simjobs "github.com/iot-fleet/iot-fleet/sim/jobs"
-	"github.com/iot-fleet/iot-fleet/sim/stack"
 )
 
 const serial = "10000000feed0001"
@@ -158,32 +157,12 @@ fleet-agent: `+path+`: field "alpn": must be true on port 443 (AWS IoT Core need
 		// for the device to provision and ask for its next job.
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		st, err := stack.Start(ctx, stack.Options{})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = st.Close() })
-		_, err = st.DeployAllowlist(ctx, []byte(serial+"\n"))
-		require.NoError(t, err)
-		_, err = st.Core.CreateJob(ctx, simjobs.CreateJobInput{JobID: "first", Document: json.RawMessage(`{"operation":"no-such-operation"}`),
+		st := startLocalCloud(t, serial)
+		_, err := st.Core.CreateJob(ctx, simjobs.CreateJobInput{JobID: "first", Document: json.RawMessage(`{"operation":"no-such-operation"}`),
 			Groups: []string{st.Core.Names().ThingGroup}, Continuous: true})
 		require.NoError(t, err)
-		claim, err := st.Core.IssueClaimCertificate()
-		require.NoError(t, err)
+		cfgFile, stateDir := st.agentConfig(t, serial)
 		dir := t.TempDir()
-		for name, data := range map[string][]byte{"root-ca.pem": st.Core.RootCAPEM(), "claim.pem": claim.CertPEM, "claim.key": claim.KeyPEM} {
-			require.NoError(t, os.WriteFile(filepath.Join(dir, name), data, 0o600))
-		}
-		serialFile := filepath.Join(dir, "cpuinfo")
-		require.NoError(t, os.WriteFile(serialFile, []byte("Hardware\t: BCM2835\nSerial\t\t: "+serial+"\n"), 0o444))
-		host, port, err := net.SplitHostPort(st.Core.Endpoint())
-		require.NoError(t, err)
-		stateDir := filepath.Join(dir, "state")
-		cfg := `{"endpoint":"` + host + `","port":` + port + `,"rootCAFile":"` + filepath.Join(dir, "root-ca.pem") + `",
-			"stateDir":"` + stateDir + `","logLevel":"debug",
-			"provisioning":{"claimCertFile":"` + filepath.Join(dir, "claim.pem") + `","claimKeyFile":"` + filepath.Join(dir, "claim.key") + `",
-				"templateName":"` + st.Core.Names().TemplateName + `","serialFiles":["` + serialFile + `"],"retryMin":"10ms","retryMax":"100ms","deniedBackoff":"1s"},
-			"mqtt":{"reconnectMin":"10ms","reconnectMax":"200ms"}}`
-		cfgFile := filepath.Join(dir, "config.json")
-		require.NoError(t, os.WriteFile(cfgFile, []byte(cfg), 0o600))
 
 		sock := filepath.Join(dir, "notify.sock")
 		notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
