@@ -124,9 +124,12 @@ func TestRefusedCertificateFallsBack(t *testing.T) {
 		}
 	}
 	require.True(t, refused)
-	// The rotation's key and certificate files are removed.
-	_, err := os.Stat(d.store().Path("certs/rotation-" + id + ".key"))
-	require.ErrorIs(t, err, os.ErrNotExist)
+	// The rotation's key and certificate files are removed (after the
+	// idle state is persisted).
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(d.store().Path("certs/rotation-" + id + ".key"))
+		return errors.Is(err, os.ErrNotExist)
+	}, 30*time.Second, 20*time.Millisecond, "the rotation's key is removed")
 }
 
 // No certificate arrives: the device gives up after CertTimeout without
