@@ -1,134 +1,91 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
+	"github.com/iot-fleet/iot-fleet/device/config"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	simjobs "github.com/iot-fleet/iot-fleet/sim/jobs"
+	"github.com/iot-fleet/iot-fleet/sim/stack"
 )
 
-// jobsService is a minimal AWS IoT Jobs MQTT API for one queued job: enough
-// to check that the agent wires the engine to the connection (subscriptions
-// with handlers, on-connect start-next) and to the outbox (updates).
-type jobsService struct {
-	b   *testbroker.Broker
-	doc json.RawMessage
-
-	mu       sync.Mutex
-	exec     *protocol.JobExecution
-	updates  []protocol.UpdateJobRequest
-	terminal chan protocol.JobStatus
-}
-
-func newJobsService(t *testing.T, b *testbroker.Broker, doc map[string]any) *jobsService {
-	rawDoc, err := json.Marshal(doc)
+// stackConfig is testConfig against the local IoT Core with the stack's
+// Lambdas (sim/stack), with serial on its allowlist.
+func stackConfig(t *testing.T, st *stack.Stack) config.Config {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := st.DeployAllowlist(ctx, []byte(serial+"\n"))
 	require.NoError(t, err)
-	s := &jobsService{b: b, doc: rawDoc, terminal: make(chan protocol.JobStatus, 4)}
-	b.Serve(t, "$aws/things/+/jobs/start-next", s.startNext)
-	b.Serve(t, "$aws/things/+/jobs/+/update", s.update)
-	b.Serve(t, "$aws/things/+/jobs/+/get", s.describe)
-	return s
+	claim, err := st.Core.IssueClaimCertificate()
+	require.NoError(t, err)
+	dir := t.TempDir()
+	files := map[string][]byte{"serial-number": []byte(serial + "\x00"), "root-ca.pem": st.Core.RootCAPEM(), "claim.pem": claim.CertPEM, "claim.key": claim.KeyPEM}
+	for name, data := range files {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), data, 0o600))
+	}
+	host, port, err := net.SplitHostPort(st.Core.Endpoint())
+	require.NoError(t, err)
+	cfg, err := config.Parse([]byte(`{
+		"endpoint": "` + host + `", "port": ` + port + `,
+		"rootCAFile": "` + filepath.Join(dir, "root-ca.pem") + `", "stateDir": "` + filepath.Join(dir, "state") + `",
+		"logLevel": "debug",
+		"provisioning": {
+			"claimCertFile": "` + filepath.Join(dir, "claim.pem") + `", "claimKeyFile": "` + filepath.Join(dir, "claim.key") + `",
+			"templateName": "` + st.Core.Names().TemplateName + `", "serialFiles": ["` + filepath.Join(dir, "serial-number") + `"],
+			"responseTimeout": "5s", "retryMin": "5ms", "retryMax": "50ms", "deniedBackoff": "1s"
+		},
+		"mqtt": {"reconnectMin": "10ms", "reconnectMax": "100ms", "connectTimeout": "5s"}
+	}`))
+	require.NoError(t, err)
+	require.NoError(t, cfg.Validate())
+	return cfg
 }
 
-func (s *jobsService) startNext(from, topic string, payload []byte) {
-	var req protocol.StartNextRequest
-	_ = json.Unmarshal(payload, &req)
-	thing := strings.Split(topic, "/")[2]
-	s.mu.Lock()
-	if s.exec == nil {
-		s.exec = &protocol.JobExecution{JobID: "job-1", ThingName: thing, JobDocument: s.doc, Status: protocol.JobInProgress, VersionNumber: 1, ExecutionNumber: 1}
-	}
-	var msg protocol.NextJobMessage
-	msg.ClientToken, msg.Timestamp = req.ClientToken, time.Now().Unix()
-	if !s.exec.Status.Terminal() {
-		cp := *s.exec
-		msg.Execution = &cp
-	}
-	s.mu.Unlock()
-	s.b.Reply(from, protocol.Accepted(topic), msg)
-}
-
-func (s *jobsService) update(from, topic string, payload []byte) {
-	var req protocol.UpdateJobRequest
-	if err := json.Unmarshal(payload, &req); err != nil {
-		return
-	}
-	s.mu.Lock()
-	s.updates = append(s.updates, req)
-	if s.exec == nil || s.exec.Status.Terminal() {
-		st := protocol.JobExecutionState{}
-		if s.exec != nil {
-			st = protocol.JobExecutionState{Status: s.exec.Status, VersionNumber: s.exec.VersionNumber}
-		}
-		s.mu.Unlock()
-		s.b.Reply(from, protocol.Rejected(topic), protocol.JobsErrorResponse{Code: protocol.ErrCodeTerminalStateReached, ClientToken: req.ClientToken, ExecutionState: &st})
-		return
-	}
-	s.exec.Status = req.Status
-	s.exec.StatusDetails = req.StatusDetails
-	s.exec.VersionNumber++
-	st := protocol.JobExecutionState{Status: s.exec.Status, StatusDetails: s.exec.StatusDetails, VersionNumber: s.exec.VersionNumber}
-	s.mu.Unlock()
-	s.b.Reply(from, protocol.Accepted(topic), protocol.UpdateJobAccepted{ExecutionState: &st, Timestamp: time.Now().Unix(), ClientToken: req.ClientToken})
-	if req.Status.Terminal() {
-		s.terminal <- req.Status
-	}
-}
-
-func (s *jobsService) describe(from, topic string, payload []byte) {
-	var req struct {
-		ClientToken string `json:"clientToken"`
-	}
-	_ = json.Unmarshal(payload, &req)
-	s.mu.Lock()
-	var exec *protocol.JobExecution
-	if s.exec != nil {
-		cp := *s.exec
-		exec = &cp
-	}
-	s.mu.Unlock()
-	if exec == nil {
-		s.b.Reply(from, protocol.Rejected(topic), protocol.JobsErrorResponse{Code: protocol.ErrCodeResourceNotFound, ClientToken: req.ClientToken})
-		return
-	}
-	s.b.Reply(from, protocol.Accepted(topic), map[string]any{"execution": exec, "timestamp": time.Now().Unix(), "clientToken": req.ClientToken})
-}
-
+// The agent wires the jobs engine to the connection (subscriptions with
+// handlers, on-connect start-next) and to the outbox (updates): against
+// the local IoT Core's Jobs service, a job for the thing group runs to
+// SUCCEEDED with the step's stdout in its statusDetails.
 func TestJobsFeatureRunsAJobEndToEnd(t *testing.T) {
-	b := testbroker.Start(t, testbroker.Options{})
-	svc := newJobsService(t, b, map[string]any{
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st, err := stack.Start(ctx, stack.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = st.Close() })
+	doc, err := json.Marshal(map[string]any{
 		"version":       "1.0",
 		"includeStdOut": "true",
 		"steps": []any{map[string]any{"action": map[string]any{
 			"name": "hello", "type": "runCommand", "input": map[string]any{"command": "echo,hello-from-job"},
 		}}},
 	})
-	cfg := testConfig(t, b)
+	require.NoError(t, err)
+	_, err = st.Core.CreateJob(ctx, simjobs.CreateJobInput{JobID: "job-1", Document: doc, Groups: []string{st.Core.Names().ThingGroup}, Continuous: true})
+	require.NoError(t, err)
+	cfg := stackConfig(t, st)
 	_, _ = startAgent(t, cfg, &testenv.LogBuffer{}, &notifications{}, JobsFeature(nil))
 
-	select {
-	case st := <-svc.terminal:
-		assert.Equal(t, protocol.JobSucceeded, st)
-	case <-time.After(60 * time.Second):
-		svc.mu.Lock()
-		defer svc.mu.Unlock()
-		t.Fatalf("job did not finish; updates so far: %+v", svc.updates)
+	thing := st.Core.Names().ThingNamePrefix + serial
+	var ex simjobs.Execution
+	require.Eventually(t, func() bool {
+		ex, err = st.Core.Jobs().Execution("job-1", thing)
+		return err == nil && ex.Status.Terminal()
+	}, 60*time.Second, 20*time.Millisecond, "job did not finish: %+v", ex)
+	assert.Equal(t, protocol.JobSucceeded, ex.Status)
+	var joined strings.Builder
+	for k, v := range ex.StatusDetails {
+		joined.WriteString(k + "=" + v + " ")
 	}
-	svc.mu.Lock()
-	defer svc.mu.Unlock()
-	last := svc.updates[len(svc.updates)-1]
-	joined := ""
-	for k, v := range last.StatusDetails {
-		joined += k + "=" + v + " "
-	}
-	assert.Contains(t, joined, "hello-from-job", "stdout of the step is reported")
-	require.NotEmpty(t, last.ClientToken)
+	assert.Contains(t, joined.String(), "hello-from-job", "stdout of the step is reported")
 }

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"runtime"
 	"strings"
@@ -12,11 +14,14 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/iot-fleet/iot-fleet/device/config"
 	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	simjobs "github.com/iot-fleet/iot-fleet/sim/jobs"
+	"github.com/iot-fleet/iot-fleet/sim/stack"
 )
 
 // listenNotify opens a real $NOTIFY_SOCKET for the agent's
@@ -74,9 +79,8 @@ func (f *faults) hook(loop string) {
 // runSupervised starts an agent with the real systemd notifier, a 2s
 // watchdog and loops that must beat every 3s, and waits until it is
 // ready and has pinged the watchdog.
-func runSupervised(t *testing.T, b *testbroker.Broker, f *faults, n *devicetest.NotifySocket, features ...FeatureFactory) (errc <-chan error, stop func(), stateDir string) {
+func runSupervised(t *testing.T, cfg config.Config, f *faults, n *devicetest.NotifySocket, features ...FeatureFactory) (errc <-chan error, stop func(), stateDir string) {
 	t.Helper()
-	cfg := testConfig(t, b)
 	logs := &testenv.LogBuffer{}
 	opts := testOptions(cfg, logs, features)
 	opts.WatchdogInterval = func() (time.Duration, error) { return 2 * time.Second, nil }
@@ -112,7 +116,7 @@ func TestSupervisionLoopThatExitsFailsTheAgent(t *testing.T) {
 			b := testbroker.Start(t, testbroker.Options{})
 			n := listenNotify(t)
 			f := newFaults(t)
-			errc, _, stateDir := runSupervised(t, b, f, n, JobsFeature(nil))
+			errc, _, stateDir := runSupervised(t, testConfig(t, b), f, n, JobsFeature(nil))
 			f.arm(loop, "exit")
 			select {
 			case <-f.hit:
@@ -151,7 +155,7 @@ func TestSupervisionHungLoopStopsTheWatchdog(t *testing.T) {
 			b := testbroker.Start(t, testbroker.Options{})
 			n := listenNotify(t)
 			f := newFaults(t)
-			errc, _, _ := runSupervised(t, b, f, n, JobsFeature(nil))
+			errc, _, _ := runSupervised(t, testConfig(t, b), f, n, JobsFeature(nil))
 			f.arm(loop, "hang")
 			select {
 			case <-f.hit:
@@ -178,27 +182,42 @@ func TestSupervisionHungLoopStopsTheWatchdog(t *testing.T) {
 // an hour, here a 7s sleep against 3s) is not a hang: the engine's loop
 // keeps answering. STATUS= shows the step.
 func TestSupervisionLongStepIsNotAHang(t *testing.T) {
-	b := testbroker.Start(t, testbroker.Options{})
-	svc := newJobsService(t, b, map[string]any{
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cloud, err := stack.Start(ctx, stack.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cloud.Close() })
+	doc, err := json.Marshal(map[string]any{
 		"version": "1.0",
 		"steps": []any{map[string]any{"action": map[string]any{
 			"name": "nap", "type": "runCommand", "input": map[string]any{"command": "sleep,7"},
 		}}},
 	})
+	require.NoError(t, err)
+	_, err = cloud.Core.CreateJob(ctx, simjobs.CreateJobInput{JobID: "job-1", Document: doc, Groups: []string{cloud.Core.Names().ThingGroup}, Continuous: true})
+	require.NoError(t, err)
 	n := listenNotify(t)
 	f := newFaults(t)
 	var overdue atomic.Bool
-	errc, stop, stateDir := runSupervised(t, b, f, n, JobsFeature(nil))
+	errc, stop, stateDir := runSupervised(t, stackConfig(t, cloud), f, n, JobsFeature(nil))
 	running := n.WaitFor(t, 0, "STATUS= with the running step", nil, func(s string) bool {
 		return strings.HasPrefix(s, "STATUS=") && strings.Contains(s, `jobs: job job-1 step 1/1 "nap" running`)
 	})
-	select {
-	case st := <-svc.terminal:
-		assert.Equal(t, protocol.JobSucceeded, st)
-	case err := <-errc:
-		t.Fatalf("the agent stopped during a long step: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("job did not finish")
+	thing := cloud.Core.Names().ThingNamePrefix + serial
+	for done := false; !done; {
+		select {
+		case err := <-errc:
+			t.Fatalf("the agent stopped during a long step: %v", err)
+		case <-ctx.Done():
+			t.Fatal("job did not finish")
+		case <-time.After(20 * time.Millisecond):
+		}
+		ex, err := cloud.Core.Jobs().Execution("job-1", thing)
+		require.NoError(t, err)
+		if ex.Status.Terminal() {
+			assert.Equal(t, protocol.JobSucceeded, ex.Status)
+			done = true
+		}
 	}
 	pings := 0
 	for i, s := range n.List() {

@@ -2,15 +2,12 @@ package rotation_test
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/json"
-	"encoding/pem"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,150 +18,92 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/device/agent"
 	"github.com/iot-fleet/iot-fleet/device/config"
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/rotation"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
-	"github.com/iot-fleet/iot-fleet/lambdas/certrotate"
-	"github.com/iot-fleet/iot-fleet/lambdas/certrotate/certrotatetest"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/lambdas/certscan"
+	"github.com/iot-fleet/iot-fleet/sim/core"
+	"github.com/iot-fleet/iot-fleet/sim/faults"
+	simregistry "github.com/iot-fleet/iot-fleet/sim/registry"
+	"github.com/iot-fleet/iot-fleet/sim/stack"
 )
 
 const (
 	serial = "10000000cafe0001"
 	thing  = "dev-" + serial
-	policy = "iot-fleet-dev-device"
-	group  = "iot-fleet-dev"
 )
 
-// cloud is the cloud side of rotation around the test broker: the real
-// rotation and scan Lambda handlers over a faithful fake AWS IoT whose
-// certificates are mirrored into the broker (so the broker accepts or
-// refuses connections as AWS IoT would), a topic rule that invokes the
-// rotation handler with the rule's projection, and the registry.
+// cloud is the cloud side of rotation: the local IoT Core with the
+// stack's real Lambdas (sim/stack), as in AWS: the topic rule invokes the
+// rotation Lambda, the scan Lambda asks devices to rotate, both reach the
+// control plane with their real AWS SDK client, and the device provisions
+// by claim through the real hook (its serial is on the allowlist).
 type cloud struct {
-	t    *testing.T
-	ctx  context.Context
-	b    *testbroker.Broker
-	iot  *certrotatetest.IoT
-	reg  *registry.Memory
-	rot  *certrotate.Handler
-	scan *certscan.Handler
+	t     *testing.T
+	ctx   context.Context
+	s     *stack.Stack
+	logs  *testenv.LogBuffer // the local IoT Core's log (JSON, debug)
+	claim core.Credentials
+	dir   string // root CA and claim files
 
-	// refuseNew makes the broker refuse every certificate issued by
-	// rotation (as if the new certificate did not work).
+	// refuseNew makes every certificate issued by rotation unusable (as
+	// if the new certificate did not work).
 	refuseNew atomic.Bool
-	// dropCerts loses every RotateCert message.
-	dropCerts atomic.Bool
-
-	provisioned func(certID string)
-
-	mu      sync.Mutex
-	results []certrotate.Result
-	events  []certrotate.Event
+	// statusAtUpdate records a certificate's status after each
+	// UpdateCertificate of it.
+	mu             sync.Mutex
+	statusAtUpdate map[string][]string
 }
 
 func newCloud(t *testing.T) *cloud {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	c := &cloud{t: t, ctx: ctx, b: testbroker.Start(t, testbroker.Options{}), reg: registry.NewMemory()}
-	c.iot = certrotatetest.New(policy, func(csr *x509.CertificateRequest) ([]byte, error) {
-		pemCSR := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw})
-		certPEM, _, err := c.b.PKI.SignCSR(pemCSR)
-		return certPEM, err
-	})
-	var provisioned sync.Map // certificate ids issued by provisioning
-	c.iot.OnChange(func(cert certrotatetest.Cert, th string) {
-		if cert.Status == "" {
-			c.b.DeleteCert(cert.ID)
-			return
-		}
-		status := string(cert.Status)
-		if _, orig := provisioned.Load(cert.ID); !orig && c.refuseNew.Load() {
-			status = "INACTIVE"
-		}
-		c.b.SetCert(cert.ID, status, th)
-	})
-	c.iot.OnPublish(func(m certrotatetest.Message) {
-		if c.dropCerts.Load() && strings.HasSuffix(m.Topic, "/"+protocol.KindRotateCert) {
-			return
-		}
-		if err := c.b.Publish(m.Topic, m.Payload); err != nil {
-			t.Logf("cloud publish %s: %v", m.Topic, err)
-		}
-	})
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	var err error
-	c.rot, err = certrotate.New(certrotate.Config{IoT: c.iot, Data: c.iot, Registry: c.reg, DevicePolicy: policy,
-		ThingNamePrefix: "dev-", RetryDelay: time.Millisecond, Logger: quiet})
+	c := &cloud{t: t, ctx: ctx, logs: &testenv.LogBuffer{}, dir: t.TempDir(), statusAtUpdate: map[string][]string{}}
+	log := slog.New(slog.NewJSONHandler(c.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	s, err := stack.Start(ctx, stack.Options{Logger: log, Core: core.Options{Logger: log}})
 	require.NoError(t, err)
-	c.scan, err = certscan.New(certscan.Config{IoT: c.iot, Data: c.iot, Registry: c.reg, ThingNamePrefix: "dev-", Logger: quiet})
+	t.Cleanup(func() { _ = s.Close() })
+	c.s = s
+	_, err = s.DeployAllowlist(ctx, []byte(serial+"\n"))
 	require.NoError(t, err)
-	c.b.Serve(t, "dt/fleet/+/rotate/+", func(from, topic string, payload []byte) {
-		ev, err := ruleEvent(topic, from, c.b.PrincipalOf(from), payload)
-		if err != nil {
-			t.Logf("rule: %v", err)
+	c.claim, err = s.Core.IssueClaimCertificate()
+	require.NoError(t, err)
+	for name, data := range map[string][]byte{"root-ca.pem": s.Core.RootCAPEM(), "claim.pem": c.claim.CertPEM, "claim.key": c.claim.KeyPEM} {
+		require.NoError(t, os.WriteFile(filepath.Join(c.dir, name), data, 0o600))
+	}
+	s.Rotation.OnIssue(func(id string) {
+		if c.refuseNew.Load() {
+			require.NoError(t, s.Core.SetCertificateStatus(id, simregistry.CertInactive))
+		}
+	})
+	s.IoT.AfterEach(func(op, key string) {
+		if op != "UpdateCertificate" {
 			return
 		}
-		// Lambda's asynchronous invocation retries a failed event.
-		var res certrotate.Result
-		for attempt := 0; attempt < 3; attempt++ {
-			if res, err = c.rot.Handle(ctx, ev); err == nil {
-				break
-			}
+		if cert, err := s.Core.Registry().Certificate(key); err == nil {
+			c.mu.Lock()
+			c.statusAtUpdate[key] = append(c.statusAtUpdate[key], string(cert.Status))
+			c.mu.Unlock()
 		}
-		c.mu.Lock()
-		c.events = append(c.events, ev)
-		c.results = append(c.results, res)
-		c.mu.Unlock()
 	})
-	c.provisioned = func(id string) { provisioned.Store(id, true) }
 	return c
 }
 
-// ruleEvent computes the topic rule's projection (certrotate.RuleSQL) of a
-// message: the payload's rotation fields, topic(3) as thingName, topic(5)
-// as kind, clientid() and principal().
-func ruleEvent(topic, clientID, principal string, payload []byte) (certrotate.Event, error) {
-	var fields struct {
-		RotationID    string `json:"rotationId"`
-		CSR           string `json:"csr"`
-		CertificateID string `json:"certificateId"`
-		Status        string `json:"status"`
-		Reason        string `json:"reason"`
-		Timestamp     int64  `json:"ts"`
-	}
-	if err := json.Unmarshal(payload, &fields); err != nil {
-		return certrotate.Event{}, fmt.Errorf("payload of %s: %w", topic, err)
-	}
-	levels := strings.Split(topic, "/")
-	if len(levels) != 5 {
-		return certrotate.Event{}, fmt.Errorf("topic %s", topic)
-	}
-	return certrotate.Event{ThingName: levels[2], Kind: levels[4], ClientID: clientID, Principal: principal,
-		RotationID: fields.RotationID, CSR: fields.CSR, CertificateID: fields.CertificateID,
-		Status: fields.Status, Reason: fields.Reason, Timestamp: fields.Timestamp}, nil
-}
-
-// register records the provisioned device in the cloud as fleet
-// provisioning and the hook leave it.
-func (c *cloud) register(id store.Identity, st *store.Store) {
+// dropCerts loses every RotateCert message to the device (a fault rule of
+// the local IoT Core).
+func (c *cloud) dropCerts() {
 	c.t.Helper()
-	certPEM, err := os.ReadFile(st.Path(id.CertFile))
-	require.NoError(c.t, err)
-	c.provisioned(id.CertificateID)
-	require.Equal(c.t, id.CertificateID, c.iot.AddDevice(thing, group, policy, string(certPEM)))
-	require.NoError(c.t, c.reg.PutAllowed(c.ctx, serial))
-	_, err = c.reg.RecordProvisioned(c.ctx, serial, thing, registry.Certificate{ID: id.CertificateID, NotAfter: time.Now().Add(24 * time.Hour)})
+	_, err := c.s.Core.Faults().Add(faults.Rule{Topic: protocol.CommandTopic(thing, protocol.KindRotateCert), Direction: faults.Outbound, Drop: true})
 	require.NoError(c.t, err)
 }
 
 // request asks the device to rotate, as an operator would.
 func (c *cloud) request() string {
 	c.t.Helper()
-	rep, err := c.scan.Handle(c.ctx, certscan.Request{ThingName: thing})
+	rep, err := c.s.RequestRotation(c.ctx, certscan.Request{ThingName: thing})
 	require.NoError(c.t, err)
 	require.Contains(c.t, rep.Requested, thing)
 	return rep.Requested[thing]
@@ -173,14 +112,72 @@ func (c *cloud) request() string {
 // waitFinished waits until the registry records the end of rotation id.
 func (c *cloud) waitFinished(id string) registry.Device {
 	c.t.Helper()
-	var d registry.Device
-	require.Eventually(c.t, func() bool {
-		var err error
-		d, err = c.reg.Get(c.ctx, serial)
-		require.NoError(c.t, err)
-		return d.LastRotationID == id && d.RotationID == ""
-	}, 90*time.Second, 20*time.Millisecond, "rotation %s did not finish: %+v", id, d)
+	ctx, cancel := context.WithTimeout(c.ctx, 90*time.Second)
+	defer cancel()
+	d, err := c.s.WaitRotation(ctx, serial, id)
+	require.NoError(c.t, err)
 	return d
+}
+
+// deviceCerts returns the ids of the certificates the local IoT Core
+// holds besides the claim certificate.
+func (c *cloud) deviceCerts() []string {
+	var ids []string
+	for _, cert := range c.s.Core.Registry().Certificates() {
+		if cert.ID != c.claim.CertificateID {
+			ids = append(ids, cert.ID)
+		}
+	}
+	return ids
+}
+
+// settled waits until the rotation Lambda has retired the certificates it
+// retires after recording the outcome (it writes the registry first):
+// the device's only certificate is then id, attached to its thing.
+func (c *cloud) settled(id string) {
+	c.t.Helper()
+	require.Eventually(c.t, func() bool {
+		return slices.Equal(c.deviceCerts(), []string{id}) && slices.Equal(c.principals(), []string{id})
+	}, 30*time.Second, 20*time.Millisecond, "the cloud keeps only %s: certificates %v, principals %v", id, c.deviceCerts(), c.principals())
+}
+
+// cert returns certificate id (false: it does not exist).
+func (c *cloud) cert(id string) (simregistry.Certificate, bool) {
+	cert, err := c.s.Core.Registry().Certificate(id)
+	return cert, err == nil
+}
+
+// principals returns the certificates attached to the device's thing.
+func (c *cloud) principals() []string {
+	th, err := c.s.Core.Registry().Thing(thing)
+	if err != nil {
+		return nil
+	}
+	return th.Principals
+}
+
+// connects returns the device's connection attempts from the local IoT
+// Core's log: the certificate of each, and whether it was accepted.
+func (c *cloud) connects() []connect {
+	var out []connect
+	for _, l := range c.logs.JSONLines(c.t) {
+		if l["client"] != thing {
+			continue
+		}
+		cert, _ := l["certificate"].(string)
+		switch msg, _ := l["msg"].(string); {
+		case msg == "client connected":
+			out = append(out, connect{CertID: cert, Accepted: true})
+		case strings.HasPrefix(msg, "connect refused"):
+			out = append(out, connect{CertID: cert})
+		}
+	}
+	return out
+}
+
+type connect struct {
+	CertID   string
+	Accepted bool
 }
 
 // device runs agents for one state directory.
@@ -195,14 +192,14 @@ func newDevice(t *testing.T, c *cloud) *device {
 	dir := t.TempDir()
 	serialFile := filepath.Join(dir, "serial-number")
 	require.NoError(t, os.WriteFile(serialFile, []byte(serial), 0o444))
-	host, port, err := net.SplitHostPort(c.b.Addr)
+	host, port, err := net.SplitHostPort(c.s.Core.Endpoint())
 	require.NoError(t, err)
 	cfg, err := config.Parse([]byte(`{
 		"endpoint": "` + host + `", "port": ` + port + `,
-		"rootCAFile": "` + c.b.CAFile + `", "stateDir": "` + filepath.Join(dir, "state") + `",
+		"rootCAFile": "` + filepath.Join(c.dir, "root-ca.pem") + `", "stateDir": "` + filepath.Join(dir, "state") + `",
 		"provisioning": {
-			"claimCertFile": "` + c.b.Claim.CertFile + `", "claimKeyFile": "` + c.b.Claim.KeyFile + `",
-			"templateName": "` + c.b.TemplateName() + `", "serialFiles": ["` + serialFile + `"],
+			"claimCertFile": "` + filepath.Join(c.dir, "claim.pem") + `", "claimKeyFile": "` + filepath.Join(c.dir, "claim.key") + `",
+			"templateName": "` + c.s.Core.Names().TemplateName + `", "serialFiles": ["` + serialFile + `"],
 			"responseTimeout": "5s", "retryMin": "5ms", "retryMax": "50ms", "deniedBackoff": "1s"
 		},
 		"mqtt": {"reconnectMin": "10ms", "reconnectMax": "100ms", "connectTimeout": "5s"}
@@ -293,27 +290,23 @@ func (d *device) waitIdle(id string) rotation.State {
 // connectedWith waits until the device is connected with certificate id.
 func (c *cloud) connectedWith(id string) {
 	c.t.Helper()
-	require.Eventually(c.t, func() bool { return c.b.PrincipalOf(thing) == id && c.lastAccepted() == id },
-		30*time.Second, 20*time.Millisecond, "device not connected with %s", id)
-}
-
-// lastAccepted is the certificate of the device's last accepted connection.
-func (c *cloud) lastAccepted() string {
-	recs := c.b.Connects()
-	for i := len(recs) - 1; i >= 0; i-- {
-		if recs[i].ClientID == thing && recs[i].Accepted {
-			return recs[i].CertID
+	require.Eventually(c.t, func() bool {
+		for _, cl := range c.s.Core.Clients() {
+			if cl.ClientID == thing && cl.CertificateID == id {
+				return true
+			}
 		}
-	}
-	return ""
+		return false
+	}, 30*time.Second, 20*time.Millisecond, "device not connected with %s", id)
 }
 
+// outcomes are the rotation Lambda's answers so far, as "kind:outcome".
 func (c *cloud) outcomes() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	var out []string
-	for i, r := range c.results {
-		out = append(out, c.events[i].Kind+":"+r.Outcome)
+	for _, r := range c.s.Rotation.Records() {
+		if r.Err == "" {
+			out = append(out, r.Event.Kind+":"+r.Result.Outcome)
+		}
 	}
 	return out
 }

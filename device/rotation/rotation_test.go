@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
-	iottypes "github.com/aws/aws-sdk-go-v2/service/iot/types"
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/rotation"
@@ -15,16 +15,16 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate"
+	simregistry "github.com/iot-fleet/iot-fleet/sim/registry"
 )
 
-// provisioned starts a device, lets it provision and registers it in the
-// cloud. It returns the device's provisioned identity.
+// provisioned starts a device and lets it provision by claim through the
+// stack's hook. It returns the device's provisioned identity.
 func provisioned(t *testing.T, c *cloud, rc rotation.Config) (*device, *running, store.Identity) {
 	t.Helper()
 	d := newDevice(t, c)
 	r := d.start(rc, true)
 	id := d.identity()
-	c.register(id, d.store())
 	c.connectedWith(id.CertificateID)
 	return d, r, id
 }
@@ -56,29 +56,34 @@ func TestRotationCompletes(t *testing.T) {
 	require.NoError(t, err)
 	c.connectedWith(now.CertificateID)
 
-	// The old pair is gone from the device and from the cloud.
-	_, err = os.Stat(st.Path(old.KeyFile))
-	require.ErrorIs(t, err, os.ErrNotExist)
-	_, ok := c.iot.Cert(old.CertificateID)
+	// The old pair is gone from the device (the idle state is persisted
+	// first, then the old files go) and from the cloud.
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(st.Path(old.KeyFile))
+		return errors.Is(err, os.ErrNotExist)
+	}, 30*time.Second, 20*time.Millisecond, "the old key is removed")
+	c.settled(now.CertificateID)
+	_, ok := c.cert(old.CertificateID)
 	require.False(t, ok)
-	require.Equal(t, []string{now.CertificateID}, c.iot.Principals(thing))
-	require.Contains(t, c.iot.Calls(), "UpdateCertificate "+old.CertificateID+" INACTIVE")
+	c.mu.Lock()
+	require.Equal(t, []string{"INACTIVE"}, c.statusAtUpdate[old.CertificateID], "deactivated before it was deleted")
+	c.mu.Unlock()
 
 	// The confirmation came over the new certificate.
-	require.Contains(t, c.outcomes(), "confirm:completed")
+	require.Eventually(t, func() bool { return slices.Contains(c.outcomes(), "confirm:completed") }, 30*time.Second, 20*time.Millisecond)
 
 	// A replayed CSR (same message again) creates nothing.
-	var csr certrotateEvent
-	for i, ev := range c.events {
-		if ev.Kind == "csr" {
-			csr = certrotateEvent{ev: c.events[i]}
+	var csr certrotate.Event
+	for _, r := range c.s.Rotation.Records() {
+		if r.Event.Kind == certrotate.KindCSR {
+			csr = r.Event
 		}
 	}
-	res, err := c.rot.Handle(c.ctx, csr.ev)
+	res, err := c.s.Rotation.Invoke(c.ctx, csr)
 	require.NoError(t, err)
 	require.Equal(t, "ignored", res.Outcome)
-	require.Len(t, c.iot.Certs(), 1)
-	require.Equal(t, 1, c.iot.CallCount("CreateCertificateFromCsr"))
+	require.Len(t, c.deviceCerts(), 1)
+	require.Len(t, c.s.IoT.CallsOf("CreateCertificateFromCsr"), 1)
 
 	// A second rotation works from the rotated identity.
 	id2 := c.request()
@@ -86,7 +91,7 @@ func TestRotationCompletes(t *testing.T) {
 	require.Equal(t, registry.RotationCompleted, c.waitFinished(id2).LastRotationStatus)
 	d.waitIdle(id2)
 	require.NotEqual(t, now.CertificateID, d.identity().CertificateID)
-	require.Len(t, c.iot.Certs(), 1)
+	c.settled(d.identity().CertificateID)
 }
 
 // The new certificate is refused at connect: the device falls back to the
@@ -107,22 +112,24 @@ func TestRefusedCertificateFallsBack(t *testing.T) {
 
 	require.Equal(t, old, d.identity())
 	c.connectedWith(old.CertificateID)
-	oc, ok := c.iot.Cert(old.CertificateID)
+	c.settled(old.CertificateID) // the refused certificate is deleted
+	oc, ok := c.cert(old.CertificateID)
 	require.True(t, ok)
-	require.Equal(t, iottypes.CertificateStatusActive, oc.Status)
-	require.Equal(t, []string{old.CertificateID}, c.iot.Principals(thing))
-	require.Len(t, c.iot.Certs(), 1, "the refused certificate is deleted")
+	require.Equal(t, simregistry.CertActive, oc.Status)
 	// The device did try the new certificate and was refused.
 	refused := false
-	for _, rec := range c.b.Connects() {
-		if rec.ClientID == thing && !rec.Accepted && rec.CertID != old.CertificateID {
+	for _, rec := range c.connects() {
+		if !rec.Accepted && rec.CertID != old.CertificateID {
 			refused = true
 		}
 	}
 	require.True(t, refused)
-	// The rotation's key and certificate files are removed.
-	_, err := os.Stat(d.store().Path("certs/rotation-" + id + ".key"))
-	require.ErrorIs(t, err, os.ErrNotExist)
+	// The rotation's key and certificate files are removed (after the
+	// idle state is persisted).
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(d.store().Path("certs/rotation-" + id + ".key"))
+		return errors.Is(err, os.ErrNotExist)
+	}, 30*time.Second, 20*time.Millisecond, "the rotation's key is removed")
 }
 
 // No certificate arrives: the device gives up after CertTimeout without
@@ -130,16 +137,16 @@ func TestRefusedCertificateFallsBack(t *testing.T) {
 func TestNoCertificateFallsBack(t *testing.T) {
 	c := newCloud(t)
 	d, _, old := provisioned(t, c, rotation.Config{CertTimeout: 2 * time.Second})
-	c.dropCerts.Store(true)
+	c.dropCerts()
 	id := c.request()
 	require.Equal(t, registry.RotationFailed, c.waitFinished(id).LastRotationStatus)
 	require.Contains(t, d.waitIdle(id).LastReason, "no certificate within")
 	require.Equal(t, old, d.identity())
-	require.Len(t, c.iot.Certs(), 1)
-	for _, rec := range c.b.Connects() {
-		if rec.ClientID == thing {
-			require.Equal(t, old.CertificateID, rec.CertID, "never tried another certificate")
-		}
+	c.settled(old.CertificateID)
+	connects := c.connects()
+	require.NotEmpty(t, connects)
+	for _, rec := range connects {
+		require.Equal(t, old.CertificateID, rec.CertID, "never tried another certificate")
 	}
 }
 
@@ -152,17 +159,16 @@ func TestRepeatedRequestReportsOutcome(t *testing.T) {
 	c.waitFinished(id)
 	d.waitIdle(id)
 	now := d.identity()
+	// The completing invocation has returned.
+	require.Eventually(t, func() bool { return slices.Contains(c.outcomes(), "confirm:completed") }, 30*time.Second, 20*time.Millisecond)
 	n := len(c.outcomes())
 	msg := []byte(`{"rotationId":"` + id + `","ts":1}`)
-	require.NoError(t, c.b.Publish(protocol.CommandTopic(thing, protocol.KindRotateRequest), msg))
+	c.s.Core.Publish(protocol.CommandTopic(thing, protocol.KindRotateRequest), msg)
 	require.Eventually(t, func() bool { return len(c.outcomes()) > n }, 30*time.Second, 20*time.Millisecond)
 	require.Equal(t, "confirm:replay", c.outcomes()[n])
 	require.Equal(t, now, d.identity())
-	require.Len(t, c.iot.Certs(), 1)
+	c.settled(now.CertificateID)
 }
-
-// certrotateEvent wraps a recorded rule event.
-type certrotateEvent struct{ ev certrotate.Event }
 
 // kill point: a step and whether the new certificate has connected.
 type killPoint struct {
@@ -238,8 +244,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 			}
 			require.Equal(t, rec.CertificateID, now.CertificateID)
 			c.connectedWith(now.CertificateID)
-			require.Equal(t, []string{now.CertificateID}, c.iot.Principals(thing))
-			require.Len(t, c.iot.Certs(), 1)
+			c.settled(now.CertificateID)
 		})
 	}
 }
@@ -250,20 +255,23 @@ func TestCrashAtEveryStep(t *testing.T) {
 func TestRotationOvertakenByARecoveryIsVoided(t *testing.T) {
 	c := newCloud(t)
 	d, _, old := provisioned(t, c, rotation.Config{CertTimeout: 3 * time.Second})
-	c.dropCerts.Store(true)
+	c.dropCerts()
 	id := c.request()
 	require.Eventually(t, func() bool { return d.state().Step == rotation.StepCSR }, 30*time.Second, 20*time.Millisecond)
 	newKey := d.state().New.KeyFile
 
-	c.b.SetCert(old.CertificateID, "REVOKED", thing)
-	c.b.Disconnect(thing)
+	// Re-admitted (a new key may provision), then its certificate revoked,
+	// which closes its connection.
+	_, err := c.s.DeployAllowlist(c.ctx, []byte(serial+" readmit=T1\n"))
+	require.NoError(t, err)
+	require.NoError(t, c.s.Core.SetCertificateStatus(old.CertificateID, simregistry.CertRevoked))
 
 	dst := d.waitIdle(id)
 	require.Equal(t, protocol.RotateFailed, dst.LastStatus)
 	require.Contains(t, dst.LastReason, "identity replaced by a re-provisioning")
 	now := d.identity()
 	require.NotEqual(t, old.CertificateID, now.CertificateID)
-	_, err := d.store().TLSCertificate(now)
+	_, err = d.store().TLSCertificate(now)
 	require.NoError(t, err)
 	c.connectedWith(now.CertificateID)
 	// The idle state is persisted first, then the unused files go.

@@ -15,30 +15,46 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/device/agent"
 	"github.com/iot-fleet/iot-fleet/device/config"
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/ssm"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	"github.com/iot-fleet/iot-fleet/sim/rules"
+	"github.com/iot-fleet/iot-fleet/sim/stack"
 )
 
-// TestAgentFeatureOverMQTT runs the whole agent (provisioning by claim,
-// mutual TLS, outbox) with the SSM feature against the test broker: the
-// cloud's commands arrive on cmd/fleet/<thing>/ssm, the fake agent
-// processes run, and the status comes back on dt/fleet/<thing>/ssm/status.
+// TestAgentFeatureOverMQTT runs the whole agent (provisioning by claim
+// through the stack's real hook, mutual TLS, outbox) with the SSM feature
+// against the local IoT Core (sim/stack): the cloud's commands arrive on
+// cmd/fleet/<thing>/ssm, the fake agent processes run, and the status
+// comes back on dt/fleet/<thing>/ssm/status, where a topic rule of the
+// local IoT Core sees it (as the cloud's rules do).
 func TestAgentFeatureOverMQTT(t *testing.T) {
 	const serial = "00000000000000d1" // the thing is dev-<serial>
-	b := testbroker.Start(t, testbroker.Options{})
+	ctx0, cancel0 := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel0()
+	st, err := stack.Start(ctx0, stack.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = st.Close() })
+	_, err = st.DeployAllowlist(ctx0, []byte(serial+"\n"))
+	require.NoError(t, err)
+	claim, err := st.Core.IssueClaimCertificate()
+	require.NoError(t, err)
 	host := newFakeHost(t, false)
 	dir := t.TempDir()
-	serialFile := filepath.Join(dir, "serial-number")
-	require.NoError(t, os.WriteFile(serialFile, []byte(serial), 0o444))
-	h, port, err := net.SplitHostPort(b.Addr)
+	files := map[string][]byte{"serial-number": []byte(serial), "root-ca.pem": st.Core.RootCAPEM(), "claim.pem": claim.CertPEM, "claim.key": claim.KeyPEM}
+	for name, data := range files {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), data, 0o600))
+	}
+	statuses := make(chan []byte, 16)
+	require.NoError(t, st.Core.Rules().Add(rules.Rule{Name: "ssm-status", SQL: "SELECT * FROM '" + protocol.DataTopic("+", protocol.KindSSMStatus) + "'",
+		Action: func(_ context.Context, event []byte) error { statuses <- event; return nil }}))
+	h, port, err := net.SplitHostPort(st.Core.Endpoint())
 	require.NoError(t, err)
 	cfg, err := config.Parse([]byte(`{
-		"endpoint": "` + h + `", "port": ` + port + `, "rootCAFile": "` + b.CAFile + `",
+		"endpoint": "` + h + `", "port": ` + port + `, "rootCAFile": "` + filepath.Join(dir, "root-ca.pem") + `",
 		"stateDir": "` + filepath.Join(dir, "state") + `", "logLevel": "debug",
-		"provisioning": {"claimCertFile": "` + b.Claim.CertFile + `", "claimKeyFile": "` + b.Claim.KeyFile + `",
-			"templateName": "` + b.TemplateName() + `", "serialFiles": ["` + serialFile + `"],
+		"provisioning": {"claimCertFile": "` + filepath.Join(dir, "claim.pem") + `", "claimKeyFile": "` + filepath.Join(dir, "claim.key") + `",
+			"templateName": "` + st.Core.Names().TemplateName + `", "serialFiles": ["` + filepath.Join(dir, "serial-number") + `"],
 			"responseTimeout": "5s", "retryMin": "5ms", "retryMax": "50ms", "deniedBackoff": "1s"},
 		"mqtt": {"reconnectMin": "10ms", "reconnectMax": "100ms", "connectTimeout": "5s"},
 		"jobs": {"enabled": false}
@@ -75,15 +91,14 @@ func TestAgentFeatureOverMQTT(t *testing.T) {
 	}
 	require.Equal(t, thing, a.Runtime().Identity.ThingName)
 
-	status := b.Watch(t, protocol.DataTopic(thing, protocol.KindSSMStatus))
 	var published []string
 	nextStatus := func() protocol.SSMStatus {
 		t.Helper()
 		select {
-		case m := <-status:
-			published = append(published, string(m.Payload))
+		case m := <-statuses:
+			published = append(published, string(m))
 			var s protocol.SSMStatus
-			require.NoError(t, json.Unmarshal(m.Payload, &s))
+			require.NoError(t, json.Unmarshal(m, &s))
 			return s
 		case <-time.After(20 * time.Second):
 			t.Fatal("no ssm status")
@@ -94,7 +109,7 @@ func TestAgentFeatureOverMQTT(t *testing.T) {
 		t.Helper()
 		payload, err := json.Marshal(c)
 		require.NoError(t, err)
-		require.NoError(t, b.Publish(protocol.CommandTopic(thing, protocol.KindSSM), payload))
+		st.Core.Publish(protocol.CommandTopic(thing, protocol.KindSSM), payload)
 	}
 
 	send(activate("req-1"))

@@ -46,9 +46,10 @@ type Rotation struct {
 	scan   *certscan.Handler
 	log    *slog.Logger
 
-	mu      sync.Mutex
-	records []RotationRecord
-	onIssue func(certificateID string)
+	mu       sync.Mutex
+	records  []RotationRecord
+	onIssue  func(certificateID string)
+	inflight int // rotation invocations running
 }
 
 // RotationRecord is one invocation of the rotation Lambda by the topic
@@ -92,6 +93,21 @@ func (r *Rotation) invoke(ctx context.Context, event []byte) error {
 	if err := json.Unmarshal(event, &ev); err != nil {
 		return fmt.Errorf("certrotate event: %w", err)
 	}
+	_, err := r.Invoke(ctx, ev)
+	return err
+}
+
+// Invoke invokes the rotation Lambda with ev, as the topic rule does (a
+// test replays a recorded event with it), and records the invocation.
+func (r *Rotation) Invoke(ctx context.Context, ev certrotate.Event) (certrotate.Result, error) {
+	r.mu.Lock()
+	r.inflight++
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.inflight--
+		r.mu.Unlock()
+	}()
 	res, err := r.rotate.Handle(ctx, ev)
 	rec := RotationRecord{Event: ev, Result: res}
 	if err != nil {
@@ -100,7 +116,14 @@ func (r *Rotation) invoke(ctx context.Context, event []byte) error {
 	r.mu.Lock()
 	r.records = append(r.records, rec)
 	r.mu.Unlock()
-	return err
+	return res, err
+}
+
+// idle reports whether no rotation invocation is running.
+func (r *Rotation) idle() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.inflight == 0
 }
 
 // Records returns the rotation Lambda's invocations so far, in order.
@@ -134,7 +157,9 @@ func (s *Stack) RequestRotation(ctx context.Context, req certscan.Request) (cert
 }
 
 // WaitRotation waits until the registry records the end of rotation
-// rotationID of serial (completed or failed) and returns the record.
+// rotationID of serial (completed or failed) and the rotation Lambda
+// invocation that wrote it has returned (it retires the old or the refused
+// certificate after the registry write), and returns the record.
 func (s *Stack) WaitRotation(ctx context.Context, serial, rotationID string) (registry.Device, error) {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
@@ -143,7 +168,7 @@ func (s *Stack) WaitRotation(ctx context.Context, serial, rotationID string) (re
 		if err != nil {
 			return d, fmt.Errorf("stack: rotation %s of %s: %w", rotationID, serial, err)
 		}
-		if d.LastRotationID == rotationID && d.RotationID != rotationID {
+		if d.LastRotationID == rotationID && d.RotationID != rotationID && s.Rotation.idle() {
 			return d, nil
 		}
 		select {

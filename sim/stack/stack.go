@@ -90,6 +90,8 @@ type Stack struct {
 	endpoint *endpoint
 	log      *slog.Logger
 
+	deploying sync.Mutex // one allowlist sync at a time
+
 	mu    sync.Mutex
 	stops []context.CancelFunc // followers (follow.go)
 	wg    sync.WaitGroup
@@ -190,7 +192,12 @@ func (s *Stack) DeployAllowlist(ctx context.Context, content []byte) (allowlists
 // DeployAllowlistWithMetadata is DeployAllowlist with the object's user
 // metadata (e.g. allowlistsync.MetadataConfirm, which the stack config
 // allowlistConfirmRevocations sets, and allowlistsync.MetadataDeployedBy).
+//
+// One sync runs at a time, as the function's reserved concurrency of 1
+// makes it in AWS: a deploy waits for the one in progress.
 func (s *Stack) DeployAllowlistWithMetadata(ctx context.Context, content []byte, metadata map[string]string) (allowlistsync.Result, error) {
+	s.deploying.Lock()
+	defer s.deploying.Unlock()
 	s.bucket.put(allowlistsync.DefaultObjectKey, content, metadata)
 	ev := events.S3Event{Records: []events.S3EventRecord{{
 		EventSource: "aws:s3",

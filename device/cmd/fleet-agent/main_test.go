@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"net"
 	"os"
 	"os/exec"
@@ -16,9 +18,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	simjobs "github.com/iot-fleet/iot-fleet/sim/jobs"
 )
 
 const serial = "10000000feed0001"
@@ -150,21 +152,17 @@ fleet-agent: `+path+`: field "alpn": must be true on port 443 (AWS IoT Core need
 	})
 
 	t.Run("run provisions, connects, starts jobs and stops on SIGTERM", func(t *testing.T) {
-		b := testbroker.Start(t, testbroker.Options{})
-		startNext := b.Watch(t, "$aws/things/+/jobs/start-next")
-		dir := t.TempDir()
-		serialFile := filepath.Join(dir, "cpuinfo")
-		require.NoError(t, os.WriteFile(serialFile, []byte("Hardware\t: BCM2835\nSerial\t\t: "+serial+"\n"), 0o444))
-		host, port, err := net.SplitHostPort(b.Addr)
+		// The local IoT Core with the stack's Lambdas: the serial is on
+		// the allowlist, and a continuous job for the thing group waits
+		// for the device to provision and ask for its next job.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		st := startLocalCloud(t, serial)
+		_, err := st.Core.CreateJob(ctx, simjobs.CreateJobInput{JobID: "first", Document: json.RawMessage(`{"operation":"no-such-operation"}`),
+			Groups: []string{st.Core.Names().ThingGroup}, Continuous: true})
 		require.NoError(t, err)
-		stateDir := filepath.Join(dir, "state")
-		cfg := `{"endpoint":"` + host + `","port":` + port + `,"rootCAFile":"` + b.CAFile + `",
-			"stateDir":"` + stateDir + `","logLevel":"debug",
-			"provisioning":{"claimCertFile":"` + b.Claim.CertFile + `","claimKeyFile":"` + b.Claim.KeyFile + `",
-				"templateName":"` + b.TemplateName() + `","serialFiles":["` + serialFile + `"],"retryMin":"10ms","retryMax":"100ms","deniedBackoff":"1s"},
-			"mqtt":{"reconnectMin":"10ms","reconnectMax":"200ms"}}`
-		cfgFile := filepath.Join(dir, "config.json")
-		require.NoError(t, os.WriteFile(cfgFile, []byte(cfg), 0o600))
+		cfgFile, stateDir := st.agentConfig(t, serial)
+		dir := t.TempDir()
 
 		sock := filepath.Join(dir, "notify.sock")
 		notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
@@ -213,13 +211,12 @@ fleet-agent: `+path+`: field "alpn": must be true on port 443 (AWS IoT Core need
 		}
 		waitState("READY=1")
 		thing := "dev-" + serial
-		select {
-		case m := <-startNext:
-			assert.Equal(t, protocol.JobsStartNextTopic(thing), m.Topic)
-			assert.Equal(t, thing, m.From)
-		case <-time.After(30 * time.Second):
-			t.Fatal("the jobs engine did not send start-next after connecting")
-		}
+		// The jobs engine asked for its next job after connecting: the
+		// queued execution was started (and ended: no such operation).
+		require.Eventually(t, func() bool {
+			ex, err := st.Core.Jobs().Execution("first", thing)
+			return err == nil && ex.Status != protocol.JobQueued
+		}, 30*time.Second, 20*time.Millisecond, "the jobs engine did not start its next job after connecting")
 		waitState("WATCHDOG=1")
 
 		// Idle RSS and CPU of the provisioned, connected agent (figures for

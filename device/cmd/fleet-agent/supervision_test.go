@@ -1,7 +1,6 @@
 package main
 
 import (
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +12,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
 
@@ -29,25 +27,6 @@ func buildFaultyAgent(t *testing.T) string {
 	return bin
 }
 
-// agentConfig writes a configuration for serial against b.
-func agentConfig(t *testing.T, b *testbroker.Broker, serial string) (cfgFile, stateDir string) {
-	t.Helper()
-	dir := t.TempDir()
-	serialFile := filepath.Join(dir, "cpuinfo")
-	require.NoError(t, os.WriteFile(serialFile, []byte("Serial\t\t: "+serial+"\n"), 0o444))
-	host, port, err := net.SplitHostPort(b.Addr)
-	require.NoError(t, err)
-	stateDir = filepath.Join(dir, "state")
-	cfg := `{"endpoint":"` + host + `","port":` + port + `,"rootCAFile":"` + b.CAFile + `",
-		"stateDir":"` + stateDir + `","logLevel":"debug",
-		"provisioning":{"claimCertFile":"` + b.Claim.CertFile + `","claimKeyFile":"` + b.Claim.KeyFile + `",
-			"templateName":"` + b.TemplateName() + `","serialFiles":["` + serialFile + `"],"retryMin":"10ms","retryMax":"100ms","deniedBackoff":"1s"},
-		"mqtt":{"reconnectMin":"10ms","reconnectMax":"200ms"}}`
-	cfgFile = filepath.Join(dir, "config.json")
-	require.NoError(t, os.WriteFile(cfgFile, []byte(cfg), 0o600))
-	return cfgFile, stateDir
-}
-
 // The real binary under a real NOTIFY_SOCKET: a loop whose goroutine dies
 // makes the agent exit non-zero at once; a loop that stops beating stops
 // the watchdog pings and the agent exits non-zero (Restart=on-failure).
@@ -59,8 +38,7 @@ func TestBinarySupervision(t *testing.T) {
 		{"connection.hang", "loops stopped beating: connection"},
 	} {
 		t.Run(tc.fault, func(t *testing.T) {
-			b := testbroker.Start(t, testbroker.Options{})
-			cfgFile, stateDir := agentConfig(t, b, "10000000feed0a01")
+			cfgFile, stateDir := startLocalCloud(t, "10000000feed0a01").agentConfig(t, "10000000feed0a01")
 			faults := t.TempDir()
 			n := devicetest.ListenNotify(t)
 			logs := &testenv.LogBuffer{}

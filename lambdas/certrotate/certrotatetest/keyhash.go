@@ -1,3 +1,7 @@
+// Package certrotatetest holds what the rotation tests share: KeyHash, the
+// registry's hash of a certificate's public key. AWS IoT itself is the
+// local IoT Core's control plane (sim/iottest, sim/stack), reached with the
+// real SDK client.
 package certrotatetest
 
 import (
