@@ -1,4 +1,4 @@
-package main
+package fleetctl
 
 import (
 	"context"
@@ -11,7 +11,6 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/spf13/cobra"
 
@@ -77,9 +76,10 @@ revocation limit (stack config maxRevocationsPerSync, default max(5, 10% of the
 provisioned fleet)) refuses it. It is the sync's own plan; it changes nothing.
 
 The registry table comes from --registry-table or the stack output
-registryTable (--stack or --outputs). Credentials, region and endpoint are the
-AWS SDK's usual settings (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL_DYNAMODB…);
-the region defaults to the stack's aws:region.
+registryTable (--stack, --outputs or --local). Credentials, region and
+endpoint are the AWS SDK's usual settings (AWS_PROFILE, AWS_REGION,
+AWS_ENDPOINT_URL_DYNAMODB…); the region defaults to the stack's; with --local
+the local IoT Core's registry is read.
 
 Exit codes: 0 the sync would apply the plan; 3 the file is invalid; 4 the sync
 would refuse the plan (the reason says how to confirm it); 1 the registry
@@ -91,20 +91,22 @@ could not be read.`,
 			if err != nil {
 				return err
 			}
+			outputs := Outputs{}
+			if table == "" || g.hasOutputs() {
+				if outputs, err = g.outputs(ctx); err != nil {
+					return err
+				}
+			}
 			if table == "" {
-				outputs, err := g.outputs(ctx)
-				if err != nil {
-					return err
-				}
-				if table, err = outputString(outputs, "registryTable"); err != nil {
+				if table, err = outputs.String(OutRegistryTable); err != nil {
 					return err
 				}
 			}
-			region := ""
-			if g.stack != "" {
-				region = cfg.Region
+			f, err := g.connect(cmd, outputs)
+			if err != nil {
+				return err
 			}
-			devices, err := scanRegistry(ctx, table, region)
+			devices, err := scanRegistry(ctx, f.DynamoDB, table)
 			if err != nil {
 				return err
 			}
@@ -119,7 +121,7 @@ could not be read.`,
 				return err
 			}
 			if ch.Refused {
-				return withCode(exitRefused, errors.New("the allowlist sync would refuse this allowlist: "+ch.Reason))
+				return withCode(ExitRefused, errors.New("the allowlist sync would refuse this allowlist: "+ch.Reason))
 			}
 			return nil
 		},
@@ -154,11 +156,11 @@ func allowlistPath(g *globalFlags, stackPath string, args []string) string {
 }
 
 // readAllowlist parses path with the stack's serial pattern; a bad file is
-// exitInvalid.
+// ExitInvalid.
 func readAllowlist(path, serialPattern string) ([]allowlist.Entry, error) {
 	pattern, err := allowlist.CompilePattern(serialPattern)
 	if err != nil {
-		return nil, withCode(exitInvalid, err)
+		return nil, withCode(ExitInvalid, err)
 	}
 	f, err := os.Open(path)
 	if err != nil {
@@ -169,7 +171,7 @@ func readAllowlist(path, serialPattern string) ([]allowlist.Entry, error) {
 	if err != nil {
 		var le *allowlist.LineError
 		if errors.As(err, &le) {
-			return nil, withCode(exitInvalid, fmt.Errorf("%s: %w", path, err))
+			return nil, withCode(ExitInvalid, fmt.Errorf("%s: %w", path, err))
 		}
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -177,16 +179,8 @@ func readAllowlist(path, serialPattern string) ([]allowlist.Entry, error) {
 }
 
 // scanRegistry reads every record of the registry table.
-func scanRegistry(ctx context.Context, table, region string) ([]registry.Device, error) {
-	var opts []func(*config.LoadOptions) error
-	if region != "" && os.Getenv("AWS_REGION") == "" && os.Getenv("AWS_DEFAULT_REGION") == "" {
-		opts = append(opts, config.WithRegion(region))
-	}
-	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("aws config: %w", err)
-	}
-	store, err := registry.NewDynamoDB(dynamodb.NewFromConfig(awsCfg), table)
+func scanRegistry(ctx context.Context, client *dynamodb.Client, table string) ([]registry.Device, error) {
+	store, err := registry.NewDynamoDB(client, table)
 	if err != nil {
 		return nil, err
 	}
