@@ -38,7 +38,9 @@ func newAllowlistCheckCommand(g *globalFlags) *cobra.Command {
 		Short: "Validate an allowlist file (every bad line, with its number)",
 		Long: `check validates FILE (default: the stack's allowlistPath, allowlist.txt) with the
 stack's serial pattern, exactly as the allowlist sync will, and reports every
-bad line with its number. Exit code 3 when the file is invalid.`,
+bad line with its number. It needs no AWS access.
+
+Exit codes: 0 valid; 3 the file is invalid; 1 it cannot be read; 2 usage.`,
 		Args: cobraArgs(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			_, path, entries, err := g.readStackAllowlist(args)

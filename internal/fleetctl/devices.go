@@ -83,6 +83,9 @@ func (f *Fleet) ListDevices(ctx context.Context) ([]DeviceView, error) {
 	return views, ctx.Err()
 }
 
+// errNoDevice: no registry record has that serial or thing name.
+var errNoDevice = errors.New("no such device")
+
 // ShowDevice returns one device, by serial or thing name, with its
 // shadow's reported state.
 func (f *Fleet) ShowDevice(ctx context.Context, id string) (DeviceView, error) {
@@ -120,7 +123,7 @@ func (f *Fleet) findDevice(ctx context.Context, id string) (registry.Device, err
 		return registry.Device{}, err
 	}
 	if found == nil {
-		return registry.Device{}, fmt.Errorf("no device %q in the registry (neither a serial nor a thing name)", id)
+		return registry.Device{}, fmt.Errorf("%w: %q is neither a serial nor a thing name of the registry", errNoDevice, id)
 	}
 	return *found, nil
 }

@@ -2,6 +2,7 @@ package fleetctl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/user"
@@ -51,15 +52,19 @@ func (f *Fleet) Revoke(ctx context.Context, device, reason, by string) (RevokeRe
 		return RevokeResponse{}, usagef("--reason contains control characters")
 	}
 	req := RevokeRequest{Reason: reason, By: by}
-	if d, err := f.findDevice(ctx, device); err == nil {
+	d, err := f.findDevice(ctx, device)
+	switch {
+	case err == nil:
 		req.Serial = d.Serial
-	} else {
-		// Not in the registry by serial or thing: let the Lambda decide
-		// (it answers for an unknown device).
+	case errors.Is(err, errNoDevice):
+		// Not in the registry by serial or thing name: the Lambda answers
+		// for an unknown device.
 		req.ThingName = device
+	default:
+		return RevokeResponse{}, err
 	}
 	var resp RevokeResponse
-	err := f.invoke(ctx, OutRevoke, req, &resp)
+	err = f.invoke(ctx, OutRevoke, req, &resp)
 	return resp, err
 }
 

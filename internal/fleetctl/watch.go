@@ -113,9 +113,18 @@ func (r *jobReader) read(ctx context.Context, jobID string) (JobView, error) {
 		return JobView{}, firstErr
 	}
 	slices.SortFunc(v.Executions, func(a, b Execution) int { return strings.Compare(a.ThingName, b.ThingName) })
-	all := true
 	for _, e := range v.Executions {
 		r.cache[e.ThingName] = e
+	}
+	v.summarize()
+	return v, nil
+}
+
+// summarize counts the executions by status and sets Done and Failed.
+func (v *JobView) summarize() {
+	v.Counts, v.Failed = map[string]int{}, nil
+	all := true
+	for _, e := range v.Executions {
 		v.Counts[e.Status]++
 		all = all && terminalExecution[e.Status]
 		if failedExecution[e.Status] {
@@ -124,7 +133,6 @@ func (r *jobReader) read(ctx context.Context, jobID string) (JobView, error) {
 	}
 	jobOver := v.Status == "COMPLETED" || v.Status == "CANCELED" || v.Status == "DELETION_IN_PROGRESS"
 	v.Done = all && (len(v.Executions) > 0 || jobOver)
-	return v, nil
 }
 
 func cmpErr(a, b error) error {
