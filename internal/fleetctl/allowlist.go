@@ -99,25 +99,19 @@ could not be read.`,
 					return err
 				}
 			}
-			if table == "" {
-				if table, err = outputs.String(OutRegistryTable); err != nil {
-					return err
-				}
-			}
 			f, err := g.connect(cmd, outputs)
 			if err != nil {
 				return err
 			}
-			devices, err := scanRegistry(ctx, f.DynamoDB, table)
+			ch, err := f.PlanAllowlist(ctx, table, entries, allowlist.Limits{MaxRevocations: cfg.MaxRevocationsPerSync, Confirm: confirm})
 			if err != nil {
 				return err
 			}
-			ch := allowlist.Plan(devices, entries, allowlist.Limits{MaxRevocations: cfg.MaxRevocationsPerSync, Confirm: confirm})
 			out := cmd.OutOrStdout()
 			if g.output == "json" {
 				err = writeJSON(out, planJSON(path, ch))
 			} else {
-				err = writePlan(out, path, ch)
+				err = WritePlan(out, path, ch)
 			}
 			if err != nil {
 				return err
@@ -180,6 +174,23 @@ func readAllowlist(path, serialPattern string) ([]allowlist.Entry, error) {
 	return entries, nil
 }
 
+// PlanAllowlist is what the allowlist sync would do with entries against
+// the registry table (table; "" : the stack output registryTable): the
+// sync's own plan (internal/allowlist.Plan). It changes nothing.
+func (f *Fleet) PlanAllowlist(ctx context.Context, table string, entries []allowlist.Entry, lim allowlist.Limits) (allowlist.Changes, error) {
+	if table == "" {
+		var err error
+		if table, err = f.Outputs.String(OutRegistryTable); err != nil {
+			return allowlist.Changes{}, err
+		}
+	}
+	devices, err := scanRegistry(ctx, f.DynamoDB, table)
+	if err != nil {
+		return allowlist.Changes{}, err
+	}
+	return allowlist.Plan(devices, entries, lim), nil
+}
+
 // scanRegistry reads every record of the registry table.
 func scanRegistry(ctx context.Context, client *dynamodb.Client, table string) ([]registry.Device, error) {
 	store, err := registry.NewDynamoDB(client, table)
@@ -228,8 +239,9 @@ func planJSON(path string, ch allowlist.Changes) map[string]any {
 	}
 }
 
-// writePlan prints the plan for a person (and a pull-request comment).
-func writePlan(w io.Writer, path string, ch allowlist.Changes) error {
+// WritePlan prints an allowlist plan for a person (and a pull-request
+// comment), as "fleetctl allowlist diff" does.
+func WritePlan(w io.Writer, path string, ch allowlist.Changes) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: %d serial(s) listed; registry: %d admitted device(s)\n", path, ch.Listed, ch.Admitted)
 	switch {
