@@ -32,7 +32,10 @@ type RevokeResponse struct {
 
 // maxReasonLen bounds a revocation reason (it is recorded in the
 // registry).
-const maxReasonLen = 512
+const (
+	maxReasonLen = 512
+	maxByLen     = 128
+)
 
 // Revoke revokes a device now through the stack's revoke Lambda: its
 // certificate REVOKED, detached, its thing deleted, SSM off; recorded
@@ -50,6 +53,8 @@ func (f *Fleet) Revoke(ctx context.Context, device, reason, by string) (RevokeRe
 		return RevokeResponse{}, usagef("--reason is %d characters; at most %d", len(reason), maxReasonLen)
 	case strings.ContainsFunc(reason, func(r rune) bool { return r < ' ' || r == 0x7f }):
 		return RevokeResponse{}, usagef("--reason contains control characters")
+	case by == "" || len(by) > maxByLen:
+		return RevokeResponse{}, usagef("--by must name who revokes, at most %d characters", maxByLen)
 	}
 	req := RevokeRequest{Reason: reason, By: by}
 	d, err := f.findDevice(ctx, device)
@@ -80,6 +85,9 @@ func operatorName() string {
 	}
 	if h, err := os.Hostname(); err == nil && h != "" {
 		name += "@" + h
+	}
+	if len(name) > maxByLen {
+		name = name[:maxByLen]
 	}
 	return name
 }
