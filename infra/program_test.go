@@ -231,6 +231,7 @@ func TestDevAndProdStacks(t *testing.T) {
 			assert.Equal(t, "iot-fleet-"+stack+"-device", r.outputs["devicePolicy"])
 			assert.Equal(t, "iot-fleet-"+stack+"-preprovision", r.outputs["preprovisionLambda"])
 			assert.Equal(t, "iot-fleet-"+stack+"-allowlistsync", r.outputs["allowlistSyncLambda"])
+			assert.Equal(t, "iot-fleet-"+stack+"-revoke", r.outputs["revokeLambda"])
 			assert.Equal(t, cfg[stackconfig.KeyRegion], r.outputs["region"])
 		})
 	}
@@ -573,7 +574,7 @@ func TestIAMPoliciesNameSpecificResources(t *testing.T) {
 	t.Parallel()
 	r := mustRun(t)
 	policies := r.aws.resources(tRolePolicy)
-	require.Len(t, policies, 14, "two Lambdas, the token-exchange role, the topic-rule role, the OTA presign role, the SSM managed-instance role, "+
+	require.Len(t, policies, 15, "three Lambdas (hook, sync, revoke), the token-exchange role, the topic-rule role, the OTA presign role, the SSM managed-instance role, "+
 		"the three SSM Lambdas and the SSM schedule role, the two rotation Lambdas and the rotation schedule role, the template-versions Lambda")
 	for _, p := range policies {
 		doc := policyJSON(t, propString(p.Inputs, "policy"))
@@ -685,6 +686,10 @@ func TestLambdas(t *testing.T) {
 			"IOT_DATA_ENDPOINT": "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com",
 		},
 		components.LambdaTemplateVersions: {"TEMPLATE_NAME": "iot-fleet-dev", "KEEP_VERSIONS": "4"},
+		components.LambdaRevoke: {
+			"REGISTRY_TABLE": table, "THING_GROUP": group, "SERIAL_PATTERN": cfg[stackconfig.KeySerialPattern],
+			"DEVICE_POLICY": "iot-fleet-dev-device", "THING_NAME_PREFIX": "dev-",
+		},
 	}
 	require.Len(t, r.aws.resources(tFunction), len(wantEnv))
 	for name, env := range wantEnv {
@@ -778,7 +783,7 @@ func TestLambdaPermissionsMatchTheirJobs(t *testing.T) {
 	}, hook, "the hook retires a re-admitted device's certificate, nothing more")
 	// Every role that may change cert/* denies itself the claim
 	// certificate.
-	for _, name := range []string{components.LambdaPreprovision, components.LambdaAllowlistSync, components.LambdaCertRotate} {
+	for _, name := range []string{components.LambdaPreprovision, components.LambdaAllowlistSync, components.LambdaCertRotate, components.LambdaRevoke} {
 		denied := denies(name)
 		for _, a := range components.ClaimCertificateChanges {
 			assert.Equal(t, []string{claimCert}, denied[a], "%s: %s on the claim certificate", name, a)
@@ -807,6 +812,31 @@ func TestLambdaPermissionsMatchTheirJobs(t *testing.T) {
 	}
 	for _, a := range []string{"dynamodb:GetItem", "dynamodb:UpdateItem"} {
 		assert.Equal(t, []string{tableARN}, sync[a], "sync reads and writes the registry, SSM state included")
+	}
+
+	// The emergency revoke may do to one device what the sync does, and
+	// nothing else: no allowlist, no registry scan.
+	revoke := grants(components.LambdaRevoke)
+	assert.Equal(t, map[string][]string{
+		"logs:CreateLogStream":            revoke["logs:CreateLogStream"],
+		"logs:PutLogEvents":               revoke["logs:PutLogEvents"],
+		"dynamodb:GetItem":                {tableARN},
+		"dynamodb:UpdateItem":             {tableARN},
+		"iot:DescribeCertificate":         {certs},
+		"iot:UpdateCertificate":           {certs},
+		"iot:DetachPolicy":                {certs},
+		"iot:ListThingPrincipals":         sync["iot:ListThingPrincipals"],
+		"iot:DetachThingPrincipal":        sync["iot:DetachThingPrincipal"],
+		"iot:RemoveThingFromThingGroup":   sync["iot:RemoveThingFromThingGroup"],
+		"iot:DeleteThing":                 sync["iot:DeleteThing"],
+		"ssm:DeleteActivation":            sync["ssm:DeleteActivation"],
+		"ssm:DeregisterManagedInstance":   sync["ssm:DeregisterManagedInstance"],
+		"ssm:DescribeInstanceInformation": sync["ssm:DescribeInstanceInformation"],
+	}, revoke, "the revoke Lambda: one device's revocation, nothing more")
+	assert.ElementsMatch(t, []string{things, groupARN}, revoke["iot:DeleteThing"])
+	revokeName := propString(r.one(t, tFunction, components.LambdaRevoke).Outputs, "name")
+	for _, p := range r.aws.resources(tPermission) {
+		assert.NotEqual(t, revokeName, propString(p.Inputs, "function"), "no service may invoke the revoke Lambda; operators do, with their own IAM")
 	}
 
 	// The template-versions Lambda lists and deletes versions of this
@@ -923,7 +953,7 @@ func TestOutputs(t *testing.T) {
 	for _, k := range []string{
 		"iotDataEndpoint", "iotCredentialsEndpoint", "provisioningTemplate", "claimCertificateArn",
 		"claimCertificateSecretArn", "claimPrivateKey", "artifactsBucket", "configBucket", "imagesBucket", "allowlistKey",
-		"roleAlias", "registryTable", "preprovisionLambda", "allowlistSyncLambda", "thingGroup",
+		"roleAlias", "registryTable", "preprovisionLambda", "allowlistSyncLambda", "revokeLambda", "thingGroup",
 		"certRotateLambda", "certScanLambda", "thingGroupArn", "registryTableArn", "ssmToggleLambda",
 		"ssmRegisteredLambda", "ssmExpireLambda", "templateVersionsLambda", "provisioningRoleArn",
 		"tokenExchangeRoleArn", "roleAliasArn",

@@ -207,7 +207,7 @@ func TestIAMEscalationGuards(t *testing.T) {
 	}
 	assert.Equal(t, map[string][]string{
 		"lambda.amazonaws.com": {
-			"allowlistsync", "certrotate", "certscan", "preprovision", "ssmexpire", "ssmregistered", "ssmtoggle",
+			"allowlistsync", "certrotate", "certscan", "preprovision", "revoke", "ssmexpire", "ssmregistered", "ssmtoggle",
 			"templateversions",
 		},
 		"iot.amazonaws.com":             {"provisioning", "token-exchange", "topic-rules"},

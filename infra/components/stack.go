@@ -17,12 +17,15 @@ import (
 const (
 	LambdaPreprovision  = "preprovision"
 	LambdaAllowlistSync = "allowlistsync"
+	// LambdaRevoke is the emergency revoke Lambda (lambdas/revoke),
+	// invoked by operators.
+	LambdaRevoke = "revoke"
 )
 
 // LambdaNames are the Lambdas the stack deploys.
 func LambdaNames() []string {
 	return []string{LambdaPreprovision, LambdaAllowlistSync, LambdaSSMToggle, LambdaSSMRegistered, LambdaSSMExpire,
-		LambdaCertRotate, LambdaCertScan, LambdaTemplateVersions}
+		LambdaCertRotate, LambdaCertScan, LambdaTemplateVersions, LambdaRevoke}
 }
 
 // Environment variables of the Lambdas (the contract between infra and
@@ -66,11 +69,13 @@ type StackArgs struct {
 type Stack struct {
 	pulumi.ResourceState
 
-	Storage      *Storage
-	Policies     *IoTPolicies
-	Fleet        *Fleet
-	Hook         *Function
-	Sync         *Function
+	Storage  *Storage
+	Policies *IoTPolicies
+	Fleet    *Fleet
+	Hook     *Function
+	Sync     *Function
+	// Revoke is the emergency revoke Lambda: one device, now, recorded.
+	Revoke       *Function
 	Provisioning *Provisioning
 	Allowlist    *Allowlist
 	Rules        *TopicRules
@@ -205,6 +210,35 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 		return nil, err
 	}
 
+	// The emergency revoke: what the sync may do to one device, without
+	// reading the allowlist or scanning the registry. Operators invoke it
+	// (lambda:InvokeFunction on its ARN); no service may.
+	if s.Revoke, err = lambdas.function(ctx, LambdaRevoke, FunctionArgs{
+		Description: "Emergency revoke of one device: revokes now, records why and who, holds it out of later allowlist deploys",
+		Artifact:    args.Lambdas[LambdaRevoke],
+		Environment: pulumi.StringMap{
+			EnvRegistryTable:   s.Storage.RegistryName,
+			EnvSerialPattern:   pulumi.String(cfg.SerialPattern),
+			EnvThingGroup:      pulumi.String(cfg.ThingGroup),
+			EnvDevicePolicy:    pulumi.String(cfg.DevicePolicyName()),
+			EnvThingNamePrefix: pulumi.String(cfg.ThingNamePrefix()),
+		},
+		Statements: append([]Statement{
+			// Registry records, including their SSM state (internal/ssmstate).
+			{Sid: "RevokeInRegistry", Actions: []string{"dynamodb:GetItem", "dynamodb:UpdateItem"}, Resources: table},
+			{Sid: "RevokeCertificates", Actions: []string{"iot:DescribeCertificate", "iot:UpdateCertificate", "iot:DetachPolicy"}, Resources: ARNs(certs)},
+			{
+				Sid:       "RemoveThing",
+				Actions:   []string{"iot:ListThingPrincipals", "iot:DetachThingPrincipal", "iot:RemoveThingFromThingGroup", "iot:DeleteThing"},
+				Resources: pulumi.StringArray{pulumi.String(things), s.Fleet.ThingGroupArn},
+			},
+			denyClaim,
+		}, SSMCleanUpStatements(args.Partition, args.Region, args.AccountID, cfg.Environment)...),
+		TimeoutSeconds: 60,
+	}, parent); err != nil {
+		return nil, err
+	}
+
 	if err := s.Provisioning.DeclareTemplate(ctx, s.Hook); err != nil {
 		return nil, err
 	}
@@ -290,6 +324,7 @@ func (s *Stack) Outputs() pulumi.Map {
 		"registryTable":             s.Storage.RegistryName,
 		"preprovisionLambda":        s.Hook.Name,
 		"allowlistSyncLambda":       s.Sync.Name,
+		"revokeLambda":              s.Revoke.Name,
 		"ruleErrorLogGroup":         s.Rules.ErrorLogGroup.Name,
 		"otaPresignRoleArn":         s.OTA.PresignRoleArn,
 		"ssmToggleLambda":           s.SSM.Toggle.Name,

@@ -248,8 +248,14 @@ type Readmission struct {
 type Changes struct {
 	// Add are listed serials with no record, a revoked or a revoking one,
 	// in file order: they become allowed (a revoking one once its
-	// revocation is finished, see Resume).
+	// revocation is finished, see Resume). A record held out by an
+	// emergency revocation (registry.Device.HeldOut) is not added: only a
+	// readmit=TOKEN annotation with a new token admits it again (Readmit).
 	Add []string
+	// Held are listed serials held out by an emergency revocation and not
+	// re-admitted by a new token, in file order: listing them changes
+	// nothing.
+	Held []string
 	// Readmit are annotated serials whose record does not hold the token
 	// yet, in file order; the sync applies them after Add.
 	Readmit []Readmission
@@ -318,10 +324,16 @@ func Plan(current []registry.Device, entries []Entry, lim Limits) Changes {
 	}
 	for _, e := range entries {
 		d, ok := records[e.Serial]
-		if !ok || !d.State.Admitted() {
+		readmit := e.ReadmitToken != "" && (!ok || d.ReadmitToken != e.ReadmitToken)
+		switch {
+		case ok && d.HeldOut():
+			if !readmit {
+				ch.Held = append(ch.Held, e.Serial)
+			}
+		case !ok || !d.State.Admitted():
 			ch.Add = append(ch.Add, e.Serial)
 		}
-		if e.ReadmitToken != "" && (!ok || d.ReadmitToken != e.ReadmitToken) {
+		if readmit {
 			ch.Readmit = append(ch.Readmit, Readmission{Serial: e.Serial, Token: e.ReadmitToken})
 		}
 	}

@@ -227,6 +227,37 @@ func TestPlanChanges(t *testing.T) {
 	assert.Empty(t, ch.Resume)
 }
 
+// A serial revoked in an emergency stays out while it is listed; a stale
+// token does not re-admit it, a new one does (through Readmit, not Add).
+func TestPlanEmergencyRevocationHoldsOut(t *testing.T) {
+	held := func(serial string, state registry.State, token string) registry.Device {
+		d := withToken(dev(serial, state), token)
+		d.RevokeEmergency = true
+		return d
+	}
+	current := []registry.Device{
+		held("01", registry.StateRevoked, ""),   // listed: held
+		held("02", registry.StateRevoked, "T1"), // listed with the old token: held
+		held("03", registry.StateRevoked, "T1"), // listed with a new token: re-admit
+		held("04", registry.StateRevoking, ""),  // listed, stuck: finish, held
+		held("05", registry.StateRevoked, ""),   // unlisted: nothing
+	}
+	ch := Plan(current, entries("01", "02 readmit=T1", "03 readmit=T2", "04"), Limits{})
+	assert.Empty(t, ch.Add)
+	assert.Equal(t, []string{"01", "02", "04"}, ch.Held)
+	assert.Equal(t, []Readmission{{"03", "T2"}}, ch.Readmit)
+	assert.Equal(t, []string{"04"}, serialsOf(ch.Resume))
+	assert.Empty(t, ch.Remove)
+
+	// Without the hold, the same records listed again are added.
+	for i := range current {
+		current[i].RevokeEmergency = false
+	}
+	ch = Plan(current, entries("01", "02 readmit=T1", "03 readmit=T2", "04"), Limits{})
+	assert.Equal(t, []string{"01", "02", "03", "04"}, ch.Add)
+	assert.Empty(t, ch.Held)
+}
+
 func TestPlanLimit(t *testing.T) {
 	devs50, list50 := fleet(50)
 	devs200, list200 := fleet(200)

@@ -104,9 +104,12 @@ func (s *DynamoDB) PutAllowed(ctx context.Context, serial string) error {
 	u = set(u, AttrUpdatedAt, now)
 	u = u.Set(expression.Name(AttrCreatedAt), expression.Name(AttrCreatedAt).IfNotExists(expression.Value(now)))
 	u = removeRotation(remove(u, AttrCertificateID, AttrThingName, AttrCertNotAfter, AttrExpiryPartition, AttrPublicKeySHA256))
-	cond := expression.AttributeNotExists(expression.Name(PartitionKey)).Or(is(AttrState, StateRevoked))
+	// A revoked record is admitted again unless an emergency revocation
+	// holds it out.
+	cond := expression.AttributeNotExists(expression.Name(PartitionKey)).Or(
+		is(AttrState, StateRevoked).And(expression.AttributeNotExists(expression.Name(AttrRevokeEmergency))))
 	// A failed condition means the record exists and is allowed or
-	// provisioned: already admitted.
+	// provisioned (already admitted), or is held out.
 	_, _, err := s.update(ctx, serial, u, cond, fmt.Sprintf("registry: put %s allowed", serial))
 	return err
 }
@@ -217,6 +220,43 @@ func (s *DynamoDB) MarkRevoking(ctx context.Context, serial, expectedCertificate
 	return Device{}, fmt.Errorf("%w: %s is %s with certificate %q, expected %q", ErrConflict, serial, d.State, d.CertificateID, expectedCertificateID)
 }
 
+// MarkEmergencyRevoking implements Store. It reads the record, then writes
+// with a condition on the state and certificate it read.
+func (s *DynamoDB) MarkEmergencyRevoking(ctx context.Context, serial, expectedCertificateID string, rev Revocation) (Device, error) {
+	if err := check(ctx, serial); err != nil {
+		return Device{}, err
+	}
+	if err := rev.Valid(); err != nil {
+		return Device{}, err
+	}
+	op := fmt.Sprintf("registry: mark %s revoking (emergency)", serial)
+	for range retries {
+		d, err := s.Get(ctx, serial)
+		if err != nil {
+			return Device{}, err
+		}
+		now := s.now()
+		u := set(expression.UpdateBuilder{}, AttrRevokeReason, rev.Reason)
+		u = set(u, AttrRevokedBy, rev.By)
+		u = set(u, AttrRevokedAt, now)
+		u = set(u, AttrRevokeEmergency, true)
+		u = set(u, AttrUpdatedAt, now)
+		switch {
+		case d.State == StateRevoking || d.State == StateRevoked:
+		case d.CertificateID != expectedCertificateID:
+			return Device{}, fmt.Errorf("%w: %s has certificate %q, expected %q", ErrConflict, serial, d.CertificateID, expectedCertificateID)
+		default:
+			u = set(u, AttrState, StateRevoking)
+		}
+		cond := is(AttrState, d.State).And(certGuard(d.CertificateID))
+		d, applied, err := s.update(ctx, serial, u, cond, op)
+		if err != nil || applied {
+			return d, err
+		}
+	}
+	return Device{}, fmt.Errorf("%w: %s: record changed concurrently", ErrConflict, serial)
+}
+
 // ReplaceCertificate implements Store. It reads the record, then writes
 // the new certificate and the extended history with a condition on the
 // state and certificate it read.
@@ -270,7 +310,8 @@ func (s *DynamoDB) Readmit(ctx context.Context, serial, token, by string) (Devic
 		if err != nil {
 			return Device{}, false, err
 		}
-		if !d.State.Admitted() {
+		held := d.State == StateRevoked && d.RevokeEmergency
+		if !d.State.Admitted() && !held {
 			return Device{}, false, fmt.Errorf("%w: %s is %s; list it on the allowlist again before re-admitting it", ErrConflict, serial, d.State)
 		}
 		if d.ReadmitToken == token {
@@ -278,6 +319,12 @@ func (s *DynamoDB) Readmit(ctx context.Context, serial, token, by string) (Devic
 		}
 		now := s.now()
 		u := set(expression.UpdateBuilder{}, AttrState, readmittedState(d.State))
+		if held {
+			// Out of the emergency hold: allowed, as PutAllowed makes a
+			// revoked record.
+			u = set(expression.UpdateBuilder{}, AttrState, StateAllowed)
+			u = removeRotation(remove(u, AttrRevokeEmergency, AttrCertificateID, AttrThingName, AttrCertNotAfter, AttrExpiryPartition, AttrPublicKeySHA256))
+		}
 		u = set(u, AttrReadmitToken, token)
 		u = set(u, AttrReadmittedAt, now)
 		u = set(u, AttrUpdatedAt, now)

@@ -65,17 +65,23 @@ func (m *Memory) PutAllowed(ctx context.Context, serial string) error {
 		if n := len(m.keys); n > 1 && m.keys[n-2] > serial {
 			m.sorted = false
 		}
-	case d.State == StateRevoked:
-		d.State = StateAllowed
-		d.CertificateID = ""
-		d.ThingName = ""
-		d.CertNotAfter = time.Time{}
-		d.PublicKeySHA256 = ""
-		clearRotation(&d)
+	case d.State == StateRevoked && !d.RevokeEmergency:
+		allowRevoked(&d)
 		d.UpdatedAt = now
 		m.devices[serial] = d
 	}
 	return nil
+}
+
+// allowRevoked makes a revoked record allowed again: no certificate, no
+// thing, no rotation.
+func allowRevoked(d *Device) {
+	d.State = StateAllowed
+	d.CertificateID = ""
+	d.ThingName = ""
+	d.CertNotAfter = time.Time{}
+	d.PublicKeySHA256 = ""
+	clearRotation(d)
 }
 
 // MarkProvisioned implements Store: RecordProvisioned with an unknown
@@ -103,6 +109,27 @@ func (m *Memory) MarkRevoked(ctx context.Context, serial, expectedCertificateID 
 		return true, nil
 	})
 	return err
+}
+
+// MarkEmergencyRevoking implements Store.
+func (m *Memory) MarkEmergencyRevoking(ctx context.Context, serial, expectedCertificateID string, rev Revocation) (Device, error) {
+	if err := check(ctx, serial); err != nil {
+		return Device{}, err
+	}
+	if err := rev.Valid(); err != nil {
+		return Device{}, err
+	}
+	return m.update(serial, func(d *Device, now time.Time) (bool, error) {
+		switch {
+		case d.State == StateRevoking || d.State == StateRevoked:
+		case d.CertificateID != expectedCertificateID:
+			return false, fmt.Errorf("%w: %s has certificate %q, expected %q", ErrConflict, serial, d.CertificateID, expectedCertificateID)
+		default:
+			d.State = StateRevoking
+		}
+		d.RevokeReason, d.RevokedBy, d.RevokedAt, d.RevokeEmergency = rev.Reason, rev.By, now, true
+		return true, nil
+	})
 }
 
 // MarkRevoking implements Store.
@@ -158,6 +185,16 @@ func (m *Memory) Readmit(ctx context.Context, serial, token, by string) (Device,
 	}
 	changed := false
 	d, err := m.update(serial, func(d *Device, now time.Time) (bool, error) {
+		if d.State == StateRevoked && d.RevokeEmergency {
+			if d.ReadmitToken == token {
+				return false, nil
+			}
+			allowRevoked(d)
+			d.RevokeEmergency = false
+			d.ReadmitToken, d.ReadmittedBy, d.ReadmittedAt = token, by, now
+			changed = true
+			return true, nil
+		}
 		if !d.State.Admitted() {
 			return false, fmt.Errorf("%w: %s is %s; list it on the allowlist again before re-admitting it", ErrConflict, serial, d.State)
 		}

@@ -9,12 +9,17 @@
 //	provisioned ──Readmit(token)──▶ readmitted ──ReplaceCertificate──▶ provisioned
 //	provisioned ──ReplaceCertificate (same public key)──▶ provisioned
 //	allowed|provisioned|readmitted ──MarkRevoking──▶ revoking ──MarkRevoked──▶ revoked
-//	revoked ──PutAllowed──▶ allowed
+//	revoked ──PutAllowed──▶ allowed (not after an emergency revocation)
+//	allowed|provisioned|readmitted ──MarkEmergencyRevoking──▶ revoking (emergency)
+//	revoked (emergency) ──Readmit(new token)──▶ allowed
 //
 // The pre-provisioning hook admits allowed serials, readmitted ones (once)
 // and a provisioned serial only when the new certificate carries the
 // recorded public key (a retry after a lost RegisterThing answer); it
-// denies revoking and revoked serials. A certificate the record stops
+// denies revoking and revoked serials. An emergency revocation (the revoke
+// Lambda, MarkEmergencyRevoking) records why, by whom and when, and holds
+// the serial out: listing it again does not admit it, only a re-admission
+// with a new token does. A certificate the record stops
 // naming goes into the record's certificate history with when and why.
 package registry
 
@@ -110,6 +115,16 @@ type Device struct {
 	ReadmittedBy string    `dynamodbav:"readmittedBy,omitempty"`
 	ReadmittedAt time.Time `dynamodbav:"readmittedAt,omitempty"`
 
+	// The last emergency revocation (MarkEmergencyRevoking): why, who
+	// asked and when. RevokeEmergency holds the serial out while the
+	// record is revoking or revoked: PutAllowed leaves it, and only
+	// Readmit with a new token admits it again (which clears the flag and
+	// keeps the rest as the record of what happened).
+	RevokeReason    string    `dynamodbav:"revokeReason,omitempty"`
+	RevokedBy       string    `dynamodbav:"revokedBy,omitempty"`
+	RevokedAt       time.Time `dynamodbav:"revokedAt,omitempty"`
+	RevokeEmergency bool      `dynamodbav:"revokeEmergency,omitempty"`
+
 	// The certificate rotation in progress, if RotationID is set.
 	RotationID          string        `dynamodbav:"rotationId,omitempty"`
 	RotationState       RotationState `dynamodbav:"rotationState,omitempty"`
@@ -187,6 +202,10 @@ const (
 	AttrReadmitToken       = "readmitToken"
 	AttrReadmittedBy       = "readmittedBy"
 	AttrReadmittedAt       = "readmittedAt"
+	AttrRevokeReason       = "revokeReason"
+	AttrRevokedBy          = "revokedBy"
+	AttrRevokedAt          = "revokedAt"
+	AttrRevokeEmergency    = "revokeEmergency"
 
 	// AttrExpiryPartition is the partition key of the expiry index. It is
 	// present (value ExpiryPartitionValue) only on provisioned records with
@@ -213,6 +232,40 @@ func FormatTime(t time.Time) string { return t.UTC().Truncate(time.Second).Forma
 // decision (a provisioned serial only with its recorded key).
 func (s State) Admitted() bool {
 	return s == StateAllowed || s == StateProvisioned || s == StateReadmitted
+}
+
+// HeldOut reports whether d was revoked in an emergency and is still
+// revoking or revoked: listing its serial does not admit it again, only a
+// re-admission with a new token does.
+func (d Device) HeldOut() bool {
+	return d.RevokeEmergency && (d.State == StateRevoking || d.State == StateRevoked)
+}
+
+// Revocation is an emergency revocation's record: why and who asked.
+type Revocation struct {
+	Reason string
+	By     string
+}
+
+// Bounds of a Revocation's fields.
+const (
+	MaxRevokeReason = 512
+	MaxRevokedBy    = 128
+)
+
+// Valid reports what is wrong with r (nil: nothing).
+func (r Revocation) Valid() error {
+	switch {
+	case r.Reason == "":
+		return errors.New("registry: revocation: empty reason")
+	case len(r.Reason) > MaxRevokeReason:
+		return fmt.Errorf("registry: revocation: reason longer than %d bytes", MaxRevokeReason)
+	case r.By == "":
+		return errors.New("registry: revocation: empty by (who asked)")
+	case len(r.By) > MaxRevokedBy:
+		return fmt.Errorf("registry: revocation: by longer than %d bytes", MaxRevokedBy)
+	}
+	return nil
 }
 
 // Valid reports whether s is one of the known states.
@@ -247,7 +300,9 @@ type Store interface {
 	// PutAllowed admits serial: it creates the record in state allowed, or
 	// re-admits a revoked record (state allowed, certificate id cleared,
 	// createdAt kept). A record that is already allowed or provisioned is
-	// left unchanged and PutAllowed returns nil, so it is idempotent.
+	// left unchanged and PutAllowed returns nil, so it is idempotent; so is
+	// a record held out by an emergency revocation (HeldOut), which only
+	// Readmit admits again.
 	PutAllowed(ctx context.Context, serial string) error
 
 	// MarkProvisioned records that serial provisioned with certificateID:
@@ -282,8 +337,10 @@ type Store interface {
 	// (ValidReadmitToken) by who. A provisioned or readmitted record
 	// becomes readmitted; an allowed record stays allowed (it may
 	// provision anyway) but keeps the token, so a stale annotation cannot
-	// re-admit it later. A token equal to the recorded one changes
-	// nothing: changed is false. Revoking or revoked records are
+	// re-admit it later. A record revoked in an emergency (RevokeEmergency)
+	// becomes allowed, as PutAllowed makes a revoked record, with the
+	// emergency flag cleared. A token equal to the recorded one changes
+	// nothing: changed is false. Other revoked and revoking records are
 	// ErrConflict (list the serial again first), a missing one ErrNotFound.
 	Readmit(ctx context.Context, serial, token, by string) (d Device, changed bool, err error)
 
@@ -294,6 +351,15 @@ type Store interface {
 	// unchanged. Anything else is ErrConflict (a missing record
 	// ErrNotFound).
 	MarkRevoking(ctx context.Context, serial, expectedCertificateID string) (Device, error)
+
+	// MarkEmergencyRevoking records an emergency revocation (rev, stamped
+	// with the store's clock in RevokedAt, and RevokeEmergency) on serial's
+	// record: an allowed, provisioned or readmitted record whose
+	// certificate id equals expectedCertificateID moves to revoking, as
+	// MarkRevoking; a revoking or revoked record keeps its state and gains
+	// the record (and the hold). The certificate guard is ErrConflict, a
+	// missing record ErrNotFound, an invalid rev an error naming it.
+	MarkEmergencyRevoking(ctx context.Context, serial, expectedCertificateID string, rev Revocation) (Device, error)
 
 	// MarkRevoked sets serial's state to revoked, provided its certificate
 	// id still equals expectedCertificateID (empty: the record has none),

@@ -4,7 +4,9 @@
 // the whole sync before anything changes), plans the changes against the
 // registry (allowlist.Plan), and applies them: it finishes revocations a
 // previous run left in state revoking, admits new serials (state allowed),
-// records readmit=TOKEN re-admissions and revokes removed devices.
+// records readmit=TOKEN re-admissions and revokes removed devices. A
+// serial an emergency revocation holds out (lambdas/revoke) stays revoked
+// while it is listed, until a readmit=TOKEN line with a new token.
 //
 // A plan that revokes more devices than the limit (Config.MaxRevocations,
 // default max(5, ceil(10% of the provisioned fleet))) is refused as a whole,
@@ -42,16 +44,14 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/iot"
-	iottypes "github.com/aws/aws-sdk-go-v2/service/iot/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/iot-fleet/iot-fleet/internal/allowlist"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/bounded"
-	"github.com/iot-fleet/iot-fleet/lambdas/internal/iotcall"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/required"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/revocation"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
 )
 
@@ -61,27 +61,9 @@ type S3API interface {
 }
 
 // IoTAPI is the part of the AWS IoT control plane the sync uses to revoke a
-// device. *iot.Client implements it. Another implementation (the local IoT
-// Core) must behave like AWS IoT where the sync depends on it:
-//
-//   - an unknown thing, certificate, policy or thing group is a
-//     *types.ResourceNotFoundException (from
-//     github.com/aws/aws-sdk-go-v2/service/iot/types);
-//   - DeleteThing of a thing that does not exist succeeds, and fails with
-//     *types.InvalidRequestException while principals are still attached;
-//   - detaching something that is not attached succeeds;
-//   - DescribeCertificate fills CertificateDescription.CertificateArn and
-//     Status; ListThingPrincipals returns certificate ARNs
-//     (".../cert/<certificate id>") and may page with NextToken.
-type IoTAPI interface {
-	ListThingPrincipals(ctx context.Context, in *iot.ListThingPrincipalsInput, optFns ...func(*iot.Options)) (*iot.ListThingPrincipalsOutput, error)
-	DescribeCertificate(ctx context.Context, in *iot.DescribeCertificateInput, optFns ...func(*iot.Options)) (*iot.DescribeCertificateOutput, error)
-	UpdateCertificate(ctx context.Context, in *iot.UpdateCertificateInput, optFns ...func(*iot.Options)) (*iot.UpdateCertificateOutput, error)
-	DetachPolicy(ctx context.Context, in *iot.DetachPolicyInput, optFns ...func(*iot.Options)) (*iot.DetachPolicyOutput, error)
-	DetachThingPrincipal(ctx context.Context, in *iot.DetachThingPrincipalInput, optFns ...func(*iot.Options)) (*iot.DetachThingPrincipalOutput, error)
-	RemoveThingFromThingGroup(ctx context.Context, in *iot.RemoveThingFromThingGroupInput, optFns ...func(*iot.Options)) (*iot.RemoveThingFromThingGroupOutput, error)
-	DeleteThing(ctx context.Context, in *iot.DeleteThingInput, optFns ...func(*iot.Options)) (*iot.DeleteThingOutput, error)
-}
+// device (revocation.IoTAPI, which says where another implementation must
+// behave like AWS IoT). *iot.Client implements it.
+type IoTAPI = revocation.IoTAPI
 
 // Registry is the part of the device registry the sync uses.
 type Registry interface {
@@ -158,9 +140,6 @@ const (
 	DefaultConcurrency    = 8
 	DefaultCallTimeout    = 10 * time.Second
 	DefaultRetryDelay     = 500 * time.Millisecond
-	// deleteAttempts bounds DeleteThing retries while AWS IoT still sees
-	// the just-detached principals (detaching propagates asynchronously).
-	deleteAttempts = 4
 )
 
 // Config configures a Handler.
@@ -197,8 +176,9 @@ type Config struct {
 
 // Handler is the allowlist sync. It is immutable after New.
 type Handler struct {
-	cfg Config
-	log *slog.Logger
+	cfg     Config
+	log     *slog.Logger
+	revoker *revocation.Revoker
 }
 
 // New returns the sync handler for cfg.
@@ -237,17 +217,25 @@ func New(cfg Config) (*Handler, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Handler{cfg: cfg, log: log}, nil
+	return &Handler{cfg: cfg, log: log, revoker: &revocation.Revoker{
+		IoT: cfg.IoT, Registry: cfg.Registry, SSM: cfg.SSM, SSMState: cfg.SSMState,
+		ThingGroup: cfg.ThingGroup, DevicePolicy: cfg.DevicePolicy, ThingNamePrefix: cfg.ThingNamePrefix,
+		CallTimeout: cfg.CallTimeout, RetryDelay: cfg.RetryDelay, Logger: log,
+	}}, nil
 }
 
 // Result summarises one sync.
 type Result struct {
-	Listed     int      `json:"listed"`               // serials in the allowlist
-	Added      int      `json:"added"`                // serials admitted (new or listed again)
-	Readmitted int      `json:"readmitted,omitempty"` // readmit=TOKEN annotations recorded
-	Revoked    int      `json:"revoked"`              // devices revoked
-	Resumed    int      `json:"resumed,omitempty"`    // interrupted revocations finished
-	Failed     []string `json:"failed,omitempty"`
+	Listed     int `json:"listed"`               // serials in the allowlist
+	Added      int `json:"added"`                // serials admitted (new or listed again)
+	Readmitted int `json:"readmitted,omitempty"` // readmit=TOKEN annotations recorded
+	Revoked    int `json:"revoked"`              // devices revoked
+	Resumed    int `json:"resumed,omitempty"`    // interrupted revocations finished
+	// Held are listed serials an emergency revocation holds out (the
+	// revoke Lambda): listing them admits nothing until a readmit=TOKEN
+	// line with a new token is deployed.
+	Held   []string `json:"held,omitempty"`
+	Failed []string `json:"failed,omitempty"`
 	// Refused is set when the plan was refused (nothing changed).
 	Refused bool `json:"refused,omitempty"`
 }
@@ -383,7 +371,7 @@ func (h *Handler) Sync(ctx context.Context, r io.Reader, opts Options) (Result, 
 		return Result{}, fmt.Errorf("allowlist sync: %w", err)
 	}
 	ch := allowlist.Plan(current, entries, allowlist.Limits{MaxRevocations: h.cfg.MaxRevocations, Confirm: opts.ConfirmRevocations})
-	res := Result{Listed: ch.Listed}
+	res := Result{Listed: ch.Listed, Held: ch.Held}
 	if ch.Refused {
 		res.Refused = true
 		h.log.ErrorContext(ctx, "allowlist sync refused, nothing changed", "reason", ch.Reason, "metric", MetricRefused,
@@ -396,6 +384,10 @@ func (h *Handler) Sync(ctx context.Context, r io.Reader, opts Options) (Result, 
 			"toRevoke", len(ch.Remove), "limit", ch.Limit, "deployedBy", opts.DeployedBy)
 	}
 
+	for _, serial := range ch.Held {
+		h.log.WarnContext(ctx, "listed serial stays revoked: an emergency revocation holds it out until a readmit=TOKEN line with a new token is deployed",
+			"serial", serial)
+	}
 	var mu sync.Mutex
 	failed := map[string]error{}
 	fail := func(serial string, err error) {
@@ -472,7 +464,7 @@ func (h *Handler) Sync(ctx context.Context, r io.Reader, opts Options) (Result, 
 	})
 	h.log.InfoContext(ctx, "allowlist synced", "listed", res.Listed, "registry", len(current), "admittedFleet", ch.Admitted,
 		"toResume", len(ch.Resume), "resumed", res.Resumed, "toAdd", len(ch.Add), "added", res.Added,
-		"toReadmit", len(ch.Readmit), "readmitted", res.Readmitted, "toRevoke", len(ch.Remove), "revoked", res.Revoked,
+		"toReadmit", len(ch.Readmit), "readmitted", res.Readmitted, "held", len(ch.Held), "toRevoke", len(ch.Remove), "revoked", res.Revoked,
 		"limit", ch.Limit, "confirmed", ch.Confirmed, "failed", len(failed), "took", time.Since(start))
 	if len(failed) > 0 {
 		se := &SyncError{Failed: failed}
@@ -505,12 +497,7 @@ func (h *Handler) parallel(ctx context.Context, n int, fn func(context.Context, 
 	return ok
 }
 
-func (h *Handler) thingName(d registry.Device) string {
-	if d.ThingName != "" {
-		return d.ThingName
-	}
-	return h.cfg.ThingNamePrefix + d.Serial
-}
+func (h *Handler) thingName(d registry.Device) string { return h.revoker.ThingName(d) }
 
 // revoke moves the record to revoking (the hook denies it from then on),
 // before any AWS call, then finishes the revocation.
@@ -528,179 +515,10 @@ func (h *Handler) revoke(ctx context.Context, d registry.Device) error {
 }
 
 // finishRevocation takes a device in state revoking out of AWS IoT, turns
-// SSM off for it, then marks it revoked.
+// SSM off for it, then marks it revoked (revocation.Revoker.Finish).
 func (h *Handler) finishRevocation(ctx context.Context, d registry.Device) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	thing := h.thingName(d)
-	certs, err := h.certificates(ctx, thing, d.CertificateID, d.RotationCertID)
-	if err != nil {
-		return err
-	}
-	for _, c := range certs {
-		if err := h.revokeCertificate(ctx, thing, c); err != nil {
-			return err
-		}
-	}
-	if err := h.call(ctx, "RemoveThingFromThingGroup", func(ctx context.Context) error {
-		_, err := h.cfg.IoT.RemoveThingFromThingGroup(ctx, &iot.RemoveThingFromThingGroupInput{
-			ThingName: aws.String(thing), ThingGroupName: aws.String(h.cfg.ThingGroup),
-		})
-		return err
-	}); err != nil {
-		return err
-	}
-	if err := h.deleteThing(ctx, thing); err != nil {
-		return err
-	}
-	if err := h.ssmOff(ctx, d.Serial); err != nil {
-		return err
-	}
-	cctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
-	defer cancel()
-	if err := h.cfg.Registry.MarkRevoked(cctx, d.Serial, d.CertificateID); err != nil {
-		return fmt.Errorf("mark revoked: %w", err)
-	}
-	return nil
+	return h.revoker.Finish(ctx, d)
 }
 
-// ssmOff turns SSM off for serial if its SSM state is not inactive: the
-// activation is deleted and the managed instance deregistered, so a
-// revoked device keeps no remote shell.
-func (h *Handler) ssmOff(ctx context.Context, serial string) error {
-	cctx, cancel := context.WithTimeout(ctx, h.cfg.CallTimeout)
-	defer cancel()
-	rec, err := h.cfg.SSMState.Get(cctx, serial)
-	if err != nil {
-		return fmt.Errorf("ssm state: %w", err)
-	}
-	if rec.State == ssmstate.StateInactive {
-		return nil
-	}
-	instances, err := ssmtoggle.TurnOff(cctx, h.cfg.SSM, h.cfg.SSMState, rec, ssmtoggle.NewRequestID(), nil)
-	if err != nil {
-		return fmt.Errorf("turn ssm off: %w", err)
-	}
-	h.log.InfoContext(ctx, "ssm turned off for revoked device", "serial", serial, "activationId", rec.ActivationID, "instances", instances)
-	return nil
-}
-
-// certificates returns the ids of the certificates to revoke: those
-// attached to thing and the ones the registry recorded — the device's and a
-// rotation's issued one (provisioning or the rotation may have stopped
-// before attaching it).
-func (h *Handler) certificates(ctx context.Context, thing string, recorded ...string) ([]string, error) {
-	var ids []string
-	seen := map[string]bool{}
-	add := func(id string) {
-		if id != "" && !seen[id] {
-			seen[id] = true
-			ids = append(ids, id)
-		}
-	}
-	for _, id := range recorded {
-		add(id)
-	}
-	var token *string
-	for {
-		var out *iot.ListThingPrincipalsOutput
-		err := h.call(ctx, "ListThingPrincipals", func(ctx context.Context) error {
-			var err error
-			out, err = h.cfg.IoT.ListThingPrincipals(ctx, &iot.ListThingPrincipalsInput{ThingName: aws.String(thing), NextToken: token})
-			return err
-		})
-		if err != nil {
-			return nil, err
-		}
-		if out == nil { // the thing is gone
-			return ids, nil
-		}
-		for _, p := range out.Principals {
-			if id, ok := certificateIDFromARN(p); ok {
-				add(id)
-			}
-		}
-		if aws.ToString(out.NextToken) == "" {
-			return ids, nil
-		}
-		token = out.NextToken
-	}
-}
-
-// certificateIDFromARN returns the id of a certificate ARN
-// (arn:aws:iot:<region>:<account>:cert/<id>).
-func certificateIDFromARN(arn string) (string, bool) {
-	i := strings.LastIndex(arn, ":cert/")
-	if i < 0 || !strings.HasPrefix(arn, "arn:") {
-		return "", false
-	}
-	id := arn[i+len(":cert/"):]
-	return id, id != "" && !strings.Contains(id, "/")
-}
-
-func (h *Handler) revokeCertificate(ctx context.Context, thing, id string) error {
-	var desc *iot.DescribeCertificateOutput
-	if err := h.call(ctx, "DescribeCertificate", func(ctx context.Context) error {
-		var err error
-		desc, err = h.cfg.IoT.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(id)})
-		return err
-	}); err != nil {
-		return err
-	}
-	if desc == nil || desc.CertificateDescription == nil {
-		return nil // the certificate is gone: nothing to revoke or detach
-	}
-	cd := desc.CertificateDescription
-	arn := aws.ToString(cd.CertificateArn)
-	if arn == "" {
-		return fmt.Errorf("DescribeCertificate %s: no certificate ARN", id)
-	}
-	if cd.Status != iottypes.CertificateStatusRevoked {
-		if err := h.call(ctx, "UpdateCertificate", func(ctx context.Context) error {
-			_, err := h.cfg.IoT.UpdateCertificate(ctx, &iot.UpdateCertificateInput{
-				CertificateId: aws.String(id), NewStatus: iottypes.CertificateStatusRevoked,
-			})
-			return err
-		}); err != nil {
-			return err
-		}
-	}
-	if err := h.call(ctx, "DetachPolicy", func(ctx context.Context) error {
-		_, err := h.cfg.IoT.DetachPolicy(ctx, &iot.DetachPolicyInput{PolicyName: aws.String(h.cfg.DevicePolicy), Target: aws.String(arn)})
-		return err
-	}); err != nil {
-		return err
-	}
-	return h.call(ctx, "DetachThingPrincipal", func(ctx context.Context) error {
-		_, err := h.cfg.IoT.DetachThingPrincipal(ctx, &iot.DetachThingPrincipalInput{ThingName: aws.String(thing), Principal: aws.String(arn)})
-		return err
-	})
-}
-
-// deleteThing deletes thing, retrying a few times while AWS IoT still
-// reports the principals detached a moment ago.
-func (h *Handler) deleteThing(ctx context.Context, thing string) error {
-	delay := h.cfg.RetryDelay
-	for attempt := 1; ; attempt++ {
-		err := h.call(ctx, "DeleteThing", func(ctx context.Context) error {
-			_, err := h.cfg.IoT.DeleteThing(ctx, &iot.DeleteThingInput{ThingName: aws.String(thing)})
-			return err
-		})
-		var invalid *iottypes.InvalidRequestException
-		if err == nil || !errors.As(err, &invalid) || attempt == deleteAttempts {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("DeleteThing %s: %w (last error: %v)", thing, ctx.Err(), err)
-		case <-time.After(delay):
-		}
-		delay *= 2
-	}
-}
-
-// call runs one IoT call with the call timeout; not-found counts as done.
-func (h *Handler) call(ctx context.Context, op string, fn func(context.Context) error) error {
-	return iotcall.Do(ctx, h.cfg.CallTimeout, op, true, fn)
-}
+// certificateIDFromARN returns the id of a certificate ARN.
+func certificateIDFromARN(arn string) (string, bool) { return revocation.CertificateIDFromARN(arn) }

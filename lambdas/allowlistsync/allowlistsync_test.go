@@ -23,6 +23,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/revocation"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle/ssmfake"
 	simregistry "github.com/iot-fleet/iot-fleet/sim/registry"
 )
@@ -55,7 +56,7 @@ func newEnv(t *testing.T, store registry.Store) *env {
 	e := &env{iot: newSimIoT(t), s3: &fakeS3{}, ssm: ssmfake.NewSSM(nil), ssmState: ssmstate.NewMemory(store, nil),
 		store: store, logs: &testenv.LogBuffer{}}
 	e.h, err = New(Config{
-		S3: e.s3, IoT: e.iot, Registry: store, SerialPattern: re, SSM: e.ssm, SSMState: e.ssmState,
+		S3: e.s3, IoT: e.iot.client, Registry: store, SerialPattern: re, SSM: e.ssm, SSMState: e.ssmState,
 		ThingGroup: group, DevicePolicy: policy, ThingNamePrefix: prefix,
 		Concurrency: 3, RetryDelay: time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(e.logs, nil)),
@@ -282,7 +283,7 @@ func TestDeleteThingRetriesWhileDetachPropagates(t *testing.T) {
 	}
 	_, err = e2.sync(t, list(999))
 	require.Error(t, err)
-	assert.Len(t, e2.iot.callsOf("DeleteThing"), deleteAttempts)
+	assert.Len(t, e2.iot.callsOf("DeleteThing"), revocation.DeleteAttempts)
 	assert.Equal(t, registry.StateRevoking, e2.state(t, 1))
 }
 
@@ -432,7 +433,7 @@ func TestConfiguredLimit(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1, res.Revoked)
 
-	_, err = New(Config{S3: e.s3, IoT: e.iot, Registry: e.store, SerialPattern: e.h.cfg.SerialPattern, SSM: e.ssm, SSMState: e.ssmState,
+	_, err = New(Config{S3: e.s3, IoT: e.iot.client, Registry: e.store, SerialPattern: e.h.cfg.SerialPattern, SSM: e.ssm, SSMState: e.ssmState,
 		ThingGroup: group, DevicePolicy: policy, MaxRevocations: -1})
 	require.ErrorContains(t, err, "MaxRevocations -1")
 }
@@ -681,7 +682,7 @@ func BenchmarkSync100k(b *testing.B) {
 	body := sb.String()
 	re, err := allowlist.CompilePattern(allowlist.DefaultSerialPattern)
 	require.NoError(b, err)
-	h, err := New(Config{S3: &fakeS3{}, IoT: newSimIoT(b), Registry: store, SerialPattern: re,
+	h, err := New(Config{S3: &fakeS3{}, IoT: newSimIoT(b).client, Registry: store, SerialPattern: re,
 		SSM: ssmfake.NewSSM(nil), SSMState: ssmstate.NewMemory(store, nil),
 		ThingGroup: group, DevicePolicy: policy, ThingNamePrefix: prefix,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})

@@ -3,44 +3,38 @@ package allowlistsync
 import (
 	"context"
 	"io"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iot"
 	"github.com/aws/aws-sdk-go-v2/service/iot/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
-	"github.com/stretchr/testify/require"
 
-	iotpolicy "github.com/iot-fleet/iot-fleet/internal/policy"
-	"github.com/iot-fleet/iot-fleet/sim/awsiot"
+	"github.com/iot-fleet/iot-fleet/sim/iottest"
 	simregistry "github.com/iot-fleet/iot-fleet/sim/registry"
 )
 
-const arnPrefix = "arn:aws:iot:eu-central-1:123456789012:"
+func certARN(id string) string { return iottest.CertARN(id) }
 
-func certARN(id string) string { return arnPrefix + "cert/" + id }
-
-// simIoT is the local IoT Core's control plane (sim/awsiot over the
-// simulator's registry), the project's one AWS IoT stand-in, with helpers
-// to set up and inspect devices. It records calls and injects failures
-// (awsiot.Client.FailNext, AfterEach, SetPageSize).
+// simIoT is the local IoT Core's control plane served over HTTP
+// (sim/iottest: sim/controlplane over sim/awsiot), the project's one AWS
+// IoT stand-in; the handler reaches it with a real aws-sdk-go-v2
+// *iot.Client (client). The test sets devices up in its registry and
+// injects failures and reads the calls behind the endpoint
+// (awsiot.Client.FailNext, AfterEach, SetPageSize, Calls).
 type simIoT struct {
-	*awsiot.Client
-	reg *simregistry.Registry
+	*iottest.Server
+	reg    *simregistry.Registry
+	client *iot.Client
 }
 
 func newSimIoT(t testing.TB) *simIoT {
 	t.Helper()
-	reg := simregistry.New(nil)
-	require.NoError(t, reg.CreatePolicy(policy, iotpolicy.Document{Version: "2012-10-17", Statement: []iotpolicy.Statement{
-		{Effect: "Allow", Action: []string{"iot:Connect"}, Resource: []string{"*"}},
-	}}))
-	require.NoError(t, reg.CreateThingGroup(group))
-	return &simIoT{Client: awsiot.New(reg, "aws", "eu-central-1", "123456789012"), reg: reg}
+	s := iottest.Start(t, iottest.Options{Policies: []string{policy}, ThingGroups: []string{group}})
+	return &simIoT{Server: s, reg: s.Registry, client: s.Client()}
 }
 
 // provision does what fleet provisioning does for a device: an active
@@ -48,45 +42,26 @@ func newSimIoT(t testing.TB) *simIoT {
 // the certificate as principal.
 func (s *simIoT) provision(t testing.TB, thing, certID string) {
 	t.Helper()
-	require.NoError(t, s.reg.RegisterCertificate(certID, "", simregistry.CertActive, time.Now().Add(time.Hour)))
-	require.NoError(t, s.reg.AttachPolicy(policy, certID))
-	_, err := s.reg.CreateThing(thing, nil)
-	require.NoError(t, err)
-	require.NoError(t, s.reg.AttachThingPrincipal(thing, certID))
-	require.NoError(t, s.reg.AddThingToGroup(thing, group))
+	s.Provision(t, thing, group, policy, certID)
 }
 
-func (s *simIoT) failNext(op, key string, errs ...error) { s.FailNext(op, key, errs...) }
-func (s *simIoT) callsOf(op string) []string             { return s.CallsOf(op) }
-func (s *simIoT) allCalls() []string                     { return s.Calls() }
+func (s *simIoT) failNext(op, key string, errs ...error) { s.IoT.FailNext(op, key, errs...) }
+func (s *simIoT) callsOf(op string) []string             { return s.IoT.CallsOf(op) }
+func (s *simIoT) allCalls() []string                     { return s.IoT.Calls() }
+func (s *simIoT) SetPageSize(n int)                      { s.IoT.SetPageSize(n) }
+func (s *simIoT) AfterEach(fn func(op, key string))      { s.IoT.AfterEach(fn) }
 
-func (s *simIoT) certStatus(id string) (types.CertificateStatus, bool) {
-	c, err := s.reg.Certificate(id)
-	if err != nil {
-		return "", false
-	}
-	return types.CertificateStatus(c.Status), true
-}
-
-func (s *simIoT) thingExists(name string) bool {
-	_, err := s.reg.Thing(name)
-	return err == nil
-}
+func (s *simIoT) certStatus(id string) (types.CertificateStatus, bool) { return s.CertStatus(id) }
+func (s *simIoT) thingExists(name string) bool                         { return s.ThingExists(name) }
 
 func (s *simIoT) policyAttached(policyName, target string) bool {
 	id, ok := certificateIDFromARN(target)
-	if !ok {
-		return false
-	}
-	c, err := s.reg.Certificate(id)
-	return err == nil && slices.Contains(c.Policies, policyName)
+	return ok && s.PolicyAttached(policyName, id)
 }
 
-func notFound(what string) error {
-	return &types.ResourceNotFoundException{Message: aws.String(what + " not found")}
-}
+func notFound(what string) error { return iottest.NotFound(what) }
 
-func throttled() error { return &types.ThrottlingException{Message: aws.String("Rate exceeded")} }
+func throttled() error { return iottest.Throttled() }
 
 // fakeS3 serves objects from memory.
 type fakeS3 struct {

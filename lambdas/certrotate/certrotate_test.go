@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/big"
 	"regexp"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -28,7 +29,9 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate/certrotatetest"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 	"github.com/iot-fleet/iot-fleet/lambdas/preprovision"
+	"github.com/iot-fleet/iot-fleet/sim/iottest"
 )
 
 const (
@@ -41,13 +44,16 @@ const (
 type fixture struct {
 	t       *testing.T
 	ctx     context.Context
-	iot     *certrotatetest.IoT
+	iot     *lambdatest.SimIoT
 	reg     registry.Store
 	h       *certrotate.Handler
 	oldID   string
 	oldKey  string // the old certificate's public key hash
 	oldPriv *ecdsa.PrivateKey
 	logs    *testenv.LogBuffer
+	// statusAtUpdate is the old certificate's status after each
+	// UpdateCertificate of it.
+	statusAtUpdate []iottypes.CertificateStatus
 }
 
 // newFixture provisions serial as fleet provisioning would (active
@@ -57,18 +63,24 @@ func newFixture(t *testing.T, reg registry.Store) *fixture {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
-	f := &fixture{t: t, ctx: ctx, iot: certrotatetest.New(policy, nil), reg: reg, logs: &testenv.LogBuffer{}}
+	f := &fixture{t: t, ctx: ctx, iot: lambdatest.NewSimIoT(t, policy, group), reg: reg, logs: &testenv.LogBuffer{}}
 	oldPriv, oldPEM := selfSigned(t, time.Now().Add(20*24*time.Hour))
 	f.oldPriv = oldPriv
-	f.oldID = f.iot.AddDevice(thing, group, policy, oldPEM)
+	f.oldID = f.iot.AddDevice(t, thing, group, policy, oldPEM)
 	f.oldKey = certrotatetest.KeyHash(t, oldPEM)
 	require.NoError(t, reg.PutAllowed(ctx, serial))
 	_, err := reg.RecordProvisioned(ctx, serial, thing, registry.Certificate{ID: f.oldID, NotAfter: time.Now().Add(20 * 24 * time.Hour), PublicKeySHA256: f.oldKey})
 	require.NoError(t, err)
+	f.iot.Srv.IoT.AfterEach(func(op, key string) {
+		if op == "UpdateCertificate" && key == f.oldID {
+			c, _ := f.iot.Cert(f.oldID)
+			f.statusAtUpdate = append(f.statusAtUpdate, c.Status)
+		}
+	})
 	_, err = reg.RequestRotation(ctx, serial, "r1", time.Hour)
 	require.NoError(t, err)
 	f.h, err = certrotate.New(certrotate.Config{
-		IoT: f.iot, Data: f.iot, Registry: reg, DevicePolicy: policy, ThingNamePrefix: "dev-",
+		IoT: f.iot.Client, Data: f.iot.Data, Registry: reg, DevicePolicy: policy, ThingNamePrefix: "dev-",
 		RetryDelay: time.Millisecond,
 		Logger:     slog.New(slog.NewJSONHandler(f.logs, nil)),
 	})
@@ -199,7 +211,10 @@ func TestRotationCompletes(t *testing.T) {
 
 		// The old certificate was deactivated before it was deleted.
 		calls := f.iot.Calls()
-		require.Contains(t, calls, "UpdateCertificate "+f.oldID+" INACTIVE")
+		deactivated := slices.Index(calls, "UpdateCertificate "+f.oldID)
+		require.GreaterOrEqual(t, deactivated, 0, "%v", calls)
+		require.Less(t, deactivated, slices.Index(calls, "DeleteCertificate "+f.oldID), "%v", calls)
+		require.Equal(t, []iottypes.CertificateStatus{iottypes.CertificateStatusInactive}, f.statusAtUpdate)
 
 		// Replays: the confirmation re-checks, the CSR creates nothing.
 		res = f.handle(confirmEvent("r1", newID, protocol.RotateConfirmed, newID))
@@ -266,7 +281,7 @@ func TestThingNameFromTopicOnly(t *testing.T) {
 	victimSerial := "10000000deadbeef"
 	victim := "dev-" + victimSerial
 	_, victimPEM := selfSigned(t, time.Now().Add(time.Hour))
-	victimCert := f.iot.AddDevice(victim, group, policy, victimPEM)
+	victimCert := f.iot.AddDevice(t, victim, group, policy, victimPEM)
 	require.NoError(t, f.reg.PutAllowed(f.ctx, victimSerial))
 	_, err := f.reg.RecordProvisioned(f.ctx, victimSerial, victim, registry.Certificate{ID: victimCert})
 	require.NoError(t, err)
@@ -331,16 +346,16 @@ func TestPartialFailuresAreResumed(t *testing.T) {
 	f := newFixture(t, registry.NewMemory())
 	_, csr := newCSR(t)
 
-	f.iot.FailNext("CreateCertificateFromCsr", certrotatetest.Throttled())
+	f.iot.FailNext("CreateCertificateFromCsr", "", iottest.Throttled())
 	_, err := f.h.Handle(f.ctx, csrEvent("r1", csr, f.oldID))
 	require.Error(t, err)
 	require.Len(t, f.iot.Certs(), 1)
 
-	f.iot.FailNext("AttachThingPrincipal", certrotatetest.Throttled())
+	f.iot.FailNext("AttachThingPrincipal", thing, iottest.Throttled())
 	_, err = f.h.Handle(f.ctx, csrEvent("r1", csr, f.oldID))
 	require.Error(t, err)
 	require.Empty(t, f.certMessages(), "no certificate sent before it is attached")
-	f.iot.FailNext("Publish", certrotatetest.Unavailable())
+	f.iot.FailNext("Publish", "", &iottypes.ServiceUnavailableException{Message: aws.String("Service unavailable")})
 	_, err = f.h.Handle(f.ctx, csrEvent("r1", csr, f.oldID))
 	require.Error(t, err)
 	res := f.handle(csrEvent("r1", csr, f.oldID))
@@ -353,13 +368,13 @@ func TestPartialFailuresAreResumed(t *testing.T) {
 	// Completion: detaching is throttled after the registry switched; the
 	// replayed confirmation finishes retiring the old certificate. A
 	// delete that still sees attachments is retried in place.
-	f.iot.FailNext("DetachPolicy", certrotatetest.Throttled())
+	f.iot.FailNext("DetachPolicy", iottest.CertARN(f.oldID), iottest.Throttled())
 	_, err = f.h.Handle(f.ctx, confirmEvent("r1", newID, protocol.RotateConfirmed, newID))
 	require.Error(t, err)
 	require.Equal(t, newID, f.device().CertificateID)
 	_, ok := f.iot.Cert(f.oldID)
 	require.True(t, ok)
-	f.iot.FailNext("DeleteCertificate", &iottypes.DeleteConflictException{})
+	f.iot.FailNext("DeleteCertificate", f.oldID, &iottypes.DeleteConflictException{Message: aws.String("still attached")})
 	res = f.handle(confirmEvent("r1", newID, protocol.RotateConfirmed, newID))
 	require.Equal(t, certrotate.OutcomeReplay, res.Outcome)
 	_, ok = f.iot.Cert(f.oldID)
@@ -419,7 +434,7 @@ func TestRotatedDeviceRetriesProvisioningWithItsCurrentKey(t *testing.T) {
 		require.Equal(t, certrotate.OutcomeCompleted, f.handle(confirmEvent("r1", newID, protocol.RotateConfirmed, newID)).Outcome)
 
 		hook, err := preprovision.New(preprovision.Config{
-			Registry: f.reg, IoT: f.iot, DevicePolicy: policy, ThingNamePrefix: "dev-",
+			Registry: f.reg, IoT: f.iot.Client, DevicePolicy: policy, ThingNamePrefix: "dev-",
 			SerialPattern: regexp.MustCompile(`^[0-9a-f]{16}$`),
 			Logger:        slog.New(slog.NewJSONHandler(f.logs, nil)),
 		})

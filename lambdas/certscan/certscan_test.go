@@ -16,8 +16,9 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
-	"github.com/iot-fleet/iot-fleet/lambdas/certrotate/certrotatetest"
 	"github.com/iot-fleet/iot-fleet/lambdas/certscan"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
+	"github.com/iot-fleet/iot-fleet/sim/iottest"
 )
 
 const group = "iot-fleet-dev"
@@ -27,7 +28,7 @@ var now = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 type fixture struct {
 	t     *testing.T
 	ctx   context.Context
-	iot   *certrotatetest.IoT
+	iot   *lambdatest.SimIoT
 	reg   registry.Store
 	clock *registrytest.Clock
 	h     *certscan.Handler
@@ -40,19 +41,19 @@ func newFixture(t *testing.T, newStore func(*testing.T, func() time.Time) regist
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	c := registrytest.NewClock(now)
-	f := &fixture{t: t, ctx: ctx, iot: certrotatetest.New("policy", nil), clock: c}
+	f := &fixture{t: t, ctx: ctx, iot: lambdatest.NewSimIoT(t, "policy", group), clock: c}
 	f.reg = newStore(t, c.Now)
 	for i := range n {
 		s := serial(i)
 		require.NoError(t, f.reg.PutAllowed(ctx, s))
 		_, err := f.reg.RecordProvisioned(ctx, s, "dev-"+s, registry.Certificate{ID: fmt.Sprintf("cert%d", i), NotAfter: now.Add(time.Duration(i) * 24 * time.Hour)})
 		require.NoError(t, err)
-		f.iot.AddThing("dev-"+s, group)
+		f.iot.AddThing(t, "dev-"+s, group)
 	}
 	var ids atomic.Int64
 	var err error
 	f.h, err = certscan.New(certscan.Config{
-		IoT: f.iot, Data: f.iot, Registry: f.reg, ThingNamePrefix: "dev-",
+		IoT: f.iot.Client, Data: f.iot.Data, Registry: f.reg, ThingNamePrefix: "dev-",
 		Window: 10 * 24 * time.Hour, Concurrency: 3, Now: c.Now,
 		NewID:  func() string { return fmt.Sprintf("rot%d", ids.Add(1)) },
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -137,8 +138,8 @@ func TestOnDemand(t *testing.T) {
 	require.Len(t, f.requests()[thing(6)], 2)
 
 	// A group, paged, with a stranger and an unregistered thing skipped.
-	f.iot.AddThing("prod-0000000000000001", group)
-	f.iot.AddThing("dev-ffffffffffffffff", group)
+	f.iot.AddThing(t, "prod-0000000000000001", group)
+	f.iot.AddThing(t, "dev-ffffffffffffffff", group)
 	f.iot.SetPageSize(2)
 	rep, err = f.h.Handle(f.ctx, certscan.Request{ThingGroup: group})
 	require.NoError(t, err)
@@ -160,7 +161,7 @@ func TestPerDeviceFailures(t *testing.T) {
 	f := newFixture(t, func(_ *testing.T, now func() time.Time) registry.Store {
 		return registry.NewMemory(registry.WithClock(now))
 	}, 6)
-	f.iot.FailNext("Publish", certrotatetest.Throttled())
+	f.iot.FailNext("Publish", "", iottest.Throttled())
 	rep, err := f.h.Handle(f.ctx, certscan.Request{ThingGroup: group})
 	var se *certscan.ScanError
 	require.ErrorAs(t, err, &se)
@@ -182,13 +183,13 @@ func TestBoundedConcurrency(t *testing.T) {
 	reg := &countingRegistry{Memory: registry.NewMemory(), release: make(chan struct{})}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	fake := certrotatetest.New("policy", nil)
+	fake := lambdatest.NewSimIoT(t, "policy", group)
 	for i := range 12 {
 		require.NoError(t, reg.PutAllowed(ctx, serial(i)))
 		_, err := reg.RecordProvisioned(ctx, serial(i), thing(i), registry.Certificate{ID: "c", NotAfter: time.Now()})
 		require.NoError(t, err)
 	}
-	h, err := certscan.New(certscan.Config{IoT: fake, Data: fake, Registry: reg, ThingNamePrefix: "dev-", Concurrency: 3,
+	h, err := certscan.New(certscan.Config{IoT: fake.Client, Data: fake.Data, Registry: reg, ThingNamePrefix: "dev-", Concurrency: 3,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	require.NoError(t, err)
 	done := make(chan error, 1)
@@ -235,7 +236,7 @@ func (r *countingRegistry) RequestRotation(ctx context.Context, serial, id strin
 func TestNewValidates(t *testing.T) {
 	_, err := certscan.New(certscan.Config{})
 	require.ErrorContains(t, err, "IoT, Data, Registry, ThingNamePrefix")
-	fake := certrotatetest.New("p", nil)
-	_, err = certscan.New(certscan.Config{IoT: fake, Data: fake, Registry: registry.NewMemory(), ThingNamePrefix: "dev-", KeyAlgorithm: "dsa"})
+	fake := lambdatest.NewSimIoT(t, "p", group)
+	_, err = certscan.New(certscan.Config{IoT: fake.Client, Data: fake.Data, Registry: registry.NewMemory(), ThingNamePrefix: "dev-", KeyAlgorithm: "dsa"})
 	require.ErrorContains(t, err, "KeyAlgorithm")
 }

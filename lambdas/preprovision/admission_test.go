@@ -16,35 +16,34 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iot"
 	iottypes "github.com/aws/aws-sdk-go-v2/service/iot/types"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/iot-fleet/iot-fleet/internal/policy"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
-	"github.com/iot-fleet/iot-fleet/sim/awsiot"
+	"github.com/iot-fleet/iot-fleet/sim/iottest"
 	simregistry "github.com/iot-fleet/iot-fleet/sim/registry"
 )
 
 const devicePolicy = "iot-fleet-dev-device"
 
-// simIoT is the local IoT Core's control plane (sim/awsiot over the
-// simulator's registry): the hook retires certificates there as it would
-// in AWS IoT.
+// simIoT is the local IoT Core's control plane served over HTTP
+// (sim/iottest), reached by the hook through a real aws-sdk-go-v2
+// *iot.Client (client): the hook retires certificates there as it would in
+// AWS IoT. Faults and the calls served are behind the endpoint (IoT).
 type simIoT struct {
+	*iottest.Server
 	reg    *simregistry.Registry
-	client *awsiot.Client
+	client *iot.Client
 }
 
 func newSimIoT(t testing.TB) *simIoT {
 	t.Helper()
-	reg := simregistry.New(nil)
-	require.NoError(t, reg.CreatePolicy(devicePolicy, policy.Document{Version: "2012-10-17", Statement: []policy.Statement{
-		{Effect: "Allow", Action: []string{"iot:Connect"}, Resource: []string{"*"}},
-	}}))
-	return &simIoT{reg: reg, client: awsiot.New(reg, "aws", "eu-central-1", "123456789012")}
+	s := iottest.Start(t, iottest.Options{Policies: []string{devicePolicy}})
+	return &simIoT{Server: s, reg: s.Registry, client: s.Client()}
 }
 
 // deviceCert is a certificate of a device key, as the CA would issue it
@@ -291,7 +290,7 @@ func TestRetirementFailureDenies(t *testing.T) {
 		f.admitted(t, allowedSerial, first)
 		before := f.record(t, allowedSerial)
 
-		f.iot.client.FailNext("UpdateCertificate", first.id, &iottypes.ThrottlingException{Message: aws.String("Rate exceeded")})
+		f.iot.IoT.FailNext("UpdateCertificate", first.id, &iottypes.ThrottlingException{Message: aws.String("Rate exceeded")})
 		retry := issue(t, key)
 		require.False(t, f.handle(t, certRequest(allowedSerial, retry)))
 		log := f.lastLog(t)
@@ -306,7 +305,7 @@ func TestRetirementFailureDenies(t *testing.T) {
 		require.True(t, f.handle(t, certRequest(allowedSerial, retry)))
 		assert.Equal(t, simregistry.CertRevoked, f.iot.cert(t, first.id).Status)
 		assert.Equal(t, retry.id, f.record(t, allowedSerial).CertificateID)
-		assert.Equal(t, []string{first.id, first.id}, f.iot.client.CallsOf("UpdateCertificate"))
+		assert.Equal(t, []string{first.id, first.id}, f.iot.IoT.CallsOf("UpdateCertificate"))
 	})
 }
 

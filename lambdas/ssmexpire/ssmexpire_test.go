@@ -18,6 +18,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmexpire"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle/ssmfake"
@@ -43,7 +44,7 @@ func TestSweepDeletesExpiredActivationsAndResetsRecords(t *testing.T) {
 		require.NoError(t, err)
 	}
 	toggle, err := ssmtoggle.New(ssmtoggle.Config{
-		Registry: reg, State: state, SSM: fake, IoT: ssmfake.NewIoT(nil), Data: data, ManagedInstanceRole: role,
+		Registry: reg, State: state, SSM: fake, IoT: lambdatest.NewSimIoT(t, "iot-fleet-dev-device", "iot-fleet-dev").Client, Data: data, ManagedInstanceRole: role,
 		Region: "eu-central-1", Environment: "dev", ThingNamePrefix: "dev-", SerialPattern: regexp.MustCompile(`^[0-9a-f]{16}$`),
 		ActivationTTL: time.Hour, Now: c.Now, Logger: log,
 	})

@@ -18,6 +18,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmregistered"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle/ssmfake"
@@ -49,7 +50,7 @@ func newEnv(t *testing.T) *env {
 	require.NoError(t, err)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	e.toggle, err = ssmtoggle.New(ssmtoggle.Config{
-		Registry: e.reg, State: e.state, SSM: e.ssm, IoT: ssmfake.NewIoT(nil), Data: e.data,
+		Registry: e.reg, State: e.state, SSM: e.ssm, IoT: lambdatest.NewSimIoT(t, "iot-fleet-dev-device", "iot-fleet-dev").Client, Data: e.data,
 		ManagedInstanceRole: "role", Region: "eu-central-1", Environment: "dev", ThingNamePrefix: "dev-",
 		SerialPattern: regexp.MustCompile(`^[0-9a-f]{16}$`), Logger: log,
 	})

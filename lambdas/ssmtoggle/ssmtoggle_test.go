@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,6 +22,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle/ssmfake"
 )
@@ -38,7 +40,7 @@ type env struct {
 	reg   *registry.Memory
 	state ssmstate.Store
 	ssm   *ssmfake.SSM
-	iot   *ssmfake.IoT
+	iot   *lambdatest.SimIoT
 	data  *ssmfake.Data
 	logs  *testenv.LogBuffer
 	h     *ssmtoggle.Handler
@@ -64,10 +66,13 @@ func newEnv(t *testing.T, n int, mod func(*ssmtoggle.Config)) *env {
 		require.NoError(t, err)
 		members = append(members, thing(i))
 	}
-	e.iot = ssmfake.NewIoT(map[string][]string{group: members})
+	e.iot = lambdatest.NewSimIoT(t, "iot-fleet-dev-device", group)
+	for _, m := range members {
+		e.iot.AddThing(t, m, group)
+	}
 	e.data = &ssmfake.Data{}
 	cfg := ssmtoggle.Config{
-		Registry: e.reg, State: e.state, SSM: e.ssm, IoT: e.iot, Data: e.data,
+		Registry: e.reg, State: e.state, SSM: e.ssm, IoT: e.iot.Client, Data: e.data,
 		ManagedInstanceRole: role, Region: region, Environment: "dev", ThingNamePrefix: "dev-",
 		SerialPattern: regexp.MustCompile(`^[0-9a-f]{16}$`), ActivationTTL: 2 * time.Hour,
 		Concurrency: 3, Now: c.Now, Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -435,10 +440,13 @@ func TestGroupToggleWithOneFailingDevice(t *testing.T) {
 	// Device 3 is in the group but missing from the registry; device 5's
 	// publish fails.
 	members := []string{thing(0), thing(1), thing(2), "dev-" + serial(50), thing(4), thing(5), thing(6)}
-	iotFake := ssmfake.NewIoT(map[string][]string{group: members})
-	iotFake.PageSize = 2
+	iotSim := lambdatest.NewSimIoT(t, "iot-fleet-dev-device", group)
+	for _, m := range members {
+		iotSim.AddThing(t, m, group)
+	}
+	iotSim.SetPageSize(2)
 	h, err := ssmtoggle.New(ssmtoggle.Config{
-		Registry: e.reg, State: e.state, SSM: counting, IoT: iotFake, Data: e.data,
+		Registry: e.reg, State: e.state, SSM: counting, IoT: iotSim.Client, Data: e.data,
 		ManagedInstanceRole: role, Region: region, Environment: "dev", ThingNamePrefix: "dev-",
 		SerialPattern: regexp.MustCompile(`^[0-9a-f]{16}$`), Concurrency: 2, Now: e.clock.Now,
 		Logger: slog.New(slog.NewJSONHandler(e.logs, nil)),
@@ -451,19 +459,21 @@ func TestGroupToggleWithOneFailingDevice(t *testing.T) {
 	assert.Equal(t, 5, resp.Succeeded)
 	assert.Equal(t, 2, resp.Failed)
 	require.Len(t, resp.Results, 7)
+	// The results keep the order AWS IoT lists the group in (by name).
+	listed := slices.Sorted(slices.Values(members))
 	for i, r := range resp.Results {
-		assert.Equal(t, members[i], r.DeviceID, "results keep the group order")
-		switch i {
-		case 3:
+		assert.Equal(t, listed[i], r.DeviceID, "results keep the group order")
+		switch r.DeviceID {
+		case "dev-" + serial(50):
 			assert.Contains(t, r.Error, "not in the registry")
-		case 5:
+		case thing(5):
 			assert.Contains(t, r.Error, "publish")
 		default:
 			assert.True(t, r.OK, "%s: %s", r.DeviceID, r.Error)
 			assert.Equal(t, ssmstate.StateActivating, r.State)
 		}
 	}
-	assert.Equal(t, 4, iotFake.Count("ListThingsInThingGroup"), "paginated listing")
+	assert.Equal(t, 4, iotSim.CallCount("ListThingsInThingGroup"), "paginated listing")
 	assert.LessOrEqual(t, counting.max.Load(), int32(2), "bounded concurrency")
 	assert.Len(t, e.ssm.Activations(), 5, "the failed publish left no activation")
 
@@ -478,8 +488,8 @@ func TestGroupToggleWithOneFailingDevice(t *testing.T) {
 	// Status of the group.
 	resp, err = h.Handle(e.ctx, ssmtoggle.Request{ThingGroup: group, Action: ssmtoggle.ActionStatus})
 	require.NoError(t, err)
-	for i, r := range resp.Results {
-		if i != 3 {
+	for _, r := range resp.Results {
+		if r.DeviceID != "dev-"+serial(50) {
 			assert.Equal(t, ssmstate.StateInactive, r.State)
 		}
 	}
@@ -507,7 +517,7 @@ func TestNewValidatesConfig(t *testing.T) {
 	assert.Contains(t, err.Error(), "ManagedInstanceRole")
 	e := newEnv(t, 0, nil)
 	_, err = ssmtoggle.New(ssmtoggle.Config{
-		Registry: e.reg, State: e.state, SSM: e.ssm, IoT: e.iot, Data: e.data, ManagedInstanceRole: role,
+		Registry: e.reg, State: e.state, SSM: e.ssm, IoT: e.iot.Client, Data: e.data, ManagedInstanceRole: role,
 		Region: region, Environment: "dev", ThingNamePrefix: "dev-", SerialPattern: regexp.MustCompile("^x$"),
 		ActivationTTL: 31 * 24 * time.Hour,
 	})

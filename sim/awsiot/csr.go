@@ -30,10 +30,16 @@ func NewIssuer(c *Client, authority *ca.CA) *Issuer { return &Issuer{Client: c, 
 // with its notAfter. As in AWS, a CSR that cannot be parsed, is not signed
 // by its key, or has a key AWS IoT does not accept is an
 // InvalidRequestException, and every call creates a new certificate.
+//
+// The call is recorded and can be failed like the Client's (FailNext with
+// an empty key).
 func (i *Issuer) CreateCertificateFromCsr(ctx context.Context, in *iot.CreateCertificateFromCsrInput, _ ...func(*iot.Options)) (*iot.CreateCertificateFromCsrOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
+	return serve(ctx, i.Client, "CreateCertificateFromCsr", "", func() (*iot.CreateCertificateFromCsrOutput, error) {
+		return i.createCertificateFromCsr(in)
+	})
+}
+
+func (i *Issuer) createCertificateFromCsr(in *iot.CreateCertificateFromCsrInput) (*iot.CreateCertificateFromCsrOutput, error) {
 	csr := aws.ToString(in.CertificateSigningRequest)
 	if csr == "" {
 		return nil, fmt.Errorf("CreateCertificateFromCsr: %w", &types.InvalidRequestException{Message: aws.String("certificateSigningRequest is required")})

@@ -23,7 +23,16 @@ type Jobs struct {
 	svc       *jobs.Service
 	iot       *Client // ARNs and page sizes
 	arnPrefix string
+	docs      DocumentSource
 }
+
+// DocumentSource reads the job document a CreateJob documentSource (an S3
+// URL) names.
+type DocumentSource func(ctx context.Context, s3URL string) ([]byte, error)
+
+// SetDocumentSource sets where CreateJob reads documentSource documents
+// (nil: documentSource is refused).
+func (j *Jobs) SetDocumentSource(src DocumentSource) { j.docs = src }
 
 // NewJobs returns the Jobs calls over svc, with the ARNs and page sizes of
 // c.
@@ -53,39 +62,45 @@ func invalid(op, format string, args ...any) error {
 }
 
 // CreateJob creates a job on things and thing groups (target ARNs) with
-// an inline document; targetSelection CONTINUOUS also targets things
-// added to the groups later, and timeoutConfig times out executions that
-// stay IN_PROGRESS. What the local IoT Core cannot honour (a document in
-// S3, presigned URLs, rollout, abort, retry and scheduling configs, job
-// templates, namespaces) is an InvalidRequestException naming it, rather
-// than silently ignored. Tags are accepted and not stored.
+// an inline document or a documentSource (an S3 URL of the local artifact
+// store, see SetDocumentSource); targetSelection CONTINUOUS also targets
+// things added to the groups later, timeoutConfig times out executions
+// that stay IN_PROGRESS, presignedUrlConfig replaces the
+// ${aws:iot:s3-presigned-url:URL} placeholders in the document devices
+// receive, jobExecutionsRolloutConfig.maximumPerMinute paces the
+// executions and abortConfig cancels the job when its criteria are met.
+// What the local IoT Core cannot honour (an exponential rollout, retry
+// and scheduling configs, job templates, namespaces) is an
+// InvalidRequestException naming it, rather than silently ignored. Tags
+// are accepted and not stored.
 func (j *Jobs) CreateJob(ctx context.Context, in *iot.CreateJobInput, _ ...func(*iot.Options)) (*iot.CreateJobOutput, error) {
 	id := aws.ToString(in.JobId)
 	return serve(ctx, j.iot, "CreateJob", id, func() (*iot.CreateJobOutput, error) {
 		const op = "CreateJob"
 		for name, set := range map[string]bool{
-			"documentSource (the local IoT Core has no S3; pass document)": in.DocumentSource != nil,
-			"presignedUrlConfig":         in.PresignedUrlConfig != nil,
-			"jobExecutionsRolloutConfig": in.JobExecutionsRolloutConfig != nil,
-			"abortConfig":                in.AbortConfig != nil,
-			"jobExecutionsRetryConfig":   in.JobExecutionsRetryConfig != nil,
-			"schedulingConfig":           in.SchedulingConfig != nil,
-			"jobTemplateArn":             in.JobTemplateArn != nil,
-			"documentParameters":         in.DocumentParameters != nil,
-			"destinationPackageVersions": in.DestinationPackageVersions != nil,
-			"namespaceId":                in.NamespaceId != nil,
+			"jobExecutionsRolloutConfig.exponentialRate": in.JobExecutionsRolloutConfig != nil && in.JobExecutionsRolloutConfig.ExponentialRate != nil,
+			"jobExecutionsRetryConfig":                   in.JobExecutionsRetryConfig != nil,
+			"schedulingConfig":                           in.SchedulingConfig != nil,
+			"jobTemplateArn":                             in.JobTemplateArn != nil,
+			"documentParameters":                         in.DocumentParameters != nil,
+			"destinationPackageVersions":                 in.DestinationPackageVersions != nil,
+			"namespaceId":                                in.NamespaceId != nil,
 		} {
 			if set {
 				return nil, invalid(op, "%s is not supported by the local IoT Core", name)
 			}
 		}
-		if in.Document == nil {
-			return nil, invalid(op, "document is required")
+		doc, err := j.document(ctx, in)
+		if err != nil {
+			return nil, err
 		}
 		if len(in.Targets) == 0 {
 			return nil, invalid(op, "targets is required (thing or thing group ARNs)")
 		}
-		create := jobs.CreateJobInput{JobID: id, Document: []byte(aws.ToString(in.Document)), Description: aws.ToString(in.Description)}
+		create := jobs.CreateJobInput{JobID: id, Document: doc, Description: aws.ToString(in.Description)}
+		if err := jobConfigs(in, &create); err != nil {
+			return nil, err
+		}
 		for _, t := range in.Targets {
 			if name, ok := arnResource(t, "thing/"); ok {
 				create.Things = append(create.Things, name)
@@ -102,15 +117,67 @@ func (j *Jobs) CreateJob(ctx context.Context, in *iot.CreateJobInput, _ ...func(
 		default:
 			return nil, invalid(op, "targetSelection %q must be SNAPSHOT or CONTINUOUS", in.TargetSelection)
 		}
-		if in.TimeoutConfig != nil {
-			create.InProgressTimeoutMinutes = aws.ToInt64(in.TimeoutConfig.InProgressTimeoutInMinutes)
-		}
 		job, err := j.svc.CreateJob(ctx, create)
 		if err != nil {
 			return nil, translateJobs(op, err)
 		}
 		return &iot.CreateJobOutput{JobId: aws.String(job.JobID), JobArn: aws.String(j.JobARN(job.JobID)), Description: optToken(job.Description)}, nil
 	})
+}
+
+// document is the document of a CreateJob: inline, or read from its
+// documentSource.
+func (j *Jobs) document(ctx context.Context, in *iot.CreateJobInput) ([]byte, error) {
+	const op = "CreateJob"
+	switch {
+	case in.Document != nil && in.DocumentSource != nil:
+		return nil, invalid(op, "document and documentSource are mutually exclusive")
+	case in.Document != nil:
+		return []byte(aws.ToString(in.Document)), nil
+	case in.DocumentSource != nil:
+		if j.docs == nil {
+			return nil, invalid(op, "documentSource %q: the local IoT Core serves no S3 buckets here; pass document", aws.ToString(in.DocumentSource))
+		}
+		doc, err := j.docs(ctx, aws.ToString(in.DocumentSource))
+		if err != nil {
+			return nil, invalid(op, "documentSource: %v", err)
+		}
+		return doc, nil
+	}
+	return nil, invalid(op, "document or documentSource is required")
+}
+
+// jobConfigs copies the timeout, rollout, abort and presigned-URL
+// configurations of in into create.
+func jobConfigs(in *iot.CreateJobInput, create *jobs.CreateJobInput) error {
+	const op = "CreateJob"
+	if in.TimeoutConfig != nil {
+		create.InProgressTimeoutMinutes = aws.ToInt64(in.TimeoutConfig.InProgressTimeoutInMinutes)
+	}
+	if r := in.JobExecutionsRolloutConfig; r != nil {
+		if r.MaximumPerMinute == nil || *r.MaximumPerMinute < 1 {
+			return invalid(op, "jobExecutionsRolloutConfig.maximumPerMinute must be 1..%d", jobs.MaxRolloutPerMinute)
+		}
+		create.MaximumPerMinute = int(*r.MaximumPerMinute)
+	}
+	if a := in.AbortConfig; a != nil {
+		if len(a.CriteriaList) == 0 {
+			return invalid(op, "abortConfig.criteriaList needs at least one criterion")
+		}
+		for _, c := range a.CriteriaList {
+			create.Abort = append(create.Abort, jobs.AbortCriteria{
+				FailureType: string(c.FailureType), Action: string(c.Action),
+				ThresholdPercentage: aws.ToFloat64(c.ThresholdPercentage), MinExecutedThings: int(aws.ToInt32(c.MinNumberOfExecutedThings)),
+			})
+		}
+	}
+	if p := in.PresignedUrlConfig; p != nil {
+		create.PresignExpiresSec = 3600 // AWS's default
+		if p.ExpiresInSec != nil {
+			create.PresignExpiresSec = *p.ExpiresInSec
+		}
+	}
+	return nil
 }
 
 // arnResource returns the resource name of an IoT ARN of kind (e.g.
@@ -162,7 +229,9 @@ func (j *Jobs) DescribeJob(ctx context.Context, in *iot.DescribeJobInput, _ ...f
 			JobId: aws.String(job.JobID), JobArn: aws.String(j.JobARN(job.JobID)), Description: optToken(job.Description),
 			Status: types.JobStatus(job.Status), TargetSelection: types.TargetSelection(job.TargetSelection),
 			Targets: j.targets(job), CreatedAt: aws.Time(job.CreatedAt), LastUpdatedAt: aws.Time(lastUpdated(job)),
-			CompletedAt: optTime(job.CompletedAt),
+			CompletedAt: optTime(job.CompletedAt), ReasonCode: optToken(job.ReasonCode), Comment: optToken(job.Comment),
+			ForceCanceled: optBool(job.ForceCanceled), JobExecutionsRolloutConfig: rolloutConfig(job), AbortConfig: abortConfig(job),
+			PresignedUrlConfig: presignConfig(job),
 			JobProcessDetails: &types.JobProcessDetails{
 				NumberOfQueuedThings: n(protocol.JobQueued), NumberOfInProgressThings: n(protocol.JobInProgress),
 				NumberOfSucceededThings: n(protocol.JobSucceeded), NumberOfFailedThings: n(protocol.JobFailed),
@@ -171,6 +240,41 @@ func (j *Jobs) DescribeJob(ctx context.Context, in *iot.DescribeJobInput, _ ...f
 			},
 		}}, nil
 	})
+}
+
+func optBool(b bool) *bool {
+	if !b {
+		return nil
+	}
+	return aws.Bool(true)
+}
+
+func rolloutConfig(job jobs.Job) *types.JobExecutionsRolloutConfig {
+	if job.MaximumPerMinute == 0 {
+		return nil
+	}
+	return &types.JobExecutionsRolloutConfig{MaximumPerMinute: aws.Int32(int32(job.MaximumPerMinute))}
+}
+
+func abortConfig(job jobs.Job) *types.AbortConfig {
+	if len(job.Abort) == 0 {
+		return nil
+	}
+	out := &types.AbortConfig{}
+	for _, c := range job.Abort {
+		out.CriteriaList = append(out.CriteriaList, types.AbortCriteria{
+			FailureType: types.JobExecutionFailureType(c.FailureType), Action: types.AbortAction(c.Action),
+			ThresholdPercentage: aws.Float64(c.ThresholdPercentage), MinNumberOfExecutedThings: aws.Int32(int32(c.MinExecutedThings)),
+		})
+	}
+	return out
+}
+
+func presignConfig(job jobs.Job) *types.PresignedUrlConfig {
+	if job.PresignExpiresSec == 0 {
+		return nil
+	}
+	return &types.PresignedUrlConfig{ExpiresInSec: aws.Int64(job.PresignExpiresSec)}
 }
 
 // ListJobs lists jobs in creation order, filtered by status, target
@@ -206,7 +310,7 @@ func (j *Jobs) ListJobs(ctx context.Context, in *iot.ListJobsInput, _ ...func(*i
 func (j *Jobs) CancelJob(ctx context.Context, in *iot.CancelJobInput, _ ...func(*iot.Options)) (*iot.CancelJobOutput, error) {
 	id := aws.ToString(in.JobId)
 	return serve(ctx, j.iot, "CancelJob", id, func() (*iot.CancelJobOutput, error) {
-		job, err := j.svc.CancelJob(id, in.Force)
+		job, err := j.svc.CancelJobWithReason(id, in.Force, aws.ToString(in.ReasonCode), aws.ToString(in.Comment))
 		if err != nil {
 			return nil, translateJobs("CancelJob", err)
 		}

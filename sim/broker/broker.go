@@ -23,6 +23,7 @@ import (
 	"net"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -40,6 +41,25 @@ const ALPNProtocol = "x-amzn-mqtt-ca"
 
 // maxPacketSize is AWS IoT's MQTT message size limit (128 KiB).
 const maxPacketSize = 128 * 1024
+
+// Per-connection outbound limits. AWS IoT Core accepts at most 100
+// publish requests per second per connection, inbound and outbound
+// (docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits).
+// A subscriber that reads or acknowledges more slowly than messages
+// arrive falls behind; the broker keeps what it has not acknowledged:
+// OutboundInflight QoS 1 messages (20 s of AWS's per-connection rate:
+// socket buffers let the broker write far ahead of the PUBACKs) and, when
+// the socket takes no more, OutboundQueue messages waiting to be written
+// (10 s of that rate). So a subscriber within AWS's rate that falls up to
+// 20 s behind loses nothing. Beyond either limit a message to that
+// connection is dropped, counted (Stats, GET /status "broker") and
+// logged, as AWS discards and reports throttled publishes; the publisher
+// still gets its PUBACK, as from AWS. See docs/protocol.md.
+const (
+	AWSPublishesPerSecond = 100
+	OutboundQueue         = 10 * AWSPublishesPerSecond
+	OutboundInflight      = 20 * AWSPublishesPerSecond
+)
 
 // Request is a message published on an API topic handled by a route.
 type Request struct {
@@ -114,6 +134,24 @@ type Broker struct {
 
 	sessions sync.Map // *mqtt.Client -> *session
 	delayed  sync.WaitGroup
+
+	queueFull    atomic.Int64
+	inflightFull atomic.Int64
+}
+
+// Stats counts the messages the broker dropped at a connection's limits.
+type Stats struct {
+	// DroppedQueueFull counts messages dropped because the connection's
+	// outbound queue (OutboundQueue) was full: it read too slowly.
+	DroppedQueueFull int64 `json:"droppedQueueFull"`
+	// DroppedInflightFull counts QoS 1 messages dropped because the
+	// connection had OutboundInflight messages unacknowledged.
+	DroppedInflightFull int64 `json:"droppedInflightFull"`
+}
+
+// Stats returns the drop counters since New.
+func (b *Broker) Stats() Stats {
+	return Stats{DroppedQueueFull: b.queueFull.Load(), DroppedInflightFull: b.inflightFull.Load()}
 }
 
 type session struct {
@@ -126,6 +164,7 @@ type session struct {
 	mu          sync.Mutex
 	pendingSubs map[string]bool
 	subDenied   bool
+	drops       int64 // messages dropped at this connection's limits
 }
 
 // New validates opts and prepares a broker.
@@ -187,11 +226,11 @@ func (b *Broker) Start() error {
 		Capabilities: &mqtt.Capabilities{
 			MaximumClients:               1 << 40,
 			MaximumMessageExpiryInterval: 60 * 60 * 24,
-			MaximumClientWritesPending:   256,
+			MaximumClientWritesPending:   OutboundQueue,
 			MaximumSessionExpiryInterval: 60 * 60,
 			MaximumPacketSize:            maxPacketSize,
 			ReceiveMaximum:               100,
-			MaximumInflight:              1024,
+			MaximumInflight:              OutboundInflight,
 			TopicAliasMaximum:            8,
 			MinimumProtocolVersion:       3,
 			MaximumQos:                   1, // AWS IoT supports QoS 0 and 1
@@ -366,7 +405,11 @@ func (b *Broker) DisconnectCertificate(certID string) int {
 // Publish delivers a server-originated message (QoS 1 where the
 // subscription allows) to every client subscribed to topic, subject to
 // each client's iot:Receive permission and the outbound fault rules.
-func (b *Broker) Publish(topic string, payload []byte) {
+func (b *Broker) Publish(topic string, payload []byte) { b.PublishQoS(topic, payload, 1) }
+
+// PublishQoS is Publish at QoS qos (0 or 1): each subscriber receives the
+// message at the lower of qos and its subscription's QoS.
+func (b *Broker) PublishQoS(topic string, payload []byte, qos byte) {
 	srv := b.server()
 	if srv == nil {
 		return
@@ -377,7 +420,7 @@ func (b *Broker) Publish(topic string, payload []byte) {
 		if !ok {
 			continue
 		}
-		if err := b.deliver(cl, topic, payload, sub.Qos); err != nil {
+		if err := b.deliver(cl, topic, payload, min(sub.Qos, qos)); err != nil {
 			b.log.Debug("publish not delivered", "client", id, "topic", topic, "error", err)
 		}
 	}
@@ -513,7 +556,7 @@ func (h *hook) ID() string { return "iot-core" }
 func (h *hook) Provides(x byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe, mqtt.OnSubscribed,
-		mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketSent,
+		mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketSent, mqtt.OnPublishDropped,
 	}, []byte{x})
 }
 
@@ -647,6 +690,12 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if !b.authorize(cl, iotpolicy.ActionReceive, "topic", topic) {
 		return false
 	}
+	if cl.State.Inflight.Len() >= OutboundInflight {
+		// mochi would drop it uncounted ("client store quota reached").
+		b.inflightFull.Add(1)
+		b.dropped(cl, topic, "unacknowledged QoS 1 messages at the connection's limit", OutboundInflight)
+		return false
+	}
 	if act, ok := b.opts.Faults.Match(faults.Outbound, cl.ID, topic); ok && act.Drop {
 		b.log.Info("fault: dropped outbound message", "rule", act.RuleID, "client", cl.ID, "topic", topic)
 		return false
@@ -688,6 +737,28 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, packets.CodeSuccessIgnore
 	}
 	return pk, nil
+}
+
+// OnPublishDropped counts and logs a message mochi dropped because the
+// connection's outbound queue was full.
+func (h *hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	h.b.queueFull.Add(1)
+	h.b.dropped(cl, pk.TopicName, "outbound queue full: the connection reads slower than messages arrive", OutboundQueue)
+}
+
+// dropped logs a drop at a connection's limit: the first of the
+// connection and every 100th, so a flood does not flood the log.
+func (b *Broker) dropped(cl *mqtt.Client, topic, why string, limit int) {
+	n := int64(1)
+	if s := b.sessionOf(cl); s != nil {
+		s.mu.Lock()
+		s.drops++
+		n = s.drops
+		s.mu.Unlock()
+	}
+	if n == 1 || n%100 == 0 {
+		b.log.Warn("message dropped at the connection's limit", "client", cl.ID, "topic", topic, "reason", why, "limit", limit, "droppedForClient", n)
+	}
 }
 
 // listener serves TLS over TCP and over in-memory pipes.

@@ -273,6 +273,25 @@ func (h *Handler) routes() {
 	})
 }
 
+// ServeCertificateIssuer adds CreateCertificateFromCsr (POST
+// /certificates?setAsActive=BOOL), served by issuer (certificates signed by
+// the local CA, so devices connect with them).
+func (h *Handler) ServeCertificateIssuer(issuer *awsiot.Issuer) {
+	h.mux.HandleFunc("POST /certificates", op(h, "CreateCertificateFromCsr", func(r *http.Request, in *iot.CreateCertificateFromCsrInput) error {
+		var body struct{ CertificateSigningRequest *string }
+		if err := readBody(r, &body); err != nil {
+			return err
+		}
+		in.CertificateSigningRequest = body.CertificateSigningRequest
+		var err error
+		in.SetAsActive, err = boolQuery(r, "setAsActive")
+		if err != nil {
+			return err
+		}
+		return requireField("certificateSigningRequest", body.CertificateSigningRequest)
+	}, issuer.CreateCertificateFromCsr))
+}
+
 // describeEndpoint answers iot:Data-ATS (and the legacy iot:Data) with the
 // host of the local MQTT/TLS endpoint.
 func (h *Handler) describeEndpoint(_ context.Context, in *iot.DescribeEndpointInput, _ ...func(*iot.Options)) (*iot.DescribeEndpointOutput, error) {
@@ -355,19 +374,21 @@ func readBody(r *http.Request, v any) error {
 
 // statusOf is the HTTP status AWS IoT answers an error code with.
 var statusOf = map[string]int{
-	"InvalidRequestException":        http.StatusBadRequest,
-	"UnauthorizedException":          http.StatusUnauthorized,
-	"ResourceNotFoundException":      http.StatusNotFound,
-	"UnknownOperationException":      http.StatusNotFound,
-	"CertificateStateException":      http.StatusNotAcceptable,
-	"ResourceAlreadyExistsException": http.StatusConflict,
-	"VersionConflictException":       http.StatusConflict,
-	"ConflictException":              http.StatusConflict,
-	"DeleteConflictException":        http.StatusConflict,
-	"LimitExceededException":         http.StatusGone,
-	"ThrottlingException":            http.StatusTooManyRequests,
-	"InternalFailureException":       http.StatusInternalServerError,
-	"ServiceUnavailableException":    http.StatusServiceUnavailable,
+	"InvalidRequestException":              http.StatusBadRequest,
+	"UnauthorizedException":                http.StatusUnauthorized,
+	"ResourceNotFoundException":            http.StatusNotFound,
+	"UnknownOperationException":            http.StatusNotFound,
+	"CertificateStateException":            http.StatusNotAcceptable,
+	"ResourceAlreadyExistsException":       http.StatusConflict,
+	"VersionConflictException":             http.StatusConflict,
+	"ConflictException":                    http.StatusConflict,
+	"DeleteConflictException":              http.StatusConflict,
+	"LimitExceededException":               http.StatusGone,
+	"ThrottlingException":                  http.StatusTooManyRequests,
+	"RequestEntityTooLargeException":       http.StatusRequestEntityTooLarge,
+	"UnsupportedDocumentEncodingException": http.StatusUnsupportedMediaType,
+	"InternalFailureException":             http.StatusInternalServerError,
+	"ServiceUnavailableException":          http.StatusServiceUnavailable,
 }
 
 // writeError answers err in AWS's REST-JSON error shape: the code in the

@@ -2,6 +2,7 @@ package controlplane_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -206,4 +207,63 @@ func TestCancelCompletedJobIsRejected(t *testing.T) {
 	d, err = client.DescribeJob(ctx, &iot.DescribeJobInput{JobId: aws.String("done")})
 	require.NoError(t, err)
 	assert.Equal(t, types.JobStatusCompleted, d.Job.Status)
+}
+
+// TestRolloutAndAbortConfigs: maximumPerMinute paces the executions, the
+// abort criteria cancel the job with a reason, as DescribeJob shows.
+func TestRolloutAndAbortConfigs(t *testing.T) {
+	c, client, _, things := setup(t, 3)
+	ctx := context.Background()
+	group := arnPrefix + "thinggroup/" + c.Names().ThingGroup
+	_, err := client.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String("paced"), Document: aws.String(`{"operation":"x"}`),
+		Targets: []string{group}, JobExecutionsRolloutConfig: &types.JobExecutionsRolloutConfig{MaximumPerMinute: aws.Int32(1)},
+		AbortConfig: &types.AbortConfig{CriteriaList: []types.AbortCriteria{{FailureType: types.JobExecutionFailureTypeFailed,
+			Action: types.AbortActionCancel, ThresholdPercentage: aws.Float64(50), MinNumberOfExecutedThings: aws.Int32(1)}}}})
+	require.NoError(t, err)
+	d, err := client.DescribeJob(ctx, &iot.DescribeJobInput{JobId: aws.String("paced")})
+	require.NoError(t, err)
+	assert.Equal(t, int32(1), aws.ToInt32(d.Job.JobExecutionsRolloutConfig.MaximumPerMinute))
+	require.NotNil(t, d.Job.AbortConfig)
+	assert.Equal(t, types.JobExecutionFailureTypeFailed, d.Job.AbortConfig.CriteriaList[0].FailureType)
+	assert.Equal(t, int32(1), aws.ToInt32(d.Job.JobProcessDetails.NumberOfQueuedThings), "one execution in the first minute")
+	ex, err := client.ListJobExecutionsForJob(ctx, &iot.ListJobExecutionsForJobInput{JobId: aws.String("paced")})
+	require.NoError(t, err)
+	require.Len(t, ex.ExecutionSummaries, 1)
+
+	// The first device fails: 100% of 1 executed >= 50%: aborted.
+	first := strings.TrimPrefix(aws.ToString(ex.ExecutionSummaries[0].ThingArn), arnPrefix+"thing/")
+	require.Contains(t, things, first)
+	c.Jobs().Handle(ctx, protocol.JobsUpdateTopic(first, "paced"), []byte(`{"status":"FAILED"}`), func(string, []byte) {})
+	d, err = client.DescribeJob(ctx, &iot.DescribeJobInput{JobId: aws.String("paced")})
+	require.NoError(t, err)
+	assert.Equal(t, types.JobStatusCanceled, d.Job.Status)
+	assert.Equal(t, "AUTO_ABORT", aws.ToString(d.Job.ReasonCode))
+	assert.Contains(t, aws.ToString(d.Job.Comment), "1 of 1")
+
+	// CancelJob's reason and comment are kept.
+	_, err = client.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String("other"), Document: aws.String(`{"operation":"x"}`), Targets: []string{group}})
+	require.NoError(t, err)
+	_, err = client.CancelJob(ctx, &iot.CancelJobInput{JobId: aws.String("other"), ReasonCode: aws.String("BAD_BUILD"), Comment: aws.String("wrong image")})
+	require.NoError(t, err)
+	d, err = client.DescribeJob(ctx, &iot.DescribeJobInput{JobId: aws.String("other")})
+	require.NoError(t, err)
+	assert.Equal(t, "BAD_BUILD", aws.ToString(d.Job.ReasonCode))
+	assert.Equal(t, "wrong image", aws.ToString(d.Job.Comment))
+
+	for name, in := range map[string]*iot.CreateJobInput{
+		"exponential": {JobExecutionsRolloutConfig: &types.JobExecutionsRolloutConfig{ExponentialRate: &types.ExponentialRolloutRate{
+			BaseRatePerMinute: aws.Int32(1), IncrementFactor: aws.Float64(2), RateIncreaseCriteria: &types.RateIncreaseCriteria{NumberOfNotifiedThings: aws.Int32(1)}}}},
+		"rate 0":         {JobExecutionsRolloutConfig: &types.JobExecutionsRolloutConfig{}},
+		"bad threshold":  {AbortConfig: &types.AbortConfig{CriteriaList: []types.AbortCriteria{{FailureType: "FAILED", Action: "CANCEL", ThresholdPercentage: aws.Float64(150), MinNumberOfExecutedThings: aws.Int32(1)}}}},
+		"both documents": {DocumentSource: aws.String("https://s3.amazonaws.com/b/k")},
+		"retry":          {JobExecutionsRetryConfig: &types.JobExecutionsRetryConfig{CriteriaList: []types.RetryCriteria{{FailureType: types.RetryableFailureTypeFailed, NumberOfRetries: aws.Int32(1)}}}},
+	} {
+		in.JobId, in.Targets = aws.String("bad-"+strings.ReplaceAll(name, " ", "-")), []string{group}
+		if in.DocumentSource == nil || name == "both documents" {
+			in.Document = aws.String(`{}`)
+		}
+		_, err := client.CreateJob(ctx, in)
+		requireAPIError(t, err, "InvalidRequestException", 400)
+		t.Logf("%s: %v", name, err)
+	}
 }

@@ -461,6 +461,14 @@ func (c *Core) StartBroker() error { return c.broker.Start() }
 // subscribers, subject to their iot:Receive permission.
 func (c *Core) Publish(topic string, payload []byte) { c.broker.Publish(topic, payload) }
 
+// PublishQoS is Publish at QoS 0 or 1 (the data plane's Publish).
+func (c *Core) PublishQoS(topic string, payload []byte, qos byte) {
+	c.broker.PublishQoS(topic, payload, qos)
+}
+
+// BrokerStats counts the messages dropped at the connections' limits.
+func (c *Core) BrokerStats() broker.Stats { return c.broker.Stats() }
+
 // DialPipe opens an in-memory connection to the broker (TLS still
 // applies), for simulating more devices than file descriptors allow.
 func (c *Core) DialPipe(ctx context.Context) (net.Conn, error) { return c.broker.DialPipe(ctx) }

@@ -48,7 +48,7 @@ type CertificateStatusRequest struct {
 
 // HTTPHandler is the operator API of the local IoT Core (JSON):
 //
-//	GET    /status                          endpoints (MQTT, controlPlaneEndpoint) and counts
+//	GET    /status                          endpoints (MQTT, controlPlaneEndpoint), counts, broker drop counters
 //	GET    /things, /certificates, /clients registry and connections
 //	POST   /jobs                            create a job (jobs.CreateJobInput)
 //	GET    /jobs, /jobs/{id}                describe jobs
@@ -101,6 +101,7 @@ func (c *Core) HTTPHandler() http.Handler {
 			"endpoint": c.Endpoint(), "env": c.names.Env, "thingGroup": c.names.ThingGroup, "template": c.names.TemplateName,
 			"things": len(c.reg.Things()), "clients": len(c.Clients()), "jobs": len(c.jobs.Jobs()),
 			"pendingThrottles": th, "pendingCsrRefusals": rc, "controlPlaneEndpoint": c.opts.ControlPlaneEndpoint,
+			"broker": c.BrokerStats(),
 		})
 	})
 	mux.HandleFunc("GET /things", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.reg.Things()) })

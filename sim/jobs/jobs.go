@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -98,6 +99,17 @@ type CreateJobInput struct {
 	// IN_PROGRESS that long (timeoutConfig); 0 disables.
 	InProgressTimeoutMinutes int64  `json:"inProgressTimeoutMinutes,omitempty"`
 	Description              string `json:"description,omitempty"`
+	// MaximumPerMinute, when positive, creates at most that many
+	// executions per minute (jobExecutionsRolloutConfig); the other
+	// targets wait for their turn (see rollout.go).
+	MaximumPerMinute int `json:"maximumPerMinute,omitempty"`
+	// Abort lists the criteria that cancel the job (abortConfig).
+	Abort []AbortCriteria `json:"abort,omitempty"`
+	// PresignExpiresSec, when positive, replaces every
+	// ${aws:iot:s3-presigned-url:URL} placeholder in the document a device
+	// receives by a URL valid that long (presignedUrlConfig.expiresInSec);
+	// it needs SetPresigner.
+	PresignExpiresSec int64 `json:"presignExpiresSec,omitempty"`
 }
 
 // Job is the operator view of a job.
@@ -114,6 +126,19 @@ type Job struct {
 	CreatedAt   time.Time                  `json:"createdAt"`
 	CompletedAt time.Time                  `json:"completedAt,omitzero"`
 	Counts      map[protocol.JobStatus]int `json:"counts"`
+	// ReasonCode and Comment say why a job was canceled (CancelJob's, or
+	// the abort criterion that canceled it).
+	ReasonCode string `json:"reasonCode,omitempty"`
+	Comment    string `json:"comment,omitempty"`
+	// ForceCanceled is true when CancelJob was forced.
+	ForceCanceled bool `json:"forceCanceled,omitempty"`
+	// PendingRollout counts the targets waiting for the rollout rate.
+	PendingRollout int `json:"pendingRollout,omitempty"`
+	// MaximumPerMinute, Abort and PresignExpiresSec are the job's
+	// rollout, abort and presigned-URL configurations.
+	MaximumPerMinute  int             `json:"maximumPerMinute,omitempty"`
+	Abort             []AbortCriteria `json:"abort,omitempty"`
+	PresignExpiresSec int64           `json:"presignExpiresSec,omitempty"`
 }
 
 // Execution is the operator view of a job execution.
@@ -161,6 +186,13 @@ type job struct {
 	createdAt   time.Time
 	completedAt time.Time
 	execs       map[string]*execution
+
+	reasonCode    string
+	comment       string
+	forceCanceled bool
+	abort         []AbortCriteria
+	presignSec    int64
+	rollout       rollout
 }
 
 type execution struct {
@@ -196,6 +228,8 @@ type Service struct {
 	closed  bool
 
 	pubMu sync.Mutex // keeps notifications in the order they were decided
+
+	presign Presigner // under mu
 }
 
 // New creates the service and subscribes it to registry group changes
@@ -235,6 +269,9 @@ func (s *Service) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
+	for _, j := range s.jobs {
+		j.rollout.stop()
+	}
 	for _, execs := range s.byThing {
 		for _, e := range execs {
 			e.stopTimers()
@@ -273,15 +310,15 @@ func unix(t time.Time) int64 {
 	return t.Unix()
 }
 
-func (e *execution) wire(withDoc bool) *protocol.JobExecution {
+// wire is the execution as the Jobs MQTT API sends it, with doc (the
+// document as the device receives it, see deviceDoc) unless nil.
+func (e *execution) wire(doc []byte) *protocol.JobExecution {
 	x := &protocol.JobExecution{
 		JobID: e.job.id, ThingName: e.thing, Status: e.status, StatusDetails: cloneMap(e.details),
 		QueuedAt: unix(e.queuedAt), StartedAt: unix(e.startedAt), LastUpdatedAt: unix(e.lastUpdated),
 		VersionNumber: e.version, ExecutionNumber: e.number,
 	}
-	if withDoc {
-		x.JobDocument = e.job.doc
-	}
+	x.JobDocument = doc
 	return x
 }
 
@@ -409,7 +446,7 @@ func (s *Service) notifications(thing string, before thingSnap) []outMsg {
 	if after.next != before.next {
 		msg := protocol.NextJobMessage{Timestamp: now}
 		if after.next != nil {
-			msg.Execution = after.next.wire(true)
+			msg.Execution = after.next.wire(s.deviceDoc(after.next.job))
 		}
 		out = append(out, outMsg{protocol.JobsNotifyNextTopic(thing), nextJSON(msg)})
 	}
@@ -435,7 +472,7 @@ func (s *Service) unlockReplyAndPublish(answer func(), msgs []outMsg) {
 }
 
 func (s *Service) updateJobStatus(j *job) {
-	if j.status != JobInProgress || j.continuous {
+	if j.status != JobInProgress || j.continuous || len(j.rollout.pending) > 0 {
 		return
 	}
 	for _, e := range j.execs {
@@ -470,6 +507,9 @@ func (s *Service) CreateJob(_ context.Context, in CreateJobInput) (Job, error) {
 	}
 	if in.InProgressTimeoutMinutes < 0 || in.InProgressTimeoutMinutes > MaxStepTimeoutMinutes {
 		return Job{}, fmt.Errorf("create job %s: %w: inProgressTimeoutMinutes %d out of range 1..%d", in.JobID, ErrInvalid, in.InProgressTimeoutMinutes, MaxStepTimeoutMinutes)
+	}
+	if err := checkConfigs(in); err != nil {
+		return Job{}, fmt.Errorf("create job %s: %w: %v", in.JobID, ErrInvalid, err)
 	}
 	targets := map[string]bool{}
 	var order []string
@@ -509,15 +549,22 @@ func (s *Service) CreateJob(_ context.Context, in CreateJobInput) (Job, error) {
 		s.mu.Unlock()
 		return Job{}, fmt.Errorf("create job %s: %w", in.JobID, ErrAlreadyExists)
 	}
+	if in.PresignExpiresSec > 0 {
+		if err := s.checkPresign(doc); err != nil {
+			s.mu.Unlock()
+			return Job{}, fmt.Errorf("create job %s: %w: presignedUrlConfig: %v", in.JobID, ErrInvalid, err)
+		}
+	}
 	j := &job{
 		id: in.JobID, doc: doc, things: append([]string(nil), in.Things...), groups: append([]string(nil), in.Groups...),
 		continuous: in.Continuous, timeoutMin: in.InProgressTimeoutMinutes, description: in.Description,
 		status: JobInProgress, createdAt: s.opts.Now(), execs: map[string]*execution{},
+		abort: slices.Clone(in.Abort), presignSec: in.PresignExpiresSec, rollout: rollout{perMinute: in.MaximumPerMinute},
 	}
 	s.jobs[j.id] = j
 	var msgs []outMsg
 	for _, thing := range order {
-		msgs = append(msgs, s.addExecution(j, thing)...)
+		msgs = append(msgs, s.addTarget(j, thing)...)
 	}
 	s.updateJobStatus(j)
 	view := s.jobView(j)
@@ -546,7 +593,7 @@ func (s *Service) thingJoinedGroup(thing, group string) {
 		}
 		for _, g := range j.groups {
 			if g == group {
-				msgs = append(msgs, s.addExecution(j, thing)...)
+				msgs = append(msgs, s.addTarget(j, thing)...)
 				s.log.Info("continuous job targets new group member", "job", j.id, "thing", thing)
 				break
 			}
@@ -573,7 +620,9 @@ func (s *Service) jobView(j *job) Job {
 	v := Job{
 		JobID: j.id, Status: j.status, TargetSelection: "SNAPSHOT", Things: j.things, Groups: j.groups,
 		Description: j.description, Document: j.doc, CreatedAt: j.createdAt, CompletedAt: j.completedAt,
-		Counts: map[protocol.JobStatus]int{},
+		Counts: map[protocol.JobStatus]int{}, ReasonCode: j.reasonCode, Comment: j.comment, ForceCanceled: j.forceCanceled,
+		PendingRollout: len(j.rollout.pending), MaximumPerMinute: j.rollout.perMinute, Abort: slices.Clone(j.abort),
+		PresignExpiresSec: j.presignSec,
 	}
 	if j.continuous {
 		v.TargetSelection = "CONTINUOUS"
@@ -673,8 +722,15 @@ func (s *Service) WaitForExecutions(ctx context.Context, jobID string) ([]Execut
 }
 
 // CancelJob cancels a job: QUEUED executions become CANCELED, and with
-// force IN_PROGRESS ones too.
+// force IN_PROGRESS ones too; targets still waiting for the rollout get
+// none.
 func (s *Service) CancelJob(jobID string, force bool) (Job, error) {
+	return s.CancelJobWithReason(jobID, force, "", "")
+}
+
+// CancelJobWithReason is CancelJob recording reasonCode and comment (as
+// AWS IoT's CancelJob does).
+func (s *Service) CancelJobWithReason(jobID string, force bool, reasonCode, comment string) (Job, error) {
 	s.mu.Lock()
 	j, ok := s.jobs[jobID]
 	if !ok {
@@ -688,23 +744,33 @@ func (s *Service) CancelJob(jobID string, force bool) (Job, error) {
 	}
 	var msgs []outMsg
 	if j.status != JobCanceled {
-		j.status = JobCanceled
-		j.completedAt = s.opts.Now()
-		for _, e := range j.execs {
-			if e.status == protocol.JobQueued || (force && e.status == protocol.JobInProgress) {
-				before := s.snap(e.thing)
-				e.status = protocol.JobCanceled
-				e.version++
-				e.lastUpdated = s.opts.Now()
-				e.stopTimers()
-				msgs = append(msgs, s.notifications(e.thing, before)...)
-			}
-		}
-		s.signal()
+		j.reasonCode, j.comment, j.forceCanceled = reasonCode, comment, force
+		msgs = s.cancelLocked(j, force)
 	}
 	view := s.jobView(j)
 	s.unlockAndPublish(msgs)
 	return view, nil
+}
+
+// cancelLocked cancels j (callers hold s.mu) and returns the
+// notifications to publish.
+func (s *Service) cancelLocked(j *job, force bool) []outMsg {
+	var msgs []outMsg
+	j.status = JobCanceled
+	j.completedAt = s.opts.Now()
+	j.rollout.stop()
+	for _, e := range j.execs {
+		if e.status == protocol.JobQueued || (force && e.status == protocol.JobInProgress) {
+			before := s.snap(e.thing)
+			e.status = protocol.JobCanceled
+			e.version++
+			e.lastUpdated = s.opts.Now()
+			e.stopTimers()
+			msgs = append(msgs, s.notifications(e.thing, before)...)
+		}
+	}
+	s.signal()
+	return msgs
 }
 
 // ---- timeouts ----
@@ -740,6 +806,7 @@ func (s *Service) timeout(e *execution, why string) {
 	e.stopTimers()
 	s.updateJobStatus(e.job)
 	msgs := s.notifications(e.thing, before)
+	msgs = append(msgs, s.checkAbort(e.job)...)
 	s.signal()
 	s.log.Info("job execution timed out", "job", e.job.id, "thing", e.thing, "reason", why)
 	s.unlockAndPublish(msgs)
@@ -932,7 +999,7 @@ func (s *Service) startNext(thing, topic string, req protocol.StartNextRequest, 
 		if req.StepTimeoutInMinutes != 0 {
 			s.armStepTimer(e, req.StepTimeoutInMinutes)
 		}
-		resp.Execution = e.wire(true)
+		resp.Execution = e.wire(s.deviceDoc(e.job))
 		msgs = s.notifications(thing, before)
 		s.signal()
 	}
@@ -958,7 +1025,11 @@ func (s *Service) describe(thing, jobID, topic string, req DescribeRequest, repl
 	}
 	resp := protocol.NextJobMessage{Timestamp: s.ts(), ClientToken: req.ClientToken}
 	if e != nil {
-		resp.Execution = e.wire(withDoc)
+		var doc []byte
+		if withDoc {
+			doc = s.deviceDoc(e.job)
+		}
+		resp.Execution = e.wire(doc)
 	}
 	s.mu.Unlock()
 	reply(protocol.Accepted(topic), nextJSON(resp))
@@ -1030,9 +1101,12 @@ func (s *Service) update(thing, jobID, topic string, req protocol.UpdateJobReque
 		resp.ExecutionState = e.state()
 	}
 	if req.IncludeJobDocument {
-		resp.JobDocument = j.doc
+		resp.JobDocument = s.deviceDoc(j)
 	}
 	msgs := s.notifications(thing, before)
+	if e.status.Terminal() {
+		msgs = append(msgs, s.checkAbort(j)...)
+	}
 	s.signal()
 	s.unlockReplyAndPublish(func() { reply(protocol.Accepted(topic), updateAcceptedJSON(resp)) }, msgs)
 }

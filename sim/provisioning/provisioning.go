@@ -118,6 +118,13 @@ func (s *Service) SetHook(h Hook) {
 	s.hook = h
 }
 
+// Hook returns the pre-provisioning hook in force (nil: none).
+func (s *Service) Hook() Hook {
+	s.hookMu.RLock()
+	defer s.hookMu.RUnlock()
+	return s.hook
+}
+
 // Match reports whether topic is a request topic of this service.
 func (s *Service) Match(topic string) bool {
 	return topic == protocol.CreateCertFromCSRTopic ||

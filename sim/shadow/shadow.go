@@ -34,6 +34,7 @@ import (
 	"log/slog"
 	"math/big"
 	"regexp"
+	"sort"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -704,4 +705,47 @@ func mustJSON(v any) []byte {
 		panic(fmt.Sprintf("shadow: marshal: %v", err))
 	}
 	return b
+}
+
+// UpdateJSON is Update returning the accepted response exactly as it is
+// published on update/accepted (as the data plane's UpdateThingShadow
+// answers it).
+func (s *Service) UpdateJSON(thing, name string, payload []byte) ([]byte, error) {
+	out, _, err := s.update(thing, name, payload)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range out {
+		s.o.Publish(m.topic, m.payload)
+	}
+	return out[0].payload, nil
+}
+
+// Delete deletes thing's shadow name ("" for the classic shadow) as a
+// delete request would, with the same delete/accepted message, and
+// returns the accepted response ({"version", "timestamp"}).
+func (s *Service) Delete(thing, name string) ([]byte, error) {
+	out, _, err := s.delete(thing, name, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range out {
+		s.o.Publish(m.topic, m.payload)
+	}
+	return out[0].payload, nil
+}
+
+// Names lists thing's named shadows in name order (the classic shadow is
+// not a named one).
+func (s *Service) Names(thing string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for k := range s.shadows {
+		if k.thing == thing && k.name != "" {
+			out = append(out, k.name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }

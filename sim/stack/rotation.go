@@ -14,7 +14,6 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate"
 	"github.com/iot-fleet/iot-fleet/lambdas/certscan"
-	"github.com/iot-fleet/iot-fleet/sim/awsiot"
 	"github.com/iot-fleet/iot-fleet/sim/rules"
 )
 
@@ -35,12 +34,13 @@ type RotationOptions struct {
 // wired as the Pulumi program wires it in AWS: the topic rule
 // certrotate.RuleSQL on dt/fleet/+/rotate/+ in the local IoT Core's rules
 // engine invokes the real rotation Lambda handler (asynchronously, with
-// retries) over the simulator's IoT control plane (certificates signed by
+// retries) over the stack's control-plane endpoint (certificates signed by
 // the local CA), the local data plane and the device registry; the real
 // scan Lambda handler asks devices to rotate.
 type Rotation struct {
-	// IoT is the rotation Lambda's IoT control plane.
-	IoT *awsiot.Issuer
+	// IoT is the rotation Lambda's IoT client (the stack's endpoint, with
+	// certificates signed by the local CA).
+	IoT *iot.Client
 
 	rotate *certrotate.Handler
 	scan   *certscan.Handler
@@ -63,18 +63,18 @@ type RotationRecord struct {
 
 func newRotation(s *Stack, opts RotationOptions, log *slog.Logger) (*Rotation, error) {
 	names := s.Core.Names()
-	r := &Rotation{IoT: awsiot.NewIssuer(s.IoT, s.Core.CA()), log: log}
+	r := &Rotation{IoT: s.IoTClient, log: log}
 	data := &DataPlane{core: s.Core}
 	var err error
 	if r.rotate, err = certrotate.New(certrotate.Config{
-		IoT: issueHook{Issuer: r.IoT, r: r}, Data: data, Registry: s.Registry,
+		IoT: issueHook{Client: r.IoT, r: r}, Data: data, Registry: s.Registry,
 		DevicePolicy: names.DevicePolicy, ThingNamePrefix: names.ThingNamePrefix,
 		RetryDelay: 10 * time.Millisecond, Now: opts.Now, Logger: log.With("lambda", "certrotate"),
 	}); err != nil {
 		return nil, fmt.Errorf("stack: %w", err)
 	}
 	if r.scan, err = certscan.New(certscan.Config{
-		IoT: s.IoT, Data: data, Registry: s.Registry, ThingNamePrefix: names.ThingNamePrefix,
+		IoT: s.IoTClient, Data: data, Registry: s.Registry, ThingNamePrefix: names.ThingNamePrefix,
 		Window: opts.ExpiryWindow, Now: opts.Now, Logger: log.With("lambda", "certscan"),
 	}); err != nil {
 		return nil, fmt.Errorf("stack: %w", err)
@@ -158,12 +158,12 @@ func (s *Stack) WaitRotation(ctx context.Context, serial, rotationID string) (re
 // issueHook calls the Rotation's OnIssue function after each certificate
 // the rotation Lambda creates.
 type issueHook struct {
-	*awsiot.Issuer
+	*iot.Client
 	r *Rotation
 }
 
 func (h issueHook) CreateCertificateFromCsr(ctx context.Context, in *iot.CreateCertificateFromCsrInput, optFns ...func(*iot.Options)) (*iot.CreateCertificateFromCsrOutput, error) {
-	out, err := h.Issuer.CreateCertificateFromCsr(ctx, in, optFns...)
+	out, err := h.Client.CreateCertificateFromCsr(ctx, in, optFns...)
 	if err != nil {
 		return out, err
 	}

@@ -83,7 +83,7 @@ func newSSM(s *Stack, opts SSMOptions, pattern *regexp.Regexp, log *slog.Logger)
 		now:     now,
 	}
 	if m.toggle, err = ssmtoggle.New(ssmtoggle.Config{
-		Registry: s.Registry, State: m.State, SSM: m.Service, IoT: s.IoT, Data: m.Data,
+		Registry: s.Registry, State: m.State, SSM: m.Service, IoT: s.IoTClient, Data: m.Data,
 		ManagedInstanceRole: role, Region: core.Region, Environment: names.Env,
 		ThingNamePrefix: names.ThingNamePrefix, SerialPattern: pattern,
 		ActivationTTL: opts.ActivationTTL, Now: now, Logger: log.With("lambda", "ssmtoggle"),

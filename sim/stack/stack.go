@@ -1,22 +1,29 @@
 // Package stack runs the cloud side of iot-fleet locally: the local IoT Core
 // plus the real Lambda handlers, wired the way the Pulumi program wires them
-// in AWS. The pre-provisioning hook is lambdas/preprovision over the device
-// registry and the simulator's IoT control plane (it retires a
-// re-provisioned device's previous certificate there, which closes its
-// connections); uploading allowlist.txt stores it (with its metadata) in a
-// local config bucket and invokes lambdas/allowlistsync with the S3
-// notification AWS would send, and the sync revokes devices through the
-// simulator's IoT control plane and turns SSM off for them in the local
-// Systems Manager (ssm.go).
+// in AWS. The Lambdas reach AWS IoT's control plane with their real
+// aws-sdk-go-v2 *iot.Client, over HTTP, at the stack's own loopback
+// endpoint (sim/controlplane over the simulator's control plane; see
+// ControlPlaneEndpoint). The pre-provisioning hook is lambdas/preprovision
+// over the device registry and that endpoint (it retires a re-provisioned
+// device's previous certificate there, which closes its connections);
+// uploading allowlist.txt stores it (with its metadata) in a local config
+// bucket and invokes lambdas/allowlistsync with the S3 notification AWS
+// would send, and the sync revokes devices through the endpoint and turns
+// SSM off for them in the local Systems Manager (ssm.go); lambdas/revoke
+// revokes one device now (Revoke). The IoT data plane (the Lambdas'
+// Publish) is the broker's, in-process (DataPlane); Systems Manager and S3
+// are in-process stand-ins (the simulator does not emulate them).
 package stack
 
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"maps"
+	"regexp"
 	"sync"
 
 	"github.com/aws/aws-lambda-go/events"
@@ -28,6 +35,8 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/allowlist"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/lambdas/allowlistsync"
+	"github.com/iot-fleet/iot-fleet/lambdas/preprovision"
+	"github.com/iot-fleet/iot-fleet/lambdas/revoke"
 	"github.com/iot-fleet/iot-fleet/sim/awsiot"
 	"github.com/iot-fleet/iot-fleet/sim/core"
 )
@@ -59,7 +68,14 @@ type Options struct {
 type Stack struct {
 	Core     *core.Core
 	Registry *registry.Memory
-	IoT      *awsiot.Client
+	// IoT is the simulator's control plane behind ControlPlaneEndpoint:
+	// tests inject faults (FailNext) and read the calls served there.
+	IoT *awsiot.Client
+	// ControlPlaneEndpoint is the URL (http://127.0.0.1:PORT) of the
+	// AWS IoT control plane the stack's Lambdas call; IoTClient is their
+	// client for it.
+	ControlPlaneEndpoint string
+	IoTClient            *iot.Client
 	// SSM is SSM on demand: the toggle, registered and expiry Lambdas
 	// over a fake Systems Manager (ssm.go).
 	SSM *SSM
@@ -67,10 +83,16 @@ type Stack struct {
 	// scan Lambdas (rotation.go).
 	Rotation *Rotation
 
-	bucket *bucket
-	sync   *allowlistsync.Handler
-	hold   *holdableIoT
-	log    *slog.Logger
+	bucket   *bucket
+	sync     *allowlistsync.Handler
+	revoke   *revoke.Handler
+	hold     *holdableIoT
+	endpoint *endpoint
+	log      *slog.Logger
+
+	mu    sync.Mutex
+	stops []context.CancelFunc // followers (follow.go)
+	wg    sync.WaitGroup
 }
 
 // Start starts the local IoT Core with the real hook and allowlist sync.
@@ -96,30 +118,66 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stack: %w", err)
 	}
-	reg := c.DeviceRegistry()
-	names := c.Names()
-	iotc := c.IoT()
-	b := &bucket{name: ConfigBucket, objects: map[string]object{}}
-	s := &Stack{Core: c, Registry: reg, IoT: iotc, bucket: b, hold: &holdableIoT{Client: iotc}, log: log}
-	if s.SSM, err = newSSM(s, opts.SSM, pattern, log); err != nil {
+	ep, err := startEndpoint(c, log)
+	if err != nil {
 		c.Close()
 		return nil, err
 	}
-	s.sync, err = allowlistsync.New(allowlistsync.Config{
-		S3: b, IoT: s.hold, Registry: reg, SerialPattern: pattern,
-		SSM: s.SSM.Service, SSMState: s.SSM.State, MaxRevocations: opts.MaxRevocationsPerSync,
-		ThingGroup: names.ThingGroup, DevicePolicy: names.DevicePolicy, ThingNamePrefix: names.ThingNamePrefix,
-		Logger: log.With("lambda", "allowlistsync"),
-	})
-	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("stack: %w", err)
-	}
-	if s.Rotation, err = newRotation(s, opts.Rotation, log); err != nil {
-		c.Close()
+	reg := c.DeviceRegistry()
+	iotc := newIoTClient(ep.url)
+	b := &bucket{name: ConfigBucket, objects: map[string]object{}}
+	s := &Stack{Core: c, Registry: reg, IoT: c.IoT(), ControlPlaneEndpoint: ep.url, IoTClient: iotc,
+		bucket: b, hold: &holdableIoT{Client: iotc}, endpoint: ep, log: log}
+	if err := s.wire(opts, pattern); err != nil {
+		_ = s.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// wire builds the Lambda handlers over the stack's clients.
+func (s *Stack) wire(opts Options, pattern *regexp.Regexp) error {
+	c, reg, names, log := s.Core, s.Registry, s.Core.Names(), s.log
+	// The hook the core runs: the real one, over the real client.
+	hook, err := preprovision.New(preprovision.Config{
+		Registry: reg, IoT: s.IoTClient, DevicePolicy: names.DevicePolicy,
+		SerialPattern: pattern, ThingNamePrefix: names.ThingNamePrefix, Logger: log.With("lambda", "preprovision"),
+	})
+	if err != nil {
+		return fmt.Errorf("stack: %w", err)
+	}
+	c.SetPreProvisioningHook(hook.Handle)
+	if s.SSM, err = newSSM(s, opts.SSM, pattern, log); err != nil {
+		return err
+	}
+	if s.sync, err = allowlistsync.New(allowlistsync.Config{
+		S3: s.bucket, IoT: s.hold, Registry: reg, SerialPattern: pattern,
+		SSM: s.SSM.Service, SSMState: s.SSM.State, MaxRevocations: opts.MaxRevocationsPerSync,
+		ThingGroup: names.ThingGroup, DevicePolicy: names.DevicePolicy, ThingNamePrefix: names.ThingNamePrefix,
+		Logger: log.With("lambda", "allowlistsync"),
+	}); err != nil {
+		return fmt.Errorf("stack: %w", err)
+	}
+	if s.revoke, err = revoke.New(revoke.Config{
+		IoT: s.hold, Registry: reg, SSM: s.SSM.Service, SSMState: s.SSM.State, SerialPattern: pattern,
+		ThingGroup: names.ThingGroup, DevicePolicy: names.DevicePolicy, ThingNamePrefix: names.ThingNamePrefix,
+		Logger: log.With("lambda", "revoke"),
+	}); err != nil {
+		return fmt.Errorf("stack: %w", err)
+	}
+	if s.Rotation, err = newRotation(s, opts.Rotation, log); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Revoke invokes the emergency revoke Lambda (lambdas/revoke): the device
+// is revoked now (its certificate REVOKED, which closes its connections,
+// its thing deleted, SSM off), the registry records why, who and when, and
+// later allowlist deploys do not admit it again until a readmit=TOKEN line
+// with a new token.
+func (s *Stack) Revoke(ctx context.Context, req revoke.Request) (revoke.Response, error) {
+	return s.revoke.Handle(ctx, req)
 }
 
 // DeployAllowlist does locally what `pulumi up` does with a changed
@@ -147,15 +205,15 @@ func (s *Stack) DeployAllowlistWithMetadata(ctx context.Context, content []byte,
 }
 
 // HoldRevocations is a test hook: until release is called, every
-// revocation the allowlist sync starts waits just before its first AWS IoT
+// revocation the allowlist sync (or the revoke Lambda) starts waits just before its first AWS IoT
 // call, with its registry record already revoking (as a sync that is slow,
 // or crashed, leaves it). The sync's per-call timeout still applies.
 func (s *Stack) HoldRevocations() (release func()) { return s.hold.holdUntilRelease() }
 
-// holdableIoT is the sync's IoT control plane with HoldRevocations' gate
-// in front of ListThingPrincipals, the first call of a revocation.
+// holdableIoT is the sync's IoT client with HoldRevocations' gate in
+// front of ListThingPrincipals, the first call of a revocation.
 type holdableIoT struct {
-	*awsiot.Client
+	*iot.Client
 	mu   sync.Mutex
 	gate chan struct{} // nil: open
 }
@@ -193,8 +251,18 @@ func (h *holdableIoT) ListThingPrincipals(ctx context.Context, in *iot.ListThing
 	return h.Client.ListThingPrincipals(ctx, in, opts...)
 }
 
-// Close stops the local IoT Core.
-func (s *Stack) Close() error { return s.Core.Close() }
+// Close stops following allowlist files, the control-plane endpoint and
+// the local IoT Core.
+func (s *Stack) Close() error {
+	s.mu.Lock()
+	for _, stop := range s.stops {
+		stop()
+	}
+	s.stops = nil
+	s.mu.Unlock()
+	s.wg.Wait()
+	return errors.Join(s.endpoint.close(), s.Core.Close())
+}
 
 // bucket is the local config bucket: the S3 GetObject the sync uses.
 type bucket struct {

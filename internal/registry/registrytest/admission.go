@@ -345,4 +345,83 @@ func runAdmission(t *testing.T, setup setupFunc) {
 		require.Empty(t, d.PublicKeySHA256, "the retired key must not count as the device's")
 		require.Empty(t, get(t, ctx, s, "a1").PublicKeySHA256)
 	})
+
+	// An emergency revocation records why, who and when, moves the record
+	// to revoking under the certificate guard, and holds the serial out:
+	// PutAllowed leaves it revoked, a stale token does nothing, a new
+	// token admits it again.
+	t.Run("EmergencyRevocationHoldsOut", func(t *testing.T) {
+		s, clock, ctx := setup(t)
+		provisionedWithKey(t, ctx, s, "a1", "cert1", keyA)
+		_, _, err := s.Readmit(ctx, "a1", "T1", "ops")
+		require.NoError(t, err)
+		d := get(t, ctx, s, "a1")
+		require.Equal(t, registry.StateReadmitted, d.State)
+		rev := registry.Revocation{Reason: "stolen from site 4", By: "alice"}
+
+		_, err = s.MarkEmergencyRevoking(ctx, "a1", "other-cert", rev)
+		require.ErrorIs(t, err, registry.ErrConflict, "certificate guard")
+		_, err = s.MarkEmergencyRevoking(ctx, "nope", "", rev)
+		require.ErrorIs(t, err, registry.ErrNotFound)
+		_, err = s.MarkEmergencyRevoking(ctx, "a1", d.CertificateID, registry.Revocation{By: "alice"})
+		require.ErrorContains(t, err, "empty reason")
+		_, err = s.MarkEmergencyRevoking(ctx, "a1", d.CertificateID, registry.Revocation{Reason: "x"})
+		require.ErrorContains(t, err, "empty by")
+
+		d, err = s.MarkEmergencyRevoking(ctx, "a1", d.CertificateID, rev)
+		require.NoError(t, err)
+		assert.Equal(t, registry.StateRevoking, d.State)
+		assert.True(t, d.RevokeEmergency)
+		assert.True(t, d.HeldOut())
+		assert.Equal(t, "stolen from site 4", d.RevokeReason)
+		assert.Equal(t, "alice", d.RevokedBy)
+		assert.True(t, d.RevokedAt.Equal(stampOf(clock)), "revokedAt %v", d.RevokedAt)
+		assertDevice(t, d, get(t, ctx, s, "a1"))
+		_, err = s.RecordProvisioned(ctx, "a1", "", registry.Certificate{ID: "cert9"})
+		require.ErrorIs(t, err, registry.ErrConflict, "revoking refuses provisioning")
+
+		require.NoError(t, s.MarkRevoked(ctx, "a1", d.CertificateID))
+		require.NoError(t, s.PutAllowed(ctx, "a1"))
+		d = get(t, ctx, s, "a1")
+		assert.Equal(t, registry.StateRevoked, d.State, "listing a held-out serial does not admit it")
+		assert.True(t, d.HeldOut())
+
+		// Again on a revoked record: the record is updated, the state kept.
+		clock.Advance(time.Minute)
+		d, err = s.MarkEmergencyRevoking(ctx, "a1", "ignored-when-revoked", registry.Revocation{Reason: "again", By: "bob"})
+		require.NoError(t, err)
+		assert.Equal(t, registry.StateRevoked, d.State)
+		assert.Equal(t, "bob", d.RevokedBy)
+
+		_, changed, err := s.Readmit(ctx, "a1", "T1", "ops")
+		require.NoError(t, err)
+		assert.False(t, changed, "the token of an earlier re-admission does not lift the hold")
+		assert.Equal(t, registry.StateRevoked, get(t, ctx, s, "a1").State)
+
+		d, changed, err = s.Readmit(ctx, "a1", "T2", "carol")
+		require.NoError(t, err)
+		assert.True(t, changed)
+		assert.Equal(t, registry.StateAllowed, d.State)
+		assert.False(t, d.RevokeEmergency)
+		assert.False(t, d.HeldOut())
+		assert.Empty(t, d.CertificateID)
+		assert.Equal(t, "T2", d.ReadmitToken)
+		assert.Equal(t, "carol", d.ReadmittedBy)
+		assert.Equal(t, "again", d.RevokeReason, "the revocation stays on record")
+		assertDevice(t, d, get(t, ctx, s, "a1"))
+		_, err = s.RecordProvisioned(ctx, "a1", "dev-a1", registry.Certificate{ID: "cert2"})
+		require.NoError(t, err, "re-admitted: it may provision")
+	})
+
+	// An emergency revocation of an allowed serial (never provisioned).
+	t.Run("EmergencyRevocationOfAllowed", func(t *testing.T) {
+		s, _, ctx := setup(t)
+		require.NoError(t, s.PutAllowed(ctx, "a2"))
+		d, err := s.MarkEmergencyRevoking(ctx, "a2", "", registry.Revocation{Reason: "r", By: "b"})
+		require.NoError(t, err)
+		assert.Equal(t, registry.StateRevoking, d.State)
+		require.NoError(t, s.MarkRevoked(ctx, "a2", ""))
+		require.NoError(t, s.PutAllowed(ctx, "a2"))
+		assert.Equal(t, registry.StateRevoked, get(t, ctx, s, "a2").State)
+	})
 }

@@ -10,13 +10,21 @@ import (
 	"time"
 
 	iottypes "github.com/aws/aws-sdk-go-v2/service/iot/types"
+	"github.com/aws/smithy-go"
 )
 
 // IsNotFound reports whether err is AWS IoT's answer for a resource that
-// does not exist (*types.ResourceNotFoundException), wrapped or not.
+// does not exist, wrapped or not: *types.ResourceNotFoundException, or the
+// same error code where the SDK does not model it for the operation (e.g.
+// DetachPolicy, whose not-found answer the SDK surfaces as a
+// *smithy.GenericAPIError).
 func IsNotFound(err error) bool {
 	var nf *iottypes.ResourceNotFoundException
-	return errors.As(err, &nf)
+	if errors.As(err, &nf) {
+		return true
+	}
+	var api smithy.APIError
+	return errors.As(err, &api) && api.ErrorCode() == "ResourceNotFoundException"
 }
 
 // Do runs fn with a context bounded by timeout. It returns nil when fn

@@ -9,6 +9,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	iottypes "github.com/aws/aws-sdk-go-v2/service/iot/types"
+	"github.com/aws/smithy-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -19,6 +20,9 @@ func TestIsNotFound(t *testing.T) {
 	assert.True(t, IsNotFound(fmt.Errorf("DescribeCertificate: %w", nf)))
 	assert.False(t, IsNotFound(&iottypes.ThrottlingException{Message: aws.String("Rate exceeded")}))
 	assert.False(t, IsNotFound(nil))
+	// An operation whose model lacks the error: the SDK's generic error.
+	assert.True(t, IsNotFound(fmt.Errorf("DetachPolicy: %w", &smithy.GenericAPIError{Code: "ResourceNotFoundException", Message: "gone"})))
+	assert.False(t, IsNotFound(&smithy.GenericAPIError{Code: "InvalidRequestException"}))
 }
 
 func TestDo(t *testing.T) {

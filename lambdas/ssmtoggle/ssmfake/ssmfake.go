@@ -1,8 +1,10 @@
 // Package ssmfake holds in-memory fakes of the AWS APIs the SSM-on-demand
-// Lambdas call (Systems Manager activations and managed instances, the IoT
-// thing-group listing, the IoT data-plane publish), with AWS's behaviour
+// Lambdas call that the local IoT Core does not serve: Systems Manager
+// (activations and managed instances; the simulator does not emulate it)
+// and a recorder of the IoT data-plane publish. They have AWS's behaviour
 // where the Lambdas depend on it, a record of every call and injectable
-// failures. Tests and the local end-to-end setup use them.
+// failures. Tests and the local stack use them; AWS IoT's control plane
+// is the simulator's, reached over HTTP (sim/iottest, sim/stack).
 package ssmfake
 
 import (
@@ -18,8 +20,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/iot"
-	iottypes "github.com/aws/aws-sdk-go-v2/service/iot/types"
 	"github.com/aws/aws-sdk-go-v2/service/iotdataplane"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
@@ -471,57 +471,6 @@ func sortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(keys)
 	return keys
-}
-
-// IoT is a fake IoT control plane holding thing groups.
-type IoT struct {
-	Calls
-	faults
-	// PageSize bounds ListThingsInThingGroup pages (0: MaxResults or 25).
-	PageSize int
-
-	mu     sync.Mutex
-	groups map[string][]string
-}
-
-// NewIoT returns a fake with the given groups (name → thing names).
-func NewIoT(groups map[string][]string) *IoT {
-	g := map[string][]string{}
-	for k, v := range groups {
-		g[k] = append([]string(nil), v...)
-	}
-	return &IoT{groups: g}
-}
-
-// ListThingsInThingGroup implements the IoT API: a missing group is
-// ResourceNotFoundException.
-func (f *IoT) ListThingsInThingGroup(ctx context.Context, in *iot.ListThingsInThingGroupInput, _ ...func(*iot.Options)) (*iot.ListThingsInThingGroupOutput, error) {
-	name := aws.ToString(in.ThingGroupName)
-	f.add("ListThingsInThingGroup", name+"@"+aws.ToString(in.NextToken))
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := f.take("ListThingsInThingGroup", name); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	things, ok := f.groups[name]
-	if !ok {
-		return nil, &iottypes.ResourceNotFoundException{Message: aws.String("ThingGroup " + name + " does not exist")}
-	}
-	size := f.PageSize
-	if size <= 0 {
-		size = int(aws.ToInt32(in.MaxResults))
-	}
-	if size <= 0 {
-		size = 25
-	}
-	start, end, next, err := page(len(things), in.NextToken, size)
-	if err != nil {
-		return nil, &iottypes.InvalidRequestException{Message: aws.String(err.Error())}
-	}
-	return &iot.ListThingsInThingGroupOutput{Things: append([]string(nil), things[start:end]...), NextToken: next}, nil
 }
 
 // Message is one publish the fake data plane accepted.

@@ -6,14 +6,22 @@
 //	                [--serial-pattern RE]
 //	                [--job-minute 1m] [--log-level info]
 //
-// serve writes, atomically, DIR/root-ca.pem, DIR/claim.pem, DIR/claim.key
+// serve runs the local stack (the local IoT Core with the stack's real
+// Lambda handlers, the allowlist deployed as `pulumi up` deploys it) and
+// writes, atomically, DIR/root-ca.pem, DIR/claim.pem, DIR/claim.key
 // (0600), DIR/api (operator HTTP API host:port), DIR/control-plane (URL of
-// the AWS IoT control-plane API, for aws --endpoint-url and the SDKs'
-// BaseEndpoint; see docs/local-iot-core.md), DIR/endpoint-alpn (MQTT/TLS
+// the local AWS endpoint: AWS IoT control and data plane, Lambda Invoke,
+// the registry table read-only, the artifacts and config buckets; for
+// AWS_ENDPOINT_URL, aws --endpoint-url and the SDKs' BaseEndpoint; see
+// docs/local-iot-core.md), DIR/outputs.json (the stack outputs, as `pulumi
+// stack output --json` prints them), DIR/agent.json (a fleet-agent
+// configuration for the local IoT Core), DIR/endpoint-alpn (MQTT/TLS
 // host:port that requires ALPN x-amzn-mqtt-ca, as AWS IoT Core's 443; not
 // with --alpn-listen off) and, last, DIR/endpoint (MQTT/TLS host:port, as
 // AWS IoT Core's 8883): wait for DIR/endpoint to know the simulator is
-// ready. It runs until SIGINT or SIGTERM.
+// ready. It runs until SIGINT or SIGTERM. It follows the --allowlist file
+// as production follows the S3 object: an edit (or SIGHUP) runs the real
+// allowlist sync (README, "Admitting and revoking devices").
 package main
 
 import (
@@ -34,6 +42,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/allowlist"
 	"github.com/iot-fleet/iot-fleet/internal/atomicfile"
 	"github.com/iot-fleet/iot-fleet/sim/core"
+	"github.com/iot-fleet/iot-fleet/sim/stack"
 )
 
 func main() {
@@ -54,10 +63,16 @@ control-plane API for the AWS CLI and SDKs.
 ` + usage + `
 
 serve writes into DIR: root-ca.pem, claim.pem, claim.key (0600), api (the
-operator HTTP API), control-plane (the AWS IoT control-plane URL),
-endpoint-alpn and, last, endpoint (MQTT/TLS host:port). It runs until SIGINT
-or SIGTERM. "fleet-sim serve --help" lists the flags; docs/local-iot-core.md
-documents both APIs.
+operator HTTP API), control-plane (the URL of the local AWS endpoint: AWS IoT
+control and data plane, Lambda Invoke, the registry table read-only over
+DynamoDB's API, S3 for the artifacts and config buckets; use it as
+AWS_ENDPOINT_URL), outputs.json (the stack outputs, as "pulumi stack output
+--json" prints them), agent.json (a fleet-agent configuration), endpoint-alpn
+and, last, endpoint (MQTT/TLS host:port). It runs until SIGINT or SIGTERM.
+Editing the --allowlist file (or SIGHUP) runs the allowlist sync: new serials
+may provision, removed ones are revoked.
+"fleet-sim serve --help" lists the flags; docs/local-iot-core.md documents
+the APIs.
 `
 
 func run(args []string, stderr io.Writer) error {
@@ -75,12 +90,12 @@ func run(args []string, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	dir := fs.String("dir", "", "directory for root-ca.pem, claim.pem, claim.key, api, control-plane and endpoint (required)")
-	allow := fs.String("allowlist", "", "allowlist.txt of serials the pre-provisioning hook admits (required)")
-	env := fs.String("env", "dev", "stack environment (names: iot-fleet-<env>, thing prefix <env>-)")
+	allow := fs.String("allowlist", "", "allowlist.txt of serials the pre-provisioning hook admits (required); followed: an edit or SIGHUP runs the allowlist sync (admits new serials, revokes removed ones)")
+	env := fs.String("env", "local", "stack environment (names: iot-fleet-<env>, thing prefix <env>-)")
 	listen := fs.String("listen", "127.0.0.1:0", "MQTT/TLS listen address (AWS IoT Core's 8883)")
 	alpnListen := fs.String("alpn-listen", "auto", "listen address of MQTT/TLS with ALPN x-amzn-mqtt-ca (AWS IoT Core's 443, the AWS SDKs' and Device Client's default): auto (127.0.0.1:443 as root when free, else a free port), off, or an address")
 	httpAddr := fs.String("http", "127.0.0.1:0", "operator HTTP API listen address")
-	cpAddr := fs.String("control-plane", "127.0.0.1:0", "listen address of the AWS IoT control-plane API (REST-JSON, as the AWS CLI and SDKs speak it)")
+	cpAddr := fs.String("control-plane", "127.0.0.1:0", "listen address of the local AWS endpoint (AWS IoT, Lambda, DynamoDB and S3 APIs, as the AWS CLI and SDKs speak them)")
 	pattern := fs.String("serial-pattern", allowlist.DefaultSerialPattern, "serial pattern (Go regexp, anchored)")
 	jobMinute := fs.Duration("job-minute", time.Minute, "length of a Jobs timeout minute (shorten for demos)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
@@ -99,18 +114,11 @@ func run(args []string, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 
-	re, err := allowlist.CompilePattern(*pattern)
-	if err != nil {
+	if _, err := allowlist.CompilePattern(*pattern); err != nil {
 		return fmt.Errorf("--serial-pattern: %w", err)
 	}
-	f, err := os.Open(*allow)
-	if err != nil {
+	if _, err := os.Stat(*allow); err != nil {
 		return fmt.Errorf("--allowlist: %w", err)
-	}
-	serials, err := allowlist.Parse(f, re)
-	f.Close()
-	if err != nil {
-		return fmt.Errorf("--allowlist %s: %w", *allow, err)
 	}
 	if err := os.MkdirAll(*dir, 0o755); err != nil {
 		return fmt.Errorf("--dir: %w", err)
@@ -125,22 +133,34 @@ func run(args []string, stderr io.Writer) error {
 	defer cpLn.Close()
 	controlPlane := "http://" + cpLn.Addr().String()
 	if ap, ok := cpLn.Addr().(*net.TCPAddr); ok && !ap.IP.IsLoopback() {
-		log.Warn("the control-plane API checks no credentials (SigV4 is accepted unchecked) and listens beyond loopback: anyone who reaches it can revoke certificates and create jobs",
+		log.Warn("the local AWS endpoint checks no credentials (SigV4 is accepted unchecked) and listens beyond loopback: anyone who reaches it can revoke certificates, create jobs and invoke the stack's Lambdas",
 			"controlPlane", controlPlane)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	c, err := core.Start(ctx, core.Options{
-		Env: *env, Addr: *listen, ALPNAddr: alpnAddr, Logger: log, JobMinute: *jobMinute, ControlPlaneEndpoint: controlPlane,
-		// The stack's pre-provisioning hook (lambdas/preprovision) over an
-		// in-memory device registry seeded from the allowlist.
-		AllowedSerials: serials, SerialPattern: *pattern,
+	// The local stack: the local IoT Core with the stack's real Lambda
+	// handlers; the allowlist is deployed as `pulumi up` deploys it.
+	st, err := stack.Start(ctx, stack.Options{
+		Core:          core.Options{Env: *env, Addr: *listen, ALPNAddr: alpnAddr, Logger: log, JobMinute: *jobMinute, ControlPlaneEndpoint: controlPlane},
+		SerialPattern: *pattern, Logger: log,
 	})
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer st.Close()
+	c := st.Core
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	synced, err := st.FollowAllowlist(ctx, *allow, stack.FollowOptions{Reload: hup})
+	if err != nil {
+		return fmt.Errorf("--allowlist %s: %w", *allow, err)
+	}
+	aws, err := newLocalAWS(st, controlPlane, log)
+	if err != nil {
+		return err
+	}
 
 	ln, err := net.Listen("tcp", *httpAddr)
 	if err != nil {
@@ -150,7 +170,7 @@ func run(args []string, stderr io.Writer) error {
 		name string
 		ln   net.Listener
 		h    http.Handler
-	}{{"operator API", ln, c.HTTPHandler()}, {"control-plane API", cpLn, c.ControlPlaneHandler()}} {
+	}{{"operator API", ln, c.HTTPHandler()}, {"local AWS endpoint", cpLn, aws.handler}} {
 		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -168,12 +188,30 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	outputs, err := aws.outputs(st, *dir)
+	if err != nil {
+		return err
+	}
+	agent, err := aws.agentConfig(st, *dir)
+	if err != nil {
+		return err
+	}
+	outputsJSON, err := jsonFile(outputs)
+	if err != nil {
+		return err
+	}
+	agentJSON, err := jsonFile(agent)
+	if err != nil {
+		return err
+	}
 	files := []outFile{
 		{"root-ca.pem", c.RootCAPEM(), 0o644},
 		{"claim.pem", claim.CertPEM, 0o644},
 		{"claim.key", claim.KeyPEM, 0o600},
 		{"api", []byte(ln.Addr().String() + "\n"), 0o644},
 		{"control-plane", []byte(controlPlane + "\n"), 0o644},
+		{"outputs.json", outputsJSON, 0o644},
+		{"agent.json", agentJSON, 0o644},
 	}
 	if a := c.ALPNEndpoint(); a != "" {
 		files = append(files, outFile{"endpoint-alpn", []byte(a + "\n"), 0o644})
@@ -186,7 +224,7 @@ func run(args []string, stderr io.Writer) error {
 		}
 	}
 	log.Info("fleet-sim ready", "endpoint", c.Endpoint(), "alpnEndpoint", c.ALPNEndpoint(), "api", "http://"+ln.Addr().String(), "controlPlane", controlPlane, "dir", *dir,
-		"allowed_serials", len(serials), "claim_certificate", claim.CertificateID)
+		"allowed_serials", synced.Listed, "claim_certificate", claim.CertificateID)
 	<-ctx.Done()
 	log.Info("fleet-sim stopping")
 	_ = os.Remove(filepath.Join(*dir, "endpoint"))

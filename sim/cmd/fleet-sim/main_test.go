@@ -94,7 +94,7 @@ func TestServeWritesFilesAndServesMQTTAndAPI(t *testing.T) {
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&status))
 	resp.Body.Close()
 	assert.Equal(t, endpoint, status["endpoint"])
-	assert.Equal(t, "iot-fleet-dev", status["thingGroup"])
+	assert.Equal(t, "iot-fleet-local", status["thingGroup"])
 
 	// The AWS IoT control-plane API, at the URL in DIR/control-plane and
 	// /status, answers the real SDK client.
@@ -103,12 +103,31 @@ func TestServeWritesFilesAndServesMQTTAndAPI(t *testing.T) {
 	controlPlane := strings.TrimSpace(string(cpURL))
 	require.True(t, strings.HasPrefix(controlPlane, "http://127.0.0.1:"), controlPlane)
 	assert.Equal(t, controlPlane, status["controlPlaneEndpoint"])
+	assert.Equal(t, map[string]any{"droppedQueueFull": float64(0), "droppedInflightFull": float64(0)}, status["broker"], "drop counters")
+
+	// DIR/outputs.json: the stack outputs, with the endpoint and files.
+	var outputs map[string]any
+	raw, err := os.ReadFile(filepath.Join(dir, "outputs.json"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(raw, &outputs))
+	assert.Equal(t, controlPlane, outputs["localEndpoint"])
+	assert.Equal(t, filepath.Join(dir, "claim.key"), outputs["claimKeyFile"])
+	assert.Equal(t, "iot-fleet-local-ssmtoggle", outputs["ssmToggleLambda"])
+	_, port, _ := strings.Cut(endpoint, ":")
+	assert.Equal(t, port, fmt.Sprint(outputs["iotDataPort"]))
+	// DIR/agent.json: an agent configuration for this endpoint.
+	raw, err = os.ReadFile(filepath.Join(dir, "agent.json"))
+	require.NoError(t, err)
+	var agent map[string]any
+	require.NoError(t, json.Unmarshal(raw, &agent))
+	assert.Equal(t, "127.0.0.1", agent["endpoint"])
+	assert.Equal(t, port, fmt.Sprint(agent["port"]))
 	iotc := iot.New(iot.Options{BaseEndpoint: aws.String(controlPlane), Region: "local-1",
 		Credentials: credentials.NewStaticCredentialsProvider("AKIDLOCAL", "secret", "")})
 	groups, err := iotc.ListThingGroups(ctx, &iot.ListThingGroupsInput{})
 	require.NoError(t, err)
 	require.Len(t, groups.ThingGroups, 1)
-	assert.Equal(t, "iot-fleet-dev", aws.ToString(groups.ThingGroups[0].GroupName))
+	assert.Equal(t, "iot-fleet-local", aws.ToString(groups.ThingGroups[0].GroupName))
 	ep, err := iotc.DescribeEndpoint(ctx, &iot.DescribeEndpointInput{EndpointType: aws.String("iot:Data-ATS")})
 	require.NoError(t, err)
 	assert.Equal(t, "127.0.0.1", aws.ToString(ep.EndpointAddress))
