@@ -232,9 +232,13 @@ func planJSON(path string, ch allowlist.Changes) map[string]any {
 	if add == nil {
 		add = []string{}
 	}
+	held := ch.Held
+	if held == nil {
+		held = []string{}
+	}
 	return map[string]any{
 		"file": path, "listed": ch.Listed, "admitted": ch.Admitted,
-		"admit": add, "readmit": readmit, "revoke": revocations(ch.Remove), "resume": revocations(ch.Resume),
+		"admit": add, "held": held, "readmit": readmit, "revoke": revocations(ch.Remove), "resume": revocations(ch.Resume),
 		"limit": ch.Limit, "confirmed": ch.Confirmed, "refused": ch.Refused, "reason": ch.Reason,
 	}
 }
@@ -251,6 +255,9 @@ func WritePlan(w io.Writer, path string, ch allowlist.Changes) error {
 		b.WriteString("no changes\n")
 	}
 	fmt.Fprintf(&b, "admits %d device(s)%s\n", len(ch.Add), list(ch.Add))
+	if len(ch.Held) > 0 {
+		fmt.Fprintf(&b, "holds out %d emergency-revoked device(s), listed but not admitted (readmit=TOKEN with a new token admits one)%s\n", len(ch.Held), list(ch.Held))
+	}
 	readmits := make([]string, 0, len(ch.Readmit))
 	for _, r := range ch.Readmit {
 		readmits = append(readmits, r.Serial+" (readmit="+r.Token+")")

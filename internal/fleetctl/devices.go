@@ -45,6 +45,9 @@ type DeviceView struct {
 	CertificateStatus string     `json:"certificateStatus,omitempty"`
 	CertNotAfter      *time.Time `json:"certNotAfter,omitempty"`
 	Rotation          string     `json:"rotation,omitempty"`
+	// Revocation is the emergency revocation's record (reason, by, at),
+	// and whether it still holds the serial out of allowlist deploys.
+	Revocation *Revocation `json:"revocation,omitempty"`
 	// Connectivity is derived from the named shadow fleet-agent.
 	Connectivity string     `json:"connectivity"`
 	LastSeen     *time.Time `json:"lastSeen,omitempty"`
@@ -52,6 +55,14 @@ type DeviceView struct {
 	Reported json.RawMessage `json:"reported,omitempty"`
 	// Problems lists what could not be read.
 	Problems []string `json:"problems,omitempty"`
+}
+
+// Revocation is an emergency revocation as the registry records it.
+type Revocation struct {
+	Reason  string    `json:"reason"`
+	By      string    `json:"by"`
+	At      time.Time `json:"at"`
+	HeldOut bool      `json:"heldOut"`
 }
 
 // ListDevices returns every registry record with its certificate and
@@ -133,6 +144,9 @@ func (f *Fleet) describe(ctx context.Context, d registry.Device, withReported bo
 	if !d.CertNotAfter.IsZero() {
 		t := d.CertNotAfter
 		v.CertNotAfter = &t
+	}
+	if d.RevokeReason != "" {
+		v.Revocation = &Revocation{Reason: d.RevokeReason, By: d.RevokedBy, At: d.RevokedAt.UTC(), HeldOut: d.HeldOut()}
 	}
 	switch {
 	case d.RotationID != "":
@@ -333,6 +347,13 @@ func writeDevice(w io.Writer, v DeviceView) error {
 		{"connectivity", v.Connectivity + " (from the shadow fleet-agent)"}, {"last seen", timeOrDash(v.LastSeen)},
 	} {
 		fmt.Fprintf(tw, "%s:\t%s\n", row[0], row[1])
+	}
+	if r := v.Revocation; r != nil {
+		held := ""
+		if r.HeldOut {
+			held = "; held out of allowlist deploys until readmit=TOKEN"
+		}
+		fmt.Fprintf(tw, "revoked:\t%s by %s: %s%s\n", r.At.Format(time.RFC3339), r.By, r.Reason, held)
 	}
 	for _, p := range v.Problems {
 		fmt.Fprintf(tw, "problem:\t%s\n", p)
