@@ -297,7 +297,7 @@ func newJobsCreateCommand(g *globalFlags) *cobra.Command {
 		targets                                  targetFlags
 		rollout                                  rolloutFlags
 		watch                                    bool
-		timeout                                  time.Duration
+		timeout, interval                        time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "create --document FILE [--group G | --thing T ...]",
@@ -349,6 +349,9 @@ job as "jobs watch" does.
 			if !watch {
 				return nil
 			}
+			if interval > 0 {
+				f.Poll = interval
+			}
 			return watchAndReport(cmd, g, f, jobID, timeout)
 		},
 	}
@@ -359,6 +362,7 @@ job as "jobs watch" does.
 	fl.StringVar(&agentConfig, "agent-config", "", "agent configuration whose rules the document must pass (default: the agent's defaults)")
 	fl.BoolVar(&watch, "watch", false, "watch the job until every device finished")
 	fl.DurationVar(&timeout, "timeout", 30*time.Minute, "with --watch: give up watching after this long (exit 5)")
+	fl.DurationVar(&interval, "interval", 5*time.Second, "with --watch: polling interval")
 	targets.register(cmd)
 	rollout.register(cmd, 0, 0, 5, 0)
 	return cmd
