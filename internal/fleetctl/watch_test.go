@@ -126,3 +126,22 @@ func TestConnectivityFromTheShadow(t *testing.T) {
 	assert.Equal(t, ConnUnknown, state)
 	assert.Nil(t, seen)
 }
+
+func TestWatchPrinterRedrawsBarsOnATerminal(t *testing.T) {
+	var out bytes.Buffer
+	p := newWatchPrinter(&out)
+	p.tty = true // as on a terminal
+	v := JobView{JobID: "j", Status: "IN_PROGRESS", Executions: []Execution{
+		{ThingName: "dev-a", Status: "IN_PROGRESS", StatusDetails: map[string]string{"step": "installing"}},
+		{ThingName: "dev-b", Status: "QUEUED"},
+	}}
+	v.summarize()
+	p.update(v)
+	first := out.String()
+	assert.NotContains(t, first, "\x1b[", "nothing to redraw yet")
+	assert.Contains(t, first, "[########------------] installing")
+	assert.Contains(t, first, "1 in_progress, 1 queued")
+	out.Reset()
+	p.update(v)
+	assert.True(t, strings.HasPrefix(out.String(), "\x1b[3A\x1b[J"), "the block of 3 lines is redrawn in place: %q", out.String())
+}
