@@ -259,7 +259,11 @@ and creates the job for the targets (default: the stack's thing group).
 				return err
 			}
 			if spec.JobID == "" {
-				base := strings.TrimSuffix(filepath.Base(spec.ArtifactFile+spec.Key), ".mender")
+				base := spec.Key
+				if base == "" {
+					base = spec.ArtifactFile
+				}
+				base = strings.TrimSuffix(filepath.Base(base), ".mender")
 				spec.JobID = "ota-" + regexp.MustCompile(`[^a-zA-Z0-9_-]+`).ReplaceAllString(base, "-")
 				if len(spec.JobID) > 48 {
 					spec.JobID = spec.JobID[:48]
