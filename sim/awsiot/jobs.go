@@ -231,7 +231,7 @@ func (j *Jobs) DescribeJob(ctx context.Context, in *iot.DescribeJobInput, _ ...f
 			Targets: j.targets(job), CreatedAt: aws.Time(job.CreatedAt), LastUpdatedAt: aws.Time(lastUpdated(job)),
 			CompletedAt: optTime(job.CompletedAt), ReasonCode: optToken(job.ReasonCode), Comment: optToken(job.Comment),
 			ForceCanceled: optBool(job.ForceCanceled), JobExecutionsRolloutConfig: rolloutConfig(job), AbortConfig: abortConfig(job),
-			PresignedUrlConfig: presignConfig(job),
+			PresignedUrlConfig: presignConfig(job), TimeoutConfig: timeoutConfig(job),
 			JobProcessDetails: &types.JobProcessDetails{
 				NumberOfQueuedThings: n(protocol.JobQueued), NumberOfInProgressThings: n(protocol.JobInProgress),
 				NumberOfSucceededThings: n(protocol.JobSucceeded), NumberOfFailedThings: n(protocol.JobFailed),
@@ -268,6 +268,13 @@ func abortConfig(job jobs.Job) *types.AbortConfig {
 		})
 	}
 	return out
+}
+
+func timeoutConfig(job jobs.Job) *types.TimeoutConfig {
+	if job.InProgressTimeoutMinutes == 0 {
+		return nil
+	}
+	return &types.TimeoutConfig{InProgressTimeoutInMinutes: aws.Int64(job.InProgressTimeoutMinutes)}
 }
 
 func presignConfig(job jobs.Job) *types.PresignedUrlConfig {

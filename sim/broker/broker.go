@@ -230,14 +230,18 @@ func (b *Broker) Start() error {
 			MaximumSessionExpiryInterval: 60 * 60,
 			MaximumPacketSize:            maxPacketSize,
 			ReceiveMaximum:               100,
-			MaximumInflight:              OutboundInflight,
-			TopicAliasMaximum:            8,
-			MinimumProtocolVersion:       3,
-			MaximumQos:                   1, // AWS IoT supports QoS 0 and 1
-			RetainAvailable:              1,
-			WildcardSubAvailable:         1,
-			SubIDAvailable:               0,
-			SharedSubAvailable:           1,
+			// The broker enforces OutboundInflight itself (OnACLCheck,
+			// counted); mochi's own quota, checked after it, must never
+			// drop first (uncounted) when concurrent publishers race past
+			// the limit together.
+			MaximumInflight:        2 * OutboundInflight,
+			TopicAliasMaximum:      8,
+			MinimumProtocolVersion: 3,
+			MaximumQos:             1, // AWS IoT supports QoS 0 and 1
+			RetainAvailable:        1,
+			WildcardSubAvailable:   1,
+			SubIDAvailable:         0,
+			SharedSubAvailable:     1,
 		},
 	})
 	if err := srv.AddHook(&hook{b: b}, nil); err != nil {

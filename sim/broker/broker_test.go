@@ -3,6 +3,7 @@ package broker_test
 import (
 	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/internal/policy"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/sim/broker"
 	"github.com/iot-fleet/iot-fleet/sim/ca"
 	"github.com/iot-fleet/iot-fleet/sim/registry"
@@ -23,6 +25,7 @@ type fixture struct {
 	b   *broker.Broker
 	ca  *ca.CA
 	reg *registry.Registry
+	log *testenv.LogBuffer
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -36,11 +39,13 @@ func newFixture(t *testing.T) *fixture {
 	}}))
 	serverCert, err := authority.ServerCertificate("127.0.0.1")
 	require.NoError(t, err)
-	b, err := broker.New(broker.Options{ServerCert: serverCert, ClientCAs: authority.Pool(), Registry: reg, ARN: params.ARN})
+	logs := &testenv.LogBuffer{}
+	b, err := broker.New(broker.Options{ServerCert: serverCert, ClientCAs: authority.Pool(), Registry: reg, ARN: params.ARN,
+		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	require.NoError(t, err)
 	require.NoError(t, b.Start())
 	t.Cleanup(func() { _ = b.Close() })
-	return &fixture{b: b, ca: authority, reg: reg}
+	return &fixture{b: b, ca: authority, reg: reg, log: logs}
 }
 
 func (f *fixture) tlsConfig(t *testing.T) *tls.Config {
@@ -132,6 +137,7 @@ func TestSlowSubscriberWithinLimitsLosesNothing(t *testing.T) {
 	require.Eventually(t, func() bool { return sub.count() == total }, 60*time.Second, 10*time.Millisecond,
 		"received %d of %d; broker stats %+v", sub.count(), total, f.b.Stats())
 	assert.Equal(t, broker.Stats{}, f.b.Stats(), "nothing dropped")
+	assert.Zero(t, f.log.CountJSON("message dropped at the connection's limit", nil))
 }
 
 // Beyond the queue, messages to the slow subscriber are dropped, and every
@@ -147,5 +153,7 @@ func TestSlowSubscriberOverLimitsDropsAreCounted(t *testing.T) {
 	}, 60*time.Second, 10*time.Millisecond)
 	st := f.b.Stats()
 	assert.Positive(t, st.DroppedQueueFull+st.DroppedInflightFull)
+	// Logged: the connection's first drop, then every 100th.
+	assert.Positive(t, f.log.CountJSON("message dropped at the connection's limit", map[string]string{"client": "subscriber"}))
 	t.Logf("received %d, dropped %+v", sub.count(), st)
 }

@@ -8,7 +8,10 @@
 //
 // Each operation decodes its request, calls the matching awsiot.Client
 // method (the one implementation of that operation) and encodes the result;
-// see docs/local-iot-core.md for the operations served.
+// see docs/local-iot-core.md for the operations served. ServeDataPlane adds
+// the AWS IoT data plane (Publish, device shadows) on the same handler,
+// and Endpoint puts it together with Lambda, DynamoDB and S3 handlers on
+// one URL, dispatching by the request's SigV4 service.
 package controlplane
 
 import (
@@ -271,25 +274,6 @@ func (h *Handler) routes() {
 		h.writeError(w, "", &smithy.GenericAPIError{Code: "UnknownOperationException",
 			Message: fmt.Sprintf("the local IoT Core does not serve %s %s (see docs/local-iot-core.md for the operations it serves)", r.Method, r.URL.Path)})
 	})
-}
-
-// ServeCertificateIssuer adds CreateCertificateFromCsr (POST
-// /certificates?setAsActive=BOOL), served by issuer (certificates signed by
-// the local CA, so devices connect with them).
-func (h *Handler) ServeCertificateIssuer(issuer *awsiot.Issuer) {
-	h.mux.HandleFunc("POST /certificates", op(h, "CreateCertificateFromCsr", func(r *http.Request, in *iot.CreateCertificateFromCsrInput) error {
-		var body struct{ CertificateSigningRequest *string }
-		if err := readBody(r, &body); err != nil {
-			return err
-		}
-		in.CertificateSigningRequest = body.CertificateSigningRequest
-		var err error
-		in.SetAsActive, err = boolQuery(r, "setAsActive")
-		if err != nil {
-			return err
-		}
-		return requireField("certificateSigningRequest", body.CertificateSigningRequest)
-	}, issuer.CreateCertificateFromCsr))
 }
 
 // describeEndpoint answers iot:Data-ATS (and the legacy iot:Data) with the

@@ -62,10 +62,17 @@ func (h *Handler) ServeDataPlane(dp DataPlane) {
 			h.writeError(w, op, &smithy.GenericAPIError{Code: "RequestEntityTooLargeException", Message: op + ": " + err.Error()})
 			return
 		}
-		if dp.Shadows.Match(topic) {
+		switch {
+		case dp.Shadows.Match(topic):
 			// As in AWS, a publish on a shadow topic is a shadow request.
 			dp.Shadows.Handle(r.Context(), topic, payload)
-		} else {
+		case strings.HasPrefix(topic, "$aws/"):
+			// Jobs, provisioning and the other reserved topics carry AWS's
+			// own messages: nobody may forge them.
+			h.writeError(w, op, &smithy.GenericAPIError{Code: "UnauthorizedException",
+				Message: fmt.Sprintf("%s: %s is a reserved topic; the local IoT Core accepts HTTP publishes on it only for device shadows", op, topic)})
+			return
+		default:
 			dp.Publish(topic, payload, byte(qos))
 		}
 		h.log.Info("data plane publish", "topic", topic, "qos", qos, "bytes", len(payload))

@@ -65,6 +65,8 @@ func TestJobs(t *testing.T) {
 	require.NotNil(t, job)
 	assert.Equal(t, types.JobStatusInProgress, job.Status)
 	assert.Equal(t, types.TargetSelectionSnapshot, job.TargetSelection)
+	require.NotNil(t, job.TimeoutConfig)
+	assert.Equal(t, int64(30), aws.ToInt64(job.TimeoutConfig.InProgressTimeoutInMinutes))
 	assert.Equal(t, []string{arnPrefix + "thinggroup/" + group}, job.Targets)
 	require.NotNil(t, job.JobProcessDetails)
 	assert.Equal(t, int32(1), aws.ToInt32(job.JobProcessDetails.NumberOfQueuedThings))

@@ -139,6 +139,8 @@ type Job struct {
 	MaximumPerMinute  int             `json:"maximumPerMinute,omitempty"`
 	Abort             []AbortCriteria `json:"abort,omitempty"`
 	PresignExpiresSec int64           `json:"presignExpiresSec,omitempty"`
+	// InProgressTimeoutMinutes is the job's timeoutConfig (0: none).
+	InProgressTimeoutMinutes int64 `json:"inProgressTimeoutMinutes,omitempty"`
 }
 
 // Execution is the operator view of a job execution.
@@ -622,7 +624,7 @@ func (s *Service) jobView(j *job) Job {
 		Description: j.description, Document: j.doc, CreatedAt: j.createdAt, CompletedAt: j.completedAt,
 		Counts: map[protocol.JobStatus]int{}, ReasonCode: j.reasonCode, Comment: j.comment, ForceCanceled: j.forceCanceled,
 		PendingRollout: len(j.rollout.pending), MaximumPerMinute: j.rollout.perMinute, Abort: slices.Clone(j.abort),
-		PresignExpiresSec: j.presignSec,
+		PresignExpiresSec: j.presignSec, InProgressTimeoutMinutes: j.timeoutMin,
 	}
 	if j.continuous {
 		v.TargetSelection = "CONTINUOUS"

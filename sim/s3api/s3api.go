@@ -112,13 +112,18 @@ func (s *Store) Buckets() []string {
 	return slices.Sorted(maps.Keys(s.data))
 }
 
-// Put stores an object and runs the bucket's hook.
+// Put stores a copy of data as an object and runs the bucket's hook.
 func (s *Store) Put(ctx context.Context, bucket, key string, data []byte, contentType string, metadata map[string]string) (Object, error) {
+	return s.put(ctx, bucket, key, bytes.Clone(data), contentType, metadata)
+}
+
+// put stores data (owned by the store from now on).
+func (s *Store) put(ctx context.Context, bucket, key string, data []byte, contentType string, metadata map[string]string) (Object, error) {
 	if key == "" {
 		return Object{}, fmt.Errorf("put s3://%s/: empty key", bucket)
 	}
 	sum := md5.Sum(data)
-	obj := Object{Data: bytes.Clone(data), ContentType: contentType, Metadata: maps.Clone(metadata),
+	obj := Object{Data: data, ContentType: contentType, Metadata: maps.Clone(metadata),
 		ETag: `"` + hex.EncodeToString(sum[:]) + `"`, LastModified: s.opts.Now().UTC().Truncate(time.Second)}
 	s.mu.Lock()
 	objs, ok := s.data[bucket]
@@ -343,7 +348,7 @@ func (s *Store) serve(w http.ResponseWriter, r *http.Request) {
 				meta[m] = v[0]
 			}
 		}
-		obj, err := s.Put(r.Context(), bucket, key, data, r.Header.Get("Content-Type"), meta)
+		obj, err := s.put(r.Context(), bucket, key, data, r.Header.Get("Content-Type"), meta)
 		if err != nil {
 			s.fail(w, r, http.StatusInternalServerError, "InternalError", err.Error())
 			return
@@ -364,9 +369,6 @@ func (s *Store) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		h := w.Header()
 		h.Set("ETag", obj.ETag)
-		h.Set("Last-Modified", obj.LastModified.Format(http.TimeFormat))
-		h.Set("Content-Length", strconv.Itoa(len(obj.Data)))
-		h.Set("Accept-Ranges", "bytes")
 		ct := obj.ContentType
 		if ct == "" {
 			ct = "binary/octet-stream"
@@ -375,10 +377,9 @@ func (s *Store) serve(w http.ResponseWriter, r *http.Request) {
 		for k, v := range obj.Metadata {
 			h.Set("X-Amz-Meta-"+k, v)
 		}
-		w.WriteHeader(http.StatusOK)
-		if r.Method == http.MethodGet {
-			_, _ = w.Write(obj.Data)
-		}
+		// Range requests (a download that resumes), conditional GETs and
+		// HEAD, as S3 answers them.
+		http.ServeContent(w, r, key, obj.LastModified, bytes.NewReader(obj.Data))
 	default:
 		s.fail(w, r, http.StatusMethodNotAllowed, "MethodNotAllowed", fmt.Sprintf("%s is not served by the local S3", r.Method))
 	}

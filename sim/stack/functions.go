@@ -33,8 +33,8 @@ func RegistryTableName(env string) string { return "iot-fleet-" + env + "-regist
 // real handlers the local stack runs, each decoding its event as the
 // Lambda Go runtime does: preprovision (the hook the local IoT Core calls),
 // allowlistsync (an S3 event on the config bucket), certrotate, certscan,
-// ssmtoggle, ssmregistered and ssmexpire. sim/lambdaapi serves them as
-// Lambda's Invoke.
+// ssmtoggle, ssmregistered, ssmexpire and revoke (Stack.Revoke).
+// sim/lambdaapi serves them as Lambda's Invoke.
 func (s *Stack) Functions() map[string]lambdaapi.Function {
 	env := s.Core.Names().Env
 	fns := map[string]lambdaapi.Function{
@@ -54,6 +54,7 @@ func (s *Stack) Functions() map[string]lambdaapi.Function {
 		"ssmexpire": lambdaapi.JSON(func(ctx context.Context, ev json.RawMessage) (any, error) {
 			return s.SSM.expire.Handle(ctx, ev)
 		}),
+		"revoke": lambdaapi.JSON(s.Revoke),
 	}
 	if hook := s.Core.Provisioning().Hook(); hook != nil {
 		fns["preprovision"] = lambdaapi.JSON(func(ctx context.Context, req protocol.PreProvisioningHookRequest) (protocol.PreProvisioningHookResponse, error) {

@@ -8,9 +8,9 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/iot-fleet/iot-fleet/lambdas/allowlistsync"
@@ -28,26 +28,31 @@ import (
 // data plane, Lambda Invoke, the read-only registry table (DynamoDB) and
 // the artifacts and config buckets (S3).
 type localAWS struct {
-	url       string
-	handler   http.Handler
-	store     *s3api.Store
-	functions map[string]lambdaapi.Function
-	artifacts string // artifacts bucket name
+	url          string
+	artifactsURL string
+	handler      http.Handler
+	store        *s3api.Store
+	functions    map[string]lambdaapi.Function
+	artifacts    string // artifacts bucket name
 }
 
-// ArtifactsBucket is the local artifacts bucket of env.
-func ArtifactsBucket(env string) string { return "iot-fleet-" + env + "-artifacts" }
+// artifactsBucket is the local artifacts bucket of env.
+func artifactsBucket(env string) string { return "iot-fleet-" + env + "-artifacts" }
 
-// newLocalAWS wires the endpoint served at url for s.
-func newLocalAWS(s *stack.Stack, url string, log *slog.Logger) (*localAWS, error) {
+// newLocalAWS wires the endpoint served at url for s. Presigned artifact
+// URLs point at artifactsURL ("": url), the endpoint as devices reach it.
+func newLocalAWS(s *stack.Stack, url, artifactsURL string, log *slog.Logger) (*localAWS, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := s.Core
 	env := c.Names().Env
-	l := &localAWS{url: url, functions: s.Functions(), artifacts: ArtifactsBucket(env)}
+	if artifactsURL == "" {
+		artifactsURL = url
+	}
+	l := &localAWS{url: url, artifactsURL: artifactsURL, functions: s.Functions(), artifacts: artifactsBucket(env)}
 	var err error
-	l.store, err = s3api.New(s3api.Options{Buckets: []string{l.artifacts, stack.ConfigBucket}, BaseURL: func() string { return url }, Logger: log})
+	l.store, err = s3api.New(s3api.Options{Buckets: []string{l.artifacts, stack.ConfigBucket}, BaseURL: func() string { return artifactsURL }, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +73,7 @@ func newLocalAWS(s *stack.Stack, url string, log *slog.Logger) (*localAWS, error
 	jobsAPI := awsiot.NewJobs(c.Jobs(), c.IoT())
 	jobsAPI.SetDocumentSource(l.store.ReadURL)
 	iotAPI := controlplane.New(c.IoT(), jobsAPI, c.Endpoint, log.With("component", "control-plane"))
-	iotAPI.ServeCertificateIssuer(awsiot.NewIssuer(c.IoT(), c.CA()))
+	iotAPI.ServeCertificateIssuance(awsiot.NewIssuer(c.IoT(), c.CA()))
 	iotAPI.ServeDataPlane(controlplane.DataPlane{
 		Publish: func(topic string, payload []byte, qos byte) {
 			// Topic rules see HTTP publishes too, as in AWS.
@@ -121,13 +126,16 @@ func (l *localAWS) outputs(s *stack.Stack, dir string) (map[string]any, error) {
 		"registryTable":          stack.RegistryTableName(n.Env),
 		"registryTableArn":       arn("dynamodb", "table/"+stack.RegistryTableName(n.Env)),
 		"ssmManagedInstanceRole": stack.ManagedInstanceRoleName(n.Env),
-		"iotDataEndpoint":        host,
-		"region":                 core.Region,
-		"localEndpoint":          l.url,
-		"iotDataPort":            portN,
-		"rootCAFile":             filepath.Join(dir, "root-ca.pem"),
-		"claimCertFile":          filepath.Join(dir, "claim.pem"),
-		"claimKeyFile":           filepath.Join(dir, "claim.key"),
+		// The role AWS IoT Jobs would assume to presign (presignedUrlConfig
+		// roleArn): accepted by the local IoT Core, which presigns itself.
+		"otaPresignRoleArn": fmt.Sprintf("arn:%s:iam::%s:role/iot-fleet-%s-presign", core.Partition, core.AccountID, n.Env),
+		"iotDataEndpoint":   host,
+		"region":            core.Region,
+		"localEndpoint":     l.url,
+		"iotDataPort":       portN,
+		"rootCAFile":        filepath.Join(dir, "root-ca.pem"),
+		"claimCertFile":     filepath.Join(dir, "claim.pem"),
+		"claimKeyFile":      filepath.Join(dir, "claim.key"),
 	}
 	for key, name := range map[string]string{
 		"preprovisionLambda": "preprovision", "allowlistSyncLambda": "allowlistsync", "ssmToggleLambda": "ssmtoggle",
@@ -144,7 +152,7 @@ func (l *localAWS) outputs(s *stack.Stack, dir string) (map[string]any, error) {
 
 // agentConfig is a fleet-agent configuration for the local IoT Core: its
 // MQTT endpoint, root CA, claim and template, and OTA artifacts from the
-// local artifacts bucket (plain HTTP on 127.0.0.1). stateDir is dir/agent;
+// local artifacts bucket (plain HTTP, at the artifacts URL). stateDir is dir/agent;
 // give each agent its own with --state-dir.
 func (l *localAWS) agentConfig(s *stack.Stack, dir string) (map[string]any, error) {
 	host, port, err := net.SplitHostPort(s.Core.Endpoint())
@@ -155,7 +163,11 @@ func (l *localAWS) agentConfig(s *stack.Stack, dir string) (map[string]any, erro
 	if err != nil {
 		return nil, fmt.Errorf("MQTT endpoint %q: %w", s.Core.Endpoint(), err)
 	}
-	artifactsHost := strings.TrimPrefix(l.url, "http://")
+	u, err := neturl.Parse(l.artifactsURL)
+	if err != nil {
+		return nil, fmt.Errorf("artifacts URL %q: %w", l.artifactsURL, err)
+	}
+	artifactsHost := u.Host
 	return map[string]any{
 		"endpoint":   host,
 		"port":       portN,

@@ -39,6 +39,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/device/config"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
 	"github.com/iot-fleet/iot-fleet/sim/core"
 	"github.com/iot-fleet/iot-fleet/sim/stack"
 )
@@ -72,7 +73,7 @@ func startLocal(t *testing.T) *localEnv {
 	require.NoError(t, err)
 	srv := httptest.NewUnstartedServer(nil)
 	url := "http://" + srv.Listener.Addr().String()
-	l, err := newLocalAWS(st, url, nil)
+	l, err := newLocalAWS(st, url, "", nil)
 	require.NoError(t, err)
 	srv.Config.Handler = l.handler
 	srv.Start()
@@ -130,8 +131,8 @@ func TestLambdaInvoke(t *testing.T) {
 	require.NoError(t, err)
 	t.Logf("ssmtoggle status: %s (function error %v)", out.Payload, aws.ToString(out.FunctionError))
 
-	// Every function of the contract is served (revoke once Stack.Revoke exists).
-	for _, name := range []string{"preprovision", "allowlistsync", "certrotate", "certscan", "ssmtoggle", "ssmregistered", "ssmexpire"} {
+	// Every function of the contract is served.
+	for _, name := range []string{"preprovision", "allowlistsync", "certrotate", "certscan", "ssmtoggle", "ssmregistered", "ssmexpire", "revoke"} {
 		assert.Contains(t, e.aws.functions, "iot-fleet-local-"+name)
 	}
 
@@ -176,6 +177,25 @@ func TestDynamoDBRegistryView(t *testing.T) {
 	}
 	_, err = view.Get(ctx, "10000000ffffffff")
 	assert.ErrorIs(t, err, registry.ErrNotFound)
+
+	// The SSM state lives in the same items, as ssmstate's DynamoDB store
+	// reads it.
+	_, err = e.st.SSM.State.Reserve(ctx, serialA, "req-1")
+	require.NoError(t, err)
+	expiry := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	_, err = e.st.SSM.State.SetActivation(ctx, serialA, "req-1", "act-1", expiry)
+	require.NoError(t, err)
+	ssmView, err := ssmstate.NewDynamoDB(e.ddb, "iot-fleet-local-registry", nil)
+	require.NoError(t, err)
+	rec, err := ssmView.Get(ctx, serialA)
+	require.NoError(t, err)
+	assert.Equal(t, ssmstate.StateActivating, rec.State)
+	assert.Equal(t, "act-1", rec.ActivationID)
+	assert.Equal(t, "req-1", rec.RequestID)
+	assert.True(t, expiry.Equal(rec.ActivationExpiry), "%v != %v", expiry, rec.ActivationExpiry)
+	rec, err = ssmView.Get(ctx, serialB)
+	require.NoError(t, err)
+	assert.Equal(t, ssmstate.StateInactive, rec.State)
 
 	// Scan pages (one item per page here).
 	var serials []string
@@ -387,6 +407,14 @@ func TestDataPlane(t *testing.T) {
 	}
 	_, err = e.data.Publish(ctx, &iotdataplane.PublishInput{Topic: aws.String("cmd/+/x"), Payload: []byte(`{}`)})
 	requireAPIError(t, err, "InvalidRequestException", 400)
+	_, err = e.data.Publish(ctx, &iotdataplane.PublishInput{Topic: aws.String("$aws/things/" + thing + "/jobs/notify-next"), Payload: []byte(`{}`)})
+	requireAPIError(t, err, "UnauthorizedException", 401)
+	// A publish on a shadow topic is a shadow request.
+	_, err = e.data.Publish(ctx, &iotdataplane.PublishInput{Topic: aws.String("$aws/things/" + thing + "/shadow/name/via-mqtt/update"),
+		Payload: []byte(`{"state":{"reported":{"up":true}}}`)})
+	require.NoError(t, err)
+	_, err = e.data.GetThingShadow(ctx, &iotdataplane.GetThingShadowInput{ThingName: aws.String(thing), ShadowName: aws.String("via-mqtt")})
+	require.NoError(t, err)
 
 	// Named shadows: the same service the devices use over MQTT.
 	_, err = e.data.GetThingShadow(ctx, &iotdataplane.GetThingShadowInput{ThingName: aws.String(thing), ShadowName: aws.String("fleet-agent")})
@@ -417,7 +445,15 @@ func TestDataPlane(t *testing.T) {
 	requireAPIError(t, err, "InvalidRequestException", 400)
 	names, err := e.data.ListNamedShadowsForThing(ctx, &iotdataplane.ListNamedShadowsForThingInput{ThingName: aws.String(thing)})
 	require.NoError(t, err)
-	assert.Equal(t, []string{"fleet-agent"}, names.Results)
+	assert.Equal(t, []string{"fleet-agent", "via-mqtt"}, names.Results)
+	page, err := e.data.ListNamedShadowsForThing(ctx, &iotdataplane.ListNamedShadowsForThingInput{ThingName: aws.String(thing), PageSize: aws.Int32(1)})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"fleet-agent"}, page.Results)
+	require.NotNil(t, page.NextToken)
+	page, err = e.data.ListNamedShadowsForThing(ctx, &iotdataplane.ListNamedShadowsForThingInput{ThingName: aws.String(thing), PageSize: aws.Int32(1), NextToken: page.NextToken})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"via-mqtt"}, page.Results)
+	assert.Nil(t, page.NextToken)
 	_, err = e.data.DeleteThingShadow(ctx, &iotdataplane.DeleteThingShadowInput{ThingName: aws.String(thing), ShadowName: aws.String("fleet-agent")})
 	require.NoError(t, err)
 	_, err = e.data.GetThingShadow(ctx, &iotdataplane.GetThingShadowInput{ThingName: aws.String(thing), ShadowName: aws.String("fleet-agent")})
@@ -435,8 +471,9 @@ func TestOutputsAndAgentConfig(t *testing.T) {
 		"thingGroup": "iot-fleet-local", "thingGroupArn": "arn:aws:iot:local-1:000000000000:thinggroup/iot-fleet-local",
 		"registryTable": "iot-fleet-local-registry", "artifactsBucket": "iot-fleet-local-artifacts", "configBucket": stack.ConfigBucket,
 		"ssmToggleLambda": "iot-fleet-local-ssmtoggle", "certScanLambda": "iot-fleet-local-certscan", "certRotateLambda": "iot-fleet-local-certrotate",
-		"allowlistSyncLambda": "iot-fleet-local-allowlistsync", "iotDataEndpoint": "127.0.0.1", "region": "local-1", "localEndpoint": e.url,
+		"allowlistSyncLambda": "iot-fleet-local-allowlistsync", "revokeLambda": "iot-fleet-local-revoke", "iotDataEndpoint": "127.0.0.1", "region": "local-1", "localEndpoint": e.url,
 		"devicePolicy": "iot-fleet-local-device", "provisioningTemplate": "iot-fleet-local",
+		"otaPresignRoleArn": "arn:aws:iam::000000000000:role/iot-fleet-local-presign",
 	} {
 		assert.Equal(t, want, out[key], key)
 	}
@@ -515,4 +552,66 @@ func TestAWSCLIAgainstLocalEndpoint(t *testing.T) {
 	_, stderr, err = run("iot-data", "get-thing-shadow", "--thing-name", thing, "--shadow-name", "fleet-agent", filepath.Join(home, "shadow.json"))
 	require.Error(t, err)
 	assert.Contains(t, stderr, "ResourceNotFoundException")
+}
+
+// TestArtifactsURL: presigned URLs can name the endpoint as devices reach
+// it (a forwarded port, another host name): the signature does not cover
+// the host, and agent.json allows that host.
+func TestArtifactsURL(t *testing.T) {
+	e := startLocal(t)
+	ctx := context.Background()
+	l, err := newLocalAWS(e.st, e.url, "http://artifacts.vm.internal", nil)
+	require.NoError(t, err)
+	_, err = l.store.Put(ctx, "iot-fleet-local-artifacts", "a.mender", []byte("bytes"), "", nil)
+	require.NoError(t, err)
+	u, err := l.store.Presign("https://s3.amazonaws.com/iot-fleet-local-artifacts/a.mender", time.Minute)
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(u, "http://artifacts.vm.internal/iot-fleet-local-artifacts/a.mender?"), u)
+	// Fetched through a forward: the request reaches the endpoint with the
+	// device's Host.
+	srv := httptest.NewServer(l.handler)
+	t.Cleanup(srv.Close)
+	req, err := http.NewRequest(http.MethodGet, srv.URL+strings.TrimPrefix(u, "http://artifacts.vm.internal"), nil)
+	require.NoError(t, err)
+	req.Host = "artifacts.vm.internal"
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "bytes", string(body))
+
+	agent, err := l.agentConfig(e.st, t.TempDir())
+	require.NoError(t, err)
+	assert.Equal(t, []string{"artifacts.vm.internal"}, agent["ota"].(map[string]any)["allowedHosts"])
+}
+
+// TestInvokeRevoke: the emergency revoke Lambda through Invoke revokes a
+// connected device's certificate and records who and why.
+func TestInvokeRevoke(t *testing.T) {
+	e := startLocal(t)
+	ctx := context.Background()
+	thing, creds, err := e.st.Core.RegisterDevice(serialA)
+	require.NoError(t, err)
+	_, err = e.st.Registry.RecordProvisioned(ctx, serialA, thing, registry.Certificate{ID: creds.CertificateID, NotAfter: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+
+	out, err := e.lam.Invoke(ctx, &lambda.InvokeInput{FunctionName: aws.String("iot-fleet-local-revoke"),
+		Payload: []byte(`{"serial":"` + serialA + `","reason":"stolen","by":"alice"}`)})
+	require.NoError(t, err)
+	require.Nil(t, out.FunctionError, string(out.Payload))
+	var resp struct {
+		Serial, State, CertificateID string
+	}
+	require.NoError(t, json.Unmarshal(out.Payload, &resp), string(out.Payload))
+	assert.Equal(t, serialA, resp.Serial)
+	assert.Equal(t, "revoked", resp.State)
+	desc, err := e.iot.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(creds.CertificateID)})
+	require.NoError(t, err)
+	assert.Equal(t, iottypes.CertificateStatusRevoked, desc.CertificateDescription.Status)
+
+	// A bad request is the function's error, as Lambda reports it.
+	out, err = e.lam.Invoke(ctx, &lambda.InvokeInput{FunctionName: aws.String("iot-fleet-local-revoke"), Payload: []byte(`{"reason":"x","by":"y"}`)})
+	require.NoError(t, err)
+	assert.Equal(t, "Unhandled", aws.ToString(out.FunctionError))
 }

@@ -1,7 +1,7 @@
 // Command fleet-sim serves the local IoT Core (a stand-in for AWS IoT Core)
 // so real agent processes and the demo can run on one machine.
 //
-//	fleet-sim serve --dir DIR --allowlist FILE [--env dev] [--listen 127.0.0.1:0]
+//	fleet-sim serve --dir DIR --allowlist FILE [--env local] [--listen 127.0.0.1:0]
 //	                [--alpn-listen auto] [--http 127.0.0.1:0] [--control-plane 127.0.0.1:0]
 //	                [--serial-pattern RE]
 //	                [--job-minute 1m] [--log-level info]
@@ -33,9 +33,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -89,12 +91,13 @@ func run(args []string, stderr io.Writer) error {
 		fmt.Fprintln(stderr, usage)
 		fs.PrintDefaults()
 	}
-	dir := fs.String("dir", "", "directory for root-ca.pem, claim.pem, claim.key, api, control-plane and endpoint (required)")
+	dir := fs.String("dir", "", "directory for root-ca.pem, claim.pem, claim.key, api, control-plane, outputs.json, agent.json and endpoint (required)")
 	allow := fs.String("allowlist", "", "allowlist.txt of serials the pre-provisioning hook admits (required); followed: an edit or SIGHUP runs the allowlist sync (admits new serials, revokes removed ones)")
 	env := fs.String("env", "local", "stack environment (names: iot-fleet-<env>, thing prefix <env>-)")
 	listen := fs.String("listen", "127.0.0.1:0", "MQTT/TLS listen address (AWS IoT Core's 8883)")
 	alpnListen := fs.String("alpn-listen", "auto", "listen address of MQTT/TLS with ALPN x-amzn-mqtt-ca (AWS IoT Core's 443, the AWS SDKs' and Device Client's default): auto (127.0.0.1:443 as root when free, else a free port), off, or an address")
 	httpAddr := fs.String("http", "127.0.0.1:0", "operator HTTP API listen address")
+	artifactsURL := fs.String("artifacts-url", "", "base URL of the presigned artifact URLs in OTA job documents, as devices reach the local AWS endpoint (default: the endpoint's URL; e.g. http://artifacts.vm.internal where that forwards to it)")
 	cpAddr := fs.String("control-plane", "127.0.0.1:0", "listen address of the local AWS endpoint (AWS IoT, Lambda, DynamoDB and S3 APIs, as the AWS CLI and SDKs speak them)")
 	pattern := fs.String("serial-pattern", allowlist.DefaultSerialPattern, "serial pattern (Go regexp, anchored)")
 	jobMinute := fs.Duration("job-minute", time.Minute, "length of a Jobs timeout minute (shorten for demos)")
@@ -107,6 +110,11 @@ func run(args []string, stderr io.Writer) error {
 	}
 	if *dir == "" || *allow == "" {
 		return errors.New("--dir and --allowlist are required; " + usage)
+	}
+	if *artifactsURL != "" {
+		if u, err := url.Parse(*artifactsURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+			return fmt.Errorf("--artifacts-url %q: want http://HOST[:PORT] (the local AWS endpoint as devices reach it)", *artifactsURL)
+		}
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
@@ -157,7 +165,7 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--allowlist %s: %w", *allow, err)
 	}
-	aws, err := newLocalAWS(st, controlPlane, log)
+	aws, err := newLocalAWS(st, controlPlane, strings.TrimSuffix(*artifactsURL, "/"), log)
 	if err != nil {
 		return err
 	}

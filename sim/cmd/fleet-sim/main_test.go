@@ -181,6 +181,10 @@ func TestServeRejectsBadFlagsAndAllowlist(t *testing.T) {
 	assert.Contains(t, err.Error(), "line 2")
 	err = run([]string{"serve", "--dir", tmp, "--allowlist", filepath.Join(tmp, "missing")}, &buf)
 	assert.ErrorContains(t, err, "--allowlist")
+	for _, bad := range []string{"ftp://x", "http://", "http://x/path", "artifacts.vm.internal"} {
+		err = run([]string{"serve", "--dir", tmp, "--allowlist", bad + ".txt", "--artifacts-url", bad}, &buf)
+		assert.ErrorContains(t, err, "--artifacts-url", bad)
+	}
 }
 
 func TestALPNListenAddr(t *testing.T) {
@@ -208,4 +212,49 @@ func TestHelpExitsZero(t *testing.T) {
 	err := run([]string{"nope"}, &buf)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "fleet-sim --help")
+}
+
+// TestAgentRunsWithAgentJSON: a real fleet-agent process provisions
+// against fleet-sim serve with DIR/agent.json as it is (its serial and
+// state directory given by flags).
+func TestAgentRunsWithAgentJSON(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs fleet-sim and fleet-agent")
+	}
+	tmp := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sim, agentBin := filepath.Join(tmp, "fleet-sim"), filepath.Join(tmp, "fleet-agent")
+	for bin, pkg := range map[string]string{sim: ".", agentBin: "../../../device/cmd/fleet-agent"} {
+		out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, pkg).CombinedOutput()
+		require.NoError(t, err, string(out))
+	}
+	dir := filepath.Join(tmp, "sim")
+	allow := filepath.Join(tmp, "allowlist.txt")
+	require.NoError(t, os.WriteFile(allow, []byte("10000000a1b2c3d4\n"), 0o644))
+	var simLog, agentLog bytes.Buffer
+	srv := exec.CommandContext(ctx, sim, "serve", "--dir", dir, "--allowlist", allow, "--alpn-listen", "off")
+	srv.Stderr = &simLog
+	require.NoError(t, srv.Start())
+	t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(filepath.Join(dir, "endpoint"))
+		return err == nil
+	}, 60*time.Second, 20*time.Millisecond, "fleet-sim ready; log: %s", &simLog)
+
+	agent := exec.CommandContext(ctx, agentBin, "run", "--config", filepath.Join(dir, "agent.json"),
+		"--serial", "10000000a1b2c3d4", "--state-dir", filepath.Join(tmp, "agent-state"))
+	agent.Stdout, agent.Stderr = &agentLog, &agentLog
+	require.NoError(t, agent.Start())
+	t.Cleanup(func() { _ = agent.Process.Kill(); _ = agent.Wait() })
+
+	cpURL, err := os.ReadFile(filepath.Join(dir, "control-plane"))
+	require.NoError(t, err)
+	iotc := iot.New(iot.Options{BaseEndpoint: aws.String(strings.TrimSpace(string(cpURL))), Region: "local-1",
+		Credentials: credentials.NewStaticCredentialsProvider("AKIDLOCAL", "secret", "")})
+	require.Eventually(t, func() bool {
+		out, err := iotc.ListThingPrincipals(ctx, &iot.ListThingPrincipalsInput{ThingName: aws.String("local-10000000a1b2c3d4")})
+		return err == nil && len(out.Principals) == 1
+	}, 90*time.Second, 100*time.Millisecond, "the agent provisioned; agent log: %s", &agentLog)
+	require.NoError(t, agent.Process.Signal(syscall.SIGTERM))
 }
