@@ -6,9 +6,11 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -312,4 +314,116 @@ func TestFleetctlDevicesSSMRotateRevokeAndAllowlistDiff(t *testing.T) {
 		assert.Equal(t, fleetctl.ExitFailed, res.code, "the Lambda refuses an unknown device")
 		assert.Contains(t, res.errOut, "iot-fleet-dev-revoke")
 	})
+}
+
+// startProcess starts cmd and stops it (by its PID) when the test ends.
+func startProcess(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	require.NoError(t, cmd.Start())
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+}
+
+// lockedBuffer is a bytes.Buffer safe for a process's output.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestFleetctlAgainstFleetSimServe runs fleetctl --local DIR as an
+// operator would against `fleet-sim serve --dir DIR` (its outputs.json and
+// one AWS endpoint), with a fleet-agent process started from DIR/agent.json.
+func TestFleetctlAgainstFleetSimServe(t *testing.T) {
+	ctx := waitCtx(t, 4*time.Minute)
+	root, err := harness.RepoRoot()
+	require.NoError(t, err)
+	tmp := t.TempDir()
+	bin := filepath.Join(tmp, "fleet-sim")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./sim/cmd/fleet-sim")
+	build.Dir = root
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, string(out))
+	dir, allow := filepath.Join(tmp, "sim"), filepath.Join(tmp, "allowlist.txt")
+	require.NoError(t, os.WriteFile(allow, []byte(allowlistOf(serialA, serialB)), 0o644))
+	simErr := &lockedBuffer{}
+	sim := exec.Command(bin, "serve", "--dir", dir, "--allowlist", allow, "--alpn-listen", "off", "--log-level", "warn")
+	sim.Stderr = simErr
+	startProcess(t, sim)
+	require.NoError(t, harness.Poll(ctx, "fleet-sim ready", func() bool {
+		_, err := os.Stat(filepath.Join(dir, "endpoint"))
+		return err == nil
+	}), simErr.String())
+
+	agentErr := &lockedBuffer{}
+	agent := exec.Command(agentBin, "run", "--config", filepath.Join(dir, "agent.json"), "--state-dir", filepath.Join(tmp, "agent"), "--serial", serialA)
+	agent.Stdout, agent.Stderr = agentErr, agentErr
+	startProcess(t, agent)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("fleet-sim stderr:\n%s\nagent log:\n%s", simErr.String(), agentErr.String())
+		}
+	})
+
+	run := func(args ...string) ctlResult {
+		var o, e bytes.Buffer
+		code := fleetctl.Run(ctx, append([]string{"--local", dir}, args...), &o, &e)
+		t.Logf("$ fleetctl --local DIR %s  # exit %d\n%s%s", strings.Join(args, " "), code, o.String(), e.String())
+		return ctlResult{code: code, out: o.String(), errOut: e.String()}
+	}
+	var thing string
+	require.NoError(t, harness.Poll(ctx, "the agent provisioned and online", func() bool {
+		res := run("-o", "json", "devices", "show", serialA)
+		var v fleetctl.DeviceView
+		if res.code != 0 || json.Unmarshal([]byte(res.out), &v) != nil {
+			return false
+		}
+		thing = v.ThingName
+		return v.State == "provisioned" && v.Connectivity == fleetctl.ConnOnline && v.CertificateStatus == "ACTIVE"
+	}))
+
+	doc := filepath.Join(tmp, "hello.json")
+	require.NoError(t, os.WriteFile(doc, []byte(`{"version":"1.0","steps":[{"action":{"name":"hello","type":"runCommand","input":{"command":"/bin/echo,hello"}}}]}`), 0o600))
+	res := run("jobs", "create", "--document", doc, "--job-id", "hello", "--thing", serialA, "--watch", "--interval", "200ms", "--timeout", "90s")
+	require.Equal(t, fleetctl.ExitOK, res.code, res.errOut)
+	assert.Regexp(t, thing+`\s+SUCCEEDED`, res.out)
+
+	res = run("ota", "create", "--key", "rpi-os-2026.12.mender", "--sha256", strings.Repeat("ab", 32), "--dry-run")
+	require.Equal(t, fleetctl.ExitOK, res.code, "the local outputs name the artifacts bucket and presign role: %s", res.errOut)
+
+	res = run("allowlist", "diff", allow)
+	require.Equal(t, fleetctl.ExitOK, res.code, res.errOut)
+	assert.Contains(t, res.out, "no changes")
+
+	res = run("rotate", serialA, "--timeout", "90s")
+	require.Equal(t, fleetctl.ExitOK, res.code, res.errOut)
+	assert.Contains(t, res.out, "completed")
+
+	res = run("revoke", serialA, "--reason", "e2e: fleet-sim serve", "--by", "e2e")
+	require.Equal(t, fleetctl.ExitOK, res.code, res.errOut)
+	assert.Contains(t, res.out, "revoked "+serialA)
+	res = run("-o", "json", "devices", "show", serialA)
+	require.Equal(t, fleetctl.ExitOK, res.code, res.errOut)
+	assert.Contains(t, res.out, `"state": "revoked"`)
+	assert.Contains(t, res.out, `"heldOut": true`)
 }

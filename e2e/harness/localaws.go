@@ -112,11 +112,6 @@ func (l *LocalAWS) wire(s *stack.Stack) (http.Handler, error) {
 		Now:     func() int64 { return time.Now().Unix() },
 	})
 	functions := s.Functions()
-	// The emergency revoke Lambda (Stack.Revoke), when the stack's map
-	// does not serve it yet.
-	if name := stack.FunctionName(env, "revoke"); functions[name] == nil {
-		functions[name] = lambdaapi.JSON(s.Revoke)
-	}
 	outputs := map[string]any{
 		"thingGroup":        c.Names().ThingGroup,
 		"thingGroupArn":     fmt.Sprintf("arn:%s:iot:%s:%s:thinggroup/%s", core.Partition, core.Region, core.AccountID, c.Names().ThingGroup),
