@@ -40,3 +40,11 @@ func TestDemoRejectsBadFlags(t *testing.T) {
 	require.Equal(t, 2, run([]string{"--devices", "0"}, &out, &out))
 	require.Contains(t, out.String(), "--devices must be between 1 and 20")
 }
+
+// The smallest fleet (--devices 1) runs every step too.
+func TestDemoWithOneDevice(t *testing.T) {
+	var out bytes.Buffer
+	code := run([]string{"--devices", "1", "--timeout", "2m"}, &out, &out)
+	require.Equal(t, 0, code, out.String())
+	require.Contains(t, out.String(), "rotated      dev-10000000de700001")
+}
