@@ -176,6 +176,22 @@ func TestFleetctlJobsRefuseWhatTheAgentWouldReject(t *testing.T) {
 	assert.Regexp(t, a.ThingName()+`\s+SUCCEEDED`, res.out)
 	res = c.run(ctx, "jobs", "list", "--status", "COMPLETED")
 	assert.Contains(t, res.out, "hello")
+
+	// A job canceled while it runs: the watch reports the device CANCELED
+	// and fails.
+	slow := filepath.Join(dir, "slow.json")
+	require.NoError(t, os.WriteFile(slow, []byte(`{"version":"1.0","steps":[{"action":{"name":"wait","type":"runCommand","input":{"command":"/bin/sleep,60"}}}]}`), 0o600))
+	res = c.run(ctx, "jobs", "create", "--document", slow, "--job-id", "slow", "--thing", a.ThingName())
+	require.Equal(t, fleetctl.ExitOK, res.code, res.errOut)
+	require.NoError(t, harness.Poll(ctx, "the slow job running", func() bool {
+		v, err := f.Stack.Core.Jobs().Execution("slow", a.ThingName())
+		return err == nil && v.Status == "IN_PROGRESS"
+	}))
+	res = c.run(ctx, "jobs", "cancel", "slow", "--force", "--reason", "wrong job")
+	require.Equal(t, fleetctl.ExitOK, res.code, res.errOut)
+	res = c.run(ctx, "jobs", "watch", "slow", "--interval", "200ms", "--timeout", "60s")
+	assert.Equal(t, fleetctl.ExitFailed, res.code, "a canceled device is a failure for scripts")
+	assert.Regexp(t, a.ThingName()+`\s+CANCELED`, res.out)
 }
 
 func TestFleetctlDevicesSSMRotateRevokeAndAllowlistDiff(t *testing.T) {
