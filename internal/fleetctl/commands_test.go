@@ -1,8 +1,11 @@
 package fleetctl
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/spf13/cobra"
@@ -118,4 +121,32 @@ func TestOutputsNameWhatIsMissing(t *testing.T) {
 	code, _, errOut = fleetctl(t, "--outputs", notJSON, "devices", "list")
 	assert.Equal(t, ExitFailed, code)
 	assert.Contains(t, errOut, "not a JSON object")
+}
+
+// An operator's real AWS credentials are never sent to a local endpoint
+// (a process on the workstation could log the access key id).
+func TestLocalNeverSendsTheOperatorsCredentials(t *testing.T) {
+	var mu sync.Mutex
+	var auth []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		auth = append(auth, r.Header.Get("Authorization"))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"jobs": []}`))
+	}))
+	t.Cleanup(srv.Close)
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIAOPERATORREALKEY0")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "operator-secret")
+	dir := t.TempDir()
+	writeFile(t, dir, LocalOutputsFile, `{"localEndpoint": "`+srv.URL+`", "region": "local-1"}`)
+	code, _, errOut := fleetctl(t, "--local", dir, "jobs", "list")
+	require.Equal(t, ExitOK, code, errOut)
+	mu.Lock()
+	defer mu.Unlock()
+	require.NotEmpty(t, auth)
+	for _, a := range auth {
+		assert.Contains(t, a, "Credential=fleetctl-local/")
+		assert.NotContains(t, a, "AKIAOPERATORREALKEY0")
+	}
 }
