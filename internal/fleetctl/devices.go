@@ -297,6 +297,9 @@ local IoT Core has no index, so fleetctl uses what both have.`,
 				return err
 			}
 			if g.output == "json" {
+				if views == nil {
+					views = []DeviceView{}
+				}
 				return writeJSON(cmd.OutOrStdout(), views)
 			}
 			return writeDeviceTable(cmd.OutOrStdout(), views)
