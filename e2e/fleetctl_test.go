@@ -434,6 +434,11 @@ func TestFleetctlAgainstFleetSimServe(t *testing.T) {
 	res = run("rotate", serialA, "--timeout", "90s")
 	require.Equal(t, fleetctl.ExitOK, res.code, res.errOut)
 	assert.Contains(t, res.out, "completed")
+	// The scheduled scan: the new certificate is far from expiring.
+	res = run("-o", "json", "rotate", "--expiring")
+	require.Equal(t, fleetctl.ExitOK, res.code, res.errOut)
+	assert.Contains(t, res.out, `"rotations": []`)
+	assert.Contains(t, res.errOut, "rotation requested for 0 device(s)")
 
 	res = run("revoke", serialA, "--reason", "e2e: fleet-sim serve", "--by", "e2e")
 	require.Equal(t, fleetctl.ExitOK, res.code, res.errOut)
