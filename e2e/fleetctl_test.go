@@ -250,6 +250,10 @@ func TestFleetctlDevicesSSMRotateRevokeAndAllowlistDiff(t *testing.T) {
 		res = c.run(ctx, "-o", "json", "ssm", "status", serialA)
 		require.Equal(t, fleetctl.ExitOK, res.code, res.errOut)
 		assert.Contains(t, res.out, `"state": "inactive"`)
+		res = c.run(ctx, "ssm", "status", "--group", f.Stack.Core.Names().ThingGroup)
+		require.Equal(t, fleetctl.ExitOK, res.code, res.errOut)
+		assert.Contains(t, res.out, a.ThingName())
+		assert.Contains(t, res.out, b.ThingName(), "every device of the group")
 	})
 
 	t.Run("rotate waits until the device uses its new certificate", func(t *testing.T) {
