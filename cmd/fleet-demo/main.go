@@ -2,7 +2,10 @@
 // account: it starts the local IoT Core with the stack's real policies and
 // Lambda handlers, builds fleet-agent, starts a small fleet of real agent
 // processes (one with a serial that is not on the allowlist), and prints a
-// timeline of what happens. It exits 0 only if everything it shows
+// timeline of what happens. The operator's actions go through fleetctl's
+// library (internal/fleetctl, the code of cmd/fleetctl) against the local
+// IoT Core's AWS endpoint, and the demo prints the fleetctl command an
+// operator would type for each. It exits 0 only if everything it shows
 // actually happened.
 //
 //	go run ./cmd/fleet-demo [--devices 3] [--keep] [--timeout 3m]
@@ -10,7 +13,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,18 +21,18 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/iot-fleet/iot-fleet/device/config"
 	"github.com/iot-fleet/iot-fleet/e2e/harness"
+	"github.com/iot-fleet/iot-fleet/internal/allowlist"
+	"github.com/iot-fleet/iot-fleet/internal/fleetctl"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
-	"github.com/iot-fleet/iot-fleet/lambdas/certscan"
+	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
-	"github.com/iot-fleet/iot-fleet/sim/jobs"
 )
 
 func main() {
@@ -80,7 +83,9 @@ type demo struct {
 	start  time.Time
 	dir    string
 	fleet  *harness.Fleet
-	agents []*harness.Agent // the allowlisted devices, then the stranger
+	aws    *harness.LocalAWS // the local AWS endpoint fleetctl talks to
+	ctl    *fleetctl.Fleet   // fleetctl's operations, in-process
+	agents []*harness.Agent  // the allowlisted devices, then the stranger
 	ota    []*harness.OTADevice
 	ssm    *harness.Agent
 	stops  []*harness.Agent // every started agent, stopped at the end
@@ -90,9 +95,18 @@ func (d *demo) say(format string, args ...any) {
 	fmt.Fprintf(d.out, "[%6.2fs] %s\n", time.Since(d.start).Seconds(), fmt.Sprintf(format, args...))
 }
 
+// op prints the fleetctl command line an operator would type for the
+// next step.
+func (d *demo) op(args string) {
+	fmt.Fprintf(d.out, "[%6.2fs] $ fleetctl --local %s %s\n", time.Since(d.start).Seconds(), d.aws.OutputsDir, args)
+}
+
 func (d *demo) shutdown() {
 	for _, a := range d.stops {
 		_ = a.Stop(10 * time.Second)
+	}
+	if d.aws != nil {
+		_ = d.aws.Close()
 	}
 	if d.fleet != nil {
 		d.fleet.Close()
@@ -123,6 +137,14 @@ func (d *demo) run(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
+	if d.aws, err = d.fleet.ServeAWS(); err != nil {
+		return err
+	}
+	if d.ctl, err = fleetctl.Connect(ctx, fleetctl.Outputs(d.aws.Outputs), ""); err != nil {
+		return err
+	}
+	d.ctl.Poll = 200 * time.Millisecond
+	d.say("the local IoT Core serves AWS's APIs on %s (IoT, Lambda, DynamoDB, S3); fleetctl --local %s uses it", d.aws.URL, d.aws.OutputsDir)
 	d.say("allowlist.txt deployed: %d serials (%s; %s for the OTA demo; %s for SSM)", n+len(otaSerials)+1, strings.Join(allowed, ", "), strings.Join(otaSerials, ", "), ssmSerial)
 
 	for i, sn := range append(append([]string{}, allowed...), stranger) {
@@ -156,7 +178,33 @@ func (d *demo) run(ctx context.Context, n int) error {
 	if err := d.ssmToggle(ctx, ssmSerial); err != nil {
 		return err
 	}
-	return d.revocation(ctx)
+	if err := d.revocation(ctx); err != nil {
+		return err
+	}
+	if err := d.emergencyRevoke(ctx); err != nil {
+		return err
+	}
+	return d.devices(ctx)
+}
+
+// devices lists the fleet as fleetctl shows it.
+func (d *demo) devices(ctx context.Context) error {
+	d.op("devices list")
+	views, err := d.ctl.ListDevices(ctx)
+	if err != nil {
+		return err
+	}
+	for _, v := range views {
+		d.say("device       %s %-11s %-20s certificate %-7s connectivity %s", v.Serial, v.State, orDash(v.ThingName), orDash(v.CertificateStatus), v.Connectivity)
+	}
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func (d *demo) provisioning(ctx context.Context, n int) error {
@@ -238,24 +286,42 @@ const demoJob = `{
   "finalStep": {"action": {"name": "report", "type": "runCommand", "input": {"command": "/bin/echo,job done\\, all good"}}}
 }`
 
+// escapeJob is a job document a device must refuse: a handler outside the
+// handler directory.
+const escapeJob = `{"version": "1.0", "steps": [{"action": {"name": "escape", "type": "runHandler", "input": {"handler": "../../bin/sh", "args": ["-c", "id"]}}}]}`
+
 func (d *demo) groupJob(ctx context.Context, n int) error {
+	d.op("jobs create --document escape.json")
+	err := fleetctl.CheckDocument([]byte(escapeJob), "")
+	if err == nil {
+		return errors.New("the agent's parser accepted a handler outside the handler directory")
+	}
+	d.say("refused      escape.json before anything was created: %v", err)
+
 	group := d.fleet.Stack.Core.Names().ThingGroup
-	_, err := d.fleet.Stack.Core.CreateJob(ctx, jobs.CreateJobInput{JobID: "demo-hello", Groups: []string{group}, Document: json.RawMessage(demoJob)})
+	d.op("jobs create --document demo-hello.json --job-id demo-hello --group " + group)
+	if err := fleetctl.CheckDocument([]byte(demoJob), ""); err != nil {
+		return err
+	}
+	targets, err := d.ctl.Targets(ctx, []string{group}, nil)
 	if err != nil {
+		return err
+	}
+	if _, err := d.ctl.CreateJob(ctx, fleetctl.JobSpec{JobID: "demo-hello", Document: []byte(demoJob), Targets: targets}); err != nil {
 		return err
 	}
 	d.say("job demo-hello created for thing group %s (2 steps, one allowed to fail, and a final step)", group)
-	execs, err := d.fleet.Stack.Core.WaitForExecutions(ctx, "demo-hello")
+	d.op("jobs watch demo-hello")
+	v, err := d.ctl.WatchJob(ctx, "demo-hello", nil)
 	if err != nil {
 		return err
 	}
-	sort.Slice(execs, func(i, j int) bool { return execs[i].ThingName < execs[j].ThingName })
-	if len(execs) != n {
-		return fmt.Errorf("job ran on %d devices, want %d", len(execs), n)
+	if len(v.Executions) != n {
+		return fmt.Errorf("job ran on %d devices, want %d", len(v.Executions), n)
 	}
-	for _, e := range execs {
+	for _, e := range v.Executions {
 		d.say("job result   %-20s %-9s %s | stdout: %s", e.ThingName, e.Status, e.StatusDetails["reason"], strings.TrimSpace(e.StatusDetails["stdout"]))
-		if e.Status != protocol.JobSucceeded {
+		if e.Status != string(protocol.JobSucceeded) {
 			return fmt.Errorf("job on %s ended %s", e.ThingName, e.Status)
 		}
 	}
@@ -279,7 +345,17 @@ func (d *demo) revocation(ctx context.Context) error {
 		return err
 	}
 	// A tired operator deploys an emptied allowlist.txt: revocation is
-	// permanent, so the sync refuses it and changes nothing.
+	// permanent, so fleetctl's diff (the pull request's check) and the
+	// sync refuse it, and nothing changes.
+	d.op("allowlist diff allowlist.txt   # every serial deleted by mistake")
+	plan, err := d.ctl.PlanAllowlist(ctx, "", nil, allowlist.Limits{})
+	if err != nil {
+		return err
+	}
+	if !plan.Refused {
+		return errors.New("fleetctl allowlist diff accepted an empty allowlist")
+	}
+	d.say("refused      by allowlist diff: %s", plan.Reason)
 	if _, err := d.fleet.Stack.DeployAllowlist(ctx, []byte("# every serial deleted by mistake\n")); err == nil {
 		return errors.New("the allowlist sync accepted an empty allowlist")
 	}
@@ -289,6 +365,18 @@ func (d *demo) revocation(ctx context.Context) error {
 		}
 	}
 	d.say("refused      an empty allowlist.txt: the sync revokes nothing (an empty file never revokes; a large removal needs confirm-revocations)")
+	entries := make([]allowlist.Entry, 0, len(keep))
+	for _, sn := range keep {
+		entries = append(entries, allowlist.Entry{Serial: sn})
+	}
+	d.op("allowlist diff allowlist.txt   # " + victim.Serial + " removed")
+	if plan, err = d.ctl.PlanAllowlist(ctx, "", entries, allowlist.Limits{}); err != nil {
+		return err
+	}
+	if plan.Refused || len(plan.Remove) != 1 || plan.Remove[0].Serial != victim.Serial {
+		return fmt.Errorf("allowlist diff: refused %v, revokes %d", plan.Refused, len(plan.Remove))
+	}
+	d.say("plan         revokes 1 device(s): %s %s (limit %d per sync)", victim.Serial, victim.ThingName(), plan.Limit)
 	res, err := d.fleet.Stack.DeployAllowlist(ctx, []byte(strings.Join(keep, "\n")+"\n"))
 	if err != nil {
 		return err
@@ -327,6 +415,14 @@ func (d *demo) otaUpdate(ctx context.Context, serials []string) error {
 		if err != nil {
 			return err
 		}
+		// Artifacts come from the local artifacts bucket (plain HTTP on
+		// loopback) by the presigned URL the Jobs service gives.
+		if err := o.Reconfigure(func(c *config.Config) {
+			c.OTA.AllowedHosts = []string{d.aws.ArtifactsHost}
+			c.OTA.AllowHTTP = true
+		}); err != nil {
+			return err
+		}
 		if err := o.Start(); err != nil {
 			return err
 		}
@@ -341,21 +437,39 @@ func (d *demo) otaUpdate(ctx context.Context, serials []string) error {
 		things = append(things, o.ThingName())
 	}
 	d.say("provisioned  %s for the OTA demo (mender client with A/B partitions)", strings.Join(things, ", "))
-	const url = "https://iot-fleet-dev-artifacts.s3.amazonaws.com/rpi-os-2026.11.mender?X-Amz-Signature=demo"
-	doc := fmt.Sprintf(`{"operation":"mender_install","url":%q}`, url)
-	if _, err := d.fleet.Stack.Core.CreateJob(ctx, jobs.CreateJobInput{JobID: "demo-ota", Things: things, Document: json.RawMessage(doc)}); err != nil {
+	artifact := filepath.Join(d.dir, "rpi-os-2026.12.mender")
+	content := make([]byte, 512<<10)
+	if _, err := rand.Read(content); err != nil {
 		return err
 	}
-	d.say("job demo-ota created: mender_install of rpi-os-2026.11.mender")
+	if err := os.WriteFile(artifact, content, 0o644); err != nil {
+		return err
+	}
+	d.op("ota create --artifact rpi-os-2026.12.mender --job-id demo-ota --thing " + strings.Join(things, " --thing "))
+	targets, err := d.ctl.Targets(ctx, nil, things)
+	if err != nil {
+		return err
+	}
+	plan, err := d.ctl.CreateOTA(ctx, fleetctl.OTASpec{JobID: "demo-ota", ArtifactFile: artifact, Targets: targets, AbortThresholdPercent: 20, AbortMinExecuted: 5}, false)
+	if err != nil {
+		return err
+	}
+	d.say("job demo-ota created: mender_install of s3://%s/%s (sha256 %s…, uploaded to the local S3); each device gets its own presigned URL", plan.Bucket, plan.Key, plan.SHA256[:12])
 	for _, o := range d.ota {
 		if err := o.WaitRebootRequests(ctx, 1); err != nil {
 			return err
 		}
-		e, err := d.fleet.Stack.Core.Jobs().Execution("demo-ota", o.ThingName())
+		v, err := d.ctl.JobStatus(ctx, "demo-ota")
 		if err != nil {
 			return err
 		}
-		d.say("ota          %-20s installed to the inactive partition; job step %q; asks for a reboot", o.ThingName(), e.StatusDetails["step"])
+		step := ""
+		for _, e := range v.Executions {
+			if e.ThingName == o.ThingName() {
+				step = e.StatusDetails["step"]
+			}
+		}
+		d.say("ota          %-20s installed to the inactive partition; job step %q; asks for a reboot", o.ThingName(), step)
 	}
 	broken := d.ota[1]
 	if err := broken.SetScenario(map[string]any{"artifactSizeMiB": 16, "bootedOld": true}); err != nil {
@@ -367,14 +481,14 @@ func (d *demo) otaUpdate(ctx context.Context, serials []string) error {
 		}
 	}
 	d.say("ota          rebooted both devices (kill -9 + restart); %s's new partition fails to boot, so it comes back on the old one", broken.ThingName())
-	execs, err := d.fleet.Stack.Core.WaitForExecutions(ctx, "demo-ota")
+	d.op("ota watch demo-ota")
+	v, err := d.ctl.WatchJob(ctx, "demo-ota", nil)
 	if err != nil {
 		return err
 	}
-	want := map[string]protocol.JobStatus{d.ota[0].ThingName(): protocol.JobSucceeded, broken.ThingName(): protocol.JobFailed}
+	want := map[string]string{d.ota[0].ThingName(): string(protocol.JobSucceeded), broken.ThingName(): string(protocol.JobFailed)}
 	wantStep := map[string]string{d.ota[0].ThingName(): "committed", broken.ThingName(): "rolled_back"}
-	sort.Slice(execs, func(i, j int) bool { return execs[i].ThingName < execs[j].ThingName })
-	for _, e := range execs {
+	for _, e := range v.Executions {
 		d.say("ota result   %-20s %-9s step=%s %s", e.ThingName, e.Status, e.StatusDetails["step"], e.StatusDetails["reason"])
 		if e.Status != want[e.ThingName] || e.StatusDetails["step"] != wantStep[e.ThingName] {
 			return fmt.Errorf("OTA on %s ended %s step %q, want %s step %q", e.ThingName, e.Status, e.StatusDetails["step"], want[e.ThingName], wantStep[e.ThingName])
@@ -387,12 +501,15 @@ func (d *demo) otaUpdate(ctx context.Context, serials []string) error {
 // a new key made on the device, the old certificate retired only after the
 // device connected with the new one.
 func (d *demo) rotation(ctx context.Context) error {
-	a := d.agents[1]
+	// The second allowlisted device (the only one with --devices 1; the
+	// last agent is the stranger, which holds no certificate).
+	a := d.agents[min(1, len(d.agents)-2)]
 	old, _, err := a.Identity()
 	if err != nil {
 		return err
 	}
-	rep, err := d.fleet.Stack.RequestRotation(ctx, certscan.Request{ThingName: a.ThingName()})
+	d.op("rotate " + a.ThingName())
+	rep, err := d.ctl.RequestRotation(ctx, a.ThingName(), "")
 	if err != nil {
 		return err
 	}
@@ -401,9 +518,16 @@ func (d *demo) rotation(ctx context.Context) error {
 		return fmt.Errorf("rotation of %s not requested: %+v", a.ThingName(), rep)
 	}
 	d.say("rotation     %-20s requested on cmd/fleet/%s/rotate/request", a.ThingName(), a.ThingName())
-	rec, err := d.fleet.Stack.WaitRotation(ctx, a.Serial, id)
+	rotations, err := d.ctl.WaitRotations(ctx, rep.Requested)
 	if err != nil {
 		return err
+	}
+	rec, err := d.fleet.Stack.Registry.Get(ctx, a.Serial)
+	if err != nil {
+		return err
+	}
+	if len(rotations) != 1 || rotations[0].Status != string(registry.RotationCompleted) || rec.LastRotationID != id {
+		return fmt.Errorf("rotation of %s: %+v", a.ThingName(), rotations)
 	}
 	if rec.LastRotationStatus != registry.RotationCompleted {
 		return fmt.Errorf("rotation of %s ended %s", a.ThingName(), rec.LastRotationStatus)
@@ -449,6 +573,7 @@ func (d *demo) ssmToggle(ctx context.Context, serial string) error {
 	}
 	defer w.Close()
 
+	d.op("ssm on " + serial)
 	act, err := d.toggle(ctx, serial, ssmtoggle.ActionActivate)
 	if err != nil {
 		return err
@@ -460,6 +585,8 @@ func (d *demo) ssmToggle(ctx context.Context, serial string) error {
 	}
 	d.say("ssm          %-20s activation %s created (limit 1, expires %s); code sent on cmd/fleet/%s/ssm, never stored",
 		a.ThingName(), act.ActivationID, act.ActivationExpiresAt.Format(time.RFC3339), a.ThingName())
+	// The device installs the SSM agent and registers it; Systems Manager
+	// (local, fake) answers it.
 	if err := harness.Poll(ctx, "the device to register its SSM agent", func() bool { return len(host.RegisterCalls()) > 0 }); err != nil {
 		return err
 	}
@@ -471,12 +598,20 @@ func (d *demo) ssmToggle(ctx context.Context, serial string) error {
 	if err := host.Answer(call.ActivationID, reg.InstanceID); err != nil {
 		return err
 	}
-	st, err := w.Wait(ctx, a.ThingName(), func(s protocol.SSMStatus) bool { return s.State == protocol.SSMStateRegistered })
+	results, err := d.ctl.WaitSSMRegistered(ctx, []string{serial})
 	if err != nil {
 		return err
 	}
-	d.say("ssm          %-20s SSM agent installed and registered as managed node %s (registry: %s)", a.ThingName(), st.ManagedInstanceID, reg.Outcome.Result)
+	if len(results) != 1 || results[0].State != ssmstate.StateActive || results[0].InstanceID != reg.InstanceID {
+		return fmt.Errorf("ssm on: %+v", results)
+	}
+	if _, err := w.Wait(ctx, a.ThingName(), func(s protocol.SSMStatus) bool { return s.State == protocol.SSMStateRegistered }); err != nil {
+		return err
+	}
+	d.say("ssm          %-20s SSM agent installed and registered as managed node %s (registry: %s); open a session: %s",
+		a.ThingName(), results[0].InstanceID, reg.Outcome.Result, d.ctl.StartSessionCommand(results[0].InstanceID))
 
+	d.op("ssm off " + serial)
 	off, err := d.toggle(ctx, serial, ssmtoggle.ActionDeactivate)
 	if err != nil {
 		return err
@@ -489,7 +624,7 @@ func (d *demo) ssmToggle(ctx context.Context, serial string) error {
 }
 
 func (d *demo) toggle(ctx context.Context, serial, action string) (ssmtoggle.Result, error) {
-	resp, err := d.fleet.Stack.SSMToggle(ctx, ssmtoggle.Request{DeviceID: serial, Action: action})
+	resp, err := d.ctl.SSM(ctx, action, serial, "")
 	if err != nil {
 		return ssmtoggle.Result{}, err
 	}
@@ -497,6 +632,33 @@ func (d *demo) toggle(ctx context.Context, serial, action string) (ssmtoggle.Res
 		return ssmtoggle.Result{}, fmt.Errorf("ssm %s: %+v", action, resp.Results)
 	}
 	return resp.Results[0], nil
+}
+
+// emergencyRevoke takes a device off the fleet at once, without an
+// allowlist deploy, recorded with a reason; its serial stays listed but
+// the next deploy does not admit it again.
+func (d *demo) emergencyRevoke(ctx context.Context) error {
+	if _, ok := d.aws.Outputs["revokeLambda"]; !ok {
+		return errors.New("the local stack has no revoke Lambda")
+	}
+	a := d.ota[0].Agent
+	id, _, err := a.Identity()
+	if err != nil {
+		return err
+	}
+	d.op("revoke " + a.Serial + ` --reason "INC-4711 device stolen"`)
+	resp, err := d.ctl.Revoke(ctx, a.Serial, "INC-4711 device stolen", "demo-operator")
+	if err != nil {
+		return err
+	}
+	if resp.State != string(registry.StateRevoked) || resp.CertificateID != id.CertificateID {
+		return fmt.Errorf("revoke %s: %+v", a.Serial, resp)
+	}
+	if err := harness.Poll(ctx, a.ThingName()+" disconnected", func() bool { return !d.fleet.Connected(a.ThingName()) }); err != nil {
+		return err
+	}
+	d.say("revoked      %-20s at once (no deploy): certificate %s… revoked, thing deleted, connection closed; recorded with its reason", a.ThingName(), short(resp.CertificateID))
+	return nil
 }
 
 func (d *demo) tails(agents map[*harness.Agent]bool) string {

@@ -14,9 +14,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
@@ -336,7 +338,15 @@ func (h *Handler) write(w http.ResponseWriter, v any) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-amz-json-1.0")
+	setCRC32(w, b)
 	_, _ = w.Write(b)
+}
+
+// setCRC32 sets X-Amz-Crc32, the CRC32 of the body DynamoDB sends with
+// every answer and the SDKs check (a missing one makes the AWS SDK for Go
+// log a checksum mismatch on every call).
+func setCRC32(w http.ResponseWriter, body []byte) {
+	w.Header().Set("X-Amz-Crc32", strconv.FormatUint(uint64(crc32.ChecksumIEEE(body)), 10))
 }
 
 // fail answers in DynamoDB's error shape: {"__type": "com.amazonaws.dynamodb.v20120810#Code", "message": …}.
@@ -345,6 +355,7 @@ func (h *Handler) fail(w http.ResponseWriter, op string, status int, code, msg s
 	b, _ := json.Marshal(map[string]string{"__type": "com.amazonaws.dynamodb.v20120810#" + code, "message": msg})
 	w.Header().Set("Content-Type", "application/x-amz-json-1.0")
 	w.Header().Set("X-Amzn-ErrorType", code)
+	setCRC32(w, b)
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
 }

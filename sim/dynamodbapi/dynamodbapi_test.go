@@ -3,9 +3,11 @@ package dynamodbapi
 import (
 	"context"
 	"encoding/json"
+	"hash/crc32"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -46,6 +48,9 @@ func call(t *testing.T, h http.Handler, op, body string) (int, map[string]any) {
 	require.True(t, Owns(r))
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, r)
+	// Every answer carries the CRC32 of its body, as DynamoDB's do (the
+	// SDKs check it).
+	assert.Equal(t, strconv.FormatUint(uint64(crc32.ChecksumIEEE(w.Body.Bytes())), 10), w.Header().Get("X-Amz-Crc32"))
 	var out map[string]any
 	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &out), w.Body.String())
 	return w.Code, out

@@ -1,14 +1,14 @@
-package main
+package fleetctl
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 
 	"github.com/spf13/cobra"
 	"gopkg.in/yaml.v3"
@@ -22,6 +22,7 @@ type globalFlags struct {
 	stack       string // Pulumi stack name (dev, prod)
 	projectDir  string // where Pulumi.yaml and Pulumi.<stack>.yaml are
 	outputsFile string // stack outputs as `pulumi stack output --json` prints them
+	localDir    string // the local IoT Core's directory (DIR/outputs.json, its endpoint)
 	output      string // table | json
 }
 
@@ -30,12 +31,16 @@ func (g *globalFlags) register(root *cobra.Command) {
 	f.StringVarP(&g.stack, "stack", "s", "", "Pulumi stack (reads Pulumi.<stack>.yaml and the stack's outputs)")
 	f.StringVar(&g.projectDir, "project-dir", ".", "directory of Pulumi.yaml and the stack files")
 	f.StringVar(&g.outputsFile, "outputs", "", "stack outputs as JSON (pulumi stack output --json > FILE); default: ask pulumi")
+	f.StringVar(&g.localDir, "local", "", "the local IoT Core's directory (fleet-sim serve --dir DIR): its outputs.json, and its endpoint for every AWS client")
 	f.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 }
 
 func (g *globalFlags) validate() error {
 	if g.output != "table" && g.output != "json" {
 		return usageError{fmt.Errorf("--output must be table or json, got %q", g.output)}
+	}
+	if g.localDir != "" && (g.outputsFile != "" || g.stack != "") {
+		return usageError{errors.New("--local reads the local IoT Core's outputs: give it without --stack or --outputs")}
 	}
 	return nil
 }
@@ -61,7 +66,7 @@ func (g *globalFlags) stackConfig() (stackconfig.Config, error) {
 	}
 	c, err := stackconfig.FromMap(values)
 	if err != nil {
-		return stackconfig.Config{}, withCode(exitInvalid, err)
+		return stackconfig.Config{}, withCode(ExitInvalid, err)
 	}
 	return c, nil
 }
@@ -88,9 +93,15 @@ func parseStackFile(b []byte) (map[string]string, error) {
 
 // outputs returns the stack outputs: from --outputs, or from
 // `pulumi stack output --json --stack S`.
-func (g *globalFlags) outputs(ctx context.Context) (map[string]any, error) {
+func (g *globalFlags) outputs(ctx context.Context) (Outputs, error) {
 	var raw []byte
 	switch {
+	case g.localDir != "":
+		b, err := os.ReadFile(filepath.Join(g.localDir, LocalOutputsFile))
+		if err != nil {
+			return nil, fmt.Errorf("--local: %w (is fleet-sim serve --dir %s running?)", err, g.localDir)
+		}
+		raw = b
 	case g.outputsFile != "":
 		b, err := os.ReadFile(g.outputsFile)
 		if err != nil {
@@ -107,28 +118,48 @@ func (g *globalFlags) outputs(ctx context.Context) (map[string]any, error) {
 		}
 		raw = b
 	default:
-		return nil, usageError{fmt.Errorf("no stack: give --stack NAME or --outputs FILE")}
+		return nil, usageError{fmt.Errorf("no stack: give --stack NAME, --outputs FILE or --local DIR")}
 	}
-	var m map[string]any
+	var m Outputs
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return nil, fmt.Errorf("stack outputs: not a JSON object: %w", err)
 	}
 	return m, nil
 }
 
-// outputString returns a string stack output, or an error naming it.
-func outputString(outputs map[string]any, name string) (string, error) {
-	v, ok := outputs[name]
-	if !ok {
-		return "", fmt.Errorf("stack outputs: no %q (deploy the stack with this version of iot-fleet)", name)
+// hasOutputs reports whether the command line names where the stack
+// outputs are.
+func (g *globalFlags) hasOutputs() bool {
+	return g.localDir != "" || g.outputsFile != "" || g.stack != ""
+}
+
+// fleet validates the global flags, reads the stack outputs and connects.
+func (g *globalFlags) fleet(cmd *cobra.Command) (*Fleet, error) {
+	if err := g.validate(); err != nil {
+		return nil, err
 	}
-	switch s := v.(type) {
-	case string:
-		if s != "" {
-			return s, nil
+	outputs, err := g.outputs(cmd.Context())
+	if err != nil {
+		return nil, err
+	}
+	return g.connect(cmd, outputs)
+}
+
+// connect connects to the stack of outputs, in the stack's region when
+// --stack names it.
+func (g *globalFlags) connect(cmd *cobra.Command, outputs Outputs) (*Fleet, error) {
+	region := ""
+	if g.stack != "" {
+		cfg, err := g.stackConfig()
+		if err != nil {
+			return nil, err
 		}
-	case float64:
-		return strconv.FormatFloat(s, 'f', -1, 64), nil
+		region = cfg.Region
 	}
-	return "", fmt.Errorf("stack outputs: %q is not a non-empty string", name)
+	f, err := Connect(cmd.Context(), outputs, region)
+	if err != nil {
+		return nil, err
+	}
+	f.Progress = cmd.ErrOrStderr()
+	return f, nil
 }

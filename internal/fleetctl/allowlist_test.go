@@ -1,4 +1,4 @@
-package main
+package fleetctl
 
 import (
 	"bytes"
@@ -22,7 +22,7 @@ import (
 func fleetctl(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code := run(context.Background(), args, &out, &errb)
+	code := Run(context.Background(), args, &out, &errb)
 	return code, out.String(), errb.String()
 }
 
@@ -71,39 +71,39 @@ func TestAllowlistCheck(t *testing.T) {
 	dir := t.TempDir()
 	good := writeFile(t, dir, "good.txt", allowlistOf(serialN(1), serialN(2)+" readmit=INC-42", serialN(3)+"  # bench"))
 	code, out, _ := fleetctl(t, "allowlist", "check", good)
-	assert.Equal(t, exitOK, code)
+	assert.Equal(t, ExitOK, code)
 	assert.Contains(t, out, "3 serial(s), 1 with readmit: valid")
 
 	bad := writeFile(t, dir, "bad.txt", allowlistOf(serialN(1), "10000000ZZZZ", serialN(1)))
 	code, _, errOut := fleetctl(t, "allowlist", "check", bad)
-	assert.Equal(t, exitInvalid, code)
+	assert.Equal(t, ExitInvalid, code)
 	assert.Contains(t, errOut, "line 3")
 	assert.Contains(t, errOut, "line 4: serial "+serialN(1)+" is already listed on line 2", "every bad line is reported")
 
 	annotated := writeFile(t, dir, "annot.txt", allowlistOf(serialN(1)+" readmit"))
 	code, _, errOut = fleetctl(t, "allowlist", "check", annotated)
-	assert.Equal(t, exitInvalid, code)
+	assert.Equal(t, ExitInvalid, code)
 	assert.Contains(t, errOut, "line 2")
 
 	code, _, errOut = fleetctl(t, "allowlist", "check", filepath.Join(dir, "missing.txt"))
-	assert.Equal(t, exitFailed, code)
+	assert.Equal(t, ExitFailed, code)
 	assert.Contains(t, errOut, "missing.txt")
 }
 
 func TestUsageErrors(t *testing.T) {
 	code, _, _ := fleetctl(t, "allowlist", "check", "--no-such-flag")
-	assert.Equal(t, exitUsage, code)
+	assert.Equal(t, ExitUsage, code)
 	code, _, _ = fleetctl(t, "allowlist", "check", "a", "b")
-	assert.Equal(t, exitUsage, code)
+	assert.Equal(t, ExitUsage, code)
 	code, _, _ = fleetctl(t, "no-such-command")
-	assert.Equal(t, exitUsage, code)
+	assert.Equal(t, ExitUsage, code)
 	code, _, _ = fleetctl(t, "-o", "yaml", "allowlist", "check", "x")
-	assert.Equal(t, exitUsage, code)
+	assert.Equal(t, ExitUsage, code)
 	code, out, _ := fleetctl(t, "--help")
-	assert.Equal(t, exitOK, code)
+	assert.Equal(t, ExitOK, code)
 	assert.Contains(t, out, "allowlist")
 	code, out, _ = fleetctl(t, "allowlist", "diff", "--help")
-	assert.Equal(t, exitOK, code)
+	assert.Equal(t, ExitOK, code)
 	assert.Contains(t, out, "Exit codes")
 }
 
@@ -120,7 +120,7 @@ func TestAllowlistDiffAgainstTheRegistry(t *testing.T) {
 		list = append(list[:3], list[4:]...) // drop serialN(5)'s plain line: it is re-listed annotated
 		f := writeFile(t, dir, "a.txt", allowlistOf(list...))
 		code, out, errOut := fleetctl(t, "--outputs", outputs, "allowlist", "diff", f)
-		require.Equal(t, exitOK, code, errOut)
+		require.Equal(t, ExitOK, code, errOut)
 		assert.Contains(t, out, "admits 1 device(s): "+serialN(100))
 		assert.Contains(t, out, "re-admits 1 device(s): "+serialN(5)+" (readmit=INC-7)")
 		assert.Contains(t, out, "revokes 2 device(s) (limit 5 per sync):")
@@ -128,7 +128,7 @@ func TestAllowlistDiffAgainstTheRegistry(t *testing.T) {
 		assert.Contains(t, out, "dev-"+serialN(1))
 
 		code, out, _ = fleetctl(t, "--outputs", outputs, "-o", "json", "allowlist", "diff", f)
-		require.Equal(t, exitOK, code)
+		require.Equal(t, ExitOK, code)
 		var plan struct {
 			Admit  []string `json:"admit"`
 			Revoke []struct {
@@ -148,23 +148,23 @@ func TestAllowlistDiffAgainstTheRegistry(t *testing.T) {
 	t.Run("truncated file over the limit is refused, then confirmed", func(t *testing.T) {
 		f := writeFile(t, dir, "t.txt", allowlistOf(all[:4]...))
 		code, out, errOut := fleetctl(t, "--outputs", outputs, "allowlist", "diff", f)
-		assert.Equal(t, exitRefused, code)
+		assert.Equal(t, ExitRefused, code)
 		assert.Contains(t, out, "REFUSED")
 		assert.Contains(t, out, "revokes 16 device(s)")
 		assert.Contains(t, errOut, "allowlistConfirmRevocations")
 
 		code, out, _ = fleetctl(t, "--outputs", outputs, "allowlist", "diff", "--confirm-revocations", "16", f)
-		assert.Equal(t, exitOK, code)
+		assert.Equal(t, ExitOK, code)
 		assert.Contains(t, out, "over it and confirmed")
 
 		code, _, _ = fleetctl(t, "--outputs", outputs, "allowlist", "diff", "--confirm-revocations", "15", f)
-		assert.Equal(t, exitRefused, code)
+		assert.Equal(t, ExitRefused, code)
 	})
 
 	t.Run("empty file never revokes", func(t *testing.T) {
 		f := writeFile(t, dir, "e.txt", "# nothing left\n")
 		code, out, _ := fleetctl(t, "--outputs", outputs, "allowlist", "diff", "--confirm-revocations", "20", f)
-		assert.Equal(t, exitRefused, code)
+		assert.Equal(t, ExitRefused, code)
 		assert.Contains(t, out, "empty allowlist never revokes")
 	})
 
@@ -173,14 +173,14 @@ func TestAllowlistDiffAgainstTheRegistry(t *testing.T) {
 		writeFile(t, proj, "Pulumi.dev.yaml", "config:\n  aws:region: eu-west-1\n  iot-fleet:environment: dev\n  iot-fleet:maxRevocationsPerSync: 20\n")
 		writeFile(t, proj, "allowlist.txt", allowlistOf(all[:4]...))
 		code, out, errOut := fleetctl(t, "--stack", "dev", "--project-dir", proj, "--outputs", outputs, "allowlist", "diff")
-		require.Equal(t, exitOK, code, errOut)
+		require.Equal(t, ExitOK, code, errOut)
 		assert.Contains(t, out, "revokes 16 device(s) (limit 20 per sync)")
 	})
 
 	t.Run("unreadable registry is a failure, not a plan", func(t *testing.T) {
 		f := writeFile(t, dir, "u.txt", allowlistOf(all...))
 		code, _, errOut := fleetctl(t, "--outputs", outputs, "allowlist", "diff", "--registry-table", "no-such-table", f)
-		assert.Equal(t, exitFailed, code)
+		assert.Equal(t, ExitFailed, code)
 		assert.Contains(t, errOut, "no-such-table")
 	})
 }

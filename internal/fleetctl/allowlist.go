@@ -1,4 +1,4 @@
-package main
+package fleetctl
 
 import (
 	"context"
@@ -11,7 +11,6 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/spf13/cobra"
 
@@ -39,7 +38,9 @@ func newAllowlistCheckCommand(g *globalFlags) *cobra.Command {
 		Short: "Validate an allowlist file (every bad line, with its number)",
 		Long: `check validates FILE (default: the stack's allowlistPath, allowlist.txt) with the
 stack's serial pattern, exactly as the allowlist sync will, and reports every
-bad line with its number. Exit code 3 when the file is invalid.`,
+bad line with its number. It needs no AWS access.
+
+Exit codes: 0 valid; 3 the file is invalid; 1 it cannot be read; 2 usage.`,
 		Args: cobraArgs(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			_, path, entries, err := g.readStackAllowlist(args)
@@ -77,9 +78,10 @@ revocation limit (stack config maxRevocationsPerSync, default max(5, 10% of the
 provisioned fleet)) refuses it. It is the sync's own plan; it changes nothing.
 
 The registry table comes from --registry-table or the stack output
-registryTable (--stack or --outputs). Credentials, region and endpoint are the
-AWS SDK's usual settings (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL_DYNAMODB…);
-the region defaults to the stack's aws:region.
+registryTable (--stack, --outputs or --local). Credentials, region and
+endpoint are the AWS SDK's usual settings (AWS_PROFILE, AWS_REGION,
+AWS_ENDPOINT_URL_DYNAMODB…); the region defaults to the stack's; with --local
+the local IoT Core's registry is read.
 
 Exit codes: 0 the sync would apply the plan; 3 the file is invalid; 4 the sync
 would refuse the plan (the reason says how to confirm it); 1 the registry
@@ -91,35 +93,31 @@ could not be read.`,
 			if err != nil {
 				return err
 			}
-			if table == "" {
-				outputs, err := g.outputs(ctx)
-				if err != nil {
-					return err
-				}
-				if table, err = outputString(outputs, "registryTable"); err != nil {
+			outputs := Outputs{}
+			if table == "" || g.hasOutputs() {
+				if outputs, err = g.outputs(ctx); err != nil {
 					return err
 				}
 			}
-			region := ""
-			if g.stack != "" {
-				region = cfg.Region
-			}
-			devices, err := scanRegistry(ctx, table, region)
+			f, err := g.connect(cmd, outputs)
 			if err != nil {
 				return err
 			}
-			ch := allowlist.Plan(devices, entries, allowlist.Limits{MaxRevocations: cfg.MaxRevocationsPerSync, Confirm: confirm})
+			ch, err := f.PlanAllowlist(ctx, table, entries, allowlist.Limits{MaxRevocations: cfg.MaxRevocationsPerSync, Confirm: confirm})
+			if err != nil {
+				return err
+			}
 			out := cmd.OutOrStdout()
 			if g.output == "json" {
 				err = writeJSON(out, planJSON(path, ch))
 			} else {
-				err = writePlan(out, path, ch)
+				err = WritePlan(out, path, ch)
 			}
 			if err != nil {
 				return err
 			}
 			if ch.Refused {
-				return withCode(exitRefused, errors.New("the allowlist sync would refuse this allowlist: "+ch.Reason))
+				return withCode(ExitRefused, errors.New("the allowlist sync would refuse this allowlist: "+ch.Reason))
 			}
 			return nil
 		},
@@ -154,11 +152,11 @@ func allowlistPath(g *globalFlags, stackPath string, args []string) string {
 }
 
 // readAllowlist parses path with the stack's serial pattern; a bad file is
-// exitInvalid.
+// ExitInvalid.
 func readAllowlist(path, serialPattern string) ([]allowlist.Entry, error) {
 	pattern, err := allowlist.CompilePattern(serialPattern)
 	if err != nil {
-		return nil, withCode(exitInvalid, err)
+		return nil, withCode(ExitInvalid, err)
 	}
 	f, err := os.Open(path)
 	if err != nil {
@@ -169,24 +167,33 @@ func readAllowlist(path, serialPattern string) ([]allowlist.Entry, error) {
 	if err != nil {
 		var le *allowlist.LineError
 		if errors.As(err, &le) {
-			return nil, withCode(exitInvalid, fmt.Errorf("%s: %w", path, err))
+			return nil, withCode(ExitInvalid, fmt.Errorf("%s: %w", path, err))
 		}
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return entries, nil
 }
 
-// scanRegistry reads every record of the registry table.
-func scanRegistry(ctx context.Context, table, region string) ([]registry.Device, error) {
-	var opts []func(*config.LoadOptions) error
-	if region != "" && os.Getenv("AWS_REGION") == "" && os.Getenv("AWS_DEFAULT_REGION") == "" {
-		opts = append(opts, config.WithRegion(region))
+// PlanAllowlist is what the allowlist sync would do with entries against
+// the registry table (table; "" : the stack output registryTable): the
+// sync's own plan (internal/allowlist.Plan). It changes nothing.
+func (f *Fleet) PlanAllowlist(ctx context.Context, table string, entries []allowlist.Entry, lim allowlist.Limits) (allowlist.Changes, error) {
+	if table == "" {
+		var err error
+		if table, err = f.Outputs.String(OutRegistryTable); err != nil {
+			return allowlist.Changes{}, err
+		}
 	}
-	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	devices, err := scanRegistry(ctx, f.DynamoDB, table)
 	if err != nil {
-		return nil, fmt.Errorf("aws config: %w", err)
+		return allowlist.Changes{}, err
 	}
-	store, err := registry.NewDynamoDB(dynamodb.NewFromConfig(awsCfg), table)
+	return allowlist.Plan(devices, entries, lim), nil
+}
+
+// scanRegistry reads every record of the registry table.
+func scanRegistry(ctx context.Context, client *dynamodb.Client, table string) ([]registry.Device, error) {
+	store, err := registry.NewDynamoDB(client, table)
 	if err != nil {
 		return nil, err
 	}
@@ -225,15 +232,20 @@ func planJSON(path string, ch allowlist.Changes) map[string]any {
 	if add == nil {
 		add = []string{}
 	}
+	held := ch.Held
+	if held == nil {
+		held = []string{}
+	}
 	return map[string]any{
 		"file": path, "listed": ch.Listed, "admitted": ch.Admitted,
-		"admit": add, "readmit": readmit, "revoke": revocations(ch.Remove), "resume": revocations(ch.Resume),
+		"admit": add, "held": held, "readmit": readmit, "revoke": revocations(ch.Remove), "resume": revocations(ch.Resume),
 		"limit": ch.Limit, "confirmed": ch.Confirmed, "refused": ch.Refused, "reason": ch.Reason,
 	}
 }
 
-// writePlan prints the plan for a person (and a pull-request comment).
-func writePlan(w io.Writer, path string, ch allowlist.Changes) error {
+// WritePlan prints an allowlist plan for a person (and a pull-request
+// comment), as "fleetctl allowlist diff" does.
+func WritePlan(w io.Writer, path string, ch allowlist.Changes) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: %d serial(s) listed; registry: %d admitted device(s)\n", path, ch.Listed, ch.Admitted)
 	switch {
@@ -243,6 +255,9 @@ func writePlan(w io.Writer, path string, ch allowlist.Changes) error {
 		b.WriteString("no changes\n")
 	}
 	fmt.Fprintf(&b, "admits %d device(s)%s\n", len(ch.Add), list(ch.Add))
+	if len(ch.Held) > 0 {
+		fmt.Fprintf(&b, "holds out %d emergency-revoked device(s), listed but not admitted (readmit=TOKEN with a new token admits one)%s\n", len(ch.Held), list(ch.Held))
+	}
 	readmits := make([]string, 0, len(ch.Readmit))
 	for _, r := range ch.Readmit {
 		readmits = append(readmits, r.Serial+" (readmit="+r.Token+")")
