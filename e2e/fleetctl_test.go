@@ -41,7 +41,6 @@ func serveAWS(t *testing.T, f *harness.Fleet) *ctl {
 	t.Helper()
 	l, err := f.ServeAWS()
 	require.NoError(t, err)
-	t.Cleanup(func() { l.Close() })
 	return &ctl{t: t, f: f, aws: l}
 }
 

@@ -105,9 +105,6 @@ func (d *demo) shutdown() {
 	for _, a := range d.stops {
 		_ = a.Stop(10 * time.Second)
 	}
-	if d.aws != nil {
-		_ = d.aws.Close()
-	}
 	if d.fleet != nil {
 		d.fleet.Close()
 	}

@@ -117,8 +117,31 @@ func (s *Store) Put(ctx context.Context, bucket, key string, data []byte, conten
 	return s.put(ctx, bucket, key, bytes.Clone(data), contentType, metadata)
 }
 
-// put stores data (owned by the store from now on).
+// PutQuiet stores a copy of data as an object without running the
+// bucket's hook: for a caller that notifies itself and wants the result
+// (the local stack's allowlist deploy).
+func (s *Store) PutQuiet(bucket, key string, data []byte, contentType string, metadata map[string]string) (Object, error) {
+	return s.store(bucket, key, bytes.Clone(data), contentType, metadata)
+}
+
+// put stores data (owned by the store from now on) and runs the hook.
 func (s *Store) put(ctx context.Context, bucket, key string, data []byte, contentType string, metadata map[string]string) (Object, error) {
+	obj, err := s.store(bucket, key, data, contentType, metadata)
+	if err != nil {
+		return obj, err
+	}
+	s.mu.Lock()
+	hook := s.hooks[bucket]
+	s.mu.Unlock()
+	if hook != nil {
+		if err := hook(ctx, bucket, key, obj); err != nil {
+			s.log.Error("object notification failed", "bucket", bucket, "key", key, "error", err)
+		}
+	}
+	return obj, nil
+}
+
+func (s *Store) store(bucket, key string, data []byte, contentType string, metadata map[string]string) (Object, error) {
 	if key == "" {
 		return Object{}, fmt.Errorf("put s3://%s/: empty key", bucket)
 	}
@@ -132,14 +155,8 @@ func (s *Store) put(ctx context.Context, bucket, key string, data []byte, conten
 		return Object{}, fmt.Errorf("put s3://%s/%s: %w", bucket, key, ErrNoSuchBucket)
 	}
 	objs[key] = obj
-	hook := s.hooks[bucket]
 	s.mu.Unlock()
 	s.log.Info("object stored", "bucket", bucket, "key", key, "bytes", len(data))
-	if hook != nil {
-		if err := hook(ctx, bucket, key, obj); err != nil {
-			s.log.Error("object notification failed", "bucket", bucket, "key", key, "error", err)
-		}
-	}
 	return obj, nil
 }
 

@@ -25,6 +25,10 @@ func (s *Stack) DeployAllowlistFile(ctx context.Context, path string) (allowlist
 	if err != nil {
 		return allowlistsync.Result{}, fmt.Errorf("stack: allowlist: %w", err)
 	}
+	return s.deployFileContent(ctx, content)
+}
+
+func (s *Stack) deployFileContent(ctx context.Context, content []byte) (allowlistsync.Result, error) {
 	return s.DeployAllowlistWithMetadata(ctx, content, map[string]string{allowlistsync.MetadataDeployedBy: DeployedByLocal})
 }
 
@@ -39,11 +43,17 @@ type FollowOptions struct {
 	Reload <-chan os.Signal
 }
 
-// fileState is what FollowAllowlist compares.
+// fileState is what FollowAllowlist compares, and the content it read.
 type fileState struct {
 	size    int64
 	modTime time.Time
 	sum     [sha256.Size]byte
+	content []byte
+}
+
+// same reports whether a and b are the same file state.
+func (a fileState) same(b fileState) bool {
+	return a.size == b.size && a.modTime.Equal(b.modTime) && a.sum == b.sum
 }
 
 // FollowAllowlist makes the stack follow the allowlist file at path as
@@ -55,7 +65,10 @@ type fileState struct {
 // serial may provision, a removed serial is revoked (certificate REVOKED,
 // connection closed, thing deleted), within the revocation limit
 // (Options.MaxRevocationsPerSync); a bad file is logged with its line
-// numbers and changes nothing.
+// numbers and changes nothing. A change is deployed once two looks in a
+// row find the file the same (an editor or `cat >` writing in place is
+// never deployed half-written), and exactly the bytes that were looked at
+// are deployed.
 func (s *Stack) FollowAllowlist(ctx context.Context, path string, opts FollowOptions) (allowlistsync.Result, error) {
 	interval := opts.Interval
 	if interval <= 0 {
@@ -65,7 +78,7 @@ func (s *Stack) FollowAllowlist(ctx context.Context, path string, opts FollowOpt
 	if err != nil {
 		return allowlistsync.Result{}, fmt.Errorf("stack: allowlist: %w", err)
 	}
-	res, err := s.DeployAllowlistFile(ctx, path)
+	res, err := s.deployFileContent(ctx, last.content)
 	if err != nil {
 		return res, err
 	}
@@ -86,6 +99,7 @@ func (s *Stack) follow(ctx context.Context, path string, last fileState, interva
 	log := s.log.With("allowlist", path)
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var pending *fileState // a change seen once, deployed when seen again unchanged
 	for {
 		force := false
 		select {
@@ -103,11 +117,19 @@ func (s *Stack) follow(ctx context.Context, path string, last fileState, interva
 			}
 			continue
 		}
-		if !force && cur == last {
-			continue
+		if !force {
+			if cur.same(last) {
+				pending = nil
+				continue
+			}
+			if pending == nil || !pending.same(cur) {
+				pending = &cur
+				continue
+			}
 		}
+		pending = nil
 		last = cur
-		res, err := s.DeployAllowlistFile(ctx, path)
+		res, err := s.deployFileContent(ctx, cur.content)
 		if err != nil {
 			log.Error("allowlist not deployed: the sync refused it or failed", "error", err.Error(),
 				"revoked", res.Revoked, "failed", res.Failed)
@@ -128,5 +150,5 @@ func stateOf(path string) (fileState, error) {
 	if err != nil {
 		return fileState{}, err
 	}
-	return fileState{size: st.Size(), modTime: st.ModTime(), sum: sha256.Sum256(b)}, nil
+	return fileState{size: st.Size(), modTime: st.ModTime(), sum: sha256.Sum256(b), content: b}, nil
 }

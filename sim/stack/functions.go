@@ -14,6 +14,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
+	"github.com/iot-fleet/iot-fleet/lambdas/allowlistsync"
 	"github.com/iot-fleet/iot-fleet/lambdas/certrotate"
 	"github.com/iot-fleet/iot-fleet/lambdas/certscan"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
@@ -38,7 +39,13 @@ func RegistryTableName(env string) string { return "iot-fleet-" + env + "-regist
 func (s *Stack) Functions() map[string]lambdaapi.Function {
 	env := s.Core.Names().Env
 	fns := map[string]lambdaapi.Function{
-		"allowlistsync": lambdaapi.JSON(s.sync.Handle),
+		// One sync at a time, as the function's reserved concurrency
+		// of 1 makes it in AWS (with deploys and the file follower).
+		"allowlistsync": lambdaapi.JSON(func(ctx context.Context, ev events.S3Event) (allowlistsync.Result, error) {
+			s.deploying.Lock()
+			defer s.deploying.Unlock()
+			return s.sync.Handle(ctx, ev)
+		}),
 		"certrotate": lambdaapi.JSON(func(ctx context.Context, ev certrotate.Event) (certrotate.Result, error) {
 			return s.Rotation.rotate.Handle(ctx, ev)
 		}),

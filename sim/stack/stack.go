@@ -16,21 +16,16 @@
 package stack
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"maps"
+	"net"
 	"regexp"
 	"sync"
 
 	"github.com/aws/aws-lambda-go/events"
-	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
-	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/iot-fleet/iot-fleet/internal/allowlist"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
@@ -62,18 +57,26 @@ type Options struct {
 	// MaxRevocationsPerSync is the allowlist sync's revocation limit (the
 	// stack config maxRevocationsPerSync); 0: the default.
 	MaxRevocationsPerSync int
+	// AWSListener is the listener of the local AWS endpoint (LocalAWS);
+	// nil: a free port on 127.0.0.1. The stack closes it.
+	AWSListener net.Listener
+	// ArtifactsURL is the base URL presigned artifact URLs name, when
+	// devices reach the endpoint another way (a forwarded port, another
+	// host name); "": the endpoint's URL.
+	ArtifactsURL string
 }
 
 // Stack is a running local cloud side.
 type Stack struct {
 	Core     *core.Core
 	Registry *registry.Memory
-	// IoT is the simulator's control plane behind ControlPlaneEndpoint:
+	// IoT is the simulator's control plane behind the local AWS endpoint:
 	// tests inject faults (FailNext) and read the calls served there.
 	IoT *awsiot.Client
-	// ControlPlaneEndpoint is the URL (http://127.0.0.1:PORT) of the
-	// AWS IoT control plane the stack's Lambdas call; IoTClient is their
-	// client for it.
+	// AWS is the local AWS endpoint (localaws.go): the stack's Lambdas
+	// call it, and so do operators. ControlPlaneEndpoint is its URL and
+	// IoTClient the Lambdas' IoT client for it.
+	AWS                  *LocalAWS
 	ControlPlaneEndpoint string
 	IoTClient            *iot.Client
 	// SSM is SSM on demand: the toggle, registered and expiry Lambdas
@@ -83,12 +86,10 @@ type Stack struct {
 	// scan Lambdas (rotation.go).
 	Rotation *Rotation
 
-	bucket   *bucket
-	sync     *allowlistsync.Handler
-	revoke   *revoke.Handler
-	hold     *holdableIoT
-	endpoint *endpoint
-	log      *slog.Logger
+	sync   *allowlistsync.Handler
+	revoke *revoke.Handler
+	hold   *holdableIoT
+	log    *slog.Logger
 
 	deploying sync.Mutex // one allowlist sync at a time
 
@@ -111,29 +112,34 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stack: serial pattern: %w", err)
 	}
+	l, err := listenAWS(opts)
+	if err != nil {
+		return nil, err
+	}
 	coreOpts := opts.Core
 	coreOpts.SerialPattern = expr
+	coreOpts.ControlPlaneEndpoint = l.URL
 	// The core runs the real pre-provisioning hook over its device registry.
 	coreOpts.PreProvisioningHook = nil
 	coreOpts.AllowedSerials = nil
 	c, err := core.Start(ctx, coreOpts)
 	if err != nil {
+		_ = l.close()
 		return nil, fmt.Errorf("stack: %w", err)
 	}
-	ep, err := startEndpoint(c, log)
-	if err != nil {
+	if err := l.newStore(c.Names().Env, log); err != nil {
+		_ = l.close()
 		c.Close()
-		return nil, err
+		return nil, fmt.Errorf("stack: %w", err)
 	}
-	reg := c.DeviceRegistry()
-	iotc := newIoTClient(ep.url)
-	b := &bucket{name: ConfigBucket, objects: map[string]object{}}
-	s := &Stack{Core: c, Registry: reg, IoT: c.IoT(), ControlPlaneEndpoint: ep.url, IoTClient: iotc,
-		bucket: b, hold: &holdableIoT{Client: iotc}, endpoint: ep, log: log}
+	iotc := newIoTClient(l.URL)
+	s := &Stack{Core: c, Registry: c.DeviceRegistry(), IoT: c.IoT(), AWS: l, ControlPlaneEndpoint: l.URL, IoTClient: iotc,
+		hold: &holdableIoT{Client: iotc}, log: log}
 	if err := s.wire(opts, pattern); err != nil {
 		_ = s.Close()
 		return nil, err
 	}
+	l.serve(s)
 	return s, nil
 }
 
@@ -153,7 +159,7 @@ func (s *Stack) wire(opts Options, pattern *regexp.Regexp) error {
 		return err
 	}
 	if s.sync, err = allowlistsync.New(allowlistsync.Config{
-		S3: s.bucket, IoT: s.hold, Registry: reg, SerialPattern: pattern,
+		S3: newS3Client(s.AWS.URL), IoT: s.hold, Registry: reg, SerialPattern: pattern,
 		SSM: s.SSM.Service, SSMState: s.SSM.State, MaxRevocations: opts.MaxRevocationsPerSync,
 		ThingGroup: names.ThingGroup, DevicePolicy: names.DevicePolicy, ThingNamePrefix: names.ThingNamePrefix,
 		Logger: log.With("lambda", "allowlistsync"),
@@ -198,17 +204,32 @@ func (s *Stack) DeployAllowlist(ctx context.Context, content []byte) (allowlists
 func (s *Stack) DeployAllowlistWithMetadata(ctx context.Context, content []byte, metadata map[string]string) (allowlistsync.Result, error) {
 	s.deploying.Lock()
 	defer s.deploying.Unlock()
-	s.bucket.put(allowlistsync.DefaultObjectKey, content, metadata)
-	ev := events.S3Event{Records: []events.S3EventRecord{{
+	if _, err := s.AWS.Store.PutQuiet(ConfigBucket, allowlistsync.DefaultObjectKey, content, "text/plain", metadata); err != nil {
+		return allowlistsync.Result{}, fmt.Errorf("stack: upload the allowlist: %w", err)
+	}
+	return s.sync.Handle(ctx, allowlistEvent(len(content)))
+}
+
+// syncUploaded runs the sync for an allowlist uploaded to the config
+// bucket through the local S3 (the bucket's notification).
+func (s *Stack) syncUploaded(ctx context.Context, size int) (allowlistsync.Result, error) {
+	s.deploying.Lock()
+	defer s.deploying.Unlock()
+	return s.sync.Handle(ctx, allowlistEvent(size))
+}
+
+// allowlistEvent is the S3 ObjectCreated notification of the allowlist
+// object, as the sync Lambda receives it.
+func allowlistEvent(size int) events.S3Event {
+	return events.S3Event{Records: []events.S3EventRecord{{
 		EventSource: "aws:s3",
 		EventName:   "ObjectCreated:Put",
 		AWSRegion:   core.Region,
 		S3: events.S3Entity{
-			Bucket: events.S3Bucket{Name: s.bucket.name},
-			Object: events.S3Object{Key: allowlistsync.DefaultObjectKey, URLDecodedKey: allowlistsync.DefaultObjectKey, Size: int64(len(content))},
+			Bucket: events.S3Bucket{Name: ConfigBucket},
+			Object: events.S3Object{Key: allowlistsync.DefaultObjectKey, URLDecodedKey: allowlistsync.DefaultObjectKey, Size: int64(size)},
 		},
 	}}}
-	return s.sync.Handle(ctx, ev)
 }
 
 // HoldRevocations is a test hook: until release is called, every
@@ -268,41 +289,5 @@ func (s *Stack) Close() error {
 	s.stops = nil
 	s.mu.Unlock()
 	s.wg.Wait()
-	return errors.Join(s.endpoint.close(), s.Core.Close())
-}
-
-// bucket is the local config bucket: the S3 GetObject the sync uses.
-type bucket struct {
-	name    string
-	mu      sync.Mutex
-	objects map[string]object
-}
-
-type object struct {
-	content  []byte
-	metadata map[string]string
-}
-
-func (b *bucket) put(key string, content []byte, metadata map[string]string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.objects[key] = object{content: bytes.Clone(content), metadata: maps.Clone(metadata)}
-}
-
-// GetObject implements allowlistsync.S3API with S3's not-found errors.
-func (b *bucket) GetObject(ctx context.Context, in *s3.GetObjectInput, _ ...func(*s3.Options)) (*s3.GetObjectOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if aws.ToString(in.Bucket) != b.name {
-		return nil, &s3types.NoSuchBucket{Message: aws.String("bucket " + aws.ToString(in.Bucket) + " does not exist")}
-	}
-	b.mu.Lock()
-	obj, ok := b.objects[aws.ToString(in.Key)]
-	b.mu.Unlock()
-	if !ok {
-		return nil, &s3types.NoSuchKey{Message: aws.String("key " + aws.ToString(in.Key) + " does not exist")}
-	}
-	return &s3.GetObjectOutput{Body: io.NopCloser(bytes.NewReader(obj.content)), ContentLength: aws.Int64(int64(len(obj.content))),
-		Metadata: maps.Clone(obj.metadata)}, nil
+	return errors.Join(s.AWS.close(), s.Core.Close())
 }

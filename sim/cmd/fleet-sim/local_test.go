@@ -13,7 +13,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,7 +52,7 @@ const (
 // it, with real aws-sdk-go-v2 clients whose endpoint is that server.
 type localEnv struct {
 	st   *stack.Stack
-	aws  *localAWS
+	aws  *stack.LocalAWS
 	url  string
 	cfg  aws.Config
 	iot  *iot.Client
@@ -71,13 +70,8 @@ func startLocal(t *testing.T) *localEnv {
 	t.Cleanup(func() { _ = st.Close() })
 	_, err = st.DeployAllowlist(ctx, []byte(serialA+"\n"+serialB+"\n"))
 	require.NoError(t, err)
-	srv := httptest.NewUnstartedServer(nil)
-	url := "http://" + srv.Listener.Addr().String()
-	l, err := newLocalAWS(st, url, "", nil)
-	require.NoError(t, err)
-	srv.Config.Handler = l.handler
-	srv.Start()
-	t.Cleanup(srv.Close)
+	l := st.AWS
+	url := l.URL
 	cfg := aws.Config{
 		Region: core.Region, BaseEndpoint: aws.String(url), RetryMaxAttempts: 1,
 		Credentials: credentials.NewStaticCredentialsProvider("AKIDLOCAL", "secret", ""),
@@ -133,7 +127,7 @@ func TestLambdaInvoke(t *testing.T) {
 
 	// Every function of the contract is served.
 	for _, name := range []string{"preprovision", "allowlistsync", "certrotate", "certscan", "ssmtoggle", "ssmregistered", "ssmexpire", "revoke"} {
-		assert.Contains(t, e.aws.functions, "iot-fleet-local-"+name)
+		assert.Contains(t, e.aws.Functions(), "iot-fleet-local-"+name)
 	}
 
 	_, err = e.lam.Invoke(ctx, &lambda.InvokeInput{FunctionName: aws.String("iot-fleet-local-nope"), Payload: []byte(`{}`)})
@@ -465,7 +459,7 @@ func TestDataPlane(t *testing.T) {
 func TestOutputsAndAgentConfig(t *testing.T) {
 	e := startLocal(t)
 	dir := t.TempDir()
-	out, err := e.aws.outputs(e.st, dir)
+	out, err := e.st.Outputs(dir)
 	require.NoError(t, err)
 	for key, want := range map[string]any{
 		"thingGroup": "iot-fleet-local", "thingGroupArn": "arn:aws:iot:local-1:000000000000:thinggroup/iot-fleet-local",
@@ -481,10 +475,10 @@ func TestOutputsAndAgentConfig(t *testing.T) {
 	// Every Lambda output names a function Invoke answers.
 	for key, v := range out {
 		if strings.HasSuffix(key, "Lambda") {
-			assert.Contains(t, e.aws.functions, v, key)
+			assert.Contains(t, e.aws.Functions(), v, key)
 		}
 	}
-	agent, err := e.aws.agentConfig(e.st, dir)
+	agent, err := e.st.AgentConfig(dir)
 	require.NoError(t, err)
 	data, err := jsonFile(agent)
 	require.NoError(t, err)
@@ -543,7 +537,7 @@ func TestAWSCLIAgainstLocalEndpoint(t *testing.T) {
 	require.NoError(t, os.WriteFile(artifact, []byte("artifact"), 0o600))
 	_, stderr, err = run("s3", "cp", artifact, "s3://iot-fleet-local-artifacts/releases/v2.mender")
 	require.NoError(t, err, stderr)
-	obj, err := e.aws.store.Get("iot-fleet-local-artifacts", "releases/v2.mender")
+	obj, err := e.aws.Store.Get("iot-fleet-local-artifacts", "releases/v2.mender")
 	require.NoError(t, err)
 	assert.Equal(t, "artifact", string(obj.Data))
 
@@ -558,20 +552,19 @@ func TestAWSCLIAgainstLocalEndpoint(t *testing.T) {
 // it (a forwarded port, another host name): the signature does not cover
 // the host, and agent.json allows that host.
 func TestArtifactsURL(t *testing.T) {
-	e := startLocal(t)
 	ctx := context.Background()
-	l, err := newLocalAWS(e.st, e.url, "http://artifacts.vm.internal", nil)
+	st, err := stack.Start(ctx, stack.Options{Core: core.Options{Env: "local"}, ArtifactsURL: "http://artifacts.vm.internal"})
 	require.NoError(t, err)
-	_, err = l.store.Put(ctx, "iot-fleet-local-artifacts", "a.mender", []byte("bytes"), "", nil)
+	t.Cleanup(func() { _ = st.Close() })
+	l := st.AWS
+	_, err = l.Store.Put(ctx, "iot-fleet-local-artifacts", "a.mender", []byte("bytes"), "", nil)
 	require.NoError(t, err)
-	u, err := l.store.Presign("https://s3.amazonaws.com/iot-fleet-local-artifacts/a.mender", time.Minute)
+	u, err := l.Store.Presign("https://s3.amazonaws.com/iot-fleet-local-artifacts/a.mender", time.Minute)
 	require.NoError(t, err)
 	require.True(t, strings.HasPrefix(u, "http://artifacts.vm.internal/iot-fleet-local-artifacts/a.mender?"), u)
 	// Fetched through a forward: the request reaches the endpoint with the
 	// device's Host.
-	srv := httptest.NewServer(l.handler)
-	t.Cleanup(srv.Close)
-	req, err := http.NewRequest(http.MethodGet, srv.URL+strings.TrimPrefix(u, "http://artifacts.vm.internal"), nil)
+	req, err := http.NewRequest(http.MethodGet, l.URL+strings.TrimPrefix(u, "http://artifacts.vm.internal"), nil)
 	require.NoError(t, err)
 	req.Host = "artifacts.vm.internal"
 	resp, err := http.DefaultClient.Do(req)
@@ -581,7 +574,7 @@ func TestArtifactsURL(t *testing.T) {
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, "bytes", string(body))
 
-	agent, err := l.agentConfig(e.st, t.TempDir())
+	agent, err := st.AgentConfig(t.TempDir())
 	require.NoError(t, err)
 	assert.Equal(t, []string{"artifacts.vm.internal"}, agent["ota"].(map[string]any)["allowedHosts"])
 }

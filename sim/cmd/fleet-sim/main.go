@@ -138,7 +138,6 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--control-plane: %w", err)
 	}
-	defer cpLn.Close()
 	controlPlane := "http://" + cpLn.Addr().String()
 	if ap, ok := cpLn.Addr().(*net.TCPAddr); ok && !ap.IP.IsLoopback() {
 		log.Warn("the local AWS endpoint checks no credentials (SigV4 is accepted unchecked) and listens beyond loopback: anyone who reaches it can revoke certificates, create jobs and invoke the stack's Lambdas",
@@ -149,11 +148,14 @@ func run(args []string, stderr io.Writer) error {
 	defer stop()
 	// The local stack: the local IoT Core with the stack's real Lambda
 	// handlers; the allowlist is deployed as `pulumi up` deploys it.
+	// The stack serves its local AWS endpoint on cpLn (and closes it).
 	st, err := stack.Start(ctx, stack.Options{
-		Core:          core.Options{Env: *env, Addr: *listen, ALPNAddr: alpnAddr, Logger: log, JobMinute: *jobMinute, ControlPlaneEndpoint: controlPlane},
+		Core:          core.Options{Env: *env, Addr: *listen, ALPNAddr: alpnAddr, Logger: log, JobMinute: *jobMinute},
 		SerialPattern: *pattern, Logger: log,
+		AWSListener: cpLn, ArtifactsURL: strings.TrimSuffix(*artifactsURL, "/"),
 	})
 	if err != nil {
+		cpLn.Close()
 		return err
 	}
 	defer st.Close()
@@ -165,42 +167,32 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--allowlist %s: %w", *allow, err)
 	}
-	aws, err := newLocalAWS(st, controlPlane, strings.TrimSuffix(*artifactsURL, "/"), log)
-	if err != nil {
-		return err
-	}
 
 	ln, err := net.Listen("tcp", *httpAddr)
 	if err != nil {
 		return fmt.Errorf("--http: %w", err)
 	}
-	for _, s := range []struct {
-		name string
-		ln   net.Listener
-		h    http.Handler
-	}{{"operator API", ln, c.HTTPHandler()}, {"local AWS endpoint", cpLn, aws.handler}} {
-		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
-		go func() {
-			if err := srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error(s.name+" stopped", "error", err)
-			}
-		}()
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx)
-		}()
-	}
+	srv := &http.Server{Handler: c.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("operator API stopped", "error", err)
+		}
+	}()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
 
 	claim, err := c.IssueClaimCertificate()
 	if err != nil {
 		return err
 	}
-	outputs, err := aws.outputs(st, *dir)
+	outputs, err := st.Outputs(*dir)
 	if err != nil {
 		return err
 	}
-	agent, err := aws.agentConfig(st, *dir)
+	agent, err := st.AgentConfig(*dir)
 	if err != nil {
 		return err
 	}
