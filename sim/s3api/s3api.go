@@ -2,10 +2,14 @@
 // memory, served path-style (PUT, GET and HEAD /BUCKET/KEY, S3's XML
 // errors) so the real aws-sdk-go-v2 s3 client (UsePathStyle) and the AWS
 // CLI upload and download against the local endpoint, plus time-limited
-// presigned GET URLs for the Jobs presignedUrlConfig placeholders. Requests
-// may be SigV4-signed with any credentials (accepted, not checked); an
-// unsigned GET needs a presigned URL this store issued and that has not
-// expired, so a device only fetches what a job gave it.
+// presigned GET URLs for the Jobs presignedUrlConfig placeholders.
+//
+// Handler is the operator's S3 on the local AWS endpoint: requests may be
+// SigV4-signed with any credentials (accepted, not checked), as everything
+// on that loopback endpoint. PresignedHandler is what devices reach: it
+// serves nothing but GETs of URLs this store presigned that have not
+// expired (the method is part of the signature), so a device only fetches
+// what a job gave it, and reaches no other API.
 package s3api
 
 import (
@@ -379,27 +383,49 @@ func (s *Store) serve(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		obj, err := s.Get(bucket, key)
-		if err != nil {
-			s.fail(w, r, http.StatusNotFound, "NoSuchKey", "The specified key does not exist.")
-			return
-		}
-		h := w.Header()
-		h.Set("ETag", obj.ETag)
-		ct := obj.ContentType
-		if ct == "" {
-			ct = "binary/octet-stream"
-		}
-		h.Set("Content-Type", ct)
-		for k, v := range obj.Metadata {
-			h.Set("X-Amz-Meta-"+k, v)
-		}
-		// Range requests (a download that resumes), conditional GETs and
-		// HEAD, as S3 answers them.
-		http.ServeContent(w, r, key, obj.LastModified, bytes.NewReader(obj.Data))
+		s.serveObject(w, r, bucket, key)
 	default:
 		s.fail(w, r, http.StatusMethodNotAllowed, "MethodNotAllowed", fmt.Sprintf("%s is not served by the local S3", r.Method))
 	}
+}
+
+// PresignedHandler serves only GETs of URLs Presign issued, unexpired: the
+// artifact downloads of devices (see the package comment).
+func (s *Store) PresignedHandler() http.Handler { return http.HandlerFunc(s.servePresigned) }
+
+func (s *Store) servePresigned(w http.ResponseWriter, r *http.Request) {
+	bucket, key, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+	if r.Method != http.MethodGet {
+		s.fail(w, r, http.StatusForbidden, "SignatureDoesNotMatch", fmt.Sprintf("a presigned URL of the local IoT Core is for GET, not %s", r.Method))
+		return
+	}
+	if why := s.checkPresigned(r.URL.Query(), bucket, key); why != "" {
+		s.fail(w, r, http.StatusForbidden, "AccessDenied", why)
+		return
+	}
+	s.serveObject(w, r, bucket, key)
+}
+
+// serveObject answers a GET or HEAD of an object.
+func (s *Store) serveObject(w http.ResponseWriter, r *http.Request, bucket, key string) {
+	obj, err := s.Get(bucket, key)
+	if err != nil {
+		s.fail(w, r, http.StatusNotFound, "NoSuchKey", "The specified key does not exist.")
+		return
+	}
+	h := w.Header()
+	h.Set("ETag", obj.ETag)
+	ct := obj.ContentType
+	if ct == "" {
+		ct = "binary/octet-stream"
+	}
+	h.Set("Content-Type", ct)
+	for k, v := range obj.Metadata {
+		h.Set("X-Amz-Meta-"+k, v)
+	}
+	// Range requests (a download that resumes), conditional GETs and
+	// HEAD, as S3 answers them.
+	http.ServeContent(w, r, key, obj.LastModified, bytes.NewReader(obj.Data))
 }
 
 // decodeAWSChunked undoes the aws-chunked content encoding the SDKs use

@@ -126,3 +126,58 @@ func TestPutHookAndChunkedUploads(t *testing.T) {
 	assert.Equal(t, http.StatusNotFound, w.Code)
 	assert.Empty(t, w.Body.String(), "HEAD answers have no body")
 }
+
+// The artifacts endpoint (PresignedHandler) is what devices reach: it
+// serves presigned GETs and nothing else. A SigV4 marker in the query or
+// an Authorization header does not stand in for the signature, HEAD of a
+// presigned GET URL is refused as S3 refuses it (the method is signed),
+// and no object can be written.
+func TestPresignedHandlerServesOnlyPresignedGets(t *testing.T) {
+	s, err := New(Options{Buckets: []string{"art", "config"}, BaseURL: func() string { return "http://artifacts" }})
+	require.NoError(t, err)
+	srv := httptest.NewServer(s.PresignedHandler())
+	t.Cleanup(srv.Close)
+	_, err = s.Put(context.Background(), "config", "allowlist.txt", []byte("secret list"), "", nil)
+	require.NoError(t, err)
+	_, err = s.Put(context.Background(), "art", "v2.mender", []byte("artifact"), "", nil)
+	require.NoError(t, err)
+	do := func(method, path string, hdr map[string]string) (int, string) {
+		req, err := http.NewRequest(method, srv.URL+path, strings.NewReader("overwritten"))
+		require.NoError(t, err)
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for name, c := range map[string]struct {
+		method, path string
+		hdr          map[string]string
+	}{
+		"credential marker":  {http.MethodGet, "/config/allowlist.txt?X-Amz-Credential=x", nil},
+		"authorization":      {http.MethodGet, "/config/allowlist.txt", map[string]string{"Authorization": "AWS4-HMAC-SHA256 Credential=x"}},
+		"unsigned put":       {http.MethodPut, "/config/allowlist.txt", nil},
+		"signed put":         {http.MethodPut, "/config/allowlist.txt", map[string]string{"Authorization": "AWS4-HMAC-SHA256 Credential=x"}},
+		"plain get":          {http.MethodGet, "/art/v2.mender", nil},
+		"control-plane path": {http.MethodGet, "/things", nil},
+	} {
+		code, body := do(c.method, c.path, c.hdr)
+		assert.Equal(t, http.StatusForbidden, code, "%s: %s", name, body)
+		assert.NotContains(t, body, "secret list", name)
+	}
+	obj, err := s.Get("config", "allowlist.txt")
+	require.NoError(t, err)
+	assert.Equal(t, "secret list", string(obj.Data), "nothing was written")
+
+	u, err := s.Presign("s3://art/v2.mender", time.Hour)
+	require.NoError(t, err)
+	path := strings.TrimPrefix(u, "http://artifacts")
+	code, body := do(http.MethodGet, path, nil)
+	assert.Equal(t, http.StatusOK, code)
+	assert.Equal(t, "artifact", body)
+	code, _ = do(http.MethodHead, path, nil)
+	assert.Equal(t, http.StatusForbidden, code, "a presigned GET URL is for GET")
+}

@@ -36,16 +36,22 @@ import (
 type LocalAWS struct {
 	// URL is the endpoint, http://127.0.0.1:PORT.
 	URL string
-	// ArtifactsURL is the base URL presigned artifact URLs name (URL
-	// unless Options.ArtifactsURL says how devices reach the endpoint).
-	ArtifactsURL string
+	// ArtifactsEndpoint is the URL of the artifacts endpoint, a second
+	// listener that serves devices nothing but GETs of the presigned
+	// artifact URLs jobs give them (s3api.PresignedHandler): a device
+	// reaches no other API. ArtifactsURL is the base URL presigned URLs
+	// name: ArtifactsEndpoint unless Options.ArtifactsURL says how devices
+	// reach it (a forwarded port, another host name).
+	ArtifactsEndpoint string
+	ArtifactsURL      string
 	// Store is the local S3.
 	Store *s3api.Store
 
 	handler   http.Handler
 	functions map[string]lambdaapi.Function
-	srv       *http.Server
-	ln        net.Listener
+	srvs      []*http.Server
+	ln        net.Listener // the endpoint
+	artLn     net.Listener // the artifacts endpoint
 }
 
 // ArtifactsBucket is the name of the local artifacts bucket of env.
@@ -54,16 +60,23 @@ func ArtifactsBucket(env string) string { return "iot-fleet-" + env + "-artifact
 // listenAWS opens the endpoint's listener (before the core starts, which
 // reports the URL in its /status).
 func listenAWS(opts Options) (*LocalAWS, error) {
-	ln := opts.AWSListener
+	ln, artLn := opts.AWSListener, opts.ArtifactsListener
+	var err error
 	if ln == nil {
-		var err error
 		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 			return nil, fmt.Errorf("stack: local AWS endpoint: %w", err)
 		}
 	}
-	l := &LocalAWS{URL: "http://" + ln.Addr().String(), ArtifactsURL: opts.ArtifactsURL, ln: ln}
+	if artLn == nil {
+		if artLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("stack: artifacts endpoint: %w", err)
+		}
+	}
+	l := &LocalAWS{URL: "http://" + ln.Addr().String(), ArtifactsEndpoint: "http://" + artLn.Addr().String(),
+		ArtifactsURL: opts.ArtifactsURL, ln: ln, artLn: artLn}
 	if l.ArtifactsURL == "" {
-		l.ArtifactsURL = l.URL
+		l.ArtifactsURL = l.ArtifactsEndpoint
 	}
 	return l, nil
 }
@@ -119,12 +132,19 @@ func (l *LocalAWS) serve(s *Stack) {
 		IsDynamoDB: dynamodbapi.Owns, IsLambda: lambdaapi.Owns,
 		IsS3: func(r *http.Request) bool { return l.Store.Owns(r.URL.Path) },
 	}
-	l.srv = &http.Server{Handler: l.handler, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("local AWS endpoint stopped", "error", err)
-		}
-	}()
+	for _, e := range []struct {
+		name string
+		ln   net.Listener
+		h    http.Handler
+	}{{"local AWS endpoint", l.ln, l.handler}, {"artifacts endpoint", l.artLn, l.Store.PresignedHandler()}} {
+		srv := &http.Server{Handler: e.h, ReadHeaderTimeout: 10 * time.Second}
+		l.srvs = append(l.srvs, srv)
+		go func() {
+			if err := srv.Serve(e.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error(e.name+" stopped", "error", err)
+			}
+		}()
+	}
 }
 
 // Handler is the endpoint's HTTP handler (for a second listener).
@@ -134,12 +154,16 @@ func (l *LocalAWS) Handler() http.Handler { return l.handler }
 func (l *LocalAWS) Functions() map[string]lambdaapi.Function { return l.functions }
 
 func (l *LocalAWS) close() error {
-	if l.srv == nil {
-		return l.ln.Close()
+	if l.srvs == nil {
+		return errors.Join(l.ln.Close(), l.artLn.Close())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return l.srv.Shutdown(ctx)
+	var errs []error
+	for _, srv := range l.srvs {
+		errs = append(errs, srv.Shutdown(ctx))
+	}
+	return errors.Join(errs...)
 }
 
 // localCredentials sign the stack's own requests; the endpoint accepts and
@@ -190,6 +214,7 @@ func (s *Stack) Outputs(dir string) (map[string]any, error) {
 		"iotDataEndpoint":   host,
 		"region":            core.Region,
 		"localEndpoint":     s.AWS.URL,
+		"artifactsEndpoint": s.AWS.ArtifactsEndpoint,
 		"iotDataPort":       port,
 		"rootCAFile":        filepath.Join(dir, "root-ca.pem"),
 		"claimCertFile":     filepath.Join(dir, "claim.pem"),

@@ -60,9 +60,12 @@ type Options struct {
 	// AWSListener is the listener of the local AWS endpoint (LocalAWS);
 	// nil: a free port on 127.0.0.1. The stack closes it.
 	AWSListener net.Listener
+	// ArtifactsListener is the listener of the artifacts endpoint
+	// (LocalAWS.ArtifactsEndpoint); nil: a free port on 127.0.0.1.
+	ArtifactsListener net.Listener
 	// ArtifactsURL is the base URL presigned artifact URLs name, when
-	// devices reach the endpoint another way (a forwarded port, another
-	// host name); "": the endpoint's URL.
+	// devices reach the artifacts endpoint another way (a forwarded port,
+	// another host name); "": the artifacts endpoint's URL.
 	ArtifactsURL string
 }
 

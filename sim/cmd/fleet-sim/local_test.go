@@ -310,7 +310,7 @@ func TestJobsPresignedURLsAndDocumentSource(t *testing.T) {
 	var received struct{ URL string }
 	raw := startNext(t, e, thing)
 	require.NoError(t, json.Unmarshal(raw, &received), string(raw))
-	require.True(t, strings.HasPrefix(received.URL, e.url+"/"+bucket+"/v2.mender?"), received.URL)
+	require.True(t, strings.HasPrefix(received.URL, e.aws.ArtifactsEndpoint+"/"+bucket+"/v2.mender?"), received.URL)
 	assert.Contains(t, received.URL, "X-Amz-Expires=300")
 	resp, err := http.Get(received.URL)
 	require.NoError(t, err)

@@ -97,7 +97,8 @@ func run(args []string, stderr io.Writer) error {
 	listen := fs.String("listen", "127.0.0.1:0", "MQTT/TLS listen address (AWS IoT Core's 8883)")
 	alpnListen := fs.String("alpn-listen", "auto", "listen address of MQTT/TLS with ALPN x-amzn-mqtt-ca (AWS IoT Core's 443, the AWS SDKs' and Device Client's default): auto (127.0.0.1:443 as root when free, else a free port), off, or an address")
 	httpAddr := fs.String("http", "127.0.0.1:0", "operator HTTP API listen address")
-	artifactsURL := fs.String("artifacts-url", "", "base URL of the presigned artifact URLs in OTA job documents, as devices reach the local AWS endpoint (default: the endpoint's URL; e.g. http://artifacts.vm.internal where that forwards to it)")
+	artifactsAddr := fs.String("artifacts-listen", "127.0.0.1:0", "listen address of the artifacts endpoint: devices download presigned artifact URLs there, and nothing else")
+	artifactsURL := fs.String("artifacts-url", "", "base URL of the presigned artifact URLs in OTA job documents, as devices reach the artifacts endpoint (default: its URL; e.g. http://artifacts.vm.internal where that forwards to it)")
 	cpAddr := fs.String("control-plane", "127.0.0.1:0", "listen address of the local AWS endpoint (AWS IoT, Lambda, DynamoDB and S3 APIs, as the AWS CLI and SDKs speak them)")
 	pattern := fs.String("serial-pattern", allowlist.DefaultSerialPattern, "serial pattern (Go regexp, anchored)")
 	jobMinute := fs.Duration("job-minute", time.Minute, "length of a Jobs timeout minute (shorten for demos)")
@@ -113,7 +114,7 @@ func run(args []string, stderr io.Writer) error {
 	}
 	if *artifactsURL != "" {
 		if u, err := url.Parse(*artifactsURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-			return fmt.Errorf("--artifacts-url %q: want http://HOST[:PORT] (the local AWS endpoint as devices reach it)", *artifactsURL)
+			return fmt.Errorf("--artifacts-url %q: want http://HOST[:PORT] (the artifacts endpoint as devices reach it)", *artifactsURL)
 		}
 	}
 	var lvl slog.Level
@@ -148,14 +149,21 @@ func run(args []string, stderr io.Writer) error {
 	defer stop()
 	// The local stack: the local IoT Core with the stack's real Lambda
 	// handlers; the allowlist is deployed as `pulumi up` deploys it.
-	// The stack serves its local AWS endpoint on cpLn (and closes it).
+	artLn, err := net.Listen("tcp", *artifactsAddr)
+	if err != nil {
+		cpLn.Close()
+		return fmt.Errorf("--artifacts-listen: %w", err)
+	}
+	// The stack serves its local AWS endpoint on cpLn and the artifacts
+	// endpoint on artLn (and closes them).
 	st, err := stack.Start(ctx, stack.Options{
 		Core:          core.Options{Env: *env, Addr: *listen, ALPNAddr: alpnAddr, Logger: log, JobMinute: *jobMinute},
 		SerialPattern: *pattern, Logger: log,
-		AWSListener: cpLn, ArtifactsURL: strings.TrimSuffix(*artifactsURL, "/"),
+		AWSListener: cpLn, ArtifactsListener: artLn, ArtifactsURL: strings.TrimSuffix(*artifactsURL, "/"),
 	})
 	if err != nil {
 		cpLn.Close()
+		artLn.Close()
 		return err
 	}
 	defer st.Close()
@@ -210,6 +218,7 @@ func run(args []string, stderr io.Writer) error {
 		{"claim.key", claim.KeyPEM, 0o600},
 		{"api", []byte(ln.Addr().String() + "\n"), 0o644},
 		{"control-plane", []byte(controlPlane + "\n"), 0o644},
+		{"artifacts", []byte(st.AWS.ArtifactsEndpoint + "\n"), 0o644},
 		{"outputs.json", outputsJSON, 0o644},
 		{"agent.json", agentJSON, 0o644},
 	}
