@@ -795,8 +795,12 @@ func TestLambdaPermissionsMatchTheirJobs(t *testing.T) {
 	assert.Equal(t, []string{tableARN}, sync["dynamodb:Scan"])
 	assert.Equal(t, []string{"arn:aws:iot:eu-west-1:" + mockAccount + ":cert/*"}, sync["iot:UpdateCertificate"])
 	groupARN := propString(r.one(t, tThingGroup, "group").Outputs, "arn")
-	assert.ElementsMatch(t, []string{"arn:aws:iot:eu-west-1:" + mockAccount + ":thing/dev-*", groupARN}, sync["iot:DeleteThing"],
+	assert.Equal(t, []string{"arn:aws:iot:eu-west-1:" + mockAccount + ":thing/dev-*"}, sync["iot:DeleteThing"],
 		"sync may delete only this environment's things")
+	for _, action := range []string{"iot:ListThingPrincipals", "iot:DetachThingPrincipal"} {
+		assert.Equal(t, sync["iot:DeleteThing"], sync[action], "%s on things only, not the thing group", action)
+	}
+	assert.ElementsMatch(t, []string{"arn:aws:iot:eu-west-1:" + mockAccount + ":thing/dev-*", groupARN}, sync["iot:RemoveThingFromThingGroup"])
 	// It turns SSM off for the devices it revokes: activations (no
 	// resource type) and this stack's tagged managed nodes only.
 	assert.Equal(t, []string{"*"}, sync["ssm:DeleteActivation"])
@@ -833,7 +837,8 @@ func TestLambdaPermissionsMatchTheirJobs(t *testing.T) {
 		"ssm:DeregisterManagedInstance":   sync["ssm:DeregisterManagedInstance"],
 		"ssm:DescribeInstanceInformation": sync["ssm:DescribeInstanceInformation"],
 	}, revoke, "the revoke Lambda: one device's revocation, nothing more")
-	assert.ElementsMatch(t, []string{things, groupARN}, revoke["iot:DeleteThing"])
+	assert.Equal(t, []string{things}, revoke["iot:DeleteThing"])
+	assert.ElementsMatch(t, []string{things, groupARN}, revoke["iot:RemoveThingFromThingGroup"])
 	revokeName := propString(r.one(t, tFunction, components.LambdaRevoke).Outputs, "name")
 	for _, p := range r.aws.resources(tPermission) {
 		assert.NotEqual(t, revokeName, propString(p.Inputs, "function"), "no service may invoke the revoke Lambda; operators do, with their own IAM")

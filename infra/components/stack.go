@@ -194,11 +194,10 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 			// Registry records, including their SSM state (internal/ssmstate).
 			{Sid: "SyncRegistry", Actions: []string{"dynamodb:GetItem", "dynamodb:Scan", "dynamodb:UpdateItem"}, Resources: table},
 			{Sid: "RevokeCertificates", Actions: []string{"iot:DescribeCertificate", "iot:UpdateCertificate", "iot:DetachPolicy"}, Resources: ARNs(certs)},
-			{
-				Sid:       "RemoveThings",
-				Actions:   []string{"iot:ListThingPrincipals", "iot:DetachThingPrincipal", "iot:RemoveThingFromThingGroup", "iot:DeleteThing"},
-				Resources: pulumi.StringArray{pulumi.String(things), s.Fleet.ThingGroupArn},
-			},
+			// Thing actions on this environment's things only; leaving the
+			// group names the thing and the group.
+			{Sid: "RemoveThings", Actions: []string{"iot:ListThingPrincipals", "iot:DetachThingPrincipal", "iot:DeleteThing"}, Resources: pulumi.StringArray{pulumi.String(things)}},
+			{Sid: "LeaveThingGroup", Actions: []string{"iot:RemoveThingFromThingGroup"}, Resources: pulumi.StringArray{pulumi.String(things), s.Fleet.ThingGroupArn}},
 			denyClaim,
 		}, SSMCleanUpStatements(args.Partition, args.Region, args.AccountID, cfg.Environment)...),
 		TimeoutSeconds: 300,
@@ -227,11 +226,10 @@ func NewStack(ctx *pulumi.Context, name string, args StackArgs, opts ...pulumi.R
 			// Registry records, including their SSM state (internal/ssmstate).
 			{Sid: "RevokeInRegistry", Actions: []string{"dynamodb:GetItem", "dynamodb:UpdateItem"}, Resources: table},
 			{Sid: "RevokeCertificates", Actions: []string{"iot:DescribeCertificate", "iot:UpdateCertificate", "iot:DetachPolicy"}, Resources: ARNs(certs)},
-			{
-				Sid:       "RemoveThing",
-				Actions:   []string{"iot:ListThingPrincipals", "iot:DetachThingPrincipal", "iot:RemoveThingFromThingGroup", "iot:DeleteThing"},
-				Resources: pulumi.StringArray{pulumi.String(things), s.Fleet.ThingGroupArn},
-			},
+			// Thing actions on this environment's things only; leaving the
+			// group names the thing and the group.
+			{Sid: "RemoveThing", Actions: []string{"iot:ListThingPrincipals", "iot:DetachThingPrincipal", "iot:DeleteThing"}, Resources: pulumi.StringArray{pulumi.String(things)}},
+			{Sid: "LeaveThingGroup", Actions: []string{"iot:RemoveThingFromThingGroup"}, Resources: pulumi.StringArray{pulumi.String(things), s.Fleet.ThingGroupArn}},
 			denyClaim,
 		}, SSMCleanUpStatements(args.Partition, args.Region, args.AccountID, cfg.Environment)...),
 		TimeoutSeconds: 60,
