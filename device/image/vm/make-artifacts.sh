@@ -100,20 +100,34 @@ release() {
 	} | debugfs_write "$img"
 }
 
-mkdir -p "$out"
+# mender-artifact reads traditional PEM keys (SEC1 "EC PRIVATE KEY" or
+# PKCS#1 "RSA PRIVATE KEY"), not PKCS#8: convert a private copy.
 pub="$work/verify.pem"
+sign="$work/signing.key"
 openssl pkey -in "$key" -pubout -out "$pub" 2>/dev/null || die "$key is not a private key openssl can read"
+openssl ec -in "$key" -out "$sign" 2>/dev/null || openssl rsa -traditional -in "$key" -out "$sign" 2>/dev/null ||
+	die "$key: want an ECDSA or RSA private key"
 
 artifact() {
 	local name="$1" img="$2" file="$3"
 	e2fsck -fn "$img" >/dev/null 2>&1 || die "$name: the file system has errors after the changes"
 	log "writing $file (artifact $name, device type $DEVICE_TYPE)"
 	mender-artifact write rootfs-image --no-progress -t "$DEVICE_TYPE" -n "$name" -f "$img" \
-		-k "$key" -o "$out/$file.part" >/dev/null
+		-k "$sign" -o "$out/$file.part" >/dev/null
 	mender-artifact validate -k "$pub" "$out/$file.part" >/dev/null || die "$file: signature does not verify"
 	mv "$out/$file.part" "$out/$file"
 	chmod 0644 "$out/$file"
 }
+
+# The agent's configuration of the injected disk (v3-bad changes it).
+mkdir -p "$work/stage" "$out"
+debugfs -R "cat /etc/fleet-agent/config.json" "$rootfs" >"$work/stage/config.json" 2>/dev/null || true
+[[ -s "$work/stage/config.json" ]] ||
+	die "rootfs A has no /etc/fleet-agent/config.json: make the artifacts from an injected disk"
+jq -e '.ota | type == "object"' "$work/stage/config.json" >/dev/null ||
+	die "/etc/fleet-agent/config.json of rootfs A has no ota section"
+jq '.ota.healthChecks = ((.ota.healthChecks // []) + [{"name": "release", "command": ["/usr/local/lib/fleet-agent/release-health-check"], "timeout": "30s"}])' \
+	"$work/stage/config.json" >"$work/stage/config.new"
 
 # 2. v2: a good release.
 cp --sparse=always "$rootfs" "$work/v2.ext4"
@@ -123,12 +137,6 @@ rm "$work/v2.ext4"
 
 # 3. v3-bad: boots and connects, but its health check fails.
 cp --sparse=always "$rootfs" "$work/v3.ext4"
-(cd "$work/stage" && debugfs -R "cat /etc/fleet-agent/config.json" "$work/v3.ext4" >config.json 2>/dev/null) ||
-	die "rootfs A has no /etc/fleet-agent/config.json: make the artifacts from an injected disk"
-jq -e '.ota | type == "object"' "$work/stage/config.json" >/dev/null ||
-	die "/etc/fleet-agent/config.json of rootfs A has no ota section"
-jq '.ota.healthChecks = ((.ota.healthChecks // []) + [{"name": "release", "command": ["/usr/local/lib/fleet-agent/release-health-check"], "timeout": "30s"}])' \
-	"$work/stage/config.json" >"$work/stage/config.new"
 cat >"$work/stage/health" <<'CHECK'
 #!/bin/sh
 # iot-fleet test release v3-bad: its OTA health check always fails.
