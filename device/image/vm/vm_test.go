@@ -332,12 +332,12 @@ func TestMenderInstallCommitRollback(t *testing.T) {
 	require.NoError(t, err)
 	port := fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
 	injectProbe(t, disk, map[int]string{
-		1: `mender install http://10.0.2.2:`+port+`/v2.mender && echo "VMTEST installed v2" || echo "VMTEST install v2 failed"
+		1: `mender install http://10.0.2.2:` + port + `/v2.mender && echo "VMTEST installed v2" || echo "VMTEST install v2 failed"
 echo "VMTEST env: $(fw_printenv mender_boot_part upgrade_available bootcount | tr '\n' ' ')"
 systemctl --no-block reboot`,
 		2: `mender commit && echo "VMTEST committed v2" || echo "VMTEST commit failed"
 echo "VMTEST env: $(fw_printenv mender_boot_part upgrade_available bootcount | tr '\n' ' ')"
-mender install http://10.0.2.2:`+port+`/v3-bad.mender && echo "VMTEST installed v3-bad" || echo "VMTEST install v3-bad failed"
+mender install http://10.0.2.2:` + port + `/v3-bad.mender && echo "VMTEST installed v3-bad" || echo "VMTEST install v3-bad failed"
 systemctl --no-block reboot`,
 		3: `mender rollback && echo "VMTEST rolled back v3-bad" || echo "VMTEST rollback failed"
 echo "VMTEST env: $(fw_printenv mender_boot_part upgrade_available bootcount | tr '\n' ' ')"
