@@ -223,6 +223,9 @@ func logBaseJSON(t *testing.T, img string) {
 	}
 }
 
+// waitIPv4 waits (up to a minute) for eth0's DHCP address.
+const waitIPv4 = `for i in $(seq 60); do ip -4 -o addr show dev eth0 | grep -q inet && break; sleep 1; done`
+
 const switchToB = `fw_setenv mender_boot_part 3
 fw_setenv mender_boot_part_hex 3
 fw_setenv bootcount 0
@@ -332,10 +335,12 @@ func TestMenderInstallCommitRollback(t *testing.T) {
 	require.NoError(t, err)
 	port := fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
 	injectProbe(t, disk, map[int]string{
-		1: `mender install http://10.0.2.2:` + port + `/v2.mender && echo "VMTEST installed v2" || echo "VMTEST install v2 failed"
+		1: waitIPv4 + `
+mender install http://10.0.2.2:` + port + `/v2.mender && echo "VMTEST installed v2" || echo "VMTEST install v2 failed"
 echo "VMTEST env: $(fw_printenv mender_boot_part upgrade_available bootcount | tr '\n' ' ')"
 systemctl --no-block reboot`,
-		2: `mender commit && echo "VMTEST committed v2" || echo "VMTEST commit failed"
+		2: waitIPv4 + `
+mender commit && echo "VMTEST committed v2" || echo "VMTEST commit failed"
 echo "VMTEST env: $(fw_printenv mender_boot_part upgrade_available bootcount | tr '\n' ' ')"
 mender install http://10.0.2.2:` + port + `/v3-bad.mender && echo "VMTEST installed v3-bad" || echo "VMTEST install v3-bad failed"
 systemctl --no-block reboot`,
