@@ -143,7 +143,12 @@ cat >"$work/stage/health" <<'CHECK'
 echo "release v3-bad is marked bad: health check fails on purpose" >&2
 exit 1
 CHECK
-release v3-bad "$work/v3.ext4" <<'REQ'
+mkdir_req=""
+if ! debugfs -R "stat /usr/local/lib/fleet-agent" "$work/v3.ext4" 2>/dev/null | grep -q "Type: directory"; then
+	mkdir_req="mkdir /usr/local/lib/fleet-agent"
+fi
+release v3-bad "$work/v3.ext4" <<REQ
+$mkdir_req
 rm /etc/fleet-agent/config.json
 write config.new /etc/fleet-agent/config.json
 sif /etc/fleet-agent/config.json mode 0100644
