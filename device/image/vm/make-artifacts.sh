@@ -144,9 +144,11 @@ echo "release v3-bad is marked bad: health check fails on purpose" >&2
 exit 1
 CHECK
 mkdir_req=""
-if ! debugfs -R "stat /usr/local/lib/fleet-agent" "$work/v3.ext4" 2>/dev/null | grep -q "Type: directory"; then
-	mkdir_req="mkdir /usr/local/lib/fleet-agent"
-fi
+for d in /usr /usr/local /usr/local/lib /usr/local/lib/fleet-agent; do
+	if ! debugfs -R "stat $d" "$work/v3.ext4" 2>/dev/null | grep -q "Type: directory"; then
+		mkdir_req+="mkdir $d"$'\n'
+	fi
+done
 release v3-bad "$work/v3.ext4" <<REQ
 $mkdir_req
 rm /etc/fleet-agent/config.json
