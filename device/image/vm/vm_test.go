@@ -275,8 +275,9 @@ func TestBootSwitchesToBAndFallsBackWithoutCommit(t *testing.T) {
 	requireProbe(t, p[0], map[string]string{"boot": "1", "root": "/dev/vda2", "part": "2", "upgrade": "0",
 		"serial": testSerial, "release": "v1", "data": "/dev/vda4", "bootfs": "/dev/vda1", "artifact": "v1",
 		"ip": "10.0.2.15/24", "iot": "10.0.2.100"})
-	requireProbe(t, p[1], map[string]string{"boot": "2", "root": "/dev/vda3", "part": "3", "upgrade": "1", "bootcount": "1"})
-	requireProbe(t, p[2], map[string]string{"boot": "3", "root": "/dev/vda2", "part": "2", "upgrade": "0", "bootcount": "2"})
+	// network-online.target means eth0 has its address on every boot.
+	requireProbe(t, p[1], map[string]string{"boot": "2", "root": "/dev/vda3", "part": "3", "upgrade": "1", "bootcount": "1", "ip": "10.0.2.15/24"})
+	requireProbe(t, p[2], map[string]string{"boot": "3", "root": "/dev/vda2", "part": "2", "upgrade": "0", "bootcount": "2", "ip": "10.0.2.15/24"})
 	require.NotEmpty(t, m.lines(regexp.MustCompile(`iot-fleet: update on partition 3 failed to boot 1 time\(s\), rolling back`)))
 }
 
