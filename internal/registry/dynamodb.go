@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
@@ -314,7 +315,7 @@ func (s *DynamoDB) Readmit(ctx context.Context, serial, token, by string) (Devic
 		if !d.State.Admitted() && !held {
 			return Device{}, false, fmt.Errorf("%w: %s is %s; list it on the allowlist again before re-admitting it", ErrConflict, serial, d.State)
 		}
-		if d.ReadmitToken == token {
+		if d.ReadmitTokenUsed(token) {
 			return d, false, nil
 		}
 		now := s.now()
@@ -325,6 +326,9 @@ func (s *DynamoDB) Readmit(ctx context.Context, serial, token, by string) (Devic
 			u = set(expression.UpdateBuilder{}, AttrState, StateAllowed)
 			u = removeRotation(remove(u, AttrRevokeEmergency, AttrCertificateID, AttrThingName, AttrCertNotAfter, AttrExpiryPartition, AttrPublicKeySHA256))
 		}
+		// The set gains the token (and the last token of a record written
+		// before the set existed).
+		u = u.Add(expression.Name(AttrReadmitTokens), expression.Value(&types.AttributeValueMemberSS{Value: addTokens(nil, token, d.ReadmitToken)}))
 		u = set(u, AttrReadmitToken, token)
 		u = set(u, AttrReadmittedAt, now)
 		u = set(u, AttrUpdatedAt, now)
@@ -333,8 +337,12 @@ func (s *DynamoDB) Readmit(ctx context.Context, serial, token, by string) (Devic
 		} else {
 			u = remove(u, AttrReadmittedBy)
 		}
+		// A token never used for the serial: not in the set, and not the
+		// last token (records written before the set existed).
 		tok := expression.Name(AttrReadmitToken)
-		cond := is(AttrState, d.State).And(tok.AttributeNotExists().Or(tok.NotEqual(expression.Value(token))))
+		cond := expression.And(is(AttrState, d.State),
+			expression.Not(expression.Contains(expression.Name(AttrReadmitTokens), token)),
+			expression.Or(tok.AttributeNotExists(), tok.NotEqual(expression.Value(token))))
 		d, applied, err := s.update(ctx, serial, u, cond, op)
 		if err != nil {
 			return Device{}, false, err
@@ -432,6 +440,7 @@ func decode(item map[string]types.AttributeValue) (Device, error) {
 	if !d.State.Valid() {
 		return Device{}, fmt.Errorf("registry: record %s: unknown state %q", d.Serial, d.State)
 	}
+	slices.Sort(d.ReadmitTokens) // a set has no order
 	return d, nil
 }
 

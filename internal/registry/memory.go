@@ -185,23 +185,20 @@ func (m *Memory) Readmit(ctx context.Context, serial, token, by string) (Device,
 	}
 	changed := false
 	d, err := m.update(serial, func(d *Device, now time.Time) (bool, error) {
-		if d.State == StateRevoked && d.RevokeEmergency {
-			if d.ReadmitToken == token {
-				return false, nil
-			}
-			allowRevoked(d)
-			d.RevokeEmergency = false
-			d.ReadmitToken, d.ReadmittedBy, d.ReadmittedAt = token, by, now
-			changed = true
-			return true, nil
-		}
-		if !d.State.Admitted() {
+		held := d.State == StateRevoked && d.RevokeEmergency
+		if !d.State.Admitted() && !held {
 			return false, fmt.Errorf("%w: %s is %s; list it on the allowlist again before re-admitting it", ErrConflict, serial, d.State)
 		}
-		if d.ReadmitToken == token {
+		if d.ReadmitTokenUsed(token) {
 			return false, nil
 		}
-		d.State = readmittedState(d.State)
+		if held {
+			allowRevoked(d)
+			d.RevokeEmergency = false
+		} else {
+			d.State = readmittedState(d.State)
+		}
+		d.ReadmitTokens = addTokens(d.ReadmitTokens, token, d.ReadmitToken)
 		d.ReadmitToken, d.ReadmittedBy, d.ReadmittedAt = token, by, now
 		changed = true
 		return true, nil
@@ -222,7 +219,9 @@ func (m *Memory) update(serial string, change func(d *Device, now time.Time) (ch
 	if !ok {
 		return Device{}, fmt.Errorf("%w: %s", ErrNotFound, serial)
 	}
-	d.CertificateHistory = slices.Clone(d.CertificateHistory) // never edit the stored slice
+	// Never edit the stored slices.
+	d.CertificateHistory = slices.Clone(d.CertificateHistory)
+	d.ReadmitTokens = slices.Clone(d.ReadmitTokens)
 	changed, err := change(&d, now)
 	if err != nil {
 		return Device{}, err
@@ -291,6 +290,16 @@ func appendHistory(h []RetiredCertificate, e RetiredCertificate) []RetiredCertif
 		h = h[len(h)-MaxHistory:]
 	}
 	return h
+}
+
+// addTokens adds the non-empty tokens to the sorted set set.
+func addTokens(set []string, tokens ...string) []string {
+	for _, t := range tokens {
+		if i, found := slices.BinarySearch(set, t); t != "" && !found {
+			set = slices.Insert(set, i, t)
+		}
+	}
+	return set
 }
 
 // readmittedState is the state a re-admission moves a record in state s

@@ -6,12 +6,12 @@
 // States and their transitions (every one a conditional write):
 //
 //	(none) ──PutAllowed──▶ allowed ──RecordProvisioned──▶ provisioned
-//	provisioned ──Readmit(token)──▶ readmitted ──ReplaceCertificate──▶ provisioned
+//	provisioned ──Readmit(token never used for the serial)──▶ readmitted ──ReplaceCertificate──▶ provisioned
 //	provisioned ──ReplaceCertificate (same public key)──▶ provisioned
 //	allowed|provisioned|readmitted ──MarkRevoking──▶ revoking ──MarkRevoked──▶ revoked
 //	revoked ──PutAllowed──▶ allowed (not after an emergency revocation)
 //	allowed|provisioned|readmitted ──MarkEmergencyRevoking──▶ revoking (emergency)
-//	revoked (emergency) ──Readmit(new token)──▶ allowed
+//	revoked (emergency) ──Readmit(token never used for the serial)──▶ allowed
 //
 // The pre-provisioning hook admits allowed serials, readmitted ones (once)
 // and a provisioned serial only when the new certificate carries the
@@ -19,7 +19,8 @@
 // denies revoking and revoked serials. An emergency revocation (the revoke
 // Lambda, MarkEmergencyRevoking) records why, by whom and when, and holds
 // the serial out: listing it again does not admit it, only a re-admission
-// with a new token does. A certificate the record stops
+// with a token never used for that serial does (the record keeps every
+// token used, ReadmitTokens). A certificate the record stops
 // naming goes into the record's certificate history with when and why.
 package registry
 
@@ -28,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"time"
 )
 
@@ -109,11 +111,17 @@ type Device struct {
 	// CertificateHistory lists the certificates the record named before,
 	// oldest first (at most MaxHistory).
 	CertificateHistory []RetiredCertificate `dynamodbav:"certificateHistory,omitempty"`
-	// The last re-admission: its token, who made it and when. A token is
-	// acted on once: re-admitting with the recorded token changes nothing.
+	// The last re-admission: its token, who made it and when.
 	ReadmitToken string    `dynamodbav:"readmitToken,omitempty"`
 	ReadmittedBy string    `dynamodbav:"readmittedBy,omitempty"`
 	ReadmittedAt time.Time `dynamodbav:"readmittedAt,omitempty"`
+	// ReadmitTokens is every token a re-admission of this serial used
+	// (a DynamoDB string set; sorted here). A token is acted on once per
+	// serial, ever: re-admitting with a token in the set (or with
+	// ReadmitToken, for records written before the set existed) changes
+	// nothing, so bringing an old readmit line back (a git revert) neither
+	// re-admits a provisioned device nor lifts an emergency hold.
+	ReadmitTokens []string `dynamodbav:"readmitTokens,stringset,omitempty"`
 
 	// The last emergency revocation (MarkEmergencyRevoking): why, who
 	// asked and when. RevokeEmergency holds the serial out while the
@@ -202,6 +210,7 @@ const (
 	AttrReadmitToken       = "readmitToken"
 	AttrReadmittedBy       = "readmittedBy"
 	AttrReadmittedAt       = "readmittedAt"
+	AttrReadmitTokens      = "readmitTokens" // string set (SS)
 	AttrRevokeReason       = "revokeReason"
 	AttrRevokedBy          = "revokedBy"
 	AttrRevokedAt          = "revokedAt"
@@ -232,6 +241,13 @@ func FormatTime(t time.Time) string { return t.UTC().Truncate(time.Second).Forma
 // decision (a provisioned serial only with its recorded key).
 func (s State) Admitted() bool {
 	return s == StateAllowed || s == StateProvisioned || s == StateReadmitted
+}
+
+// ReadmitTokenUsed reports whether a re-admission of d's serial used
+// token before (ReadmitTokens, or the last ReadmitToken): such a token
+// re-admits nothing.
+func (d Device) ReadmitTokenUsed(token string) bool {
+	return token != "" && (token == d.ReadmitToken || slices.Contains(d.ReadmitTokens, token))
 }
 
 // HeldOut reports whether d was revoked in an emergency and is still
@@ -339,8 +355,10 @@ type Store interface {
 	// provision anyway) but keeps the token, so a stale annotation cannot
 	// re-admit it later. A record revoked in an emergency (RevokeEmergency)
 	// becomes allowed, as PutAllowed makes a revoked record, with the
-	// emergency flag cleared. A token equal to the recorded one changes
-	// nothing: changed is false. Other revoked and revoking records are
+	// emergency flag cleared. Every token used is added to the record's
+	// ReadmitTokens; a token used before for this serial (ReadmitTokenUsed)
+	// changes nothing: changed is false, so an old readmit line brought
+	// back never re-admits. Other revoked and revoking records are
 	// ErrConflict (list the serial again first), a missing one ErrNotFound.
 	Readmit(ctx context.Context, serial, token, by string) (d Device, changed bool, err error)
 
