@@ -302,6 +302,18 @@ func (s *DynamoDB) ReplaceCertificate(ctx context.Context, serial, thingName str
 
 // Readmit implements Store.
 func (s *DynamoDB) Readmit(ctx context.Context, serial, token, by string) (Device, bool, error) {
+	return s.readmit(ctx, serial, token, by, true)
+}
+
+// ReadmitAdmitted implements Store.
+func (s *DynamoDB) ReadmitAdmitted(ctx context.Context, serial, token, by string) (Device, bool, error) {
+	return s.readmit(ctx, serial, token, by, false)
+}
+
+// readmit is Readmit; liftHold false refuses a held-out record. The write
+// is conditional on the state read, so a record held out meanwhile fails
+// the condition and is read again.
+func (s *DynamoDB) readmit(ctx context.Context, serial, token, by string, liftHold bool) (Device, bool, error) {
 	if err := checkReadmit(ctx, serial, token); err != nil {
 		return Device{}, false, err
 	}
@@ -310,6 +322,9 @@ func (s *DynamoDB) Readmit(ctx context.Context, serial, token, by string) (Devic
 		d, err := s.Get(ctx, serial)
 		if err != nil {
 			return Device{}, false, err
+		}
+		if d.HeldOut() && !liftHold {
+			return Device{}, false, heldOut(d)
 		}
 		held := d.State == StateRevoked && d.RevokeEmergency
 		if !d.State.Admitted() && !held {

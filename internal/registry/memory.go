@@ -180,11 +180,24 @@ func (m *Memory) ReplaceCertificate(ctx context.Context, serial, thingName strin
 
 // Readmit implements Store.
 func (m *Memory) Readmit(ctx context.Context, serial, token, by string) (Device, bool, error) {
+	return m.readmit(ctx, serial, token, by, true)
+}
+
+// ReadmitAdmitted implements Store.
+func (m *Memory) ReadmitAdmitted(ctx context.Context, serial, token, by string) (Device, bool, error) {
+	return m.readmit(ctx, serial, token, by, false)
+}
+
+// readmit is Readmit; liftHold false refuses a held-out record.
+func (m *Memory) readmit(ctx context.Context, serial, token, by string, liftHold bool) (Device, bool, error) {
 	if err := checkReadmit(ctx, serial, token); err != nil {
 		return Device{}, false, err
 	}
 	changed := false
 	d, err := m.update(serial, func(d *Device, now time.Time) (bool, error) {
+		if d.HeldOut() && !liftHold {
+			return false, heldOut(*d)
+		}
 		held := d.State == StateRevoked && d.RevokeEmergency
 		if !d.State.Admitted() && !held {
 			return false, fmt.Errorf("%w: %s is %s; list it on the allowlist again before re-admitting it", ErrConflict, serial, d.State)
@@ -290,6 +303,12 @@ func appendHistory(h []RetiredCertificate, e RetiredCertificate) []RetiredCertif
 		h = h[len(h)-MaxHistory:]
 	}
 	return h
+}
+
+// heldOut is ErrHeldOut for d, with the revocation's record.
+func heldOut(d Device) error {
+	return fmt.Errorf("%w: %s was revoked in an emergency (reason %q, by %s, at %s); only a readmit=TOKEN line in the allowlist, with a token never used for this serial, admits it again",
+		ErrHeldOut, d.Serial, d.RevokeReason, d.RevokedBy, FormatTime(d.RevokedAt))
 }
 
 // addTokens adds the non-empty tokens to the sorted set set.

@@ -180,6 +180,10 @@ type Certificate struct {
 	PublicKeySHA256 string
 }
 
+// ErrHeldOut is returned by ReadmitAdmitted for a record an emergency
+// revocation holds out (Device.HeldOut). It wraps ErrConflict.
+var ErrHeldOut = fmt.Errorf("%w: held out by an emergency revocation", ErrConflict)
+
 // ErrRotationPending is returned by RequestRotation when the device has a
 // rotation in progress that was requested too recently to ask again. It
 // wraps ErrConflict.
@@ -361,6 +365,13 @@ type Store interface {
 	// back never re-admits. Other revoked and revoking records are
 	// ErrConflict (list the serial again first), a missing one ErrNotFound.
 	Readmit(ctx context.Context, serial, token, by string) (d Device, changed bool, err error)
+
+	// ReadmitAdmitted is Readmit that never lifts an emergency hold: a
+	// record held out (Device.HeldOut), also one that becomes held while
+	// the call runs, is ErrHeldOut and is left as it is. Tools that are
+	// not the reviewed allowlist (the local IoT Core's operator API) use
+	// it.
+	ReadmitAdmitted(ctx context.Context, serial, token, by string) (d Device, changed bool, err error)
 
 	// MarkRevoking moves an allowed, provisioned or readmitted record whose
 	// certificate id equals expectedCertificateID (empty: none) to

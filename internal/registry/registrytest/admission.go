@@ -463,6 +463,36 @@ func runAdmission(t *testing.T, setup setupFunc) {
 		require.NoError(t, err, "re-admitted: it may provision")
 	})
 
+	// ReadmitAdmitted re-admits as Readmit does but never lifts an
+	// emergency hold, whatever the token.
+	t.Run("ReadmitAdmittedRefusesHeldOut", func(t *testing.T) {
+		s, _, ctx := setup(t)
+		provisionedWithKey(t, ctx, s, "a1", "c1", keyA)
+		d, changed, err := s.ReadmitAdmitted(ctx, "a1", "T1", "ops")
+		require.NoError(t, err)
+		require.True(t, changed)
+		require.Equal(t, registry.StateReadmitted, d.State)
+		_, err = s.MarkEmergencyRevoking(ctx, "a1", "c1", registry.Revocation{Reason: "stolen", By: "alice"})
+		require.NoError(t, err)
+		for _, revoked := range []bool{false, true} {
+			if revoked {
+				require.NoError(t, s.MarkRevoked(ctx, "a1", "c1"))
+			}
+			before := get(t, ctx, s, "a1")
+			_, _, err = s.ReadmitAdmitted(ctx, "a1", "T2", "ops")
+			require.ErrorIs(t, err, registry.ErrHeldOut)
+			require.ErrorIs(t, err, registry.ErrConflict)
+			require.ErrorContains(t, err, "stolen")
+			after := get(t, ctx, s, "a1")
+			assertDevice(t, before, after)
+			require.True(t, after.HeldOut())
+			require.False(t, after.ReadmitTokenUsed("T2"), "the refused token stays unused")
+		}
+		_, changed, err = s.Readmit(ctx, "a1", "T2", "ops")
+		require.NoError(t, err)
+		require.True(t, changed, "the allowlist's Readmit lifts it")
+	})
+
 	// An emergency revocation of an allowed serial (never provisioned).
 	t.Run("EmergencyRevocationOfAllowed", func(t *testing.T) {
 		s, _, ctx := setup(t)
