@@ -261,7 +261,8 @@ type Changes struct {
 	// in file order: they become allowed (a revoking one once its
 	// revocation is finished, see Resume). A record held out by an
 	// emergency revocation (registry.Device.HeldOut) is not added: only a
-	// readmit=TOKEN annotation with a new token admits it again (Readmit).
+	// readmit=TOKEN annotation with a token the serial never used admits
+	// it again (Readmit).
 	Add []string
 	// Held are listed serials held out by an emergency revocation and not
 	// re-admitted by a new token, in file order: listing them changes

@@ -126,8 +126,9 @@ type Device struct {
 	// The last emergency revocation (MarkEmergencyRevoking): why, who
 	// asked and when. RevokeEmergency holds the serial out while the
 	// record is revoking or revoked: PutAllowed leaves it, and only
-	// Readmit with a new token admits it again (which clears the flag and
-	// keeps the rest as the record of what happened).
+	// Readmit with a token never used for the serial admits it again
+	// (which clears the flag and keeps the rest as the record of what
+	// happened). ReadmitAdmitted never does.
 	RevokeReason    string    `dynamodbav:"revokeReason,omitempty"`
 	RevokedBy       string    `dynamodbav:"revokedBy,omitempty"`
 	RevokedAt       time.Time `dynamodbav:"revokedAt,omitempty"`
@@ -256,7 +257,7 @@ func (d Device) ReadmitTokenUsed(token string) bool {
 
 // HeldOut reports whether d was revoked in an emergency and is still
 // revoking or revoked: listing its serial does not admit it again, only a
-// re-admission with a new token does.
+// re-admission with a token never used for the serial does.
 func (d Device) HeldOut() bool {
 	return d.RevokeEmergency && (d.State == StateRevoking || d.State == StateRevoked)
 }

@@ -10,7 +10,8 @@
 // The record keeps why, who asked and when (registry.Device.RevokeReason,
 // RevokedBy, RevokedAt) and the emergency hold (RevokeEmergency): the next
 // allowlist deploy does not admit the serial again even if it is still
-// listed, until a readmit=TOKEN line with a new token is deployed
+// listed, until a readmit=TOKEN line with a token never used for the
+// serial is deployed
 // (docs/admission.md).
 //
 // Revoking a revoked device records the request again (and the hold),
