@@ -12,8 +12,10 @@
 //   - leading/trailing whitespace and a CRLF line end are trimmed;
 //   - a serial may carry one annotation, "SERIAL readmit=TOKEN" (TOKEN: 1
 //     to 64 characters of [A-Za-z0-9._:-], e.g. a ticket id or a date): it
-//     re-admits a provisioned serial once per distinct TOKEN, so that a
-//     re-flashed or replaced board can provision again (see Plan);
+//     re-admits a provisioned serial (or lifts an emergency hold) once per
+//     TOKEN never used for that serial before, so that a re-flashed or
+//     replaced board can provision again (see Plan); an old line brought
+//     back (a git revert) re-admits nothing;
 //   - anything else on a line is an error naming the line.
 //
 // A serial listed twice is an error: deleting one copy to revoke a device
@@ -32,6 +34,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 )
@@ -238,10 +241,18 @@ type Limits struct {
 	Confirm int
 }
 
-// Readmission is a readmit=TOKEN annotation the registry has not acted on.
+// Readmission is a readmit=TOKEN annotation whose token the serial never
+// used (registry.Device.ReadmitTokenUsed).
 type Readmission struct {
 	Serial string
 	Token  string
+	// LiftsHold is set when the serial is held out by an emergency
+	// revocation (registry.Device.HeldOut), which this re-admission lifts;
+	// the revocation's record is copied here so that a review shows it.
+	LiftsHold    bool
+	RevokeReason string
+	RevokedBy    string
+	RevokedAt    time.Time
 }
 
 // Changes is what it takes to make the registry match the allowlist.
@@ -250,14 +261,16 @@ type Changes struct {
 	// in file order: they become allowed (a revoking one once its
 	// revocation is finished, see Resume). A record held out by an
 	// emergency revocation (registry.Device.HeldOut) is not added: only a
-	// readmit=TOKEN annotation with a new token admits it again (Readmit).
+	// readmit=TOKEN annotation with a token the serial never used admits
+	// it again (Readmit).
 	Add []string
 	// Held are listed serials held out by an emergency revocation and not
 	// re-admitted by a new token, in file order: listing them changes
 	// nothing.
 	Held []string
-	// Readmit are annotated serials whose record does not hold the token
-	// yet, in file order; the sync applies them after Add.
+	// Readmit are annotated serials whose token the serial never used
+	// (registry.Device.ReadmitTokenUsed), in file order; the sync applies
+	// them after Add. One with LiftsHold lifts an emergency hold.
 	Readmit []Readmission
 	// Remove are records in state allowed, provisioned or readmitted whose
 	// serial is no longer listed, sorted by serial: they are revoked.
@@ -324,9 +337,12 @@ func Plan(current []registry.Device, entries []Entry, lim Limits) Changes {
 	}
 	for _, e := range entries {
 		d, ok := records[e.Serial]
-		readmit := e.ReadmitToken != "" && (!ok || d.ReadmitToken != e.ReadmitToken)
+		// A token is acted on once per serial, ever: an old readmit line
+		// brought back (a git revert) re-admits nothing.
+		readmit := e.ReadmitToken != "" && (!ok || !d.ReadmitTokenUsed(e.ReadmitToken))
+		held := ok && d.HeldOut()
 		switch {
-		case ok && d.HeldOut():
+		case held:
 			if !readmit {
 				ch.Held = append(ch.Held, e.Serial)
 			}
@@ -334,7 +350,11 @@ func Plan(current []registry.Device, entries []Entry, lim Limits) Changes {
 			ch.Add = append(ch.Add, e.Serial)
 		}
 		if readmit {
-			ch.Readmit = append(ch.Readmit, Readmission{Serial: e.Serial, Token: e.ReadmitToken})
+			r := Readmission{Serial: e.Serial, Token: e.ReadmitToken}
+			if held {
+				r.LiftsHold, r.RevokeReason, r.RevokedBy, r.RevokedAt = true, d.RevokeReason, d.RevokedBy, d.RevokedAt
+			}
+			ch.Readmit = append(ch.Readmit, r)
 		}
 	}
 	bySerial := func(a, b registry.Device) int { return strings.Compare(a.Serial, b.Serial) }

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -202,7 +203,7 @@ func TestPlanChanges(t *testing.T) {
 	list := entries("07", "01", "03", "02", "08", "11", "12 readmit=T1", "13 readmit=T2", "14 readmit=T1", "15 readmit=T1", "16 readmit=T9")
 	ch := Plan(current, list, Limits{})
 	assert.Equal(t, []string{"07", "03", "08", "11", "16"}, ch.Add)
-	assert.Equal(t, []Readmission{{"13", "T2"}, {"14", "T1"}, {"16", "T9"}}, ch.Readmit)
+	assert.Equal(t, []Readmission{{Serial: "13", Token: "T2"}, {Serial: "14", Token: "T1"}, {Serial: "16", Token: "T9"}}, ch.Readmit)
 	assert.Equal(t, []string{"05", "06", "09"}, serialsOf(ch.Remove))
 	assert.Equal(t, dev("05", registry.StateProvisioned), ch.Remove[0], "records are passed on whole")
 	assert.Equal(t, []string{"10", "11"}, serialsOf(ch.Resume))
@@ -230,9 +231,10 @@ func TestPlanChanges(t *testing.T) {
 // A serial revoked in an emergency stays out while it is listed; a stale
 // token does not re-admit it, a new one does (through Readmit, not Add).
 func TestPlanEmergencyRevocationHoldsOut(t *testing.T) {
+	revokedAt := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	held := func(serial string, state registry.State, token string) registry.Device {
 		d := withToken(dev(serial, state), token)
-		d.RevokeEmergency = true
+		d.RevokeEmergency, d.RevokeReason, d.RevokedBy, d.RevokedAt = true, "stolen", "alice", revokedAt
 		return d
 	}
 	current := []registry.Device{
@@ -245,7 +247,7 @@ func TestPlanEmergencyRevocationHoldsOut(t *testing.T) {
 	ch := Plan(current, entries("01", "02 readmit=T1", "03 readmit=T2", "04"), Limits{})
 	assert.Empty(t, ch.Add)
 	assert.Equal(t, []string{"01", "02", "04"}, ch.Held)
-	assert.Equal(t, []Readmission{{"03", "T2"}}, ch.Readmit)
+	assert.Equal(t, []Readmission{{Serial: "03", Token: "T2", LiftsHold: true, RevokeReason: "stolen", RevokedBy: "alice", RevokedAt: revokedAt}}, ch.Readmit)
 	assert.Equal(t, []string{"04"}, serialsOf(ch.Resume))
 	assert.Empty(t, ch.Remove)
 
@@ -393,4 +395,29 @@ func allowedEntries(n int) []Entry {
 		out[i] = Entry{Serial: fmt.Sprintf("allowed-%d", i), Line: i + 1}
 	}
 	return out
+}
+
+// A git revert of allowlist.txt brings back an older readmit line: the
+// serial used that token before, so it re-admits nothing, neither a
+// provisioned device nor one held out by an emergency revocation.
+func TestPlanOlderTokenNeverReplays(t *testing.T) {
+	used := func(d registry.Device, tokens ...string) registry.Device {
+		d.ReadmitTokens = tokens
+		d.ReadmitToken = tokens[len(tokens)-1]
+		return d
+	}
+	held := used(dev("02", registry.StateRevoked), "T1", "T2")
+	held.RevokeEmergency, held.RevokeReason, held.RevokedBy = true, "stolen", "alice"
+	current := []registry.Device{
+		used(dev("01", registry.StateProvisioned), "T1", "T2"), // re-admitted with T1, then T2
+		held, // re-admitted with T1, then T2, then revoked in an emergency
+	}
+	ch := Plan(current, entries("01 readmit=T1", "02 readmit=T1"), Limits{})
+	assert.Empty(t, ch.Readmit, "the reverted line's token was used")
+	assert.Empty(t, ch.Add)
+	assert.Equal(t, []string{"02"}, ch.Held)
+
+	ch = Plan(current, entries("01 readmit=T3", "02 readmit=T3"), Limits{})
+	assert.Equal(t, []Readmission{{Serial: "01", Token: "T3"}, {Serial: "02", Token: "T3", LiftsHold: true, RevokeReason: "stolen", RevokedBy: "alice"}}, ch.Readmit)
+	assert.Empty(t, ch.Held)
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/spf13/cobra"
@@ -224,9 +225,14 @@ func revocations(ds []registry.Device) []revocationJSON {
 }
 
 func planJSON(path string, ch allowlist.Changes) map[string]any {
-	readmit := make([]map[string]string, 0, len(ch.Readmit))
+	readmit := make([]map[string]any, 0, len(ch.Readmit))
 	for _, r := range ch.Readmit {
-		readmit = append(readmit, map[string]string{"serial": r.Serial, "token": r.Token})
+		m := map[string]any{"serial": r.Serial, "token": r.Token}
+		if r.LiftsHold {
+			m["liftsEmergencyRevocation"] = true
+			m["revokeReason"], m["revokedBy"], m["revokedAt"] = r.RevokeReason, r.RevokedBy, registry.FormatTime(r.RevokedAt)
+		}
+		readmit = append(readmit, m)
 	}
 	add := ch.Add
 	if add == nil {
@@ -263,6 +269,12 @@ func WritePlan(w io.Writer, path string, ch allowlist.Changes) error {
 		readmits = append(readmits, r.Serial+" (readmit="+r.Token+")")
 	}
 	fmt.Fprintf(&b, "re-admits %d device(s)%s\n", len(ch.Readmit), list(readmits))
+	for _, r := range ch.Readmit {
+		if r.LiftsHold {
+			fmt.Fprintf(&b, "LIFTS EMERGENCY REVOCATION of %s (reason %q, by %s, at %s): readmit=%s admits it again; deploy only if the device is trusted again\n",
+				r.Serial, r.RevokeReason, orDash(r.RevokedBy), revokedAt(r.RevokedAt), r.Token)
+		}
+	}
 	fmt.Fprintf(&b, "revokes %d device(s) (limit %d per sync%s)%s\n", len(ch.Remove), ch.Limit, confirmedNote(ch), colon(len(ch.Remove)))
 	tw := tabwriter.NewWriter(&b, 2, 4, 2, ' ', 0)
 	for _, d := range ch.Remove {
@@ -280,6 +292,14 @@ func WritePlan(w io.Writer, path string, ch allowlist.Changes) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// revokedAt prints when an emergency revocation was recorded.
+func revokedAt(t time.Time) string {
+	if t.IsZero() {
+		return "unknown time"
+	}
+	return registry.FormatTime(t)
 }
 
 func confirmedNote(ch allowlist.Changes) string {

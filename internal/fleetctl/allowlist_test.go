@@ -184,3 +184,53 @@ func TestAllowlistDiffAgainstTheRegistry(t *testing.T) {
 		assert.Contains(t, errOut, "no-such-table")
 	})
 }
+
+// A readmit line that lifts an emergency hold is shown loudly, with the
+// revocation's record; a reverted line whose token the serial used before
+// re-admits nothing.
+func TestAllowlistDiffShowsLiftedHold(t *testing.T) {
+	table, outputs := registryFixture(t, 3)
+	store, err := registry.NewDynamoDB(testenv.DynamoDBClient(os.Getenv("AWS_ENDPOINT_URL_DYNAMODB")), table)
+	require.NoError(t, err)
+	ctx := context.Background()
+	s := serialN(1)
+	d, err := store.Get(ctx, s)
+	require.NoError(t, err)
+	_, _, err = store.Readmit(ctx, s, "T1", "ops")
+	require.NoError(t, err)
+	_, err = store.MarkEmergencyRevoking(ctx, s, d.CertificateID, registry.Revocation{Reason: "stolen from site 4", By: "alice"})
+	require.NoError(t, err)
+	require.NoError(t, store.MarkRevoked(ctx, s, d.CertificateID))
+	d, err = store.Get(ctx, s)
+	require.NoError(t, err)
+	dir := t.TempDir()
+
+	reverted := writeFile(t, dir, "reverted.txt", allowlistOf(serialN(0), s+" readmit=T1", serialN(2)))
+	code, out, errOut := fleetctl(t, "--outputs", outputs, "allowlist", "diff", reverted)
+	require.Equal(t, ExitOK, code, errOut)
+	assert.Contains(t, out, "re-admits 0 device(s)")
+	assert.Contains(t, out, "holds out 1 emergency-revoked device(s)")
+	assert.NotContains(t, out, "LIFTS")
+
+	lifted := writeFile(t, dir, "lifted.txt", allowlistOf(serialN(0), s+" readmit=T2", serialN(2)))
+	code, out, errOut = fleetctl(t, "--outputs", outputs, "allowlist", "diff", lifted)
+	require.Equal(t, ExitOK, code, errOut)
+	assert.Contains(t, out, "re-admits 1 device(s): "+s+" (readmit=T2)")
+	assert.Contains(t, out, "LIFTS EMERGENCY REVOCATION of "+s+` (reason "stolen from site 4", by alice, at `+registry.FormatTime(d.RevokedAt)+")")
+
+	code, out, _ = fleetctl(t, "--outputs", outputs, "-o", "json", "allowlist", "diff", lifted)
+	require.Equal(t, ExitOK, code)
+	var plan struct {
+		Readmit []struct {
+			Serial    string `json:"serial"`
+			Lifts     bool   `json:"liftsEmergencyRevocation"`
+			Reason    string `json:"revokeReason"`
+			RevokedBy string `json:"revokedBy"`
+		} `json:"readmit"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &plan))
+	require.Len(t, plan.Readmit, 1)
+	assert.True(t, plan.Readmit[0].Lifts)
+	assert.Equal(t, "stolen from site 4", plan.Readmit[0].Reason)
+	assert.Equal(t, "alice", plan.Readmit[0].RevokedBy)
+}

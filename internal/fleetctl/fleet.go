@@ -17,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/iotdataplane"
 	"github.com/aws/aws-sdk-go-v2/service/lambda"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 )
@@ -77,6 +78,8 @@ type Fleet struct {
 	Lambda   *lambda.Client
 	S3       *s3.Client
 	DynamoDB *dynamodb.Client
+	// STS answers who the caller is (fleetctl revoke records it).
+	STS *sts.Client
 	// Progress receives progress lines of long operations (nil: none).
 	Progress io.Writer
 	// Poll is the interval of the waits (default 2s).
@@ -122,6 +125,7 @@ func Connect(ctx context.Context, outputs Outputs, defaultRegion string) (*Fleet
 		IoT:      iot.NewFromConfig(cfg),
 		Lambda:   lambda.NewFromConfig(cfg),
 		DynamoDB: dynamodb.NewFromConfig(cfg),
+		STS:      sts.NewFromConfig(cfg),
 		// A custom endpoint serves buckets by path, not by host name.
 		S3: s3.NewFromConfig(cfg, func(o *s3.Options) { o.UsePathStyle = custom }),
 		Data: iotdataplane.NewFromConfig(cfg, func(o *iotdataplane.Options) {

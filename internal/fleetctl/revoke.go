@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
 	"strings"
 	"text/tabwriter"
+	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/spf13/cobra"
 )
 
@@ -28,6 +32,10 @@ type RevokeResponse struct {
 	CertificateID  string `json:"certificateId"`
 	State          string `json:"state"`
 	AlreadyRevoked bool   `json:"alreadyRevoked"`
+	// RevokedCertificates are the certificates the request found not
+	// REVOKED and revoked (on an already revoked device: ones active
+	// again behind the registry's back).
+	RevokedCertificates []string `json:"revokedCertificates"`
 }
 
 // maxReasonLen bounds a revocation reason (it is recorded in the
@@ -73,8 +81,37 @@ func (f *Fleet) Revoke(ctx context.Context, device, reason, by string) (RevokeRe
 	return resp, err
 }
 
-// operatorName is who revokes, for the record: $FLEETCTL_OPERATOR, else
-// the login name and host.
+// RevokedBy is who fleetctl records as asking for a revocation when --by
+// is not given: the caller's AWS identity, the ARN sts GetCallerIdentity
+// answers with the credentials fleetctl uses. When STS does not answer
+// (the local IoT Core has no STS), it is the OS user (operatorName) and
+// note says so; by is self-declared either way (docs/security.md).
+func (f *Fleet) RevokedBy(ctx context.Context) (by, note string) {
+	why := "no STS client"
+	if f.STS != nil {
+		cctx, cancel := context.WithTimeout(ctx, stsTimeout)
+		defer cancel()
+		out, err := f.STS.GetCallerIdentity(cctx, &sts.GetCallerIdentityInput{})
+		switch {
+		case err != nil:
+			why = "sts GetCallerIdentity: " + err.Error()
+		case len(aws.ToString(out.Arn)) > maxByLen:
+			why = fmt.Sprintf("your identity's ARN is longer than %d characters", maxByLen)
+		case aws.ToString(out.Arn) == "":
+			why = "sts GetCallerIdentity answered no ARN"
+		default:
+			return aws.ToString(out.Arn), ""
+		}
+	}
+	by = operatorName()
+	return by, fmt.Sprintf("note: your AWS identity could not be read (%s); recording by=%s, your OS user name (pass --by to name yourself)", why, by)
+}
+
+// stsTimeout bounds the identity look-up of RevokedBy.
+const stsTimeout = 10 * time.Second
+
+// operatorName is who revokes, for the record, when STS cannot say:
+// $FLEETCTL_OPERATOR, else the login name and host.
 func operatorName() string {
 	if s := os.Getenv("FLEETCTL_OPERATOR"); s != "" {
 		return s
@@ -100,8 +137,11 @@ func newRevokeCommand(g *globalFlags) *cobra.Command {
 		Long: `revoke invokes the stack's revoke Lambda for DEVICE (a serial or a thing name):
 the registry record moves to revoking, the certificate is REVOKED (its
 connection is closed) and detached, the thing deleted, SSM turned off, and the
-record becomes revoked with --reason, who (--by, default $FLEETCTL_OPERATOR or
-user@host) and when. It is immediate (no allowlist deploy), and the next
+record becomes revoked with --reason, who (--by, default the ARN of your AWS
+identity from sts GetCallerIdentity; where STS does not answer, e.g. the local
+IoT Core, $FLEETCTL_OPERATOR or user@host, with a note) and when. Revoking a
+revoked device records the request and checks AWS IoT again (a certificate
+found active is revoked and reported). It is immediate (no allowlist deploy), and the next
 allowlist deploy does not re-admit the device, even if its serial is still
 listed, until a readmit=TOKEN line for it is deployed (docs/admission.md).
 Revocation is permanent; --reason is required.
@@ -117,7 +157,10 @@ Revocation is permanent; --reason is required.
 				return err
 			}
 			if by == "" {
-				by = operatorName()
+				var note string
+				if by, note = f.RevokedBy(cmd.Context()); note != "" {
+					fmt.Fprintln(cmd.ErrOrStderr(), note)
+				}
 			}
 			resp, err := f.Revoke(cmd.Context(), args[0], reason, by)
 			if err != nil {
@@ -127,21 +170,35 @@ Revocation is permanent; --reason is required.
 			if g.output == "json" {
 				return writeJSON(w, resp)
 			}
-			if resp.AlreadyRevoked {
-				fmt.Fprintf(w, "%s was already revoked: nothing changed\n", firstNonEmpty(resp.Serial, args[0]))
-			} else {
-				fmt.Fprintf(w, "revoked %s: certificate revoked and detached, thing deleted, SSM off; recorded (reason %q, by %s)\n", firstNonEmpty(resp.Serial, args[0]), reason, by)
-			}
-			tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-			fmt.Fprintf(tw, "serial:\t%s\nthing:\t%s\ncertificate:\t%s\nstate:\t%s\n", orDash(resp.Serial), orDash(resp.ThingName), orDash(resp.CertificateID), orDash(resp.State))
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			_, err = fmt.Fprintln(w, "to admit it again (a repaired or replaced board): list its serial with readmit=TOKEN in allowlist.txt and deploy")
-			return err
+			return WriteRevoke(w, firstNonEmpty(resp.Serial, args[0]), strings.TrimSpace(reason), by, resp)
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why (required; recorded in the registry)")
-	cmd.Flags().StringVar(&by, "by", "", "who revokes, for the record (default $FLEETCTL_OPERATOR or user@host)")
+	cmd.Flags().StringVar(&by, "by", "", "who revokes, for the record (default your AWS identity's ARN; without STS $FLEETCTL_OPERATOR or user@host)")
 	return cmd
+}
+
+// WriteRevoke prints the revoke Lambda's answer for a person: what
+// happened to device (its serial), recorded with reason and by.
+func WriteRevoke(w io.Writer, device, reason, by string, resp RevokeResponse) error {
+	var b strings.Builder
+	if resp.AlreadyRevoked {
+		fmt.Fprintf(&b, "%s was already revoked: this request is recorded (reason %q, by %s) and holds the serial out of allowlist deploys\n", device, reason, by)
+		if n := len(resp.RevokedCertificates); n > 0 {
+			fmt.Fprintf(&b, "WARNING: %d certificate(s) of this revoked device were not REVOKED in AWS IoT (re-activated behind the registry's back?); revoked and detached them now: %s\n",
+				n, strings.Join(resp.RevokedCertificates, ", "))
+		} else {
+			b.WriteString("AWS IoT checked again: every certificate of the device is REVOKED, the thing is gone, SSM is off\n")
+		}
+	} else {
+		fmt.Fprintf(&b, "revoked %s: certificate revoked and detached, thing deleted, SSM off; recorded (reason %q, by %s)\n", device, reason, by)
+	}
+	tw := tabwriter.NewWriter(&b, 2, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "serial:\t%s\nthing:\t%s\ncertificate:\t%s\nstate:\t%s\n", orDash(resp.Serial), orDash(resp.ThingName), orDash(resp.CertificateID), orDash(resp.State))
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	b.WriteString("to admit it again (a repaired or replaced board): list its serial with readmit=TOKEN, a token never used for this serial, in allowlist.txt and deploy\n")
+	_, err := io.WriteString(w, b.String())
+	return err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
@@ -301,6 +302,18 @@ func (s *DynamoDB) ReplaceCertificate(ctx context.Context, serial, thingName str
 
 // Readmit implements Store.
 func (s *DynamoDB) Readmit(ctx context.Context, serial, token, by string) (Device, bool, error) {
+	return s.readmit(ctx, serial, token, by, true)
+}
+
+// ReadmitAdmitted implements Store.
+func (s *DynamoDB) ReadmitAdmitted(ctx context.Context, serial, token, by string) (Device, bool, error) {
+	return s.readmit(ctx, serial, token, by, false)
+}
+
+// readmit is Readmit; liftHold false refuses a held-out record. The write
+// is conditional on the state read, so a record held out meanwhile fails
+// the condition and is read again.
+func (s *DynamoDB) readmit(ctx context.Context, serial, token, by string, liftHold bool) (Device, bool, error) {
 	if err := checkReadmit(ctx, serial, token); err != nil {
 		return Device{}, false, err
 	}
@@ -310,11 +323,14 @@ func (s *DynamoDB) Readmit(ctx context.Context, serial, token, by string) (Devic
 		if err != nil {
 			return Device{}, false, err
 		}
+		if d.HeldOut() && !liftHold {
+			return Device{}, false, heldOut(d)
+		}
 		held := d.State == StateRevoked && d.RevokeEmergency
 		if !d.State.Admitted() && !held {
 			return Device{}, false, fmt.Errorf("%w: %s is %s; list it on the allowlist again before re-admitting it", ErrConflict, serial, d.State)
 		}
-		if d.ReadmitToken == token {
+		if d.ReadmitTokenUsed(token) {
 			return d, false, nil
 		}
 		now := s.now()
@@ -325,6 +341,9 @@ func (s *DynamoDB) Readmit(ctx context.Context, serial, token, by string) (Devic
 			u = set(expression.UpdateBuilder{}, AttrState, StateAllowed)
 			u = removeRotation(remove(u, AttrRevokeEmergency, AttrCertificateID, AttrThingName, AttrCertNotAfter, AttrExpiryPartition, AttrPublicKeySHA256))
 		}
+		// The set gains the token (and the last token of a record written
+		// before the set existed).
+		u = u.Add(expression.Name(AttrReadmitTokens), expression.Value(&types.AttributeValueMemberSS{Value: addTokens(nil, token, d.ReadmitToken)}))
 		u = set(u, AttrReadmitToken, token)
 		u = set(u, AttrReadmittedAt, now)
 		u = set(u, AttrUpdatedAt, now)
@@ -333,8 +352,12 @@ func (s *DynamoDB) Readmit(ctx context.Context, serial, token, by string) (Devic
 		} else {
 			u = remove(u, AttrReadmittedBy)
 		}
+		// A token never used for the serial: not in the set, and not the
+		// last token (records written before the set existed).
 		tok := expression.Name(AttrReadmitToken)
-		cond := is(AttrState, d.State).And(tok.AttributeNotExists().Or(tok.NotEqual(expression.Value(token))))
+		cond := expression.And(is(AttrState, d.State),
+			expression.Not(expression.Contains(expression.Name(AttrReadmitTokens), token)),
+			expression.Or(tok.AttributeNotExists(), tok.NotEqual(expression.Value(token))))
 		d, applied, err := s.update(ctx, serial, u, cond, op)
 		if err != nil {
 			return Device{}, false, err
@@ -432,6 +455,7 @@ func decode(item map[string]types.AttributeValue) (Device, error) {
 	if !d.State.Valid() {
 		return Device{}, fmt.Errorf("registry: record %s: unknown state %q", d.Serial, d.State)
 	}
+	slices.Sort(d.ReadmitTokens) // a set has no order
 	return d, nil
 }
 

@@ -130,6 +130,48 @@ func TestDynamoDBRaces(t *testing.T) {
 		require.Equal(t, "alice", d.ReadmittedBy)
 	})
 
+	// A token used meanwhile (re-admitted and provisioned with it, then
+	// with another token, so that only the set still names it) is not
+	// acted on again: the condition NOT contains(readmitTokens) stops it.
+	t.Run("ReadmitTokenUsedMeanwhile", func(t *testing.T) {
+		s, other, client, ctx := setup(t)
+		provision(t, ctx, s, "a1", "c1")
+		client.before(func() {
+			for i, token := range []string{"T1", "T2"} {
+				_, changed, err := other.Readmit(ctx, "a1", token, "alice")
+				require.NoError(t, err)
+				require.True(t, changed)
+				_, err = other.ReplaceCertificate(ctx, "a1", "", registry.Certificate{ID: fmt.Sprintf("c%d", i+2)},
+					registry.RetiredCertificate{CertificateID: fmt.Sprintf("c%d", i+1), Reason: registry.RetiredReadmitted})
+				require.NoError(t, err)
+			}
+		})
+		d, changed, err := s.Readmit(ctx, "a1", "T1", "revert")
+		require.NoError(t, err)
+		require.False(t, changed)
+		require.Equal(t, registry.StateProvisioned, d.State)
+		require.Equal(t, "T2", d.ReadmitToken)
+		require.Equal(t, []string{"T1", "T2"}, d.ReadmitTokens)
+	})
+
+	// A device revoked in an emergency while the operator API re-admits
+	// it stays held out.
+	t.Run("ReadmitAdmittedHeldMeanwhile", func(t *testing.T) {
+		s, other, client, ctx := setup(t)
+		provision(t, ctx, s, "a1", "c1")
+		client.before(func() {
+			_, err := other.MarkEmergencyRevoking(ctx, "a1", "c1", registry.Revocation{Reason: "stolen", By: "alice"})
+			require.NoError(t, err)
+		})
+		_, _, err := s.ReadmitAdmitted(ctx, "a1", "T1", "ops")
+		require.ErrorIs(t, err, registry.ErrHeldOut)
+		d, err := other.Get(ctx, "a1")
+		require.NoError(t, err)
+		require.True(t, d.HeldOut())
+		require.Equal(t, registry.StateRevoking, d.State)
+		require.Empty(t, d.ReadmitTokens)
+	})
+
 	// A certificate issued for the rotation while it is being failed is
 	// recorded as the one to retire, not forgotten.
 	t.Run("FailRotationAfterIssue", func(t *testing.T) {

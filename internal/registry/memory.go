@@ -180,28 +180,38 @@ func (m *Memory) ReplaceCertificate(ctx context.Context, serial, thingName strin
 
 // Readmit implements Store.
 func (m *Memory) Readmit(ctx context.Context, serial, token, by string) (Device, bool, error) {
+	return m.readmit(ctx, serial, token, by, true)
+}
+
+// ReadmitAdmitted implements Store.
+func (m *Memory) ReadmitAdmitted(ctx context.Context, serial, token, by string) (Device, bool, error) {
+	return m.readmit(ctx, serial, token, by, false)
+}
+
+// readmit is Readmit; liftHold false refuses a held-out record.
+func (m *Memory) readmit(ctx context.Context, serial, token, by string, liftHold bool) (Device, bool, error) {
 	if err := checkReadmit(ctx, serial, token); err != nil {
 		return Device{}, false, err
 	}
 	changed := false
 	d, err := m.update(serial, func(d *Device, now time.Time) (bool, error) {
-		if d.State == StateRevoked && d.RevokeEmergency {
-			if d.ReadmitToken == token {
-				return false, nil
-			}
-			allowRevoked(d)
-			d.RevokeEmergency = false
-			d.ReadmitToken, d.ReadmittedBy, d.ReadmittedAt = token, by, now
-			changed = true
-			return true, nil
+		if d.HeldOut() && !liftHold {
+			return false, heldOut(*d)
 		}
-		if !d.State.Admitted() {
+		held := d.State == StateRevoked && d.RevokeEmergency
+		if !d.State.Admitted() && !held {
 			return false, fmt.Errorf("%w: %s is %s; list it on the allowlist again before re-admitting it", ErrConflict, serial, d.State)
 		}
-		if d.ReadmitToken == token {
+		if d.ReadmitTokenUsed(token) {
 			return false, nil
 		}
-		d.State = readmittedState(d.State)
+		if held {
+			allowRevoked(d)
+			d.RevokeEmergency = false
+		} else {
+			d.State = readmittedState(d.State)
+		}
+		d.ReadmitTokens = addTokens(d.ReadmitTokens, token, d.ReadmitToken)
 		d.ReadmitToken, d.ReadmittedBy, d.ReadmittedAt = token, by, now
 		changed = true
 		return true, nil
@@ -222,7 +232,9 @@ func (m *Memory) update(serial string, change func(d *Device, now time.Time) (ch
 	if !ok {
 		return Device{}, fmt.Errorf("%w: %s", ErrNotFound, serial)
 	}
-	d.CertificateHistory = slices.Clone(d.CertificateHistory) // never edit the stored slice
+	// Never edit the stored slices.
+	d.CertificateHistory = slices.Clone(d.CertificateHistory)
+	d.ReadmitTokens = slices.Clone(d.ReadmitTokens)
 	changed, err := change(&d, now)
 	if err != nil {
 		return Device{}, err
@@ -291,6 +303,22 @@ func appendHistory(h []RetiredCertificate, e RetiredCertificate) []RetiredCertif
 		h = h[len(h)-MaxHistory:]
 	}
 	return h
+}
+
+// heldOut is ErrHeldOut for d, with the revocation's record.
+func heldOut(d Device) error {
+	return fmt.Errorf("%w: %s was revoked in an emergency (reason %q, by %s, at %s); only a readmit=TOKEN line in the allowlist, with a token never used for this serial, admits it again",
+		ErrHeldOut, d.Serial, d.RevokeReason, d.RevokedBy, FormatTime(d.RevokedAt))
+}
+
+// addTokens adds the non-empty tokens to the sorted set set.
+func addTokens(set []string, tokens ...string) []string {
+	for _, t := range tokens {
+		if i, found := slices.BinarySearch(set, t); t != "" && !found {
+			set = slices.Insert(set, i, t)
+		}
+	}
+	return set
 }
 
 // readmittedState is the state a re-admission moves a record in state s

@@ -6,12 +6,12 @@
 // States and their transitions (every one a conditional write):
 //
 //	(none) ──PutAllowed──▶ allowed ──RecordProvisioned──▶ provisioned
-//	provisioned ──Readmit(token)──▶ readmitted ──ReplaceCertificate──▶ provisioned
+//	provisioned ──Readmit(token never used for the serial)──▶ readmitted ──ReplaceCertificate──▶ provisioned
 //	provisioned ──ReplaceCertificate (same public key)──▶ provisioned
 //	allowed|provisioned|readmitted ──MarkRevoking──▶ revoking ──MarkRevoked──▶ revoked
 //	revoked ──PutAllowed──▶ allowed (not after an emergency revocation)
 //	allowed|provisioned|readmitted ──MarkEmergencyRevoking──▶ revoking (emergency)
-//	revoked (emergency) ──Readmit(new token)──▶ allowed
+//	revoked (emergency) ──Readmit(token never used for the serial)──▶ allowed
 //
 // The pre-provisioning hook admits allowed serials, readmitted ones (once)
 // and a provisioned serial only when the new certificate carries the
@@ -19,7 +19,8 @@
 // denies revoking and revoked serials. An emergency revocation (the revoke
 // Lambda, MarkEmergencyRevoking) records why, by whom and when, and holds
 // the serial out: listing it again does not admit it, only a re-admission
-// with a new token does. A certificate the record stops
+// with a token never used for that serial does (the record keeps every
+// token used, ReadmitTokens). A certificate the record stops
 // naming goes into the record's certificate history with when and why.
 package registry
 
@@ -28,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"time"
 )
 
@@ -109,17 +111,24 @@ type Device struct {
 	// CertificateHistory lists the certificates the record named before,
 	// oldest first (at most MaxHistory).
 	CertificateHistory []RetiredCertificate `dynamodbav:"certificateHistory,omitempty"`
-	// The last re-admission: its token, who made it and when. A token is
-	// acted on once: re-admitting with the recorded token changes nothing.
+	// The last re-admission: its token, who made it and when.
 	ReadmitToken string    `dynamodbav:"readmitToken,omitempty"`
 	ReadmittedBy string    `dynamodbav:"readmittedBy,omitempty"`
 	ReadmittedAt time.Time `dynamodbav:"readmittedAt,omitempty"`
+	// ReadmitTokens is every token a re-admission of this serial used
+	// (a DynamoDB string set; sorted here). A token is acted on once per
+	// serial, ever: re-admitting with a token in the set (or with
+	// ReadmitToken, for records written before the set existed) changes
+	// nothing, so bringing an old readmit line back (a git revert) neither
+	// re-admits a provisioned device nor lifts an emergency hold.
+	ReadmitTokens []string `dynamodbav:"readmitTokens,stringset,omitempty"`
 
 	// The last emergency revocation (MarkEmergencyRevoking): why, who
 	// asked and when. RevokeEmergency holds the serial out while the
 	// record is revoking or revoked: PutAllowed leaves it, and only
-	// Readmit with a new token admits it again (which clears the flag and
-	// keeps the rest as the record of what happened).
+	// Readmit with a token never used for the serial admits it again
+	// (which clears the flag and keeps the rest as the record of what
+	// happened). ReadmitAdmitted never does.
 	RevokeReason    string    `dynamodbav:"revokeReason,omitempty"`
 	RevokedBy       string    `dynamodbav:"revokedBy,omitempty"`
 	RevokedAt       time.Time `dynamodbav:"revokedAt,omitempty"`
@@ -172,6 +181,10 @@ type Certificate struct {
 	PublicKeySHA256 string
 }
 
+// ErrHeldOut is returned by ReadmitAdmitted for a record an emergency
+// revocation holds out (Device.HeldOut). It wraps ErrConflict.
+var ErrHeldOut = fmt.Errorf("%w: held out by an emergency revocation", ErrConflict)
+
 // ErrRotationPending is returned by RequestRotation when the device has a
 // rotation in progress that was requested too recently to ask again. It
 // wraps ErrConflict.
@@ -202,6 +215,7 @@ const (
 	AttrReadmitToken       = "readmitToken"
 	AttrReadmittedBy       = "readmittedBy"
 	AttrReadmittedAt       = "readmittedAt"
+	AttrReadmitTokens      = "readmitTokens" // string set (SS)
 	AttrRevokeReason       = "revokeReason"
 	AttrRevokedBy          = "revokedBy"
 	AttrRevokedAt          = "revokedAt"
@@ -234,9 +248,16 @@ func (s State) Admitted() bool {
 	return s == StateAllowed || s == StateProvisioned || s == StateReadmitted
 }
 
+// ReadmitTokenUsed reports whether a re-admission of d's serial used
+// token before (ReadmitTokens, or the last ReadmitToken): such a token
+// re-admits nothing.
+func (d Device) ReadmitTokenUsed(token string) bool {
+	return token != "" && (token == d.ReadmitToken || slices.Contains(d.ReadmitTokens, token))
+}
+
 // HeldOut reports whether d was revoked in an emergency and is still
 // revoking or revoked: listing its serial does not admit it again, only a
-// re-admission with a new token does.
+// re-admission with a token never used for the serial does.
 func (d Device) HeldOut() bool {
 	return d.RevokeEmergency && (d.State == StateRevoking || d.State == StateRevoked)
 }
@@ -339,10 +360,19 @@ type Store interface {
 	// provision anyway) but keeps the token, so a stale annotation cannot
 	// re-admit it later. A record revoked in an emergency (RevokeEmergency)
 	// becomes allowed, as PutAllowed makes a revoked record, with the
-	// emergency flag cleared. A token equal to the recorded one changes
-	// nothing: changed is false. Other revoked and revoking records are
+	// emergency flag cleared. Every token used is added to the record's
+	// ReadmitTokens; a token used before for this serial (ReadmitTokenUsed)
+	// changes nothing: changed is false, so an old readmit line brought
+	// back never re-admits. Other revoked and revoking records are
 	// ErrConflict (list the serial again first), a missing one ErrNotFound.
 	Readmit(ctx context.Context, serial, token, by string) (d Device, changed bool, err error)
+
+	// ReadmitAdmitted is Readmit that never lifts an emergency hold: a
+	// record held out (Device.HeldOut), also one that becomes held while
+	// the call runs, is ErrHeldOut and is left as it is. Tools that are
+	// not the reviewed allowlist (the local IoT Core's operator API) use
+	// it.
+	ReadmitAdmitted(ctx context.Context, serial, token, by string) (d Device, changed bool, err error)
 
 	// MarkRevoking moves an allowed, provisioned or readmitted record whose
 	// certificate id equals expectedCertificateID (empty: none) to

@@ -162,3 +162,37 @@ func TestDynamoDBExpiryLayout(t *testing.T) {
 	require.NotContains(t, item, "expiryPartition")
 	require.Contains(t, item, "certNotAfter")
 }
+
+// A record written before readmitTokens existed knows only its last token:
+// that token still re-admits nothing, and the next re-admission starts the
+// set with both.
+func TestDynamoDBReadmitLegacyRecord(t *testing.T) {
+	client := testenv.DynamoDBClient(testenv.StartDynalite(t))
+	testenv.CreateRegistryTable(t, client, "registry")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s2 := func(v string) types.AttributeValue { return &types.AttributeValueMemberS{Value: v} }
+	_, err := client.PutItem(ctx, &dynamodb.PutItemInput{
+		TableName: aws.String("registry"),
+		Item: map[string]types.AttributeValue{
+			"serial": s2("x1"), "state": s2("provisioned"), "certificateId": s2("c1"),
+			"readmitToken": s2("T1"), "createdAt": s2("2025-01-02T03:04:05Z"), "updatedAt": s2("2025-01-02T03:04:05Z"),
+		},
+	})
+	require.NoError(t, err)
+	s, err := registry.NewDynamoDB(client, "registry")
+	require.NoError(t, err)
+	_, changed, err := s.Readmit(ctx, "x1", "T1", "revert")
+	require.NoError(t, err)
+	require.False(t, changed)
+	d, changed, err := s.Readmit(ctx, "x1", "T2", "ops")
+	require.NoError(t, err)
+	require.True(t, changed)
+	require.Equal(t, registry.StateReadmitted, d.State)
+	require.Equal(t, []string{"T1", "T2"}, d.ReadmitTokens)
+	out, err := client.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String("registry"), Key: map[string]types.AttributeValue{"serial": s2("x1")}})
+	require.NoError(t, err)
+	ss, ok := out.Item["readmitTokens"].(*types.AttributeValueMemberSS)
+	require.True(t, ok, "readmitTokens is a string set: %T", out.Item["readmitTokens"])
+	require.ElementsMatch(t, []string{"T1", "T2"}, ss.Value)
+}

@@ -6,7 +6,8 @@
 // previous run left in state revoking, admits new serials (state allowed),
 // records readmit=TOKEN re-admissions and revokes removed devices. A
 // serial an emergency revocation holds out (lambdas/revoke) stays revoked
-// while it is listed, until a readmit=TOKEN line with a new token.
+// while it is listed, until a readmit=TOKEN line whose token the serial
+// never used (an older line brought back by a revert does not count).
 //
 // A plan that revokes more devices than the limit (Config.MaxRevocations,
 // default max(5, ceil(10% of the provisioned fleet))) is refused as a whole,
@@ -233,7 +234,7 @@ type Result struct {
 	Resumed    int `json:"resumed,omitempty"`    // interrupted revocations finished
 	// Held are listed serials an emergency revocation holds out (the
 	// revoke Lambda): listing them admits nothing until a readmit=TOKEN
-	// line with a new token is deployed.
+	// line with a token never used for the serial is deployed.
 	Held   []string `json:"held,omitempty"`
 	Failed []string `json:"failed,omitempty"`
 	// Refused is set when the plan was refused (nothing changed).
@@ -385,7 +386,7 @@ func (h *Handler) Sync(ctx context.Context, r io.Reader, opts Options) (Result, 
 	}
 
 	for _, serial := range ch.Held {
-		h.log.WarnContext(ctx, "listed serial stays revoked: an emergency revocation holds it out until a readmit=TOKEN line with a new token is deployed",
+		h.log.WarnContext(ctx, "listed serial stays revoked: an emergency revocation holds it out until a readmit=TOKEN line with a token never used for this serial is deployed",
 			"serial", serial)
 	}
 	var mu sync.Mutex

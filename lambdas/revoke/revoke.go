@@ -10,12 +10,16 @@
 // The record keeps why, who asked and when (registry.Device.RevokeReason,
 // RevokedBy, RevokedAt) and the emergency hold (RevokeEmergency): the next
 // allowlist deploy does not admit the serial again even if it is still
-// listed, until a readmit=TOKEN line with a new token is deployed
+// listed, until a readmit=TOKEN line with a token never used for the
+// serial is deployed
 // (docs/admission.md).
 //
-// Revoking a revoked device records the request again and answers
-// alreadyRevoked; a revocation a crash or an AWS error left half-done
-// (revoking) is finished. A failed call leaves the record revoking (the
+// Revoking a revoked device records the request again (and the hold),
+// answers alreadyRevoked, and still runs the idempotent finish: it does
+// not trust the registry, so a certificate of the device that is not
+// REVOKED (re-activated behind the registry's back) is revoked again and
+// listed in the answer. A revocation a crash or an AWS error left
+// half-done (revoking) is finished. A failed call leaves the record revoking (the
 // hook keeps denying it) and the invocation fails with the cause: invoke
 // again, or let the next allowlist sync finish it.
 package revoke
@@ -57,6 +61,11 @@ type Response struct {
 	// AlreadyRevoked: the device was revoked before this request (which
 	// was recorded, and now holds the serial out).
 	AlreadyRevoked bool `json:"alreadyRevoked"`
+	// RevokedCertificates are the device's certificates this request
+	// found not REVOKED and set REVOKED. On an already revoked device it
+	// is normally empty: any id here was active again behind the
+	// registry's back.
+	RevokedCertificates []string `json:"revokedCertificates"`
 }
 
 // Registry is the part of the device registry the Lambda uses.
@@ -74,6 +83,10 @@ const (
 	// MetricRevocationFailed: the revocation did not finish; the record
 	// stays revoking (the hook denies it). Alarm on it.
 	MetricRevocationFailed = "DeviceRevocationFailed"
+	// MetricCertificateReactivated: a device the registry records as
+	// revoked had a certificate that was not REVOKED (re-activated behind
+	// the registry's back); the request revoked it again. Alarm on it.
+	MetricCertificateReactivated = "RevokedDeviceCertificateActive"
 )
 
 // Defaults of Config.
@@ -177,18 +190,30 @@ func (h *Handler) Handle(ctx context.Context, req Request) (Response, error) {
 		h.log.ErrorContext(ctx, "revocation failed", "serial", serial, "error", err.Error(), "metric", MetricRevocationFailed)
 		return Response{}, err
 	}
-	if d.State == registry.StateRevoking {
-		if err := h.revoker.Finish(ctx, d); err != nil {
-			err = fmt.Errorf("revoke %s: %w (the record stays revoking, which the hook denies; invoke again or let the next allowlist sync finish it)", serial, err)
-			h.log.ErrorContext(ctx, "revocation failed", "serial", serial, "error", err.Error(), "metric", MetricRevocationFailed)
-			return Response{}, err
-		}
-		d.State = registry.StateRevoked
+	// Always finish, also on a record that is already revoked: the
+	// registry saying revoked does not prove that AWS IoT agrees.
+	revoked, err := h.revoker.FinishReport(ctx, d)
+	if revoked == nil {
+		revoked = []string{}
 	}
+	if already && len(revoked) > 0 {
+		h.log.WarnContext(ctx, "revoked device had certificates that were not REVOKED: revoked them again", "serial", serial,
+			"certificateIds", revoked, "metric", MetricCertificateReactivated)
+	}
+	if err != nil {
+		state := "revoking, which the hook denies"
+		if already {
+			state = "revoked, which the hook denies"
+		}
+		err = fmt.Errorf("revoke %s: %w (the record stays %s; invoke again or let the next allowlist sync finish it)", serial, err, state)
+		h.log.ErrorContext(ctx, "revocation failed", "serial", serial, "error", err.Error(), "metric", MetricRevocationFailed)
+		return Response{}, err
+	}
+	d.State = registry.StateRevoked
 	h.log.InfoContext(ctx, "device revoked", "serial", serial, "thingName", h.revoker.ThingName(d), "certificateId", d.CertificateID,
-		"emergency", true, "reason", rev.Reason, "by", rev.By, "alreadyRevoked", already, "metric", MetricRevoked)
+		"emergency", true, "reason", rev.Reason, "by", rev.By, "alreadyRevoked", already, "revokedCertificates", revoked, "metric", MetricRevoked)
 	return Response{Serial: serial, ThingName: h.revoker.ThingName(d), CertificateID: d.CertificateID,
-		State: string(d.State), AlreadyRevoked: already}, nil
+		State: string(d.State), AlreadyRevoked: already, RevokedCertificates: revoked}, nil
 }
 
 // mark records the emergency revocation on serial's record (revoking

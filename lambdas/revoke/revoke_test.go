@@ -24,6 +24,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/lambdas/allowlistsync"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle/ssmfake"
 	"github.com/iot-fleet/iot-fleet/sim/iottest"
+	simregistry "github.com/iot-fleet/iot-fleet/sim/registry"
 )
 
 const (
@@ -129,7 +130,7 @@ func TestRevokesNow(t *testing.T) {
 		before := time.Now().Add(-time.Second)
 		res, err := e.h.Handle(e.ctx, Request{Serial: serial(1), Reason: " stolen from site 4 ", By: "alice"})
 		require.NoError(t, err)
-		assert.Equal(t, Response{Serial: serial(1), ThingName: prefix + serial(1), CertificateID: cert(1), State: "revoked"}, res)
+		assert.Equal(t, Response{Serial: serial(1), ThingName: prefix + serial(1), CertificateID: cert(1), State: "revoked", RevokedCertificates: []string{cert(1)}}, res)
 		e.assertGone(t, 1)
 		d := e.device(t, 1)
 		assert.Equal(t, registry.StateRevoked, d.State)
@@ -193,7 +194,8 @@ func TestSyncDoesNotReadmitWithoutNewToken(t *testing.T) {
 }
 
 // A device the allowlist revoked earlier: the request is recorded (and
-// now holds the serial out); nothing is called in AWS IoT.
+// now holds the serial out); the finish runs again and finds nothing to
+// revoke.
 func TestAlreadyRevoked(t *testing.T) {
 	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
 		e := newEnv(t, newStore(t, nil))
@@ -202,19 +204,59 @@ func TestAlreadyRevoked(t *testing.T) {
 		_, err := e.syncList(t, serial(2))
 		require.NoError(t, err)
 		e.assertGone(t, 1)
-		calls := len(e.iot.IoT.Calls())
+		updates := len(e.iot.IoT.CallsOf("UpdateCertificate"))
 
 		res, err := e.h.Handle(e.ctx, Request{Serial: serial(1), Reason: "confirm", By: "bob"})
 		require.NoError(t, err)
 		assert.True(t, res.AlreadyRevoked)
 		assert.Equal(t, "revoked", res.State)
-		assert.Len(t, e.iot.IoT.Calls(), calls, "no AWS IoT call")
+		assert.Empty(t, res.RevokedCertificates)
+		assert.Len(t, e.iot.IoT.CallsOf("UpdateCertificate"), updates, "nothing left to revoke")
+		assert.NotContains(t, e.logs.String(), MetricCertificateReactivated)
+		e.assertGone(t, 1)
 		assert.True(t, e.device(t, 1).HeldOut())
 
 		res2, err := e.syncList(t, serial(1), serial(2))
 		require.NoError(t, err)
 		assert.Equal(t, []string{serial(1)}, res2.Held)
 		assert.Equal(t, registry.StateRevoked, e.device(t, 1).State)
+	})
+}
+
+// The Lambda does not trust a revoked record: certificates of the device
+// that are not REVOKED in AWS IoT (the current one, attached, and one of
+// the certificate history) are revoked again and named in the answer.
+func TestAlreadyRevokedRetiresActiveCertificates(t *testing.T) {
+	registrytest.Stores(t, func(t *testing.T, newStore registrytest.NewStore) {
+		e := newEnv(t, newStore(t, nil))
+		old := cert(101)
+		require.NoError(t, e.store.PutAllowed(e.ctx, serial(1)))
+		_, err := e.store.MarkProvisioned(e.ctx, serial(1), old, prefix+serial(1))
+		require.NoError(t, err)
+		_, err = e.store.ReplaceCertificate(e.ctx, serial(1), "", registry.Certificate{ID: cert(1)},
+			registry.RetiredCertificate{CertificateID: old, Reason: registry.RetiredSameKey})
+		require.NoError(t, err)
+		e.iot.Provision(t, prefix+serial(1), group, policy, cert(1))
+		require.NoError(t, e.iot.Registry.RegisterCertificate(old, "", simregistry.CertActive, time.Now().Add(time.Hour)))
+		require.NoError(t, e.iot.Registry.AttachPolicy(policy, old))
+		// The registry says revoked; AWS IoT was never told.
+		_, err = e.store.MarkRevoking(e.ctx, serial(1), cert(1))
+		require.NoError(t, err)
+		require.NoError(t, e.store.MarkRevoked(e.ctx, serial(1), cert(1)))
+
+		res, err := e.h.Handle(e.ctx, Request{Serial: serial(1), Reason: "confirm", By: "bob"})
+		require.NoError(t, err)
+		assert.True(t, res.AlreadyRevoked)
+		assert.Equal(t, "revoked", res.State)
+		assert.ElementsMatch(t, []string{cert(1), old}, res.RevokedCertificates)
+		e.assertGone(t, 1)
+		st, _ := e.iot.CertStatus(old)
+		assert.Equal(t, types.CertificateStatusRevoked, st)
+		assert.False(t, e.iot.PolicyAttached(policy, old))
+		assert.Contains(t, e.logs.String(), MetricCertificateReactivated)
+		d := e.device(t, 1)
+		assert.Equal(t, registry.StateRevoked, d.State)
+		assert.True(t, d.HeldOut())
 	})
 }
 

@@ -34,8 +34,10 @@ type ProvisioningFaultsRequest struct {
 	RefuseCSR int `json:"refuseCsr"`
 }
 
-// ReadmitRequest re-admits a provisioned serial (registry.Store.Readmit):
-// its next provisioning replaces its identity, once per distinct token.
+// ReadmitRequest re-admits a provisioned serial
+// (registry.Store.ReadmitAdmitted): its next provisioning replaces its
+// identity, once per token never used for the serial. It never lifts an
+// emergency hold (409): only the allowlist's readmit=TOKEN line does.
 type ReadmitRequest struct {
 	Token string `json:"token"`
 	By    string `json:"by,omitempty"`
@@ -64,7 +66,7 @@ type CertificateStatusRequest struct {
 //	DELETE /faults, /faults/{id}            clear all / remove one
 //	POST   /faults/provisioning             {"throttle":N,"refuseCsr":M}
 //	GET    /devices/{serial}                the device registry's record
-//	POST   /devices/{serial}/readmit        {"token":"INC-42","by":"alice"}
+//	POST   /devices/{serial}/readmit        {"token":"INC-42","by":"alice"}; 409 when held out
 func (c *Core) HTTPHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /devices/{serial}", func(w http.ResponseWriter, r *http.Request) {
@@ -88,7 +90,10 @@ func (c *Core) HTTPHandler() http.Handler {
 		if by == "" {
 			by = "fleet-sim operator API"
 		}
-		d, changed, err := c.devices.Readmit(r.Context(), r.PathValue("serial"), in.Token, by)
+		// Not a way around the allowlist: a record held out by an
+		// emergency revocation is refused (409, ErrHeldOut names the
+		// allowlist's readmit line).
+		d, changed, err := c.devices.ReadmitAdmitted(r.Context(), r.PathValue("serial"), in.Token, by)
 		if err != nil {
 			writeError(w, err)
 			return

@@ -224,6 +224,56 @@ func runAdmission(t *testing.T, setup setupFunc) {
 		require.Empty(t, get(t, ctx, s, "a1").ReadmittedBy)
 	})
 
+	// Every token a serial used is kept: an older readmit line brought
+	// back (a git revert of allowlist.txt) does not re-admit the device.
+	t.Run("ReadmitNeverReplaysAnOlderToken", func(t *testing.T) {
+		s, _, ctx := setup(t)
+		provisionedWithKey(t, ctx, s, "a1", "c1", keyA)
+		readmitAndProvision(t, ctx, s, "a1", "T1", "c1", "c2")
+		d := readmitAndProvision(t, ctx, s, "a1", "T2", "c2", "c3")
+		require.Equal(t, []string{"T1", "T2"}, d.ReadmitTokens)
+		require.Equal(t, []string{"T1", "T2"}, get(t, ctx, s, "a1").ReadmitTokens)
+		require.True(t, d.ReadmitTokenUsed("T1"))
+		require.False(t, d.ReadmitTokenUsed("T3"))
+
+		for _, token := range []string{"T1", "T2"} {
+			_, changed, err := s.Readmit(ctx, "a1", token, "revert")
+			require.NoError(t, err)
+			require.False(t, changed, "token %s was used", token)
+			got := get(t, ctx, s, "a1")
+			require.Equal(t, registry.StateProvisioned, got.State, "token %s", token)
+			require.Equal(t, "T2", got.ReadmitToken)
+		}
+		_, err := s.MarkProvisioned(ctx, "a1", "c4", "")
+		require.ErrorIs(t, err, registry.ErrConflict, "no re-admission: a new certificate is refused")
+	})
+
+	// Re-admitted with T1, later T2, then revoked in an emergency: neither
+	// T1 nor T2 lifts the hold, only a token never used for the serial.
+	t.Run("EmergencyHoldNotLiftedByAnyUsedToken", func(t *testing.T) {
+		s, _, ctx := setup(t)
+		provisionedWithKey(t, ctx, s, "a1", "c1", keyA)
+		readmitAndProvision(t, ctx, s, "a1", "T1", "c1", "c2")
+		readmitAndProvision(t, ctx, s, "a1", "T2", "c2", "c3")
+		_, err := s.MarkEmergencyRevoking(ctx, "a1", "c3", registry.Revocation{Reason: "stolen", By: "alice"})
+		require.NoError(t, err)
+		require.NoError(t, s.MarkRevoked(ctx, "a1", "c3"))
+		for _, token := range []string{"T1", "T2"} {
+			_, changed, err := s.Readmit(ctx, "a1", token, "revert")
+			require.NoError(t, err)
+			require.False(t, changed, "token %s", token)
+			d := get(t, ctx, s, "a1")
+			require.Equal(t, registry.StateRevoked, d.State, "token %s", token)
+			require.True(t, d.HeldOut(), "token %s", token)
+		}
+		d, changed, err := s.Readmit(ctx, "a1", "T3", "carol")
+		require.NoError(t, err)
+		require.True(t, changed)
+		require.Equal(t, registry.StateAllowed, d.State)
+		require.Equal(t, []string{"T1", "T2", "T3"}, d.ReadmitTokens)
+		require.Equal(t, []string{"T1", "T2", "T3"}, get(t, ctx, s, "a1").ReadmitTokens)
+	})
+
 	t.Run("ReadmitAllowedKeepsStateAndToken", func(t *testing.T) {
 		s, _, ctx := setup(t)
 		require.NoError(t, s.PutAllowed(ctx, "a1"))
@@ -413,6 +463,36 @@ func runAdmission(t *testing.T, setup setupFunc) {
 		require.NoError(t, err, "re-admitted: it may provision")
 	})
 
+	// ReadmitAdmitted re-admits as Readmit does but never lifts an
+	// emergency hold, whatever the token.
+	t.Run("ReadmitAdmittedRefusesHeldOut", func(t *testing.T) {
+		s, _, ctx := setup(t)
+		provisionedWithKey(t, ctx, s, "a1", "c1", keyA)
+		d, changed, err := s.ReadmitAdmitted(ctx, "a1", "T1", "ops")
+		require.NoError(t, err)
+		require.True(t, changed)
+		require.Equal(t, registry.StateReadmitted, d.State)
+		_, err = s.MarkEmergencyRevoking(ctx, "a1", "c1", registry.Revocation{Reason: "stolen", By: "alice"})
+		require.NoError(t, err)
+		for _, revoked := range []bool{false, true} {
+			if revoked {
+				require.NoError(t, s.MarkRevoked(ctx, "a1", "c1"))
+			}
+			before := get(t, ctx, s, "a1")
+			_, _, err = s.ReadmitAdmitted(ctx, "a1", "T2", "ops")
+			require.ErrorIs(t, err, registry.ErrHeldOut)
+			require.ErrorIs(t, err, registry.ErrConflict)
+			require.ErrorContains(t, err, "stolen")
+			after := get(t, ctx, s, "a1")
+			assertDevice(t, before, after)
+			require.True(t, after.HeldOut())
+			require.False(t, after.ReadmitTokenUsed("T2"), "the refused token stays unused")
+		}
+		_, changed, err = s.Readmit(ctx, "a1", "T2", "ops")
+		require.NoError(t, err)
+		require.True(t, changed, "the allowlist's Readmit lifts it")
+	})
+
 	// An emergency revocation of an allowed serial (never provisioned).
 	t.Run("EmergencyRevocationOfAllowed", func(t *testing.T) {
 		s, _, ctx := setup(t)
@@ -424,4 +504,19 @@ func runAdmission(t *testing.T, setup setupFunc) {
 		require.NoError(t, s.PutAllowed(ctx, "a2"))
 		assert.Equal(t, registry.StateRevoked, get(t, ctx, s, "a2").State)
 	})
+}
+
+// readmitAndProvision re-admits the provisioned serial with token and
+// provisions it again with certificate next (replacing prev).
+func readmitAndProvision(t *testing.T, ctx context.Context, s registry.Store, serial, token, prev, next string) registry.Device {
+	t.Helper()
+	d, changed, err := s.Readmit(ctx, serial, token, "ops")
+	require.NoError(t, err)
+	require.True(t, changed, "token %s", token)
+	require.Equal(t, registry.StateReadmitted, d.State)
+	d, err = s.ReplaceCertificate(ctx, serial, "", registry.Certificate{ID: next, PublicKeySHA256: keyB},
+		registry.RetiredCertificate{CertificateID: prev, Reason: registry.RetiredReadmitted})
+	require.NoError(t, err)
+	require.Equal(t, registry.StateProvisioned, d.State)
+	return d
 }

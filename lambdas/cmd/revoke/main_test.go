@@ -50,7 +50,7 @@ func TestBootstrap(t *testing.T) {
 	require.Nil(t, out.Error, "invocation failed: %+v", out.Error)
 	var res revoke.Response
 	require.NoError(t, json.Unmarshal(out.Response, &res), string(out.Response))
-	assert.Equal(t, revoke.Response{Serial: serial, ThingName: "dev-" + serial, CertificateID: cert, State: "revoked"}, res)
+	assert.Equal(t, revoke.Response{Serial: serial, ThingName: "dev-" + serial, CertificateID: cert, State: "revoked", RevokedCertificates: []string{cert}}, res)
 	st, _ := cp.CertStatus(cert)
 	assert.Equal(t, types.CertificateStatusRevoked, st)
 	assert.False(t, cp.ThingExists("dev-"+serial))

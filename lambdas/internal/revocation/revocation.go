@@ -3,8 +3,9 @@
 // first moves the registry record to revoking (the hook denies it from
 // then on), before any AWS call; Finish then sets every certificate
 // attached to the device's thing, plus the ones the registry recorded (the
-// device's and a rotation's issued one), REVOKED and detaches the device
-// policy and the thing from it; the thing leaves the thing group and is
+// device's, a rotation's issued one, the last retired one and the
+// certificate history), that is not REVOKED yet, REVOKED and detaches the
+// device policy and the thing from it; the thing leaves the thing group and is
 // deleted; SSM is turned off for the device (activation deleted, managed
 // instance deregistered, SSM state cleared: ssmtoggle.TurnOff); only then
 // does the registry record become revoked. Each step treats "not found" as
@@ -93,19 +94,44 @@ func (r *Revoker) ThingName(d registry.Device) string {
 // Finish takes a device in state revoking out of AWS IoT, turns SSM off
 // for it, then marks it revoked.
 func (r *Revoker) Finish(ctx context.Context, d registry.Device) error {
+	_, err := r.FinishReport(ctx, d)
+	return err
+}
+
+// FinishReport is Finish that also returns the ids of the certificates it
+// found not REVOKED and set REVOKED. It is idempotent and trusts no
+// earlier run: on a record that is already revoked it checks every
+// certificate again (one re-activated behind the registry's back is
+// revoked again), detaches, deletes and turns off what is left, and
+// leaves the record revoked.
+func (r *Revoker) FinishReport(ctx context.Context, d registry.Device) (revoked []string, err error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	thing := r.ThingName(d)
-	certs, err := r.certificates(ctx, thing, d.CertificateID, d.RotationCertID)
+	recorded := []string{d.CertificateID, d.RotationCertID, d.RetiredCertificateID}
+	for _, h := range d.CertificateHistory {
+		recorded = append(recorded, h.CertificateID)
+	}
+	certs, err := r.certificates(ctx, thing, recorded...)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, c := range certs {
-		if err := r.revokeCertificate(ctx, thing, c); err != nil {
-			return err
+		changed, err := r.revokeCertificate(ctx, thing, c)
+		if err != nil {
+			return revoked, err
+		}
+		if changed {
+			revoked = append(revoked, c)
 		}
 	}
+	return revoked, r.finishThing(ctx, d, thing)
+}
+
+// finishThing takes thing out of the group, deletes it, turns SSM off for
+// d and marks d revoked.
+func (r *Revoker) finishThing(ctx context.Context, d registry.Device, thing string) error {
 	if err := r.call(ctx, "RemoveThingFromThingGroup", func(ctx context.Context) error {
 		_, err := r.IoT.RemoveThingFromThingGroup(ctx, &iot.RemoveThingFromThingGroupInput{
 			ThingName: aws.String(thing), ThingGroupName: aws.String(r.ThingGroup),
@@ -150,9 +176,11 @@ func (r *Revoker) ssmOff(ctx context.Context, serial string) error {
 }
 
 // certificates returns the ids of the certificates to revoke: those
-// attached to thing and the ones the registry recorded — the device's and a
+// attached to thing and the ones the registry recorded — the device's, a
 // rotation's issued one (provisioning or the rotation may have stopped
-// before attaching it).
+// before attaching it), the one the last rotation retired and those of
+// the certificate history (a certificate retired earlier could have been
+// re-activated since).
 func (r *Revoker) certificates(ctx context.Context, thing string, recorded ...string) ([]string, error) {
 	var ids []string
 	seen := map[string]bool{}
@@ -202,22 +230,24 @@ func CertificateIDFromARN(arn string) (string, bool) {
 	return id, id != "" && !strings.Contains(id, "/")
 }
 
-func (r *Revoker) revokeCertificate(ctx context.Context, thing, id string) error {
+// revokeCertificate sets certificate id REVOKED (changed: it was not) and
+// detaches the device policy and thing from it.
+func (r *Revoker) revokeCertificate(ctx context.Context, thing, id string) (changed bool, err error) {
 	var desc *iot.DescribeCertificateOutput
 	if err := r.call(ctx, "DescribeCertificate", func(ctx context.Context) error {
 		var err error
 		desc, err = r.IoT.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(id)})
 		return err
 	}); err != nil {
-		return err
+		return false, err
 	}
 	if desc == nil || desc.CertificateDescription == nil {
-		return nil // the certificate is gone: nothing to revoke or detach
+		return false, nil // the certificate is gone: nothing to revoke or detach
 	}
 	cd := desc.CertificateDescription
 	arn := aws.ToString(cd.CertificateArn)
 	if arn == "" {
-		return fmt.Errorf("DescribeCertificate %s: no certificate ARN", id)
+		return false, fmt.Errorf("DescribeCertificate %s: no certificate ARN", id)
 	}
 	if cd.Status != iottypes.CertificateStatusRevoked {
 		if err := r.call(ctx, "UpdateCertificate", func(ctx context.Context) error {
@@ -226,16 +256,17 @@ func (r *Revoker) revokeCertificate(ctx context.Context, thing, id string) error
 			})
 			return err
 		}); err != nil {
-			return err
+			return false, err
 		}
+		changed = true
 	}
 	if err := r.call(ctx, "DetachPolicy", func(ctx context.Context) error {
 		_, err := r.IoT.DetachPolicy(ctx, &iot.DetachPolicyInput{PolicyName: aws.String(r.DevicePolicy), Target: aws.String(arn)})
 		return err
 	}); err != nil {
-		return err
+		return changed, err
 	}
-	return r.call(ctx, "DetachThingPrincipal", func(ctx context.Context) error {
+	return changed, r.call(ctx, "DetachThingPrincipal", func(ctx context.Context) error {
 		_, err := r.IoT.DetachThingPrincipal(ctx, &iot.DetachThingPrincipalInput{ThingName: aws.String(thing), Principal: aws.String(arn)})
 		return err
 	})
