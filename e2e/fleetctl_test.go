@@ -317,7 +317,7 @@ func TestFleetctlDevicesSSMRotateRevokeAndAllowlistDiff(t *testing.T) {
 		res = c.run(ctx, "allowlist", "diff", allowlist(serialA, serialB))
 		require.Equal(t, fleetctl.ExitOK, res.code, res.errOut)
 		assert.Contains(t, res.out, "admits 0 device(s)")
-		assert.Contains(t, res.out, "holds out 1 emergency-revoked device(s), listed but not admitted (readmit=TOKEN with a new token admits one): "+serialB)
+		assert.Contains(t, res.out, "holds out 1 emergency-revoked device(s), listed but not admitted (readmit=TOKEN with a token never used for that serial admits one): "+serialB)
 		res = c.run(ctx, "devices", "show", serialB)
 		require.Equal(t, fleetctl.ExitOK, res.code, res.errOut)
 		assert.Contains(t, res.out, "by e2e: INC-1 stolen; held out of allowlist deploys")

@@ -262,7 +262,7 @@ func WritePlan(w io.Writer, path string, ch allowlist.Changes) error {
 	}
 	fmt.Fprintf(&b, "admits %d device(s)%s\n", len(ch.Add), list(ch.Add))
 	if len(ch.Held) > 0 {
-		fmt.Fprintf(&b, "holds out %d emergency-revoked device(s), listed but not admitted (readmit=TOKEN with a new token admits one)%s\n", len(ch.Held), list(ch.Held))
+		fmt.Fprintf(&b, "holds out %d emergency-revoked device(s), listed but not admitted (readmit=TOKEN with a token never used for that serial admits one)%s\n", len(ch.Held), list(ch.Held))
 	}
 	readmits := make([]string, 0, len(ch.Readmit))
 	for _, r := range ch.Readmit {

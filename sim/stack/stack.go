@@ -186,7 +186,7 @@ func (s *Stack) wire(opts Options, pattern *regexp.Regexp) error {
 // is revoked now (its certificate REVOKED, which closes its connections,
 // its thing deleted, SSM off), the registry records why, who and when, and
 // later allowlist deploys do not admit it again until a readmit=TOKEN line
-// with a new token.
+// with a token never used for that serial.
 func (s *Stack) Revoke(ctx context.Context, req revoke.Request) (revoke.Response, error) {
 	return s.revoke.Handle(ctx, req)
 }
