@@ -181,7 +181,7 @@ type session struct {
 	// out holds the server-originated messages waiting to be written to
 	// the connection (at most OutboundQueue); one writer goroutine drains
 	// it until done is closed.
-	out  chan packets.Packet
+	out  chan *packets.Packet
 	done chan struct{}
 	once sync.Once
 
@@ -551,7 +551,7 @@ func (b *Broker) enqueue(cl *mqtt.Client, topic string, payload []byte, qos byte
 		return ErrClientNotConnected
 	}
 	select {
-	case s.out <- pk:
+	case s.out <- &pk:
 		return nil
 	default:
 	}
@@ -573,7 +573,7 @@ func (b *Broker) writeLoop(cl *mqtt.Client, s *session) {
 	for {
 		select {
 		case pk := <-s.out:
-			if err := cl.WritePacket(pk); err != nil {
+			if err := cl.WritePacket(*pk); err != nil {
 				b.log.Debug("delivery failed", "client", cl.ID, "topic", pk.TopicName, "error", err)
 			}
 		case <-s.done:
@@ -675,7 +675,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	s := &session{
 		clientID: cl.ID, certID: certID, thingName: info.ThingName, attrs: info.ThingAttributes,
 		remote: cl.Net.Remote, pendingSubs: map[string]bool{},
-		out: make(chan packets.Packet, OutboundQueue), done: make(chan struct{}),
+		out: make(chan *packets.Packet, OutboundQueue), done: make(chan struct{}),
 	}
 	b.sessions.Store(cl, s)
 	b.writers.Add(1)
