@@ -46,15 +46,25 @@ const maxPacketSize = 128 * 1024
 // publish requests per second per connection, inbound and outbound
 // (docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits).
 // A subscriber that reads or acknowledges more slowly than messages
-// arrive falls behind; the broker keeps what it has not acknowledged:
-// OutboundInflight QoS 1 messages (20 s of AWS's per-connection rate:
-// socket buffers let the broker write far ahead of the PUBACKs) and, when
-// the socket takes no more, OutboundQueue messages waiting to be written
-// (10 s of that rate). So a subscriber within AWS's rate that falls up to
-// 20 s behind loses nothing. Beyond either limit a message to that
-// connection is dropped, counted (Stats, GET /status "broker") and
-// logged, as AWS discards and reports throttled publishes; the publisher
-// still gets its PUBACK, as from AWS. See docs/protocol.md.
+// arrive falls behind; for each connection the broker keeps:
+//
+//   - at most OutboundInflight QoS 1 messages written and not yet
+//     acknowledged (QoS 0 messages are never held for an
+//     acknowledgement, so this window does not apply to them);
+//   - at most OutboundQueue messages waiting to be written when the
+//     socket takes no more: one queue for messages published by clients
+//     and one of the same size for messages the local IoT Core publishes
+//     itself (HTTP data-plane Publish, Jobs and shadow notifications, API
+//     answers), so a subscriber that stops reading never blocks a
+//     publisher or the deliveries to other subscribers.
+//
+// A message beyond either limit is dropped for that connection only,
+// counted (Stats, GET /status "broker": QoS 1 drops by limit, QoS 0 drops
+// on their own counter) and logged, as AWS discards and reports throttled
+// publishes; the publisher still gets its PUBACK, as from AWS. So nothing
+// is lost for a subscriber while it has fewer than OutboundInflight QoS 1
+// messages unacknowledged and the messages not yet written fit the
+// queue. See docs/protocol.md.
 const (
 	AWSPublishesPerSecond = 100
 	OutboundQueue         = 10 * AWSPublishesPerSecond
@@ -134,24 +144,31 @@ type Broker struct {
 
 	sessions sync.Map // *mqtt.Client -> *session
 	delayed  sync.WaitGroup
+	writers  sync.WaitGroup
 
 	queueFull    atomic.Int64
 	inflightFull atomic.Int64
+	qos0Dropped  atomic.Int64
 }
 
 // Stats counts the messages the broker dropped at a connection's limits.
 type Stats struct {
-	// DroppedQueueFull counts messages dropped because the connection's
-	// outbound queue (OutboundQueue) was full: it read too slowly.
+	// DroppedQueueFull counts QoS 1 messages dropped because the
+	// connection's outbound queue (OutboundQueue) was full: it read too
+	// slowly.
 	DroppedQueueFull int64 `json:"droppedQueueFull"`
 	// DroppedInflightFull counts QoS 1 messages dropped because the
 	// connection had OutboundInflight messages unacknowledged.
 	DroppedInflightFull int64 `json:"droppedInflightFull"`
+	// DroppedQoS0 counts QoS 0 messages dropped because the connection's
+	// outbound queue was full (QoS 0 messages do not wait for
+	// acknowledgements, so the inflight window never drops them).
+	DroppedQoS0 int64 `json:"droppedQoS0"`
 }
 
 // Stats returns the drop counters since New.
 func (b *Broker) Stats() Stats {
-	return Stats{DroppedQueueFull: b.queueFull.Load(), DroppedInflightFull: b.inflightFull.Load()}
+	return Stats{DroppedQueueFull: b.queueFull.Load(), DroppedInflightFull: b.inflightFull.Load(), DroppedQoS0: b.qos0Dropped.Load()}
 }
 
 type session struct {
@@ -161,11 +178,21 @@ type session struct {
 	attrs     map[string]string
 	remote    string
 
+	// out holds the server-originated messages waiting to be written to
+	// the connection (at most OutboundQueue); one writer goroutine drains
+	// it until done is closed.
+	out  chan *packets.Packet
+	done chan struct{}
+	once sync.Once
+
 	mu          sync.Mutex
 	pendingSubs map[string]bool
 	subDenied   bool
 	drops       int64 // messages dropped at this connection's limits
 }
+
+// stop ends the session's writer.
+func (s *session) stop() { s.once.Do(func() { close(s.done) }) }
 
 // New validates opts and prepares a broker.
 func New(opts Options) (*Broker, error) {
@@ -221,7 +248,7 @@ func (b *Broker) Start() error {
 	}
 	b.addr = ln.Addr().String()
 	srv := mqtt.New(&mqtt.Options{
-		Logger:                 b.opts.Logger.With("component", "mochi"),
+		Logger:                 slog.New(&quotaLog{inner: b.opts.Logger.Handler(), b: b}).With("component", "mochi"),
 		SysTopicResendInterval: 3600,
 		Capabilities: &mqtt.Capabilities{
 			MaximumClients:               1 << 40,
@@ -230,11 +257,10 @@ func (b *Broker) Start() error {
 			MaximumSessionExpiryInterval: 60 * 60,
 			MaximumPacketSize:            maxPacketSize,
 			ReceiveMaximum:               100,
-			// The broker enforces OutboundInflight itself (OnACLCheck,
-			// counted); mochi's own quota, checked after it, must never
-			// drop first (uncounted) when concurrent publishers race past
-			// the limit together.
-			MaximumInflight:        2 * OutboundInflight,
+			// mochi checks the window once a delivery's QoS is decided
+			// (QoS 1 only); its drops are counted and logged through
+			// quotaLog.
+			MaximumInflight:        OutboundInflight,
 			TopicAliasMaximum:      8,
 			MinimumProtocolVersion: 3,
 			MaximumQos:             1, // AWS IoT supports QoS 0 and 1
@@ -331,6 +357,8 @@ func (b *Broker) Close() error {
 	b.mu.Unlock()
 	b.cancel()
 	b.delayed.Wait()
+	b.sessions.Range(func(_, v any) bool { v.(*session).stop(); return true })
+	b.writers.Wait()
 	return nil
 }
 
@@ -472,7 +500,7 @@ func (b *Broker) deliver(cl *mqtt.Client, topic string, payload []byte, qos byte
 			defer t.Stop()
 			select {
 			case <-t.C:
-				if err := writePublish(cl, topic, payload, qos); err != nil {
+				if err := b.enqueue(cl, topic, payload, qos); err != nil {
 					b.log.Debug("delayed delivery failed", "client", cl.ID, "topic", topic, "error", err)
 				}
 			case <-b.ctx.Done():
@@ -480,13 +508,20 @@ func (b *Broker) deliver(cl *mqtt.Client, topic string, payload []byte, qos byte
 		}()
 		return nil
 	}
-	return writePublish(cl, topic, payload, qos)
+	return b.enqueue(cl, topic, payload, qos)
 }
 
-// writePublish writes a PUBLISH to one client. QoS 1 messages are tracked
-// in the client's inflight store so the broker resends them on a
-// persistent session's reconnect, as it does for routed messages.
-func writePublish(cl *mqtt.Client, topic string, payload []byte, qos byte) error {
+// ErrDropped reports a server-originated message dropped at the
+// connection's limits (counted in Stats).
+var ErrDropped = errors.New("dropped at the connection's limit")
+
+// enqueue queues a server-originated PUBLISH for one client, with the
+// limits and counters of client-originated messages: a QoS 1 message
+// needs room in the inflight window (it is tracked there so the broker
+// resends it on a persistent session's reconnect, as it does for routed
+// messages) and every message room in the connection's queue. It never
+// waits for the connection.
+func (b *Broker) enqueue(cl *mqtt.Client, topic string, payload []byte, qos byte) error {
 	qos = min(qos, 1)
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos},
@@ -495,7 +530,13 @@ func writePublish(cl *mqtt.Client, topic string, payload []byte, qos byte) error
 		Created:     time.Now().Unix(),
 		Origin:      "$aws",
 	}
+	s := b.sessionOf(cl)
 	if qos > 0 {
+		if cl.State.Inflight.Len() >= OutboundInflight {
+			b.inflightFull.Add(1)
+			b.dropped(s, cl.ID, topic, "unacknowledged QoS 1 messages at the connection's limit", OutboundInflight)
+			return ErrDropped
+		}
 		id, err := cl.NextPacketID()
 		if err != nil {
 			return fmt.Errorf("packet id: %w", err)
@@ -503,13 +544,42 @@ func writePublish(cl *mqtt.Client, topic string, payload []byte, qos byte) error
 		pk.PacketID = uint16(id)
 		cl.State.Inflight.Set(pk)
 	}
-	if cl.Closed() {
+	if cl.Closed() || s == nil {
 		if qos > 0 {
 			return nil // kept inflight for the session's next connection
 		}
 		return ErrClientNotConnected
 	}
-	return cl.WritePacket(pk)
+	select {
+	case s.out <- &pk:
+		return nil
+	default:
+	}
+	if qos > 0 {
+		cl.State.Inflight.Delete(pk.PacketID)
+		b.queueFull.Add(1)
+	} else {
+		b.qos0Dropped.Add(1)
+	}
+	b.dropped(s, cl.ID, topic, "outbound queue full: the connection reads slower than messages arrive", OutboundQueue)
+	return ErrDropped
+}
+
+// writeLoop writes a session's server-originated messages until the
+// session ends. A write that fails on a closed connection leaves a QoS 1
+// message inflight for the session's next connection.
+func (b *Broker) writeLoop(cl *mqtt.Client, s *session) {
+	defer b.writers.Done()
+	for {
+		select {
+		case pk := <-s.out:
+			if err := cl.WritePacket(*pk); err != nil {
+				b.log.Debug("delivery failed", "client", cl.ID, "topic", pk.TopicName, "error", err)
+			}
+		case <-s.done:
+			return
+		}
+	}
 }
 
 func (b *Broker) sessionOf(cl *mqtt.Client) *session {
@@ -602,10 +672,14 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		b.log.Info("connect refused by policy", "client", cl.ID, "certificate", certID, "decision", d.String())
 		return fmt.Errorf("%w: iot:Connect %s", ErrConnectRefused, d)
 	}
-	b.sessions.Store(cl, &session{
+	s := &session{
 		clientID: cl.ID, certID: certID, thingName: info.ThingName, attrs: info.ThingAttributes,
 		remote: cl.Net.Remote, pendingSubs: map[string]bool{},
-	})
+		out: make(chan *packets.Packet, OutboundQueue), done: make(chan struct{}),
+	}
+	b.sessions.Store(cl, s)
+	b.writers.Add(1)
+	go b.writeLoop(cl, s)
 	b.log.Debug("client connected", "client", cl.ID, "certificate", certID, "thing", info.ThingName)
 	return nil
 }
@@ -617,7 +691,9 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
 }
 
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
-	h.b.sessions.Delete(cl)
+	if v, ok := h.b.sessions.LoadAndDelete(cl); ok {
+		v.(*session).stop()
+	}
 }
 
 func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
@@ -694,12 +770,8 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if !b.authorize(cl, iotpolicy.ActionReceive, "topic", topic) {
 		return false
 	}
-	if cl.State.Inflight.Len() >= OutboundInflight {
-		// mochi would drop it uncounted ("client store quota reached").
-		b.inflightFull.Add(1)
-		b.dropped(cl, topic, "unacknowledged QoS 1 messages at the connection's limit", OutboundInflight)
-		return false
-	}
+	// The inflight window is checked by mochi once the delivery's QoS is
+	// known (QoS 0 messages do not use it); see quotaLog.
 	if act, ok := b.opts.Faults.Match(faults.Outbound, cl.ID, topic); ok && act.Drop {
 		b.log.Info("fault: dropped outbound message", "rule", act.RuleID, "client", cl.ID, "topic", topic)
 		return false
@@ -744,25 +816,90 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 }
 
 // OnPublishDropped counts and logs a message mochi dropped because the
-// connection's outbound queue was full.
+// connection's outbound queue was full. mochi passes the message as
+// published: it went out at the lower of its QoS and the connection's
+// subscription.
 func (h *hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
-	h.b.queueFull.Add(1)
-	h.b.dropped(cl, pk.TopicName, "outbound queue full: the connection reads slower than messages arrive", OutboundQueue)
+	qos := byte(0)
+	if pk.FixedHeader.Qos > 0 {
+		for filter, sub := range cl.State.Subscriptions.GetAll() {
+			if faults.MatchFilter(filter, pk.TopicName) {
+				qos = max(qos, min(sub.Qos, 1))
+			}
+		}
+	}
+	if qos > 0 {
+		h.b.queueFull.Add(1)
+	} else {
+		h.b.qos0Dropped.Add(1)
+	}
+	h.b.dropped(h.b.sessionOf(cl), cl.ID, pk.TopicName, "outbound queue full: the connection reads slower than messages arrive", OutboundQueue)
 }
 
 // dropped logs a drop at a connection's limit: the first of the
 // connection and every 100th, so a flood does not flood the log.
-func (b *Broker) dropped(cl *mqtt.Client, topic, why string, limit int) {
+func (b *Broker) dropped(s *session, clientID, topic, why string, limit int) {
 	n := int64(1)
-	if s := b.sessionOf(cl); s != nil {
+	if s != nil {
 		s.mu.Lock()
 		s.drops++
 		n = s.drops
 		s.mu.Unlock()
 	}
 	if n == 1 || n%100 == 0 {
-		b.log.Warn("message dropped at the connection's limit", "client", cl.ID, "topic", topic, "reason", why, "limit", limit, "droppedForClient", n)
+		b.log.Warn("message dropped at the connection's limit", "client", clientID, "topic", topic, "reason", why, "limit", limit, "droppedForClient", n)
 	}
+}
+
+// mochiQuotaMessage is what mochi logs when it drops a QoS 1 delivery
+// because the connection has MaximumInflight messages unacknowledged
+// (mochi has no hook there).
+const mochiQuotaMessage = "client store quota reached"
+
+// quotaLog is mochi's log handler: it turns mochi's inflight-window drops
+// into the broker's counter and rate-limited log, and passes every other
+// record on.
+type quotaLog struct {
+	inner slog.Handler
+	b     *Broker
+}
+
+func (q *quotaLog) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelWarn || q.inner.Enabled(ctx, l)
+}
+
+func (q *quotaLog) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message != mochiQuotaMessage {
+		if !q.inner.Enabled(ctx, r.Level) {
+			return nil
+		}
+		return q.inner.Handle(ctx, r)
+	}
+	var clientID string
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "client" {
+			clientID = a.Value.String()
+			return false
+		}
+		return true
+	})
+	var s *session
+	if srv := q.b.server(); srv != nil {
+		if cl, ok := srv.Clients.Get(clientID); ok {
+			s = q.b.sessionOf(cl)
+		}
+	}
+	q.b.inflightFull.Add(1)
+	q.b.dropped(s, clientID, "", "unacknowledged QoS 1 messages at the connection's limit", OutboundInflight)
+	return nil
+}
+
+func (q *quotaLog) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &quotaLog{inner: q.inner.WithAttrs(attrs), b: q.b}
+}
+
+func (q *quotaLog) WithGroup(name string) slog.Handler {
+	return &quotaLog{inner: q.inner.WithGroup(name), b: q.b}
 }
 
 // listener serves TLS over TCP and over in-memory pipes.

@@ -141,17 +141,48 @@ func (h *Handler) ServeDataPlane(dp DataPlane) {
 	})
 }
 
+// Topic limits of AWS IoT (docs.aws.amazon.com/general/latest/gr/iot-core.html,
+// "Topic size" and "Maximum number of slashes in topic"): a topic is at
+// most 256 bytes (UTF-8) and has at most 7 forward slashes, not counting
+// the 3 of a Basic Ingest prefix ($aws/rules/<rule-name>/).
+const (
+	maxTopicBytes   = 256
+	maxTopicSlashes = 7
+)
+
+// basicIngestPrefix starts a Basic Ingest topic: AWS hands the message to
+// the rule named, without the broker.
+const basicIngestPrefix = "$aws/rules/"
+
+// errBasicIngest answers a Basic Ingest publish: the local IoT Core does
+// not serve it (docs/local-iot-core.md, data plane).
+var errBasicIngest = errors.New("the local IoT Core does not serve Basic Ingest")
+
 // checkPublishTopic applies AWS IoT's topic rules to a publish: not
-// empty, no wildcards, at most 256 bytes, at most 7 slashes beyond a
-// reserved $aws prefix's.
+// empty, no wildcards, at most 256 bytes, at most 7 slashes (beyond the 3
+// of a Basic Ingest prefix). A Basic Ingest topic ($aws/rules/<rule>/...),
+// which AWS routes to the rule named, is refused with errBasicIngest.
 func checkPublishTopic(topic string) error {
 	switch {
 	case topic == "":
 		return errors.New("topic is required")
 	case strings.ContainsAny(topic, "+#"):
 		return fmt.Errorf("topic %q has wildcards (+, #): publish to one topic", topic)
-	case len(topic) > 256:
-		return fmt.Errorf("topic is %d bytes, at most 256", len(topic))
+	case len(topic) > maxTopicBytes:
+		return fmt.Errorf("topic is %d bytes, at most %d", len(topic), maxTopicBytes)
+	}
+	slashes := strings.Count(topic, "/")
+	ingest := len(topic) >= len(basicIngestPrefix) && strings.EqualFold(topic[:len(basicIngestPrefix)], basicIngestPrefix)
+	if ingest {
+		slashes = max(0, slashes-3)
+	}
+	if slashes > maxTopicSlashes {
+		return fmt.Errorf("topic %q has %d forward slashes, at most %d", topic, slashes, maxTopicSlashes)
+	}
+	if ingest {
+		rule, _, _ := strings.Cut(topic[len(basicIngestPrefix):], "/")
+		return fmt.Errorf("%w: topic %q would go straight to the topic rule %q; publish to a topic the rule's SQL selects instead (the local rules engine sees HTTP publishes too)",
+			errBasicIngest, topic, rule)
 	}
 	return nil
 }

@@ -3,7 +3,9 @@
 // in-process functions: the local stack's real Lambda handlers, so that
 // the aws-sdk-go-v2 lambda client and `aws lambda invoke` work against the
 // local IoT Core as against a deployed stack. Requests may be
-// SigV4-signed with any credentials (accepted, not checked).
+// SigV4-signed with any credentials (accepted, not checked). Asynchronous
+// invocations (InvocationType Event) run in the background and are retried
+// twice on a function error, as Lambda does; Close ends them.
 package lambdaapi
 
 import (
@@ -17,6 +19,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -41,14 +44,29 @@ type Options struct {
 	// Timeout bounds one invocation (Lambda's function timeout); default
 	// 15 minutes, Lambda's largest.
 	Timeout time.Duration
-	Logger  *slog.Logger
+	// RetryDelay is how long an asynchronous invocation (InvocationType
+	// Event) that failed waits before its first retry; the second retry
+	// waits twice as long. Default 1 minute, as Lambda: a function error
+	// is retried twice, 1 minute then 2 minutes later.
+	RetryDelay time.Duration
+	Logger     *slog.Logger
 }
 
-// Handler serves Invoke.
+// AsyncAttempts is how many times an asynchronous invocation runs at most:
+// once and, on a function error, two retries, as Lambda does.
+const AsyncAttempts = 3
+
+// Handler serves Invoke. Close it to end the asynchronous invocations.
 type Handler struct {
 	opts Options
 	log  *slog.Logger
 	mux  *http.ServeMux
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	closed bool
+	async  sync.WaitGroup
 }
 
 // New returns a Handler.
@@ -59,13 +77,74 @@ func New(opts Options) *Handler {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 15 * time.Minute
 	}
-	h := &Handler{opts: opts, log: opts.Logger.With("component", "lambda"), mux: http.NewServeMux()}
+	if opts.RetryDelay <= 0 {
+		opts.RetryDelay = time.Minute
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &Handler{opts: opts, log: opts.Logger.With("component", "lambda"), mux: http.NewServeMux(), ctx: ctx, cancel: cancel}
 	h.mux.HandleFunc("POST /2015-03-31/functions/{name}/invocations", h.invoke)
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, http.StatusNotFound, "UnknownOperationException",
 			fmt.Sprintf("the local Lambda endpoint serves Invoke only, not %s %s", r.Method, r.URL.Path))
 	})
 	return h
+}
+
+// Close ends the asynchronous invocations: their context is canceled,
+// retries not yet run are dropped (and logged), and Close returns when
+// every one has returned. Asynchronous invocations after Close are
+// refused.
+func (h *Handler) Close() {
+	h.mu.Lock()
+	h.closed = true
+	h.mu.Unlock()
+	h.cancel()
+	h.async.Wait()
+}
+
+// startAsync runs fn in the background as Lambda runs an Event
+// invocation; it reports false once the handler is closed.
+func (h *Handler) startAsync(name string, fn Function, payload []byte) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return false
+	}
+	h.async.Add(1)
+	go func() {
+		defer h.async.Done()
+		h.runAsync(name, fn, payload)
+	}()
+	return true
+}
+
+// runAsync runs an asynchronous invocation and, on a function error,
+// retries it twice: RetryDelay, then twice RetryDelay later.
+func (h *Handler) runAsync(name string, fn Function, payload []byte) {
+	delay := h.opts.RetryDelay
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(h.ctx, h.opts.Timeout)
+		_, err := fn(ctx, payload)
+		cancel()
+		if err == nil {
+			h.log.Info("asynchronous invocation done", "function", name, "attempt", attempt)
+			return
+		}
+		if attempt == AsyncAttempts {
+			h.log.Error("asynchronous invocation failed, event discarded", "function", name, "attempts", attempt, "error", err)
+			return
+		}
+		h.log.Warn("asynchronous invocation failed, will retry", "function", name, "attempt", attempt, "retryIn", delay, "error", err)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-h.ctx.Done():
+			t.Stop()
+			h.log.Warn("asynchronous invocation not retried: the Lambda endpoint is closing", "function", name, "attempts", attempt, "error", err)
+			return
+		}
+		delay *= 2
+	}
 }
 
 // Owns reports whether r is a Lambda API request.
@@ -139,14 +218,10 @@ func (h *Handler) invoke(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	case "Event":
-		ctx := context.WithoutCancel(r.Context())
-		go func() {
-			ctx, cancel := context.WithTimeout(ctx, h.opts.Timeout)
-			defer cancel()
-			if _, err := fn(ctx, payload); err != nil {
-				h.log.Error("asynchronous invocation failed", "function", name, "error", err)
-			}
-		}()
+		if !h.startAsync(name, fn, payload) {
+			h.fail(w, http.StatusServiceUnavailable, "ServiceException", "the local Lambda endpoint is closed")
+			return
+		}
 		w.WriteHeader(http.StatusAccepted)
 		return
 	default:
