@@ -48,6 +48,7 @@ type LocalAWS struct {
 	Store *s3api.Store
 
 	handler   http.Handler
+	lambda    *lambdaapi.Handler
 	functions map[string]lambdaapi.Function
 	srvs      []*http.Server
 	ln        net.Listener // the endpoint
@@ -123,10 +124,11 @@ func (l *LocalAWS) serve(s *Stack) {
 		Now:     func() int64 { return time.Now().Unix() },
 	})
 	l.functions = s.Functions()
+	l.lambda = lambdaapi.New(lambdaapi.Options{Functions: l.functions, Logger: log,
+		ARNPrefix: fmt.Sprintf("arn:%s:lambda:%s:%s:function:", core.Partition, core.Region, core.AccountID)})
 	l.handler = controlplane.Endpoint{
-		IoT: iotAPI,
-		Lambda: lambdaapi.New(lambdaapi.Options{Functions: l.functions, Logger: log,
-			ARNPrefix: fmt.Sprintf("arn:%s:lambda:%s:%s:function:", core.Partition, core.Region, core.AccountID)}),
+		IoT:        iotAPI,
+		Lambda:     l.lambda,
 		DynamoDB:   dynamodbapi.New(map[string]dynamodbapi.Table{RegistryTableName(env): s.RegistryTable()}, log),
 		S3:         l.Store.Handler(),
 		IsDynamoDB: dynamodbapi.Owns, IsLambda: lambdaapi.Owns,
@@ -163,6 +165,9 @@ func (l *LocalAWS) close() error {
 	for _, srv := range l.srvs {
 		errs = append(errs, srv.Shutdown(ctx))
 	}
+	// Event invocations still running or waiting for a retry end with
+	// the stack.
+	l.lambda.Close()
 	return errors.Join(errs...)
 }
 

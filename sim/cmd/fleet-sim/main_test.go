@@ -103,7 +103,7 @@ func TestServeWritesFilesAndServesMQTTAndAPI(t *testing.T) {
 	controlPlane := strings.TrimSpace(string(cpURL))
 	require.True(t, strings.HasPrefix(controlPlane, "http://127.0.0.1:"), controlPlane)
 	assert.Equal(t, controlPlane, status["controlPlaneEndpoint"])
-	assert.Equal(t, map[string]any{"droppedQueueFull": float64(0), "droppedInflightFull": float64(0)}, status["broker"], "drop counters")
+	assert.Equal(t, map[string]any{"droppedQueueFull": float64(0), "droppedInflightFull": float64(0), "droppedQoS0": float64(0)}, status["broker"], "drop counters")
 
 	// DIR/outputs.json: the stack outputs, with the endpoint and files.
 	var outputs map[string]any
