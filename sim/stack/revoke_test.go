@@ -58,7 +58,8 @@ func TestRevokeCutsOffAConnectedDevice(t *testing.T) {
 
 	res, err := s.Revoke(ctx, revoke.Request{Serial: serial, Reason: "stolen", By: "alice"})
 	require.NoError(t, err)
-	assert.Equal(t, revoke.Response{Serial: serial, ThingName: thing, CertificateID: creds.CertificateID, State: "revoked"}, res)
+	assert.Equal(t, revoke.Response{Serial: serial, ThingName: thing, CertificateID: creds.CertificateID, State: "revoked",
+		RevokedCertificates: []string{creds.CertificateID}}, res, "the certificate it revoked is reported")
 	select {
 	case <-lost:
 	case <-ctx.Done():
