@@ -308,10 +308,69 @@ func TestKillMidInstallRetriesAfterRollback(t *testing.T) {
 	require.ErrorIs(t, err, ErrRebootPending)
 	assert.Equal(t, []string{"install", "rollback", "install"}, d.mender.ops())
 	assert.Equal(t, "IN_PROGRESS rebooting/2", rep.steps()[len(rep.steps())-1])
+	// The retry says why attempt 1 did not finish.
+	retry := reportOf(t, rep, "downloading", "2")
+	assert.Equal(t, "install attempt 1/3 was interrupted while downloading: the device restarted (power loss or reboot)", retry.Details[DetailReason])
 
 	d.reboot()
 	require.NoError(t, d.updater(nil).Run(testCtx(t), job, rep))
 	assert.Equal(t, protocol.JobSucceeded, rep.last().Status)
+}
+
+// reportOf returns the first report of step at attempt.
+func reportOf(t *testing.T, rep *recReporter, step, attempt string) report {
+	t.Helper()
+	for _, r := range rep.all() {
+		if r.Details[DetailStep] == step && r.Details[DetailAttempt] == attempt {
+			return r
+		}
+	}
+	t.Fatalf("no %s report at attempt %s in %v", step, attempt, rep.steps())
+	return report{}
+}
+
+func TestAgentRestartMidInstallSaysSo(t *testing.T) {
+	d := newDevice(t, "mender-update", fakeScenario{HangAtPercent: 50})
+	job := testJob("ota-agent-restart-mid-install")
+	rep := d.reporter()
+	ctx, kill := context.WithCancel(testCtx(t))
+	done := make(chan error, 1)
+	go func() { done <- d.updater(nil).Run(ctx, job, rep) }()
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(filepath.Join(d.mender.dir, "install.hanging"))
+		return err == nil
+	}, 30*time.Second, 10*time.Millisecond)
+	kill()
+	require.ErrorIs(t, <-done, context.Canceled)
+
+	// Only the agent restarts (same boot id).
+	d.mender.setScenario(fakeScenario{})
+	require.ErrorIs(t, d.updater(nil).Run(testCtx(t), job, rep), ErrRebootPending)
+	retry := reportOf(t, rep, "downloading", "2")
+	assert.Equal(t, "install attempt 1/3 was interrupted while downloading: the agent restarted (the device did not)", retry.Details[DetailReason])
+}
+
+func TestInterruptedLastAttemptGivesUpWithTheReason(t *testing.T) {
+	d := newDevice(t, "mender-update", fakeScenario{HangAtPercent: 50})
+	job := testJob("ota-interrupted-last-attempt")
+	rep := d.reporter()
+	upd := func() *Updater { return d.updater(func(c *Config) { c.MaxAttempts = 1 }) }
+	ctx, kill := context.WithCancel(testCtx(t))
+	done := make(chan error, 1)
+	go func() { done <- upd().Run(ctx, job, rep) }()
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(filepath.Join(d.mender.dir, "install.hanging"))
+		return err == nil
+	}, 30*time.Second, 10*time.Millisecond)
+	kill()
+	require.ErrorIs(t, <-done, context.Canceled)
+
+	d.reboot()
+	require.NoError(t, upd().Run(testCtx(t), job, rep))
+	last := rep.last()
+	assert.Equal(t, protocol.JobFailed, last.Status)
+	assert.Equal(t, "failed", last.Details[DetailStep])
+	assert.Equal(t, "giving up after 1 install attempts: install attempt 1/1 was interrupted while downloading: the device restarted (power loss or reboot)", last.Details[DetailReason])
 }
 
 func TestRebootCommandThatDoesNotReboot(t *testing.T) {
