@@ -83,9 +83,13 @@ type countingWriter struct {
 	n int64
 }
 
-func (c *countingWriter) Header() http.Header         { return c.w.Header() }
-func (c *countingWriter) WriteHeader(code int)        { c.w.WriteHeader(code) }
-func (c *countingWriter) Write(p []byte) (int, error) { n, err := c.w.Write(p); c.n += int64(n); return n, err }
+func (c *countingWriter) Header() http.Header  { return c.w.Header() }
+func (c *countingWriter) WriteHeader(code int) { c.w.WriteHeader(code) }
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
 
 // Addr is the server's host:port on the loopback.
 func (a *artifactServer) Addr() string { return a.ln.Addr().String() }

@@ -85,11 +85,11 @@ type Env struct {
 
 	artifacts   *artifactServer
 	artifactDir string
-	obs       *observer
-	disk      string
-	agentBin  string
-	base      baseInfo
-	cancel    context.CancelFunc
+	obs         *observer
+	disk        string
+	agentBin    string
+	base        baseInfo
+	cancel      context.CancelFunc
 }
 
 // baseInfo is what base.json says about the base image.

@@ -140,7 +140,7 @@ type Figures struct {
 	Total float64 `json:"totalSeconds,omitempty"`
 }
 
-func secs(d time.Duration) float64 { return d.Round(100*time.Millisecond).Seconds() }
+func secs(d time.Duration) float64 { return d.Round(100 * time.Millisecond).Seconds() }
 
 // writeFigures writes f as JSON to path.
 func writeFigures(path string, f Figures) error {
