@@ -7,7 +7,7 @@ DYNALITE := $(TOOLS)/node_modules/.bin/dynalite
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 AGENT_LDFLAGS := -s -w -buildid= -X main.version=$(VERSION)
 
-.PHONY: all tools apt-packages test vet bench demo agent fmt clean image lint-delivery
+.PHONY: all tools apt-packages test vet bench demo agent fmt clean image lint-delivery vm-image
 
 all: vet test
 
@@ -62,6 +62,12 @@ IMAGE_ENV ?= dev
 image:
 	IMAGE_ENV='$(IMAGE_ENV)' VERSION='$(VERSION)' GO='$(GO)' RASPIOS_URL='$(RASPIOS_URL)' RASPIOS_SHA256='$(RASPIOS_SHA256)' \
 	  bash device/image/build-image.sh
+
+## vm-image: the virtual Raspberry Pi's base disk (arm64 Debian 12, A/B layout,
+## U-Boot) in dist/vm/ (override VM_OUT); root, installs its Debian packages
+## (see docs/virtual-pi.md)
+vm-image:
+	VM_OUT='$(or $(VM_OUT),dist/vm)' bash device/image/vm/build-vm-image.sh
 
 ## lint-delivery: actionlint (pinned v1.7.7) and shellcheck on workflows and delivery scripts
 lint-delivery:

@@ -41,6 +41,8 @@ const (
 	InputAuthorizedKeys = "ssh-authorized-keys" // optional SSH public keys for user pi
 	InputMenderConf     = "mender-conf"         // rendered /etc/mender/mender.conf (MenderConf)
 	InputVerifyKey      = "artifact-verify-key" // PEM public key mender verifies artifacts with
+	InputRootCA         = "root-ca"             // optional root CA instead of Amazon's (RootCAPath)
+	InputFstab          = "fstab"               // A/B images: /etc/fstab with the state bind mount (StateFstab)
 )
 
 // EntryKind is the kind column of the manifest.
@@ -289,7 +291,11 @@ func (m Manifest) Find(p string) (ManifestEntry, bool) {
 
 // ImageEnv renders /etc/fleet-agent/image.env, read (never sourced) by the
 // first-boot script.
-func ImageEnv(environment, serialPattern, adminUser string) ([]byte, error) {
+//
+// serialFiles, when given, replace the Pi's serial sources for the
+// first-boot script (FLEET_SERIAL_FILES, space-separated), as
+// provisioning.serialFiles does for the agent.
+func ImageEnv(environment, serialPattern, adminUser string, serialFiles ...string) ([]byte, error) {
 	if environment == "" || strings.Trim(environment, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
 		return nil, fmt.Errorf("environment %q: want [a-z0-9-]+", environment)
 	}
@@ -304,6 +310,14 @@ func ImageEnv(environment, serialPattern, adminUser string) ([]byte, error) {
 	}
 	if adminUser != "" {
 		fmt.Fprintf(&b, "FLEET_ADMIN_USER=%s\n", adminUser)
+	}
+	for _, f := range serialFiles {
+		if !path.IsAbs(f) || path.Clean(f) != f || strings.ContainsAny(f, " \t\n\r\"'\\*?[") {
+			return nil, fmt.Errorf("serial file %q: want an absolute, clean path without spaces, quotes or wildcards", f)
+		}
+	}
+	if len(serialFiles) > 0 {
+		fmt.Fprintf(&b, "FLEET_SERIAL_FILES=%s\n", strings.Join(serialFiles, " "))
 	}
 	return b.Bytes(), nil
 }

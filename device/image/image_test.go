@@ -121,8 +121,8 @@ func TestParseManifestErrorsNameTheLine(t *testing.T) {
 func TestPlanInputs(t *testing.T) {
 	m := manifest(t)
 	all, optional := m.Inputs()
-	assert.Equal(t, []string{"agent", "agent-unit", "artifact-verify-key", "claim-cert", "claim-key", "config", "image-env", "mender-conf", "ssh-authorized-keys"}, all)
-	assert.Equal(t, map[string]bool{"ssh-authorized-keys": true}, optional)
+	assert.Equal(t, []string{"agent", "agent-unit", "artifact-verify-key", "claim-cert", "claim-key", "config", "fstab", "image-env", "mender-conf", "root-ca", "ssh-authorized-keys"}, all)
+	assert.Equal(t, map[string]bool{"fstab": true, "root-ca": true, "ssh-authorized-keys": true}, optional)
 
 	dir := t.TempDir()
 	src := filepath.Join(dir, "in")

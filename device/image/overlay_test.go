@@ -160,6 +160,10 @@ func TestScriptsPassShellcheck(t *testing.T) {
 	more, err := filepath.Glob("*.sh")
 	require.NoError(t, err)
 	scripts = append(scripts, more...)
+	vm, err := filepath.Glob("vm/*.sh")
+	require.NoError(t, err)
+	require.NotEmpty(t, vm, "the virtual Pi's build scripts")
+	scripts = append(scripts, vm...)
 	for _, s := range scripts {
 		out, err := exec.CommandContext(ctx(t), sc, "--shell=sh", "--severity=style", s).CombinedOutput()
 		if strings.HasSuffix(s, ".sh") && !strings.HasPrefix(s, "rootfs/") {
@@ -313,4 +317,46 @@ func TestFirstbootRejectsABadImageEnv(t *testing.T) {
 	out, err = firstboot(t, root)
 	require.Error(t, err)
 	assert.Contains(t, out, "image.env is missing")
+}
+
+// The virtual Pi has no board serial: QEMU passes one as a fw_cfg item and
+// image.env's FLEET_SERIAL_FILES (the same list as the agent's
+// provisioning.serialFiles) names it; the Pi's sources are then not read.
+func TestFirstbootFromSerialFiles(t *testing.T) {
+	const fwcfg = "/sys/firmware/qemu_fw_cfg/by_name/opt/iot-fleet/serial/raw"
+	env, err := image.ImageEnv("local", "^[0-9a-f]{16}$", "pi", "/missing/serial", fwcfg)
+	require.NoError(t, err)
+	root := firstbootRoot(t, map[string]string{
+		"/etc/fleet-agent/image.env": string(env),
+		fwcfg:                        "0123456789ABCDEF",
+		"/sys/firmware/devicetree/base/serial-number": "10000000a1b2c3d4\x00",
+	})
+	out, err := firstboot(t, root)
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "thing name local-0123456789abcdef")
+	assert.Equal(t, "local-0123456789abcdef\n", readTree(t, root, "etc/hostname"))
+
+	// A listed file in cpuinfo's layout is read like cpuinfo; a bad value
+	// is not taken, and the Pi's sources are not tried instead.
+	env, err = image.ImageEnv("local", "^[0-9a-f]{16}$", "pi", fwcfg)
+	require.NoError(t, err)
+	root = firstbootRoot(t, map[string]string{
+		"/etc/fleet-agent/image.env": string(env),
+		fwcfg:                        "not-a-serial",
+		"/proc/cpuinfo":              "Serial\t\t: 00000000deadbeef\n",
+	})
+	out, err = firstboot(t, root)
+	require.Error(t, err)
+	assert.Contains(t, out, "ignoring serial 'not-a-serial'")
+	assert.Contains(t, out, "no board serial matching ^[0-9a-f]{16}$ found in "+fwcfg)
+}
+
+func TestImageEnvSerialFiles(t *testing.T) {
+	b, err := image.ImageEnv("local", "", "", "/a/serial", "/b/serial")
+	require.NoError(t, err)
+	assert.Contains(t, string(b), "\nFLEET_SERIAL_FILES=/a/serial /b/serial\n")
+	for _, bad := range []string{"relative", "/a b", "/a/*", "/a/../b", "/a\n"} {
+		_, err := image.ImageEnv("local", "", "", bad)
+		assert.ErrorContains(t, err, "serial file", bad)
+	}
 }

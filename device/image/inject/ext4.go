@@ -187,7 +187,7 @@ func (r *Root) ReadFile(ctx context.Context, p string) ([]byte, error) {
 // inconsistency.
 func (r *Root) Check(ctx context.Context) error {
 	if _, _, err := run(ctx, "", nil, r.tools.E2fsck, "-f", "-n", r.device()); err != nil {
-		return fmt.Errorf("e2fsck on root partition: %w", err)
+		return fmt.Errorf("e2fsck: %w", err)
 	}
 	return nil
 }
@@ -448,7 +448,7 @@ func (r *Root) Verify(ctx context.Context, entries []Entry) error {
 		}
 	}
 	if len(bad) > 0 {
-		return fmt.Errorf("root partition does not hold what was written: %s", strings.Join(bad, "; "))
+		return fmt.Errorf("the file system does not hold what was written: %s", strings.Join(bad, "; "))
 	}
 	return nil
 }

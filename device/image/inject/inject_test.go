@@ -256,3 +256,61 @@ func TestApplyRejectsBadEntries(t *testing.T) {
 		})
 	}
 }
+
+func TestReadLayoutAB(t *testing.T) {
+	img := injecttest.NewImage(t, injecttest.Options{AB: true})
+	l, err := inject.ReadLayout(img)
+	require.NoError(t, err)
+	require.True(t, l.AB())
+	assert.Equal(t, 4, l.Data.Number)
+	assert.Equal(t, int64(injecttest.ABDataStart*512), l.Data.Offset)
+	assert.Nil(t, l.RootB)
+	assert.Equal(t, []inject.Partition{l.Root}, l.Roots())
+
+	img = injecttest.NewImage(t, injecttest.Options{AB: true, RootB: true})
+	l, err = inject.ReadLayout(img)
+	require.NoError(t, err)
+	require.NotNil(t, l.RootB)
+	assert.Equal(t, 3, l.RootB.Number)
+	assert.Len(t, l.Roots(), 2)
+
+	// The Raspberry Pi OS layout is not A/B.
+	l, err = inject.ReadLayout(injecttest.NewImage(t, injecttest.Options{}))
+	require.NoError(t, err)
+	assert.False(t, l.AB())
+}
+
+func TestReadLayoutABNeedsAnExt4DataPartition(t *testing.T) {
+	img := injecttest.NewImage(t, injecttest.Options{AB: true})
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt(make([]byte, 4096), injecttest.ABDataStart*512)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	_, err = inject.ReadLayout(img)
+	assert.ErrorContains(t, err, "data partition 4: partition 4 at byte")
+}
+
+func TestInjectDataPlan(t *testing.T) {
+	tl := tools(t)
+	ctx := testContext(t)
+	plan := inject.Plan{Data: []inject.Entry{{Kind: inject.KindDir, Path: "/fleet-agent", Mode: 0o700}}}
+	err := inject.Inject(ctx, quietLog(), injecttest.NewImage(t, injecttest.Options{}), plan, tl)
+	assert.ErrorContains(t, err, "the image has none")
+
+	img := injecttest.NewImage(t, injecttest.Options{AB: true, RootB: true})
+	plan.Root = samplePlan(t).Root
+	require.NoError(t, inject.Inject(ctx, quietLog(), img, plan, tl))
+	l, err := inject.ReadLayout(img)
+	require.NoError(t, err)
+	for _, p := range l.Roots() {
+		r, err := inject.NewRoot(img, p, tl)
+		require.NoError(t, err)
+		require.NoError(t, r.Verify(ctx, plan.Root), "partition %d", p.Number)
+	}
+	data, err := inject.NewRoot(img, *l.Data, tl)
+	require.NoError(t, err)
+	require.NoError(t, data.Verify(ctx, plan.Data))
+	_, err = data.Stat(ctx, "/usr")
+	assert.ErrorIs(t, err, inject.ErrNotExist, "root entries do not land on the data partition")
+}

@@ -71,15 +71,40 @@ func ReadMBR(r io.ReaderAt, size int64) ([]Partition, error) {
 	return parts, nil
 }
 
-// Layout is where the two file systems of a Raspberry Pi OS image live.
+// Layout is where the file systems of an image live: a Raspberry Pi OS
+// image has two (boot, root); an A/B image as mender's full-system updates
+// need has four (boot, rootfs A, rootfs B, data).
 type Layout struct {
 	Boot Partition // FAT boot partition, mounted at /boot/firmware on the Pi
-	Root Partition // ext4 root file system
+	Root Partition // ext4 root file system (rootfs A on an A/B image)
+	// RootB is partition 3 of an A/B image when it holds an ext4 file
+	// system (a copy of rootfs A); nil when it is empty (mender writes it on
+	// the first update) or the image is not A/B.
+	RootB *Partition
+	// Data is partition 4 of an A/B image: the ext4 data partition mounted at
+	// /data by both root file systems, which keeps its contents across
+	// updates. nil on a two-partition image.
+	Data *Partition
+}
+
+// AB reports whether the image has the A/B layout (a data partition).
+func (l Layout) AB() bool { return l.Data != nil }
+
+// Roots returns the root file systems to write: rootfs A, and rootfs B when
+// it is populated.
+func (l Layout) Roots() []Partition {
+	if l.RootB != nil {
+		return []Partition{l.Root, *l.RootB}
+	}
+	return []Partition{l.Root}
 }
 
 // ReadLayout opens the image file and finds its boot partition (partition 1,
 // FAT) and root partition (partition 2, Linux), checking each file system's
 // signature so a wrong image fails here rather than inside debugfs or mtools.
+// When partitions 3 and 4 are both Linux partitions the image has the A/B
+// layout: partition 4 must hold an ext4 file system (the data partition) and
+// partition 3 (rootfs B) is written too when it holds one.
 func ReadLayout(image string) (Layout, error) {
 	f, err := os.Open(image)
 	if err != nil {
@@ -96,12 +121,17 @@ func ReadLayout(image string) (Layout, error) {
 	}
 	var l Layout
 	var haveBoot, haveRoot bool
+	var p3, p4 *Partition
 	for _, p := range parts {
 		switch {
 		case p.Number == 1 && p.FAT():
 			l.Boot, haveBoot = p, true
 		case p.Number == 2 && p.Type == 0x83:
 			l.Root, haveRoot = p, true
+		case p.Number == 3 && p.Type == 0x83:
+			p3 = &p
+		case p.Number == 4 && p.Type == 0x83:
+			p4 = &p
 		}
 	}
 	if !haveBoot || !haveRoot {
@@ -112,6 +142,15 @@ func ReadLayout(image string) (Layout, error) {
 	}
 	if err := checkExt(f, l.Root); err != nil {
 		return Layout{}, fmt.Errorf("image %s: %w", image, err)
+	}
+	if p3 != nil && p4 != nil {
+		if err := checkExt(f, *p4); err != nil {
+			return Layout{}, fmt.Errorf("image %s: A/B layout (partitions 3 and 4 are Linux partitions): data partition 4: %w", image, err)
+		}
+		l.Data = p4
+		if checkExt(f, *p3) == nil {
+			l.RootB = p3
+		}
 	}
 	return l, nil
 }
@@ -139,12 +178,16 @@ func checkFAT(r io.ReaderAt, p Partition) error {
 }
 
 func checkExt(r io.ReaderAt, p Partition) error {
+	name := "root partition"
+	if p.Number != 2 {
+		name = fmt.Sprintf("partition %d", p.Number)
+	}
 	var magic [2]byte
 	if _, err := r.ReadAt(magic[:], p.Offset+1024+56); err != nil {
-		return fmt.Errorf("root partition: read superblock: %w", err)
+		return fmt.Errorf("%s: read superblock: %w", name, err)
 	}
 	if binary.LittleEndian.Uint16(magic[:]) != 0xef53 {
-		return fmt.Errorf("root partition at byte %d holds no ext2/3/4 file system", p.Offset)
+		return fmt.Errorf("%s at byte %d holds no ext2/3/4 file system", name, p.Offset)
 	}
 	return nil
 }

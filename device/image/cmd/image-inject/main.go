@@ -10,6 +10,22 @@
 //	image-inject -image raspios.img -env dev -stack-outputs outputs.json \
 //	    -agent dist/fleet-agent-linux-arm64 -claim-secret claim.json \
 //	    -artifact-verify-key artifact-verify-key.pem
+//
+// On an A/B image (partitions boot, rootfs A, rootfs B, data: mender's
+// full-system update layout, as the virtual Pi's base image) it writes both
+// root file systems (rootfs B only when it holds one) and puts the agent's
+// state directory on the data partition (/data/fleet-agent bind-mounted at
+// /var/lib/fleet-agent), so the device's identity survives updates.
+//
+// The virtual Pi (docs/virtual-pi.md) runs against the local IoT Core: the
+// target flags replace what is specific to a Pi on AWS IoT Core:
+//
+//	image-inject -image disk.img -env local -stack-outputs DIR/outputs.json \
+//	    -agent fleet-agent-linux-arm64 -claim-cert DIR/claim.crt -claim-key DIR/claim.key \
+//	    -artifact-verify-key verify.pem -root-ca DIR/ca.pem \
+//	    -endpoint iot.vm.internal -port 8883 \
+//	    -serial-file /sys/firmware/qemu_fw_cfg/by_name/opt/iot-fleet/serial/raw \
+//	    -ota-allowed-host artifacts.vm.internal -ota-allow-http
 package main
 
 import (
@@ -23,6 +39,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"syscall"
 
 	"github.com/iot-fleet/iot-fleet/device/image"
@@ -51,6 +68,24 @@ type options struct {
 	claimSecret, claimCert, claimKey, authorizedKeys      string
 	serialPattern, adminUser                              string
 	artifactVerifyKey                                     string
+	// Target: what differs from a Pi on AWS IoT Core.
+	rootCA, endpoint      string
+	port                  int
+	serialFiles, otaHosts stringList
+	otaAllowHTTP          bool
+}
+
+// stringList is a repeatable flag.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(v string) error {
+	if v == "" {
+		return errors.New("must not be empty")
+	}
+	*l = append(*l, v)
+	return nil
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -70,8 +105,17 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.serialPattern, "serial-pattern", defaultSerialPattern, "serial pattern for the agent (Go regexp) and the first-boot script (ERE): keep it to the common subset")
 	fs.StringVar(&o.adminUser, "admin-user", "pi", "the image's default user, whose password is locked")
 	fs.StringVar(&o.artifactVerifyKey, "artifact-verify-key", "", "PEM public key of the release key that signs mender artifacts (required; mender refuses artifacts it does not verify)")
+	fs.StringVar(&o.rootCA, "root-ca", "", "PEM root CA of the MQTT endpoint, installed instead of relying on Amazon Root CA 1 (the local IoT Core's CA for the virtual Pi)")
+	fs.StringVar(&o.endpoint, "endpoint", "", "MQTT endpoint host the agent connects to (default: the stack output iotDataEndpoint)")
+	fs.IntVar(&o.port, "port", 0, "MQTT port (default 8883)")
+	fs.Var(&o.serialFiles, "serial-file", "file holding the device serial, for the agent and the first-boot script (repeatable, tried in order; default: the Pi's device tree, then /proc/cpuinfo)")
+	fs.Var(&o.otaHosts, "ota-allowed-host", "host artifacts may be downloaded from (repeatable; default: the stack's artifacts bucket)")
+	fs.BoolVar(&o.otaAllowHTTP, "ota-allow-http", false, "accept plain-HTTP artifact URLs (local test servers only)")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
+	}
+	if o.port < 0 || o.port > 65535 {
+		return options{}, fmt.Errorf("-port %d: want 1-65535", o.port)
 	}
 	if fs.NArg() > 0 {
 		return options{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -112,11 +156,11 @@ func run(ctx context.Context, log *slog.Logger, args []string, stderr io.Writer)
 	}
 	defer os.RemoveAll(stage)
 
-	baseMenderConf, err := readBaseMenderConf(ctx, o.image, tools)
+	base, err := readBase(ctx, o.image, tools)
 	if err != nil {
 		return err
 	}
-	inputs, err := prepareInputs(o, manifest, stage, baseMenderConf)
+	inputs, err := prepareInputs(o, manifest, stage, base)
 	if err != nil {
 		return err
 	}
@@ -124,37 +168,54 @@ func run(ctx context.Context, log *slog.Logger, args []string, stderr io.Writer)
 	if err != nil {
 		return err
 	}
+	if base.layout.AB() {
+		plan.Data = image.DataPlan()
+	}
 	if err := inject.Inject(ctx, log, o.image, plan, tools); err != nil {
 		return err
 	}
-	log.Info("image ready", "image", o.image, "env", o.env, "ssh", o.authorizedKeys != "")
+	log.Info("image ready", "image", o.image, "env", o.env, "ssh", o.authorizedKeys != "", "ab", base.layout.AB())
 	return nil
 }
 
-// readBaseMenderConf returns the base image's mender configuration, or nil
-// when it has none.
-func readBaseMenderConf(ctx context.Context, img string, tools inject.Tools) ([]byte, error) {
+// baseImage is what the injection reads from the image before writing.
+type baseImage struct {
+	layout     inject.Layout
+	menderConf []byte // the base image's mender configuration, or nil
+	fstab      []byte // A/B images: the base image's /etc/fstab
+}
+
+// readBase reads the image's layout, its mender configuration (nil when it
+// has none) and, on an A/B image, its /etc/fstab (required there: it must
+// mount the data partition).
+func readBase(ctx context.Context, img string, tools inject.Tools) (baseImage, error) {
 	layout, err := inject.ReadLayout(img)
 	if err != nil {
-		return nil, err
+		return baseImage{}, err
 	}
 	root, err := inject.NewRoot(img, layout.Root, tools)
 	if err != nil {
-		return nil, err
+		return baseImage{}, err
 	}
-	b, err := root.ReadFile(ctx, image.MenderConfPath)
+	b := baseImage{layout: layout}
+	b.menderConf, err = root.ReadFile(ctx, image.MenderConfPath)
 	if errors.Is(err, inject.ErrNotExist) {
-		return nil, nil
+		b.menderConf = nil
+	} else if err != nil {
+		return baseImage{}, fmt.Errorf("base image: %w", err)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("base image: %w", err)
+	if layout.AB() {
+		b.fstab, err = root.ReadFile(ctx, image.FstabPath)
+		if err != nil {
+			return baseImage{}, fmt.Errorf("A/B base image: %w", err)
+		}
 	}
 	return b, nil
 }
 
 // prepareInputs checks every input and writes the derived ones (config,
 // image.env, claim certificate and key, mender configuration) into stage.
-func prepareInputs(o options, m image.Manifest, stage string, baseMenderConf []byte) (map[string]string, error) {
+func prepareInputs(o options, m image.Manifest, stage string, base baseImage) (map[string]string, error) {
 	if err := image.CheckAgentBinary(o.agent, o.agentArch); err != nil {
 		return nil, err
 	}
@@ -185,7 +246,22 @@ func prepareInputs(o options, m image.Manifest, stage string, baseMenderConf []b
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", o.stackOutputs, err)
 	}
-	env, err := image.ImageEnv(o.env, o.serialPattern, o.adminUser)
+	target := image.Target{Endpoint: o.endpoint, Port: o.port, SerialFiles: o.serialFiles,
+		AllowedHosts: o.otaHosts, AllowHTTP: o.otaAllowHTTP}
+	var rootCA []byte
+	if o.rootCA != "" {
+		if rootCA, err = os.ReadFile(o.rootCA); err != nil {
+			return nil, fmt.Errorf("-root-ca: %w", err)
+		}
+		if err := image.CheckRootCA(rootCA); err != nil {
+			return nil, fmt.Errorf("-root-ca %s: %w", o.rootCA, err)
+		}
+		target.RootCAFile = image.RootCAPath
+	}
+	if config, err = image.ApplyTarget(config, target); err != nil {
+		return nil, err
+	}
+	env, err := image.ImageEnv(o.env, o.serialPattern, o.adminUser, o.serialFiles...)
 	if err != nil {
 		return nil, err
 	}
@@ -226,20 +302,33 @@ func prepareInputs(o options, m image.Manifest, stage string, baseMenderConf []b
 	if err := image.CheckArtifactVerifyKey(verifyKey); err != nil {
 		return nil, fmt.Errorf("-artifact-verify-key %s: %w", o.artifactVerifyKey, err)
 	}
-	menderConf, err := image.MenderConf(baseMenderConf)
+	menderConf, err := image.MenderConf(base.menderConf)
 	if err != nil {
 		return nil, err
 	}
+	var fstab []byte
+	if base.layout.AB() {
+		if fstab, err = image.StateFstab(base.fstab); err != nil {
+			return nil, fmt.Errorf("A/B base image: %w", err)
+		}
+	}
 
 	inputs := map[string]string{image.InputAgent: o.agent, image.InputAgentUnit: o.agentUnit}
-	for name, content := range map[string][]byte{
+	derived := map[string][]byte{
 		image.InputConfig:     config,
 		image.InputImageEnv:   env,
 		image.InputClaimCert:  cert,
 		image.InputClaimKey:   key,
 		image.InputMenderConf: menderConf,
 		image.InputVerifyKey:  verifyKey,
-	} {
+	}
+	if rootCA != nil {
+		derived[image.InputRootCA] = rootCA
+	}
+	if fstab != nil {
+		derived[image.InputFstab] = fstab
+	}
+	for name, content := range derived {
 		p := filepath.Join(stage, name)
 		if err := os.WriteFile(p, content, 0o600); err != nil {
 			return nil, fmt.Errorf("stage %s: %w", name, err)

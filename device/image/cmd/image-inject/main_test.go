@@ -34,9 +34,14 @@ type fixture struct {
 
 func newFixture(t *testing.T) fixture {
 	t.Helper()
+	return newFixtureWith(t, injecttest.Options{})
+}
+
+func newFixtureWith(t *testing.T, opts injecttest.Options) fixture {
+	t.Helper()
 	injecttest.Require(t)
 	f := fixture{dir: t.TempDir()}
-	f.img = injecttest.NewImage(t, injecttest.Options{})
+	f.img = injecttest.NewImage(t, opts)
 	f.agent = filepath.Join(f.dir, "fleet-agent-linux-arm64")
 	require.NoError(t, os.WriteFile(f.agent, injecttest.ELFHeader(183), 0o755))
 	f.unit = filepath.Join("..", "..", "..", "systemd", "fleet-agent.service")
@@ -259,4 +264,180 @@ func TestImageInjectRefusesBadInputsAndLeavesTheImageAlone(t *testing.T) {
 	after, err := os.ReadFile(f.img)
 	require.NoError(t, err)
 	assert.True(t, bytes.Equal(before, after), "a refused build does not touch the image")
+}
+
+// caPEM makes a throw-away CA certificate (the local IoT Core's root CA).
+func caPEM(t *testing.T, isCA bool) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(9), Subject: pkix.Name{CommonName: "local IoT Core CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: isCA, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+const fwCfgSerial = "/sys/firmware/qemu_fw_cfg/by_name/opt/iot-fleet/serial/raw"
+
+func (f fixture) vmArgs(t *testing.T, extra ...string) []string {
+	t.Helper()
+	ca := filepath.Join(f.dir, "local-ca.pem")
+	require.NoError(t, os.WriteFile(ca, caPEM(t, true), 0o644))
+	return f.args(append([]string{"-env", "local", "-root-ca", ca, "-endpoint", "iot.vm.internal", "-port", "8883",
+		"-serial-file", fwCfgSerial, "-ota-allowed-host", "artifacts.vm.internal", "-ota-allow-http"}, extra...)...)
+}
+
+func openPart(t *testing.T, img string, p inject.Partition) *inject.Root {
+	t.Helper()
+	tools, err := inject.FindTools()
+	require.NoError(t, err)
+	r, err := inject.NewRoot(img, p, tools)
+	require.NoError(t, err)
+	return r
+}
+
+// The virtual Pi's A/B disk (boot, rootfs A, rootfs B, data): the same
+// injection writes rootfs A (and B only once it holds a file system), puts
+// the agent's state on the data partition through a bind mount in fstab,
+// and points the agent at the local IoT Core (the target flags).
+func TestImageInjectABLayoutForTheVirtualPi(t *testing.T) {
+	f := newFixtureWith(t, injecttest.Options{AB: true})
+	ctx := context.Background()
+	require.NoError(t, runTool(t, f.vmArgs(t)))
+
+	l, err := inject.ReadLayout(f.img)
+	require.NoError(t, err)
+	require.True(t, l.AB())
+	assert.Nil(t, l.RootB, "rootfs B stays empty: mender writes it on the first update")
+	rootA := openPart(t, f.img, l.Root)
+
+	raw, err := rootA.ReadFile(ctx, "/etc/fleet-agent/config.json")
+	require.NoError(t, err)
+	cfg, err := config.ParseValid(raw)
+	require.NoError(t, err)
+	assert.Equal(t, "iot.vm.internal", cfg.Endpoint)
+	assert.Equal(t, 8883, cfg.Port)
+	assert.Equal(t, "/etc/fleet-agent/root-ca.pem", cfg.RootCAFile)
+	assert.Equal(t, []string{fwCfgSerial}, cfg.Provisioning.SerialFiles)
+	assert.Equal(t, []string{"artifacts.vm.internal"}, cfg.OTA.AllowedHosts)
+	assert.True(t, cfg.OTA.AllowHTTP)
+	assert.Equal(t, "/var/lib/fleet-agent", cfg.StateDir)
+	ca, err := rootA.ReadFile(ctx, "/etc/fleet-agent/root-ca.pem")
+	require.NoError(t, err)
+	want, err := os.ReadFile(filepath.Join(f.dir, "local-ca.pem"))
+	require.NoError(t, err)
+	assert.Equal(t, want, ca)
+	env, err := rootA.ReadFile(ctx, "/etc/fleet-agent/image.env")
+	require.NoError(t, err)
+	assert.Contains(t, string(env), "\nFLEET_ENV=local\n")
+	assert.Contains(t, string(env), "\nFLEET_SERIAL_FILES="+fwCfgSerial+"\n")
+
+	fstab, err := rootA.ReadFile(ctx, "/etc/fstab")
+	require.NoError(t, err)
+	assert.True(t, bytes.HasPrefix(fstab, []byte(injecttest.ABFstab)), "the base image's mounts are kept:\n%s", fstab)
+	assert.Contains(t, string(fstab), "\n/data/fleet-agent /var/lib/fleet-agent none bind,x-systemd.requires-mounts-for=/data 0 0\n")
+
+	data := openPart(t, f.img, *l.Data)
+	st, err := data.Stat(ctx, "/fleet-agent")
+	require.NoError(t, err)
+	assert.Equal(t, inject.KindDir, st.Kind)
+	assert.Equal(t, os.FileMode(0o700), st.Mode)
+	assert.Equal(t, [2]uint32{0, 0}, [2]uint32{st.UID, st.GID})
+	require.NoError(t, data.Check(ctx))
+	_, err = data.Stat(ctx, "/mender")
+	assert.NoError(t, err, "the base image's data is kept")
+
+	// A second run (a rebuilt agent, say) converges: one bind mount line.
+	require.NoError(t, runTool(t, f.vmArgs(t)))
+	again, err := rootA.ReadFile(ctx, "/etc/fstab")
+	require.NoError(t, err)
+	assert.Equal(t, string(fstab), string(again))
+}
+
+// With rootfs B populated (a copy of A), both root file systems get the
+// same files, so either can boot the agent.
+func TestImageInjectWritesBothRootFileSystems(t *testing.T) {
+	f := newFixtureWith(t, injecttest.Options{AB: true, RootB: true})
+	ctx := context.Background()
+	require.NoError(t, runTool(t, f.vmArgs(t)))
+	l, err := inject.ReadLayout(f.img)
+	require.NoError(t, err)
+	require.NotNil(t, l.RootB)
+	var configs [][]byte
+	for _, p := range l.Roots() {
+		r := openPart(t, f.img, p)
+		b, err := r.ReadFile(ctx, "/etc/fleet-agent/config.json")
+		require.NoError(t, err, "partition %d", p.Number)
+		configs = append(configs, b)
+		fstab, err := r.ReadFile(ctx, "/etc/fstab")
+		require.NoError(t, err)
+		assert.Contains(t, string(fstab), "/data/fleet-agent /var/lib/fleet-agent none bind")
+		require.NoError(t, r.Check(ctx))
+	}
+	assert.Equal(t, configs[0], configs[1])
+}
+
+func TestImageInjectABRefusals(t *testing.T) {
+	t.Run("no data mount in fstab", func(t *testing.T) {
+		files := injecttest.DefaultRootFiles()
+		files["etc/fstab"] = "/dev/root / ext4 defaults 0 1\n"
+		f := newFixtureWith(t, injecttest.Options{AB: true, RootFiles: files})
+		before, err := os.ReadFile(f.img)
+		require.NoError(t, err)
+		err = runTool(t, f.vmArgs(t))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "does not mount the data partition at /data")
+		after, err := os.ReadFile(f.img)
+		require.NoError(t, err)
+		assert.True(t, bytes.Equal(before, after), "a refused build leaves the image untouched")
+	})
+	t.Run("state directory already mounted elsewhere", func(t *testing.T) {
+		files := injecttest.DefaultRootFiles()
+		files["etc/fstab"] = injecttest.ABFstab + "tmpfs /var/lib/fleet-agent tmpfs defaults 0 0\n"
+		f := newFixtureWith(t, injecttest.Options{AB: true, RootFiles: files})
+		err := runTool(t, f.vmArgs(t))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "/var/lib/fleet-agent is already a mount point")
+	})
+	t.Run("no fstab", func(t *testing.T) {
+		files := injecttest.DefaultRootFiles()
+		f := newFixtureWith(t, injecttest.Options{AB: true, RootFiles: files})
+		err := runTool(t, f.vmArgs(t))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "/etc/fstab")
+	})
+}
+
+func TestImageInjectTargetFlagRefusals(t *testing.T) {
+	f := newFixtureWith(t, injecttest.Options{AB: true})
+	notCA := filepath.Join(f.dir, "leaf.pem")
+	require.NoError(t, os.WriteFile(notCA, caPEM(t, false), 0o644))
+	key := filepath.Join(f.dir, "key.pem")
+	require.NoError(t, os.WriteFile(key, f.key, 0o600))
+	before, err := os.ReadFile(f.img)
+	require.NoError(t, err)
+	for name, c := range map[string]struct {
+		args []string
+		want string
+	}{
+		"leaf certificate as root CA": {f.vmArgs(t, "-root-ca", notCA), "is not a CA certificate"},
+		"private key as root CA":      {f.vmArgs(t, "-root-ca", key), "want only CERTIFICATE blocks"},
+		"missing root CA":             {f.vmArgs(t, "-root-ca", filepath.Join(f.dir, "nope.pem")), "-root-ca"},
+		"endpoint with a port":        {f.vmArgs(t, "-endpoint", "iot.vm.internal:8883"), "endpoint"},
+		"endpoint with a scheme":      {f.vmArgs(t, "-endpoint", "mqtts://iot.vm.internal"), "endpoint"},
+		"port out of range":           {f.vmArgs(t, "-port", "70000"), "-port 70000"},
+		"relative serial file":        {f.vmArgs(t, "-serial-file", "serial"), "serial file \"serial\""},
+		"bad artifact host":           {f.vmArgs(t, "-ota-allowed-host", "http://x"), "allowedHosts"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := runTool(t, c.args)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), c.want)
+		})
+	}
+	after, err := os.ReadFile(f.img)
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(before, after), "a refused build leaves the image untouched")
 }

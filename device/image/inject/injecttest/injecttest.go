@@ -1,5 +1,5 @@
 // Package injecttest builds small, real Raspberry-Pi-OS-shaped disk image
-// files for tests: an MBR partition table (sfdisk on a regular file), a FAT32
+// files for tests (or, with Options.AB, the virtual Pi's A/B layout): an MBR partition table (sfdisk on a regular file), a FAT32
 // boot partition (mkfs.vfat --offset) and an ext4 root partition (mke2fs -E
 // offset=, populated from a directory with -d). No loop devices, no mounts,
 // no root.
@@ -94,7 +94,28 @@ type Options struct {
 	RootDirs []string
 	// BootFiles are files of the base boot partition, name -> contents.
 	BootFiles map[string]string
+	// AB builds the A/B layout of the virtual Pi's base image instead: boot,
+	// rootfs A, rootfs B, data (ext4). Rootfs B is left without a file
+	// system unless RootB is set.
+	AB bool
+	// RootB (with AB) makes rootfs B a copy of rootfs A.
+	RootB bool
+	// DataDirs (with AB) are directories of the data partition.
+	DataDirs []string
 }
+
+// A/B geometry, in 512-byte sectors: the FAT32 boot partition as above,
+// two 32 MiB root partitions, a 16 MiB data partition.
+const (
+	ABRootSize   = 65536
+	ABRootBStart = RootStart + ABRootSize
+	ABDataStart  = ABRootBStart + ABRootSize
+	ABDataSize   = 32768
+	ABImageSize  = (ABDataStart + ABDataSize) * sectorSize
+)
+
+// ABFstab is the base A/B image's /etc/fstab (as device/image/vm writes it).
+const ABFstab = "/dev/root / ext4 defaults 0 1\n/dev/vda1 /boot/firmware vfat defaults 0 2\n/dev/vda4 /data ext4 defaults 0 2\n"
 
 // DefaultRootFiles mimic the parts of Raspberry Pi OS the image build touches.
 func DefaultRootFiles() map[string]string {
@@ -118,10 +139,16 @@ func NewImage(t testing.TB, opts Options) string {
 	if err := os.WriteFile(img, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Truncate(img, ImageSize); err != nil {
+	size := int64(ImageSize)
+	table := fmt.Sprintf("label: dos\nunit: sectors\n\nstart=%d, size=%d, type=c\nstart=%d, type=83\n", BootStart, BootSize, RootStart)
+	if opts.AB {
+		size = ABImageSize
+		table = fmt.Sprintf("label: dos\nunit: sectors\n\nstart=%d, size=%d, type=c\nstart=%d, size=%d, type=83\nstart=%d, size=%d, type=83\nstart=%d, size=%d, type=83\n",
+			BootStart, BootSize, RootStart, ABRootSize, ABRootBStart, ABRootSize, ABDataStart, ABDataSize)
+	}
+	if err := os.Truncate(img, size); err != nil {
 		t.Fatal(err)
 	}
-	table := fmt.Sprintf("label: dos\nunit: sectors\n\nstart=%d, size=%d, type=c\nstart=%d, type=83\n", BootStart, BootSize, RootStart)
 	mustRun(ctx, t, table, nil, "sfdisk", "--no-reread", "--no-tell-kernel", "-q", img)
 	mustRun(ctx, t, "", nil, "mkfs.vfat", "-F", "32", "-s", "1", "-S", "512", "-n", "BOOTFS",
 		"--offset", fmt.Sprint(BootStart), img, fmt.Sprint(BootSize*sectorSize/1024))
@@ -130,6 +157,9 @@ func NewImage(t testing.TB, opts Options) string {
 	files := opts.RootFiles
 	if files == nil {
 		files = DefaultRootFiles()
+		if opts.AB {
+			files["etc/fstab"] = ABFstab
+		}
 	}
 	for p, content := range files {
 		full := filepath.Join(rootDir, filepath.FromSlash(p))
@@ -146,8 +176,25 @@ func NewImage(t testing.TB, opts Options) string {
 		}
 	}
 	rootKiB := (ImageSize - RootStart*sectorSize) / 1024
+	if opts.AB {
+		rootKiB = ABRootSize * sectorSize / 1024
+	}
 	mustRun(ctx, t, "", nil, "mke2fs", "-q", "-F", "-t", "ext4", "-L", "rootfs", "-d", rootDir,
 		"-E", fmt.Sprintf("offset=%d", RootStart*sectorSize), img, fmt.Sprintf("%dk", rootKiB))
+	if opts.AB {
+		if opts.RootB {
+			mustRun(ctx, t, "", nil, "mke2fs", "-q", "-F", "-t", "ext4", "-L", "rootfs-b", "-d", rootDir,
+				"-E", fmt.Sprintf("offset=%d", ABRootBStart*sectorSize), img, fmt.Sprintf("%dk", rootKiB))
+		}
+		dataDir := filepath.Join(dir, "data")
+		for _, d := range append([]string{"mender"}, opts.DataDirs...) {
+			if err := os.MkdirAll(filepath.Join(dataDir, filepath.FromSlash(d)), 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mustRun(ctx, t, "", nil, "mke2fs", "-q", "-F", "-t", "ext4", "-L", "data", "-d", dataDir,
+			"-E", fmt.Sprintf("offset=%d", ABDataStart*sectorSize), img, fmt.Sprintf("%dk", ABDataSize*sectorSize/1024))
+	}
 
 	for name, content := range opts.BootFiles {
 		src := filepath.Join(dir, "boot-"+name)

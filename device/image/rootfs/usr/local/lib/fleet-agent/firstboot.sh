@@ -1,7 +1,8 @@
 #!/bin/sh
 # fleet-firstboot: one-time set-up on the first boot of an iot-fleet image,
 # started by fleet-firstboot.service (see docs/delivery.md):
-#   1. read the board serial (device tree, else /proc/cpuinfo) and check it;
+#   1. read the board serial (device tree, else /proc/cpuinfo, or the files
+#      FLEET_SERIAL_FILES in image.env names) and check it;
 #   2. set the hostname to the thing name "<env>-<serial>";
 #   3. make sure the key directories are 0700 and private keys 0600;
 #   4. lock the password of the image's default user (SSH is key-only);
@@ -50,28 +51,31 @@ serial_pattern=$(setting FLEET_SERIAL_PATTERN)
 [ -n "$serial_pattern" ] || serial_pattern='^[0-9a-f]{16}$'
 admin_user=$(setting FLEET_ADMIN_USER)
 
-# Serial candidates, best first: the device tree (Pi 4/5: 16 hex digits,
-# NUL-terminated), then the "Serial" line of /proc/cpuinfo.
+# Serial candidates, best first: FLEET_SERIAL_FILES (space-separated paths,
+# the same list as the agent's provisioning.serialFiles), by default the
+# device tree (Pi 4/5: 16 hex digits, NUL-terminated), then the "Serial" line
+# of /proc/cpuinfo. A file with a "key: value" layout is read like cpuinfo,
+# any other file is the serial itself (the virtual Pi's QEMU fw_cfg entry).
+serial_files=$(setting FLEET_SERIAL_FILES)
+[ -n "$serial_files" ] || serial_files="/sys/firmware/devicetree/base/serial-number /proc/device-tree/serial-number /proc/cpuinfo"
 serial=""
-for src in "$root/sys/firmware/devicetree/base/serial-number" "$root/proc/device-tree/serial-number"; do
-	if [ -r "$src" ]; then
+set -f
+for file in $serial_files; do
+	src="$root$file"
+	[ -r "$src" ] || continue
+	if tr -d '\000' <"$src" | grep -q ':'; then
+		candidate=$(sed -n 's/^Serial[[:space:]]*:[[:space:]]*//p' "$src" | head -n 1 | tr -d '[:space:]' | tr 'A-F' 'a-f')
+	else
 		candidate=$(tr -d '\000[:space:]' <"$src" | tr 'A-F' 'a-f')
-		if printf '%s\n' "$candidate" | grep -Eq -- "$serial_pattern"; then
-			serial="$candidate"
-			break
-		fi
-		log "ignoring serial '$candidate' from $src: does not match $serial_pattern"
 	fi
-done
-if [ -z "$serial" ] && [ -r "$root/proc/cpuinfo" ]; then
-	candidate=$(sed -n 's/^Serial[[:space:]]*:[[:space:]]*//p' "$root/proc/cpuinfo" | head -n 1 | tr -d '[:space:]' | tr 'A-F' 'a-f')
 	if printf '%s\n' "$candidate" | grep -Eq -- "$serial_pattern"; then
 		serial="$candidate"
-	else
-		log "ignoring serial '$candidate' from /proc/cpuinfo: does not match $serial_pattern"
+		break
 	fi
-fi
-[ -n "$serial" ] || die "no board serial matching $serial_pattern found (device tree, /proc/cpuinfo)"
+	log "ignoring serial '$candidate' from $file: does not match $serial_pattern"
+done
+set +f
+[ -n "$serial" ] || die "no board serial matching $serial_pattern found in $serial_files"
 thing="$env_name-$serial"
 log "serial $serial, thing name $thing"
 
