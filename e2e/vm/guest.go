@@ -18,8 +18,8 @@ import (
 // survive updates).
 
 // HandlerDir is the agent's handler directory in the VM image (the
-// default, <stateDir>/jobs).
-const HandlerDir = "/var/lib/fleet-agent/jobs"
+// default, <stateDir>/handlers).
+const HandlerDir = "/var/lib/fleet-agent/handlers"
 
 // vmInfoHandler prints what the virtual Pi runs, one key=value per line
 // (read from the job's stdout).
@@ -39,6 +39,7 @@ echo "agent_type=$(systemctl show fleet-agent.service -p Type --value)"
 echo "agent_restarts=$(systemctl show fleet-agent.service -p NRestarts --value)"
 echo "agent_watchdog_usec=$(systemctl show fleet-agent.service -p WatchdogUSec --value)"
 echo "data_mounted=$(findmnt -n -o SOURCE /data 2>/dev/null)"
+echo "fw_env=$(fw_printenv mender_boot_part 2>&1 | tr '\n' ' ')"
 `
 
 // rebootHandler stands in for the AWS IoT Device Client's sample
@@ -167,7 +168,7 @@ func (info GuestInfo) expectRunning(release string, part int) error {
 		}
 	}
 	if len(bad) > 0 {
-		return fmt.Errorf("the guest does not run %s from partition %d: %s", release, part, strings.Join(bad, ", "))
+		return fmt.Errorf("the guest does not run %s from partition %d: %s (vm-info: %v)", release, part, strings.Join(bad, ", "), map[string]string(info))
 	}
 	return nil
 }
