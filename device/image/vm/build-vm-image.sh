@@ -70,11 +70,12 @@ trap cleanup EXIT
 rootfs="$work/rootfs"
 
 # 3. The root file system from Debian's archive. Recommends are left out to
-# keep it small; everything the image needs is listed.
+# keep it small; everything the image needs is listed. fw_printenv and
+# fw_setenv (what mender runs) are libubootenv-tool's in Debian 12.
 packages=(
 	linux-image-arm64 initramfs-tools kmod udev
 	systemd systemd-sysv dbus
-	mender-client u-boot-tools
+	mender-client libubootenv-tool
 	sudo openssh-server ca-certificates
 	iproute2 netbase iputils-ping procps e2fsprogs dosfstools
 )

@@ -156,5 +156,5 @@ sif /usr/local/lib/fleet-agent/release-health-check gid 0
 REQ
 artifact v3-bad "$work/v3.ext4" v3-bad.mender
 
-(cd "$out" && sha256sum v2.mender v3-bad.mender >SHA256SUMS)
+(cd "$out" && sha256sum v2.mender v3-bad.mender >SHA256SUMS && chmod 0644 SHA256SUMS)
 log "wrote $out/v2.mender and $out/v3-bad.mender"

@@ -34,6 +34,11 @@ for m in virtio_mmio virtio_pci virtio_blk ext4 crc32c_generic; do
 	force_load "$m"
 done
 HOOK
+	# The initramfs is built once, at the end (customize): package scripts
+	# would otherwise build it twice under emulation.
+	chroot "$root" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs
+	printf '#!/bin/sh\n# iot-fleet VM build: the initramfs is built once at the end.\nexit 0\n' |
+		write /usr/sbin/update-initramfs 0755
 	# Stable kernel names in /boot for the boot script (/boot/vmlinuz).
 	write /etc/kernel-img.conf 0644 <<'CONF'
 do_symlinks = yes
@@ -141,6 +146,9 @@ SSH
 		"$mods/drivers/nfc" "$mods/drivers/video" "$mods/drivers/thunderbolt" \
 		"$mods/sound" "$mods/net/bluetooth" "$mods/net/mac80211" "$mods/net/wireless"
 	chroot "$root" depmod "$kver"
+	rm "$root/usr/sbin/update-initramfs"
+	chroot "$root" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
+	chroot "$root" update-initramfs -c -k "$kver"
 	echo "$kver" >"$root/etc/iot-fleet-kernel-version"
 
 	rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
