@@ -425,7 +425,10 @@ func (e *Env) otaBad(ctx context.Context) error {
 	// dd the running v2 rootfs (partition 3) onto the inactive partition
 	// 2, which the v3 install overwrites next anyway: the same bytes on the
 	// same emulated disk as mender's write.
-	mib := e.base.partitionSize(3) / (1 << 20)
+	mib := e.Figures.RootfsBytes >> 20
+	if mib == 0 {
+		mib = e.base.partitionSize(3) >> 20
+	}
 	ex, err := e.requireSucceeded(ctx, "dd-rootfs", jobDoc(runCommandStep("dd",
 		fmt.Sprintf("sh,-c,dd if=/dev/vda3 of=/dev/vda2 bs=1M count=%d conv=fsync 2>&1 | tail -n 1", mib), false)))
 	if err != nil {
