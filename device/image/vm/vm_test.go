@@ -135,7 +135,7 @@ n=$(cat /data/vmtest-boots 2>/dev/null || echo 0)
 n=$((n + 1))
 echo "$n" >/data/vmtest-boots
 sync
-echo "VMTEST boot=$n root=$(findmnt -no SOURCE /) part=$(fw_printenv -n mender_boot_part) upgrade=$(fw_printenv -n upgrade_available) bootcount=$(fw_printenv -n bootcount) serial=$(cat /sys/firmware/qemu_fw_cfg/by_name/opt/iot-fleet/serial/raw) release=$(cat /etc/iot-fleet-release) data=$(findmnt -no SOURCE /data) bootfs=$(findmnt -no SOURCE /boot/firmware) artifact=$(mender show-artifact 2>/dev/null)"
+echo "VMTEST boot=$n root=$(findmnt -no SOURCE /) part=$(fw_printenv -n mender_boot_part) upgrade=$(fw_printenv -n upgrade_available) bootcount=$(fw_printenv -n bootcount) serial=$(cat /sys/firmware/qemu_fw_cfg/by_name/opt/iot-fleet/serial/raw) release=$(cat /etc/iot-fleet-release) data=$(findmnt -no SOURCE /data) bootfs=$(findmnt -no SOURCE /boot/firmware) artifact=$(mender show-artifact 2>/dev/null) ip=$(ip -4 -o addr show dev eth0 | awk '{print $4}') iot=$(getent hosts iot.vm.internal | awk '{print $1}')"
 case "$n" in
 `)
 	for n, s := range steps {
@@ -148,7 +148,8 @@ case "$n" in
 	unit := filepath.Join(dir, "probe.service")
 	require.NoError(t, os.WriteFile(unit, []byte(`[Unit]
 Description=virtual Pi boot probe (test)
-After=local-fs.target
+After=local-fs.target network-online.target
+Wants=network-online.target
 RequiresMountsFor=/data /boot/firmware
 [Service]
 Type=oneshot
@@ -259,7 +260,8 @@ func TestBootSwitchesToBAndFallsBackWithoutCommit(t *testing.T) {
 	p := probes(m)
 	require.Len(t, p, 3, "boots: %q", p)
 	requireProbe(t, p[0], map[string]string{"boot": "1", "root": "/dev/vda2", "part": "2", "upgrade": "0",
-		"serial": testSerial, "release": "v1", "data": "/dev/vda4", "bootfs": "/dev/vda1", "artifact": "v1"})
+		"serial": testSerial, "release": "v1", "data": "/dev/vda4", "bootfs": "/dev/vda1", "artifact": "v1",
+		"ip": "10.0.2.15/24", "iot": "10.0.2.100"})
 	requireProbe(t, p[1], map[string]string{"boot": "2", "root": "/dev/vda3", "part": "3", "upgrade": "1", "bootcount": "1"})
 	requireProbe(t, p[2], map[string]string{"boot": "3", "root": "/dev/vda2", "part": "2", "upgrade": "0", "bootcount": "2"})
 	require.NotEmpty(t, m.lines(regexp.MustCompile(`iot-fleet: update on partition 3 failed to boot 1 time\(s\), rolling back`)))
