@@ -38,6 +38,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	keep := fs.Bool("keep", false, "keep the working directory (disk, console log, timeline, figures)")
 	until := fs.String("until", "", "stop after this scenario (each scenario starts from the state the previous ones left; default: run all)")
 	timeout := fs.Duration("timeout", 90*time.Minute, "give up after this long")
+	hold := fs.Bool("hold", false, "after the scenarios (or a failure), keep the virtual Pi and the local IoT Core running until interrupted (Ctrl-C), to talk to the device through the operator API")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: vm-demo [flags]\n\nScenarios, in order:\n")
 		for _, s := range vm.Scenarios() {
@@ -74,6 +75,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 			if err = e.RunScenario(ctx, s); err != nil {
 				break
 			}
+		}
+		if *hold {
+			fmt.Fprintf(stdout, "\nholding: the virtual Pi (%s) runs; operator API %s (e.g. curl %s/jobs); console %s; Ctrl-C ends\n",
+				e.Thing, e.OperatorURL, e.OperatorURL, e.ConsoleLog())
+			<-ctx.Done()
 		}
 		if cerr := e.Close(); cerr != nil && err == nil {
 			err = cerr

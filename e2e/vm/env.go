@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,6 +87,11 @@ type Env struct {
 
 	artifacts   *artifactServer
 	artifactDir string
+	// operator serves the local IoT Core's operator HTTP API (create jobs,
+	// list things, ...; docs/local-iot-core.md) on the loopback.
+	operator *http.Server
+	// OperatorURL is its URL.
+	OperatorURL string
 	obs         *observer
 	disk        string
 	agentBin    string
@@ -203,7 +210,10 @@ func Setup(ctx context.Context, opts Options) (*Env, error) {
 	if err := e.obs.addRules(e.Fleet.Stack.Core.Rules(), e.Thing); err != nil {
 		return nil, err
 	}
-	e.TL.Now("local IoT Core on %s (the guest's %s), allowlist: %s", e.Fleet.Stack.Core.Endpoint(), IoTGuestAddr, opts.Serial)
+	if err := e.serveOperatorAPI(); err != nil {
+		return nil, err
+	}
+	e.TL.Now("local IoT Core on %s (the guest's %s), allowlist: %s; operator API %s", e.Fleet.Stack.Core.Endpoint(), IoTGuestAddr, opts.Serial, e.OperatorURL)
 
 	e.disk = filepath.Join(opts.Dir, "disk.img")
 	start := time.Now()
@@ -238,6 +248,20 @@ func Setup(ctx context.Context, opts Options) (*Env, error) {
 	return e, nil
 }
 
+// serveOperatorAPI serves the local IoT Core's operator HTTP API on a free
+// loopback port, so a person can talk to the virtual Pi while the demo
+// runs (e.g. curl -d @job.json $URL/jobs).
+func (e *Env) serveOperatorAPI() error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("vm: operator API: %w", err)
+	}
+	e.operator = &http.Server{Handler: e.Fleet.Stack.Core.HTTPHandler(), ReadHeaderTimeout: 30 * time.Second}
+	e.OperatorURL = "http://" + ln.Addr().String()
+	go func() { _ = e.operator.Serve(ln) }()
+	return nil
+}
+
 // BuildAgentARM64 builds fleet-agent for the Pi (linux/arm64) into dir as
 // the Makefile's agent target does.
 func BuildAgentARM64(ctx context.Context, dir string) (string, error) {
@@ -270,6 +294,9 @@ func (e *Env) Close() error {
 	}
 	if e.artifacts != nil {
 		errs = append(errs, e.artifacts.Close())
+	}
+	if e.operator != nil {
+		errs = append(errs, e.operator.Close())
 	}
 	if e.Fleet != nil {
 		errs = append(errs, e.Fleet.Close())

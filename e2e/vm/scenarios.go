@@ -174,7 +174,7 @@ func parseInfo(stdout string) GuestInfo {
 
 // otaDoc is the old-schema mender_install document for an artifact.
 func (e *Env) otaDoc(name string) ([]byte, int64, error) {
-	sum, size, err := fileSHA256(filepath.Join(e.Opts.ImageDir, name))
+	sum, size, err := fileSHA256(filepath.Join(e.artifactDir, name))
 	if err != nil {
 		return nil, 0, err
 	}
