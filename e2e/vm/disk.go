@@ -72,7 +72,9 @@ func (e *Env) makeDisk(ctx context.Context) error {
 		return err
 	}
 	rootCA, claimCert, claimKey := e.Fleet.TrustFiles()
-	if err := run(ctx, "", inject, "-image", e.disk, "-env", names.Env, "-stack-outputs", outputsFile,
+	// From the repository root: image-inject reads the agent's unit
+	// (device/systemd) relative to it, as build-image.sh runs it.
+	if err := run(ctx, root, inject, "-image", e.disk, "-env", names.Env, "-stack-outputs", outputsFile,
 		"-agent", e.agentBin, "-claim-cert", claimCert, "-claim-key", claimKey,
 		"-artifact-verify-key", verifyKey, "-root-ca", rootCA,
 		"-endpoint", IoTHost, "-port", "8883", "-serial-file", SerialFile,
