@@ -65,9 +65,14 @@ image:
 
 ## vm-image: the virtual Raspberry Pi's base disk (arm64 Debian 12, A/B layout,
 ## U-Boot) in dist/vm/ (override VM_OUT); root, installs its Debian packages
-## (see docs/virtual-pi.md)
-vm-image:
-	VM_OUT='$(or $(VM_OUT),dist/vm)' bash device/image/vm/build-vm-image.sh
+## (see docs/virtual-pi.md). Rebuilt only when its recipe changed (make -B
+## vm-image, or delete the directory, to rebuild from today's archive).
+VM_IMAGE_OUT    = $(or $(VM_OUT),dist/vm)
+VM_IMAGE_RECIPE = $(addprefix device/image/vm/,build-vm-image.sh rootfs-setup.sh boot.cmd uboot-env.txt)
+vm-image: $(VM_IMAGE_OUT)/base.img
+
+$(VM_IMAGE_OUT)/base.img: $(VM_IMAGE_RECIPE)
+	VM_OUT='$(VM_IMAGE_OUT)' bash device/image/vm/build-vm-image.sh
 
 ## lint-delivery: actionlint (pinned v1.7.7) and shellcheck on workflows and delivery scripts
 lint-delivery:

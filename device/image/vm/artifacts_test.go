@@ -76,7 +76,7 @@ func TestMakeArtifacts(t *testing.T) {
 	files["etc/iot-fleet-release"] = "v1\n"
 	files["etc/mender/artifact_info"] = "artifact_name=v1\n"
 	files["etc/fleet-agent/config.json"] = `{"endpoint": "iot.vm.internal", "provisioning": {"templateName": "t", "claimCertFile": "/c", "claimKeyFile": "/k"}, "ota": {"allowedHosts": ["artifacts.vm.internal"], "allowHTTP": true}}`
-	files["usr/local/lib/fleet-agent/firstboot.sh"] = "#!/bin/sh\n"
+	// No /usr/local/lib/fleet-agent yet: v3-bad's health check creates it.
 	disk := injecttest.NewImage(t, injecttest.Options{AB: true, RootFiles: files})
 	before, err := os.ReadFile(disk)
 	require.NoError(t, err)

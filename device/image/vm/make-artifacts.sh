@@ -143,7 +143,14 @@ cat >"$work/stage/health" <<'CHECK'
 echo "release v3-bad is marked bad: health check fails on purpose" >&2
 exit 1
 CHECK
-release v3-bad "$work/v3.ext4" <<'REQ'
+mkdir_req=""
+for d in /usr /usr/local /usr/local/lib /usr/local/lib/fleet-agent; do
+	if ! debugfs -R "stat $d" "$work/v3.ext4" 2>/dev/null | grep -q "Type: directory"; then
+		mkdir_req+="mkdir $d"$'\n'
+	fi
+done
+release v3-bad "$work/v3.ext4" <<REQ
+$mkdir_req
 rm /etc/fleet-agent/config.json
 write config.new /etc/fleet-agent/config.json
 sif /etc/fleet-agent/config.json mode 0100644

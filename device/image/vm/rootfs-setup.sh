@@ -96,11 +96,12 @@ Name=eth* en*
 [Network]
 DHCP=ipv4
 NET
-	# Wait for one link only, and not for ever.
+	# Online means: one link has its DHCP IPv4 address (an IPv6 link-local
+	# address alone would count otherwise), and not waiting for ever.
 	write /etc/systemd/system/systemd-networkd-wait-online.service.d/10-iot-fleet.conf 0644 <<'WAIT'
 [Service]
 ExecStart=
-ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=60
+ExecStart=/lib/systemd/systemd-networkd-wait-online --any --ipv4 --timeout=60
 WAIT
 
 	# The machine serial: QEMU passes it with

@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -66,12 +68,19 @@ type machine struct {
 
 func boot(t *testing.T, disk string) *machine {
 	t.Helper()
+	return bootNet(t, disk, "user,id=n0,restrict=on")
+}
+
+// bootNet boots with the given -netdev (user-mode networking; without
+// restrict=on the guest reaches the host's loopback at 10.0.2.2).
+func bootNet(t *testing.T, disk, netdev string) *machine {
+	t.Helper()
 	console := filepath.Join(t.TempDir(), "console.log")
 	cmd := exec.Command("qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-smp", "2", "-m", "1024",
 		"-nographic", "-monitor", "none", "-serial", "file:"+console,
 		"-bios", "/usr/lib/u-boot/qemu_arm64/u-boot.bin",
 		"-drive", "if=none,file="+disk+",format=raw,id=hd0", "-device", "virtio-blk-pci,drive=hd0",
-		"-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0",
+		"-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
 		"-fw_cfg", "name=opt/iot-fleet/serial,string="+testSerial)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -156,6 +165,7 @@ Type=oneshot
 ExecStart=/usr/local/bin/vmtest-probe
 StandardOutput=journal+console
 StandardError=journal+console
+TimeoutStartSec=infinity
 [Install]
 WantedBy=multi-user.target
 `), 0o644))
@@ -212,6 +222,9 @@ func logBaseJSON(t *testing.T, img string) {
 		t.Logf("base image: kernel %v, built in %vs", meta["kernel"], meta["buildSeconds"])
 	}
 }
+
+// waitIPv4 waits (up to a minute) for eth0's DHCP address.
+const waitIPv4 = `for i in $(seq 60); do ip -4 -o addr show dev eth0 | grep -q inet && break; sleep 1; done`
 
 const switchToB = `fw_setenv mender_boot_part 3
 fw_setenv mender_boot_part_hex 3
@@ -285,4 +298,77 @@ func TestBootFallsBackFromAnUnbootablePartition(t *testing.T) {
 	requireProbe(t, p[0], map[string]string{"boot": "1", "root": "/dev/vda2", "part": "2", "upgrade": "0"})
 	requireProbe(t, p[1], map[string]string{"boot": "2", "root": "/dev/vda2", "part": "2", "upgrade": "0", "bootcount": "2"})
 	require.NotEmpty(t, m.lines(regexp.MustCompile(`iot-fleet: cannot boot partition 3`)))
+}
+
+// The real mender client (Debian's 3.4) on the virtual Pi, without the
+// agent: full-system installs of signed artifacts made by make-artifacts.sh
+// from this disk, the reboot into the other partition, commit, and a
+// rollback by mender itself, all through this image's U-Boot environment.
+func TestMenderInstallCommitRollback(t *testing.T) {
+	img := baseImage(t)
+	disk := copyDisk(t, img)
+	dir := t.TempDir()
+	key, pub := signingKey(t, dir)
+	pubFile := filepath.Join(dir, "verify.pem")
+	require.NoError(t, os.WriteFile(pubFile, pub, 0o644))
+	conf := filepath.Join(dir, "mender.conf")
+	require.NoError(t, os.WriteFile(conf, []byte(`{"RootfsPartA": "/dev/vda2", "RootfsPartB": "/dev/vda3", "DeviceTypeFile": "/data/mender/device_type", "ArtifactVerifyKey": "/etc/mender/artifact-verify-key.pem"}`), 0o600))
+	agentConf := filepath.Join(dir, "config.json")
+	require.NoError(t, os.WriteFile(agentConf, []byte(`{"ota": {}}`), 0o644))
+
+	tools, err := inject.FindTools()
+	require.NoError(t, err)
+	layout, err := inject.ReadLayout(disk)
+	require.NoError(t, err)
+	root, err := inject.NewRoot(disk, layout.Root, tools)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	require.NoError(t, root.Apply(ctx, []inject.Entry{
+		{Kind: inject.KindFile, Path: "/etc/mender/mender.conf", Mode: 0o600, Source: conf},
+		{Kind: inject.KindFile, Path: "/etc/mender/artifact-verify-key.pem", Mode: 0o644, Source: pubFile},
+		{Kind: inject.KindFile, Path: "/etc/fleet-agent/config.json", Mode: 0o644, Source: agentConf},
+	}))
+	// The artifacts come over HTTP from the host's loopback (10.0.2.2 on
+	// QEMU's user-mode network, not restricted for this test).
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
+	injectProbe(t, disk, map[int]string{
+		1: waitIPv4 + `
+mender install http://10.0.2.2:` + port + `/v2.mender && echo "VMTEST installed v2" || echo "VMTEST install v2 failed"
+echo "VMTEST env: $(fw_printenv mender_boot_part upgrade_available bootcount | tr '\n' ' ')"
+systemctl --no-block reboot`,
+		2: waitIPv4 + `
+mender commit && echo "VMTEST committed v2" || echo "VMTEST commit failed"
+echo "VMTEST env: $(fw_printenv mender_boot_part upgrade_available bootcount | tr '\n' ' ')"
+mender install http://10.0.2.2:` + port + `/v3-bad.mender && echo "VMTEST installed v3-bad" || echo "VMTEST install v3-bad failed"
+systemctl --no-block reboot`,
+		3: `mender rollback && echo "VMTEST rolled back v3-bad" || echo "VMTEST rollback failed"
+echo "VMTEST env: $(fw_printenv mender_boot_part upgrade_available bootcount | tr '\n' ' ')"
+systemctl --no-block reboot`,
+		4: "echo 'VMTEST done'\nsystemctl --no-block poweroff",
+	})
+	out := filepath.Join(dir, "artifacts")
+	start := time.Now()
+	log, err := makeArtifacts(t, disk, key, out)
+	require.NoError(t, err, log)
+	t.Logf("artifacts made in %s", time.Since(start).Round(time.Second))
+	srv := &http.Server{Handler: http.FileServer(http.Dir(out)), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	start = time.Now()
+	m := bootNet(t, disk, "user,id=n0")
+	m.waitExit(t, 60*time.Minute)
+	t.Logf("four boots and two installs in %s", time.Since(start).Round(time.Second))
+	p := probes(m)
+	require.Len(t, p, 4, "boots: %q", p)
+	requireProbe(t, p[0], map[string]string{"root": "/dev/vda2", "part": "2", "upgrade": "0", "release": "v1", "artifact": "v1"})
+	requireProbe(t, p[1], map[string]string{"root": "/dev/vda3", "part": "3", "upgrade": "1", "bootcount": "1", "release": "v2"})
+	requireProbe(t, p[2], map[string]string{"root": "/dev/vda2", "part": "2", "upgrade": "1", "bootcount": "1", "release": "v3-bad"})
+	requireProbe(t, p[3], map[string]string{"root": "/dev/vda3", "part": "3", "upgrade": "0", "release": "v2", "artifact": "v2"})
+	for _, want := range []string{"VMTEST installed v2", "VMTEST committed v2", "VMTEST installed v3-bad", "VMTEST rolled back v3-bad", "VMTEST done"} {
+		require.NotEmpty(t, m.lines(regexp.MustCompile(regexp.QuoteMeta(want))), want)
+	}
 }
