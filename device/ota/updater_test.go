@@ -2,10 +2,15 @@ package ota
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -617,4 +622,39 @@ func TestMissingMenderFailsJob(t *testing.T) {
 	for _, r := range rep2.all() {
 		assert.False(t, r.Status.Terminal())
 	}
+}
+
+// TestDownloadOfAnInterruptedAttemptIsRemovedFirst: a power cut while
+// mender read the downloaded artifact leaves it (and a partial download)
+// in the state directory; the next attempt removes both before it
+// downloads, so the file system needs room for one artifact only.
+func TestDownloadOfAnInterruptedAttemptIsRemovedFirst(t *testing.T) {
+	content := []byte("the release artifact\n")
+	sum := sha256.Sum256(content)
+	d := newDevice(t, "mender-update", fakeScenario{})
+	leftover := filepath.Join(d.stateDir, downloadFileName)
+	require.NoError(t, os.WriteFile(leftover, []byte("artifact of the interrupted attempt"), 0o600))
+	require.NoError(t, os.WriteFile(leftover+".part", []byte("partial"), 0o600))
+	var mu sync.Mutex
+	var during []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		for _, f := range []string{leftover, leftover + ".part"} {
+			if _, err := os.Stat(f); err == nil {
+				during = append(during, filepath.Base(f))
+			}
+		}
+		mu.Unlock()
+		_, _ = w.Write(content)
+	}))
+	defer srv.Close()
+	d.allowHTTP = true
+	d.hosts = []string{strings.TrimPrefix(srv.URL, "http://")}
+	job := Job{ID: "ota-leftover", Document: Document{URL: srv.URL + "/a.mender", SHA256: hex.EncodeToString(sum[:])}}
+	require.ErrorIs(t, d.updater(nil).Run(testCtx(t), job, d.reporter()), ErrRebootPending)
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Empty(t, during, "files left by the interrupted attempt while downloading again")
+	_, err := os.Stat(leftover)
+	assert.ErrorIs(t, err, os.ErrNotExist, "the installed artifact is removed after the install")
 }
