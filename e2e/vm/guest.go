@@ -43,18 +43,23 @@ echo "fw_env=$(fw_printenv mender_boot_part 2>&1 | tr '\n' ' ')"
 `
 
 // rebootHandler stands in for the AWS IoT Device Client's sample
-// reboot.sh (its sample reboot.json names it): it reboots the device and
-// does not return.
+// reboot.sh (its sample reboot.json names it): it asks systemd to reboot
+// and waits for the reboot to take it down. (reboot returns at once; a
+// handler that exited then would race its own report against the
+// shutdown.) The agent reports the step after the reboot: the boot id
+// changed, the step succeeded.
 const rebootHandler = `#!/bin/sh
 set -e
 echo "Running reboot.sh"
 user=$1
 echo "Username: $user"
 if command -v sudo >/dev/null; then
-  exec sudo -n -u "${user:-root}" -- /sbin/reboot
+  sudo -n -u "${user:-root}" -- /sbin/reboot
+else
+  echo "WARNING: sudo command not found"
+  /sbin/reboot
 fi
-echo "WARNING: sudo command not found"
-exec /sbin/reboot
+exec sleep 600
 `
 
 // installHandlersCommand is a runCommand value that installs the handlers
