@@ -405,8 +405,10 @@ func (e *Env) rebootJob(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if done.Exec.Status != protocol.JobSucceeded || !strings.Contains(done.Exec.StatusDetails["reason"], "rebooted") {
-		return fmt.Errorf("reboot job: %s, want SUCCEEDED because the device rebooted", describeExec(done.Exec))
+	// The step was interrupted by the reboot (the engine records the boot
+	// id it started under) and counted as succeeded after it.
+	if done.Exec.Status != protocol.JobSucceeded || done.Exec.StatusDetails["bootIdAtStepStart"] == "" {
+		return fmt.Errorf("reboot job: %s, want SUCCEEDED after the reboot (bootIdAtStepStart set)", describeExec(done.Exec))
 	}
 	e.Figures.RebootJob = secs(done.At.Sub(start))
 	if at, err := e.obs.waitAgentStart(ctx, n, e.VM.Exited()); err == nil {
