@@ -7,7 +7,7 @@ DYNALITE := $(TOOLS)/node_modules/.bin/dynalite
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 AGENT_LDFLAGS := -s -w -buildid= -X main.version=$(VERSION)
 
-.PHONY: all tools apt-packages test vet bench demo agent fmt clean image lint-delivery vm-image
+.PHONY: all tools apt-packages test vet bench demo agent fmt clean image lint-delivery vm-image vm-tools vm-test vm-demo
 
 all: vet test
 
@@ -83,3 +83,31 @@ fmt:
 
 clean:
 	rm -rf dist infra/.build
+
+## vm-tools: what running the virtual Raspberry Pi needs (Debian packages; as root)
+VM_APT_PACKAGES := qemu-system-arm u-boot-qemu socat openssl mender-artifact e2fsprogs jq fdisk mmdebstrap
+
+vm-tools:
+	@missing=$$(for p in $(VM_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages (install them as root): $$missing" >&2; exit 1; fi; \
+	  echo "installing: $$missing"; \
+	  apt-get update -qq || exit 1; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	fi
+
+# The scenarios boot the image built by vm-image, or the one in VM_IMAGE_DIR
+# (base.img, base.json) without rebuilding it.
+VM_IMAGE_DIR ?=
+VM_IMAGE_USED = $(or $(VM_IMAGE_DIR),$(CURDIR)/$(or $(VM_OUT),dist/vm))
+
+## vm-test: the virtual Raspberry Pi under QEMU (software emulation): the QEMU
+## harness's own tests, then every scenario of docs/virtual-pi.md on one VM
+## (builds the image first unless VM_IMAGE_DIR names a built one)
+vm-test: vm-tools $(if $(VM_IMAGE_DIR),,vm-image)
+	IOT_FLEET_VM=1 $(GO) test -count=1 -timeout 15m ./internal/qemu/
+	IOT_FLEET_VM=1 VM_IMAGE_DIR='$(VM_IMAGE_USED)' $(GO) test -count=1 -timeout 75m -v -run '^TestVirtualPi$$' ./e2e/
+
+## vm-demo: the same scenarios with a readable timeline (go run ./cmd/vm-demo --help)
+vm-demo: vm-tools $(if $(VM_IMAGE_DIR),,vm-image)
+	$(GO) run ./cmd/vm-demo --image-dir '$(VM_IMAGE_USED)'

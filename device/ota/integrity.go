@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -56,6 +57,18 @@ func defaultHTTPClient() *http.Client {
 func (u *Updater) download(ctx context.Context, st *State) (string, error) {
 	path := filepath.Join(u.cfg.StateDir, downloadFileName)
 	part := path + ".part"
+	// An attempt interrupted by a power cut or a kill leaves its download
+	// behind (the artifact mender was reading, or a partial one). Remove
+	// both before downloading again: the state directory's file system
+	// may hold one artifact, not two (the virtual Pi's 256 MiB data
+	// partition ran out of space this way).
+	for _, f := range []string{path, part} {
+		if err := os.Remove(f); err == nil {
+			u.log.Info("ota: removed the download of an interrupted attempt", "job", st.JobID, "file", f)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("download artifact: remove the previous download: %w", err)
+		}
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, st.URL, nil)
 	if err != nil {
 		return "", fmt.Errorf("download artifact: %s", redactURLError(err))

@@ -381,7 +381,7 @@ func RunCommand(ctx context.Context, args []string, onLine func(string), out io.
 		defer wg.Done()
 		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
-		sc.Split(ScanLines)
+		sc.Split(ScanMenderOutput())
 		for sc.Scan() {
 			line := sc.Text()
 			mu.Lock()

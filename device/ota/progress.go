@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"regexp"
 	"strconv"
@@ -25,6 +26,9 @@ type Progress struct {
 	Bytes int64
 	// Time the line was read.
 	Time time.Time
+	// Text is how the reference progress topic shows it, when that is not
+	// the line itself (the dots of a no-terminal progress bar).
+	Text string
 }
 
 // Mender progress formats (see docs/ota.md for samples):
@@ -35,7 +39,15 @@ type Progress struct {
 //	mender 3, terminal progress bar: "[#####      ]  5% | 12MiB"
 //	mender 4 (progress_reader): "\r5%" on stderr, no newline
 //	mender 3 announces the size first: "Installing Artifact of size 60117504..."
+//	mender 3.4 as Debian builds it, not a terminal (mendersoftware/progressbar's
+//	  NoTTYRenderer, width 70): a header "0%   50%   100%", a ruler
+//	  "|-----|-----|" (69 characters), then 70 dots over the whole artifact on
+//	  stderr, with no line ends (its log lines interleave); ScanMenderOutput
+//	  hands each run of dots over as it arrives
 var (
+	reBarHeader = regexp.MustCompile(`^0%\s+50%\s+100%$`)
+	reBarRuler  = regexp.MustCompile(`^\|-+\|-+\|$`)
+	reDotRun    = regexp.MustCompile(`^\.+$`)
 	reSize      = regexp.MustCompile(`Installing Artifact of size (\d+)`)
 	reDots      = regexp.MustCompile(`^\.*\s*(?:(\d{1,3})%\s+)?(\d+)\s*(B|KiB|MiB|GiB)\s*$`)
 	reBar       = regexp.MustCompile(`\]\s*(\d{1,3})%\s*\|\s*(\d+)(B|KiB|MiB|GiB|TiB)\s*$`)
@@ -49,6 +61,9 @@ var (
 // concurrent use.
 type ProgressParser struct {
 	total int64
+	// barWidth is the number of dots of a no-terminal progress bar at
+	// 100% (0: no such bar seen), barDots the dots seen so far.
+	barWidth, barDots int
 }
 
 // Total returns the artifact size mender announced, or 0.
@@ -64,11 +79,21 @@ func (p *ProgressParser) Parse(line string, now time.Time) (pr Progress, ok bool
 		}
 		return Progress{}, false
 	}
-	if line == "" || reLogPrefix.MatchString(line) {
+	if line == "" || reLogPrefix.MatchString(line) || reBarHeader.MatchString(line) {
+		return Progress{}, false
+	}
+	if reBarRuler.MatchString(line) {
+		// The bar is as wide as its ruler plus one (70 dots, 69-character
+		// ruler); a new ruler starts a new bar.
+		p.barWidth, p.barDots = len(line)+1, 0
 		return Progress{}, false
 	}
 	pr = Progress{Percent: -1, Bytes: -1, Time: now}
 	switch {
+	case p.barWidth > 0 && reDotRun.MatchString(line):
+		p.barDots += len(line)
+		pr.Percent = min(100, p.barDots*100/p.barWidth)
+		pr.Text = fmt.Sprintf("%s %3d%%", strings.Repeat(".", min(p.barDots, p.barWidth)), pr.Percent)
 	case reDots.MatchString(line):
 		m := reDots.FindStringSubmatch(line)
 		if m[1] != "" {
@@ -150,6 +175,32 @@ func ScanLines(data []byte, atEOF bool) (advance int, token []byte, err error) {
 }
 
 var _ bufio.SplitFunc = ScanLines
+
+// ScanMenderOutput returns a SplitFunc for one of mender's output streams:
+// ScanLines, except that once a no-terminal progress bar's ruler
+// ("|----|----|") has been read, a run of dots at the start of a line is
+// a token of its own as soon as it arrives. That bar's dots never end in
+// a line end of their own (mender's log lines follow them on the same
+// line), so the progress is seen while it happens, and the log line after
+// the dots stays a line of its own. Other output (mender 3's
+// "....  5% 3072 KiB" lines) is split as by ScanLines.
+func ScanMenderOutput() bufio.SplitFunc {
+	bar := false
+	return func(data []byte, atEOF bool) (int, []byte, error) {
+		if bar && len(data) > 0 && data[0] == '.' {
+			n := 0
+			for n < len(data) && data[n] == '.' {
+				n++
+			}
+			return n, data[:n], nil
+		}
+		advance, token, err := ScanLines(data, atEOF)
+		if token != nil && reBarRuler.Match(token) {
+			bar = true
+		}
+		return advance, token, err
+	}
+}
 
 // Throttle decides which progress reports are published: the first one,
 // every one that crosses a 10% boundary, and otherwise at most one per
@@ -260,7 +311,11 @@ func (s *progressSink) line(line string) {
 	}
 	s.publish(protocol.DataTopic(s.thing, protocol.KindOTAProgress), msg)
 	if s.reference {
-		s.publish(ReferenceProgressTopic(s.thing, s.jobID), ReferenceProgressMessage{Progress: strings.TrimSpace(line), TS: p.Time.Unix()})
+		text := p.Text
+		if text == "" {
+			text = strings.TrimSpace(line)
+		}
+		s.publish(ReferenceProgressTopic(s.thing, s.jobID), ReferenceProgressMessage{Progress: text, TS: p.Time.Unix()})
 	}
 }
 

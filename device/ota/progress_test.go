@@ -3,6 +3,8 @@ package ota
 import (
 	"bufio"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -181,4 +183,110 @@ func BenchmarkProgressSink(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		s.line(lines[i%len(lines)])
 	}
+}
+
+// debianMender34Stderr is what Debian's mender 3.4 (mender-client
+// 3.4.0+ds1) writes on stderr during `mender install` of a rootfs-image
+// artifact when stderr is not a terminal, as captured on the virtual Pi:
+// logrus lines, the no-terminal progress bar's header and ruler, then 70
+// dots over the whole artifact with no line end of their own, log lines
+// interleaved.
+func debianMender34Stderr() []string {
+	var chunks []string
+	chunks = append(chunks,
+		`time="2026-12-05T18:48:38Z" level=info msg="Performing remote update from: [http://artifacts.vm.internal/v2.mender]."`+"\n",
+		"0%                              50%                              100%\n",
+		"|---------------------------------|---------------------------------|\n",
+		`time="2026-12-05T18:48:38Z" level=info msg="Installer: authenticated digital signature of artifact"`+"\n",
+		`time="2026-12-05T18:48:40Z" level=info msg="Opening device \"/dev/vda3\" for writing"`+"\n")
+	// The dots arrive one write at a time.
+	for i := 0; i < 65; i++ {
+		chunks = append(chunks, ".")
+	}
+	chunks = append(chunks, `time="2026-12-05T18:50:12Z" level=info msg="All bytes were successfully written to the new partition"`+"\n")
+	for i := 0; i < 4; i++ {
+		chunks = append(chunks, ".")
+	}
+	chunks = append(chunks, `time="2026-12-05T18:50:14Z" level=info msg="Wrote 629145600/629145600 bytes to the inactive partition"`+"\n",
+		".",
+		`time="2026-12-05T18:50:14Z" level=info msg="Enabling partition with new image installed to be a boot candidate: 3"`+"\n")
+	return chunks
+}
+
+// chunkReader hands its chunks out one Read at a time, as a pipe does
+// when the writer writes them apart.
+type chunkReader struct{ chunks []string }
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	if len(r.chunks) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.chunks[0])
+	if n == len(r.chunks[0]) {
+		r.chunks = r.chunks[1:]
+	} else {
+		r.chunks[0] = r.chunks[0][n:]
+	}
+	return n, nil
+}
+
+func TestProgressDebianMender34NoTerminalBar(t *testing.T) {
+	pub := &recPublisher{}
+	done := 0
+	var seen []string
+	s := &progressSink{ctx: t.Context(), pub: pub, thing: "dev-1", jobID: "j", reference: true, log: slog.New(slog.DiscardHandler),
+		throttle: Throttle{Interval: time.Hour}, now: time.Now, onDone: func() { done++ }}
+	// stdout carries the size announcement; it is read by its own scanner.
+	s.line("Installing Artifact of size 124761088...")
+	sc := bufio.NewScanner(&chunkReader{chunks: debianMender34Stderr()})
+	sc.Split(ScanMenderOutput())
+	for sc.Scan() {
+		seen = append(seen, sc.Text())
+		s.line(sc.Text())
+	}
+	require.NoError(t, sc.Err())
+
+	// The log lines after the dots are lines of their own (the reason
+	// extraction reads them).
+	assert.Contains(t, seen, `time="2026-12-05T18:50:12Z" level=info msg="All bytes were successfully written to the new partition"`)
+	assert.Contains(t, seen, `time="2026-12-05T18:50:14Z" level=info msg="Enabling partition with new image installed to be a boot candidate: 3"`)
+	assert.Equal(t, 1, done, "100% seen once: the step moves to installing")
+
+	msgs := pub.on(protocol.DataTopic("dev-1", protocol.KindOTAProgress))
+	var percents []int
+	var last ProgressMessage
+	for _, m := range msgs {
+		require.NoError(t, json.Unmarshal(m.Payload, &last))
+		require.NotNil(t, last.Percent)
+		percents = append(percents, *last.Percent)
+	}
+	// A dot is 1/70 of the artifact: the first dot (1%) and each 10%
+	// boundary.
+	assert.Equal(t, []int{1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100}, percents)
+	require.NotNil(t, last.Bytes)
+	assert.Equal(t, int64(124761088), *last.Bytes)
+
+	ref := pub.on(ReferenceProgressTopic("dev-1", "j"))
+	require.Len(t, ref, 11)
+	var rm ReferenceProgressMessage
+	require.NoError(t, json.Unmarshal(ref[10].Payload, &rm))
+	assert.Equal(t, strings.Repeat(".", 70)+" 100%", rm.Progress)
+}
+
+func TestScanMenderOutputLeavesOtherOutputAlone(t *testing.T) {
+	// mender 3's ProgressWriter lines keep their dots (no ruler was seen),
+	// whatever the pipe's chunking.
+	chunks := []string{"Installing Artifact of size 2097152...\n"}
+	for i := 0; i < 32; i++ {
+		chunks = append(chunks, ".")
+	}
+	chunks = append(chunks, "  50% 1024 KiB\n", "........", "........................ 100% 2048 KiB\n", "\r5%\r10%")
+	sc := bufio.NewScanner(&chunkReader{chunks: chunks})
+	sc.Split(ScanMenderOutput())
+	var got []string
+	for sc.Scan() {
+		got = append(got, sc.Text())
+	}
+	assert.Equal(t, []string{"Installing Artifact of size 2097152...", strings.Repeat(".", 32) + "  50% 1024 KiB",
+		strings.Repeat(".", 32) + " 100% 2048 KiB", "", "5%", "10%"}, got)
 }

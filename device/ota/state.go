@@ -89,6 +89,11 @@ type State struct {
 	// BootID is the kernel boot id when a reboot was requested; a
 	// different boot id on resume proves the reboot happened.
 	BootID string `json:"bootId,omitempty"`
+	// AttemptBootID is the kernel boot id when the current install attempt
+	// started: if the attempt is found interrupted, a different boot id
+	// says the device restarted (power loss or reboot), the same one that
+	// only the agent did.
+	AttemptBootID string `json:"attemptBootId,omitempty"`
 	// Reboots counts reboot requests in this step (a reboot command that
 	// did not reboot is retried a bounded number of times).
 	Reboots int `json:"reboots,omitempty"`

@@ -471,17 +471,26 @@ func (u *Updater) install(ctx context.Context, st *State, r Session) error {
 		}
 	}
 	// An attempt already started (recorded in st) was interrupted: mender
-	// may hold a half-done installation that blocks a new one.
+	// may hold a half-done installation that blocks a new one. Unless it
+	// recorded its own failure, say why it did not finish: the next
+	// attempt's report carries the reason.
 	cleanup := st.Attempt > 0
+	if cleanup && !strings.HasPrefix(st.Reason, fmt.Sprintf("install attempt %d/%d failed", st.Attempt, u.cfg.MaxAttempts)) {
+		st.Reason = u.interruptedReason(st)
+	}
 	for {
 		if st.Attempt >= u.cfg.MaxAttempts {
 			reason := st.Reason
-			if reason == "" || !strings.Contains(reason, "failed") {
+			if reason == "" {
 				reason = fmt.Sprintf("install attempt %d/%d was interrupted", st.Attempt, u.cfg.MaxAttempts)
 			}
 			return u.enter(ctx, st, r, StepFailed, protocol.JobFailed, fmt.Sprintf("giving up after %d install attempts: %s", st.Attempt, reason))
 		}
 		st.Attempt++
+		st.AttemptBootID = ""
+		if id, err := u.cfg.BootID(); err == nil {
+			st.AttemptBootID = id
+		}
 		if err := u.enter(ctx, st, r, StepDownloading, protocol.JobInProgress, st.Reason); err != nil {
 			return err
 		}
@@ -520,6 +529,20 @@ func (u *Updater) install(ctx context.Context, st *State, r Session) error {
 			}
 		}
 	}
+}
+
+// interruptedReason says why install attempt st.Attempt, found unfinished
+// when the step resumed, did not finish.
+func (u *Updater) interruptedReason(st *State) string {
+	why := "the agent stopped"
+	if cur, err := u.cfg.BootID(); err == nil && st.AttemptBootID != "" {
+		if cur != st.AttemptBootID {
+			why = "the device restarted (power loss or reboot)"
+		} else {
+			why = "the agent restarted (the device did not)"
+		}
+	}
+	return fmt.Sprintf("install attempt %d/%d was interrupted while %s: %s", st.Attempt, u.cfg.MaxAttempts, st.Step, why)
 }
 
 func (u *Updater) installOnce(ctx context.Context, m *Mender, st *State, r Session) error {

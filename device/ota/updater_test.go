@@ -2,10 +2,15 @@ package ota
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -308,10 +313,69 @@ func TestKillMidInstallRetriesAfterRollback(t *testing.T) {
 	require.ErrorIs(t, err, ErrRebootPending)
 	assert.Equal(t, []string{"install", "rollback", "install"}, d.mender.ops())
 	assert.Equal(t, "IN_PROGRESS rebooting/2", rep.steps()[len(rep.steps())-1])
+	// The retry says why attempt 1 did not finish.
+	retry := reportOf(t, rep, "downloading", "2")
+	assert.Equal(t, "install attempt 1/3 was interrupted while downloading: the device restarted (power loss or reboot)", retry.Details[DetailReason])
 
 	d.reboot()
 	require.NoError(t, d.updater(nil).Run(testCtx(t), job, rep))
 	assert.Equal(t, protocol.JobSucceeded, rep.last().Status)
+}
+
+// reportOf returns the first report of step at attempt.
+func reportOf(t *testing.T, rep *recReporter, step, attempt string) report {
+	t.Helper()
+	for _, r := range rep.all() {
+		if r.Details[DetailStep] == step && r.Details[DetailAttempt] == attempt {
+			return r
+		}
+	}
+	t.Fatalf("no %s report at attempt %s in %v", step, attempt, rep.steps())
+	return report{}
+}
+
+func TestAgentRestartMidInstallSaysSo(t *testing.T) {
+	d := newDevice(t, "mender-update", fakeScenario{HangAtPercent: 50})
+	job := testJob("ota-agent-restart-mid-install")
+	rep := d.reporter()
+	ctx, kill := context.WithCancel(testCtx(t))
+	done := make(chan error, 1)
+	go func() { done <- d.updater(nil).Run(ctx, job, rep) }()
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(filepath.Join(d.mender.dir, "install.hanging"))
+		return err == nil
+	}, 30*time.Second, 10*time.Millisecond)
+	kill()
+	require.ErrorIs(t, <-done, context.Canceled)
+
+	// Only the agent restarts (same boot id).
+	d.mender.setScenario(fakeScenario{})
+	require.ErrorIs(t, d.updater(nil).Run(testCtx(t), job, rep), ErrRebootPending)
+	retry := reportOf(t, rep, "downloading", "2")
+	assert.Equal(t, "install attempt 1/3 was interrupted while downloading: the agent restarted (the device did not)", retry.Details[DetailReason])
+}
+
+func TestInterruptedLastAttemptGivesUpWithTheReason(t *testing.T) {
+	d := newDevice(t, "mender-update", fakeScenario{HangAtPercent: 50})
+	job := testJob("ota-interrupted-last-attempt")
+	rep := d.reporter()
+	upd := func() *Updater { return d.updater(func(c *Config) { c.MaxAttempts = 1 }) }
+	ctx, kill := context.WithCancel(testCtx(t))
+	done := make(chan error, 1)
+	go func() { done <- upd().Run(ctx, job, rep) }()
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(filepath.Join(d.mender.dir, "install.hanging"))
+		return err == nil
+	}, 30*time.Second, 10*time.Millisecond)
+	kill()
+	require.ErrorIs(t, <-done, context.Canceled)
+
+	d.reboot()
+	require.NoError(t, upd().Run(testCtx(t), job, rep))
+	last := rep.last()
+	assert.Equal(t, protocol.JobFailed, last.Status)
+	assert.Equal(t, "failed", last.Details[DetailStep])
+	assert.Equal(t, "giving up after 1 install attempts: install attempt 1/1 was interrupted while downloading: the device restarted (power loss or reboot)", last.Details[DetailReason])
 }
 
 func TestRebootCommandThatDoesNotReboot(t *testing.T) {
@@ -558,4 +622,39 @@ func TestMissingMenderFailsJob(t *testing.T) {
 	for _, r := range rep2.all() {
 		assert.False(t, r.Status.Terminal())
 	}
+}
+
+// TestDownloadOfAnInterruptedAttemptIsRemovedFirst: a power cut while
+// mender read the downloaded artifact leaves it (and a partial download)
+// in the state directory; the next attempt removes both before it
+// downloads, so the file system needs room for one artifact only.
+func TestDownloadOfAnInterruptedAttemptIsRemovedFirst(t *testing.T) {
+	content := []byte("the release artifact\n")
+	sum := sha256.Sum256(content)
+	d := newDevice(t, "mender-update", fakeScenario{})
+	leftover := filepath.Join(d.stateDir, downloadFileName)
+	require.NoError(t, os.WriteFile(leftover, []byte("artifact of the interrupted attempt"), 0o600))
+	require.NoError(t, os.WriteFile(leftover+".part", []byte("partial"), 0o600))
+	var mu sync.Mutex
+	var during []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		for _, f := range []string{leftover, leftover + ".part"} {
+			if _, err := os.Stat(f); err == nil {
+				during = append(during, filepath.Base(f))
+			}
+		}
+		mu.Unlock()
+		_, _ = w.Write(content)
+	}))
+	defer srv.Close()
+	d.allowHTTP = true
+	d.hosts = []string{strings.TrimPrefix(srv.URL, "http://")}
+	job := Job{ID: "ota-leftover", Document: Document{URL: srv.URL + "/a.mender", SHA256: hex.EncodeToString(sum[:])}}
+	require.ErrorIs(t, d.updater(nil).Run(testCtx(t), job, d.reporter()), ErrRebootPending)
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Empty(t, during, "files left by the interrupted attempt while downloading again")
+	_, err := os.Stat(leftover)
+	assert.ErrorIs(t, err, os.ErrNotExist, "the installed artifact is removed after the install")
 }

@@ -72,6 +72,10 @@ type Options struct {
 	JobMinute time.Duration
 	// Logger receives the cloud side's log lines.
 	Logger *slog.Logger
+	// ServerNames are extra names on the local IoT Core's server
+	// certificate (core.Options.ServerNames), e.g. iot.vm.internal for the
+	// virtual Raspberry Pi.
+	ServerNames []string
 }
 
 // Fleet is the local cloud side plus the files agents need to reach it.
@@ -101,7 +105,7 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	st, err := stack.Start(ctx, stack.Options{Core: core.Options{JobMinute: opts.JobMinute, ALPNAddr: "127.0.0.1:0", Logger: log}, Logger: log})
+	st, err := stack.Start(ctx, stack.Options{Core: core.Options{JobMinute: opts.JobMinute, ALPNAddr: "127.0.0.1:0", Logger: log, ServerNames: opts.ServerNames}, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -156,6 +160,12 @@ func (f *Fleet) setup(ctx context.Context, allowlistText string) error {
 		}
 	}
 	return nil
+}
+
+// TrustFiles are the files a device image gets: the local IoT Core's root
+// CA, and the provisioning claim certificate and key (0600).
+func (f *Fleet) TrustFiles() (rootCA, claimCert, claimKey string) {
+	return f.rootCA, f.claimCert, f.claimKey
 }
 
 // recordStatus is the status rule's action.

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -77,6 +78,11 @@ type Options struct {
 	// on (e.g. http://127.0.0.1:PORT); GET /status advertises it as
 	// controlPlaneEndpoint. Empty: not advertised.
 	ControlPlaneEndpoint string
+	// ServerNames are extra names (DNS names or IP addresses) the MQTT
+	// server certificate carries besides 127.0.0.1, ::1 and localhost, for
+	// clients that reach the broker under another name: the virtual
+	// Raspberry Pi verifies it as iot.vm.internal (docs/virtual-pi.md).
+	ServerNames []string
 }
 
 // Names are the resource names the stack declares for Env.
@@ -145,6 +151,9 @@ func Start(ctx context.Context, opts Options) (*Core, error) {
 	}
 	if opts.TokenTTL <= 0 {
 		opts.TokenTTL = time.Hour
+	}
+	if err := checkServerNames(opts.ServerNames); err != nil {
+		return nil, err
 	}
 	names := NamesFor(opts.Env)
 	c := &Core{opts: opts, names: names, log: opts.Logger.With("component", "iot-core"), faults: faults.New()}
@@ -219,7 +228,7 @@ func Start(ctx context.Context, opts Options) (*Core, error) {
 		Now: opts.Now, Logger: opts.Logger,
 		Publish: func(topic string, payload []byte) { c.broker.Publish(topic, payload) },
 	})
-	serverCert, err := c.ca.ServerCertificate("127.0.0.1", "::1", "localhost")
+	serverCert, err := c.ca.ServerCertificate(append([]string{"127.0.0.1", "::1", "localhost"}, opts.ServerNames...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -273,6 +282,38 @@ func Start(ctx context.Context, opts Options) (*Core, error) {
 	go c.housekeeping(hctx)
 	c.log.Info("local IoT Core started", "endpoint", c.Endpoint(), "env", opts.Env)
 	return c, nil
+}
+
+// checkServerNames refuses a server name a certificate cannot carry (an
+// operator's typo would otherwise only show as a TLS failure on the
+// device).
+func checkServerNames(names []string) error {
+	for _, n := range names {
+		if net.ParseIP(n) != nil {
+			continue
+		}
+		if !validDNSName(n) {
+			return fmt.Errorf("core: server name %q: want a DNS name (letters, digits, '-', dot-separated labels of at most 63 characters) or an IP address", n)
+		}
+	}
+	return nil
+}
+
+func validDNSName(n string) bool {
+	if n == "" || len(n) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(n, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (c *Core) housekeeping(ctx context.Context) {

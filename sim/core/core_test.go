@@ -3,8 +3,12 @@ package core
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -444,4 +448,43 @@ func TestFaultsDropOutboundAndDisconnect(t *testing.T) {
 	assert.True(t, c.DisconnectClient(thing))
 	dev.waitLost()
 	assert.False(t, c.DisconnectClient("nobody"))
+}
+
+func TestServerNamesAreInTheServerCertificate(t *testing.T) {
+	c := startCore(t, Options{ServerNames: []string{"iot.vm.internal", "10.0.2.100"}})
+	roots := x509.NewCertPool()
+	require.True(t, roots.AppendCertsFromPEM(c.RootCAPEM()))
+	handshake := func(serverName string) error {
+		conn, err := tls.Dial("tcp", c.Endpoint(), &tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12})
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	}
+	// The broker asks for a client certificate, but the server's is
+	// verified by the client before that matters.
+	for _, name := range []string{"iot.vm.internal", "10.0.2.100", "localhost", "127.0.0.1"} {
+		err := handshake(name)
+		var verr *tls.CertificateVerificationError
+		require.False(t, errors.As(err, &verr), "%s: %v", name, err)
+	}
+	err := handshake("artifacts.vm.internal")
+	var verr *tls.CertificateVerificationError
+	require.ErrorAs(t, err, &verr)
+	require.ErrorContains(t, err, "artifacts.vm.internal")
+
+	// Without the option the name is not accepted.
+	plain := startCore(t, Options{})
+	conn, err := tls.Dial("tcp", plain.Endpoint(), &tls.Config{RootCAs: plain.ca.Pool(), ServerName: "iot.vm.internal", MinVersion: tls.VersionTLS12})
+	if err == nil {
+		conn.Close()
+	}
+	require.ErrorAs(t, err, &verr)
+}
+
+func TestServerNamesRefusesTypos(t *testing.T) {
+	for _, name := range []string{"", "iot vm", "iot..vm", "-iot.vm", "iot_vm.internal", "iot.vm.internal/", strings.Repeat("a", 64) + ".vm"} {
+		_, err := Start(context.Background(), Options{ServerNames: []string{name}})
+		require.ErrorContains(t, err, fmt.Sprintf("core: server name %q: want a DNS name", name))
+	}
 }
