@@ -128,6 +128,7 @@ type Core struct {
 	broker  *broker.Broker
 	rules   *rules.Engine
 	shadows *shadow.Service
+	watches watchers
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -235,7 +236,7 @@ func Start(ctx context.Context, opts Options) (*Core, error) {
 	c.broker, err = broker.New(broker.Options{
 		Addr: opts.Addr, ALPNAddr: opts.ALPNAddr, ServerCert: serverCert, ClientCAs: c.ca.Pool(), Registry: c.reg,
 		ARN: names.PolicyParams.ARN, Faults: c.faults, Logger: opts.Logger,
-		Routes: []broker.Route{
+		Routes: c.withWatchers([]broker.Route{
 			{Name: "provisioning", Match: c.prov.Match, Handle: func(ctx context.Context, r broker.Request) {
 				c.prov.Handle(ctx, r.ClientID, r.CertificateID, r.Topic, r.Payload, func(topic string, payload []byte) {
 					if err := c.broker.Reply(r.ClientID, topic, payload, true); err != nil {
@@ -259,7 +260,7 @@ func Start(ctx context.Context, opts Options) (*Core, error) {
 				c.rules.Dispatch(rules.Message{Topic: r.Topic, ClientID: r.ClientID, Principal: r.CertificateID, Payload: r.Payload})
 				c.broker.Publish(r.Topic, r.Payload)
 			}},
-		},
+		}),
 	})
 	if err != nil {
 		c.jobs.Close()
