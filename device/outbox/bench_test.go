@@ -4,7 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/outbox"
 )
 
@@ -26,9 +25,9 @@ func BenchmarkEnqueue(b *testing.B) {
 }
 
 // BenchmarkEnqueueAndDeliver measures enqueue plus in-order QoS 1 delivery
-// to the embedded broker over mutual TLS (PUBACK awaited, file deleted).
+// to the local IoT Core over mutual TLS (PUBACK awaited, file deleted).
 func BenchmarkEnqueueAndDeliver(b *testing.B) {
-	br := testbroker.Start(b, testbroker.Options{})
+	br := startCloud(b)
 	c := connForB(b, br, "dev-a")
 	ob, err := outbox.Open(b.TempDir(), outbox.Options{Logger: quiet, MaxMessages: b.N + 1})
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/outbox"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 )
@@ -19,7 +18,7 @@ import (
 // Offline for long is normal: Run keeps beating while it waits for the
 // connection, and while idle; a publish is announced as Busy for AckWait.
 func TestRunBeatsOfflineIdleAndAnnouncesPublishes(t *testing.T) {
-	b := testbroker.Start(t, testbroker.Options{})
+	b := startCloud(t)
 	const thing = "dev-live"
 	conn := connFor(t, b, thing)
 	live := &devicetest.Liveness{}
@@ -35,7 +34,7 @@ func TestRunBeatsOfflineIdleAndAnnouncesPublishes(t *testing.T) {
 	require.Eventually(t, func() bool { return live.Beats() >= n+5 }, 10*time.Second, time.Millisecond)
 	assert.Equal(t, 1, ob.Len())
 
-	got := b.Watch(t, topic)
+	got := watch(t, b, topic)
 	goRun(t, func(ctx context.Context) { _ = conn.Run(ctx) })
 	receive(t, got, 1)
 	require.NoError(t, ob.WaitEmpty(deadline(t)))

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,38 +16,57 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/backoff"
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/mqttconn"
 	"github.com/iot-fleet/iot-fleet/device/outbox"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/sim/core"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-func connFor(t *testing.T, b *testbroker.Broker, thing string) *mqttconn.Client {
+// startCloud runs the local IoT Core (sim/core: MQTT over mutual TLS with
+// the stack's policies) until the test ends.
+func startCloud(t testing.TB) *core.Core {
 	t.Helper()
-	return connForB(t, b, thing)
+	c, err := core.Start(context.Background(), core.Options{Logger: quiet})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
 }
 
-func connForB(t testing.TB, b *testbroker.Broker, thing string) *mqttconn.Client {
+// watch observes, in order, what clients publish on filter.
+func watch(t testing.TB, c *core.Core, filter string) <-chan core.Message {
 	t.Helper()
-	kp := b.RegisterDevice(t, thing)
-	ca, err := os.ReadFile(b.CAFile)
+	ch, stop, err := c.Watch(filter)
 	require.NoError(t, err)
-	c, err := mqttconn.New(mqttconn.Options{
-		Address: b.Addr, ClientID: thing,
+	t.Cleanup(stop)
+	return ch
+}
+
+func connFor(t *testing.T, c *core.Core, thing string) *mqttconn.Client {
+	t.Helper()
+	return connForB(t, c, thing)
+}
+
+// connForB registers thing (its certificate with the device policy) and
+// returns a client for it, not yet running.
+func connForB(t testing.TB, c *core.Core, thing string) *mqttconn.Client {
+	t.Helper()
+	got, creds, err := c.RegisterDevice(strings.TrimPrefix(thing, c.Names().ThingNamePrefix))
+	require.NoError(t, err)
+	require.Equal(t, thing, got)
+	cert, err := tls.X509KeyPair(creds.CertPEM, creds.KeyPEM)
+	require.NoError(t, err)
+	conn, err := mqttconn.New(mqttconn.Options{
+		Address: c.Endpoint(), ClientID: thing,
 		TLSConfig: func() (*tls.Config, error) {
-			cert, err := tls.LoadX509KeyPair(kp.CertFile, kp.KeyFile)
-			if err != nil {
-				return nil, err
-			}
-			return mqttconn.NewTLSConfig(ca, cert, "127.0.0.1", false)
+			return mqttconn.NewTLSConfig(c.RootCAPEM(), cert, "127.0.0.1", false)
 		},
 		Backoff: backoff.Policy{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond},
 		Logger:  quiet,
 	})
 	require.NoError(t, err)
-	return c
+	return conn
 }
 
 func goRun(t *testing.T, fn func(ctx context.Context)) context.CancelFunc {
@@ -65,7 +85,7 @@ func deadline(t *testing.T) context.Context {
 	return ctx
 }
 
-func receive(t *testing.T, ch <-chan testbroker.Received, n int) []string {
+func receive(t *testing.T, ch <-chan core.Message, n int) []string {
 	t.Helper()
 	var out []string
 	for len(out) < n {
@@ -107,8 +127,8 @@ func TestOfflineMessagesSurviveRestartAndArriveInOrder(t *testing.T) {
 	assert.NotEmpty(t, id)
 	want = append(want, "m20")
 
-	b := testbroker.Start(t, testbroker.Options{})
-	seen := b.Watch(t, "dt/fleet/#")
+	b := startCloud(t)
+	seen := watch(t, b, "dt/fleet/#")
 	c := connFor(t, b, "dev-a")
 	goRun(t, func(ctx context.Context) { _ = c.Run(ctx) })
 	goRun(t, func(ctx context.Context) { _ = ob2.Run(ctx, c) })
@@ -120,8 +140,8 @@ func TestOfflineMessagesSurviveRestartAndArriveInOrder(t *testing.T) {
 }
 
 func TestDeliveryContinuesAcrossBrokerRestart(t *testing.T) {
-	b := testbroker.Start(t, testbroker.Options{})
-	seen := b.Watch(t, "dt/fleet/#")
+	b := startCloud(t)
+	seen := watch(t, b, "dt/fleet/#")
 	c := connFor(t, b, "dev-a")
 	ob, err := outbox.Open(t.TempDir(), outbox.Options{Logger: quiet})
 	require.NoError(t, err)
@@ -132,19 +152,19 @@ func TestDeliveryContinuesAcrossBrokerRestart(t *testing.T) {
 	require.NoError(t, ob.Publish(ctx, topic, []byte("before")))
 	assert.Equal(t, []string{"before"}, receive(t, seen, 1))
 
-	b.Stop()
+	b.StopBroker()
 	for i := 0; i < 5; i++ {
 		require.NoError(t, ob.Publish(ctx, topic, []byte(fmt.Sprintf("offline-%d", i))))
 	}
-	b.Restart(t)
+	require.NoError(t, b.StartBroker())
 	got := receive(t, seen, 5)
 	assert.Equal(t, []string{"offline-0", "offline-1", "offline-2", "offline-3", "offline-4"}, got)
 	require.NoError(t, ob.WaitEmpty(ctx))
 }
 
 func TestPoisonMessageGoesToDeadLettersAndQueueMovesOn(t *testing.T) {
-	b := testbroker.Start(t, testbroker.Options{})
-	seen := b.Watch(t, "dt/fleet/#")
+	b := startCloud(t)
+	seen := watch(t, b, "dt/fleet/#")
 	c := connFor(t, b, "dev-a")
 	ob, err := outbox.Open(t.TempDir(), outbox.Options{Logger: quiet, MaxAttempts: 2, Retry: backoff.Policy{Initial: time.Millisecond, Max: 5 * time.Millisecond}})
 	require.NoError(t, err)
@@ -173,8 +193,8 @@ func TestCorruptFileAndLimits(t *testing.T) {
 	require.ErrorContains(t, ob.Publish(ctx, "", nil), "empty topic")
 
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "00000000000000000001.msg"), []byte("garbage"), 0o600))
-	b := testbroker.Start(t, testbroker.Options{})
-	seen := b.Watch(t, "dt/fleet/#")
+	b := startCloud(t)
+	seen := watch(t, b, "dt/fleet/#")
 	c := connFor(t, b, "dev-a")
 	goRun(t, func(ctx context.Context) { _ = c.Run(ctx) })
 	goRun(t, func(ctx context.Context) { _ = ob.Run(ctx, c) })
