@@ -8,13 +8,13 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/sim/core"
 )
 
 func TestRunBeatsWhileConnectedAndStopsWhenAHandlerBlocks(t *testing.T) {
-	b := testbroker.Start(t, testbroker.Options{})
-	kp := b.RegisterDevice(t, "dev-a")
+	b := startCloud(t, core.Options{})
+	kp := registerDevice(t, b, "dev-a")
 	c := deviceClient(t, b, kp, "dev-a")
 	live := &devicetest.Liveness{}
 	c.opts.Liveness = live
@@ -36,7 +36,7 @@ func TestRunBeatsWhileConnectedAndStopsWhenAHandlerBlocks(t *testing.T) {
 
 	// A handler that blocks the dispatcher: no message reaches the other
 	// handlers, so the connection stops beating.
-	require.NoError(t, b.Publish(protocol.CommandTopic("dev-a", "block"), []byte("x")))
+	b.Publish(protocol.CommandTopic("dev-a", "block"), []byte("x"))
 	<-entered
 	require.Eventually(t, func() bool {
 		before := live.Beats()

@@ -7,7 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,8 +17,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/backoff"
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/sim/core"
 )
 
 func TestMatch(t *testing.T) {
@@ -54,26 +54,62 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func deviceClient(t *testing.T, b *testbroker.Broker, kp testbroker.KeyPair, clientID string) *Client {
+// startCloud runs the local IoT Core (sim/core: MQTT over mutual TLS with
+// the stack's policies) until the test ends.
+func startCloud(t *testing.T, opts core.Options) *core.Core {
 	t.Helper()
-	ca, err := os.ReadFile(b.CAFile)
+	c, err := core.Start(context.Background(), opts)
 	require.NoError(t, err)
-	c, err := New(Options{
-		Address:  b.Addr,
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// device is a registered thing's identity.
+type device struct {
+	thing, certID string
+	cert          tls.Certificate
+}
+
+// registerDevice creates thing with an ACTIVE certificate carrying the
+// device policy.
+func registerDevice(t *testing.T, c *core.Core, thing string) device {
+	t.Helper()
+	got, creds, err := c.RegisterDevice(strings.TrimPrefix(thing, c.Names().ThingNamePrefix))
+	require.NoError(t, err)
+	require.Equal(t, thing, got)
+	cert, err := tls.X509KeyPair(creds.CertPEM, creds.KeyPEM)
+	require.NoError(t, err)
+	return device{thing: thing, certID: creds.CertificateID, cert: cert}
+}
+
+// watch observes, in order, what clients publish on filter.
+func watch(t *testing.T, c *core.Core, filter string) <-chan core.Message {
+	t.Helper()
+	ch, stop, err := c.Watch(filter)
+	require.NoError(t, err)
+	t.Cleanup(stop)
+	return ch
+}
+
+func deviceOptions(t *testing.T, c *core.Core, d device, clientID string) Options {
+	t.Helper()
+	return Options{
+		Address:  c.Endpoint(),
 		ClientID: clientID,
 		TLSConfig: func() (*tls.Config, error) {
-			cert, err := tls.LoadX509KeyPair(kp.CertFile, kp.KeyFile)
-			if err != nil {
-				return nil, err
-			}
-			return NewTLSConfig(ca, cert, "127.0.0.1", false)
+			return NewTLSConfig(c.RootCAPEM(), d.cert, "127.0.0.1", false)
 		},
 		KeepAlive: 5 * time.Second,
 		Backoff:   backoff.Policy{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond},
 		Logger:    testLogger(t),
-	})
+	}
+}
+
+func deviceClient(t *testing.T, c *core.Core, d device, clientID string) *Client {
+	t.Helper()
+	cl, err := New(deviceOptions(t, c, d, clientID))
 	require.NoError(t, err)
-	return c
+	return cl
 }
 
 func run(t *testing.T, c *Client) context.CancelFunc {
@@ -118,21 +154,21 @@ func (c *collector) next(t *testing.T) string {
 }
 
 func TestConnectSubscribePublishAndResubscribeAfterBrokerRestart(t *testing.T) {
-	b := testbroker.Start(t, testbroker.Options{})
-	kp := b.RegisterDevice(t, "dev-a")
+	b := startCloud(t, core.Options{})
+	kp := registerDevice(t, b, "dev-a")
 	c := deviceClient(t, b, kp, "dev-a")
 	got := newCollector()
 	require.NoError(t, c.Subscribe(waitCtx(t), protocol.CommandTopic("dev-a", "#"), 1, got.handle))
 	var hooks atomic.Int32
 	hookCh := make(chan struct{}, 10)
 	c.OnConnect(func(ctx context.Context) { hooks.Add(1); hookCh <- struct{}{} })
-	watched := b.Watch(t, "dt/fleet/#")
+	watched := watch(t, b, "dt/fleet/#")
 	run(t, c)
 	ctx := waitCtx(t)
 	require.NoError(t, c.WaitConnected(ctx))
 	<-hookCh
 
-	require.NoError(t, b.Publish(protocol.CommandTopic("dev-a", "ping"), []byte("1")))
+	b.Publish(protocol.CommandTopic("dev-a", "ping"), []byte("1"))
 	assert.Equal(t, "cmd/fleet/dev-a/ping 1", got.next(t))
 
 	require.NoError(t, c.Publish(ctx, protocol.DataTopic("dev-a", "status"), 1, []byte("up")))
@@ -140,32 +176,32 @@ func TestConnectSubscribePublishAndResubscribeAfterBrokerRestart(t *testing.T) {
 	case m := <-watched:
 		assert.Equal(t, "dt/fleet/dev-a/status", m.Topic)
 		assert.Equal(t, "up", string(m.Payload))
-		assert.Equal(t, "dev-a", m.From)
+		assert.Equal(t, "dev-a", m.ClientID)
 	case <-ctx.Done():
 		t.Fatal("publish not seen by the broker")
 	}
 
 	// The restarted broker has no session for dev-a: only the agent's own
 	// resubscription makes the next command arrive.
-	b.Restart(t)
+	require.NoError(t, b.RestartBroker())
 	<-hookCh
 	require.NoError(t, c.WaitConnected(ctx))
 	assert.GreaterOrEqual(t, c.Connections(), int64(2))
-	require.NoError(t, b.Publish(protocol.CommandTopic("dev-a", "ping"), []byte("2")))
+	b.Publish(protocol.CommandTopic("dev-a", "ping"), []byte("2"))
 	assert.Equal(t, "cmd/fleet/dev-a/ping 2", got.next(t))
 	assert.GreaterOrEqual(t, hooks.Load(), int32(2))
 
 	// A subscription added while connected is made at once.
 	late := newCollector()
 	require.NoError(t, c.Subscribe(ctx, protocol.JobsNotifyNextTopic("dev-a"), 1, late.handle))
-	require.NoError(t, b.Publish(protocol.JobsNotifyNextTopic("dev-a"), []byte("{}")))
+	b.Publish(protocol.JobsNotifyNextTopic("dev-a"), []byte("{}"))
 	assert.Equal(t, "$aws/things/dev-a/jobs/notify-next {}", late.next(t))
 	require.ErrorContains(t, c.Subscribe(ctx, protocol.JobsNotifyNextTopic("dev-a"), 1, late.handle), "already registered")
 }
 
 func TestRefusedSubscriptionIsReportedAndConnectionStays(t *testing.T) {
-	b := testbroker.Start(t, testbroker.Options{})
-	kp := b.RegisterDevice(t, "dev-a")
+	b := startCloud(t, core.Options{})
+	kp := registerDevice(t, b, "dev-a")
 	c := deviceClient(t, b, kp, "dev-a")
 	run(t, c)
 	ctx := waitCtx(t)
@@ -180,8 +216,8 @@ func TestRefusedSubscriptionIsReportedAndConnectionStays(t *testing.T) {
 func TestUnauthorizedPublishIsNotConfirmed(t *testing.T) {
 	// Like AWS IoT Core, the broker drops a client that publishes outside its
 	// policy: the publish must come back as an error, never as success.
-	b := testbroker.Start(t, testbroker.Options{})
-	kp := b.RegisterDevice(t, "dev-a")
+	b := startCloud(t, core.Options{})
+	kp := registerDevice(t, b, "dev-a")
 	c := deviceClient(t, b, kp, "dev-a")
 	run(t, c)
 	ctx := waitCtx(t)
@@ -192,44 +228,50 @@ func TestUnauthorizedPublishIsNotConfirmed(t *testing.T) {
 }
 
 func TestRefusedConnectIsRetriedWithBackoff(t *testing.T) {
-	b := testbroker.Start(t, testbroker.Options{})
-	kp := b.RegisterDevice(t, "dev-a")
-	c := deviceClient(t, b, kp, "dev-other") // policy: client id must be the thing name
-	run(t, c)
-	require.Eventually(t, func() bool {
-		n := 0
-		for _, r := range b.Connects() {
-			if r.ClientID == "dev-other" {
-				assert.False(t, r.Accepted)
-				n++
-			}
+	b := startCloud(t, core.Options{})
+	kp := registerDevice(t, b, "dev-a")
+	// The policy wants the client id to be the thing name: the core closes
+	// the connection after CONNECT, every time, and the client retries.
+	o := deviceOptions(t, b, kp, "dev-other")
+	attempts := make(chan error, 100)
+	o.OnAttempt = func(err error) {
+		select {
+		case attempts <- err:
+		default:
 		}
-		return n >= 3
-	}, 15*time.Second, 10*time.Millisecond)
+	}
+	c, err := New(o)
+	require.NoError(t, err)
+	run(t, c)
+	for range 3 {
+		select {
+		case err := <-attempts:
+			require.Error(t, err, "a connect with a foreign client id succeeded")
+			assert.True(t, IsRefused(err), "%v", err)
+		case <-waitCtx(t).Done():
+			t.Fatal("no retried connect")
+		}
+	}
+	for _, cl := range b.Clients() {
+		assert.NotEqual(t, "dev-other", cl.ClientID)
+	}
 	assert.False(t, c.IsConnected())
-	err := c.Publish(context.Background(), "dt/fleet/dev-a/x", 1, nil)
+	err = c.Publish(context.Background(), "dt/fleet/dev-a/x", 1, nil)
 	assert.ErrorIs(t, err, ErrNotConnected)
 }
 
 func TestReconnectLoadsFreshTLSConfig(t *testing.T) {
-	b := testbroker.Start(t, testbroker.Options{})
-	kp := b.RegisterDevice(t, "dev-a")
+	b := startCloud(t, core.Options{})
+	kp := registerDevice(t, b, "dev-a")
 	var loads atomic.Int32
-	ca, err := os.ReadFile(b.CAFile)
-	require.NoError(t, err)
-	c, err := New(Options{
-		Address: b.Addr, ClientID: "dev-a",
-		TLSConfig: func() (*tls.Config, error) {
-			loads.Add(1)
-			cert, err := tls.LoadX509KeyPair(kp.CertFile, kp.KeyFile)
-			if err != nil {
-				return nil, err
-			}
-			return NewTLSConfig(ca, cert, "127.0.0.1", false)
-		},
-		Backoff: backoff.Policy{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond},
-		Logger:  testLogger(t),
-	})
+	o := deviceOptions(t, b, kp, "dev-a")
+	load := o.TLSConfig
+	o.TLSConfig = func() (*tls.Config, error) {
+		loads.Add(1)
+		return load()
+	}
+	o.Backoff = backoff.Policy{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
+	c, err := New(o)
 	require.NoError(t, err)
 	hookCh := make(chan struct{}, 10)
 	c.OnConnect(func(context.Context) { hookCh <- struct{}{} })
@@ -254,15 +296,13 @@ func TestNewValidatesOptions(t *testing.T) {
 }
 
 func TestTLSConfigALPN(t *testing.T) {
-	pki := testbroker.NewPKI(t)
-	dir := t.TempDir()
-	srvKP := pki.Issue(t, dir, "server", true)
-	cliKP := pki.Issue(t, dir, "client", false)
-	srvCert, err := tls.X509KeyPair(srvKP.CertPEM, srvKP.KeyPEM)
+	pki := newCA(t)
+	srvCert, err := pki.ServerCertificate("127.0.0.1")
 	require.NoError(t, err)
+	cliCert := clientCert(t, pki)
 	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
 		Certificates: []tls.Certificate{srvCert}, ClientAuth: tls.RequireAndVerifyClientCert,
-		ClientCAs: pki.Pool(), NextProtos: []string{ALPNProtocol},
+		ClientCAs: pki.Pool(), NextProtos: []string{ALPNProtocol}, MinVersion: tls.VersionTLS12,
 	})
 	require.NoError(t, err)
 	defer l.Close()
@@ -281,9 +321,7 @@ func TestTLSConfigALPN(t *testing.T) {
 		}
 		negotiated <- tc.ConnectionState().NegotiatedProtocol
 	}()
-	cliCert, err := tls.X509KeyPair(cliKP.CertPEM, cliKP.KeyPEM)
-	require.NoError(t, err)
-	cfg, err := NewTLSConfig(pki.CAPEM, cliCert, "127.0.0.1", true)
+	cfg, err := NewTLSConfig(pki.CertPEM(), cliCert, "127.0.0.1", true)
 	require.NoError(t, err)
 	assert.Equal(t, uint16(tls.VersionTLS12), cfg.MinVersion)
 	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", l.Addr().String(), cfg)

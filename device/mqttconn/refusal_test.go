@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -14,22 +13,38 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/backoff"
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
+	"github.com/iot-fleet/iot-fleet/sim/ca"
+	"github.com/iot-fleet/iot-fleet/sim/core"
+	"github.com/iot-fleet/iot-fleet/sim/registry"
 )
 
-func probeOptions(t *testing.T, addr string, caPEM []byte, kp testbroker.KeyPair, clientID string) Options {
+func probeOptions(t *testing.T, addr string, caPEM []byte, cert tls.Certificate, clientID string) Options {
 	t.Helper()
 	return Options{
 		Address: addr, ClientID: clientID, ConnectTimeout: 5 * time.Second,
 		TLSConfig: func() (*tls.Config, error) {
-			cert, err := tls.LoadX509KeyPair(kp.CertFile, kp.KeyFile)
-			if err != nil {
-				return nil, err
-			}
 			return NewTLSConfig(caPEM, cert, "127.0.0.1", false)
 		},
 		Logger: testLogger(t),
 	}
+}
+
+// newCA returns a certificate authority of its own (the sim's CA code).
+func newCA(t *testing.T) *ca.CA {
+	t.Helper()
+	c, err := ca.New(ca.Options{})
+	require.NoError(t, err)
+	return c
+}
+
+// clientCert issues a client certificate signed by c.
+func clientCert(t *testing.T, c *ca.CA) tls.Certificate {
+	t.Helper()
+	iss, key, err := c.NewKeyAndCertificate()
+	require.NoError(t, err)
+	cert, err := tls.X509KeyPair([]byte(iss.PEM), key)
+	require.NoError(t, err)
+	return cert
 }
 
 func reasonOf(err error) string {
@@ -40,29 +55,43 @@ func reasonOf(err error) string {
 	return ""
 }
 
-// The test broker (a plain mochi) answers an inactive or revoked
-// certificate with CONNACK "not authorized" (the local IoT Core closes the
-// connection as AWS does: e2e's recovery test covers that path).
+// The local IoT Core, like AWS IoT Core, closes the connection of a
+// revoked certificate right after CONNECT, without a CONNACK.
 func TestProbeTellsRefusedCertificateFromNetworkFailure(t *testing.T) {
-	b := testbroker.Start(t, testbroker.Options{})
-	kp := b.RegisterDevice(t, "dev-a")
-	ca, err := os.ReadFile(b.CAFile)
-	require.NoError(t, err)
+	b := startCloud(t, core.Options{})
+	kp := registerDevice(t, b, "dev-a")
 	ctx := waitCtx(t)
 
-	require.NoError(t, Probe(ctx, probeOptions(t, b.Addr, ca, kp, "dev-a")))
+	require.NoError(t, Probe(ctx, probeOptions(t, b.Endpoint(), b.RootCAPEM(), kp.cert, "dev-a")))
 
-	b.SetCert(kp.CertificateID, "REVOKED", "dev-a")
-	err = Probe(ctx, probeOptions(t, b.Addr, ca, kp, "dev-a"))
+	require.NoError(t, b.SetCertificateStatus(kp.certID, registry.CertRevoked))
+	err := Probe(ctx, probeOptions(t, b.Endpoint(), b.RootCAPEM(), kp.cert, "dev-a"))
 	require.Error(t, err)
 	assert.True(t, IsRefused(err), "%v", err)
-	assert.Equal(t, ReasonConnack, reasonOf(err))
+	assert.Equal(t, ReasonClosedConnect, reasonOf(err))
 
 	// Nothing listens: a network failure, not a refusal.
-	b.Stop()
-	err = Probe(ctx, probeOptions(t, b.Addr, ca, kp, "dev-a"))
+	b.StopBroker()
+	err = Probe(ctx, probeOptions(t, b.Endpoint(), b.RootCAPEM(), kp.cert, "dev-a"))
 	require.Error(t, err)
 	assert.False(t, IsRefused(err), "%v", err)
+}
+
+// Other MQTT servers (mosquitto, a plain mochi) answer credentials they
+// refuse with CONNACK "not authorized" (return code 5).
+func TestConnackNotAuthorizedIsARefusal(t *testing.T) {
+	pki := newCA(t)
+	addr := tlsServer(t, serverTLS(t, pki, pki), func(c *tls.Conn) {
+		buf := make([]byte, 256)
+		if _, err := c.Read(buf); err != nil { // the CONNECT
+			return
+		}
+		_, _ = c.Write([]byte{0x20, 0x02, 0x00, 0x05})
+	})
+	err := Probe(waitCtx(t), probeOptions(t, addr, pki.CertPEM(), clientCert(t, pki), "dev-a"))
+	require.Error(t, err)
+	assert.True(t, IsRefused(err), "%v", err)
+	assert.Equal(t, ReasonConnack, reasonOf(err), "%v", err)
 }
 
 // tlsServer accepts TLS connections on 127.0.0.1 and hands each one, after
@@ -97,10 +126,9 @@ func tlsServer(t *testing.T, cfg *tls.Config, serve func(c *tls.Conn)) string {
 	return l.Addr().String()
 }
 
-func serverTLS(t *testing.T, pki *testbroker.PKI, clientCAs *testbroker.PKI) *tls.Config {
+func serverTLS(t *testing.T, pki *ca.CA, clientCAs *ca.CA) *tls.Config {
 	t.Helper()
-	srv := pki.Issue(t, t.TempDir(), "server", true)
-	cert, err := tls.X509KeyPair(srv.CertPEM, srv.KeyPEM)
+	cert, err := pki.ServerCertificate("127.0.0.1")
 	require.NoError(t, err)
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert},
@@ -111,13 +139,13 @@ func serverTLS(t *testing.T, pki *testbroker.PKI, clientCAs *testbroker.PKI) *tl
 // AWS IoT Core completes the TLS handshake with a revoked or inactive
 // certificate and closes the connection after CONNECT, without a CONNACK.
 func TestConnectionClosedAfterConnectIsARefusal(t *testing.T) {
-	pki := testbroker.NewPKI(t)
+	pki := newCA(t)
 	addr := tlsServer(t, serverTLS(t, pki, pki), func(c *tls.Conn) {
 		buf := make([]byte, 256)
 		_, _ = c.Read(buf) // the CONNECT
 	})
-	kp := pki.Issue(t, t.TempDir(), "dev-a", false)
-	err := Probe(waitCtx(t), probeOptions(t, addr, pki.CAPEM, kp, "dev-a"))
+	kp := clientCert(t, pki)
+	err := Probe(waitCtx(t), probeOptions(t, addr, pki.CertPEM(), kp, "dev-a"))
 	require.Error(t, err)
 	assert.Equal(t, ReasonClosedConnect, reasonOf(err), "%v", err)
 }
@@ -126,12 +154,12 @@ func TestConnectionClosedAfterConnectIsARefusal(t *testing.T) {
 // alert: in the handshake (TLS 1.2) or on the first read (TLS 1.3).
 func TestTLSAlertAboutTheClientCertificateIsARefusal(t *testing.T) {
 	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
-		pki, other := testbroker.NewPKI(t), testbroker.NewPKI(t)
+		pki, other := newCA(t), newCA(t)
 		cfg := serverTLS(t, pki, other)
 		cfg.MaxVersion = v
 		addr := tlsServer(t, cfg, func(*tls.Conn) {})
-		kp := pki.Issue(t, t.TempDir(), "dev-a", false)
-		err := Probe(waitCtx(t), probeOptions(t, addr, pki.CAPEM, kp, "dev-a"))
+		kp := clientCert(t, pki)
+		err := Probe(waitCtx(t), probeOptions(t, addr, pki.CertPEM(), kp, "dev-a"))
 		require.Error(t, err)
 		assert.Equal(t, ReasonTLSAlert, reasonOf(err), "TLS %x: %v", v, err)
 	}
@@ -140,10 +168,10 @@ func TestTLSAlertAboutTheClientCertificateIsARefusal(t *testing.T) {
 // A server whose certificate the client does not trust is not a refusal
 // of the client's credentials, nor is a server that hangs.
 func TestUntrustedServerAndSilentServerAreNotRefusals(t *testing.T) {
-	pki, other := testbroker.NewPKI(t), testbroker.NewPKI(t)
+	pki, other := newCA(t), newCA(t)
 	addr := tlsServer(t, serverTLS(t, other, pki), func(*tls.Conn) {})
-	kp := pki.Issue(t, t.TempDir(), "dev-a", false)
-	err := Probe(waitCtx(t), probeOptions(t, addr, pki.CAPEM, kp, "dev-a"))
+	kp := clientCert(t, pki)
+	err := Probe(waitCtx(t), probeOptions(t, addr, pki.CertPEM(), kp, "dev-a"))
 	require.Error(t, err)
 	assert.False(t, IsRefused(err), "%v", err)
 
@@ -152,7 +180,7 @@ func TestUntrustedServerAndSilentServerAreNotRefusals(t *testing.T) {
 		_, _ = c.Read(buf)
 		time.Sleep(2 * time.Second) // no CONNACK until the client's timeout
 	})
-	o := probeOptions(t, silent, pki.CAPEM, kp, "dev-a")
+	o := probeOptions(t, silent, pki.CertPEM(), kp, "dev-a")
 	o.ConnectTimeout = 300 * time.Millisecond
 	err = Probe(waitCtx(t), o)
 	require.Error(t, err)
@@ -160,13 +188,11 @@ func TestUntrustedServerAndSilentServerAreNotRefusals(t *testing.T) {
 }
 
 func TestRunReportsEveryAttempt(t *testing.T) {
-	b := testbroker.Start(t, testbroker.Options{})
-	kp := b.RegisterDevice(t, "dev-a")
-	b.SetCert(kp.CertificateID, "INACTIVE", "dev-a")
-	ca, err := os.ReadFile(b.CAFile)
-	require.NoError(t, err)
+	b := startCloud(t, core.Options{})
+	kp := registerDevice(t, b, "dev-a")
+	require.NoError(t, b.SetCertificateStatus(kp.certID, registry.CertInactive))
 	refused := make(chan error, 100)
-	o := probeOptions(t, b.Addr, ca, kp, "dev-a")
+	o := probeOptions(t, b.Endpoint(), b.RootCAPEM(), kp.cert, "dev-a")
 	o.Backoff = backoff.Policy{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
 	o.OnAttempt = func(err error) {
 		select {
@@ -185,7 +211,7 @@ func TestRunReportsEveryAttempt(t *testing.T) {
 			t.Fatal("no attempt reported")
 		}
 	}
-	b.SetCert(kp.CertificateID, "ACTIVE", "dev-a")
+	require.NoError(t, b.SetCertificateStatus(kp.certID, registry.CertActive))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for {
