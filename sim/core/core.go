@@ -238,6 +238,9 @@ func Start(ctx context.Context, opts Options) (*Core, error) {
 		ARN: names.PolicyParams.ARN, Faults: c.faults, Logger: opts.Logger,
 		Routes: c.withWatchers([]broker.Route{
 			{Name: "provisioning", Match: c.prov.Match, Handle: func(ctx context.Context, r broker.Request) {
+				if c.rejectInjected(r) {
+					return
+				}
 				c.prov.Handle(ctx, r.ClientID, r.CertificateID, r.Topic, r.Payload, func(topic string, payload []byte) {
 					if err := c.broker.Reply(r.ClientID, topic, payload, true); err != nil {
 						c.log.Info("provisioning answer not delivered", "client", r.ClientID, "topic", topic, "error", err)

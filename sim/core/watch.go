@@ -2,10 +2,13 @@ package core
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/sim/broker"
 	"github.com/iot-fleet/iot-fleet/sim/faults"
 )
@@ -21,6 +24,8 @@ type Message struct {
 // reader never stalls the broker and never loses a message.
 type watcher struct {
 	filter string
+	// count, when set, only counts (see Count).
+	count  *atomic.Int64
 	out    chan Message
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -34,6 +39,10 @@ type watchers struct {
 }
 
 func (w *watcher) push(m Message) {
+	if w.count != nil {
+		w.count.Add(1)
+		return
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !w.closed {
@@ -94,6 +103,45 @@ func (c *Core) Watch(filter string) (msgs <-chan Message, stop func(), err error
 		})
 	}
 	return w.out, stop, nil
+}
+
+// Count counts the messages clients publish on topics matching the MQTT
+// filter, as Watch sees them. A message is counted before the broker acts
+// on it (before an API request is answered), so count is exact as soon as
+// the publisher has its answer. stop ends the count.
+func (c *Core) Count(filter string) (count func() int, stop func(), err error) {
+	if err := faults.ValidateFilter(filter); err != nil {
+		return nil, nil, fmt.Errorf("core: count: %w", err)
+	}
+	w := &watcher{filter: filter, count: &atomic.Int64{}}
+	c.watches.mu.Lock()
+	c.watches.list = append(c.watches.list, w)
+	c.watches.mu.Unlock()
+	stop = func() {
+		c.watches.mu.Lock()
+		c.watches.list = slices.DeleteFunc(c.watches.list, func(x *watcher) bool { return x == w })
+		c.watches.mu.Unlock()
+	}
+	return func() int { return int(w.count.Load()) }, stop, nil
+}
+
+// rejectInjected answers r with an injected rejection (see
+// faults.Set.RejectRequests), if one matches its topic.
+func (c *Core) rejectInjected(r broker.Request) bool {
+	rej, ok := c.faults.TakeRejection(r.Topic)
+	if !ok {
+		return false
+	}
+	payload, err := json.Marshal(protocol.ErrorResponse{StatusCode: rej.StatusCode, ErrorCode: rej.ErrorCode, ErrorMessage: rej.ErrorMessage})
+	if err != nil {
+		c.log.Error("injected rejection not encodable", "topic", r.Topic, "error", err)
+		return false
+	}
+	c.log.Info("fault: rejected request", "client", r.ClientID, "topic", r.Topic, "errorCode", rej.ErrorCode)
+	if err := c.broker.Reply(r.ClientID, protocol.Rejected(r.Topic), payload, true); err != nil {
+		c.log.Info("injected rejection not delivered", "client", r.ClientID, "topic", r.Topic, "error", err)
+	}
+	return true
 }
 
 func (ws *watchers) notify(r broker.Request) {

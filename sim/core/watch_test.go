@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/sim/faults"
 )
 
 func watchNext(t *testing.T, ch <-chan Message) Message {
@@ -72,4 +73,38 @@ func TestWatchSeesPublishesInOrderAndDeliveryGoesOn(t *testing.T) {
 	stop()
 	_, open := <-data
 	assert.False(t, open, "stop closes the channel")
+}
+
+// Count is exact once a request is answered; an injected rejection
+// answers a provisioning request on /rejected without acting on it.
+func TestCountAndInjectedProvisioningRejection(t *testing.T) {
+	c := startCore(t, Options{})
+	claim, err := c.IssueClaimCertificate()
+	require.NoError(t, err)
+	csrs, stop, err := c.Count(protocol.CreateCertFromCSRTopic)
+	require.NoError(t, err)
+	defer stop()
+	require.NoError(t, c.Faults().RejectRequests(faults.Rejection{
+		Topic: protocol.CreateCertFromCSRTopic, StatusCode: 500, ErrorCode: protocol.ErrCodeInternalError, ErrorMessage: "injected", Count: 1,
+	}))
+	cl := mustConnect(t, c, claim, protocol.ClaimClientID(allowedSerial))
+	cl.mustSubscribe(protocol.CreateCertFromCSRTopic + "/+")
+	csr, _ := newCSR(t)
+	req := map[string]string{"certificateSigningRequest": csr}
+
+	cl.mustPublish(protocol.CreateCertFromCSRTopic, req)
+	m := cl.next()
+	assert.Equal(t, protocol.Rejected(protocol.CreateCertFromCSRTopic), m.Topic)
+	rej := decode[protocol.ErrorResponse](t, m)
+	assert.Equal(t, protocol.ErrorResponse{StatusCode: 500, ErrorCode: protocol.ErrCodeInternalError, ErrorMessage: "injected"}, rej)
+	assert.Equal(t, 1, csrs())
+	assert.Len(t, c.Registry().Certificates(), 1, "the rejected request issued no certificate")
+
+	cl.mustPublish(protocol.CreateCertFromCSRTopic, req)
+	assert.Equal(t, protocol.Accepted(protocol.CreateCertFromCSRTopic), cl.next().Topic)
+	assert.Equal(t, 2, csrs())
+	stop()
+	cl.mustPublish(protocol.CreateCertFromCSRTopic, req)
+	cl.next()
+	assert.Equal(t, 2, csrs(), "stop ends the count")
 }

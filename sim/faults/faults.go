@@ -55,6 +55,7 @@ type Set struct {
 	nextID    int
 	throttle  int
 	refuseCSR int
+	rejects   []*Rejection
 }
 
 // New returns an empty fault set.
@@ -103,6 +104,7 @@ func (s *Set) Clear() {
 	s.rules = nil
 	s.throttle = 0
 	s.refuseCSR = 0
+	s.rejects = nil
 }
 
 // Rules returns a copy of the installed rules.
@@ -183,6 +185,58 @@ func (s *Set) Pending() (throttle, refuseCSR int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.throttle, s.refuseCSR
+}
+
+// Rejection makes the service behind an API topic (provisioning)
+// answer the next Count requests matching Topic with this error on the
+// request topic's /rejected, as AWS answers a failed request, without
+// acting on them.
+type Rejection struct {
+	// Topic is an MQTT topic filter the request topic must match.
+	Topic        string `json:"topic"`
+	StatusCode   int    `json:"statusCode"`
+	ErrorCode    string `json:"errorCode"`
+	ErrorMessage string `json:"errorMessage"`
+	// Count is how many requests are rejected (at least 1).
+	Count int `json:"count"`
+}
+
+// RejectRequests installs a rejection; rejections are taken in the order
+// they were installed.
+func (s *Set) RejectRequests(r Rejection) error {
+	if err := ValidateFilter(r.Topic); err != nil {
+		return fmt.Errorf("fault rejection: topic: %w", err)
+	}
+	if r.Count < 1 {
+		return fmt.Errorf("fault rejection: count %d, want at least 1", r.Count)
+	}
+	if r.StatusCode < 400 || r.StatusCode > 599 || r.ErrorCode == "" {
+		return fmt.Errorf("fault rejection: want an error status (4xx/5xx) and an error code, got %d %q", r.StatusCode, r.ErrorCode)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rejects = append(s.rejects, &r)
+	return nil
+}
+
+// TakeRejection consumes one use of the first rejection matching topic;
+// ok is false when none does.
+func (s *Set) TakeRejection(topic string) (Rejection, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, r := range s.rejects {
+		if !MatchFilter(r.Topic, topic) {
+			continue
+		}
+		out := *r
+		r.Count--
+		if r.Count <= 0 {
+			s.rejects = append(s.rejects[:i], s.rejects[i+1:]...)
+		}
+		out.Count = 1
+		return out, true
+	}
+	return Rejection{}, false
 }
 
 // ValidateFilter checks an MQTT topic filter.

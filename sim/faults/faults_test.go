@@ -1,6 +1,7 @@
 package faults
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -84,4 +85,46 @@ func TestProvisioningCounters(t *testing.T) {
 	s.ThrottleProvisioning(5)
 	s.Clear()
 	assert.False(t, s.TakeThrottle())
+}
+
+func TestRejectionsAreTakenInOrderAndCounted(t *testing.T) {
+	s := New()
+	for _, bad := range []Rejection{
+		{Topic: "a/#/b", StatusCode: 500, ErrorCode: "X", Count: 1},
+		{Topic: "a", StatusCode: 500, ErrorCode: "X", Count: 0},
+		{Topic: "a", StatusCode: 200, ErrorCode: "X", Count: 1},
+		{Topic: "a", StatusCode: 500, Count: 1},
+	} {
+		if err := s.RejectRequests(bad); err == nil {
+			t.Errorf("RejectRequests(%+v) accepted", bad)
+		}
+	}
+	if err := s.RejectRequests(Rejection{Topic: "$aws/certificates/#", StatusCode: 429, ErrorCode: "Throttling", Count: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RejectRequests(Rejection{Topic: "$aws/+/x", StatusCode: 500, ErrorCode: "InternalError", Count: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.TakeRejection("$aws/other/y"); ok {
+		t.Fatal("unmatched topic rejected")
+	}
+	var got []string
+	for _, topic := range []string{"$aws/certificates/x", "$aws/certificates/x", "$aws/certificates/x"} {
+		if r, ok := s.TakeRejection(topic); ok {
+			got = append(got, r.ErrorCode)
+		}
+	}
+	if want := []string{"Throttling", "Throttling", "InternalError"}; !slices.Equal(got, want) {
+		t.Fatalf("rejections %v, want %v", got, want)
+	}
+	if _, ok := s.TakeRejection("$aws/certificates/x"); ok {
+		t.Fatal("rejection used beyond its count")
+	}
+	if err := s.RejectRequests(Rejection{Topic: "a", StatusCode: 500, ErrorCode: "X", Count: 5}); err != nil {
+		t.Fatal(err)
+	}
+	s.Clear()
+	if _, ok := s.TakeRejection("a"); ok {
+		t.Fatal("Clear left a rejection")
+	}
 }
