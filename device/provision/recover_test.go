@@ -2,9 +2,12 @@ package provision
 
 import (
 	"context"
+	"crypto/tls"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,8 +15,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/backoff"
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
+	"github.com/iot-fleet/iot-fleet/device/mqttconn"
 	"github.com/iot-fleet/iot-fleet/device/store"
+	"github.com/iot-fleet/iot-fleet/sim/registry"
 )
 
 // provisioned provisions the fixture's device and returns its identity.
@@ -68,12 +72,22 @@ func (f *fixture) recovered(old, id store.Identity) {
 	assert.False(f.t, f.exists(old.CertFile))
 	assert.False(f.t, f.exists(store.ProvisionFile))
 	assert.False(f.t, f.exists(RetryFile))
-	// The broker accepted the new certificate as the thing.
-	accepted := false
-	for _, c := range f.b.Connects() {
-		accepted = accepted || (c.CertID == id.CertificateID && c.ClientID == id.ThingName && c.Accepted)
-	}
-	assert.True(f.t, accepted)
+	// The cloud has the new certificate ACTIVE on the thing and the broker
+	// accepts it as the thing.
+	c, err := f.b.Registry().Certificate(id.CertificateID)
+	require.NoError(f.t, err)
+	assert.Equal(f.t, registry.CertActive, c.Status)
+	assert.Equal(f.t, []string{id.ThingName}, c.Things)
+	cert, err := f.store().TLSCertificate(id)
+	require.NoError(f.t, err)
+	ctx, _ := ctxTimeout(f.t, 30*time.Second)
+	assert.NoError(f.t, mqttconn.Probe(ctx, mqttconn.Options{
+		Address: f.b.Endpoint(), ClientID: id.ThingName, ConnectTimeout: 10 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(f.logs, nil)),
+		TLSConfig: func() (*tls.Config, error) {
+			return mqttconn.NewTLSConfig(f.b.RootCAPEM(), cert, "127.0.0.1", false)
+		},
+	}))
 	assert.NotContains(f.t, f.logs.String(), "PRIVATE KEY")
 }
 
@@ -82,8 +96,20 @@ func (f *fixture) recovered(old, id store.Identity) {
 func (f *fixture) revokedAfterProvisioning() store.Identity {
 	f.t.Helper()
 	old := f.provisioned()
-	f.b.SetCert(old.CertificateID, "REVOKED", old.ThingName)
+	f.refuse(old, registry.CertRevoked)
 	return old
+}
+
+// refuse sets the certificate of id to status in the cloud and, as an
+// operator does, re-admits the serial in the device registry, so that the
+// stack's pre-provisioning hook lets it provision once more (a provisioned
+// serial is otherwise a clone).
+func (f *fixture) refuse(id store.Identity, status registry.CertStatus) {
+	f.t.Helper()
+	require.NoError(f.t, f.b.SetCertificateStatus(id.CertificateID, status))
+	_, changed, err := f.b.DeviceRegistry().Readmit(context.Background(), serial, "INC-1", "test")
+	require.NoError(f.t, err)
+	require.True(f.t, changed)
 }
 
 // recoverReplaces runs a recovery and checks it replaced old.
@@ -101,22 +127,22 @@ func (f *fixture) recover(ctx context.Context) (store.Identity, bool, error) {
 }
 
 func TestRecoverReplacesARevokedCertificate(t *testing.T) {
-	f := newFixture(t, testbroker.Options{})
+	f := newFixture(t, cloudOptions{})
 	f.recoverReplaces(f.revokedAfterProvisioning())
 	assert.Contains(t, f.logs.String(), "refuses the current certificate")
 }
 
 func TestRecoverKeepsAWorkingCertificate(t *testing.T) {
-	f := newFixture(t, testbroker.Options{})
+	f := newFixture(t, cloudOptions{})
 	old := f.provisioned()
-	csrs := f.b.Requests(testbroker.APICreateCertFromCSR)
+	csrs := f.csrs()
 
 	ctx, _ := ctxTimeout(t, 30*time.Second)
 	id, replaced, err := f.recover(ctx)
 	require.NoError(t, err)
 	assert.False(t, replaced)
 	assert.Equal(t, old, id)
-	assert.Equal(t, csrs, f.b.Requests(testbroker.APICreateCertFromCSR), "no new certificate requested")
+	assert.Equal(t, csrs, f.csrs(), "no new certificate requested")
 	assert.False(t, f.exists(store.ProvisionFile))
 }
 
@@ -124,10 +150,10 @@ func TestRecoverKeepsAWorkingCertificate(t *testing.T) {
 // recovery retries with the short backoff and never asks for a new
 // certificate.
 func TestRecoverNeverReprovisionsOnANetworkFailure(t *testing.T) {
-	f := newFixture(t, testbroker.Options{})
+	f := newFixture(t, cloudOptions{})
 	old := f.provisioned()
-	csrs := f.b.Requests(testbroker.APICreateCertFromCSR)
-	f.b.Stop()
+	csrs := f.csrs()
+	f.b.StopBroker()
 
 	ctx, cancel := ctxTimeout(t, 30*time.Second)
 	p := f.provisioner()
@@ -138,7 +164,7 @@ func TestRecoverNeverReprovisionsOnANetworkFailure(t *testing.T) {
 		assert.LessOrEqual(t, d, 10*time.Millisecond, "transient backoff")
 	}
 	assert.Equal(t, old, f.usable())
-	assert.Equal(t, csrs, f.b.Requests(testbroker.APICreateCertFromCSR))
+	assert.Equal(t, csrs, f.csrs())
 	assert.False(t, f.exists(store.ProvisionFile), "no new key was made")
 	assert.True(t, f.exists(old.KeyFile))
 }
@@ -147,11 +173,12 @@ func TestRecoverNeverReprovisionsOnANetworkFailure(t *testing.T) {
 // schedule survives a restart: the restarted recovery waits for the rest
 // of the backoff before any new request.
 func TestRecoverDeniedBacksOffLongAcrossRestarts(t *testing.T) {
-	allow := true
-	f := newFixture(t, testbroker.Options{Allow: func(string) bool { return allow }})
+	var allow atomic.Bool
+	allow.Store(true)
+	f := newFixture(t, cloudOptions{Allow: func(string) bool { return allow.Load() }})
 	old := f.provisioned()
-	allow = false
-	f.b.SetCert(old.CertificateID, "REVOKED", old.ThingName)
+	allow.Store(false)
+	f.refuse(old, registry.CertRevoked)
 
 	policy := backoff.Policy{Initial: time.Minute, Max: time.Hour}
 	ctx, cancel := ctxTimeout(t, 30*time.Second)
@@ -166,7 +193,7 @@ func TestRecoverDeniedBacksOffLongAcrossRestarts(t *testing.T) {
 		assert.GreaterOrEqual(t, d, ceiling/2, "denial %d", i)
 		assert.LessOrEqual(t, d, ceiling, "denial %d", i)
 	}
-	registers := f.b.Requests(testbroker.APIRegisterThing)
+	registers := f.registers()
 	assert.Equal(t, 1+3, registers, "one RegisterThing per attempt")
 	assert.Equal(t, 3, strings.Count(f.logs.String(), "provisioning refused; backing off"), "the denial is logged once per attempt")
 
@@ -195,10 +222,10 @@ func TestRecoverDeniedBacksOffLongAcrossRestarts(t *testing.T) {
 	require.Len(t, f.sleeps, 1)
 	assert.Greater(t, f.sleeps[0], time.Duration(0))
 	assert.LessOrEqual(t, f.sleeps[0], policy.Initial<<2)
-	assert.Equal(t, registers, f.b.Requests(testbroker.APIRegisterThing), "no request before the backoff ended")
+	assert.Equal(t, registers, f.registers(), "no request before the backoff ended")
 
 	// Re-admitted: the recovery completes.
-	allow = true
+	allow.Store(true)
 	p3 := f.provisioner()
 	p3.o.Sleep = func(ctx context.Context, d time.Duration) error { return ctx.Err() } // skip the wait
 	ctx3, _ := ctxTimeout(t, 30*time.Second)
@@ -214,7 +241,7 @@ func TestRecoverDeniedBacksOffLongAcrossRestarts(t *testing.T) {
 func TestRecoverPowerCutAtEveryStep(t *testing.T) {
 	for _, at := range []Step{StepKey, StepCertificate, StepRegistered, StepSwitched} {
 		t.Run(string(at), func(t *testing.T) {
-			f := newFixture(t, testbroker.Options{})
+			f := newFixture(t, cloudOptions{})
 			old := f.revokedAfterProvisioning()
 
 			ctx, cancel := ctxTimeout(t, 30*time.Second)
@@ -249,17 +276,17 @@ func TestRecoverPowerCutAtEveryStep(t *testing.T) {
 // A killed first provisioning that left provision.json next to a written
 // identity.json does not confuse a later recovery.
 func TestRecoverIgnoresALeftoverFirstProvisioningState(t *testing.T) {
-	f := newFixture(t, testbroker.Options{})
+	f := newFixture(t, cloudOptions{})
 	old := f.provisioned()
 	require.NoError(t, f.store().WriteJSON(store.ProvisionFile, State{Step: StepRegistered, Serial: serial, KeyFile: old.KeyFile, CertFile: old.CertFile, CertificateID: old.CertificateID, ThingName: old.ThingName}))
-	f.b.SetCert(old.CertificateID, "INACTIVE", old.ThingName)
+	f.refuse(old, registry.CertInactive)
 	f.recoverReplaces(old)
 }
 
 // A truncated provision.json does not stop a recovery: it starts over and
 // the current identity is untouched until the new one connected.
 func TestRecoverStartsOverAfterACorruptState(t *testing.T) {
-	f := newFixture(t, testbroker.Options{})
+	f := newFixture(t, cloudOptions{})
 	old := f.revokedAfterProvisioning()
 	require.NoError(t, os.WriteFile(filepath.Join(f.dir, store.ProvisionFile), []byte(`{"step":"certif`), 0o600))
 	f.recoverReplaces(old)
