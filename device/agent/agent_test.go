@@ -16,11 +16,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/config"
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/provision"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	"github.com/iot-fleet/iot-fleet/sim/core"
 )
 
 const serial = "10000000cafe0001"
@@ -45,20 +45,20 @@ func (n *notifications) list() []string {
 
 // testConfig points the agent at the test broker, with the serial in a
 // device-tree-like file.
-func testConfig(t *testing.T, b *testbroker.Broker) config.Config {
+func testConfig(t *testing.T, b *cloud) config.Config {
 	t.Helper()
 	dir := t.TempDir()
 	serialFile := filepath.Join(dir, "serial-number")
 	require.NoError(t, os.WriteFile(serialFile, []byte(serial+"\x00"), 0o444))
-	host, port, err := net.SplitHostPort(b.Addr)
+	host, port, err := net.SplitHostPort(b.Endpoint())
 	require.NoError(t, err)
 	cfgJSON := `{
 		"endpoint": "` + host + `", "port": ` + port + `,
-		"rootCAFile": "` + b.CAFile + `", "stateDir": "` + filepath.Join(dir, "state") + `",
+		"rootCAFile": "` + filepath.Join(b.dir, "root-ca.pem") + `", "stateDir": "` + filepath.Join(dir, "state") + `",
 		"logLevel": "debug",
 		"provisioning": {
-			"claimCertFile": "` + b.Claim.CertFile + `", "claimKeyFile": "` + b.Claim.KeyFile + `",
-			"templateName": "` + b.TemplateName() + `", "serialFiles": ["` + filepath.Join(dir, "missing") + `", "` + serialFile + `"],
+			"claimCertFile": "` + filepath.Join(b.dir, "claim.pem") + `", "claimKeyFile": "` + filepath.Join(b.dir, "claim.key") + `",
+			"templateName": "` + b.Names().TemplateName + `", "serialFiles": ["` + filepath.Join(dir, "missing") + `", "` + serialFile + `"],
 			"responseTimeout": "5s", "retryMin": "5ms", "retryMax": "50ms", "deniedBackoff": "1s"
 		},
 		"mqtt": {"reconnectMin": "10ms", "reconnectMax": "100ms", "connectTimeout": "5s"}
@@ -154,22 +154,22 @@ func startAgent(t *testing.T, cfg config.Config, logs *testenv.LogBuffer, n *not
 	return a, stop
 }
 
-func next(t *testing.T, ch <-chan testbroker.Received) testbroker.Received {
+func next(t *testing.T, ch <-chan core.Message) core.Message {
 	t.Helper()
 	select {
 	case m := <-ch:
 		return m
 	case <-time.After(20 * time.Second):
 		t.Fatal("no message")
-		return testbroker.Received{}
+		return core.Message{}
 	}
 }
 
 func TestFirstBootProvisionsConnectsAndServes(t *testing.T) {
-	b := testbroker.Start(t, testbroker.Options{})
+	b := startCloud(t, cloudOptions{})
 	cfg := testConfig(t, b)
-	status := b.Watch(t, "dt/fleet/+/status")
-	echoes := b.Watch(t, "dt/fleet/+/echo")
+	status := b.watch("dt/fleet/+/status")
+	echoes := b.watch("dt/fleet/+/echo")
 	logs, n := &testenv.LogBuffer{}, &notifications{}
 	feat := &echoFeature{stopped: make(chan struct{})}
 	a, stop := startAgent(t, cfg, logs, n, func(*Runtime) (Feature, error) { return feat, nil })
@@ -181,7 +181,7 @@ func TestFirstBootProvisionsConnectsAndServes(t *testing.T) {
 
 	// Claim connection first, then the device identity with the thing name.
 	var ids []string
-	for _, c := range b.Connects() {
+	for _, c := range b.log.list() {
 		if c.Accepted {
 			ids = append(ids, c.ClientID)
 		}
@@ -196,14 +196,14 @@ func TestFirstBootProvisionsConnectsAndServes(t *testing.T) {
 	assert.Equal(t, thing, s.ThingName)
 	assert.Equal(t, "test-1", s.Version)
 
-	require.NoError(t, b.Publish(protocol.CommandTopic(thing, "echo"), []byte("hello")))
+	b.Publish(protocol.CommandTopic(thing, "echo"), []byte("hello"))
 	assert.Equal(t, "hello", string(next(t, echoes).Payload))
 
 	// Broker restart: the feature's subscription is re-established and the
 	// status is published again.
-	b.Restart(t)
+	require.NoError(t, b.RestartBroker())
 	next(t, status)
-	require.NoError(t, b.Publish(protocol.CommandTopic(thing, "echo"), []byte("again")))
+	b.Publish(protocol.CommandTopic(thing, "echo"), []byte("again"))
 	assert.Equal(t, "again", string(next(t, echoes).Payload))
 
 	stop()
@@ -236,20 +236,20 @@ func TestFirstBootProvisionsConnectsAndServes(t *testing.T) {
 }
 
 func TestRestartUsesStoredIdentity(t *testing.T) {
-	b := testbroker.Start(t, testbroker.Options{})
+	b := startCloud(t, cloudOptions{})
 	cfg := testConfig(t, b)
 	n := &notifications{}
 	_, stop := startAgent(t, cfg, &testenv.LogBuffer{}, n)
 	stop()
-	before := len(b.Connects())
+	before := len(b.log.list())
 	_, stop2 := startAgent(t, cfg, &testenv.LogBuffer{}, n)
 	defer stop2()
-	conns := b.Connects()[before:]
+	conns := b.log.list()[before:]
 	require.NotEmpty(t, conns)
 	for _, c := range conns {
 		assert.Equal(t, "dev-"+serial, c.ClientID, "no claim connection after provisioning")
 	}
-	assert.Equal(t, 1, b.Requests(testbroker.APICreateCertFromCSR))
+	assert.Equal(t, 1, b.csrs())
 	s, err := store.Open(cfg.StateDir)
 	require.NoError(t, err)
 	_, found, err := s.Identity()

@@ -16,7 +16,6 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/device/config"
 	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
@@ -113,7 +112,7 @@ func waitExit(t *testing.T, errc <-chan error) error {
 func TestSupervisionLoopThatExitsFailsTheAgent(t *testing.T) {
 	for _, loop := range []string{"outbox", "connection", "jobs"} {
 		t.Run(loop, func(t *testing.T) {
-			b := testbroker.Start(t, testbroker.Options{})
+			b := startCloud(t, cloudOptions{})
 			n := listenNotify(t)
 			f := newFaults(t)
 			errc, _, stateDir := runSupervised(t, testConfig(t, b), f, n, JobsFeature(nil))
@@ -152,7 +151,7 @@ func TestSupervisionLoopThatExitsFailsTheAgent(t *testing.T) {
 func TestSupervisionHungLoopStopsTheWatchdog(t *testing.T) {
 	for _, loop := range []string{"jobs", "outbox"} {
 		t.Run(loop, func(t *testing.T) {
-			b := testbroker.Start(t, testbroker.Options{})
+			b := startCloud(t, cloudOptions{})
 			n := listenNotify(t)
 			f := newFaults(t)
 			errc, _, _ := runSupervised(t, testConfig(t, b), f, n, JobsFeature(nil))

@@ -1,0 +1,174 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/iot-fleet/iot-fleet/device/store"
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/sim/core"
+	simfaults "github.com/iot-fleet/iot-fleet/sim/faults"
+	"github.com/iot-fleet/iot-fleet/sim/registry"
+)
+
+// cloud is the local IoT Core (sim/core: MQTT over mutual TLS with the
+// stack's policies, fleet provisioning with the stack's real
+// pre-provisioning hook, serial on the allowlist) the agent talks to.
+type cloud struct {
+	*core.Core
+	t   *testing.T
+	dir string // root CA and claim files
+	// counts of the provisioning requests the cloud received
+	csrs, registers func() int
+	log             *connectLog
+}
+
+type cloudOptions struct {
+	// Allow, when set, decides before the real pre-provisioning hook:
+	// false denies the serial, true asks the real hook.
+	Allow func(serial string) bool
+}
+
+func startCloud(t *testing.T, o cloudOptions) *cloud {
+	t.Helper()
+	log := &connectLog{}
+	c, err := core.Start(context.Background(), core.Options{AllowedSerials: []string{serial}, Logger: slog.New(log)})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	if o.Allow != nil {
+		real := c.Provisioning().Hook()
+		c.SetPreProvisioningHook(func(ctx context.Context, req protocol.PreProvisioningHookRequest) (protocol.PreProvisioningHookResponse, error) {
+			if !o.Allow(req.Parameters[protocol.ParamSerialNumber]) {
+				return protocol.PreProvisioningHookResponse{AllowProvisioning: false}, nil
+			}
+			return real(ctx, req)
+		})
+	}
+	cl := &cloud{Core: c, t: t, dir: t.TempDir(), log: log}
+	claim, err := c.IssueClaimCertificate()
+	require.NoError(t, err)
+	for name, data := range map[string][]byte{"root-ca.pem": c.RootCAPEM(), "claim.pem": claim.CertPEM, "claim.key": claim.KeyPEM} {
+		require.NoError(t, os.WriteFile(filepath.Join(cl.dir, name), data, 0o600))
+	}
+	var stop func()
+	cl.csrs, stop, err = c.Count(protocol.CreateCertFromCSRTopic)
+	require.NoError(t, err)
+	t.Cleanup(stop)
+	cl.registers, stop, err = c.Count(protocol.RegisterThingTopic(c.Names().TemplateName))
+	require.NoError(t, err)
+	t.Cleanup(stop)
+	return cl
+}
+
+// watch observes, in order, what clients publish on filter.
+func (c *cloud) watch(filter string) <-chan core.Message {
+	c.t.Helper()
+	ch, stop, err := c.Watch(filter)
+	require.NoError(c.t, err)
+	c.t.Cleanup(stop)
+	return ch
+}
+
+// refuse sets the certificate to status (the broker closes its
+// connections) and, as an operator does, re-admits the serial so that the
+// stack's pre-provisioning hook lets it provision once more.
+func (c *cloud) refuse(id store.Identity, status registry.CertStatus) {
+	c.t.Helper()
+	require.NoError(c.t, c.SetCertificateStatus(id.CertificateID, status))
+	_, changed, err := c.DeviceRegistry().Readmit(context.Background(), serial, "INC-1", "test")
+	require.NoError(c.t, err)
+	require.True(c.t, changed)
+}
+
+// principalOf returns the certificate the client connected as clientID
+// uses ("" when none is connected).
+func (c *cloud) principalOf(clientID string) string {
+	for _, cl := range c.Clients() {
+		if cl.ClientID == clientID {
+			return cl.CertificateID
+		}
+	}
+	return ""
+}
+
+// dropNextAnswer makes the cloud act on the next request on topic but
+// lose its answer; the channel closes once it was dropped.
+func (c *cloud) dropNextAnswer(topic string) <-chan struct{} {
+	c.t.Helper()
+	id, err := c.Faults().Add(simfaults.Rule{Topic: protocol.Accepted(topic), Direction: simfaults.Outbound, Drop: true, Count: 1})
+	require.NoError(c.t, err)
+	fired := make(chan struct{})
+	ctx := c.t.Context()
+	go func() {
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if !slices.ContainsFunc(c.Faults().Rules(), func(r simfaults.Rule) bool { return r.ID == id }) {
+				close(fired)
+				return
+			}
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return fired
+}
+
+// connect is one CONNECT the broker accepted or refused, as its log
+// records it.
+type connect struct {
+	ClientID, CertID string
+	Accepted         bool
+}
+
+// connectLog is the core's slog handler: it keeps the broker's records of
+// accepted ("client connected") and refused ("connect refused…")
+// connections.
+type connectLog struct {
+	mu       sync.Mutex
+	connects []connect
+}
+
+func (l *connectLog) Enabled(context.Context, slog.Level) bool { return true }
+
+func (l *connectLog) Handle(_ context.Context, r slog.Record) error {
+	accepted := r.Message == "client connected"
+	if !accepted && !strings.HasPrefix(r.Message, "connect refused") {
+		return nil
+	}
+	c := connect{Accepted: accepted}
+	r.Attrs(func(a slog.Attr) bool {
+		switch a.Key {
+		case "client":
+			c.ClientID = a.Value.String()
+		case "certificate":
+			c.CertID = a.Value.String()
+		}
+		return true
+	})
+	l.mu.Lock()
+	l.connects = append(l.connects, c)
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *connectLog) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *connectLog) WithGroup(string) slog.Handler      { return l }
+
+func (l *connectLog) list() []connect {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.connects)
+}
