@@ -232,7 +232,7 @@ func classify(r *Rejection) class {
 		return transient
 	case code == protocol.ErrCodeAccessDenied || r.Resp.StatusCode == 403:
 		return denied
-	case r.API == apiRegister && (code == protocol.ErrCodeResourceNotFound ||
+	case r.API == apiRegister && (code == protocol.ErrCodeInvalidToken || code == protocol.ErrCodeResourceNotFound ||
 		(code == protocol.ErrCodeInvalidRequest && strings.Contains(strings.ToLower(r.Resp.ErrorMessage), "token"))):
 		return newCSR
 	}

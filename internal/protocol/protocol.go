@@ -106,11 +106,14 @@ type JobsErrorResponse struct {
 
 // Error codes AWS uses in ErrorResponse and JobsErrorResponse.
 const (
-	ErrCodeThrottling             = "Throttling"
-	ErrCodeInvalidRequest         = "InvalidRequest"
-	ErrCodeInvalidPayload         = "InvalidPayload"
-	ErrCodeInternalError          = "InternalError"
-	ErrCodeResourceNotFound       = "ResourceNotFound"
+	ErrCodeThrottling       = "Throttling"
+	ErrCodeInvalidRequest   = "InvalidRequest"
+	ErrCodeInvalidPayload   = "InvalidPayload"
+	ErrCodeInternalError    = "InternalError"
+	ErrCodeResourceNotFound = "ResourceNotFound"
+	// ErrCodeInvalidToken is RegisterThing's answer to a certificate
+	// ownership token it no longer accepts (expired, already used, empty).
+	ErrCodeInvalidToken           = "InvalidCertificateOwnershipToken"
 	ErrCodeInvalidTopic           = "InvalidTopic"
 	ErrCodeInvalidJSON            = "InvalidJson"
 	ErrCodeInvalidStateTransition = "InvalidStateTransition"

@@ -29,8 +29,8 @@ import (
 
 // Error codes this service answers with besides those in protocol.
 const (
-	ErrCodeInvalidCSR        = "InvalidCSR"
-	ErrCodeInvalidToken      = "InvalidCertificateOwnershipToken"
+	ErrCodeInvalidCSR = "InvalidCSR"
+
 	ErrCodeInvalidParameters = "InvalidParameters"
 )
 
@@ -229,13 +229,13 @@ func (s *Service) claimToken(tok string) (*token, *protocol.ErrorResponse) {
 	defer s.mu.Unlock()
 	t, ok := s.tokens[tok]
 	if !ok {
-		return nil, reject(http.StatusBadRequest, ErrCodeInvalidToken, "certificateOwnershipToken is invalid or was already used")
+		return nil, reject(http.StatusBadRequest, protocol.ErrCodeInvalidToken, "certificateOwnershipToken is invalid or was already used")
 	}
 	if !s.opts.Now().Before(t.expires) {
-		return nil, reject(http.StatusBadRequest, ErrCodeInvalidToken, "certificateOwnershipToken expired")
+		return nil, reject(http.StatusBadRequest, protocol.ErrCodeInvalidToken, "certificateOwnershipToken expired")
 	}
 	if t.inUse {
-		return nil, reject(http.StatusConflict, ErrCodeInvalidToken, "certificateOwnershipToken is being used by another request")
+		return nil, reject(http.StatusConflict, protocol.ErrCodeInvalidToken, "certificateOwnershipToken is being used by another request")
 	}
 	t.inUse = true
 	return t, nil

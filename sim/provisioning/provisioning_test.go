@@ -162,7 +162,7 @@ func TestProvisionByCSRCreatesThingGroupPolicyAndActivates(t *testing.T) {
 
 	// The token is single use.
 	e := rejected(t, f.call(t, protocol.RegisterThingTopic(tmplName), reg), protocol.RegisterThingTopic(tmplName))
-	assert.Equal(t, ErrCodeInvalidToken, e.ErrorCode)
+	assert.Equal(t, protocol.ErrCodeInvalidToken, e.ErrorCode)
 	assert.Equal(t, 400, e.StatusCode)
 }
 
@@ -255,7 +255,7 @@ func TestExpiredTokensAndCleanup(t *testing.T) {
 	assert.Empty(t, f.svc.CleanupExpired())
 	f.advance(2 * time.Minute)
 	e := rejected(t, f.call(t, topic, protocol.RegisterThingRequest{CertificateOwnershipToken: unclaimed.CertificateOwnershipToken, Parameters: map[string]string{protocol.ParamSerialNumber: "bbbbbbbbbbbbbbbb"}}), topic)
-	assert.Equal(t, ErrCodeInvalidToken, e.ErrorCode)
+	assert.Equal(t, protocol.ErrCodeInvalidToken, e.ErrorCode)
 	assert.Contains(t, e.ErrorMessage, "expired")
 	assert.Equal(t, []string{unclaimed.CertificateID}, f.svc.CleanupExpired())
 	_, err := f.reg.Certificate(unclaimed.CertificateID)
