@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -106,24 +105,7 @@ func (c *cloud) dropNextAnswer(topic string) <-chan struct{} {
 	c.t.Helper()
 	id, err := c.Faults().Add(simfaults.Rule{Topic: protocol.Accepted(topic), Direction: simfaults.Outbound, Drop: true, Count: 1})
 	require.NoError(c.t, err)
-	fired := make(chan struct{})
-	ctx := c.t.Context()
-	go func() {
-		tick := time.NewTicker(2 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			if !slices.ContainsFunc(c.Faults().Rules(), func(r simfaults.Rule) bool { return r.ID == id }) {
-				close(fired)
-				return
-			}
-			select {
-			case <-tick.C:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	return fired
+	return c.Faults().Gone(id)
 }
 
 // connect is one CONNECT the broker accepted or refused, as its log

@@ -102,24 +102,7 @@ func (f *fixture) dropNext(topic string, answer bool) <-chan struct{} {
 	}
 	id, err := f.b.Faults().Add(r)
 	require.NoError(f.t, err)
-	fired := make(chan struct{})
-	ctx := f.t.Context()
-	go func() {
-		tick := time.NewTicker(2 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			if !slices.ContainsFunc(f.b.Faults().Rules(), func(r faults.Rule) bool { return r.ID == id }) {
-				close(fired)
-				return
-			}
-			select {
-			case <-tick.C:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	return fired
+	return f.b.Faults().Gone(id)
 }
 
 func (f *fixture) registerTopic() string {

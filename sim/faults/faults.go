@@ -56,6 +56,7 @@ type Set struct {
 	throttle  int
 	refuseCSR int
 	rejects   []*Rejection
+	gone      map[string]chan struct{} // closed when the rule of that id is gone (Gone)
 }
 
 // New returns an empty fault set.
@@ -81,7 +82,33 @@ func (s *Set) Add(r Rule) (string, error) {
 	r.ID = "fault-" + strconv.Itoa(s.nextID)
 	r.Remaining = r.Count
 	s.rules = append(s.rules, &r)
+	if s.gone == nil {
+		s.gone = map[string]chan struct{}{}
+	}
+	s.gone[r.ID] = make(chan struct{})
 	return r.ID, nil
+}
+
+// Gone returns a channel closed once the rule id is gone: a counted rule
+// used up by Match, or one removed by Remove or Clear. An unknown id's
+// channel is closed already.
+func (s *Set) Gone(id string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ch, ok := s.gone[id]; ok {
+		return ch
+	}
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}
+
+// forget closes the Gone channel of id; s.mu is held.
+func (s *Set) forget(id string) {
+	if ch, ok := s.gone[id]; ok {
+		close(ch)
+		delete(s.gone, id)
+	}
 }
 
 // Remove deletes a rule; it reports whether it existed.
@@ -91,6 +118,7 @@ func (s *Set) Remove(id string) bool {
 	for i, r := range s.rules {
 		if r.ID == id {
 			s.rules = append(s.rules[:i], s.rules[i+1:]...)
+			s.forget(id)
 			return true
 		}
 	}
@@ -101,6 +129,9 @@ func (s *Set) Remove(id string) bool {
 func (s *Set) Clear() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for _, r := range s.rules {
+		s.forget(r.ID)
+	}
 	s.rules = nil
 	s.throttle = 0
 	s.refuseCSR = 0
@@ -135,6 +166,7 @@ func (s *Set) Match(dir Direction, clientID, topic string) (Action, bool) {
 			r.Remaining--
 			if r.Remaining <= 0 {
 				s.rules = append(s.rules[:i], s.rules[i+1:]...)
+				s.forget(r.ID)
 			}
 		}
 		return a, true

@@ -128,3 +128,46 @@ func TestRejectionsAreTakenInOrderAndCounted(t *testing.T) {
 		t.Fatal("Clear left a rejection")
 	}
 }
+
+// Gone closes once a counted rule is used up, or a rule is removed.
+func TestGone(t *testing.T) {
+	s := New()
+	once, err := s.Add(Rule{Topic: "a/#", Direction: Inbound, Drop: true, Count: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, err := s.Add(Rule{Topic: "b/#", Direction: Inbound, Drop: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	isClosed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	if isClosed(s.Gone(once)) || isClosed(s.Gone(kept)) {
+		t.Fatal("a rule not used yet is not gone")
+	}
+	if _, ok := s.Match(Inbound, "c", "a/x"); !ok {
+		t.Fatal("the rule matches")
+	}
+	if !isClosed(s.Gone(once)) {
+		t.Fatal("a counted rule used up is gone")
+	}
+	if _, ok := s.Match(Inbound, "c", "b/x"); !ok || isClosed(s.Gone(kept)) {
+		t.Fatal("an unlimited rule stays")
+	}
+	s.Remove(kept)
+	if !isClosed(s.Gone(kept)) {
+		t.Fatal("a removed rule is gone")
+	}
+	third, _ := s.Add(Rule{Topic: "c/#", Direction: Outbound, Drop: true})
+	ch := s.Gone(third)
+	s.Clear()
+	if !isClosed(ch) || !isClosed(s.Gone("fault-unknown")) {
+		t.Fatal("Clear closes every Gone channel; an unknown id is gone")
+	}
+}
