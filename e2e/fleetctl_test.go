@@ -21,6 +21,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/e2e/harness"
 	"github.com/iot-fleet/iot-fleet/internal/fleetctl"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
 
 // fleetctl end to end: the operator's tool, run in-process exactly as the
@@ -352,24 +353,6 @@ func startProcess(t *testing.T, cmd *exec.Cmd) {
 	})
 }
 
-// lockedBuffer is a bytes.Buffer safe for a process's output.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestFleetctlAgainstFleetSimServe runs fleetctl --local DIR as an
 // operator would against `fleet-sim serve --dir DIR` (its outputs.json and
 // one AWS endpoint), with a fleet-agent process started from DIR/agent.json.
@@ -385,7 +368,7 @@ func TestFleetctlAgainstFleetSimServe(t *testing.T) {
 	require.NoError(t, err, string(out))
 	dir, allow := filepath.Join(tmp, "sim"), filepath.Join(tmp, "allowlist.txt")
 	require.NoError(t, os.WriteFile(allow, []byte(allowlistOf(serialA, serialB)), 0o644))
-	simErr := &lockedBuffer{}
+	simErr := &testenv.LogBuffer{}
 	sim := exec.Command(bin, "serve", "--dir", dir, "--allowlist", allow, "--alpn-listen", "off", "--log-level", "warn")
 	sim.Stderr = simErr
 	startProcess(t, sim)
@@ -394,7 +377,7 @@ func TestFleetctlAgainstFleetSimServe(t *testing.T) {
 		return err == nil
 	}), simErr.String())
 
-	agentErr := &lockedBuffer{}
+	agentErr := &testenv.LogBuffer{}
 	agent := exec.Command(agentBin, "run", "--config", filepath.Join(dir, "agent.json"), "--state-dir", filepath.Join(tmp, "agent"), "--serial", serialA)
 	agent.Stdout, agent.Stderr = agentErr, agentErr
 	startProcess(t, agent)

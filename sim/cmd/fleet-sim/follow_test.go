@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -32,25 +31,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
-
-// syncBuffer is a goroutine-safe buffer for the process's stderr.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // simProcess is a running fleet-sim serve.
 type simProcess struct {
@@ -59,7 +41,7 @@ type simProcess struct {
 	rootPEM             []byte
 	endpoint            string
 	cmd                 *exec.Cmd
-	stderr              *syncBuffer
+	stderr              *testenv.LogBuffer
 }
 
 func startSim(t *testing.T, ctx context.Context, allowlist string) *simProcess {
@@ -68,7 +50,7 @@ func startSim(t *testing.T, ctx context.Context, allowlist string) *simProcess {
 	bin := filepath.Join(tmp, "fleet-sim")
 	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
 	require.NoError(t, err, string(out))
-	p := &simProcess{dir: filepath.Join(tmp, "sim"), allowlist: filepath.Join(tmp, "allowlist.txt"), stderr: &syncBuffer{}}
+	p := &simProcess{dir: filepath.Join(tmp, "sim"), allowlist: filepath.Join(tmp, "allowlist.txt"), stderr: &testenv.LogBuffer{}}
 	require.NoError(t, os.WriteFile(p.allowlist, []byte(allowlist), 0o644))
 	p.cmd = exec.CommandContext(ctx, bin, "serve", "--dir", p.dir, "--allowlist", p.allowlist, "--alpn-listen", "off")
 	p.cmd.Stderr = p.stderr
