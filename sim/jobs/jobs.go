@@ -232,6 +232,10 @@ type Service struct {
 	pubMu sync.Mutex // keeps notifications in the order they were decided
 
 	presign Presigner // under mu
+
+	obsMu     sync.Mutex // held while observers run, so they see answers in order
+	observers map[int]func(Answer)
+	obsSeq    int
 }
 
 // New creates the service and subscribes it to registry group changes
@@ -973,6 +977,8 @@ func validStepTimeout(m int64) bool {
 }
 
 func (s *Service) startNext(thing, topic string, req protocol.StartNextRequest, reply Reply, rejectTo func(string, string, string, *protocol.JobExecutionState)) {
+	asked := Answer{Thing: thing, Op: "start-next", Status: protocol.JobInProgress, StatusDetails: req.StatusDetails}
+	rejectTo = observedRejection(s, asked, rejectTo)
 	if err := ValidateStatusDetails(req.StatusDetails); err != nil {
 		rejectTo(protocol.ErrCodeInvalidRequest, err.Error(), req.ClientToken, nil)
 		return
@@ -1004,8 +1010,13 @@ func (s *Service) startNext(thing, topic string, req protocol.StartNextRequest, 
 		resp.Execution = e.wire(s.deviceDoc(e.job))
 		msgs = s.notifications(thing, before)
 		s.signal()
+		asked.JobID, asked.Version = e.job.id, e.version
 	}
-	s.unlockReplyAndPublish(func() { reply(protocol.Accepted(topic), nextJSON(resp)) }, msgs)
+	asked.Accepted = true
+	s.unlockReplyAndPublish(func() {
+		s.observe(asked)
+		reply(protocol.Accepted(topic), nextJSON(resp))
+	}, msgs)
 }
 
 func (s *Service) describe(thing, jobID, topic string, req DescribeRequest, reply Reply, rejectTo func(string, string, string, *protocol.JobExecutionState)) {
@@ -1038,6 +1049,8 @@ func (s *Service) describe(thing, jobID, topic string, req DescribeRequest, repl
 }
 
 func (s *Service) update(thing, jobID, topic string, req protocol.UpdateJobRequest, reply Reply, rejectTo func(string, string, string, *protocol.JobExecutionState)) {
+	asked := Answer{Thing: thing, JobID: jobID, Op: "update", Status: req.Status, StatusDetails: req.StatusDetails, ExpectedVersion: req.ExpectedVersion}
+	rejectTo = observedRejection(s, asked, rejectTo)
 	switch req.Status {
 	case protocol.JobInProgress, protocol.JobSucceeded, protocol.JobFailed, protocol.JobRejected:
 	case "":
@@ -1110,7 +1123,11 @@ func (s *Service) update(thing, jobID, topic string, req protocol.UpdateJobReque
 		msgs = append(msgs, s.checkAbort(j)...)
 	}
 	s.signal()
-	s.unlockReplyAndPublish(func() { reply(protocol.Accepted(topic), updateAcceptedJSON(resp)) }, msgs)
+	asked.Accepted, asked.Version = true, e.version
+	s.unlockReplyAndPublish(func() {
+		s.observe(asked)
+		reply(protocol.Accepted(topic), updateAcceptedJSON(resp))
+	}, msgs)
 }
 
 func mustJSON(v any) []byte {
