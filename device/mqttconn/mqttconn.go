@@ -28,6 +28,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/iot-fleet/iot-fleet/device/backoff"
+	"github.com/iot-fleet/iot-fleet/internal/mqtttopic"
 )
 
 // ALPNProtocol is the ALPN protocol name AWS IoT Core expects for MQTT with
@@ -562,7 +563,7 @@ func (c *Client) dispatch(ctx context.Context) {
 		c.mu.Lock()
 		var hs []Handler
 		for _, s := range c.subs {
-			if Match(s.filter, m.topic) {
+			if mqtttopic.Match(s.filter, m.topic) {
 				hs = append(hs, s.handler)
 			}
 		}

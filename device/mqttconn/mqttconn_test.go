@@ -21,28 +21,6 @@ import (
 	"github.com/iot-fleet/iot-fleet/sim/core"
 )
 
-func TestMatch(t *testing.T) {
-	cases := []struct {
-		filter, topic string
-		want          bool
-	}{
-		{"a/b", "a/b", true},
-		{"a/+", "a/b", true},
-		{"a/+", "a/b/c", false},
-		{"a/#", "a/b/c", true},
-		{"a/#", "a", true},
-		{"#", "a/b", true},
-		{"#", "$aws/x", false},
-		{"+/x", "$aws/x", false},
-		{"$aws/things/t/jobs/+/update/accepted", "$aws/things/t/jobs/j1/update/accepted", true},
-		{"$aws/things/t/jobs/+/update/accepted", "$aws/things/t/jobs/j1/update/rejected", false},
-		{"a/b/c", "a/b", false},
-	}
-	for _, c := range cases {
-		assert.Equal(t, c.want, Match(c.filter, c.topic), "%s vs %s", c.filter, c.topic)
-	}
-}
-
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/iot-fleet/iot-fleet/internal/mqtttopic"
 	"github.com/iot-fleet/iot-fleet/sim/ca"
 	"github.com/iot-fleet/iot-fleet/sim/faults"
 	"github.com/iot-fleet/iot-fleet/sim/iotpolicy"
@@ -472,7 +473,7 @@ func (b *Broker) Reply(clientID, topic string, payload []byte, needSubscription 
 	}
 	qos, subscribed := byte(0), false
 	for filter, sub := range cl.State.Subscriptions.GetAll() {
-		if faults.MatchFilter(filter, topic) {
+		if mqtttopic.Match(filter, topic) {
 			subscribed = true
 			qos = max(qos, sub.Qos)
 		}
@@ -823,7 +824,7 @@ func (h *hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	qos := byte(0)
 	if pk.FixedHeader.Qos > 0 {
 		for filter, sub := range cl.State.Subscriptions.GetAll() {
-			if faults.MatchFilter(filter, pk.TopicName) {
+			if mqtttopic.Match(filter, pk.TopicName) {
 				qos = max(qos, min(sub.Qos, 1))
 			}
 		}

@@ -8,9 +8,9 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/iot-fleet/iot-fleet/internal/mqtttopic"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/sim/broker"
-	"github.com/iot-fleet/iot-fleet/sim/faults"
 )
 
 // Message is a message a client published, as a watcher sees it.
@@ -78,7 +78,7 @@ func (w *watcher) pump() {
 // stop ends the watch and closes the channel; no message is dropped
 // while the watch lasts.
 func (c *Core) Watch(filter string) (msgs <-chan Message, stop func(), err error) {
-	if err := faults.ValidateFilter(filter); err != nil {
+	if err := mqtttopic.ValidateFilter(filter); err != nil {
 		return nil, nil, fmt.Errorf("core: watch: %w", err)
 	}
 	w := &watcher{filter: filter, out: make(chan Message)}
@@ -110,7 +110,7 @@ func (c *Core) Watch(filter string) (msgs <-chan Message, stop func(), err error
 // on it (before an API request is answered), so count is exact as soon as
 // the publisher has its answer. stop ends the count.
 func (c *Core) Count(filter string) (count func() int, stop func(), err error) {
-	if err := faults.ValidateFilter(filter); err != nil {
+	if err := mqtttopic.ValidateFilter(filter); err != nil {
 		return nil, nil, fmt.Errorf("core: count: %w", err)
 	}
 	w := &watcher{filter: filter, count: &atomic.Int64{}}
@@ -148,7 +148,7 @@ func (ws *watchers) notify(r broker.Request) {
 	ws.mu.RLock()
 	defer ws.mu.RUnlock()
 	for _, w := range ws.list {
-		if faults.MatchFilter(w.filter, r.Topic) {
+		if mqtttopic.Match(w.filter, r.Topic) {
 			w.push(Message{Topic: r.Topic, ClientID: r.ClientID, Payload: slices.Clone(r.Payload)})
 		}
 	}
@@ -157,7 +157,7 @@ func (ws *watchers) notify(r broker.Request) {
 func (ws *watchers) match(topic string) bool {
 	ws.mu.RLock()
 	defer ws.mu.RUnlock()
-	return slices.ContainsFunc(ws.list, func(w *watcher) bool { return faults.MatchFilter(w.filter, topic) })
+	return slices.ContainsFunc(ws.list, func(w *watcher) bool { return mqtttopic.Match(w.filter, topic) })
 }
 
 // withWatchers shows every routed message to the watchers before its

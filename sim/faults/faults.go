@@ -8,9 +8,10 @@ package faults
 import (
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/iot-fleet/iot-fleet/internal/mqtttopic"
 )
 
 // Direction of a message relative to the broker.
@@ -67,7 +68,7 @@ func (s *Set) Add(r Rule) (string, error) {
 	if r.Direction != Inbound && r.Direction != Outbound {
 		return "", fmt.Errorf("fault rule: direction %q, want %q or %q", r.Direction, Inbound, Outbound)
 	}
-	if err := ValidateFilter(r.Topic); err != nil {
+	if err := mqtttopic.ValidateFilter(r.Topic); err != nil {
 		return "", fmt.Errorf("fault rule: topic: %w", err)
 	}
 	if !r.Drop && r.Delay <= 0 {
@@ -155,7 +156,7 @@ func (s *Set) Match(dir Direction, clientID, topic string) (Action, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, r := range s.rules {
-		if r.Direction != dir || (r.ClientID != "" && r.ClientID != clientID) || !MatchFilter(r.Topic, topic) {
+		if r.Direction != dir || (r.ClientID != "" && r.ClientID != clientID) || !mqtttopic.Match(r.Topic, topic) {
 			continue
 		}
 		a := Action{Drop: r.Drop, Delay: r.Delay, RuleID: r.ID}
@@ -236,7 +237,7 @@ type Rejection struct {
 // RejectRequests installs a rejection; rejections are taken in the order
 // they were installed.
 func (s *Set) RejectRequests(r Rejection) error {
-	if err := ValidateFilter(r.Topic); err != nil {
+	if err := mqtttopic.ValidateFilter(r.Topic); err != nil {
 		return fmt.Errorf("fault rejection: topic: %w", err)
 	}
 	if r.Count < 1 {
@@ -257,7 +258,7 @@ func (s *Set) TakeRejection(topic string) (Rejection, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, r := range s.rejects {
-		if !MatchFilter(r.Topic, topic) {
+		if !mqtttopic.Match(r.Topic, topic) {
 			continue
 		}
 		out := *r
@@ -269,43 +270,4 @@ func (s *Set) TakeRejection(topic string) (Rejection, bool) {
 		return out, true
 	}
 	return Rejection{}, false
-}
-
-// ValidateFilter checks an MQTT topic filter.
-func ValidateFilter(f string) error {
-	if f == "" {
-		return fmt.Errorf("empty topic filter")
-	}
-	levels := strings.Split(f, "/")
-	for i, l := range levels {
-		if strings.Contains(l, "#") && (l != "#" || i != len(levels)-1) {
-			return fmt.Errorf("filter %q: # must be a whole last level", f)
-		}
-		if strings.Contains(l, "+") && l != "+" {
-			return fmt.Errorf("filter %q: + must be a whole level", f)
-		}
-	}
-	return nil
-}
-
-// MatchFilter reports whether topic matches the MQTT filter.
-func MatchFilter(filter, topic string) bool {
-	fl := strings.Split(filter, "/")
-	tl := strings.Split(topic, "/")
-	// [MQTT-4.7.2-1]: wildcards at the first level do not match $ topics.
-	if len(topic) > 0 && topic[0] == '$' && len(fl) > 0 && (fl[0] == "+" || fl[0] == "#") {
-		return false
-	}
-	for i, f := range fl {
-		if f == "#" {
-			return true
-		}
-		if i >= len(tl) {
-			return false
-		}
-		if f != "+" && f != tl[i] {
-			return false
-		}
-	}
-	return len(fl) == len(tl)
 }

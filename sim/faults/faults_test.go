@@ -9,32 +9,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestMatchFilter(t *testing.T) {
-	cases := []struct {
-		filter, topic string
-		want          bool
-	}{
-		{"a/b", "a/b", true},
-		{"a/+", "a/b", true},
-		{"a/+", "a/b/c", false},
-		{"a/#", "a", true},
-		{"a/#", "a/b/c", true},
-		{"#", "a/b", true},
-		{"#", "$aws/things/x", false},
-		{"+/things/x", "$aws/things/x", false},
-		{"$aws/things/+/jobs/#", "$aws/things/dev-a/jobs/j1/update", true},
-		{"$aws/things/+/jobs/+/update", "$aws/things/dev-a/jobs/j1/update/accepted", false},
-		{"a/b", "a/c", false},
-	}
-	for _, tc := range cases {
-		assert.Equal(t, tc.want, MatchFilter(tc.filter, tc.topic), "%s ~ %s", tc.filter, tc.topic)
-	}
-	require.Error(t, ValidateFilter("a/#/b"))
-	require.Error(t, ValidateFilter("a/b+"))
-	require.Error(t, ValidateFilter(""))
-	require.NoError(t, ValidateFilter("a/+/#"))
-}
-
 func TestRulesCountAndClientScope(t *testing.T) {
 	s := New()
 	_, err := s.Add(Rule{Topic: "a/#", Direction: "sideways", Drop: true})

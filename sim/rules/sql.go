@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/iot-fleet/iot-fleet/sim/faults"
+	"github.com/iot-fleet/iot-fleet/internal/mqtttopic"
 )
 
 // Message is one message a client published, as the rules engine sees it.
@@ -80,7 +80,7 @@ func Parse(sql string) (*Statement, error) {
 	if tail := strings.TrimSpace(rest[2+end:]); tail != "" {
 		return nil, fmt.Errorf("rule sql: %q after the topic filter is not supported by the simulator", tail)
 	}
-	if err := faults.ValidateFilter(filter); err != nil {
+	if err := mqtttopic.ValidateFilter(filter); err != nil {
 		return nil, fmt.Errorf("rule sql: FROM: %w", err)
 	}
 	st := &Statement{Filter: filter}
@@ -157,7 +157,7 @@ func parseItem(s string) (item, error) {
 }
 
 // Matches reports whether topic matches the statement's FROM filter.
-func (st *Statement) Matches(topic string) bool { return faults.MatchFilter(st.Filter, topic) }
+func (st *Statement) Matches(topic string) bool { return mqtttopic.Match(st.Filter, topic) }
 
 // Project evaluates the SELECT list over msg and returns the JSON object
 // the rule's action receives. As in AWS IoT, an undefined value (a field
