@@ -2,11 +2,9 @@ package agent
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 
@@ -14,6 +12,7 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/sim/broker"
 	"github.com/iot-fleet/iot-fleet/sim/core"
 	simfaults "github.com/iot-fleet/iot-fleet/sim/faults"
 	"github.com/iot-fleet/iot-fleet/sim/registry"
@@ -40,9 +39,10 @@ type cloudOptions struct {
 func startCloud(t *testing.T, o cloudOptions) *cloud {
 	t.Helper()
 	log := &connectLog{}
-	c, err := core.Start(context.Background(), core.Options{AllowedSerials: []string{serial}, Logger: slog.New(log)})
+	c, err := core.Start(context.Background(), core.Options{AllowedSerials: []string{serial}})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
+	t.Cleanup(c.ObserveConnects(log.add))
 	if o.Allow != nil {
 		real := c.Provisioning().Hook()
 		c.SetPreProvisioningHook(func(ctx context.Context, req protocol.PreProvisioningHookRequest) (protocol.PreProvisioningHookResponse, error) {
@@ -108,48 +108,20 @@ func (c *cloud) dropNextAnswer(topic string) <-chan struct{} {
 	return c.Faults().Gone(id)
 }
 
-// connect is one CONNECT the broker accepted or refused, as its log
-// records it.
-type connect struct {
-	ClientID, CertID string
-	Accepted         bool
-}
-
-// connectLog is the core's slog handler: it keeps the broker's records of
-// accepted ("client connected") and refused ("connect refused…")
-// connections.
+// connectLog keeps, in order, the CONNECTs the local IoT Core's broker
+// accepted or refused (core.ObserveConnects).
 type connectLog struct {
 	mu       sync.Mutex
-	connects []connect
+	connects []broker.ConnectAttempt
 }
 
-func (l *connectLog) Enabled(context.Context, slog.Level) bool { return true }
-
-func (l *connectLog) Handle(_ context.Context, r slog.Record) error {
-	accepted := r.Message == "client connected"
-	if !accepted && !strings.HasPrefix(r.Message, "connect refused") {
-		return nil
-	}
-	c := connect{Accepted: accepted}
-	r.Attrs(func(a slog.Attr) bool {
-		switch a.Key {
-		case "client":
-			c.ClientID = a.Value.String()
-		case "certificate":
-			c.CertID = a.Value.String()
-		}
-		return true
-	})
+func (l *connectLog) add(a broker.ConnectAttempt) {
 	l.mu.Lock()
-	l.connects = append(l.connects, c)
-	l.mu.Unlock()
-	return nil
+	defer l.mu.Unlock()
+	l.connects = append(l.connects, a)
 }
 
-func (l *connectLog) WithAttrs([]slog.Attr) slog.Handler { return l }
-func (l *connectLog) WithGroup(string) slog.Handler      { return l }
-
-func (l *connectLog) list() []connect {
+func (l *connectLog) list() []broker.ConnectAttempt {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return slices.Clone(l.connects)

@@ -45,7 +45,7 @@ func exists(t *testing.T, cfg config.Config, rel string) bool {
 func refusedConnects(b *cloud, certID string) int {
 	n := 0
 	for _, c := range b.log.list() {
-		if c.CertID == certID && !c.Accepted {
+		if c.CertificateID == certID && !c.Accepted {
 			n++
 		}
 	}

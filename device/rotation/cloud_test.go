@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,8 +21,8 @@ import (
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
-	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/lambdas/certscan"
+	"github.com/iot-fleet/iot-fleet/sim/broker"
 	"github.com/iot-fleet/iot-fleet/sim/core"
 	"github.com/iot-fleet/iot-fleet/sim/faults"
 	simregistry "github.com/iot-fleet/iot-fleet/sim/registry"
@@ -44,7 +43,6 @@ type cloud struct {
 	t     *testing.T
 	ctx   context.Context
 	s     *stack.Stack
-	logs  *testenv.LogBuffer // the local IoT Core's log (JSON, debug)
 	claim core.Credentials
 	dir   string // root CA and claim files
 
@@ -55,18 +53,27 @@ type cloud struct {
 	// UpdateCertificate of it.
 	mu             sync.Mutex
 	statusAtUpdate map[string][]string
+	// attempts are the device's CONNECTs, in order (under mu).
+	attempts []connect
 }
 
 func newCloud(t *testing.T) *cloud {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	c := &cloud{t: t, ctx: ctx, logs: &testenv.LogBuffer{}, dir: t.TempDir(), statusAtUpdate: map[string][]string{}}
-	log := slog.New(slog.NewJSONHandler(c.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	s, err := stack.Start(ctx, stack.Options{Logger: log, Core: core.Options{Logger: log}})
+	c := &cloud{t: t, ctx: ctx, dir: t.TempDir(), statusAtUpdate: map[string][]string{}}
+	s, err := stack.Start(ctx, stack.Options{})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
 	c.s = s
+	t.Cleanup(s.Core.ObserveConnects(func(a broker.ConnectAttempt) {
+		if a.ClientID != thing {
+			return
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.attempts = append(c.attempts, connect{CertID: a.CertificateID, Accepted: a.Accepted})
+	}))
 	_, err = s.DeployAllowlist(ctx, []byte(serial+"\n"))
 	require.NoError(t, err)
 	c.claim, err = s.Core.IssueClaimCertificate()
@@ -156,23 +163,13 @@ func (c *cloud) principals() []string {
 	return th.Principals
 }
 
-// connects returns the device's connection attempts from the local IoT
-// Core's log: the certificate of each, and whether it was accepted.
+// connects returns the device's connection attempts, as the local IoT
+// Core's broker decided them: the certificate of each, and whether it was
+// accepted.
 func (c *cloud) connects() []connect {
-	var out []connect
-	for _, l := range c.logs.JSONLines(c.t) {
-		if l["client"] != thing {
-			continue
-		}
-		cert, _ := l["certificate"].(string)
-		switch msg, _ := l["msg"].(string); {
-		case msg == "client connected":
-			out = append(out, connect{CertID: cert, Accepted: true})
-		case strings.HasPrefix(msg, "connect refused"):
-			out = append(out, connect{CertID: cert})
-		}
-	}
-	return out
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.attempts)
 }
 
 type connect struct {

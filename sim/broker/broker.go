@@ -150,6 +150,8 @@ type Broker struct {
 	queueFull    atomic.Int64
 	inflightFull atomic.Int64
 	qos0Dropped  atomic.Int64
+
+	connects connectObservers
 }
 
 // Stats counts the messages the broker dropped at a connection's limits.
@@ -650,28 +652,23 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	b := h.b
 	tc, ok := cl.Net.Conn.(*tls.Conn)
 	if !ok {
-		b.log.Info("connect refused: not a TLS connection", "client", cl.ID)
-		return fmt.Errorf("%w: not a TLS connection", ErrConnectRefused)
+		return h.refuse(cl, "", "connect refused: not a TLS connection", "not a TLS connection")
 	}
 	st := tc.ConnectionState()
 	if len(st.PeerCertificates) == 0 {
-		b.log.Info("connect refused: no client certificate", "client", cl.ID)
-		return fmt.Errorf("%w: no client certificate", ErrConnectRefused)
+		return h.refuse(cl, "", "connect refused: no client certificate", "no client certificate")
 	}
 	certID := ca.CertificateID(st.PeerCertificates[0].Raw)
 	info, err := b.opts.Registry.Auth(certID, cl.ID)
 	if err != nil {
-		b.log.Info("connect refused: unknown certificate", "client", cl.ID, "certificate", certID)
-		return fmt.Errorf("%w: unknown certificate %s", ErrConnectRefused, certID)
+		return h.refuse(cl, certID, "connect refused: unknown certificate", "unknown certificate "+certID)
 	}
 	if info.Status != registry.CertActive {
-		b.log.Info("connect refused: certificate not active", "client", cl.ID, "certificate", certID, "status", info.Status)
-		return fmt.Errorf("%w: certificate %s is %s", ErrConnectRefused, certID, info.Status)
+		return h.refuse(cl, certID, "connect refused: certificate not active", fmt.Sprintf("certificate %s is %s", certID, info.Status), "status", info.Status)
 	}
 	ctx := iotpolicy.Context{ClientID: cl.ID, ThingName: info.ThingName, ThingAttributes: info.ThingAttributes}
 	if d := iotpolicy.Evaluate(info.Policies, iotpolicy.ActionConnect, b.opts.ARN("client", cl.ID), ctx); d != iotpolicy.Allowed {
-		b.log.Info("connect refused by policy", "client", cl.ID, "certificate", certID, "decision", d.String())
-		return fmt.Errorf("%w: iot:Connect %s", ErrConnectRefused, d)
+		return h.refuse(cl, certID, "connect refused by policy", fmt.Sprintf("iot:Connect %s", d), "decision", d.String())
 	}
 	s := &session{
 		clientID: cl.ID, certID: certID, thingName: info.ThingName, attrs: info.ThingAttributes,
@@ -682,7 +679,21 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	b.writers.Add(1)
 	go b.writeLoop(cl, s)
 	b.log.Debug("client connected", "client", cl.ID, "certificate", certID, "thing", info.ThingName)
+	b.connects.notify(ConnectAttempt{ClientID: cl.ID, CertificateID: certID, ThingName: info.ThingName, Accepted: true})
 	return nil
+}
+
+// refuse logs a refused CONNECT (msg and attrs, the messages
+// docs/protocol.md lists), reports it to the ObserveConnects callbacks and
+// returns the error that ends the connection.
+func (h *hook) refuse(cl *mqtt.Client, certID, msg, reason string, attrs ...any) error {
+	args := []any{"client", cl.ID}
+	if certID != "" {
+		args = append(args, "certificate", certID)
+	}
+	h.b.log.Info(msg, append(args, attrs...)...)
+	h.b.connects.notify(ConnectAttempt{ClientID: cl.ID, CertificateID: certID, Reason: reason})
+	return fmt.Errorf("%w: %s", ErrConnectRefused, reason)
 }
 
 // OnConnectAuthenticate admits the connections OnConnect accepted (it

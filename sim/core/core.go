@@ -492,6 +492,12 @@ func (c *Core) Clients() []broker.ClientInfo { return c.broker.Clients() }
 // DisconnectClient drops a client's connection (fault injection).
 func (c *Core) DisconnectClient(clientID string) bool { return c.broker.DisconnectClient(clientID) }
 
+// ObserveConnects calls fn with every CONNECT the broker accepts or
+// refuses, in order (see broker.ObserveConnects).
+func (c *Core) ObserveConnects(fn func(broker.ConnectAttempt)) (stop func()) {
+	return c.broker.ObserveConnects(fn)
+}
+
 // RestartBroker stops the broker and starts it again on the same port;
 // registries, jobs and certificates survive, MQTT sessions do not.
 func (c *Core) RestartBroker() error { return c.broker.Restart() }

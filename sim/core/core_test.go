@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -200,6 +201,14 @@ func TestCrossDeviceAccessIsDenied(t *testing.T) {
 func TestRevokedCertificateIsDisconnectedAndRefused(t *testing.T) {
 	logs := &testenv.LogBuffer{}
 	c := startCore(t, Options{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	var mu sync.Mutex
+	var attempts []broker.ConnectAttempt
+	stop := c.ObserveConnects(func(a broker.ConnectAttempt) {
+		mu.Lock()
+		defer mu.Unlock()
+		attempts = append(attempts, a)
+	})
+	defer stop()
 	thing, creds, err := c.RegisterDevice(allowedSerial)
 	require.NoError(t, err)
 	dev := mustConnect(t, c, creds, thing)
@@ -215,6 +224,14 @@ func TestRevokedCertificateIsDisconnectedAndRefused(t *testing.T) {
 	assert.Equal(t, 2, logs.CountJSON("connect refused: certificate not active",
 		map[string]string{"client": thing, "certificate": creds.CertificateID, "status": string(registry.CertRevoked)}))
 	require.Error(t, c.SetCertificateStatus(creds.CertificateID, registry.CertActive), "revocation is final")
+	mu.Lock()
+	assert.Equal(t, []broker.ConnectAttempt{
+		{ClientID: thing, CertificateID: creds.CertificateID, ThingName: thing, Accepted: true},
+		{ClientID: thing, CertificateID: creds.CertificateID, Reason: "certificate " + creds.CertificateID + " is REVOKED"},
+		{ClientID: thing, CertificateID: creds.CertificateID, Reason: "certificate " + creds.CertificateID + " is REVOKED"},
+	}, attempts, "the observer sees each CONNECT, accepted or refused, with the reason")
+	mu.Unlock()
+	stop()
 
 	thing2, creds2, err := c.RegisterDevice("10000000a1b2c3d5")
 	require.NoError(t, err)
