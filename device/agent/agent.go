@@ -278,7 +278,12 @@ func (a *Agent) run(ctx context.Context, st *store.Store, sup *Supervisor, notif
 	switch {
 	case !found:
 		a.setPhase(PhaseProvisioning)
-		if id, err = a.provision(ctx, st, rootCA); err != nil {
+		err := sup.RunPhase(ctx, "provisioning", func(ctx context.Context, l *Loop) error {
+			var err error
+			id, err = a.provision(ctx, st, rootCA, l)
+			return err
+		})
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -288,8 +293,15 @@ func (a *Agent) run(ctx context.Context, st *store.Store, sup *Supervisor, notif
 		// A recovery was under way when the agent stopped: resume it
 		// (it tries the current certificate first).
 		a.setPhase(PhaseRecovering)
-		got, err := a.recover(ctx, st, rootCA, id)
+		var got store.Identity
+		err := sup.RunPhase(ctx, "recovery", func(ctx context.Context, l *Loop) error {
+			var err error
+			got, err = a.recover(ctx, st, rootCA, id, l)
+			return err
+		})
 		switch {
+		case sup.Err() != nil:
+			return sup.Err()
 		case ctx.Err() != nil:
 			return nil
 		case err != nil:
@@ -407,8 +419,8 @@ func (a *Agent) run(ctx context.Context, st *store.Store, sup *Supervisor, notif
 // serve keeps the connection up until ctx is done. When the broker keeps
 // refusing the device certificate it stops the connection, recovers the
 // identity (provision.Recover) and connects again with it. l is the
-// connection's loop: conn.Run beats it; a recovery suspends it (it is
-// supervised by its own retries, like first-boot provisioning).
+// connection's loop: conn.Run beats it, and a recovery announces each of
+// its bounded waits on it.
 func (a *Agent) serve(ctx context.Context, st *store.Store, rootCA []byte, conn *mqttconn.Client, det *refusalDetector, id store.Identity, log *slog.Logger, l *Loop) error {
 	for {
 		connCtx, stop := context.WithCancel(ctx)
@@ -431,8 +443,7 @@ func (a *Agent) serve(ctx context.Context, st *store.Store, rootCA []byte, conn 
 		}
 		log.Warn("the broker keeps refusing the device certificate; checking it and recovering the identity by claim")
 		a.setPhase(PhaseRecovering)
-		l.Suspend("recovering the identity by claim")
-		got, err := a.recover(ctx, st, rootCA, id)
+		got, err := a.recover(ctx, st, rootCA, id, l)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -460,8 +471,8 @@ func (a *Agent) serve(ctx context.Context, st *store.Store, rootCA []byte, conn 
 	}
 }
 
-func (a *Agent) provision(ctx context.Context, st *store.Store, rootCA []byte) (store.Identity, error) {
-	p, err := a.provisioner(st, rootCA)
+func (a *Agent) provision(ctx context.Context, st *store.Store, rootCA []byte, l *Loop) (store.Identity, error) {
+	p, err := a.provisioner(st, rootCA, l)
 	if err != nil {
 		return store.Identity{}, err
 	}
@@ -469,8 +480,8 @@ func (a *Agent) provision(ctx context.Context, st *store.Store, rootCA []byte) (
 }
 
 // recover runs provision.Recover for the identity cur.
-func (a *Agent) recover(ctx context.Context, st *store.Store, rootCA []byte, cur store.Identity) (store.Identity, error) {
-	p, err := a.provisioner(st, rootCA)
+func (a *Agent) recover(ctx context.Context, st *store.Store, rootCA []byte, cur store.Identity, l *Loop) (store.Identity, error) {
+	p, err := a.provisioner(st, rootCA, l)
 	if err != nil {
 		return store.Identity{}, err
 	}
@@ -484,7 +495,9 @@ func (a *Agent) recover(ctx context.Context, st *store.Store, rootCA []byte, cur
 	return id, nil
 }
 
-func (a *Agent) provisioner(st *store.Store, rootCA []byte) (*provision.Provisioner, error) {
+// provisioner builds the provisioner for a provisioning or recovery
+// running on loop l (it announces each of its bounded waits there).
+func (a *Agent) provisioner(st *store.Store, rootCA []byte, l *Loop) (*provision.Provisioner, error) {
 	cfg := a.o.Config
 	pc := cfg.Provisioning
 	serial, err := provision.ReadSerial(pc.Serial, pc.SerialFiles, pc.SerialPattern)
@@ -500,6 +513,7 @@ func (a *Agent) provisioner(st *store.Store, rootCA []byte) (*provision.Provisio
 		Denied:   backoff.Policy{Initial: pc.DeniedBackoffStart(), Max: pc.DeniedBackoff.D()},
 		TokenTTL: pc.TokenTTL.D(),
 		Logger:   a.log,
+		Liveness: l,
 	})
 }
 
@@ -638,7 +652,7 @@ func (a *Agent) fillRunState(rs *RunState, sup *Supervisor) {
 	}
 	rs.Loops = rs.Loops[:0]
 	for _, l := range sup.States() {
-		rs.Loops = append(rs.Loops, LoopHealth{Name: l.Name, Overdue: l.Overdue > 0, Suspended: l.Suspended})
+		rs.Loops = append(rs.Loops, LoopHealth{Name: l.Name, Overdue: l.Overdue > 0})
 	}
 }
 

@@ -56,9 +56,8 @@ type RunState struct {
 
 // LoopHealth is a loop's health as written to RunStateFile.
 type LoopHealth struct {
-	Name      string `json:"name"`
-	Overdue   bool   `json:"overdue,omitempty"`
-	Suspended string `json:"suspended,omitempty"`
+	Name    string `json:"name"`
+	Overdue bool   `json:"overdue,omitempty"`
 }
 
 // ReadRunState reads RunStateFile from st (found is false without one:

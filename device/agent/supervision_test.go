@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	simjobs "github.com/iot-fleet/iot-fleet/sim/jobs"
+	"github.com/iot-fleet/iot-fleet/sim/registry"
 	"github.com/iot-fleet/iot-fleet/sim/stack"
 )
 
@@ -251,4 +254,106 @@ func TestSupervisionLongStepIsNotAHang(t *testing.T) {
 	rs, _, err = ReadRunState(st)
 	require.NoError(t, err)
 	assert.Equal(t, PhaseStopped, rs.Phase)
+}
+
+// stuckSerial makes the serial source at path a FIFO nobody writes:
+// reading it blocks, as a stuck EEPROM or sysfs read would. The test's end
+// writes a serial into it, so the blocked read returns.
+func stuckSerial(t *testing.T, path string) {
+	t.Helper()
+	require.NoError(t, os.Remove(path))
+	require.NoError(t, syscall.Mkfifo(path, 0o600))
+	t.Cleanup(func() {
+		// O_NONBLOCK: fails at once (ENXIO) when no read is blocked.
+		f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NONBLOCK, 0)
+		if err == nil {
+			_, _ = f.WriteString(serial + "\n")
+			_ = f.Close()
+		}
+	})
+}
+
+// serialFile is testConfig's serial file (after a missing one).
+func serialFile(cfg config.Config) string { return cfg.Provisioning.SerialFiles[1] }
+
+// A hang in first-boot provisioning, which has no loop of its own, stops
+// the watchdog pings and fails the agent like a hang of any loop.
+func TestSupervisionHungProvisioningFailsTheAgent(t *testing.T) {
+	b := startCloud(t, cloudOptions{})
+	n := listenNotify(t)
+	cfg := testConfig(t, b)
+	stuckSerial(t, serialFile(cfg))
+	logs := &testenv.LogBuffer{}
+	opts := testOptions(cfg, logs, nil)
+	opts.WatchdogInterval = func() (time.Duration, error) { return 2 * time.Second, nil }
+	opts.LoopTimeout = 3 * time.Second
+	_, errc, _ := launch(t, opts)
+	n.WaitFor(t, 0, "STATUS=...UNHEALTHY", nil, func(s string) bool {
+		return strings.HasPrefix(s, "STATUS=") && strings.Contains(s, "UNHEALTHY, not beating: provisioning")
+	})
+	err := waitExit(t, errc)
+	require.ErrorIs(t, err, errHung, logs.String())
+	assert.Contains(t, err.Error(), "provisioning")
+}
+
+// A recovery after a refused certificate runs on the connection loop and
+// announces its bounded waits there: a hang in it (the serial source
+// blocks) fails the agent instead of leaving it unsupervised for good.
+func TestSupervisionHungRecoveryFailsTheAgent(t *testing.T) {
+	b := startCloud(t, cloudOptions{})
+	n := listenNotify(t)
+	cfg := testConfig(t, b)
+	errc, _, _ := runSupervised(t, cfg, newFaults(t), n)
+	old := identityOf(t, cfg)
+	stuckSerial(t, serialFile(cfg))
+	b.refuse(old, registry.CertRevoked)
+	n.WaitFor(t, 0, "STATUS=...UNHEALTHY", nil, func(s string) bool {
+		return strings.HasPrefix(s, "STATUS=") && strings.Contains(s, "UNHEALTHY, not beating: connection")
+	})
+	err := waitExit(t, errc)
+	require.ErrorIs(t, err, errHung)
+	assert.Contains(t, err.Error(), "connection")
+}
+
+// A recovery waiting out a denial backoff longer than the loop timeout
+// (the serial is not admitted yet) is not a hang: the wait is announced on
+// the connection loop, the watchdog keeps being pinged, and the recovery
+// completes once the serial is admitted.
+func TestSupervisionLongRecoveryBackoffIsNotAHang(t *testing.T) {
+	var deny atomic.Bool
+	b := startCloud(t, cloudOptions{Allow: func(string) bool { return !deny.Load() }})
+	n := listenNotify(t)
+	cfg := testConfig(t, b)
+	cfg.Provisioning.DeniedBackoff = config.Duration(8 * time.Second)
+	cfg.Provisioning.DeniedBackoffMin = config.Duration(8 * time.Second)
+	errc, stop, _ := runSupervised(t, cfg, newFaults(t), n)
+	old := identityOf(t, cfg)
+	deny.Store(true)
+	b.refuse(old, registry.CertRevoked)
+	// The first denial starts the 8s backoff (loop timeout 3s, watchdog 2s).
+	denied := n.WaitFor(t, 0, "STATUS=recovering", errc, func(s string) bool {
+		return strings.HasPrefix(s, "STATUS=") && strings.Contains(s, "recovering")
+	})
+	start := time.Now()
+	require.Eventually(t, func() bool { return time.Since(start) > 6*time.Second }, time.Minute, 100*time.Millisecond)
+	pings := 0
+	for _, s := range n.List()[denied:] {
+		assert.NotContains(t, s, "UNHEALTHY", "a denial backoff is not a hang")
+		if isPing(s) {
+			pings++
+		}
+	}
+	assert.GreaterOrEqual(t, pings, 2, "the watchdog is pinged through the backoff: %q", n.List()[denied:])
+	select {
+	case err := <-errc:
+		t.Fatalf("the agent stopped during the backoff: %v", err)
+	default:
+	}
+	deny.Store(false)
+	require.Eventually(t, func() bool {
+		id := identityOf(t, cfg)
+		return id.CertificateID != old.CertificateID && b.principalOf(id.ThingName) == id.CertificateID
+	}, time.Minute, 50*time.Millisecond, "recovered once admitted")
+	stop()
+	require.NoError(t, waitExit(t, errc))
 }

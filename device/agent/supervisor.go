@@ -47,10 +47,9 @@ type Loop struct {
 	name    string
 	timeout time.Duration
 
-	mu        sync.Mutex
-	due       time.Time // the next beat is expected before due
-	suspended string    // a phase that is not supervised, and why
-	exited    bool
+	mu     sync.Mutex
+	due    time.Time // the next beat is expected before due
+	exited bool
 }
 
 // Name is the loop's name.
@@ -63,7 +62,6 @@ func (l *Loop) Beat() {
 	}
 	l.mu.Lock()
 	l.due = time.Now().Add(l.timeout)
-	l.suspended = ""
 	l.mu.Unlock()
 }
 
@@ -71,7 +69,6 @@ func (l *Loop) Beat() {
 func (l *Loop) Busy(d time.Duration) {
 	l.mu.Lock()
 	l.due = time.Now().Add(max(d, 0) + l.timeout)
-	l.suspended = ""
 	l.mu.Unlock()
 }
 
@@ -79,22 +76,11 @@ func (l *Loop) Busy(d time.Duration) {
 // late beat is not yet a hang.
 func (l *Loop) Interval() time.Duration { return l.timeout / 3 }
 
-// Suspend takes the loop out of supervision until its next Beat or Busy,
-// for a phase that has no bound of its own and is supervised by its own
-// retries, like first-boot provisioning (the recovery of a refused
-// certificate by claim). why shows in the status.
-func (l *Loop) Suspend(why string) {
-	l.mu.Lock()
-	l.suspended = why
-	l.mu.Unlock()
-}
-
 // LoopState is a loop's health at one moment.
 type LoopState struct {
 	Name string `json:"name"`
 	// Overdue is how long the expected beat is late (0: alive).
-	Overdue   time.Duration `json:"overdue,omitempty"`
-	Suspended string        `json:"suspended,omitempty"`
+	Overdue time.Duration `json:"overdue,omitempty"`
 }
 
 // Supervisor runs and watches the agent's loops.
@@ -179,6 +165,29 @@ func (s *Supervisor) Go(ctx context.Context, l *Loop, fn func(ctx context.Contex
 	}()
 }
 
+// RunPhase runs fn, a phase of the start that has no loop of its own
+// (first-boot provisioning, resuming a recovery), as the supervised loop
+// name: fn announces each of its bounded waits on the loop (Busy), and the
+// loop leaves supervision when fn returns. If the agent fails meanwhile (a
+// hang of this or another loop), RunPhase returns that failure without
+// waiting for fn: the process exits anyway.
+func (s *Supervisor) RunPhase(ctx context.Context, name string, fn func(ctx context.Context, l *Loop) error) error {
+	l := s.Register(name)
+	defer func() {
+		l.mu.Lock()
+		l.exited = true
+		l.mu.Unlock()
+	}()
+	done := make(chan error, 1)
+	go func() { done <- fn(ctx, l) }()
+	select {
+	case err := <-done:
+		return err
+	case <-s.failed:
+		return s.Err()
+	}
+}
+
 // Wait waits up to d for the loops started with Go to return (their
 // context is done); it reports whether they all did. A hung loop is left
 // behind: the process exits anyway.
@@ -202,8 +211,8 @@ func (s *Supervisor) States() []LoopState {
 	out := make([]LoopState, 0, len(loops))
 	for _, l := range loops {
 		l.mu.Lock()
-		st := LoopState{Name: l.name, Suspended: l.suspended}
-		if l.suspended == "" && now.After(l.due) {
+		st := LoopState{Name: l.name}
+		if now.After(l.due) {
 			st.Overdue = now.Sub(l.due)
 		}
 		exited := l.exited

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"testing"
 	"time"
@@ -51,7 +52,7 @@ func TestSupervisorLoopEnds(t *testing.T) {
 	assert.NoError(t, s.Err())
 }
 
-func TestSupervisorOverdueBusySuspend(t *testing.T) {
+func TestSupervisorOverdueBusy(t *testing.T) {
 	const timeout = 50 * time.Millisecond
 	s := NewSupervisor(timeout, nil)
 	l := s.Register("l")
@@ -72,15 +73,37 @@ func TestSupervisorOverdueBusySuspend(t *testing.T) {
 	l.Busy(0)
 	require.Eventually(t, func() bool { return len(s.Overdue()) == 1 }, 10*time.Second, time.Millisecond)
 
-	// Suspend: not supervised until the next beat.
-	l.Suspend("recovering")
-	assert.Empty(t, s.Overdue())
-	assert.Equal(t, []LoopState{{Name: "l", Suspended: "recovering"}}, s.States())
-	l.Beat()
-	assert.Equal(t, []LoopState{{Name: "l"}}, s.States())
-
 	// The first failure wins.
 	s.Fail(errors.New("first"))
 	s.Fail(errors.New("second"))
 	assert.EqualError(t, s.Err(), "first")
+}
+
+func TestSupervisorRunPhase(t *testing.T) {
+	s := NewSupervisor(time.Hour, nil)
+	var seen []LoopState
+	err := s.RunPhase(context.Background(), "provisioning", func(ctx context.Context, l *Loop) error {
+		seen = s.States()
+		l.Busy(time.Minute)
+		return errors.New("serial unreadable")
+	})
+	require.EqualError(t, err, "serial unreadable", "the phase's own result")
+	assert.Equal(t, []LoopState{{Name: "provisioning"}}, seen, "supervised while it runs")
+	assert.Empty(t, s.States(), "out of supervision once it returned")
+
+	// A failure of the agent (a hang) ends the wait for a phase that
+	// does not return.
+	release := make(chan struct{})
+	defer close(release)
+	go func() {
+		for len(s.States()) == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		s.Fail(fmt.Errorf("%w: provisioning", errHung))
+	}()
+	err = s.RunPhase(context.Background(), "provisioning", func(ctx context.Context, l *Loop) error {
+		<-release
+		return nil
+	})
+	require.ErrorIs(t, err, errHung)
 }

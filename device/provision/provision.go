@@ -153,6 +153,12 @@ type Options struct {
 	AfterPersist func(st State)
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Liveness, when set, hears the bound of each wait before it starts:
+	// each attempt (at most 4 × (ConnectTimeout + ResponseTimeout)) and
+	// each backoff sleep. The agent passes the supervised loop that
+	// provisioning or a recovery runs on, so that a hang in them stops the
+	// watchdog pings like a hang anywhere else.
+	Liveness interface{ Busy(d time.Duration) }
 }
 
 // Provisioner runs provisioning by claim.
@@ -263,6 +269,7 @@ func (p *Provisioner) loop(ctx context.Context, attempt func(context.Context) (s
 		return store.Identity{}, err
 	}
 	for {
+		p.busy(p.attemptBound())
 		id, err := attempt(ctx)
 		if err == nil {
 			if rerr := p.o.Store.Remove(RetryFile); rerr != nil {
@@ -306,9 +313,24 @@ func (p *Provisioner) loop(ctx context.Context, attempt func(context.Context) (s
 				return store.Identity{}, err
 			}
 		}
+		p.busy(d)
 		if err := p.o.Sleep(ctx, d); err != nil {
 			return store.Identity{}, err
 		}
+	}
+}
+
+// attemptBound is the longest one attempt can take: every connection and
+// answer it waits for is bounded by ConnectTimeout or ResponseTimeout (a
+// recovery's attempt connects three times and waits for two answers).
+func (p *Provisioner) attemptBound() time.Duration {
+	return 4 * (p.o.ConnectTimeout + p.o.ResponseTimeout)
+}
+
+// busy announces a bounded wait to the Liveness, if any.
+func (p *Provisioner) busy(d time.Duration) {
+	if p.o.Liveness != nil {
+		p.o.Liveness.Busy(d)
 	}
 }
 
@@ -336,6 +358,7 @@ func (p *Provisioner) waitScheduled(ctx context.Context) error {
 	d = min(d, max(p.o.Denied.Max, p.o.Retry.Max))
 	p.log.Info("waiting for the next provisioning attempt (persisted backoff)",
 		"retryIn", d.Round(time.Second), "denials", r.Denials, "failures", r.Failures, "lastError", r.LastError)
+	p.busy(d)
 	return p.o.Sleep(ctx, d)
 }
 

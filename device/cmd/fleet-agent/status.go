@@ -277,11 +277,8 @@ func printStatus(w io.Writer, r statusReport, now time.Time) {
 		var ls []string
 		for _, l := range ag.Loops {
 			s := l.Name + " ok"
-			switch {
-			case l.Overdue:
+			if l.Overdue {
 				s = l.Name + " NOT BEATING"
-			case l.Suspended != "":
-				s = l.Name + " suspended (" + l.Suspended + ")"
 			}
 			ls = append(ls, s)
 		}
