@@ -3,11 +3,16 @@ package jobs
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/internal/mqtttopic"
+	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	simjobs "github.com/iot-fleet/iot-fleet/sim/jobs"
 )
 
@@ -146,4 +151,58 @@ func (tr *transport) sentTo(topic string) [][]byte {
 		}
 	}
 	return out
+}
+
+// sentUpdates decodes the update requests the engine published for job
+// id, in order (resends included), as the device sent them.
+func (tr *transport) sentUpdates(t *testing.T, id string) []protocol.UpdateJobRequest {
+	t.Helper()
+	var out []protocol.UpdateJobRequest
+	for _, payload := range tr.sentTo(protocol.JobsUpdateTopic(thing, id)) {
+		var req protocol.UpdateJobRequest
+		require.NoError(t, json.Unmarshal(payload, &req))
+		out = append(out, req)
+	}
+	return out
+}
+
+// addForgedJob is a transport-level fault: it creates job id with a
+// stand-in document the service accepts, and makes the transport hand the
+// device doc wherever the service's messages carry the stand-in. It
+// plays a broken or hostile Jobs service, for documents the real one
+// refuses to store (not UTF-8, not a JSON object, over the size limit).
+func (h *harness) addForgedJob(t *testing.T, id, doc string) {
+	t.Helper()
+	standIn := []byte(`{"forgedByTheTransport":"` + id + `"}`)
+	h.tr.forge(func(_ string, payload []byte) []byte {
+		return bytes.ReplaceAll(payload, standIn, []byte(doc))
+	})
+	h.svc.addJob(t, id, string(standIn))
+}
+
+// forgeVersionMismatchWithoutState is a transport-level fault: the
+// executionState of VersionMismatch rejections is cut out on the way to
+// the device (the project's Jobs service, as AWS documents, always sends
+// it), so the device must describe the execution to reconcile.
+func (h *harness) forgeVersionMismatchWithoutState(t *testing.T) {
+	h.tr.forge(func(topic string, payload []byte) []byte {
+		if !mqtttopic.Match(protocol.Rejected(protocol.JobsUpdateTopic(thing, "+")), topic) {
+			return payload
+		}
+		var rej protocol.JobsErrorResponse
+		if err := json.Unmarshal(payload, &rej); err != nil {
+			t.Errorf("the service's rejection on %s: %v", topic, err)
+			return payload
+		}
+		if rej.Code != protocol.ErrCodeVersionMismatch {
+			return payload
+		}
+		rej.ExecutionState = nil
+		forged, err := json.Marshal(rej)
+		if err != nil {
+			t.Errorf("forge the rejection on %s: %v", topic, err)
+			return payload
+		}
+		return forged
+	})
 }
