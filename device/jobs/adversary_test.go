@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,9 +42,9 @@ func TestDuplicateKeysAreRejected(t *testing.T) {
 	h.svc.addJob(t, "good", h.touchDoc("good"))
 
 	ex := h.waitStatus("dup-top", protocol.JobRejected)
-	assert.Equal(t, `invalid job document: steps: duplicate key "steps": the field appears more than once in the same object (JSON decoders disagree on which one counts)`, ex.Details[DetailReason])
+	assert.Equal(t, `invalid job document: steps: duplicate key "steps": the field appears more than once in the same object (JSON decoders disagree on which one counts)`, ex.StatusDetails[DetailReason])
 	ex = h.waitStatus("dup-nested", protocol.JobRejected)
-	assert.Contains(t, ex.Details[DetailReason], `invalid job document: steps[0].action.input.command: duplicate key "command"`)
+	assert.Contains(t, ex.StatusDetails[DetailReason], `invalid job document: steps[0].action.input.command: duplicate key "command"`)
 	h.waitStatus("good", protocol.JobSucceeded)
 	for _, f := range []string{"a", "b", "c"} {
 		assert.NoFileExists(t, filepath.Join(h.work, f), "no step of a rejected document runs")
@@ -53,64 +54,76 @@ func TestDuplicateKeysAreRejected(t *testing.T) {
 }
 
 // Documents that are JSON but cannot be decoded, or are not objects, are
-// rejected at once with the problem named, and the next job runs.
+// rejected at once with the problem named, and the next job runs. The
+// Jobs service stores the objects with numbers out of range (AWS does);
+// the others it refuses to store, so only a broken or hostile service
+// could send them: the transport forges those.
 func TestUndecodableDocumentsAreRejectedAtOnce(t *testing.T) {
 	h := newHarness(t)
 	h.start()
 	valid := `"steps":[{"action":{"name":"x","type":"runCommand","input":{"command":"touch,` + filepath.Join(h.work, "x") + `"}}}]`
-	cases := []struct{ id, doc, reason string }{
-		{"big-number", `{"version":"1.0",` + valid + `, "x": 1e999}`, "invalid job document: x: the number 1e999 cannot be decoded: it is outside the range of a 64-bit floating-point number"},
-		{"big-number-comment", `{"_comment":-1e400,"version":"1.0",` + valid + `}`, "invalid job document: _comment: the number -1e400 cannot be decoded"},
-		{"string", `"run everything"`, "invalid job document: must be a JSON object, got a string"},
-		{"array", `[{"version":"1.0"}]`, "invalid job document: must be a JSON object, got an array"},
-		{"null", `null`, "invalid job document: must be a JSON object, got null"},
-		{"number", `1e999`, "invalid job document: the number 1e999 cannot be decoded"},
-		{"bad-utf8", "{\"operation\":\"a\xff.sh\"}", "invalid job document: invalid UTF-8 at byte 15"},
+	cases := []struct {
+		id, doc, reason string
+		forged          bool
+	}{
+		{"big-number", `{"version":"1.0",` + valid + `, "x": 1e999}`, "invalid job document: x: the number 1e999 cannot be decoded: it is outside the range of a 64-bit floating-point number", false},
+		{"big-number-comment", `{"_comment":-1e400,"version":"1.0",` + valid + `}`, "invalid job document: _comment: the number -1e400 cannot be decoded", false},
+		{"string", `"run everything"`, "invalid job document: must be a JSON object, got a string", true},
+		{"array", `[{"version":"1.0"}]`, "invalid job document: must be a JSON object, got an array", true},
+		{"null", `null`, "invalid job document: must be a JSON object, got null", true},
+		{"number", `1e999`, "invalid job document: the number 1e999 cannot be decoded", true},
+		{"bad-utf8", "{\"operation\":\"a\xff.sh\"}", "invalid job document: invalid UTF-8 at byte 15", true},
 	}
 	for _, c := range cases {
-		h.svc.addJob(t, c.id, c.doc)
+		if c.forged {
+			h.addForgedJob(t, c.id, c.doc)
+		} else {
+			h.svc.addJob(t, c.id, c.doc)
+		}
 	}
 	h.svc.addJob(t, "good", h.touchDoc("good"))
 	for _, c := range cases {
 		ex := h.waitStatus(c.id, protocol.JobRejected)
-		assert.Contains(t, ex.Details[DetailReason], c.reason, c.id)
+		assert.Contains(t, ex.StatusDetails[DetailReason], c.reason, c.id)
 	}
 	h.waitStatus("good", protocol.JobSucceeded)
 	assert.NoFileExists(t, filepath.Join(h.work, "x"))
 	h.assertNoStorm(len(cases) + 1)
 }
 
-// A response that is not decodable JSON at all (a document nested beyond
-// the decoder's depth limit) names no job; the engine describes $next
-// without the document, rejects the execution start-next put in progress,
-// and runs the next job.
+// A response that is not decodable JSON at all names no job: here a
+// document the service stores (valid JSON, nested to the decoder's depth
+// limit) whose response, two levels deeper, exceeds it. The engine
+// describes $next without the document, rejects the execution start-next
+// put in progress, and runs the next job.
 func TestUndecodableResponseRejectsItsExecution(t *testing.T) {
 	h := newHarness(t)
 	h.start()
-	deep := `{"version":"1.0","_c":` + strings.Repeat("[", 10000) + strings.Repeat("]", 10000) + `,"steps":[]}`
+	deep := `{"version":"1.0","_c":` + strings.Repeat("[", 9999) + strings.Repeat("]", 9999) + `,"steps":[]}`
+	require.True(t, json.Valid([]byte(deep)), "the document itself is within the depth limit")
 	require.Less(t, len(deep), jobdoc.MaxDocumentBytes)
 	h.svc.addJob(t, "deep", deep)
 	h.svc.addJob(t, "good", h.touchDoc("good"))
 	ex := h.waitStatus("deep", protocol.JobRejected)
-	assert.Contains(t, ex.Details[DetailReason], "invalid job document: the Jobs response carrying it could not be decoded")
-	assert.Contains(t, ex.Details[DetailReason], "exceeded max depth")
+	assert.Contains(t, ex.StatusDetails[DetailReason], "invalid job document: the Jobs response carrying it could not be decoded")
+	assert.Contains(t, ex.StatusDetails[DetailReason], "exceeded max depth")
 	h.waitStatus("good", protocol.JobSucceeded)
 	h.assertNoStorm(2)
-	h.svc.mu.Lock()
-	assert.Equal(t, 1, h.svc.describeNexts)
-	h.svc.mu.Unlock()
+	assert.Len(t, h.tr.sentTo(protocol.JobsDescribeTopic(thing, "$next")), 1, "describe $next requests")
 }
 
 // The size limit measures the document's own bytes, not a re-encoding of
+// it. The Jobs service refuses to store a document over AWS's limit, so
+// only a broken or hostile service could send one: the transport forges
 // it.
 func TestOversizedDocumentRejected(t *testing.T) {
 	h := newHarness(t)
 	h.start()
 	padded := `{"version":"1.0",` + strings.Repeat(" ", jobdoc.MaxDocumentBytes) + `"steps":[{"action":{"name":"x","type":"runCommand","input":{"command":"touch,` + filepath.Join(h.work, "x") + `"}}}]}`
-	h.svc.addJob(t, "padded", padded)
+	h.addForgedJob(t, "padded", padded)
 	h.svc.addJob(t, "good", h.touchDoc("good"))
 	ex := h.waitStatus("padded", protocol.JobRejected)
-	assert.Contains(t, ex.Details[DetailReason], "larger than the 32768-byte limit")
+	assert.Contains(t, ex.StatusDetails[DetailReason], "larger than the 32768-byte limit")
 	h.waitStatus("good", protocol.JobSucceeded)
 	assert.NoFileExists(t, filepath.Join(h.work, "x"))
 }
@@ -129,7 +142,7 @@ func TestRunCommandPolicy(t *testing.T) {
 			{"action":{"name":"cmd","type":"runCommand","input":{"command":"touch,`+filepath.Join(h.work, "cmd")+`"}}}]}`)
 		h.svc.addJob(t, "handler", `{"version":"1.0","steps":[{"action":{"name":"ok","type":"runHandler","input":{"handler":"ok.sh"}}}]}`)
 		ex := h.waitStatus("cmd", protocol.JobRejected)
-		assert.Equal(t, "invalid job document: steps[1].action.type: runCommand steps are disabled on this device (agent configuration jobs.runCommand.enabled is false)", ex.Details[DetailReason])
+		assert.Equal(t, "invalid job document: steps[1].action.type: runCommand steps are disabled on this device (agent configuration jobs.runCommand.enabled is false)", ex.StatusDetails[DetailReason])
 		h.waitStatus("handler", protocol.JobSucceeded)
 		assert.NoFileExists(t, filepath.Join(h.work, "first"), "validation refuses the job before its first step")
 		assert.NoFileExists(t, filepath.Join(h.work, "cmd"))
@@ -144,9 +157,9 @@ func TestRunCommandPolicy(t *testing.T) {
 		h.svc.addJob(t, "abs", `{"version":"1.0","steps":[{"action":{"name":"t","type":"runCommand","input":{"command":"/usr/bin/touch,`+filepath.Join(h.work, "abs")+`"}}}]}`)
 		h.svc.addJob(t, "ok", h.touchDoc("ok"))
 		ex := h.waitStatus("rm", protocol.JobRejected)
-		assert.Equal(t, `invalid job document: finalStep.action.input.command: executable "rm" is not in jobs.runCommand.allowedExecutables of this device (allowed: touch)`, ex.Details[DetailReason])
+		assert.Equal(t, `invalid job document: finalStep.action.input.command: executable "rm" is not in jobs.runCommand.allowedExecutables of this device (allowed: touch)`, ex.StatusDetails[DetailReason])
 		ex = h.waitStatus("abs", protocol.JobRejected)
-		assert.Contains(t, ex.Details[DetailReason], `executable "/usr/bin/touch" is not in jobs.runCommand.allowedExecutables`)
+		assert.Contains(t, ex.StatusDetails[DetailReason], `executable "/usr/bin/touch" is not in jobs.runCommand.allowedExecutables`)
 		h.waitStatus("ok", protocol.JobSucceeded)
 		assert.FileExists(t, filepath.Join(h.work, "ok"))
 		assert.NoFileExists(t, filepath.Join(h.work, "before"))

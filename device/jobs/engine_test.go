@@ -18,6 +18,7 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/device/jobs/jobdoc"
 	"github.com/iot-fleet/iot-fleet/device/jobs/runner"
+	"github.com/iot-fleet/iot-fleet/internal/mqtttopic"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 )
 
@@ -25,7 +26,7 @@ const thing = "dev-0123456789abcdef"
 
 type harness struct {
 	t          *testing.T
-	svc        *fakeJobs
+	svc        *service
 	tr         *transport
 	stateDir   string
 	handlerDir string
@@ -49,8 +50,8 @@ func (h *harness) reboot() {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	svc := newFakeJobs(thing)
-	h := &harness{t: t, svc: svc, tr: newTransport(svc), stateDir: t.TempDir(), work: t.TempDir(), ops: NewRegistry()}
+	tr := newTransport()
+	h := &harness{t: t, svc: newService(t, tr), tr: tr, stateDir: t.TempDir(), work: t.TempDir(), ops: NewRegistry()}
 	h.handlerDir = filepath.Join(t.TempDir(), "handlers")
 	require.NoError(t, os.Mkdir(h.handlerDir, 0o700))
 	h.bootIDFile = filepath.Join(t.TempDir(), "boot_id")
@@ -59,6 +60,7 @@ func newHarness(t *testing.T) *harness {
 		if h.stop != nil {
 			h.stop()
 		}
+		assert.Empty(t, h.svc.rejectedForDetails(), "requests the service rejected for their statusDetails (every resend would be rejected too)")
 	})
 	return h
 }
@@ -137,7 +139,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func (h *harness) waitStatus(jobID string, status protocol.JobStatus) fakeExec {
+func (h *harness) waitStatus(jobID string, status protocol.JobStatus) execRecord {
 	h.t.Helper()
 	waitFor(h.t, jobID+" "+string(status), func() bool { return h.svc.get(jobID).Status == status })
 	return h.svc.get(jobID)
@@ -170,7 +172,7 @@ func (h *harness) readWork(name string) string {
 }
 
 func TestSubscriptionsCoverResponses(t *testing.T) {
-	e, err := New(Config{ThingName: thing, StateDir: t.TempDir(), Publisher: newTransport(newFakeJobs(thing)), Runner: &runner.Runner{}})
+	e, err := New(Config{ThingName: thing, StateDir: t.TempDir(), Publisher: newTransport(), Runner: &runner.Runner{}})
 	require.NoError(t, err)
 	subs := e.Subscriptions()
 	for _, topic := range []string{
@@ -184,13 +186,13 @@ func TestSubscriptionsCoverResponses(t *testing.T) {
 	} {
 		matched := false
 		for _, f := range subs {
-			matched = matched || topicMatches(f, topic)
+			matched = matched || mqtttopic.Match(f, topic)
 		}
 		assert.True(t, matched, topic)
 	}
 	// GetPendingJobExecutions' responses are not ours.
 	for _, f := range subs {
-		assert.False(t, topicMatches(f, protocol.Accepted(protocol.JobsGetPendingTopic(thing))), f)
+		assert.False(t, mqtttopic.Match(f, protocol.Accepted(protocol.JobsGetPendingTopic(thing))), f)
 	}
 }
 
@@ -216,16 +218,22 @@ func TestMultiStepJobWithIgnoredFailureAndFinalStep(t *testing.T) {
 	ex := h.waitStatus("job-1", protocol.JobSucceeded)
 	assert.Equal(t, "first user=[] args=a1\nfinal\n", h.readWork("log"))
 	assert.Equal(t, 1, ex.Terminal)
-	assert.Equal(t, "succeeded; 1 step failure(s) ignored: breaks (exited with status 4)", ex.Details[DetailReason])
-	assert.Equal(t, "cleanup", ex.Details[DetailStepName])
-	assert.Equal(t, "3", ex.Details[DetailStepIndex])
+	assert.Equal(t, "succeeded; 1 step failure(s) ignored: breaks (exited with status 4)", ex.StatusDetails[DetailReason])
+	assert.Equal(t, "cleanup", ex.StatusDetails[DetailStepName])
+	assert.Equal(t, "3", ex.StatusDetails[DetailStepIndex])
 
 	// Every step was reported IN_PROGRESS with stepTimeoutInMinutes and
 	// an expectedVersion the service accepted.
-	var sawBreaks, sawFirst bool
-	for _, u := range ex.History {
+	sent := h.tr.sentUpdates(t, "job-1")
+	require.NotEmpty(t, sent)
+	for _, u := range sent {
 		if u.Status == protocol.JobInProgress {
 			assert.Equal(t, int64(3), u.StepTimeoutInMinutes)
+		}
+	}
+	var sawBreaks, sawFirst bool
+	for _, u := range ex.Updates {
+		if u.Status == protocol.JobInProgress {
 			assert.NotZero(t, u.ExpectedVersion)
 		}
 		if u.StatusDetails[DetailStepName] == "breaks" && u.StatusDetails[DetailStepState] == "failed-ignored" {
@@ -239,9 +247,9 @@ func TestMultiStepJobWithIgnoredFailureAndFinalStep(t *testing.T) {
 			assert.Equal(t, "first done\n", u.StatusDetails[DetailStdout])
 		}
 	}
-	assert.True(t, sawBreaks, "no update for the ignored failure: %+v", ex.History)
-	assert.True(t, sawFirst, "no update for the first step: %+v", ex.History)
-	assert.Equal(t, protocol.JobSucceeded, ex.History[len(ex.History)-1].Status)
+	assert.True(t, sawBreaks, "no update for the ignored failure: %+v", ex.Updates)
+	assert.True(t, sawFirst, "no update for the first step: %+v", ex.Updates)
+	assert.Equal(t, protocol.JobSucceeded, ex.Updates[len(ex.Updates)-1].Status)
 
 	// After the job the engine asks for the next one.
 	h.waitIdle()
@@ -257,9 +265,9 @@ func TestFailedStepSkipsFinalStep(t *testing.T) {
 		{"action":{"name":"never","type":"runCommand","input":{"command":"touch,`+filepath.Join(h.work, "never-ran")+`"}}}],
 		"finalStep":{"action":{"name":"cleanup","type":"runHandler","input":{"handler":"final.sh"}}}}`)
 	ex := h.waitStatus("job-f", protocol.JobFailed)
-	assert.Equal(t, `step 1/3 "fails" failed: exited with status 100`, ex.Details[DetailReason])
-	assert.Equal(t, "E: Unable to locate package nope\n", ex.Details[DetailStderr])
-	assert.Equal(t, "100", ex.Details[DetailExitCode])
+	assert.Equal(t, `step 1/3 "fails" failed: exited with status 100`, ex.StatusDetails[DetailReason])
+	assert.Equal(t, "E: Unable to locate package nope\n", ex.StatusDetails[DetailStderr])
+	assert.Equal(t, "100", ex.StatusDetails[DetailExitCode])
 	assert.Equal(t, 1, ex.Terminal)
 	h.waitIdle()
 	assert.NoFileExists(t, filepath.Join(h.work, "final-ran"))
@@ -272,8 +280,8 @@ func TestHandlerWithWrongPermissionsFails(t *testing.T) {
 	h.start()
 	h.svc.addJob(t, "job-p", `{"operation":"open.sh"}`)
 	ex := h.waitStatus("job-p", protocol.JobFailed)
-	assert.Contains(t, ex.Details[DetailReason], `step 1/1 "open.sh" failed: handler refused:`)
-	assert.Contains(t, ex.Details[DetailReason], "has mode 0755, must be 0700")
+	assert.Contains(t, ex.StatusDetails[DetailReason], `step 1/1 "open.sh" failed: handler refused:`)
+	assert.Contains(t, ex.StatusDetails[DetailReason], "has mode 0755, must be 0700")
 	assert.NoFileExists(t, filepath.Join(h.work, "ran"))
 }
 
@@ -284,36 +292,53 @@ func TestMalformedDocumentRejectedAndAgentContinues(t *testing.T) {
 	h.svc.addJob(t, "bad-schema", `{"version":"2.0","steps":[]}`)
 	h.svc.addJob(t, "good", `{"version":"1.0","steps":[{"action":{"name":"ok","type":"runCommand","input":{"command":"touch,`+filepath.Join(h.work, "good")+`"}}}]}`)
 	ex := h.waitStatus("bad", protocol.JobRejected)
-	assert.Equal(t, `invalid job document: steps[0].action.ignoreStepFailure: must be the string "true" or "false", got a boolean (the schema passes it as a string)`, ex.Details[DetailReason])
+	assert.Equal(t, `invalid job document: steps[0].action.ignoreStepFailure: must be the string "true" or "false", got a boolean (the schema passes it as a string)`, ex.StatusDetails[DetailReason])
 	ex = h.waitStatus("bad-schema", protocol.JobRejected)
-	assert.Equal(t, `invalid job document: version: unsupported schema version "2.0" (only "1.0" is supported)`, ex.Details[DetailReason])
+	assert.Equal(t, `invalid job document: version: unsupported schema version "2.0" (only "1.0" is supported)`, ex.StatusDetails[DetailReason])
 	h.waitStatus("good", protocol.JobSucceeded)
 	assert.FileExists(t, filepath.Join(h.work, "good"))
 }
 
+// Another writer of the execution (the HTTPS jobs data plane, an
+// operator's client) updates it while a step runs: the device's next
+// update is rejected with VersionMismatch, and the device reconciles with
+// the rejection's executionState, or, when a forged rejection leaves it
+// out, by describing the execution, and finishes the job.
 func TestVersionMismatchIsReconciled(t *testing.T) {
-	for _, omit := range []bool{false, true} {
-		t.Run("omitExecutionState="+strconv.FormatBool(omit), func(t *testing.T) {
+	for _, withState := range []bool{true, false} {
+		name := "rejection-with-execution-state"
+		if !withState {
+			name = "forged-rejection-without-execution-state"
+		}
+		t.Run(name, func(t *testing.T) {
 			h := newHarness(t)
-			h.svc.omitExecutionState = omit
+			if !withState {
+				h.forgeVersionMismatchWithoutState(t)
+			}
 			h.handler("wait.sh", `touch "$WORK/started"; while [ ! -e "$WORK/go" ]; do sleep 0.02; done`, 0o700)
 			h.start()
 			h.svc.addJob(t, "job-v", `{"version":"1.0","steps":[
 				{"action":{"name":"wait","type":"runHandler","input":{"handler":"wait.sh"}}},
 				{"action":{"name":"after","type":"runCommand","input":{"command":"true"}}}]}`)
 			h.waitFile("started")
-			// Wait until the "running" update is accepted, then change
-			// the execution behind the device's back.
-			waitFor(t, "running update", func() bool {
-				ex := h.svc.get("job-v")
-				return ex.Details[DetailStepState] == "running"
+			// Wait until the device holds the service's answer to the
+			// "running" update, then change the execution behind its back.
+			waitFor(t, "running update confirmed", func() bool {
+				st, err := loadState(h.stateDir)
+				return err == nil && st.Job != nil && st.Job.Details[DetailStepState] == "running" && st.InFlight == nil && len(st.Job.Pending) == 0
 			})
-			time.Sleep(50 * time.Millisecond)
 			h.svc.touch("job-v")
 			h.touchWork("go")
 			ex := h.waitStatus("job-v", protocol.JobSucceeded)
 			assert.Equal(t, 1, ex.Terminal)
-			assert.Equal(t, "all 2 step(s) succeeded", ex.Details[DetailReason])
+			assert.Equal(t, "all 2 step(s) succeeded", ex.StatusDetails[DetailReason])
+			assert.NotEmpty(t, h.svc.rejectedUpdates("job-v", protocol.ErrCodeVersionMismatch), "the other writer's update made the device's next one mismatch")
+			described := len(h.tr.sentTo(protocol.JobsDescribeTopic(thing, "job-v")))
+			if withState {
+				assert.Zero(t, described, "describe requests: the rejection's executionState is enough to reconcile")
+			} else {
+				assert.NotZero(t, described, "describe requests: without executionState the device must describe the execution")
+			}
 		})
 	}
 }
@@ -329,7 +354,10 @@ func TestCanceledJobIsDropped(t *testing.T) {
 	h.waitStatus("job-next", protocol.JobSucceeded)
 	ex := h.svc.get("job-c")
 	assert.Equal(t, protocol.JobCanceled, ex.Status)
-	assert.Equal(t, 1, ex.Terminal, "the device must not overwrite the cancellation")
+	assert.Zero(t, ex.Terminal, "the device must not overwrite the cancellation")
+	for _, u := range h.tr.sentUpdates(t, "job-c") {
+		assert.False(t, u.Status.Terminal(), "the device tried to overwrite the cancellation with %s", u.Status)
+	}
 	pid, err := strconv.Atoi(strings.TrimSpace(h.readWork("pid")))
 	require.NoError(t, err)
 	waitFor(t, "hanging step killed", func() bool { return processGone(pid) })
@@ -352,8 +380,8 @@ func TestKillMidStepFailsTheStep(t *testing.T) {
 
 	h.start()
 	ex := h.waitStatus("job-k", protocol.JobFailed)
-	assert.Equal(t, `step 1/2 "hang" failed: agent restarted during step (no reboot: the boot id is unchanged)`, ex.Details[DetailReason])
-	assert.Equal(t, "failed", ex.Details[DetailStepState])
+	assert.Equal(t, `step 1/2 "hang" failed: agent restarted during step (no reboot: the boot id is unchanged)`, ex.StatusDetails[DetailReason])
+	assert.Equal(t, "failed", ex.StatusDetails[DetailStepState])
 	assert.Equal(t, 1, ex.Terminal)
 	h.waitIdle()
 	assert.NoFileExists(t, filepath.Join(h.work, "second"))
@@ -372,7 +400,7 @@ func TestKillMidIgnoredStepContinues(t *testing.T) {
 	h.kill()
 	h.start()
 	ex := h.waitStatus("job-i", protocol.JobSucceeded)
-	assert.Equal(t, "succeeded; 1 step failure(s) ignored: hang (agent restarted during step (no reboot: the boot id is unchanged))", ex.Details[DetailReason])
+	assert.Equal(t, "succeeded; 1 step failure(s) ignored: hang (agent restarted during step (no reboot: the boot id is unchanged))", ex.StatusDetails[DetailReason])
 	assert.FileExists(t, filepath.Join(h.work, "second"))
 	assert.Equal(t, 1, ex.Terminal)
 }
@@ -425,17 +453,9 @@ func TestTerminalStatusNeitherLostNorRepeated(t *testing.T) {
 				h.tr.setOnline(true)
 				h.connect()
 			}
-			ex := h.waitStatus("job-t", protocol.JobSucceeded)
+			h.waitStatus("job-t", protocol.JobSucceeded)
 			h.waitIdle()
-			ex = h.svc.get("job-t")
-			assert.Equal(t, 1, ex.Terminal)
-			terminal := 0
-			for _, u := range ex.History {
-				if u.Status.Terminal() {
-					terminal++
-				}
-			}
-			assert.Equal(t, 1, terminal)
+			assert.Equal(t, 1, h.svc.get("job-t").Terminal, "accepted terminal updates")
 			assert.Zero(t, h.tr.pendingCount())
 		})
 	}
@@ -449,17 +469,24 @@ func TestHeartbeatRenewsStepTimeout(t *testing.T) {
 	h.svc.addJob(t, "job-h", `{"version":"1.0","steps":[{"action":{"name":"wait","type":"runHandler","input":{"handler":"wait.sh"}}}]}`)
 	waitFor(t, "three heartbeats during the step", func() bool {
 		n := 0
-		for _, u := range h.svc.get("job-h").History {
-			if u.Status == protocol.JobInProgress && u.StatusDetails[DetailStepState] == "running" && u.StepTimeoutInMinutes == 3 {
+		for _, u := range h.svc.get("job-h").Updates {
+			if u.Status == protocol.JobInProgress && u.StatusDetails[DetailStepState] == "running" {
 				n++
 			}
 		}
 		return n >= 4
 	})
 	h.touchWork("go")
-	ex := h.waitStatus("job-h", protocol.JobSucceeded)
-	assert.Equal(t, int64(3), ex.StepTimeout)
-	assert.Zero(t, ex.History[len(ex.History)-1].StepTimeoutInMinutes, "terminal updates carry no step timeout")
+	h.waitStatus("job-h", protocol.JobSucceeded)
+	sent := h.tr.sentUpdates(t, "job-h")
+	require.NotEmpty(t, sent)
+	for _, u := range sent[:len(sent)-1] {
+		assert.Equal(t, protocol.JobInProgress, u.Status)
+		assert.Equal(t, int64(3), u.StepTimeoutInMinutes, "every heartbeat renews the step timeout")
+	}
+	last := sent[len(sent)-1]
+	assert.Equal(t, protocol.JobSucceeded, last.Status)
+	assert.Zero(t, last.StepTimeoutInMinutes, "terminal updates carry no step timeout")
 }
 
 // rebootOp is an operation like OTA's: it reports "rebooting", waits for
@@ -516,21 +543,21 @@ func TestOperationResumesAfterRestart(t *testing.T) {
 	assert.False(t, first.Resumed)
 	assert.JSONEq(t, `"https://bucket/a.mender"`, string(first.Input["url"]))
 	// Flush returned only after the service accepted "rebooting".
-	waitFor(t, "rebooting reported", func() bool { return h.svc.get("ota-1").Details["step"] == "rebooting" })
+	waitFor(t, "rebooting reported", func() bool { return h.svc.get("ota-1").StatusDetails["step"] == "rebooting" })
 	h.kill()
 
 	h.start()
 	second := <-op.runs
 	assert.True(t, second.Resumed)
 	ex := h.waitStatus("ota-1", protocol.JobSucceeded)
-	assert.Equal(t, "committed", ex.Details["step"])
-	assert.Equal(t, "all 1 step(s) succeeded", ex.Details[DetailReason])
+	assert.Equal(t, "committed", ex.StatusDetails["step"])
+	assert.Equal(t, "all 1 step(s) succeeded", ex.StatusDetails[DetailReason])
 	assert.Equal(t, 1, ex.Terminal)
 
 	// Without url the document is rejected with the operation's reason.
 	h.svc.addJob(t, "ota-2", `{"operation":"mender_install"}`)
 	ex = h.waitStatus("ota-2", protocol.JobRejected)
-	assert.Equal(t, "invalid job document: url: required field is missing", ex.Details[DetailReason])
+	assert.Equal(t, "invalid job document: url: required field is missing", ex.StatusDetails[DetailReason])
 }
 
 func TestLostLocalStateFailsProcessJob(t *testing.T) {
@@ -539,12 +566,12 @@ func TestLostLocalStateFailsProcessJob(t *testing.T) {
 	h.start()
 	h.svc.addJob(t, "job-l", `{"version":"1.0","steps":[{"action":{"name":"hang","type":"runHandler","input":{"handler":"hang.sh"}}}]}`)
 	h.waitFile("started")
-	waitFor(t, "running update", func() bool { return h.svc.get("job-l").Details[DetailStepState] == "running" })
+	waitFor(t, "running update", func() bool { return h.svc.get("job-l").StatusDetails[DetailStepState] == "running" })
 	h.kill()
 	require.NoError(t, os.Remove(statePath(h.stateDir)))
 	h.start()
 	ex := h.waitStatus("job-l", protocol.JobFailed)
-	assert.Contains(t, ex.Details[DetailReason], "agent lost its local job state while step 1 was in progress")
+	assert.Contains(t, ex.StatusDetails[DetailReason], "agent lost its local job state while step 1 was in progress")
 }
 
 func TestCorruptStateIsMovedAside(t *testing.T) {
@@ -620,12 +647,12 @@ func TestRebootDuringStepSucceeds(t *testing.T) {
 	h.reboot()
 	h.start()
 	ex := h.waitStatus("job-r", protocol.JobSucceeded)
-	assert.Equal(t, "all 2 step(s) succeeded", ex.Details[DetailReason])
+	assert.Equal(t, "all 2 step(s) succeeded", ex.StatusDetails[DetailReason])
 	assert.FileExists(t, filepath.Join(h.work, "after"))
 	var rebootStep map[string]string
-	for _, u := range h.svc.updates("job-r") {
-		if u.Details[DetailStepName] == "Reboot Device" && u.Details[DetailStepState] != "running" {
-			rebootStep = u.Details
+	for _, u := range h.svc.get("job-r").Updates {
+		if u.StatusDetails[DetailStepName] == "Reboot Device" && u.StatusDetails[DetailStepState] != "running" {
+			rebootStep = u.StatusDetails
 		}
 	}
 	require.NotNil(t, rebootStep, "the reboot step's outcome was reported")
@@ -647,7 +674,7 @@ func TestInterruptedStepWithoutBootIDFails(t *testing.T) {
 	h.reboot()
 	h.start()
 	ex := h.waitStatus("job-u", protocol.JobFailed)
-	assert.Equal(t, `step 1/1 "Reboot Device" failed: agent restarted during step (the boot id was not known when the step started, so a reboot cannot be told from a restart)`, ex.Details[DetailReason])
+	assert.Equal(t, `step 1/1 "Reboot Device" failed: agent restarted during step (the boot id was not known when the step started, so a reboot cannot be told from a restart)`, ex.StatusDetails[DetailReason])
 }
 
 // savingOp saves its own state without reporting, then blocks until the
@@ -694,7 +721,7 @@ func TestOperationStateIsKeptPerJob(t *testing.T) {
 	require.NotNil(t, st.Job)
 	assert.JSONEq(t, `{"n":2}`, string(st.Job.OpState))
 	assert.Equal(t, protocol.JobInProgress, h.svc.get("save-1").Status)
-	assert.NotContains(t, h.svc.get("save-1").Details, "n", "SaveState reports nothing")
+	assert.NotContains(t, h.svc.get("save-1").StatusDetails, "n", "SaveState reports nothing")
 	// The file holds operations' state (OTA's has the presigned URL, a
 	// credential): private to the agent.
 	fi, err := os.Stat(filepath.Join(h.stateDir, StateFileName))
@@ -707,7 +734,7 @@ func TestOperationStateIsKeptPerJob(t *testing.T) {
 	assert.True(t, second.Resumed)
 	assert.JSONEq(t, `{"n":2}`, string(second.State))
 	ex := h.waitStatus("save-1", protocol.JobSucceeded)
-	assert.Equal(t, `all 1 step(s) succeeded`, ex.Details[DetailReason])
+	assert.Equal(t, `all 1 step(s) succeeded`, ex.StatusDetails[DetailReason])
 	h.waitIdle()
 	rec, found, err := ReadLastOperation(h.stateDir, "saver")
 	require.NoError(t, err)
