@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"encoding/json"
 	"net"
 	"os"
 	"os/exec"
@@ -20,7 +18,6 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
-	simjobs "github.com/iot-fleet/iot-fleet/sim/jobs"
 )
 
 const serial = "10000000feed0001"
@@ -155,12 +152,8 @@ fleet-agent: `+path+`: field "alpn": must be true on port 443 (AWS IoT Core need
 		// The local IoT Core with the stack's Lambdas: the serial is on
 		// the allowlist, and a continuous job for the thing group waits
 		// for the device to provision and ask for its next job.
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
 		st := startLocalCloud(t, serial)
-		_, err := st.Core.CreateJob(ctx, simjobs.CreateJobInput{JobID: "first", Document: json.RawMessage(`{"operation":"no-such-operation"}`),
-			Groups: []string{st.Core.Names().ThingGroup}, Continuous: true})
-		require.NoError(t, err)
+		st.groupJob(t, "first", map[string]any{"operation": "no-such-operation"})
 		cfgFile, stateDir := st.agentConfig(t, serial)
 		dir := t.TempDir()
 

@@ -4,30 +4,28 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
-	"unicode"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	"github.com/iot-fleet/iot-fleet/sim/core"
+	simjobs "github.com/iot-fleet/iot-fleet/sim/jobs"
 )
 
-// The OTA tests run the real fleet-agent binary against the embedded
-// broker with a small AWS IoT Jobs service (otaJobs), the OTA core's fake
-// mender client (device/ota/internal/fakemender, linked as mender-update)
-// and a reboot command that only records the request. A reboot is
+// The OTA tests run the real fleet-agent binary against the local IoT
+// Core with the stack's Lambdas (sim/stack: MQTT over mutual TLS, fleet
+// provisioning, the Jobs service), the OTA core's fake mender client
+// (device/ota/internal/fakemender, linked as mender-update) and a reboot
+// command that only records the request. A reboot is
 // simulated by killing the agent (SIGKILL, as the power cut of a reboot
 // would) and starting it again with a different boot id (ota.bootIdFile).
 
@@ -46,152 +44,6 @@ func buildFakeMender(t *testing.T) string {
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	return bin
-}
-
-// otaJobs is a minimal AWS IoT Jobs MQTT API holding one job execution:
-// start-next (QUEUED → IN_PROGRESS), UpdateJobExecution with
-// expectedVersion checks and the statusDetails constraints AWS enforces,
-// and DescribeJobExecution.
-type otaJobs struct {
-	b *testbroker.Broker
-
-	mu       sync.Mutex
-	ex       protocol.JobExecution
-	accepted []protocol.UpdateJobRequest
-	invalid  []string
-	changed  chan struct{}
-}
-
-func newOTAJobs(t *testing.T, b *testbroker.Broker, thing, jobID string, doc map[string]any) *otaJobs {
-	rawDoc, err := json.Marshal(doc)
-	require.NoError(t, err)
-	s := &otaJobs{
-		b:       b,
-		ex:      protocol.JobExecution{JobID: jobID, ThingName: thing, JobDocument: rawDoc, Status: protocol.JobQueued, VersionNumber: 1, ExecutionNumber: 1, QueuedAt: time.Now().Unix()},
-		changed: make(chan struct{}, 1),
-	}
-	b.Serve(t, "$aws/things/+/jobs/start-next", s.startNext)
-	b.Serve(t, "$aws/things/+/jobs/+/update", s.update)
-	b.Serve(t, "$aws/things/+/jobs/+/get", s.describe)
-	return s
-}
-
-var detailKeyRE = regexp.MustCompile(`^[a-zA-Z0-9:_-]{1,128}$`)
-
-// checkDetails applies the AWS constraints on statusDetails.
-func checkDetails(d map[string]string) string {
-	if len(d) > 10 {
-		return fmt.Sprintf("%d statusDetails entries (max 10)", len(d))
-	}
-	for k, v := range d {
-		if !detailKeyRE.MatchString(k) {
-			return fmt.Sprintf("statusDetails key %q invalid", k)
-		}
-		if v == "" || len(v) > 1024 || strings.IndexFunc(v, unicode.IsControl) >= 0 {
-			return fmt.Sprintf("statusDetails[%q] = %q: must be 1..1024 characters without control characters", k, v)
-		}
-	}
-	return ""
-}
-
-func (s *otaJobs) notify() {
-	select {
-	case s.changed <- struct{}{}:
-	default:
-	}
-}
-
-func (s *otaJobs) startNext(from, topic string, payload []byte) {
-	var req protocol.StartNextRequest
-	if err := json.Unmarshal(payload, &req); err != nil {
-		return
-	}
-	s.mu.Lock()
-	msg := protocol.NextJobMessage{ClientToken: req.ClientToken, Timestamp: time.Now().Unix()}
-	if problem := checkDetails(req.StatusDetails); problem != "" {
-		s.invalid = append(s.invalid, "start-next: "+problem)
-		s.mu.Unlock()
-		s.b.Reply(from, protocol.Rejected(topic), protocol.JobsErrorResponse{Code: protocol.ErrCodeInvalidRequest, Message: problem, ClientToken: req.ClientToken, Timestamp: time.Now().Unix()})
-		return
-	}
-	if s.ex.Status == protocol.JobQueued {
-		s.ex.Status, s.ex.StatusDetails = protocol.JobInProgress, req.StatusDetails
-		s.ex.StartedAt, s.ex.LastUpdatedAt = time.Now().Unix(), time.Now().Unix()
-		s.ex.VersionNumber++
-	}
-	if !s.ex.Status.Terminal() {
-		cp := s.ex
-		msg.Execution = &cp
-	}
-	s.mu.Unlock()
-	s.notify()
-	s.b.Reply(from, protocol.Accepted(topic), msg)
-}
-
-func (s *otaJobs) update(from, topic string, payload []byte) {
-	var req protocol.UpdateJobRequest
-	if err := json.Unmarshal(payload, &req); err != nil {
-		return
-	}
-	s.mu.Lock()
-	state := protocol.JobExecutionState{Status: s.ex.Status, StatusDetails: s.ex.StatusDetails, VersionNumber: s.ex.VersionNumber}
-	reject := func(code, message string) {
-		s.mu.Unlock()
-		s.b.Reply(from, protocol.Rejected(topic), protocol.JobsErrorResponse{Code: code, Message: message, ClientToken: req.ClientToken, Timestamp: time.Now().Unix(), ExecutionState: &state})
-	}
-	switch {
-	case strings.Split(topic, "/")[4] != s.ex.JobID:
-		reject(protocol.ErrCodeResourceNotFound, "no such job execution")
-		return
-	case s.ex.Status.Terminal():
-		reject(protocol.ErrCodeTerminalStateReached, "job execution is terminal")
-		return
-	case req.ExpectedVersion != 0 && req.ExpectedVersion != s.ex.VersionNumber:
-		reject(protocol.ErrCodeVersionMismatch, "version mismatch")
-		return
-	}
-	if problem := checkDetails(req.StatusDetails); problem != "" {
-		s.invalid = append(s.invalid, "update: "+problem)
-		reject(protocol.ErrCodeInvalidRequest, problem)
-		return
-	}
-	s.ex.Status = req.Status
-	if req.StatusDetails != nil {
-		s.ex.StatusDetails = req.StatusDetails
-	}
-	s.ex.VersionNumber++
-	s.ex.LastUpdatedAt = time.Now().Unix()
-	s.accepted = append(s.accepted, req)
-	state = protocol.JobExecutionState{Status: s.ex.Status, StatusDetails: s.ex.StatusDetails, VersionNumber: s.ex.VersionNumber}
-	s.mu.Unlock()
-	s.notify()
-	resp := protocol.UpdateJobAccepted{Timestamp: time.Now().Unix(), ClientToken: req.ClientToken}
-	if req.IncludeJobExecutionState {
-		resp.ExecutionState = &state
-	}
-	s.b.Reply(from, protocol.Accepted(topic), resp)
-}
-
-func (s *otaJobs) describe(from, topic string, payload []byte) {
-	var req struct {
-		ClientToken string `json:"clientToken"`
-	}
-	_ = json.Unmarshal(payload, &req)
-	s.mu.Lock()
-	cp := s.ex
-	s.mu.Unlock()
-	if id := strings.Split(topic, "/")[4]; id != cp.JobID && id != "$next" {
-		s.b.Reply(from, protocol.Rejected(topic), protocol.JobsErrorResponse{Code: protocol.ErrCodeResourceNotFound, Message: "no such job execution", ClientToken: req.ClientToken, Timestamp: time.Now().Unix()})
-		return
-	}
-	s.b.Reply(from, protocol.Accepted(topic), map[string]any{"execution": cp, "timestamp": time.Now().Unix(), "clientToken": req.ClientToken})
-}
-
-// snapshot returns the execution and the accepted updates.
-func (s *otaJobs) snapshot() (protocol.JobExecution, []protocol.UpdateJobRequest, []string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.ex, append([]protocol.UpdateJobRequest(nil), s.accepted...), append([]string(nil), s.invalid...)
 }
 
 // otaDevice is one device: its fake mender, boot id, reboot log, config
@@ -220,7 +72,7 @@ type otaOptions struct {
 	scenario map[string]any
 }
 
-func newOTADevice(t *testing.T, agentBin, fakeMender string, b *testbroker.Broker, serial string, o otaOptions) *otaDevice {
+func newOTADevice(t *testing.T, agentBin, fakeMender string, c *localCloud, serial string, o otaOptions) *otaDevice {
 	t.Helper()
 	dir := t.TempDir()
 	d := &otaDevice{t: t, bin: agentBin, dir: dir, logs: &testenv.LogBuffer{},
@@ -238,28 +90,18 @@ func newOTADevice(t *testing.T, agentBin, fakeMender string, b *testbroker.Broke
 	d.setScenario(o.scenario)
 	d.setBootID()
 
-	serialFile := filepath.Join(dir, "cpuinfo")
-	require.NoError(t, os.WriteFile(serialFile, []byte("Serial\t\t: "+serial+"\n"), 0o444))
-	host, port, err := net.SplitHostPort(b.Addr)
-	require.NoError(t, err)
-	q := func(s string) string { b, _ := json.Marshal(s); return string(b) }
-	checks := o.healthChecks
-	if checks == "" {
-		checks = "[]"
+	checks := json.RawMessage(o.healthChecks)
+	if o.healthChecks == "" {
+		checks = json.RawMessage("[]")
 	}
-	cfg := `{"endpoint":` + q(host) + `,"port":` + port + `,"rootCAFile":` + q(b.CAFile) + `,
-		"stateDir":` + q(filepath.Join(dir, "state")) + `,"logLevel":"debug",
-		"provisioning":{"claimCertFile":` + q(b.Claim.CertFile) + `,"claimKeyFile":` + q(b.Claim.KeyFile) + `,
-			"templateName":` + q(b.TemplateName()) + `,"serialFiles":[` + q(serialFile) + `],"retryMin":"10ms","retryMax":"100ms","deniedBackoff":"1s"},
-		"mqtt":{"reconnectMin":"10ms","reconnectMax":"200ms"},
-		"ota":{"enabled":` + fmt.Sprint(!o.disabled) + `,"allowedHosts":["iot-fleet-dev-artifacts.s3.amazonaws.com"],
-			"menderUpdatePath":` + q(menderUpdate) + `,"menderPath":` + q(filepath.Join(d.menderDir, "mender")) + `,
-			"retryDelay":"10ms","progressInterval":"1h","rebootWait":"10m",
-			"preRebootCommand":["/bin/sh","-c",` + q("echo pre-reboot >> "+d.rebootLog) + `],
-			"rebootCommand":["/bin/sh","-c",` + q("echo reboot >> "+d.rebootLog) + `],
-			"bootIdFile":` + q(d.bootIDFile) + `,"healthChecks":` + checks + `}}`
-	d.cfgFile = filepath.Join(dir, "config.json")
-	require.NoError(t, os.WriteFile(d.cfgFile, []byte(cfg), 0o600))
+	d.cfgFile = c.writeAgentConfig(t, dir, serial, map[string]any{"ota": map[string]any{
+		"enabled": !o.disabled, "allowedHosts": []string{"iot-fleet-dev-artifacts.s3.amazonaws.com"},
+		"menderUpdatePath": menderUpdate, "menderPath": filepath.Join(d.menderDir, "mender"),
+		"retryDelay": "10ms", "progressInterval": "1h", "rebootWait": "10m",
+		"preRebootCommand": []string{"/bin/sh", "-c", "echo pre-reboot >> " + d.rebootLog},
+		"rebootCommand":    []string{"/bin/sh", "-c", "echo reboot >> " + d.rebootLog},
+		"bootIdFile":       d.bootIDFile, "healthChecks": checks,
+	}})
 	t.Cleanup(func() {
 		if d.cmd != nil {
 			_ = d.cmd.Process.Kill()
@@ -412,20 +254,48 @@ func (d *otaDevice) partitions() partitions {
 	return p
 }
 
-// waitTerminal waits until the job execution is terminal on the service.
-func waitTerminal(t *testing.T, d *otaDevice, svc *otaJobs) protocol.JobExecution {
+// otaJob is one device's OTA job on the local IoT Core's Jobs service:
+// its execution and the service's answers to the device.
+type otaJob struct {
+	c            *localCloud
+	jobID, thing string
+	answers      *jobAnswers
+}
+
+// startOTAJob creates jobID with doc for the thing serial provisions as
+// (a continuous job on the thing group it joins) and observes the
+// service's answers to it.
+func startOTAJob(t *testing.T, c *localCloud, serial, jobID string, doc map[string]any) *otaJob {
 	t.Helper()
-	var ex protocol.JobExecution
+	j := &otaJob{c: c, jobID: jobID, thing: c.Core.Names().ThingNamePrefix + serial}
+	j.answers = c.observeJobs(t, j.thing)
+	c.groupJob(t, jobID, doc)
+	return j
+}
+
+// execution returns the device's execution of the job.
+func (j *otaJob) execution(t *testing.T) simjobs.Execution {
+	t.Helper()
+	ex, found := j.c.execution(t, j.jobID, j.thing)
+	require.True(t, found, "%s has an execution of %s", j.thing, j.jobID)
+	return ex
+}
+
+// waitTerminal waits until the job execution is terminal on the service.
+func waitTerminal(t *testing.T, d *otaDevice, svc *otaJob) simjobs.Execution {
+	t.Helper()
+	var ex simjobs.Execution
 	d.waitFor("a terminal job status", func() bool {
-		ex, _, _ = svc.snapshot()
-		return ex.Status.Terminal()
+		var found bool
+		ex, found = svc.c.execution(t, svc.jobID, svc.thing)
+		return found && ex.Status.Terminal()
 	})
 	return ex
 }
 
 // steps lists the distinct OTA steps in the order the service accepted
 // them.
-func steps(updates []protocol.UpdateJobRequest) []string {
+func steps(updates []simjobs.Answer) []string {
 	var out []string
 	for _, u := range updates {
 		s := u.StatusDetails["step"]
@@ -442,21 +312,24 @@ func TestOTA(t *testing.T) {
 	const jobID = "rpi-2024-06-dev-1"
 	mender := map[string]any{"operation": "mender_install", "url": otaURL}
 
-	// start runs one device with its own broker and Jobs service.
-	start := func(t *testing.T, serial string, doc map[string]any, o otaOptions) (*otaDevice, *otaJobs, <-chan testbroker.Received) {
-		b := testbroker.Start(t, testbroker.Options{})
-		progress := b.Watch(t, "dt/fleet/+/ota/progress")
-		svc := newOTAJobs(t, b, "dev-"+serial, jobID, doc)
-		d := newOTADevice(t, agentBin, fakeMender, b, serial, o)
+	// start runs one device against its own local IoT Core, where the
+	// job waits for it.
+	start := func(t *testing.T, serial string, doc map[string]any, o otaOptions) (*otaDevice, *otaJob, <-chan core.Message) {
+		c := startLocalCloud(t, serial)
+		progress, stop, err := c.Core.Watch(protocol.DataTopic("+", protocol.KindOTAProgress))
+		require.NoError(t, err)
+		t.Cleanup(stop)
+		svc := startOTAJob(t, c, serial, jobID, doc)
+		d := newOTADevice(t, agentBin, fakeMender, c, serial, o)
 		d.start()
 		return d, svc, progress
 	}
-	noSecrets := func(t *testing.T, d *otaDevice, svc *otaJobs) {
-		_, updates, invalid := svc.snapshot()
-		assert.Empty(t, invalid, "every update met the AWS statusDetails constraints")
-		for _, u := range updates {
-			for k, v := range u.StatusDetails {
-				assert.NotContains(t, v, otaSecret, "statusDetails[%s] leaks the presigned URL", k)
+	noSecrets := func(t *testing.T, d *otaDevice, svc *otaJob) {
+		assert.Empty(t, svc.answers.invalid(), "every request met the AWS statusDetails constraints")
+		// Accepted or rejected, no request carries the signature.
+		for _, a := range svc.answers.answers() {
+			for k, v := range a.StatusDetails {
+				assert.NotContains(t, v, otaSecret, "%s (accepted %v): statusDetails[%s] leaks the presigned URL", a.Op, a.Accepted, k)
 			}
 		}
 		assert.NotContains(t, d.logs.String(), otaSecret, "the log leaks the presigned URL")
@@ -470,7 +343,7 @@ func TestOTA(t *testing.T) {
 		d.waitRebootRequests(1)
 		// The reboot is asked for only once the Jobs service accepted the
 		// rebooting step.
-		ex, _, _ := svc.snapshot()
+		ex := svc.execution(t)
 		assert.Equal(t, protocol.JobInProgress, ex.Status)
 		assert.Equal(t, "rebooting", ex.StatusDetails["step"])
 		assert.Equal(t, "1", ex.StatusDetails["attempt"])
@@ -487,7 +360,7 @@ func TestOTA(t *testing.T) {
 		assert.Equal(t, partitions{Active: "B"}, d.partitions())
 		assert.Len(t, d.rebootRequests(), 2, "one reboot only")
 
-		_, updates, _ := svc.snapshot()
+		updates := svc.answers.updates()
 		assert.Equal(t, []string{"downloading", "installing", "rebooting", "verifying", "committed"}, steps(updates))
 		noSecrets(t, d, svc)
 
@@ -504,7 +377,7 @@ func TestOTA(t *testing.T) {
 		for {
 			select {
 			case m := <-progress:
-				assert.Equal(t, protocol.DataTopic("dev-20000000feed0001", protocol.KindOTAProgress), m.Topic)
+				assert.Equal(t, protocol.DataTopic(svc.thing, protocol.KindOTAProgress), m.Topic)
 				require.NoError(t, json.Unmarshal(m.Payload, &last))
 				n++
 			case <-time.After(500 * time.Millisecond):
@@ -536,7 +409,7 @@ func TestOTA(t *testing.T) {
 		assert.Equal(t, []string{"mender-update install", "mender-update commit", "mender-update rollback"}, d.menderOps())
 		assert.Equal(t, partitions{Active: "A"}, d.partitions())
 		assert.Len(t, d.rebootRequests(), 2, "no reboot after a failed commit: the device already runs the old partition")
-		_, updates, _ := svc.snapshot()
+		updates := svc.answers.updates()
 		assert.Equal(t, []string{"downloading", "installing", "rebooting", "verifying", "rolled_back"}, steps(updates))
 		noSecrets(t, d, svc)
 	})
@@ -554,7 +427,7 @@ func TestOTA(t *testing.T) {
 		d.waitRebootRequests(2)
 		assert.Equal(t, []string{"mender-update install", "mender-update rollback"}, d.menderOps(), "never committed")
 		assert.Equal(t, partitions{Active: "A"}, d.partitions())
-		ex, _, _ := svc.snapshot()
+		ex := svc.execution(t)
 		assert.Equal(t, protocol.JobInProgress, ex.Status)
 		d.reboot()
 		ex = waitTerminal(t, d, svc)
@@ -573,8 +446,8 @@ func TestOTA(t *testing.T) {
 			scenario: map[string]any{"artifactSizeMiB": 24, "installFailures": 1, "failAtPercent": 40},
 		})
 		d.waitRebootRequests(1)
-		_, updates, _ := svc.snapshot()
-		var retry *protocol.UpdateJobRequest
+		updates := svc.answers.updates()
+		var retry *simjobs.Answer
 		for i := range updates {
 			if updates[i].StatusDetails["step"] == "downloading" && updates[i].StatusDetails["attempt"] == "2" {
 				retry = &updates[i]
@@ -606,7 +479,7 @@ func TestOTA(t *testing.T) {
 		d.setScenario(map[string]any{"artifactSizeMiB": 24})
 		d.reboot()
 		d.waitRebootRequests(1)
-		ex, _, _ := svc.snapshot()
+		ex := svc.execution(t)
 		assert.Equal(t, "rebooting", ex.StatusDetails["step"])
 		assert.Equal(t, "2", ex.StatusDetails["attempt"], "the interrupted install counts as an attempt")
 		d.reboot()
@@ -656,7 +529,7 @@ func TestOTA(t *testing.T) {
 		assert.Equal(t, "committed", ex.StatusDetails["step"])
 		assert.Equal(t, []string{"mender-update install", "mender-update commit"}, d.menderOps(), "not installed again")
 		assert.Equal(t, partitions{Active: "B"}, d.partitions())
-		_, updates, _ := svc.snapshot()
+		updates := svc.answers.updates()
 		assert.Equal(t, []string{"downloading", "installing", "rebooting", "verifying", "committed"}, steps(updates))
 		assert.NoFileExists(t, legacy, "taken over into the jobs engine's state")
 		noSecrets(t, d, svc)
@@ -672,8 +545,7 @@ func TestOTA(t *testing.T) {
 		assert.Contains(t, reason, "missing")
 		assert.Empty(t, d.menderOps(), "mender never ran")
 		assert.Empty(t, d.rebootRequests())
-		_, _, invalid := svc.snapshot()
-		assert.Empty(t, invalid)
+		assert.Empty(t, svc.answers.invalid())
 	})
 
 	t.Run("ota disabled: mender_install is rejected as unknown", func(t *testing.T) {

@@ -13,7 +13,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/iot-fleet/iot-fleet/device/internal/testbroker"
 	"github.com/iot-fleet/iot-fleet/device/store"
 )
 
@@ -24,10 +23,9 @@ func TestStatus(t *testing.T) {
 	agentBin := buildAgent(t)
 	fakeMender := buildFakeMender(t)
 	const serial, jobID = "20000000feed0a51", "ota-status-1"
-	thing := "dev-" + serial
-	b := testbroker.Start(t, testbroker.Options{})
-	newOTAJobs(t, b, thing, jobID, map[string]any{"operation": "mender_install", "url": otaURL})
-	d := newOTADevice(t, agentBin, fakeMender, b, serial, otaOptions{})
+	c := startLocalCloud(t, serial)
+	thing := startOTAJob(t, c, serial, jobID, map[string]any{"operation": "mender_install", "url": otaURL}).thing
+	d := newOTADevice(t, agentBin, fakeMender, c, serial, otaOptions{})
 
 	status := func(args ...string) string {
 		t.Helper()
