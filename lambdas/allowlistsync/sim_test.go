@@ -2,19 +2,23 @@ package allowlistsync
 
 import (
 	"context"
-	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
 	"github.com/aws/aws-sdk-go-v2/service/iot/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/sim/iottest"
 	simregistry "github.com/iot-fleet/iot-fleet/sim/registry"
+	"github.com/iot-fleet/iot-fleet/sim/s3api"
 )
 
 func certARN(id string) string { return iottest.CertARN(id) }
@@ -63,45 +67,53 @@ func notFound(what string) error { return iottest.NotFound(what) }
 
 func throttled() error { return iottest.Throttled() }
 
-// fakeS3 serves objects from memory.
-type fakeS3 struct {
-	mu       sync.Mutex
-	objects  map[string]string            // "bucket/key" → body
-	metadata map[string]map[string]string // "bucket/key" → user metadata
-	gets     []string
+// simS3 is the local IoT Core's S3 (sim/s3api) served over HTTP on
+// 127.0.0.1, reached with a real aws-sdk-go-v2 *s3.Client (client) as in
+// AWS. gets records the objects the handler read ("bucket/key").
+type simS3 struct {
+	store  *s3api.Store
+	client *s3.Client
+
+	mu   sync.Mutex
+	gets []string
 }
 
-// putWithMetadata stores an object with user metadata.
-func (f *fakeS3) putWithMetadata(bucket, key, body string, meta map[string]string) {
-	f.put(bucket, key, body)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.metadata == nil {
-		f.metadata = map[string]map[string]string{}
-	}
-	f.metadata[bucket+"/"+key] = meta
+func newSimS3(t testing.TB) *simS3 {
+	t.Helper()
+	f := &simS3{}
+	var url string
+	store, err := s3api.New(s3api.Options{Buckets: []string{bucket}, BaseURL: func() string { return url }})
+	require.NoError(t, err)
+	f.store = store
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			f.mu.Lock()
+			f.gets = append(f.gets, strings.TrimPrefix(r.URL.Path, "/"))
+			f.mu.Unlock()
+		}
+		store.Handler().ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	url = srv.URL
+	f.client = s3.New(s3.Options{BaseEndpoint: aws.String(url), Region: "eu-west-1", UsePathStyle: true,
+		Credentials: credentials.NewStaticCredentialsProvider("AKIDTEST", "test-secret", "")})
+	return f
 }
 
-func (f *fakeS3) put(bucket, key, body string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.objects == nil {
-		f.objects = map[string]string{}
-	}
-	f.objects[bucket+"/"+key] = body
+// putWithMetadata stores an object with user metadata, as the deploy
+// pipeline uploads allowlist.txt.
+func (f *simS3) putWithMetadata(t testing.TB, key, body string, meta map[string]string) {
+	t.Helper()
+	_, err := f.client.PutObject(context.Background(), &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String(key),
+		Body: strings.NewReader(body), Metadata: meta})
+	require.NoError(t, err)
 }
 
-func (f *fakeS3) GetObject(ctx context.Context, in *s3.GetObjectInput, _ ...func(*s3.Options)) (*s3.GetObjectOutput, error) {
+func (f *simS3) put(t testing.TB, key, body string) { f.putWithMetadata(t, key, body, nil) }
+
+// reads returns the objects read so far.
+func (f *simS3) reads() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	k := aws.ToString(in.Bucket) + "/" + aws.ToString(in.Key)
-	f.gets = append(f.gets, k)
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	body, ok := f.objects[k]
-	if !ok {
-		return nil, &s3types.NoSuchKey{Message: aws.String("The specified key does not exist.")}
-	}
-	return &s3.GetObjectOutput{Body: io.NopCloser(strings.NewReader(body)), ContentLength: aws.Int64(int64(len(body))), Metadata: f.metadata[k]}, nil
+	return slices.Clone(f.gets)
 }
