@@ -3,7 +3,9 @@
 // path) after checking its ownership and mode, or, for a handler without
 // "path" that is not in the handler directory, a well-known executable
 // from the agent's PATH (as the AWS IoT Device Client does), runCommand steps run their
-// argv directly (no shell), optionally through `sudo -n -u USER --`. Each
+// argv directly (no shell), optionally through `sudo -n -u USER --`; a bare
+// program name is looked up exactly as runHandler's PATH rule looks it up
+// (absolute entries of the steps' PATH only). Each
 // step runs in its own process group, so a timeout or cancellation kills the
 // handler and everything it started. The tail of stderr (and of stdout when
 // the document asks for it) is kept for the job's statusDetails.
@@ -157,6 +159,17 @@ func (r *Runner) Run(ctx context.Context, s Step) Result {
 		if err != nil {
 			return refused("%v", err)
 		}
+		if !strings.Contains(argv[0], "/") {
+			// A bare program name runs what the steps' PATH holds, found
+			// as runHandler's PATH rule finds it. Not found, the step
+			// fails (the program could not start), as with the AWS IoT
+			// Device Client's execvp.
+			full, pathEnv, ok := r.lookPath(argv[0])
+			if !ok {
+				return Result{ExitCode: -1, Argv: argv, Reason: fmt.Sprintf("failed to start %s: no executable %q in the agent's PATH (%s)", argv[0], argv[0], pathEnv)}
+			}
+			argv = append([]string{full}, argv[1:]...)
+		}
 	default:
 		return refused("step type %q cannot be run as a process", s.Action.Type)
 	}
@@ -245,7 +258,20 @@ func (r *Runner) resolvePATH(name string) (Resolution, error) {
 	if err := r.cfg.RunCommand.CheckPathExecutable(name); err != nil {
 		return Resolution{}, err
 	}
-	pathEnv := os.Getenv("PATH")
+	full, pathEnv, ok := r.lookPath(name)
+	if !ok {
+		return Resolution{}, fmt.Errorf("handler %q is neither in the handler directory %s nor an executable in the agent's PATH (%s)", name, r.cfg.HandlerDir, pathEnv)
+	}
+	return Resolution{Path: full, Rule: RulePATH}, nil
+}
+
+// lookPath finds the executable name in the PATH of the steps'
+// environment (Config.Env, else the agent's): the one lookup behind
+// runHandler's PATH rule and runCommand's bare program names, so check-job,
+// a handler and a command agree on what "echo" runs. Only absolute PATH
+// entries are searched; pathEnv is the PATH searched.
+func (r *Runner) lookPath(name string) (full, pathEnv string, found bool) {
+	pathEnv = os.Getenv("PATH")
 	if r.cfg.Env != nil {
 		pathEnv = ""
 		for _, kv := range r.cfg.Env {
@@ -261,10 +287,10 @@ func (r *Runner) resolvePATH(name string) (Resolution, error) {
 		full := filepath.Join(dir, name)
 		fi, err := os.Stat(full)
 		if err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
-			return Resolution{Path: full, Rule: RulePATH}, nil
+			return full, pathEnv, true
 		}
 	}
-	return Resolution{}, fmt.Errorf("handler %q is neither in the handler directory %s nor an executable in the agent's PATH (%s)", name, r.cfg.HandlerDir, pathEnv)
+	return "", pathEnv, false
 }
 
 func (r *Runner) checkOwnerOnly(p string, dir bool) error {

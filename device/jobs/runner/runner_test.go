@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -320,7 +321,33 @@ func TestRunCommandWithoutShell(t *testing.T) {
 
 	res = r.Run(ctxT(t), commandStep("no-such-program-xyz", ""))
 	assert.False(t, res.OK)
-	assert.Contains(t, res.Reason, "failed to start no-such-program-xyz")
+	assert.False(t, res.Refused, "a program that cannot start fails the step")
+	assert.Contains(t, res.Reason, `failed to start no-such-program-xyz: no executable "no-such-program-xyz" in the agent's PATH`)
+}
+
+// A bare program name of a runCommand step is found exactly as a
+// runHandler step's PATH rule finds it: in the absolute entries of the
+// steps' PATH, not in the agent process's own PATH, never in the working
+// directory.
+func TestRunCommandUsesTheStepsPATH(t *testing.T) {
+	bin := t.TempDir()
+	prog := filepath.Join(bin, "fleet-hello")
+	require.NoError(t, os.WriteFile(prog, []byte("#!/bin/sh\necho hello from $0\n"), 0o755))
+	r := newRunner(t, Config{HandlerDir: handlerDir(t), Env: []string{"PATH=" + bin + ":/usr/bin:/bin"}})
+	res := r.Run(ctxT(t), commandStep("fleet-hello", ""))
+	require.True(t, res.OK, res.Reason)
+	assert.Equal(t, "hello from "+prog+"\n", res.Stdout)
+	assert.Equal(t, []string{prog}, res.Argv)
+	got, err := r.Resolve(jobdoc.Action{Type: jobdoc.TypeRunHandler, Handler: "fleet-hello"})
+	require.NoError(t, err)
+	assert.Equal(t, Resolution{Path: prog, Rule: RulePATH}, got, "runHandler finds the same program")
+
+	// Relative PATH entries (the working directory) are never searched.
+	t.Chdir(bin)
+	rel := newRunner(t, Config{HandlerDir: handlerDir(t), Env: []string{"PATH=.:"}})
+	res = rel.Run(ctxT(t), commandStep("fleet-hello", ""))
+	assert.False(t, res.OK)
+	assert.Contains(t, res.Reason, `no executable "fleet-hello" in the agent's PATH (.:)`)
 }
 
 func TestRunCommandPolicyIsEnforced(t *testing.T) {
@@ -368,7 +395,9 @@ exec "$@"`, 0o755)
 	require.NoError(t, os.Remove(record))
 	res = r.Run(ctxT(t), commandStep("echo,me", me.Username))
 	require.True(t, res.OK, res.Reason)
-	assert.Equal(t, []string{"echo", "me"}, res.Argv)
+	echo, err := exec.LookPath("echo")
+	require.NoError(t, err)
+	assert.Equal(t, []string{echo, "me"}, res.Argv)
 	assert.NoFileExists(t, record)
 
 	res = r.Run(ctxT(t), commandStep("echo,hi", "no-such-user-xyz"))
