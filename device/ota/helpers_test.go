@@ -129,6 +129,26 @@ func (f *fakeMender) setScenario(sc fakeScenario) {
 	require.NoError(f.t, os.WriteFile(filepath.Join(f.dir, "scenario.json"), b, 0o600))
 }
 
+// scenario returns the scenario in effect (zero when none was set).
+func (f *fakeMender) scenario() fakeScenario {
+	var sc fakeScenario
+	b, err := os.ReadFile(filepath.Join(f.dir, "scenario.json"))
+	if os.IsNotExist(err) {
+		return sc
+	}
+	require.NoError(f.t, err)
+	require.NoError(f.t, json.Unmarshal(b, &sc))
+	return sc
+}
+
+// setPartitions writes the device model before the fake first runs (e.g.
+// which artifact the device runs).
+func (f *fakeMender) setPartitions(p map[string]any) {
+	b, err := json.Marshal(p)
+	require.NoError(f.t, err)
+	require.NoError(f.t, os.WriteFile(filepath.Join(f.dir, "partitions.json"), b, 0o600))
+}
+
 func (f *fakeMender) calls() []fakeCall {
 	b, err := os.ReadFile(filepath.Join(f.dir, "calls.log"))
 	if os.IsNotExist(err) {

@@ -85,6 +85,15 @@ func helperMain(dir, blockAt string) int {
 			b, err := os.ReadFile(filepath.Join(dir, "boot_id"))
 			return strings.TrimSpace(string(b)), err
 		},
+		// The partition the device runs: A until a reboot boots another
+		// (helperAgent.reboot).
+		RootDevice: func() (string, error) {
+			b, err := os.ReadFile(filepath.Join(dir, "root"))
+			if errors.Is(err, os.ErrNotExist) {
+				return "A", nil
+			}
+			return strings.TrimSpace(string(b)), err
+		},
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 	})
 	if err != nil {
@@ -120,7 +129,20 @@ func newHelperAgent(t *testing.T) *helperAgent {
 	return &helperAgent{t: t, dir: dir}
 }
 
+// reboot is a new boot: the bootloader boots the partition mender
+// installed to while an update is pending (unless the scenario says the
+// device came back on the old one), else the active one.
 func (h *helperAgent) reboot() {
+	m := &fakeMender{t: h.t, dir: filepath.Join(h.dir, "mender")}
+	root := "A"
+	if _, err := os.Stat(filepath.Join(m.dir, "partitions.json")); err == nil {
+		p := m.partitions()
+		root = p.Active
+		if p.Pending != "" && !m.scenario().BootedOld {
+			root = p.Pending
+		}
+	}
+	require.NoError(h.t, os.WriteFile(filepath.Join(h.dir, "root"), []byte(root), 0o600))
 	require.NoError(h.t, os.WriteFile(filepath.Join(h.dir, "boot_id"), []byte(fmt.Sprint("boot-", time.Now().UnixNano())), 0o600))
 }
 
@@ -279,6 +301,44 @@ func TestKill9RightAfterCommit(t *testing.T) {
 	code, _ = h.start("")
 	require.Equal(t, 0, code)
 	assert.Len(t, h.reports(), n)
+}
+
+// TestKill9RightAfterCommitOfTheSameRelease is TestKill9RightAfterCommit
+// for a re-install of the release the device already runs (the same
+// artifact name before and after): show-artifact cannot tell the commit
+// happened, the root partition the device runs can. The job ends
+// SUCCEEDED, never FAILED with a rollback of a committed update.
+func TestKill9RightAfterCommitOfTheSameRelease(t *testing.T) {
+	h := newHelperAgent(t)
+	m := &fakeMender{t: t, dir: filepath.Join(h.dir, "mender")}
+	m.setPartitions(map[string]any{"active": "A", "activeArtifact": "rpi-2024.06"}) // testURL's artifact
+	m.setScenario(fakeScenario{HangAfterCommit: true})
+
+	code, _ := h.start("")
+	require.Equal(t, 3, code, "reboot requested")
+	h.reboot()
+	h.startUntilMarker("commit.done")
+	require.Equal(t, 1, m.partitions().Commits, "the commit took effect before the kill")
+	st, err := DecodeState((&savedState{path: filepath.Join(h.dir, "state", sessionStateFile)}).SavedState())
+	require.NoError(t, err)
+	require.Equal(t, StepCommitting, st.Step)
+	require.Equal(t, "rpi-2024.06", st.OldArtifact, "the same name as the new artifact")
+	require.Equal(t, "A", st.OldRoot)
+
+	code, killed := h.start("")
+	require.False(t, killed)
+	require.Equal(t, 0, code)
+	var terminal []report
+	for _, r := range h.reports() {
+		if r.Status.Terminal() {
+			terminal = append(terminal, r)
+		}
+	}
+	require.Len(t, terminal, 1, "exactly one terminal update")
+	assert.Equal(t, protocol.JobSucceeded, terminal[0].Status, "%v", terminal[0].Details)
+	assert.Equal(t, "committed", terminal[0].Details[DetailStep])
+	assert.Equal(t, 0, m.partitions().Rollbacks, "never rolled back")
+	assert.Equal(t, "B", m.partitions().Active)
 }
 
 // TestKill9InCommittingBeforeTheCommit kills the agent after it persisted

@@ -79,11 +79,17 @@ type State struct {
 	// OldArtifact is what `mender show-artifact` printed before the first
 	// install attempt; after a crash in committing, a different name (and
 	// no update in progress) proves the commit happened.
-	OldArtifact string             `json:"oldArtifact,omitempty"`
-	Step        Step               `json:"step"`
-	Status      protocol.JobStatus `json:"status"`
-	Attempt     int                `json:"attempt"`
-	Reason      string             `json:"reason,omitempty"`
+	OldArtifact string `json:"oldArtifact,omitempty"`
+	// OldRoot is the device the root file system was mounted from before
+	// the first install attempt (Config.RootDevice); after a crash in
+	// committing, running from another one with no update in progress
+	// proves the commit happened, even when the new artifact has the old
+	// one's name (a re-install of the same release).
+	OldRoot string             `json:"oldRoot,omitempty"`
+	Step    Step               `json:"step"`
+	Status  protocol.JobStatus `json:"status"`
+	Attempt int                `json:"attempt"`
+	Reason  string             `json:"reason,omitempty"`
 	// Reported is true once the Session accepted this step's status.
 	Reported bool `json:"reported"`
 	// BootID is the kernel boot id when a reboot was requested; a

@@ -132,6 +132,10 @@ type Config struct {
 	// /proc/sys/kernel/random/boot_id). Tests replace it to simulate a
 	// reboot.
 	BootID func() (string, error)
+	// RootDevice returns the device the running root file system is
+	// mounted from (default ReadRootDevice). Tests replace it to model
+	// which partition runs.
+	RootDevice func() (string, error)
 	// Now returns the time (default time.Now).
 	Now func() time.Time
 	// Logger (default slog.Default()).
@@ -207,6 +211,9 @@ func New(cfg Config) (*Updater, error) {
 	}
 	if cfg.BootID == nil {
 		cfg.BootID = ReadBootID
+	}
+	if cfg.RootDevice == nil {
+		cfg.RootDevice = ReadRootDevice
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -470,6 +477,16 @@ func (u *Updater) install(ctx context.Context, st *State, r Session) error {
 			}
 		}
 	}
+	if st.OldRoot == "" {
+		if dev, err := u.cfg.RootDevice(); err != nil {
+			u.log.Warn("ota: root device unknown; a crash right after the commit of a same-name artifact will not be told apart from a failed commit", "job", st.JobID, "err", err)
+		} else {
+			st.OldRoot = dev
+			if err := u.save(ctx, r, st); err != nil {
+				return err
+			}
+		}
+	}
 	// An attempt already started (recorded in st) was interrupted: mender
 	// may hold a half-done installation that blocks a new one. Unless it
 	// recorded its own failure, say why it did not finish: the next
@@ -710,9 +727,9 @@ func (u *Updater) committing(ctx context.Context, st *State, r Session) error {
 }
 
 // commit runs mender commit and reports committed, or rolls back. After a
-// crash (resumed), "no update in progress" with show-artifact naming
-// another artifact than before the install means the earlier commit took
-// effect.
+// crash (resumed), "no update in progress" while the device runs another
+// root partition than before the install, or show-artifact names another
+// artifact, means the earlier commit took effect.
 func (u *Updater) commit(ctx context.Context, m *Mender, st *State, r Session, resumed bool) error {
 	cctx, cancel := context.WithTimeout(ctx, u.cfg.CommandTimeout)
 	err := m.Commit(cctx)
@@ -727,6 +744,10 @@ func (u *Updater) commit(ctx context.Context, m *Mender, st *State, r Session, r
 	if errors.Is(err, ErrNoUpdateInProgress) {
 		reason = "commit failed: mender has no update in progress (the device came back on the old partition)"
 		if resumed {
+			if dev, derr := u.cfg.RootDevice(); derr == nil && st.OldRoot != "" && dev != st.OldRoot {
+				u.log.Info("ota: the commit before the restart took effect: the device runs another root partition", "job", st.JobID, "rootDevice", dev, "previous", st.OldRoot)
+				return u.enter(ctx, st, r, StepCommitted, protocol.JobSucceeded, "")
+			}
 			name, serr := m.ShowArtifact(ctx)
 			switch {
 			case serr != nil && ctx.Err() != nil:
