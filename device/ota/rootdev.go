@@ -24,7 +24,8 @@ func ReadRootDevice() (string, error) {
 }
 
 // rootDeviceFrom parses mountinfo: "ID PARENT MAJOR:MINOR ROOT MOUNTPOINT
-// ...". The last mount on "/" is the one in effect.
+// ...". The last mount on "/" is the one in effect; an overlay or other
+// root without a block device (major 0) has no partition to tell.
 func rootDeviceFrom(mountinfo []byte) (string, error) {
 	dev := ""
 	sc := bufio.NewScanner(bytes.NewReader(mountinfo))
@@ -38,8 +39,13 @@ func rootDeviceFrom(mountinfo []byte) (string, error) {
 	if err := sc.Err(); err != nil {
 		return "", fmt.Errorf("read root device: %w", err)
 	}
-	if dev == "" {
+	switch {
+	case dev == "":
 		return "", fmt.Errorf("read root device: no mount on / in %s", mountInfoPath)
+	case strings.HasPrefix(dev, "0:"):
+		// An overlay, tmpfs or network root: its device number is
+		// allocated at mount time and names no partition.
+		return "", fmt.Errorf("read root device: the root file system (%s) is not mounted from a block device", dev)
 	}
 	return dev, nil
 }
