@@ -258,16 +258,16 @@ func TestSupervisionLongStepIsNotAHang(t *testing.T) {
 
 // stuckSerial makes the serial source at path a FIFO nobody writes:
 // reading it blocks, as a stuck EEPROM or sysfs read would. The test's end
-// writes a serial into it, so the blocked read returns.
+// opens and closes it without writing, so the blocked read ends with
+// nothing (no serial: the abandoned provisioning gives up, writing no
+// state).
 func stuckSerial(t *testing.T, path string) {
 	t.Helper()
 	require.NoError(t, os.Remove(path))
 	require.NoError(t, syscall.Mkfifo(path, 0o600))
 	t.Cleanup(func() {
 		// O_NONBLOCK: fails at once (ENXIO) when no read is blocked.
-		f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NONBLOCK, 0)
-		if err == nil {
-			_, _ = f.WriteString(serial + "\n")
+		if f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
 			_ = f.Close()
 		}
 	})

@@ -161,19 +161,20 @@ func (r *Runner) Run(ctx context.Context, s Step) Result {
 		}
 		if !strings.Contains(argv[0], "/") {
 			// A bare program name runs what the steps' PATH holds, found
-			// as runHandler's PATH rule finds it. Not found, the step
-			// fails (the program could not start), as with the AWS IoT
-			// Device Client's execvp.
+			// as runHandler's PATH rule finds it; the program still sees
+			// the name as its argv[0], as after the AWS IoT Device
+			// Client's execvp. Not found, the step fails (the program
+			// could not start), as there.
 			full, pathEnv, ok := r.lookPath(argv[0])
 			if !ok {
 				return Result{ExitCode: -1, Argv: argv, Reason: fmt.Sprintf("failed to start %s: no executable %q in the agent's PATH (%s)", argv[0], argv[0], pathEnv)}
 			}
-			argv = append([]string{full}, argv[1:]...)
+			return r.exec(ctx, s, full, argv)
 		}
 	default:
 		return refused("step type %q cannot be run as a process", s.Action.Type)
 	}
-	return r.exec(ctx, s, argv)
+	return r.exec(ctx, s, argv[0], argv)
 }
 
 // Rules that resolve a runHandler step's program (Resolution.Rule).
@@ -376,10 +377,13 @@ func (r *Runner) commandArgv(a jobdoc.Action) ([]string, error) {
 	return append([]string{sudo, "-n", "-u", a.RunAsUser, "--"}, a.Argv...), nil
 }
 
-func (r *Runner) exec(ctx context.Context, s Step, argv []string) Result {
+// exec runs the program at path with argv (argv[0] as the program sees
+// its name).
+func (r *Runner) exec(ctx context.Context, s Step, path string, argv []string) Result {
 	stdout := &tailBuffer{}
 	stderr := &tailBuffer{}
-	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd := exec.Command(path, argv[1:]...)
+	cmd.Args[0] = argv[0]
 	cmd.Stdout = stdout
 	cmd.Stderr = stderr
 	cmd.Env = r.cfg.Env
@@ -393,7 +397,7 @@ func (r *Runner) exec(ctx context.Context, s Step, argv []string) Result {
 		return res
 	}
 	pgid := cmd.Process.Pid
-	r.log.Info("job step started", "step", s.Action.Name, "pid", pgid, "argv0", argv[0])
+	r.log.Info("job step started", "step", s.Action.Name, "pid", pgid, "argv0", argv[0], "path", path)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 

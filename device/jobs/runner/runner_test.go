@@ -3,7 +3,6 @@ package runner
 import (
 	"context"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -337,7 +336,12 @@ func TestRunCommandUsesTheStepsPATH(t *testing.T) {
 	res := r.Run(ctxT(t), commandStep("fleet-hello", ""))
 	require.True(t, res.OK, res.Reason)
 	assert.Equal(t, "hello from "+prog+"\n", res.Stdout)
-	assert.Equal(t, []string{prog}, res.Argv)
+	assert.Equal(t, []string{"fleet-hello"}, res.Argv)
+	// The program sees the name it was called by as its argv[0], as after
+	// the Device Client's execvp (its error messages start with it).
+	res = r.Run(ctxT(t), commandStep("sh,-c,echo $0", ""))
+	require.True(t, res.OK, res.Reason)
+	assert.Equal(t, "sh\n", res.Stdout)
 	got, err := r.Resolve(jobdoc.Action{Type: jobdoc.TypeRunHandler, Handler: "fleet-hello"})
 	require.NoError(t, err)
 	assert.Equal(t, Resolution{Path: prog, Rule: RulePATH}, got, "runHandler finds the same program")
@@ -395,9 +399,7 @@ exec "$@"`, 0o755)
 	require.NoError(t, os.Remove(record))
 	res = r.Run(ctxT(t), commandStep("echo,me", me.Username))
 	require.True(t, res.OK, res.Reason)
-	echo, err := exec.LookPath("echo")
-	require.NoError(t, err)
-	assert.Equal(t, []string{echo, "me"}, res.Argv)
+	assert.Equal(t, []string{"echo", "me"}, res.Argv)
 	assert.NoFileExists(t, record)
 
 	res = r.Run(ctxT(t), commandStep("echo,hi", "no-such-user-xyz"))
