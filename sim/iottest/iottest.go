@@ -121,11 +121,17 @@ func (s *Server) Client() *iot.Client { return Client(s.URL) }
 // Client returns an IoT client for endpoint (SigV4 with dummy
 // credentials, no retries).
 func Client(endpoint string) *iot.Client {
-	return iot.New(iot.Options{
-		BaseEndpoint: aws.String(endpoint), Region: Region,
+	return iot.NewFromConfig(clientConfig(), func(o *iot.Options) { o.BaseEndpoint = aws.String(endpoint) })
+}
+
+// clientConfig is a Lambda's AWS configuration as the test clients use it:
+// SigV4 with dummy credentials, no retries.
+func clientConfig() aws.Config {
+	return aws.Config{
+		Region:      Region,
 		Credentials: credentials.NewStaticCredentialsProvider("AKIDTEST", "test-secret", ""),
-		Retryer:     aws.NopRetryer{},
-	})
+		Retryer:     func() aws.Retryer { return aws.NopRetryer{} },
+	}
 }
 
 // DataClient returns a real aws-sdk-go-v2 IoT data-plane client for the
@@ -136,11 +142,7 @@ func (s *Server) DataClient() *iotdataplane.Client { return DataClient(s.URL) }
 // DataClient returns an IoT data-plane client for endpoint (SigV4 with
 // dummy credentials, no retries).
 func DataClient(endpoint string) *iotdataplane.Client {
-	return iotdataplane.New(iotdataplane.Options{
-		BaseEndpoint: aws.String(endpoint), Region: Region,
-		Credentials: credentials.NewStaticCredentialsProvider("AKIDTEST", "test-secret", ""),
-		Retryer:     aws.NopRetryer{},
-	})
+	return iotdataplane.NewFromConfig(clientConfig(), func(o *iotdataplane.Options) { o.BaseEndpoint = aws.String(endpoint) })
 }
 
 // Message is one message the data plane's Publish accepted.
