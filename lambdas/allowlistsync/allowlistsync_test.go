@@ -23,6 +23,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/registry/registrytest"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
+	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/revocation"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle/ssmfake"
 	simregistry "github.com/iot-fleet/iot-fleet/sim/registry"
@@ -41,7 +42,7 @@ func cert(n int) string   { return fmt.Sprintf("%064x", n) }
 type env struct {
 	h        *Handler
 	iot      *simIoT
-	s3       *simS3
+	s3       *lambdatest.S3
 	ssm      *ssmfake.SSM
 	ssmState *ssmstate.Memory
 	store    registry.Store
@@ -53,10 +54,10 @@ func newEnv(t *testing.T, store registry.Store) *env {
 	t.Helper()
 	re, err := allowlist.CompilePattern(allowlist.DefaultSerialPattern)
 	require.NoError(t, err)
-	e := &env{iot: newSimIoT(t), s3: newSimS3(t), ssm: ssmfake.NewSSM(nil), ssmState: ssmstate.NewMemory(store, nil),
+	e := &env{iot: newSimIoT(t), s3: lambdatest.StartS3(t, bucket), ssm: ssmfake.NewSSM(nil), ssmState: ssmstate.NewMemory(store, nil),
 		store: store, logs: &testenv.LogBuffer{}}
 	e.h, err = New(Config{
-		S3: e.s3.client, IoT: e.iot.client, Registry: store, SerialPattern: re, SSM: e.ssm, SSMState: e.ssmState,
+		S3: e.s3.Client, IoT: e.iot.client, Registry: store, SerialPattern: re, SSM: e.ssm, SSMState: e.ssmState,
 		ThingGroup: group, DevicePolicy: policy, ThingNamePrefix: prefix,
 		Concurrency: 3, RetryDelay: time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(e.logs, nil)),
@@ -433,7 +434,7 @@ func TestConfiguredLimit(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1, res.Revoked)
 
-	_, err = New(Config{S3: e.s3.client, IoT: e.iot.client, Registry: e.store, SerialPattern: e.h.cfg.SerialPattern, SSM: e.ssm, SSMState: e.ssmState,
+	_, err = New(Config{S3: e.s3.Client, IoT: e.iot.client, Registry: e.store, SerialPattern: e.h.cfg.SerialPattern, SSM: e.ssm, SSMState: e.ssmState,
 		ThingGroup: group, DevicePolicy: policy, MaxRevocations: -1})
 	require.ErrorContains(t, err, "MaxRevocations -1")
 }
@@ -446,7 +447,7 @@ func TestReadmission(t *testing.T) {
 		e.provisioned(t, 1)
 		e.provisioned(t, 2)
 		body := list(2) + serial(1) + " readmit=INC-7\n" + serial(3) + " readmit=INC-8\n"
-		e.s3.putWithMetadata(t, DefaultObjectKey, body, map[string]string{"Deployed-By": "ci@main", MetadataConfirm: "0"})
+		e.s3.PutWithMetadata(t, bucket, DefaultObjectKey, body, map[string]string{"Deployed-By": "ci@main", MetadataConfirm: "0"})
 		res, err := e.h.Handle(e.ctx, s3Event(bucket, DefaultObjectKey))
 		require.NoError(t, err)
 		assert.Equal(t, Result{Listed: 3, Added: 1, Readmitted: 2}, res)
@@ -485,7 +486,7 @@ func TestBadConfirmMetadataChangesNothing(t *testing.T) {
 	e := newEnv(t, registry.NewMemory())
 	e.provisioned(t, 1)
 	for _, v := range []string{"all", "-3", "1e3", ""} {
-		e.s3.putWithMetadata(t, DefaultObjectKey, list(2), map[string]string{MetadataConfirm: v})
+		e.s3.PutWithMetadata(t, bucket, DefaultObjectKey, list(2), map[string]string{MetadataConfirm: v})
 		_, err := e.h.Handle(e.ctx, s3Event(bucket, DefaultObjectKey))
 		require.ErrorContains(t, err, "confirm-revocations=", v)
 		require.ErrorContains(t, err, "not a non-negative decimal number", v)
@@ -601,16 +602,16 @@ func s3Event(bucket string, keys ...string) events.S3Event {
 func TestHandleS3Event(t *testing.T) {
 	e := newEnv(t, registry.NewMemory())
 	e.provisioned(t, 1)
-	e.s3.put(t, DefaultObjectKey, list(2, 3))
+	e.s3.Put(t, bucket, DefaultObjectKey, list(2, 3))
 
 	res, err := e.h.Handle(e.ctx, s3Event(bucket, DefaultObjectKey, "other.txt", DefaultObjectKey))
 	require.NoError(t, err)
 	assert.Equal(t, Result{Listed: 2, Added: 2, Revoked: 1}, res)
-	assert.Equal(t, []string{bucket + "/" + DefaultObjectKey}, e.s3.reads(), "read once, latest version")
+	assert.Equal(t, []string{bucket + "/" + DefaultObjectKey}, e.s3.Reads(), "read once, latest version")
 	assert.Contains(t, e.logs.String(), "ignoring S3 record")
 
 	// The bad line is named with the object.
-	e.s3.put(t, DefaultObjectKey, list(2)+"bogus\n")
+	e.s3.Put(t, bucket, DefaultObjectKey, list(2)+"bogus\n")
 	_, err = e.h.Handle(e.ctx, s3Event(bucket, DefaultObjectKey))
 	require.ErrorContains(t, err, "s3://"+bucket+"/allowlist.txt: allowlist line 4")
 }
@@ -633,7 +634,7 @@ func TestHandleRejectsUnusableEvents(t *testing.T) {
 	require.ErrorContains(t, err, "two buckets")
 
 	e.h.cfg.MaxObjectBytes = 10
-	e.s3.put(t, DefaultObjectKey, list(1))
+	e.s3.Put(t, bucket, DefaultObjectKey, list(1))
 	_, err = e.h.Handle(e.ctx, s3Event(bucket, DefaultObjectKey))
 	require.ErrorContains(t, err, "larger than 10 bytes")
 	assert.Empty(t, e.iot.allCalls())
@@ -682,7 +683,7 @@ func BenchmarkSync100k(b *testing.B) {
 	body := sb.String()
 	re, err := allowlist.CompilePattern(allowlist.DefaultSerialPattern)
 	require.NoError(b, err)
-	h, err := New(Config{S3: newSimS3(b).client, IoT: newSimIoT(b).client, Registry: store, SerialPattern: re,
+	h, err := New(Config{S3: lambdatest.StartS3(b, bucket).Client, IoT: newSimIoT(b).client, Registry: store, SerialPattern: re,
 		SSM: ssmfake.NewSSM(nil), SSMState: ssmstate.NewMemory(store, nil),
 		ThingGroup: group, DevicePolicy: policy, ThingNamePrefix: prefix,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})

@@ -1,24 +1,13 @@
 package allowlistsync
 
 import (
-	"context"
-	"net/http"
-	"net/http/httptest"
-	"slices"
-	"strings"
-	"sync"
 	"testing"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
 	"github.com/aws/aws-sdk-go-v2/service/iot/types"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/sim/iottest"
 	simregistry "github.com/iot-fleet/iot-fleet/sim/registry"
-	"github.com/iot-fleet/iot-fleet/sim/s3api"
 )
 
 func certARN(id string) string { return iottest.CertARN(id) }
@@ -66,54 +55,3 @@ func (s *simIoT) policyAttached(policyName, target string) bool {
 func notFound(what string) error { return iottest.NotFound(what) }
 
 func throttled() error { return iottest.Throttled() }
-
-// simS3 is the local IoT Core's S3 (sim/s3api) served over HTTP on
-// 127.0.0.1, reached with a real aws-sdk-go-v2 *s3.Client (client) as in
-// AWS. gets records the objects the handler read ("bucket/key").
-type simS3 struct {
-	store  *s3api.Store
-	client *s3.Client
-
-	mu   sync.Mutex
-	gets []string
-}
-
-func newSimS3(t testing.TB) *simS3 {
-	t.Helper()
-	f := &simS3{}
-	var url string
-	store, err := s3api.New(s3api.Options{Buckets: []string{bucket}, BaseURL: func() string { return url }})
-	require.NoError(t, err)
-	f.store = store
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet {
-			f.mu.Lock()
-			f.gets = append(f.gets, strings.TrimPrefix(r.URL.Path, "/"))
-			f.mu.Unlock()
-		}
-		store.Handler().ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	url = srv.URL
-	f.client = s3.New(s3.Options{BaseEndpoint: aws.String(url), Region: "eu-west-1", UsePathStyle: true,
-		Credentials: credentials.NewStaticCredentialsProvider("AKIDTEST", "test-secret", "")})
-	return f
-}
-
-// putWithMetadata stores an object with user metadata, as the deploy
-// pipeline uploads allowlist.txt.
-func (f *simS3) putWithMetadata(t testing.TB, key, body string, meta map[string]string) {
-	t.Helper()
-	_, err := f.client.PutObject(context.Background(), &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String(key),
-		Body: strings.NewReader(body), Metadata: meta})
-	require.NoError(t, err)
-}
-
-func (f *simS3) put(t testing.TB, key, body string) { f.putWithMetadata(t, key, body, nil) }
-
-// reads returns the objects read so far.
-func (f *simS3) reads() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.gets)
-}

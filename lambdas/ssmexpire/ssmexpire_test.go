@@ -36,7 +36,7 @@ func TestSweepDeletesExpiredActivationsAndResetsRecords(t *testing.T) {
 	state := ssmstate.NewMemory(reg, c.Now)
 	fake := ssmfake.NewSSM(c.Now)
 	fake.PageSize = 2
-	data := &ssmfake.Data{}
+	iotSim := lambdatest.NewSimIoT(t, "iot-fleet-dev-device", "iot-fleet-dev")
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	for i := range 5 {
 		require.NoError(t, reg.PutAllowed(ctx, serial(i)))
@@ -44,7 +44,7 @@ func TestSweepDeletesExpiredActivationsAndResetsRecords(t *testing.T) {
 		require.NoError(t, err)
 	}
 	toggle, err := ssmtoggle.New(ssmtoggle.Config{
-		Registry: reg, State: state, SSM: fake, IoT: lambdatest.NewSimIoT(t, "iot-fleet-dev-device", "iot-fleet-dev").Client, Data: data, ManagedInstanceRole: role,
+		Registry: reg, State: state, SSM: fake, IoT: iotSim.Client, Data: iotSim.Data, ManagedInstanceRole: role,
 		Region: "eu-central-1", Environment: "dev", ThingNamePrefix: "dev-", SerialPattern: regexp.MustCompile(`^[0-9a-f]{16}$`),
 		ActivationTTL: time.Hour, Now: c.Now, Logger: log,
 	})

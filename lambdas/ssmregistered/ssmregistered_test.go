@@ -35,7 +35,7 @@ type env struct {
 	reg    *registry.Memory
 	state  ssmstate.Store
 	ssm    *ssmfake.SSM
-	data   *ssmfake.Data
+	iot    *lambdatest.SimIoT
 	toggle *ssmtoggle.Handler
 	h      *ssmregistered.Handler
 }
@@ -43,14 +43,14 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
-	e := &env{t: t, ctx: ctx, reg: registry.NewMemory(), ssm: ssmfake.NewSSM(nil), data: &ssmfake.Data{}}
+	e := &env{t: t, ctx: ctx, reg: registry.NewMemory(), ssm: ssmfake.NewSSM(nil), iot: lambdatest.NewSimIoT(t, "iot-fleet-dev-device", "iot-fleet-dev")}
 	e.state = ssmstate.NewMemory(e.reg, nil)
 	require.NoError(t, e.reg.PutAllowed(ctx, serial))
 	_, err := e.reg.MarkProvisioned(ctx, serial, fmt.Sprintf("%064x", 7), thing)
 	require.NoError(t, err)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	e.toggle, err = ssmtoggle.New(ssmtoggle.Config{
-		Registry: e.reg, State: e.state, SSM: e.ssm, IoT: lambdatest.NewSimIoT(t, "iot-fleet-dev-device", "iot-fleet-dev").Client, Data: e.data,
+		Registry: e.reg, State: e.state, SSM: e.ssm, IoT: e.iot.Client, Data: e.iot.Data,
 		ManagedInstanceRole: "role", Region: "eu-central-1", Environment: "dev", ThingNamePrefix: "dev-",
 		SerialPattern: regexp.MustCompile(`^[0-9a-f]{16}$`), Logger: log,
 	})
@@ -68,7 +68,7 @@ func (e *env) activate() (activationID, instanceID string) {
 	resp, err := e.toggle.Handle(e.ctx, ssmtoggle.Request{DeviceID: serial, Action: ssmtoggle.ActionActivate})
 	require.NoError(e.t, err)
 	require.True(e.t, resp.Results[0].OK, resp.Results[0].Error)
-	msgs := e.data.Messages()
+	msgs := e.iot.Messages()
 	var cmd protocol.SSMCommand
 	require.NoError(e.t, json.Unmarshal(msgs[len(msgs)-1].Payload, &cmd))
 	mi, err := e.ssm.Register(cmd.ActivationID, cmd.ActivationCode)

@@ -3,7 +3,6 @@ package ssmtoggle_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"regexp"
@@ -25,6 +24,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/lambdas/internal/lambdatest"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle/ssmfake"
+	"github.com/iot-fleet/iot-fleet/sim/iottest"
 )
 
 const (
@@ -41,7 +41,6 @@ type env struct {
 	state ssmstate.Store
 	ssm   *ssmfake.SSM
 	iot   *lambdatest.SimIoT
-	data  *ssmfake.Data
 	logs  *testenv.LogBuffer
 	h     *ssmtoggle.Handler
 }
@@ -70,9 +69,8 @@ func newEnv(t *testing.T, n int, mod func(*ssmtoggle.Config)) *env {
 	for _, m := range members {
 		e.iot.AddThing(t, m, group)
 	}
-	e.data = &ssmfake.Data{}
 	cfg := ssmtoggle.Config{
-		Registry: e.reg, State: e.state, SSM: e.ssm, IoT: e.iot.Client, Data: e.data,
+		Registry: e.reg, State: e.state, SSM: e.ssm, IoT: e.iot.Client, Data: e.iot.Data,
 		ManagedInstanceRole: role, Region: region, Environment: "dev", ThingNamePrefix: "dev-",
 		SerialPattern: regexp.MustCompile(`^[0-9a-f]{16}$`), ActivationTTL: 2 * time.Hour,
 		Concurrency: 3, Now: c.Now, Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -103,7 +101,7 @@ func (e *env) one(action, id string) ssmtoggle.Result {
 func (e *env) commands(thing string) []protocol.SSMCommand {
 	e.t.Helper()
 	var out []protocol.SSMCommand
-	for _, m := range e.data.Messages() {
+	for _, m := range e.iot.Messages() {
 		if m.Topic == protocol.CommandTopic(thing, protocol.KindSSM) {
 			require.Equal(e.t, int32(1), m.QoS)
 			var c protocol.SSMCommand
@@ -184,7 +182,7 @@ func TestActivateRequiresProvisionedDevice(t *testing.T) {
 	assert.False(t, r.OK)
 	assert.Contains(t, r.Error, "not provisioned")
 	assert.Zero(t, e.ssm.Count("CreateActivation"))
-	assert.Empty(t, e.data.Messages())
+	assert.Empty(t, e.iot.Messages())
 }
 
 func TestDuplicateActivateIsHarmless(t *testing.T) {
@@ -245,7 +243,7 @@ func TestCreateActivationFailureReleasesTheDevice(t *testing.T) {
 	rec, err := e.state.Get(e.ctx, serial(0))
 	require.NoError(t, err)
 	assert.Equal(t, ssmstate.StateInactive, rec.State)
-	assert.Empty(t, e.data.Messages())
+	assert.Empty(t, e.iot.Messages())
 
 	r = e.one(ssmtoggle.ActionActivate, serial(0))
 	assert.True(t, r.OK, "a retry works: %s", r.Error)
@@ -253,10 +251,11 @@ func TestCreateActivationFailureReleasesTheDevice(t *testing.T) {
 
 func TestPublishFailureLeavesNoValidCode(t *testing.T) {
 	e := newEnv(t, 1, nil)
-	e.data.FailNext("Publish", protocol.CommandTopic(thing(0), protocol.KindSSM), errors.New("ThrottlingException"))
+	e.iot.FailNext("Publish", protocol.CommandTopic(thing(0), protocol.KindSSM), iottest.Throttled())
 	r := e.one(ssmtoggle.ActionActivate, serial(0))
 	assert.False(t, r.OK)
 	assert.Contains(t, r.Error, "publish")
+	assert.Contains(t, r.Error, "ThrottlingException", "the data plane's answer reaches the result")
 	assert.Empty(t, e.ssm.Activations(), "the activation was deleted")
 	rec, err := e.state.Get(e.ctx, serial(0))
 	require.NoError(t, err)
@@ -446,13 +445,13 @@ func TestGroupToggleWithOneFailingDevice(t *testing.T) {
 	}
 	iotSim.SetPageSize(2)
 	h, err := ssmtoggle.New(ssmtoggle.Config{
-		Registry: e.reg, State: e.state, SSM: counting, IoT: iotSim.Client, Data: e.data,
+		Registry: e.reg, State: e.state, SSM: counting, IoT: iotSim.Client, Data: iotSim.Data,
 		ManagedInstanceRole: role, Region: region, Environment: "dev", ThingNamePrefix: "dev-",
 		SerialPattern: regexp.MustCompile(`^[0-9a-f]{16}$`), Concurrency: 2, Now: e.clock.Now,
 		Logger: slog.New(slog.NewJSONHandler(e.logs, nil)),
 	})
 	require.NoError(t, err)
-	e.data.FailNext("Publish", protocol.CommandTopic(thing(5), protocol.KindSSM), errors.New("ThrottlingException"))
+	iotSim.FailNext("Publish", protocol.CommandTopic(thing(5), protocol.KindSSM), iottest.Throttled())
 
 	resp, err := h.Handle(e.ctx, ssmtoggle.Request{ThingGroup: group, Action: ssmtoggle.ActionActivate})
 	require.NoError(t, err)
@@ -468,6 +467,7 @@ func TestGroupToggleWithOneFailingDevice(t *testing.T) {
 			assert.Contains(t, r.Error, "not in the registry")
 		case thing(5):
 			assert.Contains(t, r.Error, "publish")
+			assert.Contains(t, r.Error, "ThrottlingException")
 		default:
 			assert.True(t, r.OK, "%s: %s", r.DeviceID, r.Error)
 			assert.Equal(t, ssmstate.StateActivating, r.State)
@@ -517,7 +517,7 @@ func TestNewValidatesConfig(t *testing.T) {
 	assert.Contains(t, err.Error(), "ManagedInstanceRole")
 	e := newEnv(t, 0, nil)
 	_, err = ssmtoggle.New(ssmtoggle.Config{
-		Registry: e.reg, State: e.state, SSM: e.ssm, IoT: e.iot.Client, Data: e.data, ManagedInstanceRole: role,
+		Registry: e.reg, State: e.state, SSM: e.ssm, IoT: e.iot.Client, Data: e.iot.Data, ManagedInstanceRole: role,
 		Region: region, Environment: "dev", ThingNamePrefix: "dev-", SerialPattern: regexp.MustCompile("^x$"),
 		ActivationTTL: 31 * 24 * time.Hour,
 	})

@@ -25,6 +25,11 @@ type DataPlane struct {
 	// (the broker's PublishQoS). HTTP publishes are authorized by IAM in
 	// AWS, not by IoT policies: the local endpoint checks no credentials.
 	Publish func(topic string, payload []byte, qos byte)
+	// PublishFault, when set, is asked before a valid Publish is carried
+	// out: a non-nil error is the answer, in AWS's error shape (a
+	// smithy.APIError keeps its code, e.g. ThrottlingException), and
+	// nothing is published. Tests inject data-plane faults with it.
+	PublishFault func(topic string) error
 	// Shadows is the Device Shadow service the devices use over MQTT.
 	Shadows *shadow.Service
 	// Now returns the epoch seconds of answers' timestamps.
@@ -61,6 +66,12 @@ func (h *Handler) ServeDataPlane(dp DataPlane) {
 		if err != nil {
 			h.writeError(w, op, &smithy.GenericAPIError{Code: "RequestEntityTooLargeException", Message: op + ": " + err.Error()})
 			return
+		}
+		if dp.PublishFault != nil {
+			if err := dp.PublishFault(topic); err != nil {
+				h.writeError(w, op, err)
+				return
+			}
 		}
 		switch {
 		case dp.Shadows.Match(topic):

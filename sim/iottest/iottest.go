@@ -1,11 +1,15 @@
 // Package iottest serves the local IoT Core's AWS IoT control plane
-// (sim/controlplane over sim/awsiot and a simulator registry) on a
-// loopback HTTP listener for the Lambdas' tests, and hands out real
-// aws-sdk-go-v2 *iot.Client values pointed at it. A handler under test
-// talks to it over AWS's own wire protocol (REST-JSON), exactly as it talks
-// to AWS IoT; the test sets the world up through Registry and injects
+// (sim/controlplane over sim/awsiot and a simulator registry) and its IoT
+// data plane (Publish, device shadows) on a loopback HTTP listener for the
+// Lambdas' tests, and hands out real aws-sdk-go-v2 *iot.Client and
+// *iotdataplane.Client values pointed at it. A handler under test talks
+// to it over AWS's own wire protocol (REST-JSON), exactly as it talks to
+// AWS IoT; the test sets the world up through Registry and injects
 // faults and reads the calls through IoT (awsiot.Client.FailNext,
 // AfterEach, Calls, SetPageSize), which sit behind the HTTP endpoint.
+// The messages published through the data plane are recorded (Messages)
+// instead of reaching a broker; FailNextPublish makes chosen publishes
+// fail with AWS's error shape.
 //
 // CreateCertificateFromCsr issues certificates signed by a CA of the
 // server's own (CA). Only tests and test helper packages import it.
@@ -15,6 +19,7 @@ import (
 	"context"
 	"net/http/httptest"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +27,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
 	"github.com/aws/aws-sdk-go-v2/service/iot/types"
+	"github.com/aws/aws-sdk-go-v2/service/iotdataplane"
 
 	iotpolicy "github.com/iot-fleet/iot-fleet/internal/policy"
 	"github.com/iot-fleet/iot-fleet/sim/awsiot"
@@ -29,6 +35,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/sim/controlplane"
 	"github.com/iot-fleet/iot-fleet/sim/jobs"
 	simregistry "github.com/iot-fleet/iot-fleet/sim/registry"
+	"github.com/iot-fleet/iot-fleet/sim/shadow"
 )
 
 // The account and region the server's ARNs name.
@@ -55,6 +62,8 @@ type Server struct {
 	URL string
 	// CA signs the certificates CreateCertificateFromCsr issues.
 	CA *ca.CA
+
+	data *dataPlane
 }
 
 // Options configure Start.
@@ -91,9 +100,16 @@ func Start(t testing.TB, opts Options) *Server {
 	}
 	h := controlplane.New(c, awsiot.NewJobs(js, c), func() string { return "127.0.0.1:8883" }, nil)
 	h.ServeCertificateIssuance(awsiot.NewIssuer(c, authority))
+	data := &dataPlane{faults: map[string][]error{}}
+	h.ServeDataPlane(controlplane.DataPlane{
+		Publish:      data.publish,
+		PublishFault: data.fault,
+		Shadows:      shadow.New(shadow.Options{}),
+		Now:          func() int64 { return time.Now().Unix() },
+	})
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return &Server{Registry: reg, IoT: c, URL: srv.URL, CA: authority}
+	return &Server{Registry: reg, IoT: c, URL: srv.URL, CA: authority, data: data}
 }
 
 // Client returns a real aws-sdk-go-v2 IoT client for the endpoint, as a
@@ -105,11 +121,82 @@ func (s *Server) Client() *iot.Client { return Client(s.URL) }
 // Client returns an IoT client for endpoint (SigV4 with dummy
 // credentials, no retries).
 func Client(endpoint string) *iot.Client {
-	return iot.New(iot.Options{
-		BaseEndpoint: aws.String(endpoint), Region: Region,
+	return iot.NewFromConfig(clientConfig(), func(o *iot.Options) { o.BaseEndpoint = aws.String(endpoint) })
+}
+
+// clientConfig is a Lambda's AWS configuration as the test clients use it:
+// SigV4 with dummy credentials, no retries.
+func clientConfig() aws.Config {
+	return aws.Config{
+		Region:      Region,
 		Credentials: credentials.NewStaticCredentialsProvider("AKIDTEST", "test-secret", ""),
-		Retryer:     aws.NopRetryer{},
-	})
+		Retryer:     func() aws.Retryer { return aws.NopRetryer{} },
+	}
+}
+
+// DataClient returns a real aws-sdk-go-v2 IoT data-plane client for the
+// endpoint, as a Lambda builds it, except that it does not retry (as
+// Client).
+func (s *Server) DataClient() *iotdataplane.Client { return DataClient(s.URL) }
+
+// DataClient returns an IoT data-plane client for endpoint (SigV4 with
+// dummy credentials, no retries).
+func DataClient(endpoint string) *iotdataplane.Client {
+	return iotdataplane.NewFromConfig(clientConfig(), func(o *iotdataplane.Options) { o.BaseEndpoint = aws.String(endpoint) })
+}
+
+// Message is one message the data plane's Publish accepted.
+type Message struct {
+	Topic   string
+	Payload []byte
+	QoS     int32
+}
+
+// Messages returns the messages published through the data plane so
+// far, in order. Publishes on shadow topics are shadow requests (the
+// shadow service answers them) and are not among them.
+func (s *Server) Messages() []Message { return s.data.messages() }
+
+// FailNextPublish makes the next len(errs) data-plane publishes on topic
+// ("" for any topic) fail with errs, answered in AWS's error shape: an
+// AWS error (Throttled, a data-plane or IoT exception) keeps its code,
+// which the data-plane client surfaces as its own exception type; any
+// other error is an InternalFailureException. Nothing is published.
+func (s *Server) FailNextPublish(topic string, errs ...error) {
+	s.data.mu.Lock()
+	defer s.data.mu.Unlock()
+	s.data.faults[topic] = append(s.data.faults[topic], errs...)
+}
+
+// dataPlane records the data plane's publishes and fails chosen ones.
+type dataPlane struct {
+	mu     sync.Mutex
+	msgs   []Message
+	faults map[string][]error // by topic; "" matches any
+}
+
+func (d *dataPlane) publish(topic string, payload []byte, qos byte) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.msgs = append(d.msgs, Message{Topic: topic, Payload: slices.Clone(payload), QoS: int32(qos)})
+}
+
+func (d *dataPlane) fault(topic string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, k := range []string{topic, ""} {
+		if errs := d.faults[k]; len(errs) > 0 {
+			d.faults[k] = errs[1:]
+			return errs[0]
+		}
+	}
+	return nil
+}
+
+func (d *dataPlane) messages() []Message {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.msgs)
 }
 
 // Provision does what fleet provisioning does for a device: an ACTIVE

@@ -9,12 +9,15 @@ import (
 	"net/http"
 	neturl "net/url"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
+	"github.com/aws/aws-sdk-go-v2/service/iotdataplane"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/iot-fleet/iot-fleet/lambdas/allowlistsync"
@@ -53,6 +56,9 @@ type LocalAWS struct {
 	srvs      []*http.Server
 	ln        net.Listener // the endpoint
 	artLn     net.Listener // the artifacts endpoint
+
+	pubMu sync.Mutex
+	pubs  []Message // the data plane's publishes (DataPlane.Messages)
 }
 
 // ArtifactsBucket is the name of the local artifacts bucket of env.
@@ -119,6 +125,9 @@ func (l *LocalAWS) serve(s *Stack) {
 				c.Rules().Dispatch(rules.Message{Topic: topic, Payload: payload})
 			}
 			c.PublishQoS(topic, payload, qos)
+			l.pubMu.Lock()
+			l.pubs = append(l.pubs, Message{Topic: topic, Payload: slices.Clone(payload), QoS: int32(qos)})
+			l.pubMu.Unlock()
 		},
 		Shadows: c.Shadows(),
 		Now:     func() int64 { return time.Now().Unix() },
@@ -179,6 +188,19 @@ var localCredentials = credentials.NewStaticCredentialsProvider("AKIDLOCALSTACK"
 // aws-sdk-go-v2 client with the SDK's standard retries, as in AWS.
 func newIoTClient(url string) *iot.Client {
 	return iot.New(iot.Options{BaseEndpoint: aws.String(url), Region: core.Region, Credentials: localCredentials})
+}
+
+// published returns the data plane's publishes so far, in order.
+func (l *LocalAWS) published() []Message {
+	l.pubMu.Lock()
+	defer l.pubMu.Unlock()
+	return slices.Clone(l.pubs)
+}
+
+// newDataClient is the Lambdas' IoT data-plane client for the endpoint: a
+// real aws-sdk-go-v2 client with the SDK's standard retries, as in AWS.
+func newDataClient(url string) *iotdataplane.Client {
+	return iotdataplane.New(iotdataplane.Options{BaseEndpoint: aws.String(url), Region: core.Region, Credentials: localCredentials})
 }
 
 // newS3Client is the Lambdas' S3 client for the endpoint (path-style

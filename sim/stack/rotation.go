@@ -65,7 +65,7 @@ type RotationRecord struct {
 func newRotation(s *Stack, opts RotationOptions, log *slog.Logger) (*Rotation, error) {
 	names := s.Core.Names()
 	r := &Rotation{IoT: s.IoTClient, log: log}
-	data := &DataPlane{core: s.Core}
+	data := s.SSM.Data.Client
 	var err error
 	if r.rotate, err = certrotate.New(certrotate.Config{
 		IoT: issueHook{Client: r.IoT, r: r}, Data: data, Registry: s.Registry,

@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
-	"github.com/aws/aws-sdk-go-v2/aws"
-	iottypes "github.com/aws/aws-sdk-go-v2/service/iot/types"
 	"github.com/aws/aws-sdk-go-v2/service/iotdataplane"
 
 	"github.com/iot-fleet/iot-fleet/device/backoff"
@@ -48,8 +46,9 @@ func ManagedInstanceRoleName(env string) string { return "iot-fleet-" + env + "-
 // Pulumi program wires it in AWS: the real toggle, registered and expiry
 // Lambda handlers over a faithful fake of Systems Manager
 // (lambdas/ssmtoggle/ssmfake), the local IoT Core's data plane (the
-// toggle's Publish reaches the devices through the broker) and control
-// plane (thing-group listing), and the SSM state kept in the device
+// toggle's Publish, with its real client, reaches the devices through the
+// broker) and control plane (thing-group listing), and the SSM state kept
+// in the device
 // registry's items (internal/ssmstate, same serial keys).
 type SSM struct {
 	// Service is the fake Systems Manager: activations and managed
@@ -78,12 +77,12 @@ func newSSM(s *Stack, opts SSMOptions, pattern *regexp.Regexp, log *slog.Logger)
 	m := &SSM{
 		Service: ssmfake.NewSSM(now),
 		State:   ssmstate.NewMemory(s.Registry, ssmstate.Clock(now)),
-		Data:    &DataPlane{core: s.Core},
+		Data:    newDataPlane(s),
 		stack:   s,
 		now:     now,
 	}
 	if m.toggle, err = ssmtoggle.New(ssmtoggle.Config{
-		Registry: s.Registry, State: m.State, SSM: m.Service, IoT: s.IoTClient, Data: m.Data,
+		Registry: s.Registry, State: m.State, SSM: m.Service, IoT: s.IoTClient, Data: m.Data.Client,
 		ManagedInstanceRole: role, Region: core.Region, Environment: names.Env,
 		ThingNamePrefix: names.ThingNamePrefix, SerialPattern: pattern,
 		ActivationTTL: opts.ActivationTTL, Now: now, Logger: log.With("lambda", "ssmtoggle"),
@@ -181,57 +180,43 @@ func (m *SSM) Sweep(ctx context.Context) (ssmexpire.Summary, error) {
 	return m.expire.Handle(ctx, json.RawMessage(`{}`))
 }
 
-// DataPlane is the local IoT data plane (iotdataplane.Publish): a message
-// published with it reaches the subscribed devices through the local IoT
-// Core's broker, at the QoS of their subscriptions (at most 1), subject to
-// their iot:Receive permission, as AWS IoT delivers it. It keeps the
-// accepted messages for inspection (like a topic rule's log).
+// DataPlane is the in-sim Lambdas' IoT data plane: Client, a real
+// aws-sdk-go-v2 *iotdataplane.Client against the stack's local AWS
+// endpoint, which serves AWS IoT's data plane (LocalAWS: AWS's topic and
+// QoS validation, then the broker at the QoS asked and the topic rules).
+// Messages reads what the endpoint published; Redeliver delivers one
+// again.
 type DataPlane struct {
-	core *core.Core
+	// Client is the data-plane client the stack's Lambdas publish with.
+	Client *iotdataplane.Client
 
-	mu   sync.Mutex
-	msgs []Message
+	aws  *LocalAWS
+	core *core.Core
 }
 
-// Message is one message accepted by the DataPlane.
+func newDataPlane(s *Stack) *DataPlane {
+	return &DataPlane{Client: newDataClient(s.AWS.URL), aws: s.AWS, core: s.Core}
+}
+
+// Message is one message the data plane published.
 type Message struct {
 	Topic   string
 	Payload []byte
 	QoS     int32
 }
 
-// Publish implements the data-plane Publish the Lambdas use, with AWS's
-// validation: QoS 0 or 1, a topic without wildcards, not empty, at most 256
-// bytes.
-func (d *DataPlane) Publish(ctx context.Context, in *iotdataplane.PublishInput, _ ...func(*iotdataplane.Options)) (*iotdataplane.PublishOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	topic := aws.ToString(in.Topic)
-	switch {
-	case topic == "" || len(topic) > 256 || strings.ContainsAny(topic, "+#"):
-		return nil, &iottypes.InvalidRequestException{Message: aws.String(fmt.Sprintf("invalid topic %q", topic))}
-	case in.Qos < 0 || in.Qos > 1:
-		return nil, &iottypes.InvalidRequestException{Message: aws.String(fmt.Sprintf("qos %d is not 0 or 1", in.Qos))}
-	}
-	m := Message{Topic: topic, Payload: append([]byte(nil), in.Payload...), QoS: in.Qos}
-	d.mu.Lock()
-	d.msgs = append(d.msgs, m)
-	d.mu.Unlock()
-	d.core.Publish(topic, m.Payload)
-	return &iotdataplane.PublishOutput{}, nil
+// Publish publishes with Client, as the Lambdas do.
+func (d *DataPlane) Publish(ctx context.Context, in *iotdataplane.PublishInput, optFns ...func(*iotdataplane.Options)) (*iotdataplane.PublishOutput, error) {
+	return d.Client.Publish(ctx, in, optFns...)
 }
 
-// Messages returns the messages published so far, in order.
-func (d *DataPlane) Messages() []Message {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]Message(nil), d.msgs...)
-}
+// Messages returns the messages the endpoint's data plane published so
+// far (the Lambdas' and any other client's), in order.
+func (d *DataPlane) Messages() []Message { return d.aws.published() }
 
 // Redeliver publishes an already published message again (what QoS 1
 // redelivery does after a lost PUBACK).
-func (d *DataPlane) Redeliver(m Message) { d.core.Publish(m.Topic, m.Payload) }
+func (d *DataPlane) Redeliver(m Message) { d.core.PublishQoS(m.Topic, m.Payload, byte(m.QoS)) }
 
 // StatusWatcher is an operator's MQTT client subscribed to every device's
 // SSM status (dt/fleet/+/ssm/status), connected to the local IoT Core with

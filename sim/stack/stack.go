@@ -10,9 +10,10 @@
 // bucket and invokes lambdas/allowlistsync with the S3 notification AWS
 // would send, and the sync revokes devices through the endpoint and turns
 // SSM off for them in the local Systems Manager (ssm.go); lambdas/revoke
-// revokes one device now (Revoke). The IoT data plane (the Lambdas'
-// Publish) is the broker's, in-process (DataPlane); Systems Manager and S3
-// are in-process stand-ins (the simulator does not emulate them).
+// revokes one device now (Revoke). The Lambdas' IoT data-plane Publish
+// goes with their real *iotdataplane.Client to the same endpoint, whose
+// data plane delivers it through the broker (DataPlane); Systems Manager
+// is an in-process stand-in (the simulator does not emulate it).
 package stack
 
 import (

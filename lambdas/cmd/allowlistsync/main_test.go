@@ -5,10 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,41 +19,6 @@ import (
 )
 
 const bucket = "iot-fleet-dev-config"
-
-// s3Server is a tiny S3 endpoint that answers path-style GetObject.
-type s3Server struct {
-	mu      sync.Mutex
-	objects map[string]string // "/bucket/key" → body
-	gets    []string
-}
-
-func (s *s3Server) put(key, body string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.objects["/"+bucket+"/"+key] = body
-}
-
-func (s *s3Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.gets = append(s.gets, r.Method+" "+r.URL.Path)
-	if r.Method != http.MethodGet {
-		http.Error(w, "only GetObject", http.StatusMethodNotAllowed)
-		return
-	}
-	body, ok := s.objects[r.URL.Path]
-	if !ok {
-		w.Header().Set("Content-Type", "application/xml")
-		w.WriteHeader(http.StatusNotFound)
-		fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message><Key>%s</Key></Error>`, r.URL.Path)
-		return
-	}
-	w.Header().Set("Content-Type", "text/plain")
-	w.Header().Set("ETag", `"0123456789abcdef"`)
-	w.Header().Set("Last-Modified", time.Now().UTC().Format(http.TimeFormat))
-	w.Header().Set("Content-Length", fmt.Sprint(len(body)))
-	_, _ = w.Write([]byte(body))
-}
 
 func closedPort(t *testing.T) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -93,9 +55,7 @@ func testSyncsAllowlist(t *testing.T, bin string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	s3 := &s3Server{objects: map[string]string{}}
-	s3srv := httptest.NewServer(s3)
-	t.Cleanup(s3srv.Close)
+	s3 := lambdatest.StartS3(t, bucket)
 
 	api := lambdatest.StartRuntimeAPI(t)
 	lambdatest.Start(t, bin, api, lambdatest.DynaliteEnv(endpoint, map[string]string{
@@ -106,13 +66,22 @@ func testSyncsAllowlist(t *testing.T, bin string) {
 		"SERIAL_PATTERN":           "^[0-9a-f]{16}$",
 		"MAX_REVOCATIONS_PER_SYNC": "1",
 		"AWS_MAX_ATTEMPTS":         "1",
-		"AWS_ENDPOINT_URL_S3":      s3srv.URL,
+		"AWS_ENDPOINT_URL_S3":      s3.URL,
 		"AWS_ENDPOINT_URL_IOT":     closedPort(t),
 	}))
 
-	// 1. Two new serials are admitted.
-	s3.put("allowlist.txt", "# devices\n10000000a1b2c3d4\n\n10000000a1b2c3d5 # bench\n")
+	// 0. An event for an object S3 does not hold surfaces S3's NoSuchKey
+	// and admits nothing.
 	out, err := api.Invoke(ctx, s3Event("allowlist.txt"))
+	require.NoError(t, err)
+	require.NotNil(t, out.Error)
+	assert.True(t, strings.Contains(out.Error.ErrorMessage, "NoSuchKey"), out.Error.ErrorMessage)
+	_, err = store.Get(ctx, "10000000a1b2c3d4")
+	require.ErrorIs(t, err, registry.ErrNotFound)
+
+	// 1. Two new serials are admitted.
+	s3.Put(t, bucket, "allowlist.txt", "# devices\n10000000a1b2c3d4\n\n10000000a1b2c3d5 # bench\n")
+	out, err = api.Invoke(ctx, s3Event("allowlist.txt"))
 	require.NoError(t, err)
 	require.Nil(t, out.Error, "invocation failed: %+v", out.Error)
 	var res allowlistsync.Result
@@ -123,10 +92,10 @@ func testSyncsAllowlist(t *testing.T, bin string) {
 		require.NoError(t, err)
 		assert.Equal(t, registry.StateAllowed, d.State)
 	}
-	assert.Contains(t, s3.gets, "GET /"+bucket+"/allowlist.txt")
+	assert.Contains(t, s3.Reads(), bucket+"/allowlist.txt")
 
 	// 2. A bad line fails the sync with its number and changes nothing.
-	s3.put("allowlist.txt", "10000000a1b2c3d4\n10000000a1b2c3d5\nZZZ\n10000000a1b2c3d6\n")
+	s3.Put(t, bucket, "allowlist.txt", "10000000a1b2c3d4\n10000000a1b2c3d5\nZZZ\n10000000a1b2c3d6\n")
 	out, err = api.Invoke(ctx, s3Event("allowlist.txt"))
 	require.NoError(t, err)
 	require.NotNil(t, out.Error)
@@ -136,7 +105,7 @@ func testSyncsAllowlist(t *testing.T, bin string) {
 
 	// 2b. Removing both devices is over MAX_REVOCATIONS_PER_SYNC=1: the
 	// sync is refused and adds nothing either.
-	s3.put("allowlist.txt", "10000000a1b2c3d6\n")
+	s3.Put(t, bucket, "allowlist.txt", "10000000a1b2c3d6\n")
 	out, err = api.Invoke(ctx, s3Event("allowlist.txt"))
 	require.NoError(t, err)
 	require.NotNil(t, out.Error)
@@ -151,7 +120,7 @@ func testSyncsAllowlist(t *testing.T, bin string) {
 	// hook denies it; the next sync finishes the revocation).
 	_, err = store.MarkProvisioned(ctx, "10000000a1b2c3d5", fmt.Sprintf("%064x", 7), "")
 	require.NoError(t, err)
-	s3.put("allowlist.txt", "10000000a1b2c3d4\n")
+	s3.Put(t, bucket, "allowlist.txt", "10000000a1b2c3d4\n")
 	out, err = api.Invoke(ctx, s3Event("allowlist.txt"))
 	require.NoError(t, err)
 	require.NotNil(t, out.Error)
@@ -160,18 +129,11 @@ func testSyncsAllowlist(t *testing.T, bin string) {
 	require.NoError(t, err)
 	assert.Equal(t, registry.StateRevoking, d.State)
 
-	// 4. An event for a missing object names the object.
+	// 4. An event for another object names the object the sync reads.
 	out, err = api.Invoke(ctx, s3Event("allowlist.txt"+"x"))
 	require.NoError(t, err)
 	require.NotNil(t, out.Error)
 	assert.Contains(t, out.Error.ErrorMessage, `no record for object "allowlist.txt"`)
-	s3.mu.Lock()
-	delete(s3.objects, "/"+bucket+"/allowlist.txt")
-	s3.mu.Unlock()
-	out, err = api.Invoke(ctx, s3Event("allowlist.txt"))
-	require.NoError(t, err)
-	require.NotNil(t, out.Error)
-	assert.True(t, strings.Contains(out.Error.ErrorMessage, "NoSuchKey"), out.Error.ErrorMessage)
 }
 
 func testReportsMissingConfiguration(t *testing.T, bin string) {

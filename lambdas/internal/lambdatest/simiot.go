@@ -1,17 +1,14 @@
 package lambdatest
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/pem"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
 	iottypes "github.com/aws/aws-sdk-go-v2/service/iot/types"
 	"github.com/aws/aws-sdk-go-v2/service/iotdataplane"
@@ -20,23 +17,24 @@ import (
 )
 
 // SimIoT is AWS IoT for the Lambdas' tests: the local IoT Core's control
-// plane served over HTTP (sim/iottest), which a handler reaches with a
-// real aws-sdk-go-v2 *iot.Client (embedded: a test calls it as the handler
-// does; certificates it issues are signed by the server's CA), and Data,
-// a recorder of the handler's data-plane Publish calls (the messages to
-// the devices are what the tests check). The test sets devices up,
-// injects faults and reads the calls behind the endpoint (Srv.IoT).
+// and data planes served over HTTP (sim/iottest), which a handler reaches
+// with real aws-sdk-go-v2 clients: *iot.Client (embedded: a test calls it
+// as the handler does; certificates it issues are signed by the server's
+// CA) and Data, an *iotdataplane.Client whose publishes the server
+// records (Messages: the messages to the devices are what the tests
+// check). The test sets devices up, injects faults and reads the calls
+// behind the endpoint (Srv.IoT, Srv.FailNextPublish).
 type SimIoT struct {
 	*iot.Client
 	Srv  *iottest.Server
-	Data *DataPlane
+	Data *iotdataplane.Client
 }
 
-// NewSimIoT starts the control plane with policy and group.
+// NewSimIoT starts the control and data planes with policy and group.
 func NewSimIoT(t testing.TB, policy, group string) *SimIoT {
 	t.Helper()
 	srv := iottest.Start(t, iottest.Options{Policies: []string{policy}, ThingGroups: []string{group}})
-	return &SimIoT{Client: srv.Client(), Srv: srv, Data: &DataPlane{}}
+	return &SimIoT{Client: srv.Client(), Srv: srv, Data: srv.DataClient()}
 }
 
 // Cert is a certificate as the tests inspect it.
@@ -61,10 +59,11 @@ func (s *SimIoT) AddDevice(t testing.TB, thing, group, policy, certPEM string) s
 }
 
 // FailNext makes the next calls of op on key fail with errs (the control
-// plane's fault injection; "Publish" is the data plane's).
+// plane's fault injection; "Publish" is the data plane's, key its topic,
+// "" any topic).
 func (s *SimIoT) FailNext(op, key string, errs ...error) {
 	if op == "Publish" {
-		s.Data.FailNext(errs...)
+		s.Srv.FailNextPublish(key, errs...)
 		return
 	}
 	s.Srv.IoT.FailNext(op, key, errs...)
@@ -128,50 +127,5 @@ func (s *SimIoT) AddThing(t testing.TB, thing, group string) {
 // SetPageSize bounds the control plane's list pages.
 func (s *SimIoT) SetPageSize(n int) { s.Srv.IoT.SetPageSize(n) }
 
-// Messages returns the data-plane publishes so far.
-func (s *SimIoT) Messages() []Message { return s.Data.Messages() }
-
-// Message is one data-plane publish.
-type Message struct {
-	Topic   string
-	Payload []byte
-	QoS     int32
-}
-
-// DataPlane records the data-plane Publish calls of a handler (its
-// DataAPI, which *iotdataplane.Client implements) and fails chosen ones.
-type DataPlane struct {
-	mu   sync.Mutex
-	msgs []Message
-	errs []error
-}
-
-// FailNext makes the next len(errs) Publish calls fail with errs.
-func (d *DataPlane) FailNext(errs ...error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.errs = append(d.errs, errs...)
-}
-
-// Messages returns the messages published so far.
-func (d *DataPlane) Messages() []Message {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return slices.Clone(d.msgs)
-}
-
-// Publish records a message.
-func (d *DataPlane) Publish(ctx context.Context, in *iotdataplane.PublishInput, _ ...func(*iotdataplane.Options)) (*iotdataplane.PublishOutput, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if len(d.errs) > 0 {
-		err := d.errs[0]
-		d.errs = d.errs[1:]
-		return nil, err
-	}
-	d.msgs = append(d.msgs, Message{Topic: aws.ToString(in.Topic), Payload: slices.Clone(in.Payload), QoS: in.Qos})
-	return &iotdataplane.PublishOutput{}, nil
-}
+// Messages returns the messages published through the data plane so far.
+func (s *SimIoT) Messages() []iottest.Message { return s.Srv.Messages() }

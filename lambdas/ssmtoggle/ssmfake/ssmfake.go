@@ -1,10 +1,10 @@
-// Package ssmfake holds in-memory fakes of the AWS APIs the SSM-on-demand
-// Lambdas call that the local IoT Core does not serve: Systems Manager
-// (activations and managed instances; the simulator does not emulate it)
-// and a recorder of the IoT data-plane publish. They have AWS's behaviour
-// where the Lambdas depend on it, a record of every call and injectable
-// failures. Tests and the local stack use them; AWS IoT's control plane
-// is the simulator's, reached over HTTP (sim/iottest, sim/stack).
+// Package ssmfake holds an in-memory fake of the one AWS API the
+// SSM-on-demand Lambdas call that the local IoT Core does not serve:
+// Systems Manager (activations and managed instances; the simulator does
+// not emulate it). It has AWS's behaviour where the Lambdas depend on it,
+// a record of every call and injectable failures. Tests and the local
+// stack use it; AWS IoT's control and data planes are the simulator's,
+// reached over HTTP with the real clients (sim/iottest, sim/stack).
 package ssmfake
 
 import (
@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/iotdataplane"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
 )
@@ -471,52 +470,4 @@ func sortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(keys)
 	return keys
-}
-
-// Message is one publish the fake data plane accepted.
-type Message struct {
-	Topic   string
-	Payload []byte
-	QoS     int32
-}
-
-// Data is a fake IoT data plane (Publish).
-type Data struct {
-	Calls
-	faults
-	// OnPublish, if set, runs after each accepted publish (outside the
-	// lock), e.g. to deliver the message to a broker.
-	OnPublish func(ctx context.Context, m Message) error
-
-	mu   sync.Mutex
-	msgs []Message
-}
-
-// Publish implements the data-plane API.
-func (d *Data) Publish(ctx context.Context, in *iotdataplane.PublishInput, _ ...func(*iotdataplane.Options)) (*iotdataplane.PublishOutput, error) {
-	topic := aws.ToString(in.Topic)
-	d.add("Publish", topic)
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := d.take("Publish", topic); err != nil {
-		return nil, err
-	}
-	m := Message{Topic: topic, Payload: append([]byte(nil), in.Payload...), QoS: in.Qos}
-	if d.OnPublish != nil {
-		if err := d.OnPublish(ctx, m); err != nil {
-			return nil, err
-		}
-	}
-	d.mu.Lock()
-	d.msgs = append(d.msgs, m)
-	d.mu.Unlock()
-	return &iotdataplane.PublishOutput{}, nil
-}
-
-// Messages returns the accepted publishes, in order.
-func (d *Data) Messages() []Message {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]Message(nil), d.msgs...)
 }
