@@ -58,8 +58,12 @@ type LocalAWS struct {
 	artLn     net.Listener // the artifacts endpoint
 
 	pubMu sync.Mutex
-	pubs  []Message // the data plane's publishes (DataPlane.Messages)
+	pubs  []Message // the data plane's latest publishes (DataPlane.Messages), at most maxPublishRecord
 }
+
+// maxPublishRecord bounds the record of data-plane publishes a long
+// running local IoT Core keeps: the latest ones are kept.
+const maxPublishRecord = 10000
 
 // ArtifactsBucket is the name of the local artifacts bucket of env.
 func ArtifactsBucket(env string) string { return "iot-fleet-" + env + "-artifacts" }
@@ -125,9 +129,7 @@ func (l *LocalAWS) serve(s *Stack) {
 				c.Rules().Dispatch(rules.Message{Topic: topic, Payload: payload})
 			}
 			c.PublishQoS(topic, payload, qos)
-			l.pubMu.Lock()
-			l.pubs = append(l.pubs, Message{Topic: topic, Payload: slices.Clone(payload), QoS: int32(qos)})
-			l.pubMu.Unlock()
+			l.record(Message{Topic: topic, Payload: slices.Clone(payload), QoS: int32(qos)})
 		},
 		Shadows: c.Shadows(),
 		Now:     func() int64 { return time.Now().Unix() },
@@ -190,7 +192,19 @@ func newIoTClient(url string) *iot.Client {
 	return iot.New(iot.Options{BaseEndpoint: aws.String(url), Region: core.Region, Credentials: localCredentials})
 }
 
-// published returns the data plane's publishes so far, in order.
+// record keeps m as the latest data-plane publish, dropping the oldest
+// beyond maxPublishRecord.
+func (l *LocalAWS) record(m Message) {
+	l.pubMu.Lock()
+	defer l.pubMu.Unlock()
+	if len(l.pubs) >= maxPublishRecord {
+		l.pubs = slices.Delete(l.pubs, 0, len(l.pubs)-maxPublishRecord+1)
+	}
+	l.pubs = append(l.pubs, m)
+}
+
+// published returns the data plane's latest publishes (at most
+// maxPublishRecord), in order.
 func (l *LocalAWS) published() []Message {
 	l.pubMu.Lock()
 	defer l.pubMu.Unlock()
