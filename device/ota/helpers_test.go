@@ -132,13 +132,19 @@ func (f *fakeMender) setScenario(sc fakeScenario) {
 // scenario returns the scenario in effect (zero when none was set).
 func (f *fakeMender) scenario() fakeScenario {
 	var sc fakeScenario
-	b, err := os.ReadFile(filepath.Join(f.dir, "scenario.json"))
+	f.readJSON("scenario.json", &sc)
+	return sc
+}
+
+// readJSON decodes the fake's file name into v, leaving v as it is when
+// the file does not exist.
+func (f *fakeMender) readJSON(name string, v any) {
+	b, err := os.ReadFile(filepath.Join(f.dir, name))
 	if os.IsNotExist(err) {
-		return sc
+		return
 	}
 	require.NoError(f.t, err)
-	require.NoError(f.t, json.Unmarshal(b, &sc))
-	return sc
+	require.NoError(f.t, json.Unmarshal(b, v))
 }
 
 // setPartitions writes the device model before the fake first runs (e.g.
@@ -180,12 +186,7 @@ func (f *fakeMender) ops() []string {
 
 func (f *fakeMender) partitions() fakePartitions {
 	p := fakePartitions{Active: "A"}
-	b, err := os.ReadFile(filepath.Join(f.dir, "partitions.json"))
-	if os.IsNotExist(err) {
-		return p
-	}
-	require.NoError(f.t, err)
-	require.NoError(f.t, json.Unmarshal(b, &p))
+	f.readJSON("partitions.json", &p)
 	return p
 }
 

@@ -134,13 +134,10 @@ func newHelperAgent(t *testing.T) *helperAgent {
 // device came back on the old one), else the active one.
 func (h *helperAgent) reboot() {
 	m := &fakeMender{t: h.t, dir: filepath.Join(h.dir, "mender")}
-	root := "A"
-	if _, err := os.Stat(filepath.Join(m.dir, "partitions.json")); err == nil {
-		p := m.partitions()
-		root = p.Active
-		if p.Pending != "" && !m.scenario().BootedOld {
-			root = p.Pending
-		}
+	p := m.partitions()
+	root := p.Active
+	if p.Pending != "" && !m.scenario().BootedOld {
+		root = p.Pending
 	}
 	require.NoError(h.t, os.WriteFile(filepath.Join(h.dir, "root"), []byte(root), 0o600))
 	require.NoError(h.t, os.WriteFile(filepath.Join(h.dir, "boot_id"), []byte(fmt.Sprint("boot-", time.Now().UnixNano())), 0o600))
@@ -272,8 +269,7 @@ func TestKill9RightAfterCommit(t *testing.T) {
 	parts := m.partitions()
 	require.Equal(t, "B", parts.Active, "the commit took effect before the kill")
 	require.Equal(t, 1, parts.Commits)
-	st, err := DecodeState((&savedState{path: filepath.Join(h.dir, "state", sessionStateFile)}).SavedState())
-	require.NoError(t, err)
+	st := h.savedState()
 	require.Equal(t, StepCommitting, st.Step, "killed between the commit and its record")
 	require.Equal(t, "rpi-initial", st.OldArtifact)
 	for _, r := range h.reports() {
@@ -283,15 +279,9 @@ func TestKill9RightAfterCommit(t *testing.T) {
 	code, killed := h.start("")
 	require.False(t, killed)
 	require.Equal(t, 0, code)
-	var terminal []report
-	for _, r := range h.reports() {
-		if r.Status.Terminal() {
-			terminal = append(terminal, r)
-		}
-	}
-	require.Len(t, terminal, 1, "exactly one terminal update")
-	assert.Equal(t, protocol.JobSucceeded, terminal[0].Status)
-	assert.Equal(t, "committed", terminal[0].Details[DetailStep])
+	terminal := h.onlyTerminal()
+	assert.Equal(t, protocol.JobSucceeded, terminal.Status)
+	assert.Equal(t, "committed", terminal.Details[DetailStep])
 	assert.Equal(t, 1, m.partitions().Commits, "committed once")
 	assert.Equal(t, 0, m.partitions().Rollbacks, "never rolled back")
 	assert.Equal(t, []string{"install", "commit", "commit"}, m.ops())
@@ -319,8 +309,7 @@ func TestKill9RightAfterCommitOfTheSameRelease(t *testing.T) {
 	h.reboot()
 	h.startUntilMarker("commit.done")
 	require.Equal(t, 1, m.partitions().Commits, "the commit took effect before the kill")
-	st, err := DecodeState((&savedState{path: filepath.Join(h.dir, "state", sessionStateFile)}).SavedState())
-	require.NoError(t, err)
+	st := h.savedState()
 	require.Equal(t, StepCommitting, st.Step)
 	require.Equal(t, "rpi-2024.06", st.OldArtifact, "the same name as the new artifact")
 	require.Equal(t, "A", st.OldRoot)
@@ -328,15 +317,9 @@ func TestKill9RightAfterCommitOfTheSameRelease(t *testing.T) {
 	code, killed := h.start("")
 	require.False(t, killed)
 	require.Equal(t, 0, code)
-	var terminal []report
-	for _, r := range h.reports() {
-		if r.Status.Terminal() {
-			terminal = append(terminal, r)
-		}
-	}
-	require.Len(t, terminal, 1, "exactly one terminal update")
-	assert.Equal(t, protocol.JobSucceeded, terminal[0].Status, "%v", terminal[0].Details)
-	assert.Equal(t, "committed", terminal[0].Details[DetailStep])
+	terminal := h.onlyTerminal()
+	assert.Equal(t, protocol.JobSucceeded, terminal.Status, "%v", terminal.Details)
+	assert.Equal(t, "committed", terminal.Details[DetailStep])
 	assert.Equal(t, 0, m.partitions().Rollbacks, "never rolled back")
 	assert.Equal(t, "B", m.partitions().Active)
 }
@@ -353,23 +336,36 @@ func TestKill9InCommittingBeforeTheCommit(t *testing.T) {
 	h.reboot()
 	h.startUntilMarker("commit.started")
 	require.Equal(t, 0, m.partitions().Commits, "killed before the commit")
-	st, err := DecodeState((&savedState{path: filepath.Join(h.dir, "state", sessionStateFile)}).SavedState())
-	require.NoError(t, err)
+	st := h.savedState()
 	require.Equal(t, StepCommitting, st.Step)
 
 	m.setScenario(fakeScenario{})
 	code, _ = h.start("")
 	require.Equal(t, 0, code)
+	terminal := h.onlyTerminal()
+	assert.Equal(t, protocol.JobSucceeded, terminal.Status)
+	assert.Equal(t, 1, m.partitions().Commits)
+	assert.Equal(t, []string{"install", "commit", "commit"}, m.ops())
+}
+
+// onlyTerminal returns the one terminal report, requiring that there is
+// exactly one.
+func (h *helperAgent) onlyTerminal() report {
 	var terminal []report
 	for _, r := range h.reports() {
 		if r.Status.Terminal() {
 			terminal = append(terminal, r)
 		}
 	}
-	require.Len(t, terminal, 1)
-	assert.Equal(t, protocol.JobSucceeded, terminal[0].Status)
-	assert.Equal(t, 1, m.partitions().Commits)
-	assert.Equal(t, []string{"install", "commit", "commit"}, m.ops())
+	require.Len(h.t, terminal, 1, "exactly one terminal update")
+	return terminal[0]
+}
+
+// savedState is the OTA state the helper agent saved.
+func (h *helperAgent) savedState() *State {
+	st, err := DecodeState((&savedState{path: filepath.Join(h.dir, "state", sessionStateFile)}).SavedState())
+	require.NoError(h.t, err)
+	return st
 }
 
 // startUntilMarker runs the helper until the fake mender wrote marker

@@ -34,6 +34,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/sim/ca"
 	"github.com/iot-fleet/iot-fleet/sim/faults"
 	"github.com/iot-fleet/iot-fleet/sim/iotpolicy"
+	"github.com/iot-fleet/iot-fleet/sim/observers"
 	"github.com/iot-fleet/iot-fleet/sim/registry"
 )
 
@@ -151,7 +152,7 @@ type Broker struct {
 	inflightFull atomic.Int64
 	qos0Dropped  atomic.Int64
 
-	connects connectObservers
+	connects observers.Set[ConnectAttempt] // ObserveConnects
 }
 
 // Stats counts the messages the broker dropped at a connection's limits.
@@ -679,7 +680,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	b.writers.Add(1)
 	go b.writeLoop(cl, s)
 	b.log.Debug("client connected", "client", cl.ID, "certificate", certID, "thing", info.ThingName)
-	b.connects.notify(ConnectAttempt{ClientID: cl.ID, CertificateID: certID, ThingName: info.ThingName, Accepted: true})
+	b.connects.Notify(ConnectAttempt{ClientID: cl.ID, CertificateID: certID, ThingName: info.ThingName, Accepted: true})
 	return nil
 }
 
@@ -692,7 +693,7 @@ func (h *hook) refuse(cl *mqtt.Client, certID, msg, reason string, attrs ...any)
 		args = append(args, "certificate", certID)
 	}
 	h.b.log.Info(msg, append(args, attrs...)...)
-	h.b.connects.notify(ConnectAttempt{ClientID: cl.ID, CertificateID: certID, Reason: reason})
+	h.b.connects.Notify(ConnectAttempt{ClientID: cl.ID, CertificateID: certID, Reason: reason})
 	return fmt.Errorf("%w: %s", ErrConnectRefused, reason)
 }
 

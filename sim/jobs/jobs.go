@@ -24,6 +24,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/sim/observers"
 	"github.com/iot-fleet/iot-fleet/sim/registry"
 )
 
@@ -233,9 +234,7 @@ type Service struct {
 
 	presign Presigner // under mu
 
-	obsMu     sync.Mutex // held while observers run, so they see answers in order
-	observers map[int]func(Answer)
-	obsSeq    int
+	observers observers.Set[Answer] // Observe
 }
 
 // New creates the service and subscribes it to registry group changes

@@ -2,7 +2,6 @@ package jobs
 
 import (
 	"maps"
-	"slices"
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 )
@@ -36,29 +35,11 @@ type Answer struct {
 // Observe calls fn, in the order the service decided them, with every
 // answer to a start-next or update request, before the device receives
 // it. fn must not call back into the service. stop ends the observation.
-func (s *Service) Observe(fn func(Answer)) (stop func()) {
-	s.obsMu.Lock()
-	defer s.obsMu.Unlock()
-	s.obsSeq++
-	id := s.obsSeq
-	if s.observers == nil {
-		s.observers = map[int]func(Answer){}
-	}
-	s.observers[id] = fn
-	return func() {
-		s.obsMu.Lock()
-		defer s.obsMu.Unlock()
-		delete(s.observers, id)
-	}
-}
+func (s *Service) Observe(fn func(Answer)) (stop func()) { return s.observers.Add(fn) }
 
 func (s *Service) observe(a Answer) {
-	s.obsMu.Lock()
-	defer s.obsMu.Unlock()
 	a.StatusDetails = maps.Clone(a.StatusDetails)
-	for _, id := range slices.Sorted(maps.Keys(s.observers)) {
-		s.observers[id](a)
-	}
+	s.observers.Notify(a)
 }
 
 // observedRejection wraps rejectTo so observers see the rejection first.
