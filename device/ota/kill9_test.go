@@ -253,75 +253,57 @@ func TestKill9AtEveryPersistedState(t *testing.T) {
 // TestKill9RightAfterCommit kills the agent after mender's commit took
 // effect but before the agent recorded or reported it (the fake mender
 // commits, then hangs until killed): on restart the persisted committing
-// step is resolved from mender's own state (commit: no update in
-// progress; show-artifact: the new artifact), and the job ends SUCCEEDED
-// exactly once, never FAILED.
+// step is resolved from the device's own state (commit: no update in
+// progress; the root partition running is not the one before the install)
+// and the job ends SUCCEEDED exactly once, never FAILED. That holds for a
+// re-install of the release the device already runs too, where
+// show-artifact prints the same name before and after.
 func TestKill9RightAfterCommit(t *testing.T) {
-	h := newHelperAgent(t)
-	m := &fakeMender{t: t, dir: filepath.Join(h.dir, "mender")}
-	m.setScenario(fakeScenario{HangAfterCommit: true})
+	for _, tc := range []struct {
+		name, running string // running: the artifact before the install
+	}{
+		{"new release", "rpi-initial"},
+		{"re-install of the running release", "rpi-2024.06"}, // testURL's artifact
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHelperAgent(t)
+			m := &fakeMender{t: t, dir: filepath.Join(h.dir, "mender")}
+			m.setPartitions(map[string]any{"active": "A", "activeArtifact": tc.running})
+			m.setScenario(fakeScenario{HangAfterCommit: true})
 
-	code, _ := h.start("")
-	require.Equal(t, 3, code, "reboot requested")
-	h.reboot()
-	h.startUntilMarker("commit.done")
+			code, _ := h.start("")
+			require.Equal(t, 3, code, "reboot requested")
+			h.reboot()
+			h.startUntilMarker("commit.done")
 
-	parts := m.partitions()
-	require.Equal(t, "B", parts.Active, "the commit took effect before the kill")
-	require.Equal(t, 1, parts.Commits)
-	st := h.savedState()
-	require.Equal(t, StepCommitting, st.Step, "killed between the commit and its record")
-	require.Equal(t, "rpi-initial", st.OldArtifact)
-	for _, r := range h.reports() {
-		require.False(t, r.Status.Terminal(), "nothing terminal reported before the kill: %v", r)
+			parts := m.partitions()
+			require.Equal(t, "B", parts.Active, "the commit took effect before the kill")
+			require.Equal(t, 1, parts.Commits)
+			st := h.savedState()
+			require.Equal(t, StepCommitting, st.Step, "killed between the commit and its record")
+			require.Equal(t, tc.running, st.OldArtifact)
+			require.Equal(t, "A", st.OldRoot)
+			for _, r := range h.reports() {
+				require.False(t, r.Status.Terminal(), "nothing terminal reported before the kill: %v", r)
+			}
+
+			code, killed := h.start("")
+			require.False(t, killed)
+			require.Equal(t, 0, code)
+			terminal := h.onlyTerminal()
+			assert.Equal(t, protocol.JobSucceeded, terminal.Status, "%v", terminal.Details)
+			assert.Equal(t, "committed", terminal.Details[DetailStep])
+			assert.Equal(t, 1, m.partitions().Commits, "committed once")
+			assert.Equal(t, 0, m.partitions().Rollbacks, "never rolled back")
+			assert.Equal(t, []string{"install", "commit", "commit"}, m.ops())
+
+			// A further start has nothing to do and reports nothing.
+			n := len(h.reports())
+			code, _ = h.start("")
+			require.Equal(t, 0, code)
+			assert.Len(t, h.reports(), n)
+		})
 	}
-
-	code, killed := h.start("")
-	require.False(t, killed)
-	require.Equal(t, 0, code)
-	terminal := h.onlyTerminal()
-	assert.Equal(t, protocol.JobSucceeded, terminal.Status)
-	assert.Equal(t, "committed", terminal.Details[DetailStep])
-	assert.Equal(t, 1, m.partitions().Commits, "committed once")
-	assert.Equal(t, 0, m.partitions().Rollbacks, "never rolled back")
-	assert.Equal(t, []string{"install", "commit", "commit"}, m.ops())
-
-	// A further start has nothing to do and reports nothing.
-	n := len(h.reports())
-	code, _ = h.start("")
-	require.Equal(t, 0, code)
-	assert.Len(t, h.reports(), n)
-}
-
-// TestKill9RightAfterCommitOfTheSameRelease is TestKill9RightAfterCommit
-// for a re-install of the release the device already runs (the same
-// artifact name before and after): show-artifact cannot tell the commit
-// happened, the root partition the device runs can. The job ends
-// SUCCEEDED, never FAILED with a rollback of a committed update.
-func TestKill9RightAfterCommitOfTheSameRelease(t *testing.T) {
-	h := newHelperAgent(t)
-	m := &fakeMender{t: t, dir: filepath.Join(h.dir, "mender")}
-	m.setPartitions(map[string]any{"active": "A", "activeArtifact": "rpi-2024.06"}) // testURL's artifact
-	m.setScenario(fakeScenario{HangAfterCommit: true})
-
-	code, _ := h.start("")
-	require.Equal(t, 3, code, "reboot requested")
-	h.reboot()
-	h.startUntilMarker("commit.done")
-	require.Equal(t, 1, m.partitions().Commits, "the commit took effect before the kill")
-	st := h.savedState()
-	require.Equal(t, StepCommitting, st.Step)
-	require.Equal(t, "rpi-2024.06", st.OldArtifact, "the same name as the new artifact")
-	require.Equal(t, "A", st.OldRoot)
-
-	code, killed := h.start("")
-	require.False(t, killed)
-	require.Equal(t, 0, code)
-	terminal := h.onlyTerminal()
-	assert.Equal(t, protocol.JobSucceeded, terminal.Status, "%v", terminal.Details)
-	assert.Equal(t, "committed", terminal.Details[DetailStep])
-	assert.Equal(t, 0, m.partitions().Rollbacks, "never rolled back")
-	assert.Equal(t, "B", m.partitions().Active)
 }
 
 // TestKill9InCommittingBeforeTheCommit kills the agent after it persisted
