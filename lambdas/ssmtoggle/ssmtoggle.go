@@ -367,6 +367,18 @@ func (h *Handler) activate(ctx context.Context, id string) Result {
 		return failed(id, d, err)
 	}
 	log := h.c.Logger.With("serial", d.serial, "thing", d.thing, "requestId", reqID)
+	// A revocation may have run since resolve read the registry, and
+	// found SSM off. It marks the device revoking before it turns SSM
+	// off, so a device still provisioned now will find this reservation
+	// when it does (and the SetActivation below then fails); one that is
+	// not any more gets no activation.
+	if cur, err := h.c.Registry.Get(ctx, d.serial); err != nil || cur.State != registry.StateProvisioned {
+		h.release(ctx, d.serial, reqID, log)
+		if err != nil {
+			return failed(id, d, fmt.Errorf("registry: %w", err))
+		}
+		return failed(id, d, fmt.Errorf("device %s became %s while SSM was being turned on; no activation created", d.serial, cur.State))
+	}
 	now := h.c.Now().UTC()
 	expiry := now.Add(h.c.ActivationTTL).Truncate(time.Second)
 	out, err := h.c.SSM.CreateActivation(ctx, &ssm.CreateActivationInput{

@@ -185,6 +185,40 @@ func TestActivateRequiresProvisionedDevice(t *testing.T) {
 	assert.Empty(t, e.iot.Messages())
 }
 
+// revokedBeforeReserve is the SSM state with a revocation that runs in
+// full between the toggle's registry check and its reservation (as the
+// revocation does: the device marked revoking, SSM found off, nothing to
+// turn off).
+type revokedBeforeReserve struct {
+	ssmstate.Store
+	revoke func()
+}
+
+func (r revokedBeforeReserve) Reserve(ctx context.Context, serial, requestID string) (ssmstate.Record, error) {
+	r.revoke()
+	return r.Store.Reserve(ctx, serial, requestID)
+}
+
+// A device revoked while SSM is being turned on gets no activation: no
+// code is created or published for a device that can no longer connect.
+func TestActivateRacingARevocationCreatesNoActivation(t *testing.T) {
+	var e *env
+	e = newEnv(t, 1, func(c *ssmtoggle.Config) {
+		c.State = revokedBeforeReserve{Store: c.State, revoke: func() {
+			_, err := e.reg.MarkRevoking(e.ctx, serial(0), fmt.Sprintf("%064x", 1))
+			require.NoError(t, err)
+		}}
+	})
+	r := e.one(ssmtoggle.ActionActivate, serial(0))
+	assert.False(t, r.OK)
+	assert.Contains(t, r.Error, "became revoking while SSM was being turned on")
+	assert.Zero(t, e.ssm.Count("CreateActivation"))
+	assert.Empty(t, e.iot.Messages())
+	rec, err := e.state.Get(e.ctx, serial(0))
+	require.NoError(t, err)
+	assert.Equal(t, ssmstate.StateInactive, rec.State, "the reservation is released")
+}
+
 func TestDuplicateActivateIsHarmless(t *testing.T) {
 	e := newEnv(t, 1, nil)
 	first := e.one(ssmtoggle.ActionActivate, serial(0))
