@@ -145,6 +145,13 @@ type Broker struct {
 	running  bool
 
 	sessions sync.Map // *mqtt.Client -> *session
+	// byID indexes the accepted connections by client id: the latest one
+	// of each id (see takeover.go).
+	byID sync.Map // string -> *mqtt.Client
+	// expiring holds, by net.Conn, the clean-session connections whose
+	// disconnect makes the embedded broker delete their client id from
+	// its own index (see takeover.go).
+	expiring sync.Map // net.Conn -> *mqtt.Client
 	delayed  sync.WaitGroup
 	writers  sync.WaitGroup
 
@@ -278,7 +285,7 @@ func (b *Broker) Start() error {
 		_ = ln.Close()
 		return fmt.Errorf("broker: add hook: %w", err)
 	}
-	lst := &listener{id: "tls", ln: ln, tlsCfg: b.tlsCfg, pipes: make(chan net.Conn), done: make(chan struct{})}
+	lst := &listener{id: "tls", ln: ln, tlsCfg: b.tlsCfg, pipes: make(chan net.Conn), done: make(chan struct{}), ended: b.connectionEnded}
 	if err := srv.AddListener(lst); err != nil {
 		_ = ln.Close()
 		return fmt.Errorf("broker: add listener: %w", err)
@@ -296,7 +303,7 @@ func (b *Broker) Start() error {
 		b.alpnAddr = aln.Addr().String()
 		cfg := b.tlsCfg.Clone()
 		cfg.NextProtos = []string{ALPNProtocol}
-		alst := &listener{id: "tls-alpn", ln: aln, tlsCfg: cfg, requireALPN: ALPNProtocol, pipes: make(chan net.Conn), done: make(chan struct{})}
+		alst := &listener{id: "tls-alpn", ln: aln, tlsCfg: cfg, requireALPN: ALPNProtocol, pipes: make(chan net.Conn), done: make(chan struct{}), ended: b.connectionEnded}
 		if err := srv.AddListener(alst); err != nil {
 			_ = aln.Close()
 			_ = srv.Close()
@@ -452,7 +459,7 @@ func (b *Broker) PublishQoS(topic string, payload []byte, qos byte) {
 	}
 	subs := srv.Topics.Subscribers(topic)
 	for id, sub := range subs.Subscriptions {
-		cl, ok := srv.Clients.Get(id)
+		cl, ok := b.client(id)
 		if !ok {
 			continue
 		}
@@ -470,8 +477,8 @@ func (b *Broker) Reply(clientID, topic string, payload []byte, needSubscription 
 	if srv == nil {
 		return ErrClientNotConnected
 	}
-	cl, ok := srv.Clients.Get(clientID)
-	if !ok || cl.Closed() {
+	cl, ok := b.client(clientID)
+	if !ok {
 		return ErrClientNotConnected
 	}
 	qos, subscribed := byte(0), false
@@ -677,6 +684,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		out: make(chan *packets.Packet, OutboundQueue), done: make(chan struct{}),
 	}
 	b.sessions.Store(cl, s)
+	b.byID.Store(cl.ID, cl)
 	b.writers.Add(1)
 	go b.writeLoop(cl, s)
 	b.log.Debug("client connected", "client", cl.ID, "certificate", certID, "thing", info.ThingName)
@@ -706,6 +714,10 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	if v, ok := h.b.sessions.LoadAndDelete(cl); ok {
 		v.(*session).stop()
+	}
+	h.b.byID.CompareAndDelete(cl.ID, cl)
+	if expire {
+		h.b.expiring.Store(cl.Net.Conn, cl)
 	}
 }
 
@@ -897,10 +909,8 @@ func (q *quotaLog) Handle(ctx context.Context, r slog.Record) error {
 		return true
 	})
 	var s *session
-	if srv := q.b.server(); srv != nil {
-		if cl, ok := srv.Clients.Get(clientID); ok {
-			s = q.b.sessionOf(cl)
-		}
+	if cl, ok := q.b.client(clientID); ok {
+		s = q.b.sessionOf(cl)
 	}
 	q.b.inflightFull.Add(1)
 	q.b.dropped(s, clientID, "", "unacknowledged QoS 1 messages at the connection's limit", OutboundInflight)
@@ -926,6 +936,9 @@ type listener struct {
 	done        chan struct{}
 	once        sync.Once
 	log         *slog.Logger
+	// ended is called with each connection once the embedded broker is
+	// done with it (its clean-up included).
+	ended func(net.Conn)
 }
 
 func (l *listener) ID() string                  { return l.id }
@@ -954,6 +967,9 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 		}
 		if err := establish(l.id, conn); err != nil {
 			l.log.Debug("connection ended", "remote", raw.RemoteAddr().String(), "error", err)
+		}
+		if l.ended != nil {
+			l.ended(conn)
 		}
 	}
 	go func() {
