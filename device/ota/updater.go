@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/iot-fleet/iot-fleet/device/backoff"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 )
 
@@ -541,7 +542,7 @@ func (u *Updater) install(ctx context.Context, st *State, r Session) error {
 			return err
 		}
 		if st.Attempt < u.cfg.MaxAttempts {
-			if err := sleepCtx(ctx, u.cfg.RetryDelay); err != nil {
+			if err := backoff.Sleep(ctx, u.cfg.RetryDelay); err != nil {
 				return fmt.Errorf("ota: job %s: waiting to retry: %w", st.JobID, err)
 			}
 		}
@@ -676,7 +677,7 @@ func (u *Updater) reboot(ctx context.Context, st *State, r Session, bootID strin
 	}
 	if u.cfg.RebootWait > 0 {
 		// The shutdown stops the agent (SIGTERM → ctx) while we wait.
-		_ = sleepCtx(ctx, u.cfg.RebootWait)
+		_ = backoff.Sleep(ctx, u.cfg.RebootWait)
 	}
 	return ErrRebootPending
 }
@@ -855,20 +856,6 @@ func (u *Updater) finish(ctx context.Context, st *State, r Session) error {
 		return u.save(ctx, r, st)
 	}
 	return u.reboot(ctx, st, r, cur)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // Flavor returns the detected mender flavor, or "" before the first job.

@@ -168,18 +168,6 @@ func (f *Fleet) Registry() (*registry.DynamoDB, error) {
 	return registry.NewDynamoDB(f.DynamoDB, table)
 }
 
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // timedOut turns the end of a wait's own deadline into ExitTimedOut with
 // what was awaited; other errors pass.
 func timedOut(err error, what string, limit time.Duration) error {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/iot-fleet/iot-fleet/device/backoff"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/lambdas/certscan"
 )
@@ -104,7 +105,7 @@ func (f *Fleet) WaitRotations(ctx context.Context, requested map[string]string) 
 		if pending == 0 {
 			return out, nil
 		}
-		if err := sleep(ctx, f.poll()); err != nil {
+		if err := backoff.Sleep(ctx, f.poll()); err != nil {
 			return out, err
 		}
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/iot-fleet/iot-fleet/device/backoff"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
 	"github.com/iot-fleet/iot-fleet/lambdas/ssmtoggle"
 )
@@ -66,7 +67,7 @@ func (f *Fleet) WaitSSMRegistered(ctx context.Context, devices []string) ([]ssmt
 			return results, nil
 		}
 		f.progressf("waiting for %d device(s) to install and register the SSM agent...", len(pending))
-		if err := sleep(ctx, f.poll()); err != nil {
+		if err := backoff.Sleep(ctx, f.poll()); err != nil {
 			return results, err
 		}
 	}

@@ -15,6 +15,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
 	"github.com/spf13/cobra"
+
+	"github.com/iot-fleet/iot-fleet/device/backoff"
 )
 
 // Execution is one device's execution of a job.
@@ -172,7 +174,7 @@ func (f *Fleet) WatchJob(ctx context.Context, jobID string, update func(JobView)
 		if v.Done {
 			return v, nil
 		}
-		if err := sleep(ctx, f.poll()); err != nil {
+		if err := backoff.Sleep(ctx, f.poll()); err != nil {
 			return v, err
 		}
 	}
