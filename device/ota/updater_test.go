@@ -295,15 +295,7 @@ func TestKillMidInstallRetriesAfterRollback(t *testing.T) {
 	d := newDevice(t, "mender-update", fakeScenario{HangAtPercent: 50})
 	job := testJob("ota-kill-mid-install")
 	rep := d.reporter()
-	ctx, kill := context.WithCancel(testCtx(t))
-	done := make(chan error, 1)
-	go func() { done <- d.updater(nil).Run(ctx, job, rep) }()
-	require.Eventually(t, func() bool {
-		_, err := os.Stat(filepath.Join(d.mender.dir, "install.hanging"))
-		return err == nil
-	}, 30*time.Second, 10*time.Millisecond)
-	kill()
-	require.ErrorIs(t, <-done, context.Canceled)
+	killMidInstall(t, d, d.updater(nil), job, rep)
 	assert.True(t, d.mender.partitions().InProgress, "mender was killed mid-install")
 
 	// Power comes back (new boot), the agent restarts.
@@ -322,6 +314,22 @@ func TestKillMidInstallRetriesAfterRollback(t *testing.T) {
 	assert.Equal(t, protocol.JobSucceeded, rep.last().Status)
 }
 
+// killMidInstall runs upd until the fake mender hangs in its install,
+// then stops the agent there (its context ends, as a kill or a power cut
+// ends it).
+func killMidInstall(t *testing.T, d *device, upd *Updater, job Job, rep *recReporter) {
+	t.Helper()
+	ctx, kill := context.WithCancel(testCtx(t))
+	done := make(chan error, 1)
+	go func() { done <- upd.Run(ctx, job, rep) }()
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(filepath.Join(d.mender.dir, "install.hanging"))
+		return err == nil
+	}, 30*time.Second, 10*time.Millisecond)
+	kill()
+	require.ErrorIs(t, <-done, context.Canceled)
+}
+
 // reportOf returns the first report of step at attempt.
 func reportOf(t *testing.T, rep *recReporter, step, attempt string) report {
 	t.Helper()
@@ -338,15 +346,7 @@ func TestAgentRestartMidInstallSaysSo(t *testing.T) {
 	d := newDevice(t, "mender-update", fakeScenario{HangAtPercent: 50})
 	job := testJob("ota-agent-restart-mid-install")
 	rep := d.reporter()
-	ctx, kill := context.WithCancel(testCtx(t))
-	done := make(chan error, 1)
-	go func() { done <- d.updater(nil).Run(ctx, job, rep) }()
-	require.Eventually(t, func() bool {
-		_, err := os.Stat(filepath.Join(d.mender.dir, "install.hanging"))
-		return err == nil
-	}, 30*time.Second, 10*time.Millisecond)
-	kill()
-	require.ErrorIs(t, <-done, context.Canceled)
+	killMidInstall(t, d, d.updater(nil), job, rep)
 
 	// Only the agent restarts (same boot id).
 	d.mender.setScenario(fakeScenario{})
@@ -360,15 +360,7 @@ func TestInterruptedLastAttemptGivesUpWithTheReason(t *testing.T) {
 	job := testJob("ota-interrupted-last-attempt")
 	rep := d.reporter()
 	upd := func() *Updater { return d.updater(func(c *Config) { c.MaxAttempts = 1 }) }
-	ctx, kill := context.WithCancel(testCtx(t))
-	done := make(chan error, 1)
-	go func() { done <- upd().Run(ctx, job, rep) }()
-	require.Eventually(t, func() bool {
-		_, err := os.Stat(filepath.Join(d.mender.dir, "install.hanging"))
-		return err == nil
-	}, 30*time.Second, 10*time.Millisecond)
-	kill()
-	require.ErrorIs(t, <-done, context.Canceled)
+	killMidInstall(t, d, upd(), job, rep)
 
 	d.reboot()
 	require.NoError(t, upd().Run(testCtx(t), job, rep))

@@ -83,24 +83,34 @@ func (e *Env) bootedPartition(ctx context.Context, cur *qemu.Cursor) (int, error
 	return strconv.Atoi(reBootPart.FindStringSubmatch(l.Text)[1])
 }
 
-// firstBoot starts the machine for the first time.
-func (e *Env) firstBoot(ctx context.Context) error {
+// boot starts the machine and waits until its boot script chose partition
+// want and the agent started on it; what names the boot in errors.
+func (e *Env) boot(ctx context.Context, want int, what string) (time.Time, error) {
 	n := e.obs.agentStarts()
 	cur := e.VM.Console.Cursor()
-	start := time.Now()
 	if err := e.VM.Start(); err != nil {
-		return err
+		return time.Time{}, err
 	}
 	part, err := e.bootedPartition(ctx, cur)
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
-	if part != 2 {
-		return fmt.Errorf("first boot from partition %d, want 2 (rootfs A)", part)
+	if part != want {
+		return time.Time{}, fmt.Errorf("%s booted partition %d, want %d", what, part, want)
 	}
 	at, err := e.obs.waitAgentStart(ctx, n, e.VM.Exited())
 	if err != nil {
-		return fmt.Errorf("%w; console:\n%s", err, e.VM.Console.Tail(40))
+		return time.Time{}, fmt.Errorf("%s: %w; console:\n%s", what, err, e.VM.Console.Tail(40))
+	}
+	return at, nil
+}
+
+// firstBoot starts the machine for the first time.
+func (e *Env) firstBoot(ctx context.Context) error {
+	start := time.Now()
+	at, err := e.boot(ctx, 2, "the first boot (rootfs A)")
+	if err != nil {
+		return err
 	}
 	e.Figures.FirstBootToProvisioned = secs(at.Sub(start))
 	e.Figures.Boots = append(e.Figures.Boots, e.Figures.FirstBootToProvisioned)
@@ -202,25 +212,13 @@ func (e *Env) powerCutDuringOTA(ctx context.Context) error {
 		return err
 	}
 	pid := e.VM.PID()
-	n := e.obs.agentStarts()
 	cut := time.Now()
 	if err := e.VM.Kill(); err != nil {
 		return err
 	}
 	e.TL.Now("POWER CUT: kill -9 of QEMU (pid %d) at %d%% of mender's install", pid, *p.Percent)
 
-	cur := e.VM.Console.Cursor()
-	if err := e.VM.Start(); err != nil {
-		return err
-	}
-	part, err := e.bootedPartition(ctx, cur)
-	if err != nil {
-		return err
-	}
-	if part != 2 {
-		return fmt.Errorf("after the power cut the machine booted partition %d, want 2 (the update was not finished)", part)
-	}
-	at, err := e.obs.waitAgentStart(ctx, n, e.VM.Exited())
+	at, err := e.boot(ctx, 2, "the boot after the power cut (the update was not finished)")
 	if err != nil {
 		return err
 	}
