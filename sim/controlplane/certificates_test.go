@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/sim/awsiot"
 	"github.com/iot-fleet/iot-fleet/sim/controlplane"
 	"github.com/iot-fleet/iot-fleet/sim/core"
@@ -61,7 +62,7 @@ func TestCertificateIssuance(t *testing.T) {
 	assert.Equal(t, types.CertificateStatusActive, desc.CertificateDescription.Status)
 
 	_, err = client.CreateCertificateFromCsr(ctx, &iot.CreateCertificateFromCsrInput{CertificateSigningRequest: aws.String("not a csr")})
-	requireAPIError(t, err, "InvalidRequestException", http.StatusBadRequest)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", http.StatusBadRequest)
 
 	// An ACTIVE certificate cannot be deleted; an INACTIVE one can.
 	_, err = client.DeleteCertificate(ctx, &iot.DeleteCertificateInput{CertificateId: out.CertificateId})
@@ -71,5 +72,5 @@ func TestCertificateIssuance(t *testing.T) {
 	_, err = client.DeleteCertificate(ctx, &iot.DeleteCertificateInput{CertificateId: out.CertificateId})
 	require.NoError(t, err)
 	_, err = client.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: out.CertificateId})
-	requireAPIError(t, err, "ResourceNotFoundException", http.StatusNotFound)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", http.StatusNotFound)
 }

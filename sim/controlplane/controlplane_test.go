@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,11 +14,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
 	"github.com/aws/aws-sdk-go-v2/service/iot/types"
-	"github.com/aws/smithy-go"
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/sim/core"
 )
 
@@ -50,19 +49,6 @@ func setup(t *testing.T, devices int) (*core.Core, *iot.Client, string, []string
 	return c, client, srv.URL, things
 }
 
-// requireAPIError checks that err is the AWS error code with HTTP status.
-func requireAPIError(t *testing.T, err error, code string, status int) {
-	t.Helper()
-	require.Error(t, err)
-	var api smithy.APIError
-	require.True(t, errors.As(err, &api), "not an API error: %v", err)
-	assert.Equal(t, code, api.ErrorCode(), "%v", err)
-	var re interface{ HTTPStatusCode() int }
-	require.True(t, errors.As(err, &re), "no HTTP status in %v", err)
-	assert.Equal(t, status, re.HTTPStatusCode(), "%v", err)
-	assert.NotEmpty(t, api.ErrorMessage())
-}
-
 func TestThingsAndGroups(t *testing.T) {
 	c, client, _, things := setup(t, 3)
 	ctx := context.Background()
@@ -87,16 +73,16 @@ func TestThingsAndGroups(t *testing.T) {
 	assert.Equal(t, things[1], aws.ToString(out.Things[0].ThingName))
 	assert.Equal(t, map[string]string{"serial": serials[1]}, out.Things[0].Attributes)
 	_, err = client.ListThings(ctx, &iot.ListThingsInput{NextToken: aws.String("bogus")})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 	_, err = client.ListThings(ctx, &iot.ListThingsInput{MaxResults: aws.Int32(251)})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 
 	d, err := client.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String(things[0])})
 	require.NoError(t, err)
 	assert.Equal(t, things[0], aws.ToString(d.ThingName))
 	assert.Equal(t, serials[0], d.Attributes["serial"])
 	_, err = client.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String("no-such-thing")})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 	var nf *types.ResourceNotFoundException
 	assert.ErrorAs(t, err, &nf, "the SDK surfaces its typed error")
 
@@ -113,7 +99,7 @@ func TestThingsAndGroups(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "arn:aws:iot:local-1:000000000000:thinggroup/"+group, aws.ToString(dg.ThingGroupArn))
 	_, err = client.DescribeThingGroup(ctx, &iot.DescribeThingGroupInput{ThingGroupName: aws.String("nope")})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 
 	members, err := client.ListThingsInThingGroup(ctx, &iot.ListThingsInThingGroupInput{ThingGroupName: aws.String(group), MaxResults: aws.Int32(2)})
 	require.NoError(t, err)
@@ -135,9 +121,9 @@ func TestThingsAndGroups(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, things, members.Things)
 	_, err = client.AddThingToThingGroup(ctx, &iot.AddThingToThingGroupInput{ThingGroupName: aws.String("nope"), ThingName: aws.String(things[0])})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 	_, err = client.AddThingToThingGroup(ctx, &iot.AddThingToThingGroupInput{ThingName: aws.String(things[0])})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 }
 
 func TestPrincipalsPoliciesAndDeleteThing(t *testing.T) {
@@ -156,9 +142,9 @@ func TestPrincipalsPoliciesAndDeleteThing(t *testing.T) {
 	require.Len(t, pol.Policies, 1)
 	assert.Equal(t, c.Names().DevicePolicy, aws.ToString(pol.Policies[0].PolicyName))
 	_, err = client.ListAttachedPolicies(ctx, &iot.ListAttachedPoliciesInput{Target: aws.String("arn:aws:iot:local-1:000000000000:cert/" + strings.Repeat("0", 64))})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 	_, err = client.ListAttachedPolicies(ctx, &iot.ListAttachedPoliciesInput{Target: aws.String("arn:aws:iot:local-1:000000000000:thinggroup/x")})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 
 	_, err = client.DetachPolicy(ctx, &iot.DetachPolicyInput{PolicyName: aws.String(c.Names().DevicePolicy), Target: aws.String(certARN)})
 	require.NoError(t, err)
@@ -166,7 +152,7 @@ func TestPrincipalsPoliciesAndDeleteThing(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, pol.Policies)
 	_, err = client.AttachPolicy(ctx, &iot.AttachPolicyInput{PolicyName: aws.String("no-such-policy"), Target: aws.String(certARN)})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 	_, err = client.AttachPolicy(ctx, &iot.AttachPolicyInput{PolicyName: aws.String(c.Names().DevicePolicy), Target: aws.String(certARN)})
 	require.NoError(t, err)
 	pol, err = client.ListAttachedPolicies(ctx, &iot.ListAttachedPoliciesInput{Target: aws.String(certARN)})
@@ -176,7 +162,7 @@ func TestPrincipalsPoliciesAndDeleteThing(t *testing.T) {
 	// A thing with a principal cannot be deleted; detached, it can; and
 	// deleting it again succeeds, as in AWS.
 	_, err = client.DeleteThing(ctx, &iot.DeleteThingInput{ThingName: aws.String(thing)})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 	_, err = client.DetachThingPrincipal(ctx, &iot.DetachThingPrincipalInput{ThingName: aws.String(thing), Principal: aws.String(certARN)})
 	require.NoError(t, err)
 	pr, err = client.ListThingPrincipals(ctx, &iot.ListThingPrincipalsInput{ThingName: aws.String(thing)})
@@ -188,13 +174,13 @@ func TestPrincipalsPoliciesAndDeleteThing(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []string{certARN}, pr.Principals)
 	_, err = client.AttachThingPrincipal(ctx, &iot.AttachThingPrincipalInput{ThingName: aws.String("no-such-thing"), Principal: aws.String(certARN)})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 	_, err = client.DetachThingPrincipal(ctx, &iot.DetachThingPrincipalInput{ThingName: aws.String(thing), Principal: aws.String(certARN)})
 	require.NoError(t, err)
 	_, err = client.DeleteThing(ctx, &iot.DeleteThingInput{ThingName: aws.String(thing)})
 	require.NoError(t, err)
 	_, err = client.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String(thing)})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 	_, err = client.DeleteThing(ctx, &iot.DeleteThingInput{ThingName: aws.String(thing)})
 	require.NoError(t, err)
 }
@@ -226,7 +212,7 @@ func TestCertificates(t *testing.T) {
 	require.Len(t, desc.Certificates, len(wantIDs))
 	assert.Equal(t, wantIDs[len(wantIDs)-1], aws.ToString(desc.Certificates[0].CertificateId), "newest first by default")
 	_, err = client.ListCertificates(ctx, &iot.ListCertificatesInput{Marker: aws.String("-1")})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 
 	id := wantIDs[0]
 	d, err := client.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(id)})
@@ -240,7 +226,7 @@ func TestCertificates(t *testing.T) {
 	assert.WithinDuration(t, want[0].NotAfter, aws.ToTime(cd.Validity.NotAfter), time.Second)
 	assert.WithinDuration(t, want[0].CreatedAt, aws.ToTime(cd.CreationDate), time.Second)
 	_, err = client.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(strings.Repeat("a", 64))})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 
 	_, err = client.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(id), NewStatus: types.CertificateStatusInactive})
 	require.NoError(t, err)
@@ -248,13 +234,13 @@ func TestCertificates(t *testing.T) {
 	require.NoError(t, err)
 	assert.EqualValues(t, "INACTIVE", st.Status)
 	_, err = client.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(id), NewStatus: types.CertificateStatusPendingActivation})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 	_, err = client.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(strings.Repeat("a", 64)), NewStatus: types.CertificateStatusRevoked})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 	_, err = client.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(id), NewStatus: types.CertificateStatusRevoked})
 	require.NoError(t, err)
 	_, err = client.UpdateCertificate(ctx, &iot.UpdateCertificateInput{CertificateId: aws.String(id), NewStatus: types.CertificateStatusActive})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 }
 
 // TestUpdateCertificateRevokedDisconnectsTheDevice revokes, through the
@@ -314,12 +300,12 @@ func TestDescribeEndpointAndUnknownOperation(t *testing.T) {
 	host, _, _ := strings.Cut(c.Endpoint(), ":")
 	assert.Equal(t, host, aws.ToString(out.EndpointAddress))
 	_, err = client.DescribeEndpoint(ctx, &iot.DescribeEndpointInput{EndpointType: aws.String("iot:CredentialProvider")})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 
 	// An operation the local IoT Core does not serve (CreateThingType):
 	// the SDK surfaces UnknownOperationException with a 404.
 	_, err = client.CreateThingType(ctx, &iot.CreateThingTypeInput{ThingTypeName: aws.String("pi")})
-	requireAPIError(t, err, "UnknownOperationException", 404)
+	testenv.RequireAPIError(t, err, "UnknownOperationException", 404)
 	assert.Contains(t, err.Error(), "does not serve POST /thing-types/pi")
 
 	// A raw request without SigV4 is served too, with AWS's error header.
@@ -337,7 +323,7 @@ func TestInjectedFaultsKeepAWSStatus(t *testing.T) {
 	ctx := context.Background()
 	c.IoT().FailNext("DescribeThing", things[0], &types.ThrottlingException{Message: aws.String("Rate exceeded")})
 	_, err := client.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String(things[0])})
-	requireAPIError(t, err, "ThrottlingException", 429)
+	testenv.RequireAPIError(t, err, "ThrottlingException", 429)
 	var th *types.ThrottlingException
 	assert.ErrorAs(t, err, &th)
 	_, err = client.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String(things[0])})

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/sim/controlplane"
 	"github.com/iot-fleet/iot-fleet/sim/shadow"
 )
@@ -67,21 +68,21 @@ func TestPublishTopicLimits(t *testing.T) {
 	require.NoError(t, publish(strings.Repeat("x", 256)), "256 bytes")
 
 	err := publish(seven + "/i")
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 	assert.Contains(t, err.Error(), "8 forward slashes, at most 7")
 
 	err = publish(strings.Repeat("x", 257))
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 	assert.Contains(t, err.Error(), "257 bytes, at most 256")
 
 	// Basic Ingest: the prefix's 3 slashes do not count, and the topic
 	// is refused, naming Basic Ingest and the rule.
 	err = publish("$aws/rules/device_status/" + seven)
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 	assert.Contains(t, err.Error(), "does not serve Basic Ingest")
 	assert.Contains(t, err.Error(), `"device_status"`)
 	err = publish("$AWS/Rules/device_status/" + seven + "/i")
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 	assert.Contains(t, err.Error(), "8 forward slashes, at most 7")
 
 	assert.Equal(t, []string{seven, strings.Repeat("x", 256)}, pub.list(), "only the valid publishes were delivered")

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 )
 
 const arnPrefix = "arn:aws:iot:local-1:000000000000:"
@@ -33,7 +34,7 @@ func TestJobs(t *testing.T) {
 
 	// The same id again: 409 ResourceAlreadyExistsException.
 	_, err = client.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String("reboot-1"), Document: aws.String(doc), Targets: []string{arnPrefix + "thing/" + things[0]}})
-	requireAPIError(t, err, "ResourceAlreadyExistsException", 409)
+	testenv.RequireAPIError(t, err, "ResourceAlreadyExistsException", 409)
 	var exists *types.ResourceAlreadyExistsException
 	assert.ErrorAs(t, err, &exists)
 	// Bad requests name what is wrong.
@@ -47,13 +48,13 @@ func TestJobs(t *testing.T) {
 			TargetSelection: types.TargetSelectionContinuous},
 	} {
 		_, err := client.CreateJob(ctx, in)
-		requireAPIError(t, err, "InvalidRequestException", 400)
+		testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 		t.Logf("%s: %v", name, err)
 	}
 	_, err = client.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String("bad-8"), Document: aws.String(doc), Targets: []string{arnPrefix + "thing/no-such-thing"}})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 	_, err = client.DescribeJob(ctx, &iot.DescribeJobInput{JobId: aws.String("bad-1")})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 
 	// The first device starts and reports progress over the Jobs MQTT API.
 	c.Jobs().Handle(ctx, protocol.JobsUpdateTopic(things[0], "reboot-1"),
@@ -84,7 +85,7 @@ func TestJobs(t *testing.T) {
 	assert.Equal(t, arnPrefix+"thing/"+things[0], aws.ToString(x.Execution.ThingArn))
 	require.NotNil(t, x.Execution.StartedAt)
 	_, err = client.DescribeJobExecution(ctx, &iot.DescribeJobExecutionInput{JobId: aws.String("reboot-1"), ThingName: aws.String("no-such-thing")})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 
 	// Executions of the job, in pages, and filtered by status.
 	ex, err := client.ListJobExecutionsForJob(ctx, &iot.ListJobExecutionsForJobInput{JobId: aws.String("reboot-1"), MaxResults: aws.Int32(1)})
@@ -101,7 +102,7 @@ func TestJobs(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, ex.ExecutionSummaries, 1)
 	_, err = client.ListJobExecutionsForJob(ctx, &iot.ListJobExecutionsForJobInput{JobId: aws.String("nope")})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 
 	// A second job on one thing; the thing's executions across jobs.
 	_, err = client.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String("ping-2"), Document: aws.String(`{"operation":"ping"}`),
@@ -119,7 +120,7 @@ func TestJobs(t *testing.T) {
 	require.Len(t, ft.ExecutionSummaries, 1)
 	require.NotNil(t, ft.NextToken)
 	_, err = client.ListJobExecutionsForThing(ctx, &iot.ListJobExecutionsForThingInput{ThingName: aws.String("no-such-thing")})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 
 	// ListJobs pages and filters.
 	var listed []string
@@ -136,7 +137,7 @@ func TestJobs(t *testing.T) {
 	require.Len(t, byGroup.Jobs, 1)
 	assert.Equal(t, "reboot-1", aws.ToString(byGroup.Jobs[0].JobId))
 	_, err = client.ListJobs(ctx, &iot.ListJobsInput{NextToken: aws.String("x")})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 
 	// CancelJob without force cancels QUEUED executions only.
 	cj, err := client.CancelJob(ctx, &iot.CancelJobInput{JobId: aws.String("reboot-1"), Comment: aws.String("wrong image")})
@@ -160,7 +161,7 @@ func TestJobs(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, types.JobExecutionStatusCanceled, x.Execution.Status)
 	_, err = client.CancelJob(ctx, &iot.CancelJobInput{JobId: aws.String("nope")})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 	canceled, err := client.ListJobs(ctx, &iot.ListJobsInput{Status: types.JobStatusCanceled})
 	require.NoError(t, err)
 	require.Len(t, canceled.Jobs, 2)
@@ -205,7 +206,7 @@ func TestCancelCompletedJobIsRejected(t *testing.T) {
 	require.NotNil(t, d.Job.CompletedAt)
 	assert.Equal(t, int32(1), aws.ToInt32(d.Job.JobProcessDetails.NumberOfSucceededThings))
 	_, err = client.CancelJob(ctx, &iot.CancelJobInput{JobId: aws.String("done")})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 	d, err = client.DescribeJob(ctx, &iot.DescribeJobInput{JobId: aws.String("done")})
 	require.NoError(t, err)
 	assert.Equal(t, types.JobStatusCompleted, d.Job.Status)
@@ -265,7 +266,7 @@ func TestRolloutAndAbortConfigs(t *testing.T) {
 			in.Document = aws.String(`{}`)
 		}
 		_, err := client.CreateJob(ctx, in)
-		requireAPIError(t, err, "InvalidRequestException", 400)
+		testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 		t.Logf("%s: %v", name, err)
 	}
 }

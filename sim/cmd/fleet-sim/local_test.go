@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -30,7 +29,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/lambda"
 	lambdatypes "github.com/aws/aws-sdk-go-v2/service/lambda/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/aws/smithy-go"
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -39,6 +37,7 @@ import (
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
 	"github.com/iot-fleet/iot-fleet/internal/ssmstate"
+	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	"github.com/iot-fleet/iot-fleet/sim/core"
 	"github.com/iot-fleet/iot-fleet/sim/stack"
 )
@@ -83,18 +82,6 @@ func startLocal(t *testing.T) *localEnv {
 	}
 }
 
-func requireAPIError(t *testing.T, err error, code string, status int) {
-	t.Helper()
-	require.Error(t, err)
-	var api smithy.APIError
-	require.True(t, errors.As(err, &api), "not an API error: %v", err)
-	assert.Equal(t, code, api.ErrorCode(), "%v", err)
-	var re interface{ HTTPStatusCode() int }
-	require.True(t, errors.As(err, &re), "no HTTP status in %v", err)
-	assert.Equal(t, status, re.HTTPStatusCode(), "%v", err)
-	assert.NotEmpty(t, api.ErrorMessage())
-}
-
 func TestLambdaInvoke(t *testing.T) {
 	e := startLocal(t)
 	ctx := context.Background()
@@ -131,19 +118,19 @@ func TestLambdaInvoke(t *testing.T) {
 	}
 
 	_, err = e.lam.Invoke(ctx, &lambda.InvokeInput{FunctionName: aws.String("iot-fleet-local-nope"), Payload: []byte(`{}`)})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 	var nf *lambdatypes.ResourceNotFoundException
 	assert.ErrorAs(t, err, &nf)
 	assert.Contains(t, err.Error(), "iot-fleet-local-ssmtoggle", "names the functions served")
 	_, err = e.lam.Invoke(ctx, &lambda.InvokeInput{FunctionName: aws.String("iot-fleet-local-certscan"), Payload: []byte(`{not json`)})
-	requireAPIError(t, err, "InvalidRequestContentException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestContentException", 400)
 	_, err = e.lam.Invoke(ctx, &lambda.InvokeInput{FunctionName: aws.String("iot-fleet-local-certscan"), Qualifier: aws.String("7"), Payload: []byte(`{}`)})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 	out, err = e.lam.Invoke(ctx, &lambda.InvokeInput{FunctionName: aws.String("iot-fleet-local-certscan"), InvocationType: lambdatypes.InvocationTypeDryRun})
 	require.NoError(t, err)
 	assert.Equal(t, int32(204), out.StatusCode)
 	_, err = e.lam.ListFunctions(ctx, &lambda.ListFunctionsInput{})
-	requireAPIError(t, err, "UnknownOperationException", 404)
+	testenv.RequireAPIError(t, err, "UnknownOperationException", 404)
 }
 
 func TestDynamoDBRegistryView(t *testing.T) {
@@ -211,16 +198,16 @@ func TestDynamoDBRegistryView(t *testing.T) {
 	// Read-only: writes are refused, clearly.
 	_, err = e.ddb.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String("iot-fleet-local-registry"),
 		Item: map[string]ddbtypes.AttributeValue{"serial": &ddbtypes.AttributeValueMemberS{Value: serialA}}})
-	requireAPIError(t, err, "AccessDeniedException", 400)
+	testenv.RequireAPIError(t, err, "AccessDeniedException", 400)
 	assert.Contains(t, err.Error(), "written only by the local stack's Lambdas")
 	_, err = e.ddb.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String("nope"),
 		Key: map[string]ddbtypes.AttributeValue{"serial": &ddbtypes.AttributeValueMemberS{Value: serialA}}})
-	requireAPIError(t, err, "ResourceNotFoundException", 400)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 400)
 	var rnf *ddbtypes.ResourceNotFoundException
 	assert.ErrorAs(t, err, &rnf)
 	_, err = e.ddb.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String("iot-fleet-local-registry"),
 		Key: map[string]ddbtypes.AttributeValue{"id": &ddbtypes.AttributeValueMemberS{Value: serialA}}})
-	requireAPIError(t, err, "ValidationException", 400)
+	testenv.RequireAPIError(t, err, "ValidationException", 400)
 }
 
 func TestS3Buckets(t *testing.T) {
@@ -243,9 +230,9 @@ func TestS3Buckets(t *testing.T) {
 	assert.Equal(t, int64(len(body)), aws.ToInt64(head.ContentLength))
 
 	_, err = e.s3.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String("missing")})
-	requireAPIError(t, err, "NoSuchKey", 404)
+	testenv.RequireAPIError(t, err, "NoSuchKey", 404)
 	_, err = e.s3.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String("someone-elses"), Key: aws.String("k"), Body: strings.NewReader("x")})
-	requireAPIError(t, err, "NoSuchBucket", 404)
+	testenv.RequireAPIError(t, err, "NoSuchBucket", 404)
 
 	// Unsigned, the object is not readable: only through a presigned URL.
 	resp, err := http.Get(e.url + "/" + bucket + "/releases/v2.mender")
@@ -327,16 +314,16 @@ func TestJobsPresignedURLsAndDocumentSource(t *testing.T) {
 	// What cannot work is refused at creation, naming why.
 	target := []string{"arn:aws:iot:local-1:000000000000:thing/" + thing}
 	_, err = e.iot.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String("bad-1"), DocumentSource: aws.String("https://s3.amazonaws.com/other-bucket/doc.json"), Targets: target})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 	assert.Contains(t, err.Error(), "other-bucket")
 	_, err = e.iot.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String("bad-2"), Targets: target,
 		Document:           aws.String(`{"url":"${aws:iot:s3-presigned-url:https://s3.amazonaws.com/other-bucket/a}"}`),
 		PresignedUrlConfig: &iottypes.PresignedUrlConfig{ExpiresInSec: aws.Int64(60)}})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 	assert.Contains(t, err.Error(), "not served")
 	_, err = e.iot.CreateJob(ctx, &iot.CreateJobInput{JobId: aws.String("bad-3"), Targets: target, Document: aws.String(`{}`),
 		PresignedUrlConfig: &iottypes.PresignedUrlConfig{ExpiresInSec: aws.Int64(7200)}})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 	assert.Contains(t, err.Error(), "expiresInSec")
 }
 
@@ -355,14 +342,14 @@ func TestCreateCertificateFromCsrAndUnknownOperations(t *testing.T) {
 	assert.Equal(t, iottypes.CertificateStatusActive, desc.CertificateDescription.Status)
 	assert.Equal(t, aws.ToString(out.CertificatePem), aws.ToString(desc.CertificateDescription.CertificatePem))
 	_, err = e.iot.CreateCertificateFromCsr(ctx, &iot.CreateCertificateFromCsrInput{CertificateSigningRequest: aws.String("not a CSR")})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 
 	ep, err := e.iot.DescribeEndpoint(ctx, &iot.DescribeEndpointInput{EndpointType: aws.String("iot:Data-ATS")})
 	require.NoError(t, err)
 	assert.Equal(t, "127.0.0.1", aws.ToString(ep.EndpointAddress))
 
 	_, err = e.iot.ListTopicRules(ctx, &iot.ListTopicRulesInput{})
-	requireAPIError(t, err, "UnknownOperationException", 404)
+	testenv.RequireAPIError(t, err, "UnknownOperationException", 404)
 	assert.Contains(t, err.Error(), "/rules")
 }
 
@@ -400,9 +387,9 @@ func TestDataPlane(t *testing.T) {
 		}
 	}
 	_, err = e.data.Publish(ctx, &iotdataplane.PublishInput{Topic: aws.String("cmd/+/x"), Payload: []byte(`{}`)})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 	_, err = e.data.Publish(ctx, &iotdataplane.PublishInput{Topic: aws.String("$aws/things/" + thing + "/jobs/notify-next"), Payload: []byte(`{}`)})
-	requireAPIError(t, err, "UnauthorizedException", 401)
+	testenv.RequireAPIError(t, err, "UnauthorizedException", 401)
 	// A publish on a shadow topic is a shadow request.
 	_, err = e.data.Publish(ctx, &iotdataplane.PublishInput{Topic: aws.String("$aws/things/" + thing + "/shadow/name/via-mqtt/update"),
 		Payload: []byte(`{"state":{"reported":{"up":true}}}`)})
@@ -412,7 +399,7 @@ func TestDataPlane(t *testing.T) {
 
 	// Named shadows: the same service the devices use over MQTT.
 	_, err = e.data.GetThingShadow(ctx, &iotdataplane.GetThingShadowInput{ThingName: aws.String(thing), ShadowName: aws.String("fleet-agent")})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 	up, err := e.data.UpdateThingShadow(ctx, &iotdataplane.UpdateThingShadowInput{ThingName: aws.String(thing), ShadowName: aws.String("fleet-agent"),
 		Payload: []byte(`{"state":{"desired":{"logLevel":"debug"}}}`)})
 	require.NoError(t, err)
@@ -433,10 +420,10 @@ func TestDataPlane(t *testing.T) {
 	assert.Equal(t, 1, doc.Version)
 	_, err = e.data.UpdateThingShadow(ctx, &iotdataplane.UpdateThingShadowInput{ThingName: aws.String(thing), ShadowName: aws.String("fleet-agent"),
 		Payload: []byte(`{"state":{"desired":{"logLevel":"info"}},"version":7}`)})
-	requireAPIError(t, err, "ConflictException", 409)
+	testenv.RequireAPIError(t, err, "ConflictException", 409)
 	_, err = e.data.UpdateThingShadow(ctx, &iotdataplane.UpdateThingShadowInput{ThingName: aws.String(thing), ShadowName: aws.String("fleet-agent"),
 		Payload: []byte(`not json`)})
-	requireAPIError(t, err, "InvalidRequestException", 400)
+	testenv.RequireAPIError(t, err, "InvalidRequestException", 400)
 	names, err := e.data.ListNamedShadowsForThing(ctx, &iotdataplane.ListNamedShadowsForThingInput{ThingName: aws.String(thing)})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"fleet-agent", "via-mqtt"}, names.Results)
@@ -451,9 +438,9 @@ func TestDataPlane(t *testing.T) {
 	_, err = e.data.DeleteThingShadow(ctx, &iotdataplane.DeleteThingShadowInput{ThingName: aws.String(thing), ShadowName: aws.String("fleet-agent")})
 	require.NoError(t, err)
 	_, err = e.data.GetThingShadow(ctx, &iotdataplane.GetThingShadowInput{ThingName: aws.String(thing), ShadowName: aws.String("fleet-agent")})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 	_, err = e.data.DeleteThingShadow(ctx, &iotdataplane.DeleteThingShadowInput{ThingName: aws.String(thing), ShadowName: aws.String("fleet-agent")})
-	requireAPIError(t, err, "ResourceNotFoundException", 404)
+	testenv.RequireAPIError(t, err, "ResourceNotFoundException", 404)
 }
 
 func TestOutputsAndAgentConfig(t *testing.T) {
