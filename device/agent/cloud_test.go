@@ -2,14 +2,13 @@ package agent
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/sim/broker"
@@ -44,20 +43,10 @@ func startCloud(t *testing.T, o cloudOptions) *cloud {
 	t.Cleanup(func() { _ = c.Close() })
 	t.Cleanup(c.ObserveConnects(log.add))
 	if o.Allow != nil {
-		real := c.Provisioning().Hook()
-		c.SetPreProvisioningHook(func(ctx context.Context, req protocol.PreProvisioningHookRequest) (protocol.PreProvisioningHookResponse, error) {
-			if !o.Allow(req.Parameters[protocol.ParamSerialNumber]) {
-				return protocol.PreProvisioningHookResponse{AllowProvisioning: false}, nil
-			}
-			return real(ctx, req)
-		})
+		devicetest.DenyUnless(c, o.Allow)
 	}
 	cl := &cloud{Core: c, t: t, dir: t.TempDir(), log: log}
-	claim, err := c.IssueClaimCertificate()
-	require.NoError(t, err)
-	for name, data := range map[string][]byte{"root-ca.pem": c.RootCAPEM(), "claim.pem": claim.CertPEM, "claim.key": claim.KeyPEM} {
-		require.NoError(t, os.WriteFile(filepath.Join(cl.dir, name), data, 0o600))
-	}
+	devicetest.WriteClaimFiles(t, c, cl.dir)
 	var stop func()
 	cl.csrs, stop, err = c.Count(protocol.CreateCertFromCSRTopic)
 	require.NoError(t, err)

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iot-fleet/iot-fleet/device/config"
+	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
 	simjobs "github.com/iot-fleet/iot-fleet/sim/jobs"
@@ -28,13 +29,9 @@ func stackConfig(t *testing.T, st *stack.Stack) config.Config {
 	defer cancel()
 	_, err := st.DeployAllowlist(ctx, []byte(serial+"\n"))
 	require.NoError(t, err)
-	claim, err := st.Core.IssueClaimCertificate()
-	require.NoError(t, err)
 	dir := t.TempDir()
-	files := map[string][]byte{"serial-number": []byte(serial + "\x00"), "root-ca.pem": st.Core.RootCAPEM(), "claim.pem": claim.CertPEM, "claim.key": claim.KeyPEM}
-	for name, data := range files {
-		require.NoError(t, os.WriteFile(filepath.Join(dir, name), data, 0o600))
-	}
+	devicetest.WriteClaimFiles(t, st.Core, dir)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "serial-number"), []byte(serial+"\x00"), 0o600))
 	host, port, err := net.SplitHostPort(st.Core.Endpoint())
 	require.NoError(t, err)
 	cfg, err := config.Parse([]byte(`{

@@ -19,6 +19,7 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/device/backoff"
 	"github.com/iot-fleet/iot-fleet/device/devkey"
+	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
@@ -60,16 +61,10 @@ func newFixture(t *testing.T, o cloudOptions) *fixture {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
 	if o.Allow != nil {
-		real := c.Provisioning().Hook()
-		c.SetPreProvisioningHook(func(ctx context.Context, req protocol.PreProvisioningHookRequest) (protocol.PreProvisioningHookResponse, error) {
-			if !o.Allow(req.Parameters["SerialNumber"]) {
-				return protocol.PreProvisioningHookResponse{AllowProvisioning: false}, nil
-			}
-			return real(ctx, req)
-		})
+		devicetest.DenyUnless(c, o.Allow)
 	}
-	claim, err := c.IssueClaimCertificate()
-	require.NoError(t, err)
+	claimDir := t.TempDir()
+	claim := devicetest.WriteClaimFiles(t, c, claimDir)
 	f := &fixture{t: t, b: c, claim: claim, dir: t.TempDir(), logs: &testenv.LogBuffer{}, alg: devkey.ECDSAP256}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -83,10 +78,7 @@ func newFixture(t *testing.T, o cloudOptions) *fixture {
 	f.registers, stop, err = c.Count(protocol.RegisterThingTopic(c.Names().TemplateName))
 	require.NoError(t, err)
 	t.Cleanup(stop)
-	claimDir := t.TempDir()
-	f.claimCert, f.claimKey = filepath.Join(claimDir, "claim.pem"), filepath.Join(claimDir, "claim.key")
-	require.NoError(t, os.WriteFile(f.claimCert, claim.CertPEM, 0o600))
-	require.NoError(t, os.WriteFile(f.claimKey, claim.KeyPEM, 0o600))
+	f.claimCert, f.claimKey = filepath.Join(claimDir, devicetest.ClaimCertFile), filepath.Join(claimDir, devicetest.ClaimKeyFile)
 	return f
 }
 

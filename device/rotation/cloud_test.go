@@ -17,6 +17,7 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/device/agent"
 	"github.com/iot-fleet/iot-fleet/device/config"
+	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/rotation"
 	"github.com/iot-fleet/iot-fleet/device/store"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
@@ -76,11 +77,7 @@ func newCloud(t *testing.T) *cloud {
 	}))
 	_, err = s.DeployAllowlist(ctx, []byte(serial+"\n"))
 	require.NoError(t, err)
-	c.claim, err = s.Core.IssueClaimCertificate()
-	require.NoError(t, err)
-	for name, data := range map[string][]byte{"root-ca.pem": s.Core.RootCAPEM(), "claim.pem": c.claim.CertPEM, "claim.key": c.claim.KeyPEM} {
-		require.NoError(t, os.WriteFile(filepath.Join(c.dir, name), data, 0o600))
-	}
+	c.claim = devicetest.WriteClaimFiles(t, s.Core, c.dir)
 	s.Rotation.OnIssue(func(id string) {
 		if c.refuseNew.Load() {
 			require.NoError(t, s.Core.SetCertificateStatus(id, simregistry.CertInactive))

@@ -15,6 +15,7 @@ import (
 
 	"github.com/iot-fleet/iot-fleet/device/agent"
 	"github.com/iot-fleet/iot-fleet/device/config"
+	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/device/ssm"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/testenv"
@@ -37,14 +38,10 @@ func TestAgentFeatureOverMQTT(t *testing.T) {
 	t.Cleanup(func() { _ = st.Close() })
 	_, err = st.DeployAllowlist(ctx0, []byte(serial+"\n"))
 	require.NoError(t, err)
-	claim, err := st.Core.IssueClaimCertificate()
-	require.NoError(t, err)
 	host := newFakeHost(t, false)
 	dir := t.TempDir()
-	files := map[string][]byte{"serial-number": []byte(serial), "root-ca.pem": st.Core.RootCAPEM(), "claim.pem": claim.CertPEM, "claim.key": claim.KeyPEM}
-	for name, data := range files {
-		require.NoError(t, os.WriteFile(filepath.Join(dir, name), data, 0o600))
-	}
+	devicetest.WriteClaimFiles(t, st.Core, dir)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "serial-number"), []byte(serial), 0o600))
 	statuses := make(chan []byte, 16)
 	require.NoError(t, st.Core.Rules().Add(rules.Rule{Name: "ssm-status", SQL: "SELECT * FROM '" + protocol.DataTopic("+", protocol.KindSSMStatus) + "'",
 		Action: func(_ context.Context, event []byte) error { statuses <- event; return nil }}))

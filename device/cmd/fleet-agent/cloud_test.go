@@ -16,6 +16,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/iot-fleet/iot-fleet/device/internal/devicetest"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	simjobs "github.com/iot-fleet/iot-fleet/sim/jobs"
 	"github.com/iot-fleet/iot-fleet/sim/stack"
@@ -39,12 +40,8 @@ func startLocalCloud(t *testing.T, serials ...string) *localCloud {
 	t.Cleanup(func() { _ = st.Close() })
 	_, err = st.DeployAllowlist(ctx, []byte(strings.Join(serials, "\n")+"\n"))
 	require.NoError(t, err)
-	claim, err := st.Core.IssueClaimCertificate()
-	require.NoError(t, err)
 	c := &localCloud{Stack: st, dir: t.TempDir()}
-	for name, data := range map[string][]byte{"root-ca.pem": st.Core.RootCAPEM(), "claim.pem": claim.CertPEM, "claim.key": claim.KeyPEM} {
-		require.NoError(t, os.WriteFile(filepath.Join(c.dir, name), data, 0o600))
-	}
+	devicetest.WriteClaimFiles(t, st.Core, c.dir)
 	return c
 }
 
