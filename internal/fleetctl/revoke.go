@@ -14,35 +14,23 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/spf13/cobra"
+
+	"github.com/iot-fleet/iot-fleet/internal/registry"
+	"github.com/iot-fleet/iot-fleet/lambdas/revoke"
 )
 
-// RevokeRequest is the revoke Lambda's event (contracts: serial, or
-// thingName instead).
-type RevokeRequest struct {
-	Serial    string `json:"serial,omitempty"`
-	ThingName string `json:"thingName,omitempty"`
-	Reason    string `json:"reason"`
-	By        string `json:"by"`
-}
+// RevokeRequest and RevokeResponse are the revoke Lambda's event and
+// answer.
+type (
+	RevokeRequest  = revoke.Request
+	RevokeResponse = revoke.Response
+)
 
-// RevokeResponse is the revoke Lambda's answer.
-type RevokeResponse struct {
-	Serial         string `json:"serial"`
-	ThingName      string `json:"thingName"`
-	CertificateID  string `json:"certificateId"`
-	State          string `json:"state"`
-	AlreadyRevoked bool   `json:"alreadyRevoked"`
-	// RevokedCertificates are the certificates the request found not
-	// REVOKED and revoked (on an already revoked device: ones active
-	// again behind the registry's back).
-	RevokedCertificates []string `json:"revokedCertificates"`
-}
-
-// maxReasonLen bounds a revocation reason (it is recorded in the
-// registry).
+// The bounds of a revocation's reason and by, as the registry records
+// them.
 const (
-	maxReasonLen = 512
-	maxByLen     = 128
+	maxReasonLen = registry.MaxRevokeReason
+	maxByLen     = registry.MaxRevokedBy
 )
 
 // Revoke revokes a device now through the stack's revoke Lambda: its
