@@ -219,9 +219,6 @@ func TestImageInjectWithoutSSHKeysLeavesSSHOff(t *testing.T) {
 
 func TestImageInjectRefusesBadInputsAndLeavesTheImageAlone(t *testing.T) {
 	f := newFixture(t)
-	before, err := os.ReadFile(f.img)
-	require.NoError(t, err)
-
 	loose := filepath.Join(f.dir, "loose.json")
 	b, err := os.ReadFile(f.secret)
 	require.NoError(t, err)
@@ -238,10 +235,7 @@ func TestImageInjectRefusesBadInputsAndLeavesTheImageAlone(t *testing.T) {
 	amd64 := filepath.Join(f.dir, "fleet-agent-amd64")
 	require.NoError(t, os.WriteFile(amd64, injecttest.ELFHeader(62), 0o755))
 
-	cases := map[string]struct {
-		args []string
-		want string
-	}{
+	cases := map[string]refusal{
 		"world-readable secret": {f.args("-claim-secret", loose), "must be 0600"},
 		"missing output":        {f.args("-stack-outputs", noEndpoint), "iotDataEndpoint"},
 		"wrong architecture":    {f.args("-agent", amd64), "want an executable for arm64"},
@@ -254,16 +248,7 @@ func TestImageInjectRefusesBadInputsAndLeavesTheImageAlone(t *testing.T) {
 		"missing verify key":    {f.args("-artifact-verify-key", filepath.Join(f.dir, "nope.pem")), "no such file"},
 		"no artifacts bucket":   {f.args("-stack-outputs", noBucket), "no value for artifactsBucket"},
 	}
-	for name, c := range cases {
-		t.Run(name, func(t *testing.T) {
-			err := runTool(t, c.args)
-			require.Error(t, err)
-			assert.Contains(t, err.Error(), c.want)
-		})
-	}
-	after, err := os.ReadFile(f.img)
-	require.NoError(t, err)
-	assert.True(t, bytes.Equal(before, after), "a refused build does not touch the image")
+	f.requireRefused(t, cases)
 }
 
 // caPEM makes a throw-away CA certificate (the local IoT Core's root CA).
@@ -416,12 +401,7 @@ func TestImageInjectTargetFlagRefusals(t *testing.T) {
 	require.NoError(t, os.WriteFile(notCA, caPEM(t, false), 0o644))
 	key := filepath.Join(f.dir, "key.pem")
 	require.NoError(t, os.WriteFile(key, f.key, 0o600))
-	before, err := os.ReadFile(f.img)
-	require.NoError(t, err)
-	for name, c := range map[string]struct {
-		args []string
-		want string
-	}{
+	f.requireRefused(t, map[string]refusal{
 		"leaf certificate as root CA": {f.vmArgs(t, "-root-ca", notCA), "is not a CA certificate"},
 		"private key as root CA":      {f.vmArgs(t, "-root-ca", key), "want only CERTIFICATE blocks"},
 		"missing root CA":             {f.vmArgs(t, "-root-ca", filepath.Join(f.dir, "nope.pem")), "-root-ca"},
@@ -430,7 +410,23 @@ func TestImageInjectTargetFlagRefusals(t *testing.T) {
 		"port out of range":           {f.vmArgs(t, "-port", "70000"), "-port 70000"},
 		"relative serial file":        {f.vmArgs(t, "-serial-file", "serial"), "serial file \"serial\""},
 		"bad artifact host":           {f.vmArgs(t, "-ota-allowed-host", "http://x"), "allowedHosts"},
-	} {
+	})
+}
+
+// refusal is a run of the tool that must be refused with an error
+// containing want.
+type refusal struct {
+	args []string
+	want string
+}
+
+// requireRefused runs each refusal and checks that the tool refused it
+// and that no refused build touched the image.
+func (f *fixture) requireRefused(t *testing.T, cases map[string]refusal) {
+	t.Helper()
+	before, err := os.ReadFile(f.img)
+	require.NoError(t, err)
+	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
 			err := runTool(t, c.args)
 			require.Error(t, err)
@@ -439,5 +435,5 @@ func TestImageInjectTargetFlagRefusals(t *testing.T) {
 	}
 	after, err := os.ReadFile(f.img)
 	require.NoError(t, err)
-	assert.True(t, bytes.Equal(before, after), "a refused build leaves the image untouched")
+	assert.True(t, bytes.Equal(before, after), "a refused build does not touch the image")
 }
