@@ -46,6 +46,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	keep := fs.Bool("keep", false, "keep the working directory (agent logs, state) after the demo")
 	timeout := fs.Duration("timeout", 3*time.Minute, "give up after this long")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	if *devices < 1 || *devices > 20 {

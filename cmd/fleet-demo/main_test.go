@@ -39,6 +39,15 @@ func TestDemoRejectsBadFlags(t *testing.T) {
 	var out bytes.Buffer
 	require.Equal(t, 2, run([]string{"--devices", "0"}, &out, &out))
 	require.Contains(t, out.String(), "--devices must be between 1 and 20")
+	out.Reset()
+	require.Equal(t, 2, run([]string{"--no-such-flag"}, &out, &out))
+}
+
+// --help prints the flags and succeeds, as every command of the project.
+func TestDemoHelp(t *testing.T) {
+	var out bytes.Buffer
+	require.Equal(t, 0, run([]string{"--help"}, &out, &out))
+	require.Contains(t, out.String(), "-devices")
 }
 
 // The smallest fleet (--devices 1) runs every step too.

@@ -50,13 +50,20 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := run(ctx, log, os.Args[1:], os.Stderr); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(2)
-		}
+	err := run(ctx, log, os.Args[1:], os.Stderr)
+	if code := exitCode(err); code != 0 {
 		log.Error("image-inject failed", "err", err)
-		os.Exit(1)
+		os.Exit(code)
 	}
+}
+
+// exitCode is the process's exit code after run: 0 when it succeeded or
+// printed the usage (--help), 1 when it failed.
+func exitCode(err error) int {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	return 1
 }
 
 // defaultSerialPattern is the stack's default SERIAL_PATTERN (a Raspberry Pi

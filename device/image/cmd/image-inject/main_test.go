@@ -10,6 +10,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
+	"flag"
 	"io"
 	"log/slog"
 	"math/big"
@@ -436,4 +438,15 @@ func (f *fixture) requireRefused(t *testing.T, cases map[string]refusal) {
 	after, err := os.ReadFile(f.img)
 	require.NoError(t, err)
 	assert.True(t, bytes.Equal(before, after), "a refused build does not touch the image")
+}
+
+// --help prints every flag and exits 0; a failure exits 1.
+func TestHelp(t *testing.T) {
+	var out bytes.Buffer
+	err := run(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), []string{"--help"}, &out)
+	require.ErrorIs(t, err, flag.ErrHelp)
+	assert.Contains(t, out.String(), "-stack-outputs")
+	assert.Equal(t, 0, exitCode(err))
+	assert.Equal(t, 0, exitCode(nil))
+	assert.Equal(t, 1, exitCode(errors.New("no image")))
 }
