@@ -283,16 +283,8 @@ func (e *Env) otaV2(ctx context.Context) error {
 		e.Figures.Install = secs(rb.At.Sub(first.At))
 		e.TL.Now("attempt %s: artifact downloaded in %s, mender install %s", attempt, first.At.Sub(dl.At).Round(100*time.Millisecond), rb.At.Sub(first.At).Round(100*time.Millisecond))
 	}
-	cur := e.VM.Console.CursorAt(0)
-	if _, err := cur.Expect(ctx, reRestarting, e.VM.Exited()); err != nil {
-		return fmt.Errorf("the VM did not reboot: %w", err)
-	}
-	part, err := e.bootedPartition(ctx, e.cursorAfterLastRestart())
-	if err != nil {
+	if err := e.rebootedInto(ctx, e.VM.Console.CursorAt(0), 3, "after the update", "rootfs B"); err != nil {
 		return err
-	}
-	if part != 3 {
-		return fmt.Errorf("after the update the machine booted partition %d, want 3 (rootfs B)", part)
 	}
 	done, err := w.terminal(ctx)
 	if err != nil {
@@ -365,6 +357,23 @@ func isSubsequence(want, got []string) bool {
 
 // cursorAfterLastRestart is a console cursor at the last "Restarting
 // system" line.
+// rebootedInto waits, from cur, until the guest restarted, and checks
+// that the boot script of its last restart chose partition want (which
+// holds desc); when names the reboot in errors.
+func (e *Env) rebootedInto(ctx context.Context, cur *qemu.Cursor, want int, when, desc string) error {
+	if _, err := cur.Expect(ctx, reRestarting, e.VM.Exited()); err != nil {
+		return fmt.Errorf("the VM did not reboot: %w", err)
+	}
+	part, err := e.bootedPartition(ctx, e.cursorAfterLastRestart())
+	if err != nil {
+		return err
+	}
+	if part != want {
+		return fmt.Errorf("%s the machine booted partition %d, want %d (%s)", when, part, want, desc)
+	}
+	return nil
+}
+
 func (e *Env) cursorAfterLastRestart() *qemu.Cursor {
 	lines := e.VM.Console.Lines(0)
 	for i := len(lines) - 1; i >= 0; i-- {
@@ -389,15 +398,8 @@ func (e *Env) rebootJob(ctx context.Context) error {
 		return err
 	}
 	defer w.stop()
-	if _, err := cur.Expect(ctx, reRestarting, e.VM.Exited()); err != nil {
-		return fmt.Errorf("the VM did not reboot: %w", err)
-	}
-	part, err := e.bootedPartition(ctx, cur)
-	if err != nil {
+	if err := e.rebootedInto(ctx, cur, 3, "after the reboot", "v2, committed"); err != nil {
 		return err
-	}
-	if part != 3 {
-		return fmt.Errorf("after the reboot the machine booted partition %d, want 3 (v2, committed)", part)
 	}
 	done, err := w.terminal(ctx)
 	if err != nil {
