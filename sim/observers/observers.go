@@ -33,6 +33,14 @@ func (s *Set[T]) Add(fn func(T)) (remove func()) {
 	}
 }
 
+// Active reports whether any callback is registered, so a caller can skip
+// preparing a value nobody observes.
+func (s *Set[T]) Active() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.fns) > 0
+}
+
 // Notify calls every callback with v, in the order they were added, one
 // Notify at a time. A callback must not call back into s.
 func (s *Set[T]) Notify(v T) {
