@@ -2,11 +2,8 @@ package vm
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -111,21 +108,6 @@ func (a *artifactServer) Close() error {
 		return a.srv.Close()
 	}
 	return nil
-}
-
-// fileSHA256 is the hex SHA-256 of a file.
-func fileSHA256(path string) (string, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, fmt.Errorf("sha256 %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
 // artifactFiles maps URL paths to the artifacts in dir.

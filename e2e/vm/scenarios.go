@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/iot-fleet/iot-fleet/infra/otajob"
 	"github.com/iot-fleet/iot-fleet/internal/protocol"
 	"github.com/iot-fleet/iot-fleet/internal/qemu"
 	"github.com/iot-fleet/iot-fleet/internal/registry"
@@ -184,7 +185,7 @@ func parseInfo(stdout string) GuestInfo {
 
 // otaDoc is the old-schema mender_install document for an artifact.
 func (e *Env) otaDoc(name string) ([]byte, int64, error) {
-	sum, size, err := fileSHA256(filepath.Join(e.artifactDir, name))
+	sum, size, err := otajob.FileSHA256(filepath.Join(e.artifactDir, name))
 	if err != nil {
 		return nil, 0, err
 	}

@@ -9,8 +9,12 @@
 package otajob
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"os"
 	"regexp"
 	"strings"
 )
@@ -184,4 +188,20 @@ func CreateJobInput(p Params) ([]byte, error) {
 	in.AbortConfig.CriteriaList = []abortCriteria{{FailureType: "FAILED", Action: "CANCEL", ThresholdPercentage: 20, MinNumberOfExecutedThings: 5}}
 	in.TimeoutConfig.InProgressTimeoutInMinutes = p.InProgressMinutes
 	return json.MarshalIndent(in, "", "  ")
+}
+
+// FileSHA256 returns the hex SHA-256 of the artifact file at path (what
+// Document wants) and its size.
+func FileSHA256(path string) (sum string, size int64, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, fmt.Errorf("sha256 %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
 }

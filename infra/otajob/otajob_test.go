@@ -1,7 +1,11 @@
 package otajob
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -145,4 +149,16 @@ func TestBadParamsNameTheParam(t *testing.T) {
 	}
 	_, err := CreateJobInput(ok)
 	require.NoError(t, err)
+}
+
+func TestFileSHA256(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rpi.mender")
+	require.NoError(t, os.WriteFile(path, []byte("signed artifact bytes"), 0o600))
+	sum, size, err := FileSHA256(path)
+	require.NoError(t, err)
+	want := sha256.Sum256([]byte("signed artifact bytes"))
+	assert.Equal(t, hex.EncodeToString(want[:]), sum)
+	assert.Equal(t, int64(len("signed artifact bytes")), size)
+	_, _, err = FileSHA256(path + ".missing")
+	require.ErrorIs(t, err, os.ErrNotExist)
 }

@@ -2,12 +2,9 @@ package fleetctl
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -66,21 +63,6 @@ type OTAPlan struct {
 
 var sha256HexRE = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
 
-// fileSHA256 hashes a file.
-func fileSHA256(path string) (string, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, fmt.Errorf("artifact: %w", err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, fmt.Errorf("artifact %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
-}
-
 // CreateOTA uploads the artifact (if a file is given), renders the job
 // with infra/otajob (presigned-URL placeholder, the artifact's SHA-256,
 // presign role, rollout, abort and timeout) and creates it. With dry it
@@ -101,9 +83,9 @@ func (f *Fleet) CreateOTA(ctx context.Context, spec OTASpec, dry bool) (OTAPlan,
 	key := spec.Key
 	switch {
 	case spec.ArtifactFile != "":
-		got, _, err := fileSHA256(spec.ArtifactFile)
+		got, _, err := otajob.FileSHA256(spec.ArtifactFile)
 		if err != nil {
-			return OTAPlan{}, err
+			return OTAPlan{}, fmt.Errorf("artifact: %w", err)
 		}
 		if sum != "" && sum != got {
 			return OTAPlan{}, withCode(ExitInvalid, fmt.Errorf("%s has SHA-256 %s, not the --sha256 %s given: not the release you meant; nothing was uploaded", spec.ArtifactFile, got, sum))

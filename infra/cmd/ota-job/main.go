@@ -16,8 +16,6 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -71,7 +69,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	p.MaxPerMinute = int32(*maxPerMinute)
 	if *artifact != "" {
-		sum, err := fileSHA256(*artifact)
+		sum, _, err := otajob.FileSHA256(*artifact)
 		if err != nil {
 			fmt.Fprintf(stderr, "ota-job: -artifact: %v\n", err)
 			return 1
@@ -95,17 +93,4 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "%s\n", out)
 	return 0
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("read %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
