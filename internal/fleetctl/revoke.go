@@ -1,6 +1,7 @@
 package fleetctl
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -158,7 +159,7 @@ Revocation is permanent; --reason is required.
 			if g.output == "json" {
 				return writeJSON(w, resp)
 			}
-			return WriteRevoke(w, firstNonEmpty(resp.Serial, args[0]), strings.TrimSpace(reason), by, resp)
+			return WriteRevoke(w, cmp.Or(resp.Serial, args[0]), strings.TrimSpace(reason), by, resp)
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why (required; recorded in the registry)")

@@ -1,6 +1,7 @@
 package fleetctl
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -140,7 +141,7 @@ within --timeout.`,
 				var idx []int
 				for i, r := range results {
 					if r.OK {
-						ids = append(ids, firstNonEmpty(r.ThingName, r.Serial, r.DeviceID))
+						ids = append(ids, cmp.Or(r.ThingName, r.Serial, r.DeviceID))
 						idx = append(idx, i)
 					}
 				}
@@ -163,7 +164,7 @@ within --timeout.`,
 			var failed []string
 			for _, r := range results {
 				if !r.OK {
-					failed = append(failed, firstNonEmpty(r.ThingName, r.DeviceID)+": "+r.Error)
+					failed = append(failed, cmp.Or(r.ThingName, r.DeviceID)+": "+r.Error)
 				}
 			}
 			if len(failed) > 0 {
@@ -203,7 +204,7 @@ func writeSSM(w io.Writer, format string, f *Fleet, action string, results []ssm
 		if r.Error != "" {
 			msg = r.Error
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\n", firstNonEmpty(r.Serial, r.DeviceID), orDash(r.ThingName), r.OK, orDash(string(r.State)), orDash(r.InstanceID), orDash(msg))
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\n", cmp.Or(r.Serial, r.DeviceID), orDash(r.ThingName), r.OK, orDash(string(r.State)), orDash(r.InstanceID), orDash(msg))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -214,13 +215,4 @@ func writeSSM(w io.Writer, format string, f *Fleet, action string, results []ssm
 		}
 	}
 	return nil
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, x := range s {
-		if x != "" {
-			return x
-		}
-	}
-	return ""
 }

@@ -1,6 +1,7 @@
 package fleetctl
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -98,7 +99,7 @@ func (r *jobReader) read(ctx context.Context, jobID string) (JobView, error) {
 			out, err := r.f.IoT.DescribeJobExecution(ctx, &iot.DescribeJobExecutionInput{JobId: aws.String(jobID), ThingName: aws.String(v.Executions[i].ThingName)})
 			if err != nil {
 				mu.Lock()
-				firstErr = cmpErr(firstErr, fmt.Errorf("job %s on %s: %w", jobID, v.Executions[i].ThingName, err))
+				firstErr = cmp.Or(firstErr, fmt.Errorf("job %s on %s: %w", jobID, v.Executions[i].ThingName, err))
 				mu.Unlock()
 				return
 			}
@@ -135,13 +136,6 @@ func (v *JobView) summarize() {
 	}
 	jobOver := v.Status == "COMPLETED" || v.Status == "CANCELED" || v.Status == "DELETION_IN_PROGRESS"
 	v.Done = all && (len(v.Executions) > 0 || jobOver)
-}
-
-func cmpErr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }
 
 func sameTime(a, b *time.Time) bool {
