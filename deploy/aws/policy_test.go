@@ -2,6 +2,7 @@ package aws
 
 import (
 	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -170,8 +171,8 @@ func TestIAMEscalationGuards(t *testing.T) {
 			switch a {
 			case "iam:PassRole":
 				assert.Equal(t, stringList{"iam:PassRole"}, s.Action, "%s: PassRole has a statement of its own", s.Sid)
-				assert.Equal(t, []string{"StringEquals"}, keys(s.Condition), s.Sid)
-				assert.Equal(t, []string{"iam:PassedToService"}, keys(s.Condition["StringEquals"]), s.Sid)
+				assert.Equal(t, []string{"StringEquals"}, slices.Sorted(maps.Keys(s.Condition)), s.Sid)
+				assert.Equal(t, []string{"iam:PassedToService"}, slices.Sorted(maps.Keys(s.Condition["StringEquals"])), s.Sid)
 				for _, r := range s.Resource {
 					assert.Regexp(t, namedStackRole, r, "%s: PassRole on a named role", s.Sid)
 					for _, svc := range asList(s.Condition["StringEquals"]["iam:PassedToService"]) {
@@ -180,7 +181,7 @@ func TestIAMEscalationGuards(t *testing.T) {
 				}
 			case "iam:AttachRolePolicy", "iam:DetachRolePolicy":
 				assert.ElementsMatch(t, stringList{"iam:AttachRolePolicy", "iam:DetachRolePolicy"}, s.Action, s.Sid)
-				assert.Equal(t, []string{"ArnEquals"}, keys(s.Condition), "%s: exact policy ARNs, no pattern", s.Sid)
+				assert.Equal(t, []string{"ArnEquals"}, slices.Sorted(maps.Keys(s.Condition)), "%s: exact policy ARNs, no pattern", s.Sid)
 				for _, arn := range asList(s.Condition["ArnEquals"]["iam:PolicyARN"]) {
 					assert.NotContains(t, arn, "*", s.Sid)
 					if a == "iam:AttachRolePolicy" {
@@ -265,15 +266,6 @@ func TestEventsSchedulerAndSSMStatementsAreScoped(t *testing.T) {
 	assert.ElementsMatch(t, stringList{
 		"scheduler:CreateSchedule", "scheduler:GetSchedule", "scheduler:UpdateSchedule", "scheduler:DeleteSchedule",
 	}, bySid["SchedulerSchedules"].Action, "schedules only: the stack creates no schedule group")
-}
-
-func keys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 func TestTrustPoliciesPinRepositoryEnvironmentAndBranch(t *testing.T) {

@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -459,14 +458,4 @@ func (e *Engine) failFlushers(jobID string) {
 		kept = append(kept, f)
 	}
 	e.flushers = kept
-}
-
-// sortedKeys is used for stable logs and clamping.
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -81,7 +83,7 @@ func clampDetails(in map[string]string) map[string]string {
 	for _, k := range engineKeys {
 		add(k)
 	}
-	for _, k := range sortedKeys(in) {
+	for _, k := range slices.Sorted(maps.Keys(in)) {
 		if _, done := out[k]; !done && k != "" {
 			add(k)
 		}

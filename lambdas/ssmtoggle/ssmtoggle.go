@@ -23,7 +23,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -576,7 +578,7 @@ func TurnOff(ctx context.Context, api OffAPI, state ssmstate.Store, rec ssmstate
 			errs = append(errs, err)
 		}
 	}
-	ids := sortedKeys(instances)
+	ids := slices.Sorted(maps.Keys(instances))
 	for _, i := range ids {
 		if err := Deregister(ctx, api, i); err != nil {
 			errs = append(errs, err)

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"regexp"
 	"slices"
 	"sort"
@@ -305,7 +306,7 @@ func (e *execution) stopTimers() {
 }
 
 func (e *execution) state() *protocol.JobExecutionState {
-	return &protocol.JobExecutionState{Status: e.status, StatusDetails: cloneMap(e.details), VersionNumber: e.version}
+	return &protocol.JobExecutionState{Status: e.status, StatusDetails: maps.Clone(e.details), VersionNumber: e.version}
 }
 
 func unix(t time.Time) int64 {
@@ -319,7 +320,7 @@ func unix(t time.Time) int64 {
 // document as the device receives it, see deviceDoc) unless nil.
 func (e *execution) wire(doc []byte) *protocol.JobExecution {
 	x := &protocol.JobExecution{
-		JobID: e.job.id, ThingName: e.thing, Status: e.status, StatusDetails: cloneMap(e.details),
+		JobID: e.job.id, ThingName: e.thing, Status: e.status, StatusDetails: maps.Clone(e.details),
 		QueuedAt: unix(e.queuedAt), StartedAt: unix(e.startedAt), LastUpdatedAt: unix(e.lastUpdated),
 		VersionNumber: e.version, ExecutionNumber: e.number,
 	}
@@ -394,7 +395,7 @@ func (e *execution) summary() ExecutionSummary {
 
 func (e *execution) view() Execution {
 	return Execution{
-		JobID: e.job.id, ThingName: e.thing, Status: e.status, StatusDetails: cloneMap(e.details),
+		JobID: e.job.id, ThingName: e.thing, Status: e.status, StatusDetails: maps.Clone(e.details),
 		VersionNumber: e.version, ExecutionNumber: e.number, QueuedAt: e.queuedAt, StartedAt: e.startedAt, LastUpdatedAt: e.lastUpdated,
 	}
 }
@@ -999,7 +1000,7 @@ func (s *Service) startNext(thing, topic string, req protocol.StartNextRequest, 
 			e.lastUpdated = now
 			e.version++
 			if req.StatusDetails != nil {
-				e.details = cloneMap(req.StatusDetails)
+				e.details = maps.Clone(req.StatusDetails)
 			}
 			s.armJobTimer(e)
 		}
@@ -1097,7 +1098,7 @@ func (s *Service) update(thing, jobID, topic string, req protocol.UpdateJobReque
 	}
 	e.status = req.Status
 	if req.StatusDetails != nil {
-		e.details = cloneMap(req.StatusDetails)
+		e.details = maps.Clone(req.StatusDetails)
 	}
 	e.version++
 	e.lastUpdated = now
@@ -1135,15 +1136,4 @@ func mustJSON(v any) []byte {
 		panic(fmt.Sprintf("jobs: marshal %T: %v", v, err))
 	}
 	return b
-}
-
-func cloneMap(m map[string]string) map[string]string {
-	if m == nil {
-		return nil
-	}
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }

@@ -8,7 +8,9 @@ package registry
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -247,8 +249,8 @@ func (r *Registry) RegisterCertificate(id, pem string, status CertStatus, notAft
 
 func (c *certRec) snapshot() Certificate {
 	out := c.Certificate
-	out.Policies = sortedKeys(c.policies)
-	out.Things = sortedKeys(c.things)
+	out.Policies = slices.Sorted(maps.Keys(c.policies))
+	out.Things = slices.Sorted(maps.Keys(c.things))
 	return out
 }
 
@@ -408,8 +410,8 @@ func (r *Registry) Thing(name string) (Thing, error) {
 
 func (th *thingRec) snapshot() Thing {
 	return Thing{
-		Name: th.name, Attributes: cloneMap(th.attrs), Groups: sortedKeys(th.groups),
-		Principals: sortedKeys(th.principals), Version: th.version, CreatedAt: th.createdAt,
+		Name: th.name, Attributes: cloneMap(th.attrs), Groups: slices.Sorted(maps.Keys(th.groups)),
+		Principals: slices.Sorted(maps.Keys(th.principals)), Version: th.version, CreatedAt: th.createdAt,
 	}
 }
 
@@ -556,16 +558,7 @@ func (r *Registry) ThingsInGroup(group string) ([]string, error) {
 	if !ok {
 		return nil, fmt.Errorf("thing group %s: %w", group, ErrNotFound)
 	}
-	return sortedKeys(members), nil
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
+	return slices.Sorted(maps.Keys(members)), nil
 }
 
 func cloneMap(m map[string]string) map[string]string {

@@ -13,6 +13,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -346,7 +348,7 @@ func (s *SSM) DescribeInstanceInformation(ctx context.Context, in *ssm.DescribeI
 			default:
 				return nil, &types.InvalidFilterKey{Message: aws.String("unsupported filter key in fake: " + aws.ToString(f.Key))}
 			}
-			if !contains(f.Values, v) {
+			if !slices.Contains(f.Values, v) {
 				ok = false
 			}
 		}
@@ -369,15 +371,6 @@ func (s *SSM) instancesSorted() []*Instance {
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
 	return out
-}
-
-func contains(vals []string, v string) bool {
-	for _, x := range vals {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // DescribeActivations implements the SSM API for the filters IamRole and
@@ -416,7 +409,7 @@ func (s *SSM) DescribeActivations(ctx context.Context, in *ssm.DescribeActivatio
 			case types.DescribeActivationsFilterKeysDefaultInstanceName:
 				v = a.DefaultInstanceName
 			}
-			if !contains(f.FilterValues, v) {
+			if !slices.Contains(f.FilterValues, v) {
 				ok = false
 			}
 		}
@@ -424,7 +417,7 @@ func (s *SSM) DescribeActivations(ctx context.Context, in *ssm.DescribeActivatio
 			continue
 		}
 		var tags []types.Tag
-		for _, k := range sortedKeys(a.Tags) {
+		for _, k := range slices.Sorted(maps.Keys(a.Tags)) {
 			tags = append(tags, types.Tag{Key: aws.String(k), Value: aws.String(a.Tags[k])})
 		}
 		list = append(list, types.Activation{
@@ -457,17 +450,8 @@ func (s *SSM) ListTagsForResource(ctx context.Context, in *ssm.ListTagsForResour
 		return nil, &types.InvalidResourceId{Message: aws.String("The resource ID is not valid: " + id)}
 	}
 	var tags []types.Tag
-	for _, k := range sortedKeys(i.Tags) {
+	for _, k := range slices.Sorted(maps.Keys(i.Tags)) {
 		tags = append(tags, types.Tag{Key: aws.String(k), Value: aws.String(i.Tags[k])})
 	}
 	return &ssm.ListTagsForResourceOutput{TagList: tags}, nil
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
